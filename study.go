@@ -1,0 +1,264 @@
+package justrunit
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// SLA is a service-level objective on one metric: the metric must stay at or
+// below Max (response times, error rate, energy) — the paper's "p95 ≤ 50 ms".
+type SLA struct {
+	Metric Metric  `json:"metric"`
+	Max    float64 `json:"max"`
+}
+
+// ParseSLA parses "rt_p95<=50".
+func ParseSLA(s string) (SLA, error) {
+	name, val, ok := strings.Cut(s, "<=")
+	if !ok {
+		return SLA{}, Invalid("sla", s, "want METRIC<=VALUE, e.g. rt_p95<=50")
+	}
+	m, err := ParseMetric(strings.TrimSpace(name))
+	if err != nil {
+		return SLA{}, Invalid("sla.metric", name, "unknown metric; known: %v", AllMetrics)
+	}
+	v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+	if err != nil || !(v > 0) {
+		return SLA{}, Invalid("sla.max", val, "must be a number > 0")
+	}
+	return SLA{Metric: m, Max: v}, nil
+}
+
+// Met reports whether value satisfies the SLA.
+func (s SLA) Met(value float64) bool { return value <= s.Max }
+
+func (s SLA) String() string { return fmt.Sprintf("%s<=%g", s.Metric, s.Max) }
+
+// StudyState is where a study is in its life.
+type StudyState string
+
+// Study states.
+const (
+	StudyPending     StudyState = "pending"
+	StudyRunning     StudyState = "running"
+	StudyDone        StudyState = "done"
+	StudyFailed      StudyState = "failed"
+	StudyCancelled   StudyState = "cancelled"
+	StudyInterrupted StudyState = "interrupted" // its process died while running
+)
+
+// Study is one JustRunIt run: a target, a space, a time bound, metrics and
+// optionally an SLA. It produces a matrix.
+type Study struct {
+	ID     string `json:"id"`
+	Name   string `json:"name,omitempty"`
+	Target string `json:"target"` // instance under study, or a runner's name
+	Space  Space  `json:"space"`
+	// Metrics are the matrix's columns; DefaultMetrics when empty.
+	Metrics []Metric `json:"metrics"`
+	SLA     *SLA     `json:"sla,omitempty"`
+	// TimeBound is the longest the study may run experiments for.
+	TimeBound Duration `json:"time_bound"`
+	// WarmUp and Window make one experiment: WarmUp is discarded, Window
+	// measured (it may end early when the p95 estimate has converged).
+	WarmUp Duration `json:"warm_up"`
+	Window Duration `json:"window"`
+	// Slots is how many experiments may run at once (parallel clones).
+	Slots        int    `json:"slots"`
+	Strategy     string `json:"strategy"`
+	Interpolator string `json:"interpolator"`
+	// CheckThreshold is the relative error |measured−interpolated|/measured
+	// above which the checker raises an alert, e.g. 0.1 for 10%.
+	CheckThreshold float64 `json:"check_threshold"`
+
+	State    StudyState `json:"state"`
+	Owner    string     `json:"owner,omitempty"` // "pid@hostname" of the process running it
+	Created  time.Time  `json:"created"`
+	Started  time.Time  `json:"started,omitempty"`
+	Finished time.Time  `json:"finished,omitempty"`
+	Error    string     `json:"error,omitempty"`
+	// Experiments counts the experiments run so far, checks included.
+	Experiments int `json:"experiments"`
+}
+
+// ExperimentLength is how long one experiment takes at most.
+func (s *Study) ExperimentLength() time.Duration { return time.Duration(s.WarmUp + s.Window) }
+
+// Validate checks a study's settings and names the first bad field.
+func (s *Study) Validate() error {
+	if strings.TrimSpace(s.Target) == "" {
+		return Invalid("target", nil, "name the instance to study")
+	}
+	if err := s.Space.Validate(); err != nil {
+		return err
+	}
+	for i, m := range s.Metrics {
+		if _, err := ParseMetric(string(m)); err != nil {
+			return Invalid(fmt.Sprintf("metrics[%d]", i), string(m), "unknown; known: %v", AllMetrics)
+		}
+	}
+	if s.Window <= 0 {
+		return Invalid("window", s.Window, "must be > 0, e.g. 30s")
+	}
+	if s.WarmUp < 0 {
+		return Invalid("warm_up", s.WarmUp, "must be ≥ 0")
+	}
+	if s.TimeBound < Duration(s.ExperimentLength()) {
+		return Invalid("time_bound", s.TimeBound, "shorter than one experiment (warm-up %v + window %v = %v); raise it or shorten the experiment",
+			s.WarmUp, s.Window, s.ExperimentLength())
+	}
+	if s.Slots < 1 {
+		return Invalid("slots", s.Slots, "must be ≥ 1")
+	}
+	if !(s.CheckThreshold > 0) {
+		return Invalid("check_threshold", s.CheckThreshold, "must be > 0, e.g. 0.1 for 10%%")
+	}
+	if s.SLA != nil {
+		if _, err := ParseMetric(string(s.SLA.Metric)); err != nil {
+			return Invalid("sla.metric", string(s.SLA.Metric), "unknown; known: %v", AllMetrics)
+		}
+		if !(s.SLA.Max > 0) {
+			return Invalid("sla.max", s.SLA.Max, "must be > 0")
+		}
+	}
+	return nil
+}
+
+// Runner runs one experiment: the target at point p under the live workload
+// for a warm-up and a window. It returns what it measured, or an error; it
+// must return promptly when ctx is done. Implementations must be safe for
+// concurrent calls when a study has more than one slot.
+type Runner interface {
+	Run(ctx context.Context, p Point) (Observation, error)
+}
+
+// PlanState is what a Strategy sees when it chooses the next experiments.
+type PlanState struct {
+	// Matrix holds the measured cells so far (and the last interpolation).
+	Matrix *Matrix
+	// Running are points whose experiments are under way.
+	Running []Point
+	// TimeLeft is what remains of the time bound; ExperimentLength is how
+	// long one experiment takes at most.
+	TimeLeft         time.Duration
+	ExperimentLength time.Duration
+	// Slots is the number of experiments that may run at once; Free of them
+	// are idle now.
+	Slots int
+	Free  int
+	// SLA is the study's objective, if any (the sla strategy needs it).
+	SLA *SLA
+}
+
+// Budget returns how many more experiments fit into the time left using
+// every slot: each slot runs floor(TimeLeft/ExperimentLength) experiments.
+func (st PlanState) Budget() int {
+	if st.ExperimentLength <= 0 {
+		return 0
+	}
+	return int(st.TimeLeft/st.ExperimentLength) * max(st.Slots, 1)
+}
+
+// Strategy chooses which experiments to run (the paper's driver).
+type Strategy interface {
+	// Name is the strategy's registered name ("grid", "adaptive", "sla").
+	Name() string
+	// Next returns up to st.Free points to run now; none means the strategy
+	// is done (or must wait for running experiments when st.Running is not
+	// empty). It never returns a point that cannot finish within st.TimeLeft,
+	// a point already measured, or one that is running.
+	Next(ctx context.Context, st PlanState) ([]Point, error)
+	// Estimate returns how many experiments the strategy expects to run in
+	// total from st, never more than the budget allows.
+	Estimate(st PlanState) int
+}
+
+// Interpolator fills the cells of a matrix that have no measurement.
+type Interpolator interface {
+	// Name is the interpolator's registered name ("linear", "gp", ...).
+	Name() string
+	// Interpolate sets every cell without a measurement (Empty, I) from the
+	// measured ones (X, V), with an uncertainty estimate. T cells keep their
+	// value (a decision already rests on it). With no measured cell it
+	// returns an error wrapping ErrInvalid.
+	Interpolate(m *Matrix) error
+}
+
+// CheckResult is the checker's verdict on one T cell.
+type CheckResult struct {
+	StudyID   string    `json:"study_id"`
+	Point     Point     `json:"point"`
+	Metric    Metric    `json:"metric"`
+	Predicted float64   `json:"predicted"`
+	Measured  float64   `json:"measured"`
+	RelError  float64   `json:"rel_error"` // |measured − predicted| / |measured|
+	Threshold float64   `json:"threshold"`
+	Passed    bool      `json:"passed"`
+	Time      time.Time `json:"time"`
+}
+
+// Event is something a study, the checker or the manager wants recorded and
+// shown: a study starting, an experiment ending, a check failing.
+type Event struct {
+	ID      int64          `json:"id"`
+	Time    time.Time      `json:"time"`
+	StudyID string         `json:"study_id,omitempty"`
+	Kind    string         `json:"kind"`  // e.g. "study.started", "check.failed"
+	Level   string         `json:"level"` // "info", "warn", "error"
+	Message string         `json:"message"`
+	Data    map[string]any `json:"data,omitempty"`
+}
+
+// Event kinds the engine emits.
+const (
+	EventStudyStarted     = "study.started"
+	EventStudyFinished    = "study.finished"
+	EventExperimentDone   = "experiment.done"
+	EventExperimentFailed = "experiment.failed"
+	EventCheckPassed      = "check.passed"
+	EventCheckFailed      = "check.failed"
+)
+
+// EventFilter selects events; zero fields match everything.
+type EventFilter struct {
+	StudyID string
+	Kind    string
+	AfterID int64
+	Limit   int
+}
+
+// Store keeps studies, their matrices, observations, check results and
+// events. Implementations are safe for concurrent use and for concurrent
+// readers in other processes.
+type Store interface {
+	// CreateStudy stores a new study, assigning ID and Created when empty.
+	// An existing ID gives ErrExists.
+	CreateStudy(ctx context.Context, s *Study) error
+	// UpdateStudy replaces a study's stored fields; unknown ID gives ErrNotFound.
+	UpdateStudy(ctx context.Context, s *Study) error
+	// Study returns one study or ErrNotFound.
+	Study(ctx context.Context, id string) (*Study, error)
+	// Studies returns every study, newest first.
+	Studies(ctx context.Context) ([]*Study, error)
+	// SaveMatrix replaces the study's matrix.
+	SaveMatrix(ctx context.Context, studyID string, m *Matrix) error
+	// Matrix returns the study's last saved matrix or ErrNotFound.
+	Matrix(ctx context.Context, studyID string) (*Matrix, error)
+	// AddObservation appends an experiment's observation to the study.
+	AddObservation(ctx context.Context, studyID string, o Observation) error
+	// Observations returns the study's observations in the order added.
+	Observations(ctx context.Context, studyID string) ([]Observation, error)
+	// AddCheck appends a checker result.
+	AddCheck(ctx context.Context, c CheckResult) error
+	// Checks returns the study's check results in the order added.
+	Checks(ctx context.Context, studyID string) ([]CheckResult, error)
+	// AddEvent appends an event, setting its ID (and Time when zero).
+	AddEvent(ctx context.Context, e *Event) error
+	// Events returns events matching f in ID order.
+	Events(ctx context.Context, f EventFilter) ([]Event, error)
+	// Close releases the store.
+	Close() error
+}
