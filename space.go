@@ -117,12 +117,17 @@ func rangeValues(field, los, his, steps string) ([]float64, error) {
 	}
 	vals := make([]float64, n)
 	for i := range vals {
-		vals[i] = roundTo(lo+float64(i)*step, 1e-9)
+		vals[i] = roundTo9(lo + float64(i)*step)
 	}
 	return vals, nil
 }
 
-func roundTo(v, q float64) float64 { return math.Round(v/q) * q }
+// roundTo9 removes float noise from lo+i*step (30.000000000000004 → 30) by
+// rounding to nine decimals through the decimal representation.
+func roundTo9(v float64) float64 {
+	r, _ := strconv.ParseFloat(strconv.FormatFloat(v, 'f', 9, 64), 64)
+	return r
+}
 
 // Limits on the size of a space, so that a typo cannot ask for a billion
 // experiments or cells.

@@ -1,0 +1,89 @@
+package justrunit
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+func testMatrix(t *testing.T) *Matrix {
+	t.Helper()
+	cpu, _ := ParseParameter("cpu=60..100 step 10")
+	s, _ := NewSpace(cpu)
+	m, err := NewMatrix(s, []Metric{RTP95, Throughput})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestMatrixProvenance(t *testing.T) {
+	m := testMatrix(t)
+	obs := Observation{Point: Point{60}, Window: Duration(time.Second), Samples: 100, Throughput: 100, RT: ResponseTime{P95: 48}}
+	if err := m.Record(obs); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := m.Cell(Point{60}, RTP95)
+	if c.Prov != Measured || c.Value != 48 {
+		t.Fatalf("Cell(60, p95) = %+v, want 48 X", c)
+	}
+	if _, err := m.Use(Point{70}, RTP95); err == nil {
+		t.Fatal("Use of an empty cell: no error")
+	}
+	m.Rows[1].Cells[0] = Cell{Value: 40, Prov: Interpolated, Uncertainty: 2}
+	if c, err := m.Use(Point{70}, RTP95); err != nil || c.Prov != Used {
+		t.Fatalf("Use(70) = %+v, %v; want T", c, err)
+	}
+	if c, _ := m.Use(Point{60}, RTP95); c.Prov != Measured {
+		t.Fatalf("Use of a measured cell changed it to %v", c.Prov)
+	}
+	v, err := m.Verify(Observation{Point: Point{70}, Throughput: 100, RT: ResponseTime{P95: 44}}, RTP95)
+	if err != nil || v.Prov != Verified || v.Value != 44 || v.Predicted != 40 {
+		t.Fatalf("Verify = %+v, %v; want 44 V predicted 40", v, err)
+	}
+	if c, _ := m.Cell(Point{70}, Throughput); c.Prov != Measured {
+		t.Errorf("other metric of a verified point = %v, want X", c.Prov)
+	}
+	if _, err := m.Verify(Observation{Point: Point{80}}, RTP95); err == nil {
+		t.Error("Verify of a non-T cell: no error")
+	}
+	counts := m.Counts()
+	if counts[Measured] != 3 || counts[Verified] != 1 || counts[Empty] != 6 {
+		t.Errorf("Counts() = %v", counts)
+	}
+}
+
+func TestMatrixJSONRoundTrip(t *testing.T) {
+	m := testMatrix(t)
+	_ = m.Record(Observation{Point: Point{80}, Samples: 10, RT: ResponseTime{P95: 30}, Energy: Energy{Source: EnergyModel}})
+	m.Rows[0].Cells[0] = Cell{Value: 55, Prov: Interpolated, Uncertainty: 3}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"prov":"X"`) || !strings.Contains(string(b), `"prov":"I"`) {
+		t.Fatalf("JSON lacks provenance letters: %s", b)
+	}
+	var back Matrix
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if err := back.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	b2, _ := json.Marshal(&back)
+	if !bytes.Equal(b, b2) {
+		t.Errorf("round trip changed the matrix:\n%s\n%s", b, b2)
+	}
+	var out bytes.Buffer
+	if err := back.Render(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"30.00 X", "55.00±3.00 I", "2 X measured, 1 I interpolated"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("Render output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
