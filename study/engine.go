@@ -1,0 +1,320 @@
+// Package study is the study engine: it runs the experiments a Strategy asks
+// for through a Runner, within the study's time bound and parallel slots,
+// records each observation in the matrix, interpolates the rest, and keeps
+// the study, its matrix, observations and events in a Store.
+//
+// The engine depends on the root package's interfaces only; the experimenter
+// (a Runner on a platform with proxies), the drivers, interpolators and the
+// store are plugged in by the caller.
+package study
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/justrunit/justrunit"
+)
+
+// Log attribute keys.
+const (
+	keyStudy = "study"
+	keyPoint = "point"
+	keyErr   = "err"
+)
+
+// Progress is what the engine reports after each change.
+type Progress struct {
+	Study *justrunit.Study
+	// Done counts finished experiments; Planned is the strategy's estimate of
+	// the total (Done included).
+	Done, Planned int
+	// Running lists the points being measured now.
+	Running []justrunit.Point
+	// TimeLeft is what remains of the time bound.
+	TimeLeft time.Duration
+	// Last is the most recent observation, if any.
+	Last *justrunit.Observation
+}
+
+// Engine runs studies. Set the fields, then call Run; an Engine may run
+// several studies one after another but holds no per-study state itself.
+type Engine struct {
+	Runner       justrunit.Runner
+	Strategy     justrunit.Strategy
+	Interpolator justrunit.Interpolator
+	// Store is optional; without it nothing is persisted.
+	Store justrunit.Store
+	// Logger is optional; slog.Default() when nil.
+	Logger *slog.Logger
+	// Progress, when set, is called from the engine's goroutine after the
+	// study starts, after each experiment and at the end.
+	Progress func(Progress)
+	// Owner identifies the running process in the store ("pid@host"), so a
+	// study whose process died can be told apart from a running one.
+	Owner string
+}
+
+type result struct {
+	point justrunit.Point
+	obs   justrunit.Observation
+	err   error
+}
+
+// Run validates st, runs it to the end of its strategy, its time bound, a
+// failed experiment or ctx's end, and returns the matrix (interpolated where
+// anything was measured). The study's State, Error, Experiments and times
+// are updated in st and in the Store. A failed experiment fails the study:
+// the matrix keeps what was measured before it.
+func (e *Engine) Run(ctx context.Context, st *justrunit.Study) (*justrunit.Matrix, error) {
+	if err := e.check(st); err != nil {
+		return nil, err
+	}
+	if len(st.Metrics) == 0 {
+		st.Metrics = append([]justrunit.Metric(nil), justrunit.DefaultMetrics...)
+	}
+	if st.Strategy == "" {
+		st.Strategy = e.Strategy.Name()
+	}
+	if st.Interpolator == "" {
+		st.Interpolator = e.Interpolator.Name()
+	}
+	m, err := justrunit.NewMatrix(st.Space, st.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	log := e.logger().With(keyStudy, st.ID)
+	st.State, st.Started, st.Owner = justrunit.StudyRunning, time.Now(), e.Owner
+	if st.Created.IsZero() {
+		st.Created = st.Started
+	}
+	if e.Store != nil {
+		if st.ID == "" {
+			if err := e.Store.CreateStudy(ctx, st); err != nil {
+				return nil, fmt.Errorf("create study: %w", err)
+			}
+			log = e.logger().With(keyStudy, st.ID)
+		} else if err := e.Store.UpdateStudy(ctx, st); err != nil {
+			return nil, fmt.Errorf("start study: %w", err)
+		}
+	}
+	deadline := st.Started.Add(time.Duration(st.TimeBound))
+	e.event(ctx, st, justrunit.EventStudyStarted, "info", fmt.Sprintf("study of %s over %d points, %s strategy, time bound %v",
+		st.Target, st.Space.Size(), st.Strategy, st.TimeBound), nil)
+	log.Info("study started", "target", st.Target, "points", st.Space.Size(), "strategy", st.Strategy, "time_bound", st.TimeBound)
+
+	runErr := e.loop(ctx, st, m, deadline, log)
+
+	if len(m.Measured()) > 0 {
+		if err := e.Interpolator.Interpolate(m); err != nil {
+			runErr = errors.Join(runErr, fmt.Errorf("interpolate: %w", err))
+		}
+	}
+	st.Finished = time.Now()
+	switch {
+	case runErr == nil:
+		st.State = justrunit.StudyDone
+	case ctx.Err() != nil && errors.Is(runErr, ctx.Err()):
+		st.State, st.Error = justrunit.StudyCancelled, runErr.Error()
+	default:
+		st.State, st.Error = justrunit.StudyFailed, runErr.Error()
+	}
+	// Record the outcome even when ctx is cancelled: the study must not be
+	// left "running" in the store.
+	saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if e.Store != nil {
+		if err := e.Store.SaveMatrix(saveCtx, st.ID, m); err != nil {
+			runErr = errors.Join(runErr, fmt.Errorf("save matrix: %w", err))
+		}
+		if err := e.Store.UpdateStudy(saveCtx, st); err != nil {
+			runErr = errors.Join(runErr, fmt.Errorf("finish study: %w", err))
+		}
+	}
+	counts := m.Counts()
+	e.event(saveCtx, st, justrunit.EventStudyFinished, levelOf(runErr),
+		fmt.Sprintf("study %s: %d experiments, %d cells measured, %d interpolated", st.State, st.Experiments,
+			counts[justrunit.Measured], counts[justrunit.Interpolated]), map[string]any{"state": string(st.State)})
+	e.report(st, nil, nil, 0, deadline)
+	log.Info("study finished", "state", st.State, "experiments", st.Experiments, "took", st.Finished.Sub(st.Started).Round(time.Millisecond))
+	return m, runErr
+}
+
+func (e *Engine) check(st *justrunit.Study) error {
+	switch {
+	case e.Runner == nil:
+		return fmt.Errorf("study engine: no runner")
+	case e.Strategy == nil:
+		return fmt.Errorf("study engine: no strategy")
+	case e.Interpolator == nil:
+		return fmt.Errorf("study engine: no interpolator")
+	}
+	return st.Validate()
+}
+
+// loop asks the strategy for points, runs them in up to st.Slots goroutines,
+// and records results until the strategy is done or something fails.
+func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, deadline time.Time, log *slog.Logger) error {
+	// Experiments may not run past the time bound.
+	runCtx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	results := make(chan result)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel() // stop running experiments before waiting for them
+
+	var running []justrunit.Point
+	var last *justrunit.Observation
+	var firstErr error
+	planned := 0
+	for {
+		if firstErr == nil && ctx.Err() == nil {
+			ps := justrunit.PlanState{
+				Matrix:           m,
+				Running:          running,
+				TimeLeft:         time.Until(deadline),
+				ExperimentLength: st.ExperimentLength(),
+				Slots:            st.Slots,
+				Free:             st.Slots - len(running),
+				SLA:              st.SLA,
+			}
+			var next []justrunit.Point
+			if ps.Free > 0 {
+				var err error
+				next, err = e.Strategy.Next(ctx, ps)
+				if err != nil {
+					firstErr = fmt.Errorf("plan next experiments: %w", err)
+				}
+				if len(next) > ps.Free {
+					firstErr = fmt.Errorf("strategy %s returned %d points for %d free slots", e.Strategy.Name(), len(next), ps.Free)
+					next = nil
+				}
+			}
+			for _, p := range next {
+				p := append(justrunit.Point(nil), p...)
+				running = append(running, p)
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					obs, err := e.Runner.Run(runCtx, p)
+					results <- result{point: p, obs: obs, err: err}
+				}()
+				log.Info("experiment started", keyPoint, st.Space.Format(p))
+			}
+			if len(next) > 0 {
+				planned = e.Strategy.Estimate(ps)
+				e.report(st, running, last, planned, deadline)
+			}
+		}
+		if len(running) == 0 {
+			break
+		}
+		var r result
+		select {
+		case r = <-results:
+		case <-ctx.Done():
+			cancel()
+			r = <-results
+		}
+		running = removePoint(running, r.point)
+		if err := e.record(ctx, st, m, r, log); err != nil && firstErr == nil {
+			firstErr = err
+			cancel() // stop the other experiments: the study has failed
+		}
+		if r.err == nil {
+			last = &r.obs
+		}
+		e.report(st, running, last, planned, deadline)
+	}
+	if firstErr == nil {
+		firstErr = ctx.Err()
+	}
+	return firstErr
+}
+
+// record stores one experiment's outcome.
+func (e *Engine) record(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, r result, log *slog.Logger) error {
+	where := st.Space.Format(r.point)
+	if r.err != nil {
+		log.Warn("experiment failed", keyPoint, where, keyErr, r.err)
+		e.event(ctx, st, justrunit.EventExperimentFailed, "error", fmt.Sprintf("experiment at %s failed: %v", where, r.err), nil)
+		return fmt.Errorf("experiment at %s: %w", where, r.err)
+	}
+	r.obs.Point = r.point
+	if err := m.Record(r.obs); err != nil {
+		return fmt.Errorf("record experiment at %s: %w", where, err)
+	}
+	st.Experiments++
+	log.Info("experiment done", keyPoint, where, "samples", r.obs.Samples, "p95_ms", r.obs.RT.P95, "throughput", r.obs.Throughput, "stop", r.obs.Stop)
+	if e.Store != nil {
+		if err := e.Store.AddObservation(ctx, st.ID, r.obs); err != nil {
+			return fmt.Errorf("store observation: %w", err)
+		}
+		// Keep the stored matrix current so readers see progress; the
+		// interpolation is redone on a copy so the strategy's view stays
+		// exactly what was measured.
+		snap := m.Clone()
+		if err := e.Interpolator.Interpolate(snap); err != nil {
+			return fmt.Errorf("interpolate: %w", err)
+		}
+		if err := e.Store.SaveMatrix(ctx, st.ID, snap); err != nil {
+			return fmt.Errorf("save matrix: %w", err)
+		}
+		if err := e.Store.UpdateStudy(ctx, st); err != nil {
+			return fmt.Errorf("update study: %w", err)
+		}
+	}
+	e.event(ctx, st, justrunit.EventExperimentDone, "info", fmt.Sprintf("measured %s: p95 %.2f ms, %.1f req/s (%s)",
+		where, r.obs.RT.P95, r.obs.Throughput, r.obs.Stop), map[string]any{keyPoint: where})
+	return nil
+}
+
+func (e *Engine) event(ctx context.Context, st *justrunit.Study, kind, level, msg string, data map[string]any) {
+	if e.Store == nil {
+		return
+	}
+	ev := &justrunit.Event{StudyID: st.ID, Kind: kind, Level: level, Message: msg, Data: data}
+	if err := e.Store.AddEvent(ctx, ev); err != nil {
+		e.logger().Warn("store event", keyStudy, st.ID, keyErr, err)
+	}
+}
+
+func (e *Engine) report(st *justrunit.Study, running []justrunit.Point, last *justrunit.Observation, planned int, deadline time.Time) {
+	if e.Progress == nil {
+		return
+	}
+	e.Progress(Progress{
+		Study:    st,
+		Done:     st.Experiments,
+		Planned:  max(planned, st.Experiments+len(running)),
+		Running:  append([]justrunit.Point(nil), running...),
+		TimeLeft: max(time.Until(deadline), 0),
+		Last:     last,
+	})
+}
+
+func (e *Engine) logger() *slog.Logger {
+	if e.Logger != nil {
+		return e.Logger
+	}
+	return slog.Default()
+}
+
+func levelOf(err error) string {
+	if err != nil {
+		return "error"
+	}
+	return "info"
+}
+
+func removePoint(ps []justrunit.Point, p justrunit.Point) []justrunit.Point {
+	for i, q := range ps {
+		if q.Equal(p) {
+			return append(ps[:i:i], ps[i+1:]...)
+		}
+	}
+	return ps
+}
