@@ -111,21 +111,19 @@ func TestRecorderConcurrent(t *testing.T) {
 	const goroutines, each = 8, 5000
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
+	done := make(chan struct{})
 	var resets []Summary
-	var rmu sync.Mutex
 	// A reader resets windows while writers record: every response must land
 	// in exactly one window.
 	go func() {
+		defer close(done)
 		for {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			s := r.Reset()
-			rmu.Lock()
-			resets = append(resets, s)
-			rmu.Unlock()
+			resets = append(resets, r.Reset())
 			_ = r.Snapshot()
 		}
 	}()
@@ -141,8 +139,7 @@ func TestRecorderConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 	close(stop)
-	rmu.Lock()
-	defer rmu.Unlock()
+	<-done
 	last := r.Reset()
 	var count, errs int64
 	for _, s := range append(resets, last) {
