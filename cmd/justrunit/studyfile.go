@@ -1,17 +1,11 @@
 package main
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/internal/yamlfile"
 )
 
 // studyFile is the YAML form of a study. Every field can also be given as a
@@ -52,35 +46,25 @@ const (
 	defaultCheckThreshold = 0.1
 )
 
-// loadStudyFile reads and decodes a study file; errors name the file, line
-// and field. Unknown fields are errors (a typo must not be ignored).
-func loadStudyFile(path string) (*studyFile, *yaml.Node, error) {
-	b, err := os.ReadFile(path)
+// loadStudyFile reads and decodes a study file; unknown fields are errors.
+func loadStudyFile(path string) (*studyFile, *yamlfile.File, error) {
+	var f studyFile
+	yf, err := yamlfile.Load(path, &f)
 	if err != nil {
 		return nil, nil, err
 	}
-	var root yaml.Node
-	if err := yaml.Unmarshal(b, &root); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	var f studyFile
-	if err := dec.Decode(&f); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return &f, &root, nil
+	return &f, yf, nil
 }
 
-// study converts the file into a validated study. A validation error is
-// prefixed with path:line when the field's line is known.
-func (f *studyFile) study(path string, root *yaml.Node) (*justrunit.Study, error) {
+// study converts the file into a validated study; errors name the file,
+// line and field.
+func (f *studyFile) study(yf *yamlfile.File) (*justrunit.Study, error) {
 	st, err := f.build()
 	if err == nil {
 		err = st.Validate()
 	}
 	if err != nil {
-		return nil, locate(path, root, err)
+		return nil, yf.Locate(err)
 	}
 	return st, nil
 }
@@ -106,7 +90,7 @@ func (f *studyFile) build() (*justrunit.Study, error) {
 	for i, s := range f.Parameters {
 		p, err := justrunit.ParseParameter(s)
 		if err != nil {
-			return nil, renameField(err, fmt.Sprintf("parameters[%d]", i))
+			return nil, yamlfile.Rename(err, fmt.Sprintf("parameters[%d]", i))
 		}
 		params = append(params, p)
 	}
@@ -114,14 +98,14 @@ func (f *studyFile) build() (*justrunit.Study, error) {
 	for i, s := range f.Metrics {
 		m, err := justrunit.ParseMetric(s)
 		if err != nil {
-			return nil, renameField(err, fmt.Sprintf("metrics[%d]", i))
+			return nil, yamlfile.Rename(err, fmt.Sprintf("metrics[%d]", i))
 		}
 		st.Metrics = append(st.Metrics, m)
 	}
 	if f.SLA != "" {
 		sla, err := justrunit.ParseSLA(f.SLA)
 		if err != nil {
-			return nil, renameField(err, "sla")
+			return nil, yamlfile.Rename(err, "sla")
 		}
 		st.SLA = &sla
 	}
@@ -143,70 +127,4 @@ func (f *studyFile) build() (*justrunit.Study, error) {
 		return nil, justrunit.Invalid("time_bound", nil, "required, e.g. 10m")
 	}
 	return st, nil
-}
-
-// renameField puts a FieldError under the file's field name (the parser
-// names "parameter cpu.step"; the file calls it "parameters[0]").
-func renameField(err error, field string) error {
-	var fe *justrunit.FieldError
-	if errors.As(err, &fe) {
-		return &justrunit.FieldError{Field: field + " (" + fe.Field + ")", Value: fe.Value, Msg: fe.Msg}
-	}
-	return fmt.Errorf("%s: %w", field, err)
-}
-
-// locate prefixes a FieldError with path:line of its field in the YAML.
-func locate(path string, root *yaml.Node, err error) error {
-	var fe *justrunit.FieldError
-	if !errors.As(err, &fe) {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if line := fieldLine(root, fe.Field); line > 0 {
-		return fmt.Errorf("%s:%d: %w", path, line, err)
-	}
-	return fmt.Errorf("%s: %w", path, err)
-}
-
-// fieldLine finds the line of a field path like "parameters[1] (...)",
-// "sla.max" or "time_bound" in a YAML document; 0 when not found. The
-// longest prefix of the path that exists gives the line.
-func fieldLine(root *yaml.Node, field string) int {
-	if root == nil {
-		return 0
-	}
-	field, _, _ = strings.Cut(field, " ")
-	n := root
-	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
-		n = n.Content[0]
-	}
-	line := 0
-	for _, part := range strings.Split(field, ".") {
-		name, idx := part, -1
-		if i := strings.IndexByte(part, '['); i >= 0 && strings.HasSuffix(part, "]") {
-			name = part[:i]
-			idx, _ = strconv.Atoi(part[i+1 : len(part)-1])
-		}
-		next := mapValue(n, name)
-		if next == nil {
-			return line
-		}
-		line, n = next.Line, next
-		if idx >= 0 && n.Kind == yaml.SequenceNode && idx < len(n.Content) {
-			n = n.Content[idx]
-			line = n.Line
-		}
-	}
-	return line
-}
-
-func mapValue(n *yaml.Node, key string) *yaml.Node {
-	if n == nil || n.Kind != yaml.MappingNode {
-		return nil
-	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		if n.Content[i].Value == key {
-			return n.Content[i+1]
-		}
-	}
-	return nil
 }

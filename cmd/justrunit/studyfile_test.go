@@ -16,7 +16,7 @@ func TestStudyFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := f.study("testdata/study.yaml", root)
+	st, err := f.study(root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func TestStudyFileErrors(t *testing.T) {
 			}
 			f, root, err := loadStudyFile(path)
 			if err == nil {
-				_, err = f.study(path, root)
+				_, err = f.study(root)
 			}
 			if err == nil {
 				t.Fatal("no error")
