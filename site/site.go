@@ -1,0 +1,345 @@
+// Package site reads and validates a site file: the on-line system JustRunIt
+// manages — host classes and their power models, hosts (sandbox ones marked),
+// services with their tiers and instances, where the in- and out-proxies sit
+// on each instance's path, and each service's SLA.
+//
+// A site file is YAML:
+//
+//	platform: local
+//	classes:
+//	  std: {idle_watts: 100, max_watts: 200, freq_ghz: 2.4}
+//	hosts:
+//	  - {name: pm0, class: std, cores: 1}
+//	  - {name: pm1, class: std, cores: 1, on: false}
+//	  - {name: sandbox0, class: std, cores: 1, sandbox: true}
+//	services:
+//	  - name: auction0
+//	    sla: rt_mean<=50
+//	    tiers:
+//	      - name: app
+//	        instances:
+//	          - id: app0
+//	            host: pm0
+//	            command: [auction, app, --listen, 127.0.0.1:8181, --data, http://127.0.0.1:8282]
+//	            addr: 127.0.0.1:8181
+//	            allocation: {cpu: 50}
+//	            in_proxy: {listen: 127.0.0.1:8081}
+//	            out_proxy: {listen: 127.0.0.1:8282, clone_listen: 127.0.0.1:8283, next: 127.0.0.1:8383}
+//
+// Validation errors name the file, line and field.
+package site
+
+import (
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/internal/yamlfile"
+)
+
+// Site is a validated site file.
+type Site struct {
+	// Platform is the default platform of instances ("local", "qemu").
+	Platform string `yaml:"platform"`
+	// Classes are the host classes by name.
+	Classes map[string]Class `yaml:"classes"`
+	Hosts   []Host           `yaml:"hosts"`
+	// Services are the multi-tier applications on the hosts.
+	Services []Service `yaml:"services"`
+}
+
+// Class is a kind of host hardware: its power model and, where frequency is
+// emulated, its reference frequency.
+type Class struct {
+	IdleWatts float64 `yaml:"idle_watts"`
+	MaxWatts  float64 `yaml:"max_watts"`
+	// FreqGHz is the class's CPU frequency; 0 when unknown.
+	FreqGHz float64 `yaml:"freq_ghz"`
+}
+
+// Host is one host of the site.
+type Host struct {
+	Name  string  `yaml:"name"`
+	Class string  `yaml:"class"`
+	Cores float64 `yaml:"cores"`
+	// MemoryMiB is the memory capacity; 0 when not accounted.
+	MemoryMiB int64 `yaml:"memory_mib"`
+	// On is the host's initial power state; default true.
+	On *bool `yaml:"on"`
+	// Sandbox hosts run clones only.
+	Sandbox bool `yaml:"sandbox"`
+}
+
+// Service is a multi-tier application.
+type Service struct {
+	Name string `yaml:"name"`
+	// SLA is the service's objective on its front tier's response time,
+	// "METRIC<=VALUE" (e.g. "rt_mean<=50").
+	SLA   string `yaml:"sla"`
+	Tiers []Tier `yaml:"tiers"`
+}
+
+// Tier is one tier of a service.
+type Tier struct {
+	Name      string     `yaml:"name"`
+	Instances []Instance `yaml:"instances"`
+}
+
+// Instance is one server of a tier.
+type Instance struct {
+	ID       string   `yaml:"id"`
+	Platform string   `yaml:"platform"`
+	Host     string   `yaml:"host"`
+	Command  []string `yaml:"command"`
+	Env      []string `yaml:"env"`
+	Dir      string   `yaml:"dir"`
+	StateDir string   `yaml:"state_dir"`
+	// Addr is the instance's internal address (host:port).
+	Addr       string     `yaml:"addr"`
+	Allocation Allocation `yaml:"allocation"`
+	// InProxy sits in front of the instance (the previous tier connects to
+	// its listen address); without it the instance cannot be studied.
+	InProxy *InProxy `yaml:"in_proxy"`
+	// OutProxy sits between the instance and its next tier.
+	OutProxy *OutProxy `yaml:"out_proxy"`
+}
+
+// Allocation is an instance's current resources.
+type Allocation struct {
+	CPU       float64 `yaml:"cpu"`
+	Freq      float64 `yaml:"freq"`
+	MemoryMiB int64   `yaml:"mem"`
+}
+
+// InProxy is where the in-proxy of an instance listens.
+type InProxy struct {
+	Listen string `yaml:"listen"`
+}
+
+// OutProxy is where the out-proxy of an instance listens: Listen for the
+// on-line instance's calls (forwarded to Next), CloneListen for clones'
+// calls (answered from the record).
+type OutProxy struct {
+	Listen      string `yaml:"listen"`
+	CloneListen string `yaml:"clone_listen"`
+	Next        string `yaml:"next"`
+}
+
+// Load reads and validates a site file.
+func Load(path string) (*Site, error) {
+	var s Site
+	f, err := yamlfile.Load(path, &s)
+	if err != nil {
+		return nil, err
+	}
+	return &s, f.Locate(s.Validate())
+}
+
+// Validate checks the site and names the first bad field.
+func (s *Site) Validate() error {
+	if s.Platform == "" {
+		s.Platform = "local"
+	}
+	for name, c := range s.Classes {
+		m := justrunit.PowerModel{IdleWatts: c.IdleWatts, MaxWatts: c.MaxWatts}
+		if err := m.Validate(); err != nil {
+			return yamlfile.Rename(err, "classes."+name)
+		}
+		if c.FreqGHz < 0 {
+			return justrunit.Invalid("classes."+name+".freq_ghz", c.FreqGHz, "must be ≥ 0")
+		}
+	}
+	if len(s.Hosts) == 0 {
+		return justrunit.Invalid("hosts", nil, "a site needs at least one host")
+	}
+	hosts := map[string]bool{}
+	sandbox := false
+	for i, h := range s.Hosts {
+		f := fmt.Sprintf("hosts[%d]", i)
+		switch {
+		case h.Name == "":
+			return justrunit.Invalid(f+".name", nil, "required")
+		case hosts[h.Name]:
+			return justrunit.Invalid(f+".name", h.Name, "duplicate host")
+		case !(h.Cores > 0):
+			return justrunit.Invalid(f+".cores", h.Cores, "must be > 0")
+		case h.Class == "":
+			return justrunit.Invalid(f+".class", nil, "required; define classes in 'classes'")
+		}
+		if _, ok := s.Classes[h.Class]; !ok {
+			return justrunit.Invalid(f+".class", h.Class, "unknown class; defined: %s", strings.Join(sortedKeys(s.Classes), ", "))
+		}
+		hosts[h.Name] = true
+		sandbox = sandbox || h.Sandbox
+	}
+	ids := map[string]bool{}
+	listens := map[string]string{}
+	claim := func(field, addr string) error {
+		if addr == "" {
+			return nil
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return justrunit.Invalid(field, addr, "want HOST:PORT")
+		}
+		if other, dup := listens[addr]; dup {
+			return justrunit.Invalid(field, addr, "already used by %s", other)
+		}
+		listens[addr] = field
+		return nil
+	}
+	for i, svc := range s.Services {
+		f := fmt.Sprintf("services[%d]", i)
+		if svc.Name == "" {
+			return justrunit.Invalid(f+".name", nil, "required")
+		}
+		if svc.SLA != "" {
+			if _, err := justrunit.ParseSLA(svc.SLA); err != nil {
+				return yamlfile.Rename(err, f+".sla")
+			}
+		}
+		if len(svc.Tiers) == 0 {
+			return justrunit.Invalid(f+".tiers", nil, "a service needs at least one tier")
+		}
+		for j, t := range svc.Tiers {
+			tf := fmt.Sprintf("%s.tiers[%d]", f, j)
+			if t.Name == "" {
+				return justrunit.Invalid(tf+".name", nil, "required")
+			}
+			for k, in := range t.Instances {
+				inf := fmt.Sprintf("%s.instances[%d]", tf, k)
+				switch {
+				case in.ID == "":
+					return justrunit.Invalid(inf+".id", nil, "required")
+				case ids[in.ID]:
+					return justrunit.Invalid(inf+".id", in.ID, "duplicate instance id")
+				case !hosts[in.Host]:
+					return justrunit.Invalid(inf+".host", in.Host, "unknown host; hosts: %s", strings.Join(s.hostNames(), ", "))
+				case s.host(in.Host).Sandbox:
+					return justrunit.Invalid(inf+".host", in.Host, "a sandbox host runs clones only")
+				case len(in.Command) == 0 || strings.TrimSpace(in.Command[0]) == "":
+					return justrunit.Invalid(inf+".command", nil, "required: the program and its arguments")
+				case in.Allocation.CPU < 0 || in.Allocation.CPU > s.host(in.Host).Cores*100:
+					return justrunit.Invalid(inf+".allocation.cpu", in.Allocation.CPU, "must be between 0 (unlimited) and the host's capacity (%g%%)", s.host(in.Host).Cores*100)
+				}
+				ids[in.ID] = true
+				if err := claim(inf+".addr", in.Addr); err != nil {
+					return err
+				}
+				if in.Addr == "" {
+					return justrunit.Invalid(inf+".addr", nil, "required: the instance's HOST:PORT")
+				}
+				if in.InProxy != nil {
+					if in.InProxy.Listen == "" {
+						return justrunit.Invalid(inf+".in_proxy.listen", nil, "required")
+					}
+					if err := claim(inf+".in_proxy.listen", in.InProxy.Listen); err != nil {
+						return err
+					}
+				}
+				if op := in.OutProxy; op != nil {
+					for _, a := range []struct{ field, addr string }{{"listen", op.Listen}, {"clone_listen", op.CloneListen}, {"next", op.Next}} {
+						if a.addr == "" {
+							return justrunit.Invalid(inf+".out_proxy."+a.field, nil, "required")
+						}
+						if a.field == "next" {
+							if _, _, err := net.SplitHostPort(a.addr); err != nil {
+								return justrunit.Invalid(inf+".out_proxy.next", a.addr, "want HOST:PORT")
+							}
+							continue
+						}
+						if err := claim(inf+".out_proxy."+a.field, a.addr); err != nil {
+							return err
+						}
+					}
+				}
+			}
+		}
+	}
+	if !sandbox && len(ids) > 0 {
+		return justrunit.Invalid("hosts", nil, "no sandbox host: mark one host 'sandbox: true' for clones")
+	}
+	return nil
+}
+
+func (s *Site) host(name string) *Host {
+	for i := range s.Hosts {
+		if s.Hosts[i].Name == name {
+			return &s.Hosts[i]
+		}
+	}
+	return nil
+}
+
+func (s *Site) hostNames() []string {
+	var names []string
+	for _, h := range s.Hosts {
+		names = append(names, h.Name)
+	}
+	return names
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// PlatformHosts returns the site's hosts as the platform sees them.
+func (s *Site) PlatformHosts() []justrunit.Host {
+	var out []justrunit.Host
+	for _, h := range s.Hosts {
+		c := s.Classes[h.Class]
+		out = append(out, justrunit.Host{
+			Name: h.Name, Class: h.Class, Cores: h.Cores, MemoryMiB: h.MemoryMiB,
+			Power:   justrunit.PowerModel{IdleWatts: c.IdleWatts, MaxWatts: c.MaxWatts},
+			On:      h.On == nil || *h.On,
+			Sandbox: h.Sandbox,
+		})
+	}
+	return out
+}
+
+// Instance returns the instance with id, its service and tier.
+func (s *Site) Instance(id string) (*Instance, *Service, *Tier, error) {
+	for i := range s.Services {
+		svc := &s.Services[i]
+		for j := range svc.Tiers {
+			t := &svc.Tiers[j]
+			for k := range t.Instances {
+				if t.Instances[k].ID == id {
+					return &t.Instances[k], svc, t, nil
+				}
+			}
+		}
+	}
+	return nil, nil, nil, fmt.Errorf("instance %q: %w in the site", id, justrunit.ErrNotFound)
+}
+
+// Spec returns the platform's launch spec for an instance.
+func (s *Site) Spec(id string) (justrunit.InstanceSpec, error) {
+	in, svc, t, err := s.Instance(id)
+	if err != nil {
+		return justrunit.InstanceSpec{}, err
+	}
+	return justrunit.InstanceSpec{
+		ID: in.ID, Service: svc.Name, Tier: t.Name, Host: in.Host,
+		Command: in.Command, Env: in.Env, Dir: in.Dir, StateDir: in.StateDir, Addr: in.Addr,
+		Alloc: justrunit.Allocation{CPU: in.Allocation.CPU, Freq: in.Allocation.Freq, MemoryMiB: in.Allocation.MemoryMiB},
+	}, nil
+}
+
+// Sandboxes returns the names of the sandbox hosts.
+func (s *Site) Sandboxes() []string {
+	var names []string
+	for _, h := range s.Hosts {
+		if h.Sandbox {
+			names = append(names, h.Name)
+		}
+	}
+	return names
+}

@@ -1,0 +1,78 @@
+package site
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/justrunit/justrunit"
+)
+
+func TestLoad(t *testing.T) {
+	s, err := Load("testdata/site.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosts := s.PlatformHosts()
+	if len(hosts) != 3 || !hosts[0].On || hosts[1].On || !hosts[2].Sandbox || hosts[0].Power.MaxWatts != 200 {
+		t.Errorf("PlatformHosts() = %+v", hosts)
+	}
+	spec, err := s.Spec("app0")
+	if err != nil || spec.Service != "auction0" || spec.Tier != "app" || spec.Alloc.CPU != 50 {
+		t.Errorf("Spec(app0) = %+v, %v", spec, err)
+	}
+	if _, err := s.Spec("nope"); !errors.Is(err, justrunit.ErrNotFound) {
+		t.Errorf("Spec(nope) error = %v, want ErrNotFound", err)
+	}
+	if got := s.Sandboxes(); len(got) != 1 || got[0] != "sandbox0" {
+		t.Errorf("Sandboxes() = %v", got)
+	}
+}
+
+// TestLoadErrors checks that each mistake is reported at its line and field.
+func TestLoadErrors(t *testing.T) {
+	good, err := os.ReadFile("testdata/site.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, from, to string
+		want           []string
+	}{
+		{"unknown class", "{name: pm1, class: std", "{name: pm1, class: big", []string{":6:", "hosts[1].class", "unknown class"}},
+		{"zero cores", "{name: pm0, class: std, cores: 1}", "{name: pm0, class: std, cores: 0}", []string{":5:", "hosts[0].cores"}},
+		{"bad power model", "idle_watts: 100, max_watts: 200", "idle_watts: 300, max_watts: 200", []string{":3:", "classes.std"}},
+		{"unknown host", "host: pm0\n            command: [auction, app", "host: pm9\n            command: [auction, app", []string{":21:", "services[0].tiers[1].instances[0].host", "unknown host"}},
+		{"sandbox host", "host: pm0\n            command: [auction, app", "host: sandbox0\n            command: [auction, app", []string{"sandbox host runs clones only"}},
+		{"cpu above capacity", "{cpu: 50}", "{cpu: 150}", []string{":24:", "allocation.cpu", "capacity"}},
+		{"duplicate id", "id: data0", "id: app0", []string{":29:", "duplicate instance id"}},
+		{"address reused", "clone_listen: 127.0.0.1:18283", "clone_listen: 127.0.0.1:18282", []string{"out_proxy.clone_listen", "already used"}},
+		{"bad sla", "rt_mean<=50", "rt_mean<50", []string{":10:", "services[0].sla"}},
+		{"no command", "command: [auction, data, --listen, 127.0.0.1:18383, --state-dir, /var/lib/auction0]", "command: []", []string{":31:", "command", "required"}},
+		{"unknown field", "state_dir:", "statedir:", []string{"field statedir not found"}},
+		{"no sandbox", "cores: 1, sandbox: true}", "cores: 1}", []string{"no sandbox host"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bad := strings.Replace(string(good), tt.from, tt.to, 1)
+			if bad == string(good) {
+				t.Fatalf("test did not change the file (%q)", tt.from)
+			}
+			path := filepath.Join(t.TempDir(), "site.yaml")
+			if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Load(path)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
