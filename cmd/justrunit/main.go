@@ -111,3 +111,5 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+func isNotFound(err error) bool { return errors.Is(err, justrunit.ErrNotFound) }
