@@ -220,7 +220,11 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 			r = <-results
 		}
 		running = removePoint(running, r.point)
-		if err := e.record(ctx, st, m, r, log); err != nil && firstErr == nil {
+		if ctx.Err() != nil && errors.Is(r.err, ctx.Err()) {
+			continue // cancelled with the study, not failed
+		}
+		// Store what was measured even while the study is being cancelled.
+		if err := e.record(context.WithoutCancel(ctx), st, m, r, log); err != nil && firstErr == nil {
 			firstErr = err
 			cancel() // stop the other experiments: the study has failed
 		}

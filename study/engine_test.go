@@ -1,0 +1,250 @@
+package study
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/driver"
+	"github.com/justrunit/justrunit/interp"
+	"github.com/justrunit/justrunit/store/sqlite"
+)
+
+// curveRunner is a test double for the experimenter: it "measures" response
+// times from a known curve of the cpu share, taking hold to do so.
+type curveRunner struct {
+	rt      func(cpu float64) float64
+	hold    time.Duration
+	failAt  float64 // a cpu value whose experiment fails; 0 for none
+	mu      sync.Mutex
+	active  int
+	maxSeen int
+	runs    atomic.Int64
+}
+
+func (r *curveRunner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+	r.runs.Add(1)
+	r.mu.Lock()
+	r.active++
+	r.maxSeen = max(r.maxSeen, r.active)
+	r.mu.Unlock()
+	defer func() { r.mu.Lock(); r.active--; r.mu.Unlock() }()
+	select {
+	case <-time.After(r.hold):
+	case <-ctx.Done():
+		return justrunit.Observation{}, ctx.Err()
+	}
+	if p[0] == r.failAt {
+		return justrunit.Observation{}, errors.New("clone crashed")
+	}
+	rt := r.rt(p[0])
+	return justrunit.Observation{
+		Point: p, Window: justrunit.Duration(r.hold), Samples: 1000, Throughput: 100,
+		RT:     justrunit.ResponseTime{Mean: rt * 0.7, P50: rt * 0.6, P95: rt, P99: rt * 1.3},
+		Energy: justrunit.Energy{PerRequest: 0.5, Source: justrunit.EnergyModel},
+	}, nil
+}
+
+// knee is a response-time curve with a knee: saturated (1 s) at or below
+// 40% of a core, 80 ms at 50%, 50 ms at 60%, 30 ms at a full core.
+func knee(cpu float64) float64 {
+	if cpu <= 40 {
+		return 1000
+	}
+	return 20 + 600/(cpu-40)
+}
+
+func newStudy(t *testing.T, strategy string, window, bound time.Duration, slots int) *justrunit.Study {
+	t.Helper()
+	cpu, err := justrunit.ParseParameter("cpu=20..100 step 10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &justrunit.Study{
+		Target: "app0", Space: justrunit.Space{Params: []justrunit.Parameter{cpu}},
+		Metrics: []justrunit.Metric{justrunit.RTP95, justrunit.Throughput},
+		SLA:     &justrunit.SLA{Metric: justrunit.RTP95, Max: 50},
+		Window:  justrunit.Duration(window), TimeBound: justrunit.Duration(bound),
+		Slots: slots, Strategy: strategy, Interpolator: "linear", CheckThreshold: 0.1,
+	}
+}
+
+func newEngine(t *testing.T, st *justrunit.Study, r justrunit.Runner, store justrunit.Store) *Engine {
+	t.Helper()
+	in, err := interp.New(st.Interpolator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	strat, err := driver.New(st.Strategy, driver.Options{Interpolator: in})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Engine{Runner: r, Strategy: strat, Interpolator: in, Store: store, Owner: sqlite.OwnerID(),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+}
+
+func openStore(t *testing.T) *sqlite.Store {
+	t.Helper()
+	s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// TestSLAStudy runs the acceptance case of the engine: an SLA study of an
+// 9-point cpu axis finds the least passing share in a few experiments, the
+// rest interpolated, and everything is stored.
+func TestSLAStudy(t *testing.T) {
+	store := openStore(t)
+	st := newStudy(t, "sla", 10*time.Millisecond, time.Minute, 1)
+	r := &curveRunner{rt: knee, hold: time.Millisecond}
+	var progress []Progress
+	e := newEngine(t, st, r, store)
+	e.Progress = func(p Progress) { progress = append(progress, p) }
+	m, err := e.Run(context.Background(), st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != justrunit.StudyDone || st.Experiments > 5 || st.Experiments < 2 {
+		t.Fatalf("study state %s after %d experiments, want done after 2..5", st.State, st.Experiments)
+	}
+	c := m.Counts()
+	if c[justrunit.Measured] != 2*st.Experiments || c[justrunit.Interpolated] != 2*(9-st.Experiments) || c[justrunit.Empty] != 0 {
+		t.Errorf("matrix counts %v after %d experiments", c, st.Experiments)
+	}
+	p, ok, err := driver.LeastPassing(m, *st.SLA, "cpu")
+	if err != nil || !ok {
+		t.Fatalf("LeastPassing: %v %v", ok, err)
+	}
+	var want float64
+	for cpu := 20.0; cpu <= 100; cpu += 10 {
+		if knee(cpu) <= 50 {
+			want = cpu
+			break
+		}
+	}
+	if p[0] != want {
+		t.Errorf("least passing cpu = %v, want %v (curve %.1f ms there)", p[0], want, knee(want))
+	}
+	if len(progress) == 0 || progress[len(progress)-1].Done != st.Experiments {
+		t.Errorf("progress reports: %+v", progress)
+	}
+
+	// Everything is in the store, also after reopening it.
+	ctx := context.Background()
+	got, err := store.Study(ctx, st.ID)
+	if err != nil || got.State != justrunit.StudyDone || got.Experiments != st.Experiments {
+		t.Fatalf("stored study = %+v, %v", got, err)
+	}
+	sm, err := store.Matrix(ctx, st.ID)
+	if err != nil || sm.Counts()[justrunit.Measured] != c[justrunit.Measured] {
+		t.Fatalf("stored matrix counts %v, %v", sm.Counts(), err)
+	}
+	obs, err := store.Observations(ctx, st.ID)
+	if err != nil || len(obs) != st.Experiments {
+		t.Errorf("stored %d observations, want %d (%v)", len(obs), st.Experiments, err)
+	}
+	evs, err := store.Events(ctx, justrunit.EventFilter{StudyID: st.ID})
+	if err != nil || len(evs) != st.Experiments+2 || evs[0].Kind != justrunit.EventStudyStarted || evs[len(evs)-1].Kind != justrunit.EventStudyFinished {
+		t.Errorf("events = %+v, %v", evs, err)
+	}
+}
+
+// TestTimeBound checks that no experiment runs past the time bound, with one
+// slot and with several run in parallel.
+func TestTimeBound(t *testing.T) {
+	for _, slots := range []int{1, 2, 3} {
+		t.Run(fmt.Sprint("slots=", slots), func(t *testing.T) {
+			hold := 40 * time.Millisecond
+			bound := 150 * time.Millisecond // room for 3 rounds of slots
+			st := newStudy(t, "grid", hold, bound, slots)
+			r := &curveRunner{rt: knee, hold: hold}
+			start := time.Now()
+			m, err := newEngine(t, st, r, nil).Run(context.Background(), st)
+			took := time.Since(start)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if took > bound+100*time.Millisecond {
+				t.Errorf("study took %v, time bound %v", took, bound)
+			}
+			if budget := 3 * slots; st.Experiments > budget {
+				t.Errorf("ran %d experiments, budget %d", st.Experiments, budget)
+			}
+			if r.maxSeen > slots {
+				t.Errorf("%d experiments ran at once, slots %d", r.maxSeen, slots)
+			}
+			if slots > 1 && r.maxSeen < 2 {
+				t.Errorf("never ran experiments in parallel with %d slots", slots)
+			}
+			if got := len(m.Measured()); got != st.Experiments {
+				t.Errorf("%d points measured, %d experiments", got, st.Experiments)
+			}
+		})
+	}
+}
+
+// TestFailedExperiment checks that a failing experiment fails the study and
+// keeps what was measured before it.
+func TestFailedExperiment(t *testing.T) {
+	store := openStore(t)
+	st := newStudy(t, "grid", 10*time.Millisecond, time.Minute, 1)
+	r := &curveRunner{rt: knee, hold: time.Millisecond, failAt: 60}
+	m, err := newEngine(t, st, r, store).Run(context.Background(), st)
+	if err == nil || !strings.Contains(err.Error(), "cpu=60") || !strings.Contains(err.Error(), "clone crashed") {
+		t.Fatalf("Run error = %v, want one naming cpu=60 and the cause", err)
+	}
+	if st.State != justrunit.StudyFailed {
+		t.Errorf("state = %s, want failed", st.State)
+	}
+	got, _ := store.Study(context.Background(), st.ID)
+	if got == nil || got.State != justrunit.StudyFailed || got.Error == "" {
+		t.Errorf("stored study = %+v", got)
+	}
+	if m == nil || len(m.Measured()) != st.Experiments {
+		t.Errorf("matrix lost the measured points")
+	}
+}
+
+// TestCancel checks that cancelling a study stops its experiments promptly
+// and records it as cancelled.
+func TestCancel(t *testing.T) {
+	store := openStore(t)
+	st := newStudy(t, "grid", time.Hour, 10*time.Hour, 2)
+	r := &curveRunner{rt: knee, hold: time.Hour}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	done := make(chan error, 1)
+	go func() { _, err := newEngine(t, st, r, store).Run(ctx, st); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Run error = %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	got, _ := store.Study(context.Background(), st.ID)
+	if got == nil || got.State != justrunit.StudyCancelled {
+		t.Errorf("stored study = %+v, want cancelled", got)
+	}
+}
+
+func TestInvalidStudy(t *testing.T) {
+	st := newStudy(t, "grid", time.Minute, time.Second, 1)
+	_, err := newEngine(t, st, &curveRunner{rt: knee}, nil).Run(context.Background(), st)
+	if !errors.Is(err, justrunit.ErrInvalid) || !strings.Contains(err.Error(), "time_bound") {
+		t.Errorf("Run error = %v, want an invalid time_bound", err)
+	}
+}
