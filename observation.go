@@ -76,8 +76,8 @@ type Energy struct {
 	// Source says where the figure came from: "rapl" (a hardware counter) or
 	// "model" (a power model applied to measured CPU utilisation).
 	Source string `json:"source"`
-	// Model describes the model when Source is "model", e.g.
-	// "linear host class std: idle 100 W, max 200 W".
+	// Model describes how the figure was obtained: for "model" the power
+	// model and where utilisation came from, for "rapl" the domains summed.
 	Model string `json:"model,omitempty"`
 	// Utilisation is the mean CPU utilisation the model was fed (0..1 of the
 	// host's capacity), when Source is "model".
