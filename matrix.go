@@ -161,6 +161,9 @@ func (m *Matrix) Record(o Observation) error {
 		if err != nil {
 			return err
 		}
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return Invalid("observation."+string(mt), v, "must be a finite number (at %s)", m.Space.Format(o.Point))
+		}
 		row.Cells[j] = Cell{Value: v, Prov: Measured}
 	}
 	row.Observation = &o

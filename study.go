@@ -220,6 +220,9 @@ const (
 	EventExperimentFailed = "experiment.failed"
 	EventCheckPassed      = "check.passed"
 	EventCheckFailed      = "check.failed"
+	// EventStudyInterrupted is added when a running study is found whose
+	// process died (see the store's recovery on start).
+	EventStudyInterrupted = "study.interrupted"
 )
 
 // EventFilter selects events; zero fields match everything.
@@ -238,6 +241,8 @@ type Store interface {
 	// An existing ID gives ErrExists.
 	CreateStudy(ctx context.Context, s *Study) error
 	// UpdateStudy replaces a study's stored fields; unknown ID gives ErrNotFound.
+	// SaveMatrix, AddObservation and AddCheck give ErrNotFound for an
+	// unknown study too.
 	UpdateStudy(ctx context.Context, s *Study) error
 	// Study returns one study or ErrNotFound.
 	Study(ctx context.Context, id string) (*Study, error)

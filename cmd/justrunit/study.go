@@ -93,9 +93,18 @@ func newStudyRunCmd(g *globals) *cobra.Command {
 	}
 }
 
-// openStore opens the study store in the data directory.
+// openStore opens the study store in the data directory and marks studies
+// whose process died as interrupted, so they are not shown as running.
 func openStore(ctx context.Context, g *globals) (*sqlite.Store, error) {
-	return sqlite.Open(ctx, filepath.Join(g.dataDir, "justrunit.db"))
+	s, err := sqlite.Open(ctx, filepath.Join(g.dataDir, "justrunit.db"))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.RecoverInterrupted(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
 }
 
 func newStudyListCmd(g *globals) *cobra.Command {

@@ -1,0 +1,69 @@
+//go:build unix
+
+package sqlite
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's start time; Linux
+// fixes it at 100 for user space on every architecture Go supports.
+const clockTicks = 100
+
+// processStatus asks the kernel about pid: kill(pid, 0) tells whether it
+// exists (EPERM means it does, owned by another user); on Linux /proc adds
+// whether it is a zombie and when it started.
+func processStatus(pid int) procStatus {
+	err := syscall.Kill(pid, 0)
+	switch {
+	case errors.Is(err, syscall.ESRCH):
+		return procStatus{known: true}
+	case err != nil && !errors.Is(err, syscall.EPERM):
+		return procStatus{}
+	}
+	st := procStatus{known: true, exists: true}
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return st
+	}
+	// "pid (comm) state ppid ..."; comm may hold spaces and parentheses,
+	// so split after the last ')'. Field 3 is the state, field 22 the start
+	// time in clock ticks since boot.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return st
+	}
+	f := bytes.Fields(stat[i+1:])
+	if len(f) < 20 {
+		return st
+	}
+	st.zombie = string(f[0]) == "Z" || string(f[0]) == "X"
+	ticks, err := strconv.ParseInt(string(f[19]), 10, 64)
+	if boot, ok := bootTime(); ok && err == nil {
+		st.started = boot.Add(time.Duration(ticks) * time.Second / clockTicks)
+	}
+	return st
+}
+
+// bootTime reads the boot time from /proc/stat, in whole seconds.
+func bootTime() (time.Time, bool) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return time.Time{}, false
+	}
+	for line := range bytes.Lines(b) {
+		if v, ok := bytes.CutPrefix(line, []byte("btime ")); ok {
+			n, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
+			if err != nil {
+				return time.Time{}, false
+			}
+			return time.Unix(n, 0), true
+		}
+	}
+	return time.Time{}, false
+}
