@@ -147,6 +147,17 @@ func (r Result) Observation(p justrunit.Point) justrunit.Observation {
 	}
 }
 
+// Windowed is what MeasureWindow reads: a *Recorder, or a source that keeps
+// more per window than response times (an in-proxy's per-clone counters).
+type Windowed interface {
+	// Snapshot returns the window so far without ending it.
+	Snapshot() Summary
+	// Reset ends the window, returns it and starts a new one.
+	Reset() Summary
+}
+
+var _ Windowed = (*Recorder)(nil)
+
 // MeasureWindow measures one window of the responses fed to rec (by a
 // proxy, from any goroutines). It resets rec, waits out the warm-up —
 // fixed, or detected and bounded by MaxWarmUp — resetting rec at its end,
@@ -161,7 +172,7 @@ func (r Result) Observation(p justrunit.Point) justrunit.Observation {
 // ctx, is an error wrapping ctx's error. When the meter fails, the result
 // is returned without energy together with the meter's error. meter and
 // progress may be nil.
-func MeasureWindow(ctx context.Context, cfg WindowConfig, rec *Recorder, meter EnergyMeter, progress func(Progress)) (Result, error) {
+func MeasureWindow(ctx context.Context, cfg WindowConfig, rec Windowed, meter EnergyMeter, progress func(Progress)) (Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return Result{}, err
 	}
