@@ -155,6 +155,8 @@ type PlanState struct {
 
 // Budget returns how many more experiments fit into the time left using
 // every slot: each slot runs floor(TimeLeft/ExperimentLength) experiments.
+// It assumes every experiment takes its full length and ignores that slots
+// busy with running experiments free up later.
 func (st PlanState) Budget() int {
 	if st.ExperimentLength <= 0 {
 		return 0
@@ -171,8 +173,9 @@ type Strategy interface {
 	// empty). It never returns a point that cannot finish within st.TimeLeft,
 	// a point already measured, or one that is running.
 	Next(ctx context.Context, st PlanState) ([]Point, error)
-	// Estimate returns how many experiments the strategy expects to run in
-	// total from st, never more than the budget allows.
+	// Estimate returns how many more experiments the strategy expects to
+	// start from st (not counting measured or running points), never more
+	// than st.Budget() − len(st.Running).
 	Estimate(st PlanState) int
 }
 

@@ -205,7 +205,7 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 				log.Info("experiment started", keyPoint, st.Space.Format(p))
 			}
 			if len(next) > 0 {
-				planned = e.Strategy.Estimate(ps)
+				planned = st.Experiments + len(ps.Running) + e.Strategy.Estimate(ps)
 				e.report(st, running, last, planned, deadline)
 			}
 		}
