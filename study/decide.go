@@ -1,0 +1,86 @@
+package study
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/checker"
+)
+
+// Use marks the cells a decision rests on: an interpolated cell becomes T
+// (measured cells are returned as they are). The matrix is saved so the
+// stored study shows what the decision used.
+func (e *Engine) Use(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, p justrunit.Point, metrics ...justrunit.Metric) ([]justrunit.Cell, error) {
+	cells := make([]justrunit.Cell, 0, len(metrics))
+	for _, mt := range metrics {
+		c, err := m.Use(p, mt)
+		if err != nil {
+			return nil, err
+		}
+		cells = append(cells, c)
+	}
+	if e.Store != nil {
+		if err := e.Store.SaveMatrix(ctx, st.ID, m); err != nil {
+			return nil, fmt.Errorf("save matrix: %w", err)
+		}
+	}
+	return cells, nil
+}
+
+// Check runs the checker on every T cell of m: one experiment per point
+// through the engine's Runner, the cells become V with the measured value,
+// and each result is stored with a check.passed or check.failed event.
+// notify, when not nil, is called for every failed check (the hook that
+// alerts the management entity). The matrix is saved afterwards, also when
+// some checking experiments failed (their cells stay T; the errors are
+// returned joined).
+func (e *Engine) Check(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, notify func(justrunit.CheckResult)) ([]justrunit.CheckResult, error) {
+	c, err := checker.New(e.Runner, st.CheckThreshold)
+	if err != nil {
+		return nil, err
+	}
+	c.Logger, c.StudyID, c.Notify = e.logger(), st.ID, notify
+	results, checkErr := c.CheckAll(ctx, m)
+	if e.Store == nil {
+		return results, checkErr
+	}
+	sctx := context.WithoutCancel(ctx)
+	var storeErr error
+	for _, r := range results {
+		if err := e.Store.AddCheck(sctx, r); err != nil {
+			storeErr = errors.Join(storeErr, fmt.Errorf("store check: %w", err))
+		}
+		kind, level, verdict := justrunit.EventCheckPassed, "info", "within"
+		if !r.Passed {
+			kind, level, verdict = justrunit.EventCheckFailed, "warn", "EXCEEDS"
+		}
+		e.event(sctx, st, kind, level, fmt.Sprintf("check %s %s: interpolated %.4g, measured %.4g: error %.1f%% %s threshold %.1f%%",
+			st.Space.Format(r.Point), r.Metric, r.Predicted, r.Measured, 100*r.RelError, verdict, 100*r.Threshold),
+			map[string]any{"metric": string(r.Metric), "rel_error": r.RelError})
+	}
+	st.Experiments += countPoints(results)
+	if err := e.Store.SaveMatrix(sctx, st.ID, m); err != nil {
+		storeErr = errors.Join(storeErr, fmt.Errorf("save matrix: %w", err))
+	}
+	if err := e.Store.UpdateStudy(sctx, st); err != nil {
+		storeErr = errors.Join(storeErr, fmt.Errorf("update study: %w", err))
+	}
+	return results, errors.Join(checkErr, storeErr)
+}
+
+// countPoints counts the distinct points of results: one experiment each.
+func countPoints(results []justrunit.CheckResult) int {
+	var seen []justrunit.Point
+	for _, r := range results {
+		dup := false
+		for _, p := range seen {
+			dup = dup || p.Equal(r.Point)
+		}
+		if !dup {
+			seen = append(seen, r.Point)
+		}
+	}
+	return len(seen)
+}

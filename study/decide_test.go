@@ -1,0 +1,75 @@
+package study
+
+import (
+	"context"
+	"testing"
+
+	"github.com/justrunit/justrunit"
+)
+
+// TestUseAndCheck marks two interpolated cells as used by a decision and
+// checks them: on the knee curve, linear interpolation is far off at 40%
+// (between 1 s at 20% and 50 ms at 60%) and within 20% at 80%.
+func TestUseAndCheck(t *testing.T) {
+	ctx := context.Background()
+	store := openStore(t)
+	st := newStudy(t, "grid", 1, 1, 1)
+	st.Window, st.TimeBound, st.CheckThreshold = 1e9, 10e9, 0.2
+	if err := store.CreateStudy(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	r := &curveRunner{rt: knee}
+	e := newEngine(t, st, r, store)
+	m, err := justrunit.NewMatrix(st.Space, st.Metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cpu := range []float64{20, 60, 100} {
+		o, _ := r.Run(ctx, justrunit.Point{cpu})
+		if err := m.Record(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.Interpolator.Interpolate(m); err != nil {
+		t.Fatal(err)
+	}
+	for _, cpu := range []float64{40, 80} {
+		cells, err := e.Use(ctx, st, m, justrunit.Point{cpu}, justrunit.RTP95)
+		if err != nil || cells[0].Prov != justrunit.Used {
+			t.Fatalf("Use(cpu=%v) = %+v, %v; want a T cell", cpu, cells, err)
+		}
+	}
+	var alerts []justrunit.CheckResult
+	results, err := e.Check(ctx, st, m, func(c justrunit.CheckResult) { alerts = append(alerts, c) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != 2 {
+		t.Fatalf("Check returned %d results, want 2: %+v", len(results), results)
+	}
+	for _, res := range results {
+		wantPass := res.Point[0] == 80
+		if res.Passed != wantPass {
+			t.Errorf("check at cpu=%v: passed=%v (error %.2f), want %v", res.Point[0], res.Passed, res.RelError, wantPass)
+		}
+		c, _ := m.Cell(res.Point, justrunit.RTP95)
+		if c.Prov != justrunit.Verified || c.Value != knee(res.Point[0]) {
+			t.Errorf("cell at cpu=%v after check = %+v, want V with the measured %v", res.Point[0], c, knee(res.Point[0]))
+		}
+	}
+	if len(alerts) != 1 || alerts[0].Point[0] != 40 {
+		t.Errorf("alerts = %+v, want one for cpu=40", alerts)
+	}
+	stored, err := store.Checks(ctx, st.ID)
+	if err != nil || len(stored) != 2 {
+		t.Errorf("stored checks = %+v, %v", stored, err)
+	}
+	evs, _ := store.Events(ctx, justrunit.EventFilter{StudyID: st.ID, Kind: justrunit.EventCheckFailed})
+	if len(evs) != 1 {
+		t.Errorf("check.failed events = %+v, want 1", evs)
+	}
+	sm, _ := store.Matrix(ctx, st.ID)
+	if sm == nil || sm.Counts()[justrunit.Verified] != 2 {
+		t.Errorf("stored matrix lacks the V cells")
+	}
+}
