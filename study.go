@@ -185,8 +185,10 @@ type Interpolator interface {
 	Name() string
 	// Interpolate sets every cell without a measurement (Empty, I) from the
 	// measured ones (X, V), with an uncertainty estimate. T cells keep their
-	// value (a decision already rests on it). With no measured cell it
-	// returns an error wrapping ErrInvalid.
+	// value (a decision already rests on it). Measured cells that are not
+	// finite are not used, and a category (of a categorical parameter) with
+	// nothing measured stays Empty. With no measured cell it returns an
+	// error wrapping ErrInvalid.
 	Interpolate(m *Matrix) error
 }
 

@@ -1,0 +1,254 @@
+// Package interp fills the cells of a JustRunIt matrix that no experiment
+// measured (the paper's interpolator).
+//
+// Two interpolators implement justrunit.Interpolator:
+//
+//   - Linear ("linear"): multilinear interpolation on the grid where the
+//     enclosing corners were measured, piecewise-linear interpolation on the
+//     Delaunay simplices of scattered measured points elsewhere, and a local
+//     linear least-squares fit outside their hull. It is exact on linear
+//     functions and never invents curvature.
+//   - GP ("gp"): Gaussian-process regression on a Box-Cox transform of the
+//     metric (identity, log or reciprocal, chosen by likelihood), with a
+//     linear trend, a Matérn 5/2 kernel and hyperparameters fitted by
+//     maximum a posteriori. It follows the convex knee of response-time
+//     curves that linear interpolation cuts across, and its uncertainty is
+//     the posterior standard deviation.
+//
+// Both keep the same contract: they fill Empty and I cells of every metric
+// from the measured (X) and verified (V) cells, leave X, V and T cells as
+// they are, never interpolate across a categorical parameter (each category
+// is a separate slice of the space), and give every filled cell an absolute
+// uncertainty in the metric's unit. A category in which nothing was measured
+// has nothing to interpolate from, so its cells are left as they are; so is a
+// measured cell whose value is not a finite number, which is also never used
+// as a source.
+//
+// The package is pure computation: no I/O, no goroutines.
+package interp
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+
+	"github.com/justrunit/justrunit"
+)
+
+// registry maps a registered name to its constructor.
+var registry = map[string]func() justrunit.Interpolator{
+	"linear": func() justrunit.Interpolator { return NewLinear() },
+	"gp":     func() justrunit.Interpolator { return NewGP() },
+}
+
+// Names returns the registered interpolator names, sorted.
+func Names() []string {
+	names := make([]string, 0, len(registry))
+	for n := range registry {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// New returns the interpolator registered as name with its default settings.
+// An unknown name gives an error wrapping justrunit.ErrInvalid that lists the
+// known ones.
+func New(name string) (justrunit.Interpolator, error) {
+	mk, ok := registry[name]
+	if !ok {
+		return nil, justrunit.Invalid("interpolator", name, "unknown; known: %s", strings.Join(Names(), ", "))
+	}
+	return mk(), nil
+}
+
+// relFloor is the smallest relative uncertainty a filled cell reports: a
+// value nobody measured is not claimed to better than 0.1%, even when the
+// measured neighbours lie exactly on a plane.
+const relFloor = 1e-3
+
+// estimate is an interpolated value and its absolute uncertainty.
+type estimate struct{ v, u float64 }
+
+// problem is one metric over one slice of the space: the numeric axes that
+// have more than one value, at fixed values of every categorical parameter
+// (and of every single-valued axis). Coordinates are normalised so that each
+// axis spans [0, 1]; distances are measured in those units.
+type problem struct {
+	shape  []int       // values per axis
+	coord  [][]float64 // coord[d][i]: normalised value i of axis d
+	stride []int       // local flat index = Σ index[d]·stride[d]
+
+	at   []int32   // local flat index → measured point number, or -1
+	pts  []int     // local flat index of each measured point
+	xs   []float64 // normalised coordinates of measured points, len(pts)·dims
+	ys   []float64 // measured values
+	fill []int     // local flat indexes to fill
+}
+
+func (p *problem) dims() int { return len(p.shape) }
+
+// x returns measured point i's coordinates.
+func (p *problem) x(i int) []float64 { d := p.dims(); return p.xs[i*d : (i+1)*d] }
+
+// locate writes the coordinates and the axis indexes of local flat index
+// loc into x and idx.
+func (p *problem) locate(loc int, x []float64, idx []int) {
+	for d := range p.shape {
+		i := loc / p.stride[d] % p.shape[d]
+		idx[d] = i
+		x[d] = p.coord[d][i]
+	}
+}
+
+// filler computes estimates for every cell of p.fill, in order.
+type filler func(p *problem) []estimate
+
+// run applies f to every metric of every categorical slice of m and writes
+// the results. It checks everything before it changes anything, so on error
+// m is untouched.
+func run(name string, m *justrunit.Matrix, f filler) error {
+	if m == nil {
+		return fmt.Errorf("%s interpolate: %w", name, justrunit.Invalid("matrix", nil, "is nil"))
+	}
+	if err := validate(m); err != nil {
+		return fmt.Errorf("%s interpolate: %w", name, err)
+	}
+	for j, mt := range m.Metrics {
+		found := false
+		for _, r := range m.Rows {
+			if r.Cells[j].Prov.HasMeasurement() {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return fmt.Errorf("%s interpolate: %w", name, justrunit.Invalid("matrix", string(mt), "no measured cell to interpolate from; run an experiment first"))
+		}
+	}
+
+	// Slices: rows grouped by their categorical coordinates. Within a group,
+	// rows come in flat order, so a row's position in its group is its local
+	// flat index over the numeric axes.
+	sp := m.Space
+	var numeric []int
+	catStride := map[int]int{}
+	groups := 1
+	for d, par := range sp.Params {
+		if par.Categorical() {
+			catStride[d] = groups
+			groups *= len(par.Values)
+		} else if len(par.Values) > 1 {
+			numeric = append(numeric, d)
+		}
+	}
+	members := make([][]int, groups)
+	for i := range m.Rows {
+		g := 0
+		if len(catStride) > 0 {
+			for d, c := range sp.Coords(i) {
+				if s, ok := catStride[d]; ok {
+					g += c * s
+				}
+			}
+		}
+		members[g] = append(members[g], i)
+	}
+
+	shape := make([]int, len(numeric))
+	coord := make([][]float64, len(numeric))
+	for k, d := range numeric {
+		vals := sp.Params[d].Values
+		shape[k] = len(vals)
+		lo, span := vals[0], vals[len(vals)-1]-vals[0]
+		coord[k] = make([]float64, len(vals))
+		for i, v := range vals {
+			coord[k][i] = (v - lo) / span
+		}
+	}
+	stride := make([]int, len(numeric))
+	s := 1
+	for k := len(numeric) - 1; k >= 0; k-- {
+		stride[k] = s
+		s *= shape[k]
+	}
+
+	for _, rows := range members {
+		for j := range m.Metrics {
+			p := &problem{shape: shape, coord: coord, stride: stride, at: make([]int32, len(rows))}
+			x := make([]float64, len(numeric))
+			idx := make([]int, len(numeric))
+			for loc, ri := range rows {
+				c := m.Rows[ri].Cells[j]
+				switch {
+				case c.Prov.HasMeasurement() && !math.IsNaN(c.Value) && !math.IsInf(c.Value, 0):
+					p.at[loc] = int32(len(p.pts))
+					p.pts = append(p.pts, loc)
+					p.locate(loc, x, idx)
+					p.xs = append(p.xs, x...)
+					p.ys = append(p.ys, c.Value)
+				case c.Prov == justrunit.Empty || c.Prov == justrunit.Interpolated:
+					p.at[loc] = -1
+					p.fill = append(p.fill, loc)
+				default: // T (a decision rests on its value) or a non-finite X
+					p.at[loc] = -1
+				}
+			}
+			if len(p.pts) == 0 || len(p.fill) == 0 {
+				continue
+			}
+			est := f(p)
+			nonNeg, maxAbs := true, 0.0
+			for _, y := range p.ys {
+				nonNeg = nonNeg && y >= 0
+				maxAbs = math.Max(maxAbs, math.Abs(y))
+			}
+			for k, loc := range p.fill {
+				e := est[k]
+				if nonNeg && e.v < 0 {
+					// Every metric JustRunIt records is ≥ 0; an
+					// extrapolated slope must not cross zero.
+					e.u = math.Max(e.u, -e.v)
+					e.v = 0
+				}
+				e.u = math.Max(e.u, relFloor*math.Max(math.Abs(e.v), maxAbs))
+				m.Rows[rows[loc]].Cells[j] = justrunit.Cell{Value: e.v, Prov: justrunit.Interpolated, Uncertainty: e.u}
+			}
+		}
+	}
+	return nil
+}
+
+// validate is justrunit.Matrix.Validate without its allocation per row:
+// the slicing in run relies on rows being in the space's flat order.
+func validate(m *justrunit.Matrix) error {
+	sp := m.Space
+	if err := sp.Validate(); err != nil {
+		return err
+	}
+	if len(m.Rows) != sp.Size() {
+		return justrunit.Invalid("rows", len(m.Rows), "want one row per point of the space (%d)", sp.Size())
+	}
+	c := make([]int, len(sp.Params)) // odometer over the space, last axis fastest
+	for i, r := range m.Rows {
+		if len(r.Cells) != len(m.Metrics) {
+			return justrunit.Invalid(fmt.Sprintf("rows[%d].cells", i), len(r.Cells), "want one cell per metric (%d)", len(m.Metrics))
+		}
+		ok := len(r.Point) == len(c)
+		for d := 0; ok && d < len(c); d++ {
+			v := sp.Params[d].Values[c[d]]
+			ok = math.Abs(r.Point[d]-v) <= 1e-9*math.Max(1, math.Abs(v))
+		}
+		if !ok {
+			return justrunit.Invalid(fmt.Sprintf("rows[%d].point", i), sp.Format(r.Point), "rows must follow the space's order; want %s", sp.Format(sp.At(i)))
+		}
+		for d := len(c) - 1; d >= 0; d-- {
+			if c[d]++; c[d] < len(sp.Params[d].Values) {
+				break
+			}
+			c[d] = 0
+		}
+	}
+	return nil
+}
