@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/platform/local"
+)
+
+func init() { addCommand(newPlatformCmd) }
+
+// platformStateDir is where platform name keeps its files under the data dir.
+func platformStateDir(g *globals, name string) string {
+	return filepath.Join(g.dataDir, "platform", name)
+}
+
+// openPlatform makes the named platform with its state under the data dir.
+func openPlatform(g *globals, name string) (justrunit.Platform, error) {
+	return justrunit.NewPlatform(name, justrunit.PlatformConfig{Logger: g.logger, StateDir: platformStateDir(g, name)})
+}
+
+func closePlatform(p justrunit.Platform) error {
+	if c, ok := p.(interface{ Close() error }); ok {
+		return c.Close()
+	}
+	return nil
+}
+
+func newPlatformCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "platform",
+		Short: "Inspect the platform and remove what a crashed run left behind",
+		Long: `Commands about the platform instances run on. The local platform keeps its
+state under <data-dir>/platform/local and names everything it creates after that
+state directory (its scope): cgroups /justrunit/<scope>/..., network namespaces
+jri-<scope>-..., veths jri... aliased justrunit:<scope>:..., nftables tables
+justrunit-<scope>-....`,
+	}
+	cmd.AddCommand(newPlatformGCCmd(g), newPlatformHostsCmd(g))
+	return cmd
+}
+
+func newPlatformGCCmd(g *globals) *cobra.Command {
+	var name string
+	var asJSON, all bool
+	cmd := &cobra.Command{
+		Use:   "gc",
+		Short: "Remove what a crashed run left behind (processes, cgroups, namespaces, veths, NAT rules, mounts, clone dirs)",
+		Long: `Remove the objects a crashed or killed run of the platform left on this machine:
+processes and their cgroups, network namespaces, veth pairs, nftables tables,
+mounts and clone directories of the platform's scope, and nothing else.
+
+The daemon does the same when it starts. gc refuses to run while another process
+(a running daemon or study) holds the platform's state directory.
+
+--all (local platform) cleans every scope on this machine whose platform is not
+running: scopes whose state directory is locked by a live platform are skipped;
+scopes whose state directory is gone (a killed test's temporary directory) lose
+their processes, cgroups, namespaces, veths and nftables tables.`,
+		Example: `  justrunit platform gc
+  justrunit platform gc --json
+  justrunit --data-dir /var/lib/justrunit platform gc
+  justrunit platform gc --all     # every crashed run on this machine`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all {
+				if name != "local" {
+					return fmt.Errorf("platform gc --all: platform %s: %w", name, justrunit.ErrUnsupported)
+				}
+				rs, err := local.CollectStale(cmd.Context(), g.logger)
+				if asJSON {
+					if rs == nil {
+						rs = []local.Report{}
+					}
+					if jerr := json.NewEncoder(cmd.OutOrStdout()).Encode(rs); jerr != nil {
+						return jerr
+					}
+				} else {
+					for _, r := range rs {
+						fmt.Fprintf(cmd.OutOrStdout(), "scope %s: removed %s\n", r.Scope, r)
+					}
+					if len(rs) == 0 {
+						fmt.Fprintln(cmd.OutOrStdout(), "no stale scope")
+					}
+				}
+				if err != nil {
+					return fmt.Errorf("platform gc --all: %w", err)
+				}
+				return nil
+			}
+			p, err := openPlatform(g, name)
+			if err != nil {
+				if errors.Is(err, justrunit.ErrExists) {
+					return fmt.Errorf("platform gc: %w (a running daemon removes its own leftovers)", err)
+				}
+				return fmt.Errorf("platform gc: %w", err)
+			}
+			defer closePlatform(p)
+			ctx := cmd.Context()
+			if lp, ok := p.(*local.Platform); ok {
+				r, err := lp.Collect(ctx)
+				if err != nil {
+					return fmt.Errorf("platform gc: %w", err)
+				}
+				if asJSON {
+					return json.NewEncoder(cmd.OutOrStdout()).Encode(r)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "scope %s: removed %s\n", lp.Scope(), r)
+				return nil
+			}
+			c, ok := p.(justrunit.Cleaner)
+			if !ok {
+				return fmt.Errorf("platform gc: platform %s: %w: it keeps no state to clean", name, justrunit.ErrUnsupported)
+			}
+			if err := c.Cleanup(ctx); err != nil {
+				return fmt.Errorf("platform gc: %w", err)
+			}
+			if asJSON {
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(map[string]string{"platform": name, "result": "clean"})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "platform %s: clean\n", name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "platform", "local", "platform to clean")
+	cmd.Flags().BoolVar(&all, "all", false, "clean every scope on this machine whose platform is not running (local)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was removed as JSON")
+	return cmd
+}
+
+func newPlatformHostsCmd(g *globals) *cobra.Command {
+	var name string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "hosts",
+		Short: "List the platform's hosts (on local: CPU partitions of this machine)",
+		Example: `  justrunit platform hosts
+  justrunit platform hosts --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := openPlatform(g, name)
+			if err != nil {
+				return fmt.Errorf("platform hosts: %w", err)
+			}
+			defer closePlatform(p)
+			return printHosts(cmd, p, asJSON)
+		},
+	}
+	cmd.Flags().StringVar(&name, "platform", "local", "platform to list")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printHosts(cmd *cobra.Command, p justrunit.Platform, asJSON bool) error {
+	hosts, err := p.Hosts(context.Background())
+	if err != nil {
+		return err
+	}
+	cpus := map[string]string{}
+	if lp, ok := p.(*local.Platform); ok {
+		for _, h := range lp.HostConfigs() {
+			cpus[h.Name] = h.CPUs
+		}
+	}
+	if asJSON {
+		type row struct {
+			justrunit.Host
+			CPUs string `json:"cpus,omitempty"`
+		}
+		var rows []row
+		for _, h := range hosts {
+			rows = append(rows, row{h, cpus[h.Name]})
+		}
+		enc := json.NewEncoder(cmd.OutOrStdout())
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"platform": p.Name(), "hosts": rows, "capabilities": p.Capabilities()})
+	}
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tCLASS\tCORES\tCPUS\tROLE\tPOWER\tMODEL")
+	for _, h := range hosts {
+		role, power := "on-line", "off"
+		if h.Sandbox {
+			role = "sandbox"
+		}
+		if h.On {
+			power = "on"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%g\t%s\t%s\t%s\t%s\n", h.Name, h.Class, h.Cores, cpus[h.Name], role, power, h.Power)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(cmd.OutOrStdout())
+	for _, c := range p.Capabilities() {
+		em := ""
+		if c.Emulated {
+			em = " (emulated)"
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "%-9s %s%s\n", c.Param, c.How, em)
+	}
+	return nil
+}

@@ -1,0 +1,536 @@
+// Package cgroup is the local platform's thin layer over
+// github.com/containerd/cgroups/v3: one Group type for cgroup v1 (the
+// controllers mounted one per directory under /sys/fs/cgroup, as on this
+// project's machines) and cgroup v2 (the unified hierarchy most users have),
+// with only the knobs JustRunIt varies — CFS bandwidth, cpuset, memory limit —
+// plus freezing, usage and killing.
+//
+// Paths are absolute within the hierarchy ("/justrunit/<scope>/<id>"); the
+// package never touches a group outside the prefix it is given.
+package cgroup
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Root is where cgroup hierarchies are mounted.
+const Root = "/sys/fs/cgroup"
+
+// Version is the cgroup version a Group uses.
+type Version int
+
+// Cgroup versions.
+const (
+	V1 Version = 1
+	V2 Version = 2
+)
+
+// String returns "v1" or "v2".
+func (v Version) String() string { return fmt.Sprintf("v%d", int(v)) }
+
+// Detect returns the version the machine's resource controllers live in:
+// V2 on a unified hierarchy, V1 on legacy and hybrid ones (hybrid machines
+// mount the controllers JustRunIt needs under v1).
+func Detect() (Version, error) {
+	switch cgroups.Mode() {
+	case cgroups.Unified:
+		return V2, nil
+	case cgroups.Legacy, cgroups.Hybrid:
+		return V1, nil
+	}
+	return 0, errors.New("cgroup: no cgroup hierarchy mounted under " + Root)
+}
+
+// v1Controllers are the v1 hierarchies a group is created in. Others
+// (devices, blkio, net_cls...) are left alone so that nothing JustRunIt does
+// not use is created or has to be cleaned up.
+var v1Controllers = []cgroup1.Name{cgroup1.Freezer, cgroup1.Pids, cgroup1.Cpuset, cgroup1.Cpu, cgroup1.Cpuacct, cgroup1.Memory}
+
+func v1Hierarchy() ([]cgroup1.Subsystem, error) {
+	all := []cgroup1.Subsystem{
+		cgroup1.NewFreezer(Root), cgroup1.NewPids(Root), cgroup1.NewCpuset(Root),
+		cgroup1.NewCpu(Root), cgroup1.NewCpuacct(Root), cgroup1.NewMemory(Root),
+	}
+	var out []cgroup1.Subsystem
+	for _, s := range all {
+		if _, err := os.Stat(filepath.Join(Root, string(s.Name()))); err == nil {
+			out = append(out, s)
+		}
+	}
+	for _, need := range []cgroup1.Name{cgroup1.Freezer, cgroup1.Cpu, cgroup1.Cpuset} {
+		found := false
+		for _, s := range out {
+			found = found || s.Name() == need
+		}
+		if !found {
+			return nil, fmt.Errorf("cgroup v1 controller %s is not mounted under %s", need, Root)
+		}
+	}
+	return out, nil
+}
+
+// Dirs returns every directory a group with the given path occupies (one per
+// v1 controller, one for v2), whether or not it exists.
+func Dirs(v Version, path string) []string {
+	if v == V2 {
+		return []string{filepath.Join(Root, path)}
+	}
+	var out []string
+	for _, n := range v1Controllers {
+		if _, err := os.Stat(filepath.Join(Root, string(n))); err == nil {
+			out = append(out, filepath.Join(Root, string(n), path))
+		}
+	}
+	return out
+}
+
+// Group is one cgroup. Its methods are safe for concurrent use.
+type Group struct {
+	v    Version
+	path string
+	c1   cgroup1.Cgroup
+	c2   *cgroup2.Manager
+}
+
+// Limits are the resources New applies.
+type Limits struct {
+	// Cpus is the cpuset ("0-1"); empty inherits the parent's.
+	Cpus string
+	// QuotaUS and PeriodUS are the CFS bandwidth; QuotaUS ≤ 0 is unlimited.
+	QuotaUS  int64
+	PeriodUS uint64
+	// MemoryBytes is the memory limit; ≤ 0 is unlimited.
+	MemoryBytes int64
+	// Shares is the CPU weight in cgroup v1 units (1024 = a default
+	// process); v2 converts it to cpu.weight. 0 leaves it alone.
+	Shares uint64
+}
+
+// New creates (or reuses) the group at path in version v and applies l.
+func New(v Version, path string, l Limits) (*Group, error) {
+	if !strings.HasPrefix(path, "/") || strings.Contains(path, "..") {
+		return nil, fmt.Errorf("cgroup: bad path %q", path)
+	}
+	g := &Group{v: v, path: path}
+	switch v {
+	case V1:
+		c, err := cgroup1.New(cgroup1.StaticPath(path), &specs.LinuxResources{}, cgroup1.WithHierarchy(v1Hierarchy))
+		if err != nil {
+			return nil, fmt.Errorf("create cgroup %s: %w", path, err)
+		}
+		g.c1 = c
+	case V2:
+		m, err := cgroup2.NewManager(Root, path, &cgroup2.Resources{CPU: &cgroup2.CPU{}, Memory: &cgroup2.Memory{}, Pids: &cgroup2.Pids{}})
+		if err != nil {
+			return nil, fmt.Errorf("create cgroup %s: %w", path, err)
+		}
+		// The cpuset controller has to be enabled on the way down before
+		// cpuset.cpus can be written.
+		if err := enableV2(path, "cpuset"); err != nil {
+			_ = m.Delete()
+			return nil, fmt.Errorf("create cgroup %s: %w", path, err)
+		}
+		g.c2 = m
+	default:
+		return nil, fmt.Errorf("cgroup: unknown version %d", v)
+	}
+	if err := g.Set(l); err != nil {
+		_ = g.Delete()
+		return nil, err
+	}
+	return g, nil
+}
+
+// enableV2 enables controller in the subtree_control of every ancestor of path.
+func enableV2(path, controller string) error {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	dir := Root
+	for _, p := range parts {
+		b, err := os.ReadFile(filepath.Join(dir, "cgroup.subtree_control"))
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(" "+string(b)+" ", " "+controller+" ") {
+			if err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+"+controller), 0); err != nil {
+				return fmt.Errorf("enable %s in %s: %w", controller, dir, err)
+			}
+		}
+		dir = filepath.Join(dir, p)
+	}
+	return nil
+}
+
+// Load opens an existing group; it returns an error wrapping os.ErrNotExist
+// when the group is gone.
+func Load(v Version, path string) (*Group, error) {
+	g := &Group{v: v, path: path}
+	switch v {
+	case V1:
+		c, err := cgroup1.Load(cgroup1.StaticPath(path), cgroup1.WithHierarchy(v1Hierarchy))
+		if err != nil {
+			if errors.Is(err, cgroup1.ErrCgroupDeleted) {
+				return nil, fmt.Errorf("cgroup %s: %w", path, os.ErrNotExist)
+			}
+			return nil, err
+		}
+		g.c1 = c
+	case V2:
+		if _, err := os.Stat(filepath.Join(Root, path)); err != nil {
+			return nil, err
+		}
+		m, err := cgroup2.Load(path)
+		if err != nil {
+			return nil, err
+		}
+		g.c2 = m
+	}
+	return g, nil
+}
+
+// Path is the group's path within the hierarchy.
+func (g *Group) Path() string { return g.path }
+
+// Version is the group's cgroup version.
+func (g *Group) Version() Version { return g.v }
+
+// Set applies l.
+func (g *Group) Set(l Limits) error {
+	quota := l.QuotaUS
+	if quota <= 0 {
+		quota = -1
+	}
+	period := l.PeriodUS
+	if period == 0 {
+		period = 100000
+	}
+	mem := l.MemoryBytes
+	if mem <= 0 {
+		mem = -1
+	}
+	switch g.v {
+	case V1:
+		r := &specs.LinuxResources{
+			CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period, Cpus: l.Cpus, Shares: nonZero(l.Shares)},
+			Memory: &specs.LinuxMemory{Limit: &mem},
+		}
+		if err := g.c1.Update(r); err != nil {
+			return fmt.Errorf("set cgroup %s: %w", g.path, err)
+		}
+	case V2:
+		max := cgroup2.NewCPUMax(&quota, &period)
+		if quota < 0 {
+			max = cgroup2.CPUMax(fmt.Sprintf("max %d", period))
+		}
+		var weight *uint64
+		if l.Shares > 0 {
+			w := cgroup2.ConvertCPUSharesToCgroupV2Value(l.Shares)
+			weight = &w
+		}
+		r := &cgroup2.Resources{CPU: &cgroup2.CPU{Max: max, Cpus: l.Cpus, Weight: weight}, Memory: &cgroup2.Memory{Max: &mem}}
+		if err := g.c2.Update(r); err != nil {
+			return fmt.Errorf("set cgroup %s: %w", g.path, err)
+		}
+	}
+	return nil
+}
+
+func nonZero(v uint64) *uint64 {
+	if v == 0 {
+		return nil
+	}
+	return &v
+}
+
+// SetShares sets the CPU weight (v1 units) of the existing group at path.
+func SetShares(v Version, path string, shares uint64) error {
+	f, val := filepath.Join(Root, "cpu", path, "cpu.shares"), strconv.FormatUint(shares, 10)
+	if v == V2 {
+		f, val = filepath.Join(Root, path, "cpu.weight"), strconv.FormatUint(cgroup2.ConvertCPUSharesToCgroupV2Value(shares), 10)
+	}
+	if err := os.WriteFile(f, []byte(val), 0); err != nil {
+		return fmt.Errorf("set cpu weight of %s: %w", path, err)
+	}
+	return nil
+}
+
+// AddProc moves process pid (and, for new children, its descendants) into g.
+func (g *Group) AddProc(pid int) error {
+	var err error
+	if g.v == V1 {
+		err = g.c1.AddProc(uint64(pid))
+	} else {
+		err = g.c2.AddProc(uint64(pid))
+	}
+	if err != nil {
+		return fmt.Errorf("add pid %d to cgroup %s: %w", pid, g.path, err)
+	}
+	return nil
+}
+
+// Freeze stops every process of g until Thaw. It waits at most timeout for
+// the kernel to report the group frozen; past that it thaws the group again
+// and fails, so that an on-line instance is never left half-frozen.
+func (g *Group) Freeze(timeout time.Duration) error {
+	file, want, thawed := filepath.Join(Root, "freezer", g.path, "freezer.state"), "FROZEN", "THAWED"
+	if g.v == V2 {
+		file, want, thawed = filepath.Join(Root, g.path, "cgroup.freeze"), "1", "0"
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		if err := os.WriteFile(file, []byte(want), 0); err != nil {
+			return fmt.Errorf("freeze cgroup %s: %w", g.path, err)
+		}
+		frozen, err := g.frozen()
+		if err != nil {
+			_ = os.WriteFile(file, []byte(thawed), 0)
+			return fmt.Errorf("freeze cgroup %s: %w", g.path, err)
+		}
+		if frozen {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			_ = os.WriteFile(file, []byte(thawed), 0)
+			return fmt.Errorf("freeze cgroup %s: not frozen after %v", g.path, timeout)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
+func (g *Group) frozen() (bool, error) {
+	if g.v == V1 {
+		b, err := os.ReadFile(filepath.Join(Root, "freezer", g.path, "freezer.state"))
+		return strings.TrimSpace(string(b)) == "FROZEN", err
+	}
+	b, err := os.ReadFile(filepath.Join(Root, g.path, "cgroup.events"))
+	return strings.Contains(string(b), "frozen 1"), err
+}
+
+// Thaw resumes the processes Freeze stopped.
+func (g *Group) Thaw() error {
+	if g.v == V1 {
+		return g.c1.Thaw()
+	}
+	return g.c2.Thaw()
+}
+
+// Usage is the CPU time and memory the group's processes used.
+type Usage struct {
+	CPU    time.Duration
+	Memory int64
+}
+
+// Usage reads cpuacct.usage and memory.usage_in_bytes (v1) or cpu.stat
+// usage_usec and memory.current (v2).
+func (g *Group) Usage() (Usage, error) {
+	var u Usage
+	if g.v == V1 {
+		m, err := g.c1.Stat(cgroup1.IgnoreNotExist)
+		if err != nil {
+			return u, fmt.Errorf("usage of cgroup %s: %w", g.path, err)
+		}
+		if m.CPU != nil && m.CPU.Usage != nil {
+			u.CPU = time.Duration(m.CPU.Usage.Total)
+		}
+		if m.Memory != nil && m.Memory.Usage != nil {
+			u.Memory = int64(m.Memory.Usage.Usage)
+		}
+		return u, nil
+	}
+	m, err := g.c2.StatFiltered(cgroup2.StatCPU | cgroup2.StatMemory)
+	if err != nil {
+		return u, fmt.Errorf("usage of cgroup %s: %w", g.path, err)
+	}
+	if m.CPU != nil {
+		u.CPU = time.Duration(m.CPU.UsageUsec) * time.Microsecond
+	}
+	if m.Memory != nil {
+		u.Memory = int64(m.Memory.Usage)
+	}
+	return u, nil
+}
+
+// Procs lists the process ids in g and its descendants.
+func (g *Group) Procs() ([]int, error) {
+	var out []int
+	if g.v == V1 {
+		ps, err := g.c1.Processes(cgroup1.Freezer, true)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range ps {
+			out = append(out, p.Pid)
+		}
+		return out, nil
+	}
+	ps, err := g.c2.Procs(true)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range ps {
+		out = append(out, int(p))
+	}
+	return out, nil
+}
+
+// Kill sends SIGKILL to every process in g until none is left or the
+// deadline passes. It freezes the group first so that no process forks
+// behind the kill.
+func (g *Group) Kill(deadline time.Time) error {
+	if g.v == V2 {
+		if err := g.c2.Kill(); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("kill cgroup %s: %w", g.path, err)
+		}
+	} else {
+		_ = g.Freeze(time.Second)
+		ps, _ := g.Procs()
+		for _, p := range ps {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+		_ = g.Thaw() // killed tasks die only once thawed
+	}
+	for {
+		ps, err := g.Procs()
+		if err != nil || len(ps) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("kill cgroup %s: %d processes still alive", g.path, len(ps))
+		}
+		for _, p := range ps {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Delete removes the (empty) group from every hierarchy. A missing group is
+// not an error.
+func (g *Group) Delete() error {
+	var err error
+	if g.v == V1 {
+		err = g.c1.Delete()
+	} else {
+		err = g.c2.Delete()
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("delete cgroup %s: %w", g.path, err)
+	}
+	return nil
+}
+
+// RemoveTree removes the directories of path and everything below it, deepest
+// first, in every hierarchy of version v. Groups must be empty of processes.
+// A missing tree is not an error.
+func RemoveTree(v Version, path string) error {
+	var errs []error
+	for _, root := range Dirs(v, path) {
+		var dirs []string
+		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			if err := rmdirRetry(dirs[i]); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func rmdirRetry(dir string) error {
+	var err error
+	for i := 0; i < 20; i++ {
+		err = syscall.Rmdir(dir)
+		if err == nil || errors.Is(err, syscall.ENOENT) {
+			return nil
+		}
+		if !errors.Is(err, syscall.EBUSY) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return fmt.Errorf("remove cgroup %s: %w", dir, err)
+}
+
+// Children lists the names of the groups directly below path, in any
+// hierarchy of version v.
+func Children(v Version, path string) ([]string, error) {
+	seen := map[string]bool{}
+	var out []string
+	for _, dir := range Dirs(v, path) {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			return nil, err
+		}
+		for _, e := range ents {
+			if e.IsDir() && !seen[e.Name()] {
+				seen[e.Name()] = true
+				out = append(out, e.Name())
+			}
+		}
+	}
+	return out, nil
+}
+
+// TreeProcs lists the processes in path and below, in any hierarchy.
+func TreeProcs(v Version, path string) []int {
+	seen := map[int]bool{}
+	var out []int
+	for _, root := range Dirs(v, path) {
+		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err != nil || !d.IsDir() {
+				return nil
+			}
+			b, err := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+			if err != nil {
+				return nil
+			}
+			for _, f := range strings.Fields(string(b)) {
+				var pid int
+				if _, err := fmt.Sscan(f, &pid); err == nil && !seen[pid] {
+					seen[pid] = true
+					out = append(out, pid)
+				}
+			}
+			return nil
+		})
+	}
+	return out
+}
+
+// FreezeTree freezes (or thaws) every group at and below path in v1's
+// freezer hierarchy or v2's cgroup.freeze; used by cleanup to stop a crashed
+// run's processes from forking while they are killed.
+func FreezeTree(v Version, path string, freeze bool) {
+	if v == V2 {
+		val := "0"
+		if freeze {
+			val = "1"
+		}
+		_ = os.WriteFile(filepath.Join(Root, path, "cgroup.freeze"), []byte(val), 0)
+		return
+	}
+	val := "THAWED"
+	if freeze {
+		val = "FROZEN"
+	}
+	_ = os.WriteFile(filepath.Join(Root, "freezer", path, "freezer.state"), []byte(val), 0)
+}

@@ -1,0 +1,366 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/justrunit/justrunit"
+)
+
+// Storage kinds of a clone's state directory.
+const (
+	// StorageOverlay: an overlayfs whose lower layer is a snapshot of the
+	// original's state directory and whose upper layer is the clone's own.
+	StorageOverlay = "overlay"
+	// StorageCopy: the snapshot itself, bind-mounted (overlayfs unavailable).
+	StorageCopy = "copy"
+)
+
+// freezeTimeout bounds the wait for the kernel to freeze the original; the
+// on-line path comes first, so a freeze that does not take is given up.
+const freezeTimeout = 500 * time.Millisecond
+
+// testHookCloneStarted, when set by a test, runs once a clone's process has
+// started and before Clone waits for it to listen.
+var testHookCloneStarted func(*inst)
+
+// cloneState is what a clone owns beyond an instance's process and cgroup.
+type cloneState struct {
+	Dir     string
+	Net     *cloneNet
+	Storage string // StorageOverlay or StorageCopy
+	// Snapshot is "reflink" when every file of the snapshot shares blocks
+	// with the original's, else "copy".
+	Snapshot string
+}
+
+// CloneInfo describes how a clone was made, beyond justrunit.Clone.
+type CloneInfo struct {
+	// Storage is "overlay" or "copy" (see StorageOverlay).
+	Storage string `json:"storage"`
+	// Snapshot is "reflink" or "copy": how the frozen state was captured.
+	Snapshot string `json:"snapshot"`
+	// Netns is the clone's network namespace (ip netns exec NAME ...).
+	Netns string `json:"netns"`
+}
+
+// Info returns how clone id was made.
+func (p *Platform) Info(id string) (CloneInfo, error) {
+	in, err := p.get(id)
+	if err != nil {
+		return CloneInfo{}, err
+	}
+	if in.clone == nil {
+		return CloneInfo{}, justrunit.Invalid("id", id, "is not a clone")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ci := CloneInfo{Storage: in.clone.Storage, Snapshot: in.clone.Snapshot}
+	if in.clone.Net != nil {
+		ci.Netns = in.clone.Net.Netns
+	}
+	return ci, nil
+}
+
+// Clone starts a clone of on-line instance id on sandbox host. The clone is
+// a cold start of the same command and environment (Debian 12's criu cannot
+// checkpoint on this project's kernels, so there is no live mode here):
+//
+//  1. the clone's network identity is set up: namespace, veth pair, /30
+//     link, DNAT from its endpoint to the internal address, next-tier
+//     addresses steered to the out-proxies, everything else refused;
+//  2. the original's cgroup is frozen, its state directory snapshotted
+//     (reflink where the filesystem can, else copied) and thawed; the time
+//     frozen is reported as Pause;
+//  3. the command starts in the clone's cgroup, network namespace and a
+//     private mount namespace where the state directory's path shows an
+//     overlay (snapshot below, the clone's writes above);
+//  4. Clone returns once the clone accepts connections on its endpoint.
+func (p *Platform) Clone(ctx context.Context, id, host string, opts justrunit.CloneOptions) (*justrunit.Clone, error) {
+	c, err := p.clone(ctx, id, host, opts)
+	if err != nil {
+		return nil, fmt.Errorf("clone instance %s: %w", id, err)
+	}
+	return c, nil
+}
+
+func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.CloneOptions) (_ *justrunit.Clone, err error) {
+	start := time.Now()
+	p.mu.Lock()
+	orig, ok := p.insts[id]
+	if !ok {
+		p.mu.Unlock()
+		return nil, fmt.Errorf("instance %q: %w", id, justrunit.ErrNotFound)
+	}
+	h := p.host(host)
+	switch {
+	case orig.Origin != "":
+		err = justrunit.Invalid("id", id, "is a clone; clone its on-line instance %s", orig.Origin)
+	case orig.exited():
+		err = justrunit.Invalid("id", id, "has exited")
+	case orig.Addr == "":
+		err = justrunit.Invalid("addr", nil, "instance %s has no address to give its clone", id)
+	case h == nil:
+		err = justrunit.Invalid("host", host, "unknown host; hosts: %s", p.hostNames())
+	case !h.Sandbox:
+		err = justrunit.Invalid("host", host, "is not a sandbox host")
+	case !h.On:
+		err = justrunit.Invalid("host", host, "is powered off")
+	}
+	if err == nil {
+		err = p.checkAlloc(opts.Alloc, h)
+	}
+	if err == nil {
+		err = p.checkRoom(h, opts.Alloc.CPU, "")
+	}
+	if err != nil {
+		p.mu.Unlock()
+		return nil, err
+	}
+	p.seq++
+	cid := fmt.Sprintf("c%d-%s", p.seq, orig.ID)
+	if len(cid) > 48 {
+		cid = cid[:48]
+	}
+	in := &inst{
+		Instance: justrunit.Instance{ID: cid, Service: orig.Service, Tier: orig.Tier, Host: h.Name, Addr: orig.Addr, Alloc: opts.Alloc, Origin: orig.ID, State: "starting"},
+		spec:     orig.spec,
+		path:     orig.path,
+		env:      orig.env,
+		done:     make(chan struct{}),
+		clone:    &cloneState{Dir: filepath.Join(p.cfg.StateDir, "clones", cid)},
+	}
+	p.insts[cid] = in
+	origGroup := orig.group
+	p.mu.Unlock()
+	defer func() {
+		if err != nil {
+			p.forget(cid)
+		}
+	}()
+
+	internal, err := parseInternal(orig.Addr)
+	if err != nil {
+		return nil, err
+	}
+	cs := in.clone
+	if err := os.MkdirAll(cs.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	cn, err := p.setupNet(cid, internal, opts.Redirect)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	cs.Net = cn
+	p.mu.Unlock()
+
+	sc := &shimConfig{Netns: filepath.Join(netnsDir, cn.Netns)}
+	var pause time.Duration
+	if sd := orig.spec.StateDir; sd != "" {
+		lower := filepath.Join(cs.Dir, "lower")
+		t0 := time.Now()
+		if err := origGroup.Freeze(freezeTimeout); err != nil {
+			return nil, fmt.Errorf("freeze %s: %w", id, err)
+		}
+		reflinked, cerr := copyTree(sd, lower)
+		terr := origGroup.Thaw()
+		pause = time.Since(t0)
+		if cerr != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", sd, cerr)
+		}
+		if terr != nil {
+			return nil, fmt.Errorf("thaw %s: %w", id, terr)
+		}
+		p.mu.Lock()
+		cs.Snapshot = "copy"
+		if reflinked {
+			cs.Snapshot = "reflink"
+		}
+		cs.Storage = StorageCopy
+		if p.overlayOK {
+			cs.Storage = StorageOverlay
+		}
+		p.mu.Unlock()
+		sc.Target = sd
+		if p.overlayOK {
+			sc.Lower, sc.Upper, sc.Work = lower, filepath.Join(cs.Dir, "upper"), filepath.Join(cs.Dir, "work")
+			for _, d := range []string{sc.Upper, sc.Work} {
+				if err := os.Mkdir(d, 0o755); err != nil {
+					return nil, err
+				}
+			}
+		} else {
+			sc.Bind = lower
+		}
+	}
+	if err := p.startInstance(in, sc); err != nil {
+		return nil, err
+	}
+	if testHookCloneStarted != nil {
+		testHookCloneStarted(in)
+	}
+	if err := waitListening(ctx, cn.Endpoint.String(), p.cfg.ReadyTimeout, in.done); err != nil {
+		if tail := logTail(filepath.Join(p.cfg.StateDir, "logs", cid+".log"), 512); tail != "" {
+			return nil, fmt.Errorf("%w; its output ends: %s", err, tail)
+		}
+		return nil, err
+	}
+	p.log.Info("cloned", "id", id, "clone", cid, "endpoint", cn.Endpoint.String(), "mode", justrunit.CloneCold,
+		"pause", pause, "storage", cs.Storage, "snapshot", cs.Snapshot, "took", time.Since(start))
+	p.mu.Lock()
+	i := in.Instance
+	p.mu.Unlock()
+	return &justrunit.Clone{Instance: i, Endpoint: cn.Endpoint.String(), Mode: justrunit.CloneCold, Pause: pause}, nil
+}
+
+// logTail returns the last n bytes of file, trimmed.
+func logTail(file string, n int64) string {
+	f, err := os.Open(file)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > n {
+		_, _ = f.Seek(-n, io.SeekEnd)
+	}
+	b, _ := io.ReadAll(f)
+	return strings.TrimSpace(string(b))
+}
+
+// waitListening polls addr until it accepts a TCP connection, the process
+// exits (done), the timeout passes or ctx ends.
+func waitListening(ctx context.Context, addr string, timeout time.Duration, done <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	delay := 2 * time.Millisecond
+	var d net.Dialer
+	for {
+		dctx, dcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		c, err := d.DialContext(dctx, "tcp", addr)
+		dcancel()
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-done:
+			return fmt.Errorf("clone exited before listening on %s", addr)
+		case <-ctx.Done():
+			return fmt.Errorf("clone not listening on %s after %v: %w", addr, timeout, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 50*time.Millisecond)
+	}
+}
+
+func (p *Platform) teardownClone(cs *cloneState) error {
+	var errs []error
+	if cs.Net != nil {
+		if err := p.teardownNet(cs.Net); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if cs.Dir != "" {
+		if err := os.RemoveAll(cs.Dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// copyTree copies directory src to dst (which must not exist), sharing
+// blocks (FICLONE) where the filesystem can. It reports whether every file
+// was reflinked.
+func copyTree(src, dst string) (reflinked bool, err error) {
+	reflinked = true
+	err = filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		to := filepath.Join(dst, rel)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			if err := os.Mkdir(to, info.Mode().Perm()); err != nil {
+				return err
+			}
+		case info.Mode()&fs.ModeSymlink != 0:
+			l, err := os.Readlink(path)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(l, to)
+		case info.Mode().IsRegular():
+			ok, err := copyFile(path, to, info.Mode().Perm())
+			if err != nil {
+				return err
+			}
+			reflinked = reflinked && ok
+		default:
+			return nil // sockets, fifos, devices are not state
+		}
+		return nil
+	})
+	return reflinked, err
+}
+
+func copyFile(src, dst string, perm fs.FileMode) (reflinked bool, err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return false, err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, perm)
+	if err != nil {
+		return false, err
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil {
+		return true, nil
+	}
+	_, err = io.Copy(out, in) // copy_file_range where the kernel has it
+	return false, err
+}
+
+// probeOverlay reports whether an overlayfs can be mounted with its layers
+// under dir.
+func probeOverlay(dir string) bool {
+	tmp, err := os.MkdirTemp(dir, ".probe-")
+	if err != nil {
+		return false
+	}
+	defer os.RemoveAll(tmp)
+	var ds []string
+	for _, n := range []string{"l", "u", "w", "m"} {
+		d := filepath.Join(tmp, n)
+		if os.Mkdir(d, 0o755) != nil {
+			return false
+		}
+		ds = append(ds, d)
+	}
+	opts := "lowerdir=" + ds[0] + ",upperdir=" + ds[1] + ",workdir=" + ds[2]
+	if err := unix.Mount("overlay", ds[3], "overlay", 0, opts); err != nil {
+		return false
+	}
+	_ = unix.Unmount(ds[3], unix.MNT_DETACH)
+	return true
+}

@@ -1,0 +1,396 @@
+package local
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/justrunit/justrunit"
+)
+
+// countingServer is an httptest server on addr ("" = 127.0.0.1:0) that
+// answers body and counts its requests.
+func countingServer(t *testing.T, addr, body string) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var n atomic.Int64
+	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.Add(1)
+		fmt.Fprint(w, body)
+	}))
+	if addr != "" {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Listener.Close()
+		s.Listener = l
+	}
+	s.Start()
+	t.Cleanup(s.Close)
+	return s, &n
+}
+
+func TestClone(t *testing.T) {
+	p := newPlatform(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	next, nextHits := countingServer(t, "", "from the on-line next tier")
+	proxy, proxyHits := countingServer(t, "", "from the out-proxy")
+	// Listens on every host address: a clone must reach it through none.
+	forbidden, forbiddenHits := countingServer(t, "0.0.0.0:0", "forbidden")
+
+	state := t.TempDir()
+	if err := os.WriteFile(filepath.Join(state, "blob"), make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	orig := launchServer(t, p, serverOpts{id: "web", stateDir: state, next: next.URL})
+	base := "http://" + orig.Addr
+	for i := 0; i < 3; i++ {
+		getJSON(t, base+"/work?n=10")
+	}
+	origPid := getJSON(t, base+"/counter")["pid"]
+
+	// Keep the original busy, writing its counter, while it is cloned; every
+	// request must succeed.
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	var served, failed atomic.Int64
+	var maxRT atomic.Int64
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c := &http.Client{Timeout: 5 * time.Second}
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			t0 := time.Now()
+			resp, err := c.Get(base + "/work?n=10")
+			if err != nil {
+				failed.Add(1)
+				continue
+			}
+			resp.Body.Close()
+			served.Add(1)
+			if rt := time.Since(t0); int64(rt) > maxRT.Load() {
+				maxRT.Store(int64(rt))
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+
+	proxyAddr := strings.TrimPrefix(proxy.URL, "http://")
+	nextAddr := strings.TrimPrefix(next.URL, "http://")
+	t0 := time.Now()
+	cl, err := p.Clone(ctx, "web", "sandbox", justrunit.CloneOptions{
+		Alloc:    justrunit.Allocation{CPU: 50},
+		Redirect: map[string]string{nextAddr: proxyAddr},
+	})
+	took := time.Since(t0)
+	if err != nil {
+		close(stop)
+		wg.Wait()
+		t.Fatalf("Clone() error: %v", err)
+	}
+	time.Sleep(50 * time.Millisecond) // let the prober see the original after the clone too
+	close(stop)
+	wg.Wait()
+	info, _ := p.Info(cl.ID)
+	t.Logf("clone %s at %s: mode %s, pause %v, took %v, storage %s/%s; original served %d probes (max %v) while cloned",
+		cl.ID, cl.Endpoint, cl.Mode, cl.Pause, took, info.Storage, info.Snapshot, served.Load(), time.Duration(maxRT.Load()))
+
+	if cl.Mode != justrunit.CloneCold {
+		t.Errorf("Mode = %q, want cold (no criu path on this platform)", cl.Mode)
+	}
+	if cl.Pause <= 0 || cl.Pause > time.Second {
+		t.Errorf("Pause = %v, want a short freeze (0 < pause ≤ 1s)", cl.Pause)
+	}
+	if failed.Load() > 0 || served.Load() == 0 {
+		t.Errorf("original during the clone: %d served, %d failed; want all served", served.Load(), failed.Load())
+	}
+	if cl.Addr != orig.Addr || cl.Origin != "web" || cl.Host != "sandbox" {
+		t.Errorf("clone = %+v, want Addr %s, Origin web, Host sandbox", cl.Instance, orig.Addr)
+	}
+
+	cbase := "http://" + cl.Endpoint
+	origCount := getJSON(t, base+"/counter")["counter"].(float64)
+	t.Run("AnswersFromSnapshot", func(t *testing.T) {
+		// The counter was being rewritten during the clone: the snapshot,
+		// taken frozen, holds a whole value between the one before the
+		// clone and the one after it.
+		m := getJSON(t, cbase+"/counter")
+		c, _ := m["counter"].(float64)
+		if c < 3 || c > origCount {
+			t.Errorf("clone counter = %v, want the original's at the snapshot, in [3, %v]", m["counter"], origCount)
+		}
+		if m["pid"] == origPid {
+			t.Errorf("clone answered with the original's pid %v", origPid)
+		}
+	})
+
+	t.Run("SameInternalAddress", func(t *testing.T) {
+		in, err := p.get(cl.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns, err := netns.GetFromName(in.clone.Net.Netns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ns.Close()
+		var pid any
+		err = inNetns(ns, func() error {
+			// Dialled from inside the clone's namespace, the original's own
+			// address reaches the clone.
+			conn, err := net.DialTimeout("tcp", orig.Addr, 2*time.Second)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			fmt.Fprintf(conn, "GET /counter HTTP/1.0\r\nHost: x\r\n\r\n")
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 4096)
+			n, _ := conn.Read(buf)
+			pid = string(buf[:n])
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("dial %s inside the clone's namespace: %v", orig.Addr, err)
+		}
+		clonePid := fmt.Sprint(getJSON(t, cbase+"/counter")["pid"])
+		if !strings.Contains(pid.(string), `"pid":`+clonePid) {
+			t.Errorf("inside the namespace %s answered %q, want the clone (pid %s)", orig.Addr, pid, clonePid)
+		}
+	})
+
+	t.Run("WritesInvisibleToOriginal", func(t *testing.T) {
+		put(t, cbase+"/file/note", "written by the clone")
+		getJSON(t, cbase+"/work?n=10")
+		if code, body := getBody(t, cbase+"/file/note"); code != 200 || body != "written by the clone" {
+			t.Errorf("clone reads its own write: %d %q", code, body)
+		}
+		if code, _ := getBody(t, base+"/file/note"); code != 404 {
+			t.Errorf("original sees the clone's file: status %d, want 404", code)
+		}
+		if _, err := os.Stat(filepath.Join(state, "note")); err == nil {
+			t.Errorf("clone's file appeared in the original's state dir")
+		}
+		if m := getJSON(t, base+"/counter"); m["counter"] != origCount {
+			t.Errorf("original counter = %v after the clone worked, want %v", m["counter"], origCount)
+		}
+		if b, _ := os.ReadFile(filepath.Join(state, "counter")); string(b) != fmt.Sprint(origCount) {
+			t.Errorf("original's counter file = %q, want %v", b, origCount)
+		}
+	})
+
+	t.Run("OutboundToOutProxyOnly", func(t *testing.T) {
+		code, body := getBody(t, cbase+"/next?path=/x")
+		if code != 200 || body != "from the out-proxy" {
+			t.Errorf("clone's next-tier call answered %d %q, want the out-proxy", code, body)
+		}
+		if nextHits.Load() != 0 {
+			t.Errorf("the on-line next tier got %d requests from the clone", nextHits.Load())
+		}
+		if proxyHits.Load() != 1 {
+			t.Errorf("out-proxy got %d requests, want 1", proxyHits.Load())
+		}
+		in, _ := p.get(cl.ID)
+		_, port, _ := net.SplitHostPort(strings.TrimPrefix(forbidden.URL, "http://"))
+		for _, target := range []string{
+			in.clone.Net.HostAddr.String() + ":" + port, // the host through the clone's link
+			"127.0.0.1:" + port,                         // its own loopback: nothing there
+		} {
+			code, body := getBody(t, cbase+"/fetch?url=http://"+target+"/")
+			if code == 200 {
+				t.Errorf("clone reached %s: %q", target, body)
+			}
+		}
+		if forbiddenHits.Load() != 0 {
+			t.Errorf("a host server not named in Redirect got %d requests from the clone", forbiddenHits.Load())
+		}
+		// The original still reaches its real next tier.
+		if code, body := getBody(t, base+"/next?path=/x"); code != 200 || body != "from the on-line next tier" {
+			t.Errorf("original's next-tier call: %d %q", code, body)
+		}
+	})
+
+	t.Run("SecondClone", func(t *testing.T) {
+		// Two clones of one instance at once: same internal address, each in
+		// its own namespace, behind different endpoints, on separate storage.
+		cl2, err := p.Clone(ctx, "web", "sandbox", justrunit.CloneOptions{Alloc: justrunit.Allocation{CPU: 50}})
+		if err != nil {
+			t.Fatalf("second Clone() error: %v", err)
+		}
+		defer p.Destroy(ctx, cl2.ID)
+		if cl2.Endpoint == cl.Endpoint || cl2.Addr != cl.Addr {
+			t.Errorf("clones at %s and %s, internal %s and %s; want different endpoints, one internal address", cl.Endpoint, cl2.Endpoint, cl.Addr, cl2.Addr)
+		}
+		a, b := getJSON(t, cbase+"/counter")["pid"], getJSON(t, "http://"+cl2.Endpoint+"/counter")["pid"]
+		if a == b {
+			t.Errorf("both endpoints answered from pid %v", a)
+		}
+		if code, _ := getBody(t, "http://"+cl2.Endpoint+"/file/note"); code != 404 {
+			t.Errorf("the second clone sees the first clone's file (status %d)", code)
+		}
+	})
+
+	t.Run("Destroy", func(t *testing.T) {
+		if err := p.Destroy(ctx, cl.ID); err != nil {
+			t.Fatalf("Destroy(%s) error: %v", cl.ID, err)
+		}
+		if err := p.Destroy(ctx, cl.ID); err != nil {
+			t.Fatalf("second Destroy(%s) = %v, want nil", cl.ID, err)
+		}
+		r, err := Leftovers(p.Scope(), p.cfg.StateDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, list := range [][]string{r.Cgroups, r.Netns, r.Links, r.Tables, r.Dirs, r.Mounts} {
+			for _, o := range list {
+				if strings.Contains(o, cl.ID) || strings.HasPrefix(o, linkPrefix) {
+					t.Errorf("after Destroy, %s is left", o)
+				}
+			}
+		}
+		getJSON(t, base+"/counter") // the original is unharmed
+	})
+}
+
+// TestCloneCopyFallback runs a clone on the storage used where overlayfs
+// cannot be mounted: the snapshot itself, bind-mounted over the state path.
+func TestCloneCopyFallback(t *testing.T) {
+	p := newPlatform(t)
+	p.overlayOK = false
+	state := t.TempDir()
+	if err := os.WriteFile(filepath.Join(state, "counter"), []byte("41"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	orig := launchServer(t, p, serverOpts{id: "db", stateDir: state})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl, err := p.Clone(ctx, "db", "sandbox", justrunit.CloneOptions{})
+	if err != nil {
+		t.Fatalf("Clone() error: %v", err)
+	}
+	if info, _ := p.Info(cl.ID); info.Storage != StorageCopy {
+		t.Errorf("storage = %q, want %q", info.Storage, StorageCopy)
+	}
+	cbase := "http://" + cl.Endpoint
+	if m := getJSON(t, cbase+"/work?n=1"); m["counter"] != float64(42) {
+		t.Errorf("clone counter after one request = %v, want 42", m["counter"])
+	}
+	put(t, cbase+"/file/x", "clone")
+	if code, _ := getBody(t, "http://"+orig.Addr+"/file/x"); code != 404 {
+		t.Errorf("original sees the clone's write (status %d)", code)
+	}
+	if b, _ := os.ReadFile(filepath.Join(state, "counter")); string(b) != "41" {
+		t.Errorf("original's counter file = %q, want 41", b)
+	}
+}
+
+// TestGCLeavesOtherScopes checks that gc of one state directory touches
+// nothing of another platform's running instances and clones.
+func TestGCLeavesOtherScopes(t *testing.T) {
+	p1 := newPlatform(t)
+	p2 := newPlatform(t)
+	in := launchServer(t, p1, serverOpts{id: "keep"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl, err := p1.Clone(ctx, "keep", "sandbox", justrunit.CloneOptions{})
+	if err != nil {
+		t.Fatalf("Clone() error: %v", err)
+	}
+	removed, err := p2.Collect(ctx)
+	if err != nil || removed.Total() != 0 {
+		t.Errorf("gc of another scope removed %s, %v; want nothing", removed, err)
+	}
+	// p1's own gc keeps what p1 runs.
+	removed, err = p1.Collect(ctx)
+	if err != nil || removed.Total() != 0 {
+		t.Errorf("gc of a running platform removed %s, %v; want nothing it owns", removed, err)
+	}
+	getJSON(t, "http://"+in.Addr+"/counter")
+	getJSON(t, "http://"+cl.Endpoint+"/counter")
+}
+
+// TestCloneNonLoopbackAddress clones an instance that listens on one of the
+// host's own (non-loopback) addresses: inside its namespace the clone gets
+// that address on its loopback device and binds it.
+func TestCloneNonLoopbackAddress(t *testing.T) {
+	p := newPlatform(t)
+	var hostIP string
+	for a := range localAddrs() {
+		if !a.IsLoopback() && !DefaultLinkNet.Contains(a) {
+			hostIP = a.String()
+			break
+		}
+	}
+	if hostIP == "" {
+		t.Skip("this machine has no non-loopback IPv4 address")
+	}
+	bin := testServer(t)
+	addr := net.JoinHostPort(hostIP, fmt.Sprint(freePort(t)))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := p.Launch(ctx, justrunit.InstanceSpec{ID: "nl", Host: "pm1", Command: []string{bin, "-addr", addr}, Addr: addr}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Destroy(context.Background(), "nl") })
+	waitHTTP(t, "http://"+addr+"/health", 10*time.Second)
+	cl, err := p.Clone(ctx, "nl", "sandbox", justrunit.CloneOptions{})
+	if err != nil {
+		t.Fatalf("Clone() error: %v", err)
+	}
+	if a, b := getJSON(t, "http://"+cl.Endpoint+"/counter")["pid"], getJSON(t, "http://"+addr+"/counter")["pid"]; a == b {
+		t.Errorf("endpoint %s answered with the original's pid", cl.Endpoint)
+	}
+}
+
+// TestCloneThatFailsToStart: a clone whose command exits at once (here: the
+// snapshot holds a counter it cannot parse) makes Clone fail and leaves
+// nothing of the clone behind.
+func TestCloneThatFailsToStart(t *testing.T) {
+	p := newPlatform(t)
+	state := t.TempDir()
+	launchServer(t, p, serverOpts{id: "fragile", stateDir: state})
+	if err := os.WriteFile(filepath.Join(state, "counter"), []byte("not a number"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := p.Clone(ctx, "fragile", "sandbox", justrunit.CloneOptions{})
+	if err == nil || !strings.Contains(err.Error(), "exited before listening") || !strings.Contains(err.Error(), "invalid syntax") {
+		t.Fatalf("Clone() = %v, want an error saying the clone exited, with its output", err)
+	}
+	t.Logf("Clone(): %v", err)
+	r, err := Leftovers(p.Scope(), p.cfg.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Netns)+len(r.Links)+len(r.Tables)+len(r.Dirs)+len(r.Mounts) != 0 {
+		t.Errorf("a failed clone left %+v", r)
+	}
+	for _, g := range r.Cgroups {
+		if strings.Contains(g, "-fragile") {
+			t.Errorf("a failed clone left cgroup %s", g)
+		}
+	}
+	is, _ := p.Instances(ctx)
+	if len(is) != 1 {
+		t.Errorf("Instances() = %v, want only the original", is)
+	}
+}

@@ -1,0 +1,838 @@
+// Package local is JustRunIt's embedded platform: an instance is a process
+// tree started from a command and kept in a cgroup (v1 or v2) of this
+// machine; hosts are CPU partitions (cpusets) of the machine; a clone is a
+// cold start of the same command, in its own network namespace with the same
+// internal address and port as the original, behind a veth pair and NAT, on
+// a copy-on-write snapshot of the original's state directory taken while the
+// original is frozen for a moment.
+//
+// Everything the platform creates carries a name that says it is JustRunIt's
+// and which platform state directory (its scope) owns it:
+//
+//	cgroups     /justrunit/<scope>/<id>   (in every v1 controller, or v2)
+//	netns       jri-<scope>-<clone>       (/var/run/netns)
+//	veth pairs  jri<index>h / jri<index>c, host side aliased justrunit:<scope>:<clone>
+//	nftables    table ip justrunit-<scope>-<clone> (host and clone namespace)
+//	files       <StateDir>/clones/<clone>, <StateDir>/logs
+//
+// so Cleanup ("justrunit platform gc") removes a crashed run's objects and
+// never anything else. The scope is a short hash of the state directory; a
+// running platform holds a lock on it, and Cleanup by another process refuses
+// to touch a scope that is in use.
+//
+// The platform must run as root on Linux.
+package local
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/internal/cgroup"
+)
+
+func init() {
+	justrunit.RegisterPlatform("local", func(c justrunit.PlatformConfig) (justrunit.Platform, error) {
+		cfg := Config{Logger: c.Logger, StateDir: c.StateDir}
+		for _, h := range c.Hosts {
+			cfg.Hosts = append(cfg.Hosts, HostConfig{Host: h})
+		}
+		return New(cfg)
+	})
+}
+
+// Defaults.
+const (
+	// DefaultPeriod is the CFS period. It is shorter than the kernel's 100 ms
+	// so that a small share throttles a request smoothly instead of in
+	// 100 ms steps; a share whose quota would fall under the kernel's 1 ms
+	// minimum gets a longer period.
+	DefaultPeriod = 20 * time.Millisecond
+	// DefaultReadyTimeout bounds how long Clone waits for a clone to accept
+	// connections on its endpoint.
+	DefaultReadyTimeout = 20 * time.Second
+	// DefaultKillTimeout bounds how long Destroy waits for processes to die.
+	DefaultKillTimeout = 5 * time.Second
+	// DefaultRefFreqGHz is the reference frequency of a host class when
+	// /proc/cpuinfo does not tell.
+	DefaultRefFreqGHz = 2.0
+)
+
+// DefaultLinkNet is the /16 that clone links (/30 each) are numbered from.
+// These addresses exist only on the platform's veths and in the clones'
+// namespaces.
+var DefaultLinkNet = netip.MustParsePrefix("10.231.0.0/16")
+
+// runDir holds machine-wide locks.
+const runDir = "/run/justrunit"
+
+// HostConfig is a host of the local platform: a partition of this machine's
+// CPUs.
+type HostConfig struct {
+	justrunit.Host
+	// CPUs is the cpuset ("0", "1-3"). Empty lays hosts out one after the
+	// other over the online CPUs, wrapping around when there are fewer CPUs
+	// than the hosts' cores add up to; hosts then share CPUs, and their
+	// capacity (Cores) is an accounting limit, not an isolation guarantee.
+	CPUs string `json:"cpus,omitempty"`
+}
+
+// Config configures the platform. Zero fields take the defaults.
+type Config struct {
+	// Logger receives the platform's logs; nil discards them.
+	Logger *slog.Logger
+	// StateDir holds snapshots, overlays and logs. Required.
+	StateDir string
+	// Hosts are the partitions; none gives DefaultHosts.
+	Hosts []HostConfig
+	// Period is the CFS period; 0 is DefaultPeriod.
+	Period time.Duration
+	// RefFreqGHz is, per host class, the frequency that freq is emulated
+	// relative to; a missing class uses this machine's clock.
+	RefFreqGHz map[string]float64
+	// LinkNet is the /16 clone links are numbered from; zero is DefaultLinkNet.
+	LinkNet netip.Prefix
+	// ReadyTimeout bounds Clone's wait for the clone to listen.
+	ReadyTimeout time.Duration
+}
+
+// Platform is the local platform. Its methods are safe for concurrent use.
+type Platform struct {
+	cfg       Config
+	log       *slog.Logger
+	cg        cgroup.Version
+	scope     string
+	lock      *os.File
+	refFreq   float64
+	overlayOK bool
+
+	mu        sync.Mutex
+	hosts     []*HostConfig
+	insts     map[string]*inst
+	destroyed map[string]bool
+	seq       int
+	closed    bool
+}
+
+var (
+	_ justrunit.Platform    = (*Platform)(nil)
+	_ justrunit.Launcher    = (*Platform)(nil)
+	_ justrunit.Migrator    = (*Platform)(nil)
+	_ justrunit.PowerSwitch = (*Platform)(nil)
+	_ justrunit.Cleaner     = (*Platform)(nil)
+)
+
+// inst is one instance or clone.
+type inst struct {
+	justrunit.Instance
+	spec  justrunit.InstanceSpec
+	path  string // resolved command path
+	env   []string
+	group *cgroup.Group
+	cmd   *exec.Cmd
+	done  chan struct{} // closed when the process has been reaped
+	clone *cloneState
+}
+
+func (in *inst) exited() bool {
+	select {
+	case <-in.done:
+		return true
+	default:
+		return false
+	}
+}
+
+var idRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$`)
+
+// New checks that the machine can run the platform, takes the lock on
+// cfg.StateDir and returns the platform. Call Close to release it.
+func New(cfg Config) (*Platform, error) {
+	if runtime.GOOS != "linux" {
+		return nil, fmt.Errorf("local platform: %w: needs Linux", justrunit.ErrUnsupported)
+	}
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("local platform: %w: needs root (cgroups, namespaces, nftables)", justrunit.ErrUnsupported)
+	}
+	if cfg.StateDir == "" {
+		return nil, justrunit.Invalid("state_dir", nil, "required")
+	}
+	sd, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return nil, justrunit.Invalid("state_dir", cfg.StateDir, "%v", err)
+	}
+	cfg.StateDir = sd
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Period <= 0 {
+		cfg.Period = DefaultPeriod
+	}
+	if !cfg.LinkNet.IsValid() {
+		cfg.LinkNet = DefaultLinkNet
+	}
+	if cfg.ReadyTimeout <= 0 {
+		cfg.ReadyTimeout = DefaultReadyTimeout
+	}
+	v, err := cgroup.Detect()
+	if err != nil {
+		return nil, fmt.Errorf("local platform: %w", err)
+	}
+	p := &Platform{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		cg:        v,
+		scope:     Scope(sd),
+		refFreq:   machineFreqGHz(),
+		insts:     map[string]*inst{},
+		destroyed: map[string]bool{},
+	}
+	hosts, err := layoutHosts(cfg.Hosts, onlineCPUs())
+	if err != nil {
+		return nil, err
+	}
+	p.hosts = hosts
+	for _, d := range []string{sd, filepath.Join(sd, "clones"), filepath.Join(sd, "logs")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("local platform: %w", err)
+		}
+	}
+	lf, err := os.OpenFile(filepath.Join(sd, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("local platform: %w", err)
+	}
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("local platform: state dir %s: %w: in use by another process", sd, justrunit.ErrExists)
+	}
+	_ = lf.Truncate(0)
+	_, _ = lf.WriteString(strconv.Itoa(os.Getpid()) + "\n")
+	p.lock = lf
+	registerScope(p.scope, sd)
+	p.overlayOK = probeOverlay(filepath.Join(sd, "clones"))
+	p.log.Debug("local platform ready", "scope", p.scope, "cgroup", v.String(), "overlay", p.overlayOK, "ref_freq_ghz", p.refFreq)
+	return p, nil
+}
+
+// Scope returns the short name that the objects of the platform with state
+// directory stateDir carry.
+func Scope(stateDir string) string {
+	if abs, err := filepath.Abs(stateDir); err == nil {
+		stateDir = abs
+	}
+	sum := sha256.Sum256([]byte(filepath.Clean(stateDir)))
+	return hex.EncodeToString(sum[:4])
+}
+
+// Scope is the short name this platform's objects carry.
+func (p *Platform) Scope() string { return p.scope }
+
+// CgroupVersion is the cgroup version in use.
+func (p *Platform) CgroupVersion() string { return p.cg.String() }
+
+// Close destroys every instance and clone the platform started and releases
+// its lock. It is idempotent.
+func (p *Platform) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	ids := make([]string, 0, len(p.insts))
+	for id := range p.insts {
+		ids = append(ids, id)
+	}
+	p.mu.Unlock()
+	var errs []error
+	for _, id := range ids {
+		if err := p.destroy(context.Background(), id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		unregisterScope(p.scope)
+	}
+	if p.lock != nil {
+		_ = p.lock.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// Name returns "local".
+func (p *Platform) Name() string { return "local" }
+
+// Capabilities lists what the platform varies: CPU share by CFS bandwidth,
+// frequency emulated by scaling that bandwidth, memory by the memory
+// controller, host class by migrating to a partition of that class.
+func (p *Platform) Capabilities() []justrunit.Capability {
+	bw := "CFS bandwidth (cpu.cfs_quota_us/cpu.cfs_period_us)"
+	mem := "memory.limit_in_bytes"
+	if p.cg == cgroup.V2 {
+		bw, mem = "CFS bandwidth (cpu.max)", "memory.max"
+	}
+	return []justrunit.Capability{
+		{Param: "cpu", How: bw},
+		{Param: "freq", How: "CPU bandwidth scaled by freq / the host class's reference frequency", Emulated: true},
+		{Param: "mem", How: mem},
+		{Param: "hostclass", How: "cpuset partition of this machine (migration between partitions)", Emulated: true},
+	}
+}
+
+// Hosts lists the partitions.
+func (p *Platform) Hosts(ctx context.Context) ([]justrunit.Host, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]justrunit.Host, 0, len(p.hosts))
+	for _, h := range p.hosts {
+		out = append(out, h.Host)
+	}
+	return out, nil
+}
+
+// HostConfigs lists the partitions with their cpusets.
+func (p *Platform) HostConfigs() []HostConfig {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]HostConfig, 0, len(p.hosts))
+	for _, h := range p.hosts {
+		out = append(out, *h)
+	}
+	return out
+}
+
+// Instances lists instances and clones, sorted by ID.
+func (p *Platform) Instances(ctx context.Context) ([]justrunit.Instance, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]justrunit.Instance, 0, len(p.insts))
+	for _, in := range p.insts {
+		i := in.Instance
+		if in.exited() {
+			i.State = "exited"
+		}
+		out = append(out, i)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
+	return out, nil
+}
+
+func (p *Platform) host(name string) *HostConfig {
+	for _, h := range p.hosts {
+		if h.Name == name {
+			return h
+		}
+	}
+	return nil
+}
+
+func (p *Platform) get(id string) (*inst, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	in, ok := p.insts[id]
+	if !ok {
+		return nil, fmt.Errorf("instance %q: %w", id, justrunit.ErrNotFound)
+	}
+	return in, nil
+}
+
+func (p *Platform) cgPath(id string) string { return "/justrunit/" + p.scope + "/" + id }
+
+// refFreqOf returns the reference frequency of a host class.
+func (p *Platform) refFreqOf(class string) float64 {
+	if f, ok := p.cfg.RefFreqGHz[class]; ok && f > 0 {
+		return f
+	}
+	return p.refFreq
+}
+
+// checkAlloc validates a for host h. field prefixes the field names.
+func (p *Platform) checkAlloc(a justrunit.Allocation, h *HostConfig) error {
+	capPct := h.Cores * 100
+	if a.CPU < 0 || math.IsNaN(a.CPU) {
+		return justrunit.Invalid("cpu", a.CPU, "must be ≥ 0 (0 = unlimited)")
+	}
+	if a.CPU > capPct {
+		return justrunit.Invalid("cpu", a.CPU, "above host %s's capacity of %g%% (%g cores)", h.Name, capPct, h.Cores)
+	}
+	ref := p.refFreqOf(h.Class)
+	if a.Freq < 0 || a.Freq > ref+1e-9 {
+		return justrunit.Invalid("freq", a.Freq, "must be in (0, %g] GHz, the reference frequency of class %q (emulated by CPU bandwidth; 0 = the host's own)", ref, h.Class)
+	}
+	if a.MemoryMiB < 0 {
+		return justrunit.Invalid("mem", a.MemoryMiB, "must be ≥ 0 (0 = unlimited)")
+	}
+	if h.MemoryMiB > 0 && a.MemoryMiB > h.MemoryMiB {
+		return justrunit.Invalid("mem", a.MemoryMiB, "above host %s's capacity of %d MiB", h.Name, h.MemoryMiB)
+	}
+	return nil
+}
+
+// checkRoom checks that host h can take a CPU share of cpu besides what its
+// other instances (except the one named skip) have. Unlimited instances
+// count as nothing.
+func (p *Platform) checkRoom(h *HostConfig, cpu float64, skip string) error {
+	used := 0.0
+	for _, in := range p.insts {
+		if in.Host == h.Name && in.ID != skip && !in.exited() {
+			used += in.Alloc.CPU
+		}
+	}
+	if used+cpu > h.Cores*100+1e-9 {
+		return justrunit.Invalid("cpu", cpu, "host %s has %g%% of %g%% left", h.Name, h.Cores*100-used, h.Cores*100)
+	}
+	return nil
+}
+
+// groupShares is the CPU weight (v1 units; 1024 is one ordinary process)
+// of the platform's groups and of an instance with a full core. A CFS quota
+// only caps; on a busy machine an instance would not get even its quota if
+// it competed with every other process at an ordinary weight, and response
+// times would measure the neighbours rather than the allocation. So
+// /justrunit, the scope and each instance weigh more, an instance in
+// proportion to its share.
+const groupShares = 8192
+
+// limits turns an allocation into cgroup limits on host h.
+func (p *Platform) limits(a justrunit.Allocation, h *HostConfig) cgroup.Limits {
+	period := p.cfg.Period.Microseconds()
+	share := a.CPU
+	if a.Freq > 0 {
+		if share == 0 {
+			share = h.Cores * 100
+		}
+		share *= a.Freq / p.refFreqOf(h.Class)
+	}
+	l := cgroup.Limits{Cpus: h.CPUs, MemoryBytes: a.MemoryMiB << 20, Shares: groupShares}
+	if share > 0 {
+		l.Shares = uint64(max(2, math.Round(share/100*groupShares)))
+		quota := int64(math.Round(share / 100 * float64(period)))
+		if quota < 1000 { // the kernel's minimum quota is 1 ms
+			period = int64(math.Ceil(1000 * 100 / share))
+			quota = 1000
+		}
+		l.QuotaUS = quota
+	}
+	l.PeriodUS = uint64(period)
+	return l
+}
+
+// Launch starts an instance from spec on spec.Host.
+func (p *Platform) Launch(ctx context.Context, spec justrunit.InstanceSpec) (*justrunit.Instance, error) {
+	in, err := p.prepareLaunch(spec)
+	if err != nil {
+		return nil, fmt.Errorf("launch instance: %w", err)
+	}
+	if err := p.startInstance(in, nil); err != nil {
+		p.forget(in.ID)
+		return nil, fmt.Errorf("launch instance %s: %w", in.ID, err)
+	}
+	i := in.Instance
+	return &i, nil
+}
+
+func (p *Platform) prepareLaunch(spec justrunit.InstanceSpec) (*inst, error) {
+	if !idRe.MatchString(spec.ID) {
+		return nil, justrunit.Invalid("id", spec.ID, "want 1-48 letters, digits, '.', '_' or '-', starting with a letter or digit")
+	}
+	if len(spec.Command) == 0 || spec.Command[0] == "" {
+		return nil, justrunit.Invalid("command", nil, "required")
+	}
+	path := spec.Command[0]
+	if !strings.Contains(path, "/") {
+		lp, err := exec.LookPath(path)
+		if err != nil {
+			return nil, justrunit.Invalid("command", path, "not found in PATH")
+		}
+		path = lp
+	} else if !filepath.IsAbs(path) && spec.Dir != "" {
+		path = filepath.Join(spec.Dir, path)
+	}
+	if fi, err := os.Stat(path); err != nil {
+		return nil, justrunit.Invalid("command", spec.Command[0], "does not exist")
+	} else if fi.IsDir() || fi.Mode()&0o111 == 0 {
+		return nil, justrunit.Invalid("command", spec.Command[0], "is not an executable file")
+	}
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
+	}
+	if spec.Dir != "" {
+		if fi, err := os.Stat(spec.Dir); err != nil || !fi.IsDir() {
+			return nil, justrunit.Invalid("dir", spec.Dir, "is not an existing directory")
+		}
+	}
+	if spec.StateDir != "" {
+		fi, err := os.Stat(spec.StateDir)
+		if err != nil || !fi.IsDir() {
+			return nil, justrunit.Invalid("state_dir", spec.StateDir, "is not an existing directory")
+		}
+		abs, err := filepath.Abs(spec.StateDir)
+		if err != nil {
+			return nil, justrunit.Invalid("state_dir", spec.StateDir, "%v", err)
+		}
+		spec.StateDir = abs
+	}
+	if spec.Addr != "" {
+		if _, err := parseInternal(spec.Addr); err != nil {
+			return nil, err
+		}
+	}
+	env := mergeEnv(os.Environ(), spec.Env)
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, errors.New("platform closed")
+	}
+	if _, ok := p.insts[spec.ID]; ok {
+		return nil, fmt.Errorf("instance %q: %w", spec.ID, justrunit.ErrExists)
+	}
+	h := p.host(spec.Host)
+	if h == nil {
+		return nil, justrunit.Invalid("host", spec.Host, "unknown host; hosts: %s", p.hostNames())
+	}
+	if !h.On {
+		return nil, justrunit.Invalid("host", spec.Host, "is powered off")
+	}
+	if h.Sandbox {
+		return nil, justrunit.Invalid("host", spec.Host, "is a sandbox host; on-line instances run on other hosts")
+	}
+	if err := p.checkAlloc(spec.Alloc, h); err != nil {
+		return nil, err
+	}
+	if err := p.checkRoom(h, spec.Alloc.CPU, ""); err != nil {
+		return nil, err
+	}
+	in := &inst{
+		Instance: justrunit.Instance{ID: spec.ID, Service: spec.Service, Tier: spec.Tier, Host: h.Name, Addr: spec.Addr, Alloc: spec.Alloc, State: "starting"},
+		spec:     spec,
+		path:     path,
+		env:      env,
+		done:     make(chan struct{}),
+	}
+	p.insts[spec.ID] = in
+	delete(p.destroyed, spec.ID)
+	return in, nil
+}
+
+// mergeEnv returns base with the variables of over set, over winning. The
+// shim execs with exactly this list, and C's getenv takes the first of
+// duplicates, so there must be none.
+func mergeEnv(base, over []string) []string {
+	idx := map[string]int{}
+	var out []string
+	for _, kv := range append(append([]string(nil), base...), over...) {
+		k, _, _ := strings.Cut(kv, "=")
+		if i, ok := idx[k]; ok {
+			out[i] = kv
+			continue
+		}
+		idx[k] = len(out)
+		out = append(out, kv)
+	}
+	return out
+}
+
+func (p *Platform) hostNames() string {
+	var ns []string
+	for _, h := range p.hosts {
+		ns = append(ns, h.Name)
+	}
+	return strings.Join(ns, ", ")
+}
+
+// forget removes a half-started instance: its processes, cgroup and entry.
+func (p *Platform) forget(id string) {
+	p.mu.Lock()
+	in := p.insts[id]
+	delete(p.insts, id)
+	p.mu.Unlock()
+	if in != nil {
+		_ = p.killAndRemove(in)
+	}
+	p.mu.Lock()
+	if len(p.insts) == 0 {
+		p.removeScopeIfEmpty()
+	}
+	p.mu.Unlock()
+}
+
+// startInstance creates the instance's cgroup and starts its process
+// through the shim; for a clone, c carries its namespace and storage.
+func (p *Platform) startInstance(in *inst, sc *shimConfig) (err error) {
+	h := p.hostOf(in)
+	g, err := cgroup.New(p.cg, p.cgPath(in.ID), p.limits(in.Alloc, h))
+	if err != nil {
+		return err
+	}
+	for _, anc := range []string{"/justrunit", "/justrunit/" + p.scope} {
+		if err := cgroup.SetShares(p.cg, anc, groupShares); err != nil {
+			p.log.Warn("cannot raise the CPU weight of the platform's cgroups", "err", err)
+		}
+	}
+	in.group = g
+	cfg := shimConfig{Path: in.path, Argv: in.spec.Command, Env: in.env}
+	var cloneflags uintptr
+	if sc != nil {
+		cfg.Netns, cfg.Target, cfg.Lower, cfg.Upper, cfg.Work, cfg.Bind = sc.Netns, sc.Target, sc.Lower, sc.Upper, sc.Work, sc.Bind
+		if cfg.Target != "" {
+			cloneflags = syscall.CLONE_NEWNS
+		}
+	}
+	logf, err := os.OpenFile(filepath.Join(p.cfg.StateDir, "logs", in.ID+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd, err := startShim(cfg, in.spec.Dir, logf, cloneflags, g)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	in.cmd = cmd
+	in.State = "running"
+	p.mu.Unlock()
+	go func() {
+		_ = cmd.Wait()
+		close(in.done)
+	}()
+	return nil
+}
+
+func (p *Platform) hostOf(in *inst) *HostConfig {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h := *p.host(in.Host)
+	return &h
+}
+
+// SetAllocation changes the CPU share, emulated frequency and memory limit
+// of an instance or clone. A share above the host's capacity is an error
+// naming the field "cpu".
+func (p *Platform) SetAllocation(ctx context.Context, id string, a justrunit.Allocation) error {
+	p.mu.Lock()
+	in, ok := p.insts[id]
+	if !ok {
+		p.mu.Unlock()
+		return fmt.Errorf("set allocation: instance %q: %w", id, justrunit.ErrNotFound)
+	}
+	h := *p.host(in.Host)
+	if err := p.checkAlloc(a, &h); err != nil {
+		p.mu.Unlock()
+		return fmt.Errorf("set allocation of %s: %w", id, err)
+	}
+	if err := p.checkRoom(&h, a.CPU, id); err != nil {
+		p.mu.Unlock()
+		return fmt.Errorf("set allocation of %s: %w", id, err)
+	}
+	g := in.group
+	p.mu.Unlock()
+	if g == nil {
+		return fmt.Errorf("set allocation: instance %q is not running", id)
+	}
+	if err := g.Set(p.limits(a, &h)); err != nil {
+		return fmt.Errorf("set allocation of %s: %w", id, err)
+	}
+	p.mu.Lock()
+	in.Alloc = a
+	p.mu.Unlock()
+	return nil
+}
+
+// Usage reads the CPU time and memory of an instance's cgroup.
+func (p *Platform) Usage(ctx context.Context, id string) (justrunit.Usage, error) {
+	in, err := p.get(id)
+	if err != nil {
+		return justrunit.Usage{}, fmt.Errorf("usage: %w", err)
+	}
+	p.mu.Lock()
+	g := in.group
+	p.mu.Unlock()
+	if g == nil {
+		return justrunit.Usage{}, fmt.Errorf("usage: instance %q is not running", id)
+	}
+	u, err := g.Usage()
+	if err != nil {
+		return justrunit.Usage{}, err
+	}
+	return justrunit.Usage{CPUTime: u.CPU, MemoryBytes: u.Memory, At: time.Now()}, nil
+}
+
+// Migrate moves a running instance to another host's partition: its cgroup
+// gets the target's cpuset and, for emulated frequency, the target class's
+// bandwidth. The target must be on, of the same kind (sandbox or not) and
+// have room for the instance's CPU share.
+func (p *Platform) Migrate(ctx context.Context, id, host string) error {
+	p.mu.Lock()
+	in, ok := p.insts[id]
+	if !ok {
+		p.mu.Unlock()
+		return fmt.Errorf("migrate: instance %q: %w", id, justrunit.ErrNotFound)
+	}
+	h := p.host(host)
+	var err error
+	switch {
+	case h == nil:
+		err = justrunit.Invalid("host", host, "unknown host; hosts: %s", p.hostNames())
+	case !h.On:
+		err = justrunit.Invalid("host", host, "is powered off")
+	case h.Sandbox != (in.Origin != ""):
+		err = justrunit.Invalid("host", host, "clones stay on sandbox hosts and on-line instances off them")
+	}
+	if err == nil {
+		err = p.checkAlloc(in.Alloc, h)
+	}
+	if err == nil && in.Host != host {
+		err = p.checkRoom(h, in.Alloc.CPU, id)
+	}
+	if err != nil {
+		p.mu.Unlock()
+		return fmt.Errorf("migrate %s: %w", id, err)
+	}
+	hc := *h
+	g, a := in.group, in.Alloc
+	p.mu.Unlock()
+	if g == nil {
+		return fmt.Errorf("migrate: instance %q is not running", id)
+	}
+	if err := g.Set(p.limits(a, &hc)); err != nil {
+		return fmt.Errorf("migrate %s: %w", id, err)
+	}
+	p.mu.Lock()
+	in.Host = host
+	p.mu.Unlock()
+	p.log.Info("migrated", "id", id, "host", host, "cpus", hc.CPUs)
+	return nil
+}
+
+// SetPower switches a host's power state. The local platform's power is
+// logical (the CPUs are shared with the rest of the machine): an off host
+// takes no instances and draws nothing in the power model. Powering off a
+// host that still runs instances is an error.
+func (p *Platform) SetPower(ctx context.Context, host string, on bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h := p.host(host)
+	if h == nil {
+		return fmt.Errorf("set power: host %q: %w", host, justrunit.ErrNotFound)
+	}
+	if !on {
+		var ids []string
+		for _, in := range p.insts {
+			if in.Host == host && !in.exited() {
+				ids = append(ids, in.ID)
+			}
+		}
+		if len(ids) > 0 {
+			sort.Strings(ids)
+			return fmt.Errorf("power off: %w", justrunit.Invalid("host", host, "still runs %s; migrate or destroy them first", strings.Join(ids, ", ")))
+		}
+	}
+	h.On = on
+	return nil
+}
+
+// Destroy stops an instance or clone and removes its processes, cgroup and,
+// for a clone, its namespace, veth pair, NAT tables and storage. Destroying
+// an ID that was destroyed before, or whose leftovers a crashed run left in
+// this scope, returns nil; an ID never seen gives ErrNotFound.
+func (p *Platform) Destroy(ctx context.Context, id string) error {
+	if err := p.destroy(ctx, id); err != nil {
+		return fmt.Errorf("destroy %s: %w", id, err)
+	}
+	return nil
+}
+
+func (p *Platform) destroy(ctx context.Context, id string) error {
+	p.mu.Lock()
+	in, ok := p.insts[id]
+	gone := p.destroyed[id]
+	p.mu.Unlock()
+	if !ok {
+		if gone {
+			return nil
+		}
+		if idRe.MatchString(id) {
+			if n, err := p.removeLeftovers(id); err != nil || n > 0 {
+				return err
+			}
+		}
+		return fmt.Errorf("instance %q: %w", id, justrunit.ErrNotFound)
+	}
+	err := p.killAndRemove(in)
+	p.mu.Lock()
+	if err == nil {
+		delete(p.insts, id)
+		p.destroyed[id] = true
+	}
+	if len(p.insts) == 0 {
+		p.removeScopeIfEmpty()
+	}
+	p.mu.Unlock()
+	return err
+}
+
+// killAndRemove kills the instance's process tree and removes everything it
+// owned.
+func (p *Platform) killAndRemove(in *inst) error {
+	var errs []error
+	deadline := time.Now().Add(DefaultKillTimeout)
+	p.mu.Lock()
+	g, cmd := in.group, in.cmd
+	p.mu.Unlock()
+	if g != nil {
+		if err := g.Kill(deadline); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if cmd != nil && cmd.Process != nil {
+		_ = cmd.Process.Kill()
+		select {
+		case <-in.done:
+		case <-time.After(time.Until(deadline)):
+			errs = append(errs, fmt.Errorf("process %d not reaped", cmd.Process.Pid))
+		}
+	}
+	if g != nil {
+		if err := g.Delete(); err != nil {
+			errs = append(errs, err)
+		}
+	} else if err := cgroup.RemoveTree(p.cg, p.cgPath(in.ID)); err != nil {
+		errs = append(errs, err)
+	}
+	if in.clone != nil {
+		if err := p.teardownClone(in.clone); err != nil {
+			errs = append(errs, err)
+		}
+		// An on-line instance's log outlives it for post-mortems; a clone's
+		// would pile up, one per experiment.
+		_ = os.Remove(filepath.Join(p.cfg.StateDir, "logs", in.ID+".log"))
+	}
+	return errors.Join(errs...)
+}
+
+// removeScopeIfEmpty removes /justrunit/<scope> once no group is left below
+// it. The caller holds p.mu and knows the platform has no instance left, so
+// no Launch is creating a group below it at the same time.
+func (p *Platform) removeScopeIfEmpty() {
+	for _, d := range cgroup.Dirs(p.cg, "/justrunit/"+p.scope) {
+		_ = syscall.Rmdir(d)
+	}
+}

@@ -1,0 +1,381 @@
+package local
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/justrunit/justrunit"
+)
+
+// Names of the network objects a clone owns. Interface names are limited to
+// 15 bytes, so veths carry a machine-wide link index and are tied to their
+// scope and clone by their alias (ip link show shows it).
+const (
+	netnsDir     = "/var/run/netns"
+	netnsPrefix  = "jri-"
+	linkPrefix   = "jri"
+	aliasPrefix  = "justrunit:"
+	viaPortBase  = 40000
+	maxLinkIndex = 1 << 14 // /30 links in a /16
+)
+
+func netnsName(scope, id string) string { return netnsPrefix + scope + "-" + id }
+func hostVeth(idx int) string           { return fmt.Sprintf("%s%05xh", linkPrefix, idx) }
+func cloneVeth(idx int) string          { return fmt.Sprintf("%s%05xc", linkPrefix, idx) }
+func linkAlias(scope, id string) string { return aliasPrefix + scope + ":" + id }
+
+// cloneNet is the network identity of one clone.
+type cloneNet struct {
+	Netns     string         `json:"netns"`
+	Index     int            `json:"index"`
+	HostVeth  string         `json:"host_veth"`
+	HostAddr  netip.Addr     `json:"host_addr"`
+	CloneAddr netip.Addr     `json:"clone_addr"`
+	Internal  netip.AddrPort `json:"internal"`
+	Endpoint  netip.AddrPort `json:"endpoint"`
+	Redirects []redirect     `json:"redirects"`
+	Table     string         `json:"table"`
+}
+
+// parseInternal turns an instance address into the address the clone's
+// DNAT targets inside its namespace: wildcard and localhost become
+// 127.0.0.1; other addresses must be IPv4 literals.
+func parseInternal(addr string) (netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return netip.AddrPort{}, justrunit.Invalid("addr", addr, "want host:port")
+	}
+	pn, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || pn == 0 {
+		return netip.AddrPort{}, justrunit.Invalid("addr", addr, "want a port in 1..65535")
+	}
+	switch host {
+	case "", "0.0.0.0", "localhost":
+		return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(pn)), nil
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil || !a.Is4() {
+		return netip.AddrPort{}, justrunit.Invalid("addr", addr, "want an IPv4 address (IPv6 is not supported by the local platform yet)")
+	}
+	return netip.AddrPortFrom(a, uint16(pn)), nil
+}
+
+// parseRedirects validates CloneOptions.Redirect: keys are the next-tier
+// addresses the instance calls, values out-proxy addresses that must be on
+// this host (loopback or one of its addresses), since a clone's traffic
+// never leaves the machine.
+func parseRedirects(m map[string]string, hostAddr netip.Addr) ([]redirect, error) {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	local := localAddrs()
+	var out []redirect
+	for i, k := range keys {
+		from, err := parseInternal(k)
+		if err != nil {
+			return nil, justrunit.Invalid("redirect", k, "next-tier address must be IPv4 host:port")
+		}
+		to, err := parseInternal(m[k])
+		if err != nil {
+			return nil, justrunit.Invalid("redirect["+k+"]", m[k], "out-proxy address must be IPv4 host:port")
+		}
+		if !to.Addr().IsLoopback() && !local[to.Addr()] {
+			return nil, justrunit.Invalid("redirect["+k+"]", m[k], "out-proxy must listen on this host (loopback or a local address)")
+		}
+		out = append(out, redirect{From: from, Via: netip.AddrPortFrom(hostAddr, uint16(viaPortBase+i)), To: to})
+	}
+	return out, nil
+}
+
+func localAddrs() map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	as, _ := net.InterfaceAddrs()
+	for _, a := range as {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP.To4()); ok {
+				out[ip] = true
+			}
+		}
+	}
+	return out
+}
+
+// linkAddrs returns the host and clone addresses of link idx in base, a /16.
+func linkAddrs(base netip.Prefix, idx int) (host, clone netip.Addr) {
+	b := base.Masked().Addr().As4()
+	n := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	n += uint32(idx) * 4
+	mk := func(v uint32) netip.Addr {
+		return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	}
+	return mk(n + 1), mk(n + 2)
+}
+
+// withNetLock runs fn holding a machine-wide lock, so that two platforms
+// (two test binaries, a daemon and a test) never pick the same link index.
+func withNetLock(fn func() error) error {
+	if err := os.MkdirAll(runDir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(runDir, "net.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		return err
+	}
+	defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return fn()
+}
+
+// inNetns runs fn on an OS thread switched into ns. If the thread cannot be
+// switched back, it is left locked so that the runtime discards it.
+func inNetns(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		err = fn()
+		if rerr := netns.Set(orig); rerr == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
+}
+
+// newNamedNetns creates the named namespace without leaving the calling
+// goroutine's thread in it.
+func newNamedNetns(name string) (netns.NsHandle, error) {
+	type res struct {
+		h   netns.NsHandle
+		err error
+	}
+	rc := make(chan res, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			rc <- res{netns.None(), err}
+			return
+		}
+		defer orig.Close()
+		h, err := netns.NewNamed(name)
+		if rerr := netns.Set(orig); rerr == nil {
+			runtime.UnlockOSThread()
+		}
+		rc <- res{h, err}
+	}()
+	r := <-rc
+	return r.h, r.err
+}
+
+// setupNet gives clone id its network identity: a named namespace, a veth
+// pair with a /30 link, the internal address, and the clone-side and
+// host-side nftables tables. On error it removes what it made.
+func (p *Platform) setupNet(id string, internal netip.AddrPort, redirects map[string]string) (*cloneNet, error) {
+	cn := &cloneNet{Netns: netnsName(p.scope, id), Internal: internal, Table: cloneTable(p.scope, id)}
+	err := withNetLock(func() error {
+		used := map[int]bool{}
+		links, err := netlink.LinkList()
+		if err != nil {
+			return fmt.Errorf("list links: %w", err)
+		}
+		for _, l := range links {
+			n := l.Attrs().Name
+			if strings.HasPrefix(n, linkPrefix) && len(n) == len(linkPrefix)+6 {
+				if v, err := strconv.ParseUint(n[len(linkPrefix):len(n)-1], 16, 32); err == nil {
+					used[int(v)] = true
+				}
+			}
+		}
+		cn.Index = -1
+		for i := 0; i < maxLinkIndex; i++ {
+			if !used[i] {
+				cn.Index = i
+				break
+			}
+		}
+		if cn.Index < 0 {
+			return errors.New("no free clone link left")
+		}
+		cn.HostVeth = hostVeth(cn.Index)
+		cn.HostAddr, cn.CloneAddr = linkAddrs(p.cfg.LinkNet, cn.Index)
+		reds, err := parseRedirects(redirects, cn.HostAddr)
+		if err != nil {
+			return err
+		}
+		cn.Redirects = reds
+
+		ns, err := newNamedNetns(cn.Netns)
+		if err != nil {
+			return fmt.Errorf("create network namespace %s: %w", cn.Netns, err)
+		}
+		defer ns.Close()
+		veth := &netlink.Veth{
+			LinkAttrs:     netlink.LinkAttrs{Name: cn.HostVeth},
+			PeerName:      cloneVeth(cn.Index),
+			PeerNamespace: netlink.NsFd(int(ns)),
+		}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return fmt.Errorf("create veth %s: %w", cn.HostVeth, err)
+		}
+		return p.configureLink(cn, ns)
+	})
+	if err != nil {
+		_ = p.teardownNet(cn)
+		return nil, err
+	}
+	cn.Endpoint = netip.AddrPortFrom(cn.CloneAddr, internal.Port())
+	return cn, nil
+}
+
+func (p *Platform) configureLink(cn *cloneNet, ns netns.NsHandle) error {
+	h, err := netlink.LinkByName(cn.HostVeth)
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetAlias(h, linkAlias(p.scope, strings.TrimPrefix(cn.Netns, netnsPrefix+p.scope+"-"))); err != nil {
+		return fmt.Errorf("label veth: %w", err)
+	}
+	if err := netlink.AddrAdd(h, &netlink.Addr{IPNet: prefixNet(cn.HostAddr, 30)}); err != nil {
+		return fmt.Errorf("address veth %s: %w", cn.HostVeth, err)
+	}
+	// The out-proxy usually listens on 127.0.0.1: DNAT to a loopback address
+	// of packets arriving on this one interface needs route_localnet on it.
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+cn.HostVeth+"/route_localnet", []byte("1"), 0); err != nil {
+		return fmt.Errorf("route_localnet on %s: %w", cn.HostVeth, err)
+	}
+	if err := netlink.LinkSetUp(h); err != nil {
+		return err
+	}
+
+	nh, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer nh.Close()
+	lo, err := nh.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	if err := nh.LinkSetUp(lo); err != nil {
+		return err
+	}
+	if a := cn.Internal.Addr(); !a.IsLoopback() {
+		if err := nh.AddrAdd(lo, &netlink.Addr{IPNet: prefixNet(a, 32)}); err != nil {
+			return fmt.Errorf("add internal address %s: %w", a, err)
+		}
+	}
+	c, err := nh.LinkByName(cloneVeth(cn.Index))
+	if err != nil {
+		return err
+	}
+	if err := nh.AddrAdd(c, &netlink.Addr{IPNet: prefixNet(cn.CloneAddr, 30)}); err != nil {
+		return err
+	}
+	if err := nh.LinkSetUp(c); err != nil {
+		return err
+	}
+	gw := net.IP(cn.HostAddr.AsSlice())
+	if err := nh.RouteAdd(&netlink.Route{LinkIndex: c.Attrs().Index, Gw: gw}); err != nil {
+		return fmt.Errorf("default route in %s: %w", cn.Netns, err)
+	}
+	// Inside the clone's own namespace: DNAT from the link to 127.x and
+	// masquerading 127.x sources out of the link need route_localnet.
+	if err := inNetns(ns, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/conf/all/route_localnet", []byte("1"), 0)
+	}); err != nil {
+		return fmt.Errorf("route_localnet in %s: %w", cn.Netns, err)
+	}
+
+	nc, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		return err
+	}
+	nsRules(nc, cn.Table, cloneVeth(cn.Index), cn.CloneAddr, cn.Internal, cn.HostAddr, cn.Redirects)
+	if err := nc.Flush(); err != nil {
+		return fmt.Errorf("nftables in %s: %w", cn.Netns, err)
+	}
+	hc, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	hostRules(hc, cn.Table, cn.HostVeth, cn.HostAddr, cn.Redirects)
+	if err := hc.Flush(); err != nil {
+		return fmt.Errorf("nftables table %s: %w", cn.Table, err)
+	}
+	return nil
+}
+
+func prefixNet(a netip.Addr, bits int) *net.IPNet {
+	return &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(bits, 32)}
+}
+
+// teardownNet removes the clone's host table, veth pair and namespace. What
+// is already gone is skipped.
+func (p *Platform) teardownNet(cn *cloneNet) error {
+	var errs []error
+	if cn.Table != "" {
+		if c, err := nftables.New(); err == nil {
+			if _, err := deleteTables(c, cn.Table); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if cn.HostVeth != "" {
+		if l, err := netlink.LinkByName(cn.HostVeth); err == nil {
+			if err := netlink.LinkDel(l); err != nil {
+				errs = append(errs, fmt.Errorf("delete veth %s: %w", cn.HostVeth, err))
+			}
+		}
+	}
+	if cn.Netns != "" {
+		if err := deleteNetns(cn.Netns); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func deleteNetns(name string) error {
+	path := filepath.Join(netnsDir, name)
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err := syscall.Unmount(path, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+		return fmt.Errorf("unmount network namespace %s: %w", name, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove network namespace %s: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,127 @@
+package local
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// The platform starts every instance and clone through a shim: the binary
+// that embeds this package re-executed with shimEnv set. The shim waits until
+// the platform has put it in the instance's cgroup (so the whole process tree
+// is accounted from its first instruction), sets up a clone's private mount
+// namespace and joins its network namespace, then execs the real command.
+// Errors before the exec reach the platform through a close-on-exec pipe.
+//
+// This runs from init, before main or any test, in every binary that imports
+// the package (the justrunit command, test binaries).
+const shimEnv = "_JUSTRUNIT_LOCAL_SHIM"
+
+// shimConfig is what the platform tells the shim.
+type shimConfig struct {
+	Path string   `json:"path"`
+	Argv []string `json:"argv"`
+	Env  []string `json:"env"`
+	// Netns is the path of the network namespace to join; empty keeps the
+	// host's.
+	Netns string `json:"netns,omitempty"`
+	// Target is the directory the command knows as its state directory;
+	// for a clone it is covered, in the clone's own mount namespace, by an
+	// overlay of Lower/Upper/Work, or by a bind mount of Bind.
+	Target string `json:"target,omitempty"`
+	Lower  string `json:"lower,omitempty"`
+	Upper  string `json:"upper,omitempty"`
+	Work   string `json:"work,omitempty"`
+	Bind   string `json:"bind,omitempty"`
+}
+
+func init() {
+	if v := os.Getenv(shimEnv); v != "" {
+		runShim(v)
+	}
+}
+
+// runShim never returns: it execs the command or exits 127 after writing
+// the reason to fd 4.
+func runShim(v string) {
+	runtime.LockOSThread() // setns and exec must happen on the same thread
+	errPipe := os.NewFile(4, "errpipe")
+	fail := func(format string, args ...any) {
+		fmt.Fprintf(errPipe, format, args...)
+		os.Exit(127)
+	}
+	syscall.CloseOnExec(4)
+	var c shimConfig
+	if err := json.Unmarshal([]byte(v), &c); err != nil {
+		fail("shim config: %v", err)
+	}
+	// Wait for the platform to place us in our cgroup.
+	gate := os.NewFile(3, "gate")
+	b := make([]byte, 1)
+	if n, _ := gate.Read(b); n != 1 {
+		os.Exit(125) // the platform gave up on us
+	}
+	gate.Close()
+
+	nsfd := -1
+	if c.Netns != "" {
+		fd, err := unix.Open(c.Netns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			fail("open network namespace: %v", err)
+		}
+		nsfd = fd
+	}
+	if c.Target != "" {
+		// Our mount namespace is new (CLONE_NEWNS); keep every change in it.
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			fail("make mounts private: %v", err)
+		}
+		// Drop our copies of the named network namespaces: they would keep
+		// other clones' namespaces (and veths) alive after those are destroyed.
+		dropNetnsMounts()
+		switch {
+		case c.Lower != "":
+			opts := "lowerdir=" + c.Lower + ",upperdir=" + c.Upper + ",workdir=" + c.Work
+			if err := unix.Mount("overlay", c.Target, "overlay", 0, opts); err != nil {
+				fail("mount overlay on %s: %v", c.Target, err)
+			}
+		case c.Bind != "":
+			if err := unix.Mount(c.Bind, c.Target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+				fail("bind %s on %s: %v", c.Bind, c.Target, err)
+			}
+		}
+	}
+	if nsfd >= 0 {
+		if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
+			fail("join network namespace: %v", err)
+		}
+		unix.Close(nsfd)
+	}
+	err := syscall.Exec(c.Path, c.Argv, c.Env)
+	fail("exec %s: %v", c.Path, err)
+}
+
+func dropNetnsMounts() {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	var mps []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) > 4 && (strings.HasPrefix(fs[4], "/run/netns/") || strings.HasPrefix(fs[4], "/var/run/netns/")) {
+			mps = append(mps, fs[4])
+		}
+	}
+	for _, mp := range mps {
+		_ = unix.Unmount(mp, unix.MNT_DETACH)
+	}
+}
