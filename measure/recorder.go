@@ -179,18 +179,20 @@ func (r *Recorder) collect(reset bool) Summary {
 // Summary is one measurement window of a Recorder.
 type Summary struct {
 	// Start and End bound the window.
-	Start, End time.Time
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
 	// Count is the number of successful responses; Errors the number of
 	// failed requests.
-	Count, Errors int64
+	Count  int64 `json:"count"`
+	Errors int64 `json:"errors"`
 	// Clamped counts responses longer than MaxRecordable, which the
 	// percentiles treat as MaxRecordable.
-	Clamped int64
+	Clamped int64 `json:"clamped"`
 	// Throughput is successful responses per second: Count / (End − Start).
-	Throughput float64
+	Throughput float64 `json:"throughput"`
 	// RT is the response-time distribution in milliseconds, with a 95%
 	// confidence interval for p95 (see P95Interval).
-	RT justrunit.ResponseTime
+	RT justrunit.ResponseTime `json:"response_time"`
 }
 
 // Duration returns the window's length.

@@ -24,7 +24,7 @@
 //	            addr: 127.0.0.1:8181
 //	            allocation: {cpu: 50}
 //	            in_proxy: {listen: 127.0.0.1:8081}
-//	            out_proxy: {listen: 127.0.0.1:8282, clone_listen: 127.0.0.1:8283, next: 127.0.0.1:8383}
+//	            out_proxy: {listen: 127.0.0.1:8282, next: 127.0.0.1:8383}
 //
 // Validation errors name the file, line and field.
 package site
@@ -64,6 +64,10 @@ type Host struct {
 	Name  string  `yaml:"name"`
 	Class string  `yaml:"class"`
 	Cores float64 `yaml:"cores"`
+	// CPUs is the cpuset of the host's partition on platforms that split
+	// one machine into hosts ("0", "1-3"); empty lets the platform lay
+	// hosts out.
+	CPUs string `yaml:"cpus"`
 	// MemoryMiB is the memory capacity; 0 when not accounted.
 	MemoryMiB int64 `yaml:"memory_mib"`
 	// On is the host's initial power state; default true.
@@ -118,13 +122,12 @@ type InProxy struct {
 	Listen string `yaml:"listen"`
 }
 
-// OutProxy is where the out-proxy of an instance listens: Listen for the
-// on-line instance's calls (forwarded to Next), CloneListen for clones'
-// calls (answered from the record).
+// OutProxy is where the out-proxy of an instance listens for the on-line
+// instance's calls to the next tier, which it forwards to Next and records.
+// Clones' calls are served on loopback listeners made per clone.
 type OutProxy struct {
-	Listen      string `yaml:"listen"`
-	CloneListen string `yaml:"clone_listen"`
-	Next        string `yaml:"next"`
+	Listen string `yaml:"listen"`
+	Next   string `yaml:"next"`
 }
 
 // Load reads and validates a site file.
@@ -239,7 +242,7 @@ func (s *Site) Validate() error {
 					}
 				}
 				if op := in.OutProxy; op != nil {
-					for _, a := range []struct{ field, addr string }{{"listen", op.Listen}, {"clone_listen", op.CloneListen}, {"next", op.Next}} {
+					for _, a := range []struct{ field, addr string }{{"listen", op.Listen}, {"next", op.Next}} {
 						if a.addr == "" {
 							return justrunit.Invalid(inf+".out_proxy."+a.field, nil, "required")
 						}

@@ -48,7 +48,7 @@ func TestLoadErrors(t *testing.T) {
 		{"sandbox host", "host: pm0\n            command: [auction, app", "host: sandbox0\n            command: [auction, app", []string{"sandbox host runs clones only"}},
 		{"cpu above capacity", "{cpu: 50}", "{cpu: 150}", []string{":24:", "allocation.cpu", "capacity"}},
 		{"duplicate id", "id: data0", "id: app0", []string{":29:", "duplicate instance id"}},
-		{"address reused", "clone_listen: 127.0.0.1:18283", "clone_listen: 127.0.0.1:18282", []string{"out_proxy.clone_listen", "already used"}},
+		{"address reused", "in_proxy: {listen: 127.0.0.1:18081}", "in_proxy: {listen: 127.0.0.1:18282}", []string{"out_proxy.listen", "already used"}},
 		{"bad sla", "rt_mean<=50", "rt_mean<50", []string{":10:", "services[0].sla"}},
 		{"no command", "command: [auction, data, --listen, 127.0.0.1:18383, --state-dir, /var/lib/auction0]", "command: []", []string{":31:", "command", "required"}},
 		{"unknown field", "state_dir:", "statedir:", []string{"field statedir not found"}},

@@ -119,7 +119,7 @@ func TestMatrixShowErrors(t *testing.T) {
 }
 
 func TestNotYet(t *testing.T) {
-	for _, args := range [][]string{{"demo"}, {"study", "run"}} {
+	for _, args := range [][]string{{"demo"}} {
 		if _, err := run(t, args...); !errors.Is(err, justrunit.ErrNotImplemented) {
 			t.Errorf("%v: error %v, want one saying it is not implemented yet", args, err)
 		}

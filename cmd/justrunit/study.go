@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,7 +15,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/driver"
+	"github.com/justrunit/justrunit/site"
+	"github.com/justrunit/justrunit/siterun"
 	"github.com/justrunit/justrunit/store/sqlite"
+	"github.com/justrunit/justrunit/study"
 )
 
 func init() { addCommand(newStudyCmd) }
@@ -83,14 +88,130 @@ func orDefault(s, d string) string {
 }
 
 func newStudyRunCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "run",
-		Short: "Run a study on a live instance (not yet)",
+	var sitePath, studyPath string
+	var trafficWait time.Duration
+	cmd := &cobra.Command{
+		Use:   "run --site SITE.yaml --study STUDY.yaml",
+		Short: "Run a study on an instance of a site",
+		Long: `Run a study: clone the target instance into the sandbox, feed the clone a copy
+of the live traffic through the instance's in-proxy, answer its next-tier calls
+from the out-proxy's record, measure it at the points the strategy picks within
+the time bound, interpolate the rest, and store the matrix.
+
+This runs in this process: it brings the site up (instances and proxies), waits
+for live traffic to reach the target's in-proxy, runs the study, and stops the
+site again. Point your clients (or a load generator) at the site's front tier
+once it says it is up.`,
+		Example: `  justrunit study run --site examples/auction/site.yaml --study examples/auction/study.yaml
+  # in another terminal, once the site is up:
+  go run ./examples/auction load --target http://127.0.0.1:8080 --rate 60 --duration 0`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return fmt.Errorf("study run: %w: it needs the experimenter (clone, proxies, measurement on a platform); "+
-				"today the study engine runs from Go code with a Runner of your own (see package study)", justrunit.ErrNotImplemented)
+			return runStudy(cmd, g, sitePath, studyPath, trafficWait)
 		},
 	}
+	cmd.Flags().StringVar(&sitePath, "site", "", "site file (required)")
+	cmd.Flags().StringVar(&studyPath, "study", "", "study file (required)")
+	cmd.Flags().DurationVar(&trafficWait, "wait-traffic", 2*time.Minute, "how long to wait for live traffic at the target's in-proxy")
+	cmd.MarkFlagRequired("site")
+	cmd.MarkFlagRequired("study")
+	return cmd
+}
+
+func runStudy(cmd *cobra.Command, g *globals, sitePath, studyPath string, trafficWait time.Duration) error {
+	ctx := cmd.Context()
+	f, yf, err := loadStudyFile(studyPath)
+	if err != nil {
+		return err
+	}
+	st, err := f.study(yf)
+	if err != nil {
+		return err
+	}
+	sf, err := site.Load(sitePath)
+	if err != nil {
+		return err
+	}
+	in, _, _, err := sf.Instance(st.Target)
+	if err != nil {
+		return fmt.Errorf("%s: target: %w", studyPath, err)
+	}
+	if in.InProxy == nil {
+		return fmt.Errorf("%s: target %s has no in_proxy in %s: nothing can copy its live traffic", studyPath, st.Target, sitePath)
+	}
+	store, err := openStore(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	w := cmd.ErrOrStderr()
+	fmt.Fprintf(w, "Bringing site %s up...\n", sitePath)
+	s, err := siterun.Up(ctx, sf, siterun.Options{StateDir: filepath.Join(g.dataDir, "platform", sf.Platform), Logger: g.logger})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Fprintln(w, "Stopping the site...")
+		if cerr := s.Close(context.WithoutCancel(ctx)); cerr != nil {
+			fmt.Fprintln(w, "error stopping the site:", cerr)
+		}
+	}()
+	fmt.Fprintf(w, "Site up. Waiting for live traffic at %s (the in-proxy of %s)...\n", in.InProxy.Listen, st.Target)
+	feed, _ := s.InProxy(st.Target)
+	if err := waitTraffic(ctx, func() int64 { return feed.Stats().Online.Count }, trafficWait); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "Studying %s over %d points (%s strategy, time bound %v)...\n", st.Target, st.Space.Size(), orDefault(st.Strategy, "sla or adaptive"), st.TimeBound)
+	m, err := s.RunStudy(ctx, st, siterun.StudyOptions{Store: store, Owner: sqlite.OwnerID(), Progress: func(p study.Progress) { printProgress(w, p) }})
+	if m != nil {
+		fmt.Fprintf(cmd.OutOrStdout(), "\nStudy %s: %s\n", st.ID, st.State)
+		if rerr := m.Render(cmd.OutOrStdout()); rerr != nil {
+			return rerr
+		}
+		if st.SLA != nil {
+			if p, ok, lerr := driver.LeastPassing(m, *st.SLA, ""); lerr == nil && ok {
+				fmt.Fprintf(cmd.OutOrStdout(), "Least measured allocation meeting %s: %s\n", st.SLA, st.Space.Format(p))
+			} else if lerr == nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "No measured allocation meets %s.\n", st.SLA)
+			}
+		}
+	}
+	return err
+}
+
+// waitTraffic waits until count grows, i.e. live requests pass the proxy.
+func waitTraffic(ctx context.Context, count func() int64, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := count()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("no live traffic reached the target's in-proxy in %v: point the clients at it, or raise --wait-traffic", timeout)
+			}
+			return ctx.Err()
+		case <-t.C:
+			if count() > start {
+				return nil
+			}
+		}
+	}
+}
+
+func printProgress(w io.Writer, p study.Progress) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[%d/%d done]", p.Done, max(p.Planned, p.Done))
+	for _, pt := range p.Running {
+		fmt.Fprintf(&b, " measuring %s;", p.Study.Space.Format(pt))
+	}
+	fmt.Fprintf(&b, " %v of %v left", p.TimeLeft.Round(time.Second), p.Study.TimeBound)
+	if o := p.Last; o != nil {
+		fmt.Fprintf(&b, "; last %s: p95 %.1f ms, mean %.1f ms, %.1f req/s, %d samples (%s)", p.Study.Space.Format(o.Point), o.RT.P95, o.RT.Mean, o.Throughput, o.Samples, o.Stop)
+	}
+	fmt.Fprintln(w, b.String())
 }
 
 // openStore opens the study store in the data directory and marks studies

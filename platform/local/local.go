@@ -410,8 +410,16 @@ func (p *Platform) checkRoom(h *HostConfig, cpu float64, skip string) error {
 // proportion to its share.
 const groupShares = 8192
 
-// limits turns an allocation into cgroup limits on host h.
-func (p *Platform) limits(a justrunit.Allocation, h *HostConfig) cgroup.Limits {
+// cloneShares is the CPU weight of a clone with a full core: an ordinary
+// process's. The on-line path comes first: the JustRunIt process whose
+// proxies carry on-line requests, and which runs at an ordinary weight,
+// must not lose the CPU to a clone it shares a CPU with; a clone's quota,
+// not its weight, is what its experiment measures.
+const cloneShares = 1024
+
+// limits turns an allocation into cgroup limits on host h, for a clone
+// when clone is set.
+func (p *Platform) limits(a justrunit.Allocation, h *HostConfig, clone bool) cgroup.Limits {
 	period := p.cfg.Period.Microseconds()
 	share := a.CPU
 	if a.Freq > 0 {
@@ -420,9 +428,13 @@ func (p *Platform) limits(a justrunit.Allocation, h *HostConfig) cgroup.Limits {
 		}
 		share *= a.Freq / p.refFreqOf(h.Class)
 	}
-	l := cgroup.Limits{Cpus: h.CPUs, MemoryBytes: a.MemoryMiB << 20, Shares: groupShares}
+	base := float64(groupShares)
+	if clone {
+		base = cloneShares
+	}
+	l := cgroup.Limits{Cpus: h.CPUs, MemoryBytes: a.MemoryMiB << 20, Shares: uint64(base)}
 	if share > 0 {
-		l.Shares = uint64(max(2, math.Round(share/100*groupShares)))
+		l.Shares = uint64(max(2, math.Round(share/100*base)))
 		quota := int64(math.Round(share / 100 * float64(period)))
 		if quota < 1000 { // the kernel's minimum quota is 1 ms
 			period = int64(math.Ceil(1000 * 100 / share))
@@ -578,7 +590,7 @@ func (p *Platform) forget(id string) {
 // through the shim; for a clone, c carries its namespace and storage.
 func (p *Platform) startInstance(in *inst, sc *shimConfig) (err error) {
 	h := p.hostOf(in)
-	g, err := cgroup.New(p.cg, p.cgPath(in.ID), p.limits(in.Alloc, h))
+	g, err := cgroup.New(p.cg, p.cgPath(in.ID), p.limits(in.Alloc, h, in.Origin != ""))
 	if err != nil {
 		return err
 	}
@@ -647,7 +659,7 @@ func (p *Platform) SetAllocation(ctx context.Context, id string, a justrunit.All
 	if g == nil {
 		return fmt.Errorf("set allocation: instance %q is not running", id)
 	}
-	if err := g.Set(p.limits(a, &h)); err != nil {
+	if err := g.Set(p.limits(a, &h, in.Origin != "")); err != nil {
 		return fmt.Errorf("set allocation of %s: %w", id, err)
 	}
 	p.mu.Lock()
@@ -707,12 +719,12 @@ func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 		return fmt.Errorf("migrate %s: %w", id, err)
 	}
 	hc := *h
-	g, a := in.group, in.Alloc
+	g, a, clone := in.group, in.Alloc, in.Origin != ""
 	p.mu.Unlock()
 	if g == nil {
 		return fmt.Errorf("migrate: instance %q is not running", id)
 	}
-	if err := g.Set(p.limits(a, &hc)); err != nil {
+	if err := g.Set(p.limits(a, &hc, clone)); err != nil {
 		return fmt.Errorf("migrate %s: %w", id, err)
 	}
 	p.mu.Lock()

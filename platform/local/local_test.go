@@ -96,7 +96,7 @@ func TestResponseTimeFollowsCPUShare(t *testing.T) {
 	if err := p.SetAllocation(ctx, "cpu", justrunit.Allocation{CPU: 100, Freq: ref / 2}); err != nil {
 		t.Fatalf("SetAllocation(freq=%g) error: %v", ref/2, err)
 	}
-	if l := p.limits(justrunit.Allocation{CPU: 100, Freq: ref / 2}, p.host("pm1")); l.QuotaUS*2 != int64(l.PeriodUS) {
+	if l := p.limits(justrunit.Allocation{CPU: 100, Freq: ref / 2}, p.host("pm1"), false); l.QuotaUS*2 != int64(l.PeriodUS) {
 		t.Errorf("freq = ref/2 gives quota %d / period %d, want half", l.QuotaUS, l.PeriodUS)
 	}
 }
@@ -117,7 +117,7 @@ func TestLimits(t *testing.T) {
 		{justrunit.Allocation{Freq: 1}, 20000, 20000, 0}, // unlimited share: the host's capacity, scaled
 		{justrunit.Allocation{MemoryMiB: 64}, 0, 20000, 64 << 20},
 	} {
-		l := p.limits(tc.a, h)
+		l := p.limits(tc.a, h, false)
 		if l.QuotaUS != tc.quota || int64(l.PeriodUS) != tc.period || l.MemoryBytes != tc.memory || l.Cpus != "0-1" {
 			t.Errorf("limits(%v) = %+v, want quota %d period %d memory %d cpus 0-1", tc.a, l, tc.quota, tc.period, tc.memory)
 		}

@@ -1,0 +1,253 @@
+// Package experiment is JustRunIt's experimenter: it clones the target
+// instance onto a sandbox host (one clone per parallel slot), attaches each
+// clone to the in-proxy that copies the live traffic to it and to the
+// out-proxy that answers its next-tier calls, and for every point the study
+// asks for sets the clone's allocation, waits out the warm-up, measures a
+// window and returns the observation. Close detaches and destroys
+// everything it made, also after errors.
+//
+// A Runner implements justrunit.Runner, so the study engine drives it.
+package experiment
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/measure"
+	"github.com/justrunit/justrunit/proxy/httpproxy"
+)
+
+// Feed is the in-proxy in front of the target: it copies every on-line
+// request to the attached clones at its arrival time and measures each
+// clone's responses. *httpproxy.InProxy implements it.
+type Feed interface {
+	AddClone(ctx context.Context, name string, target *url.URL) error
+	RemoveClone(name string) (httpproxy.CloneStats, error)
+	// CloneStats returns the clone's window so far, and ends it when reset.
+	CloneStats(name string, reset bool) (httpproxy.CloneStats, error)
+}
+
+// Replay is the out-proxy behind the target: it answers the clones' calls
+// to the next tier from the record of the on-line exchanges.
+// *httpproxy.OutProxy implements it.
+type Replay interface {
+	// ServeClone starts answering the calls of the clone called name on a
+	// new loopback listener and returns its address (host:port).
+	ServeClone(ctx context.Context, name string) (string, error)
+	// StopClone stops answering the clone's calls.
+	StopClone(name string) error
+	// ReplayStats returns the clone's match statistics so far, and ends
+	// its window when reset.
+	ReplayStats(name string, reset bool) (httpproxy.ReplayStats, error)
+}
+
+// Config is what a Runner needs.
+type Config struct {
+	Platform justrunit.Platform
+	// Target is the on-line instance to clone.
+	Target justrunit.Instance
+	// Sandbox is the sandbox host the clones run on.
+	Sandbox justrunit.Host
+	// Space is the study's space; points map to allocations through the
+	// parameters named cpu, freq and mem.
+	Space justrunit.Space
+	// Feed is the target's in-proxy; required.
+	Feed Feed
+	// Replay is the target's out-proxy, and NextTier the address the
+	// target calls it on (the clone calls the same address inside its
+	// namespace and is steered to Replay). Both empty when the target has
+	// no next tier.
+	Replay   Replay
+	NextTier string
+	// Window is the experiment's warm-up and measurement window.
+	Window measure.WindowConfig
+	// Logger is optional.
+	Logger *slog.Logger
+}
+
+// Runner runs experiments on clones of one instance. Open it, use it from
+// the study engine, Close it.
+type Runner struct {
+	cfg   Config
+	log   *slog.Logger
+	free  chan *slot
+	mu    sync.Mutex
+	slots []*slot
+}
+
+// slot is one clone and its attachments.
+type slot struct {
+	name  string
+	clone *justrunit.Clone
+	fed   bool // attached to the Feed
+	reply bool // served by the Replay
+}
+
+var _ justrunit.Runner = (*Runner)(nil)
+
+// Open clones the target n times onto the sandbox host and attaches the
+// clones to the proxies. On error everything made so far is torn down.
+func Open(ctx context.Context, cfg Config, n int) (*Runner, error) {
+	switch {
+	case cfg.Platform == nil:
+		return nil, justrunit.Invalid("platform", nil, "required")
+	case cfg.Feed == nil:
+		return nil, justrunit.Invalid("in_proxy", nil, "the target %s has no in-proxy: it cannot be fed live traffic", cfg.Target.ID)
+	case (cfg.Replay == nil) != (cfg.NextTier == ""):
+		return nil, justrunit.Invalid("out_proxy", cfg.NextTier, "give both the out-proxy and the next-tier address, or neither")
+	case !cfg.Sandbox.Sandbox:
+		return nil, justrunit.Invalid("sandbox", cfg.Sandbox.Name, "not a sandbox host: clones run on sandbox hosts only")
+	case n < 1:
+		return nil, justrunit.Invalid("slots", n, "must be ≥ 1")
+	}
+	if err := cfg.Window.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Runner{cfg: cfg, log: cfg.Logger, free: make(chan *slot, n)}
+	if r.log == nil {
+		r.log = slog.Default()
+	}
+	for i := range n {
+		s, err := r.open(ctx, i)
+		if s != nil {
+			r.slots = append(r.slots, s)
+		}
+		if err != nil {
+			return nil, errors.Join(err, r.Close(context.WithoutCancel(ctx)))
+		}
+		r.free <- s
+	}
+	return r, nil
+}
+
+func (r *Runner) open(ctx context.Context, i int) (*slot, error) {
+	name := fmt.Sprintf("%s-clone%d", r.cfg.Target.ID, i)
+	opts := justrunit.CloneOptions{Alloc: r.cfg.Target.Alloc}
+	s := &slot{name: name}
+	if r.cfg.Replay != nil {
+		addr, err := r.cfg.Replay.ServeClone(ctx, name)
+		if err != nil {
+			return nil, fmt.Errorf("out-proxy for %s: %w", name, err)
+		}
+		s.reply = true
+		opts.Redirect = map[string]string{r.cfg.NextTier: addr}
+	}
+	start := time.Now()
+	c, err := r.cfg.Platform.Clone(ctx, r.cfg.Target.ID, r.cfg.Sandbox.Name, opts)
+	if err != nil {
+		return s, fmt.Errorf("clone %s: %w", r.cfg.Target.ID, err)
+	}
+	s.clone = c
+	r.log.Info("clone made", "clone", c.ID, "mode", c.Mode, "pause", c.Pause, "took", time.Since(start).Round(time.Millisecond), "endpoint", c.Endpoint)
+	u := &url.URL{Scheme: "http", Host: c.Endpoint}
+	if err := r.cfg.Feed.AddClone(ctx, name, u); err != nil {
+		return s, fmt.Errorf("attach %s to the in-proxy: %w", name, err)
+	}
+	s.fed = true
+	return s, nil
+}
+
+// Run sets a free clone to point p, measures it under the copied live
+// traffic and returns the observation.
+func (r *Runner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+	var s *slot
+	select {
+	case s = <-r.free:
+	case <-ctx.Done():
+		return justrunit.Observation{}, ctx.Err()
+	}
+	defer func() { r.free <- s }()
+	alloc, err := r.cfg.Target.Alloc.WithPoint(r.cfg.Space, p)
+	if err != nil {
+		return justrunit.Observation{}, err
+	}
+	if err := r.cfg.Platform.SetAllocation(ctx, s.clone.ID, alloc); err != nil {
+		return justrunit.Observation{}, fmt.Errorf("set allocation %s on %s: %w", alloc, s.clone.ID, err)
+	}
+	win := &cloneWindow{feed: r.cfg.Feed, name: s.name}
+	meter := &measure.ModelMeter{
+		Model:     r.cfg.Sandbox.Power,
+		HostCores: r.cfg.Sandbox.Cores,
+		CPUSource: "cgroup CPU time of the clone",
+		Name:      "host class " + r.cfg.Sandbox.Class,
+		CPUTime: func() (time.Duration, error) {
+			u, err := r.cfg.Platform.Usage(ctx, s.clone.ID)
+			return u.CPUTime, err
+		},
+	}
+	if r.cfg.Replay != nil {
+		if _, err := r.cfg.Replay.ReplayStats(s.name, true); err != nil {
+			return justrunit.Observation{}, err
+		}
+	}
+	res, err := measure.MeasureWindow(ctx, r.cfg.Window, win, meter, nil)
+	if err != nil {
+		return justrunit.Observation{}, fmt.Errorf("measure %s at %s: %w", s.clone.ID, alloc, err)
+	}
+	obs := res.Observation(p)
+	obs.Dropped = win.last.Dropped
+	obs.MatchRate = 1
+	if r.cfg.Replay != nil {
+		rs, err := r.cfg.Replay.ReplayStats(s.name, true)
+		if err != nil {
+			return justrunit.Observation{}, err
+		}
+		obs.MatchRate = rs.MatchRate
+	}
+	obs.Clone = s.clone.Mode
+	obs.Source = r.cfg.Platform.Name() + " clone " + s.clone.ID
+	return obs, nil
+}
+
+// Close detaches every clone from the proxies and destroys it. It is safe
+// to call more than once.
+func (r *Runner) Close(ctx context.Context) error {
+	r.mu.Lock()
+	slots := r.slots
+	r.slots = nil
+	r.mu.Unlock()
+	var errs []error
+	for _, s := range slots {
+		if s.fed {
+			if _, err := r.cfg.Feed.RemoveClone(s.name); err != nil && !errors.Is(err, justrunit.ErrNotFound) {
+				errs = append(errs, err)
+			}
+		}
+		if s.reply {
+			if err := r.cfg.Replay.StopClone(s.name); err != nil && !errors.Is(err, justrunit.ErrNotFound) {
+				errs = append(errs, err)
+			}
+		}
+		if s.clone != nil {
+			if err := r.cfg.Platform.Destroy(ctx, s.clone.ID); err != nil {
+				errs = append(errs, fmt.Errorf("destroy %s: %w", s.clone.ID, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// cloneWindow reads one clone's window from the Feed, keeping the last
+// ended window's counters (dropped copies) for the observation.
+type cloneWindow struct {
+	feed Feed
+	name string
+	last httpproxy.CloneStats
+}
+
+func (w *cloneWindow) Snapshot() measure.Summary {
+	s, _ := w.feed.CloneStats(w.name, false)
+	return s.Response
+}
+
+func (w *cloneWindow) Reset() measure.Summary {
+	s, _ := w.feed.CloneStats(w.name, true)
+	w.last = s
+	return s.Response
+}

@@ -1,0 +1,747 @@
+package httpproxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/http/httputil"
+	"net/url"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/measure"
+)
+
+// In-proxy defaults, used where an InConfig field is zero.
+const (
+	DefaultMaxCopyBody    = 1 << 20 // 1 MiB
+	DefaultMaxInFlight    = 256
+	DefaultMaxCloneBytes  = 64 << 20 // 64 MiB
+	DefaultCopyTimeout    = 10 * time.Second
+	DefaultMaxCompareBody = 1 << 20
+	// DefaultShutdownGrace is how long Close lets on-line requests in
+	// progress finish.
+	DefaultShutdownGrace = 5 * time.Second
+)
+
+// copyOverhead is what a copy in flight is charged besides its body.
+const copyOverhead = 2 << 10
+
+// InConfig configures an InProxy. Zero fields take the Default* values.
+type InConfig struct {
+	// Online is the on-line instance every request is forwarded to.
+	Online *url.URL
+	// MaxCopyBody is the largest request body copied to clones; a request
+	// with a larger body is forwarded on-line as usual and counted as
+	// SkippedLarge for every clone.
+	MaxCopyBody int64
+	// MaxInFlight bounds the copies in flight to one clone; a copy that
+	// would exceed it is dropped and counted.
+	MaxInFlight int
+	// MaxCloneBytes bounds the memory held by the copies in flight to one
+	// clone (bodies plus a fixed charge per copy); beyond it copies are
+	// dropped and counted.
+	MaxCloneBytes int64
+	// CopyTimeout bounds one copy, from its dispatch to the end of the
+	// clone's response; a copy that times out counts as an error.
+	CopyTimeout time.Duration
+	// Compare turns on the comparison of each clone response with the
+	// on-line response (status and body, with Masks applied to both).
+	Compare bool
+	// MaxCompareBody is the largest body compared; larger responses are
+	// not compared.
+	MaxCompareBody int64
+	// Masks hide values that legitimately differ when comparing.
+	Masks Masks
+	// Logger receives the proxy's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// InProxy plays the previous tier. It forwards every request to the on-line
+// instance unchanged and sends a copy of it to each attached clone as soon
+// as the on-line request is on the wire (microseconds after it arrived),
+// whatever the clone is doing: copies keep the on-line arrival times (open
+// loop), they are not paced by the clone's answers. Copies never wait: a
+// copy that cannot be sent within the clone's bounds (copies and bytes in
+// flight) is dropped and counted. The proxy measures each clone's response
+// times and throughput as the previous tier would see them, from the
+// on-line arrival time, and the on-line instance's too.
+//
+// InProxy is an http.Handler; Start serves it on an address. Clones are
+// attached and detached at run time with AddClone and RemoveClone (or
+// through ControlHandler); each clone's window is read and reset on its
+// own with CloneStats.
+type InProxy struct {
+	cfg    InConfig
+	log    *slog.Logger
+	rp     *httputil.ReverseProxy
+	tr     *http.Transport
+	online *measure.Recorder
+
+	mu     sync.Mutex // serialises clone changes, Start and Close
+	clones atomic.Pointer[[]*clone]
+	srv    *server
+	closed bool
+}
+
+// NewInProxy checks cfg and returns a proxy that is not yet listening.
+func NewInProxy(cfg InConfig) (*InProxy, error) {
+	if cfg.Online == nil {
+		return nil, justrunit.Invalid("online", nil, "missing on-line instance URL")
+	}
+	if _, err := ParseUpstream("online", cfg.Online.String()); err != nil {
+		return nil, err
+	}
+	if cfg.MaxCopyBody < 0 || cfg.MaxInFlight < 0 || cfg.MaxCloneBytes < 0 || cfg.CopyTimeout < 0 || cfg.MaxCompareBody < 0 {
+		return nil, justrunit.Invalid("in-proxy limits", nil, "must not be negative")
+	}
+	if cfg.MaxCopyBody == 0 {
+		cfg.MaxCopyBody = DefaultMaxCopyBody
+	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.MaxCloneBytes == 0 {
+		cfg.MaxCloneBytes = DefaultMaxCloneBytes
+	}
+	if cfg.CopyTimeout == 0 {
+		cfg.CopyTimeout = DefaultCopyTimeout
+	}
+	if cfg.MaxCompareBody == 0 {
+		cfg.MaxCompareBody = DefaultMaxCompareBody
+	}
+	p := &InProxy{
+		cfg:    cfg,
+		log:    orDiscard(cfg.Logger),
+		tr:     newTransport(0),
+		online: measure.NewRecorder(),
+	}
+	target := cfg.Online
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:        rewriteTo(target),
+		Transport:      p.tr,
+		BufferPool:     &bufferPool{},
+		ModifyResponse: p.modifyResponse,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			p.log.Warn("on-line request failed", logKeyMethod, r.Method, logKeyURI, r.RequestURI, logKeyErr, err)
+			w.WriteHeader(http.StatusBadGateway)
+		},
+		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+	}
+	empty := []*clone{}
+	p.clones.Store(&empty)
+	return p, nil
+}
+
+// Start checks that the on-line instance's host resolves, then listens on
+// addr (host:port; port 0 picks a free one) and serves the proxy there. It
+// returns the address it listens on. On error nothing is left listening.
+func (p *InProxy) Start(ctx context.Context, addr string) (net.Addr, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, fmt.Errorf("start in-proxy: closed")
+	}
+	if p.srv != nil {
+		return nil, fmt.Errorf("start in-proxy: %w: already listening on %s", justrunit.ErrExists, p.srv.ln.Addr())
+	}
+	if err := checkResolves(ctx, "online", p.cfg.Online); err != nil {
+		return nil, err
+	}
+	s, err := listen("listen", addr, p, p.log)
+	if err != nil {
+		return nil, err
+	}
+	p.srv = s
+	return s.ln.Addr(), nil
+}
+
+// Close stops serving (letting on-line requests in progress finish for
+// DefaultShutdownGrace), detaches every clone and cancels its copies in
+// flight. It is safe to call more than once.
+func (p *InProxy) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	s := p.srv
+	p.srv = nil
+	old := *p.clones.Load()
+	empty := []*clone{}
+	p.clones.Store(&empty)
+	p.mu.Unlock()
+	for _, c := range old {
+		c.stop()
+	}
+	err := s.close(DefaultShutdownGrace)
+	p.tr.CloseIdleConnections()
+	return err
+}
+
+// AddClone attaches a clone called name at target: from now on every
+// request that arrives is copied to it. The name must be new (else an error
+// wrapping justrunit.ErrExists); target must be an http URL whose host
+// resolves.
+func (p *InProxy) AddClone(ctx context.Context, name string, target *url.URL) error {
+	if name == "" {
+		return justrunit.Invalid("clone.name", name, "must not be empty")
+	}
+	if target == nil {
+		return justrunit.Invalid("clone.url", nil, "missing")
+	}
+	if _, err := ParseUpstream("clone.url", target.String()); err != nil {
+		return err
+	}
+	if err := checkResolves(ctx, "clone.url", target); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return fmt.Errorf("add clone %s: in-proxy closed", name)
+	}
+	cur := *p.clones.Load()
+	for _, c := range cur {
+		if c.name == name {
+			return fmt.Errorf("add clone %s: %w", name, justrunit.ErrExists)
+		}
+	}
+	c := newClone(name, target, p.cfg, p.log)
+	next := append(slices.Clip(cur), c)
+	p.clones.Store(&next)
+	p.log.Info("clone attached", logKeyClone, name, "url", target.String())
+	return nil
+}
+
+// RemoveClone detaches the clone called name: no further copies are sent
+// and copies in flight are cancelled. It returns the clone's statistics for
+// the window that ends, or an error wrapping justrunit.ErrNotFound.
+func (p *InProxy) RemoveClone(name string) (CloneStats, error) {
+	p.mu.Lock()
+	cur := *p.clones.Load()
+	i := slices.IndexFunc(cur, func(c *clone) bool { return c.name == name })
+	if i < 0 {
+		p.mu.Unlock()
+		return CloneStats{}, fmt.Errorf("remove clone %s: %w", name, justrunit.ErrNotFound)
+	}
+	c := cur[i]
+	next := slices.Delete(slices.Clone(cur), i, i+1)
+	p.clones.Store(&next)
+	p.mu.Unlock()
+	st := c.stats(true)
+	c.stop()
+	p.log.Info("clone detached", logKeyClone, name)
+	return st, nil
+}
+
+// Clones returns the names of the attached clones, in attach order.
+func (p *InProxy) Clones() []string {
+	var names []string
+	for _, c := range *p.clones.Load() {
+		names = append(names, c.name)
+	}
+	return names
+}
+
+// InStats is what an in-proxy measured in one window.
+type InStats struct {
+	// Online is the on-line instance's response times and throughput as
+	// the previous tier saw them through the proxy. Responses with a 5xx
+	// status (including 502 when the instance could not be reached) count
+	// as errors.
+	Online measure.Summary `json:"online"`
+	// Clones has one entry per attached clone, in attach order.
+	Clones []CloneStats `json:"clones"`
+}
+
+// Clone returns the statistics of the clone called name.
+func (s InStats) Clone(name string) (CloneStats, bool) {
+	for _, c := range s.Clones {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return CloneStats{}, false
+}
+
+// CloneStats is what an in-proxy measured for one clone in one window.
+type CloneStats struct {
+	Name   string `json:"name"`
+	Target string `json:"url"`
+	// Sent counts copies dispatched to the clone.
+	Sent int64 `json:"sent"`
+	// Dropped counts copies not sent because the clone was at its bound of
+	// copies or bytes in flight, because it refused connections a moment
+	// ago (a dead clone is retried every 250 ms, not dialled for every
+	// copy), or because the request body was not read in full by the
+	// on-line instance.
+	Dropped int64 `json:"dropped"`
+	// SkippedLarge counts requests not copied because their body exceeded
+	// the copy limit.
+	SkippedLarge int64 `json:"skipped_large"`
+	// InFlight and InFlightBytes are the copies (and their charged bytes)
+	// in flight now; they are not windowed.
+	InFlight      int64 `json:"in_flight"`
+	InFlightBytes int64 `json:"in_flight_bytes"`
+	// Compared counts copies whose response was compared with the on-line
+	// one; Mismatched those that differed (status, or masked body).
+	// MismatchRate is Mismatched / Compared, 0 when none were compared.
+	Compared     int64   `json:"compared"`
+	Mismatched   int64   `json:"mismatched"`
+	MismatchRate float64 `json:"mismatch_rate"`
+	// Response is the clone's response times (from the on-line arrival
+	// time to the end of the clone's response body) and throughput. A
+	// transport error, a timeout or a 5xx status counts as an error.
+	Response measure.Summary `json:"response"`
+}
+
+// Apply copies the clone's measurements into o: samples, errors,
+// throughput, response time, dropped copies, window start and length.
+func (s CloneStats) Apply(o *justrunit.Observation) {
+	o.Start = s.Response.Start
+	o.Window = justrunit.Duration(s.Response.Duration())
+	o.Samples = s.Response.Count
+	o.Errors = s.Response.Errors
+	o.Throughput = s.Response.Throughput
+	o.RT = s.Response.RT
+	o.Dropped = s.Dropped
+}
+
+// CloneStats returns the statistics of the clone called name for its
+// current window, and ends that window (starting a new one) when reset.
+// Other clones' windows and the on-line window are not touched, so several
+// experiments can share one in-proxy. It returns an error wrapping
+// justrunit.ErrNotFound when no such clone is attached.
+func (p *InProxy) CloneStats(name string, reset bool) (CloneStats, error) {
+	for _, c := range *p.clones.Load() {
+		if c.name == name {
+			return c.stats(reset), nil
+		}
+	}
+	return CloneStats{}, fmt.Errorf("clone %s: %w", name, justrunit.ErrNotFound)
+}
+
+// Stats returns the current window's statistics without ending it.
+func (p *InProxy) Stats() InStats { return p.stats(false) }
+
+// Reset ends the current window, returns its statistics and starts a new
+// one, for the on-line instance and every clone.
+func (p *InProxy) Reset() InStats { return p.stats(true) }
+
+func (p *InProxy) stats(reset bool) InStats {
+	var s InStats
+	if reset {
+		s.Online = p.online.Reset()
+	} else {
+		s.Online = p.online.Snapshot()
+	}
+	for _, c := range *p.clones.Load() {
+		s.Clones = append(s.Clones, c.stats(reset))
+	}
+	return s
+}
+
+// copyReq is one on-line request as sent to every clone.
+type copyReq struct {
+	method  string
+	host    string
+	path    string
+	rawPath string
+	query   string
+	header  http.Header // read-only once dispatched; shared by the clones
+	arrival time.Time
+	body    []byte
+	online  *onlineResult // nil unless comparing
+}
+
+// onlineResult is the on-line response, for comparison.
+type onlineResult struct {
+	once   sync.Once
+	done   chan struct{}
+	ok     bool
+	status int
+	body   []byte
+}
+
+func (o *onlineResult) finish(ok bool, status int, body []byte) {
+	o.once.Do(func() {
+		o.ok, o.status, o.body = ok, status, body
+		close(o.done)
+	})
+}
+
+type onlineResultKey struct{}
+
+// copyable reports whether r can be copied: not a CONNECT, not a protocol
+// upgrade (a websocket has no request to copy).
+func copyable(r *http.Request) bool {
+	return r.Method != http.MethodConnect && r.Header.Get("Upgrade") == ""
+}
+
+// ServeHTTP forwards r to the on-line instance and copies it to the
+// clones.
+func (p *InProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	arrival := time.Now()
+	var pc *pendingCopy
+	var online *onlineResult
+	if clones := *p.clones.Load(); len(clones) > 0 && copyable(r) {
+		cr := &copyReq{
+			method:  r.Method,
+			host:    r.Host,
+			path:    r.URL.Path,
+			rawPath: r.URL.RawPath,
+			query:   r.URL.RawQuery,
+			header:  copyHeader(r.Header),
+			arrival: arrival,
+		}
+		ctx := r.Context()
+		if p.cfg.Compare {
+			online = &onlineResult{done: make(chan struct{})}
+			cr.online = online
+			ctx = context.WithValue(ctx, onlineResultKey{}, online)
+		}
+		if r.ContentLength > p.cfg.MaxCopyBody {
+			for _, c := range clones {
+				c.skippedLarge.Add(1)
+			}
+		} else {
+			pc = &pendingCopy{cr: cr, clones: clones}
+			if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+				pc.tee = &teeBody{rc: r.Body, limit: p.cfg.MaxCopyBody}
+			}
+			ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+				WroteRequest: func(httptrace.WroteRequestInfo) { pc.fire() },
+			})
+		}
+		r = r.WithContext(ctx)
+		if pc != nil && pc.tee != nil {
+			r.Body = pc.tee
+		}
+	}
+	sw := &statusWriter{ResponseWriter: w}
+	p.rp.ServeHTTP(sw, r)
+	if pc != nil {
+		pc.fire() // the on-line request was never written: copy it now
+	}
+	if sw.status >= 500 || sw.status == 0 {
+		p.online.RecordError()
+	} else {
+		p.online.Record(time.Since(arrival))
+	}
+	if online != nil {
+		online.finish(false, 0, nil) // no-op when the response was read in full
+	}
+}
+
+// pendingCopy is a request's copy waiting to be dispatched. It goes out
+// once the on-line request has been written to the on-line instance (the
+// transport's WroteRequest), microseconds after arrival for a request
+// without a body: the on-line request is on the wire before any copy work
+// competes with it for the CPUs. If the forward never writes the request
+// (the instance is unreachable), it goes out when the exchange ends. Its
+// clone response time still counts from the arrival.
+type pendingCopy struct {
+	cr     *copyReq
+	clones []*clone
+	tee    *teeBody // nil: no body
+	once   sync.Once
+}
+
+func (pc *pendingCopy) fire() {
+	pc.once.Do(func() {
+		if pc.tee == nil {
+			dispatch(pc.cr, pc.clones)
+			return
+		}
+		body, complete, over := pc.tee.result()
+		switch {
+		case complete:
+			pc.cr.body = body
+			dispatch(pc.cr, pc.clones)
+		case over:
+			for _, c := range pc.clones {
+				c.skippedLarge.Add(1)
+			}
+		default: // the instance did not read the body to its end
+			for _, c := range pc.clones {
+				c.dropped.Add(1)
+			}
+		}
+	})
+}
+
+// modifyResponse tees the on-line response body for comparison.
+func (p *InProxy) modifyResponse(resp *http.Response) error {
+	o, _ := resp.Request.Context().Value(onlineResultKey{}).(*onlineResult)
+	if o == nil {
+		return nil
+	}
+	if resp.ContentLength > p.cfg.MaxCompareBody {
+		o.finish(false, 0, nil)
+		return nil
+	}
+	resp.Body = &responseTee{rc: resp.Body, limit: p.cfg.MaxCompareBody, status: resp.StatusCode, o: o}
+	return nil
+}
+
+// responseTee keeps a copy of the on-line response body, up to a limit.
+type responseTee struct {
+	rc     io.ReadCloser
+	limit  int64
+	status int
+	buf    []byte
+	over   bool
+	o      *onlineResult
+}
+
+func (t *responseTee) Read(b []byte) (int, error) {
+	n, err := t.rc.Read(b)
+	if n > 0 && !t.over {
+		if int64(len(t.buf)+n) > t.limit {
+			t.over, t.buf = true, nil
+		} else {
+			t.buf = append(t.buf, b[:n]...)
+		}
+	}
+	if err == io.EOF {
+		t.o.finish(!t.over, t.status, t.buf)
+	}
+	return n, err
+}
+
+func (t *responseTee) Close() error {
+	t.o.finish(false, 0, nil)
+	return t.rc.Close()
+}
+
+// teeBody keeps a copy of a request body, up to a limit, while the on-line
+// forward reads it. It is read by the transport, possibly in another
+// goroutine than the handler's, hence the mutex.
+type teeBody struct {
+	rc    io.ReadCloser
+	limit int64
+
+	mu   sync.Mutex
+	buf  []byte
+	over bool
+	eof  bool
+}
+
+func (t *teeBody) Read(b []byte) (int, error) {
+	n, err := t.rc.Read(b)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if n > 0 && !t.over {
+		if int64(len(t.buf)+n) > t.limit {
+			t.over, t.buf = true, nil
+		} else {
+			t.buf = append(t.buf, b[:n]...)
+		}
+	}
+	if err == io.EOF {
+		t.eof = true
+	}
+	return n, err
+}
+
+func (t *teeBody) Close() error { return t.rc.Close() }
+
+// result returns the body when it was read to its end within the limit,
+// and whether it went over the limit.
+func (t *teeBody) result() (body []byte, complete, over bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.buf, t.eof && !t.over, t.over
+}
+
+func dispatch(cr *copyReq, clones []*clone) {
+	for _, c := range clones {
+		c.send(cr)
+	}
+}
+
+// clone is one attached clone and its counters.
+type clone struct {
+	name    string
+	target  *url.URL
+	cfg     InConfig
+	log     *slog.Logger
+	tr      *http.Transport
+	ctx     context.Context
+	cancel  context.CancelFunc
+	rec     *measure.Recorder
+	inFl    atomic.Int64
+	inFlB   atomic.Int64
+	sent    atomic.Int64
+	dropped atomic.Int64
+
+	skippedLarge, compared, mismatched atomic.Int64
+
+	// refused counts consecutive refused connections; after
+	// refusedToPause of them, copies are dropped until pausedUntil (unix
+	// ns), so a dead clone costs no dialling on the proxy's CPUs.
+	refused     atomic.Int64
+	pausedUntil atomic.Int64
+}
+
+const (
+	refusedToPause = 5
+	refusedPause   = 250 * time.Millisecond
+)
+
+func newClone(name string, target *url.URL, cfg InConfig, log *slog.Logger) *clone {
+	ctx, cancel := context.WithCancel(context.Background())
+	tr := newTransport(0)
+	tr.MaxIdleConnsPerHost = cfg.MaxInFlight
+	tr.ResponseHeaderTimeout = cfg.CopyTimeout
+	tr.DialContext = (&net.Dialer{Timeout: min(cfg.CopyTimeout, 2*time.Second), KeepAlive: 30 * time.Second}).DialContext
+	return &clone{
+		name:   name,
+		target: target,
+		cfg:    cfg,
+		log:    log.With(logKeyClone, name),
+		tr:     tr,
+		ctx:    ctx,
+		cancel: cancel,
+		rec:    measure.NewRecorder(),
+	}
+}
+
+func (c *clone) stop() {
+	c.cancel()
+	c.tr.CloseIdleConnections()
+}
+
+// send starts sending cr to the clone now, or drops it when the clone is
+// at its bounds. It never blocks.
+func (c *clone) send(cr *copyReq) {
+	if c.ctx.Err() != nil {
+		return // detached between the snapshot and now
+	}
+	if until := c.pausedUntil.Load(); until != 0 && time.Now().UnixNano() < until {
+		c.dropped.Add(1) // the clone refuses connections: do not dial in vain
+		return
+	}
+	charge := int64(len(cr.body)) + copyOverhead
+	if c.inFl.Add(1) > int64(c.cfg.MaxInFlight) {
+		c.inFl.Add(-1)
+		c.dropped.Add(1)
+		return
+	}
+	if c.inFlB.Add(charge) > c.cfg.MaxCloneBytes {
+		c.inFlB.Add(-charge)
+		c.inFl.Add(-1)
+		c.dropped.Add(1)
+		return
+	}
+	c.sent.Add(1)
+	go c.do(cr, charge)
+}
+
+func (c *clone) do(cr *copyReq, charge int64) {
+	defer func() {
+		c.inFlB.Add(-charge)
+		c.inFl.Add(-1)
+	}()
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.CopyTimeout)
+	defer cancel()
+	u := joinURL(c.target, cr.path, cr.rawPath, cr.query)
+	req := (&http.Request{
+		Method:     cr.method,
+		URL:        u,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     cr.header,
+		Host:       cr.host,
+	}).WithContext(ctx)
+	if len(cr.body) > 0 {
+		req.Body = io.NopCloser(bytes.NewReader(cr.body))
+		req.ContentLength = int64(len(cr.body))
+		body := cr.body
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	}
+	resp, err := c.tr.RoundTrip(req)
+	if err != nil {
+		if c.ctx.Err() == nil {
+			c.rec.RecordError()
+			c.log.Debug("copy failed", logKeyErr, err)
+			if errors.Is(err, syscall.ECONNREFUSED) && c.refused.Add(1) >= refusedToPause {
+				c.pausedUntil.Store(time.Now().Add(refusedPause).UnixNano())
+				c.refused.Store(0)
+			}
+		}
+		return
+	}
+	c.refused.Store(0)
+	var body []byte
+	if cr.online != nil && resp.ContentLength <= c.cfg.MaxCompareBody {
+		body, err = io.ReadAll(io.LimitReader(resp.Body, c.cfg.MaxCompareBody+1))
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+		}
+	} else {
+		_, err = io.Copy(io.Discard, resp.Body)
+	}
+	resp.Body.Close()
+	d := time.Since(cr.arrival)
+	if c.ctx.Err() != nil {
+		return
+	}
+	if err != nil || resp.StatusCode >= 500 {
+		c.rec.RecordError()
+	} else {
+		c.rec.Record(d)
+	}
+	if err != nil || cr.online == nil || int64(len(body)) > c.cfg.MaxCompareBody {
+		return
+	}
+	select {
+	case <-cr.online.done:
+	case <-ctx.Done():
+		return
+	}
+	if !cr.online.ok {
+		return
+	}
+	c.compared.Add(1)
+	if resp.StatusCode != cr.online.status || !bytes.Equal(c.cfg.Masks.Body(body), c.cfg.Masks.Body(cr.online.body)) {
+		c.mismatched.Add(1)
+	}
+}
+
+func (c *clone) stats(reset bool) CloneStats {
+	s := CloneStats{
+		Name:          c.name,
+		Target:        c.target.String(),
+		InFlight:      c.inFl.Load(),
+		InFlightBytes: c.inFlB.Load(),
+	}
+	if reset {
+		s.Response = c.rec.Reset()
+		s.Sent = c.sent.Swap(0)
+		s.Dropped = c.dropped.Swap(0)
+		s.SkippedLarge = c.skippedLarge.Swap(0)
+		s.Compared = c.compared.Swap(0)
+		s.Mismatched = c.mismatched.Swap(0)
+	} else {
+		s.Response = c.rec.Snapshot()
+		s.Sent = c.sent.Load()
+		s.Dropped = c.dropped.Load()
+		s.SkippedLarge = c.skippedLarge.Load()
+		s.Compared = c.compared.Load()
+		s.Mismatched = c.mismatched.Load()
+	}
+	if s.Compared > 0 {
+		s.MismatchRate = float64(s.Mismatched) / float64(s.Compared)
+	}
+	return s
+}

@@ -1,0 +1,640 @@
+package httpproxy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/justrunit/justrunit"
+)
+
+// Out-proxy defaults, used where an OutConfig field is zero.
+const (
+	DefaultWindow         = time.Minute
+	DefaultMaxRecordBytes = 64 << 20 // 64 MiB
+	DefaultMaxBody        = 1 << 20  // 1 MiB
+	DefaultMatchWait      = time.Second
+	DefaultFallbackStatus = http.StatusServiceUnavailable
+	// DefaultCloneName is the consumer name of the clone endpoint that
+	// Start serves.
+	DefaultCloneName = "clone"
+	// maxCommits bounds the exchanges being keyed and added to the record
+	// at once; beyond it an exchange is not recorded (and counted).
+	maxCommits = 256
+)
+
+// UnmatchedHeader is set to "1" on the fallback answer to a clone's call
+// that matched nothing in the record.
+const UnmatchedHeader = "X-Justrunit-Unmatched"
+
+// safeMethods are the methods that may be passed through to the real next
+// tier for a clone: the safe (read-only) methods of RFC 9110, section 9.2.1.
+var safeMethods = map[string]bool{
+	http.MethodGet: true, http.MethodHead: true, http.MethodOptions: true, http.MethodTrace: true,
+}
+
+// OutConfig configures an OutProxy. Zero fields take the Default* values.
+type OutConfig struct {
+	// Upstream is the real next tier.
+	Upstream *url.URL
+	// Masks hide values that differ between the on-line instance's calls
+	// and a clone's (timestamps, generated ids, session tokens) when
+	// computing the normalised key.
+	Masks Masks
+	// Window is how long an on-line exchange stays in the record, and how
+	// far back a clone's call may match.
+	Window time.Duration
+	// MaxRecordBytes bounds the record's memory; the oldest exchanges are
+	// evicted first.
+	MaxRecordBytes int64
+	// MaxBody is the largest request or response body recorded; an
+	// exchange with a larger one is forwarded but not recorded.
+	MaxBody int64
+	// MatchWait is how long a clone's call waits for a matching on-line
+	// exchange to be recorded when none is there yet (the clone can be
+	// faster than the on-line instance). Negative: do not wait.
+	MatchWait time.Duration
+	// FallbackStatus is the status of the answer to an unmatched clone
+	// call that is not passed through.
+	FallbackStatus int
+	// PassThrough lists the methods for which an unmatched clone call is
+	// forwarded to the real next tier. Only safe methods (GET, HEAD,
+	// OPTIONS, TRACE) are allowed, so that a clone's writes never reach
+	// the on-line next tier.
+	PassThrough []string
+	// Logger receives the proxy's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// OutProxy plays the next tier for clones. It has two faces: the on-line
+// handler forwards the on-line instance's calls to the real next tier
+// unchanged and records each exchange; each clone's handler answers that
+// clone's calls from the record, matched by normalised key and consumed in
+// order, after the latency the next tier showed.
+//
+// Which callers are clones is decided by where they connect, never by what
+// they send: the on-line instance is pointed at the on-line listener, each
+// clone at a clone listener of its own (a clone's next-tier address is
+// steered there by the sandbox's NAT), so a clone's call cannot be taken
+// for an on-line one. Start serves the on-line listener and one clone
+// listener; ServeClone and StopClone add and remove clone listeners at run
+// time; CloneHandler lets a caller serve a clone itself.
+type OutProxy struct {
+	cfg   OutConfig
+	log   *slog.Logger
+	rec   *Record
+	safe  map[string]bool
+	rp    *httputil.ReverseProxy // on-line
+	pass  *httputil.ReverseProxy // clone pass-through
+	trOn  *http.Transport
+	trCl  *http.Transport
+	commi atomic.Int64
+
+	recorded, notRecorded atomic.Int64
+
+	mu         sync.Mutex
+	windowFrom time.Time
+	online     *server
+	clones     map[string]*cloneEndpoint
+	closed     bool
+}
+
+// cloneEndpoint is one clone's face of the out-proxy: its counters and,
+// when the proxy serves it, its listener.
+type cloneEndpoint struct {
+	name                       string
+	srv                        *server // nil when the caller serves CloneHandler
+	matched, unmatched, passed atomic.Int64
+	from                       atomic.Int64 // window start, unix ns
+}
+
+// NewOutProxy checks cfg and returns a proxy that is not yet listening.
+func NewOutProxy(cfg OutConfig) (*OutProxy, error) {
+	if cfg.Upstream == nil {
+		return nil, justrunit.Invalid("upstream", nil, "missing next-tier URL")
+	}
+	if _, err := ParseUpstream("upstream", cfg.Upstream.String()); err != nil {
+		return nil, err
+	}
+	if cfg.Window < 0 || cfg.MaxRecordBytes < 0 || cfg.MaxBody < 0 {
+		return nil, justrunit.Invalid("out-proxy limits", nil, "must not be negative")
+	}
+	if cfg.Window == 0 {
+		cfg.Window = DefaultWindow
+	}
+	if cfg.MaxRecordBytes == 0 {
+		cfg.MaxRecordBytes = DefaultMaxRecordBytes
+	}
+	if cfg.MaxBody == 0 {
+		cfg.MaxBody = DefaultMaxBody
+	}
+	if cfg.MatchWait == 0 {
+		cfg.MatchWait = DefaultMatchWait
+	}
+	if cfg.FallbackStatus == 0 {
+		cfg.FallbackStatus = DefaultFallbackStatus
+	}
+	if cfg.FallbackStatus < 200 || cfg.FallbackStatus > 599 {
+		return nil, justrunit.Invalid("fallback_status", cfg.FallbackStatus, "want an HTTP status 200..599")
+	}
+	safe := make(map[string]bool)
+	for i, m := range cfg.PassThrough {
+		m = strings.ToUpper(strings.TrimSpace(m))
+		if !safeMethods[m] {
+			return nil, justrunit.Invalid(fmt.Sprintf("pass_through[%d]", i), m,
+				"only safe methods (GET, HEAD, OPTIONS, TRACE) may pass through: a clone's writes must not reach the on-line next tier")
+		}
+		safe[m] = true
+	}
+	p := &OutProxy{
+		cfg:        cfg,
+		log:        orDiscard(cfg.Logger),
+		rec:        NewRecord(cfg.Window, cfg.MaxRecordBytes),
+		safe:       safe,
+		trOn:       newTransport(0),
+		trCl:       newTransport(0),
+		windowFrom: time.Now(),
+		clones:     make(map[string]*cloneEndpoint),
+	}
+	p.rp = p.newReverseProxy(p.trOn, p.recordResponse)
+	p.pass = p.newReverseProxy(p.trCl, nil)
+	return p, nil
+}
+
+func (p *OutProxy) newReverseProxy(tr http.RoundTripper, modify func(*http.Response) error) *httputil.ReverseProxy {
+	target := p.cfg.Upstream
+	return &httputil.ReverseProxy{
+		Rewrite:        rewriteTo(target),
+		Transport:      tr,
+		BufferPool:     &bufferPool{},
+		ModifyResponse: modify,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			p.log.Warn("next-tier call failed", logKeyMethod, r.Method, logKeyURI, r.RequestURI, logKeyErr, err)
+			w.WriteHeader(http.StatusBadGateway)
+		},
+		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+	}
+}
+
+// Record returns the proxy's record of on-line exchanges.
+func (p *OutProxy) Record() *Record { return p.rec }
+
+// OnlineHandler returns the handler for the on-line instance's calls.
+func (p *OutProxy) OnlineHandler() http.Handler { return http.HandlerFunc(p.serveOnline) }
+
+// CloneHandler returns the handler for the calls of the clone called name,
+// for a caller that serves it on a listener of its own. Each name consumes
+// the record on its own and has its own counters (ReplayStats), so one
+// out-proxy can serve several clones (at most MaxConsumers).
+func (p *OutProxy) CloneHandler(name string) http.Handler {
+	p.mu.Lock()
+	ep := p.endpointLocked(name)
+	p.mu.Unlock()
+	return p.cloneHandler(ep)
+}
+
+func (p *OutProxy) cloneHandler(ep *cloneEndpoint) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.serveClone(ep, w, r) })
+}
+
+func (p *OutProxy) endpointLocked(name string) *cloneEndpoint {
+	ep := p.clones[name]
+	if ep == nil {
+		ep = &cloneEndpoint{name: name}
+		ep.from.Store(time.Now().UnixNano())
+		p.clones[name] = ep
+	}
+	return ep
+}
+
+// Start checks that the next tier's host resolves, then serves the on-line
+// handler on onlineAddr and, unless cloneAddr is empty, the clone called
+// DefaultCloneName on cloneAddr. It returns the addresses (clone nil when
+// not served). On error nothing is left listening.
+func (p *OutProxy) Start(ctx context.Context, onlineAddr, cloneAddr string) (online, clone net.Addr, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, nil, fmt.Errorf("start out-proxy: closed")
+	}
+	if p.online != nil {
+		return nil, nil, fmt.Errorf("start out-proxy: %w: already listening", justrunit.ErrExists)
+	}
+	if err := checkResolves(ctx, "upstream", p.cfg.Upstream); err != nil {
+		return nil, nil, err
+	}
+	on, err := listen("listen", onlineAddr, p.OnlineHandler(), p.log)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cloneAddr != "" {
+		a, err := p.serveCloneLocked(DefaultCloneName, "clone_listen", cloneAddr)
+		if err != nil {
+			_ = on.close(0)
+			return nil, nil, err
+		}
+		clone = a
+	}
+	p.online = on
+	return on.ln.Addr(), clone, nil
+}
+
+// ServeClone starts answering the calls of the clone called name on a new
+// listener on 127.0.0.1 with a port the kernel picks, and returns its
+// address (host:port). The name must not be served already (else an error
+// wrapping justrunit.ErrExists).
+func (p *OutProxy) ServeClone(ctx context.Context, name string) (string, error) {
+	return p.ServeCloneAt(ctx, name, "127.0.0.1:0")
+}
+
+// ServeCloneAt is ServeClone on a given address.
+func (p *OutProxy) ServeCloneAt(ctx context.Context, name, addr string) (string, error) {
+	if name == "" {
+		return "", justrunit.Invalid("clone.name", name, "must not be empty")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return "", fmt.Errorf("serve clone %s: out-proxy closed", name)
+	}
+	a, err := p.serveCloneLocked(name, "clone_listen", addr)
+	if err != nil {
+		return "", err
+	}
+	return a.String(), nil
+}
+
+func (p *OutProxy) serveCloneLocked(name, field, addr string) (net.Addr, error) {
+	if ep := p.clones[name]; ep != nil && ep.srv != nil {
+		return nil, fmt.Errorf("serve clone %s: %w: already on %s", name, justrunit.ErrExists, ep.srv.ln.Addr())
+	}
+	ep := p.endpointLocked(name)
+	s, err := listen(field, addr, p.cloneHandler(ep), p.log)
+	if err != nil {
+		delete(p.clones, name)
+		return nil, err
+	}
+	ep.srv = s
+	p.log.Info("serving clone", logKeyClone, name, logKeyAddr, s.ln.Addr().String())
+	return s.ln.Addr(), nil
+}
+
+// StopClone stops answering the calls of the clone called name, closes its
+// listener (if the proxy serves it) and forgets its place in the record.
+// It returns an error wrapping justrunit.ErrNotFound for an unknown name.
+func (p *OutProxy) StopClone(name string) error {
+	p.mu.Lock()
+	ep := p.clones[name]
+	delete(p.clones, name)
+	p.mu.Unlock()
+	if ep == nil {
+		return fmt.Errorf("stop clone %s: %w", name, justrunit.ErrNotFound)
+	}
+	p.rec.Forget(name)
+	return ep.srv.close(DefaultShutdownGrace)
+}
+
+// ReplayStats returns the match statistics of the clone called name for
+// its current window, and ends that window when reset; other clones'
+// windows are not touched. It returns an error wrapping
+// justrunit.ErrNotFound for an unknown name.
+func (p *OutProxy) ReplayStats(name string, reset bool) (ReplayStats, error) {
+	p.mu.Lock()
+	ep := p.clones[name]
+	p.mu.Unlock()
+	if ep == nil {
+		return ReplayStats{}, fmt.Errorf("clone %s: %w", name, justrunit.ErrNotFound)
+	}
+	return ep.stats(reset), nil
+}
+
+// Close stops serving (letting calls in progress finish for
+// DefaultShutdownGrace). It is safe to call more than once.
+func (p *OutProxy) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	srvs := []*server{p.online}
+	p.online = nil
+	for _, ep := range p.clones {
+		srvs = append(srvs, ep.srv)
+		ep.srv = nil
+	}
+	p.mu.Unlock()
+	err := closeAll(DefaultShutdownGrace, srvs...)
+	p.trOn.CloseIdleConnections()
+	p.trCl.CloseIdleConnections()
+	return err
+}
+
+// ReplayStats is what the out-proxy counted for one clone in one window.
+type ReplayStats struct {
+	Name  string    `json:"name"`
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+	// Matched counts the clone's calls answered from the record;
+	// Unmatched the others, of which PassedThrough were forwarded to the
+	// real next tier (safe methods only) and the rest answered with the
+	// fallback status.
+	Matched       int64 `json:"matched"`
+	Unmatched     int64 `json:"unmatched"`
+	PassedThrough int64 `json:"passed_through"`
+	// MatchRate is Matched / (Matched + Unmatched), 1 when the clone made
+	// no call.
+	MatchRate float64 `json:"match_rate"`
+}
+
+// Apply copies the match rate into o.
+func (s ReplayStats) Apply(o *justrunit.Observation) { o.MatchRate = s.MatchRate }
+
+func (ep *cloneEndpoint) stats(reset bool) ReplayStats {
+	now := time.Now()
+	load := func(a *atomic.Int64) int64 {
+		if reset {
+			return a.Swap(0)
+		}
+		return a.Load()
+	}
+	s := ReplayStats{Name: ep.name, End: now}
+	if reset {
+		s.Start = time.Unix(0, ep.from.Swap(now.UnixNano()))
+	} else {
+		s.Start = time.Unix(0, ep.from.Load())
+	}
+	s.Matched, s.Unmatched, s.PassedThrough = load(&ep.matched), load(&ep.unmatched), load(&ep.passed)
+	s.MatchRate = matchRate(s.Matched, s.Unmatched)
+	return s
+}
+
+func matchRate(matched, unmatched int64) float64 {
+	if n := matched + unmatched; n > 0 {
+		return float64(matched) / float64(n)
+	}
+	return 1
+}
+
+// OutStats is what an out-proxy counted in one window.
+type OutStats struct {
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+	// Recorded counts on-line exchanges added to the record; NotRecorded
+	// those forwarded but not recorded (body above MaxBody, response not
+	// read in full, or too many being recorded at once).
+	Recorded    int64 `json:"recorded"`
+	NotRecorded int64 `json:"not_recorded"`
+	// Matched, Unmatched and PassedThrough add up the clones' counts (see
+	// ReplayStats); MatchRate is Matched / (Matched + Unmatched), 1 when
+	// the clones made no call.
+	Matched       int64   `json:"matched"`
+	Unmatched     int64   `json:"unmatched"`
+	PassedThrough int64   `json:"passed_through"`
+	MatchRate     float64 `json:"match_rate"`
+	// Clones has each clone's counts, by name.
+	Clones []ReplayStats `json:"clones"`
+	// Record is the record's memory now (not windowed).
+	Record RecordStats `json:"record"`
+}
+
+// Apply copies the match rate into o.
+func (s OutStats) Apply(o *justrunit.Observation) { o.MatchRate = s.MatchRate }
+
+// Stats returns the current window's counts without ending it.
+func (p *OutProxy) Stats() OutStats { return p.stats(false) }
+
+// Reset ends the current window, returns its counts and starts a new one.
+func (p *OutProxy) Reset() OutStats { return p.stats(true) }
+
+func (p *OutProxy) stats(reset bool) OutStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	s := OutStats{Start: p.windowFrom, End: now, Record: p.rec.Stats(), Clones: []ReplayStats{}}
+	if reset {
+		s.Recorded, s.NotRecorded = p.recorded.Swap(0), p.notRecorded.Swap(0)
+		p.windowFrom = now
+	} else {
+		s.Recorded, s.NotRecorded = p.recorded.Load(), p.notRecorded.Load()
+	}
+	for _, ep := range p.clones {
+		rs := ep.stats(reset)
+		s.Matched += rs.Matched
+		s.Unmatched += rs.Unmatched
+		s.PassedThrough += rs.PassedThrough
+		s.Clones = append(s.Clones, rs)
+	}
+	slices.SortFunc(s.Clones, func(a, b ReplayStats) int { return strings.Compare(a.Name, b.Name) })
+	s.MatchRate = matchRate(s.Matched, s.Unmatched)
+	return s
+}
+
+// pending is an on-line exchange being forwarded.
+type pending struct {
+	start          time.Time
+	method, uri    string
+	path, rawQuery string
+	reqBody        *bodyCopy // nil: no body
+}
+
+type pendingKey struct{}
+
+// bodyCopy keeps a copy of a body, up to a limit, while it is read.
+type bodyCopy struct {
+	rc    io.ReadCloser
+	limit int64
+	mu    sync.Mutex
+	buf   []byte
+	over  bool
+	eof   bool
+}
+
+func (b *bodyCopy) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	b.mu.Lock()
+	if n > 0 && !b.over {
+		if int64(len(b.buf)+n) > b.limit {
+			b.over, b.buf = true, nil
+		} else {
+			b.buf = append(b.buf, p[:n]...)
+		}
+	}
+	if err == io.EOF {
+		b.eof = true
+	}
+	b.mu.Unlock()
+	return n, err
+}
+
+func (b *bodyCopy) Close() error { return b.rc.Close() }
+
+// complete returns the body when it was read to its end within the limit.
+func (b *bodyCopy) complete() ([]byte, bool) {
+	if b == nil {
+		return nil, true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf, b.eof && !b.over
+}
+
+func (p *OutProxy) serveOnline(w http.ResponseWriter, r *http.Request) {
+	pe := &pending{start: time.Now(), method: r.Method, uri: r.RequestURI, path: r.URL.Path, rawQuery: r.URL.RawQuery}
+	record := r.Header.Get("Upgrade") == "" && r.Method != http.MethodConnect
+	switch {
+	case !record:
+	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
+	case r.ContentLength > p.cfg.MaxBody:
+		record = false
+	default:
+		pe.reqBody = &bodyCopy{rc: r.Body, limit: p.cfg.MaxBody}
+		r.Body = pe.reqBody
+	}
+	if !record {
+		p.notRecorded.Add(1)
+	} else {
+		r = r.WithContext(context.WithValue(r.Context(), pendingKey{}, pe))
+	}
+	p.rp.ServeHTTP(w, r)
+}
+
+// recordResponse tees the next tier's response so that the exchange can be
+// recorded once the on-line instance has read it in full.
+func (p *OutProxy) recordResponse(resp *http.Response) error {
+	pe, _ := resp.Request.Context().Value(pendingKey{}).(*pending)
+	if pe == nil {
+		return nil
+	}
+	if resp.ContentLength > p.cfg.MaxBody {
+		p.notRecorded.Add(1)
+		return nil
+	}
+	resp.Body = &exchangeTee{
+		bodyCopy: bodyCopy{rc: resp.Body, limit: p.cfg.MaxBody},
+		p:        p, pe: pe, status: resp.StatusCode, header: resp.Header.Clone(),
+	}
+	return nil
+}
+
+// exchangeTee is the response side of a pending exchange.
+type exchangeTee struct {
+	bodyCopy
+	p      *OutProxy
+	pe     *pending
+	status int
+	header http.Header
+	once   sync.Once
+}
+
+func (t *exchangeTee) Read(b []byte) (int, error) {
+	n, err := t.bodyCopy.Read(b)
+	if err == io.EOF {
+		t.once.Do(func() { t.p.commit(t, time.Now()) })
+	}
+	return n, err
+}
+
+func (t *exchangeTee) Close() error {
+	t.once.Do(func() { t.p.notRecorded.Add(1) })
+	return t.bodyCopy.Close()
+}
+
+// commit adds the exchange to the record off the on-line path: keying
+// (masks, JSON, hashing) runs in its own goroutine, bounded in number.
+func (p *OutProxy) commit(t *exchangeTee, end time.Time) {
+	body, ok := t.bodyCopy.complete()
+	reqBody, reqOK := t.pe.reqBody.complete()
+	if !ok || !reqOK {
+		p.notRecorded.Add(1)
+		return
+	}
+	if p.commi.Add(1) > maxCommits {
+		p.commi.Add(-1)
+		p.notRecorded.Add(1)
+		return
+	}
+	go func() {
+		defer p.commi.Add(-1)
+		pe := t.pe
+		if pe.method != http.MethodHead {
+			delete(t.header, "Content-Length") // set again from the body when replayed
+		}
+		ex := &Exchange{
+			Key:     p.cfg.Masks.Key(pe.method, pe.path, pe.rawQuery, reqBody),
+			Method:  pe.method,
+			URI:     pe.uri,
+			Start:   pe.start,
+			Latency: end.Sub(pe.start),
+			Status:  t.status,
+			Header:  t.header,
+			Body:    body,
+		}
+		if p.rec.Add(ex) {
+			p.recorded.Add(1)
+		} else {
+			p.notRecorded.Add(1)
+		}
+	}()
+}
+
+func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.Request) {
+	arrival := time.Now()
+	body, err := io.ReadAll(io.LimitReader(r.Body, p.cfg.MaxBody+1))
+	if err != nil {
+		http.Error(w, "reading request body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if int64(len(body)) <= p.cfg.MaxBody {
+		key := p.cfg.Masks.Key(r.Method, r.URL.Path, r.URL.RawQuery, body)
+		if ex, ok := p.rec.Wait(r.Context(), ep.name, key, p.cfg.MatchWait); ok {
+			ep.matched.Add(1)
+			p.replay(w, r, ex, arrival)
+			return
+		}
+	}
+	ep.unmatched.Add(1)
+	if p.safe[r.Method] && int64(len(body)) <= p.cfg.MaxBody {
+		ep.passed.Add(1)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
+		p.pass.ServeHTTP(w, r)
+		return
+	}
+	p.log.Debug("unmatched clone call", logKeyClone, ep.name, logKeyMethod, r.Method, logKeyURI, r.RequestURI)
+	w.Header().Set(UnmatchedHeader, "1")
+	w.WriteHeader(p.cfg.FallbackStatus)
+}
+
+// replay answers with ex after ex's latency, counted from the call's
+// arrival.
+func (p *OutProxy) replay(w http.ResponseWriter, r *http.Request, ex *Exchange, arrival time.Time) {
+	if wait := time.Until(arrival.Add(ex.Latency)); wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			return
+		}
+	}
+	h := w.Header()
+	for k, vs := range ex.Header {
+		h[k] = vs
+	}
+	if r.Method == http.MethodHead {
+		w.WriteHeader(ex.Status)
+		return
+	}
+	h.Set("Content-Length", strconv.Itoa(len(ex.Body)))
+	w.WriteHeader(ex.Status)
+	_, _ = w.Write(ex.Body)
+}

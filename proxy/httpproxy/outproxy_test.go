@@ -1,0 +1,332 @@
+package httpproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/justrunit/justrunit"
+)
+
+// nextTier is a test next tier: GET /counter answers an increasing number,
+// POST /orders answers a generated id, every call takes delay.
+type nextTier struct {
+	*backend
+	n     atomic.Int64
+	delay time.Duration
+}
+
+func newNextTier(t *testing.T, delay time.Duration) *nextTier {
+	nt := &nextTier{delay: delay}
+	nt.backend = newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(nt.delay)
+		n := nt.n.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Seq", fmt.Sprint(n))
+		switch {
+		case r.Method == "POST":
+			w.WriteHeader(http.StatusCreated)
+			fmt.Fprintf(w, `{"id":%d,"created":%d}`, n, time.Now().UnixNano())
+		default:
+			fmt.Fprintf(w, `{"n":%d}`, n)
+		}
+	})
+	return nt
+}
+
+func (nt *nextTier) methods() map[string]int {
+	m := map[string]int{}
+	for _, r := range nt.requests() {
+		m[r.method]++
+	}
+	return m
+}
+
+func startOut(t *testing.T, cfg OutConfig) (p *OutProxy, online, clone string) {
+	t.Helper()
+	p, err := NewOutProxy(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	on, cl, err := p.Start(context.Background(), "127.0.0.1:0", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p, "http://" + on.String(), "http://" + cl.String()
+}
+
+type answer struct {
+	status int
+	header http.Header
+	body   string
+	took   time.Duration
+}
+
+func do(t *testing.T, c *http.Client, method, u, body string) answer {
+	t.Helper()
+	req, err := http.NewRequest(method, u, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, u, err)
+	}
+	b := mustRead(resp.Body)
+	return answer{resp.StatusCode, resp.Header, string(b), time.Since(start)}
+}
+
+func TestOutProxyReplay(t *testing.T) {
+	nt := newNextTier(t, 0)
+	masks, err := ParseMasks([]string{`ts=(\d+)`}, []string{"$.ts"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, online, clone := startOut(t, OutConfig{Upstream: nt.URL, Masks: masks, MatchWait: -1})
+	c := testClient()
+
+	// On-line: three reads of the same resource and a write with a
+	// timestamp in its body and its query.
+	var onAnswers []answer
+	for range 3 {
+		onAnswers = append(onAnswers, do(t, c, "GET", online+"/counter", ""))
+	}
+	write := do(t, c, "POST", online+"/orders?ts=111", `{"item":7,"ts":111}`)
+	if write.status != 201 || onAnswers[2].body != `{"n":3}` {
+		t.Fatalf("on-line answers %+v, %+v: not forwarded", onAnswers, write)
+	}
+	waitFor(t, 5*time.Second, "4 exchanges recorded", func() bool { return p.Stats().Recorded == 4 })
+
+	// The clone: same calls, a fresh timestamp, in order.
+	for i := range 3 {
+		a := do(t, c, "GET", clone+"/counter", "")
+		if a.status != 200 || a.body != onAnswers[i].body || a.header.Get("X-Seq") != onAnswers[i].header.Get("X-Seq") {
+			t.Errorf("clone GET #%d = %d %q (seq %s), want the on-line answer %q", i, a.status, a.body, a.header.Get("X-Seq"), onAnswers[i].body)
+		}
+	}
+	a := do(t, c, "POST", clone+"/orders?ts=222", `{"ts":222,"item":7}`)
+	if a.status != 201 || a.body != write.body {
+		t.Errorf("clone POST with a fresh timestamp = %d %q, want the recorded %q", a.status, a.body, write.body)
+	}
+
+	// Unmatched: a fourth read, another write.
+	if a := do(t, c, "GET", clone+"/counter", ""); a.status != DefaultFallbackStatus || a.header.Get(UnmatchedHeader) != "1" {
+		t.Errorf("unmatched GET = %d %v, want %d with %s", a.status, a.header, DefaultFallbackStatus, UnmatchedHeader)
+	}
+	if a := do(t, c, "POST", clone+"/orders", `{"item":8,"ts":1}`); a.status != DefaultFallbackStatus {
+		t.Errorf("unmatched POST = %d, want %d", a.status, DefaultFallbackStatus)
+	}
+	st := p.Stats()
+	if st.Matched != 4 || st.Unmatched != 2 || st.PassedThrough != 0 || st.MatchRate != 4.0/6 {
+		t.Errorf("stats %+v, want 4 matched, 2 unmatched, rate 0.667", st)
+	}
+	if m := nt.methods(); m["POST"] != 1 || m["GET"] != 3 {
+		t.Errorf("next tier saw %v, want only the on-line calls (1 POST, 3 GET)", m)
+	}
+	if r := p.Reset(); r.Matched != 4 {
+		t.Errorf("Reset() = %+v, want the window's counts", r)
+	}
+	if st := p.Stats(); st.Matched != 0 || st.MatchRate != 1 || st.Record.Entries != 4 {
+		t.Errorf("after Reset: %+v, want counts 0, rate 1, the record kept", st)
+	}
+}
+
+func TestOutProxyPassThroughSafeOnly(t *testing.T) {
+	nt := newNextTier(t, 0)
+	p, _, clone := startOut(t, OutConfig{Upstream: nt.URL, PassThrough: []string{"get", "HEAD"}, MatchWait: -1, FallbackStatus: 502})
+	c := testClient()
+	if a := do(t, c, "GET", clone+"/counter", ""); a.status != 200 || a.body != `{"n":1}` {
+		t.Errorf("unmatched GET = %d %q, want passed through", a.status, a.body)
+	}
+	for _, m := range []string{"POST", "PUT", "DELETE", "PATCH"} {
+		if a := do(t, c, m, clone+"/orders", `{"x":1}`); a.status != 502 {
+			t.Errorf("unmatched %s = %d, want the fallback 502", m, a.status)
+		}
+	}
+	if m := nt.methods(); len(m) != 1 || m["GET"] != 1 {
+		t.Errorf("next tier saw %v, want exactly the one GET: a clone's writes never reach it", m)
+	}
+	st := p.Stats()
+	if st.Unmatched != 5 || st.PassedThrough != 1 || st.Matched != 0 || st.MatchRate != 0 {
+		t.Errorf("stats %+v, want 5 unmatched, 1 passed through", st)
+	}
+	if _, err := NewOutProxy(OutConfig{Upstream: nt.URL, PassThrough: []string{"POST"}}); !errors.Is(err, justrunit.ErrInvalid) {
+		t.Errorf("PassThrough POST: %v, want ErrInvalid", err)
+	}
+}
+
+// TestOutProxyLatencyReplay checks that a clone's call is answered after
+// the next tier's recorded latency (100 ms; tolerance −10 ms, +400 ms for a
+// shared machine), and that a call arriving before the on-line exchange
+// ends waits for it.
+func TestOutProxyLatencyReplay(t *testing.T) {
+	nt := newNextTier(t, 100*time.Millisecond)
+	p, online, clone := startOut(t, OutConfig{Upstream: nt.URL, MatchWait: 5 * time.Second})
+	c := testClient()
+	on := do(t, c, "GET", online+"/slow", "")
+	waitFor(t, 5*time.Second, "recorded", func() bool { return p.Stats().Recorded == 1 })
+	a := do(t, c, "GET", clone+"/slow", "")
+	if a.body != on.body || a.took < 90*time.Millisecond || a.took > 500*time.Millisecond {
+		t.Errorf("clone answer %q after %v, want %q after about 100ms", a.body, a.took, on.body)
+	}
+
+	// The clone calls first; the on-line call starts 20 ms later.
+	var wg sync.WaitGroup
+	var early answer
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		early = do(t, c, "GET", clone+"/race", "")
+	}()
+	time.Sleep(20 * time.Millisecond)
+	on = do(t, c, "GET", online+"/race", "")
+	wg.Wait()
+	if early.status != 200 || early.body != on.body {
+		t.Errorf("early clone call = %d %q, want to wait for the on-line answer %q", early.status, early.body, on.body)
+	}
+}
+
+func TestOutProxyBoundedMemory(t *testing.T) {
+	nt := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, strings.Repeat("x", 10<<10))
+	})
+	p, online, clone := startOut(t, OutConfig{Upstream: nt.URL, MaxRecordBytes: 100 << 10, MaxBody: 20 << 10, MatchWait: -1})
+	c := testClient()
+	for i := range 50 {
+		do(t, c, "GET", fmt.Sprintf("%s/r%d", online, i), "")
+	}
+	// A response above MaxBody is forwarded but not recorded.
+	big := newBackend(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, strings.Repeat("y", 30<<10)) })
+	p2, online2, _ := startOut(t, OutConfig{Upstream: big.URL, MaxBody: 20 << 10})
+	if a := do(t, c, "GET", online2+"/big", ""); len(a.body) != 30<<10 {
+		t.Errorf("large on-line answer has %d bytes, want %d", len(a.body), 30<<10)
+	}
+	waitFor(t, 5*time.Second, "all recorded", func() bool { return p.Stats().Recorded == 50 && p2.Stats().NotRecorded == 1 })
+	st := p.Stats().Record
+	t.Logf("record: %+v", st)
+	if st.Bytes > st.MaxBytes || st.Entries >= 10 || st.Evicted < 40 {
+		t.Errorf("record %+v, want ≤ %d bytes, < 10 entries, ≥ 40 evicted", st, st.MaxBytes)
+	}
+	if a := do(t, c, "GET", clone+"/r49", ""); a.status != 200 {
+		t.Errorf("newest exchange: %d, want matched", a.status)
+	}
+	if a := do(t, c, "GET", clone+"/r0", ""); a.status != DefaultFallbackStatus {
+		t.Errorf("evicted exchange: %d, want unmatched", a.status)
+	}
+
+	w, online3, _ := startOut(t, OutConfig{Upstream: nt.URL, Window: 50 * time.Millisecond})
+	do(t, c, "GET", online3+"/a", "")
+	waitFor(t, 5*time.Second, "the window to evict", func() bool {
+		st := w.Stats()
+		return st.Recorded == 1 && st.Record.Entries == 0 && st.Record.Evicted == 1
+	})
+}
+
+func TestOutProxyBadConfig(t *testing.T) {
+	nt := newBackend(t, nil)
+	for _, tt := range []struct {
+		name string
+		cfg  OutConfig
+	}{
+		{"no upstream", OutConfig{}},
+		{"bad upstream", OutConfig{Upstream: mustURL(t, "unix:///x")}},
+		{"fallback", OutConfig{Upstream: nt.URL, FallbackStatus: 42}},
+		{"pass-through write", OutConfig{Upstream: nt.URL, PassThrough: []string{"GET", "DELETE"}}},
+	} {
+		if _, err := NewOutProxy(tt.cfg); !errors.Is(err, justrunit.ErrInvalid) {
+			t.Errorf("%s: NewOutProxy = %v, want ErrInvalid", tt.name, err)
+		}
+	}
+	t.Run("clone port in use", func(t *testing.T) {
+		p, err := NewOutProxy(OutConfig{Upstream: nt.URL})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		onAddr := freeAddr(t)
+		if _, _, err := p.Start(context.Background(), onAddr, nt.Listener.Addr().String()); !errors.Is(err, justrunit.ErrInvalid) {
+			t.Fatalf("Start = %v, want ErrInvalid", err)
+		}
+		assertFree(t, onAddr)
+	})
+	t.Run("unknown upstream", func(t *testing.T) {
+		p, err := NewOutProxy(OutConfig{Upstream: mustURL(t, "http://no-such-host.invalid")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		on, cl := freeAddr(t), freeAddr(t)
+		if _, _, err := p.Start(context.Background(), on, cl); !errors.Is(err, justrunit.ErrInvalid) {
+			t.Fatalf("Start = %v, want ErrInvalid", err)
+		}
+		assertFree(t, on)
+		assertFree(t, cl)
+	})
+}
+
+// TestOutProxyClonesApart checks that clones served on their own listeners
+// each consume the record on their own, have their own windows, and that a
+// stopped clone's listener is closed.
+func TestOutProxyClonesApart(t *testing.T) {
+	nt := newNextTier(t, 0)
+	p, online, _ := startOut(t, OutConfig{Upstream: nt.URL, MatchWait: -1})
+	ctx := context.Background()
+	a, err := p.ServeClone(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.ServeClone(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ServeClone(ctx, "a"); !errors.Is(err, justrunit.ErrExists) {
+		t.Errorf("ServeClone(a) again = %v, want ErrExists", err)
+	}
+	c := testClient()
+	on := do(t, c, "GET", online+"/counter", "")
+	waitFor(t, 5*time.Second, "recorded", func() bool { return p.Stats().Recorded == 1 })
+	for _, addr := range []string{a, b} {
+		if got := do(t, c, "GET", "http://"+addr+"/counter", ""); got.body != on.body {
+			t.Errorf("clone at %s got %q, want %q", addr, got.body, on.body)
+		}
+	}
+	do(t, c, "GET", "http://"+a+"/counter", "") // a second call: unmatched for a
+	ra, err := p.ReplayStats("a", true)
+	if err != nil || ra.Matched != 1 || ra.Unmatched != 1 || ra.MatchRate != 0.5 {
+		t.Errorf("ReplayStats(a) = %+v, %v; want 1 matched, 1 unmatched", ra, err)
+	}
+	if ra, _ := p.ReplayStats("a", false); ra.Matched != 0 {
+		t.Errorf("a after reset: %+v, want a new window", ra)
+	}
+	if rb, _ := p.ReplayStats("b", false); rb.Matched != 1 || rb.MatchRate != 1 {
+		t.Errorf("ReplayStats(b) = %+v, want b's window untouched by a's reset", rb)
+	}
+	if err := p.StopClone("a"); err != nil {
+		t.Fatal(err)
+	}
+	assertFree(t, a)
+	if err := p.StopClone("a"); !errors.Is(err, justrunit.ErrNotFound) {
+		t.Errorf("StopClone(a) again = %v, want ErrNotFound", err)
+	}
+	if _, err := p.ReplayStats("a", false); !errors.Is(err, justrunit.ErrNotFound) {
+		t.Errorf("ReplayStats(a) after stop = %v, want ErrNotFound", err)
+	}
+	// A clone served again under the same name starts from the oldest
+	// exchange in the window.
+	a2, err := p.ServeClone(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := do(t, c, "GET", "http://"+a2+"/counter", ""); got.body != on.body {
+		t.Errorf("re-served clone got %q, want %q", got.body, on.body)
+	}
+}

@@ -1,0 +1,306 @@
+package httpproxy
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/justrunit/justrunit"
+)
+
+// Exchange is one on-line call to the next tier and its answer, as the
+// out-proxy recorded it.
+type Exchange struct {
+	// Key is the request's normalised key (see Masks.Key).
+	Key string
+	// Method and URI are the on-line request's, for logs and debugging.
+	Method, URI string
+	// Start is when the on-line call reached the out-proxy.
+	Start time.Time
+	// Latency is the next tier's latency: from Start to the end of its
+	// response body.
+	Latency time.Duration
+	// Status, Header and Body are the next tier's response. Hop-by-hop
+	// headers are not kept.
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+// size is an estimate of the memory an exchange holds.
+func (e *Exchange) size() int64 {
+	n := int64(len(e.Key)+len(e.Method)+len(e.URI)+len(e.Body)) + 160
+	for k, vs := range e.Header {
+		n += int64(len(k)) + 16
+		for _, v := range vs {
+			n += int64(len(v)) + 16
+		}
+	}
+	return n
+}
+
+// RecordStats describes a Record's memory.
+type RecordStats struct {
+	// Entries and Bytes are what the record holds now; Bytes is an
+	// estimate of the memory it uses, never above MaxBytes.
+	Entries int   `json:"entries"`
+	Bytes   int64 `json:"bytes"`
+	// MaxBytes and Window are the record's bounds.
+	MaxBytes int64              `json:"max_bytes"`
+	Window   justrunit.Duration `json:"window"`
+	// Evicted counts exchanges dropped because they left the window or the
+	// record was full, since the record was made.
+	Evicted int64 `json:"evicted"`
+}
+
+// MaxConsumers is how many consumers (clones) one Record can serve.
+const MaxConsumers = 64
+
+// Record holds recent exchanges, bounded by a time window and a size, and
+// lets consumers (clones) take them in order by key. Each consumer takes
+// each exchange at most once, the oldest first; several consumers can replay
+// the same record. An exchange stays until it leaves the window or the size
+// bound evicts it, whoever took it. A Record is safe for concurrent use.
+type Record struct {
+	window   time.Duration
+	maxBytes int64
+
+	mu        sync.Mutex
+	order     []*entry // in insertion order; order[head:] are live
+	head      int
+	byKey     map[string]*keyQueue
+	bytes     int64
+	evicted   int64
+	consumers map[string]int // consumer name -> bit
+	changed   chan struct{}  // closed on every Add
+}
+
+type entry struct {
+	ex    *Exchange
+	size  int64
+	taken uint64 // bit i set: consumer i took it
+}
+
+// keyQueue holds one key's exchanges in start order. Entries are numbered
+// absolutely: entries[i] is number base+i, so numbers survive removals at
+// the front. hint[c] is a number below which consumer c has taken
+// everything.
+type keyQueue struct {
+	base    int64
+	entries []*entry
+	hint    []int64
+}
+
+// NewRecord returns an empty record that keeps exchanges that started within
+// window of now and at most maxBytes of them.
+func NewRecord(window time.Duration, maxBytes int64) *Record {
+	return &Record{
+		window:    window,
+		maxBytes:  maxBytes,
+		byKey:     make(map[string]*keyQueue),
+		consumers: make(map[string]int),
+		changed:   make(chan struct{}),
+	}
+}
+
+// Add records e. An exchange larger than the whole record is not kept and
+// Add reports false.
+func (r *Record) Add(e *Exchange) bool {
+	sz := e.size()
+	if sz > r.maxBytes {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.evictLocked(time.Now())
+	for r.bytes+sz > r.maxBytes && r.head < len(r.order) {
+		r.dropOldestLocked()
+	}
+	en := &entry{ex: e, size: sz}
+	r.order = append(r.order, en)
+	q := r.byKey[e.Key]
+	if q == nil {
+		q = &keyQueue{}
+		r.byKey[e.Key] = q
+	}
+	// Keep each key's exchanges in start order: exchanges are added when
+	// they end, and a short call may end before an earlier, longer one.
+	pos := len(q.entries)
+	for pos > 0 && e.Start.Before(q.entries[pos-1].ex.Start) {
+		pos--
+	}
+	q.entries = slices.Insert(q.entries, pos, en)
+	for c, h := range q.hint {
+		q.hint[c] = min(h, q.base+int64(pos))
+	}
+	r.bytes += sz
+	close(r.changed)
+	r.changed = make(chan struct{})
+	return true
+}
+
+// Take returns, for consumer, the oldest exchange with key that started
+// within the window and that consumer has not taken yet, and marks it
+// taken. It fails when no exchange matches, or when the record already has
+// MaxConsumers other consumers.
+func (r *Record) Take(consumer, key string) (*Exchange, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ex, ok, _ := r.takeLocked(consumer, key, time.Now())
+	return ex, ok
+}
+
+// Wait is Take that, when nothing matches yet, waits up to d (or until ctx
+// ends) for a matching exchange to be added: a clone may call the next tier
+// before the on-line instance's call has finished.
+func (r *Record) Wait(ctx context.Context, consumer, key string, d time.Duration) (*Exchange, bool) {
+	var timer *time.Timer
+	for {
+		r.mu.Lock()
+		ex, ok, changed := r.takeLocked(consumer, key, time.Now())
+		r.mu.Unlock()
+		if ok || d <= 0 {
+			return ex, ok
+		}
+		if timer == nil {
+			timer = time.NewTimer(d)
+			defer timer.Stop()
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return nil, false
+		case <-ctx.Done():
+			return nil, false
+		}
+	}
+}
+
+func (r *Record) takeLocked(consumer, key string, now time.Time) (*Exchange, bool, chan struct{}) {
+	r.evictLocked(now)
+	c, ok := r.consumers[consumer]
+	if !ok {
+		if c, ok = r.freeBitLocked(); !ok {
+			return nil, false, r.changed
+		}
+		r.consumers[consumer] = c
+	}
+	q := r.byKey[key]
+	if q == nil {
+		return nil, false, r.changed
+	}
+	for len(q.hint) <= c {
+		q.hint = append(q.hint, 0)
+	}
+	bit := uint64(1) << c
+	oldest := now.Add(-r.window)
+	for i := max(q.hint[c]-q.base, 0); i < int64(len(q.entries)); i++ {
+		en := q.entries[i]
+		if en.taken&bit != 0 {
+			if q.base+i == q.hint[c] {
+				q.hint[c]++
+			}
+			continue
+		}
+		if en.ex.Start.Before(oldest) {
+			continue
+		}
+		en.taken |= bit
+		if q.base+i == q.hint[c] {
+			q.hint[c]++
+		}
+		return en.ex, true, r.changed
+	}
+	return nil, false, r.changed
+}
+
+// freeBitLocked returns the lowest consumer bit not in use.
+func (r *Record) freeBitLocked() (int, bool) {
+	var used uint64
+	for _, c := range r.consumers {
+		used |= 1 << c
+	}
+	for c := range MaxConsumers {
+		if used&(1<<c) == 0 {
+			return c, true
+		}
+	}
+	return 0, false
+}
+
+// Forget removes consumer: its marks are cleared and its place can be
+// taken by a new consumer. A consumer of the same name that comes later
+// starts from the oldest exchange in the window.
+func (r *Record) Forget(consumer string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c, ok := r.consumers[consumer]
+	if !ok {
+		return
+	}
+	delete(r.consumers, consumer)
+	bit := uint64(1) << c
+	for _, en := range r.order[r.head:] {
+		en.taken &^= bit
+	}
+	for _, q := range r.byKey {
+		if c < len(q.hint) {
+			q.hint[c] = 0
+		}
+	}
+}
+
+// evictLocked drops exchanges that started before the window.
+func (r *Record) evictLocked(now time.Time) {
+	oldest := now.Add(-r.window)
+	for r.head < len(r.order) && r.order[r.head].ex.Start.Before(oldest) {
+		r.dropOldestLocked()
+	}
+}
+
+func (r *Record) dropOldestLocked() {
+	en := r.order[r.head]
+	r.order[r.head] = nil
+	r.head++
+	if r.head > 1024 && r.head*2 > len(r.order) {
+		r.order = append([]*entry(nil), r.order[r.head:]...)
+		r.head = 0
+	}
+	r.bytes -= en.size
+	r.evicted++
+	k := en.ex.Key
+	q := r.byKey[k]
+	i := slices.Index(q.entries, en)
+	switch {
+	case i == 0:
+		q.entries[0] = nil
+		q.entries = q.entries[1:]
+		q.base++
+	case i > 0:
+		q.entries = slices.Delete(q.entries, i, i+1)
+		for c, h := range q.hint {
+			if h > q.base+int64(i) {
+				q.hint[c] = h - 1
+			}
+		}
+	}
+	if len(q.entries) == 0 {
+		delete(r.byKey, k)
+	}
+}
+
+// Stats returns the record's size and bounds.
+func (r *Record) Stats() RecordStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.evictLocked(time.Now())
+	return RecordStats{
+		Entries:  len(r.order) - r.head,
+		Bytes:    r.bytes,
+		MaxBytes: r.maxBytes,
+		Window:   justrunit.Duration(r.window),
+		Evicted:  r.evicted,
+	}
+}

@@ -1,0 +1,107 @@
+package httpproxy
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+func ex(key string, start time.Time, body string) *Exchange {
+	return &Exchange{Key: key, Start: start, Status: 200, Body: []byte(body)}
+}
+
+func TestRecordInOrderPerConsumer(t *testing.T) {
+	r := NewRecord(time.Minute, 1<<20)
+	now := time.Now()
+	for i := range 3 {
+		r.Add(ex("k", now.Add(time.Duration(i)*time.Millisecond), fmt.Sprint(i)))
+	}
+	r.Add(ex("other", now, "x"))
+	for _, consumer := range []string{"a", "b"} {
+		for i := range 3 {
+			e, ok := r.Take(consumer, "k")
+			if !ok || string(e.Body) != fmt.Sprint(i) {
+				t.Fatalf("Take(%s, k) #%d = %v, %v; want body %d", consumer, i, e, ok, i)
+			}
+		}
+		if e, ok := r.Take(consumer, "k"); ok {
+			t.Fatalf("Take(%s, k) after 3 = %s, want none left", consumer, e.Body)
+		}
+	}
+}
+
+func TestRecordLateEarlierExchange(t *testing.T) {
+	// An on-line call that started first but ended last is added last; a
+	// consumer that already took the later one still gets it next.
+	r := NewRecord(time.Minute, 1<<20)
+	now := time.Now()
+	r.Add(ex("k", now.Add(time.Millisecond), "second"))
+	if e, _ := r.Take("a", "k"); string(e.Body) != "second" {
+		t.Fatalf("Take = %s, want second", e.Body)
+	}
+	r.Add(ex("k", now, "first"))
+	if e, ok := r.Take("a", "k"); !ok || string(e.Body) != "first" {
+		t.Fatalf("Take = %v %v, want first", e, ok)
+	}
+	if e, ok := r.Take("b", "k"); !ok || string(e.Body) != "first" {
+		t.Fatalf("Take(b) = %v %v, want first (start order)", e, ok)
+	}
+}
+
+func TestRecordBounds(t *testing.T) {
+	t.Run("size", func(t *testing.T) {
+		r := NewRecord(time.Minute, 10_000)
+		body := string(make([]byte, 1000))
+		for i := range 100 {
+			r.Add(ex(fmt.Sprint("k", i), time.Now(), body))
+		}
+		st := r.Stats()
+		if st.Bytes > st.MaxBytes || st.Entries == 0 || st.Entries > 10 || st.Evicted < 90 {
+			t.Fatalf("Stats() = %+v, want bytes ≤ max, 1..10 entries, ≥ 90 evicted", st)
+		}
+		if _, ok := r.Take("a", "k0"); ok {
+			t.Errorf("Take(k0) succeeded, want it evicted")
+		}
+		if _, ok := r.Take("a", "k99"); !ok {
+			t.Errorf("Take(k99) failed, want the newest kept")
+		}
+		if r.Add(ex("huge", time.Now(), string(make([]byte, 20_000)))) {
+			t.Errorf("Add(larger than the record) = true, want false")
+		}
+	})
+	t.Run("window", func(t *testing.T) {
+		r := NewRecord(time.Second, 1<<20)
+		r.Add(ex("old", time.Now().Add(-2*time.Second), "x"))
+		r.Add(ex("new", time.Now(), "y"))
+		if _, ok := r.Take("a", "old"); ok {
+			t.Errorf("Take(old) succeeded, want it out of the window")
+		}
+		if st := r.Stats(); st.Entries != 1 || st.Evicted != 1 {
+			t.Errorf("Stats() = %+v, want 1 entry, 1 evicted", st)
+		}
+	})
+}
+
+func TestRecordWait(t *testing.T) {
+	r := NewRecord(time.Minute, 1<<20)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	var got *Exchange
+	go func() {
+		defer wg.Done()
+		got, _ = r.Wait(context.Background(), "a", "k", 10*time.Second)
+	}()
+	time.Sleep(20 * time.Millisecond)
+	r.Add(ex("other", time.Now(), "no"))
+	r.Add(ex("k", time.Now(), "yes"))
+	wg.Wait()
+	if got == nil || string(got.Body) != "yes" {
+		t.Fatalf("Wait = %v, want the exchange added while waiting", got)
+	}
+	start := time.Now()
+	if _, ok := r.Wait(context.Background(), "a", "none", 30*time.Millisecond); ok || time.Since(start) > 5*time.Second {
+		t.Fatalf("Wait(none) = %v after %v, want false after about 30ms", ok, time.Since(start))
+	}
+}

@@ -1,0 +1,419 @@
+// Package proxybench measures the in-proxy against a direct connection and
+// against Debian's nginx (proxy_pass alone, and with the mirror directive),
+// all on loopback and in one run, for "justrunit bench proxy".
+//
+// The on-line server answers after 1 ms with a 1 KiB body; the clones are
+// the same server (healthy), one 10x slower (slow) and one that accepts and
+// never answers (hung). Each case gets an open-loop run at a fixed rate
+// (latency, measured from the intended send time) and a closed-loop run at
+// saturation (throughput).
+package proxybench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Options configures a benchmark run. Zero fields take the defaults of
+// DefaultOptions.
+type Options struct {
+	// Rate is the open-loop rate in requests per second.
+	Rate int
+	// Open and Closed are the lengths of the measured open-loop and
+	// closed-loop runs of each case in each round; Warmup runs before
+	// each at the open-loop rate and is not measured.
+	Open, Closed, Warmup time.Duration
+	// Rounds is how many times every case is measured; the cases are
+	// interleaved and the rounds combined by median.
+	Rounds int
+	// Connections is the number of closed-loop clients (one keep-alive
+	// connection each).
+	Connections int
+	// OpenConnections bounds the open-loop client's connections.
+	OpenConnections int
+	// Timeout bounds one request; a request that takes longer is lost.
+	Timeout time.Duration
+	// Delay and BodySize describe the on-line server; the slow clone
+	// answers after SlowFactor × Delay.
+	Delay      time.Duration
+	BodySize   int
+	SlowFactor int
+	// Nginx is the nginx binary; "" looks it up, "-" skips nginx.
+	Nginx string
+	// InProxyCommand, when set, runs the in-proxy as its own process, like
+	// nginx: the command (e.g. justrunit proxy in) is given --listen,
+	// --online and --clone flags and must print {"listen": "host:port"}
+	// on its first line of output and its final statistics (InStats) as
+	// JSON when sent SIGTERM. Empty: the in-proxy runs in this process.
+	InProxyCommand []string
+}
+
+// DefaultOptions returns the options of the documented benchmark.
+func DefaultOptions() Options {
+	return Options{
+		Rate:            2000,
+		Open:            1500 * time.Millisecond,
+		Closed:          1500 * time.Millisecond,
+		Warmup:          300 * time.Millisecond,
+		Rounds:          5,
+		Connections:     64,
+		OpenConnections: 512,
+		Timeout:         5 * time.Second,
+		Delay:           time.Millisecond,
+		BodySize:        1024,
+		SlowFactor:      10,
+	}
+}
+
+func (o *Options) fill() {
+	d := DefaultOptions()
+	if o.Rate <= 0 {
+		o.Rate = d.Rate
+	}
+	if o.Open <= 0 {
+		o.Open = d.Open
+	}
+	if o.Closed <= 0 {
+		o.Closed = d.Closed
+	}
+	if o.Rounds <= 0 {
+		o.Rounds = d.Rounds
+	}
+	if o.Warmup < 0 {
+		o.Warmup = 0
+	}
+	if o.Connections <= 0 {
+		o.Connections = d.Connections
+	}
+	if o.OpenConnections <= 0 {
+		o.OpenConnections = d.OpenConnections
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = d.Timeout
+	}
+	if o.Delay <= 0 {
+		o.Delay = d.Delay
+	}
+	if o.BodySize <= 0 {
+		o.BodySize = d.BodySize
+	}
+	if o.SlowFactor <= 0 {
+		o.SlowFactor = d.SlowFactor
+	}
+}
+
+// Case is one configuration's two runs.
+type Case struct {
+	Name string `json:"name"`
+	// What describes the path measured.
+	What   string     `json:"what"`
+	Open   LoadResult `json:"open_loop"`
+	Closed LoadResult `json:"closed_loop"`
+	// Clone holds the in-proxy's figures for the clone, when there is one.
+	Clone *CloneFigures `json:"clone,omitempty"`
+	// RoundsP99 and RoundsRPS are each round's open-loop p99 and
+	// closed-loop throughput; Open and Closed combine the rounds (median
+	// of the quantiles and of the throughput, sums of the counts).
+	RoundsP99 []float64 `json:"rounds_p99_ms"`
+	RoundsRPS []float64 `json:"rounds_rps"`
+}
+
+// CloneFigures is what the in-proxy reported for the clone over both runs.
+type CloneFigures struct {
+	Sent    int64   `json:"sent"`
+	Dropped int64   `json:"dropped"`
+	Errors  int64   `json:"errors"`
+	P99     float64 `json:"p99_ms"`
+}
+
+// Lost is the on-line requests the case lost, in both runs.
+func (c *Case) Lost() int64 { return c.Open.Lost + c.Closed.Lost }
+
+// NginxFigures are one nginx case's raw figures.
+type NginxFigures struct {
+	P99 float64 `json:"p99_ms"`
+	RPS float64 `json:"rps"`
+}
+
+// Ratios compares a case with a reference case. Each ratio is the median
+// over the rounds of that round's ratio.
+type Ratios struct {
+	// P99Ratio is the case's open-loop p99 over the reference's.
+	P99Ratio *float64 `json:"p99_ratio"`
+	// ThroughputRatio is the case's closed-loop throughput over the
+	// reference's.
+	ThroughputRatio *float64 `json:"throughput_ratio,omitempty"`
+	// Lost counts the case's lost on-line requests.
+	Lost int64 `json:"lost"`
+	// Reference names the case the ratios divide by.
+	Reference string `json:"reference"`
+}
+
+// HealthyRatios are the healthy-clone case's ratios.
+type HealthyRatios struct {
+	Ratios
+	// ThroughputVsNginxMirror is the closed-loop throughput over nginx's
+	// with mirror to the healthy clone; null without nginx.
+	ThroughputVsNginxMirror *float64 `json:"throughput_vs_nginx_mirror"`
+}
+
+// Report is a benchmark run's result; its JSON form is the command
+// contract of "justrunit bench proxy --json".
+type Report struct {
+	Settings Settings `json:"settings"`
+	Cases    []*Case  `json:"cases"`
+	// NoClone compares the in-proxy without clone with direct; Healthy
+	// the in-proxy with a healthy clone with direct (and nginx with
+	// mirror); Slow and Hung the slow- and hung-clone cases with the
+	// healthy one.
+	NoClone Ratios        `json:"no_clone"`
+	Healthy HealthyRatios `json:"healthy"`
+	Slow    Ratios        `json:"slow"`
+	Hung    Ratios        `json:"hung"`
+	Nginx   struct {
+		Version    string        `json:"version,omitempty"`
+		Proxy      *NginxFigures `json:"proxy"`
+		Mirror     *NginxFigures `json:"mirror"`
+		MirrorHung *NginxFigures `json:"mirror_hung"`
+	} `json:"nginx"`
+	// Targets says which of the issue's targets this run met.
+	Targets map[string]bool `json:"targets"`
+	// Notes explain anything a reader needs to read the figures right.
+	Notes []string `json:"notes,omitempty"`
+}
+
+// Settings records how the run was made.
+type Settings struct {
+	Rate        int     `json:"rate"`
+	OpenS       float64 `json:"open_s"`
+	ClosedS     float64 `json:"closed_s"`
+	WarmupS     float64 `json:"warmup_s"`
+	Rounds      int     `json:"rounds"`
+	Connections int     `json:"connections"`
+	TimeoutS    float64 `json:"timeout_s"`
+	DelayMs     float64 `json:"server_delay_ms"`
+	BodyBytes   int     `json:"body_bytes"`
+	SlowDelayMs float64 `json:"slow_delay_ms"`
+	CPUs        int     `json:"cpus"`
+}
+
+// Run runs every case and returns the report. progress, when not nil,
+// receives a line per step.
+func Run(ctx context.Context, opts Options, progress io.Writer) (*Report, error) {
+	opts.fill()
+	say := func(format string, args ...any) {
+		if progress != nil {
+			fmt.Fprintf(progress, format+"\n", args...)
+		}
+	}
+	rep := &Report{Settings: Settings{
+		Rate: opts.Rate, OpenS: opts.Open.Seconds(), ClosedS: opts.Closed.Seconds(), WarmupS: opts.Warmup.Seconds(),
+		Rounds: opts.Rounds, Connections: opts.Connections, TimeoutS: opts.Timeout.Seconds(), DelayMs: ms(opts.Delay),
+		BodyBytes: opts.BodySize, SlowDelayMs: ms(opts.Delay * time.Duration(opts.SlowFactor)), CPUs: runtime.NumCPU(),
+	}}
+
+	online, err := StartUpstream(opts.Delay, opts.BodySize)
+	if err != nil {
+		return nil, err
+	}
+	defer online.Close()
+	healthy, err := StartUpstream(opts.Delay, opts.BodySize)
+	if err != nil {
+		return nil, err
+	}
+	defer healthy.Close()
+	slow, err := StartUpstream(opts.Delay*time.Duration(opts.SlowFactor), opts.BodySize)
+	if err != nil {
+		return nil, err
+	}
+	defer slow.Close()
+	hung, err := StartHung()
+	if err != nil {
+		return nil, err
+	}
+	defer hung.Close()
+
+	// Start every path first, then measure them in interleaved rounds, so
+	// that a burst of load from elsewhere on the machine hits every case
+	// alike rather than one of them.
+	type target struct {
+		c      *Case
+		url    string
+		proxy  inProxy
+		rounds []*Case
+	}
+	var targets []*target
+	defer func() {
+		for _, t := range targets {
+			if t.proxy != nil {
+				_, _ = t.proxy.stop()
+			}
+		}
+	}()
+	targets = append(targets, &target{c: &Case{Name: "direct", What: "client → on-line server"}, url: online.URL})
+	for _, k := range []struct{ name, what, clone string }{
+		{"proxy", "client → in-proxy (no clone) → on-line", ""},
+		{"proxy_healthy", "client → in-proxy → on-line, copies to a healthy clone", healthy.URL},
+		{"proxy_slow", fmt.Sprintf("client → in-proxy → on-line, copies to a %dx slower clone", opts.SlowFactor), slow.URL},
+		{"proxy_hung", "client → in-proxy → on-line, copies to a hung clone", hung.URL},
+	} {
+		var p inProxy
+		if len(opts.InProxyCommand) > 0 {
+			p, err = startChildInProxy(ctx, opts.InProxyCommand, online.URL, k.clone)
+		} else {
+			p, err = startLocalInProxy(ctx, online.URL, k.clone)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", k.name, err)
+		}
+		targets = append(targets, &target{c: &Case{Name: k.name, What: k.what}, url: p.url(), proxy: p})
+	}
+
+	bin := opts.Nginx
+	if bin == "" {
+		bin = FindNginx()
+	}
+	var ngx *Nginx
+	switch {
+	case bin == "-":
+		rep.Notes = append(rep.Notes, "nginx skipped (--nginx -): nginx figures are null")
+	case bin == "":
+		rep.Notes = append(rep.Notes, "nginx not found (install Debian's nginx: apt-get install nginx): nginx figures are null")
+	default:
+		ngx, err = StartNginx(ctx, bin, hostPort(online.URL), hostPort(healthy.URL), hostPort(hung.URL))
+		if err != nil {
+			rep.Notes = append(rep.Notes, "nginx did not start, nginx figures are null: "+err.Error())
+			ngx = nil
+			break
+		}
+		defer ngx.Close()
+		rep.Nginx.Version = ngx.Version
+		targets = append(targets,
+			&target{c: &Case{Name: "nginx_proxy", What: "client → nginx proxy_pass → on-line"}, url: ngx.Proxy},
+			&target{c: &Case{Name: "nginx_mirror", What: "client → nginx proxy_pass + mirror to the healthy clone"}, url: ngx.Mirror},
+			&target{c: &Case{Name: "nginx_mirror_hung", What: "client → nginx proxy_pass + mirror to the hung clone"}, url: ngx.MirrorHung})
+	}
+
+	for r := range opts.Rounds {
+		for i := range targets {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			t := targets[(i+r)%len(targets)] // rotate: no case always runs first
+			u := t.url + "/item"
+			if opts.Warmup > 0 {
+				OpenLoop(ctx, u, opts.Rate, opts.Warmup, opts.Timeout, opts.OpenConnections)
+			}
+			rc := &Case{
+				Open:   OpenLoop(ctx, u, opts.Rate, opts.Open, opts.Timeout, opts.OpenConnections),
+				Closed: ClosedLoop(ctx, u, opts.Connections, opts.Closed, opts.Timeout),
+			}
+			t.rounds = append(t.rounds, rc)
+			say("round %d/%d %-18s open loop p50 %7.2f ms p99 %7.2f ms lost %4d | closed loop %6.0f req/s lost %d",
+				r+1, opts.Rounds, t.c.Name, rc.Open.P50, rc.Open.P99, rc.Open.Lost, rc.Closed.RPS, rc.Closed.Lost)
+		}
+	}
+
+	cases := map[string]*Case{}
+	for _, t := range targets {
+		c := t.c
+		var opens, closeds []LoadResult
+		for _, rc := range t.rounds {
+			opens, closeds = append(opens, rc.Open), append(closeds, rc.Closed)
+			c.RoundsP99 = append(c.RoundsP99, rc.Open.P99)
+			c.RoundsRPS = append(c.RoundsRPS, rc.Closed.RPS)
+		}
+		c.Open, c.Closed = combine(opens), combine(closeds)
+		if t.proxy != nil {
+			st, err := t.proxy.stop()
+			t.proxy = nil
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", c.Name, err)
+			}
+			if cs, ok := st.Clone("clone"); ok {
+				c.Clone = &CloneFigures{Sent: cs.Sent, Dropped: cs.Dropped, Errors: cs.Response.Errors, P99: cs.Response.RT.P99}
+			}
+		}
+		rep.Cases = append(rep.Cases, c)
+		cases[c.Name] = c
+	}
+	if ngx != nil {
+		rep.Nginx.Proxy = &NginxFigures{P99: cases["nginx_proxy"].Open.P99, RPS: cases["nginx_proxy"].Closed.RPS}
+		rep.Nginx.Mirror = &NginxFigures{P99: cases["nginx_mirror"].Open.P99, RPS: cases["nginx_mirror"].Closed.RPS}
+		rep.Nginx.MirrorHung = &NginxFigures{P99: cases["nginx_mirror_hung"].Open.P99, RPS: cases["nginx_mirror_hung"].Closed.RPS}
+	}
+
+	// Ratios are taken round by round, between cases measured minutes
+	// apart at most, and the median of the rounds' ratios is reported: a
+	// burst of outside load then skews one round's ratio, not the result.
+	rounds := map[string][]*Case{}
+	for _, t := range targets {
+		rounds[t.c.Name] = t.rounds
+	}
+	p99 := func(c *Case) float64 { return c.Open.P99 }
+	rps := func(c *Case) float64 { return c.Closed.RPS }
+	ratio := func(name, ref string, f func(*Case) float64) *float64 {
+		var rs []float64
+		a, b := rounds[name], rounds[ref]
+		for i := range min(len(a), len(b)) {
+			if d := f(b[i]); d > 0 {
+				rs = append(rs, f(a[i])/d)
+			}
+		}
+		if len(rs) == 0 {
+			return nil
+		}
+		m := median(rs)
+		return &m
+	}
+	for _, k := range []struct {
+		dst       *Ratios
+		name, ref string
+	}{
+		{&rep.NoClone, "proxy", "direct"},
+		{&rep.Healthy.Ratios, "proxy_healthy", "direct"},
+		{&rep.Slow, "proxy_slow", "proxy_healthy"},
+		{&rep.Hung, "proxy_hung", "proxy_healthy"},
+	} {
+		*k.dst = Ratios{P99Ratio: ratio(k.name, k.ref, p99), ThroughputRatio: ratio(k.name, k.ref, rps),
+			Lost: cases[k.name].Lost(), Reference: k.ref}
+	}
+	if rep.Nginx.Mirror != nil {
+		rep.Healthy.ThroughputVsNginxMirror = ratio("proxy_healthy", "nginx_mirror", rps)
+	}
+	le := func(p *float64, v float64) bool { return p != nil && *p <= v }
+	ge := func(p *float64, v float64) bool { return p != nil && *p >= v }
+	rep.Targets = map[string]bool{
+		"healthy.p99_ratio<=1.15":        le(rep.Healthy.P99Ratio, 1.15),
+		"slow.p99_ratio<=1.05":           le(rep.Slow.P99Ratio, 1.05),
+		"hung.p99_ratio<=1.05":           le(rep.Hung.P99Ratio, 1.05),
+		"slow.throughput_ratio>=0.95":    ge(rep.Slow.ThroughputRatio, 0.95),
+		"hung.throughput_ratio>=0.95":    ge(rep.Hung.ThroughputRatio, 0.95),
+		"lost==0":                        rep.Healthy.Lost == 0 && rep.Slow.Lost == 0 && rep.Hung.Lost == 0,
+		"healthy.throughput_vs_nginx>=1": ge(rep.Healthy.ThroughputVsNginxMirror, 1),
+		"healthy.throughput_vs_nginx>=2": ge(rep.Healthy.ThroughputVsNginxMirror, 2),
+	}
+	where := "the in-proxy runs in its own process, like nginx; the load generator and the upstream servers share this one"
+	if len(opts.InProxyCommand) == 0 {
+		where = "the in-proxy runs in this process with the load generator and the upstream servers, nginx in its own"
+	}
+	rep.Notes = append(rep.Notes,
+		where+fmt.Sprintf(" (%d CPUs): ratios are of figures from this one run", runtime.NumCPU()),
+		"open-loop latency is measured from each request's intended send time; a lost request counts with the time it was given up after")
+	return rep, nil
+}
+
+func mustParse(s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}
+
+func hostPort(u string) string { return strings.TrimPrefix(u, "http://") }

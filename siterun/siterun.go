@@ -1,0 +1,278 @@
+// Package siterun brings a site up on its platform: it launches every
+// instance of the site file, puts the in- and out-proxies the file declares
+// on their paths, and tears it all down again. It also hands the
+// experimenter what it needs to study one instance: the instance, a sandbox
+// host, and the instance's proxies.
+package siterun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/experiment"
+	"github.com/justrunit/justrunit/platform/local"
+	"github.com/justrunit/justrunit/proxy/httpproxy"
+	"github.com/justrunit/justrunit/site"
+)
+
+// DefaultReadyTimeout bounds the wait for a launched instance to accept
+// connections.
+const DefaultReadyTimeout = 30 * time.Second
+
+// Options configure Up.
+type Options struct {
+	// StateDir is where the platform keeps its files. Required.
+	StateDir string
+	// ReadyTimeout bounds the wait for each instance; 0 is DefaultReadyTimeout.
+	ReadyTimeout time.Duration
+	// Masks are applied by every out-proxy to the keys of recorded calls
+	// (values that differ between the on-line instance and a clone).
+	Masks  httpproxy.Masks
+	Logger *slog.Logger
+}
+
+// Site is a running site.
+type Site struct {
+	File     *site.Site
+	Platform justrunit.Platform
+	log      *slog.Logger
+
+	mu        sync.Mutex
+	launched  []string
+	in        map[string]*httpproxy.InProxy
+	out       map[string]*httpproxy.OutProxy
+	closePlat func() error
+}
+
+// Up launches the site: per service, the last tier first (so that each
+// tier's next tier is listening when it starts), each instance's out-proxy,
+// the instance, and then its in-proxy. On error everything started is
+// stopped again.
+func Up(ctx context.Context, f *site.Site, opts Options) (*Site, error) {
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.StateDir == "" {
+		return nil, justrunit.Invalid("state_dir", nil, "required")
+	}
+	if opts.ReadyTimeout == 0 {
+		opts.ReadyTimeout = DefaultReadyTimeout
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	p, closePlat, err := newPlatform(f, opts, log)
+	if err != nil {
+		return nil, err
+	}
+	s := &Site{File: f, Platform: p, log: log, in: map[string]*httpproxy.InProxy{}, out: map[string]*httpproxy.OutProxy{}, closePlat: closePlat}
+	if err := s.up(ctx, opts); err != nil {
+		return nil, errors.Join(err, s.Close(context.WithoutCancel(ctx)))
+	}
+	return s, nil
+}
+
+// newPlatform makes the site's platform. The local platform is built
+// directly so that the site's cpusets and reference frequencies reach it.
+func newPlatform(f *site.Site, opts Options, log *slog.Logger) (justrunit.Platform, func() error, error) {
+	if f.Platform != "local" {
+		p, err := justrunit.NewPlatform(f.Platform, justrunit.PlatformConfig{Logger: log, StateDir: opts.StateDir, Hosts: f.PlatformHosts()})
+		if err != nil {
+			return nil, nil, err
+		}
+		closer := func() error { return nil }
+		if c, ok := p.(interface{ Close() error }); ok {
+			closer = c.Close
+		}
+		return p, closer, nil
+	}
+	cfg := local.Config{Logger: log, StateDir: opts.StateDir, RefFreqGHz: map[string]float64{}}
+	hosts := f.PlatformHosts()
+	for i, h := range f.Hosts {
+		cfg.Hosts = append(cfg.Hosts, local.HostConfig{Host: hosts[i], CPUs: h.CPUs})
+	}
+	for name, c := range f.Classes {
+		if c.FreqGHz > 0 {
+			cfg.RefFreqGHz[name] = c.FreqGHz
+		}
+	}
+	p, err := local.New(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p, p.Close, nil
+}
+
+func (s *Site) up(ctx context.Context, opts Options) error {
+	launcher, ok := s.Platform.(justrunit.Launcher)
+	if !ok {
+		return fmt.Errorf("platform %s: %w: it cannot launch instances", s.Platform.Name(), justrunit.ErrUnsupported)
+	}
+	for _, svc := range s.File.Services {
+		for _, tier := range slices.Backward(svc.Tiers) {
+			for _, in := range tier.Instances {
+				if err := s.launch(ctx, launcher, in, opts); err != nil {
+					return fmt.Errorf("service %s tier %s: %w", svc.Name, tier.Name, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Site) launch(ctx context.Context, l justrunit.Launcher, in site.Instance, opts Options) error {
+	if op := in.OutProxy; op != nil {
+		p, err := httpproxy.NewOutProxy(httpproxy.OutConfig{
+			Upstream: &url.URL{Scheme: "http", Host: op.Next},
+			Masks:    opts.Masks,
+			Logger:   s.log.With("proxy", "out", "instance", in.ID),
+		})
+		if err != nil {
+			return fmt.Errorf("out-proxy of %s: %w", in.ID, err)
+		}
+		if _, _, err := p.Start(ctx, op.Listen, ""); err != nil {
+			return fmt.Errorf("out-proxy of %s: %w", in.ID, err)
+		}
+		s.mu.Lock()
+		s.out[in.ID] = p
+		s.mu.Unlock()
+	}
+	spec, err := s.File.Spec(in.ID)
+	if err != nil {
+		return err
+	}
+	if _, err := l.Launch(ctx, spec); err != nil {
+		return fmt.Errorf("launch %s: %w", in.ID, err)
+	}
+	s.mu.Lock()
+	s.launched = append(s.launched, in.ID)
+	s.mu.Unlock()
+	if err := waitListening(ctx, in.Addr, opts.ReadyTimeout); err != nil {
+		return fmt.Errorf("instance %s: %w", in.ID, err)
+	}
+	s.log.Info("instance up", "instance", in.ID, "addr", in.Addr, "allocation", spec.Alloc)
+	if in.InProxy != nil {
+		p, err := httpproxy.NewInProxy(httpproxy.InConfig{
+			Online: &url.URL{Scheme: "http", Host: in.Addr},
+			Logger: s.log.With("proxy", "in", "instance", in.ID),
+		})
+		if err != nil {
+			return fmt.Errorf("in-proxy of %s: %w", in.ID, err)
+		}
+		if _, err := p.Start(ctx, in.InProxy.Listen); err != nil {
+			return fmt.Errorf("in-proxy of %s: %w", in.ID, err)
+		}
+		s.mu.Lock()
+		s.in[in.ID] = p
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// waitListening polls addr until it accepts a TCP connection.
+func waitListening(ctx context.Context, addr string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("not listening on %s after %v: %w", addr, timeout, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// InProxy returns the in-proxy in front of instance id.
+func (s *Site) InProxy(id string) (*httpproxy.InProxy, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.in[id]
+	return p, ok
+}
+
+// OutProxy returns the out-proxy behind instance id.
+func (s *Site) OutProxy(id string) (*httpproxy.OutProxy, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.out[id]
+	return p, ok
+}
+
+// ExperimentConfig returns the experimenter's configuration for studying
+// instance id over space: the instance as the platform runs it, the first
+// powered-on sandbox host, and the instance's proxies. Window is left for
+// the caller.
+func (s *Site) ExperimentConfig(ctx context.Context, id string, space justrunit.Space) (experiment.Config, error) {
+	in, _, _, err := s.File.Instance(id)
+	if err != nil {
+		return experiment.Config{}, justrunit.Invalid("target", id, "no such instance in the site")
+	}
+	insts, err := s.Platform.Instances(ctx)
+	if err != nil {
+		return experiment.Config{}, err
+	}
+	i := slices.IndexFunc(insts, func(x justrunit.Instance) bool { return x.ID == id })
+	if i < 0 {
+		return experiment.Config{}, fmt.Errorf("instance %s: %w on the platform", id, justrunit.ErrNotFound)
+	}
+	hosts, err := s.Platform.Hosts(ctx)
+	if err != nil {
+		return experiment.Config{}, err
+	}
+	h := slices.IndexFunc(hosts, func(h justrunit.Host) bool { return h.Sandbox && h.On })
+	if h < 0 {
+		return experiment.Config{}, justrunit.Invalid("hosts", nil, "no powered-on sandbox host")
+	}
+	cfg := experiment.Config{Platform: s.Platform, Target: insts[i], Sandbox: hosts[h], Space: space, Logger: s.log}
+	feed, ok := s.InProxy(id)
+	if !ok {
+		return experiment.Config{}, justrunit.Invalid("target", id, "has no in_proxy in the site file: nothing can copy its live traffic")
+	}
+	cfg.Feed = feed
+	if out, ok := s.OutProxy(id); ok {
+		cfg.Replay, cfg.NextTier = out, in.OutProxy.Listen
+	}
+	return cfg, nil
+}
+
+// Close stops the proxies, destroys every launched instance and closes the
+// platform. It is safe to call more than once.
+func (s *Site) Close(ctx context.Context) error {
+	s.mu.Lock()
+	in, out, launched := s.in, s.out, s.launched
+	s.in, s.out, s.launched = map[string]*httpproxy.InProxy{}, map[string]*httpproxy.OutProxy{}, nil
+	closePlat := s.closePlat
+	s.closePlat = nil
+	s.mu.Unlock()
+	var errs []error
+	for _, p := range in {
+		errs = append(errs, p.Close())
+	}
+	for _, id := range slices.Backward(launched) {
+		if err := s.Platform.Destroy(ctx, id); err != nil {
+			errs = append(errs, fmt.Errorf("destroy %s: %w", id, err))
+		}
+	}
+	for _, p := range out {
+		errs = append(errs, p.Close())
+	}
+	if closePlat != nil {
+		errs = append(errs, closePlat())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,119 @@
+package siterun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/driver"
+	"github.com/justrunit/justrunit/experiment"
+	"github.com/justrunit/justrunit/interp"
+	"github.com/justrunit/justrunit/measure"
+	"github.com/justrunit/justrunit/study"
+)
+
+// StudyOptions configure RunStudy.
+type StudyOptions struct {
+	// Store keeps the study; optional.
+	Store justrunit.Store
+	// Owner identifies this process in the store ("pid@host").
+	Owner string
+	// Progress receives the engine's progress reports; optional.
+	Progress func(study.Progress)
+	// RelCI and MinSamples tune the stopping rule of each window; zero
+	// values take DefaultRelCI and DefaultMinSamples.
+	RelCI      float64
+	MinSamples int64
+}
+
+// Defaults of the measurement window's stopping rule.
+const (
+	DefaultRelCI      = 0.05
+	DefaultMinSamples = 100
+)
+
+// Study is a prepared study: clones made and attached, an engine ready to
+// run and check. Close it to remove the clones.
+type Study struct {
+	// Engine runs the study (Run) and the checker (Use, Check) on the
+	// prepared clones.
+	Engine *study.Engine
+	runner *experiment.Runner
+}
+
+// Close detaches and destroys the study's clones.
+func (x *Study) Close(ctx context.Context) error { return x.runner.Close(ctx) }
+
+// PrepareStudy clones the target of st into the sandbox (one clone per
+// slot), attaches the clones to the target's proxies, and returns an engine
+// with the study's strategy and interpolator over them.
+func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts StudyOptions) (*Study, error) {
+	if err := st.Validate(); err != nil {
+		return nil, err
+	}
+	if st.Interpolator == "" {
+		st.Interpolator = "linear"
+	}
+	if st.Strategy == "" {
+		st.Strategy = driver.NameAdaptive
+		if st.SLA != nil {
+			st.Strategy = driver.NameSLA
+		}
+	}
+	in, err := interp.New(st.Interpolator)
+	if err != nil {
+		return nil, err
+	}
+	strat, err := driver.New(st.Strategy, driver.Options{Interpolator: in})
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := s.ExperimentConfig(ctx, st.Target, st.Space)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Window = measure.WindowConfig{
+		WarmUp:     time.Duration(st.WarmUp),
+		Min:        min(time.Duration(st.Window), max(time.Duration(st.Window)/3, time.Second)),
+		Max:        time.Duration(st.Window),
+		RelCI:      orFloat(opts.RelCI, DefaultRelCI),
+		MinSamples: orInt(opts.MinSamples, DefaultMinSamples),
+	}
+	runner, err := experiment.Open(ctx, cfg, st.Slots)
+	if err != nil {
+		return nil, fmt.Errorf("prepare the experiments: %w", err)
+	}
+	e := &study.Engine{Runner: runner, Strategy: strat, Interpolator: in, Store: opts.Store, Logger: s.log,
+		Progress: opts.Progress, Owner: opts.Owner}
+	return &Study{Engine: e, runner: runner}, nil
+}
+
+// RunStudy prepares st, runs it and removes its clones, also on error or
+// cancellation; it returns the matrix.
+func (s *Site) RunStudy(ctx context.Context, st *justrunit.Study, opts StudyOptions) (*justrunit.Matrix, error) {
+	x, err := s.PrepareStudy(ctx, st, opts)
+	if err != nil {
+		return nil, err
+	}
+	m, err := x.Engine.Run(ctx, st)
+	if cerr := x.Close(context.WithoutCancel(ctx)); cerr != nil {
+		err = errors.Join(err, fmt.Errorf("remove the clones: %w", cerr))
+	}
+	return m, err
+}
+
+func orFloat(v, d float64) float64 {
+	if v == 0 {
+		return d
+	}
+	return v
+}
+
+func orInt(v, d int64) int64 {
+	if v == 0 {
+		return d
+	}
+	return v
+}
