@@ -227,6 +227,19 @@ func TestAuctionStudy(t *testing.T) {
 	if len(insts) != 3 {
 		t.Errorf("%d instances after the study, want the 3 on-line ones", len(insts))
 	}
+	// Fidelity: the on-line instance at three allocations against the
+	// study's predictions.
+	win := measure.WindowConfig{WarmUp: 3 * time.Second, Min: 4 * time.Second, Max: 6 * time.Second, RelCI: 0.1, MinSamples: 50}
+	for _, cpu := range []float64{50, 70, 90} {
+		v, err := s.Verify(ctx, st, m, justrunit.Point{cpu}, win)
+		if err != nil {
+			t.Fatalf("verify cpu=%v: %v", cpu, err)
+		}
+		for i, mt := range v.Metrics {
+			mv, _ := v.Measured.Value(mt)
+			t.Logf("verify cpu=%v %s: predicted %.2f (%s), on-line %.2f: error %.0f%%", cpu, mt, v.Predicted[i].Value, v.Predicted[i].Prov, mv, 100*v.RelError[i])
+		}
+	}
 	after := onlineWindow(10 * time.Second)
 	t.Logf("on-line app tier p95: %.2f ms before (%d requests), %.2f ms during the study (%d requests), %.2f ms after (%d requests)",
 		before.RT.P95, before.Count, during.RT.P95, during.Count, after.RT.P95, after.Count)

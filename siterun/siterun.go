@@ -70,6 +70,9 @@ func Up(ctx context.Context, f *site.Site, opts Options) (*Site, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	if err := raisePriority(ProxyNice); err != nil {
+		log.Warn("cannot raise the priority of the proxies' process; clones may slow the on-line path", "err", err)
+	}
 	p, closePlat, err := newPlatform(f, opts, log)
 	if err != nil {
 		return nil, err
