@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/api"
 	"github.com/justrunit/justrunit/driver"
 	"github.com/justrunit/justrunit/site"
 	"github.com/justrunit/justrunit/siterun"
@@ -234,11 +235,11 @@ func newStudyListCmd(g *globals) *cobra.Command {
 		Short: "List stored studies, newest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openStore(cmd.Context(), g)
+			s, closeR, err := openReader(cmd.Context(), g)
 			if err != nil {
 				return err
 			}
-			defer s.Close()
+			defer closeR()
 			studies, err := s.Studies(cmd.Context())
 			if err != nil {
 				return err
@@ -264,11 +265,11 @@ func newStudyShowCmd(g *globals) *cobra.Command {
 		Short: "Show a study: its settings, matrix (X/I/T/V) and checks",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openStore(cmd.Context(), g)
+			s, closeR, err := openReader(cmd.Context(), g)
 			if err != nil {
 				return err
 			}
-			defer s.Close()
+			defer closeR()
 			e, err := loadExport(cmd.Context(), s, args[0])
 			if err != nil {
 				return err
@@ -288,11 +289,11 @@ check result and event. "justrunit matrix show FILE" renders the file's matrix.`
 		Example: `  justrunit study export s-20261125-130501-ab12 -o study.json`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openStore(cmd.Context(), g)
+			s, closeR, err := openReader(cmd.Context(), g)
 			if err != nil {
 				return err
 			}
-			defer s.Close()
+			defer closeR()
 			e, err := loadExport(cmd.Context(), s, args[0])
 			if err != nil {
 				return err
@@ -324,7 +325,7 @@ type studyExport struct {
 	Events       []justrunit.Event       `json:"events"`
 }
 
-func loadExport(ctx context.Context, s justrunit.Store, id string) (*studyExport, error) {
+func loadExport(ctx context.Context, s api.Reader, id string) (*studyExport, error) {
 	st, err := s.Study(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("study %s: %w (see \"justrunit study list\")", id, err)

@@ -1,0 +1,299 @@
+// Package api is JustRunIt's daemon interface: the versioned JSON REST API
+// under /api/v1/ (described by the OpenAPI document at /api/v1/openapi.json),
+// bearer-token authentication, a server-sent event stream for live updates,
+// Prometheus /metrics, and the embedded web dashboard at /. It also holds the
+// Client the CLI uses to talk to a running daemon, and the study runner that
+// runs studies created through the API with the study engine.
+//
+// The Server reads everything from a justrunit.Store, so every study in the
+// store is visible whether this daemon or another process ran it. What the
+// daemon can do beyond reading depends on what it is given: a StudyRunner to
+// create and cancel studies, a SiteView for hosts and instances; without
+// them those calls answer 503 with code "unavailable" and say what is
+// missing. Calls for what is planned but not built (the manager's plans)
+// answer 501 "not_implemented".
+package api
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/ui"
+)
+
+// Prefix is where the API lives; its version is part of the path.
+const Prefix = "/api/v1"
+
+// Log attribute keys.
+const (
+	keyMethod = "method"
+	keyPath   = "path"
+	keyErr    = "err"
+	keyStudy  = "study"
+)
+
+// DefaultPollInterval is how often the event stream looks for new events in
+// the store (which other processes may write to as well).
+const DefaultPollInterval = 500 * time.Millisecond
+
+// StudyRunner runs studies for the daemon. EngineRunner is the in-process
+// implementation over the study engine.
+type StudyRunner interface {
+	// Start validates st, stores it (assigning its ID) and runs it in the
+	// background; it returns once the study is stored. Bad settings give a
+	// *justrunit.FieldError. The study must outlive ctx, which only bounds
+	// the call itself.
+	Start(ctx context.Context, st *justrunit.Study) error
+	// Cancel asks a pending or running study to stop and returns without
+	// waiting; the study records state cancelled when it has stopped. A
+	// study this runner is not running gives an error wrapping
+	// justrunit.ErrNotFound.
+	Cancel(ctx context.Context, id string) error
+}
+
+// SiteView is the daemon's read view of the on-line site: its hosts (with
+// power state) and instances. The site runtime implements it.
+type SiteView interface {
+	Hosts(ctx context.Context) ([]justrunit.Host, error)
+	Instances(ctx context.Context) ([]justrunit.Instance, error)
+}
+
+// ServiceSampler is an optional ability of a SiteView (found by type
+// assertion): the on-line response time of each service per monitoring
+// interval, which the manager watches against the SLAs (the paper's
+// Figure 3). The manager or the site runtime implements it.
+type ServiceSampler interface {
+	// ServiceSamples returns the samples that started at or after since,
+	// oldest first.
+	ServiceSamples(ctx context.Context, since time.Time) ([]ServiceSample, error)
+}
+
+// ServiceSample is one service's on-line response time over one interval.
+type ServiceSample struct {
+	Service  string             `json:"service"`
+	Start    time.Time          `json:"start"`
+	Interval justrunit.Duration `json:"interval"`
+	// RTMean is the mean response time over the interval in milliseconds;
+	// Requests the responses it averages.
+	RTMean   float64        `json:"rt_mean_ms"`
+	Requests int64          `json:"requests"`
+	SLA      *justrunit.SLA `json:"sla,omitempty"`
+}
+
+// Config is what a Server needs. Store is required; so is Token unless
+// NoAuth is set.
+type Config struct {
+	// Store is where studies, matrices and events are read from.
+	Store justrunit.Store
+	// Token is the bearer token every /api/v1 call and /metrics needs.
+	Token string
+	// NoAuth serves without a token. The serve command allows it on a
+	// loopback address only.
+	NoAuth bool
+	// MetricsPublic serves /metrics without a token (for a scraper that
+	// cannot send one); the API still needs it.
+	MetricsPublic bool
+	// Logger is optional; slog.Default() when nil.
+	Logger *slog.Logger
+	// Runner creates and cancels studies; nil means this daemon cannot run
+	// studies (POST /studies answers 503).
+	Runner StudyRunner
+	// Site shows hosts and instances; nil means the daemon runs no site.
+	Site SiteView
+	// Metrics is the registry served at /metrics; nil serves 503 there.
+	Metrics *prometheus.Registry
+	// PollInterval is how often event streams poll the store;
+	// DefaultPollInterval when 0.
+	PollInterval time.Duration
+	// Version is shown by /api/v1/info; the module version when empty.
+	Version string
+}
+
+// Server serves the API, /metrics and the dashboard. It is an http.Handler.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	handler http.Handler
+	started time.Time
+	// done ends event streams when the server closes, so http.Server's
+	// Shutdown does not wait for them.
+	done   context.Context
+	cancel context.CancelFunc
+}
+
+// New checks cfg and builds the Server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, justrunit.Invalid("store", nil, "the API needs a store")
+	}
+	if cfg.Token == "" && !cfg.NoAuth {
+		return nil, justrunit.Invalid("token", nil, "empty; give a token or serve without authentication explicitly (NoAuth)")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = DefaultPollInterval
+	}
+	if cfg.Version == "" {
+		cfg.Version = moduleVersion()
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now()}
+	s.done, s.cancel = context.WithCancel(context.Background())
+	mux := http.NewServeMux()
+	for _, rt := range s.routes() {
+		h := rt.handler
+		if rt.auth {
+			h = s.authenticate(h)
+		}
+		mux.Handle(rt.method+" "+rt.pattern, h)
+	}
+	mux.Handle(Prefix+"/", s.authenticate(func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, &Error{Status: http.StatusNotFound, Code: CodeNotFound,
+			Message: "no such API call " + r.Method + " " + r.URL.Path + "; see " + Prefix + "/openapi.json"})
+	}))
+	mux.Handle("/", ui.Handler())
+	s.handler = securityHeaders(mux)
+	return s, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
+
+// Close ends the open event streams. Call it before http.Server.Shutdown so
+// the shutdown does not wait for them. It does not stop the runner.
+func (s *Server) Close() { s.cancel() }
+
+// route is one API call; the OpenAPI document lists the same set (a test
+// keeps them in step).
+type route struct {
+	method, pattern string
+	auth            bool
+	handler         http.HandlerFunc
+}
+
+func (s *Server) routes() []route {
+	return []route{
+		{"GET", "/healthz", false, s.handleHealth},
+		{"GET", Prefix + "/openapi.json", false, handleOpenAPI},
+		{"GET", Prefix + "/info", true, s.handleInfo},
+		{"GET", Prefix + "/studies", true, s.handleListStudies},
+		{"POST", Prefix + "/studies", true, s.handleCreateStudy},
+		{"GET", Prefix + "/studies/{id}", true, s.handleGetStudy},
+		{"POST", Prefix + "/studies/{id}/cancel", true, s.handleCancelStudy},
+		{"GET", Prefix + "/studies/{id}/matrix", true, s.handleMatrix},
+		{"GET", Prefix + "/studies/{id}/observations", true, s.handleObservations},
+		{"GET", Prefix + "/studies/{id}/checks", true, s.handleChecks},
+		{"GET", Prefix + "/studies/{id}/export", true, s.handleExport},
+		{"GET", Prefix + "/events", true, s.handleEvents},
+		{"GET", Prefix + "/events/stream", true, s.handleEventStream},
+		{"GET", Prefix + "/site", true, s.handleSite},
+		{"GET", Prefix + "/hosts", true, s.handleHosts},
+		{"GET", Prefix + "/instances", true, s.handleInstances},
+		{"GET", Prefix + "/services/samples", true, s.handleServiceSamples},
+		{"GET", Prefix + "/plans", true, s.handlePlans},
+		{"POST", Prefix + "/plans", true, s.handlePlans},
+		{"POST", Prefix + "/plans/{id}/apply", true, s.handlePlans},
+		{"GET", "/metrics", !s.cfg.MetricsPublic, s.handleMetrics},
+	}
+}
+
+// Health is what GET /healthz answers, without authentication: enough to
+// tell a JustRunIt daemon is listening, nothing more.
+type Health struct {
+	Status  string `json:"status"`
+	Service string `json:"service"`
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, Health{Status: "ok", Service: "justrunit"})
+}
+
+// Info is what GET /api/v1/info answers: the daemon's version and which of
+// its parts are present.
+type Info struct {
+	Version string    `json:"version"`
+	Started time.Time `json:"started"`
+	// Runner is true when the daemon can run studies; Site when it runs a
+	// site; Manager when its manager runs (not yet built: always false).
+	Runner  bool `json:"runner"`
+	Site    bool `json:"site"`
+	Samples bool `json:"samples"`
+	Manager bool `json:"manager"`
+	// Missing explains, for people, what the daemon cannot do and why.
+	Missing []string `json:"missing,omitempty"`
+}
+
+func (s *Server) info() Info {
+	in := Info{Version: s.cfg.Version, Started: s.started, Runner: s.cfg.Runner != nil, Site: s.cfg.Site != nil}
+	_, in.Samples = s.cfg.Site.(ServiceSampler)
+	switch {
+	case !in.Runner && !in.Site:
+		in.Missing = append(in.Missing, msgNoRunner)
+	case !in.Runner:
+		in.Missing = append(in.Missing, msgNoExperimenter)
+	}
+	if !in.Site {
+		in.Missing = append(in.Missing, msgNoSite)
+	}
+	in.Missing = append(in.Missing, msgNoManager)
+	return in
+}
+
+func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.info())
+}
+
+// What a daemon without its parts cannot do, said once for the API and the
+// dashboard.
+const (
+	msgNoRunner       = "this daemon runs no site, so it cannot run studies yet: a study needs the site runtime (clones, proxies), which this daemon was not started with; stored studies are shown read-only"
+	msgNoExperimenter = "this daemon's site runtime gives it no experimenter, so it cannot run studies yet; stored studies are shown read-only"
+	msgNoSite         = "this daemon runs no site: hosts, instances and their power state need the site runtime, which this daemon was not started with"
+	msgNoSamples      = "no per-service response-time samples: they come from the manager's SLA monitor, which is not running in this daemon"
+	msgNoManager      = "the manager (SLA monitor, consolidation and expansion plans) is not built yet"
+)
+
+func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Metrics == nil {
+		s.writeError(w, r, &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: "no metrics registry configured"})
+		return
+	}
+	promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{ErrorLog: slogPromLogger{s.log}}).ServeHTTP(w, r)
+}
+
+type slogPromLogger struct{ l *slog.Logger }
+
+func (p slogPromLogger) Println(v ...any) { p.l.Warn("metrics", "msg", v) }
+
+func (s *Server) handlePlans(w http.ResponseWriter, r *http.Request) {
+	s.writeError(w, r, &Error{Status: http.StatusNotImplemented, Code: CodeNotImplemented,
+		Message: "plans (dry-run and apply) come from the manager, which is " + "not built yet; nothing was planned or changed"})
+}
+
+// securityHeaders sets headers every answer carries: no framing, no MIME
+// sniffing, and a content policy that allows the dashboard's own scripts only.
+func securityHeaders(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hd := w.Header()
+		hd.Set("X-Content-Type-Options", "nosniff")
+		hd.Set("X-Frame-Options", "DENY")
+		hd.Set("Referrer-Policy", "no-referrer")
+		hd.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
+		h.ServeHTTP(w, r)
+	})
+}
+
+func moduleVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}

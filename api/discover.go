@@ -1,0 +1,162 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// StateFile is the file a running daemon keeps in its data directory so the
+// CLI on the same machine finds it. It holds no secret: the token stays in
+// the token file it names.
+const StateFile = "serve.json"
+
+// Environment variables the CLI reads to reach a daemon.
+const (
+	EnvServer    = "JUSTRUNIT_SERVER"     // the daemon's URL, e.g. https://10.0.0.5:7070
+	EnvToken     = "JUSTRUNIT_TOKEN"      // the bearer token
+	EnvTokenFile = "JUSTRUNIT_TOKEN_FILE" // a file holding the token
+	EnvCAFile    = "JUSTRUNIT_CA_FILE"    // a PEM certificate to trust for https
+)
+
+// DaemonState is the content of StateFile.
+type DaemonState struct {
+	URL       string    `json:"url"`
+	PID       int       `json:"pid"`
+	TokenFile string    `json:"token_file,omitempty"`
+	CAFile    string    `json:"ca_file,omitempty"`
+	Started   time.Time `json:"started"`
+}
+
+// WriteState writes st to dataDir/StateFile (mode 0600) and returns a
+// function that removes it, which the daemon calls when it stops.
+func WriteState(dataDir string, st DaemonState) (remove func() error, err error) {
+	p := filepath.Join(dataDir, StateFile)
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("daemon state: %w", err)
+	}
+	if err := os.WriteFile(p, append(b, '\n'), 0o600); err != nil {
+		return nil, fmt.Errorf("daemon state: %w", err)
+	}
+	return func() error {
+		// Only remove the file if it is still ours: another daemon on the
+		// same data directory may have replaced it.
+		cur, err := readState(p)
+		if err != nil || cur.PID != st.PID || cur.URL != st.URL {
+			return nil
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}, nil
+}
+
+func readState(path string) (*DaemonState, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var st DaemonState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("daemon state %s: %w", path, err)
+	}
+	return &st, nil
+}
+
+// ErrNoDaemon means no daemon was named and none is running for the data
+// directory: the CLI then reads the store itself.
+var ErrNoDaemon = errors.New("no daemon running")
+
+// DiscoverOptions say where to look for a daemon. Empty fields fall back to
+// the environment (EnvServer, EnvToken, EnvTokenFile, EnvCAFile), then to
+// the daemon's StateFile in DataDir.
+type DiscoverOptions struct {
+	DataDir   string
+	Server    string
+	Token     string
+	TokenFile string
+	CAFile    string
+	// Timeout bounds the health probe; 2 s when 0.
+	Timeout time.Duration
+}
+
+// Discover returns a Client for the daemon the options or the environment
+// name, or else the one whose StateFile is in DataDir, after checking it
+// answers. It returns ErrNoDaemon when none is named and none answers (a
+// state file left by a daemon that died is ignored); a named daemon that
+// does not answer is an error, not a reason to fall back.
+func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
+	named := true
+	server := firstOf(o.Server, os.Getenv(EnvServer))
+	tokenFile := firstOf(o.TokenFile, os.Getenv(EnvTokenFile))
+	caFile := firstOf(o.CAFile, os.Getenv(EnvCAFile))
+	if server == "" {
+		named = false
+		if o.DataDir == "" {
+			return nil, ErrNoDaemon
+		}
+		st, err := readState(filepath.Join(o.DataDir, StateFile))
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, ErrNoDaemon
+		}
+		if err != nil {
+			return nil, err
+		}
+		server = st.URL
+		tokenFile = firstOf(tokenFile, st.TokenFile)
+		caFile = firstOf(caFile, st.CAFile)
+	}
+	if !strings.Contains(server, "://") {
+		server = "http://" + server
+	}
+	token := firstOf(o.Token, os.Getenv(EnvToken))
+	if token == "" && tokenFile != "" {
+		b, err := os.ReadFile(tokenFile)
+		if err != nil && named {
+			return nil, fmt.Errorf("daemon token: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	hc, err := clientFor(caFile)
+	if err != nil {
+		return nil, err
+	}
+	c := NewClient(server, token)
+	c.HTTP = hc
+	timeout := o.Timeout
+	if timeout <= 0 {
+		timeout = 2 * time.Second
+	}
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := c.Health(pctx); err != nil {
+		if named {
+			return nil, fmt.Errorf("daemon at %s: %w", server, err)
+		}
+		return nil, fmt.Errorf("%w (the state file %s names %s, which does not answer: %v)",
+			ErrNoDaemon, filepath.Join(o.DataDir, StateFile), server, err)
+	}
+	// Without a token the calls answer 401 saying so, unless the daemon
+	// runs without authentication.
+	return c, nil
+}
+
+func firstOf(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/api"
+	"github.com/justrunit/justrunit/store/sqlite"
+)
+
+// startServe runs "justrunit serve" with args on a loopback port chosen by
+// the system until the test ends, and returns the daemon's state once it
+// is up, and a function that stops it and returns its error.
+func startServe(t *testing.T, dir string, args ...string) (api.DaemonState, func() error) {
+	t.Helper()
+	t.Setenv(api.EnvServer, "")
+	t.Setenv(api.EnvToken, "")
+	t.Setenv(api.EnvTokenFile, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := newRootCmd()
+	cmd.SetOut(&strings.Builder{})
+	cmd.SetArgs(append([]string{"--data-dir", dir, "--log-level", "warn", "serve", "--addr", "127.0.0.1:0"}, args...))
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	var once sync.Once
+	var stopErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case stopErr = <-done:
+			case <-time.After(30 * time.Second):
+				stopErr = errors.New("serve did not stop within 30s")
+			}
+		})
+		return stopErr
+	}
+	t.Cleanup(func() { stop() })
+	var st api.DaemonState
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		select {
+		case err := <-done:
+			t.Fatalf("serve ended early: %v", err)
+		default:
+		}
+		if _, err := api.Discover(context.Background(), api.DiscoverOptions{DataDir: dir, Timeout: time.Second}); err == nil {
+			b, err := os.ReadFile(filepath.Join(dir, api.StateFile))
+			if err != nil || json.Unmarshal(b, &st) != nil {
+				t.Fatalf("state file %s: %v", b, err)
+			}
+			return st, stop
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("serve did not come up within 20s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestServe(t *testing.T) {
+	dir := t.TempDir()
+	id := storedStudy(t, dir)
+	// A study left running by a process that died is shown interrupted.
+	ctx := context.Background()
+	s, err := sqlite.Open(ctx, filepath.Join(dir, "justrunit.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	cpu, _ := justrunit.ParseParameter("cpu=60..100 step 20")
+	orphan := &justrunit.Study{Target: "app0", Space: justrunit.Space{Params: []justrunit.Parameter{cpu}}, Window: justrunit.Duration(time.Second),
+		TimeBound: justrunit.Duration(time.Minute), Slots: 1, CheckThreshold: 0.1, State: justrunit.StudyRunning,
+		Owner: fmt.Sprintf("%d@%s", 1<<22+7, host), Started: time.Now().Add(-time.Minute)}
+	if err := s.CreateStudy(ctx, orphan); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	st, stop := startServe(t, dir)
+	if !strings.HasPrefix(st.URL, "http://127.0.0.1:") {
+		t.Errorf("daemon URL %s, want loopback http", st.URL)
+	}
+	tokFile := filepath.Join(dir, "token")
+	fi, err := os.Stat(tokFile)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token file: %v, %v; want mode 0600", fi, err)
+	}
+	resp, err := http.Get(st.URL + "/api/v1/studies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("GET /api/v1/studies without token = %d, want 401", resp.StatusCode)
+	}
+
+	// The study commands' reader goes through the daemon while it runs.
+	g := &globals{dataDir: dir}
+	r, closeR, err := openReader(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.(*api.Client); !ok {
+		t.Errorf("openReader with a daemon running = %T, want *api.Client", r)
+	}
+	e, err := api.LoadExport(ctx, r, id)
+	if err != nil || e.Matrix == nil || len(e.Observations) != 3 {
+		t.Fatalf("export through the daemon = %+v, %v", e, err)
+	}
+	o, err := r.Study(ctx, orphan.ID)
+	if err != nil || o.State != justrunit.StudyInterrupted {
+		t.Errorf("orphaned study = %+v, %v; want interrupted", o, err)
+	}
+	closeR()
+
+	if err := stop(); err != nil {
+		t.Fatalf("serve after SIGINT-like cancel = %v, want nil", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, api.StateFile)); !os.IsNotExist(err) {
+		t.Errorf("state file left after shutdown: %v", err)
+	}
+	// Without the daemon the reader is the store.
+	r, closeR, err = openReader(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeR()
+	if _, ok := r.(*sqlite.Store); !ok {
+		t.Errorf("openReader without a daemon = %T, want *sqlite.Store", r)
+	}
+}
+
+func TestServeFlags(t *testing.T) {
+	if def := newServeCmd(&globals{}).Flags().Lookup("addr").DefValue; !api.IsLoopback(def) {
+		t.Errorf("default --addr %s is not loopback", def)
+	}
+	dir := t.TempDir()
+	tests := []struct {
+		args  []string
+		field string
+		err   error
+	}{
+		{[]string{"--addr", "0.0.0.0:7070", "--no-auth"}, "--addr", justrunit.ErrInvalid},
+		{[]string{"--addr", ":7070", "--no-auth"}, "--addr", justrunit.ErrInvalid},
+		{[]string{"--addr", "7070"}, "--addr", justrunit.ErrInvalid},
+		{[]string{"--tls-cert", "c.pem"}, "--tls-key", justrunit.ErrInvalid},
+		{[]string{"--no-auth", "--token-file", "x"}, "--no-auth", justrunit.ErrInvalid},
+		{[]string{"--addr", "127.0.0.1:0", "--site", "missing.yaml"}, "", fs.ErrNotExist},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			_, err := run(t, append([]string{"--data-dir", dir, "--log-level", "warn", "serve"}, tt.args...)...)
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("serve %v = %v, want %v", tt.args, err, tt.err)
+			}
+			var fe *justrunit.FieldError
+			if tt.field != "" && (!errors.As(err, &fe) || fe.Field != tt.field) {
+				t.Errorf("serve %v = %v, want an error naming %s", tt.args, err, tt.field)
+			}
+		})
+	}
+}
+
+func TestServeTLS(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := selfSigned(t, dir)
+	st, stop := startServe(t, dir, "--tls-cert", cert, "--tls-key", key)
+	if !strings.HasPrefix(st.URL, "https://127.0.0.1:") {
+		t.Fatalf("daemon URL %s, want https", st.URL)
+	}
+	// Discover trusts the daemon's certificate named in its state file.
+	c, err := api.Discover(context.Background(), api.DiscoverOptions{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Studies(context.Background()); err != nil {
+		t.Errorf("Studies over TLS: %v", err)
+	}
+	// Plain http to the TLS port gets nothing useful.
+	if resp, err := http.Get(strings.Replace(st.URL, "https", "http", 1) + "/healthz"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Errorf("plain http to the TLS listener answered 200")
+		}
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// selfSigned writes a certificate for 127.0.0.1 and its key under dir.
+func selfSigned(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "justrunit test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(k)
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return certFile, keyFile
+}
