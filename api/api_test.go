@@ -315,7 +315,7 @@ func TestMetrics(t *testing.T) {
 	d.set.ProxyCopiesSent.WithLabelValues("auction0", "app0").Add(120)
 	d.set.ProxyCopiesDropped.WithLabelValues("auction0", "app0").Add(2)
 	d.set.OutProxyMatchRate.WithLabelValues("auction0", "app0").Set(0.98)
-	d.set.ServiceResponseTime.WithLabelValues("auction0").Observe(0.042)
+	d.set.ServiceResponseTime.WithLabelValues("auction0", "web").Observe(0.042)
 	d.set.ObserveChecks([]justrunit.CheckResult{{Passed: true}, {Passed: false}})
 
 	if code, _ := d.call("GET", "/metrics", "", nil); code != http.StatusUnauthorized {

@@ -12,8 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/examples/auction/loadgen"
+	"github.com/justrunit/justrunit/internal/metrics"
 	"github.com/justrunit/justrunit/measure"
 	"github.com/justrunit/justrunit/platform/local"
 	"github.com/justrunit/justrunit/site"
@@ -132,7 +136,8 @@ func TestAuctionStudy(t *testing.T) {
 	stateDir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	s, err := siterun.Up(ctx, f, siterun.Options{StateDir: stateDir, Logger: log})
+	set := metrics.New(prometheus.NewRegistry())
+	s, err := siterun.Up(ctx, f, siterun.Options{StateDir: stateDir, Logger: log, Metrics: set})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,6 +222,16 @@ func TestAuctionStudy(t *testing.T) {
 				st.Space.Format(o.Point), o.Samples, o.Clone, o.Energy.Source, o.MatchRate)
 		}
 	}
+	// The proxies' figures reached the metrics.
+	if sent := metricValue(t, set.ProxyCopiesSent.WithLabelValues("auction0", "app0")); sent < float64(during.Count)/2 {
+		t.Errorf("proxy_copies_sent_total = %v for %d on-line requests during the study", sent, during.Count)
+	}
+	if rate := metricValue(t, set.OutProxyMatchRate.WithLabelValues("auction0", "app0")); rate <= 0 {
+		t.Errorf("outproxy_match_rate = %v after the study", rate)
+	}
+	if n := metricValue(t, set.ServiceResponseTime.WithLabelValues("auction0", "app").(prometheus.Metric)); n < float64(before.Count) {
+		t.Errorf("service_response_time_seconds{auction0,app} counted %v responses, fewer than the %d before the study", n, before.Count)
+	}
 	// The clones are gone, the on-line instances are not.
 	insts, _ := s.Platform.Instances(ctx)
 	for _, in := range insts {
@@ -264,3 +279,22 @@ type stringsBuilder struct{ b []byte }
 
 func (s *stringsBuilder) Write(p []byte) (int, error) { s.b = append(s.b, p...); return len(p), nil }
 func (s *stringsBuilder) String() string              { return string(s.b) }
+
+// metricValue reads a counter's or gauge's value, or a histogram's count.
+func metricValue(t *testing.T, m prometheus.Metric) float64 {
+	t.Helper()
+	var d dto.Metric
+	if err := m.Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case d.Counter != nil:
+		return d.Counter.GetValue()
+	case d.Gauge != nil:
+		return d.Gauge.GetValue()
+	case d.Histogram != nil:
+		return float64(d.Histogram.GetSampleCount())
+	}
+	t.Fatalf("metric %v is neither counter, gauge nor histogram", m.Desc())
+	return 0
+}

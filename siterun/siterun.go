@@ -18,6 +18,7 @@ import (
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/experiment"
+	"github.com/justrunit/justrunit/internal/metrics"
 	"github.com/justrunit/justrunit/platform/local"
 	"github.com/justrunit/justrunit/proxy/httpproxy"
 	"github.com/justrunit/justrunit/site"
@@ -37,6 +38,10 @@ type Options struct {
 	// (values that differ between the on-line instance and a clone).
 	Masks  httpproxy.Masks
 	Logger *slog.Logger
+	// Metrics, when set, receives the proxies' figures: on-line response
+	// times, copies sent and dropped, and (per experiment) the out-proxy's
+	// match rate.
+	Metrics *metrics.Set
 }
 
 // Site is a running site.
@@ -45,6 +50,7 @@ type Site struct {
 	Platform justrunit.Platform
 	log      *slog.Logger
 
+	metrics   *metrics.Set
 	mu        sync.Mutex
 	launched  []string
 	in        map[string]*httpproxy.InProxy
@@ -77,7 +83,7 @@ func Up(ctx context.Context, f *site.Site, opts Options) (*Site, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Site{File: f, Platform: p, log: log, in: map[string]*httpproxy.InProxy{}, out: map[string]*httpproxy.OutProxy{}, closePlat: closePlat}
+	s := &Site{File: f, Platform: p, log: log, metrics: opts.Metrics, in: map[string]*httpproxy.InProxy{}, out: map[string]*httpproxy.OutProxy{}, closePlat: closePlat}
 	if err := s.up(ctx, opts); err != nil {
 		return nil, errors.Join(err, s.Close(context.WithoutCancel(ctx)))
 	}
@@ -123,7 +129,7 @@ func (s *Site) up(ctx context.Context, opts Options) error {
 	for _, svc := range s.File.Services {
 		for _, tier := range slices.Backward(svc.Tiers) {
 			for _, in := range tier.Instances {
-				if err := s.launch(ctx, launcher, in, opts); err != nil {
+				if err := s.launch(ctx, launcher, svc.Name, tier.Name, in, opts); err != nil {
 					return fmt.Errorf("service %s tier %s: %w", svc.Name, tier.Name, err)
 				}
 			}
@@ -132,7 +138,7 @@ func (s *Site) up(ctx context.Context, opts Options) error {
 	return nil
 }
 
-func (s *Site) launch(ctx context.Context, l justrunit.Launcher, in site.Instance, opts Options) error {
+func (s *Site) launch(ctx context.Context, l justrunit.Launcher, service, tier string, in site.Instance, opts Options) error {
 	if op := in.OutProxy; op != nil {
 		p, err := httpproxy.NewOutProxy(httpproxy.OutConfig{
 			Upstream: &url.URL{Scheme: "http", Host: op.Next},
@@ -164,10 +170,27 @@ func (s *Site) launch(ctx context.Context, l justrunit.Launcher, in site.Instanc
 	}
 	s.log.Info("instance up", "instance", in.ID, "addr", in.Addr, "allocation", spec.Alloc)
 	if in.InProxy != nil {
-		p, err := httpproxy.NewInProxy(httpproxy.InConfig{
+		cfg := httpproxy.InConfig{
 			Online: &url.URL{Scheme: "http", Host: in.Addr},
 			Logger: s.log.With("proxy", "in", "instance", in.ID),
-		})
+		}
+		if m := opts.Metrics; m != nil {
+			rt := m.ServiceResponseTime.WithLabelValues(service, tier)
+			sent, dropped := m.ProxyCopiesSent.WithLabelValues(service, in.ID), m.ProxyCopiesDropped.WithLabelValues(service, in.ID)
+			cfg.ObserveOnline = func(d time.Duration, ok bool) {
+				if ok {
+					rt.Observe(d.Seconds())
+				}
+			}
+			cfg.ObserveCopy = func(ok bool) {
+				if ok {
+					sent.Inc()
+				} else {
+					dropped.Inc()
+				}
+			}
+		}
+		p, err := httpproxy.NewInProxy(cfg)
 		if err != nil {
 			return fmt.Errorf("in-proxy of %s: %w", in.ID, err)
 		}

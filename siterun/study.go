@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/driver"
 	"github.com/justrunit/justrunit/experiment"
@@ -85,7 +87,12 @@ func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts Study
 	if err != nil {
 		return nil, fmt.Errorf("prepare the experiments: %w", err)
 	}
-	e := &study.Engine{Runner: runner, Strategy: strat, Interpolator: in, Store: opts.Store, Logger: s.log,
+	var r justrunit.Runner = runner
+	if s.metrics != nil {
+		_, svc, _, _ := s.File.Instance(st.Target)
+		r = &matchRateRunner{Runner: runner, rate: s.metrics.OutProxyMatchRate.WithLabelValues(svc.Name, st.Target)}
+	}
+	e := &study.Engine{Runner: r, Strategy: strat, Interpolator: in, Store: opts.Store, Logger: s.log,
 		Progress: opts.Progress, Owner: opts.Owner}
 	return &Study{Engine: e, runner: runner}, nil
 }
@@ -116,4 +123,18 @@ func orInt(v, d int64) int64 {
 		return d
 	}
 	return v
+}
+
+// matchRateRunner exports each experiment's out-proxy match rate.
+type matchRateRunner struct {
+	justrunit.Runner
+	rate prometheus.Gauge
+}
+
+func (r *matchRateRunner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+	o, err := r.Runner.Run(ctx, p)
+	if err == nil {
+		r.rate.Set(o.MatchRate)
+	}
+	return o, err
 }

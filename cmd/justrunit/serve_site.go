@@ -16,12 +16,12 @@ func init() { startSite = startSiteRuntime }
 
 // startSiteRuntime launches the site file's instances and proxies for the
 // daemon and gives it their experimenter and hosts.
-func startSiteRuntime(ctx context.Context, g *globals, path string, _ *metrics.Set) (*daemonSite, error) {
+func startSiteRuntime(ctx context.Context, g *globals, path string, set *metrics.Set) (*daemonSite, error) {
 	f, err := site.Load(path)
 	if err != nil {
 		return nil, err
 	}
-	s, err := siterun.Up(ctx, f, siterun.Options{StateDir: filepath.Join(g.dataDir, "platform", f.Platform), Logger: g.logger})
+	s, err := siterun.Up(ctx, f, siterun.Options{StateDir: filepath.Join(g.dataDir, "platform", f.Platform), Logger: g.logger, Metrics: set})
 	if err != nil {
 		return nil, err
 	}

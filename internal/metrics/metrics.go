@@ -61,8 +61,8 @@ type Set struct {
 	// service, instance.
 	OutProxyMatchRate *prometheus.GaugeVec
 	// ServiceResponseTime observes the on-line response time of each
-	// service as its front tier's in-proxy saw it, in seconds. Label:
-	// service.
+	// service, in seconds, as the in-proxy in front of one of its tiers
+	// saw it (that tier and the tiers behind it). Labels: service, tier.
 	ServiceResponseTime *prometheus.HistogramVec
 }
 
@@ -109,9 +109,9 @@ func New(reg prometheus.Registerer) *Set {
 		}, []string{"service", "instance"}),
 		ServiceResponseTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "service_response_time_seconds",
-			Help:    "On-line response time of each service as its front tier's in-proxy saw it.",
+			Help:    "On-line response time of each service as the in-proxy in front of a tier saw it.",
 			Buckets: []float64{.001, .0025, .005, .01, .02, .03, .04, .05, .075, .1, .25, .5, 1, 2.5, 5},
-		}, []string{"service"}),
+		}, []string{"service", "tier"}),
 	}
 	reg.MustRegister(s.ExperimentsTotal, s.StudiesTotal, s.StudiesRunning, s.StudyDuration,
 		s.ChecksTotal, s.CheckFailuresTotal, s.ProxyCopiesSent, s.ProxyCopiesDropped,

@@ -15,7 +15,7 @@ func TestNames(t *testing.T) {
 	s.ProxyCopiesSent.WithLabelValues("svc", "i0").Inc()
 	s.ProxyCopiesDropped.WithLabelValues("svc", "i0").Inc()
 	s.OutProxyMatchRate.WithLabelValues("svc", "i0").Set(1)
-	s.ServiceResponseTime.WithLabelValues("svc").Observe(0.01)
+	s.ServiceResponseTime.WithLabelValues("svc", "web").Observe(0.01)
 	s.StudiesTotal.WithLabelValues("done").Inc()
 	s.StudyDuration.WithLabelValues("done").Observe(3)
 	fams, err := reg.Gather()

@@ -65,6 +65,13 @@ type InConfig struct {
 	Masks Masks
 	// Logger receives the proxy's logs; nil discards them.
 	Logger *slog.Logger
+	// ObserveOnline, when set, is called with every on-line response's
+	// time (ok false for a failure), e.g. to export metrics. It runs on
+	// the on-line path and must be fast.
+	ObserveOnline func(d time.Duration, ok bool)
+	// ObserveCopy, when set, is called for every copy to a clone with
+	// whether it was sent (false: dropped). It must be fast.
+	ObserveCopy func(sent bool)
 }
 
 // InProxy plays the previous tier. It forwards every request to the on-line
@@ -431,10 +438,14 @@ func (p *InProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if pc != nil {
 		pc.fire() // the on-line request was never written: copy it now
 	}
-	if sw.status >= 500 || sw.status == 0 {
-		p.online.RecordError()
+	d, ok := time.Since(arrival), sw.status < 500 && sw.status != 0
+	if ok {
+		p.online.Record(d)
 	} else {
-		p.online.Record(time.Since(arrival))
+		p.online.RecordError()
+	}
+	if f := p.cfg.ObserveOnline; f != nil {
+		f(d, ok)
 	}
 	if online != nil {
 		online.finish(false, 0, nil) // no-op when the response was read in full
@@ -472,7 +483,7 @@ func (pc *pendingCopy) fire() {
 			}
 		default: // the instance did not read the body to its end
 			for _, c := range pc.clones {
-				c.dropped.Add(1)
+				c.drop()
 			}
 		}
 	})
@@ -627,23 +638,34 @@ func (c *clone) send(cr *copyReq) {
 		return // detached between the snapshot and now
 	}
 	if until := c.pausedUntil.Load(); until != 0 && time.Now().UnixNano() < until {
-		c.dropped.Add(1) // the clone refuses connections: do not dial in vain
+		c.drop() // the clone refuses connections: do not dial in vain
 		return
 	}
 	charge := int64(len(cr.body)) + copyOverhead
 	if c.inFl.Add(1) > int64(c.cfg.MaxInFlight) {
 		c.inFl.Add(-1)
-		c.dropped.Add(1)
+		c.drop()
 		return
 	}
 	if c.inFlB.Add(charge) > c.cfg.MaxCloneBytes {
 		c.inFlB.Add(-charge)
 		c.inFl.Add(-1)
-		c.dropped.Add(1)
+		c.drop()
 		return
 	}
 	c.sent.Add(1)
+	if f := c.cfg.ObserveCopy; f != nil {
+		f(true)
+	}
 	go c.do(cr, charge)
+}
+
+// drop counts a copy that was not sent.
+func (c *clone) drop() {
+	c.dropped.Add(1)
+	if f := c.cfg.ObserveCopy; f != nil {
+		f(false)
+	}
 }
 
 func (c *clone) do(cr *copyReq, charge int64) {
