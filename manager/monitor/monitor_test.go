@@ -1,0 +1,110 @@
+package monitor
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/measure"
+)
+
+// script is a response-time source that plays back one mean per interval
+// (0 requests when the mean is negative).
+type script struct {
+	means []float64
+	i     int
+}
+
+func (s *script) Reset() measure.Summary {
+	if s.i >= len(s.means) {
+		return measure.Summary{}
+	}
+	m := s.means[s.i]
+	s.i++
+	if m < 0 {
+		return measure.Summary{Count: 3}
+	}
+	return measure.Summary{Count: 1000, RT: justrunit.ResponseTime{Mean: m, P95: 2 * m}}
+}
+
+func TestHysteresis(t *testing.T) {
+	tests := []struct {
+		name        string
+		means       []float64
+		enter       int
+		leave       int
+		wantState   []bool
+		wantChanges []string
+	}{
+		{"steady", []float64{40, 42, 41}, 0, 0, []bool{false, false, false}, nil},
+		{"rise and recover", []float64{40, 60, 55, 45, 44, 43}, 0, 0,
+			[]bool{false, true, true, true, false, false}, []string{EventViolated, EventCleared}},
+		{"one good interval does not end it", []float64{60, 45, 60, 45, 45}, 0, 0,
+			[]bool{true, true, true, true, false}, []string{EventViolated, EventCleared}},
+		{"enter after two", []float64{60, 45, 60, 60, 40}, 2, 1,
+			[]bool{false, false, false, true, false}, []string{EventViolated, EventCleared}},
+		{"quiet intervals are not judged", []float64{60, -1, -1, 40, 40}, 0, 0,
+			[]bool{true, true, true, true, false}, []string{EventViolated, EventCleared}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var changes []string
+			m := &Monitor{
+				Services: []Service{{Name: "s0", SLA: justrunit.SLA{Metric: justrunit.RTMean, Max: 50}, Window: &script{means: tt.means}}},
+				Interval: time.Minute, Enter: tt.enter, Leave: tt.leave,
+				OnChange: func(c Change) { changes = append(changes, c.Kind) },
+			}
+			if err := m.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			for i, want := range tt.wantState {
+				smp := m.Tick()[0]
+				if smp.Violated != want || m.Violated("s0") != want {
+					t.Fatalf("interval %d (mean %v): violated = %v, want %v", i+1, tt.means[i], smp.Violated, want)
+				}
+				if smp.Interval != i+1 || smp.SLA != 50 {
+					t.Errorf("sample %+v", smp)
+				}
+			}
+			if len(changes) != len(tt.wantChanges) {
+				t.Fatalf("changes = %v, want %v", changes, tt.wantChanges)
+			}
+			for i := range changes {
+				if changes[i] != tt.wantChanges[i] {
+					t.Errorf("changes = %v, want %v", changes, tt.wantChanges)
+				}
+			}
+		})
+	}
+}
+
+func TestP95SLA(t *testing.T) {
+	m := &Monitor{Services: []Service{{Name: "s", SLA: justrunit.SLA{Metric: justrunit.RTP95, Max: 50}, Window: &script{means: []float64{30}}}}, Interval: time.Second}
+	if smp := m.Tick()[0]; smp.Value != 60 || !smp.Over {
+		t.Errorf("p95 sample = %+v, want value 60 over the SLA", smp)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, tt := range []struct {
+		m     *Monitor
+		field string
+	}{
+		{&Monitor{Interval: time.Second}, "services"},
+		{&Monitor{Services: []Service{{Name: "s", SLA: justrunit.SLA{Metric: justrunit.RTMean, Max: 1}, Window: &script{}}}}, "interval"},
+		{&Monitor{Interval: time.Second, Services: []Service{{Name: "s", SLA: justrunit.SLA{Metric: justrunit.Throughput, Max: 1}, Window: &script{}}}}, "services[0].sla"},
+	} {
+		err := tt.m.Validate()
+		fe, ok := err.(*justrunit.FieldError)
+		if !ok || fe.Field != tt.field {
+			t.Errorf("Validate() = %v, want an error naming %s", err, tt.field)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	m := &Monitor{Interval: time.Second}
+	if err := m.Run(ctx); err == nil {
+		t.Error("Run of an invalid monitor: no error")
+	}
+}
