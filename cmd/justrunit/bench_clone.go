@@ -85,14 +85,27 @@ disturbed. Needs root.`,
   justrunit bench clone --platform local --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if name != "local" {
-				return fmt.Errorf("bench clone: platform %q: %w (only local so far)", name, justrunit.ErrNotImplemented)
+			if name != "local" && name != "qemu" {
+				return justrunit.Invalid("--platform", name, "want local or qemu")
 			}
 			if runs < 1 {
 				return justrunit.Invalid("--runs", runs, "must be ≥ 1")
 			}
 			if stateMiB < 0 {
 				return justrunit.Invalid("--state-mib", stateMiB, "must be ≥ 0")
+			}
+			if name == "qemu" {
+				rep, err := benchCloneQemu(cmd.Context(), g, runs, 256, cmd.ErrOrStderr())
+				if err != nil {
+					return fmt.Errorf("bench clone: %w", err)
+				}
+				if asJSON {
+					enc := json.NewEncoder(cmd.OutOrStdout())
+					enc.SetIndent("", "  ")
+					return enc.Encode(rep)
+				}
+				printCloneQemu(cmd.OutOrStdout(), rep)
+				return nil
 			}
 			rep, err := benchClone(cmd.Context(), g, runs, stateMiB, cmd.ErrOrStderr())
 			if err != nil {
