@@ -81,8 +81,12 @@ type Service struct {
 	Name string `yaml:"name"`
 	// SLA is the service's objective on its front tier's response time,
 	// "METRIC<=VALUE" (e.g. "rt_mean<=50").
-	SLA   string `yaml:"sla"`
-	Tiers []Tier `yaml:"tiers"`
+	SLA string `yaml:"sla"`
+	// Bottleneck names the tier the manager studies when the SLA is
+	// violated (the paper's application tier); empty: the first tier
+	// whose instance has an in-proxy, after the front tier.
+	Bottleneck string `yaml:"bottleneck"`
+	Tiers      []Tier `yaml:"tiers"`
 }
 
 // Tier is one tier of a service.
@@ -204,6 +208,9 @@ func (s *Site) Validate() error {
 		}
 		if len(svc.Tiers) == 0 {
 			return justrunit.Invalid(f+".tiers", nil, "a service needs at least one tier")
+		}
+		if svc.Bottleneck != "" && !slices.ContainsFunc(svc.Tiers, func(t Tier) bool { return t.Name == svc.Bottleneck }) {
+			return justrunit.Invalid(f+".bottleneck", svc.Bottleneck, "no such tier in the service")
 		}
 		for j, t := range svc.Tiers {
 			tf := fmt.Sprintf("%s.tiers[%d]", f, j)

@@ -76,7 +76,7 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 			return u.CPUTime, err
 		},
 	}
-	res, err := measure.MeasureWindow(ctx, win, onlineWindow{feed}, meter, nil)
+	res, err := measure.MeasureWindow(ctx, win, OnlineWindow{feed}, meter, nil)
 	if err != nil {
 		return v, fmt.Errorf("measure the on-line %s at %s: %w", st.Target, alloc, err)
 	}
@@ -97,8 +97,12 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 	return v, nil
 }
 
-// onlineWindow reads the on-line instance's window from its in-proxy.
-type onlineWindow struct{ p *httpproxy.InProxy }
+// OnlineWindow reads the on-line instance's response times from its
+// in-proxy, window by window, without touching the clones' windows.
+type OnlineWindow struct{ P *httpproxy.InProxy }
 
-func (w onlineWindow) Snapshot() measure.Summary { return w.p.Stats().Online }
-func (w onlineWindow) Reset() measure.Summary    { return w.p.Reset().Online }
+// Snapshot returns the on-line window so far.
+func (w OnlineWindow) Snapshot() measure.Summary { return w.P.Stats().Online }
+
+// Reset ends the on-line window and returns it.
+func (w OnlineWindow) Reset() measure.Summary { return w.P.ResetOnline() }

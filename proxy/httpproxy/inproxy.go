@@ -336,6 +336,11 @@ func (p *InProxy) CloneStats(name string, reset bool) (CloneStats, error) {
 	return CloneStats{}, fmt.Errorf("clone %s: %w", name, justrunit.ErrNotFound)
 }
 
+// ResetOnline ends the on-line instance's window, returns it and starts a
+// new one; the clones' windows are not touched (an SLA monitor reads the
+// on-line side while experiments read the clones').
+func (p *InProxy) ResetOnline() measure.Summary { return p.online.Reset() }
+
 // Stats returns the current window's statistics without ending it.
 func (p *InProxy) Stats() InStats { return p.stats(false) }
 

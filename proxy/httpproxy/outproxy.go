@@ -74,6 +74,13 @@ type OutConfig struct {
 	// OPTIONS, TRACE) are allowed, so that a clone's writes never reach
 	// the on-line next tier.
 	PassThrough []string
+	// ReuseReads lets a clone's read (a safe method) that finds no
+	// unconsumed on-line exchange be answered at once with the latest
+	// exchange of the same key, instead of waiting (MatchWait) for the
+	// on-line instance to make the call: an overloaded on-line instance
+	// then does not hold the clone to its pace. Writes are always matched
+	// one to one.
+	ReuseReads bool
 	// Logger receives the proxy's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -117,8 +124,13 @@ type cloneEndpoint struct {
 	name                       string
 	srv                        *server // nil when the caller serves CloneHandler
 	matched, unmatched, passed atomic.Int64
+	reused                     atomic.Int64 // matched reads answered with an earlier exchange
 	from                       atomic.Int64 // window start, unix ns
 }
+
+// readOnly reports whether a call with method reads only, so that an
+// earlier answer to the same call may stand in for one not recorded yet.
+func (p *OutProxy) readOnly(method string) bool { return safeMethods[method] }
 
 // NewOutProxy checks cfg and returns a proxy that is not yet listening.
 func NewOutProxy(cfg OutConfig) (*OutProxy, error) {
@@ -352,6 +364,10 @@ type ReplayStats struct {
 	PassedThrough int64 `json:"passed_through"`
 	// MatchRate is Matched / (Matched + Unmatched), 1 when the clone made
 	// no call.
+	// Reused counts the matched reads answered with an earlier exchange of
+	// the same key because the on-line instance had not made the call
+	// (again) yet.
+	Reused    int64   `json:"reused"`
 	MatchRate float64 `json:"match_rate"`
 }
 
@@ -373,6 +389,7 @@ func (ep *cloneEndpoint) stats(reset bool) ReplayStats {
 		s.Start = time.Unix(0, ep.from.Load())
 	}
 	s.Matched, s.Unmatched, s.PassedThrough = load(&ep.matched), load(&ep.unmatched), load(&ep.passed)
+	s.Reused = load(&ep.reused)
 	s.MatchRate = matchRate(s.Matched, s.Unmatched)
 	return s
 }
@@ -595,7 +612,19 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 	}
 	if int64(len(body)) <= p.cfg.MaxBody {
 		key := p.cfg.Masks.Key(r.Method, r.URL.Path, r.URL.RawQuery, body)
-		if ex, ok := p.rec.Wait(r.Context(), ep.name, key, p.cfg.MatchWait); ok {
+		ex, ok := p.rec.Take(ep.name, key)
+		if !ok && p.cfg.ReuseReads && p.readOnly(r.Method) {
+			// A read the on-line instance has not made (again) yet: an
+			// earlier answer to the same read stands in, rather than
+			// holding the clone to the on-line instance's pace.
+			if ex, ok = p.rec.Latest(key); ok {
+				ep.reused.Add(1)
+			}
+		}
+		if !ok {
+			ex, ok = p.rec.Wait(r.Context(), ep.name, key, p.cfg.MatchWait)
+		}
+		if ok {
 			ep.matched.Add(1)
 			p.replay(w, r, ex, arrival)
 			return

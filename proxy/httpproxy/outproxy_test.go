@@ -330,3 +330,31 @@ func TestOutProxyClonesApart(t *testing.T) {
 		t.Errorf("re-served clone got %q, want %q", got.body, on.body)
 	}
 }
+
+// TestOutProxyReuseReads checks that with ReuseReads a clone's repeated read
+// is answered with the latest exchange of its key at once, while a repeated
+// write is not.
+func TestOutProxyReuseReads(t *testing.T) {
+	nt := newNextTier(t, 0)
+	p, online, clone := startOut(t, OutConfig{Upstream: nt.URL, MatchWait: -1, ReuseReads: true})
+	c := testClient()
+	on := do(t, c, "GET", online+"/counter", "")
+	do(t, c, "POST", online+"/bid", `{"amount":1}`)
+	waitFor(t, 5*time.Second, "recorded", func() bool { return p.Stats().Recorded == 2 })
+	for i := range 3 {
+		if got := do(t, c, "GET", clone+"/counter", ""); got.body != on.body || got.status != http.StatusOK {
+			t.Errorf("read %d = %d %q, want the recorded %q", i, got.status, got.body, on.body)
+		}
+	}
+	do(t, c, "POST", clone+"/bid", `{"amount":1}`)
+	if got := do(t, c, "POST", clone+"/bid", `{"amount":1}`); got.status != DefaultFallbackStatus {
+		t.Errorf("second write = %d, want the fallback %d", got.status, DefaultFallbackStatus)
+	}
+	rs, err := p.ReplayStats(DefaultCloneName, false)
+	if err != nil || rs.Matched != 4 || rs.Reused != 2 || rs.Unmatched != 1 {
+		t.Errorf("ReplayStats = %+v, %v; want 4 matched (2 reused reads), 1 unmatched write", rs, err)
+	}
+	if hits := len(nt.requests()); hits != 2 {
+		t.Errorf("next tier saw %d calls, want only the 2 on-line ones", hits)
+	}
+}

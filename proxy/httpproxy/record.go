@@ -216,6 +216,22 @@ func (r *Record) takeLocked(consumer, key string, now time.Time) (*Exchange, boo
 	return nil, false, r.changed
 }
 
+// Latest returns the most recent exchange with key that started within the
+// window, taken or not. The out-proxy answers a clone's read with it when
+// the clone asks before the on-line instance has made the same call (the
+// clone is faster than an overloaded on-line instance): a read's answer
+// does not depend on who consumed it.
+func (r *Record) Latest(key string) (*Exchange, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.evictLocked(time.Now())
+	q := r.byKey[key]
+	if q == nil || len(q.entries) == 0 {
+		return nil, false
+	}
+	return q.entries[len(q.entries)-1].ex, true
+}
+
 // freeBitLocked returns the lowest consumer bit not in use.
 func (r *Record) freeBitLocked() (int, bool) {
 	var used uint64
