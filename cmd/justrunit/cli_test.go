@@ -118,10 +118,19 @@ func TestMatrixShowErrors(t *testing.T) {
 	}
 }
 
-func TestNotYet(t *testing.T) {
-	for _, args := range [][]string{{"demo"}} {
-		if _, err := run(t, args...); !errors.Is(err, justrunit.ErrNotImplemented) {
-			t.Errorf("%v: error %v, want one saying it is not implemented yet", args, err)
+func TestDemoBadInput(t *testing.T) {
+	_, err := run(t, "demo", "--interval", "1s", "--out", t.TempDir())
+	if err == nil {
+		t.Fatal("demo --interval 1s: no error")
+	}
+	if os.Geteuid() != 0 {
+		if !strings.Contains(err.Error(), "needs root") {
+			t.Errorf("demo as non-root: %v, want a needs-root error", err)
 		}
+		return
+	}
+	var fe *justrunit.FieldError
+	if !errors.As(err, &fe) || fe.Field != "--interval" {
+		t.Errorf("demo --interval 1s: %v, want an error naming --interval", err)
 	}
 }

@@ -1,27 +1,323 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/examples/auction/loadgen"
+	"github.com/justrunit/justrunit/manager"
+	"github.com/justrunit/justrunit/manager/monitor"
+	"github.com/justrunit/justrunit/platform/local"
+	"github.com/justrunit/justrunit/site"
+	"github.com/justrunit/justrunit/siterun"
 )
 
 func init() { addCommand(newDemoCmd) }
 
+type demoOptions struct {
+	interval  time.Duration
+	intervals int
+	riseAt    int
+	rate      float64
+	rise      float64
+	work      float64
+	out       string
+	json      bool
+	dryRun    bool
+}
+
 func newDemoCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	o := demoOptions{}
+	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Run the paper's server-expansion case on this machine",
-		Long: `Run the paper's server-expansion case (its Figure 3) scaled to this machine:
-several auction services on several hosts, the load of one rises, its SLA is
-violated, the manager runs a study, picks the least passing allocation,
-powers on a host, migrates instances to make room, and every SLA is met again.`,
+		Long: `Run the paper's server-expansion case (its Figure 3), scaled to this machine and
+time-compressed: two auction services (web, app, data tiers) share host pm1 under
+a steady open-loop load; then the load of auction0 rises, its SLA is violated,
+the manager studies its app tier on a clone in the sandbox (some CPU shares
+measured, the rest interpolated), picks the least share that meets the SLA,
+has the checker verify any interpolated value it used, powers on host pm2 and
+migrates instances to make room, and the SLA is met again.
+
+It needs root (cgroups, network namespaces) and the Go toolchain (it builds the
+auction example). The timeline is written as SVG and JSON under --out.`,
+		Example: `  sudo go run ./cmd/justrunit demo
+  sudo go run ./cmd/justrunit demo --interval 10s --intervals 14 --json`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return fmt.Errorf("demo: %w: it needs the local platform, the proxies, the experimenter and the manager; "+
-				"what exists today is the study engine (see README, \"What works today\")", justrunit.ErrNotImplemented)
-		},
+		RunE: func(cmd *cobra.Command, args []string) error { return runDemo(cmd, g, o) },
 	}
+	f := cmd.Flags()
+	f.DurationVar(&o.interval, "interval", 20*time.Second, "length of one monitoring interval (the paper's minute)")
+	f.IntVar(&o.intervals, "intervals", 14, "how many intervals to run")
+	f.IntVar(&o.riseAt, "rise-at", 3, "interval after which auction0's load rises")
+	f.Float64Var(&o.rate, "rate", 20, "requests per second offered to each service at first")
+	f.Float64Var(&o.rise, "rise", 2, "factor auction0's load rises by")
+	f.Float64Var(&o.work, "work", 2, "CPU work per request in the app tier (the auction example's --work)")
+	f.StringVar(&o.out, "out", "justrunit-demo", "directory for the timeline (SVG, JSON) and the demo's files")
+	f.BoolVar(&o.json, "json", false, "print the summary as JSON")
+	f.BoolVar(&o.dryRun, "dry-run", false, "show the manager's plan without applying it")
+	return cmd
+}
+
+// demoSummary is what --json prints and timeline.json holds.
+type demoSummary struct {
+	Intervals int                    `json:"intervals"`
+	Interval  justrunit.Duration     `json:"interval"`
+	Timeline  *manager.Timeline      `json:"timeline"`
+	Final     map[string]bool        `json:"sla_met_at_end"`
+	Hosts     []justrunit.Host       `json:"hosts_at_end"`
+	Instances []justrunit.Instance   `json:"instances_at_end"`
+	Load      map[string]loadSummary `json:"load"`
+	Leftovers int                    `json:"leftovers"`
+}
+
+type loadSummary struct {
+	Sent   int64   `json:"sent"`
+	Errors int64   `json:"errors"`
+	MeanMs float64 `json:"mean_ms"`
+}
+
+func runDemo(cmd *cobra.Command, g *globals, o demoOptions) (err error) {
+	if os.Geteuid() != 0 {
+		return errors.New("demo: needs root (cgroups and network namespaces); run it as root, e.g. sudo go run ./cmd/justrunit demo")
+	}
+	switch {
+	case o.interval < 5*time.Second:
+		return justrunit.Invalid("--interval", o.interval, "at least 5s: an interval must hold enough requests to judge")
+	case o.riseAt < 1 || o.riseAt >= o.intervals:
+		return justrunit.Invalid("--rise-at", o.riseAt, "between 1 and --intervals−1")
+	case o.rate <= 0 || o.rise <= 1:
+		return justrunit.Invalid("--rise", o.rise, "the load must rise: > 1")
+	}
+	ctx := cmd.Context()
+	w := cmd.ErrOrStderr()
+	log := g.logger
+	if f := cmd.Flag("log-level"); f == nil || !f.Changed {
+		// The demo narrates itself; logs only say what went wrong.
+		if log, err = newLogger("warn", g.logFormat); err != nil {
+			return err
+		}
+	}
+	out, err := filepath.Abs(o.out)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "Building the auction example...")
+	bin := filepath.Join(out, "auction")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/justrunit/justrunit/examples/auction")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("build the auction example (needs the Go toolchain and this repository): %v\n%s", err, b)
+	}
+	sf, fronts, err := demoSite(out, bin, o.work)
+	if err != nil {
+		return err
+	}
+	stateDir := filepath.Join(out, "platform")
+	fmt.Fprintln(w, "Bringing up two auction services on host pm1 (pm2 is powered off, the sandbox waits)...")
+	s, err := siterun.Up(ctx, sf, siterun.Options{StateDir: stateDir, Logger: log})
+	if err != nil {
+		return err
+	}
+	closed := false
+	closeSite := func() {
+		if !closed {
+			closed = true
+			if cerr := s.Close(context.WithoutCancel(ctx)); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		}
+	}
+	defer closeSite()
+
+	// Steady open-loop load on each service's front tier.
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	gens := map[string]*loadgen.Generator{}
+	loads := map[string]loadSummary{}
+	var wg sync.WaitGroup
+	var lmu sync.Mutex
+	for svc, addr := range fronts {
+		// The browsing mix (no bids or sells): a clone's reads are answered
+		// from the out-proxy's record at once, while its writes would wait
+		// for the overloaded on-line instance to make the same calls.
+		gen, err := loadgen.New(loadgen.Config{Target: "http://" + addr, Rate: o.rate, Mix: loadgen.Browsing,
+			Seed: uint64(len(gens) + 1), Timeout: 10 * time.Second})
+		if err != nil {
+			return err
+		}
+		gens[svc] = gen
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sum, _ := gen.Run(loadCtx)
+			lmu.Lock()
+			loads[svc] = loadSummary{Sent: sum.Sent, Errors: sum.Errors, MeanMs: sum.MeanMS}
+			lmu.Unlock()
+		}()
+	}
+	defer wg.Wait()
+	defer stopLoad()
+
+	tl := &manager.Timeline{}
+	mgr, err := manager.New(manager.Config{
+		Site: s, Interval: o.interval, WarmUp: o.interval / 4, Window: o.interval / 2, Experiments: 3,
+		DryRun: o.dryRun, Logger: log,
+		OnSample: func(smp monitor.Sample) {
+			tl.AddSample(smp)
+			state := "ok"
+			if smp.Violated {
+				state = "VIOLATED"
+			}
+			fmt.Fprintf(w, "interval %2d  %-9s %7.1f ms mean, %7.1f ms p95, %5d requests  SLA %g ms  %s\n",
+				smp.Interval, smp.Service, smp.MeanMs, smp.P95Ms, smp.Requests, smp.SLA, state)
+			if smp.Service == "auction0" && smp.Interval == o.riseAt {
+				gens["auction0"].SetRate(o.rate * o.rise)
+				tl.AddEvent(manager.Event{Time: time.Now(), Kind: "demo.load", Service: "auction0", Message: fmt.Sprintf("load of auction0 rises to %g req/s", o.rate*o.rise)})
+				fmt.Fprintf(w, "             load of auction0 rises from %g to %g req/s\n", o.rate, o.rate*o.rise)
+			}
+		},
+		OnEvent: func(e manager.Event) {
+			tl.AddEvent(e)
+			fmt.Fprintf(w, "             [%s] %s\n", e.Kind, strings.ReplaceAll(e.Message, "\n", "\n             "))
+		},
+	})
+	if err != nil {
+		return err
+	}
+	runCtx, stop := context.WithTimeout(ctx, time.Duration(o.intervals)*o.interval+o.interval/2)
+	defer stop()
+	fmt.Fprintf(w, "Running %d intervals of %v (the load of auction0 rises after interval %d)...\n", o.intervals, o.interval, o.riseAt)
+	if err := mgr.Run(runCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	sum := demoSummary{Intervals: o.intervals, Interval: justrunit.Duration(o.interval), Timeline: tl, Final: map[string]bool{}, Load: loads}
+	sum.Hosts, _ = s.Platform.Hosts(ctx)
+	sum.Instances, _ = s.Platform.Instances(ctx)
+	for svc := range fronts {
+		sum.Final[svc] = !mgr.Monitor().Violated(svc)
+	}
+	stopLoad()
+	wg.Wait()
+	closeSite()
+	left, _ := local.Leftovers(local.Scope(stateDir), stateDir)
+	sum.Leftovers = left.Total()
+
+	svg, err := os.Create(filepath.Join(out, "timeline.svg"))
+	if err != nil {
+		return err
+	}
+	defer svg.Close()
+	if err := tl.SVG(svg, "JustRunIt demo: response time per interval (the paper's Figure 3)"); err != nil {
+		return err
+	}
+	js, err := json.MarshalIndent(sum, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "timeline.json"), js, 0o644); err != nil {
+		return err
+	}
+	if o.json {
+		fmt.Fprintln(cmd.OutOrStdout(), string(js))
+	} else {
+		fmt.Fprintf(cmd.OutOrStdout(), "\nSLA met at the end: %v; objects left behind: %d\nTimeline: %s and %s\n",
+			sum.Final, sum.Leftovers, svg.Name(), filepath.Join(out, "timeline.json"))
+	}
+	return err
+}
+
+// demoSite writes the demo's site: two auction services on pm1 (CPU 0),
+// pm2 (CPU 1) powered off, the sandbox on CPU 1. Each service has an
+// in-proxy in front of its web tier (where the SLA is measured) and of its
+// app tier (where studies feed clones), and an out-proxy in front of its
+// data tier.
+func demoSite(dir, bin string, work float64) (*site.Site, map[string]string, error) {
+	var b strings.Builder
+	b.WriteString(`platform: local
+classes:
+  std: {idle_watts: 100, max_watts: 200}
+hosts:
+  - {name: pm1, class: std, cores: 1, cpus: "0"}
+  - {name: pm2, class: std, cores: 1, cpus: "1", on: false}
+  - {name: sandbox, class: std, cores: 1, cpus: "1", sandbox: true}
+services:
+`)
+	fronts := map[string]string{}
+	for i := range 2 {
+		ports, err := freeAddrs(7)
+		if err != nil {
+			return nil, nil, err
+		}
+		webIn, web, appIn, app, dataOut, data := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]
+		svc := fmt.Sprintf("auction%d", i)
+		state := filepath.Join(dir, "state", svc)
+		if err := os.MkdirAll(state, 0o755); err != nil {
+			return nil, nil, err
+		}
+		fronts[svc] = webIn
+		fmt.Fprintf(&b, `  - name: %[1]s
+    sla: rt_mean<=50
+    bottleneck: app
+    tiers:
+      - name: web
+        instances:
+          - {id: %[1]s-web, host: pm1, addr: "%[3]s", allocation: {cpu: 10}, in_proxy: {listen: "%[2]s"},
+             command: [%[9]s, web, --listen, "%[3]s", --app, "http://%[4]s"]}
+      - name: app
+        instances:
+          - {id: %[1]s-app, host: pm1, addr: "%[5]s", allocation: {cpu: 25}, in_proxy: {listen: "%[4]s"},
+             out_proxy: {listen: "%[6]s", next: "%[7]s", pass_through: [GET]},
+             command: [%[9]s, app, --listen, "%[5]s", --data, "http://%[6]s", --work, "%[10]g"]}
+      - name: data
+        instances:
+          - {id: %[1]s-data, host: pm1, addr: "%[7]s", allocation: {cpu: 10}, state_dir: "%[8]s",
+             command: [%[9]s, data, --listen, "%[7]s", --state-dir, "%[8]s"]}
+`, svc, webIn, web, appIn, app, dataOut, data, state, bin, work)
+	}
+	path := filepath.Join(dir, "site.yaml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return nil, nil, err
+	}
+	s, err := site.Load(path)
+	return s, fronts, err
+}
+
+// freeAddrs returns n loopback addresses with ports the kernel picked.
+func freeAddrs(n int) ([]string, error) {
+	var ls []io.Closer
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var out []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().String())
+	}
+	return out, nil
 }

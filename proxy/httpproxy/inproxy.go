@@ -140,7 +140,11 @@ func NewInProxy(cfg InConfig) (*InProxy, error) {
 		BufferPool:     &bufferPool{},
 		ModifyResponse: p.modifyResponse,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			p.log.Warn("on-line request failed", logKeyMethod, r.Method, logKeyURI, r.RequestURI, logKeyErr, err)
+			level := slog.LevelWarn
+			if r.Context().Err() != nil {
+				level = slog.LevelDebug // the caller went away: not the instance's failure
+			}
+			p.log.Log(r.Context(), level, "on-line request failed", logKeyMethod, r.Method, logKeyURI, r.RequestURI, logKeyErr, err)
 			w.WriteHeader(http.StatusBadGateway)
 		},
 		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),

@@ -193,7 +193,11 @@ func (p *OutProxy) newReverseProxy(tr http.RoundTripper, modify func(*http.Respo
 		BufferPool:     &bufferPool{},
 		ModifyResponse: modify,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			p.log.Warn("next-tier call failed", logKeyMethod, r.Method, logKeyURI, r.RequestURI, logKeyErr, err)
+			level := slog.LevelWarn
+			if r.Context().Err() != nil {
+				level = slog.LevelDebug // the caller went away: not the instance's failure
+			}
+			p.log.Log(r.Context(), level, "next-tier call failed", logKeyMethod, r.Method, logKeyURI, r.RequestURI, logKeyErr, err)
 			w.WriteHeader(http.StatusBadGateway)
 		},
 		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
@@ -621,7 +625,9 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 				ep.reused.Add(1)
 			}
 		}
-		if !ok {
+		if !ok && !(p.cfg.ReuseReads && p.safe[r.Method]) {
+			// With ReuseReads, a read that may pass through does not wait
+			// for the on-line instance either.
 			ex, ok = p.rec.Wait(r.Context(), ep.name, key, p.cfg.MatchWait)
 		}
 		if ok {

@@ -1,0 +1,378 @@
+// Package manager is JustRunIt's management entity, automated: it watches
+// every service's SLA (package monitor), and when one is violated it runs a
+// study of the service's bottleneck tier to find the least CPU allocation
+// that meets the SLA at the new load, has the checker verify any
+// interpolated value the decision rests on, plans the placement of every
+// instance with the new requirement (package planner: as few powered hosts
+// as possible, then as few migrations), and applies the plan through the
+// platform — the paper's server consolidation/expansion case.
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/manager/monitor"
+	"github.com/justrunit/justrunit/manager/planner"
+	"github.com/justrunit/justrunit/site"
+	"github.com/justrunit/justrunit/siterun"
+)
+
+// Action kinds the manager reports (besides the monitor's).
+const (
+	EventStudy     = "manager.study"
+	EventStudyDone = "manager.study_done"
+	EventDecision  = "manager.decision"
+	EventCheck     = "manager.check"
+	EventPlan      = "manager.plan"
+	EventApplied   = "manager.applied"
+	EventNoAction  = "manager.no_action"
+)
+
+// Event is one thing the manager saw or did, for the timeline.
+type Event struct {
+	Time    time.Time      `json:"time"`
+	Kind    string         `json:"kind"`
+	Service string         `json:"service,omitempty"`
+	Message string         `json:"message"`
+	Data    map[string]any `json:"data,omitempty"`
+}
+
+// Config configures a Manager.
+type Config struct {
+	Site *siterun.Site
+	// Store keeps the manager's studies and events; optional.
+	Store justrunit.Store
+	// Interval is the monitor's interval (the paper's minute).
+	Interval time.Duration
+	// WarmUp, Window and Experiments size each study: it may run
+	// Experiments experiments of WarmUp+Window (the paper: 3 of 1 minute).
+	WarmUp, Window time.Duration
+	Experiments    int
+	// Step is the CPU step of the study's space, in percent (default 10).
+	Step float64
+	// CheckThreshold is the checker's relative error threshold (default 0.1).
+	CheckThreshold float64
+	// DryRun shows plans without applying them.
+	DryRun bool
+	// OnSample and OnEvent receive the timeline; optional.
+	OnSample func(monitor.Sample)
+	OnEvent  func(Event)
+	Logger   *slog.Logger
+}
+
+// Manager runs the loop. Create it with New, then Run.
+type Manager struct {
+	cfg Config
+	log *slog.Logger
+	mon *monitor.Monitor
+
+	mu      sync.Mutex
+	pending []string // services in violation awaiting a response
+	wake    chan struct{}
+}
+
+// New checks cfg and prepares the monitor from the site: every service
+// with an SLA is watched at the in-proxy of its front-most instance that
+// has one.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Site == nil {
+		return nil, justrunit.Invalid("site", nil, "required")
+	}
+	if cfg.Experiments == 0 {
+		cfg.Experiments = 3
+	}
+	if cfg.Step == 0 {
+		cfg.Step = 10
+	}
+	if cfg.CheckThreshold == 0 {
+		cfg.CheckThreshold = 0.1
+	}
+	if cfg.Window <= 0 {
+		return nil, justrunit.Invalid("window", cfg.Window, "must be > 0")
+	}
+	m := &Manager{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1)}
+	if m.log == nil {
+		m.log = slog.Default()
+	}
+	mon := &monitor.Monitor{Interval: cfg.Interval, Logger: m.log, OnSample: cfg.OnSample, OnChange: m.onChange}
+	for _, svc := range cfg.Site.File.Services {
+		if svc.SLA == "" {
+			continue
+		}
+		sla, err := justrunit.ParseSLA(svc.SLA)
+		if err != nil {
+			return nil, err
+		}
+		front := frontInstance(svc)
+		if front == "" {
+			return nil, justrunit.Invalid("services."+svc.Name, nil, "has an SLA but no in_proxy to measure it at")
+		}
+		p, _ := cfg.Site.InProxy(front)
+		mon.Services = append(mon.Services, monitor.Service{Name: svc.Name, SLA: sla, Window: siterun.OnlineWindow{P: p}})
+	}
+	if err := mon.Validate(); err != nil {
+		return nil, err
+	}
+	m.mon = mon
+	return m, nil
+}
+
+// frontInstance is the first instance, front tier first, with an in-proxy.
+func frontInstance(svc site.Service) string {
+	for _, t := range svc.Tiers {
+		for _, in := range t.Instances {
+			if in.InProxy != nil {
+				return in.ID
+			}
+		}
+	}
+	return ""
+}
+
+// Monitor returns the manager's SLA monitor.
+func (m *Manager) Monitor() *monitor.Monitor { return m.mon }
+
+func (m *Manager) onChange(c monitor.Change) {
+	last := c.Samples[len(c.Samples)-1]
+	m.emit(Event{Kind: c.Kind, Service: c.Service, Message: fmt.Sprintf("%s: %.1f ms against an SLA of %g ms", c.Kind, last.Value, last.SLA),
+		Data: map[string]any{"value": last.Value, "sla": last.SLA, "interval": last.Interval}})
+	if c.Kind != monitor.EventViolated {
+		return
+	}
+	m.mu.Lock()
+	if !slices.Contains(m.pending, c.Service) {
+		m.pending = append(m.pending, c.Service)
+	}
+	m.mu.Unlock()
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run monitors the site and responds to violations until ctx ends. A
+// response that fails is reported and the loop goes on.
+func (m *Manager) Run(ctx context.Context) error {
+	monErr := make(chan error, 1)
+	go func() { monErr <- m.mon.Run(ctx) }()
+	for {
+		select {
+		case err := <-monErr:
+			return err
+		case <-m.wake:
+		}
+		for {
+			m.mu.Lock()
+			if len(m.pending) == 0 {
+				m.mu.Unlock()
+				break
+			}
+			svc := m.pending[0]
+			m.pending = m.pending[1:]
+			m.mu.Unlock()
+			if err := m.Respond(ctx, svc); err != nil {
+				if ctx.Err() != nil {
+					return <-monErr
+				}
+				m.emit(Event{Kind: EventNoAction, Service: svc, Message: "response failed: " + err.Error()})
+				m.log.Warn("response to an SLA violation failed", "service", svc, "err", err)
+			}
+		}
+	}
+}
+
+// Respond runs the paper's response to service's violation: study the
+// bottleneck tier, decide the least allocation that meets the SLA, verify
+// what the decision used, plan and apply.
+func (m *Manager) Respond(ctx context.Context, service string) error {
+	target, err := m.bottleneck(service)
+	if err != nil {
+		return err
+	}
+	svc := m.service(service)
+	sla, _ := justrunit.ParseSLA(svc.SLA)
+	insts, err := m.cfg.Site.Platform.Instances(ctx)
+	if err != nil {
+		return err
+	}
+	hosts, err := m.cfg.Site.Platform.Hosts(ctx)
+	if err != nil {
+		return err
+	}
+	cur := instance(insts, target)
+	if cur == nil {
+		return fmt.Errorf("instance %s: %w", target, justrunit.ErrNotFound)
+	}
+	maxCPU := 0.0
+	for _, h := range hosts {
+		if !h.Sandbox {
+			maxCPU = math.Max(maxCPU, h.Cores*100)
+		}
+	}
+	from := math.Floor(cur.Alloc.CPU/m.cfg.Step)*m.cfg.Step + m.cfg.Step
+	if from > maxCPU {
+		return fmt.Errorf("%s already has %g%%; no host offers more than %g%%", target, cur.Alloc.CPU, maxCPU)
+	}
+	cpu, err := justrunit.ParseParameter(fmt.Sprintf("cpu=%g..%g step %g", from, maxCPU, m.cfg.Step))
+	if err != nil {
+		return err
+	}
+	st := &justrunit.Study{
+		Name: "sla violation of " + service, Target: target, Space: justrunit.Space{Params: []justrunit.Parameter{cpu}},
+		Metrics: []justrunit.Metric{sla.Metric, justrunit.Throughput}, SLA: &sla,
+		WarmUp: justrunit.Duration(m.cfg.WarmUp), Window: justrunit.Duration(m.cfg.Window),
+		// Room for the experiments, plus half of one for making the clone
+		// and the bookkeeping between them.
+		TimeBound: justrunit.Duration(time.Duration(m.cfg.Experiments)*(m.cfg.WarmUp+m.cfg.Window) + (m.cfg.WarmUp+m.cfg.Window)/2),
+		Slots:     1, Strategy: "adaptive", Interpolator: "linear", CheckThreshold: m.cfg.CheckThreshold,
+	}
+	if !slices.Contains(st.Metrics, justrunit.RTMean) {
+		st.Metrics = append(st.Metrics, justrunit.RTMean)
+	}
+	m.emit(Event{Kind: EventStudy, Service: service, Message: fmt.Sprintf("studying %s over cpu %g..%g%% (%d experiments of %v)",
+		target, from, maxCPU, m.cfg.Experiments, m.cfg.WarmUp+m.cfg.Window)})
+	x, err := m.cfg.Site.PrepareStudy(ctx, st, siterun.StudyOptions{Store: m.cfg.Store})
+	if err != nil {
+		return err
+	}
+	defer x.Close(context.WithoutCancel(ctx))
+	mat, err := x.Engine.Run(ctx, st)
+	if err != nil {
+		return fmt.Errorf("study %s: %w", target, err)
+	}
+	var table strings.Builder
+	mat.Render(&table)
+	m.emit(Event{Kind: EventStudyDone, Service: service, Message: fmt.Sprintf("study of %s: %d experiments\n%s", target, st.Experiments, strings.TrimRight(table.String(), "\n")),
+		Data: map[string]any{"matrix": mat}})
+	want, err := m.decide(ctx, x, st, mat, service)
+	if err != nil {
+		return err
+	}
+	if want <= cur.Alloc.CPU {
+		m.emit(Event{Kind: EventNoAction, Service: service, Message: fmt.Sprintf("%s keeps %g%%: no larger allocation needed", target, cur.Alloc.CPU)})
+		return nil
+	}
+	in := planner.FromSite(hosts, insts, map[string]float64{target: want})
+	plan, err := planner.Heuristic(in)
+	if err != nil {
+		return fmt.Errorf("plan: %w", err)
+	}
+	m.emit(Event{Kind: EventPlan, Service: service, Message: plan.String(), Data: map[string]any{"plan": plan}})
+	if m.cfg.DryRun {
+		return nil
+	}
+	if done, err := planner.Apply(ctx, plan, m.cfg.Site.Platform); err != nil {
+		return fmt.Errorf("apply the plan (%d of %d steps done): %w", len(done), len(plan.Steps), err)
+	}
+	m.emit(Event{Kind: EventApplied, Service: service, Message: fmt.Sprintf("%s now has %g%% of a core", target, want), Data: map[string]any{"cpu": want}})
+	return nil
+}
+
+// decide picks the least allocation whose cell meets the SLA; when that
+// cell was interpolated, the decision uses it (T) and the checker
+// re-measures it; if the measurement misses the threshold the decision is
+// made again with the measured value.
+func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.Study, mat *justrunit.Matrix, service string) (float64, error) {
+	for range len(mat.Rows) {
+		i := slices.IndexFunc(mat.Rows, func(r justrunit.Row) bool {
+			c := r.Cells[mat.MetricIndex(st.SLA.Metric)]
+			return c.Prov != justrunit.Empty && st.SLA.Met(c.Value)
+		})
+		if i < 0 {
+			return 0, fmt.Errorf("no allocation of %s meets %s", st.Target, st.SLA)
+		}
+		p := mat.Rows[i].Point
+		cells, err := x.Engine.Use(ctx, st, mat, p, st.SLA.Metric)
+		if err != nil {
+			return 0, err
+		}
+		m.emit(Event{Kind: EventDecision, Service: service, Message: fmt.Sprintf("%s needs %s: %s %.1f (%s)", st.Target, st.Space.Format(p), st.SLA.Metric, cells[0].Value, cells[0].Prov)})
+		if cells[0].Prov != justrunit.Used {
+			return p[0], nil
+		}
+		res, err := x.Engine.Check(ctx, st, mat, nil)
+		if err != nil {
+			return 0, fmt.Errorf("check: %w", err)
+		}
+		failed := slices.ContainsFunc(res, func(r justrunit.CheckResult) bool { return !r.Passed })
+		msg := "the checker confirmed the interpolated value"
+		if failed {
+			msg = "the checker found the interpolated value off by more than the threshold: deciding again with the measured value"
+		}
+		m.emit(Event{Kind: EventCheck, Service: service, Message: msg, Data: map[string]any{"results": res}})
+		c, _ := mat.Cell(p, st.SLA.Metric)
+		if !failed && st.SLA.Met(c.Value) {
+			return p[0], nil
+		}
+		// Decide again: the V cell carries the measured value now, and the
+		// interpolation around it is redone from it.
+		if err := x.Engine.Interpolator.Interpolate(mat); err != nil {
+			return 0, err
+		}
+	}
+	return 0, errors.New("decision did not settle")
+}
+
+func (m *Manager) service(name string) *site.Service {
+	for i := range m.cfg.Site.File.Services {
+		if m.cfg.Site.File.Services[i].Name == name {
+			return &m.cfg.Site.File.Services[i]
+		}
+	}
+	return nil
+}
+
+// bottleneck returns the instance of the service's bottleneck tier to
+// study: the configured tier, else the first tier after the front one
+// whose instance has an in-proxy.
+func (m *Manager) bottleneck(service string) (string, error) {
+	svc := m.service(service)
+	if svc == nil {
+		return "", fmt.Errorf("service %s: %w", service, justrunit.ErrNotFound)
+	}
+	for i, t := range svc.Tiers {
+		if (svc.Bottleneck != "" && t.Name != svc.Bottleneck) || (svc.Bottleneck == "" && i == 0) {
+			continue
+		}
+		for _, in := range t.Instances {
+			if in.InProxy != nil {
+				return in.ID, nil
+			}
+		}
+	}
+	return "", justrunit.Invalid("services."+service+".bottleneck", svc.Bottleneck, "no instance of the bottleneck tier has an in_proxy to study it through")
+}
+
+func instance(insts []justrunit.Instance, id string) *justrunit.Instance {
+	for i := range insts {
+		if insts[i].ID == id {
+			return &insts[i]
+		}
+	}
+	return nil
+}
+
+func (m *Manager) emit(e Event) {
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	m.log.Info(e.Message, "kind", e.Kind, "service", e.Service)
+	if m.cfg.Store != nil {
+		ev := &justrunit.Event{Time: e.Time, Kind: e.Kind, Level: "info", Message: e.Message, Data: map[string]any{"service": e.Service}}
+		if err := m.cfg.Store.AddEvent(context.Background(), ev); err != nil {
+			m.log.Warn("store manager event", "err", err)
+		}
+	}
+	if m.cfg.OnEvent != nil {
+		m.cfg.OnEvent(e)
+	}
+}
