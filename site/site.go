@@ -132,6 +132,11 @@ type InProxy struct {
 type OutProxy struct {
 	Listen string `yaml:"listen"`
 	Next   string `yaml:"next"`
+	// PassThrough lists read-only methods (GET, HEAD) whose clone calls
+	// that match nothing recorded go to the real next tier instead of
+	// failing; it adds their load to the on-line next tier. Writes never
+	// pass through.
+	PassThrough []string `yaml:"pass_through"`
 }
 
 // Load reads and validates a site file.

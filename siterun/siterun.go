@@ -141,10 +141,11 @@ func (s *Site) up(ctx context.Context, opts Options) error {
 func (s *Site) launch(ctx context.Context, l justrunit.Launcher, service, tier string, in site.Instance, opts Options) error {
 	if op := in.OutProxy; op != nil {
 		p, err := httpproxy.NewOutProxy(httpproxy.OutConfig{
-			Upstream:   &url.URL{Scheme: "http", Host: op.Next},
-			Masks:      opts.Masks,
-			ReuseReads: true,
-			Logger:     s.log.With("proxy", "out", "instance", in.ID),
+			Upstream:    &url.URL{Scheme: "http", Host: op.Next},
+			Masks:       opts.Masks,
+			ReuseReads:  true,
+			PassThrough: op.PassThrough,
+			Logger:      s.log.With("proxy", "out", "instance", in.ID),
 		})
 		if err != nil {
 			return fmt.Errorf("out-proxy of %s: %w", in.ID, err)
