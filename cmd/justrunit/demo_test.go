@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/justrunit/justrunit/manager"
+)
+
+// TestDemo runs the paper's server-expansion case, time-compressed: the
+// load of auction0 rises, its SLA is violated, the manager studies, plans
+// and applies an expansion, and at the end every SLA is met and nothing is
+// left behind.
+func TestDemo(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (cgroups, network namespaces); CI runs as root, so this is a setup error")
+		}
+		t.Skip("needs root (cgroups, network namespaces); run as root")
+	}
+	if testing.Short() {
+		t.Skip("runs the demo for about two minutes")
+	}
+	out := t.TempDir()
+	cmd := newRootCmd()
+	var stdout bytes.Buffer
+	progress := &lockedBuffer{}
+	cmd.SetOut(&stdout)
+	cmd.SetErr(progress) // the monitor and the manager write from two goroutines
+	cmd.SetArgs([]string{"--data-dir", t.TempDir(), "demo", "--interval", "8s", "--intervals", "13", "--json", "--out", out})
+	err := cmd.ExecuteContext(context.Background())
+	t.Logf("demo progress:\n%s", progress.String())
+	if err != nil {
+		t.Fatalf("demo: %v", err)
+	}
+	var sum demoSummary
+	if err := json.Unmarshal(stdout.Bytes(), &sum); err != nil {
+		t.Fatalf("demo --json printed no summary: %v\n%s", err, stdout.String())
+	}
+	kinds := map[string]int{}
+	for _, e := range sum.Timeline.Events {
+		kinds[e.Kind]++
+	}
+	for _, k := range []string{"manager.sla_violated", manager.EventStudy, manager.EventDecision, manager.EventPlan, manager.EventApplied, "manager.sla_met"} {
+		if kinds[k] == 0 {
+			t.Errorf("no %s event in the timeline", k)
+		}
+	}
+	for svc, ok := range sum.Final {
+		if !ok {
+			t.Errorf("%s violates its SLA at the end", svc)
+		}
+	}
+	if sum.Leftovers != 0 {
+		t.Errorf("%d objects left behind", sum.Leftovers)
+	}
+	powered := 0
+	for _, h := range sum.Hosts {
+		if h.On && !h.Sandbox {
+			powered++
+		}
+	}
+	if powered != 2 {
+		t.Errorf("%d on-line hosts powered at the end, want 2 (pm2 powered on to make room)", powered)
+	}
+	for _, f := range []string{"timeline.svg", "timeline.json"} {
+		if st, err := os.Stat(out + "/" + f); err != nil || st.Size() == 0 {
+			t.Errorf("%s not written: %v", f, err)
+		}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for writers on several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
