@@ -65,6 +65,31 @@ type SiteView interface {
 	Instances(ctx context.Context) ([]justrunit.Instance, error)
 }
 
+// Planner makes placement plans of the site as it is now (dry runs) and
+// applies them: the manager's consolidation/expansion step on demand.
+type Planner interface {
+	// Plan makes and keeps a dry-run plan.
+	Plan(ctx context.Context) (PlanRecord, error)
+	// Plans lists the plans made, newest first.
+	Plans(ctx context.Context) ([]PlanRecord, error)
+	// Apply applies the plan with id; unknown id gives an error wrapping
+	// justrunit.ErrNotFound, an applied one justrunit.ErrExists.
+	Apply(ctx context.Context, id string) (PlanRecord, error)
+}
+
+// PlanRecord is a plan as the API shows it.
+type PlanRecord struct {
+	ID      string    `json:"id"`
+	Created time.Time `json:"created"`
+	// Summary is one line; Plan the planner's full plan (hosts, moves,
+	// ordered steps).
+	Summary string `json:"summary"`
+	Plan    any    `json:"plan"`
+	// Applied is set once the plan's steps ran; Error when they failed.
+	Applied time.Time `json:"applied,omitempty"`
+	Error   string    `json:"error,omitempty"`
+}
+
 // ServiceSampler is an optional ability of a SiteView (found by type
 // assertion): the on-line response time of each service per monitoring
 // interval, which the manager watches against the SLAs (the paper's
@@ -107,6 +132,9 @@ type Config struct {
 	Runner StudyRunner
 	// Site shows hosts and instances; nil means the daemon runs no site.
 	Site SiteView
+	// Planner makes and applies placement plans; nil means the daemon
+	// runs no manager (the plan routes answer 503).
+	Planner Planner
 	// Metrics is the registry served at /metrics; nil serves 503 there.
 	Metrics *prometheus.Registry
 	// PollInterval is how often event streams poll the store;
@@ -232,7 +260,7 @@ type Info struct {
 }
 
 func (s *Server) info() Info {
-	in := Info{Version: s.cfg.Version, Started: s.started, Runner: s.cfg.Runner != nil, Site: s.cfg.Site != nil}
+	in := Info{Version: s.cfg.Version, Started: s.started, Runner: s.cfg.Runner != nil, Site: s.cfg.Site != nil, Manager: s.cfg.Planner != nil}
 	_, in.Samples = s.cfg.Site.(ServiceSampler)
 	switch {
 	case !in.Runner && !in.Site:
@@ -243,7 +271,9 @@ func (s *Server) info() Info {
 	if !in.Site {
 		in.Missing = append(in.Missing, msgNoSite)
 	}
-	in.Missing = append(in.Missing, msgNoManager)
+	if !in.Manager {
+		in.Missing = append(in.Missing, msgNoManager)
+	}
 	return in
 }
 
@@ -258,7 +288,7 @@ const (
 	msgNoExperimenter = "this daemon's site runtime gives it no experimenter, so it cannot run studies yet; stored studies are shown read-only"
 	msgNoSite         = "this daemon runs no site: hosts, instances and their power state need the site runtime, which this daemon was not started with"
 	msgNoSamples      = "no per-service response-time samples: they come from the manager's SLA monitor, which is not running in this daemon"
-	msgNoManager      = "the manager (SLA monitor, consolidation and expansion plans) is not built yet"
+	msgNoManager      = "this daemon runs no manager (SLA monitor, consolidation and expansion plans): start it with --site and --manage"
 )
 
 func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
@@ -274,8 +304,34 @@ type slogPromLogger struct{ l *slog.Logger }
 func (p slogPromLogger) Println(v ...any) { p.l.Warn("metrics", "msg", v) }
 
 func (s *Server) handlePlans(w http.ResponseWriter, r *http.Request) {
-	s.writeError(w, r, &Error{Status: http.StatusNotImplemented, Code: CodeNotImplemented,
-		Message: "plans (dry-run and apply) come from the manager, which is " + "not built yet; nothing was planned or changed"})
+	p := s.cfg.Planner
+	if p == nil {
+		s.writeError(w, r, &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: msgNoManager + "; nothing was planned or changed"})
+		return
+	}
+	switch id := r.PathValue("id"); {
+	case id != "":
+		rec, err := p.Apply(r.Context(), id)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, rec)
+	case r.Method == http.MethodPost:
+		rec, err := p.Plan(r.Context())
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, rec)
+	default:
+		recs, err := p.Plans(r.Context())
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, orEmpty(recs))
+	}
 }
 
 // securityHeaders sets headers every answer carries: no framing, no MIME

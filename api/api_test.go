@@ -176,8 +176,8 @@ func TestWithoutRunnerOrSite(t *testing.T) {
 	}
 	for _, p := range [][2]string{{"GET", "/plans"}, {"POST", "/plans"}, {"POST", "/plans/p1/apply"}} {
 		code, body := d.call(p[0], Prefix+p[1], testToken, nil)
-		if code != http.StatusNotImplemented || decodeError(t, body).Code != CodeNotImplemented {
-			t.Errorf("%s %s = %d %s, want 501", p[0], p[1], code, body)
+		if code != http.StatusServiceUnavailable || decodeError(t, body).Code != CodeUnavailable {
+			t.Errorf("%s %s = %d %s, want 503 (no manager)", p[0], p[1], code, body)
 		}
 	}
 	in, err := c.Info(ctx)

@@ -254,6 +254,35 @@ func (c *Client) Instances(ctx context.Context) ([]justrunit.Instance, error) {
 	return out, c.do(ctx, http.MethodGet, Prefix+"/instances", nil, &out)
 }
 
+// ServiceSamples returns the manager's per-service samples since a time
+// (zero: all).
+func (c *Client) ServiceSamples(ctx context.Context, since time.Time) ([]ServiceSample, error) {
+	path := Prefix + "/services/samples"
+	if !since.IsZero() {
+		path += "?since=" + url.QueryEscape(since.UTC().Format(time.RFC3339))
+	}
+	var out []ServiceSample
+	return out, c.do(ctx, http.MethodGet, path, nil, &out)
+}
+
+// Plans lists the placement plans made so far, newest first.
+func (c *Client) Plans(ctx context.Context) ([]PlanRecord, error) {
+	var out []PlanRecord
+	return out, c.do(ctx, http.MethodGet, Prefix+"/plans", nil, &out)
+}
+
+// CreatePlan asks for a dry-run placement plan of the site as it is now.
+func (c *Client) CreatePlan(ctx context.Context) (*PlanRecord, error) {
+	var out PlanRecord
+	return &out, c.do(ctx, http.MethodPost, Prefix+"/plans", nil, &out)
+}
+
+// ApplyPlan applies the plan with id.
+func (c *Client) ApplyPlan(ctx context.Context, id string) (*PlanRecord, error) {
+	var out PlanRecord
+	return &out, c.do(ctx, http.MethodPost, Prefix+"/plans/"+url.PathEscape(id)+"/apply", nil, &out)
+}
+
 // clientFor returns an http.Client trusting the PEM certificate in caFile
 // (the daemon's own, self-signed or not), or the default one.
 func clientFor(caFile string) (*http.Client, error) {

@@ -273,7 +273,7 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 	if done, err := planner.Apply(ctx, plan, m.cfg.Site.Platform); err != nil {
 		return fmt.Errorf("apply the plan (%d of %d steps done): %w", len(done), len(plan.Steps), err)
 	}
-	m.emit(Event{Kind: EventApplied, Service: service, Message: fmt.Sprintf("%s now has %g%% of a core", target, want), Data: map[string]any{"cpu": want}})
+	m.emit(Event{Kind: EventApplied, Service: service, Message: fmt.Sprintf("%s now has %g%% of a core", target, want), Data: map[string]any{"cpu": want, "steps": plan.Steps}})
 	return nil
 }
 
@@ -295,7 +295,8 @@ func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.St
 		if err != nil {
 			return 0, err
 		}
-		m.emit(Event{Kind: EventDecision, Service: service, Message: fmt.Sprintf("%s needs %s: %s %.1f (%s)", st.Target, st.Space.Format(p), st.SLA.Metric, cells[0].Value, cells[0].Prov)})
+		m.emit(Event{Kind: EventDecision, Service: service, Message: fmt.Sprintf("%s needs %s: %s %.1f (%s)", st.Target, st.Space.Format(p), st.SLA.Metric, cells[0].Value, cells[0].Prov),
+			Data: map[string]any{"target": st.Target, "cpu": p[0], "prov": cells[0].Prov.String()}})
 		if cells[0].Prov != justrunit.Used {
 			return p[0], nil
 		}

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/justrunit/justrunit/manager/monitor"
 )
@@ -24,6 +25,19 @@ func (t *Timeline) AddSample(s monitor.Sample) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.Samples = append(t.Samples, s)
+}
+
+// SamplesSince returns a copy of the samples that started at or after since.
+func (t *Timeline) SamplesSince(since time.Time) []monitor.Sample {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []monitor.Sample
+	for _, s := range t.Samples {
+		if !s.Start.Before(since) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // AddEvent records an event; use it as Config.OnEvent.

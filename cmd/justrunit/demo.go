@@ -20,6 +20,7 @@ import (
 	"github.com/justrunit/justrunit/examples/auction/loadgen"
 	"github.com/justrunit/justrunit/manager"
 	"github.com/justrunit/justrunit/manager/monitor"
+	"github.com/justrunit/justrunit/manager/planner"
 	"github.com/justrunit/justrunit/platform/local"
 	"github.com/justrunit/justrunit/site"
 	"github.com/justrunit/justrunit/siterun"
@@ -74,20 +75,88 @@ auction example). The timeline is written as SVG and JSON under --out.`,
 
 // demoSummary is what --json prints and timeline.json holds.
 type demoSummary struct {
-	Intervals int                    `json:"intervals"`
+	// Violations are the SLA violations the monitor detected.
+	Violations []demoViolation `json:"violations"`
+	// Study is the last study the manager ran, and what it chose.
+	Study *demoStudy `json:"study"`
+	// Actions are the plan steps applied: power-on, migrate,
+	// set-allocation, power-off.
+	Actions []planner.Step `json:"actions"`
+	// FinalSLAMet is true when every service meets its SLA at the end.
+	FinalSLAMet bool            `json:"final_sla_met"`
+	SLAMet      map[string]bool `json:"sla_met_at_end"`
+	// Intervals are each service's mean response time per interval (ms).
+	Intervals map[string][]float64   `json:"intervals"`
+	Leftovers int                    `json:"leftovers"`
 	Interval  justrunit.Duration     `json:"interval"`
-	Timeline  *manager.Timeline      `json:"timeline"`
-	Final     map[string]bool        `json:"sla_met_at_end"`
 	Hosts     []justrunit.Host       `json:"hosts_at_end"`
 	Instances []justrunit.Instance   `json:"instances_at_end"`
 	Load      map[string]loadSummary `json:"load"`
-	Leftovers int                    `json:"leftovers"`
+	Timeline  *manager.Timeline      `json:"timeline"`
+}
+
+type demoViolation struct {
+	Service  string `json:"service"`
+	Interval int    `json:"interval"`
+}
+
+type demoStudy struct {
+	Target string `json:"target"`
+	// Measured and Interpolated are the CPU shares (percent of a core)
+	// whose cells were measured (X, or V after the checker) and
+	// interpolated (I, or T: used by the decision and not re-measured).
+	Measured     []float64 `json:"measured"`
+	Interpolated []float64 `json:"interpolated"`
+	// Chosen is the share the manager decided on.
+	Chosen float64 `json:"chosen_allocation"`
 }
 
 type loadSummary struct {
 	Sent   int64   `json:"sent"`
 	Errors int64   `json:"errors"`
 	MeanMs float64 `json:"mean_ms"`
+}
+
+// summarise reads the contract's figures off the timeline.
+func (sum *demoSummary) summarise(tl *manager.Timeline) {
+	sum.Intervals = map[string][]float64{}
+	for _, s := range tl.Samples {
+		sum.Intervals[s.Service] = append(sum.Intervals[s.Service], s.MeanMs)
+	}
+	for _, e := range tl.Events {
+		switch e.Kind {
+		case monitor.EventViolated:
+			i, _ := e.Data["interval"].(int)
+			sum.Violations = append(sum.Violations, demoViolation{Service: e.Service, Interval: i})
+		case manager.EventStudyDone:
+			m, ok := e.Data["matrix"].(*justrunit.Matrix)
+			if !ok {
+				continue
+			}
+			st := &demoStudy{}
+			for _, r := range m.Rows {
+				switch r.Cells[0].Prov {
+				case justrunit.Measured, justrunit.Verified:
+					st.Measured = append(st.Measured, r.Point[0])
+				case justrunit.Interpolated, justrunit.Used:
+					st.Interpolated = append(st.Interpolated, r.Point[0])
+				}
+			}
+			sum.Study = st
+		case manager.EventDecision:
+			if sum.Study != nil {
+				sum.Study.Target, _ = e.Data["target"].(string)
+				sum.Study.Chosen, _ = e.Data["cpu"].(float64)
+			}
+		case manager.EventApplied:
+			steps, _ := e.Data["steps"].([]planner.Step)
+			sum.Actions = append(sum.Actions, steps...)
+		}
+	}
+	sum.FinalSLAMet = len(sum.SLAMet) > 0
+	for _, ok := range sum.SLAMet {
+		sum.FinalSLAMet = sum.FinalSLAMet && ok
+	}
 }
 
 func runDemo(cmd *cobra.Command, g *globals, o demoOptions) (err error) {
@@ -210,17 +279,18 @@ func runDemo(cmd *cobra.Command, g *globals, o demoOptions) (err error) {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	sum := demoSummary{Intervals: o.intervals, Interval: justrunit.Duration(o.interval), Timeline: tl, Final: map[string]bool{}, Load: loads}
+	sum := demoSummary{Interval: justrunit.Duration(o.interval), Timeline: tl, SLAMet: map[string]bool{}, Load: loads}
 	sum.Hosts, _ = s.Platform.Hosts(ctx)
 	sum.Instances, _ = s.Platform.Instances(ctx)
 	for svc := range fronts {
-		sum.Final[svc] = !mgr.Monitor().Violated(svc)
+		sum.SLAMet[svc] = !mgr.Monitor().Violated(svc)
 	}
 	stopLoad()
 	wg.Wait()
 	closeSite()
 	left, _ := local.Leftovers(local.Scope(stateDir), stateDir)
 	sum.Leftovers = left.Total()
+	sum.summarise(tl)
 
 	svg, err := os.Create(filepath.Join(out, "timeline.svg"))
 	if err != nil {
@@ -240,8 +310,15 @@ func runDemo(cmd *cobra.Command, g *globals, o demoOptions) (err error) {
 	if o.json {
 		fmt.Fprintln(cmd.OutOrStdout(), string(js))
 	} else {
-		fmt.Fprintf(cmd.OutOrStdout(), "\nSLA met at the end: %v; objects left behind: %d\nTimeline: %s and %s\n",
-			sum.Final, sum.Leftovers, svg.Name(), filepath.Join(out, "timeline.json"))
+		fmt.Fprintf(cmd.OutOrStdout(), "\nViolations: %v\n", sum.Violations)
+		if st := sum.Study; st != nil {
+			fmt.Fprintf(cmd.OutOrStdout(), "Study of %s: measured %v, interpolated %v, chosen %g%%\n", st.Target, st.Measured, st.Interpolated, st.Chosen)
+		}
+		for _, a := range sum.Actions {
+			fmt.Fprintf(cmd.OutOrStdout(), "Action: %s\n", a)
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "SLA met at the end: %v %v; objects left behind: %d\nTimeline: %s and %s\n",
+			sum.FinalSLAMet, sum.SLAMet, sum.Leftovers, svg.Name(), filepath.Join(out, "timeline.json"))
 	}
 	return err
 }

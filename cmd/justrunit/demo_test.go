@@ -50,10 +50,17 @@ func TestDemo(t *testing.T) {
 			t.Errorf("no %s event in the timeline", k)
 		}
 	}
-	for svc, ok := range sum.Final {
-		if !ok {
-			t.Errorf("%s violates its SLA at the end", svc)
-		}
+	if !sum.FinalSLAMet {
+		t.Errorf("SLAs at the end: %v, want all met", sum.SLAMet)
+	}
+	if len(sum.Violations) == 0 || sum.Violations[0].Service != "auction0" {
+		t.Errorf("violations = %+v, want auction0's", sum.Violations)
+	}
+	if st := sum.Study; st == nil || len(st.Measured) == 0 || len(st.Measured)+len(st.Interpolated) < 3 || st.Chosen <= 25 {
+		t.Errorf("study = %+v, want measured and interpolated points and a share above the 25%% auction0's app had", st)
+	}
+	if len(sum.Actions) == 0 || len(sum.Intervals["auction0"]) < 10 {
+		t.Errorf("actions %v, %d intervals of auction0", sum.Actions, len(sum.Intervals["auction0"]))
 	}
 	if sum.Leftovers != 0 {
 		t.Errorf("%d objects left behind", sum.Leftovers)

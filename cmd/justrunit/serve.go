@@ -42,6 +42,7 @@ type serveOptions struct {
 	noAuth          bool
 	metricsPublic   bool
 	site            string
+	manage          time.Duration
 	shutdownTimeout time.Duration
 }
 
@@ -50,6 +51,8 @@ type serveOptions struct {
 type daemonSite struct {
 	NewRunner api.RunnerFactory
 	View      api.SiteView
+	// Planner is set when the daemon runs the manager (--manage).
+	Planner api.Planner
 	// Close stops the site runtime (proxies, instances it launched).
 	Close func() error
 }
@@ -57,7 +60,7 @@ type daemonSite struct {
 // startSite starts the site named by --site for the daemon. It is nil until
 // the site runtime exists; the file that adds the runtime sets it in its
 // init function.
-var startSite func(ctx context.Context, g *globals, path string, reg *metrics.Set) (*daemonSite, error)
+var startSite func(ctx context.Context, g *globals, path string, reg *metrics.Set, manage time.Duration) (*daemonSite, error)
 
 func newServeCmd(g *globals) *cobra.Command {
 	o := &serveOptions{}
@@ -104,6 +107,7 @@ interrupted when the daemon starts again.`,
 	f.BoolVar(&o.noAuth, "no-auth", false, "serve without a token; loopback addresses only")
 	f.BoolVar(&o.metricsPublic, "metrics-public", false, "serve /metrics without a token (the API still needs it)")
 	f.StringVar(&o.site, "site", "", "site file to run (instances and proxies) so the daemon can run studies on it")
+	f.DurationVar(&o.manage, "manage", 0, "with --site, run the manager with this monitoring interval (e.g. 1m): SLA monitor, studies, plans applied")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout, "how long to wait for calls and studies to stop on shutdown")
 	return cmd
 }
@@ -202,7 +206,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 			return fmt.Errorf("serve --site: %w: the daemon cannot run a site yet (it needs the site runtime); "+
 				"serve without --site to browse stored studies", justrunit.ErrNotImplemented)
 		}
-		site, err := startSite(ctx, g, o.site, set)
+		site, err := startSite(ctx, g, o.site, set, o.manage)
 		if err != nil {
 			return err
 		}
@@ -212,6 +216,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 			}
 		}()
 		cfg.Site = site.View
+		cfg.Planner = site.Planner
 		if site.NewRunner != nil {
 			runner, err = api.NewEngineRunner(api.EngineRunnerConfig{Store: store, NewRunner: site.NewRunner,
 				Logger: log, Owner: sqlite.OwnerID(), Metrics: set})

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/api"
+)
+
+// TestServeManage runs the daemon on the demo's site with the manager: the
+// API shows the site's hosts, the monitor's samples, and makes and applies
+// placement plans.
+func TestServeManage(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (cgroups, network namespaces); CI runs as root, so this is a setup error")
+		}
+		t.Skip("needs root (cgroups, network namespaces); run as root")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "auction")
+	build := exec.Command("go", "build", "-o", bin, "github.com/justrunit/justrunit/examples/auction")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build auction: %v\n%s", err, b)
+	}
+	if _, _, err := demoSite(dir, bin, 1); err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	_, stop := startServe(t, data, "--site", filepath.Join(dir, "site.yaml"), "--manage", "2s")
+	ctx := context.Background()
+	c, err := api.Discover(ctx, api.DiscoverOptions{DataDir: data, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := c.Info(ctx)
+	if err != nil || !in.Manager || !in.Site || !in.Samples {
+		t.Fatalf("info = %+v, %v; want a site, samples and a manager", in, err)
+	}
+	hosts, err := c.Hosts(ctx)
+	if err != nil || len(hosts) != 3 {
+		t.Errorf("hosts = %+v, %v", hosts, err)
+	}
+	// The site is feasible as it runs: the plan changes nothing.
+	rec, err := c.CreatePlan(ctx)
+	if err != nil || rec.ID == "" || rec.Summary == "" {
+		t.Fatalf("create plan = %+v, %v", rec, err)
+	}
+	if _, err := c.ApplyPlan(ctx, rec.ID); err != nil {
+		t.Errorf("apply %s: %v", rec.ID, err)
+	}
+	if _, err := c.ApplyPlan(ctx, rec.ID); !errors.Is(err, api.ErrConflict) {
+		t.Errorf("apply %s again = %v, want a conflict", rec.ID, err)
+	}
+	if _, err := c.ApplyPlan(ctx, "p99"); !errors.Is(err, justrunit.ErrNotFound) {
+		t.Errorf("apply p99 = %v, want ErrNotFound", err)
+	}
+	if plans, err := c.Plans(ctx); err != nil || len(plans) != 1 || plans[0].Applied.IsZero() {
+		t.Errorf("plans = %+v, %v", plans, err)
+	}
+	// The monitor's intervals reach the API (no load: 0 requests each).
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		samples, err := c.ServiceSamples(ctx, time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(samples) >= 2 {
+			if samples[0].SLA == nil || samples[0].SLA.Max != 50 {
+				t.Errorf("sample %+v lacks the service's SLA", samples[0])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d samples after 15 s of 2 s intervals", len(samples))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err := stop(); err != nil {
+		t.Errorf("serve: %v", err)
+	}
+}
