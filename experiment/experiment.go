@@ -187,6 +187,10 @@ func (r *Runner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observat
 		}
 	}
 	res, err := measure.MeasureWindow(ctx, r.cfg.Window, win, meter, nil)
+	// A clone that died is the failure to report, whatever the window saw.
+	if aerr := r.alive(ctx, s.clone.ID); aerr != nil {
+		return justrunit.Observation{}, aerr
+	}
 	if err != nil {
 		return justrunit.Observation{}, fmt.Errorf("measure %s at %s: %w", s.clone.ID, alloc, err)
 	}
@@ -203,6 +207,26 @@ func (r *Runner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observat
 	obs.Clone = s.clone.Mode
 	obs.Source = r.cfg.Platform.Name() + " clone " + s.clone.ID
 	return obs, nil
+}
+
+// ErrCloneDied means a clone stopped running during an experiment.
+var ErrCloneDied = errors.New("clone stopped running")
+
+// alive checks that the clone is still running on the platform.
+func (r *Runner) alive(ctx context.Context, id string) error {
+	insts, err := r.cfg.Platform.Instances(context.WithoutCancel(ctx))
+	if err != nil {
+		return err
+	}
+	for _, in := range insts {
+		if in.ID == id {
+			if in.State != "running" {
+				return fmt.Errorf("clone %s: %w (state %s)", id, ErrCloneDied, in.State)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("clone %s: %w (gone from the platform)", id, ErrCloneDied)
 }
 
 // Close detaches every clone from the proxies and destroys it. It is safe

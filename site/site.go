@@ -55,7 +55,9 @@ type Site struct {
 type Class struct {
 	IdleWatts float64 `yaml:"idle_watts"`
 	MaxWatts  float64 `yaml:"max_watts"`
-	// FreqGHz is the class's CPU frequency; 0 when unknown.
+	// FreqGHz is the class's CPU frequency; 0 when unknown. On the local
+	// platform it is emulated (CPU bandwidth scaled by freq / this
+	// machine's clock), so it may not exceed this machine's clock.
 	FreqGHz float64 `yaml:"freq_ghz"`
 }
 

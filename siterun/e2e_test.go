@@ -2,6 +2,7 @@ package siterun_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,6 +19,8 @@ import (
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/examples/auction/loadgen"
+	"github.com/justrunit/justrunit/experiment"
+	"github.com/justrunit/justrunit/internal/cgroup"
 	"github.com/justrunit/justrunit/internal/metrics"
 	"github.com/justrunit/justrunit/measure"
 	"github.com/justrunit/justrunit/platform/local"
@@ -297,4 +301,89 @@ func metricValue(t *testing.T, m prometheus.Metric) float64 {
 	}
 	t.Fatalf("metric %v is neither counter, gauge nor histogram", m.Desc())
 	return 0
+}
+
+// TestCloneKilledMidStudy kills the clone's processes during a study: the
+// study fails cleanly naming the dead clone, the on-line tier answers every
+// request, and nothing of the clone is left.
+func TestCloneKilledMidStudy(t *testing.T) {
+	needRoot(t)
+	if testing.Short() {
+		t.Skip("runs a 3-tier site and a study")
+	}
+	bin := filepath.Join(t.TempDir(), "auction")
+	build := exec.Command("go", "build", "-o", bin, "github.com/justrunit/justrunit/examples/auction")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build auction: %v\n%s", err, out)
+	}
+	f, webAddr := auctionSite(t, bin)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	stateDir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := siterun.Up(ctx, f, siterun.Options{StateDir: stateDir, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.Close(context.Background())
+		if left, err := local.Leftovers(local.Scope(stateDir), stateDir); err != nil || left.Total() != 0 {
+			t.Errorf("left behind: %v (%v)", left, err)
+		}
+	})
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	go loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + webAddr, Rate: 40, Mix: loadgen.Browsing, Seed: 9, Timeout: 5 * time.Second})
+	inProxy, _ := s.InProxy("app0")
+
+	// Kill the clone as soon as it runs.
+	killed := make(chan int, 1)
+	go func() {
+		v, err := cgroup.Detect()
+		if err != nil {
+			killed <- 0
+			return
+		}
+		for ctx.Err() == nil {
+			insts, _ := s.Platform.Instances(ctx)
+			for _, in := range insts {
+				if in.Origin != "" && in.State == "running" {
+					time.Sleep(2 * time.Second) // into the experiment's warm-up
+					pids := cgroup.TreeProcs(v, "/justrunit/"+local.Scope(stateDir)+"/"+in.ID)
+					for _, pid := range pids {
+						syscall.Kill(pid, syscall.SIGKILL)
+					}
+					killed <- len(pids)
+					return
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	cpu, _ := justrunit.ParseParameter("cpu=40..100 step 20")
+	st := &justrunit.Study{Target: "app0", Space: justrunit.Space{Params: []justrunit.Parameter{cpu}},
+		Metrics: []justrunit.Metric{justrunit.RTMean}, WarmUp: justrunit.Duration(3 * time.Second), Window: justrunit.Duration(4 * time.Second),
+		TimeBound: justrunit.Duration(time.Minute), Slots: 1, Strategy: "grid", Interpolator: "linear", CheckThreshold: 0.1}
+	inProxy.Reset()
+	_, err = s.RunStudy(ctx, st, siterun.StudyOptions{RelCI: 0.1, MinSamples: 20})
+	online := inProxy.Reset().Online
+	if n := <-killed; n == 0 {
+		t.Fatal("found no clone process to kill")
+	}
+	if err == nil || !errors.Is(err, experiment.ErrCloneDied) {
+		t.Fatalf("study error = %v, want one saying the clone died", err)
+	}
+	if st.State != justrunit.StudyFailed {
+		t.Errorf("study state %s, want failed", st.State)
+	}
+	if online.Errors > 0 || online.Count < 100 {
+		t.Errorf("on-line app tier during the study: %d answered, %d errors", online.Count, online.Errors)
+	}
+	insts, _ := s.Platform.Instances(ctx)
+	for _, in := range insts {
+		if in.Origin != "" {
+			t.Errorf("clone %s still on the platform", in.ID)
+		}
+	}
 }

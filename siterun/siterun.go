@@ -104,15 +104,13 @@ func newPlatform(f *site.Site, opts Options, log *slog.Logger) (justrunit.Platfo
 		}
 		return p, closer, nil
 	}
-	cfg := local.Config{Logger: log, StateDir: opts.StateDir, RefFreqGHz: map[string]float64{}}
+	// Frequencies are emulated relative to this machine's clock (the local
+	// platform's default reference): a class's freq_ghz is what its hosts
+	// imitate, so classes compare with each other on one machine.
+	cfg := local.Config{Logger: log, StateDir: opts.StateDir}
 	hosts := f.PlatformHosts()
 	for i, h := range f.Hosts {
 		cfg.Hosts = append(cfg.Hosts, local.HostConfig{Host: hosts[i], CPUs: h.CPUs})
-	}
-	for name, c := range f.Classes {
-		if c.FreqGHz > 0 {
-			cfg.RefFreqGHz[name] = c.FreqGHz
-		}
 	}
 	p, err := local.New(cfg)
 	if err != nil {
@@ -242,10 +240,10 @@ func (s *Site) OutProxy(id string) (*httpproxy.OutProxy, bool) {
 }
 
 // ExperimentConfig returns the experimenter's configuration for studying
-// instance id over space: the instance as the platform runs it, the first
-// powered-on sandbox host, and the instance's proxies. Window is left for
-// the caller.
-func (s *Site) ExperimentConfig(ctx context.Context, id string, space justrunit.Space) (experiment.Config, error) {
+// instance id over space: the instance as the platform runs it, the
+// sandbox host (the named one, or the first powered-on one when sandbox is
+// empty), and the instance's proxies. Window is left for the caller.
+func (s *Site) ExperimentConfig(ctx context.Context, id string, space justrunit.Space, sandbox string) (experiment.Config, error) {
 	in, _, _, err := s.File.Instance(id)
 	if err != nil {
 		return experiment.Config{}, justrunit.Invalid("target", id, "no such instance in the site")
@@ -262,8 +260,11 @@ func (s *Site) ExperimentConfig(ctx context.Context, id string, space justrunit.
 	if err != nil {
 		return experiment.Config{}, err
 	}
-	h := slices.IndexFunc(hosts, func(h justrunit.Host) bool { return h.Sandbox && h.On })
+	h := slices.IndexFunc(hosts, func(h justrunit.Host) bool { return h.Sandbox && h.On && (sandbox == "" || h.Name == sandbox) })
 	if h < 0 {
+		if sandbox != "" {
+			return experiment.Config{}, justrunit.Invalid("sandbox", sandbox, "not a powered-on sandbox host of the site")
+		}
 		return experiment.Config{}, justrunit.Invalid("hosts", nil, "no powered-on sandbox host")
 	}
 	cfg := experiment.Config{Platform: s.Platform, Target: insts[i], Sandbox: hosts[h], Space: space, Logger: s.log}

@@ -28,6 +28,9 @@ type StudyOptions struct {
 	// values take DefaultRelCI and DefaultMinSamples.
 	RelCI      float64
 	MinSamples int64
+	// Sandbox names the sandbox host the clones run on; empty: the first
+	// powered-on one.
+	Sandbox string
 }
 
 // Defaults of the measurement window's stopping rule.
@@ -72,7 +75,7 @@ func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts Study
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := s.ExperimentConfig(ctx, st.Target, st.Space)
+	cfg, err := s.ExperimentConfig(ctx, st.Target, st.Space, opts.Sandbox)
 	if err != nil {
 		return nil, err
 	}

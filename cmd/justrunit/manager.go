@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/manager"
 	"github.com/justrunit/justrunit/manager/monitor"
 	"github.com/justrunit/justrunit/site"
@@ -98,6 +100,77 @@ platform. With --timeline it writes the timeline as SVG on exit.`,
 	f.BoolVar(&dryRun, "dry-run", false, "show plans without applying them")
 	f.StringVar(&svgPath, "timeline", "", "write the timeline as SVG to this file on exit")
 	run.MarkFlagRequired("site")
-	cmd.AddCommand(run)
+	cmd.AddCommand(run, newUpgradeCmd(g))
+	return cmd
+}
+
+func newUpgradeCmd(g *globals) *cobra.Command {
+	var sitePath, target, slaFlag string
+	var warmUp, window, trafficWait time.Duration
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "upgrade --site SITE.yaml --target ID",
+		Short: "Compare hardware classes for an instance by experiment",
+		Long: `Bring the site up, wait for live traffic at the target's in-proxy, then run the
+same experiment — the target at its current allocation under a copy of the live
+load — on a clone on every powered sandbox host, each of its own class (the
+class's freq_ghz is set on the clone; on the local platform it is emulated by
+scaling CPU bandwidth, and the report says so). Prints throughput, response time
+and energy per request side by side, with a recommendation: the class with the
+least energy per request that meets the SLA.`,
+		Example: `  justrunit manager upgrade --site site.yaml --target app0 --sla rt_p95<=50`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			var sla *justrunit.SLA
+			if slaFlag != "" {
+				v, err := justrunit.ParseSLA(slaFlag)
+				if err != nil {
+					return err
+				}
+				sla = &v
+			}
+			sf, err := site.Load(sitePath)
+			if err != nil {
+				return err
+			}
+			if _, _, _, err := sf.Instance(target); err != nil {
+				return justrunit.Invalid("--target", target, "no such instance in %s", sitePath)
+			}
+			s, err := siterun.Up(ctx, sf, siterun.Options{StateDir: filepath.Join(g.dataDir, "platform", sf.Platform), Logger: g.logger})
+			if err != nil {
+				return err
+			}
+			defer s.Close(context.WithoutCancel(ctx))
+			feed, ok := s.InProxy(target)
+			if !ok {
+				return justrunit.Invalid("--target", target, "has no in_proxy in the site: its live traffic cannot be copied")
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "Site up. Waiting for live traffic at the in-proxy of %s...\n", target)
+			if err := waitTraffic(ctx, func() int64 { return feed.Stats().Online.Count }, trafficWait); err != nil {
+				return err
+			}
+			rep, err := manager.EvaluateUpgrade(ctx, s, target, sla, warmUp, window)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			}
+			return rep.Render(cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&sitePath, "site", "", "site file (required)")
+	f.StringVar(&target, "target", "", "instance to evaluate (required)")
+	f.StringVar(&slaFlag, "sla", "", "SLA the recommendation must meet, e.g. rt_p95<=50")
+	f.DurationVar(&warmUp, "warm-up", 10*time.Second, "warm-up of each experiment")
+	f.DurationVar(&window, "window", 30*time.Second, "measurement window of each experiment")
+	f.DurationVar(&trafficWait, "wait-traffic", 2*time.Minute, "how long to wait for live traffic")
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.MarkFlagRequired("site")
+	cmd.MarkFlagRequired("target")
 	return cmd
 }
