@@ -60,6 +60,7 @@ auction example). The timeline is written as SVG and JSON under --out.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return runDemo(cmd, g, o) },
 	}
+	cmd.AddCommand(newDemoStudyCmd(g))
 	f := cmd.Flags()
 	f.DurationVar(&o.interval, "interval", 20*time.Second, "length of one monitoring interval (the paper's minute)")
 	f.IntVar(&o.intervals, "intervals", 14, "how many intervals to run")
@@ -188,11 +189,9 @@ func runDemo(cmd *cobra.Command, g *globals, o demoOptions) (err error) {
 		return err
 	}
 	fmt.Fprintln(w, "Building the auction example...")
-	bin := filepath.Join(out, "auction")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/justrunit/justrunit/examples/auction")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("build the auction example (needs the Go toolchain and this repository): %v\n%s", err, b)
+	bin, err := buildAuction(ctx, out)
+	if err != nil {
+		return err
 	}
 	sf, fronts, err := demoSite(out, bin, o.work)
 	if err != nil {
@@ -323,12 +322,33 @@ func runDemo(cmd *cobra.Command, g *globals, o demoOptions) (err error) {
 	return err
 }
 
+// buildAuction builds the auction example's static binary into dir.
+func buildAuction(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "auction")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/justrunit/justrunit/examples/auction")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build the auction example (needs the Go toolchain and this repository): %v\n%s", err, b)
+	}
+	return bin, nil
+}
+
 // demoSite writes the demo's site: two auction services on pm1 (CPU 0),
 // pm2 (CPU 1) powered off, the sandbox on CPU 1. Each service has an
 // in-proxy in front of its web tier (where the SLA is measured) and of its
 // app tier (where studies feed clones), and an out-proxy in front of its
 // data tier.
 func demoSite(dir, bin string, work float64) (*site.Site, map[string]string, error) {
+	return demoSiteWith(dir, bin, work, 2, true)
+}
+
+// demoSiteWith is demoSite with n services; passThrough lets clones'
+// unrecorded reads reach the data tier.
+func demoSiteWith(dir, bin string, work float64, n int, passThrough bool) (*site.Site, map[string]string, error) {
+	pt := ""
+	if passThrough {
+		pt = ", pass_through: [GET]"
+	}
 	var b strings.Builder
 	b.WriteString(`platform: local
 classes:
@@ -340,7 +360,7 @@ hosts:
 services:
 `)
 	fronts := map[string]string{}
-	for i := range 2 {
+	for i := range n {
 		ports, err := freeAddrs(7)
 		if err != nil {
 			return nil, nil, err
@@ -363,13 +383,13 @@ services:
       - name: app
         instances:
           - {id: %[1]s-app, host: pm1, addr: "%[5]s", allocation: {cpu: 25}, in_proxy: {listen: "%[4]s"},
-             out_proxy: {listen: "%[6]s", next: "%[7]s", pass_through: [GET]},
+             out_proxy: {listen: "%[6]s", next: "%[7]s"%[11]s},
              command: [%[9]s, app, --listen, "%[5]s", --data, "http://%[6]s", --work, "%[10]g"]}
       - name: data
         instances:
           - {id: %[1]s-data, host: pm1, addr: "%[7]s", allocation: {cpu: 10}, state_dir: "%[8]s",
              command: [%[9]s, data, --listen, "%[7]s", --state-dir, "%[8]s"]}
-`, svc, webIn, web, appIn, app, dataOut, data, state, bin, work)
+`, svc, webIn, web, appIn, app, dataOut, data, state, bin, work, pt)
 	}
 	path := filepath.Join(dir, "site.yaml")
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {

@@ -6,11 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/api"
+	"github.com/justrunit/justrunit/examples/auction/loadgen"
 )
 
 // TestServeManage runs the daemon on the demo's site with the manager: the
@@ -30,7 +32,8 @@ func TestServeManage(t *testing.T) {
 	if b, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build auction: %v\n%s", err, b)
 	}
-	if _, _, err := demoSite(dir, bin, 1); err != nil {
+	_, fronts, err := demoSite(dir, bin, 1)
+	if err != nil {
 		t.Fatal(err)
 	}
 	data := t.TempDir()
@@ -83,6 +86,23 @@ func TestServeManage(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+
+	// "study run" without --site runs the study in the daemon, under live
+	// load on auction0.
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	go loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + fronts["auction0"], Rate: 30, Mix: loadgen.Browsing, Seed: 5, Timeout: 5 * time.Second})
+	studyFile := filepath.Join(dir, "study.yaml")
+	os.WriteFile(studyFile, []byte("target: auction0-app\nparameters: [\"cpu=40..60 step 20\"]\nmetrics: [rt_mean, throughput]\n"+
+		"time_bound: 40s\nwarm_up: 2s\nwindow: 4s\nstrategy: grid\n"), 0o600)
+	out, err := run(t, "--data-dir", data, "study", "run", "--study", studyFile)
+	if err != nil {
+		t.Fatalf("study run in the daemon: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "posted to the daemon") || !strings.Contains(out, "4 X measured") {
+		t.Errorf("study run output:\n%s", out)
+	}
+	stopLoad()
 	if err := stop(); err != nil {
 		t.Errorf("serve: %v", err)
 	}

@@ -99,11 +99,14 @@ of the live traffic through the instance's in-proxy, answer its next-tier calls
 from the out-proxy's record, measure it at the points the strategy picks within
 the time bound, interpolate the rest, and store the matrix.
 
-This runs in this process: it brings the site up (instances and proxies), waits
-for live traffic to reach the target's in-proxy, runs the study, and stops the
-site again. Point your clients (or a load generator) at the site's front tier
-once it says it is up.`,
-		Example: `  justrunit study run --site examples/auction/site.yaml --study examples/auction/study.yaml
+Without --site the study runs in the daemon ("justrunit serve --site"), which
+keeps the site up; this command posts it, follows it and prints the matrix
+(Ctrl-C cancels it). With --site it runs in this process: it brings the site up
+(instances and proxies), waits for live traffic to reach the target's in-proxy,
+runs the study, and stops the site again. Point your clients (or a load
+generator) at the site's front tier once it says it is up.`,
+		Example: `  justrunit study run --study study.yaml      # in the running daemon
+  justrunit study run --site examples/auction/site.yaml --study examples/auction/study.yaml
   # in another terminal, once the site is up:
   go run ./examples/auction load --target http://127.0.0.1:8080 --rate 60 --duration 0`,
 		Args: cobra.NoArgs,
@@ -111,10 +114,9 @@ once it says it is up.`,
 			return runStudy(cmd, g, sitePath, studyPath, trafficWait)
 		},
 	}
-	cmd.Flags().StringVar(&sitePath, "site", "", "site file (required)")
+	cmd.Flags().StringVar(&sitePath, "site", "", "site file: run in this process (without it, run in the daemon)")
 	cmd.Flags().StringVar(&studyPath, "study", "", "study file (required)")
 	cmd.Flags().DurationVar(&trafficWait, "wait-traffic", 2*time.Minute, "how long to wait for live traffic at the target's in-proxy")
-	cmd.MarkFlagRequired("site")
 	cmd.MarkFlagRequired("study")
 	return cmd
 }
@@ -128,6 +130,13 @@ func runStudy(cmd *cobra.Command, g *globals, sitePath, studyPath string, traffi
 	st, err := f.study(yf)
 	if err != nil {
 		return err
+	}
+	if sitePath == "" {
+		c, err := api.Discover(ctx, api.DiscoverOptions{DataDir: g.dataDir})
+		if err != nil {
+			return fmt.Errorf("study run: no --site and no daemon to run the study in (%w); start \"justrunit serve --site SITE.yaml\" or give --site", err)
+		}
+		return runStudyOnDaemon(cmd, c, f)
 	}
 	sf, err := site.Load(sitePath)
 	if err != nil {
@@ -178,6 +187,61 @@ func runStudy(cmd *cobra.Command, g *globals, sitePath, studyPath string, traffi
 		}
 	}
 	return err
+}
+
+// runStudyOnDaemon posts the study to the daemon, follows it until it ends
+// (cancelling it on Ctrl-C) and prints its matrix.
+func runStudyOnDaemon(cmd *cobra.Command, c *api.Client, f *studyFile) error {
+	ctx := cmd.Context()
+	req := api.StudyRequest{Name: f.Name, Target: f.Target, Parameters: f.Parameters, SLA: f.SLA, TimeBound: f.TimeBound,
+		WarmUp: f.WarmUp, Window: f.Window, Slots: f.Slots, Strategy: f.Strategy, Interpolator: f.Interpolator, CheckThreshold: f.CheckThreshold}
+	for _, m := range f.Metrics {
+		req.Metrics = append(req.Metrics, justrunit.Metric(m))
+	}
+	st, err := c.CreateStudy(ctx, req)
+	if err != nil {
+		return err
+	}
+	w := cmd.ErrOrStderr()
+	fmt.Fprintf(w, "Study %s posted to the daemon.\n", st.ID)
+	last := ""
+	for {
+		select {
+		case <-ctx.Done():
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if err := c.CancelStudy(cctx, st.ID); err != nil {
+				return errors.Join(ctx.Err(), err)
+			}
+			fmt.Fprintf(w, "Study %s cancelled.\n", st.ID)
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+		st, err = c.Study(ctx, st.ID)
+		if err != nil {
+			return err
+		}
+		if line := fmt.Sprintf("%s: %d experiments", st.State, st.Experiments); line != last {
+			fmt.Fprintln(w, line)
+			last = line
+		}
+		switch st.State {
+		case justrunit.StudyPending, justrunit.StudyRunning:
+			continue
+		}
+		break
+	}
+	e, err := loadExport(ctx, c, st.ID)
+	if err != nil {
+		return err
+	}
+	if err := e.render(cmd.OutOrStdout()); err != nil {
+		return err
+	}
+	if st.State != justrunit.StudyDone {
+		return fmt.Errorf("study %s %s: %s", st.ID, st.State, st.Error)
+	}
+	return nil
 }
 
 // waitTraffic waits until count grows, i.e. live requests pass the proxy.

@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/driver"
+	"github.com/justrunit/justrunit/examples/auction/loadgen"
+	"github.com/justrunit/justrunit/measure"
+	"github.com/justrunit/justrunit/platform/local"
+	"github.com/justrunit/justrunit/siterun"
+)
+
+// demoStudyReport is what "demo study --json" prints.
+type demoStudyReport struct {
+	Measured     int     `json:"measured"`
+	Interpolated int     `json:"interpolated"`
+	TimeBoundS   float64 `json:"time_bound_s"`
+	ElapsedS     float64 `json:"elapsed_s"`
+	SLA          string  `json:"sla"`
+	// SLAAllocation is the least measured CPU share meeting the SLA; null
+	// when no measured share meets it.
+	SLAAllocation *float64        `json:"sla_allocation"`
+	Fidelity      []fidelityPoint `json:"fidelity"`
+	MatchRate     float64         `json:"match_rate"`
+	// CloneRequestsReachingDataTier counts clone calls the out-proxy passed
+	// to the real data tier (none may: no read-only pass-through is set).
+	CloneRequestsReachingDataTier int64             `json:"clone_requests_reaching_data_tier"`
+	OnlineP95Ratio                float64           `json:"online_p95_ratio"`
+	OnlineP95BeforeMs             float64           `json:"online_p95_before_ms"`
+	OnlineP95DuringMs             float64           `json:"online_p95_during_ms"`
+	Leftovers                     int               `json:"leftovers"`
+	Matrix                        *justrunit.Matrix `json:"matrix"`
+}
+
+type fidelityPoint struct {
+	Point           string  `json:"point"`
+	Provenance      string  `json:"provenance"`
+	PredictedP95Ms  float64 `json:"predicted_p95_ms"`
+	ActualP95Ms     float64 `json:"actual_p95_ms"`
+	PredictedMeanMs float64 `json:"predicted_mean_ms"`
+	ActualMeanMs    float64 `json:"actual_mean_ms"`
+}
+
+func newDemoStudyCmd(g *globals) *cobra.Command {
+	var out string
+	var asJSON bool
+	var rate float64
+	cmd := &cobra.Command{
+		Use:   "study",
+		Short: "Study the auction's app tier under load and check the answer on the on-line instance",
+		Long: `Start the auction example on the local platform under an open-loop RUBiS-like load,
+study its app tier over cpu 20..100% step 10 with an SLA of p95 ≤ 50 ms, then set
+the on-line app tier to three allocations and measure it (fidelity: predicted vs
+actual), and tear everything down. Prints the cells measured and interpolated,
+the time bound and elapsed time, the least allocation meeting the SLA, the
+fidelity figures, the out-proxy's match rate, the clone calls that reached the
+data tier, and the on-line p95 during the study relative to before. Needs root
+and the Go toolchain.`,
+		Example: `  sudo go run ./cmd/justrunit demo study --json`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if os.Geteuid() != 0 {
+				return errors.New("demo study: needs root (cgroups and network namespaces); run it as root")
+			}
+			rep, err := runDemoStudy(cmd, g, out, rate)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			}
+			w := cmd.OutOrStdout()
+			rep.Matrix.Render(w)
+			least := "none measured"
+			if rep.SLAAllocation != nil {
+				least = fmt.Sprintf("cpu=%g%%", *rep.SLAAllocation)
+			}
+			fmt.Fprintf(w, "least allocation meeting %s: %s (%d cells measured, %d interpolated, %.0f s of a %.0f s time bound)\n",
+				rep.SLA, least, rep.Measured, rep.Interpolated, rep.ElapsedS, rep.TimeBoundS)
+			for _, f := range rep.Fidelity {
+				fmt.Fprintf(w, "fidelity %s (%s): p95 predicted %.1f ms, on-line %.1f ms; mean predicted %.1f ms, on-line %.1f ms\n",
+					f.Point, f.Provenance, f.PredictedP95Ms, f.ActualP95Ms, f.PredictedMeanMs, f.ActualMeanMs)
+			}
+			fmt.Fprintf(w, "match rate %.3f, clone calls reaching the data tier %d, on-line p95 during/before %.2f (%.1f / %.1f ms), leftovers %d\n",
+				rep.MatchRate, rep.CloneRequestsReachingDataTier, rep.OnlineP95Ratio, rep.OnlineP95DuringMs, rep.OnlineP95BeforeMs, rep.Leftovers)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "justrunit-demo-study", "directory for the demo's files")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.Flags().Float64Var(&rate, "rate", 40, "requests per second offered to the auction")
+	return cmd
+}
+
+func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, rate float64) (rep *demoStudyReport, err error) {
+	ctx := cmd.Context()
+	w := cmd.ErrOrStderr()
+	log, err := newLogger("warn", g.logFormat)
+	if err != nil {
+		return nil, err
+	}
+	out, err := filepath.Abs(outDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, err
+	}
+	fmt.Fprintln(w, "Building the auction example...")
+	bin, err := buildAuction(ctx, out)
+	if err != nil {
+		return nil, err
+	}
+	sf, fronts, err := demoSiteWith(out, bin, 1, 1, false)
+	if err != nil {
+		return nil, err
+	}
+	stateDir := filepath.Join(out, "platform")
+	s, err := siterun.Up(ctx, sf, siterun.Options{StateDir: stateDir, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	closed := false
+	closeSite := func() {
+		if !closed {
+			closed = true
+			err = errors.Join(err, s.Close(context.WithoutCancel(ctx)))
+		}
+	}
+	defer closeSite()
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	loadDone := make(chan struct{})
+	go func() {
+		defer close(loadDone)
+		loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + fronts["auction0"], Rate: rate, Seed: 11, Timeout: 10 * time.Second})
+	}()
+	feed, _ := s.InProxy("auction0-app")
+	window := func(d time.Duration) measure.Summary {
+		feed.ResetOnline()
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+		}
+		return feed.ResetOnline()
+	}
+	fmt.Fprintln(w, "Site up under load; measuring the on-line app tier before the study...")
+	window(5 * time.Second)
+	before := window(10 * time.Second)
+
+	cpu, _ := justrunit.ParseParameter("cpu=20..100 step 10")
+	sla := justrunit.SLA{Metric: justrunit.RTP95, Max: 50}
+	st := &justrunit.Study{Name: "demo study", Target: "auction0-app", Space: justrunit.Space{Params: []justrunit.Parameter{cpu}},
+		Metrics: []justrunit.Metric{justrunit.RTP95, justrunit.RTMean, justrunit.Throughput, justrunit.EnergyPerRequest}, SLA: &sla,
+		WarmUp: justrunit.Duration(4 * time.Second), Window: justrunit.Duration(8 * time.Second),
+		TimeBound: justrunit.Duration(90 * time.Second), Slots: 1, Strategy: "sla", Interpolator: "gp", CheckThreshold: 0.15}
+	fmt.Fprintf(w, "Studying %s over %d points (time bound %v)...\n", st.Target, st.Space.Size(), st.TimeBound)
+	feed.ResetOnline()
+	start := time.Now()
+	m, err := s.RunStudy(ctx, st, siterun.StudyOptions{})
+	elapsed := time.Since(start)
+	during := feed.ResetOnline()
+	if err != nil {
+		return nil, err
+	}
+	rep = &demoStudyReport{TimeBoundS: time.Duration(st.TimeBound).Seconds(), ElapsedS: elapsed.Seconds(), SLA: sla.String(), Matrix: m,
+		OnlineP95BeforeMs: before.RT.P95, OnlineP95DuringMs: during.RT.P95}
+	if before.RT.P95 > 0 {
+		rep.OnlineP95Ratio = during.RT.P95 / before.RT.P95
+	}
+	c := m.Counts()
+	rep.Measured, rep.Interpolated = c[justrunit.Measured]+c[justrunit.Verified], c[justrunit.Interpolated]+c[justrunit.Used]
+	var rates []float64
+	for _, i := range m.Measured() {
+		rates = append(rates, m.Rows[i].Observation.MatchRate)
+	}
+	for _, r := range rates {
+		rep.MatchRate += r / float64(len(rates))
+	}
+	if p, ok, lerr := driver.LeastPassing(m, sla, "cpu"); lerr == nil && ok {
+		rep.SLAAllocation = &p[0]
+	}
+	win := measure.WindowConfig{WarmUp: 4 * time.Second, Min: 4 * time.Second, Max: 8 * time.Second, RelCI: 0.05, MinSamples: 100}
+	for _, cpu := range []float64{40, 60, 80} {
+		fmt.Fprintf(w, "Fidelity: setting the on-line app tier to cpu=%g%%...\n", cpu)
+		v, err := s.Verify(ctx, st, m, justrunit.Point{cpu}, win)
+		if err != nil {
+			return nil, err
+		}
+		p95, _ := m.Cell(justrunit.Point{cpu}, justrunit.RTP95)
+		mean, _ := m.Cell(justrunit.Point{cpu}, justrunit.RTMean)
+		rep.Fidelity = append(rep.Fidelity, fidelityPoint{Point: st.Space.Format(v.Point), Provenance: p95.Prov.String(),
+			PredictedP95Ms: p95.Value, ActualP95Ms: v.Measured.RT.P95, PredictedMeanMs: mean.Value, ActualMeanMs: v.Measured.RT.Mean})
+	}
+	if op, ok := s.OutProxy("auction0-app"); ok {
+		rep.CloneRequestsReachingDataTier = op.Stats().PassedThrough
+	}
+	stopLoad()
+	<-loadDone
+	closeSite()
+	left, lerr := local.Leftovers(local.Scope(stateDir), stateDir)
+	if lerr != nil {
+		return nil, lerr
+	}
+	rep.Leftovers = left.Total()
+	return rep, err
+}
