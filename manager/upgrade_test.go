@@ -8,13 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/justrunit/justrunit/examples/auction/loadgen"
+	"github.com/justrunit/justrunit/internal/testutil"
 	"github.com/justrunit/justrunit/manager"
 	"github.com/justrunit/justrunit/site"
 	"github.com/justrunit/justrunit/siterun"
@@ -23,22 +23,12 @@ import (
 // TestEvaluateUpgrade compares two emulated hardware classes for the
 // auction's app tier under live load: the faster class answers faster.
 func TestEvaluateUpgrade(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (cgroups, network namespaces); CI runs as root, so this is a setup error")
-		}
-		t.Skip("needs root (cgroups, network namespaces); run as root")
-	}
+	testutil.NeedRoot(t)
 	if testing.Short() {
 		t.Skip("runs a site and two experiments")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "auction")
-	build := exec.Command("go", "build", "-o", bin, "github.com/justrunit/justrunit/examples/auction")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build auction: %v\n%s", err, b)
-	}
+	bin := testutil.BuildAuction(t)
 	var addrs []string
 	for range 4 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")

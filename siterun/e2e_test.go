@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -22,24 +21,13 @@ import (
 	"github.com/justrunit/justrunit/experiment"
 	"github.com/justrunit/justrunit/internal/cgroup"
 	"github.com/justrunit/justrunit/internal/metrics"
+	"github.com/justrunit/justrunit/internal/testutil"
 	"github.com/justrunit/justrunit/measure"
 	"github.com/justrunit/justrunit/platform/local"
 	"github.com/justrunit/justrunit/site"
 	"github.com/justrunit/justrunit/siterun"
 	"github.com/justrunit/justrunit/store/sqlite"
 )
-
-// needRoot skips a test that needs root, or fails it under CI=true.
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("needs root (cgroups, network namespaces); CI runs as root, so this is a setup error")
-	}
-	t.Skip("needs root (cgroups, network namespaces); run as root")
-}
 
 func freePorts(t *testing.T, n int) []string {
 	t.Helper()
@@ -122,16 +110,11 @@ services:
 // is left; and the on-line app tier's p95 during the study stays near what
 // it was before.
 func TestAuctionStudy(t *testing.T) {
-	needRoot(t)
+	testutil.NeedRoot(t)
 	if testing.Short() {
 		t.Skip("runs a 3-tier site and a study for about a minute")
 	}
-	bin := filepath.Join(t.TempDir(), "auction")
-	build := exec.Command("go", "build", "-o", bin, "github.com/justrunit/justrunit/examples/auction")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build auction: %v\n%s", err, out)
-	}
+	bin := testutil.BuildAuction(t)
 	f, webAddr := auctionSite(t, bin)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
@@ -307,16 +290,11 @@ func metricValue(t *testing.T, m prometheus.Metric) float64 {
 // study fails cleanly naming the dead clone, the on-line tier answers every
 // request, and nothing of the clone is left.
 func TestCloneKilledMidStudy(t *testing.T) {
-	needRoot(t)
+	testutil.NeedRoot(t)
 	if testing.Short() {
 		t.Skip("runs a 3-tier site and a study")
 	}
-	bin := filepath.Join(t.TempDir(), "auction")
-	build := exec.Command("go", "build", "-o", bin, "github.com/justrunit/justrunit/examples/auction")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build auction: %v\n%s", err, out)
-	}
+	bin := testutil.BuildAuction(t)
 	f, webAddr := auctionSite(t, bin)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	stateDir := t.TempDir()

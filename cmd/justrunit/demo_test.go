@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/justrunit/justrunit/internal/testutil"
 	"github.com/justrunit/justrunit/manager"
 )
 
@@ -16,12 +17,7 @@ import (
 // and applies an expansion, and at the end every SLA is met and nothing is
 // left behind.
 func TestDemo(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (cgroups, network namespaces); CI runs as root, so this is a setup error")
-		}
-		t.Skip("needs root (cgroups, network namespaces); run as root")
-	}
+	testutil.NeedRoot(t)
 	if testing.Short() {
 		t.Skip("runs the demo for about two minutes")
 	}

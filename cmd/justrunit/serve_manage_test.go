@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,25 +12,16 @@ import (
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/api"
 	"github.com/justrunit/justrunit/examples/auction/loadgen"
+	"github.com/justrunit/justrunit/internal/testutil"
 )
 
 // TestServeManage runs the daemon on the demo's site with the manager: the
 // API shows the site's hosts, the monitor's samples, and makes and applies
 // placement plans.
 func TestServeManage(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (cgroups, network namespaces); CI runs as root, so this is a setup error")
-		}
-		t.Skip("needs root (cgroups, network namespaces); run as root")
-	}
+	testutil.NeedRoot(t)
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "auction")
-	build := exec.Command("go", "build", "-o", bin, "github.com/justrunit/justrunit/examples/auction")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build auction: %v\n%s", err, b)
-	}
+	bin := testutil.BuildAuction(t)
 	_, fronts, err := demoSite(dir, bin, 1)
 	if err != nil {
 		t.Fatal(err)

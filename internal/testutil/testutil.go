@@ -1,0 +1,36 @@
+// Package testutil holds helpers the integration tests share: the gate for
+// tests that need root, and building the auction example they run.
+package testutil
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// NeedRoot skips a test that needs root, or fails it under CI=true (CI runs
+// as root, so a missing capability there is a setup error).
+func NeedRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("needs root (cgroups, network namespaces); CI runs as root, so this is a setup error")
+	}
+	t.Skip("needs root (cgroups, network namespaces); run as root")
+}
+
+// BuildAuction builds the auction example's static binary into a temporary
+// directory and returns its path.
+func BuildAuction(t testing.TB) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "auction")
+	build := exec.Command("go", "build", "-o", bin, "github.com/justrunit/justrunit/examples/auction")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the auction example: %v\n%s", err, out)
+	}
+	return bin
+}
