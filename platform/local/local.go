@@ -46,6 +46,7 @@ import (
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/internal/cgroup"
+	"github.com/justrunit/justrunit/internal/hostlayout"
 )
 
 func init() {
@@ -85,14 +86,7 @@ const runDir = "/run/justrunit"
 
 // HostConfig is a host of the local platform: a partition of this machine's
 // CPUs.
-type HostConfig struct {
-	justrunit.Host
-	// CPUs is the cpuset ("0", "1-3"). Empty lays hosts out one after the
-	// other over the online CPUs, wrapping around when there are fewer CPUs
-	// than the hosts' cores add up to; hosts then share CPUs, and their
-	// capacity (Cores) is an accounting limit, not an isolation guarantee.
-	CPUs string `json:"cpus,omitempty"`
-}
+type HostConfig = hostlayout.Host
 
 // Config configures the platform. Zero fields take the defaults.
 type Config struct {
@@ -204,7 +198,7 @@ func New(cfg Config) (*Platform, error) {
 		insts:     map[string]*inst{},
 		destroyed: map[string]bool{},
 	}
-	hosts, err := layoutHosts(cfg.Hosts, onlineCPUs())
+	hosts, err := layoutHosts(cfg.Hosts, hostlayout.OnlineCPUs())
 	if err != nil {
 		return nil, err
 	}

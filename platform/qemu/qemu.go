@@ -59,6 +59,7 @@ import (
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/internal/cgroup"
+	"github.com/justrunit/justrunit/internal/hostlayout"
 	"github.com/justrunit/justrunit/platform/qemu/guest"
 )
 
@@ -101,12 +102,7 @@ const (
 const cgroupRoot = "/justrunit/qemu"
 
 // HostConfig is a host: a partition of this machine's CPUs.
-type HostConfig struct {
-	justrunit.Host
-	// CPUs is the cpuset ("0", "1-3"); empty lays hosts out one after the
-	// other over the online CPUs, wrapping around.
-	CPUs string `json:"cpus,omitempty"`
-}
+type HostConfig = hostlayout.Host
 
 // Options configure the platform. Zero fields take the defaults.
 type Options struct {
@@ -422,76 +418,20 @@ func (p *Platform) image(dir string) (*guest.Image, error) {
 	return p.img, p.imgErr
 }
 
-// layoutHosts validates hosts and gives every host without a cpuset
-// ceil(Cores) CPUs, consecutively, wrapping around.
+// layoutHosts validates hosts and lays them out (see hostlayout.Layout);
+// no hosts gives DefaultHosts.
 func layoutHosts(cfg []HostConfig, cpus []int) ([]*HostConfig, error) {
 	if len(cfg) == 0 {
 		cfg = DefaultHosts(len(cpus))
 	}
-	seen := map[string]bool{}
-	next := 0
-	var out []*HostConfig
-	for i, h := range cfg {
-		field := fmt.Sprintf("hosts[%d]", i)
-		if !idRe.MatchString(h.Name) {
-			return nil, justrunit.Invalid(field+".name", h.Name, "want letters, digits, '.', '_' or '-'")
-		}
-		if seen[h.Name] {
-			return nil, justrunit.Invalid(field+".name", h.Name, "duplicate host name")
-		}
-		seen[h.Name] = true
-		if h.Cores <= 0 {
-			return nil, justrunit.Invalid(field+".cores", h.Cores, "must be > 0")
-		}
-		if h.Class == "" {
-			h.Class = "std"
-		}
-		if h.Power == (justrunit.PowerModel{}) {
-			h.Power = justrunit.PowerModel{IdleWatts: 60, MaxWatts: 140}
-		}
-		if h.CPUs == "" {
-			var list []string
-			for k := 0; k < int(math.Ceil(h.Cores)); k++ {
-				list = append(list, strconv.Itoa(cpus[next%len(cpus)]))
-				next++
-			}
-			h.CPUs = strings.Join(list, ",")
-		}
-		hc := h
-		out = append(out, &hc)
+	hs, err := hostlayout.Layout(cfg, cpus, justrunit.PowerModel{IdleWatts: 60, MaxWatts: 140})
+	if err != nil {
+		return nil, fmt.Errorf("qemu platform: %w", err)
 	}
-	return out, nil
+	return hs, nil
 }
 
-func onlineCPUs() []int {
-	b, err := os.ReadFile("/sys/fs/cgroup/cpuset/cpuset.effective_cpus")
-	if err != nil {
-		b, err = os.ReadFile("/sys/devices/system/cpu/online")
-	}
-	var out []int
-	if err == nil {
-		for _, part := range strings.Split(strings.TrimSpace(string(b)), ",") {
-			lo, hi, isRange := strings.Cut(part, "-")
-			a, err1 := strconv.Atoi(lo)
-			if err1 != nil {
-				continue
-			}
-			z := a
-			if isRange {
-				if n, err := strconv.Atoi(hi); err == nil {
-					z = n
-				}
-			}
-			for c := a; c <= z; c++ {
-				out = append(out, c)
-			}
-		}
-	}
-	if len(out) == 0 {
-		out = []int{0}
-	}
-	return out
-}
+func onlineCPUs() []int { return hostlayout.OnlineCPUs() }
 
 func machineFreqGHz() float64 {
 	b, err := os.ReadFile("/proc/cpuinfo")

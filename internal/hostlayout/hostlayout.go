@@ -1,0 +1,133 @@
+// Package hostlayout splits one machine into hosts: CPU partitions
+// (cpusets) with a capacity in cores, a class and a power model. The local
+// and qemu platforms both lay their hosts out this way.
+package hostlayout
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/justrunit/justrunit"
+)
+
+// Host is a host and its cpuset.
+type Host struct {
+	justrunit.Host
+	// CPUs is the cpuset ("0", "1-3"). Empty lays hosts out one after the
+	// other over the online CPUs, wrapping around when there are fewer CPUs
+	// than the hosts' cores add up to; hosts then share CPUs, and their
+	// capacity (Cores) is an accounting limit, not an isolation guarantee.
+	CPUs string `json:"cpus,omitempty"`
+}
+
+var nameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$`)
+
+// Layout validates hosts (names unique, cores > 0, power models, cpusets
+// of online CPUs wide enough for the cores), fills in the class "std" and
+// defaultPower where they are missing, and gives every host without a
+// cpuset ceil(Cores) CPUs, consecutively over cpus, wrapping around.
+func Layout(cfg []Host, cpus []int, defaultPower justrunit.PowerModel) ([]*Host, error) {
+	if len(cpus) == 0 {
+		return nil, fmt.Errorf("no online CPU found")
+	}
+	online := map[int]bool{}
+	for _, c := range cpus {
+		online[c] = true
+	}
+	seen := map[string]bool{}
+	next := 0
+	var out []*Host
+	for i, h := range cfg {
+		field := fmt.Sprintf("hosts[%d]", i)
+		switch {
+		case !nameRe.MatchString(h.Name):
+			return nil, justrunit.Invalid(field+".name", h.Name, "want letters, digits, '.', '_' or '-'")
+		case seen[h.Name]:
+			return nil, justrunit.Invalid(field+".name", h.Name, "duplicate host name")
+		case h.Cores <= 0:
+			return nil, justrunit.Invalid(field+".cores", h.Cores, "must be > 0")
+		}
+		seen[h.Name] = true
+		if h.Class == "" {
+			h.Class = "std"
+		}
+		if h.Power == (justrunit.PowerModel{}) {
+			h.Power = defaultPower
+		}
+		if err := h.Power.Validate(); err != nil {
+			return nil, fmt.Errorf("%s: %w", field, err)
+		}
+		if h.CPUs == "" {
+			var list []string
+			for k := 0; k < int(math.Ceil(h.Cores)); k++ {
+				list = append(list, strconv.Itoa(cpus[next%len(cpus)]))
+				next++
+			}
+			h.CPUs = strings.Join(list, ",")
+		} else {
+			set, err := ParseCPUList(h.CPUs)
+			if err != nil {
+				return nil, justrunit.Invalid(field+".cpus", h.CPUs, "%v", err)
+			}
+			for _, c := range set {
+				if !online[c] {
+					return nil, justrunit.Invalid(field+".cpus", h.CPUs, "CPU %d is not online (online: %v)", c, cpus)
+				}
+			}
+			if float64(len(set)) < h.Cores {
+				return nil, justrunit.Invalid(field+".cores", h.Cores, "more than the %d CPUs of cpuset %s", len(set), h.CPUs)
+			}
+		}
+		hc := h
+		out = append(out, &hc)
+	}
+	return out, nil
+}
+
+// OnlineCPUs lists the CPUs this process may run on (CPU 0 when that
+// cannot be read).
+func OnlineCPUs() []int {
+	b, err := os.ReadFile("/sys/fs/cgroup/cpuset/cpuset.effective_cpus")
+	if err != nil {
+		b, err = os.ReadFile("/sys/devices/system/cpu/online")
+	}
+	if err == nil {
+		if l, err := ParseCPUList(strings.TrimSpace(string(b))); err == nil && len(l) > 0 {
+			return l
+		}
+	}
+	return []int{0}
+}
+
+// ParseCPUList parses a kernel CPU list such as "0-2,4".
+func ParseCPUList(s string) ([]int, error) {
+	var out []int
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil {
+			return nil, fmt.Errorf("bad CPU list %q", s)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.Atoi(hi); err != nil || b < a {
+				return nil, fmt.Errorf("bad CPU list %q", s)
+			}
+		}
+		for c := a; c <= b; c++ {
+			out = append(out, c)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("empty CPU list")
+	}
+	return out, nil
+}
