@@ -126,13 +126,13 @@ func logStats(ctx context.Context, d time.Duration, f func()) {
 
 func newProxyInCmd(g *globals) *cobra.Command {
 	var (
-		listen, online, control    string
-		clones                     []string
-		maxCopyBody, maxCloneBytes string
-		maxInFlight                int
-		copyTimeout, statsInterval time.Duration
-		compare                    bool
-		masks                      maskFlags
+		listen, online, control              string
+		clones                               []string
+		maxCopyBody, maxCloneBytes           string
+		maxInFlight                          int
+		copyTimeout, statsInterval, cloneLag time.Duration
+		compare                              bool
+		masks                                maskFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "in",
@@ -167,7 +167,7 @@ transport errors count as errors.`,
 			defer func() { err = flagError(err) }()
 			tuneGC()
 			// Check every flag before listening anywhere.
-			cfg := httpproxy.InConfig{MaxInFlight: maxInFlight, CopyTimeout: copyTimeout, Compare: compare, Logger: g.logger}
+			cfg := httpproxy.InConfig{MaxInFlight: maxInFlight, CopyTimeout: copyTimeout, Compare: compare, CloneLag: cloneLag, Logger: g.logger}
 			if cfg.Online, err = httpproxy.ParseUpstream("--online", online); err != nil {
 				return err
 			}
@@ -239,6 +239,7 @@ transport errors count as errors.`,
 	f.IntVar(&maxInFlight, "max-in-flight", httpproxy.DefaultMaxInFlight, "copies in flight per clone; beyond, copies are dropped")
 	f.StringVar(&maxCloneBytes, "max-clone-bytes", "64MiB", "bytes in flight per clone; beyond, copies are dropped")
 	f.DurationVar(&copyTimeout, "copy-timeout", httpproxy.DefaultCopyTimeout, "limit on one copy; a copy that takes longer is an error")
+	f.DurationVar(&cloneLag, "clone-lag", 0, "delay every copy by this much after the on-line arrival (inter-arrival times kept): behind an out-proxy, lets the on-line calls be recorded before a clone makes them")
 	f.BoolVar(&compare, "compare", false, "compare each clone answer with the on-line one (status and masked body)")
 	f.DurationVar(&statsInterval, "stats-interval", 0, "log statistics (and start a new window) this often; 0: never")
 	masks.add(cmd)

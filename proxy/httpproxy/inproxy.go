@@ -34,6 +34,10 @@ const (
 	DefaultShutdownGrace = 5 * time.Second
 )
 
+// MaxCloneLag is the longest CloneLag: half the out-proxy's default record
+// window, so that a lagged clone still finds the on-line exchanges.
+const MaxCloneLag = DefaultWindow / 2
+
 // copyOverhead is what a copy in flight is charged besides its body.
 const copyOverhead = 2 << 10
 
@@ -72,6 +76,17 @@ type InConfig struct {
 	// ObserveCopy, when set, is called for every copy to a clone with
 	// whether it was sent (false: dropped). It must be fast.
 	ObserveCopy func(sent bool)
+	// CloneLag delays every copy by this much after the on-line arrival:
+	// the copies keep the on-line inter-arrival times, shifted. Behind an
+	// out-proxy this gives the on-line instance a head start, so that its
+	// next-tier exchanges are in the record before the clone makes the
+	// same calls; without it, a clone faster than the on-line instance
+	// waits for the on-line instance at every next-tier call and is held
+	// to its pace. Copies waiting for their time count in MaxCloneBytes
+	// (not in MaxInFlight, which bounds the copies sent and unanswered).
+	// The clone's response times count from the copy's dispatch at the
+	// lagged arrival. 0: no lag.
+	CloneLag time.Duration
 }
 
 // InProxy plays the previous tier. It forwards every request to the on-line
@@ -111,6 +126,9 @@ func NewInProxy(cfg InConfig) (*InProxy, error) {
 	}
 	if cfg.MaxCopyBody < 0 || cfg.MaxInFlight < 0 || cfg.MaxCloneBytes < 0 || cfg.CopyTimeout < 0 || cfg.MaxCompareBody < 0 {
 		return nil, justrunit.Invalid("in-proxy limits", nil, "must not be negative")
+	}
+	if cfg.CloneLag < 0 || cfg.CloneLag > MaxCloneLag {
+		return nil, justrunit.Invalid("clone_lag", cfg.CloneLag, "must be between 0 and %v", MaxCloneLag)
 	}
 	if cfg.MaxCopyBody == 0 {
 		cfg.MaxCopyBody = DefaultMaxCopyBody
@@ -302,6 +320,9 @@ type CloneStats struct {
 	// in flight now; they are not windowed.
 	InFlight      int64 `json:"in_flight"`
 	InFlightBytes int64 `json:"in_flight_bytes"`
+	// Queued counts the copies waiting for their time (CloneLag) now, not
+	// windowed; their bytes are in InFlightBytes.
+	Queued int64 `json:"queued,omitempty"`
 	// Compared counts copies whose response was compared with the on-line
 	// one; Mismatched those that differed (status, or masked body).
 	// MismatchRate is Mismatched / Compared, 0 when none were compared.
@@ -600,6 +621,7 @@ type clone struct {
 	rec     *measure.Recorder
 	inFl    atomic.Int64
 	inFlB   atomic.Int64
+	queue   *lagQueue // nil without CloneLag
 	sent    atomic.Int64
 	dropped atomic.Int64
 
@@ -623,7 +645,7 @@ func newClone(name string, target *url.URL, cfg InConfig, log *slog.Logger) *clo
 	tr.MaxIdleConnsPerHost = cfg.MaxInFlight
 	tr.ResponseHeaderTimeout = cfg.CopyTimeout
 	tr.DialContext = (&net.Dialer{Timeout: min(cfg.CopyTimeout, 2*time.Second), KeepAlive: 30 * time.Second}).DialContext
-	return &clone{
+	c := &clone{
 		name:   name,
 		target: target,
 		cfg:    cfg,
@@ -633,6 +655,11 @@ func newClone(name string, target *url.URL, cfg InConfig, log *slog.Logger) *clo
 		cancel: cancel,
 		rec:    measure.NewRecorder(),
 	}
+	if cfg.CloneLag > 0 {
+		c.queue = &lagQueue{wake: make(chan struct{}, 1)}
+		go c.pace()
+	}
+	return c
 }
 
 func (c *clone) stop() {
@@ -651,6 +678,15 @@ func (c *clone) send(cr *copyReq) {
 		return
 	}
 	charge := int64(len(cr.body)) + copyOverhead
+	if c.queue != nil {
+		if c.inFlB.Add(charge) > c.cfg.MaxCloneBytes {
+			c.inFlB.Add(-charge)
+			c.drop()
+			return
+		}
+		c.queue.push(lagged{cr: cr, charge: charge, due: cr.arrival.Add(c.cfg.CloneLag)})
+		return
+	}
 	if c.inFl.Add(1) > int64(c.cfg.MaxInFlight) {
 		c.inFl.Add(-1)
 		c.drop()
@@ -662,11 +698,107 @@ func (c *clone) send(cr *copyReq) {
 		c.drop()
 		return
 	}
+	c.start(cr, charge, cr.arrival)
+}
+
+// start counts cr as sent and sends it, timing the clone's response from
+// due.
+func (c *clone) start(cr *copyReq, charge int64, due time.Time) {
 	c.sent.Add(1)
 	if f := c.cfg.ObserveCopy; f != nil {
 		f(true)
 	}
-	go c.do(cr, charge)
+	go c.do(cr, charge, due)
+}
+
+// lagged is a copy waiting for its time.
+type lagged struct {
+	cr     *copyReq
+	charge int64
+	due    time.Time
+}
+
+// lagQueue holds the copies of a clone with a lag, in arrival order (which
+// is also their due order, the lag being the same for all).
+type lagQueue struct {
+	mu   sync.Mutex
+	q    []lagged
+	wake chan struct{} // signalled when the queue goes from empty to not
+}
+
+func (q *lagQueue) push(l lagged) {
+	q.mu.Lock()
+	q.q = append(q.q, l)
+	first := len(q.q) == 1
+	q.mu.Unlock()
+	if first {
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// head returns the oldest copy without removing it.
+func (q *lagQueue) head() (lagged, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.q) == 0 {
+		return lagged{}, false
+	}
+	return q.q[0], true
+}
+
+func (q *lagQueue) pop() {
+	q.mu.Lock()
+	q.q[0] = lagged{}
+	q.q = q.q[1:]
+	if len(q.q) == 0 {
+		q.q = nil // let the backing array go
+	}
+	q.mu.Unlock()
+}
+
+func (q *lagQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.q)
+}
+
+// pace sends the lagged copies at their due times until the clone is
+// detached; copies still queued then are let go.
+func (c *clone) pace() {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		l, ok := c.queue.head()
+		if !ok {
+			select {
+			case <-c.queue.wake:
+				continue
+			case <-c.ctx.Done():
+				return
+			}
+		}
+		if wait := time.Until(l.due); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-timer.C:
+			case <-c.ctx.Done():
+				return
+			}
+		}
+		c.queue.pop()
+		if c.inFl.Add(1) > int64(c.cfg.MaxInFlight) {
+			c.inFl.Add(-1)
+			c.inFlB.Add(-l.charge)
+			c.drop()
+			continue
+		}
+		// The clone's response time counts from now, when the copy goes
+		// out: the timer's lateness is the proxy's, not the clone's.
+		c.start(l.cr, l.charge, time.Now())
+	}
 }
 
 // drop counts a copy that was not sent.
@@ -677,7 +809,7 @@ func (c *clone) drop() {
 	}
 }
 
-func (c *clone) do(cr *copyReq, charge int64) {
+func (c *clone) do(cr *copyReq, charge int64, due time.Time) {
 	defer func() {
 		c.inFlB.Add(-charge)
 		c.inFl.Add(-1)
@@ -723,7 +855,7 @@ func (c *clone) do(cr *copyReq, charge int64) {
 		_, err = io.Copy(io.Discard, resp.Body)
 	}
 	resp.Body.Close()
-	d := time.Since(cr.arrival)
+	d := time.Since(due)
 	if c.ctx.Err() != nil {
 		return
 	}
@@ -755,6 +887,9 @@ func (c *clone) stats(reset bool) CloneStats {
 		Target:        c.target.String(),
 		InFlight:      c.inFl.Load(),
 		InFlightBytes: c.inFlB.Load(),
+	}
+	if c.queue != nil {
+		s.Queued = int64(c.queue.len())
 	}
 	if reset {
 		s.Response = c.rec.Reset()

@@ -146,11 +146,20 @@ func mustRead(r io.ReadCloser) []byte {
 // the clone's inter-arrival times within 5 ms of the on-line ones, all
 // within 50 ms.
 func TestInProxyCopyTiming(t *testing.T) {
+	for _, lag := range []time.Duration{0, 150 * time.Millisecond} {
+		t.Run(fmt.Sprintf("lag=%v", lag), func(t *testing.T) { testCopyTiming(t, lag) })
+	}
+}
+
+// testCopyTiming checks that copies keep the on-line inter-arrival times,
+// shifted by lag, and that the clone's response times count from the
+// lagged arrival.
+func testCopyTiming(t *testing.T, lag time.Duration) {
 	online := newBackend(t, nil)
 	clone := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(60 * time.Millisecond) // slower than the gaps below
 	})
-	p, base := startIn(t, InConfig{Online: online.URL})
+	p, base := startIn(t, InConfig{Online: online.URL, CloneLag: lag})
 	if err := p.AddClone(context.Background(), "c", clone.URL); err != nil {
 		t.Fatal(err)
 	}
@@ -179,6 +188,11 @@ func TestInProxyCopyTiming(t *testing.T) {
 		d := cl[i].Sub(cl[i-1]) - on[i].Sub(on[i-1])
 		diffs = append(diffs, d.Abs())
 	}
+	for i := range n {
+		if late := cl[i].Sub(on[i]); late < lag-time.Millisecond || late > lag+50*time.Millisecond {
+			t.Errorf("copy %d reached the clone %v after the on-line request, want %v (+ at most 50ms)", i, late, lag)
+		}
+	}
 	p90, worst := quantile(diffs, 0.9), quantile(diffs, 1)
 	t.Logf("inter-arrival difference clone vs on-line: p90 %v, max %v", p90, worst)
 	if p90 > 5*time.Millisecond || worst > 50*time.Millisecond {
@@ -193,10 +207,15 @@ func TestInProxyCopyTiming(t *testing.T) {
 		return st.Response.Count == n
 	})
 	st, _ = p.Stats().Clone("c")
-	if st.Response.RT.P50 < 55 {
-		t.Errorf("clone p50 = %.1f ms, want ≥ 55 (it sleeps 60 ms)", st.Response.RT.P50)
+	if st.Response.RT.P50 < 55 || st.Response.RT.P50 > 100+ms(lag)/2 {
+		t.Errorf("clone p50 = %.1f ms, want ≥ 55 (it sleeps 60 ms) and not counting the lag", st.Response.RT.P50)
+	}
+	if st.Queued != 0 || st.InFlight != 0 || st.InFlightBytes != 0 {
+		t.Errorf("after the last answer: queued %d, in flight %d (%d bytes), want 0", st.Queued, st.InFlight, st.InFlightBytes)
 	}
 }
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // TestInProxyBadClones checks that a killed, a hung and a 10x slower clone
 // change nothing on-line: every on-line request answered correctly, none

@@ -108,6 +108,7 @@ type OutProxy struct {
 	trOn  *http.Transport
 	trCl  *http.Transport
 	commi atomic.Int64
+	sleep sleeper // replays' waits
 
 	recorded, notRecorded atomic.Int64
 
@@ -125,6 +126,7 @@ type cloneEndpoint struct {
 	srv                        *server // nil when the caller serves CloneHandler
 	matched, unmatched, passed atomic.Int64
 	reused                     atomic.Int64 // matched reads answered with an earlier exchange
+	waited, waitNs             atomic.Int64 // calls that waited for their on-line match, and how long
 	from                       atomic.Int64 // window start, unix ns
 }
 
@@ -373,6 +375,12 @@ type ReplayStats struct {
 	// (again) yet.
 	Reused    int64   `json:"reused"`
 	MatchRate float64 `json:"match_rate"`
+	// Waited counts the calls that found no match at once and waited (up
+	// to MatchWait) for the on-line instance to make the same call;
+	// WaitMs is their mean wait. A clone faster than the on-line instance
+	// is held to its pace by these waits.
+	Waited int64   `json:"waited"`
+	WaitMs float64 `json:"wait_mean_ms"`
 }
 
 // Apply copies the match rate into o.
@@ -394,6 +402,11 @@ func (ep *cloneEndpoint) stats(reset bool) ReplayStats {
 	}
 	s.Matched, s.Unmatched, s.PassedThrough = load(&ep.matched), load(&ep.unmatched), load(&ep.passed)
 	s.Reused = load(&ep.reused)
+	if s.Waited = load(&ep.waited); s.Waited > 0 {
+		s.WaitMs = float64(load(&ep.waitNs)) / float64(s.Waited) / float64(time.Millisecond)
+	} else if reset {
+		ep.waitNs.Store(0)
+	}
 	s.MatchRate = matchRate(s.Matched, s.Unmatched)
 	return s
 }
@@ -628,7 +641,12 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 		if !ok && !(p.cfg.ReuseReads && p.safe[r.Method]) {
 			// With ReuseReads, a read that may pass through does not wait
 			// for the on-line instance either.
+			t := time.Now()
 			ex, ok = p.rec.Wait(r.Context(), ep.name, key, p.cfg.MatchWait)
+			if p.cfg.MatchWait > 0 {
+				ep.waited.Add(1)
+				ep.waitNs.Add(int64(time.Since(t)))
+			}
 		}
 		if ok {
 			ep.matched.Add(1)
@@ -650,16 +668,11 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 }
 
 // replay answers with ex after ex's latency, counted from the call's
-// arrival.
+// arrival (by a sleeper: a plain timer would add its lateness to every
+// replayed call).
 func (p *OutProxy) replay(w http.ResponseWriter, r *http.Request, ex *Exchange, arrival time.Time) {
-	if wait := time.Until(arrival.Add(ex.Latency)); wait > 0 {
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			t.Stop()
-			return
-		}
+	if p.sleep.until(r.Context(), arrival.Add(ex.Latency)) != nil {
+		return
 	}
 	h := w.Header()
 	for k, vs := range ex.Header {
