@@ -203,6 +203,8 @@ func (r *Runner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observat
 			return justrunit.Observation{}, err
 		}
 		obs.MatchRate = rs.MatchRate
+		r.log.Info("experiment replay", "clone", s.clone.ID, "point", p, "matched", rs.Matched, "unmatched", rs.Unmatched,
+			"reused", rs.Reused, "waited", rs.Waited, "wait_mean_ms", rs.WaitMs)
 	}
 	obs.Clone = s.clone.Mode
 	obs.Source = r.cfg.Platform.Name() + " clone " + s.clone.ID

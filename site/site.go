@@ -34,9 +34,11 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/internal/yamlfile"
+	"github.com/justrunit/justrunit/proxy/httpproxy"
 )
 
 // Site is a validated site file.
@@ -126,6 +128,24 @@ type Allocation struct {
 // InProxy is where the in-proxy of an instance listens.
 type InProxy struct {
 	Listen string `yaml:"listen"`
+	// CloneLag delays the copies sent to the instance's clones after the
+	// on-line arrival (inter-arrival times kept; e.g. "1s"). With an
+	// out-proxy it lets the on-line instance's next-tier calls be recorded
+	// before a clone makes them, so that a clone faster than the on-line
+	// instance is not held to its pace: without it such a clone waits for
+	// the on-line instance at each next-tier call, and its response times
+	// come out no better than the on-line instance's (conservative). It
+	// must exceed the time the on-line instance takes to make its calls.
+	// Unset or "0s": no lag.
+	CloneLag *justrunit.Duration `yaml:"clone_lag"`
+}
+
+// Lag returns the clone lag the in-proxy of an instance uses.
+func (in *Instance) Lag() time.Duration {
+	if in.InProxy == nil || in.InProxy.CloneLag == nil {
+		return 0
+	}
+	return time.Duration(*in.InProxy.CloneLag)
 }
 
 // OutProxy is where the out-proxy of an instance listens for the on-line
@@ -253,6 +273,9 @@ func (s *Site) Validate() error {
 					}
 					if err := claim(inf+".in_proxy.listen", in.InProxy.Listen); err != nil {
 						return err
+					}
+					if l := in.InProxy.CloneLag; l != nil && (*l < 0 || time.Duration(*l) > httpproxy.MaxCloneLag) {
+						return justrunit.Invalid(inf+".in_proxy.clone_lag", *l, "must be between 0s and %v (the out-proxy keeps %v of exchanges)", httpproxy.MaxCloneLag, httpproxy.DefaultWindow)
 					}
 				}
 				if op := in.OutProxy; op != nil {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/justrunit/justrunit"
 )
@@ -49,6 +50,8 @@ func TestLoadErrors(t *testing.T) {
 		{"cpu above capacity", "{cpu: 50}", "{cpu: 150}", []string{":24:", "allocation.cpu", "capacity"}},
 		{"duplicate id", "id: data0", "id: app0", []string{":29:", "duplicate instance id"}},
 		{"address reused", "in_proxy: {listen: 127.0.0.1:18081}", "in_proxy: {listen: 127.0.0.1:18282}", []string{"out_proxy.listen", "already used"}},
+		{"clone lag too long", "in_proxy: {listen: 127.0.0.1:18081}", "in_proxy: {listen: 127.0.0.1:18081, clone_lag: 2m}", []string{"in_proxy.clone_lag", "30s"}},
+		{"bad clone lag", "in_proxy: {listen: 127.0.0.1:18081}", "in_proxy: {listen: 127.0.0.1:18081, clone_lag: soon}", []string{"clone_lag"}},
 		{"bad sla", "rt_mean<=50", "rt_mean<50", []string{":10:", "services[0].sla"}},
 		{"no command", "command: [auction, data, --listen, 127.0.0.1:18383, --state-dir, /var/lib/auction0]", "command: []", []string{":31:", "command", "required"}},
 		{"unknown field", "state_dir:", "statedir:", []string{"field statedir not found"}},
@@ -74,5 +77,23 @@ func TestLoadErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestInstanceLag(t *testing.T) {
+	zero, two := justrunit.Duration(0), justrunit.Duration(2*time.Second)
+	for _, tt := range []struct {
+		in   Instance
+		want time.Duration
+	}{
+		{Instance{}, 0},
+		{Instance{InProxy: &InProxy{Listen: "x"}}, 0},
+		{Instance{InProxy: &InProxy{Listen: "x"}, OutProxy: &OutProxy{}}, 0},
+		{Instance{InProxy: &InProxy{Listen: "x", CloneLag: &zero}, OutProxy: &OutProxy{}}, 0},
+		{Instance{InProxy: &InProxy{Listen: "x", CloneLag: &two}}, 2 * time.Second},
+	} {
+		if got := tt.in.Lag(); got != tt.want {
+			t.Errorf("Lag of %+v = %v, want %v", tt.in, got, tt.want)
+		}
 	}
 }

@@ -171,8 +171,9 @@ func (s *Site) launch(ctx context.Context, l justrunit.Launcher, service, tier s
 	s.log.Info("instance up", "instance", in.ID, "addr", in.Addr, "allocation", spec.Alloc)
 	if in.InProxy != nil {
 		cfg := httpproxy.InConfig{
-			Online: &url.URL{Scheme: "http", Host: in.Addr},
-			Logger: s.log.With("proxy", "in", "instance", in.ID),
+			Online:   &url.URL{Scheme: "http", Host: in.Addr},
+			Logger:   s.log.With("proxy", "in", "instance", in.ID),
+			CloneLag: in.Lag(),
 		}
 		if m := opts.Metrics; m != nil {
 			rt := m.ServiceResponseTime.WithLabelValues(service, tier)

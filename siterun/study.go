@@ -75,17 +75,16 @@ func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts Study
 	if err != nil {
 		return nil, err
 	}
+	if in, _, _, err := s.File.Instance(st.Target); err == nil && time.Duration(st.WarmUp) < in.Lag() {
+		return nil, justrunit.Invalid("warm_up", st.WarmUp, "must be at least the in-proxy's clone lag (%v): the first copies reach a clone that long after it is attached", in.Lag())
+	}
 	cfg, err := s.ExperimentConfig(ctx, st.Target, st.Space, opts.Sandbox)
 	if err != nil {
 		return nil, err
 	}
-	cfg.Window = measure.WindowConfig{
-		WarmUp:     time.Duration(st.WarmUp),
-		Min:        min(time.Duration(st.Window), max(time.Duration(st.Window)/3, time.Second)),
-		Max:        time.Duration(st.Window),
-		RelCI:      orFloat(opts.RelCI, DefaultRelCI),
-		MinSamples: orInt(opts.MinSamples, DefaultMinSamples),
-	}
+	cfg.Window = Window(time.Duration(st.WarmUp), time.Duration(st.Window))
+	cfg.Window.RelCI = orFloat(opts.RelCI, DefaultRelCI)
+	cfg.Window.MinSamples = orInt(opts.MinSamples, DefaultMinSamples)
 	runner, err := experiment.Open(ctx, cfg, st.Slots)
 	if err != nil {
 		return nil, fmt.Errorf("prepare the experiments: %w", err)
@@ -112,6 +111,22 @@ func (s *Site) RunStudy(ctx context.Context, st *justrunit.Study, opts StudyOpti
 		err = errors.Join(err, fmt.Errorf("remove the clones: %w", cerr))
 	}
 	return m, err
+}
+
+// Window is the measurement window of a study's experiments with warm-up
+// and window: after the warm-up it measures for at most window, and stops
+// early — after a third of it, at least a second — once the p95's
+// confidence interval is within DefaultRelCI with DefaultMinSamples
+// responses. The fidelity check measures the on-line instance the same way
+// so that both sides of its comparison are measured alike.
+func Window(warmUp, window time.Duration) measure.WindowConfig {
+	return measure.WindowConfig{
+		WarmUp:     warmUp,
+		Min:        min(window, max(window/3, time.Second)),
+		Max:        window,
+		RelCI:      DefaultRelCI,
+		MinSamples: DefaultMinSamples,
+	}
 }
 
 func orFloat(v, d float64) float64 {
