@@ -228,6 +228,13 @@ const (
 	// EventStudyInterrupted is added when a running study is found whose
 	// process died (see the store's recovery on start).
 	EventStudyInterrupted = "study.interrupted"
+	// EventVerifyDone is added for each point the fidelity check ("study
+	// verify") measured on the on-line target: level "warn" when a metric
+	// missed the study's check threshold. Its data holds the point and a
+	// list of per-metric "verifications" (predicted, measured, error).
+	// EventVerifyFailed is added when measuring a point on-line failed.
+	EventVerifyDone   = "verify.done"
+	EventVerifyFailed = "verify.failed"
 )
 
 // EventFilter selects events; zero fields match everything.

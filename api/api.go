@@ -10,8 +10,10 @@
 // daemon can do beyond reading depends on what it is given: a StudyRunner to
 // create and cancel studies, a SiteView for hosts and instances; without
 // them those calls answer 503 with code "unavailable" and say what is
-// missing. Calls for what is planned but not built (the manager's plans)
-// answer 501 "not_implemented".
+// missing. A SiteView that is also a Verifier lets the daemon check a
+// study's answers on the on-line instance (POST /studies/{id}/verify).
+// Calls for what is planned but not built (the manager's plans) answer 501
+// "not_implemented".
 package api
 
 import (
@@ -216,6 +218,7 @@ func (s *Server) routes() []route {
 		{"POST", Prefix + "/studies", true, s.handleCreateStudy},
 		{"GET", Prefix + "/studies/{id}", true, s.handleGetStudy},
 		{"POST", Prefix + "/studies/{id}/cancel", true, s.handleCancelStudy},
+		{"POST", Prefix + "/studies/{id}/verify", true, s.handleVerify},
 		{"GET", Prefix + "/studies/{id}/matrix", true, s.handleMatrix},
 		{"GET", Prefix + "/studies/{id}/observations", true, s.handleObservations},
 		{"GET", Prefix + "/studies/{id}/checks", true, s.handleChecks},
@@ -250,10 +253,13 @@ type Info struct {
 	Version string    `json:"version"`
 	Started time.Time `json:"started"`
 	// Runner is true when the daemon can run studies; Site when it runs a
-	// site; Manager when its manager runs (not yet built: always false).
+	// site; Samples when its site has per-service samples; Verify when it
+	// can verify a study on the on-line instance; Manager when its manager
+	// runs.
 	Runner  bool `json:"runner"`
 	Site    bool `json:"site"`
 	Samples bool `json:"samples"`
+	Verify  bool `json:"verify"`
 	Manager bool `json:"manager"`
 	// Missing explains, for people, what the daemon cannot do and why.
 	Missing []string `json:"missing,omitempty"`
@@ -262,6 +268,7 @@ type Info struct {
 func (s *Server) info() Info {
 	in := Info{Version: s.cfg.Version, Started: s.started, Runner: s.cfg.Runner != nil, Site: s.cfg.Site != nil, Manager: s.cfg.Planner != nil}
 	_, in.Samples = s.cfg.Site.(ServiceSampler)
+	_, in.Verify = s.cfg.Site.(Verifier)
 	switch {
 	case !in.Runner && !in.Site:
 		in.Missing = append(in.Missing, msgNoRunner)
@@ -289,6 +296,8 @@ const (
 	msgNoSite         = "this daemon runs no site: hosts, instances and their power state need the site runtime, which this daemon was not started with"
 	msgNoSamples      = "no per-service response-time samples: they come from the manager's SLA monitor, which is not running in this daemon"
 	msgNoManager      = "this daemon runs no manager (SLA monitor, consolidation and expansion plans): start it with --site and --manage"
+	msgNoVerifySite   = "this daemon runs no site, so it cannot verify a study on the on-line instance: start it with \"justrunit serve --site SITE.yaml\", or run \"justrunit study verify --site SITE.yaml ID\"; nothing was changed"
+	msgNoVerifier     = "this daemon's site runtime cannot set the on-line instance's allocation, so it cannot verify a study; nothing was changed"
 )
 
 func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {

@@ -89,6 +89,11 @@ func (c *Client) httpClient() *http.Client {
 // do calls method path with body (marshalled to JSON when not nil) and
 // decodes a successful answer into out (when not nil).
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	return c.doWith(ctx, c.httpClient(), method, path, body, out)
+}
+
+// doWith is do through hc.
+func (c *Client) doWith(ctx context.Context, hc *http.Client, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -108,7 +113,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	if c.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}
-	resp, err := c.httpClient().Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
@@ -178,6 +183,18 @@ func (c *Client) CreateStudy(ctx context.Context, q StudyRequest) (*justrunit.St
 // CancelStudy asks the daemon to stop a pending or running study.
 func (c *Client) CancelStudy(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodPost, Prefix+"/studies/"+url.PathEscape(id)+"/cancel", nil, nil)
+}
+
+// Verify asks the daemon to set the on-line target of study id to each of
+// q's points, measure it and compare with the study's matrix (the fidelity
+// check); it returns a Verification per point and metric. The call lasts as
+// long as the measurements — every point's warm-up and window — so no
+// client timeout applies: bound it with ctx.
+func (c *Client) Verify(ctx context.Context, id string, q VerifyRequest) ([]Verification, error) {
+	hc := *c.httpClient()
+	hc.Timeout = 0
+	var out []Verification
+	return out, c.doWith(ctx, &hc, http.MethodPost, Prefix+"/studies/"+url.PathEscape(id)+"/verify", q, &out)
 }
 
 // Matrix returns a study's matrix.

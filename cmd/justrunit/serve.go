@@ -47,7 +47,8 @@ type serveOptions struct {
 }
 
 // daemonSite is what a running site gives the daemon: the experimenter
-// factory for studies and the view of hosts and instances.
+// factory for studies and the view of hosts and instances (which can also
+// verify a study on the on-line instance, api.Verifier).
 type daemonSite struct {
 	NewRunner api.RunnerFactory
 	View      api.SiteView
@@ -60,7 +61,7 @@ type daemonSite struct {
 // startSite starts the site named by --site for the daemon. It is nil until
 // the site runtime exists; the file that adds the runtime sets it in its
 // init function.
-var startSite func(ctx context.Context, g *globals, path string, reg *metrics.Set, manage time.Duration) (*daemonSite, error)
+var startSite func(ctx context.Context, g *globals, path string, store justrunit.Store, reg *metrics.Set, manage time.Duration) (*daemonSite, error)
 
 func newServeCmd(g *globals) *cobra.Command {
 	o := &serveOptions{}
@@ -206,7 +207,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 			return fmt.Errorf("serve --site: %w: the daemon cannot run a site yet (it needs the site runtime); "+
 				"serve without --site to browse stored studies", justrunit.ErrNotImplemented)
 		}
-		site, err := startSite(ctx, g, o.site, set, o.manage)
+		site, err := startSite(ctx, g, o.site, store, set, o.manage)
 		if err != nil {
 			return err
 		}

@@ -83,7 +83,7 @@ func TestServeManage(t *testing.T) {
 	defer stopLoad()
 	go loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + fronts["auction0"], Rate: 30, Mix: loadgen.Browsing, Seed: 5, Timeout: 5 * time.Second})
 	studyFile := filepath.Join(dir, "study.yaml")
-	os.WriteFile(studyFile, []byte("target: auction0-app\nparameters: [\"cpu=40..60 step 20\"]\nmetrics: [rt_mean, throughput]\n"+
+	os.WriteFile(studyFile, []byte("target: auction0-app\nparameters: [\"cpu=30..40 step 10\"]\nmetrics: [rt_mean, throughput]\n"+
 		"time_bound: 40s\nwarm_up: 2s\nwindow: 4s\nstrategy: grid\n"), 0o600)
 	out, err := run(t, "--data-dir", data, "study", "run", "--study", studyFile)
 	if err != nil {
@@ -91,6 +91,21 @@ func TestServeManage(t *testing.T) {
 	}
 	if !strings.Contains(out, "posted to the daemon") || !strings.Contains(out, "4 X measured") {
 		t.Errorf("study run output:\n%s", out)
+	}
+	// "study verify" sets the on-line app tier to a point under the same
+	// load, measures it, restores it and records the comparison (at 30%:
+	// the other instances on pm1 leave the app tier 35% at most).
+	studies, err := c.Studies(ctx)
+	if err != nil || len(studies) == 0 {
+		t.Fatalf("studies = %v, %v", studies, err)
+	}
+	id := studies[0].ID
+	out, err = run(t, "--data-dir", data, "study", "verify", id, "--at", "cpu=30", "--warm-up", "1s", "--window", "3s")
+	if err != nil || !strings.Contains(out, "Verifying cpu=30 on the on-line auction0-app") || !strings.Contains(out, "values within the study's") {
+		t.Errorf("study verify in the daemon: %v\n%s", err, out)
+	}
+	if evs, err := c.Events(ctx, justrunit.EventFilter{StudyID: id, Kind: justrunit.EventVerifyDone}); err != nil || len(evs) != 1 {
+		t.Errorf("verify.done events = %+v, %v; want 1", evs, err)
 	}
 	stopLoad()
 	if err := stop(); err != nil {

@@ -4,16 +4,21 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
+	"maps"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/api"
+	"github.com/justrunit/justrunit/checker"
 	"github.com/justrunit/justrunit/internal/metrics"
 	"github.com/justrunit/justrunit/manager"
 	"github.com/justrunit/justrunit/manager/planner"
+	"github.com/justrunit/justrunit/measure"
 	"github.com/justrunit/justrunit/site"
 	"github.com/justrunit/justrunit/siterun"
 )
@@ -23,7 +28,7 @@ func init() { startSite = startSiteRuntime }
 // startSiteRuntime launches the site file's instances and proxies for the
 // daemon and gives it their experimenter and hosts; with manage > 0 it also
 // runs the manager at that interval and serves its samples and plans.
-func startSiteRuntime(ctx context.Context, g *globals, path string, set *metrics.Set, manage time.Duration) (*daemonSite, error) {
+func startSiteRuntime(ctx context.Context, g *globals, path string, store justrunit.Store, set *metrics.Set, manage time.Duration) (*daemonSite, error) {
 	f, err := site.Load(path)
 	if err != nil {
 		return nil, err
@@ -32,14 +37,25 @@ func startSiteRuntime(ctx context.Context, g *globals, path string, set *metrics
 	if err != nil {
 		return nil, err
 	}
+	ver := newSiteVerifier(s, store, g.logger)
 	ds := &daemonSite{
-		View: s.Platform, // Hosts and Instances
+		View: &siteView{Platform: s.Platform, siteVerifier: ver},
 		NewRunner: func(ctx context.Context, st *justrunit.Study) (justrunit.Runner, io.Closer, error) {
-			x, err := s.PrepareStudy(ctx, st, siterun.StudyOptions{})
-			if err != nil {
+			// A study waits for a verification of the on-line instance
+			// to end: its clone would copy an instance set to another
+			// allocation on purpose.
+			if err := ver.studyStarted(ctx, st.ID); err != nil {
 				return nil, nil, err
 			}
-			return x.Engine.Runner, closerFunc(func() error { return x.Close(context.Background()) }), nil
+			x, err := s.PrepareStudy(ctx, st, siterun.StudyOptions{})
+			if err != nil {
+				ver.studyEnded(st.ID)
+				return nil, nil, err
+			}
+			return x.Engine.Runner, closerFunc(func() error {
+				defer ver.studyEnded(st.ID)
+				return x.Close(context.Background())
+			}), nil
 		},
 		Close: func() error { return s.Close(context.Background()) },
 	}
@@ -65,7 +81,7 @@ func startSiteRuntime(ctx context.Context, g *globals, path string, set *metrics
 	for _, svc := range mgr.Monitor().Services {
 		slas[svc.Name] = svc.SLA
 	}
-	ds.View = &managedView{Platform: s.Platform, tl: tl, interval: manage, slas: slas}
+	ds.View = &managedView{Platform: s.Platform, siteVerifier: ver, tl: tl, interval: manage, slas: slas}
 	ds.Planner = &sitePlanner{p: s.Platform}
 	ds.Close = func() error {
 		stop()
@@ -75,16 +91,29 @@ func startSiteRuntime(ctx context.Context, g *globals, path string, set *metrics
 	return ds, nil
 }
 
+// siteView is the site as the daemon shows it: hosts and instances from
+// the platform, and the fidelity check on the on-line instances.
+type siteView struct {
+	justrunit.Platform
+	*siteVerifier
+}
+
 // managedView is the site as the daemon shows it when the manager runs:
-// hosts and instances from the platform, and the monitor's samples.
+// hosts and instances from the platform, the fidelity check, and the
+// monitor's samples.
 type managedView struct {
 	justrunit.Platform
+	*siteVerifier
 	tl       *manager.Timeline
 	interval time.Duration
 	slas     map[string]justrunit.SLA
 }
 
-var _ api.ServiceSampler = (*managedView)(nil)
+var (
+	_ api.Verifier       = (*siteView)(nil)
+	_ api.Verifier       = (*managedView)(nil)
+	_ api.ServiceSampler = (*managedView)(nil)
+)
 
 // ServiceSamples returns the monitor's samples that started at or after since.
 func (v *managedView) ServiceSamples(ctx context.Context, since time.Time) ([]api.ServiceSample, error) {
@@ -173,3 +202,208 @@ type closerFunc func() error
 func (f closerFunc) Close() error { return f() }
 
 var _ api.SiteView = justrunit.Platform(nil)
+
+// siteVerifier is the fidelity check over a running site (api.Verifier):
+// it sets a study's on-line target to each point and measures it
+// (siterun.Site.Verify), one verification at a time and never while one of
+// the daemon's studies uses the site, and records an event per point.
+type siteVerifier struct {
+	store justrunit.Store
+	// measure measures the on-line target at one point: siterun.Site.Verify.
+	measure func(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, p justrunit.Point, win measure.WindowConfig) (siterun.Verification, error)
+	// target returns nil when instance id can be measured on-line, else an
+	// error wrapping ErrNotFound (not on the site) or ErrUnsupported (no
+	// in-proxy).
+	target func(id string) error
+	log    *slog.Logger
+	now    func() time.Time
+
+	mu        sync.Mutex
+	verifying string          // the study being verified; "" when none
+	idle      chan struct{}   // closed when that verification ends
+	studies   map[string]bool // the daemon's studies using the site
+}
+
+var _ api.Verifier = (*siteVerifier)(nil)
+
+func newSiteVerifier(s *siterun.Site, store justrunit.Store, log *slog.Logger) *siteVerifier {
+	return &siteVerifier{store: store, measure: s.Verify, log: orDefaultLogger(log), now: time.Now, studies: map[string]bool{},
+		target: func(id string) error {
+			if _, _, _, err := s.File.Instance(id); err != nil {
+				return fmt.Errorf("study target: %w", err)
+			}
+			if _, ok := s.InProxy(id); !ok {
+				return fmt.Errorf("study target %s: %w: it has no in_proxy in the site file, so its on-line response time cannot be measured", id, justrunit.ErrUnsupported)
+			}
+			return nil
+		}}
+}
+
+func orDefaultLogger(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.Default()
+	}
+	return l
+}
+
+// Verify implements api.Verifier.
+func (v *siteVerifier) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, spec api.VerifySpec) ([]api.Verification, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	if err := v.target(st.Target); err != nil {
+		return nil, err
+	}
+	if err := v.begin(st.ID); err != nil {
+		return nil, err
+	}
+	defer v.end()
+	if err := v.checkIdle(ctx, st); err != nil {
+		return nil, err
+	}
+	win := siterun.Window(spec.WarmUp, spec.Window)
+	var out []api.Verification
+	for i, p := range spec.Points {
+		if spec.Progress != nil {
+			spec.Progress(p)
+		}
+		res, err := v.measure(ctx, st, m, p, win)
+		if err != nil {
+			err = fmt.Errorf("verify %s on the on-line %s (%d of %d points done): %w", st.Space.Format(p), st.Target, i, len(spec.Points), err)
+			v.record(ctx, &justrunit.Event{StudyID: st.ID, Kind: justrunit.EventVerifyFailed, Level: "error", Message: err.Error(),
+				Data: map[string]any{"point": st.Space.Format(p)}})
+			return out, err
+		}
+		vs := verifications(st, res, v.now())
+		v.record(ctx, verifyEvent(st, vs))
+		out = append(out, vs...)
+	}
+	return out, nil
+}
+
+// begin claims the site for verifying study id.
+func (v *siteVerifier) begin(id string) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.verifying != "" {
+		return fmt.Errorf("verify study %s: %w: the on-line instance is being verified for study %s; try again when that has finished", id, api.ErrConflict, v.verifying)
+	}
+	if len(v.studies) > 0 {
+		ids := slices.Sorted(maps.Keys(v.studies))
+		return fmt.Errorf("verify study %s: %w: study %s is running on this site; verify once it has finished (or cancel it)", id, api.ErrConflict, strings.Join(ids, ", "))
+	}
+	v.verifying, v.idle = id, make(chan struct{})
+	return nil
+}
+
+func (v *siteVerifier) end() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.verifying = ""
+	close(v.idle)
+}
+
+// checkIdle refuses when a study on one of the site's instances is running
+// in the store (the manager's, or another process's).
+func (v *siteVerifier) checkIdle(ctx context.Context, st *justrunit.Study) error {
+	if v.store == nil {
+		return nil
+	}
+	all, err := v.store.Studies(ctx)
+	if err != nil {
+		return err
+	}
+	for _, x := range all {
+		if x.ID != st.ID && x.State == justrunit.StudyRunning && v.target(x.Target) == nil {
+			return fmt.Errorf("verify study %s: %w: study %s on %s is running (owner %s); verify once it has finished", st.ID, api.ErrConflict, x.ID, x.Target, orDefault(x.Owner, "unknown"))
+		}
+	}
+	return nil
+}
+
+// studyStarted registers a study of the daemon's runner as using the site,
+// waiting for a verification under way to end first.
+func (v *siteVerifier) studyStarted(ctx context.Context, id string) error {
+	for {
+		v.mu.Lock()
+		if v.verifying == "" {
+			v.studies[id] = true
+			v.mu.Unlock()
+			return nil
+		}
+		idle := v.idle
+		v.mu.Unlock()
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+}
+
+func (v *siteVerifier) studyEnded(id string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	delete(v.studies, id)
+}
+
+// record stores an event, also when ctx has ended (the measurement was
+// cancelled: that is worth recording too).
+func (v *siteVerifier) record(ctx context.Context, ev *justrunit.Event) {
+	if v.store == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := v.store.AddEvent(ctx, ev); err != nil {
+		v.log.Warn("store event", "kind", ev.Kind, "study", ev.StudyID, "err", err)
+	}
+}
+
+// verifications turns the site's comparison at one point into one
+// api.Verification per metric.
+func verifications(st *justrunit.Study, r siterun.Verification, now time.Time) []api.Verification {
+	label := st.Space.Format(r.Point)
+	out := make([]api.Verification, 0, len(r.Metrics))
+	for k, mt := range r.Metrics {
+		got, _ := r.Measured.Value(mt) // mt is one of the matrix's metrics
+		c := r.Predicted[k]
+		out = append(out, api.Verification{
+			StudyID: st.ID, Point: r.Point, Label: label, Metric: mt,
+			Predicted: c.Value, Provenance: c.Prov, Uncertainty: c.Uncertainty,
+			Measured: got, RelError: r.RelError[k], Threshold: st.CheckThreshold,
+			Within: c.Prov != justrunit.Empty && checker.Passes(got, c.Value, st.CheckThreshold),
+			Window: r.Measured.Window, Samples: r.Measured.Samples, Source: r.Measured.Source, Time: now,
+		})
+	}
+	return out
+}
+
+// verifyEvent is the event recorded for one point's verifications: level
+// warn when a metric missed the threshold.
+func verifyEvent(st *justrunit.Study, vs []api.Verification) *justrunit.Event {
+	ev := &justrunit.Event{StudyID: st.ID, Kind: justrunit.EventVerifyDone, Level: "info"}
+	if len(vs) == 0 {
+		ev.Message = "on-line verification measured no metric"
+		return ev
+	}
+	var b strings.Builder
+	outside := 0
+	for i, x := range vs {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "%s %.3g on-line vs %.3g %s (%.1f%%)", x.Metric, x.Measured, x.Predicted, x.Provenance, 100*x.RelError)
+		if !x.Within {
+			outside++
+		}
+	}
+	verdict := fmt.Sprintf("all within the %g%% check threshold", 100*st.CheckThreshold)
+	if outside > 0 {
+		ev.Level = "warn"
+		verdict = fmt.Sprintf("%d of %d outside the %g%% check threshold", outside, len(vs), 100*st.CheckThreshold)
+	}
+	ev.Message = fmt.Sprintf("on-line %s at %s (%d samples over %v): %s; %s", st.Target, vs[0].Label, vs[0].Samples, time.Duration(vs[0].Window).Round(100*time.Millisecond), b.String(), verdict)
+	ev.Data = map[string]any{"point": vs[0].Label, "verifications": vs}
+	return ev
+}

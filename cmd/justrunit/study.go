@@ -32,7 +32,7 @@ func newStudyCmd(g *globals) *cobra.Command {
 		Long: `A study runs experiments on a clone of one instance at some points of a parameter
 space within a time bound, interpolates the rest and stores the matrix.`,
 	}
-	cmd.AddCommand(newStudyValidateCmd(g), newStudyRunCmd(g), newStudyListCmd(g), newStudyShowCmd(g), newStudyExportCmd(g))
+	cmd.AddCommand(newStudyValidateCmd(g), newStudyRunCmd(g), newStudyVerifyCmd(g), newStudyListCmd(g), newStudyShowCmd(g), newStudyExportCmd(g))
 	return cmd
 }
 
@@ -138,39 +138,17 @@ func runStudy(cmd *cobra.Command, g *globals, sitePath, studyPath string, traffi
 		}
 		return runStudyOnDaemon(cmd, c, f)
 	}
-	sf, err := site.Load(sitePath)
-	if err != nil {
-		return err
-	}
-	in, _, _, err := sf.Instance(st.Target)
-	if err != nil {
-		return fmt.Errorf("%s: target: %w", studyPath, err)
-	}
-	if in.InProxy == nil {
-		return fmt.Errorf("%s: target %s has no in_proxy in %s: nothing can copy its live traffic", studyPath, st.Target, sitePath)
-	}
 	store, err := openStore(ctx, g)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
-	w := cmd.ErrOrStderr()
-	fmt.Fprintf(w, "Bringing site %s up...\n", sitePath)
-	s, err := siterun.Up(ctx, sf, siterun.Options{StateDir: filepath.Join(g.dataDir, "platform", sf.Platform), Logger: g.logger})
+	s, stop, err := upSite(cmd, g, sitePath, studyPath, st.Target, trafficWait)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		fmt.Fprintln(w, "Stopping the site...")
-		if cerr := s.Close(context.WithoutCancel(ctx)); cerr != nil {
-			fmt.Fprintln(w, "error stopping the site:", cerr)
-		}
-	}()
-	fmt.Fprintf(w, "Site up. Waiting for live traffic at %s (the in-proxy of %s)...\n", in.InProxy.Listen, st.Target)
-	feed, _ := s.InProxy(st.Target)
-	if err := waitTraffic(ctx, func() int64 { return feed.Stats().Online.Count }, trafficWait); err != nil {
-		return err
-	}
+	defer stop()
+	w := cmd.ErrOrStderr()
 	fmt.Fprintf(w, "Studying %s over %d points (%s strategy, time bound %v)...\n", st.Target, st.Space.Size(), orDefault(st.Strategy, "sla or adaptive"), st.TimeBound)
 	m, err := s.RunStudy(ctx, st, siterun.StudyOptions{Store: store, Owner: sqlite.OwnerID(), Progress: func(p study.Progress) { printProgress(w, p) }})
 	if m != nil {
@@ -187,6 +165,44 @@ func runStudy(cmd *cobra.Command, g *globals, sitePath, studyPath string, traffi
 		}
 	}
 	return err
+}
+
+// upSite brings the site in sitePath up in this process for work on its
+// instance target (named by ref, e.g. the study file) and waits for live
+// traffic to pass the target's in-proxy. Call stop when done: it stops the
+// site again.
+func upSite(cmd *cobra.Command, g *globals, sitePath, ref, target string, trafficWait time.Duration) (s *siterun.Site, stop func(), err error) {
+	ctx := cmd.Context()
+	sf, err := site.Load(sitePath)
+	if err != nil {
+		return nil, nil, err
+	}
+	in, _, _, err := sf.Instance(target)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: target: %w", ref, err)
+	}
+	if in.InProxy == nil {
+		return nil, nil, fmt.Errorf("%s: target %s has no in_proxy in %s: no proxy sees its live traffic", ref, target, sitePath)
+	}
+	w := cmd.ErrOrStderr()
+	fmt.Fprintf(w, "Bringing site %s up...\n", sitePath)
+	s, err = siterun.Up(ctx, sf, siterun.Options{StateDir: filepath.Join(g.dataDir, "platform", sf.Platform), Logger: g.logger})
+	if err != nil {
+		return nil, nil, err
+	}
+	stop = func() {
+		fmt.Fprintln(w, "Stopping the site...")
+		if cerr := s.Close(context.WithoutCancel(ctx)); cerr != nil {
+			fmt.Fprintln(w, "error stopping the site:", cerr)
+		}
+	}
+	fmt.Fprintf(w, "Site up. Waiting for live traffic at %s (the in-proxy of %s)...\n", in.InProxy.Listen, target)
+	feed, _ := s.InProxy(target)
+	if err := waitTraffic(ctx, func() int64 { return feed.Stats().Online.Count }, trafficWait); err != nil {
+		stop()
+		return nil, nil, err
+	}
+	return s, stop, nil
 }
 
 // runStudyOnDaemon posts the study to the daemon, follows it until it ends
@@ -437,6 +453,13 @@ func (e *studyExport) render(w io.Writer) error {
 			fmt.Fprintf(w, "  %s %s: predicted %.3g, measured %.3g, error %.1f%% (threshold %.1f%%) %s\n",
 				e.Study.Space.Format(c.Point), c.Metric, c.Predicted, c.Measured, 100*c.RelError, 100*c.Threshold, verdict)
 		}
+	}
+	if vs := eventVerifications(e.Events); len(vs) > 0 {
+		fmt.Fprintln(w, "\nOn-line verifications (study verify):")
+		if err := renderVerifications(w, vs); err != nil {
+			return err
+		}
+		fmt.Fprintln(w, verifySummary(st, vs))
 	}
 	return nil
 }
