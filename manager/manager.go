@@ -31,10 +31,13 @@ const (
 	EventStudy     = "manager.study"
 	EventStudyDone = "manager.study_done"
 	EventDecision  = "manager.decision"
-	EventCheck     = "manager.check"
-	EventPlan      = "manager.plan"
-	EventApplied   = "manager.applied"
-	EventNoAction  = "manager.no_action"
+	// EventBudget says what the studied tier's value must meet: the SLA
+	// less the other tiers' time and the headroom.
+	EventBudget   = "manager.budget"
+	EventCheck    = "manager.check"
+	EventPlan     = "manager.plan"
+	EventApplied  = "manager.applied"
+	EventNoAction = "manager.no_action"
 )
 
 // Event is one thing the manager saw or did, for the timeline.
@@ -61,6 +64,13 @@ type Config struct {
 	Step float64
 	// CheckThreshold is the checker's relative error threshold (default 0.1).
 	CheckThreshold float64
+	// Headroom is the fraction of the SLA the decision keeps free: it
+	// picks the least allocation whose predicted value is within
+	// SLA × (1 − Headroom), so that a prediction a little off the on-line
+	// instance (the sandbox is quieter than a shared host, and near its
+	// knee a service's response time is steep) still meets the SLA.
+	// 0 takes DefaultHeadroom; negative means none.
+	Headroom float64
 	// DryRun shows plans without applying them.
 	DryRun bool
 	// OnSample and OnEvent receive the timeline; optional.
@@ -69,6 +79,11 @@ type Config struct {
 	Logger   *slog.Logger
 }
 
+// DefaultHeadroom is the decision's default headroom under the SLA: a
+// prediction is trusted to within the checker's threshold, and a service's
+// response time is steep near the least share that meets its SLA.
+const DefaultHeadroom = 0.1
+
 // Manager runs the loop. Create it with New, then Run.
 type Manager struct {
 	cfg Config
@@ -76,7 +91,9 @@ type Manager struct {
 	mon *monitor.Monitor
 
 	mu      sync.Mutex
-	pending []string // services in violation awaiting a response
+	pending []string          // services in violation awaiting a response
+	recent  map[string][]tick // each service's latest intervals
+	front   map[string]string // each watched service's front instance (set by New)
 	wake    chan struct{}
 }
 
@@ -96,14 +113,22 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.CheckThreshold == 0 {
 		cfg.CheckThreshold = 0.1
 	}
+	switch {
+	case cfg.Headroom == 0:
+		cfg.Headroom = DefaultHeadroom
+	case cfg.Headroom < 0:
+		cfg.Headroom = 0
+	case cfg.Headroom >= 1:
+		return nil, justrunit.Invalid("headroom", cfg.Headroom, "must be below 1 (a fraction of the SLA)")
+	}
 	if cfg.Window <= 0 {
 		return nil, justrunit.Invalid("window", cfg.Window, "must be > 0")
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1)}
+	m := &Manager{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1), front: map[string]string{}, recent: map[string][]tick{}}
 	if m.log == nil {
 		m.log = slog.Default()
 	}
-	mon := &monitor.Monitor{Interval: cfg.Interval, Logger: m.log, OnSample: cfg.OnSample, OnChange: m.onChange}
+	mon := &monitor.Monitor{Interval: cfg.Interval, Logger: m.log, OnSample: m.onSample, OnChange: m.onChange}
 	for _, svc := range cfg.Site.File.Services {
 		if svc.SLA == "" {
 			continue
@@ -116,6 +141,7 @@ func New(cfg Config) (*Manager, error) {
 		if front == "" {
 			return nil, justrunit.Invalid("services."+svc.Name, nil, "has an SLA but no in_proxy to measure it at")
 		}
+		m.front[svc.Name] = front
 		p, _ := cfg.Site.InProxy(front)
 		mon.Services = append(mon.Services, monitor.Service{Name: svc.Name, SLA: sla, Window: siterun.OnlineWindow{P: p}})
 	}
@@ -140,6 +166,71 @@ func frontInstance(svc site.Service) string {
 
 // Monitor returns the manager's SLA monitor.
 func (m *Manager) Monitor() *monitor.Monitor { return m.mon }
+
+// maxRecent is how many intervals per service the manager keeps to tell
+// the time a service's other tiers take.
+const maxRecent = 64
+
+// tick is one monitoring interval of a service: the SLA metric at its front
+// (the monitor's sample) and at its bottleneck tier's in-proxy.
+type tick struct {
+	front     monitor.Sample
+	tier      float64
+	tierCount int64
+}
+
+// onSample keeps the monitor's sample with the bottleneck tier's on-line
+// value over the same interval, read from the tier's in-proxy.
+func (m *Manager) onSample(smp monitor.Sample) {
+	t := tick{front: smp}
+	if target, err := m.bottleneck(smp.Service); err == nil {
+		if p, ok := m.cfg.Site.InProxy(target); ok && target != m.front[smp.Service] {
+			sum := p.ResetOnline()
+			sla, _ := justrunit.ParseSLA(m.service(smp.Service).SLA)
+			t.tier, t.tierCount = monitor.Value(sum, sla.Metric), sum.Count
+		}
+	}
+	m.mu.Lock()
+	r := append(m.recent[smp.Service], t)
+	if len(r) > maxRecent {
+		r = slices.Clone(r[len(r)-maxRecent:])
+	}
+	m.recent[smp.Service] = r
+	m.mu.Unlock()
+	if m.cfg.OnSample != nil {
+		m.cfg.OnSample(smp)
+	}
+}
+
+// othersTime is the part of service's SLA metric its tiers other than the
+// bottleneck take: the median of front − bottleneck tier over the recent
+// intervals within the SLA (over an overloaded interval the difference
+// holds queueing in front of the slow tier, not the other tiers' work), or
+// the least difference when no interval was within it. ok is false when
+// no interval measured both.
+func (m *Manager) othersTime(service string) (others float64, n int, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var within, all []float64
+	for _, t := range m.recent[service] {
+		if t.front.Requests == 0 || t.tierCount == 0 {
+			continue
+		}
+		d := max(0, t.front.Value-t.tier)
+		all = append(all, d)
+		if !t.front.Over {
+			within = append(within, d)
+		}
+	}
+	switch {
+	case len(within) > 0:
+		slices.Sort(within)
+		return within[len(within)/2], len(within), true
+	case len(all) > 0:
+		return slices.Min(all), len(all), true
+	}
+	return 0, 0, false
+}
 
 func (m *Manager) onChange(c monitor.Change) {
 	last := c.Samples[len(c.Samples)-1]
@@ -249,11 +340,13 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 	if err != nil {
 		return fmt.Errorf("study %s: %w", target, err)
 	}
+	goal, budget := m.goal(service, target, sla)
 	var table strings.Builder
 	mat.Render(&table)
 	m.emit(Event{Kind: EventStudyDone, Service: service, Message: fmt.Sprintf("study of %s: %d experiments\n%s", target, st.Experiments, strings.TrimRight(table.String(), "\n")),
 		Data: map[string]any{"matrix": mat}})
-	want, err := m.decide(ctx, x, st, mat, service)
+	m.emit(Event{Kind: EventBudget, Service: service, Message: budget, Data: map[string]any{"goal": goal.Max, "sla": sla.Max, "headroom": m.cfg.Headroom}})
+	want, err := m.decide(ctx, x, st, mat, service, goal)
 	if err != nil {
 		return err
 	}
@@ -277,18 +370,32 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 	return nil
 }
 
-// decide picks the least allocation whose cell meets the SLA; when that
-// cell was interpolated, the decision uses it (T) and the checker
-// re-measures it; if the measurement misses the threshold the decision is
-// made again with the measured value.
-func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.Study, mat *justrunit.Matrix, service string) (float64, error) {
+// goal is what the studied tier's own value must meet for the service to
+// meet sla at its front: the SLA less the time the other tiers take (see
+// othersTime), less the headroom. It also says how it was made.
+func (m *Manager) goal(service, target string, sla justrunit.SLA) (justrunit.SLA, string) {
+	goal := sla
+	others, n, ok := m.othersTime(service)
+	how := "the other tiers' time is not known (no in-proxy figures of both): the whole SLA"
+	if ok {
+		how = fmt.Sprintf("the other tiers take %.1f of %s (front less %s, over %d interval(s))", others, sla.Metric, target, n)
+	}
+	goal.Max = (sla.Max - others) * (1 - m.cfg.Headroom)
+	return goal, fmt.Sprintf("budget of %s: %s; %s less that and %.0f%% headroom is %s<=%.1f", target, how, sla, 100*m.cfg.Headroom, goal.Metric, goal.Max)
+}
+
+// decide picks the least allocation whose cell meets the SLA with the
+// headroom; when that cell was interpolated, the decision uses it (T) and
+// the checker re-measures it; if the measurement misses the threshold the
+// decision is made again with the measured value.
+func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.Study, mat *justrunit.Matrix, service string, goal justrunit.SLA) (float64, error) {
 	for range len(mat.Rows) {
 		i := slices.IndexFunc(mat.Rows, func(r justrunit.Row) bool {
 			c := r.Cells[mat.MetricIndex(st.SLA.Metric)]
-			return c.Prov != justrunit.Empty && st.SLA.Met(c.Value)
+			return c.Prov != justrunit.Empty && goal.Met(c.Value)
 		})
 		if i < 0 {
-			return 0, fmt.Errorf("no allocation of %s meets %s", st.Target, st.SLA)
+			return 0, fmt.Errorf("no allocation of %s meets %s (the SLA %s less the other tiers' time and %.0f%% headroom)", st.Target, goal, st.SLA, 100*m.cfg.Headroom)
 		}
 		p := mat.Rows[i].Point
 		cells, err := x.Engine.Use(ctx, st, mat, p, st.SLA.Metric)
@@ -311,7 +418,7 @@ func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.St
 		}
 		m.emit(Event{Kind: EventCheck, Service: service, Message: msg, Data: map[string]any{"results": res}})
 		c, _ := mat.Cell(p, st.SLA.Metric)
-		if !failed && st.SLA.Met(c.Value) {
+		if !failed && goal.Met(c.Value) {
 			return p[0], nil
 		}
 		// Decide again: the V cell carries the measured value now, and the

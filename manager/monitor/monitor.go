@@ -154,7 +154,7 @@ func (m *Monitor) Tick() []Sample {
 		sum := svc.Window.Reset()
 		smp := Sample{Service: svc.Name, Interval: m.n, Start: sum.Start, End: sum.End, Requests: sum.Count, Errors: sum.Errors,
 			MeanMs: sum.RT.Mean, P95Ms: sum.RT.P95, SLA: svc.SLA.Max}
-		smp.Value = value(sum, svc.SLA.Metric)
+		smp.Value = Value(sum, svc.SLA.Metric)
 		smp.Over = !svc.SLA.Met(smp.Value)
 		st := m.states[svc.Name]
 		if st == nil {
@@ -206,7 +206,9 @@ func (m *Monitor) Violated(service string) bool {
 	return st != nil && st.violated
 }
 
-func value(s measure.Summary, mt justrunit.Metric) float64 {
+// Value is the SLA metric mt of a window (response times in ms, the error
+// rate as a fraction).
+func Value(s measure.Summary, mt justrunit.Metric) float64 {
 	switch mt {
 	case justrunit.RTMean:
 		return s.RT.Mean
