@@ -339,12 +339,19 @@ func buildAuction(ctx context.Context, dir string) (string, error) {
 // app tier (where studies feed clones), and an out-proxy in front of its
 // data tier.
 func demoSite(dir, bin string, work float64) (*site.Site, map[string]string, error) {
-	return demoSiteWith(dir, bin, work, 2, true)
+	return demoSiteWith(dir, bin, work, 2, true, 10, 0)
 }
 
 // demoSiteWith is demoSite with n services; passThrough lets clones'
-// unrecorded reads reach the data tier.
-func demoSiteWith(dir, bin string, work float64, n int, passThrough bool) (*site.Site, map[string]string, error) {
+// unrecorded reads reach the data tier; dataCPU is the data tiers' CPU
+// share (a small one throttles their bursts, which adds latency spikes to
+// every app tier request); lag is the app tiers' in-proxy clone lag (0:
+// none).
+func demoSiteWith(dir, bin string, work float64, n int, passThrough bool, dataCPU float64, lag time.Duration) (*site.Site, map[string]string, error) {
+	lagField := ""
+	if lag > 0 {
+		lagField = fmt.Sprintf(", clone_lag: %v", lag)
+	}
 	pt := ""
 	if passThrough {
 		pt = ", pass_through: [GET]"
@@ -382,14 +389,14 @@ services:
              command: [%[9]s, web, --listen, "%[3]s", --app, "http://%[4]s"]}
       - name: app
         instances:
-          - {id: %[1]s-app, host: pm1, addr: "%[5]s", allocation: {cpu: 25}, in_proxy: {listen: "%[4]s"},
+          - {id: %[1]s-app, host: pm1, addr: "%[5]s", allocation: {cpu: 25}, in_proxy: {listen: "%[4]s"%[13]s},
              out_proxy: {listen: "%[6]s", next: "%[7]s"%[11]s},
              command: [%[9]s, app, --listen, "%[5]s", --data, "http://%[6]s", --work, "%[10]g"]}
       - name: data
         instances:
-          - {id: %[1]s-data, host: pm1, addr: "%[7]s", allocation: {cpu: 10}, state_dir: "%[8]s",
+          - {id: %[1]s-data, host: pm1, addr: "%[7]s", allocation: {cpu: %[12]g}, state_dir: "%[8]s",
              command: [%[9]s, data, --listen, "%[7]s", --state-dir, "%[8]s"]}
-`, svc, webIn, web, appIn, app, dataOut, data, state, bin, work, pt)
+`, svc, webIn, web, appIn, app, dataOut, data, state, bin, work, pt, dataCPU, lagField)
 	}
 	path := filepath.Join(dir, "site.yaml")
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 
+	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/internal/testutil"
 	"github.com/justrunit/justrunit/manager"
 )
@@ -93,4 +95,30 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+func TestFidelityPoints(t *testing.T) {
+	cpu, _ := justrunit.ParseParameter("cpu=20..100 step 10")
+	space := justrunit.Space{Params: []justrunit.Parameter{cpu}}
+	for _, tt := range []struct {
+		measured []float64
+		want     []float64
+	}{
+		{[]float64{20, 30, 40, 60, 90}, []float64{30, 40, 60}},
+		{[]float64{40, 100}, []float64{40, 60, 70}},
+		{nil, []float64{50, 60, 70}},
+	} {
+		m, err := justrunit.NewMatrix(space, []justrunit.Metric{justrunit.RTP95})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range tt.measured {
+			if err := m.Record(justrunit.Observation{Point: justrunit.Point{c}, RT: justrunit.ResponseTime{P95: 10}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := fidelityPoints(m, 70); !slices.Equal(got, tt.want) {
+			t.Errorf("measured %v: fidelityPoints = %v, want %v", tt.measured, got, tt.want)
+		}
+	}
 }
