@@ -71,6 +71,11 @@ type Config struct {
 	// knee a service's response time is steep) still meets the SLA.
 	// 0 takes DefaultHeadroom; negative means none.
 	Headroom float64
+	// Reconsider is how many intervals a service may stay over its SLA
+	// after a response before the manager responds again (a study from
+	// the allocation it has now); 0 takes DefaultReconsider, negative
+	// never.
+	Reconsider int
 	// DryRun shows plans without applying them.
 	DryRun bool
 	// OnSample and OnEvent receive the timeline; optional.
@@ -83,6 +88,9 @@ type Config struct {
 // prediction is trusted to within the checker's threshold, and a service's
 // response time is steep near the least share that meets its SLA.
 const DefaultHeadroom = 0.1
+
+// DefaultReconsider is Config.Reconsider's default.
+const DefaultReconsider = 3
 
 // Manager runs the loop. Create it with New, then Run.
 type Manager struct {
@@ -124,11 +132,17 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Window <= 0 {
 		return nil, justrunit.Invalid("window", cfg.Window, "must be > 0")
 	}
+	switch {
+	case cfg.Reconsider == 0:
+		cfg.Reconsider = DefaultReconsider
+	case cfg.Reconsider < 0:
+		cfg.Reconsider = 0
+	}
 	m := &Manager{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1), front: map[string]string{}, recent: map[string][]tick{}}
 	if m.log == nil {
 		m.log = slog.Default()
 	}
-	mon := &monitor.Monitor{Interval: cfg.Interval, Logger: m.log, OnSample: m.onSample, OnChange: m.onChange}
+	mon := &monitor.Monitor{Interval: cfg.Interval, Logger: m.log, OnSample: m.onSample, OnChange: m.onChange, Again: cfg.Reconsider}
 	for _, svc := range cfg.Site.File.Services {
 		if svc.SLA == "" {
 			continue
@@ -236,7 +250,7 @@ func (m *Manager) onChange(c monitor.Change) {
 	last := c.Samples[len(c.Samples)-1]
 	m.emit(Event{Kind: c.Kind, Service: c.Service, Message: fmt.Sprintf("%s: %.1f ms against an SLA of %g ms", c.Kind, last.Value, last.SLA),
 		Data: map[string]any{"value": last.Value, "sla": last.SLA, "interval": last.Interval}})
-	if c.Kind != monitor.EventViolated {
+	if c.Kind != monitor.EventViolated && c.Kind != monitor.EventStillViolated {
 		return
 	}
 	m.mu.Lock()
@@ -270,7 +284,14 @@ func (m *Manager) Run(ctx context.Context) error {
 			svc := m.pending[0]
 			m.pending = m.pending[1:]
 			m.mu.Unlock()
-			if err := m.Respond(ctx, svc); err != nil {
+			err := m.Respond(ctx, svc)
+			// What the response did is judged from now: intervals over
+			// the SLA while it ran do not count towards another one.
+			m.mu.Lock()
+			m.pending = slices.DeleteFunc(m.pending, func(s string) bool { return s == svc })
+			m.mu.Unlock()
+			m.mon.Rearm(svc)
+			if err != nil {
 				if ctx.Err() != nil {
 					return <-monErr
 				}

@@ -28,7 +28,8 @@ func newManagerCmd(g *globals) *cobra.Command {
 	}
 	var sitePath, svgPath string
 	var interval, warmUp, window time.Duration
-	var experiments int
+	var experiments, reconsider int
+	var headroom float64
 	var dryRun bool
 	run := &cobra.Command{
 		Use:   "run --site SITE.yaml",
@@ -36,14 +37,19 @@ func newManagerCmd(g *globals) *cobra.Command {
 		Long: `Bring the site up and run the manager until interrupted: every interval it reads
 each service's response time at its front in-proxy and compares it with the
 service's SLA; on a violation it studies the service's bottleneck tier on a
-clone, picks the least CPU share that meets the SLA (the checker verifies any
-interpolated value it used), plans the placement of every instance (as few
+clone, picks the least CPU share that meets the SLA less the time the service's other
+tiers take and a headroom (the checker verifies any interpolated value it
+used), plans the placement of every instance (as few
 powered hosts as possible, then as few migrations) and applies it through the
-platform. With --timeline it writes the timeline as SVG on exit.`,
+platform. A service still over its SLA --reconsider intervals after a response
+gets another one. With --timeline it writes the timeline as SVG on exit.`,
 		Example: `  justrunit manager run --site site.yaml --interval 1m --timeline timeline.svg`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if headroom >= 1 {
+				return justrunit.Invalid("headroom", headroom, "must be below 1 (a fraction of the SLA)")
+			}
 			sf, err := site.Load(sitePath)
 			if err != nil {
 				return err
@@ -62,7 +68,7 @@ platform. With --timeline it writes the timeline as SVG on exit.`,
 			tl := &manager.Timeline{}
 			mgr, err := manager.New(manager.Config{
 				Site: s, Store: store, Interval: interval, WarmUp: warmUp, Window: window, Experiments: experiments,
-				DryRun: dryRun, Logger: g.logger,
+				DryRun: dryRun, Logger: g.logger, Headroom: headroom, Reconsider: reconsider,
 				OnSample: func(smp monitor.Sample) {
 					tl.AddSample(smp)
 					fmt.Fprintf(w, "interval %d  %s: %.1f (SLA %g) over %d requests, violated=%v\n", smp.Interval, smp.Service, smp.Value, smp.SLA, smp.Requests, smp.Violated)
@@ -98,6 +104,8 @@ platform. With --timeline it writes the timeline as SVG on exit.`,
 	f.DurationVar(&window, "window", 45*time.Second, "measurement window of each experiment")
 	f.IntVar(&experiments, "experiments", 3, "experiments per study (sets its time bound)")
 	f.BoolVar(&dryRun, "dry-run", false, "show plans without applying them")
+	f.Float64Var(&headroom, "headroom", manager.DefaultHeadroom, "fraction of the SLA the decision keeps free (0..1; negative: none)")
+	f.IntVar(&reconsider, "reconsider", manager.DefaultReconsider, "intervals over the SLA after a response before responding again (negative: never)")
 	f.StringVar(&svgPath, "timeline", "", "write the timeline as SVG to this file on exit")
 	run.MarkFlagRequired("site")
 	cmd.AddCommand(run, newUpgradeCmd(g))

@@ -55,11 +55,15 @@ type Sample struct {
 const (
 	EventViolated = "manager.sla_violated"
 	EventCleared  = "manager.sla_met"
+	// EventStillViolated is reported when a service in violation has been
+	// over its SLA for Again intervals since it entered violation or was
+	// re-armed (Rearm): whatever was done about it has not been enough.
+	EventStillViolated = "manager.sla_still_violated"
 )
 
 // Change is a service entering or leaving violation.
 type Change struct {
-	Kind    string // EventViolated or EventCleared
+	Kind    string // EventViolated, EventStillViolated or EventCleared
 	Service string
 	// Samples are the intervals that decided it.
 	Samples []Sample
@@ -84,6 +88,9 @@ type Monitor struct {
 	Interval time.Duration
 	// Enter and Leave set the hysteresis; zero values take the defaults.
 	Enter, Leave int
+	// Again is how many intervals over the SLA, while in violation, report
+	// EventStillViolated; 0 never does.
+	Again int
 	// OnSample is called with every sample; OnChange with every change.
 	// Both are called from the monitor's goroutine.
 	OnSample func(Sample)
@@ -98,6 +105,17 @@ type Monitor struct {
 type state struct {
 	violated bool
 	streak   []Sample // consecutive intervals on the other side
+	over     []Sample // intervals over the SLA in violation since entering it or Rearm
+}
+
+// Rearm restarts the count of intervals towards EventStillViolated for
+// service, e.g. once a response to its violation has been applied.
+func (m *Monitor) Rearm(service string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if st := m.states[service]; st != nil {
+		st.over = nil
+	}
 }
 
 // Run ticks every Interval until ctx ends; it resets every window first so
@@ -175,10 +193,16 @@ func (m *Monitor) Tick() []Sample {
 			if len(st.streak) >= need {
 				st.violated = !st.violated
 				change = &Change{Kind: kind, Service: svc.Name, Samples: st.streak}
-				st.streak = nil
+				st.streak, st.over = nil, nil
 			}
 		default:
 			st.streak = nil
+			if st.violated && smp.Over && m.Again > 0 {
+				if st.over = append(st.over, smp); len(st.over) >= m.Again {
+					change = &Change{Kind: EventStillViolated, Service: svc.Name, Samples: st.over}
+					st.over = nil
+				}
+			}
 		}
 		smp.Violated = st.violated
 		if change != nil {

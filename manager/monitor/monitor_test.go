@@ -108,3 +108,32 @@ func TestValidate(t *testing.T) {
 		t.Error("Run of an invalid monitor: no error")
 	}
 }
+
+// TestStillViolated checks the re-trigger of a violation that lasts: after
+// Again intervals over the SLA, and counted anew after Rearm.
+func TestStillViolated(t *testing.T) {
+	var changes []string
+	means := []float64{60, 60, 60, 45, 60, 60, 60, 60, 60, 40, 40}
+	m := &Monitor{
+		Services: []Service{{Name: "s0", SLA: justrunit.SLA{Metric: justrunit.RTMean, Max: 50}, Window: &script{means: means}}},
+		Interval: time.Minute, Again: 3,
+		OnChange: func(c Change) { changes = append(changes, c.Kind) },
+	}
+	for i := range means {
+		m.Tick()
+		if i == 5 {
+			m.Rearm("s0") // a response was applied after interval 6
+		}
+	}
+	// 1: violated; 2, 3, (4 under), 5: the third interval over → still;
+	// 6 (then re-armed), 7, 8, 9: still again; 10, 11 under: cleared.
+	want := []string{EventViolated, EventStillViolated, EventStillViolated, EventCleared}
+	if len(changes) != len(want) {
+		t.Fatalf("changes = %v, want %v", changes, want)
+	}
+	for i := range want {
+		if changes[i] != want[i] {
+			t.Fatalf("changes = %v, want %v", changes, want)
+		}
+	}
+}
