@@ -22,6 +22,7 @@ import (
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/manager/monitor"
 	"github.com/justrunit/justrunit/manager/planner"
+	"github.com/justrunit/justrunit/measure"
 	"github.com/justrunit/justrunit/site"
 	"github.com/justrunit/justrunit/siterun"
 )
@@ -99,9 +100,10 @@ type Manager struct {
 	mon *monitor.Monitor
 
 	mu      sync.Mutex
-	pending []string          // services in violation awaiting a response
-	recent  map[string][]tick // each service's latest intervals
-	front   map[string]string // each watched service's front instance (set by New)
+	pending []string                     // services in violation awaiting a response
+	recent  map[string][]tick            // each service's latest intervals
+	tier    map[string]*measure.Recorder // each watched service's bottleneck tier's on-line times (set by New)
+	unwatch []func()
 	wake    chan struct{}
 }
 
@@ -138,7 +140,7 @@ func New(cfg Config) (*Manager, error) {
 	case cfg.Reconsider < 0:
 		cfg.Reconsider = 0
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1), front: map[string]string{}, recent: map[string][]tick{}}
+	m := &Manager{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1), tier: map[string]*measure.Recorder{}, recent: map[string][]tick{}}
 	if m.log == nil {
 		m.log = slog.Default()
 	}
@@ -155,9 +157,19 @@ func New(cfg Config) (*Manager, error) {
 		if front == "" {
 			return nil, justrunit.Invalid("services."+svc.Name, nil, "has an SLA but no in_proxy to measure it at")
 		}
-		m.front[svc.Name] = front
+		// The monitor and the budget read windows of their own, so that
+		// they end nobody else's (a fidelity check's, say).
 		p, _ := cfg.Site.InProxy(front)
-		mon.Services = append(mon.Services, monitor.Service{Name: svc.Name, SLA: sla, Window: siterun.OnlineWindow{P: p}})
+		rec, stop := p.Watch()
+		m.unwatch = append(m.unwatch, stop)
+		mon.Services = append(mon.Services, monitor.Service{Name: svc.Name, SLA: sla, Window: rec})
+		if target, err := m.bottleneck(svc.Name); err == nil && target != front {
+			if tp, ok := cfg.Site.InProxy(target); ok {
+				rec, stop := tp.Watch()
+				m.unwatch = append(m.unwatch, stop)
+				m.tier[svc.Name] = rec
+			}
+		}
 	}
 	if err := mon.Validate(); err != nil {
 		return nil, err
@@ -197,12 +209,10 @@ type tick struct {
 // value over the same interval, read from the tier's in-proxy.
 func (m *Manager) onSample(smp monitor.Sample) {
 	t := tick{front: smp}
-	if target, err := m.bottleneck(smp.Service); err == nil {
-		if p, ok := m.cfg.Site.InProxy(target); ok && target != m.front[smp.Service] {
-			sum := p.ResetOnline()
-			sla, _ := justrunit.ParseSLA(m.service(smp.Service).SLA)
-			t.tier, t.tierCount = monitor.Value(sum, sla.Metric), sum.Count
-		}
+	if rec := m.tier[smp.Service]; rec != nil {
+		sum := rec.Reset()
+		sla, _ := justrunit.ParseSLA(m.service(smp.Service).SLA)
+		t.tier, t.tierCount = monitor.Value(sum, sla.Metric), sum.Count
 	}
 	m.mu.Lock()
 	r := append(m.recent[smp.Service], t)
@@ -264,9 +274,15 @@ func (m *Manager) onChange(c monitor.Change) {
 	}
 }
 
-// Run monitors the site and responds to violations until ctx ends. A
-// response that fails is reported and the loop goes on.
+// Run monitors the site and responds to violations until ctx ends (or
+// the monitor fails). A response that fails is reported and the loop goes
+// on. A manager runs once.
 func (m *Manager) Run(ctx context.Context) error {
+	defer func() {
+		for _, stop := range m.unwatch {
+			stop()
+		}
+	}()
 	monErr := make(chan error, 1)
 	go func() { monErr <- m.mon.Run(ctx) }()
 	for {

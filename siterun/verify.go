@@ -10,7 +10,6 @@ import (
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/checker"
 	"github.com/justrunit/justrunit/measure"
-	"github.com/justrunit/justrunit/proxy/httpproxy"
 )
 
 // Verification compares what a study predicted at one point with what the
@@ -76,7 +75,11 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 			return u.CPUTime, err
 		},
 	}
-	res, err := measure.MeasureWindow(ctx, win, OnlineWindow{feed}, meter, nil)
+	// A window of its own: whoever else reads the on-line instance's
+	// response times (the manager's monitor, say) keeps its windows.
+	rec, unwatch := feed.Watch()
+	defer unwatch()
+	res, err := measure.MeasureWindow(ctx, win, rec, meter, nil)
 	if err != nil {
 		return v, fmt.Errorf("measure the on-line %s at %s: %w", st.Target, alloc, err)
 	}
@@ -96,13 +99,3 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 	}
 	return v, nil
 }
-
-// OnlineWindow reads the on-line instance's response times from its
-// in-proxy, window by window, without touching the clones' windows.
-type OnlineWindow struct{ P *httpproxy.InProxy }
-
-// Snapshot returns the on-line window so far.
-func (w OnlineWindow) Snapshot() measure.Summary { return w.P.Stats().Online }
-
-// Reset ends the on-line window and returns it.
-func (w OnlineWindow) Reset() measure.Summary { return w.P.ResetOnline() }

@@ -173,8 +173,8 @@ func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, rate float64) (
 	sla := justrunit.SLA{Metric: justrunit.RTP95, Max: 50}
 	st := &justrunit.Study{Name: "demo study", Target: "auction0-app", Space: justrunit.Space{Params: []justrunit.Parameter{cpu}},
 		Metrics: []justrunit.Metric{justrunit.RTP95, justrunit.RTMean, justrunit.Throughput, justrunit.EnergyPerRequest}, SLA: &sla,
-		WarmUp: justrunit.Duration(4 * time.Second), Window: justrunit.Duration(12 * time.Second),
-		TimeBound: justrunit.Duration(100 * time.Second), Slots: 1, Strategy: "sla", Interpolator: "gp", CheckThreshold: 0.15}
+		WarmUp: justrunit.Duration(4 * time.Second), Window: justrunit.Duration(20 * time.Second),
+		TimeBound: justrunit.Duration(130 * time.Second), Slots: 1, Strategy: "sla", Interpolator: "gp", CheckThreshold: 0.15}
 	fmt.Fprintf(w, "Studying %s over %d points (time bound %v)...\n", st.Target, st.Space.Size(), st.TimeBound)
 	feed.ResetOnline()
 	start := time.Now()

@@ -109,6 +109,8 @@ type InProxy struct {
 	rp     *httputil.ReverseProxy
 	tr     *http.Transport
 	online *measure.Recorder
+	// watchers get every on-line response time too (see Watch).
+	watchers atomic.Pointer[[]*measure.Recorder]
 
 	mu     sync.Mutex // serialises clone changes, Start and Close
 	clones atomic.Pointer[[]*clone]
@@ -361,6 +363,29 @@ func (p *InProxy) CloneStats(name string, reset bool) (CloneStats, error) {
 	return CloneStats{}, fmt.Errorf("clone %s: %w", name, justrunit.ErrNotFound)
 }
 
+// Watch returns a recorder of its own that gets every on-line response
+// time from now on, so that a reader can window the on-line instance
+// without ending anybody else's window (ResetOnline's); stop ends the
+// watch.
+func (p *InProxy) Watch() (r *measure.Recorder, stop func()) {
+	r = measure.NewRecorder()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var cur []*measure.Recorder
+	if ws := p.watchers.Load(); ws != nil {
+		cur = *ws
+	}
+	next := append(slices.Clip(cur), r)
+	p.watchers.Store(&next)
+	return r, func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		ws := *p.watchers.Load()
+		next := slices.DeleteFunc(slices.Clone(ws), func(x *measure.Recorder) bool { return x == r })
+		p.watchers.Store(&next)
+	}
+}
+
 // ResetOnline ends the on-line instance's window, returns it and starts a
 // new one; the clones' windows are not touched (an SLA monitor reads the
 // on-line side while experiments read the clones').
@@ -473,6 +498,15 @@ func (p *InProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.online.Record(d)
 	} else {
 		p.online.RecordError()
+	}
+	if ws := p.watchers.Load(); ws != nil {
+		for _, r := range *ws {
+			if ok {
+				r.Record(d)
+			} else {
+				r.RecordError()
+			}
+		}
 	}
 	if f := p.cfg.ObserveOnline; f != nil {
 		f(d, ok)

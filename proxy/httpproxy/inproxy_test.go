@@ -490,3 +490,34 @@ func TestInProxyBadConfig(t *testing.T) {
 		}
 	})
 }
+
+// TestInProxyWatch checks that watchers window the on-line response times
+// on their own: resetting one ends neither the others' windows nor the
+// proxy's, and a stopped watch gets nothing more.
+func TestInProxyWatch(t *testing.T) {
+	online := newBackend(t, nil)
+	p, base := startIn(t, InConfig{Online: online.URL})
+	a, stopA := p.Watch()
+	b, stopB := p.Watch()
+	defer stopA()
+	c := testClient()
+	for i := range 5 {
+		if code, _ := get(t, c, fmt.Sprintf("%s/w?i=%d", base, i)); code != 200 {
+			t.Fatalf("request %d: status %d", i, code)
+		}
+	}
+	if n := a.Reset().Count; n != 5 {
+		t.Errorf("watcher a counted %d, want 5", n)
+	}
+	if n := b.Snapshot().Count; n != 5 {
+		t.Errorf("watcher b counted %d after a's reset, want 5", n)
+	}
+	if n := p.Stats().Online.Count; n != 5 {
+		t.Errorf("the proxy's own window counted %d after a's reset, want 5", n)
+	}
+	stopB()
+	get(t, c, base+"/w?i=5")
+	if na, nb := a.Snapshot().Count, b.Snapshot().Count; na != 1 || nb != 5 {
+		t.Errorf("after b stopped: a counted %d (want 1), b %d (want 5)", na, nb)
+	}
+}
