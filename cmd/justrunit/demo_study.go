@@ -37,8 +37,8 @@ type demoStudyReport struct {
 	CloneRequestsReachingDataTier int64 `json:"clone_requests_reaching_data_tier"`
 	// OnlineP95Ratio is the on-line p95 during the study over the mean of
 	// the p95 in the windows before and after it (an A-B-A comparison: the
-	// data tier's tables grow as the load sells and bids, so the on-line
-	// response time drifts up over a run whether a study runs or not).
+	// on-line response time moves during a run whether a study runs or
+	// not).
 	OnlineP95Ratio    float64           `json:"online_p95_ratio"`
 	OnlineP95BeforeMs float64           `json:"online_p95_before_ms"`
 	OnlineP95DuringMs float64           `json:"online_p95_during_ms"`
