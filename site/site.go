@@ -293,6 +293,12 @@ func (s *Site) Validate() error {
 							return err
 						}
 					}
+					for k, m := range op.PassThrough {
+						if !httpproxy.SafeMethod(m) {
+							return justrunit.Invalid(fmt.Sprintf("%s.out_proxy.pass_through[%d]", inf, k), m,
+								"only safe methods (GET, HEAD, OPTIONS, TRACE) may pass through: a clone's writes must not reach the on-line next tier")
+						}
+					}
 				}
 			}
 		}

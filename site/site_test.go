@@ -50,6 +50,7 @@ func TestLoadErrors(t *testing.T) {
 		{"cpu above capacity", "{cpu: 50}", "{cpu: 150}", []string{":24:", "allocation.cpu", "capacity"}},
 		{"duplicate id", "id: data0", "id: app0", []string{":29:", "duplicate instance id"}},
 		{"address reused", "in_proxy: {listen: 127.0.0.1:18081}", "in_proxy: {listen: 127.0.0.1:18282}", []string{"out_proxy.listen", "already used"}},
+		{"unsafe pass-through", "next: 127.0.0.1:18383}", "next: 127.0.0.1:18383, pass_through: [GET, POST]}", []string{"out_proxy.pass_through[1]", "safe methods"}},
 		{"clone lag too long", "in_proxy: {listen: 127.0.0.1:18081}", "in_proxy: {listen: 127.0.0.1:18081, clone_lag: 2m}", []string{"in_proxy.clone_lag", "30s"}},
 		{"bad clone lag", "in_proxy: {listen: 127.0.0.1:18081}", "in_proxy: {listen: 127.0.0.1:18081, clone_lag: soon}", []string{"clone_lag"}},
 		{"bad sla", "rt_mean<=50", "rt_mean<50", []string{":10:", "services[0].sla"}},

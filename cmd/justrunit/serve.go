@@ -192,7 +192,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 	if n, err := store.RecoverInterrupted(ctx); err != nil {
 		return err
 	} else if n > 0 {
-		log.Warn("marked studies interrupted: their process died while they ran", "count", n)
+		log.Warn("marked studies interrupted: the process running them (or due to) died", "count", n)
 	}
 
 	reg := prometheus.NewRegistry()

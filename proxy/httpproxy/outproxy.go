@@ -45,6 +45,12 @@ var safeMethods = map[string]bool{
 	http.MethodGet: true, http.MethodHead: true, http.MethodOptions: true, http.MethodTrace: true,
 }
 
+// SafeMethod reports whether method (any case, spaces trimmed) is a safe,
+// read-only method that may pass through to the real next tier.
+func SafeMethod(method string) bool {
+	return safeMethods[strings.ToUpper(strings.TrimSpace(method))]
+}
+
 // OutConfig configures an OutProxy. Zero fields take the Default* values.
 type OutConfig struct {
 	// Upstream is the real next tier.

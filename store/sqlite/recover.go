@@ -30,7 +30,8 @@ func hostname() string {
 }
 
 // RecoverInterrupted marks as justrunit.StudyInterrupted every study left in
-// state running by a process that is gone, sets its Finished and Error, adds
+// state running by a process that is gone, and every study left pending
+// (waiting to run) by an owner that is gone, sets its Finished and Error, adds
 // an justrunit.EventStudyInterrupted event for it, and returns how many it marked.
 //
 // A running study's owner is gone when Owner is empty, or names a process on
@@ -44,11 +45,11 @@ func hostname() string {
 // of its own. Calling it at any other time is safe (live owners are left
 // alone), and a study that changes state meanwhile is not touched.
 func (s *Store) RecoverInterrupted(ctx context.Context) (int, error) {
-	type candidate struct{ id, owner, why string }
+	type candidate struct{ id, owner, state, why string }
 	var gone []candidate
 	rows, err := s.r.QueryContext(ctx,
-		`SELECT id, owner, COALESCE(started_ns, created_ns) FROM studies WHERE state = ?`,
-		string(justrunit.StudyRunning))
+		`SELECT id, owner, state, COALESCE(started_ns, created_ns) FROM studies WHERE state IN (?, ?)`,
+		string(justrunit.StudyRunning), string(justrunit.StudyPending))
 	if err != nil {
 		return 0, fmt.Errorf("recover interrupted studies: %w", err)
 	}
@@ -56,12 +57,18 @@ func (s *Store) RecoverInterrupted(ctx context.Context) (int, error) {
 	for rows.Next() {
 		var c candidate
 		var since sql.NullInt64
-		if err := rows.Scan(&c.id, &c.owner, &since); err != nil {
+		if err := rows.Scan(&c.id, &c.owner, &c.state, &since); err != nil {
 			rows.Close()
 			return 0, fmt.Errorf("recover interrupted studies: %w", err)
 		}
+		if c.state == string(justrunit.StudyPending) && c.owner == "" {
+			continue // nobody said they would run it: it may still be picked up
+		}
 		if why, ok := ownerGone(c.owner, host, fromNanos(since)); ok {
 			c.why = why
+			if c.state == string(justrunit.StudyPending) {
+				c.why = "before it ran, " + why
+			}
 			gone = append(gone, c)
 		}
 	}
@@ -86,7 +93,7 @@ func (s *Store) RecoverInterrupted(ctx context.Context) (int, error) {
 				SET state = ?, finished_ns = ?,
 					error = CASE WHEN error = '' THEN ? ELSE error || '; ' || ? END
 				WHERE id = ? AND state = ? AND owner = ?`,
-				string(justrunit.StudyInterrupted), now.UnixNano(), msg, msg, c.id, string(justrunit.StudyRunning), c.owner)
+				string(justrunit.StudyInterrupted), now.UnixNano(), msg, msg, c.id, c.state, c.owner)
 			if err != nil {
 				return err
 			}

@@ -58,6 +58,8 @@ func TestRecoverInterrupted(t *testing.T) {
 		{"malformed-owner", justrunit.StudyRunning, "daemon", recent, justrunit.StudyRunning},
 		{"done-dead-owner", justrunit.StudyDone, dead, recent, justrunit.StudyDone},
 		{"pending-no-owner", justrunit.StudyPending, "", time.Time{}, justrunit.StudyPending},
+		{"pending-dead-owner", justrunit.StudyPending, dead, time.Time{}, justrunit.StudyInterrupted},
+		{"pending-alive-owner", justrunit.StudyPending, self, time.Time{}, justrunit.StudyPending},
 	}
 	if processStatus(os.Getpid()).started.IsZero() {
 		t.Log("no process start times here (/proc); not testing pid reuse")
