@@ -60,6 +60,7 @@ func newDemoStudyCmd(g *globals) *cobra.Command {
 	var out string
 	var asJSON bool
 	var rate float64
+	var win demoStudyWindows
 	cmd := &cobra.Command{
 		Use:   "study",
 		Short: "Study the auction's app tier under load and check the answer on the on-line instance",
@@ -77,7 +78,7 @@ and the Go toolchain.`,
 			if os.Geteuid() != 0 {
 				return errors.New("demo study: needs root (cgroups and network namespaces); run it as root")
 			}
-			rep, err := runDemoStudy(cmd, g, out, rate)
+			rep, err := runDemoStudy(cmd, g, out, rate, win)
 			if err != nil {
 				return err
 			}
@@ -106,10 +107,21 @@ and the Go toolchain.`,
 	cmd.Flags().StringVar(&out, "out", "justrunit-demo-study", "directory for the demo's files")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	cmd.Flags().Float64Var(&rate, "rate", 40, "requests per second offered to the auction")
+	cmd.Flags().DurationVar(&win.Experiment, "window", 20*time.Second, "measurement window of each experiment (after a 4 s warm-up)")
+	cmd.Flags().DurationVar(&win.Online, "online-window", 20*time.Second, "window of each on-line measurement: before and after the study, and per fidelity point")
 	return cmd
 }
 
-func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, rate float64) (rep *demoStudyReport, err error) {
+// demoStudyWindows are the demo study's measurement windows.
+type demoStudyWindows struct {
+	Experiment time.Duration // each experiment's, after the warm-up
+	Online     time.Duration // each on-line measurement's
+}
+
+func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, rate float64, wins demoStudyWindows) (rep *demoStudyReport, err error) {
+	if wins.Experiment < 2*time.Second || wins.Online < 2*time.Second {
+		return nil, justrunit.Invalid("window", min(wins.Experiment, wins.Online), "the windows must be at least 2s")
+	}
 	ctx := cmd.Context()
 	w := cmd.ErrOrStderr()
 	level := "warn" // the demo's own progress lines say what happens
@@ -167,14 +179,16 @@ func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, rate float64) (
 	}
 	fmt.Fprintln(w, "Site up under load; measuring the on-line app tier before the study...")
 	window(5 * time.Second)
-	before := window(20 * time.Second)
+	before := window(wins.Online)
 
 	cpu, _ := justrunit.ParseParameter("cpu=20..100 step 10")
 	sla := justrunit.SLA{Metric: justrunit.RTP95, Max: 50}
 	st := &justrunit.Study{Name: "demo study", Target: "auction0-app", Space: justrunit.Space{Params: []justrunit.Parameter{cpu}},
 		Metrics: []justrunit.Metric{justrunit.RTP95, justrunit.RTMean, justrunit.Throughput, justrunit.EnergyPerRequest}, SLA: &sla,
-		WarmUp: justrunit.Duration(4 * time.Second), Window: justrunit.Duration(20 * time.Second),
-		TimeBound: justrunit.Duration(130 * time.Second), Slots: 1, Strategy: "sla", Interpolator: "gp", CheckThreshold: 0.15}
+		WarmUp: justrunit.Duration(4 * time.Second), Window: justrunit.Duration(wins.Experiment),
+		// Room for 5 experiments and the clone, as the sla strategy needs
+		// at most 4 on this axis.
+		TimeBound: justrunit.Duration(5*(4*time.Second+wins.Experiment) + 10*time.Second), Slots: 1, Strategy: "sla", Interpolator: "gp", CheckThreshold: 0.15}
 	fmt.Fprintf(w, "Studying %s over %d points (time bound %v)...\n", st.Target, st.Space.Size(), st.TimeBound)
 	feed.ResetOnline()
 	start := time.Now()
@@ -185,7 +199,7 @@ func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, rate float64) (
 		return nil, err
 	}
 	fmt.Fprintln(w, "Study done; measuring the on-line app tier after it...")
-	after := window(20 * time.Second)
+	after := window(wins.Online)
 	rep = &demoStudyReport{TimeBoundS: time.Duration(st.TimeBound).Seconds(), ElapsedS: elapsed.Seconds(), SLA: sla.String(), Matrix: m,
 		OnlineP95BeforeMs: before.RT.P95, OnlineP95DuringMs: during.RT.P95, OnlineP95AfterMs: after.RT.P95}
 	if base := (before.RT.P95 + after.RT.P95) / 2; base > 0 {
@@ -205,7 +219,7 @@ func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, rate float64) (
 	}
 	// The on-line side is measured over a longer, fixed window: it is the
 	// reference the predictions are judged by.
-	win := measure.WindowConfig{WarmUp: 4 * time.Second, Min: 20 * time.Second, Max: 20 * time.Second, MinSamples: 100}
+	win := measure.WindowConfig{WarmUp: 4 * time.Second, Min: wins.Online, Max: wins.Online, MinSamples: 100}
 	for _, cpu := range fidelityPoints(m, demoStudyMaxApp) {
 		fmt.Fprintf(w, "Fidelity: setting the on-line app tier to cpu=%g%%...\n", cpu)
 		v, err := s.Verify(ctx, st, m, justrunit.Point{cpu}, win)

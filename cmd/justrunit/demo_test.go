@@ -122,3 +122,67 @@ func TestFidelityPoints(t *testing.T) {
 		}
 	}
 }
+
+// TestDemoStudy runs "demo study --json" with short windows and checks its
+// contract: the keys, cell counts that add up, the study within its time
+// bound, three fidelity points, the out-proxy's match rate, no clone call
+// reaching the data tier and nothing left behind. The fidelity figures
+// are logged, not judged: on a shared 2-core machine single windows are
+// too noisy for a pass/fail (see the README).
+func TestDemoStudy(t *testing.T) {
+	testutil.NeedRoot(t)
+	if testing.Short() {
+		t.Skip("runs the study demo for about two minutes")
+	}
+	cmd := newRootCmd()
+	var stdout bytes.Buffer
+	progress := &lockedBuffer{}
+	cmd.SetOut(&stdout)
+	cmd.SetErr(progress)
+	cmd.SetArgs([]string{"--data-dir", t.TempDir(), "demo", "study", "--json", "--out", t.TempDir(), "--window", "8s", "--online-window", "8s"})
+	if err := cmd.ExecuteContext(context.Background()); err != nil {
+		t.Fatalf("demo study: %v\n%s", err, progress.String())
+	}
+	var raw map[string]any
+	if err := json.Unmarshal(stdout.Bytes(), &raw); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, stdout.String())
+	}
+	for _, k := range []string{"measured", "interpolated", "time_bound_s", "elapsed_s", "sla_allocation", "fidelity",
+		"match_rate", "clone_requests_reaching_data_tier", "online_p95_ratio", "leftovers"} {
+		if _, ok := raw[k]; !ok {
+			t.Errorf("key %q missing from the report", k)
+		}
+	}
+	var rep demoStudyReport
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("measured %d, interpolated %d cells in %.0f s of %.0f s; match rate %.3f; on-line p95 ratio %.2f",
+		rep.Measured, rep.Interpolated, rep.ElapsedS, rep.TimeBoundS, rep.MatchRate, rep.OnlineP95Ratio)
+	for _, f := range rep.Fidelity {
+		t.Logf("fidelity %s (%s): p95 %.1f predicted, %.1f on-line; mean %.1f, %.1f", f.Point, f.Provenance,
+			f.PredictedP95Ms, f.ActualP95Ms, f.PredictedMeanMs, f.ActualMeanMs)
+		if f.PredictedP95Ms <= 0 || f.ActualP95Ms <= 0 || f.ActualMeanMs <= 0 {
+			t.Errorf("fidelity point %s has empty figures: %+v", f.Point, f)
+		}
+	}
+	const metrics, points = 4, 9
+	if rep.Measured+rep.Interpolated != metrics*points || rep.Measured == 0 || rep.Measured > 5*metrics {
+		t.Errorf("%d measured and %d interpolated cells, want at most %d measured of %d", rep.Measured, rep.Interpolated, 5*metrics, metrics*points)
+	}
+	if rep.ElapsedS > rep.TimeBoundS+5 {
+		t.Errorf("the study took %.0f s of a %.0f s time bound", rep.ElapsedS, rep.TimeBoundS)
+	}
+	if len(rep.Fidelity) != 3 {
+		t.Errorf("%d fidelity points, want 3", len(rep.Fidelity))
+	}
+	if rep.MatchRate < 0.95 {
+		t.Errorf("match rate %.3f, want ≥ 0.95 with the shipped masks", rep.MatchRate)
+	}
+	if rep.CloneRequestsReachingDataTier != 0 || rep.Leftovers != 0 {
+		t.Errorf("%d clone calls reached the data tier, %d leftovers; want none", rep.CloneRequestsReachingDataTier, rep.Leftovers)
+	}
+	if rep.OnlineP95Ratio <= 0 {
+		t.Errorf("online_p95_ratio = %v", rep.OnlineP95Ratio)
+	}
+}
