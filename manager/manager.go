@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/justrunit/justrunit"
@@ -74,8 +75,9 @@ type Config struct {
 	Headroom float64
 	// Reconsider is how many intervals a service may stay over its SLA
 	// after a response before the manager responds again (a study from
-	// the allocation it has now); 0 takes DefaultReconsider, negative
-	// never.
+	// the allocation it has now); after a response that applied nothing
+	// the wait doubles, up to 16 times. 0 takes DefaultReconsider,
+	// negative never.
 	Reconsider int
 	// DryRun shows plans without applying them.
 	DryRun bool
@@ -104,6 +106,8 @@ type Manager struct {
 	recent  map[string][]tick            // each service's latest intervals
 	tier    map[string]*measure.Recorder // each watched service's bottleneck tier's on-line times (set by New)
 	unwatch []func()
+	idle    map[string]int // responses in a row that applied nothing, per service
+	applied atomic.Int64   // responses that applied a plan
 	wake    chan struct{}
 }
 
@@ -140,7 +144,7 @@ func New(cfg Config) (*Manager, error) {
 	case cfg.Reconsider < 0:
 		cfg.Reconsider = 0
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1), tier: map[string]*measure.Recorder{}, recent: map[string][]tick{}}
+	m := &Manager{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1), tier: map[string]*measure.Recorder{}, recent: map[string][]tick{}, idle: map[string]int{}}
 	if m.log == nil {
 		m.log = slog.Default()
 	}
@@ -300,13 +304,22 @@ func (m *Manager) Run(ctx context.Context) error {
 			svc := m.pending[0]
 			m.pending = m.pending[1:]
 			m.mu.Unlock()
+			applied := m.applied.Load()
 			err := m.Respond(ctx, svc)
 			// What the response did is judged from now: intervals over
-			// the SLA while it ran do not count towards another one.
+			// the SLA while it ran do not count towards another one. A
+			// response that changed nothing waits twice as long as the
+			// one before it (up to 16 times Reconsider) before another.
 			m.mu.Lock()
 			m.pending = slices.DeleteFunc(m.pending, func(s string) bool { return s == svc })
+			if m.applied.Load() > applied {
+				m.idle[svc] = 0
+			} else {
+				m.idle[svc] = min(m.idle[svc]+1, 4)
+			}
+			wait := m.cfg.Reconsider << m.idle[svc]
 			m.mu.Unlock()
-			m.mon.Rearm(svc)
+			m.mon.RearmAfter(svc, wait)
 			if err != nil {
 				if ctx.Err() != nil {
 					return <-monErr
@@ -403,6 +416,7 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 	if done, err := planner.Apply(ctx, plan, m.cfg.Site.Platform); err != nil {
 		return fmt.Errorf("apply the plan (%d of %d steps done): %w", len(done), len(plan.Steps), err)
 	}
+	m.applied.Add(1)
 	m.emit(Event{Kind: EventApplied, Service: service, Message: fmt.Sprintf("%s now has %g%% of a core", target, want), Data: map[string]any{"cpu": want, "steps": plan.Steps}})
 	return nil
 }

@@ -106,16 +106,27 @@ type state struct {
 	violated bool
 	streak   []Sample // consecutive intervals on the other side
 	over     []Sample // intervals over the SLA in violation since entering it or Rearm
+	again    int      // this service's Again, when RearmAfter set one
 }
 
 // Rearm restarts the count of intervals towards EventStillViolated for
 // service, e.g. once a response to its violation has been applied.
-func (m *Monitor) Rearm(service string) {
+func (m *Monitor) Rearm(service string) { m.RearmAfter(service, 0) }
+
+// RearmAfter is Rearm with, for service, n intervals instead of Again
+// before the next EventStillViolated (0: Again).
+func (m *Monitor) RearmAfter(service string, n int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if st := m.states[service]; st != nil {
-		st.over = nil
+	if m.states == nil {
+		m.states = map[string]*state{}
 	}
+	st := m.states[service]
+	if st == nil {
+		st = &state{}
+		m.states[service] = st
+	}
+	st.over, st.again = nil, n
 }
 
 // Run ticks every Interval until ctx ends; it resets every window first so
@@ -197,8 +208,12 @@ func (m *Monitor) Tick() []Sample {
 			}
 		default:
 			st.streak = nil
-			if st.violated && smp.Over && m.Again > 0 {
-				if st.over = append(st.over, smp); len(st.over) >= m.Again {
+			again := m.Again
+			if st.again > 0 && again > 0 {
+				again = st.again
+			}
+			if st.violated && smp.Over && again > 0 {
+				if st.over = append(st.over, smp); len(st.over) >= again {
 					change = &Change{Kind: EventStillViolated, Service: svc.Name, Samples: st.over}
 					st.over = nil
 				}

@@ -2,6 +2,7 @@ package monitor
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -135,5 +136,35 @@ func TestStillViolated(t *testing.T) {
 		if changes[i] != want[i] {
 			t.Fatalf("changes = %v, want %v", changes, want)
 		}
+	}
+}
+
+// TestRearmAfter checks a per-service wait before EventStillViolated.
+func TestRearmAfter(t *testing.T) {
+	var changes []int // intervals of the EventStillViolated reports
+	means := make([]float64, 12)
+	for i := range means {
+		means[i] = 60 // over the SLA throughout
+	}
+	m := &Monitor{
+		Services: []Service{{Name: "s0", SLA: justrunit.SLA{Metric: justrunit.RTMean, Max: 50}, Window: &script{means: means}}},
+		Interval: time.Minute, Again: 2,
+		OnChange: func(c Change) {
+			if c.Kind == EventStillViolated {
+				changes = append(changes, c.Samples[len(c.Samples)-1].Interval)
+			}
+		},
+	}
+	for i := range means {
+		m.Tick()
+		if i == 0 {
+			m.RearmAfter("s0", 5) // after interval 1 (the violation): wait 5
+		}
+	}
+	// Interval 1 enters violation; 2..6 are five more: still at 6; then
+	// the override stays: 7..11, still at 11.
+	want := []int{6, 11}
+	if !slices.Equal(changes, want) {
+		t.Errorf("EventStillViolated at intervals %v, want %v", changes, want)
 	}
 }
