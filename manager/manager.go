@@ -102,9 +102,9 @@ type Manager struct {
 	mon *monitor.Monitor
 
 	mu      sync.Mutex
-	pending []string                     // services in violation awaiting a response
-	recent  map[string][]tick            // each service's latest intervals
-	tier    map[string]*measure.Recorder // each watched service's bottleneck tier's on-line times (set by New)
+	pending []string             // services in violation awaiting a response
+	recent  map[string][]tick    // each service's latest intervals
+	tier    map[string]tierWatch // each watched service's bottleneck tier (set by New)
 	unwatch []func()
 	idle    map[string]int // responses in a row that applied nothing, per service
 	applied atomic.Int64   // responses that applied a plan
@@ -114,7 +114,7 @@ type Manager struct {
 // New checks cfg and prepares the monitor from the site: every service
 // with an SLA is watched at the in-proxy of its front-most instance that
 // has one.
-func New(cfg Config) (*Manager, error) {
+func New(cfg Config) (_ *Manager, err error) {
 	if cfg.Site == nil {
 		return nil, justrunit.Invalid("site", nil, "required")
 	}
@@ -144,11 +144,16 @@ func New(cfg Config) (*Manager, error) {
 	case cfg.Reconsider < 0:
 		cfg.Reconsider = 0
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1), tier: map[string]*measure.Recorder{}, recent: map[string][]tick{}, idle: map[string]int{}}
+	m := &Manager{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1), tier: map[string]tierWatch{}, recent: map[string][]tick{}, idle: map[string]int{}}
 	if m.log == nil {
 		m.log = slog.Default()
 	}
 	mon := &monitor.Monitor{Interval: cfg.Interval, Logger: m.log, OnSample: m.onSample, OnChange: m.onChange, Again: cfg.Reconsider}
+	defer func() {
+		if err != nil {
+			m.stopWatching() // nothing left recording in the in-proxies
+		}
+	}()
 	for _, svc := range cfg.Site.File.Services {
 		if svc.SLA == "" {
 			continue
@@ -171,7 +176,7 @@ func New(cfg Config) (*Manager, error) {
 			if tp, ok := cfg.Site.InProxy(target); ok {
 				rec, stop := tp.Watch()
 				m.unwatch = append(m.unwatch, stop)
-				m.tier[svc.Name] = rec
+				m.tier[svc.Name] = tierWatch{rec: rec, metric: sla.Metric}
 			}
 		}
 	}
@@ -197,9 +202,24 @@ func frontInstance(svc site.Service) string {
 // Monitor returns the manager's SLA monitor.
 func (m *Manager) Monitor() *monitor.Monitor { return m.mon }
 
+// stopWatching ends the manager's watches of the in-proxies.
+func (m *Manager) stopWatching() {
+	for _, stop := range m.unwatch {
+		stop()
+	}
+	m.unwatch = nil
+}
+
 // maxRecent is how many intervals per service the manager keeps to tell
 // the time a service's other tiers take.
 const maxRecent = 64
+
+// tierWatch is the manager's window on a service's bottleneck tier: its
+// on-line response times and the service's SLA metric.
+type tierWatch struct {
+	rec    *measure.Recorder
+	metric justrunit.Metric
+}
 
 // tick is one monitoring interval of a service: the SLA metric at its front
 // (the monitor's sample) and at its bottleneck tier's in-proxy.
@@ -213,10 +233,9 @@ type tick struct {
 // value over the same interval, read from the tier's in-proxy.
 func (m *Manager) onSample(smp monitor.Sample) {
 	t := tick{front: smp}
-	if rec := m.tier[smp.Service]; rec != nil {
-		sum := rec.Reset()
-		sla, _ := justrunit.ParseSLA(m.service(smp.Service).SLA)
-		t.tier, t.tierCount = monitor.Value(sum, sla.Metric), sum.Count
+	if w, ok := m.tier[smp.Service]; ok {
+		sum := w.rec.Reset()
+		t.tier, t.tierCount = monitor.Value(sum, w.metric), sum.Count
 	}
 	m.mu.Lock()
 	r := append(m.recent[smp.Service], t)
@@ -282,11 +301,7 @@ func (m *Manager) onChange(c monitor.Change) {
 // the monitor fails). A response that fails is reported and the loop goes
 // on. A manager runs once.
 func (m *Manager) Run(ctx context.Context) error {
-	defer func() {
-		for _, stop := range m.unwatch {
-			stop()
-		}
-	}()
+	defer m.stopWatching()
 	monErr := make(chan error, 1)
 	go func() { monErr <- m.mon.Run(ctx) }()
 	for {

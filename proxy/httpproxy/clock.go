@@ -48,6 +48,3 @@ func (s *sleeper) until(ctx context.Context, deadline time.Time) error {
 		}
 	}
 }
-
-// lateness returns the timer's mean lateness the sleeper corrects for.
-func (s *sleeper) lateness() time.Duration { return time.Duration(s.late.Load()) }
