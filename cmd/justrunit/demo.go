@@ -339,15 +339,29 @@ func buildAuction(ctx context.Context, dir string) (string, error) {
 // app tier (where studies feed clones), and an out-proxy in front of its
 // data tier.
 func demoSite(dir, bin string, work float64) (*site.Site, map[string]string, error) {
-	return demoSiteWith(dir, bin, work, 2, true, 10, 0)
+	return demoSiteWith(dir, bin, demoSiteSpec{services: 2, work: work, passThrough: true, appCPU: 25, dataCPU: 10})
 }
 
-// demoSiteWith is demoSite with n services; passThrough lets clones'
-// unrecorded reads reach the data tier; dataCPU is the data tiers' CPU
-// share (a small one throttles their bursts, which adds latency spikes to
-// every app tier request); lag is the app tiers' in-proxy clone lag (0:
-// none).
-func demoSiteWith(dir, bin string, work float64, n int, passThrough bool, dataCPU float64, lag time.Duration) (*site.Site, map[string]string, error) {
+// demoWebCPU is the web tiers' CPU share in every demo site.
+const demoWebCPU = 10
+
+// demoSiteSpec is what differs between the demo sites.
+type demoSiteSpec struct {
+	services int     // auction services, auction0 to auction<services−1>
+	work     float64 // the app tiers' --work
+	// passThrough lets clones' unrecorded reads reach the data tier.
+	passThrough bool
+	// appCPU and dataCPU are the app and data tiers' CPU shares (a small
+	// data share throttles its bursts, which adds latency spikes to every
+	// app tier request).
+	appCPU, dataCPU float64
+	// lag is the app tiers' in-proxy clone lag (0: none).
+	lag time.Duration
+}
+
+// demoSiteWith writes a demo site as spec says; see demoSite.
+func demoSiteWith(dir, bin string, spec demoSiteSpec) (*site.Site, map[string]string, error) {
+	lag, passThrough := spec.lag, spec.passThrough
 	lagField := ""
 	if lag > 0 {
 		lagField = fmt.Sprintf(", clone_lag: %v", lag)
@@ -367,7 +381,7 @@ hosts:
 services:
 `)
 	fronts := map[string]string{}
-	for i := range n {
+	for i := range spec.services {
 		ports, err := freeAddrs(7)
 		if err != nil {
 			return nil, nil, err
@@ -385,18 +399,18 @@ services:
     tiers:
       - name: web
         instances:
-          - {id: %[1]s-web, host: pm1, addr: "%[3]s", allocation: {cpu: 10}, in_proxy: {listen: "%[2]s"},
+          - {id: %[1]s-web, host: pm1, addr: "%[3]s", allocation: {cpu: %[14]g}, in_proxy: {listen: "%[2]s"},
              command: [%[9]s, web, --listen, "%[3]s", --app, "http://%[4]s"]}
       - name: app
         instances:
-          - {id: %[1]s-app, host: pm1, addr: "%[5]s", allocation: {cpu: 25}, in_proxy: {listen: "%[4]s"%[13]s},
+          - {id: %[1]s-app, host: pm1, addr: "%[5]s", allocation: {cpu: %[15]g}, in_proxy: {listen: "%[4]s"%[13]s},
              out_proxy: {listen: "%[6]s", next: "%[7]s"%[11]s},
              command: [%[9]s, app, --listen, "%[5]s", --data, "http://%[6]s", --work, "%[10]g"]}
       - name: data
         instances:
           - {id: %[1]s-data, host: pm1, addr: "%[7]s", allocation: {cpu: %[12]g}, state_dir: "%[8]s",
              command: [%[9]s, data, --listen, "%[7]s", --state-dir, "%[8]s"]}
-`, svc, webIn, web, appIn, app, dataOut, data, state, bin, work, pt, dataCPU, lagField)
+`, svc, webIn, web, appIn, app, dataOut, data, state, bin, spec.work, pt, spec.dataCPU, lagField, float64(demoWebCPU), spec.appCPU)
 	}
 	path := filepath.Join(dir, "site.yaml")
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
