@@ -107,8 +107,8 @@ and the Go toolchain.`,
 	cmd.Flags().StringVar(&out, "out", "justrunit-demo-study", "directory for the demo's files")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	cmd.Flags().Float64Var(&rate, "rate", 40, "requests per second offered to the auction")
-	cmd.Flags().DurationVar(&win.Experiment, "window", 20*time.Second, "measurement window of each experiment (after a 4 s warm-up)")
-	cmd.Flags().DurationVar(&win.Online, "online-window", 20*time.Second, "window of each on-line measurement: before and after the study, and per fidelity point")
+	cmd.Flags().DurationVar(&win.Experiment, "window", 30*time.Second, "measurement window of each experiment (after a 4 s warm-up)")
+	cmd.Flags().DurationVar(&win.Online, "online-window", 40*time.Second, "window of each on-line measurement: before and after the study, and per fidelity point")
 	return cmd
 }
 
