@@ -252,7 +252,7 @@ func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, rate float64, w
 // The on-line app tier runs at 40%, below its knee: at 40 requests per
 // second its p95 then stays within about 20% from one 20 s window to the
 // next (16.5–23 ms over eight windows on the 2-core development machine),
-// where at 25%, near the knee, it moved between 38 and 71 ms with no study
+// where at 25%, near the knee, it moved between 38 and 72 ms with no study
 // running. The on-line impact of the study is measured there, not in that
 // noise. The study still covers the whole axis, knee included.
 //
