@@ -34,6 +34,8 @@ type cloneBenchRun struct {
 	ProbeMaxMS float64 `json:"original_max_rt_ms"`
 	Probes     int     `json:"original_probes"`
 	Errors     int     `json:"original_errors"`
+
+	took time.Duration // CloneS as a duration
 }
 
 // cloneBenchReport is what "justrunit bench clone" prints.
@@ -221,7 +223,7 @@ func benchClone(ctx context.Context, g *globals, runs, stateMiB int, progress io
 		rep.Mode = c.Mode
 		info, _ := p.Info(c.ID)
 		rep.Storage, rep.Snapshot = info.Storage, info.Snapshot
-		clones = append(clones, time.Duration(r.CloneS*float64(time.Second)))
+		clones = append(clones, r.took)
 		pauses = append(pauses, c.Pause)
 		rep.OriginalMaxRTMS = max(rep.OriginalMaxRTMS, r.ProbeMaxMS)
 		rep.OriginalErrors += r.Errors
@@ -239,6 +241,16 @@ func benchClone(ctx context.Context, g *globals, runs, stateMiB int, progress io
 // benchOneClone clones while probing the original, and measures until the
 // clone answers HTTP.
 func benchOneClone(ctx context.Context, p *local.Platform, hc *http.Client, base string) (cloneBenchRun, *justrunit.Clone, error) {
+	return cloneProbed(ctx, hc, base+"/work", func() (*justrunit.Clone, error) {
+		return p.Clone(ctx, "bench-origin", "sandbox", justrunit.CloneOptions{})
+	})
+}
+
+// cloneProbed runs clone while a prober sends GET probe to the original
+// back to back, then waits until the clone answers GET /health. The run
+// records the time to a clone that answers, the pause the platform
+// reported, and the original's worst response time and errors meanwhile.
+func cloneProbed(ctx context.Context, hc *http.Client, probe string, clone func() (*justrunit.Clone, error)) (cloneBenchRun, *justrunit.Clone, error) {
 	var r cloneBenchRun
 	var mu sync.Mutex
 	var worst time.Duration
@@ -254,7 +266,7 @@ func benchOneClone(ctx context.Context, p *local.Platform, hc *http.Client, base
 			default:
 			}
 			t0 := time.Now()
-			err := cbGet(hc, base+"/work")
+			err := cbGet(hc, probe)
 			d := time.Since(t0)
 			mu.Lock()
 			r.Probes++
@@ -266,18 +278,18 @@ func benchOneClone(ctx context.Context, p *local.Platform, hc *http.Client, base
 		}
 	}()
 	t0 := time.Now()
-	c, err := p.Clone(ctx, "bench-origin", "sandbox", justrunit.CloneOptions{})
+	c, err := clone()
 	if err == nil {
 		err = cbPoll(ctx, hc, "http://"+c.Endpoint+"/health", 10*time.Second)
 	}
 	took := time.Since(t0)
-	time.Sleep(20 * time.Millisecond)
+	time.Sleep(20 * time.Millisecond) // a last probe or two after the clone is up
 	close(stop)
 	wg.Wait()
 	if err != nil {
 		return r, nil, err
 	}
-	r.CloneS = took.Seconds()
+	r.took, r.CloneS = took, took.Seconds()
 	r.PauseMS = cbMillis(c.Pause)
 	r.ProbeMaxMS = cbMillis(worst)
 	return r, c, nil

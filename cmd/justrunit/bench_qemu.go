@@ -11,7 +11,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -316,7 +315,11 @@ func benchCloneQemu(ctx context.Context, g *globals, runs, memMiB int, progress 
 		}
 		cerr := p.Close()
 		if ents, _ := os.ReadDir(filepath.Join(tmp, "vms")); rep != nil {
-			rep.Leftovers = len(ents)
+			for _, e := range ents {
+				if e.Name() != qemu.LockFile {
+					rep.Leftovers++
+				}
+			}
 		}
 		if err == nil {
 			err = cerr
@@ -347,50 +350,17 @@ func benchCloneQemu(ctx context.Context, g *globals, runs, memMiB int, progress 
 
 	var clones, pauses, downs []time.Duration
 	for i := 0; i < runs; i++ {
-		var r cloneBenchRun
-		var mu sync.Mutex
-		var worst time.Duration
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				t0 := time.Now()
-				err := cbGet(hc, probe)
-				d := time.Since(t0)
-				mu.Lock()
-				r.Probes++
-				if err != nil {
-					r.Errors++
-				}
-				worst = max(worst, d)
-				mu.Unlock()
-			}
-		}()
-		t0 := time.Now()
-		c, err := p.Clone(ctx, in.ID, "sandbox", justrunit.CloneOptions{})
-		if err == nil {
-			err = cbPoll(ctx, hc, "http://"+c.Endpoint+"/health", 10*time.Second)
-		}
-		took := time.Since(t0)
-		time.Sleep(20 * time.Millisecond)
-		close(stop)
-		wg.Wait()
+		r, c, err := cloneProbed(ctx, hc, probe, func() (*justrunit.Clone, error) {
+			return p.Clone(ctx, in.ID, "sandbox", justrunit.CloneOptions{})
+		})
 		if err != nil {
 			return nil, err
 		}
 		st, _ := p.LastMigration(c.ID)
-		r.CloneS, r.PauseMS, r.ProbeMaxMS = took.Seconds(), cbMillis(c.Pause), cbMillis(worst)
 		rep.Runs = append(rep.Runs, r)
 		rep.OriginalMaxRTMS = max(rep.OriginalMaxRTMS, r.ProbeMaxMS)
 		rep.OriginalErrors += r.Errors
-		clones, pauses, downs = append(clones, took), append(pauses, c.Pause), append(downs, st.Downtime)
+		clones, pauses, downs = append(clones, r.took), append(pauses, c.Pause), append(downs, st.Downtime)
 		if err := p.Destroy(ctx, c.ID); err != nil {
 			return nil, err
 		}

@@ -104,6 +104,10 @@ const cgroupRoot = "/justrunit/qemu"
 // HostConfig is a host: a partition of this machine's CPUs.
 type HostConfig = hostlayout.Host
 
+// LockFile is the file in Options.StateDir that the platform holds locked
+// while it is open; it stays when the platform closes (it is not a VM's).
+const LockFile = ".lock"
+
 // Options configure the platform. Zero fields take the defaults.
 type Options struct {
 	// Logger receives the platform's logs; nil discards them.
@@ -273,7 +277,7 @@ func New(o Options) (*Platform, error) {
 	if err != nil {
 		return nil, err
 	}
-	lock, err := os.OpenFile(filepath.Join(o.StateDir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	lock, err := os.OpenFile(filepath.Join(o.StateDir, LockFile), os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("qemu platform: %w", err)
 	}

@@ -277,7 +277,7 @@ func TestCloneLive(t *testing.T) {
 	if err := p.Destroy(ctx, orig.ID); err != nil {
 		t.Fatal(err)
 	}
-	if ents, _ := os.ReadDir(p.o.StateDir); len(ents) != 1 || ents[0].Name() != ".lock" {
+	if ents, _ := os.ReadDir(p.o.StateDir); len(ents) != 1 || ents[0].Name() != LockFile {
 		t.Errorf("state left after Destroy: %v, want only .lock", ents)
 	}
 }

@@ -133,6 +133,15 @@ func newTransport(maxConns int) *http.Transport {
 	}
 }
 
+// setDefault sets *v to d when *v is the zero value: a configuration
+// field left out takes its default.
+func setDefault[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
+	}
+}
+
 // bufferPool is an httputil.BufferPool of 32 KiB buffers.
 type bufferPool struct{ p sync.Pool }
 

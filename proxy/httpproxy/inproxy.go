@@ -132,21 +132,11 @@ func NewInProxy(cfg InConfig) (*InProxy, error) {
 	if cfg.CloneLag < 0 || cfg.CloneLag > MaxCloneLag {
 		return nil, justrunit.Invalid("clone_lag", cfg.CloneLag, "must be between 0 and %v", MaxCloneLag)
 	}
-	if cfg.MaxCopyBody == 0 {
-		cfg.MaxCopyBody = DefaultMaxCopyBody
-	}
-	if cfg.MaxInFlight == 0 {
-		cfg.MaxInFlight = DefaultMaxInFlight
-	}
-	if cfg.MaxCloneBytes == 0 {
-		cfg.MaxCloneBytes = DefaultMaxCloneBytes
-	}
-	if cfg.CopyTimeout == 0 {
-		cfg.CopyTimeout = DefaultCopyTimeout
-	}
-	if cfg.MaxCompareBody == 0 {
-		cfg.MaxCompareBody = DefaultMaxCompareBody
-	}
+	setDefault(&cfg.MaxCopyBody, DefaultMaxCopyBody)
+	setDefault(&cfg.MaxInFlight, DefaultMaxInFlight)
+	setDefault(&cfg.MaxCloneBytes, DefaultMaxCloneBytes)
+	setDefault(&cfg.CopyTimeout, DefaultCopyTimeout)
+	setDefault(&cfg.MaxCompareBody, DefaultMaxCompareBody)
 	p := &InProxy{
 		cfg:    cfg,
 		log:    orDiscard(cfg.Logger),

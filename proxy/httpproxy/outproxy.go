@@ -151,21 +151,11 @@ func NewOutProxy(cfg OutConfig) (*OutProxy, error) {
 	if cfg.Window < 0 || cfg.MaxRecordBytes < 0 || cfg.MaxBody < 0 {
 		return nil, justrunit.Invalid("out-proxy limits", nil, "must not be negative")
 	}
-	if cfg.Window == 0 {
-		cfg.Window = DefaultWindow
-	}
-	if cfg.MaxRecordBytes == 0 {
-		cfg.MaxRecordBytes = DefaultMaxRecordBytes
-	}
-	if cfg.MaxBody == 0 {
-		cfg.MaxBody = DefaultMaxBody
-	}
-	if cfg.MatchWait == 0 {
-		cfg.MatchWait = DefaultMatchWait
-	}
-	if cfg.FallbackStatus == 0 {
-		cfg.FallbackStatus = DefaultFallbackStatus
-	}
+	setDefault(&cfg.Window, DefaultWindow)
+	setDefault(&cfg.MaxRecordBytes, DefaultMaxRecordBytes)
+	setDefault(&cfg.MaxBody, DefaultMaxBody)
+	setDefault(&cfg.MatchWait, DefaultMatchWait)
+	setDefault(&cfg.FallbackStatus, DefaultFallbackStatus)
 	if cfg.FallbackStatus < 200 || cfg.FallbackStatus > 599 {
 		return nil, justrunit.Invalid("fallback_status", cfg.FallbackStatus, "want an HTTP status 200..599")
 	}
