@@ -54,6 +54,14 @@ type fidelityPoint struct {
 	ActualP95Ms     float64 `json:"actual_p95_ms"`
 	PredictedMeanMs float64 `json:"predicted_mean_ms"`
 	ActualMeanMs    float64 `json:"actual_mean_ms"`
+	// PredictedP95CIMs and ActualP95CIMs are the 95% confidence intervals
+	// of the two p95s (order-statistic intervals of their windows; none
+	// for an interpolated prediction), and P95IntervalsOverlap says
+	// whether they overlap: when they do, the windows cannot tell the
+	// prediction from the on-line figure.
+	PredictedP95CIMs    *[2]float64 `json:"predicted_p95_ci_ms"`
+	ActualP95CIMs       [2]float64  `json:"actual_p95_ci_ms"`
+	P95IntervalsOverlap *bool       `json:"p95_intervals_overlap"`
 }
 
 func newDemoStudyCmd(g *globals) *cobra.Command {
@@ -96,8 +104,13 @@ and the Go toolchain.`,
 			fmt.Fprintf(w, "least allocation meeting %s: %s (%d cells measured, %d interpolated, %.0f s of a %.0f s time bound)\n",
 				rep.SLA, least, rep.Measured, rep.Interpolated, rep.ElapsedS, rep.TimeBoundS)
 			for _, f := range rep.Fidelity {
-				fmt.Fprintf(w, "fidelity %s (%s): p95 predicted %.1f ms, on-line %.1f ms; mean predicted %.1f ms, on-line %.1f ms\n",
-					f.Point, f.Provenance, f.PredictedP95Ms, f.ActualP95Ms, f.PredictedMeanMs, f.ActualMeanMs)
+				ci := ""
+				if f.PredictedP95CIMs != nil {
+					ci = fmt.Sprintf(" (95%% intervals %.1f–%.1f and %.1f–%.1f ms, overlapping: %v)",
+						f.PredictedP95CIMs[0], f.PredictedP95CIMs[1], f.ActualP95CIMs[0], f.ActualP95CIMs[1], *f.P95IntervalsOverlap)
+				}
+				fmt.Fprintf(w, "fidelity %s (%s): p95 predicted %.1f ms, on-line %.1f ms%s; mean predicted %.1f ms, on-line %.1f ms\n",
+					f.Point, f.Provenance, f.PredictedP95Ms, f.ActualP95Ms, ci, f.PredictedMeanMs, f.ActualMeanMs)
 			}
 			fmt.Fprintf(w, "match rate %.3f, clone calls reaching the data tier %d, on-line p95 during the study / before and after it %.2f (%.1f / %.1f and %.1f ms), leftovers %d\n",
 				rep.MatchRate, rep.CloneRequestsReachingDataTier, rep.OnlineP95Ratio, rep.OnlineP95DuringMs, rep.OnlineP95BeforeMs, rep.OnlineP95AfterMs, rep.Leftovers)
@@ -228,8 +241,15 @@ func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, rate float64, w
 		}
 		p95, _ := m.Cell(justrunit.Point{cpu}, justrunit.RTP95)
 		mean, _ := m.Cell(justrunit.Point{cpu}, justrunit.RTMean)
-		rep.Fidelity = append(rep.Fidelity, fidelityPoint{Point: st.Space.Format(v.Point), Provenance: p95.Prov.String(),
-			PredictedP95Ms: p95.Value, ActualP95Ms: v.Measured.RT.P95, PredictedMeanMs: mean.Value, ActualMeanMs: v.Measured.RT.Mean})
+		f := fidelityPoint{Point: st.Space.Format(v.Point), Provenance: p95.Prov.String(),
+			PredictedP95Ms: p95.Value, ActualP95Ms: v.Measured.RT.P95, PredictedMeanMs: mean.Value, ActualMeanMs: v.Measured.RT.Mean,
+			ActualP95CIMs: [2]float64{v.Measured.RT.P95Low, v.Measured.RT.P95High}}
+		if o := observationAt(m, v.Point); o != nil {
+			f.PredictedP95CIMs = &[2]float64{o.RT.P95Low, o.RT.P95High}
+			overlap := o.RT.P95Low <= v.Measured.RT.P95High && v.Measured.RT.P95Low <= o.RT.P95High
+			f.P95IntervalsOverlap = &overlap
+		}
+		rep.Fidelity = append(rep.Fidelity, f)
 	}
 	if op, ok := s.OutProxy("auction0-app"); ok {
 		rep.CloneRequestsReachingDataTier = op.Stats().PassedThrough
@@ -266,6 +286,16 @@ const (
 	demoStudyDataCPU = 20
 	demoStudyMaxApp  = 100 - demoWebCPU - demoStudyDataCPU
 )
+
+// observationAt returns the observation measured at p, or nil.
+func observationAt(m *justrunit.Matrix, p justrunit.Point) *justrunit.Observation {
+	for _, i := range m.Measured() {
+		if r := m.Rows[i]; slices.Equal(r.Point, p) {
+			return r.Observation
+		}
+	}
+	return nil
+}
 
 // fidelityPoints returns the CPU shares the demo checks on the on-line
 // instance: the three highest the study measured that fit the on-line host

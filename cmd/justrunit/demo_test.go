@@ -165,6 +165,18 @@ func TestDemoStudy(t *testing.T) {
 		if f.PredictedP95Ms <= 0 || f.ActualP95Ms <= 0 || f.ActualMeanMs <= 0 {
 			t.Errorf("fidelity point %s has empty figures: %+v", f.Point, f)
 		}
+		if ci := f.ActualP95CIMs; ci[0] > f.ActualP95Ms || f.ActualP95Ms > ci[1] {
+			t.Errorf("fidelity point %s: on-line p95 %.2f outside its interval %v", f.Point, f.ActualP95Ms, ci)
+		}
+		switch ci := f.PredictedP95CIMs; {
+		case f.Provenance != "X" && ci == nil:
+		case ci == nil || f.P95IntervalsOverlap == nil:
+			t.Errorf("fidelity point %s (%s): no interval for the measured prediction", f.Point, f.Provenance)
+		case ci[0] > f.PredictedP95Ms || f.PredictedP95Ms > ci[1]:
+			t.Errorf("fidelity point %s: predicted p95 %.2f outside its interval %v", f.Point, f.PredictedP95Ms, *ci)
+		default:
+			t.Logf("fidelity %s: p95 intervals %v and %v, overlapping: %v", f.Point, *ci, f.ActualP95CIMs, *f.P95IntervalsOverlap)
+		}
 	}
 	const metrics, points = 4, 9
 	if rep.Measured+rep.Interpolated != metrics*points || rep.Measured == 0 || rep.Measured > 5*metrics {
