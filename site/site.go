@@ -293,11 +293,8 @@ func (s *Site) Validate() error {
 							return err
 						}
 					}
-					for k, m := range op.PassThrough {
-						if !httpproxy.SafeMethod(m) {
-							return justrunit.Invalid(fmt.Sprintf("%s.out_proxy.pass_through[%d]", inf, k), m,
-								"only safe methods (GET, HEAD, OPTIONS, TRACE) may pass through: a clone's writes must not reach the on-line next tier")
-						}
+					if err := httpproxy.CheckPassThrough(inf+".out_proxy.pass_through", op.PassThrough); err != nil {
+						return err
 					}
 				}
 			}

@@ -361,13 +361,12 @@ type demoSiteSpec struct {
 
 // demoSiteWith writes a demo site as spec says; see demoSite.
 func demoSiteWith(dir, bin string, spec demoSiteSpec) (*site.Site, map[string]string, error) {
-	lag, passThrough := spec.lag, spec.passThrough
 	lagField := ""
-	if lag > 0 {
-		lagField = fmt.Sprintf(", clone_lag: %v", lag)
+	if spec.lag > 0 {
+		lagField = fmt.Sprintf(", clone_lag: %v", spec.lag)
 	}
 	pt := ""
-	if passThrough {
+	if spec.passThrough {
 		pt = ", pass_through: [GET]"
 	}
 	var b strings.Builder

@@ -45,10 +45,17 @@ var safeMethods = map[string]bool{
 	http.MethodGet: true, http.MethodHead: true, http.MethodOptions: true, http.MethodTrace: true,
 }
 
-// SafeMethod reports whether method (any case, spaces trimmed) is a safe,
-// read-only method that may pass through to the real next tier.
-func SafeMethod(method string) bool {
-	return safeMethods[strings.ToUpper(strings.TrimSpace(method))]
+// CheckPassThrough checks a pass-through list: only safe, read-only
+// methods (any case, spaces trimmed) may pass through to the real next
+// tier. field names the list in the error, e.g. "pass_through".
+func CheckPassThrough(field string, methods []string) error {
+	for i, m := range methods {
+		if !safeMethods[strings.ToUpper(strings.TrimSpace(m))] {
+			return justrunit.Invalid(fmt.Sprintf("%s[%d]", field, i), m,
+				"only safe methods (GET, HEAD, OPTIONS, TRACE) may pass through: a clone's writes must not reach the on-line next tier")
+		}
+	}
+	return nil
 }
 
 // OutConfig configures an OutProxy. Zero fields take the Default* values.
@@ -159,14 +166,12 @@ func NewOutProxy(cfg OutConfig) (*OutProxy, error) {
 	if cfg.FallbackStatus < 200 || cfg.FallbackStatus > 599 {
 		return nil, justrunit.Invalid("fallback_status", cfg.FallbackStatus, "want an HTTP status 200..599")
 	}
+	if err := CheckPassThrough("pass_through", cfg.PassThrough); err != nil {
+		return nil, err
+	}
 	safe := make(map[string]bool)
-	for i, m := range cfg.PassThrough {
-		m = strings.ToUpper(strings.TrimSpace(m))
-		if !safeMethods[m] {
-			return nil, justrunit.Invalid(fmt.Sprintf("pass_through[%d]", i), m,
-				"only safe methods (GET, HEAD, OPTIONS, TRACE) may pass through: a clone's writes must not reach the on-line next tier")
-		}
-		safe[m] = true
+	for _, m := range cfg.PassThrough {
+		safe[strings.ToUpper(strings.TrimSpace(m))] = true
 	}
 	p := &OutProxy{
 		cfg:        cfg,
