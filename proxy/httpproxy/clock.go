@@ -25,12 +25,23 @@ type sleeper struct {
 // sleeperGain is the weight of the newest lateness in the average (1/16).
 const sleeperGain = 16
 
+// maxLateness caps one lateness sample: a stall (a GC pause, a descheduled
+// thread) says nothing about the timer, and would otherwise lift the aim
+// above the waits themselves.
+const maxLateness = 2 * time.Millisecond
+
 // until waits until deadline (early by the timer's mean lateness) or until
 // ctx ends, and reports whether it was ctx.
 func (s *sleeper) until(ctx context.Context, deadline time.Time) error {
 	aim := deadline.Add(-time.Duration(s.late.Load()))
 	wait := time.Until(aim)
 	if wait <= 0 {
+		if time.Until(deadline) > 0 {
+			// Aiming past a deadline still ahead: the correction is larger
+			// than this wait, and no timer will tell whether it should
+			// be. Let it decay, so that it cannot stick above the waits.
+			s.update(0)
+		}
 		return nil
 	}
 	t := time.NewTimer(wait)
@@ -40,11 +51,16 @@ func (s *sleeper) until(ctx context.Context, deadline time.Time) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	late := int64(time.Since(aim))
+	s.update(min(time.Since(aim), maxLateness))
+	return nil
+}
+
+// update moves the average lateness towards late.
+func (s *sleeper) update(late time.Duration) {
 	for {
 		old := s.late.Load()
-		if s.late.CompareAndSwap(old, old+(late-old)/sleeperGain) {
-			return nil
+		if s.late.CompareAndSwap(old, old+(int64(late)-old)/sleeperGain) {
+			return
 		}
 	}
 }

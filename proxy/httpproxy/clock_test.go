@@ -47,3 +47,23 @@ func TestSleeperCancel(t *testing.T) {
 		t.Errorf("until a past deadline: %v", err)
 	}
 }
+
+// TestSleeperRecovers checks that one stall does not leave the sleeper
+// aiming so early that it stops waiting: its correction is capped per
+// sample and decays while it overshoots the waits asked for.
+func TestSleeperRecovers(t *testing.T) {
+	var s sleeper
+	s.late.Store(int64(20 * time.Millisecond)) // as after a long stall
+	const d = time.Millisecond
+	for i := range 200 {
+		start := time.Now()
+		if err := s.until(context.Background(), start.Add(d)); err != nil {
+			t.Fatal(err)
+		}
+		if time.Since(start) >= d/2 {
+			t.Logf("waiting again after %d calls (correcting %v)", i+1, time.Duration(s.late.Load()))
+			return
+		}
+	}
+	t.Errorf("after 200 calls of 1 ms the sleeper still returns at once (correcting %v)", time.Duration(s.late.Load()))
+}

@@ -93,11 +93,13 @@ type InConfig struct {
 // instance unchanged and sends a copy of it to each attached clone as soon
 // as the on-line request is on the wire (microseconds after it arrived),
 // whatever the clone is doing: copies keep the on-line arrival times (open
-// loop), they are not paced by the clone's answers. Copies never wait: a
-// copy that cannot be sent within the clone's bounds (copies and bytes in
-// flight) is dropped and counted. The proxy measures each clone's response
-// times and throughput as the previous tier would see them, from the
-// on-line arrival time, and the on-line instance's too.
+// loop), they are not paced by the clone's answers; with a clone lag
+// (InConfig.CloneLag) each copy goes out that much later, the spacing kept.
+// Copies never wait on a clone: a copy that cannot be sent within the
+// clone's bounds (copies and bytes in flight or queued) is dropped and
+// counted. The proxy measures each clone's response times and throughput as
+// the previous tier would see them (from the on-line arrival, or with a lag
+// from the time the copy goes out), and the on-line instance's too.
 //
 // InProxy is an http.Handler; Start serves it on an address. Clones are
 // attached and detached at run time with AddClone and RemoveClone (or
@@ -321,8 +323,9 @@ type CloneStats struct {
 	Compared     int64   `json:"compared"`
 	Mismatched   int64   `json:"mismatched"`
 	MismatchRate float64 `json:"mismatch_rate"`
-	// Response is the clone's response times (from the on-line arrival
-	// time to the end of the clone's response body) and throughput. A
+	// Response is the clone's response times (from the on-line arrival,
+	// or with a clone lag from the time the copy goes out, to the end of
+	// the clone's response body) and throughput. A
 	// transport error, a timeout or a 5xx status counts as an error.
 	Response measure.Summary `json:"response"`
 }
@@ -813,6 +816,14 @@ func (c *clone) pace() {
 			}
 		}
 		c.queue.pop()
+		if c.ctx.Err() != nil {
+			return // detached while the copy came due
+		}
+		if until := c.pausedUntil.Load(); until != 0 && time.Now().UnixNano() < until {
+			c.inFlB.Add(-l.charge)
+			c.drop() // the clone refuses connections: do not dial in vain
+			continue
+		}
 		if c.inFl.Add(1) > int64(c.cfg.MaxInFlight) {
 			c.inFl.Add(-1)
 			c.inFlB.Add(-l.charge)
