@@ -39,6 +39,9 @@ const DefaultMaxRunning = 1
 type EngineRunnerConfig struct {
 	Store     justrunit.Store
 	NewRunner RunnerFactory
+	// Check, when set, vets a study against the site before it is
+	// stored: a study it refuses is a bad request, not a failed study.
+	Check func(*justrunit.Study) error
 	// Logger is optional; slog.Default() when nil.
 	Logger *slog.Logger
 	// Owner identifies this process in the store ("pid@host", see
@@ -106,6 +109,11 @@ func (r *EngineRunner) Start(ctx context.Context, st *justrunit.Study) error {
 	}
 	if st.Strategy == driver.NameSLA && st.SLA == nil {
 		return justrunit.Invalid("sla", nil, "the sla strategy searches for the least allocation meeting an SLA; give one, e.g. rt_p95<=50")
+	}
+	if r.cfg.Check != nil {
+		if err := r.cfg.Check(st); err != nil {
+			return err
+		}
 	}
 	in, err := interp.New(st.Interpolator)
 	if err != nil {
@@ -203,6 +211,10 @@ func (r *EngineRunner) run(ctx context.Context, st *justrunit.Study, strat justr
 	runner, closer, err := r.cfg.NewRunner(ctx, st)
 	if err != nil {
 		st.Started = time.Now()
+		if ctx.Err() != nil { // cancelled while it waited to start
+			r.finish(st, justrunit.StudyCancelled, context.Cause(ctx), log)
+			return
+		}
 		r.finish(st, justrunit.StudyFailed, fmt.Errorf("start the experimenter: %w", err), log)
 		return
 	}

@@ -172,7 +172,14 @@ func New(cfg Config) (_ *Manager, err error) {
 		rec, stop := p.Watch()
 		m.unwatch = append(m.unwatch, stop)
 		mon.Services = append(mon.Services, monitor.Service{Name: svc.Name, SLA: sla, Window: rec})
-		if target, err := m.bottleneck(svc.Name); err == nil && target != front {
+		target, err := m.bottleneck(svc.Name)
+		if err != nil {
+			continue // reported when a violation asks for a study
+		}
+		if err := cfg.Site.CheckWarmUp(target, cfg.WarmUp); err != nil {
+			return nil, fmt.Errorf("services.%s: the manager's studies of %s: %w", svc.Name, target, err)
+		}
+		if target != front {
 			if tp, ok := cfg.Site.InProxy(target); ok {
 				rec, stop := tp.Watch()
 				m.unwatch = append(m.unwatch, stop)

@@ -51,6 +51,17 @@ type Study struct {
 // Close detaches and destroys the study's clones.
 func (x *Study) Close(ctx context.Context) error { return x.runner.Close(ctx) }
 
+// CheckWarmUp fails when a study of instance id with warm-up warmUp would
+// measure before its clone gets any traffic: the warm-up must be at least
+// the instance's in-proxy clone lag. An unknown instance passes (the
+// study's other checks name it).
+func (s *Site) CheckWarmUp(id string, warmUp time.Duration) error {
+	if in, _, _, err := s.File.Instance(id); err == nil && warmUp < in.Lag() {
+		return justrunit.Invalid("warm_up", justrunit.Duration(warmUp), "must be at least the in-proxy's clone lag (%v): the first copies reach a clone that long after it is attached", in.Lag())
+	}
+	return nil
+}
+
 // PrepareStudy clones the target of st into the sandbox (one clone per
 // slot), attaches the clones to the target's proxies, and returns an engine
 // with the study's strategy and interpolator over them.
@@ -75,8 +86,8 @@ func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts Study
 	if err != nil {
 		return nil, err
 	}
-	if in, _, _, err := s.File.Instance(st.Target); err == nil && time.Duration(st.WarmUp) < in.Lag() {
-		return nil, justrunit.Invalid("warm_up", st.WarmUp, "must be at least the in-proxy's clone lag (%v): the first copies reach a clone that long after it is attached", in.Lag())
+	if err := s.CheckWarmUp(st.Target, time.Duration(st.WarmUp)); err != nil {
+		return nil, err
 	}
 	cfg, err := s.ExperimentConfig(ctx, st.Target, st.Space, opts.Sandbox)
 	if err != nil {

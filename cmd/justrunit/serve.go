@@ -51,7 +51,9 @@ type serveOptions struct {
 // verify a study on the on-line instance, api.Verifier).
 type daemonSite struct {
 	NewRunner api.RunnerFactory
-	View      api.SiteView
+	// Check vets a study against the site before the daemon stores it.
+	Check func(*justrunit.Study) error
+	View  api.SiteView
 	// Planner is set when the daemon runs the manager (--manage).
 	Planner api.Planner
 	// Close stops the site runtime (proxies, instances it launched).
@@ -219,7 +221,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 		cfg.Site = site.View
 		cfg.Planner = site.Planner
 		if site.NewRunner != nil {
-			runner, err = api.NewEngineRunner(api.EngineRunnerConfig{Store: store, NewRunner: site.NewRunner,
+			runner, err = api.NewEngineRunner(api.EngineRunnerConfig{Store: store, NewRunner: site.NewRunner, Check: site.Check,
 				Logger: log, Owner: sqlite.OwnerID(), Metrics: set})
 			if err != nil {
 				return err

@@ -57,11 +57,16 @@ func startSiteRuntime(ctx context.Context, g *globals, path string, store justru
 				return x.Close(context.Background())
 			}), nil
 		},
+		Check: func(st *justrunit.Study) error { return s.CheckWarmUp(st.Target, time.Duration(st.WarmUp)) },
 		Close: func() error { return s.Close(context.Background()) },
 	}
 	if manage <= 0 {
 		return ds, nil
 	}
+	// The manager acts on the on-line instances on its own (allocations,
+	// migrations); a fidelity check that sets one to another allocation
+	// would fight it, and its restore would undo what the manager did.
+	ver.managed = true
 	tl := &manager.Timeline{}
 	mgr, err := manager.New(manager.Config{Site: s, Interval: manage, WarmUp: manage / 4, Window: manage / 2,
 		Logger: g.logger, OnSample: tl.AddSample, OnEvent: tl.AddEvent})
@@ -217,6 +222,9 @@ type siteVerifier struct {
 	target func(id string) error
 	log    *slog.Logger
 	now    func() time.Time
+	// managed is set when the daemon runs the manager: verifications are
+	// refused (set before the daemon serves, read-only after).
+	managed bool
 
 	mu        sync.Mutex
 	verifying string          // the study being verified; "" when none
@@ -285,6 +293,9 @@ func (v *siteVerifier) Verify(ctx context.Context, st *justrunit.Study, m *justr
 func (v *siteVerifier) begin(id string) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if v.managed {
+		return fmt.Errorf("verify study %s: %w: this daemon runs the manager (serve --manage), which acts on the on-line instances; verify with a daemon without --manage, or with \"study verify --site\" while no manager runs", id, api.ErrConflict)
+	}
 	if v.verifying != "" {
 		return fmt.Errorf("verify study %s: %w: the on-line instance is being verified for study %s; try again when that has finished", id, api.ErrConflict, v.verifying)
 	}
@@ -304,7 +315,7 @@ func (v *siteVerifier) end() {
 }
 
 // checkIdle refuses when a study on one of the site's instances is running
-// in the store (the manager's, or another process's).
+// in the store (another process's).
 func (v *siteVerifier) checkIdle(ctx context.Context, st *justrunit.Study) error {
 	if v.store == nil {
 		return nil

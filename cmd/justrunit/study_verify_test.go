@@ -304,3 +304,24 @@ func runSplit(t *testing.T, args ...string) (stdout, stderr string, err error) {
 	err = cmd.ExecuteContext(context.Background())
 	return out.String(), errOut.String(), err
 }
+
+// TestSiteVerifierRefusedWhenManaged checks that a daemon running the
+// manager refuses fidelity checks (409) without touching the instance: the
+// manager acts on the on-line instances, and a check would undo its work.
+func TestSiteVerifierRefusedWhenManaged(t *testing.T) {
+	dir := t.TempDir()
+	id := storedStudy(t, dir)
+	o := &onlineDouble{}
+	v, store := testVerifier(t, dir, o)
+	v.managed = true
+	ctx := context.Background()
+	st, _ := store.Study(ctx, id)
+	m, _ := store.Matrix(ctx, id)
+	_, err := v.Verify(ctx, st, m, api.VerifySpec{Points: []justrunit.Point{{70}}, WarmUp: time.Second, Window: 3 * time.Second})
+	if !errors.Is(err, api.ErrConflict) || !strings.Contains(err.Error(), "--manage") {
+		t.Errorf("Verify on a managed daemon: %v, want a conflict naming --manage", err)
+	}
+	if n := len(o.windows()); n != 0 {
+		t.Errorf("the on-line instance was measured %d times, want 0", n)
+	}
+}

@@ -1,0 +1,74 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/store/sqlite"
+)
+
+// TestEngineRunnerCheckAndCancelWhileStarting checks that a study the
+// site's Check refuses is not stored, and that a study cancelled while its
+// runner waits to start ends cancelled, not failed.
+func TestEngineRunnerCheckAndCancelWhileStarting(t *testing.T) {
+	ctx := context.Background()
+	store, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "justrunit.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	refuse := justrunit.Invalid("warm_up", "1s", "must be at least the clone lag")
+	starting := make(chan struct{}, 1)
+	r, err := NewEngineRunner(EngineRunnerConfig{Store: store, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Check: func(st *justrunit.Study) error {
+			if st.Name == "refused" {
+				return refuse
+			}
+			return nil
+		},
+		NewRunner: func(ctx context.Context, st *justrunit.Study) (justrunit.Runner, io.Closer, error) {
+			starting <- struct{}{}
+			<-ctx.Done() // as a study waiting for a verification to end
+			return nil, nil, ctx.Err()
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(ctx)
+	cpu, _ := justrunit.ParseParameter("cpu=20..100 step 10")
+	study := func(name string) *justrunit.Study {
+		return &justrunit.Study{Name: name, Target: "auction0-app", Space: justrunit.Space{Params: []justrunit.Parameter{cpu}},
+			Window: justrunit.Duration(time.Second), WarmUp: justrunit.Duration(time.Second), TimeBound: justrunit.Duration(time.Minute), Slots: 1, CheckThreshold: 0.1}
+	}
+	if err := r.Start(ctx, study("refused")); !errors.Is(err, refuse) {
+		t.Errorf("Start of a study Check refuses: %v, want its error", err)
+	}
+	if all, _ := store.Studies(ctx); len(all) != 0 {
+		t.Errorf("%d studies stored after a refused one, want 0", len(all))
+	}
+	st := study("waiting")
+	if err := r.Start(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-starting:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the runner was not asked for")
+	}
+	if err := r.Cancel(ctx, st.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the study to end", func() bool {
+		got, err := store.Study(ctx, st.ID)
+		return err == nil && got.State != justrunit.StudyPending && got.State != justrunit.StudyRunning
+	})
+	if got, _ := store.Study(ctx, st.ID); got.State != justrunit.StudyCancelled {
+		t.Errorf("study cancelled while starting ended %s (%s), want cancelled", got.State, got.Error)
+	}
+}
