@@ -267,7 +267,7 @@ func (m *Manager) othersTime(service string) (others float64, n int, ok bool) {
 	defer m.mu.Unlock()
 	var within, all []float64
 	for _, t := range m.recent[service] {
-		if t.front.Requests == 0 || t.tierCount == 0 {
+		if t.front.Requests < monitor.MinRequests || t.tierCount < monitor.MinRequests {
 			continue
 		}
 		d := max(0, t.front.Value-t.tier)
@@ -290,6 +290,12 @@ func (m *Manager) onChange(c monitor.Change) {
 	last := c.Samples[len(c.Samples)-1]
 	m.emit(Event{Kind: c.Kind, Service: c.Service, Message: fmt.Sprintf("%s: %.1f ms against an SLA of %g ms", c.Kind, last.Value, last.SLA),
 		Data: map[string]any{"value": last.Value, "sla": last.SLA, "interval": last.Interval}})
+	if c.Kind == monitor.EventCleared {
+		m.mu.Lock()
+		delete(m.idle, c.Service) // a new violation starts without back-off
+		m.mu.Unlock()
+		return
+	}
 	if c.Kind != monitor.EventViolated && c.Kind != monitor.EventStillViolated {
 		return
 	}
@@ -309,6 +315,9 @@ func (m *Manager) onChange(c monitor.Change) {
 // on. A manager runs once.
 func (m *Manager) Run(ctx context.Context) error {
 	defer m.stopWatching()
+	for _, w := range m.tier {
+		w.rec.Reset() // from the first tick on, as the monitor does its windows
+	}
 	monErr := make(chan error, 1)
 	go func() { monErr <- m.mon.Run(ctx) }()
 	for {

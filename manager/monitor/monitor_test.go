@@ -114,11 +114,17 @@ func TestValidate(t *testing.T) {
 // Again intervals over the SLA, and counted anew after Rearm.
 func TestStillViolated(t *testing.T) {
 	var changes []string
+	var stillAt []int
 	means := []float64{60, 60, 60, 45, 60, 60, 60, 60, 60, 40, 40}
 	m := &Monitor{
 		Services: []Service{{Name: "s0", SLA: justrunit.SLA{Metric: justrunit.RTMean, Max: 50}, Window: &script{means: means}}},
 		Interval: time.Minute, Again: 3,
-		OnChange: func(c Change) { changes = append(changes, c.Kind) },
+		OnChange: func(c Change) {
+			changes = append(changes, c.Kind)
+			if c.Kind == EventStillViolated {
+				stillAt = append(stillAt, c.Samples[len(c.Samples)-1].Interval)
+			}
+		},
 	}
 	for i := range means {
 		m.Tick()
@@ -136,6 +142,9 @@ func TestStillViolated(t *testing.T) {
 		if changes[i] != want[i] {
 			t.Fatalf("changes = %v, want %v", changes, want)
 		}
+	}
+	if !slices.Equal(stillAt, []int{5, 9}) {
+		t.Errorf("still violated at intervals %v, want [5 9] (counted anew after the re-arm at 6)", stillAt)
 	}
 }
 
