@@ -1,7 +1,6 @@
 package httpproxy
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"log/slog"
@@ -154,43 +153,6 @@ func (b *bufferPool) Get() []byte {
 
 func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
 
-// statusWriter remembers the status written through it. It keeps
-// flushing and hijacking reachable through Unwrap (http.ResponseController).
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 && code >= 200 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-// Flush implements http.Flusher.
-func (w *statusWriter) Flush() {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	_ = http.NewResponseController(w.ResponseWriter).Flush()
-}
-
-// Hijack implements http.Hijacker.
-func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return http.NewResponseController(w.ResponseWriter).Hijack()
-}
-
-// Unwrap returns the wrapped writer, for http.ResponseController.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
 // server is an http.Server with its listener: a proxy's on-line or clone
 // endpoint, or its control API.
 type server struct {
@@ -198,15 +160,25 @@ type server struct {
 	ln  net.Listener
 }
 
-// listen listens on addr and serves h there. field names the address in a
-// configuration error.
-func listen(field, addr string, h http.Handler, log *slog.Logger) (*server, error) {
+// listenTCP listens on addr (host:port; port 0 picks one); field names it
+// in the error.
+func listenTCP(field, addr string) (net.Listener, error) {
 	if addr == "" {
 		return nil, justrunit.Invalid(field, addr, "missing listen address (host:port; port 0 picks one)")
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, justrunit.Invalid(field, addr, "cannot listen: %v", err)
+	}
+	return ln, nil
+}
+
+// listen listens on addr and serves h there. field names the address in a
+// configuration error.
+func listen(field, addr string, h http.Handler, log *slog.Logger) (*server, error) {
+	ln, err := listenTCP(field, addr)
+	if err != nil {
+		return nil, err
 	}
 	s := &server{
 		ln: ln,

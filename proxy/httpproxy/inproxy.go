@@ -9,8 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptrace"
-	"net/http/httputil"
 	"net/url"
 	"slices"
 	"sync"
@@ -101,22 +99,22 @@ type InConfig struct {
 // the previous tier would see them (from the on-line arrival, or with a lag
 // from the time the copy goes out), and the on-line instance's too.
 //
-// InProxy is an http.Handler; Start serves it on an address. Clones are
+// Start serves the proxy on an address. The on-line path forwards each
+// connection byte for byte to a connection of its own to the on-line
+// instance and parses the bytes only to observe them (forward.go). Clones are
 // attached and detached at run time with AddClone and RemoveClone (or
 // through ControlHandler); each clone's window is read and reset on its
 // own with CloneStats.
 type InProxy struct {
 	cfg    InConfig
 	log    *slog.Logger
-	rp     *httputil.ReverseProxy
-	tr     *http.Transport
 	online *measure.Recorder
 	// watchers get every on-line response time too (see Watch).
 	watchers atomic.Pointer[[]*measure.Recorder]
 
 	mu     sync.Mutex // serialises clone changes, Start and Close
 	clones atomic.Pointer[[]*clone]
-	srv    *server
+	srv    *fwdServer
 	closed bool
 }
 
@@ -127,6 +125,9 @@ func NewInProxy(cfg InConfig) (*InProxy, error) {
 	}
 	if _, err := ParseUpstream("online", cfg.Online.String()); err != nil {
 		return nil, err
+	}
+	if path := cfg.Online.EscapedPath(); path != "" && path != "/" {
+		return nil, justrunit.Invalid("online", cfg.Online.String(), "must not have a path: the in-proxy forwards requests unchanged, path included")
 	}
 	if cfg.MaxCopyBody < 0 || cfg.MaxInFlight < 0 || cfg.MaxCloneBytes < 0 || cfg.CopyTimeout < 0 || cfg.MaxCompareBody < 0 {
 		return nil, justrunit.Invalid("in-proxy limits", nil, "must not be negative")
@@ -142,24 +143,7 @@ func NewInProxy(cfg InConfig) (*InProxy, error) {
 	p := &InProxy{
 		cfg:    cfg,
 		log:    orDiscard(cfg.Logger),
-		tr:     newTransport(0),
 		online: measure.NewRecorder(),
-	}
-	target := cfg.Online
-	p.rp = &httputil.ReverseProxy{
-		Rewrite:        rewriteTo(target),
-		Transport:      p.tr,
-		BufferPool:     &bufferPool{},
-		ModifyResponse: p.modifyResponse,
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			level := slog.LevelWarn
-			if r.Context().Err() != nil {
-				level = slog.LevelDebug // the caller went away: not the instance's failure
-			}
-			p.log.Log(r.Context(), level, "on-line request failed", logKeyMethod, r.Method, logKeyURI, r.RequestURI, logKeyErr, err)
-			w.WriteHeader(http.StatusBadGateway)
-		},
-		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 	}
 	empty := []*clone{}
 	p.clones.Store(&empty)
@@ -181,12 +165,12 @@ func (p *InProxy) Start(ctx context.Context, addr string) (net.Addr, error) {
 	if err := checkResolves(ctx, "online", p.cfg.Online); err != nil {
 		return nil, err
 	}
-	s, err := listen("listen", addr, p, p.log)
+	ln, err := listenTCP("listen", addr)
 	if err != nil {
 		return nil, err
 	}
-	p.srv = s
-	return s.ln.Addr(), nil
+	p.srv = p.serve(ln)
+	return ln.Addr(), nil
 }
 
 // Close stops serving (letting on-line requests in progress finish for
@@ -204,9 +188,7 @@ func (p *InProxy) Close() error {
 	for _, c := range old {
 		c.stop()
 	}
-	err := s.close(DefaultShutdownGrace)
-	p.tr.CloseIdleConnections()
-	return err
+	return s.close(DefaultShutdownGrace)
 }
 
 // AddClone attaches a clone called name at target: from now on every
@@ -433,60 +415,47 @@ func (o *onlineResult) finish(ok bool, status int, body []byte) {
 	})
 }
 
-type onlineResultKey struct{}
-
 // copyable reports whether r can be copied: not a CONNECT, not a protocol
 // upgrade (a websocket has no request to copy).
 func copyable(r *http.Request) bool {
 	return r.Method != http.MethodConnect && r.Header.Get("Upgrade") == ""
 }
 
-// ServeHTTP forwards r to the on-line instance and copies it to the
-// clones.
-func (p *InProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	arrival := time.Now()
-	var pc *pendingCopy
-	var online *onlineResult
-	if clones := *p.clones.Load(); len(clones) > 0 && copyable(r) {
-		cr := &copyReq{
-			method:  r.Method,
-			host:    r.Host,
-			path:    r.URL.Path,
-			rawPath: r.URL.RawPath,
-			query:   r.URL.RawQuery,
-			header:  copyHeader(r.Header),
-			arrival: arrival,
-		}
-		ctx := r.Context()
-		if p.cfg.Compare {
-			online = &onlineResult{done: make(chan struct{})}
-			cr.online = online
-			ctx = context.WithValue(ctx, onlineResultKey{}, online)
-		}
-		if r.ContentLength > p.cfg.MaxCopyBody {
-			for _, c := range clones {
-				c.skippedLarge.Add(1)
-			}
-		} else {
-			pc = &pendingCopy{cr: cr, clones: clones}
-			if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
-				pc.tee = &teeBody{rc: r.Body, limit: p.cfg.MaxCopyBody}
-			}
-			ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-				WroteRequest: func(httptrace.WroteRequestInfo) { pc.fire() },
-			})
-		}
-		r = r.WithContext(ctx)
-		if pc != nil && pc.tee != nil {
-			r.Body = pc.tee
-		}
+// prepareCopy makes req's copy for the clones attached now: a
+// pendingCopy to fire once the request has been forwarded in full (nil
+// when nothing is copied), or the clones that skip it because its body is
+// too large. With Compare, ex gets the on-line result to compare with.
+func (p *InProxy) prepareCopy(req *http.Request, ex *exchange) (pc *pendingCopy, skip []*clone) {
+	clones := *p.clones.Load()
+	if len(clones) == 0 || !copyable(req) {
+		return nil, nil
 	}
-	sw := &statusWriter{ResponseWriter: w}
-	p.rp.ServeHTTP(sw, r)
-	if pc != nil {
-		pc.fire() // the on-line request was never written: copy it now
+	if req.ContentLength > p.cfg.MaxCopyBody {
+		return nil, clones
 	}
-	d, ok := time.Since(arrival), sw.status < 500 && sw.status != 0
+	cr := &copyReq{
+		method:  req.Method,
+		host:    req.Host,
+		path:    req.URL.Path,
+		rawPath: req.URL.RawPath,
+		query:   req.URL.RawQuery,
+		header:  copyHeader(req.Header),
+		arrival: ex.arrival,
+	}
+	if p.cfg.Compare {
+		ex.online = &onlineResult{done: make(chan struct{})}
+		cr.online = ex.online
+	}
+	pc = &pendingCopy{cr: cr, clones: clones}
+	if req.Body != nil && req.Body != http.NoBody && req.ContentLength != 0 {
+		pc.tee = &teeBody{rc: req.Body, limit: p.cfg.MaxCopyBody}
+	}
+	return pc, nil
+}
+
+// observeOnline records one on-line response time (ok false: a failure)
+// for the proxy's own window, its watchers and ObserveOnline.
+func (p *InProxy) observeOnline(d time.Duration, ok bool) {
 	if ok {
 		p.online.Record(d)
 	} else {
@@ -504,18 +473,15 @@ func (p *InProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if f := p.cfg.ObserveOnline; f != nil {
 		f(d, ok)
 	}
-	if online != nil {
-		online.finish(false, 0, nil) // no-op when the response was read in full
-	}
 }
 
 // pendingCopy is a request's copy waiting to be dispatched. It goes out
-// once the on-line request has been written to the on-line instance (the
-// transport's WroteRequest), microseconds after arrival for a request
-// without a body: the on-line request is on the wire before any copy work
-// competes with it for the CPUs. If the forward never writes the request
-// (the instance is unreachable), it goes out when the exchange ends. Its
-// clone response time still counts from the arrival.
+// once the on-line request has been forwarded in full, microseconds after
+// its arrival for a request without a body: the on-line request is on the
+// wire before any copy work competes with it for the CPUs. A request the
+// on-line instance could not be sent (it is unreachable, or the previous
+// tier did not send the whole body) is not copied. Its clone response time
+// counts from the arrival.
 type pendingCopy struct {
 	cr     *copyReq
 	clones []*clone
@@ -544,20 +510,6 @@ func (pc *pendingCopy) fire() {
 			}
 		}
 	})
-}
-
-// modifyResponse tees the on-line response body for comparison.
-func (p *InProxy) modifyResponse(resp *http.Response) error {
-	o, _ := resp.Request.Context().Value(onlineResultKey{}).(*onlineResult)
-	if o == nil {
-		return nil
-	}
-	if resp.ContentLength > p.cfg.MaxCompareBody {
-		o.finish(false, 0, nil)
-		return nil
-	}
-	resp.Body = &responseTee{rc: resp.Body, limit: p.cfg.MaxCompareBody, status: resp.StatusCode, o: o}
-	return nil
 }
 
 // responseTee keeps a copy of the on-line response body, up to a limit.
@@ -642,7 +594,7 @@ type clone struct {
 	target  *url.URL
 	cfg     InConfig
 	log     *slog.Logger
-	tr      *http.Transport
+	pool    *connPool
 	ctx     context.Context
 	cancel  context.CancelFunc
 	rec     *measure.Recorder
@@ -668,16 +620,12 @@ const (
 
 func newClone(name string, target *url.URL, cfg InConfig, log *slog.Logger) *clone {
 	ctx, cancel := context.WithCancel(context.Background())
-	tr := newTransport(0)
-	tr.MaxIdleConnsPerHost = cfg.MaxInFlight
-	tr.ResponseHeaderTimeout = cfg.CopyTimeout
-	tr.DialContext = (&net.Dialer{Timeout: min(cfg.CopyTimeout, 2*time.Second), KeepAlive: 30 * time.Second}).DialContext
 	c := &clone{
 		name:   name,
 		target: target,
 		cfg:    cfg,
 		log:    log.With(logKeyClone, name),
-		tr:     tr,
+		pool:   newConnPool(dialerFor(target, min(cfg.CopyTimeout, 2*time.Second)), cfg.MaxInFlight),
 		ctx:    ctx,
 		cancel: cancel,
 		rec:    measure.NewRecorder(),
@@ -691,7 +639,7 @@ func newClone(name string, target *url.URL, cfg InConfig, log *slog.Logger) *clo
 
 func (c *clone) stop() {
 	c.cancel()
-	c.tr.CloseIdleConnections()
+	c.pool.close()
 }
 
 // send starts sending cr to the clone now, or drops it when the clone is
@@ -849,10 +797,11 @@ func (c *clone) do(cr *copyReq, charge int64, due time.Time) {
 		c.inFlB.Add(-charge)
 		c.inFl.Add(-1)
 	}()
-	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.CopyTimeout)
+	deadline := time.Now().Add(c.cfg.CopyTimeout)
+	ctx, cancel := context.WithDeadline(c.ctx, deadline)
 	defer cancel()
 	u := joinURL(c.target, cr.path, cr.rawPath, cr.query)
-	req := (&http.Request{
+	req := &http.Request{
 		Method:     cr.method,
 		URL:        u,
 		Proto:      "HTTP/1.1",
@@ -860,14 +809,14 @@ func (c *clone) do(cr *copyReq, charge int64, due time.Time) {
 		ProtoMinor: 1,
 		Header:     cr.header,
 		Host:       cr.host,
-	}).WithContext(ctx)
+	}
 	if len(cr.body) > 0 {
 		req.Body = io.NopCloser(bytes.NewReader(cr.body))
 		req.ContentLength = int64(len(cr.body))
 		body := cr.body
 		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	}
-	resp, err := c.tr.RoundTrip(req)
+	resp, release, err := c.pool.exchange(ctx, req, deadline)
 	if err != nil {
 		if c.ctx.Err() == nil {
 			c.rec.RecordError()
@@ -889,7 +838,7 @@ func (c *clone) do(cr *copyReq, charge int64, due time.Time) {
 	} else {
 		_, err = io.Copy(io.Discard, resp.Body)
 	}
-	resp.Body.Close()
+	release(err)
 	d := time.Since(due)
 	if c.ctx.Err() != nil {
 		return

@@ -293,6 +293,7 @@ func TestInProxyBadClones(t *testing.T) {
 			if p50 > 3*baseline+10*time.Millisecond || worst > time.Second {
 				t.Errorf("on-line p50 %v (no clone %v), max %v: the clone slowed the on-line path", p50, baseline, worst)
 			}
+			waitFor(t, 5*time.Second, "the exchanges measured", func() bool { s := p.Stats().Online; return s.Count+s.Errors >= 300 })
 			st := p.Stats()
 			if st.Online.Errors != 0 || st.Online.Count != 300 {
 				t.Errorf("on-line count %d errors %d, want 300 and 0", st.Online.Count, st.Online.Errors)
@@ -507,6 +508,9 @@ func TestInProxyWatch(t *testing.T) {
 			t.Fatalf("request %d: status %d", i, code)
 		}
 	}
+	// An exchange is measured once its last byte is on its way back, which
+	// can be just after the client has it.
+	waitFor(t, 5*time.Second, "five exchanges measured", func() bool { return p.Stats().Online.Count == 5 })
 	if n := a.Reset().Count; n != 5 {
 		t.Errorf("watcher a counted %d, want 5", n)
 	}
@@ -518,6 +522,7 @@ func TestInProxyWatch(t *testing.T) {
 	}
 	stopB()
 	get(t, c, base+"/w?i=5")
+	waitFor(t, 5*time.Second, "the sixth exchange measured", func() bool { return p.Stats().Online.Count == 6 })
 	if na, nb := a.Snapshot().Count, b.Snapshot().Count; na != 1 || nb != 5 {
 		t.Errorf("after b stopped: a counted %d (want 1), b %d (want 5)", na, nb)
 	}
