@@ -196,10 +196,11 @@ type fwdConn struct {
 	lastActive atomic.Int64 // unix ns of the last bytes read either way
 	done       chan struct{}
 
-	mu      sync.Mutex
-	up      net.Conn // nil until the first bytes from the client
-	dialErr error
-	closed  bool
+	mu         sync.Mutex
+	up         net.Conn // nil until the first bytes from the client
+	dialErr    error
+	cancelDial context.CancelFunc // while dialling
+	closed     bool
 }
 
 // exchange is one on-line request on its way through a connection.
@@ -218,6 +219,9 @@ func (fc *fwdConn) close() {
 	}
 	fc.closed = true
 	up := fc.up
+	if fc.cancelDial != nil {
+		fc.cancelDial()
+	}
 	fc.mu.Unlock()
 	close(fc.done)
 	fc.client.Close()
@@ -241,17 +245,14 @@ func (fc *fwdConn) upstream() (net.Conn, error) {
 		return nil, net.ErrClosed
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() { // a close while dialling ends the dial
-		select {
-		case <-fc.done:
-		case <-ctx.Done():
-		}
-		cancel()
-	}()
+	fc.mu.Lock()
+	fc.cancelDial = cancel // a close while dialling ends the dial
+	fc.mu.Unlock()
 	up, err = fc.s.dial(ctx)
 	cancel()
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
+	fc.cancelDial = nil
 	switch {
 	case err != nil:
 		fc.dialErr = err
@@ -286,12 +287,23 @@ type fwdReader struct {
 	dst  io.Writer
 	last *atomic.Int64
 	werr error
+	// With clones set (the requests' side), each read notes its time and
+	// the clones attached then, before it forwards the bytes: a request
+	// parsed from them arrived then and is copied to those clones, not to
+	// one attached after the on-line instance had it.
+	clones  *atomic.Pointer[[]*clone]
+	readAt  time.Time
+	readFor []*clone
 }
 
 func (f *fwdReader) Read(b []byte) (int, error) {
 	n, err := f.src.Read(b)
 	if n > 0 {
-		f.last.Store(time.Now().UnixNano())
+		now := time.Now()
+		f.last.Store(now.UnixNano())
+		if f.clones != nil {
+			f.readAt, f.readFor = now, *f.clones.Load()
+		}
 		if f.werr == nil {
 			if _, werr := f.dst.Write(b[:n]); werr != nil {
 				f.werr = werr
@@ -305,46 +317,55 @@ func (f *fwdReader) Read(b []byte) (int, error) {
 // forwarded by the time they are parsed, and copies each to the clones.
 func (fc *fwdConn) requests() {
 	defer fc.s.wg.Done()
-	p := fc.s.p
-	in := &fwdReader{src: fc.client, dst: upWriter{fc}, last: &fc.lastActive}
+	in := &fwdReader{src: fc.client, dst: upWriter{fc}, last: &fc.lastActive, clones: &fc.s.p.clones}
 	br := bufio.NewReaderSize(in, fwdBufSize)
-	parsing := true
-	defer func() {
-		if parsing {
-			close(fc.pending)
-		}
-	}()
+	end := fc.parseRequests(in, br)
+	close(fc.pending) // the responses' side ends after the exchanges pending
+	switch end {
+	case endClosed:
+		return
+	case endRaw:
+		_, _ = io.Copy(io.Discard, br) // forwarded by in, unobserved
+	}
+	fc.halfClose(in)
+}
+
+// requestsEnd is how the parsing of a connection's requests ended.
+type requestsEnd int
+
+const (
+	endEOF    requestsEnd = iota // the previous tier sent its last bytes
+	endRaw                       // what follows is forwarded unparsed
+	endClosed                    // the connection was closed
+)
+
+// parseRequests parses the requests on br until the connection ends or
+// carries something else than HTTP requests as this proxy parses them.
+func (fc *fwdConn) parseRequests(in *fwdReader, br *bufio.Reader) requestsEnd {
+	p := fc.s.p
 	for {
 		req, err := http.ReadRequest(br)
 		if fc.dialFailed(in, req) {
-			return
+			return endClosed
 		}
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && in.werr == nil {
-				// Not HTTP as this proxy parses it: the instance judges it;
-				// the connection goes on unobserved.
-				p.log.Debug("on-line request not parsed; forwarding the connection unobserved", logKeyErr, err)
-				close(fc.pending)
-				parsing = false
-				fc.forwardRest(br)
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || in.werr != nil {
+				return endEOF
 			}
-			fc.halfClose(in)
-			return
+			// Not HTTP as this proxy parses it: the instance judges it.
+			p.log.Debug("on-line request not parsed; forwarding the connection unobserved", logKeyErr, err)
+			return endRaw
 		}
-		ex := &exchange{req: req, arrival: time.Now()}
-		pc, skip := p.prepareCopy(req, ex)
+		ex := &exchange{req: req, arrival: in.readAt}
+		pc, skip := p.prepareCopy(req, ex, in.readFor)
 		fc.inFlight.Add(1)
 		select {
 		case fc.pending <- ex:
 		case <-fc.done:
-			return
+			return endClosed
 		}
 		if !copyable(req) { // CONNECT or an upgrade: what follows is not HTTP requests
-			close(fc.pending)
-			parsing = false
-			fc.forwardRest(br)
-			fc.halfClose(in)
-			return
+			return endRaw
 		}
 		var body io.Reader = req.Body
 		if pc != nil && pc.tee != nil {
@@ -365,7 +386,7 @@ func (fc *fwdConn) requests() {
 		}
 		if err != nil || in.werr != nil {
 			fc.close() // the responses' side counts the exchange as failed
-			return
+			return endClosed
 		}
 	}
 }
@@ -397,12 +418,6 @@ func (fc *fwdConn) dialFailed(in *fwdReader, req *http.Request) bool {
 	_, _ = io.CopyN(io.Discard, fc.client, 1<<20)
 	fc.close()
 	return true
-}
-
-// forwardRest forwards what remains of the connection from the previous
-// tier without parsing it.
-func (fc *fwdConn) forwardRest(br *bufio.Reader) {
-	_, _ = io.Copy(io.Discard, br)
 }
 
 // halfClose tells the on-line instance the previous tier sent its last
@@ -480,7 +495,7 @@ func (p *InProxy) readResponse(br *bufio.Reader, ex *exchange) error {
 		var body io.Reader = resp.Body
 		if ex.online != nil && resp.ContentLength <= p.cfg.MaxCompareBody {
 			// finishes ex.online with the body once read to its end
-			body = &responseTee{rc: resp.Body, limit: p.cfg.MaxCompareBody, status: resp.StatusCode, o: ex.online}
+			body = &responseTee{rc: resp.Body, bodyCopy: bodyCopy{limit: p.cfg.MaxCompareBody}, status: resp.StatusCode, o: ex.online}
 		}
 		_, err = io.Copy(io.Discard, body)
 		p.endExchange(ex, err == nil && resp.StatusCode < 500)

@@ -421,12 +421,11 @@ func copyable(r *http.Request) bool {
 	return r.Method != http.MethodConnect && r.Header.Get("Upgrade") == ""
 }
 
-// prepareCopy makes req's copy for the clones attached now: a
-// pendingCopy to fire once the request has been forwarded in full (nil
-// when nothing is copied), or the clones that skip it because its body is
-// too large. With Compare, ex gets the on-line result to compare with.
-func (p *InProxy) prepareCopy(req *http.Request, ex *exchange) (pc *pendingCopy, skip []*clone) {
-	clones := *p.clones.Load()
+// prepareCopy makes req's copy for clones (those attached when it
+// arrived): a pendingCopy to fire once the request has been forwarded in
+// full (nil when nothing is copied), or the clones that skip it because
+// its body is too large. With Compare, ex gets the on-line result to compare with.
+func (p *InProxy) prepareCopy(req *http.Request, ex *exchange, clones []*clone) (pc *pendingCopy, skip []*clone) {
 	if len(clones) == 0 || !copyable(req) {
 		return nil, nil
 	}
@@ -448,7 +447,7 @@ func (p *InProxy) prepareCopy(req *http.Request, ex *exchange) (pc *pendingCopy,
 	}
 	pc = &pendingCopy{cr: cr, clones: clones}
 	if req.Body != nil && req.Body != http.NoBody && req.ContentLength != 0 {
-		pc.tee = &teeBody{rc: req.Body, limit: p.cfg.MaxCopyBody}
+		pc.tee = &teeBody{rc: req.Body, bodyCopy: bodyCopy{limit: p.cfg.MaxCopyBody}}
 	}
 	return pc, nil
 }
@@ -486,51 +485,52 @@ type pendingCopy struct {
 	cr     *copyReq
 	clones []*clone
 	tee    *teeBody // nil: no body
-	once   sync.Once
 }
 
+// fire dispatches the copy; the request's body, if any, has been read to
+// its end through tee.
 func (pc *pendingCopy) fire() {
-	pc.once.Do(func() {
-		if pc.tee == nil {
-			dispatch(pc.cr, pc.clones)
-			return
+	if pc.tee != nil && pc.tee.over {
+		for _, c := range pc.clones {
+			c.skippedLarge.Add(1)
 		}
-		body, complete, over := pc.tee.result()
-		switch {
-		case complete:
-			pc.cr.body = body
-			dispatch(pc.cr, pc.clones)
-		case over:
-			for _, c := range pc.clones {
-				c.skippedLarge.Add(1)
-			}
-		default: // the instance did not read the body to its end
-			for _, c := range pc.clones {
-				c.drop()
-			}
-		}
-	})
+		return
+	}
+	if pc.tee != nil {
+		pc.cr.body = pc.tee.buf
+	}
+	dispatch(pc.cr, pc.clones)
+}
+
+// bodyCopy keeps a copy of the bytes read through it, up to a limit.
+type bodyCopy struct {
+	limit int64
+	buf   []byte
+	over  bool // the limit was passed: buf is nil
+}
+
+func (b *bodyCopy) keep(p []byte) {
+	if len(p) == 0 || b.over {
+		return
+	}
+	if int64(len(b.buf)+len(p)) > b.limit {
+		b.over, b.buf = true, nil
+		return
+	}
+	b.buf = append(b.buf, p...)
 }
 
 // responseTee keeps a copy of the on-line response body, up to a limit.
 type responseTee struct {
+	bodyCopy
 	rc     io.ReadCloser
-	limit  int64
 	status int
-	buf    []byte
-	over   bool
 	o      *onlineResult
 }
 
 func (t *responseTee) Read(b []byte) (int, error) {
 	n, err := t.rc.Read(b)
-	if n > 0 && !t.over {
-		if int64(len(t.buf)+n) > t.limit {
-			t.over, t.buf = true, nil
-		} else {
-			t.buf = append(t.buf, b[:n]...)
-		}
-	}
+	t.keep(b[:n])
 	if err == io.EOF {
 		t.o.finish(!t.over, t.status, t.buf)
 	}
@@ -542,44 +542,17 @@ func (t *responseTee) Close() error {
 	return t.rc.Close()
 }
 
-// teeBody keeps a copy of a request body, up to a limit, while the on-line
-// forward reads it. It is read by the transport, possibly in another
-// goroutine than the handler's, hence the mutex.
+// teeBody keeps a copy of a request body, up to a limit, while the
+// request is forwarded; only the goroutine parsing the connection reads it.
 type teeBody struct {
-	rc    io.ReadCloser
-	limit int64
-
-	mu   sync.Mutex
-	buf  []byte
-	over bool
-	eof  bool
+	bodyCopy
+	rc io.ReadCloser
 }
 
 func (t *teeBody) Read(b []byte) (int, error) {
 	n, err := t.rc.Read(b)
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if n > 0 && !t.over {
-		if int64(len(t.buf)+n) > t.limit {
-			t.over, t.buf = true, nil
-		} else {
-			t.buf = append(t.buf, b[:n]...)
-		}
-	}
-	if err == io.EOF {
-		t.eof = true
-	}
+	t.keep(b[:n])
 	return n, err
-}
-
-func (t *teeBody) Close() error { return t.rc.Close() }
-
-// result returns the body when it was read to its end within the limit,
-// and whether it went over the limit.
-func (t *teeBody) result() (body []byte, complete, over bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.buf, t.eof && !t.over, t.over
 }
 
 func dispatch(cr *copyReq, clones []*clone) {

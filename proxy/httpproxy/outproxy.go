@@ -478,31 +478,25 @@ type pending struct {
 	start          time.Time
 	method, uri    string
 	path, rawQuery string
-	reqBody        *bodyCopy // nil: no body
+	reqBody        *syncTee // nil: no body
 }
 
 type pendingKey struct{}
 
-// bodyCopy keeps a copy of a body, up to a limit, while it is read.
-type bodyCopy struct {
-	rc    io.ReadCloser
-	limit int64
-	mu    sync.Mutex
-	buf   []byte
-	over  bool
-	eof   bool
+// syncTee keeps a copy of an on-line request or response body, up
+// to a limit, while the transport forwards it (possibly from another
+// goroutine than the one that asks for the result, hence the mutex).
+type syncTee struct {
+	rc  io.ReadCloser
+	mu  sync.Mutex
+	cp  bodyCopy
+	eof bool
 }
 
-func (b *bodyCopy) Read(p []byte) (int, error) {
+func (b *syncTee) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	b.mu.Lock()
-	if n > 0 && !b.over {
-		if int64(len(b.buf)+n) > b.limit {
-			b.over, b.buf = true, nil
-		} else {
-			b.buf = append(b.buf, p[:n]...)
-		}
-	}
+	b.cp.keep(p[:n])
 	if err == io.EOF {
 		b.eof = true
 	}
@@ -510,16 +504,16 @@ func (b *bodyCopy) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *bodyCopy) Close() error { return b.rc.Close() }
+func (b *syncTee) Close() error { return b.rc.Close() }
 
 // complete returns the body when it was read to its end within the limit.
-func (b *bodyCopy) complete() ([]byte, bool) {
+func (b *syncTee) complete() ([]byte, bool) {
 	if b == nil {
 		return nil, true
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.buf, b.eof && !b.over
+	return b.cp.buf, b.eof && !b.cp.over
 }
 
 func (p *OutProxy) serveOnline(w http.ResponseWriter, r *http.Request) {
@@ -531,7 +525,7 @@ func (p *OutProxy) serveOnline(w http.ResponseWriter, r *http.Request) {
 	case r.ContentLength > p.cfg.MaxBody:
 		record = false
 	default:
-		pe.reqBody = &bodyCopy{rc: r.Body, limit: p.cfg.MaxBody}
+		pe.reqBody = &syncTee{rc: r.Body, cp: bodyCopy{limit: p.cfg.MaxBody}}
 		r.Body = pe.reqBody
 	}
 	if !record {
@@ -554,15 +548,15 @@ func (p *OutProxy) recordResponse(resp *http.Response) error {
 		return nil
 	}
 	resp.Body = &exchangeTee{
-		bodyCopy: bodyCopy{rc: resp.Body, limit: p.cfg.MaxBody},
-		p:        p, pe: pe, status: resp.StatusCode, header: resp.Header.Clone(),
+		syncTee: syncTee{rc: resp.Body, cp: bodyCopy{limit: p.cfg.MaxBody}},
+		p:       p, pe: pe, status: resp.StatusCode, header: resp.Header.Clone(),
 	}
 	return nil
 }
 
 // exchangeTee is the response side of a pending exchange.
 type exchangeTee struct {
-	bodyCopy
+	syncTee
 	p      *OutProxy
 	pe     *pending
 	status int
@@ -571,7 +565,7 @@ type exchangeTee struct {
 }
 
 func (t *exchangeTee) Read(b []byte) (int, error) {
-	n, err := t.bodyCopy.Read(b)
+	n, err := t.syncTee.Read(b)
 	if err == io.EOF {
 		t.once.Do(func() { t.p.commit(t, time.Now()) })
 	}
@@ -580,13 +574,13 @@ func (t *exchangeTee) Read(b []byte) (int, error) {
 
 func (t *exchangeTee) Close() error {
 	t.once.Do(func() { t.p.notRecorded.Add(1) })
-	return t.bodyCopy.Close()
+	return t.syncTee.Close()
 }
 
 // commit adds the exchange to the record off the on-line path: keying
 // (masks, JSON, hashing) runs in its own goroutine, bounded in number.
 func (p *OutProxy) commit(t *exchangeTee, end time.Time) {
-	body, ok := t.bodyCopy.complete()
+	body, ok := t.syncTee.complete()
 	reqBody, reqOK := t.pe.reqBody.complete()
 	if !ok || !reqOK {
 		p.notRecorded.Add(1)
