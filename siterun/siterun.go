@@ -19,6 +19,7 @@ import (
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/experiment"
 	"github.com/justrunit/justrunit/internal/metrics"
+	"github.com/justrunit/justrunit/internal/prio"
 	"github.com/justrunit/justrunit/platform/local"
 	"github.com/justrunit/justrunit/proxy/httpproxy"
 	"github.com/justrunit/justrunit/site"
@@ -76,7 +77,7 @@ func Up(ctx context.Context, f *site.Site, opts Options) (*Site, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	if err := raisePriority(ProxyNice); err != nil {
+	if err := prio.SetNice(ProxyNice); err != nil {
 		log.Warn("cannot raise the priority of the proxies' process; clones may slow the on-line path", "err", err)
 	}
 	p, closePlat, err := newPlatform(f, opts, log)

@@ -35,6 +35,13 @@ the rounds, and each ratio is the median of the rounds' ratios, so that load
 from elsewhere on the machine hits every case alike. The default run (5 rounds)
 takes about three minutes.
 
+The in-proxy runs as "justrunit proxy in", in its own process like nginx. The
+healthy and slow clones run in their own process at nice 9 (--clone-nice): the
+local platform gives a clone 1/8 of the CPU weight of an on-line instance, and
+nice 9 is the nearest step to that. The benchmark's own process (load
+generator, on-line server) runs with GOGC=800 unless GOGC is set: its garbage
+collection otherwise adds about ±30% noise to every p99.
+
 --json prints one JSON object; among its fields:
   healthy.p99_ratio                    in-proxy with healthy clone / direct, open-loop p99
   healthy.throughput_vs_nginx_mirror   in-proxy with healthy clone / nginx mirror, saturation req/s
@@ -54,6 +61,7 @@ takes about three minutes.
 					return fmt.Errorf("bench proxy: finding this program to run the in-proxy: %w", err)
 				}
 				opts.InProxyCommand = []string{exe, "proxy", "in"}
+				opts.UpstreamCommand = []string{exe, "bench", "upstream"}
 			}
 			rep, err := proxybench.Run(cmd.Context(), opts, progress)
 			if err != nil {
@@ -76,7 +84,8 @@ takes about three minutes.
 	f.DurationVar(&opts.Warmup, "warmup", opts.Warmup, "unmeasured warm-up before each case")
 	f.IntVar(&opts.Connections, "connections", opts.Connections, "closed-loop clients (one keep-alive connection each)")
 	f.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "per-request timeout; a request that takes longer is lost")
-	f.BoolVar(&inProcess, "in-process", false, "run the in-proxy in the benchmark's process instead of as \"justrunit proxy in\"")
+	f.BoolVar(&inProcess, "in-process", false, "run the in-proxy and the clones in the benchmark's process instead of each in its own")
+	f.IntVar(&opts.CloneNice, "clone-nice", opts.CloneNice, "nice value of the clones' process (the local platform gives a clone 1/8 of an on-line instance's CPU weight)")
 	f.StringVar(&opts.Nginx, "nginx", "", `nginx binary (default: found in PATH or /usr/sbin); "-" skips nginx`)
 	return cmd
 }

@@ -53,30 +53,57 @@ func (l *localInProxy) stop() (httpproxy.InStats, error) {
 }
 
 // childInProxy is an in-proxy run as a command (justrunit proxy in).
-type childInProxy struct {
-	cmd  *exec.Cmd
-	out  *bufio.Reader
-	addr string
-	done chan struct{}
-}
+type childInProxy struct{ *child }
 
 func startChildInProxy(ctx context.Context, argv []string, online, clone string) (*childInProxy, error) {
-	args := append(append([]string(nil), argv[1:]...), "--listen", "127.0.0.1:0", "--online", online, "--log-level", "warn")
+	args := append(append([]string(nil), argv...), "--listen", "127.0.0.1:0", "--online", online, "--log-level", "warn")
 	if clone != "" {
 		args = append(args, "--clone", "clone="+clone)
 	}
-	cmd := exec.Command(argv[0], args...)
+	c, err := startChild(ctx, "in-proxy", args)
+	if err != nil {
+		return nil, err
+	}
+	return &childInProxy{c}, nil
+}
+
+func (c *childInProxy) url() string { return "http://" + c.addr }
+
+// stop stops the in-proxy and reads the final statistics it prints.
+func (c *childInProxy) stop() (httpproxy.InStats, error) {
+	var st httpproxy.InStats
+	out, err := c.child.stop()
+	if jerr := json.Unmarshal([]byte(out), &st); jerr != nil {
+		return st, errors.Join(fmt.Errorf("in-proxy final statistics: %w (%q)", jerr, out), err)
+	}
+	return st, nil
+}
+
+// child is a program the benchmark runs in its own process. Once it
+// accepts connections it prints {"listen": "host:port"} as its first line
+// of output; on SIGTERM it stops, and what it prints then is stop's result.
+type child struct {
+	what   string
+	argv   []string
+	cmd    *exec.Cmd
+	out    *bufio.Reader
+	stderr *limitedBuffer
+	addr   string
+}
+
+// startChild runs argv and waits (10 s at most) for its first line.
+func startChild(ctx context.Context, what string, argv []string) (*child, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
 	}
-	var stderr limitedBuffer
-	cmd.Stderr = &stderr
+	c := &child{what: what, argv: argv, cmd: cmd, out: bufio.NewReader(stdout), stderr: &limitedBuffer{}}
+	cmd.Stderr = c.stderr
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start in-proxy %v: %w", argv, err)
+		return nil, fmt.Errorf("start %s %v: %w", what, argv, err)
 	}
-	c := &childInProxy{cmd: cmd, out: bufio.NewReader(stdout), done: make(chan struct{})}
 	type line struct {
 		s   string
 		err error
@@ -97,12 +124,12 @@ func startChildInProxy(ctx context.Context, argv []string, online, clone string)
 		}
 		if l.err != nil || json.Unmarshal([]byte(l.s), &ready) != nil || ready.Listen == "" {
 			kill()
-			return nil, fmt.Errorf("in-proxy %v did not start: %q %v; stderr: %s", argv, l.s, l.err, stderr.String())
+			return nil, fmt.Errorf("%s %v did not start: %q %v; stderr: %s", what, argv, l.s, l.err, c.stderr.String())
 		}
 		c.addr = ready.Listen
 	case <-time.After(10 * time.Second):
 		kill()
-		return nil, fmt.Errorf("in-proxy %v: not ready after 10s; stderr: %s", argv, stderr.String())
+		return nil, fmt.Errorf("%s %v: not ready after 10s; stderr: %s", what, argv, c.stderr.String())
 	case <-ctx.Done():
 		kill()
 		return nil, ctx.Err()
@@ -110,10 +137,9 @@ func startChildInProxy(ctx context.Context, argv []string, online, clone string)
 	return c, nil
 }
 
-func (c *childInProxy) url() string { return "http://" + c.addr }
-
-func (c *childInProxy) stop() (httpproxy.InStats, error) {
-	var st httpproxy.InStats
+// stop sends SIGTERM (SIGKILL to the process group after 15 s) and returns
+// what the child printed after its first line.
+func (c *child) stop() (string, error) {
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	lines := make(chan string, 1)
 	go func() {
@@ -127,11 +153,10 @@ func (c *childInProxy) stop() (httpproxy.InStats, error) {
 		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
 		out = <-lines
 	}
-	err := c.cmd.Wait()
-	if jerr := json.Unmarshal([]byte(out), &st); jerr != nil {
-		return st, errors.Join(fmt.Errorf("in-proxy final statistics: %w (%q)", jerr, out), err)
+	if err := c.cmd.Wait(); err != nil {
+		return out, fmt.Errorf("%s %v: %w; stderr: %s", c.what, c.argv, err, c.stderr.String())
 	}
-	return st, nil
+	return out, nil
 }
 
 // limitedBuffer keeps the first 4 KiB written to it.

@@ -3,8 +3,10 @@ package proxybench
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/justrunit/justrunit/internal/prio"
 )
 
 // Upstream is a loopback HTTP server that answers every request after a
@@ -55,6 +59,54 @@ func StartUpstream(delay time.Duration, bodySize int) (*Upstream, error) {
 // Close stops the upstream and closes its connections.
 func (u *Upstream) Close() error { return u.srv.Close() }
 
+// ServeUpstream is what an UpstreamCommand runs: it sets this process's
+// nice value (unless 0), starts an upstream answering after delay with
+// bodySize bytes, prints {"listen": "host:port"} on w and serves until ctx
+// ends.
+func ServeUpstream(ctx context.Context, delay time.Duration, bodySize, nice int, w io.Writer) error {
+	if delay < 0 || bodySize < 0 {
+		return errors.New("delay and body size must not be negative")
+	}
+	if nice != 0 {
+		if err := prio.SetNice(nice); err != nil {
+			return fmt.Errorf("nice: %w", err)
+		}
+	}
+	u, err := StartUpstream(delay, bodySize)
+	if err != nil {
+		return err
+	}
+	defer u.Close()
+	if err := json.NewEncoder(w).Encode(map[string]string{"listen": u.ln.Addr().String()}); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// childUpstream is an Upstream run as its own process (UpstreamCommand).
+type childUpstream struct {
+	URL string
+	c   *child
+}
+
+// startChildUpstream runs argv (e.g. justrunit bench upstream) with
+// --delay, --body and --nice, and returns once it accepts connections.
+func startChildUpstream(ctx context.Context, argv []string, delay time.Duration, bodySize, nice int) (*childUpstream, error) {
+	args := append(append([]string(nil), argv...), "--delay", delay.String(), "--body", fmt.Sprint(bodySize), "--nice", fmt.Sprint(nice))
+	c, err := startChild(ctx, "upstream", args)
+	if err != nil {
+		return nil, err
+	}
+	return &childUpstream{URL: "http://" + c.addr, c: c}, nil
+}
+
+// Close stops the upstream's process.
+func (u *childUpstream) Close() error {
+	_, err := u.c.stop()
+	return err
+}
+
 // Hung is a loopback server that accepts connections and never answers.
 type Hung struct {
 	URL   string
@@ -87,13 +139,19 @@ func StartHung() (*Hung, error) {
 // Close closes the listener and every connection it accepted.
 func (h *Hung) Close() error {
 	err := h.ln.Close()
+	h.dropConns()
+	return err
+}
+
+// dropConns closes the connections accepted so far: what still waits on
+// them (copies, nginx's mirror subrequests) ends with an error.
+func (h *Hung) dropConns() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, c := range h.conns {
 		c.Close()
 	}
 	h.conns = nil
-	return err
 }
 
 // Nginx is Debian's nginx run on loopback with a generated configuration:
@@ -269,3 +327,12 @@ func freePort() (string, error) {
 	defer ln.Close()
 	return ln.Addr().String(), nil
 }
+
+// server is an upstream in this process or in its own.
+type server interface {
+	base() string
+	Close() error
+}
+
+func (u *Upstream) base() string      { return u.URL }
+func (u *childUpstream) base() string { return u.URL }

@@ -1,0 +1,108 @@
+package proxybench
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestMain lets this test binary be an UpstreamCommand: with
+// PROXYBENCH_UPSTREAM set it serves an upstream as "justrunit bench
+// upstream" does, instead of running the tests.
+func TestMain(m *testing.M) {
+	if os.Getenv("PROXYBENCH_UPSTREAM") != "1" {
+		os.Exit(m.Run())
+	}
+	fs := flag.NewFlagSet("upstream", flag.ExitOnError)
+	delay := fs.Duration("delay", time.Millisecond, "")
+	body := fs.Int("body", 1024, "")
+	nice := fs.Int("nice", 0, "")
+	_ = fs.Parse(os.Args[1:])
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	if err := ServeUpstream(ctx, *delay, *body, *nice, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// TestChildUpstream runs a clone upstream in its own process at a nice
+// value: it answers like an in-process one, every thread has that nice
+// value, and Close stops the process.
+func TestChildUpstream(t *testing.T) {
+	t.Setenv("PROXYBENCH_UPSTREAM", "1")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	u, err := startChildUpstream(ctx, []string{os.Args[0]}, 5*time.Millisecond, 100, DefaultCloneNice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := u.c.cmd.Process.Pid
+	closed := false
+	defer func() {
+		if !closed {
+			u.Close()
+		}
+	}()
+
+	start := time.Now()
+	resp, err := http.Get(u.base() + "/item")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || len(b) != 100 {
+		t.Fatalf("GET = %d, %d bytes, %v; want 200 with 100 bytes", resp.StatusCode, len(b), err)
+	}
+	if d := time.Since(start); d < 5*time.Millisecond {
+		t.Errorf("answered after %v, want ≥ 5ms", d)
+	}
+
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	if err != nil || len(tasks) == 0 {
+		t.Fatalf("threads of %d: %v %v", pid, tasks, err)
+	}
+	for _, f := range tasks {
+		stat, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Fields after the command (which ends with ')'): state is
+		// field 3, nice field 19.
+		fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if n, _ := strconv.Atoi(fields[16]); n != DefaultCloneNice {
+			t.Errorf("%s: nice %d, want %d", f, n, DefaultCloneNice)
+		}
+	}
+
+	if err := u.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	closed = true
+	if err := syscall.Kill(pid, 0); err == nil {
+		t.Errorf("process %d still exists after Close", pid)
+	}
+}
+
+// TestChildUpstreamBadCommand: a command that never prints where it
+// listens is an error naming it, and leaves no process behind.
+func TestChildUpstreamBadCommand(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := startChildUpstream(ctx, []string{"/bin/sh", "-c", "echo not json", "sh"}, time.Millisecond, 10, 0)
+	if err == nil || !strings.Contains(err.Error(), "did not start") {
+		t.Fatalf("err = %v, want one saying the upstream did not start", err)
+	}
+}
