@@ -1,6 +1,7 @@
 package httpproxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -650,13 +651,213 @@ func (c *clone) send(cr *copyReq) {
 }
 
 // start counts cr as sent and sends it, timing the clone's response from
-// due.
+// due. With an idle connection at hand, the request is written at once by
+// the caller (the goroutine that parsed the on-line request, or the lag
+// queue's): one write, no goroutine to start and wake.
 func (c *clone) start(cr *copyReq, charge int64, due time.Time) {
 	c.sent.Add(1)
 	if f := c.cfg.ObserveCopy; f != nil {
 		f(true)
 	}
-	go c.do(cr, charge, due)
+	f, err := c.newFlight(cr, charge, due)
+	if err != nil {
+		c.finish(f, nil, nil, err, time.Time{})
+		return
+	}
+	pc := c.pool.take(f)
+	if pc == nil {
+		go c.dialAndSend(f)
+		return
+	}
+	_ = pc.c.SetReadDeadline(f.deadline)
+	switch n, err := pc.tryWrite(f.wire); {
+	case err != nil:
+		c.pool.failWrite(pc, err) // its readLoop fails the copy, or sends it again
+	case n < len(f.wire): // the socket is full: the rest may wait
+		go c.finishWrite(pc, f.wire[n:], f.deadline)
+	}
+}
+
+// flight is one copy on its way to a clone.
+type flight struct {
+	cr       *copyReq
+	req      *http.Request
+	wire     []byte // req as written
+	charge   int64
+	due      time.Time
+	deadline time.Time
+	retried  bool
+	werr     error // writing req failed (set under the pool's lock)
+}
+
+func (c *clone) newFlight(cr *copyReq, charge int64, due time.Time) (*flight, error) {
+	req := &http.Request{
+		Method:     cr.method,
+		URL:        joinURL(c.target, cr.path, cr.rawPath, cr.query),
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     cr.header,
+		Host:       cr.host,
+	}
+	if len(cr.body) > 0 {
+		req.Body = io.NopCloser(bytes.NewReader(cr.body))
+		req.ContentLength = int64(len(cr.body))
+	}
+	var wire bytes.Buffer
+	wire.Grow(len(cr.body) + 512)
+	err := req.Write(&wire)
+	return &flight{cr: cr, req: req, wire: wire.Bytes(), charge: charge, due: due, deadline: time.Now().Add(c.cfg.CopyTimeout)}, err
+}
+
+// finishWrite writes the rest of a request the socket had no room for.
+func (c *clone) finishWrite(pc *poolConn, rest []byte, deadline time.Time) {
+	_ = pc.c.SetWriteDeadline(deadline)
+	if _, err := pc.c.Write(rest); err != nil {
+		c.pool.failWrite(pc, err)
+		return
+	}
+	_ = pc.c.SetWriteDeadline(time.Time{}) // or the next tryWrite fails
+}
+
+// dialAndSend sends f on a new connection and starts the connection's
+// readLoop.
+func (c *clone) dialAndSend(f *flight) {
+	ctx, cancel := context.WithDeadline(c.ctx, f.deadline)
+	pc, err := c.pool.open(ctx, f)
+	cancel()
+	if err != nil {
+		if c.ctx.Err() == nil && errors.Is(err, syscall.ECONNREFUSED) && c.refused.Add(1) >= refusedToPause {
+			c.pausedUntil.Store(time.Now().Add(refusedPause).UnixNano())
+			c.refused.Store(0)
+		}
+		c.finish(f, nil, nil, err, time.Time{})
+		return
+	}
+	go c.readLoop(pc)
+	_ = pc.c.SetReadDeadline(f.deadline)
+	c.finishWrite(pc, f.wire, f.deadline)
+}
+
+// readLoop reads pc's responses for as long as the connection lasts: each
+// ends the copy pc carries, and pc goes back to the idle ones. A copy that
+// fails on a reused connection before any response byte came back (the
+// clone closed it while it was idle) is sent once more on a new one.
+func (c *clone) readLoop(pc *poolConn) {
+	for {
+		_, err := pc.br.Peek(1)
+		f, werr := c.pool.flightOf(pc)
+		switch {
+		case f == nil: // idle: the clone closed it, or sent what answers nothing
+			c.pool.discard(pc)
+			return
+		case err != nil:
+			c.pool.discard(pc)
+			if werr != nil {
+				err = werr
+			}
+			if pc.reused && !f.retried && idleClosed(err) && c.ctx.Err() == nil {
+				f.retried = true
+				f.deadline = time.Now().Add(c.cfg.CopyTimeout)
+				c.dialAndSend(f)
+				return
+			}
+			c.finish(f, nil, nil, err, time.Time{})
+			return
+		}
+		resp, body, err := c.readResponse(pc.br, f)
+		end := time.Now()
+		if err != nil {
+			c.pool.discard(pc)
+			c.finish(f, nil, nil, err, end)
+			return
+		}
+		c.finish(f, resp, body, nil, end)
+		if resp.Close {
+			c.pool.discard(pc)
+			return
+		}
+		if !c.pool.put(pc) {
+			return
+		}
+	}
+}
+
+// readResponse reads f's response (past any 1xx) to its end, keeping the
+// body when it is to be compared with the on-line one.
+func (c *clone) readResponse(br *bufio.Reader, f *flight) (*http.Response, []byte, error) {
+	var resp *http.Response
+	var err error
+	for err == nil && (resp == nil || resp.StatusCode < 200) {
+		resp, err = http.ReadResponse(br, f.req) // copies carry no Expect, but 103 may come
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	var body []byte
+	if f.cr.online != nil && resp.ContentLength <= c.cfg.MaxCompareBody {
+		body, err = io.ReadAll(io.LimitReader(resp.Body, c.cfg.MaxCompareBody+1))
+	}
+	if err == nil {
+		_, err = io.Copy(io.Discard, resp.Body)
+	}
+	return resp, body, err
+}
+
+// finish ends f: it records the clone's response time (from f's due time
+// to end) or its failure, compares the response with the on-line one when
+// asked, and releases f's share of the clone's bounds.
+func (c *clone) finish(f *flight, resp *http.Response, body []byte, err error, end time.Time) {
+	release := func() {
+		c.inFlB.Add(-f.charge)
+		c.inFl.Add(-1)
+	}
+	if c.ctx.Err() != nil { // detached
+		release()
+		return
+	}
+	if err != nil {
+		c.rec.RecordError()
+		c.log.Debug("copy failed", logKeyErr, err)
+		release()
+		return
+	}
+	c.refused.Store(0)
+	if resp.StatusCode >= 500 {
+		c.rec.RecordError()
+	} else {
+		c.rec.Record(end.Sub(f.due))
+	}
+	if f.cr.online == nil || int64(len(body)) > c.cfg.MaxCompareBody {
+		release()
+		return
+	}
+	go func() { // the on-line response may not have ended yet
+		defer release()
+		c.compare(f, resp.StatusCode, body)
+	}()
+}
+
+// compare waits (until f's deadline) for the on-line response to f's
+// request and counts whether the clone's matches it.
+func (c *clone) compare(f *flight, status int, body []byte) {
+	t := time.NewTimer(time.Until(f.deadline))
+	defer t.Stop()
+	select {
+	case <-f.cr.online.done:
+	case <-t.C:
+		return
+	case <-c.ctx.Done():
+		return
+	}
+	if !f.cr.online.ok {
+		return
+	}
+	c.compared.Add(1)
+	if status != f.cr.online.status || !bytes.Equal(c.cfg.Masks.Body(body), c.cfg.Masks.Body(f.cr.online.body)) {
+		c.mismatched.Add(1)
+	}
 }
 
 // lagged is a copy waiting for its time.
@@ -762,79 +963,6 @@ func (c *clone) drop() {
 	c.dropped.Add(1)
 	if f := c.cfg.ObserveCopy; f != nil {
 		f(false)
-	}
-}
-
-func (c *clone) do(cr *copyReq, charge int64, due time.Time) {
-	defer func() {
-		c.inFlB.Add(-charge)
-		c.inFl.Add(-1)
-	}()
-	deadline := time.Now().Add(c.cfg.CopyTimeout)
-	ctx, cancel := context.WithDeadline(c.ctx, deadline)
-	defer cancel()
-	u := joinURL(c.target, cr.path, cr.rawPath, cr.query)
-	req := &http.Request{
-		Method:     cr.method,
-		URL:        u,
-		Proto:      "HTTP/1.1",
-		ProtoMajor: 1,
-		ProtoMinor: 1,
-		Header:     cr.header,
-		Host:       cr.host,
-	}
-	if len(cr.body) > 0 {
-		req.Body = io.NopCloser(bytes.NewReader(cr.body))
-		req.ContentLength = int64(len(cr.body))
-		body := cr.body
-		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-	}
-	resp, release, err := c.pool.exchange(ctx, req, deadline)
-	if err != nil {
-		if c.ctx.Err() == nil {
-			c.rec.RecordError()
-			c.log.Debug("copy failed", logKeyErr, err)
-			if errors.Is(err, syscall.ECONNREFUSED) && c.refused.Add(1) >= refusedToPause {
-				c.pausedUntil.Store(time.Now().Add(refusedPause).UnixNano())
-				c.refused.Store(0)
-			}
-		}
-		return
-	}
-	c.refused.Store(0)
-	var body []byte
-	if cr.online != nil && resp.ContentLength <= c.cfg.MaxCompareBody {
-		body, err = io.ReadAll(io.LimitReader(resp.Body, c.cfg.MaxCompareBody+1))
-		if err == nil {
-			_, err = io.Copy(io.Discard, resp.Body)
-		}
-	} else {
-		_, err = io.Copy(io.Discard, resp.Body)
-	}
-	release(err)
-	d := time.Since(due)
-	if c.ctx.Err() != nil {
-		return
-	}
-	if err != nil || resp.StatusCode >= 500 {
-		c.rec.RecordError()
-	} else {
-		c.rec.Record(d)
-	}
-	if err != nil || cr.online == nil || int64(len(body)) > c.cfg.MaxCompareBody {
-		return
-	}
-	select {
-	case <-cr.online.done:
-	case <-ctx.Done():
-		return
-	}
-	if !cr.online.ok {
-		return
-	}
-	c.compared.Add(1)
-	if resp.StatusCode != cr.online.status || !bytes.Equal(c.cfg.Masks.Body(body), c.cfg.Masks.Body(cr.online.body)) {
-		c.mismatched.Add(1)
 	}
 }
 

@@ -1,0 +1,117 @@
+package httpproxy
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestCloneConnections checks the copies' connections: kept alive and
+// reused; a clone that closes each connection after its response, or
+// closes idle ones, still gets every copy and answers it without an error
+// counted (a copy written to a connection the clone had closed is sent
+// again on a new one); and a body larger than a socket's buffer arrives
+// whole.
+func TestCloneConnections(t *testing.T) {
+	type cloneServer struct {
+		name  string
+		setup func(s *http.Server, w http.ResponseWriter)
+	}
+	for _, tt := range []cloneServer{
+		{"keep-alive", nil},
+		{"close after each", func(_ *http.Server, w http.ResponseWriter) { w.Header().Set("Connection", "close") }},
+		{"closes idle", nil}, // IdleTimeout below
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var conns atomic.Int64
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := &http.Server{ConnState: func(_ net.Conn, s http.ConnState) {
+				if s == http.StateNew {
+					conns.Add(1)
+				}
+			}}
+			if tt.name == "closes idle" {
+				srv.IdleTimeout = time.Millisecond
+			}
+			var got atomic.Int64
+			srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				got.Add(1)
+				if tt.setup != nil {
+					tt.setup(srv, w)
+				}
+				_, _ = w.Write([]byte("ok"))
+			})
+			go srv.Serve(ln)
+			defer srv.Close()
+
+			online := newBackend(t, nil)
+			p, base := startIn(t, InConfig{Online: online.URL})
+			if err := p.AddClone(context.Background(), "c", mustURL(t, "http://"+ln.Addr().String())); err != nil {
+				t.Fatal(err)
+			}
+			c := testClient()
+			const n = 20
+			for i := range n {
+				if code, _ := get(t, c, base+"/x"); code != 200 {
+					t.Fatalf("on-line request %d: %d", i, code)
+				}
+				// One at a time, so that a kept-alive connection is idle
+				// (and, for "closes idle", closed) when the next copy goes.
+				waitFor(t, 5*time.Second, "the copy's answer", func() bool {
+					cs, _ := p.CloneStats("c", false)
+					return cs.Response.Count+cs.Response.Errors == int64(i+1)
+				})
+				if tt.name == "closes idle" {
+					time.Sleep(3 * time.Millisecond)
+				}
+			}
+			cs, _ := p.CloneStats("c", false)
+			if cs.Sent != n || cs.Response.Count != n || cs.Response.Errors != 0 || got.Load() != n {
+				t.Errorf("sent %d, answered %d, errors %d, clone got %d; want %d answered, no error", cs.Sent, cs.Response.Count, cs.Response.Errors, got.Load(), n)
+			}
+			switch k := conns.Load(); {
+			case tt.name == "keep-alive" && k != 1:
+				t.Errorf("%d connections to the clone, want 1 kept alive", k)
+			case tt.name != "keep-alive" && k < n/2:
+				t.Errorf("%d connections to the clone, want about one per copy", k)
+			}
+		})
+	}
+
+	t.Run("large body", func(t *testing.T) {
+		clone := newBackend(t, nil)
+		online := newBackend(t, nil)
+		const size = 16 << 20
+		p, base := startIn(t, InConfig{Online: online.URL, MaxCopyBody: size, MaxCloneBytes: 4 * size})
+		if err := p.AddClone(context.Background(), "c", clone.URL); err != nil {
+			t.Fatal(err)
+		}
+		body := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+		c := testClient()
+		for range 2 { // the second goes on a kept-alive connection
+			resp, err := c.Post(base+"/up", "application/octet-stream", bytes.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+		}
+		waitFor(t, 10*time.Second, "both copies", func() bool { return len(clone.requests()) == 2 })
+		for i, r := range clone.requests() {
+			if !bytes.Equal(r.body, body) {
+				t.Errorf("copy %d: %d bytes, want the %d sent", i, len(r.body), len(body))
+			}
+		}
+		cs, _ := p.CloneStats("c", false)
+		if cs.Response.Errors != 0 || !strings.Contains(cs.Target, clone.URL.Host) {
+			t.Errorf("clone stats %+v, want no error", cs)
+		}
+	})
+}
