@@ -33,7 +33,7 @@ saturation (throughput). Every path is started first and the cases are then
 measured in interleaved rounds (--rounds): each case's figures are medians over
 the rounds, and each ratio is the median of the rounds' ratios, so that load
 from elsewhere on the machine hits every case alike. The default run (5 rounds)
-takes about three minutes.
+takes about four and a half minutes.
 
 The in-proxy runs as "justrunit proxy in", in its own process like nginx. The
 healthy and slow clones run in their own process at nice 9 (--clone-nice): the
