@@ -37,7 +37,8 @@ const (
 // window, so that a lagged clone still finds the on-line exchanges.
 const MaxCloneLag = DefaultWindow / 2
 
-// copyOverhead is what a copy in flight is charged besides its body.
+// copyOverhead is what a copy in flight is charged besides its body
+// (twice: as copied, and in the request as written).
 const copyOverhead = 2 << 10
 
 // InConfig configures an InProxy. Zero fields take the Default* values.
@@ -626,7 +627,7 @@ func (c *clone) send(cr *copyReq) {
 		c.drop() // the clone refuses connections: do not dial in vain
 		return
 	}
-	charge := int64(len(cr.body)) + copyOverhead
+	charge := 2*int64(len(cr.body)) + copyOverhead // the body, and the request as written
 	if c.queue != nil {
 		if c.inFlB.Add(charge) > c.cfg.MaxCloneBytes {
 			c.inFlB.Add(-charge)
