@@ -188,9 +188,13 @@ func testCopyTiming(t *testing.T, lag time.Duration) {
 		d := cl[i].Sub(cl[i-1]) - on[i].Sub(on[i-1])
 		diffs = append(diffs, d.Abs())
 	}
+	// A copy is due lag after the proxy read its request; the on-line
+	// arrival is stamped by the on-line handler, which on a busy machine
+	// can run a few milliseconds after that read. So a copy may reach the
+	// clone a little less than lag after the on-line handler saw it.
 	for i := range n {
-		if late := cl[i].Sub(on[i]); late < lag-time.Millisecond || late > lag+50*time.Millisecond {
-			t.Errorf("copy %d reached the clone %v after the on-line request, want %v (+ at most 50ms)", i, late, lag)
+		if late := cl[i].Sub(on[i]); late < lag-10*time.Millisecond || late > lag+50*time.Millisecond {
+			t.Errorf("copy %d reached the clone %v after the on-line request, want %v (- at most 10ms, + at most 50ms)", i, late, lag)
 		}
 	}
 	p90, worst := quantile(diffs, 0.9), quantile(diffs, 1)
