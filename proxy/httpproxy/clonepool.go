@@ -69,8 +69,13 @@ type poolConn struct {
 	// flight is the copy the connection carries (nil while idle); it is
 	// set under the pool's lock when the connection is taken, before the
 	// request is written.
-	flight *flight
-	reused bool // the connection carried an exchange before flight
+	flight  *flight
+	reused  bool // the connection carried an exchange before flight
+	writing bool // flight's request is still being written
+	// parked: answered while writing (the clone did not wait for the
+	// whole request); idle once the write ends.
+	parked bool
+	dead   bool // discarded: never idle again
 }
 
 // poolBufSize is each pooled connection's read buffer.
@@ -91,7 +96,7 @@ func (p *connPool) take(f *flight) *poolConn {
 	pc := p.idle[n-1]
 	p.idle[n-1] = nil
 	p.idle = p.idle[:n-1]
-	pc.flight, pc.reused = f, true
+	pc.flight, pc.reused, pc.writing = f, true, true
 	return pc
 }
 
@@ -102,7 +107,7 @@ func (p *connPool) open(ctx context.Context, f *flight) (*poolConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	pc := &poolConn{c: c, br: bufio.NewReaderSize(c, poolBufSize), flight: f}
+	pc := &poolConn{c: c, br: bufio.NewReaderSize(c, poolBufSize), flight: f, writing: true}
 	if sc, ok := c.(syscall.Conn); ok {
 		pc.raw, _ = sc.SyscallConn()
 	}
@@ -138,13 +143,41 @@ func (p *connPool) failWrite(pc *poolConn, err error) {
 	pc.c.Close()
 }
 
+// endWrite ends the writing of pc's request (take and open begin it):
+// after a failure pc is done; a connection answered meanwhile goes idle
+// now.
+func (p *connPool) endWrite(pc *poolConn, ok bool) {
+	if !ok {
+		p.discard(pc)
+	}
+	p.mu.Lock()
+	pc.writing = false
+	if !pc.parked {
+		p.mu.Unlock()
+		return
+	}
+	pc.parked = false
+	p.mu.Unlock()
+	p.put(pc)
+}
+
 // put makes pc idle again, or closes it when there are enough idle ones
-// or the pool is closed; it reports whether pc stays open.
+// or the pool is closed; it reports whether pc stays open. While a
+// request is still being written on pc (the clone answered before reading
+// all of it), pc waits for the write to end before it goes idle.
 func (p *connPool) put(pc *poolConn) bool {
 	_ = pc.c.SetReadDeadline(time.Time{})
 	p.mu.Lock()
 	pc.flight = nil
-	if !p.closed && len(p.idle) < p.maxIdle {
+	switch {
+	case pc.dead:
+		p.mu.Unlock()
+		return false
+	case pc.writing:
+		pc.parked = true
+		p.mu.Unlock()
+		return true
+	case !p.closed && len(p.idle) < p.maxIdle:
 		p.idle = append(p.idle, pc)
 		p.mu.Unlock()
 		return true
@@ -157,6 +190,7 @@ func (p *connPool) put(pc *poolConn) bool {
 // discard closes pc and forgets it.
 func (p *connPool) discard(pc *poolConn) {
 	p.mu.Lock()
+	pc.dead = true
 	delete(p.all, pc)
 	if i := slices.Index(p.idle, pc); i >= 0 {
 		p.idle = slices.Delete(p.idle, i, i+1)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -112,6 +113,50 @@ func TestCloneConnections(t *testing.T) {
 		cs, _ := p.CloneStats("c", false)
 		if cs.Response.Errors != 0 || !strings.Contains(cs.Target, clone.URL.Host) {
 			t.Errorf("clone stats %+v, want no error", cs)
+		}
+	})
+
+	// A clone that answers before it has read a large body: the rest of
+	// the request must not run into the next copy, and nothing stays in
+	// flight.
+	t.Run("answers early", func(t *testing.T) {
+		var n atomic.Int64
+		early := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n.Add(1)
+			if r.ContentLength > 0 {
+				w.WriteHeader(http.StatusRequestEntityTooLarge) // body unread
+				return
+			}
+			_, _ = w.Write([]byte("ok"))
+		}))
+		defer early.Close()
+		online := newBackend(t, nil)
+		const size = 16 << 20
+		p, base := startIn(t, InConfig{Online: online.URL, MaxCopyBody: size, MaxCloneBytes: 4 * size})
+		if err := p.AddClone(context.Background(), "c", mustURL(t, early.URL)); err != nil {
+			t.Fatal(err)
+		}
+		c := testClient()
+		resp, err := c.Post(base+"/up", "application/octet-stream", bytes.NewReader(make([]byte, size)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		waitFor(t, 10*time.Second, "the large copy to end", func() bool {
+			cs, _ := p.CloneStats("c", false)
+			return cs.InFlight == 0 && cs.Response.Count+cs.Response.Errors == 1
+		})
+		for i := range 3 {
+			if code, _ := get(t, c, base+"/x"); code != 200 {
+				t.Fatalf("on-line GET %d: %d", i, code)
+			}
+		}
+		waitFor(t, 5*time.Second, "the small copies", func() bool {
+			cs, _ := p.CloneStats("c", false)
+			return cs.InFlight == 0 && cs.Response.Count == 4 && n.Load() == 4
+		})
+		if cs, _ := p.CloneStats("c", false); cs.Response.Errors != 0 {
+			t.Errorf("%d copies failed, want none", cs.Response.Errors)
 		}
 	})
 }

@@ -674,8 +674,11 @@ func (c *clone) start(cr *copyReq, charge int64, due time.Time) {
 	switch n, err := pc.tryWrite(f.wire); {
 	case err != nil:
 		c.pool.failWrite(pc, err) // its readLoop fails the copy, or sends it again
+		c.pool.endWrite(pc, false)
 	case n < len(f.wire): // the socket is full: the rest may wait
 		go c.finishWrite(pc, f.wire[n:], f.deadline)
+	default:
+		c.pool.endWrite(pc, true)
 	}
 }
 
@@ -711,14 +714,17 @@ func (c *clone) newFlight(cr *copyReq, charge int64, due time.Time) (*flight, er
 	return &flight{cr: cr, req: req, wire: wire.Bytes(), charge: charge, due: due, deadline: time.Now().Add(c.cfg.CopyTimeout)}, err
 }
 
-// finishWrite writes the rest of a request the socket had no room for.
+// finishWrite writes the rest of a request the socket had no room for
+// (or all of it on a new connection).
 func (c *clone) finishWrite(pc *poolConn, rest []byte, deadline time.Time) {
 	_ = pc.c.SetWriteDeadline(deadline)
-	if _, err := pc.c.Write(rest); err != nil {
+	_, err := pc.c.Write(rest)
+	if err != nil {
 		c.pool.failWrite(pc, err)
-		return
+	} else {
+		_ = pc.c.SetWriteDeadline(time.Time{}) // or the next tryWrite fails
 	}
-	_ = pc.c.SetWriteDeadline(time.Time{}) // or the next tryWrite fails
+	c.pool.endWrite(pc, err == nil)
 }
 
 // dialAndSend sends f on a new connection and starts the connection's
