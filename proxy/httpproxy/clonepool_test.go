@@ -1,8 +1,10 @@
 package httpproxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -157,6 +159,68 @@ func TestCloneConnections(t *testing.T) {
 		})
 		if cs, _ := p.CloneStats("c", false); cs.Response.Errors != 0 {
 			t.Errorf("%d copies failed, want none", cs.Response.Errors)
+		}
+	})
+
+	// A clone that answers one request per connection and closes the
+	// connection on the next without answering: a copy that fails so on
+	// a reused connection, before any byte came back, goes once more on a
+	// new one, and is answered.
+	t.Run("closes on the next request", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		var requests atomic.Int64
+		go func() {
+			for {
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer conn.Close()
+					br := bufio.NewReader(conn)
+					for i := 0; ; i++ {
+						req, err := http.ReadRequest(br)
+						if err != nil {
+							return
+						}
+						requests.Add(1)
+						if i > 0 {
+							return // the second request: closed, unanswered
+						}
+						_, _ = io.Copy(io.Discard, req.Body)
+						_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+					}
+				}()
+			}
+		}()
+		online := newBackend(t, nil)
+		p, base := startIn(t, InConfig{Online: online.URL})
+		if err := p.AddClone(context.Background(), "c", mustURL(t, "http://"+ln.Addr().String())); err != nil {
+			t.Fatal(err)
+		}
+		c := testClient()
+		const n = 5
+		for i := range n {
+			if code, _ := get(t, c, base+"/x"); code != 200 {
+				t.Fatalf("on-line request %d: %d", i, code)
+			}
+			waitFor(t, 5*time.Second, "the copy's answer", func() bool {
+				cs, _ := p.CloneStats("c", false)
+				return cs.Response.Count+cs.Response.Errors == int64(i+1)
+			})
+		}
+		cs, _ := p.CloneStats("c", false)
+		if cs.Response.Count != n || cs.Response.Errors != 0 {
+			t.Errorf("answered %d, errors %d; want %d answered, no error", cs.Response.Count, cs.Response.Errors, n)
+		}
+		// Every copy after the first was sent twice: on the reused
+		// connection, which the clone closed, then on a new one.
+		if got := requests.Load(); got != 2*n-1 {
+			t.Errorf("the clone read %d requests, want %d", got, 2*n-1)
 		}
 	})
 }
