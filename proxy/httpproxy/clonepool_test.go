@@ -55,27 +55,12 @@ func TestCloneConnections(t *testing.T) {
 			go srv.Serve(ln)
 			defer srv.Close()
 
-			online := newBackend(t, nil)
-			p, base := startIn(t, InConfig{Online: online.URL})
-			if err := p.AddClone(context.Background(), "c", mustURL(t, "http://"+ln.Addr().String())); err != nil {
-				t.Fatal(err)
-			}
-			c := testClient()
 			const n = 20
-			for i := range n {
-				if code, _ := get(t, c, base+"/x"); code != 200 {
-					t.Fatalf("on-line request %d: %d", i, code)
-				}
-				// One at a time, so that a kept-alive connection is idle
-				// (and, for "closes idle", closed) when the next copy goes.
-				waitFor(t, 5*time.Second, "the copy's answer", func() bool {
-					cs, _ := p.CloneStats("c", false)
-					return cs.Response.Count+cs.Response.Errors == int64(i+1)
-				})
-				if tt.name == "closes idle" {
-					time.Sleep(3 * time.Millisecond)
-				}
+			var pause time.Duration
+			if tt.name == "closes idle" {
+				pause = 3 * time.Millisecond // past the clone's IdleTimeout
 			}
+			p := copiesOneByOne(t, "http://"+ln.Addr().String(), n, pause)
 			cs, _ := p.CloneStats("c", false)
 			if cs.Sent != n || cs.Response.Count != n || cs.Response.Errors != 0 || got.Load() != n {
 				t.Errorf("sent %d, answered %d, errors %d, clone got %d; want %d answered, no error", cs.Sent, cs.Response.Count, cs.Response.Errors, got.Load(), n)
@@ -197,22 +182,8 @@ func TestCloneConnections(t *testing.T) {
 				}()
 			}
 		}()
-		online := newBackend(t, nil)
-		p, base := startIn(t, InConfig{Online: online.URL})
-		if err := p.AddClone(context.Background(), "c", mustURL(t, "http://"+ln.Addr().String())); err != nil {
-			t.Fatal(err)
-		}
-		c := testClient()
 		const n = 5
-		for i := range n {
-			if code, _ := get(t, c, base+"/x"); code != 200 {
-				t.Fatalf("on-line request %d: %d", i, code)
-			}
-			waitFor(t, 5*time.Second, "the copy's answer", func() bool {
-				cs, _ := p.CloneStats("c", false)
-				return cs.Response.Count+cs.Response.Errors == int64(i+1)
-			})
-		}
+		p := copiesOneByOne(t, "http://"+ln.Addr().String(), n, 0)
 		cs, _ := p.CloneStats("c", false)
 		if cs.Response.Count != n || cs.Response.Errors != 0 {
 			t.Errorf("answered %d, errors %d; want %d answered, no error", cs.Response.Count, cs.Response.Errors, n)
@@ -223,4 +194,29 @@ func TestCloneConnections(t *testing.T) {
 			t.Errorf("the clone read %d requests, want %d", got, 2*n-1)
 		}
 	})
+}
+
+// copiesOneByOne starts an in-proxy with the clone at cloneURL and sends n
+// on-line requests, each once the copy of the one before was answered (or
+// failed) and pause has passed, so that a kept-alive connection is idle
+// when the next copy goes.
+func copiesOneByOne(t *testing.T, cloneURL string, n int, pause time.Duration) *InProxy {
+	t.Helper()
+	online := newBackend(t, nil)
+	p, base := startIn(t, InConfig{Online: online.URL})
+	if err := p.AddClone(context.Background(), "c", mustURL(t, cloneURL)); err != nil {
+		t.Fatal(err)
+	}
+	c := testClient()
+	for i := range n {
+		if code, _ := get(t, c, base+"/x"); code != 200 {
+			t.Fatalf("on-line request %d: %d", i, code)
+		}
+		waitFor(t, 5*time.Second, "the copy's answer", func() bool {
+			cs, _ := p.CloneStats("c", false)
+			return cs.Response.Count+cs.Response.Errors == int64(i+1)
+		})
+		time.Sleep(pause)
+	}
+	return p
 }

@@ -779,12 +779,16 @@ func (c *clone) readLoop(pc *poolConn) {
 			c.finish(f, nil, nil, err, end)
 			return
 		}
-		c.finish(f, resp, body, nil, end)
+		// The connection is idle again before the copy is counted as
+		// answered: whoever then sends the next copy finds it.
+		kept := false
 		if resp.Close {
 			c.pool.discard(pc)
-			return
+		} else {
+			kept = c.pool.put(pc)
 		}
-		if !c.pool.put(pc) {
+		c.finish(f, resp, body, nil, end)
+		if !kept {
 			return
 		}
 	}
