@@ -1,0 +1,40 @@
+package interp
+
+import (
+	"testing"
+
+	"github.com/justrunit/justrunit"
+)
+
+// TestGPNoCollapseBeyondMeasured: past the last measurement, the trend of
+// a response-time knee would carry a positive metric on to zero; the GP
+// fills no cell of a positive metric below the least measured value.
+// (Linear extrapolates linearly, by contract, down to zero.)
+func TestGPNoCollapseBeyondMeasured(t *testing.T) {
+	for _, in := range []justrunit.Interpolator{NewGP()} {
+		for _, vals := range []map[float64]float64{
+			{20: 990, 30: 72, 40: 24.57}, // the trend alone gave 0.0 at 90
+			{20: 990, 30: 72, 40: 24.57, 60: 13.38},
+			{30: 27.2, 40: 15.4, 60: 11.5},
+		} {
+			m := newMatrix(t, axis("cpu", 20, 100, 10))
+			least := 1e9
+			for _, v := range vals {
+				least = min(least, v)
+			}
+			measure(m, func(p justrunit.Point) float64 { return vals[p[0]] }, func(p justrunit.Point) bool { _, ok := vals[p[0]]; return ok })
+			if err := in.Interpolate(m); err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range m.Rows {
+				c := r.Cells[0]
+				if c.Prov == justrunit.Interpolated && c.Value < least {
+					t.Errorf("%s from %v: cpu=%g filled with %.2f, below the least measured %.2f", in.Name(), vals, r.Point[0], c.Value, least)
+				}
+				if c.Prov == justrunit.Interpolated && r.Point[0] < 30 && c.Value <= vals[30] {
+					t.Errorf("%s from %v: cpu=%g filled with %.2f, not above the knee's %.2f at cpu=30", in.Name(), vals, r.Point[0], c.Value, vals[30])
+				}
+			}
+		}
+	}
+}
