@@ -39,6 +39,12 @@ type VerifySpec struct {
 	// WarmUp is discarded, Window measured (it may end early once the p95
 	// has converged).
 	WarmUp, Window time.Duration
+	// Paired also measures a clone of the target at each point, in the
+	// sandbox, over the same live requests as the on-line window (both
+	// for the whole window): Verification.Sandbox. It tells drift since
+	// the study (predicted vs sandbox now) from the sandbox's own error
+	// (sandbox now vs on-line).
+	Paired bool
 	// Progress, when set, is called before each point is measured (the CLI
 	// prints it).
 	Progress func(p justrunit.Point)
@@ -52,12 +58,14 @@ type VerifyRequest struct {
 	// WarmUp and Window are durations such as "4s"; empty: the study's own.
 	WarmUp string `json:"warm_up,omitempty"`
 	Window string `json:"window,omitempty"`
+	// Paired: see VerifySpec.Paired.
+	Paired bool `json:"paired,omitempty"`
 }
 
 // Spec converts the request into a VerifySpec over st's space; errors name
 // the field as the request spells it (points[1], window).
 func (q *VerifyRequest) Spec(st *justrunit.Study, m *justrunit.Matrix) (VerifySpec, error) {
-	spec := VerifySpec{WarmUp: time.Duration(st.WarmUp), Window: time.Duration(st.Window)}
+	spec := VerifySpec{WarmUp: time.Duration(st.WarmUp), Window: time.Duration(st.Window), Paired: q.Paired}
 	for i, s := range q.Points {
 		p, err := st.Space.ParsePoint(s)
 		if err != nil {
@@ -132,6 +140,11 @@ type Verification struct {
 	Samples int64              `json:"samples"`
 	Source  string             `json:"source,omitempty"`
 	Time    time.Time          `json:"time"`
+	// Sandbox is a paired check's value: a clone at Point measured over
+	// the same live requests as Measured; SandboxRelError is |measured −
+	// sandbox| / |measured|. Both absent unless the check was paired.
+	Sandbox         *float64 `json:"sandbox,omitempty"`
+	SandboxRelError *float64 `json:"sandbox_rel_error,omitempty"`
 }
 
 // CheckVerifiable returns an error wrapping ErrConflict when st cannot be

@@ -78,6 +78,15 @@ func TestVerify(t *testing.T) {
 		t.Errorf("the verifier was asked %+v, want cpu=40 and cpu=70 with 1s + 2s", got)
 	}
 
+	// A paired check reaches the verifier as one.
+	if _, err := c.Verify(ctx, st.ID, VerifyRequest{Points: []string{"cpu=40"}, Paired: true}); err != nil {
+		t.Fatal(err)
+	}
+	got = fake.calls()
+	if last := got[len(got)-1]; !last.Paired || got[0].Paired {
+		t.Errorf("paired: the verifier was asked %+v after %+v, want paired only the second time", last, got[0])
+	}
+
 	// No body: the default points and the study's own warm-up and window.
 	code, body := d.call("POST", Prefix+"/studies/"+st.ID+"/verify", testToken, nil)
 	if code != http.StatusOK {

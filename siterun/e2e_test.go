@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -230,10 +232,12 @@ func TestAuctionStudy(t *testing.T) {
 		t.Errorf("%d instances after the study, want the 3 on-line ones", len(insts))
 	}
 	// Fidelity: the on-line instance at three allocations against the
-	// study's predictions.
+	// study's predictions; the last also paired with a clone at the same
+	// allocation over the same requests.
 	win := measure.WindowConfig{WarmUp: 3 * time.Second, Min: 4 * time.Second, Max: 6 * time.Second, RelCI: 0.1, MinSamples: 50}
 	for _, cpu := range []float64{50, 70, 90} {
-		v, err := s.Verify(ctx, st, m, justrunit.Point{cpu}, win)
+		paired := cpu == 90
+		v, err := s.Verify(ctx, st, m, justrunit.Point{cpu}, siterun.VerifyOptions{Window: win, Paired: paired})
 		if err != nil {
 			t.Fatalf("verify cpu=%v: %v", cpu, err)
 		}
@@ -241,6 +245,22 @@ func TestAuctionStudy(t *testing.T) {
 			mv, _ := v.Measured.Value(mt)
 			t.Logf("verify cpu=%v %s: predicted %.2f (%s), on-line %.2f: error %.0f%%", cpu, mt, v.Predicted[i].Value, v.Predicted[i].Prov, mv, 100*v.RelError[i])
 		}
+		switch sb := v.Sandbox; {
+		case !paired && sb != nil:
+			t.Errorf("verify cpu=%v: a sandbox observation without a paired check", cpu)
+		case !paired:
+		case sb == nil || len(v.SandboxRelError) != len(v.Metrics):
+			t.Fatalf("paired verify cpu=%v: sandbox %v, %d errors for %d metrics", cpu, sb, len(v.SandboxRelError), len(v.Metrics))
+		case sb.Samples < 50 || !strings.HasPrefix(sb.Source, "local clone") || !slices.Equal(sb.Point, v.Point) || (time.Duration(sb.Window-v.Measured.Window)).Abs() > time.Second:
+			t.Errorf("paired verify cpu=%v: sandbox observation %d samples from %q at %v over %v; on-line over %v", cpu, sb.Samples, sb.Source, sb.Point, sb.Window, v.Measured.Window)
+		default:
+			t.Logf("paired verify cpu=%v: p95 sandbox %.2f, on-line %.2f (%d and %d samples): sandbox error %.0f%%",
+				cpu, sb.RT.P95, v.Measured.RT.P95, sb.Samples, v.Measured.Samples, 100*v.SandboxRelError[0])
+		}
+	}
+	insts, _ = s.Platform.Instances(ctx)
+	if len(insts) != 3 {
+		t.Errorf("%d instances after the fidelity checks, want the 3 on-line ones", len(insts))
 	}
 	after := onlineWindow(10 * time.Second)
 	t.Logf("on-line app tier p95: %.2f ms before (%d requests), %.2f ms during the study (%d requests), %.2f ms after (%d requests)",

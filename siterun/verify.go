@@ -9,6 +9,7 @@ import (
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/checker"
+	"github.com/justrunit/justrunit/experiment"
 	"github.com/justrunit/justrunit/measure"
 )
 
@@ -23,14 +24,40 @@ type Verification struct {
 	Metrics   []justrunit.Metric `json:"metrics"`
 	Predicted []justrunit.Cell   `json:"predicted"`
 	RelError  []float64          `json:"rel_error"`
+	// Sandbox is a paired check's clone observation at Point: a clone in
+	// the sandbox measured over the same live requests as Measured (nil
+	// unless VerifyOptions.Paired). SandboxRelError is parallel to Metrics:
+	// |measured − sandbox| / measured.
+	Sandbox         *justrunit.Observation `json:"sandbox,omitempty"`
+	SandboxRelError []float64              `json:"sandbox_rel_error,omitempty"`
+}
+
+// VerifyOptions say how Verify measures.
+type VerifyOptions struct {
+	// Window measures the on-line instance, warm-up included.
+	Window measure.WindowConfig
+	// Paired also clones the target into the sandbox, sets the clone to the
+	// point and measures it over the same live requests as the on-line
+	// instance: both windows run for Window.Max (no early stop), the
+	// clone's starting the in-proxy's clone lag after the on-line one's,
+	// since its copies arrive that much later. The study's prediction was
+	// measured minutes earlier, under other requests on a machine whose
+	// speed moves; the paired figure tells that drift (prediction vs
+	// sandbox now) from the sandbox's own error (sandbox now vs on-line).
+	Paired bool
+	// Sandbox names the sandbox host of the paired clone; empty: the first
+	// powered-on one.
+	Sandbox string
 }
 
 // Verify sets the on-line target of the study to point p, measures it
 // through its in-proxy for one window (warm-up included), compares with
 // the matrix, and restores the target's allocation — also on error. It
 // changes the on-line system on purpose: it is the fidelity check that
-// tells how far the sandbox's answers are from the real thing.
-func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, p justrunit.Point, win measure.WindowConfig) (v Verification, err error) {
+// tells how far the sandbox's answers are from the real thing. A paired
+// check (opts.Paired) makes its clone before it touches the on-line
+// instance and removes it before it returns.
+func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, p justrunit.Point, opts VerifyOptions) (v Verification, err error) {
 	if _, err := st.Space.IndexOf(p); err != nil {
 		return v, err
 	}
@@ -59,6 +86,19 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 	if h < 0 {
 		return v, fmt.Errorf("host %s of %s: %w", insts[i].Host, st.Target, justrunit.ErrNotFound)
 	}
+	win := opts.Window
+	var pair *pairedClone
+	if opts.Paired {
+		win.Min = win.Max
+		if pair, err = s.openPair(ctx, st, opts.Sandbox, win); err != nil {
+			return v, fmt.Errorf("paired check: %w", err)
+		}
+		defer func() {
+			if cerr := pair.runner.Close(context.WithoutCancel(ctx)); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("remove the paired check's clone: %w", cerr))
+			}
+		}()
+	}
 	if err := s.Platform.SetAllocation(ctx, st.Target, alloc); err != nil {
 		return v, fmt.Errorf("set %s on the on-line %s: %w", alloc, st.Target, err)
 	}
@@ -79,11 +119,26 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 	// response times (the manager's monitor, say) keeps its windows.
 	rec, unwatch := feed.Watch()
 	defer unwatch()
+	var sandbox *justrunit.Observation
+	if pair != nil {
+		pctx, cancel := context.WithCancel(ctx)
+		pair.start(pctx, p)
+		// Before the clone is removed; cancels it when the on-line
+		// window failed.
+		defer func() { cancel(); pair.wait() }()
+	}
 	res, err := measure.MeasureWindow(ctx, win, rec, meter, nil)
 	if err != nil {
 		return v, fmt.Errorf("measure the on-line %s at %s: %w", st.Target, alloc, err)
 	}
-	v = Verification{Point: p, Measured: res.Observation(p), Metrics: m.Metrics}
+	if pair != nil {
+		obs, perr := pair.wait()
+		if perr != nil {
+			return v, fmt.Errorf("measure the paired clone at %s: %w", alloc, perr)
+		}
+		sandbox = &obs
+	}
+	v = Verification{Point: p, Measured: res.Observation(p), Metrics: m.Metrics, Sandbox: sandbox}
 	v.Measured.Source = "on-line " + st.Target
 	for _, mt := range m.Metrics {
 		c, err := m.Cell(p, mt)
@@ -96,6 +151,67 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 		}
 		v.Predicted = append(v.Predicted, c)
 		v.RelError = append(v.RelError, checker.RelError(got, c.Value))
+		if v.Sandbox != nil {
+			sb, err := v.Sandbox.Value(mt)
+			if err != nil {
+				return v, err
+			}
+			v.SandboxRelError = append(v.SandboxRelError, checker.RelError(got, sb))
+		}
 	}
 	return v, nil
+}
+
+// pairedClone is a paired check's clone: made and attached before the
+// on-line instance is touched, measured alongside it.
+type pairedClone struct {
+	runner *experiment.Runner
+	lag    time.Duration
+	done   chan struct{}
+	obs    justrunit.Observation
+	err    error
+}
+
+// openPair clones st's target into the sandbox for a paired check whose
+// windows are win.
+func (s *Site) openPair(ctx context.Context, st *justrunit.Study, sandbox string, win measure.WindowConfig) (*pairedClone, error) {
+	in, _, _, err := s.File.Instance(st.Target)
+	if err != nil {
+		return nil, justrunit.Invalid("target", st.Target, "no such instance in the site")
+	}
+	if win.WarmUp < in.Lag() {
+		return nil, justrunit.Invalid("warm_up", justrunit.Duration(win.WarmUp), "must be at least the in-proxy's clone lag (%v) for a paired check: the clone's first copies arrive that long after it is attached", in.Lag())
+	}
+	cfg, err := s.ExperimentConfig(ctx, st.Target, st.Space, sandbox)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Window = win
+	r, err := experiment.Open(ctx, cfg, 1)
+	if err != nil {
+		return nil, fmt.Errorf("clone %s: %w", st.Target, err)
+	}
+	return &pairedClone{runner: r, lag: in.Lag(), done: make(chan struct{})}, nil
+}
+
+// start measures the clone at p, the clone lag from now, so that its
+// window covers the copies of the requests in the on-line window starting
+// now.
+func (c *pairedClone) start(ctx context.Context, p justrunit.Point) {
+	go func() {
+		defer close(c.done)
+		select {
+		case <-time.After(c.lag):
+		case <-ctx.Done():
+			c.err = context.Cause(ctx)
+			return
+		}
+		c.obs, c.err = c.runner.Run(ctx, p)
+	}()
+}
+
+// wait returns the clone's observation once it is measured.
+func (c *pairedClone) wait() (justrunit.Observation, error) {
+	<-c.done
+	return c.obs, c.err
 }

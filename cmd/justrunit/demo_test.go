@@ -160,9 +160,9 @@ func TestDemoStudy(t *testing.T) {
 	t.Logf("measured %d, interpolated %d cells in %.0f s of %.0f s; match rate %.3f; on-line p95 ratio %.2f",
 		rep.Measured, rep.Interpolated, rep.ElapsedS, rep.TimeBoundS, rep.MatchRate, rep.OnlineP95Ratio)
 	for _, f := range rep.Fidelity {
-		t.Logf("fidelity %s (%s): p95 %.1f predicted, %.1f on-line; mean %.1f, %.1f", f.Point, f.Provenance,
-			f.PredictedP95Ms, f.ActualP95Ms, f.PredictedMeanMs, f.ActualMeanMs)
-		if f.PredictedP95Ms <= 0 || f.ActualP95Ms <= 0 || f.ActualMeanMs <= 0 {
+		t.Logf("fidelity %s (%s): p95 %.1f predicted, %.1f on-line, %.1f on a clone over the same requests; mean %.1f, %.1f, %.1f", f.Point, f.Provenance,
+			f.PredictedP95Ms, f.ActualP95Ms, f.SandboxP95Ms, f.PredictedMeanMs, f.ActualMeanMs, f.SandboxMeanMs)
+		if f.PredictedP95Ms <= 0 || f.ActualP95Ms <= 0 || f.ActualMeanMs <= 0 || f.SandboxP95Ms <= 0 || f.SandboxMeanMs <= 0 {
 			t.Errorf("fidelity point %s has empty figures: %+v", f.Point, f)
 		}
 		if ci := f.ActualP95CIMs; ci[0] > f.ActualP95Ms || f.ActualP95Ms > ci[1] {

@@ -18,7 +18,6 @@ import (
 	"github.com/justrunit/justrunit/internal/metrics"
 	"github.com/justrunit/justrunit/manager"
 	"github.com/justrunit/justrunit/manager/planner"
-	"github.com/justrunit/justrunit/measure"
 	"github.com/justrunit/justrunit/site"
 	"github.com/justrunit/justrunit/siterun"
 )
@@ -215,7 +214,7 @@ var _ api.SiteView = justrunit.Platform(nil)
 type siteVerifier struct {
 	store justrunit.Store
 	// measure measures the on-line target at one point: siterun.Site.Verify.
-	measure func(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, p justrunit.Point, win measure.WindowConfig) (siterun.Verification, error)
+	measure func(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, p justrunit.Point, opts siterun.VerifyOptions) (siterun.Verification, error)
 	// target returns nil when instance id can be measured on-line, else an
 	// error wrapping ErrNotFound (not on the site) or ErrUnsupported (no
 	// in-proxy).
@@ -275,7 +274,7 @@ func (v *siteVerifier) Verify(ctx context.Context, st *justrunit.Study, m *justr
 		if spec.Progress != nil {
 			spec.Progress(p)
 		}
-		res, err := v.measure(ctx, st, m, p, win)
+		res, err := v.measure(ctx, st, m, p, siterun.VerifyOptions{Window: win, Paired: spec.Paired})
 		if err != nil {
 			err = fmt.Errorf("verify %s on the on-line %s (%d of %d points done): %w", st.Space.Format(p), st.Target, i, len(spec.Points), err)
 			v.record(ctx, &justrunit.Event{StudyID: st.ID, Kind: justrunit.EventVerifyFailed, Level: "error", Message: err.Error(),
@@ -386,6 +385,10 @@ func verifications(st *justrunit.Study, r siterun.Verification, now time.Time) [
 			Within: c.Prov != justrunit.Empty && checker.Passes(got, c.Value, st.CheckThreshold),
 			Window: r.Measured.Window, Samples: r.Measured.Samples, Source: r.Measured.Source, Time: now,
 		})
+		if r.Sandbox != nil {
+			sb, _ := r.Sandbox.Value(mt)
+			out[k].Sandbox, out[k].SandboxRelError = &sb, &r.SandboxRelError[k]
+		}
 	}
 	return out
 }
@@ -405,6 +408,9 @@ func verifyEvent(st *justrunit.Study, vs []api.Verification) *justrunit.Event {
 			b.WriteString("; ")
 		}
 		fmt.Fprintf(&b, "%s %.3g on-line vs %.3g %s (%.1f%%)", x.Metric, x.Measured, x.Predicted, x.Provenance, 100*x.RelError)
+		if x.Sandbox != nil {
+			fmt.Fprintf(&b, ", %.3g on a clone over the same requests (%.1f%%)", *x.Sandbox, 100**x.SandboxRelError)
+		}
 		if !x.Within {
 			outside++
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -23,6 +24,7 @@ type verifyOptions struct {
 	warmUp      time.Duration
 	window      time.Duration
 	asJSON      bool
+	paired      bool
 	sitePath    string
 	trafficWait time.Duration
 }
@@ -45,6 +47,15 @@ provenance (X measured on a clone, I/T interpolated, V re-measured by the
 checker), the on-line value, the relative error and whether it is within the
 study's check threshold, and records an event per point (see "study show").
 
+The prediction was measured minutes or days earlier, under other requests, on a
+machine whose speed moves; a miss can be that drift rather than the sandbox's
+error. --paired tells them apart: it also clones the target into the sandbox,
+sets the clone to the same point and measures it over the same live requests as
+the on-line window (both for the whole window, no early stop). The SANDBOX
+column is that clone's value, and its error is the sandbox's own; the
+difference between PREDICTED and SANDBOX is drift since the study. It needs a
+free sandbox host.
+
 This changes the on-line instance's allocation on purpose, one point at a time;
 pick points the service can afford. Without --at it measures three points: a
 quarter, half and three quarters along every parameter of the space (on
@@ -60,6 +71,7 @@ verifications in, the store in --data-dir.`,
 		Example: `  justrunit study verify s-20261125-130501-ab12
   justrunit study verify s-20261125-130501-ab12 --at cpu=40 --at cpu=60 --warm-up 4s --window 8s
   justrunit study verify s-20261125-130501-ab12 --at cpu=40,freq=1.8 --json
+  justrunit study verify s-20261125-130501-ab12 --at cpu=60 --paired
   justrunit study verify s-20261125-130501-ab12 --site examples/auction/site.yaml`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -71,6 +83,7 @@ verifications in, the store in --data-dir.`,
 	f.DurationVar(&o.warmUp, "warm-up", 0, "warm-up before each measurement (default the study's)")
 	f.DurationVar(&o.window, "window", 0, "measurement window at each point (default the study's)")
 	f.BoolVar(&o.asJSON, "json", false, "print the verifications as JSON")
+	f.BoolVar(&o.paired, "paired", false, "also measure a clone at each point over the same live requests (tells drift since the study from the sandbox's error)")
 	f.StringVar(&o.sitePath, "site", "", "site file: verify in this process (without it, in the daemon)")
 	f.DurationVar(&o.trafficWait, "wait-traffic", 2*time.Minute, "with --site, how long to wait for live traffic at the target's in-proxy")
 	return cmd
@@ -78,7 +91,7 @@ verifications in, the store in --data-dir.`,
 
 // spec turns the flags into what to verify on st; errors name the flag.
 func (o *verifyOptions) spec(cmd *cobra.Command, st *justrunit.Study, m *justrunit.Matrix) (api.VerifySpec, error) {
-	spec := api.VerifySpec{WarmUp: time.Duration(st.WarmUp), Window: time.Duration(st.Window)}
+	spec := api.VerifySpec{WarmUp: time.Duration(st.WarmUp), Window: time.Duration(st.Window), Paired: o.paired}
 	if cmd.Flags().Changed("warm-up") {
 		if o.warmUp < 0 {
 			return spec, justrunit.Invalid("--warm-up", o.warmUp, "must be ≥ 0")
@@ -143,7 +156,11 @@ func runVerify(cmd *cobra.Command, g *globals, id string, o *verifyOptions) erro
 	}
 	w := cmd.ErrOrStderr()
 	spec.Progress = func(p justrunit.Point) {
-		fmt.Fprintf(w, "Verifying %s on the on-line %s (%v warm-up + %v window)...\n", st.Space.Format(p), st.Target, spec.WarmUp, spec.Window)
+		paired := ""
+		if spec.Paired {
+			paired = ", paired with a clone"
+		}
+		fmt.Fprintf(w, "Verifying %s on the on-line %s (%v warm-up + %v window%s)...\n", st.Space.Format(p), st.Target, spec.WarmUp, spec.Window, paired)
 	}
 	var vs []api.Verification
 	if c != nil {
@@ -176,7 +193,7 @@ func verifyOnDaemon(ctx context.Context, c *api.Client, st *justrunit.Study, spe
 	for _, p := range spec.Points {
 		spec.Progress(p)
 		cctx, cancel := context.WithTimeout(ctx, spec.WarmUp+spec.Window+verifyCallMargin)
-		got, err := c.Verify(cctx, st.ID, api.VerifyRequest{Points: []string{st.Space.Format(p)}, WarmUp: spec.WarmUp.String(), Window: spec.Window.String()})
+		got, err := c.Verify(cctx, st.ID, api.VerifyRequest{Points: []string{st.Space.Format(p)}, WarmUp: spec.WarmUp.String(), Window: spec.Window.String(), Paired: spec.Paired})
 		cancel()
 		if err != nil {
 			return out, err
@@ -199,7 +216,12 @@ func verifyInProcess(cmd *cobra.Command, g *globals, store justrunit.Store, st *
 // renderVerifications writes a table: a line per point and metric.
 func renderVerifications(w io.Writer, vs []api.Verification) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "POINT\tMETRIC\tPREDICTED (PROV)\tON-LINE\tERROR\tWITHIN THRESHOLD\tSAMPLES (WINDOW)")
+	paired := slices.ContainsFunc(vs, func(v api.Verification) bool { return v.Sandbox != nil })
+	header := "POINT\tMETRIC\tPREDICTED (PROV)\tON-LINE\tERROR\tWITHIN THRESHOLD\tSAMPLES (WINDOW)"
+	if paired {
+		header += "\tSANDBOX (ERROR)"
+	}
+	fmt.Fprintln(tw, header)
 	for _, v := range vs {
 		pred := "none (.)"
 		switch {
@@ -213,8 +235,15 @@ func renderVerifications(w io.Writer, vs []api.Verification) error {
 		if !v.Within {
 			within = "NO"
 		}
-		fmt.Fprintf(tw, "%s\t%s (%s)\t%s\t%s\t%.1f%%\t%s (%g%%)\t%d (%v)\n", v.Label, v.Metric, v.Metric.Unit(), pred, formatNum(v.Measured),
+		fmt.Fprintf(tw, "%s\t%s (%s)\t%s\t%s\t%.1f%%\t%s (%g%%)\t%d (%v)", v.Label, v.Metric, v.Metric.Unit(), pred, formatNum(v.Measured),
 			100*v.RelError, within, 100*v.Threshold, v.Samples, time.Duration(v.Window).Round(100*time.Millisecond))
+		switch {
+		case v.Sandbox != nil:
+			fmt.Fprintf(tw, "\t%s (%.1f%%)", formatNum(*v.Sandbox), 100**v.SandboxRelError)
+		case paired:
+			fmt.Fprint(tw, "\t-")
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -32,8 +33,9 @@ type onlineDouble struct {
 	started chan justrunit.Point
 	fail    error
 
-	mu   sync.Mutex
-	wins []measure.WindowConfig
+	mu     sync.Mutex
+	wins   []measure.WindowConfig
+	paired []bool
 }
 
 // windows returns the windows measured so far.
@@ -43,9 +45,11 @@ func (o *onlineDouble) windows() []measure.WindowConfig {
 	return append([]measure.WindowConfig(nil), o.wins...)
 }
 
-func (o *onlineDouble) measure(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, p justrunit.Point, win measure.WindowConfig) (siterun.Verification, error) {
+func (o *onlineDouble) measure(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, p justrunit.Point, opts siterun.VerifyOptions) (siterun.Verification, error) {
+	win := opts.Window
 	o.mu.Lock()
 	o.wins = append(o.wins, win)
+	o.paired = append(o.paired, opts.Paired)
 	o.mu.Unlock()
 	if o.started != nil {
 		o.started <- p
@@ -64,11 +68,20 @@ func (o *onlineDouble) measure(ctx context.Context, st *justrunit.Study, m *just
 	tp, _ := m.Cell(p, justrunit.Throughput)
 	v := siterun.Verification{Point: p, Metrics: m.Metrics, Measured: justrunit.Observation{Point: p, Samples: 500, Window: justrunit.Duration(win.Max),
 		Throughput: tp.Value, RT: justrunit.ResponseTime{Mean: rt.Value * 1.2}, Source: "on-line " + st.Target}}
+	if opts.Paired { // a clone 10% faster than the on-line instance
+		sb := v.Measured
+		sb.RT.Mean, sb.Source = v.Measured.RT.Mean/1.1, "local clone c1"
+		v.Sandbox = &sb
+	}
 	for _, mt := range m.Metrics {
 		c, _ := m.Cell(p, mt)
 		got, _ := v.Measured.Value(mt)
 		v.Predicted = append(v.Predicted, c)
 		v.RelError = append(v.RelError, checker.RelError(got, c.Value))
+		if v.Sandbox != nil {
+			sb, _ := v.Sandbox.Value(mt)
+			v.SandboxRelError = append(v.SandboxRelError, checker.RelError(got, sb))
+		}
 	}
 	return v, nil
 }
@@ -132,6 +145,26 @@ func TestSiteVerifier(t *testing.T) {
 	out, err := run(t, "--data-dir", dir, "study", "show", id)
 	if err != nil || !strings.Contains(out, "On-line verifications") || !strings.Contains(out, "44±0.625 (I)") || !strings.Contains(out, "2 of 4 values within") {
 		t.Errorf("study show = %q, %v", out, err)
+	}
+
+	// A paired check: each verification carries the clone's value and the
+	// sandbox's own error, the event says so, the table shows them.
+	paired := spec
+	paired.Paired, paired.Points = true, []justrunit.Point{{80}}
+	vs, err = v.Verify(ctx, st, m, paired)
+	if err != nil || len(vs) != 2 || !o.paired[len(o.paired)-1] {
+		t.Fatalf("paired Verify = %+v, %v; measure asked paired: %v", vs, err, o.paired)
+	}
+	if x := vs[0]; x.Sandbox == nil || x.SandboxRelError == nil || math.Abs(*x.Sandbox-x.Measured/1.1) > 1e-9 || math.Abs(*x.SandboxRelError-(1-1/1.1)) > 1e-9 {
+		t.Errorf("paired cpu=80 rt_mean = %+v, want the clone's value (on-line / 1.1) and its 9.1%% error", x)
+	}
+	evs, _ = store.Events(ctx, justrunit.EventFilter{StudyID: id, Kind: justrunit.EventVerifyDone})
+	if msg := evs[len(evs)-1].Message; !strings.Contains(msg, "on a clone over the same requests (9.1%)") {
+		t.Errorf("paired verify.done message = %q, want the clone's figure", msg)
+	}
+	var table strings.Builder
+	if err := renderVerifications(&table, vs); err != nil || !strings.Contains(table.String(), "SANDBOX (ERROR)") || !strings.Contains(table.String(), "(9.1%)") {
+		t.Errorf("paired table = %q, %v", table.String(), err)
 	}
 
 	// A failed measurement is recorded and returns what was measured.
