@@ -1,12 +1,14 @@
 package proxybench
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -19,7 +21,22 @@ import (
 // TestMain lets this test binary be an UpstreamCommand: with
 // PROXYBENCH_UPSTREAM set it serves an upstream as "justrunit bench
 // upstream" does, instead of running the tests.
+//
+// With PROXYBENCH_PARENT set it plays a benchmark instead: it starts such
+// an upstream as its child, prints the child's pid and waits to be killed.
 func TestMain(m *testing.M) {
+	if os.Getenv("PROXYBENCH_PARENT") == "1" {
+		os.Setenv("PROXYBENCH_PARENT", "")
+		os.Setenv("PROXYBENCH_UPSTREAM", "1")
+		u, err := startChildUpstream(context.Background(), []string{os.Args[0]}, time.Millisecond, 10, 0)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Println(u.c.cmd.Process.Pid)
+		time.Sleep(time.Minute)
+		os.Exit(1)
+	}
 	if os.Getenv("PROXYBENCH_UPSTREAM") != "1" {
 		os.Exit(m.Run())
 	}
@@ -105,4 +122,47 @@ func TestChildUpstreamBadCommand(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "did not start") {
 		t.Fatalf("err = %v, want one saying the upstream did not start", err)
 	}
+}
+
+// TestChildKilledWithBenchmark: a benchmark killed outright (SIGKILL, no
+// chance to stop its children) takes its child processes with it.
+func TestChildKilledWithBenchmark(t *testing.T) {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "PROXYBENCH_PARENT=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	pid, perr := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || perr != nil {
+		t.Fatalf("the parent printed %q (%v, %v)", line, err, perr)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("child %d still running 10 s after its parent was killed", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// alive reports whether process pid exists and is not a zombie.
+func alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }

@@ -94,7 +94,12 @@ type child struct {
 // startChild runs argv and waits (10 s at most) for its first line.
 func startChild(ctx context.Context, what string, argv []string) (*child, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group, so that a Ctrl-C at the terminal reaches
+	// the benchmark alone, which stops its children in order; and killed
+	// with the benchmark, should that be killed outright. (Pdeathsig
+	// follows the thread that started the child; Go ends a thread only
+	// under a goroutine that exits locked to it, which none here does.)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
