@@ -38,6 +38,13 @@ type onlineDouble struct {
 	paired []bool
 }
 
+// lastPaired reports whether the last measurement asked for a paired check.
+func (o *onlineDouble) lastPaired() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.paired) > 0 && o.paired[len(o.paired)-1]
+}
+
 // windows returns the windows measured so far.
 func (o *onlineDouble) windows() []measure.WindowConfig {
 	o.mu.Lock()
@@ -152,8 +159,8 @@ func TestSiteVerifier(t *testing.T) {
 	paired := spec
 	paired.Paired, paired.Points = true, []justrunit.Point{{80}}
 	vs, err = v.Verify(ctx, st, m, paired)
-	if err != nil || len(vs) != 2 || !o.paired[len(o.paired)-1] {
-		t.Fatalf("paired Verify = %+v, %v; measure asked paired: %v", vs, err, o.paired)
+	if err != nil || len(vs) != 2 || !o.lastPaired() {
+		t.Fatalf("paired Verify = %+v, %v; measure asked paired: %v", vs, err, o.lastPaired())
 	}
 	if x := vs[0]; x.Sandbox == nil || x.SandboxRelError == nil || math.Abs(*x.Sandbox-x.Measured/1.1) > 1e-9 || math.Abs(*x.SandboxRelError-(1-1/1.1)) > 1e-9 {
 		t.Errorf("paired cpu=80 rt_mean = %+v, want the clone's value (on-line / 1.1) and its 9.1%% error", x)
@@ -277,6 +284,13 @@ func TestStudyVerifyCommand(t *testing.T) {
 	}
 	if !strings.Contains(stderr, "Verifying cpu=80 on the on-line auction0/app (0s warm-up + 2s window)...") {
 		t.Errorf("progress = %q", stderr)
+	}
+	// --paired goes through the API to the site's verifier, and the table
+	// gains the clone's column.
+	stdout, stderr, err = runSplit(t, "--data-dir", dir, "study", "verify", id, "--at", "cpu=80", "--window", "1s", "--paired")
+	if err != nil || !strings.Contains(stdout, "SANDBOX (ERROR)") || !strings.Contains(stdout, "(9.1%)") ||
+		!strings.Contains(stderr, "1s window, paired with a clone") || !o.lastPaired() {
+		t.Errorf("study verify --paired = %v\n%s\n%s", err, stdout, stderr)
 	}
 	// Without --at: three points spread over cpu=60..100, as JSON.
 	stdout, _, err = runSplit(t, "--data-dir", dir, "study", "verify", id, "--window", "1s", "--json")
