@@ -89,32 +89,27 @@ verifications in, the store in --data-dir.`,
 	return cmd
 }
 
-// spec turns the flags into what to verify on st; errors name the flag.
+// spec turns the flags into what to verify on st, as the API's request
+// would (api.VerifyRequest.Spec); errors name the flag.
 func (o *verifyOptions) spec(cmd *cobra.Command, st *justrunit.Study, m *justrunit.Matrix) (api.VerifySpec, error) {
-	spec := api.VerifySpec{WarmUp: time.Duration(st.WarmUp), Window: time.Duration(st.Window), Paired: o.paired}
+	q := api.VerifyRequest{Points: o.at, Paired: o.paired}
 	if cmd.Flags().Changed("warm-up") {
-		if o.warmUp < 0 {
-			return spec, justrunit.Invalid("--warm-up", o.warmUp, "must be ≥ 0")
-		}
-		spec.WarmUp = o.warmUp
+		q.WarmUp = o.warmUp.String()
 	}
 	if cmd.Flags().Changed("window") {
-		if o.window <= 0 {
-			return spec, justrunit.Invalid("--window", o.window, "must be > 0, e.g. 8s")
+		q.Window = o.window.String()
+	}
+	spec, err := q.Spec(st, m)
+	if fe := (*justrunit.FieldError)(nil); errors.As(err, &fe) {
+		flag := map[string]string{"warm_up": "--warm-up", "window": "--window"}[fe.Field]
+		if strings.HasPrefix(fe.Field, "points[") {
+			flag = "--at"
 		}
-		spec.Window = o.window
-	}
-	for _, s := range o.at {
-		p, err := st.Space.ParsePoint(s)
-		if err != nil {
-			return spec, &justrunit.FieldError{Field: "--at", Value: s, Msg: err.Error()}
+		if flag != "" {
+			return spec, &justrunit.FieldError{Field: flag, Value: fe.Value, Msg: fe.Msg}
 		}
-		spec.Points = append(spec.Points, p)
 	}
-	if len(spec.Points) == 0 {
-		spec.Points = api.DefaultVerifyPoints(st, m)
-	}
-	return spec, spec.Validate()
+	return spec, err
 }
 
 func runVerify(cmd *cobra.Command, g *globals, id string, o *verifyOptions) error {
