@@ -38,3 +38,37 @@ func TestGPNoCollapseBeyondMeasured(t *testing.T) {
 		}
 	}
 }
+
+// TestThroughputNotBeyondMeasured: a clone serves copies of the live load,
+// so no interpolator fills a throughput cell above the largest measured
+// throughput, where the slope below saturation would carry it on.
+func TestThroughputNotBeyondMeasured(t *testing.T) {
+	s, _ := justrunit.NewSpace(axis("cpu", 20, 100, 10))
+	for _, name := range Names() {
+		for _, vals := range []map[float64]float64{
+			{20: 30, 30: 38, 40: 40}, // extrapolated to 52–59 at 100
+			{20: 30, 30: 38, 40: 40.2, 60: 40.3},
+		} {
+			m, err := justrunit.NewMatrix(s, []justrunit.Metric{justrunit.Throughput})
+			if err != nil {
+				t.Fatal(err)
+			}
+			most := 0.0
+			for cpu, v := range vals {
+				most = max(most, v)
+				if err := m.Record(justrunit.Observation{Point: justrunit.Point{cpu}, Throughput: v}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ip, _ := New(name)
+			if err := ip.Interpolate(m); err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range m.Rows {
+				if c := r.Cells[0]; c.Prov == justrunit.Interpolated && c.Value > most {
+					t.Errorf("%s from %v: cpu=%g filled with %.1f req/s, above the largest measured %.1f", name, vals, r.Point[0], c.Value, most)
+				}
+			}
+		}
+	}
+}

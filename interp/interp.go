@@ -22,7 +22,10 @@
 // uncertainty in the metric's unit. A category in which nothing was measured
 // has nothing to interpolate from, so its cells are left as they are; so is a
 // measured cell whose value is not a finite number, which is also never used
-// as a source.
+// as a source. Both respect two bounds of what a study measures: no metric
+// measured ≥ 0 is filled below zero, and no throughput above the largest
+// measured throughput (a clone serves copies of the live load, and no
+// allocation makes it serve more than arrives).
 //
 // The package is pure computation: no I/O, no goroutines.
 package interp
@@ -199,10 +202,11 @@ func run(name string, m *justrunit.Matrix, f filler) error {
 				continue
 			}
 			est := f(p)
-			nonNeg, maxAbs := true, 0.0
+			nonNeg, maxAbs, most := true, 0.0, math.Inf(-1)
 			for _, y := range p.ys {
 				nonNeg = nonNeg && y >= 0
 				maxAbs = math.Max(maxAbs, math.Abs(y))
+				most = math.Max(most, y)
 			}
 			for k, loc := range p.fill {
 				e := est[k]
@@ -211,6 +215,16 @@ func run(name string, m *justrunit.Matrix, f filler) error {
 					// extrapolated slope must not cross zero.
 					e.u = math.Max(e.u, -e.v)
 					e.v = 0
+				}
+				if m.Metrics[j] == justrunit.Throughput && e.v > most {
+					// A clone answers copies of the live load: no
+					// allocation makes it serve more than arrives, and
+					// the largest measured throughput stands for that
+					// load. The slope below saturation must not carry
+					// on past it (30, 38 and 40 req/s at cpu 20, 30 and
+					// 40% extrapolated to 52–59 req/s at 100%).
+					e.u = math.Max(e.u, e.v-most)
+					e.v = most
 				}
 				e.u = math.Max(e.u, relFloor*math.Max(math.Abs(e.v), maxAbs))
 				m.Rows[rows[loc]].Cells[j] = justrunit.Cell{Value: e.v, Prov: justrunit.Interpolated, Uncertainty: e.u}
