@@ -235,6 +235,25 @@ func TestAuctionStudy(t *testing.T) {
 	// study's predictions; the last also paired with a clone at the same
 	// allocation over the same requests.
 	win := measure.WindowConfig{WarmUp: 3 * time.Second, Min: 4 * time.Second, Max: 6 * time.Second, RelCI: 0.1, MinSamples: 50}
+	// app0's allocation, and how many instances the platform has.
+	app0 := func() (justrunit.Allocation, int) {
+		insts, _ := s.Platform.Instances(ctx)
+		for _, in := range insts {
+			if in.ID == "app0" {
+				return in.Alloc, len(insts)
+			}
+		}
+		return justrunit.Allocation{}, len(insts)
+	}
+	alloc0, _ := app0()
+	// A paired check without a sandbox to clone into fails before it
+	// touches the on-line instance.
+	if _, err := s.Verify(ctx, st, m, justrunit.Point{50}, siterun.VerifyOptions{Window: win, Paired: true, Sandbox: "pm9"}); err == nil || !strings.Contains(err.Error(), "sandbox") {
+		t.Errorf("paired verify on sandbox pm9 = %v, want an error naming the sandbox", err)
+	}
+	if a, n := app0(); n != 3 || a != alloc0 {
+		t.Errorf("after a refused paired check: %d instances, app0 at %v; want the 3 on-line ones, app0 at %v", n, a, alloc0)
+	}
 	for _, cpu := range []float64{50, 70, 90} {
 		paired := cpu == 90
 		v, err := s.Verify(ctx, st, m, justrunit.Point{cpu}, siterun.VerifyOptions{Window: win, Paired: paired})

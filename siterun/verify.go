@@ -179,8 +179,8 @@ func (s *Site) openPair(ctx context.Context, st *justrunit.Study, sandbox string
 	if err != nil {
 		return nil, justrunit.Invalid("target", st.Target, "no such instance in the site")
 	}
-	if win.WarmUp < in.Lag() {
-		return nil, justrunit.Invalid("warm_up", justrunit.Duration(win.WarmUp), "must be at least the in-proxy's clone lag (%v) for a paired check: the clone's first copies arrive that long after it is attached", in.Lag())
+	if err := s.CheckWarmUp(st.Target, win.WarmUp); err != nil {
+		return nil, err
 	}
 	cfg, err := s.ExperimentConfig(ctx, st.Target, st.Space, sandbox)
 	if err != nil {

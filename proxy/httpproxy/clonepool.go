@@ -144,11 +144,12 @@ func (p *connPool) failWrite(pc *poolConn, err error) {
 }
 
 // endWrite ends the writing of pc's request (take and open begin it):
-// after a failure pc is done; a connection answered meanwhile goes idle
-// now.
+// after a failure pc is discarded; a connection answered meanwhile goes
+// idle now.
 func (p *connPool) endWrite(pc *poolConn, ok bool) {
 	if !ok {
-		p.discard(pc)
+		p.discard(pc) // never idle again, answered or not
+		return
 	}
 	p.mu.Lock()
 	pc.writing = false
