@@ -238,9 +238,19 @@ func (g *Group) Set(l Limits) error {
 			w := cgroup2.ConvertCPUSharesToCgroupV2Value(l.Shares)
 			weight = &w
 		}
-		r := &cgroup2.Resources{CPU: &cgroup2.CPU{Max: max, Cpus: l.Cpus, Weight: weight}, Memory: &cgroup2.Memory{Max: &mem}}
+		r := &cgroup2.Resources{CPU: &cgroup2.CPU{Max: max, Cpus: l.Cpus, Weight: weight}}
+		if mem > 0 {
+			r.Memory = &cgroup2.Memory{Max: &mem}
+		}
 		if err := g.c2.Update(r); err != nil {
 			return fmt.Errorf("set cgroup %s: %w", g.path, err)
+		}
+		// cgroup2 writes a Max of -1 as "-1", which memory.max refuses:
+		// unlimited is "max".
+		if mem < 0 {
+			if err := os.WriteFile(filepath.Join(Root, g.path, "memory.max"), []byte("max"), 0); err != nil {
+				return fmt.Errorf("set cgroup %s: memory.max: %w", g.path, err)
+			}
 		}
 	}
 	return nil

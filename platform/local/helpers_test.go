@@ -45,9 +45,14 @@ var (
 	buildError error
 )
 
-// testServer builds internal/testserver's command once per test binary.
+// testServer builds internal/testserver's command once per test binary, or
+// returns $JRI_TESTSERVER: a prebuilt one, where there is no Go toolchain (the
+// cgroup v2 guest internal/v2guest runs these tests in).
 func testServer(t *testing.T) string {
 	t.Helper()
+	if bin := os.Getenv("JRI_TESTSERVER"); bin != "" {
+		return bin
+	}
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "jri-testserver-")
 		if err != nil {

@@ -10,7 +10,7 @@
 // and which platform state directory (its scope) owns it:
 //
 //	cgroups     /justrunit/<scope>/<id>   (in every v1 controller, or v2)
-//	netns       jri-<scope>-<clone>       (/var/run/netns)
+//	netns       jri-<scope>-<clone>       (/run/netns)
 //	veth pairs  jri<index>h / jri<index>c, host side aliased justrunit:<scope>:<clone>
 //	nftables    table ip justrunit-<scope>-<clone> (host and clone namespace)
 //	files       <StateDir>/clones/<clone>, <StateDir>/logs

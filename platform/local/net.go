@@ -16,6 +16,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/justrunit/justrunit"
 )
@@ -24,7 +25,10 @@ import (
 // 15 bytes, so veths carry a machine-wide link index and are tied to their
 // scope and clone by their alias (ip link show shows it).
 const (
-	netnsDir     = "/var/run/netns"
+	// netnsDir is where netns.NewNamed mounts named namespaces (as ip-netns
+	// does). Not /var/run/netns: that is the same directory only where
+	// /var/run links to /run.
+	netnsDir     = "/run/netns"
 	netnsPrefix  = "jri-"
 	linkPrefix   = "jri"
 	aliasPrefix  = "justrunit:"
@@ -261,7 +265,7 @@ func (p *Platform) setupNet(id string, internal netip.AddrPort, redirects map[st
 func (p *Platform) configureLink(cn *cloneNet, ns netns.NsHandle) error {
 	h, err := netlink.LinkByName(cn.HostVeth)
 	if err != nil {
-		return err
+		return fmt.Errorf("find veth %s: %w", cn.HostVeth, err)
 	}
 	if err := netlink.LinkSetAlias(h, linkAlias(p.scope, strings.TrimPrefix(cn.Netns, netnsPrefix+p.scope+"-"))); err != nil {
 		return fmt.Errorf("label veth: %w", err)
@@ -275,20 +279,20 @@ func (p *Platform) configureLink(cn *cloneNet, ns netns.NsHandle) error {
 		return fmt.Errorf("route_localnet on %s: %w", cn.HostVeth, err)
 	}
 	if err := netlink.LinkSetUp(h); err != nil {
-		return err
+		return fmt.Errorf("set veth %s up: %w", cn.HostVeth, err)
 	}
 
-	nh, err := netlink.NewHandleAt(ns)
+	nh, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE) // links, addresses, routes: nothing needs xfrm or netfilter sockets
 	if err != nil {
-		return err
+		return fmt.Errorf("netlink in %s: %w", cn.Netns, err)
 	}
 	defer nh.Close()
 	lo, err := nh.LinkByName("lo")
 	if err != nil {
-		return err
+		return fmt.Errorf("loopback in %s: %w", cn.Netns, err)
 	}
 	if err := nh.LinkSetUp(lo); err != nil {
-		return err
+		return fmt.Errorf("set loopback up in %s: %w", cn.Netns, err)
 	}
 	if a := cn.Internal.Addr(); !a.IsLoopback() {
 		if err := nh.AddrAdd(lo, &netlink.Addr{IPNet: prefixNet(a, 32)}); err != nil {
@@ -297,13 +301,13 @@ func (p *Platform) configureLink(cn *cloneNet, ns netns.NsHandle) error {
 	}
 	c, err := nh.LinkByName(cloneVeth(cn.Index))
 	if err != nil {
-		return err
+		return fmt.Errorf("find veth %s in %s: %w", cloneVeth(cn.Index), cn.Netns, err)
 	}
 	if err := nh.AddrAdd(c, &netlink.Addr{IPNet: prefixNet(cn.CloneAddr, 30)}); err != nil {
-		return err
+		return fmt.Errorf("address veth %s in %s: %w", cloneVeth(cn.Index), cn.Netns, err)
 	}
 	if err := nh.LinkSetUp(c); err != nil {
-		return err
+		return fmt.Errorf("set veth %s up in %s: %w", cloneVeth(cn.Index), cn.Netns, err)
 	}
 	gw := net.IP(cn.HostAddr.AsSlice())
 	if err := nh.RouteAdd(&netlink.Route{LinkIndex: c.Attrs().Index, Gw: gw}); err != nil {
@@ -319,7 +323,7 @@ func (p *Platform) configureLink(cn *cloneNet, ns netns.NsHandle) error {
 
 	nc, err := nftables.New(nftables.WithNetNSFd(int(ns)))
 	if err != nil {
-		return err
+		return fmt.Errorf("nftables in %s: %w", cn.Netns, err)
 	}
 	nsRules(nc, cn.Table, cloneVeth(cn.Index), cn.CloneAddr, cn.Internal, cn.HostAddr, cn.Redirects)
 	if err := nc.Flush(); err != nil {
@@ -327,7 +331,7 @@ func (p *Platform) configureLink(cn *cloneNet, ns netns.NsHandle) error {
 	}
 	hc, err := nftables.New()
 	if err != nil {
-		return err
+		return fmt.Errorf("nftables: %w", err)
 	}
 	hostRules(hc, cn.Table, cn.HostVeth, cn.HostAddr, cn.Redirects)
 	if err := hc.Flush(); err != nil {

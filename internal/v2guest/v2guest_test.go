@@ -1,0 +1,165 @@
+package v2guest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/justrunit/justrunit/internal/testutil"
+	"github.com/justrunit/justrunit/platform/qemu/guest"
+)
+
+// modules are the kernel modules the local platform's tests need in the
+// guest, besides the image's defaults; their dependencies are added.
+var modules = []string{
+	"overlay", "veth",
+	"nf_tables", "nft_chain_nat", "nft_nat", "nft_masq", "nft_ct", "nft_reject_ipv4",
+}
+
+// suites are the test binaries the guest runs, in order.
+var suites = []struct{ name, pkg string }{
+	{"cgroup", "github.com/justrunit/justrunit/internal/cgroup"},
+	{"local", "github.com/justrunit/justrunit/platform/local"},
+}
+
+// script is the guest's command: a cgroup v2 hierarchy at /sys/fs/cgroup
+// and nothing under v1, a tmpfs for the tests' temporary directories (the
+// local platform puts overlay upper directories there), then each suite.
+// CI=true makes a missing capability fail the suite instead of skipping.
+const script = `#!/bin/sh
+mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo "v2guest: cannot mount cgroup2"
+mount -t tmpfs tmpfs /tmp
+echo "v2guest: controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+export TMPDIR=/tmp CI=true JRI_TESTSERVER=/bin/jri-testserver HOME=/tmp
+for s in %s; do
+	echo "v2guest: run $s"
+	/bin/$s.test -test.v -test.timeout %s
+	echo "v2guest: $s exit $?"
+done
+`
+
+// TestCgroupV2 boots the guest and fails with the guest's test output when a
+// suite fails in it.
+func TestCgroupV2(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a guest for minutes; skipped with -short")
+	}
+	testutil.NeedRoot(t)
+	if err := guest.Requirements(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%v; .ci/run installs them", err)
+		}
+		t.Skip(err)
+	}
+	tcg := !kvmRunsStockKernels()
+	suiteTimeout := 4 * time.Minute
+	ctx, cancel := context.WithTimeout(context.Background(), suiteTimeout*time.Duration(len(suites))+2*time.Minute)
+	defer cancel()
+
+	dir := t.TempDir()
+	services := map[string]string{}
+	var names []string
+	for _, s := range suites {
+		bin := filepath.Join(dir, s.name+".test")
+		goTool(t, ctx, "test", "-c", "-trimpath", "-o", bin, s.pkg)
+		services[s.name+".test"] = bin
+		names = append(names, s.name)
+	}
+	server := filepath.Join(dir, "jri-testserver")
+	goTool(t, ctx, "build", "-trimpath", "-o", server, "github.com/justrunit/justrunit/internal/testserver/cmd/jri-testserver")
+	services["jri-testserver"] = server
+	run := filepath.Join(dir, "run-v2")
+	if err := os.WriteFile(run, fmt.Appendf(nil, script, strings.Join(names, " "), suiteTimeout), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	services["run-v2"] = run
+
+	img, err := guest.Build(ctx, guest.Config{
+		CacheDir: filepath.Join(dir, "images"),
+		Services: services,
+		Modules:  append(append([]string{}, guest.DefaultModules...), modules...),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	accel := []string{"-machine", "pc,accel=kvm"}
+	if tcg {
+		accel = []string{"-machine", "pc", "-accel", "tcg,thread=multi,tb-size=128"}
+	}
+	args := append(accel,
+		// Two CPUs: the local platform's tests lay hosts out as cpusets 0 and 1.
+		"-m", "1536", "-smp", "2",
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-kernel", img.Kernel(), "-initrd", img.Initrd(),
+		"-append", "console=ttyS0 quiet panic=-1 -- /bin/run-v2",
+		"-serial", "stdio",
+		// A NIC gives the guest a non-loopback address (10.0.2.15), which
+		// TestCloneNonLoopbackAddress needs; restrict=on keeps it off the host.
+		"-nic", "user,model=virtio-net-pci,restrict=on",
+	)
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.WaitDelay = 5 * time.Second
+	start := time.Now()
+	t.Logf("booting a cgroup v2 guest (tcg=%v) to run %s", tcg, strings.Join(names, ", "))
+	err = cmd.Run()
+	console := out.String()
+	t.Logf("guest ran for %v", time.Since(start).Round(time.Second))
+	if err != nil {
+		t.Fatalf("qemu: %v (context: %v)\n%s", err, ctx.Err(), console)
+	}
+	if !strings.Contains(console, "v2guest: controllers:") || strings.Contains(console, "cannot mount cgroup2") {
+		t.Fatalf("the guest did not get a cgroup v2 hierarchy:\n%s", console)
+	}
+	failed := false
+	for _, n := range names {
+		m := regexp.MustCompile(`v2guest: ` + n + ` exit (\d+)`).FindStringSubmatch(console)
+		switch {
+		case m == nil:
+			t.Errorf("suite %s did not finish in the guest", n)
+			failed = true
+		case m[1] != "0":
+			t.Errorf("suite %s failed in the cgroup v2 guest (exit %s)", n, m[1])
+			failed = true
+		}
+	}
+	for _, line := range strings.Split(console, "\n") {
+		if strings.HasPrefix(line, "--- ") || strings.HasPrefix(line, "v2guest:") {
+			t.Log(strings.TrimSpace(line))
+		}
+	}
+	if failed {
+		t.Logf("guest console:\n%s", console)
+	}
+}
+
+// goTool runs the go tool for a static linux/amd64 binary.
+func goTool(t *testing.T, ctx context.Context, args ...string) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, b)
+	}
+}
+
+// kvmRunsStockKernels reports whether /dev/kvm can boot Debian's kernel:
+// it must open, and not be PVM, which runs only PVM-enabled guests.
+func kvmRunsStockKernels() bool {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	_, err = os.Stat("/sys/module/kvm_pvm")
+	return err != nil
+}
