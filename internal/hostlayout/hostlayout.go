@@ -91,9 +91,13 @@ func Layout(cfg []Host, cpus []int, defaultPower justrunit.PowerModel) ([]*Host,
 // OnlineCPUs lists the CPUs this process may run on (CPU 0 when that
 // cannot be read).
 func OnlineCPUs() []int {
-	b, err := os.ReadFile("/sys/fs/cgroup/cpuset/cpuset.effective_cpus")
-	if err != nil {
-		b, err = os.ReadFile("/sys/devices/system/cpu/online")
+	var b []byte
+	var err error
+	// cgroup v1's root cpuset, v2's, then the machine's.
+	for _, f := range []string{"/sys/fs/cgroup/cpuset/cpuset.effective_cpus", "/sys/fs/cgroup/cpuset.cpus.effective", "/sys/devices/system/cpu/online"} {
+		if b, err = os.ReadFile(f); err == nil {
+			break
+		}
 	}
 	if err == nil {
 		if l, err := ParseCPUList(strings.TrimSpace(string(b))); err == nil && len(l) > 0 {
