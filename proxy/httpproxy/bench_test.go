@@ -95,3 +95,39 @@ func mustParseURL(s string) *url.URL {
 	}
 	return u
 }
+
+// BenchmarkOutProxyOverhead measures, in one run, the time per call direct
+// to the next tier and through the out-proxy's on-line face, which
+// forwards and records each exchange, and reports the ratio. As in
+// BenchmarkInProxyOverhead, the next tier answers at once with 1 KiB.
+func BenchmarkOutProxyOverhead(b *testing.B) {
+	body := strings.Repeat("x", 1024)
+	next := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, body) }))
+	defer next.Close()
+	p, err := NewOutProxy(OutConfig{Upstream: mustParseURL(next.URL)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	on, _, err := p.Start(context.Background(), "127.0.0.1:0", "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	through := "http://" + on.String() + "/item?id=7"
+	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	const conc = 8
+	for _, u := range []string{next.URL, through} { // warm the pools
+		benchLoad(b, c, u, 200, conc)
+	}
+	b.ResetTimer()
+	direct := benchLoad(b, c, next.URL+"/item?id=7", b.N, conc)
+	proxied := benchLoad(b, c, through, b.N, conc)
+	b.StopTimer()
+	if s := p.Stats(); s.Recorded == 0 {
+		b.Fatalf("nothing recorded: %+v", s)
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64(direct.Nanoseconds())/n, "direct-ns/req")
+	b.ReportMetric(float64(proxied.Nanoseconds())/n, "outproxy-ns/req")
+	b.ReportMetric(proxied.Seconds()/direct.Seconds(), "outproxy/direct")
+}

@@ -14,25 +14,30 @@ import (
 	"time"
 )
 
-// The in-proxy's on-line path is a connection-level forwarder. Each
-// connection from the previous tier gets its own connection to the on-line
-// instance, and bytes go on in each direction as they are read, before they
-// are parsed: parsing only observes the stream, to find the requests (for
-// the copies), the responses (for the on-line response time and the
-// comparison) and where they end. So the on-line instance sees what the
-// previous tier sent, byte for byte (headers, framing, pipelining,
-// upgrades), and whatever the parsing makes of it (a request it cannot
-// parse, a response without a request) changes nothing on the wire: from
-// that point the connection is forwarded without being observed.
+// The on-line path of both proxies is a connection-level forwarder. Each
+// connection from the caller (the previous tier for the in-proxy, the
+// on-line instance for the out-proxy) gets its own connection to the
+// upstream (the on-line instance, the next tier), and bytes go on in each
+// direction as they are read, before they are parsed: parsing only
+// observes the stream, to find the requests (for the copies, the record),
+// the responses (for the on-line response time, the comparison, the
+// record) and where they end. So the upstream sees what the caller sent,
+// byte for byte (headers, framing, pipelining, upgrades), and whatever the
+// parsing makes of it (a request it cannot parse, a response without a
+// request) changes nothing on the wire: from that point the connection is
+// forwarded without being observed. What each proxy does with the
+// exchanges it sees is its fwdHooks.
 //
-// Why not httputil.ReverseProxy, which the in-proxy used before: each
+// Why not httputil.ReverseProxy, which both proxies used before: each
 // request crossed five goroutines (the server's connection, the
 // transport's round trip, its write and read loops, the body copy), each a
 // wake-up on the on-line path, and was parsed and written out again. Here
 // a request costs one wake-up per direction. In bench proxy runs back to
 // back on a 2-CPU machine, the in-proxy with no clone went from 0.62-0.74x
 // direct saturation throughput to 0.80-0.89x (nginx's proxy_pass alone:
-// 0.80-0.94x in the same runs).
+// 0.80-0.94x in the same runs). The out-proxy's on-line face, which also
+// records each exchange, went from 2.1-2.6x the time of a direct call
+// (58-62 µs a call) to 1.9-2.1x (47-48 µs) in BenchmarkOutProxyOverhead.
 
 const (
 	// fwdBufSize is the read buffer of each direction of a connection.
@@ -54,21 +59,51 @@ const (
 	fwdDialTimeout = 5 * time.Second
 )
 
-// fwdServer accepts the previous tier's connections and forwards each.
+// fwdHooks is what a proxy does with the exchanges its forwarder sees. The
+// forwarder calls request and bodyRead from a connection's requests
+// goroutine, response and failed from its responses goroutine, in the
+// order of the exchanges.
+type fwdHooks interface {
+	// fwdRequest is called with each request parsed (ex.req, ex.arrival
+	// and ex.clones set), before its body is read, and returns the reader
+	// to read the body through: ex.req.Body or a tee of it.
+	fwdRequest(ex *exchange) io.Reader
+	// fwdBodyRead is called after the body was read to its end (err nil)
+	// or cut short. It is not called for a CONNECT or an upgrade, whose
+	// connection goes on unobserved.
+	fwdBodyRead(ex *exchange, err error)
+	// fwdResponse reads ex's response (after any 1xx) from br to its end —
+	// the bytes are forwarded already — and ends the exchange. It returns
+	// errUpgraded after a 101, and the error that cut a response short.
+	fwdResponse(br *bufio.Reader, ex *exchange) error
+	// fwdFailed ends an exchange that got no response.
+	fwdFailed(ex *exchange)
+	// fwdUnreachable is called for a request that could not be forwarded
+	// because the upstream could not be reached (req is nil when it was
+	// not parsed); the caller gets a 502.
+	fwdUnreachable(req *http.Request, err error)
+}
+
+// fwdServer accepts the callers' connections and forwards each.
 type fwdServer struct {
-	p    *InProxy
-	ln   net.Listener
-	dial dialFunc
-	wg   sync.WaitGroup
-	done chan struct{} // closed by close
+	hooks fwdHooks
+	log   *slog.Logger
+	// clones, when set (the in-proxy), are the clones attached now; each
+	// request is copied to those attached when its bytes were read.
+	clones *atomic.Pointer[[]*clone]
+	ln     net.Listener
+	dial   dialFunc
+	wg     sync.WaitGroup
+	done   chan struct{} // closed by close
 
 	mu    sync.Mutex
 	conns map[*fwdConn]struct{}
 }
 
-func (p *InProxy) serve(ln net.Listener) *fwdServer {
-	s := &fwdServer{p: p, ln: ln, done: make(chan struct{}), conns: map[*fwdConn]struct{}{}}
-	s.dial = dialerFor(p.cfg.Online, fwdDialTimeout)
+// forward serves ln, forwarding each connection to upstream.
+func forward(ln net.Listener, upstream *url.URL, hooks fwdHooks, log *slog.Logger, clones *atomic.Pointer[[]*clone]) *fwdServer {
+	s := &fwdServer{hooks: hooks, log: log, clones: clones, ln: ln, done: make(chan struct{}), conns: map[*fwdConn]struct{}{}}
+	s.dial = dialerFor(upstream, fwdDialTimeout)
 	s.wg.Add(2)
 	go s.accept()
 	go s.janitor()
@@ -99,7 +134,7 @@ func (s *fwdServer) accept() {
 			// Out of file descriptors, or a connection reset before it was
 			// accepted: retry, backing off as http.Server does.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.p.log.Warn("accept", logKeyAddr, s.ln.Addr().String(), logKeyErr, err, "retry_in", backoff)
+			s.log.Warn("accept", logKeyAddr, s.ln.Addr().String(), logKeyErr, err, "retry_in", backoff)
 			select {
 			case <-s.done:
 				return
@@ -207,7 +242,15 @@ type fwdConn struct {
 type exchange struct {
 	req     *http.Request // what the response is parsed against (HEAD has no body)
 	arrival time.Time
-	online  *onlineResult // nil unless comparing
+	// The in-proxy's: the clones attached when the request arrived, its
+	// copy to them (nil: none), the clones it was too large for, and the
+	// on-line result to compare with (nil unless comparing).
+	clones []*clone
+	copy   *pendingCopy
+	skip   []*clone
+	online *onlineResult
+	// The out-proxy's: the exchange being recorded (nil: not recorded).
+	rec *pending
 }
 
 // close closes both connections; the goroutines reading them end.
@@ -287,10 +330,10 @@ type fwdReader struct {
 	dst  io.Writer
 	last *atomic.Int64
 	werr error
-	// With clones set (the requests' side), each read notes its time and
-	// the clones attached then, before it forwards the bytes: a request
-	// parsed from them arrived then and is copied to those clones, not to
-	// one attached after the on-line instance had it.
+	// Each read notes its time and, with clones set (the in-proxy's
+	// requests), the clones attached then, before it forwards the bytes: a
+	// request parsed from them arrived then and is copied to those clones,
+	// not to one attached after the on-line instance had it.
 	clones  *atomic.Pointer[[]*clone]
 	readAt  time.Time
 	readFor []*clone
@@ -301,8 +344,9 @@ func (f *fwdReader) Read(b []byte) (int, error) {
 	if n > 0 {
 		now := time.Now()
 		f.last.Store(now.UnixNano())
+		f.readAt = now
 		if f.clones != nil {
-			f.readAt, f.readFor = now, *f.clones.Load()
+			f.readFor = *f.clones.Load()
 		}
 		if f.werr == nil {
 			if _, werr := f.dst.Write(b[:n]); werr != nil {
@@ -313,11 +357,11 @@ func (f *fwdReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// requests reads the previous tier's requests, which its fwdReader has
-// forwarded by the time they are parsed, and copies each to the clones.
+// requests reads the caller's requests, which its fwdReader has forwarded
+// by the time they are parsed, and hands each to the hooks.
 func (fc *fwdConn) requests() {
 	defer fc.s.wg.Done()
-	in := &fwdReader{src: fc.client, dst: upWriter{fc}, last: &fc.lastActive, clones: &fc.s.p.clones}
+	in := &fwdReader{src: fc.client, dst: upWriter{fc}, last: &fc.lastActive, clones: fc.s.clones}
 	br := bufio.NewReaderSize(in, fwdBufSize)
 	end := fc.parseRequests(in, br)
 	close(fc.pending) // the responses' side ends after the exchanges pending
@@ -342,7 +386,7 @@ const (
 // parseRequests parses the requests on br until the connection ends or
 // carries something else than HTTP requests as this proxy parses them.
 func (fc *fwdConn) parseRequests(in *fwdReader, br *bufio.Reader) requestsEnd {
-	p := fc.s.p
+	hooks := fc.s.hooks
 	for {
 		req, err := http.ReadRequest(br)
 		if fc.dialFailed(in, req) {
@@ -353,11 +397,11 @@ func (fc *fwdConn) parseRequests(in *fwdReader, br *bufio.Reader) requestsEnd {
 				return endEOF
 			}
 			// Not HTTP as this proxy parses it: the instance judges it.
-			p.log.Debug("on-line request not parsed; forwarding the connection unobserved", logKeyErr, err)
+			fc.s.log.Debug("on-line request not parsed; forwarding the connection unobserved", logKeyErr, err)
 			return endRaw
 		}
-		ex := &exchange{req: req, arrival: in.readAt}
-		pc, skip := p.prepareCopy(req, ex, in.readFor)
+		ex := &exchange{req: req, arrival: in.readAt, clones: in.readFor}
+		body := hooks.fwdRequest(ex)
 		fc.inFlight.Add(1)
 		select {
 		case fc.pending <- ex:
@@ -367,23 +411,8 @@ func (fc *fwdConn) parseRequests(in *fwdReader, br *bufio.Reader) requestsEnd {
 		if !copyable(req) { // CONNECT or an upgrade: what follows is not HTTP requests
 			return endRaw
 		}
-		var body io.Reader = req.Body
-		if pc != nil && pc.tee != nil {
-			body = pc.tee
-		}
 		_, err = io.Copy(io.Discard, body)
-		switch {
-		case pc != nil && err == nil:
-			pc.fire()
-		case pc != nil: // the previous tier did not send the whole body
-			for _, c := range pc.clones {
-				c.drop()
-			}
-		case skip != nil:
-			for _, c := range skip {
-				c.skippedLarge.Add(1)
-			}
-		}
+		hooks.fwdBodyRead(ex, err)
 		if err != nil || in.werr != nil {
 			fc.close() // the responses' side counts the exchange as failed
 			return endClosed
@@ -392,8 +421,8 @@ func (fc *fwdConn) parseRequests(in *fwdReader, br *bufio.Reader) requestsEnd {
 }
 
 // dialFailed answers a request that could not be forwarded because the
-// on-line instance could not be reached with a 502, counts it, and
-// reports whether that happened (the connection is then done).
+// upstream could not be reached with a 502, tells the hooks, and reports
+// whether that happened (the connection is then done).
 func (fc *fwdConn) dialFailed(in *fwdReader, req *http.Request) bool {
 	fc.mu.Lock()
 	err := fc.dialErr
@@ -401,14 +430,8 @@ func (fc *fwdConn) dialFailed(in *fwdReader, req *http.Request) bool {
 	if err == nil {
 		return false
 	}
-	p := fc.s.p
-	var method, uri string
-	if req != nil {
-		method, uri = req.Method, req.RequestURI
-	}
-	p.log.Warn("on-line request failed", logKeyMethod, method, logKeyURI, uri, logKeyErr, err)
-	p.observeOnline(0, false)
-	const resp = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 29\r\nConnection: close\r\n\r\non-line instance unreachable\n"
+	fc.s.hooks.fwdUnreachable(req, err)
+	const resp = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 21\r\nConnection: close\r\n\r\nupstream unreachable\n"
 	_ = fc.client.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_, _ = io.WriteString(fc.client, resp)
 	fc.halfCloseClient()
@@ -446,7 +469,6 @@ func (fc *fwdConn) halfCloseClient() {
 func (fc *fwdConn) responses(up net.Conn) {
 	defer fc.s.wg.Done()
 	defer fc.close()
-	p := fc.s.p
 	out := &fwdReader{src: up, dst: fc.client, last: &fc.lastActive}
 	br := bufio.NewReaderSize(out, fwdBufSize)
 	for {
@@ -460,7 +482,7 @@ func (fc *fwdConn) responses(up net.Conn) {
 			_, _ = io.Copy(io.Discard, br)
 			return
 		}
-		err := p.readResponse(br, ex)
+		err := fc.s.hooks.fwdResponse(br, ex)
 		fc.inFlight.Add(-1)
 		if err != nil || out.werr != nil {
 			fc.failPending(err)
@@ -474,42 +496,6 @@ func (fc *fwdConn) responses(up net.Conn) {
 
 // errUpgraded ends the parsing of a connection that switched protocols.
 var errUpgraded = errors.New("switched protocols")
-
-// readResponse reads ex's response (after any 1xx) and records the
-// exchange. It returns errUpgraded after a 101, and the error that cut a
-// response short.
-func (p *InProxy) readResponse(br *bufio.Reader, ex *exchange) error {
-	for {
-		resp, err := http.ReadResponse(br, ex.req)
-		if err != nil {
-			p.endExchange(ex, false)
-			return err
-		}
-		if resp.StatusCode == http.StatusSwitchingProtocols {
-			p.endExchange(ex, true)
-			return errUpgraded
-		}
-		if resp.StatusCode < 200 { // 100 Continue, 103 Early Hints: the final response follows
-			continue
-		}
-		var body io.Reader = resp.Body
-		if ex.online != nil && resp.ContentLength <= p.cfg.MaxCompareBody {
-			// finishes ex.online with the body once read to its end
-			body = &responseTee{rc: resp.Body, bodyCopy: bodyCopy{limit: p.cfg.MaxCompareBody}, status: resp.StatusCode, o: ex.online}
-		}
-		_, err = io.Copy(io.Discard, body)
-		p.endExchange(ex, err == nil && resp.StatusCode < 500)
-		return err
-	}
-}
-
-// endExchange records an exchange's on-line response time and outcome.
-func (p *InProxy) endExchange(ex *exchange, ok bool) {
-	p.observeOnline(time.Since(ex.arrival), ok)
-	if ex.online != nil {
-		ex.online.finish(false, 0, nil) // no-op when the response was read in full
-	}
-}
 
 // nextExchange returns the exchange the next response answers, waiting up
 // to fwdParseLag for its request to be parsed, or nil when there is none.
@@ -547,13 +533,13 @@ func (fc *fwdConn) failPending(err error) {
 		}
 		n++
 		fc.inFlight.Add(-1)
-		fc.s.p.endExchange(ex, false)
+		fc.s.hooks.fwdFailed(ex)
 	}
 	if n > 0 {
 		level := slog.LevelWarn
 		if errors.Is(err, net.ErrClosed) {
 			level = slog.LevelDebug // closed by the proxy
 		}
-		fc.s.p.log.Log(context.Background(), level, "on-line connection ended with requests unanswered", "unanswered", n, logKeyErr, err)
+		fc.s.log.Log(context.Background(), level, "on-line connection ended with requests unanswered", "unanswered", n, logKeyErr, err)
 	}
 }

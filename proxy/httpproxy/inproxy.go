@@ -171,7 +171,7 @@ func (p *InProxy) Start(ctx context.Context, addr string) (net.Addr, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.srv = p.serve(ln)
+	p.srv = forward(ln, p.cfg.Online, p, p.log, &p.clones)
 	return ln.Addr(), nil
 }
 
@@ -454,6 +454,79 @@ func (p *InProxy) prepareCopy(req *http.Request, ex *exchange, clones []*clone) 
 	return pc, nil
 }
 
+// The in-proxy's fwdHooks: each request is copied to the clones attached
+// when it arrived, each response ends the on-line exchange's measurement.
+
+func (p *InProxy) fwdRequest(ex *exchange) io.Reader {
+	ex.copy, ex.skip = p.prepareCopy(ex.req, ex, ex.clones)
+	if ex.copy != nil && ex.copy.tee != nil {
+		return ex.copy.tee
+	}
+	return ex.req.Body
+}
+
+func (p *InProxy) fwdBodyRead(ex *exchange, err error) {
+	switch {
+	case ex.copy != nil && err == nil:
+		ex.copy.fire()
+	case ex.copy != nil: // the previous tier did not send the whole body
+		for _, c := range ex.copy.clones {
+			c.drop()
+		}
+	case ex.skip != nil:
+		for _, c := range ex.skip {
+			c.skippedLarge.Add(1)
+		}
+	}
+	ex.copy, ex.skip, ex.clones = nil, nil, nil // done with; the exchange lives on until its response
+}
+
+func (p *InProxy) fwdFailed(ex *exchange) { p.endExchange(ex, false) }
+
+func (p *InProxy) fwdUnreachable(req *http.Request, err error) {
+	var method, uri string
+	if req != nil {
+		method, uri = req.Method, req.RequestURI
+	}
+	p.log.Warn("on-line request failed", logKeyMethod, method, logKeyURI, uri, logKeyErr, err)
+	p.observeOnline(0, false)
+}
+
+// fwdResponse reads ex's response (after any 1xx) and records the
+// exchange.
+func (p *InProxy) fwdResponse(br *bufio.Reader, ex *exchange) error {
+	for {
+		resp, err := http.ReadResponse(br, ex.req)
+		if err != nil {
+			p.endExchange(ex, false)
+			return err
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			p.endExchange(ex, true)
+			return errUpgraded
+		}
+		if resp.StatusCode < 200 { // 100 Continue, 103 Early Hints: the final response follows
+			continue
+		}
+		var body io.Reader = resp.Body
+		if ex.online != nil && resp.ContentLength <= p.cfg.MaxCompareBody {
+			// finishes ex.online with the body once read to its end
+			body = &responseTee{rc: resp.Body, bodyCopy: bodyCopy{limit: p.cfg.MaxCompareBody}, status: resp.StatusCode, o: ex.online}
+		}
+		_, err = io.Copy(io.Discard, body)
+		p.endExchange(ex, err == nil && resp.StatusCode < 500)
+		return err
+	}
+}
+
+// endExchange records an exchange's on-line response time and outcome.
+func (p *InProxy) endExchange(ex *exchange, ok bool) {
+	p.observeOnline(time.Since(ex.arrival), ok)
+	if ex.online != nil {
+		ex.online.finish(false, 0, nil) // no-op when the response was read in full
+	}
+}
+
 // observeOnline records one on-line response time (ok false: a failure)
 // for the proxy's own window, its watchers and ObserveOnline.
 func (p *InProxy) observeOnline(d time.Duration, ok bool) {
@@ -509,6 +582,13 @@ type bodyCopy struct {
 	limit int64
 	buf   []byte
 	over  bool // the limit was passed: buf is nil
+}
+
+// Write keeps p; it never fails, so that a copy through it reads the
+// whole body.
+func (b *bodyCopy) Write(p []byte) (int, error) {
+	b.keep(p)
+	return len(p), nil
 }
 
 func (b *bodyCopy) keep(p []byte) {

@@ -1,8 +1,10 @@
 package httpproxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -99,8 +101,8 @@ type OutConfig struct {
 }
 
 // OutProxy plays the next tier for clones. It has two faces: the on-line
-// handler forwards the on-line instance's calls to the real next tier
-// unchanged and records each exchange; each clone's handler answers that
+// listener forwards the on-line instance's calls to the real next tier
+// unchanged, byte for byte (see forward.go), and records each exchange; each clone's handler answers that
 // clone's calls from the record, matched by normalised key and consumed in
 // order, after the latency the next tier showed.
 //
@@ -116,9 +118,7 @@ type OutProxy struct {
 	log   *slog.Logger
 	rec   *Record
 	safe  map[string]bool
-	rp    *httputil.ReverseProxy // on-line
 	pass  *httputil.ReverseProxy // clone pass-through
-	trOn  *http.Transport
 	trCl  *http.Transport
 	commi atomic.Int64
 	sleep sleeper // replays' waits
@@ -127,7 +127,7 @@ type OutProxy struct {
 
 	mu         sync.Mutex
 	windowFrom time.Time
-	online     *server
+	online     *fwdServer
 	clones     map[string]*cloneEndpoint
 	closed     bool
 }
@@ -178,40 +178,29 @@ func NewOutProxy(cfg OutConfig) (*OutProxy, error) {
 		log:        orDiscard(cfg.Logger),
 		rec:        NewRecord(cfg.Window, cfg.MaxRecordBytes),
 		safe:       safe,
-		trOn:       newTransport(0),
 		trCl:       newTransport(0),
 		windowFrom: time.Now(),
 		clones:     make(map[string]*cloneEndpoint),
 	}
-	p.rp = p.newReverseProxy(p.trOn, p.recordResponse)
-	p.pass = p.newReverseProxy(p.trCl, nil)
-	return p, nil
-}
-
-func (p *OutProxy) newReverseProxy(tr http.RoundTripper, modify func(*http.Response) error) *httputil.ReverseProxy {
-	target := p.cfg.Upstream
-	return &httputil.ReverseProxy{
-		Rewrite:        rewriteTo(target),
-		Transport:      tr,
-		BufferPool:     &bufferPool{},
-		ModifyResponse: modify,
+	p.pass = &httputil.ReverseProxy{
+		Rewrite:    rewriteTo(cfg.Upstream),
+		Transport:  p.trCl,
+		BufferPool: &bufferPool{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			level := slog.LevelWarn
 			if r.Context().Err() != nil {
 				level = slog.LevelDebug // the caller went away: not the instance's failure
 			}
-			p.log.Log(r.Context(), level, "next-tier call failed", logKeyMethod, r.Method, logKeyURI, r.RequestURI, logKeyErr, err)
+			p.log.Log(r.Context(), level, "clone's pass-through call failed", logKeyMethod, r.Method, logKeyURI, r.RequestURI, logKeyErr, err)
 			w.WriteHeader(http.StatusBadGateway)
 		},
 		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 	}
+	return p, nil
 }
 
 // Record returns the proxy's record of on-line exchanges.
 func (p *OutProxy) Record() *Record { return p.rec }
-
-// OnlineHandler returns the handler for the on-line instance's calls.
-func (p *OutProxy) OnlineHandler() http.Handler { return http.HandlerFunc(p.serveOnline) }
 
 // CloneHandler returns the handler for the calls of the clone called name,
 // for a caller that serves it on a listener of its own. Each name consumes
@@ -254,20 +243,20 @@ func (p *OutProxy) Start(ctx context.Context, onlineAddr, cloneAddr string) (onl
 	if err := checkResolves(ctx, "upstream", p.cfg.Upstream); err != nil {
 		return nil, nil, err
 	}
-	on, err := listen("listen", onlineAddr, p.OnlineHandler(), p.log)
+	ln, err := listenTCP("listen", onlineAddr)
 	if err != nil {
 		return nil, nil, err
 	}
 	if cloneAddr != "" {
 		a, err := p.serveCloneLocked(DefaultCloneName, "clone_listen", cloneAddr)
 		if err != nil {
-			_ = on.close(0)
+			_ = ln.Close()
 			return nil, nil, err
 		}
 		clone = a
 	}
-	p.online = on
-	return on.ln.Addr(), clone, nil
+	p.online = forward(ln, p.cfg.Upstream, p, p.log, nil)
+	return ln.Addr(), clone, nil
 }
 
 // ServeClone starts answering the calls of the clone called name on a new
@@ -344,17 +333,22 @@ func (p *OutProxy) ReplayStats(name string, reset bool) (ReplayStats, error) {
 func (p *OutProxy) Close() error {
 	p.mu.Lock()
 	p.closed = true
-	srvs := []*server{p.online}
+	online := p.online
 	p.online = nil
+	var srvs []*server
 	for _, ep := range p.clones {
 		srvs = append(srvs, ep.srv)
 		ep.srv = nil
 	}
 	p.mu.Unlock()
+	var wg sync.WaitGroup
+	var onErr error
+	wg.Add(1)
+	go func() { defer wg.Done(); onErr = online.close(DefaultShutdownGrace) }()
 	err := closeAll(DefaultShutdownGrace, srvs...)
-	p.trOn.CloseIdleConnections()
+	wg.Wait()
 	p.trCl.CloseIdleConnections()
-	return err
+	return errors.Join(onErr, err)
 }
 
 // ReplayStats is what the out-proxy counted for one clone in one window.
@@ -473,7 +467,7 @@ func (p *OutProxy) stats(reset bool) OutStats {
 	return s
 }
 
-// pending is an on-line exchange being forwarded.
+// pending is an on-line exchange being recorded.
 type pending struct {
 	start          time.Time
 	method, uri    string
@@ -481,20 +475,18 @@ type pending struct {
 	reqBody        *syncTee // nil: no body
 }
 
-type pendingKey struct{}
-
-// syncTee keeps a copy of an on-line request or response body, up
-// to a limit, while the transport forwards it (possibly from another
-// goroutine than the one that asks for the result, hence the mutex).
+// syncTee keeps a copy of an on-line request body, up to a limit, while
+// the forwarder reads it; the response's side asks for the result from
+// another goroutine, hence the mutex.
 type syncTee struct {
-	rc  io.ReadCloser
+	r   io.Reader
 	mu  sync.Mutex
 	cp  bodyCopy
 	eof bool
 }
 
 func (b *syncTee) Read(p []byte) (int, error) {
-	n, err := b.rc.Read(p)
+	n, err := b.r.Read(p)
 	b.mu.Lock()
 	b.cp.keep(p[:n])
 	if err == io.EOF {
@@ -503,8 +495,6 @@ func (b *syncTee) Read(p []byte) (int, error) {
 	b.mu.Unlock()
 	return n, err
 }
-
-func (b *syncTee) Close() error { return b.rc.Close() }
 
 // complete returns the body when it was read to its end within the limit.
 func (b *syncTee) complete() ([]byte, bool) {
@@ -516,73 +506,77 @@ func (b *syncTee) complete() ([]byte, bool) {
 	return b.cp.buf, b.eof && !b.cp.over
 }
 
-func (p *OutProxy) serveOnline(w http.ResponseWriter, r *http.Request) {
-	pe := &pending{start: time.Now(), method: r.Method, uri: r.RequestURI, path: r.URL.Path, rawQuery: r.URL.RawQuery}
-	record := r.Header.Get("Upgrade") == "" && r.Method != http.MethodConnect
+// The out-proxy's fwdHooks: each on-line exchange whose bodies fit in
+// MaxBody is recorded once its response has been read to its end.
+
+func (p *OutProxy) fwdRequest(ex *exchange) io.Reader {
+	r := ex.req
 	switch {
-	case !record:
-	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
-	case r.ContentLength > p.cfg.MaxBody:
-		record = false
-	default:
-		pe.reqBody = &syncTee{rc: r.Body, cp: bodyCopy{limit: p.cfg.MaxBody}}
-		r.Body = pe.reqBody
-	}
-	if !record {
+	case !copyable(r), r.ContentLength > p.cfg.MaxBody:
 		p.notRecorded.Add(1)
-	} else {
-		r = r.WithContext(context.WithValue(r.Context(), pendingKey{}, pe))
+		return r.Body
 	}
-	p.rp.ServeHTTP(w, r)
+	pe := &pending{start: ex.arrival, method: r.Method, uri: r.RequestURI, path: r.URL.Path, rawQuery: r.URL.RawQuery}
+	ex.rec = pe
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return r.Body
+	}
+	pe.reqBody = &syncTee{r: r.Body, cp: bodyCopy{limit: p.cfg.MaxBody}}
+	return pe.reqBody
 }
 
-// recordResponse tees the next tier's response so that the exchange can be
-// recorded once the on-line instance has read it in full.
-func (p *OutProxy) recordResponse(resp *http.Response) error {
-	pe, _ := resp.Request.Context().Value(pendingKey{}).(*pending)
-	if pe == nil {
+func (p *OutProxy) fwdBodyRead(*exchange, error) {}
+
+func (p *OutProxy) fwdFailed(ex *exchange) {
+	if ex.rec != nil {
+		p.notRecorded.Add(1)
+	}
+}
+
+func (p *OutProxy) fwdUnreachable(req *http.Request, err error) {
+	var method, uri string
+	if req != nil {
+		method, uri = req.Method, req.RequestURI
+	}
+	p.log.Warn("next-tier call failed", logKeyMethod, method, logKeyURI, uri, logKeyErr, err)
+}
+
+func (p *OutProxy) fwdResponse(br *bufio.Reader, ex *exchange) error {
+	for {
+		resp, err := http.ReadResponse(br, ex.req)
+		if err != nil {
+			p.fwdFailed(ex)
+			return err
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			p.fwdFailed(ex) // not recorded: CONNECT and upgrades never are
+			return errUpgraded
+		}
+		if resp.StatusCode < 200 { // 100 Continue, 103 Early Hints: the final response follows
+			continue
+		}
+		if ex.rec == nil || resp.ContentLength > p.cfg.MaxBody {
+			p.fwdFailed(ex)
+			_, err = io.Copy(io.Discard, resp.Body)
+			return err
+		}
+		body := &bodyCopy{limit: p.cfg.MaxBody}
+		_, err = io.Copy(io.Discard, io.TeeReader(resp.Body, body)) // Discard's pooled buffer: no 32 KiB one per call
+		if err != nil || body.over {
+			p.notRecorded.Add(1)
+			return err
+		}
+		p.commit(ex.rec, resp, body.buf, time.Now())
 		return nil
 	}
-	if resp.ContentLength > p.cfg.MaxBody {
-		p.notRecorded.Add(1)
-		return nil
-	}
-	resp.Body = &exchangeTee{
-		syncTee: syncTee{rc: resp.Body, cp: bodyCopy{limit: p.cfg.MaxBody}},
-		p:       p, pe: pe, status: resp.StatusCode, header: resp.Header.Clone(),
-	}
-	return nil
 }
 
-// exchangeTee is the response side of a pending exchange.
-type exchangeTee struct {
-	syncTee
-	p      *OutProxy
-	pe     *pending
-	status int
-	header http.Header
-	once   sync.Once
-}
-
-func (t *exchangeTee) Read(b []byte) (int, error) {
-	n, err := t.syncTee.Read(b)
-	if err == io.EOF {
-		t.once.Do(func() { t.p.commit(t, time.Now()) })
-	}
-	return n, err
-}
-
-func (t *exchangeTee) Close() error {
-	t.once.Do(func() { t.p.notRecorded.Add(1) })
-	return t.syncTee.Close()
-}
-
-// commit adds the exchange to the record off the on-line path: keying
-// (masks, JSON, hashing) runs in its own goroutine, bounded in number.
-func (p *OutProxy) commit(t *exchangeTee, end time.Time) {
-	body, ok := t.syncTee.complete()
-	reqBody, reqOK := t.pe.reqBody.complete()
-	if !ok || !reqOK {
+// commit adds an exchange whose response body was read in full to the
+// record, off the on-line path: keying (masks, JSON, hashing) runs in its
+// own goroutine, bounded in number.
+func (p *OutProxy) commit(pe *pending, resp *http.Response, body []byte, end time.Time) {
+	reqBody, reqOK := pe.reqBody.complete()
+	if !reqOK { // the next tier answered before the whole request came
 		p.notRecorded.Add(1)
 		return
 	}
@@ -593,9 +587,12 @@ func (p *OutProxy) commit(t *exchangeTee, end time.Time) {
 	}
 	go func() {
 		defer p.commi.Add(-1)
-		pe := t.pe
+		header := resp.Header
+		for _, k := range hopHeaders {
+			delete(header, k) // the connection's, not the exchange's: a replay has its own
+		}
 		if pe.method != http.MethodHead {
-			delete(t.header, "Content-Length") // set again from the body when replayed
+			delete(header, "Content-Length") // set again from the body when replayed
 		}
 		ex := &Exchange{
 			Key:     p.cfg.Masks.Key(pe.method, pe.path, pe.rawQuery, reqBody),
@@ -603,8 +600,8 @@ func (p *OutProxy) commit(t *exchangeTee, end time.Time) {
 			URI:     pe.uri,
 			Start:   pe.start,
 			Latency: end.Sub(pe.start),
-			Status:  t.status,
-			Header:  t.header,
+			Status:  resp.StatusCode,
+			Header:  header,
 			Body:    body,
 		}
 		if p.rec.Add(ex) {

@@ -358,3 +358,66 @@ func TestOutProxyReuseReads(t *testing.T) {
 		t.Errorf("next tier saw %d calls, want only the 2 on-line ones", hits)
 	}
 }
+
+// TestOutProxyForwardsUnchanged checks the on-line face: the next tier
+// sees the on-line instance's call as it was sent, the instance gets the
+// next tier's answer as it was sent, and the record keeps the exchange
+// without the connection's own headers.
+func TestOutProxyForwardsUnchanged(t *testing.T) {
+	next := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Answer", "42")
+		w.Header().Set("Keep-Alive", "timeout=5") // hop-by-hop: forwarded, not recorded
+		w.WriteHeader(http.StatusTeapot)
+		fmt.Fprintf(w, "%s %s", r.Method, r.URL.RequestURI())
+	})
+	p, online, clone := startOut(t, OutConfig{Upstream: next.URL, MatchWait: -1})
+	c := testClient()
+
+	// A chunked body (no Content-Length): recorded whole all the same.
+	req, _ := http.NewRequest("PUT", online+"/a/b%2Fc?x=1&y=2;z=3", io.MultiReader(strings.NewReader("pay"), strings.NewReader("load")))
+	req.Host = "db.internal"
+	req.Header.Set("X-Custom", "v")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := mustRead(resp.Body)
+	if resp.StatusCode != http.StatusTeapot || resp.Header.Get("X-Answer") != "42" || resp.Header.Get("Keep-Alive") != "timeout=5" || string(body) != "PUT /a/b%2Fc?x=1&y=2;z=3" {
+		t.Fatalf("on-line answer = %d %v %q, want the next tier's unchanged", resp.StatusCode, resp.Header, body)
+	}
+	got := next.requests()[0]
+	if got.method != "PUT" || got.uri != "/a/b%2Fc?x=1&y=2;z=3" || got.host != "db.internal" || got.header.Get("X-Custom") != "v" ||
+		string(got.body) != "payload" || got.header.Get("X-Forwarded-For") != "" || got.header.Get("Transfer-Encoding") != "" {
+		t.Errorf("next tier saw %+v, want the call unchanged", got)
+	}
+
+	waitFor(t, 5*time.Second, "the exchange recorded", func() bool { return p.Stats().Recorded == 1 })
+	req, _ = http.NewRequest("PUT", clone+"/a/b%2Fc?x=1&y=2;z=3", strings.NewReader("payload"))
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body = mustRead(resp.Body)
+	if resp.StatusCode != http.StatusTeapot || resp.Header.Get("X-Answer") != "42" || string(body) != "PUT /a/b%2Fc?x=1&y=2;z=3" {
+		t.Errorf("replayed answer = %d %v %q, want the recorded one", resp.StatusCode, resp.Header, body)
+	}
+	if ka := resp.Header.Get("Keep-Alive"); ka == "timeout=5" {
+		t.Errorf("replayed answer carries the on-line connection's Keep-Alive %q", ka)
+	}
+	if n := next.count(); n != 1 {
+		t.Errorf("next tier got %d calls, want the on-line one only", n)
+	}
+}
+
+// TestOutProxyNextTierDown checks that an on-line call the next tier
+// cannot take gets a 502 and nothing is recorded.
+func TestOutProxyNextTierDown(t *testing.T) {
+	p, online, _ := startOut(t, OutConfig{Upstream: deadServer(t), MatchWait: -1})
+	a := do(t, testClient(), "GET", online+"/counter", "")
+	if a.status != http.StatusBadGateway {
+		t.Errorf("on-line call with the next tier down = %d %q, want 502", a.status, a.body)
+	}
+	if s := p.Stats(); s.Recorded != 0 || s.Record.Entries != 0 {
+		t.Errorf("stats %+v, want nothing recorded", s)
+	}
+}
