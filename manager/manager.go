@@ -209,12 +209,20 @@ func frontInstance(svc site.Service) string {
 // Monitor returns the manager's SLA monitor.
 func (m *Manager) Monitor() *monitor.Monitor { return m.mon }
 
+// Close ends the manager's watches of the in-proxies, which New starts.
+// Run does it when it returns; Close is for a manager that is made and
+// never run. It is safe to call more than once.
+func (m *Manager) Close() { m.stopWatching() }
+
 // stopWatching ends the manager's watches of the in-proxies.
 func (m *Manager) stopWatching() {
-	for _, stop := range m.unwatch {
+	m.mu.Lock()
+	unwatch := m.unwatch
+	m.unwatch = nil
+	m.mu.Unlock()
+	for _, stop := range unwatch {
 		stop()
 	}
-	m.unwatch = nil
 }
 
 // maxRecent is how many intervals per service the manager keeps to tell

@@ -272,6 +272,7 @@ func runDemo(cmd *cobra.Command, g *globals, o demoOptions) (err error) {
 	if err != nil {
 		return err
 	}
+	defer mgr.Close()
 	runCtx, stop := context.WithTimeout(ctx, time.Duration(o.intervals)*o.interval+o.interval/2)
 	defer stop()
 	fmt.Fprintf(w, "Running %d intervals of %v (the load of auction0 rises after interval %d)...\n", o.intervals, o.interval, o.riseAt)

@@ -81,6 +81,7 @@ gets another one. With --timeline it writes the timeline as SVG on exit.`,
 			if err != nil {
 				return err
 			}
+			defer mgr.Close()
 			fmt.Fprintf(w, "Site up; managing %d service(s), interval %v. Ctrl-C stops.\n", len(mgr.Monitor().Services), interval)
 			err = mgr.Run(ctx)
 			if svgPath != "" {
