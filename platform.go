@@ -276,3 +276,33 @@ func PlatformNames() []string {
 	sort.Strings(names)
 	return names
 }
+
+// Check is one thing a platform needs from the machine, as found there
+// (justrunit platform check).
+type Check struct {
+	Name string `json:"name"`
+	OK   bool   `json:"ok"`
+	// Optional is set when the platform works without it, in the lesser
+	// way Detail names.
+	Optional bool `json:"optional,omitempty"`
+	// Detail is what was found, or why the check failed.
+	Detail string `json:"detail"`
+	// Fix says what to do when the check fails.
+	Fix string `json:"fix,omitempty"`
+}
+
+// NewCheck returns the check called name: passed when err is nil, with
+// detail as its Detail; failed otherwise, with err added to the Detail
+// and fix as its Fix.
+func NewCheck(name, detail string, err error, fix string) Check {
+	c := Check{Name: name, OK: err == nil, Detail: detail}
+	if err != nil {
+		c.Fix = fix
+		if detail == "" {
+			c.Detail = err.Error()
+		} else {
+			c.Detail = detail + "; " + err.Error()
+		}
+	}
+	return c
+}

@@ -134,3 +134,32 @@ func TestDemoBadInput(t *testing.T) {
 		t.Errorf("demo --interval 1s: %v, want an error naming --interval", err)
 	}
 }
+
+// TestPlatformCheckCommand runs `platform check --json` on the local
+// platform: as root every required check passes here; without root the
+// root check fails and the command says so.
+func TestPlatformCheckCommand(t *testing.T) {
+	dir := t.TempDir()
+	out, err := run(t, "--data-dir", dir, "platform", "check", "--json")
+	var res struct {
+		Platform string            `json:"platform"`
+		OK       bool              `json:"ok"`
+		Checks   []justrunit.Check `json:"checks"`
+	}
+	if jerr := json.Unmarshal([]byte(strings.SplitN(out, "\n", 2)[0]), &res); jerr != nil {
+		t.Fatalf("platform check --json printed %q: %v", out, jerr)
+	}
+	if res.Platform != "local" || len(res.Checks) == 0 || res.Checks[0].Name != "root" {
+		t.Fatalf("platform check --json = %+v", res)
+	}
+	if os.Geteuid() == 0 {
+		if err != nil || !res.OK {
+			t.Errorf("as root: platform check = %v, %+v; want every required check passed", err, res.Checks)
+		}
+	} else if err == nil || res.OK || !strings.Contains(err.Error(), "root") {
+		t.Errorf("without root: platform check = %v, ok=%v; want it to fail naming root", err, res.OK)
+	}
+	if _, err := run(t, "--data-dir", dir, "platform", "check", "--platform", "xen"); err == nil || !strings.Contains(err.Error(), "platform") {
+		t.Errorf("platform check --platform xen = %v, want an error naming the flag", err)
+	}
+}

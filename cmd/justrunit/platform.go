@@ -5,13 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/platform/local"
+	"github.com/justrunit/justrunit/platform/qemu"
 )
 
 func init() { addCommand(newPlatformCmd) }
@@ -43,7 +46,86 @@ state directory (its scope): cgroups /justrunit/<scope>/..., network namespaces
 jri-<scope>-..., veths jri... aliased justrunit:<scope>:..., nftables tables
 justrunit-<scope>-....`,
 	}
-	cmd.AddCommand(newPlatformGCCmd(g), newPlatformHostsCmd(g))
+	cmd.AddCommand(newPlatformCheckCmd(g), newPlatformGCCmd(g), newPlatformHostsCmd(g))
+	return cmd
+}
+
+func newPlatformCheckCmd(g *globals) *cobra.Command {
+	var name string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Check that this machine can run the platform, and say what to fix",
+		Long: `Try on this machine what the platform needs, the way it does it, and list each
+check with what was found and, where one fails, what to do.
+
+local: root; cgroups (v1 or v2: the controllers, then a group made with a CPU
+quota, a cpuset and a memory limit, frozen, thawed and removed); hosts (CPUs);
+overlayfs under the data directory (optional: without it each clone gets a full
+copy of the state directory); a clone's network (namespace, veth pair, routes
+and nftables NAT, made and removed); the clone mode; energy (RAPL, or the host
+classes' power models).
+
+qemu: root; the Debian packages; the accelerator (KVM, or TCG where /dev/kvm
+cannot boot stock kernels); the clone mode; cgroups; the guest image.
+
+Everything a check makes is removed. The command fails when a check that is not
+optional fails.`,
+		Example: `  justrunit platform check
+  justrunit platform check --platform qemu --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var checks []justrunit.Check
+			switch name {
+			case "local":
+				checks = local.Check(cmd.Context(), platformStateDir(g, ""))
+			case "qemu":
+				image := qemuImageLink(g)
+				if d := os.Getenv("JUSTRUNIT_QEMU_IMAGE"); d != "" {
+					image = d
+				}
+				checks = qemu.Check(cmd.Context(), platformStateDir(g, ""), image)
+			default:
+				return justrunit.Invalid("platform", name, "want local or qemu")
+			}
+			var failed []string
+			for _, c := range checks {
+				if !c.OK && !c.Optional {
+					failed = append(failed, c.Name)
+				}
+			}
+			if asJSON {
+				if err := json.NewEncoder(cmd.OutOrStdout()).Encode(map[string]any{"platform": name, "ok": len(failed) == 0, "checks": checks}); err != nil {
+					return err
+				}
+			} else {
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+				fmt.Fprintln(tw, "CHECK\tRESULT\tDETAIL")
+				for _, c := range checks {
+					result := "ok"
+					switch {
+					case !c.OK && c.Optional:
+						result = "without"
+					case !c.OK:
+						result = "FAILED"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Name, result, c.Detail)
+					if c.Fix != "" {
+						fmt.Fprintf(tw, "\t\t→ %s\n", c.Fix)
+					}
+				}
+				if err := tw.Flush(); err != nil {
+					return err
+				}
+			}
+			if len(failed) > 0 {
+				return fmt.Errorf("platform %s cannot run here: failed %s", name, strings.Join(failed, ", "))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "platform", "local", "platform to check: local or qemu")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the checks as JSON")
 	return cmd
 }
 

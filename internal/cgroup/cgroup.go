@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -543,4 +544,77 @@ func FreezeTree(v Version, path string, freeze bool) {
 		val = "FROZEN"
 	}
 	_ = os.WriteFile(filepath.Join(Root, "freezer", path, "freezer.state"), []byte(val), 0)
+}
+
+// Controllers lists the resource controllers version v offers here: the
+// mounted v1 hierarchies, or the v2 root's cgroup.controllers.
+func Controllers(v Version) ([]string, error) {
+	if v == V2 {
+		b, err := os.ReadFile(filepath.Join(Root, "cgroup.controllers"))
+		if err != nil {
+			return nil, err
+		}
+		return strings.Fields(string(b)), nil
+	}
+	var out []string
+	for _, n := range v1Controllers {
+		if _, err := os.Stat(filepath.Join(Root, string(n))); err == nil {
+			out = append(out, string(n))
+		}
+	}
+	return out, nil
+}
+
+// required are the controllers a group cannot do without, per version
+// (v2 writes memory.max and pids with every group; v1 skips hierarchies
+// that are not mounted, except these).
+var required = map[Version][]string{
+	V1: {"freezer", "cpu", "cpuset"},
+	V2: {"cpu", "cpuset", "memory", "pids"},
+}
+
+// ProbeFix is what to do when Probe fails.
+const ProbeFix = "mount the cgroup controllers: v2 with cpu, cpuset, memory and pids enabled at the root, or v1's freezer, cpu and cpuset hierarchies under " + Root
+
+// Probe checks that groups can be made and limited here, as the platforms
+// make them: it detects the version, checks the controllers, then creates
+// a group at path with a CPU quota on cpus and a memory limit, freezes and
+// thaws it, and removes it. It returns what it found ("v2: cpu cpuset
+// memory pids ...") and the first thing that failed.
+func Probe(path, cpus string) (string, error) {
+	v, err := Detect()
+	if err != nil {
+		return "", err
+	}
+	have, err := Controllers(v)
+	if err != nil {
+		return v.String(), fmt.Errorf("list cgroup %s controllers: %w", v, err)
+	}
+	found := v.String() + ": " + strings.Join(have, " ")
+	var missing []string
+	for _, c := range required[v] {
+		if !slices.Contains(have, c) {
+			missing = append(missing, c)
+		}
+	}
+	if len(missing) > 0 {
+		return found, fmt.Errorf("cgroup %s controllers missing: %s", v, strings.Join(missing, " "))
+	}
+	g, err := New(v, path, Limits{Cpus: cpus, QuotaUS: 10000, PeriodUS: 100000, MemoryBytes: 64 << 20})
+	if err != nil {
+		return found, err
+	}
+	defer func() { _ = RemoveTree(v, path) }()
+	if err := g.Freeze(time.Second); err != nil {
+		_ = g.Delete()
+		return found, err
+	}
+	if err := g.Thaw(); err != nil {
+		_ = g.Delete()
+		return found, fmt.Errorf("thaw cgroup %s: %w", path, err)
+	}
+	if err := g.Delete(); err != nil {
+		return found, err
+	}
+	return found, nil
 }

@@ -298,16 +298,8 @@ func pickAccel(a string) (string, error) {
 	case "kvm", "tcg":
 		return a, nil
 	case "", "auto":
-		f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-		if err != nil {
-			return "tcg", nil
-		}
-		f.Close()
-		if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil {
-			// PVM runs only PVM-enabled guest kernels at speed.
-			return "tcg", nil
-		}
-		return "kvm", nil
+		a, _ := accelReason()
+		return a, nil
 	}
 	return "", justrunit.Invalid("accel", a, "want kvm, tcg or auto")
 }

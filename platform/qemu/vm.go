@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -634,6 +635,11 @@ func (p *Platform) Cleanup(ctx context.Context) error {
 		}
 		if others, _ := cgroup.Children(p.cg, cgroupRoot); len(others) == 0 {
 			_ = cgroup.RemoveTree(p.cg, cgroupRoot)
+			// The parent the local platform shares goes too when empty
+			// (rmdir of a busy group fails and changes nothing).
+			for _, d := range cgroup.Dirs(p.cg, path.Dir(cgroupRoot)) {
+				_ = syscall.Rmdir(d)
+			}
 		}
 	}
 	p.mu.Lock()

@@ -1,0 +1,120 @@
+package local
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/internal/cgroup"
+	"github.com/justrunit/justrunit/internal/hostlayout"
+	"github.com/justrunit/justrunit/measure"
+)
+
+// Check tries on this machine what the local platform needs, the way the
+// platform does it: a platform with a state directory made under dir (so
+// that overlayfs is tried on the file system studies will use), a cgroup
+// with a CPU quota, a cpuset and a memory limit, frozen and thawed, and a
+// clone's network identity (namespace, veth pair, addresses, routes and
+// the nftables NAT rules). Everything it makes is removed before it
+// returns. Without root only the first checks run.
+func Check(ctx context.Context, dir string) []justrunit.Check {
+	var out []justrunit.Check
+	add := func(c justrunit.Check) { out = append(out, c) }
+	if runtime.GOOS != "linux" {
+		return []justrunit.Check{{Name: "linux", Detail: "running on " + runtime.GOOS, Fix: "the local platform runs on Linux"}}
+	}
+	root := os.Geteuid() == 0
+	add(justrunit.Check{Name: "root", OK: root, Detail: fmt.Sprintf("uid %d", os.Geteuid()),
+		Fix: fixIf(!root, "run as root (cgroups, network namespaces, nftables and mounts need it)")})
+	if !root {
+		return out
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		add(justrunit.Check{Name: "state directory", Detail: err.Error(), Fix: "make " + dir + " writable, or pick another with --data-dir"})
+		return out
+	}
+	sd, err := os.MkdirTemp(dir, "check-")
+	if err != nil {
+		add(justrunit.Check{Name: "state directory", Detail: err.Error(), Fix: "make " + dir + " writable, or pick another with --data-dir"})
+		return out
+	}
+	defer os.RemoveAll(sd)
+	p, err := New(Config{StateDir: sd})
+	if err != nil {
+		add(justrunit.Check{Name: "platform", Detail: err.Error(), Fix: "see the error; `justrunit platform gc` removes what a crashed run left"})
+		return out
+	}
+	defer func() {
+		if err := p.Close(); err != nil {
+			add(justrunit.Check{Name: "clean-up", Detail: err.Error(), Fix: "justrunit platform gc"})
+		}
+		_, _ = p.Collect(context.WithoutCancel(ctx))
+		if r, err := Leftovers(p.scope, sd); err != nil || r.Total() > 0 {
+			add(justrunit.Check{Name: "clean-up", Detail: fmt.Sprintf("left behind: %s %v", r, err), Fix: "justrunit platform gc"})
+		}
+	}()
+
+	cpus := hostlayout.OnlineCPUs()
+	found, err := cgroup.Probe(p.cgPath("check"), fmt.Sprint(cpus[0]))
+	add(justrunit.NewCheck("cgroups", found, err, cgroup.ProbeFix))
+
+	hosts, _ := p.Hosts(ctx)
+	var hs []string
+	for _, h := range hosts {
+		kind := ""
+		if h.Sandbox {
+			kind = ", sandbox"
+		}
+		hs = append(hs, fmt.Sprintf("%s (%g cores%s)", h.Name, h.Cores, kind))
+	}
+	add(justrunit.Check{Name: "hosts", OK: len(cpus) > 1, Optional: true,
+		Detail: fmt.Sprintf("%d CPUs; default hosts %s", len(cpus), strings.Join(hs, ", ")),
+		Fix:    fixIf(len(cpus) < 2, "with one CPU the sandbox shares it with the on-line instances, and what they do shows in each other's figures")})
+
+	add(justrunit.Check{Name: "overlayfs", OK: p.overlayOK, Optional: true,
+		Detail: choose(p.overlayOK, "a clone's state directory is an overlay on the snapshot",
+			"cannot mount an overlay under "+sd+": each clone gets a full copy of the state directory"),
+		Fix: fixIf(!p.overlayOK, "modprobe overlay, and keep the data directory on a file system overlayfs accepts as upper layer (ext4, xfs, tmpfs)")})
+
+	err = p.checkNet()
+	add(justrunit.NewCheck("clone network", "network namespace, veth pair, addresses, routes and nftables NAT made and removed", err,
+		"the kernel needs network namespaces, veth and nf_tables NAT: modprobe veth nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_reject_ipv4"))
+
+	add(justrunit.Check{Name: "clone mode", OK: true, Optional: true,
+		Detail: "cold: a clone is the instance's command started again on a snapshot of its state directory; its memory state is not carried over"})
+
+	_, err = measure.NewRAPLMeter(measure.DefaultPowercapRoot)
+	add(justrunit.Check{Name: "energy", OK: err == nil, Optional: true,
+		Detail: choose(err == nil, "RAPL counters at "+measure.DefaultPowercapRoot, fmt.Sprint(err)),
+		Fix:    fixIf(err != nil, "energy comes from each host class's power model (idle_watts, max_watts in the site file) and says so")})
+	return out
+}
+
+// checkNet makes and removes a clone's network identity, with one
+// next-tier redirect.
+func (p *Platform) checkNet() error {
+	internal := netip.MustParseAddrPort("127.0.0.1:8080")
+	cn, err := p.setupNet("check", internal, map[string]string{"127.0.0.1:8081": "127.0.0.1:8082"})
+	if err != nil {
+		return err
+	}
+	return p.teardownNet(cn)
+}
+
+func fixIf(cond bool, fix string) string {
+	if cond {
+		return fix
+	}
+	return ""
+}
+
+func choose(cond bool, yes, no string) string {
+	if cond {
+		return yes
+	}
+	return no
+}
