@@ -439,7 +439,13 @@ func TestKillChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	state := t.TempDir()
+	// The instance's state lives next to the platform's, in the parent's
+	// temporary directory: this process is killed, so a t.TempDir of its
+	// own would never be removed.
+	state := filepath.Join(filepath.Dir(sd), "instance")
+	if err := os.Mkdir(state, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	os.WriteFile(filepath.Join(state, "counter"), []byte("7"), 0o644)
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	if _, err := p.Launch(context.Background(), justrunit.InstanceSpec{ID: "victim", Host: "pm1",
