@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -113,4 +114,81 @@ func TestServeManage(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Errorf("serve: %v", err)
 	}
+}
+
+// TestServeSitePairedVerify runs a paired fidelity check through the
+// daemon on a real site: the daemon clones the studied tier into the
+// sandbox, measures the clone and the on-line instance at the same point
+// over the same live requests, reports both, and removes the clone.
+func TestServeSitePairedVerify(t *testing.T) {
+	testutil.NeedRoot(t)
+	if testing.Short() {
+		t.Skip("runs a 3-tier site, a study and a paired check")
+	}
+	dir := t.TempDir()
+	bin := testutil.BuildAuction(t)
+	_, fronts, err := demoSite(dir, bin, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	_, stop := startServe(t, data, "--site", filepath.Join(dir, "site.yaml"))
+	ctx := context.Background()
+	c, err := api.Discover(ctx, api.DiscoverOptions{DataDir: data, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	go loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + fronts["auction0"], Rate: 30, Mix: loadgen.Browsing, Seed: 5, Timeout: 5 * time.Second})
+	studyFile := filepath.Join(dir, "study.yaml")
+	os.WriteFile(studyFile, []byte("target: auction0-app\nparameters: [\"cpu=20..30 step 10\"]\nmetrics: [rt_mean, rt_p95]\n"+
+		"time_bound: 40s\nwarm_up: 2s\nwindow: 4s\nstrategy: grid\n"), 0o600)
+	if out, err := run(t, "--data-dir", data, "study", "run", "--study", studyFile); err != nil {
+		t.Fatalf("study run in the daemon: %v\n%s", err, out)
+	}
+	studies, err := c.Studies(ctx)
+	if err != nil || len(studies) != 1 {
+		t.Fatalf("studies = %v, %v", studies, err)
+	}
+	out, err := run(t, "--data-dir", data, "study", "verify", studies[0].ID, "--at", "cpu=30", "--warm-up", "2s", "--window", "4s", "--paired", "--json")
+	if err != nil {
+		t.Fatalf("study verify --paired: %v\n%s", err, out)
+	}
+	var vs []api.Verification
+	if i := strings.Index(out, "["); i < 0 || json.Unmarshal([]byte(out[i:]), &vs) != nil {
+		t.Fatalf("study verify --paired --json printed:\n%s", out)
+	}
+	if len(vs) != 2 {
+		t.Fatalf("verifications = %+v, want rt_mean and rt_p95 at cpu=30", vs)
+	}
+	for _, v := range vs {
+		t.Logf("%s %s: predicted %.2f, on-line %.2f, clone %v (%d samples)", v.Label, v.Metric, v.Predicted, v.Measured, deref(v.Sandbox), v.Samples)
+		if v.Label != "cpu=30" || v.Measured <= 0 || v.Samples == 0 || v.Sandbox == nil || *v.Sandbox <= 0 || v.SandboxRelError == nil {
+			t.Errorf("verification %+v: want the on-line and the clone's figures", v)
+		}
+	}
+	insts, err := c.Instances(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range insts {
+		if in.Origin != "" {
+			t.Errorf("clone %s left after the paired check", in.ID)
+		}
+		if in.ID == "auction0-app" && in.Alloc.CPU != 25 {
+			t.Errorf("on-line app tier at cpu=%g after the check, want its own 25 back", in.Alloc.CPU)
+		}
+	}
+	stopLoad()
+	if err := stop(); err != nil {
+		t.Errorf("serve: %v", err)
+	}
+}
+
+func deref(p *float64) any {
+	if p == nil {
+		return nil
+	}
+	return *p
 }
