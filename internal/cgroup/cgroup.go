@@ -618,3 +618,12 @@ func Probe(path, cpus string) (string, error) {
 	}
 	return found, nil
 }
+
+// FreezerDir is the directory of the group at path that holds its freezer:
+// v1's freezer hierarchy, or the group itself on v2.
+func FreezerDir(v Version, path string) string {
+	if v == V2 {
+		return filepath.Join(Root, path)
+	}
+	return filepath.Join(Root, "freezer", path)
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +22,8 @@ import (
 var modules = []string{
 	"overlay", "veth",
 	"nf_tables", "nft_chain_nat", "nft_nat", "nft_masq", "nft_ct", "nft_reject_ipv4",
+	// criu's: socket diagnostics to dump sockets, tun for its checks
+	"unix_diag", "inet_diag", "tcp_diag", "udp_diag", "raw_diag", "netlink_diag", "af_packet_diag", "tun",
 }
 
 // suites are the test binaries the guest runs, in order.
@@ -37,7 +40,15 @@ const script = `#!/bin/sh
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo "v2guest: cannot mount cgroup2"
 mount -t tmpfs tmpfs /tmp
 echo "v2guest: controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
-export TMPDIR=/tmp CI=true JRI_TESTSERVER=/bin/jri-testserver HOME=/tmp
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts && ln -sf pts/ptmx /dev/ptmx
+if [ -e /bin/criu ]; then
+	# criu and the shared libraries it was built with, where it looks for them
+	mkdir -p /lib64 /lib/x86_64-linux-gnu /usr/sbin
+	mv /bin/ld-linux-x86-64.so.2 /lib64/ && mv /bin/lib*.so* /lib/x86_64-linux-gnu/ && mv /bin/criu /usr/sbin/
+	export JRI_V2GUEST=criu
+	echo "v2guest: criu check: $(/usr/sbin/criu check 2>&1 | tail -1)"
+fi
+export TMPDIR=/tmp CI=true JRI_TESTSERVER=/bin/jri-testserver HOME=/tmp PATH=/usr/sbin:/bin
 for s in %s; do
 	echo "v2guest: run $s"
 	/bin/$s.test -test.v -test.timeout %s
@@ -80,6 +91,21 @@ func TestCgroupV2(t *testing.T) {
 		t.Fatal(err)
 	}
 	services["run-v2"] = run
+	// criu, for live clones (TestLiveClone), with its shared libraries.
+	criu, err := exec.LookPath("criu")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("criu is not installed; .ci/run installs it (apt-get install criu)")
+		}
+		t.Log("criu is not installed: TestLiveClone skips in the guest (apt-get install criu)")
+	} else {
+		libs, err := sharedLibs(criu)
+		if err != nil {
+			t.Fatal(err)
+		}
+		services["criu"] = criu
+		maps.Copy(services, libs)
+	}
 
 	img, err := guest.Build(ctx, guest.Config{
 		CacheDir: filepath.Join(dir, "images"),
@@ -133,13 +159,33 @@ func TestCgroupV2(t *testing.T) {
 		}
 	}
 	for _, line := range strings.Split(console, "\n") {
-		if strings.HasPrefix(line, "--- ") || strings.HasPrefix(line, "v2guest:") {
+		if strings.HasPrefix(line, "--- ") || strings.HasPrefix(line, "v2guest:") || strings.Contains(line, "mode live") {
 			t.Log(strings.TrimSpace(line))
 		}
 	}
 	if failed {
 		t.Logf("guest console:\n%s", console)
 	}
+}
+
+// sharedLibs maps the file names of the shared libraries bin loads, and of
+// its dynamic loader, to their paths, as ldd lists them.
+func sharedLibs(bin string) (map[string]string, error) {
+	out, err := exec.Command("ldd", bin).Output()
+	if err != nil {
+		return nil, fmt.Errorf("ldd %s: %w", bin, err)
+	}
+	libs := map[string]string{}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) >= 3 && f[1] == "=>" && strings.HasPrefix(f[2], "/"):
+			libs[filepath.Base(f[2])] = f[2]
+		case len(f) >= 1 && strings.HasPrefix(f[0], "/"): // the loader
+			libs[filepath.Base(f[0])] = f[0]
+		}
+	}
+	return libs, nil
 }
 
 // goTool runs the go tool for a static linux/amd64 binary.

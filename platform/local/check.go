@@ -84,8 +84,14 @@ func Check(ctx context.Context, dir string) []justrunit.Check {
 	add(justrunit.NewCheck("clone network", "network namespace, veth pair, addresses, routes and nftables NAT made and removed", err,
 		"the kernel needs network namespaces, veth and nf_tables NAT: modprobe veth nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_reject_ipv4"))
 
-	add(justrunit.Check{Name: "clone mode", OK: true, Optional: true,
-		Detail: "cold: a clone is the instance's command started again on a snapshot of its state directory; its memory state is not carried over"})
+	if p.criu != "" {
+		add(justrunit.Check{Name: "clone mode", OK: true, Optional: true,
+			Detail: "live: criu dumps the original (left running) and restores the clone with its memory state (" + p.criu + ")"})
+	} else {
+		add(justrunit.Check{Name: "clone mode", OK: false, Optional: true,
+			Detail: "cold: a clone is the instance's command started again on a snapshot of its state directory; " + p.criuErr.Error(),
+			Fix:    "for live clones (the original's memory state carried over), a criu whose `criu check` passes on this kernel"})
+	}
 
 	_, err = measure.NewRAPLMeter(measure.DefaultPowercapRoot)
 	add(justrunit.Check{Name: "energy", OK: err == nil, Optional: true,

@@ -36,9 +36,12 @@ var testHookCloneStarted func(*inst)
 
 // cloneState is what a clone owns beyond an instance's process and cgroup.
 type cloneState struct {
-	Dir     string
-	Net     *cloneNet
-	Storage string // StorageOverlay or StorageCopy
+	Dir  string
+	Net  *cloneNet
+	Mode string // justrunit.CloneLive or CloneCold
+	// ColdBecause says why a clone is cold where live clones work.
+	ColdBecause string
+	Storage     string // StorageOverlay or StorageCopy
 	// Snapshot is "reflink" when every file of the snapshot shares blocks
 	// with the original's, else "copy".
 	Snapshot string
@@ -46,6 +49,12 @@ type cloneState struct {
 
 // CloneInfo describes how a clone was made, beyond justrunit.Clone.
 type CloneInfo struct {
+	// Mode is justrunit.CloneLive (the original's memory state restored by
+	// criu) or CloneCold (the command started again).
+	Mode string `json:"mode"`
+	// ColdBecause says why a clone is cold on a platform that makes live
+	// clones (criu could not dump the original).
+	ColdBecause string `json:"cold_because,omitempty"`
 	// Storage is "overlay" or "copy" (see StorageOverlay).
 	Storage string `json:"storage"`
 	// Snapshot is "reflink" or "copy": how the frozen state was captured.
@@ -65,26 +74,28 @@ func (p *Platform) Info(id string) (CloneInfo, error) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	ci := CloneInfo{Storage: in.clone.Storage, Snapshot: in.clone.Snapshot}
+	ci := CloneInfo{Mode: in.clone.Mode, ColdBecause: in.clone.ColdBecause, Storage: in.clone.Storage, Snapshot: in.clone.Snapshot}
 	if in.clone.Net != nil {
 		ci.Netns = in.clone.Net.Netns
 	}
 	return ci, nil
 }
 
-// Clone starts a clone of on-line instance id on sandbox host. The clone is
-// a cold start of the same command and environment (Debian 12's criu cannot
-// checkpoint on this project's kernels, so there is no live mode here):
+// Clone starts a clone of on-line instance id on sandbox host. Where criu
+// works the clone is live (the original's process tree with its memory
+// state), else, or when criu cannot dump the tree, a cold start of the same
+// command and environment (CloneInfo.ColdBecause says why):
 //
 //  1. the clone's network identity is set up: namespace, veth pair, /30
 //     link, DNAT from its endpoint to the internal address, next-tier
 //     addresses steered to the out-proxies, everything else refused;
 //  2. the original's cgroup is frozen, its state directory snapshotted
-//     (reflink where the filesystem can, else copied) and thawed; the time
-//     frozen is reported as Pause;
-//  3. the command starts in the clone's cgroup, network namespace and a
-//     private mount namespace where the state directory's path shows an
-//     overlay (snapshot below, the clone's writes above);
+//     (reflink where the filesystem can, else copied), its tree dumped by
+//     criu (live), and it is thawed; the time frozen is reported as Pause;
+//  3. in the clone's cgroup, network namespace and a private mount
+//     namespace where the state directory's path shows an overlay
+//     (snapshot below, the clone's writes above), criu restores the tree
+//     in a PID namespace of its own (live), or the command starts (cold);
 //  4. Clone returns once the clone accepts connections on its endpoint.
 func (p *Platform) Clone(ctx context.Context, id, host string, opts justrunit.CloneOptions) (*justrunit.Clone, error) {
 	c, err := p.clone(ctx, id, host, opts)
@@ -167,13 +178,29 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 
 	sc := &shimConfig{Netns: filepath.Join(netnsDir, cn.Netns)}
 	var pause time.Duration
-	if sd := orig.spec.StateDir; sd != "" {
-		lower := filepath.Join(cs.Dir, "lower")
+	mode := justrunit.CloneCold
+	images := filepath.Join(cs.Dir, "images")
+	var reflinked bool
+	var coldBecause string
+	if sd := orig.spec.StateDir; sd != "" || p.criu != "" {
+		// The state directory's snapshot and the memory dump are taken at
+		// the same instant: with the original frozen.
 		t0 := time.Now()
 		if err := origGroup.Freeze(freezeTimeout); err != nil {
 			return nil, fmt.Errorf("freeze %s: %w", id, err)
 		}
-		reflinked, cerr := copyTree(sd, lower)
+		var cerr error
+		if sd != "" {
+			reflinked, cerr = copyTree(sd, filepath.Join(cs.Dir, "lower"))
+		}
+		if cerr == nil && p.criu != "" {
+			if derr := p.dumpOriginal(orig, origGroup, images); derr != nil {
+				p.log.Warn("cloning cold: the original cannot be dumped", "id", id, "err", derr)
+				coldBecause = derr.Error()
+			} else {
+				mode = justrunit.CloneLive
+			}
+		}
 		terr := origGroup.Thaw()
 		pause = time.Since(t0)
 		if cerr != nil {
@@ -182,6 +209,17 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		if terr != nil {
 			return nil, fmt.Errorf("thaw %s: %w", id, terr)
 		}
+		if mode == justrunit.CloneLive {
+			sc.Restore = true
+			args := criuRestoreArgs(p.criu, images)
+			sc.Path, sc.Argv = args[0], args
+		}
+	}
+	p.mu.Lock()
+	cs.Mode, cs.ColdBecause = mode, coldBecause
+	p.mu.Unlock()
+	if sd := orig.spec.StateDir; sd != "" {
+		lower := filepath.Join(cs.Dir, "lower")
 		p.mu.Lock()
 		cs.Snapshot = "copy"
 		if reflinked {
@@ -210,18 +248,27 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 	if testHookCloneStarted != nil {
 		testHookCloneStarted(in)
 	}
+	if mode == justrunit.CloneLive {
+		if err := waitRestored(ctx, images, p.cfg.ReadyTimeout, in.done); err != nil {
+			if tail := logTail(filepath.Join(p.cfg.StateDir, "logs", cid+".log"), 512); tail != "" {
+				return nil, fmt.Errorf("%w; its output ends: %s", err, tail)
+			}
+			return nil, err
+		}
+		_ = os.RemoveAll(images) // the memory pages, in the restored tree now
+	}
 	if err := waitListening(ctx, cn.Endpoint.String(), p.cfg.ReadyTimeout, in.done); err != nil {
 		if tail := logTail(filepath.Join(p.cfg.StateDir, "logs", cid+".log"), 512); tail != "" {
 			return nil, fmt.Errorf("%w; its output ends: %s", err, tail)
 		}
 		return nil, err
 	}
-	p.log.Info("cloned", "id", id, "clone", cid, "endpoint", cn.Endpoint.String(), "mode", justrunit.CloneCold,
+	p.log.Info("cloned", "id", id, "clone", cid, "endpoint", cn.Endpoint.String(), "mode", mode,
 		"pause", pause, "storage", cs.Storage, "snapshot", cs.Snapshot, "took", time.Since(start))
 	p.mu.Lock()
 	i := in.Instance
 	p.mu.Unlock()
-	return &justrunit.Clone{Instance: i, Endpoint: cn.Endpoint.String(), Mode: justrunit.CloneCold, Pause: pause}, nil
+	return &justrunit.Clone{Instance: i, Endpoint: cn.Endpoint.String(), Mode: mode, Pause: pause}, nil
 }
 
 // logTail returns the last n bytes of file, trimmed.

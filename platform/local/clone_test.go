@@ -41,8 +41,12 @@ func countingServer(t *testing.T, addr, body string) (*httptest.Server, *atomic.
 	return s, &n
 }
 
+// coldClones makes a platform whose clones are cold starts even where criu
+// works (TestLiveClone tests the live ones).
+func coldClones(c *Config) { c.ColdClones = true }
+
 func TestClone(t *testing.T) {
-	p := newPlatform(t)
+	p := newPlatform(t, coldClones)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -114,7 +118,7 @@ func TestClone(t *testing.T) {
 		cl.ID, cl.Endpoint, cl.Mode, cl.Pause, took, info.Storage, info.Snapshot, served.Load(), time.Duration(maxRT.Load()))
 
 	if cl.Mode != justrunit.CloneCold {
-		t.Errorf("Mode = %q, want cold (no criu path on this platform)", cl.Mode)
+		t.Errorf("Mode = %q, want cold (ColdClones)", cl.Mode)
 	}
 	if cl.Pause <= 0 || cl.Pause > time.Second {
 		t.Errorf("Pause = %v, want a short freeze (0 < pause ≤ 1s)", cl.Pause)
@@ -393,4 +397,66 @@ func TestCloneThatFailsToStart(t *testing.T) {
 	if len(is) != 1 {
 		t.Errorf("Instances() = %v, want only the original", is)
 	}
+}
+
+// TestLiveClone clones an instance live (criu): the clone continues from the
+// original's memory (an in-memory counter, the same PID in its own PID
+// namespace), then both go on apart; the clone answers behind its NAT.
+func TestLiveClone(t *testing.T) {
+	p := newPlatform(t)
+	if p.criu == "" {
+		if os.Getenv("JRI_V2GUEST") != "" {
+			t.Fatalf("no live clones in the guest internal/v2guest sets up for them: %v", p.criuErr)
+		}
+		t.Skipf("live clones need criu: %v; internal/v2guest runs this test in a guest where criu works", p.criuErr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// Go 1.24 and later listen with MPTCP where the kernel has it, which
+	// criu 3.17 cannot dump.
+	state := t.TempDir()
+	orig := launchServer(t, p, serverOpts{id: "mem", stateDir: state, env: []string{"GODEBUG=multipathtcp=0"}})
+	base := "http://" + orig.Addr
+	for range 3 {
+		getJSON(t, base+"/work?n=10")
+	}
+	before := getJSON(t, base+"/counter")
+	cl, err := p.Clone(ctx, "mem", "sandbox", justrunit.CloneOptions{Alloc: justrunit.Allocation{CPU: 50}})
+	if err != nil {
+		t.Fatalf("Clone() error: %v", err)
+	}
+	info, _ := p.Info(cl.ID)
+	t.Logf("clone %s at %s: mode %s (%s), pause %v", cl.ID, cl.Endpoint, cl.Mode, info.Mode, cl.Pause)
+	if cl.Mode != justrunit.CloneLive || info.Mode != justrunit.CloneLive {
+		t.Fatalf("Mode = %q (info %q), want live; cold because: %s", cl.Mode, info.Mode, info.ColdBecause)
+	}
+	cbase := "http://" + cl.Endpoint
+	got := getJSON(t, cbase+"/counter")
+	if got["counter"] != before["counter"] || got["pid"] != before["pid"] {
+		t.Errorf("clone answered %v, want the original's memory state %v (a cold start has a pid of its own)", got, before)
+	}
+	// Apart from here on.
+	getJSON(t, cbase+"/work?n=10")
+	getJSON(t, cbase+"/work?n=10")
+	getJSON(t, base+"/work?n=10")
+	c, o := getJSON(t, cbase+"/counter")["counter"].(float64), getJSON(t, base+"/counter")["counter"].(float64)
+	if n := before["counter"].(float64); c != n+2 || o != n+1 {
+		t.Errorf("after 2 calls to the clone and 1 to the original: clone %v, original %v; want %v and %v", c, o, n+2, n+1)
+	}
+	// The clone's state directory is the overlay on the snapshot taken
+	// with the memory: its writes stay there.
+	put(t, cbase+"/file/note", "written by the clone")
+	if code, body := getBody(t, cbase+"/file/note"); code != 200 || body != "written by the clone" {
+		t.Errorf("clone reads its own write: %d %q", code, body)
+	}
+	if code, _ := getBody(t, base+"/file/note"); code != 404 {
+		t.Errorf("original sees the clone's file: status %d, want 404", code)
+	}
+	if b, _ := os.ReadFile(filepath.Join(state, "counter")); string(b) != fmt.Sprint(o) {
+		t.Errorf("original's counter file = %q, want %v (the clone's counts stay in its overlay)", b, o)
+	}
+	if err := p.Destroy(ctx, cl.ID); err != nil {
+		t.Fatalf("Destroy(%s) error: %v", cl.ID, err)
+	}
+	getJSON(t, base+"/counter") // the original is unharmed
 }

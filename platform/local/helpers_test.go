@@ -78,11 +78,15 @@ func testServer(t *testing.T) string {
 
 // newPlatform makes a platform with a fresh state directory and checks at
 // the end that Close left nothing of its scope behind.
-func newPlatform(t *testing.T) *Platform {
+func newPlatform(t *testing.T, opts ...func(*Config)) *Platform {
 	t.Helper()
 	needRoot(t)
 	sd := t.TempDir()
-	p, err := New(Config{StateDir: sd, ReadyTimeout: 15 * time.Second})
+	cfg := Config{StateDir: sd, ReadyTimeout: 15 * time.Second}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	p, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New() error: %v", err)
 	}
@@ -116,6 +120,7 @@ type serverOpts struct {
 	id, host, next string
 	stateDir       string
 	alloc          justrunit.Allocation
+	env            []string
 }
 
 // launchServer launches the test server and waits until it answers.
@@ -133,7 +138,7 @@ func launchServer(t *testing.T, p *Platform, o serverOpts) *justrunit.Instance {
 	if o.host == "" {
 		o.host = "pm1"
 	}
-	in, err := p.Launch(context.Background(), justrunit.InstanceSpec{ID: o.id, Host: o.host, Command: args, StateDir: o.stateDir, Addr: addr, Alloc: o.alloc})
+	in, err := p.Launch(context.Background(), justrunit.InstanceSpec{ID: o.id, Host: o.host, Command: args, StateDir: o.stateDir, Addr: addr, Alloc: o.alloc, Env: o.env})
 	if err != nil {
 		t.Fatalf("Launch(%s) error: %v", o.id, err)
 	}

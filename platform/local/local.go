@@ -1,10 +1,11 @@
 // Package local is JustRunIt's embedded platform: an instance is a process
 // tree started from a command and kept in a cgroup (v1 or v2) of this
-// machine; hosts are CPU partitions (cpusets) of the machine; a clone is a
-// cold start of the same command, in its own network namespace with the same
-// internal address and port as the original, behind a veth pair and NAT, on
-// a copy-on-write snapshot of the original's state directory taken while the
-// original is frozen for a moment.
+// machine; hosts are CPU partitions (cpusets) of the machine; a clone is the
+// original's process tree restored by criu with its memory state (live, where
+// `criu check` passes; see criu.go) or a cold start of the same command, in
+// its own network namespace with the same internal address and port as the
+// original, behind a veth pair and NAT, on a copy-on-write snapshot of the
+// original's state directory taken while the original is frozen for a moment.
 //
 // Everything the platform creates carries a name that says it is JustRunIt's
 // and which platform state directory (its scope) owns it:
@@ -105,6 +106,9 @@ type Config struct {
 	LinkNet netip.Prefix
 	// ReadyTimeout bounds Clone's wait for the clone to listen.
 	ReadyTimeout time.Duration
+	// ColdClones makes every clone a cold start, even where criu could
+	// carry the original's memory state over (see criu.go).
+	ColdClones bool
 }
 
 // Platform is the local platform. Its methods are safe for concurrent use.
@@ -116,6 +120,10 @@ type Platform struct {
 	lock      *os.File
 	refFreq   float64
 	overlayOK bool
+	// criu is the criu binary when live clones work here; criuErr says
+	// why not otherwise.
+	criu    string
+	criuErr error
 
 	mu        sync.Mutex
 	hosts     []*HostConfig
@@ -221,7 +229,13 @@ func New(cfg Config) (*Platform, error) {
 	p.lock = lf
 	registerScope(p.scope, sd)
 	p.overlayOK = probeOverlay(filepath.Join(sd, "clones"))
-	p.log.Debug("local platform ready", "scope", p.scope, "cgroup", v.String(), "overlay", p.overlayOK, "ref_freq_ghz", p.refFreq)
+	if cfg.ColdClones {
+		p.criuErr = errors.New("cold clones asked for (Config.ColdClones)")
+	} else {
+		p.criu, p.criuErr = probeCriu()
+	}
+	p.log.Debug("local platform ready", "scope", p.scope, "cgroup", v.String(), "overlay", p.overlayOK, "ref_freq_ghz", p.refFreq,
+		"live_clones", p.criu != "", "cold_because", p.criuErr)
 	return p, nil
 }
 
@@ -600,6 +614,12 @@ func (p *Platform) startInstance(in *inst, sc *shimConfig) (err error) {
 		cfg.Netns, cfg.Target, cfg.Lower, cfg.Upper, cfg.Work, cfg.Bind = sc.Netns, sc.Target, sc.Lower, sc.Upper, sc.Work, sc.Bind
 		if cfg.Target != "" {
 			cloneflags = syscall.CLONE_NEWNS
+		}
+		if sc.Restore {
+			// criu restore (sc.Path, sc.Argv): the tree's PIDs are free
+			// only in a PID namespace of its own, which needs its own /proc.
+			cfg.Path, cfg.Argv, cfg.Env, cfg.Restore = sc.Path, sc.Argv, []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, true
+			cloneflags |= syscall.CLONE_NEWNS | syscall.CLONE_NEWPID
 		}
 	}
 	logf, err := os.OpenFile(filepath.Join(p.cfg.StateDir, "logs", in.ID+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)

@@ -38,9 +38,10 @@ func startShim(cfg shimConfig, dir string, log *os.File, cloneflags uintptr, g *
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.ExtraFiles = []*os.File{gateR, errW}
-	// Its own process group, so a terminal's ^C reaches the platform only;
-	// the platform decides when instances stop.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Cloneflags: cloneflags}
+	// Its own session (and so process group), so a terminal's ^C reaches
+	// the platform only (the platform decides when instances stop), and a
+	// tree criu dumps has its session leader inside (see criu.go).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: cloneflags}
 	err = cmd.Start()
 	gateR.Close()
 	errW.Close()

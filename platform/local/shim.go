@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"syscall"
@@ -39,6 +40,9 @@ type shimConfig struct {
 	Upper  string `json:"upper,omitempty"`
 	Work   string `json:"work,omitempty"`
 	Bind   string `json:"bind,omitempty"`
+	// Restore: the command (Path, Argv) is criu restore, in new PID and mount
+	// namespaces; the shim mounts a /proc of the new PID namespace.
+	Restore bool `json:"restore,omitempty"`
 }
 
 func init() {
@@ -77,7 +81,7 @@ func runShim(v string) {
 		}
 		nsfd = fd
 	}
-	if c.Target != "" {
+	if c.Target != "" || c.Restore {
 		// Our mount namespace is new (CLONE_NEWNS); keep every change in it.
 		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 			fail("make mounts private: %v", err)
@@ -96,12 +100,20 @@ func runShim(v string) {
 				fail("bind %s on %s: %v", c.Bind, c.Target, err)
 			}
 		}
+		if c.Restore {
+			if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+				fail("mount /proc of the clone's PID namespace: %v", err)
+			}
+		}
 	}
 	if nsfd >= 0 {
 		if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
 			fail("join network namespace: %v", err)
 		}
 		unix.Close(nsfd)
+	}
+	if c.Restore {
+		runRestore(c, errPipe)
 	}
 	err := syscall.Exec(c.Path, c.Argv, c.Env)
 	fail("exec %s: %v", c.Path, err)
@@ -124,4 +136,26 @@ func dropNetnsMounts() {
 	for _, mp := range mps {
 		_ = unix.Unmount(mp, unix.MNT_DETACH)
 	}
+}
+
+// runRestore runs criu restore as the shim's child and never returns: the
+// shim stays the PID namespace's init (criu restores the tree as its own
+// children and waits for it), and exits with criu's status. Errors starting
+// criu go to errPipe, which is closed once criu runs.
+func runRestore(c shimConfig, errPipe *os.File) {
+	cmd := exec.Command(c.Path, c.Argv[1:]...)
+	cmd.Env = c.Env
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(errPipe, "start %s: %v", c.Path, err)
+		os.Exit(127)
+	}
+	errPipe.Close()
+	if err := cmd.Wait(); err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			os.Exit(ee.ExitCode())
+		}
+		os.Exit(1)
+	}
+	os.Exit(0)
 }

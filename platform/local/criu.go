@@ -1,0 +1,139 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/justrunit/justrunit/internal/cgroup"
+)
+
+// Live clones (CRIU). Where `criu check` passes, a clone keeps the
+// original's memory state, as the paper's clones do:
+//
+//  1. with the original's cgroup frozen, its state directory is
+//     snapshotted and its process tree dumped by `criu dump
+//     --leave-running --freeze-cgroup` (the same instant for memory and
+//     files), then the original runs on;
+//  2. the shim starts in new PID and mount namespaces and the clone's
+//     network namespace, mounts the state directory's overlay and a
+//     /proc of its own, and execs `criu restore`, which recreates the tree
+//     there with the same PIDs (free in the new namespace), the same
+//     listening sockets (in the clone's namespace, behind its NAT) and
+//     the open files (on the overlay); established TCP connections are
+//     restored closed (--tcp-close), so the clone's callers reconnect to
+//     it through the proxies;
+//  3. criu stays the new namespace's init and the restored tree's parent,
+//     in the clone's cgroup (--manage-cgroups=ignore keeps it from
+//     restoring the tree into the original's cgroups).
+//
+// A tree criu cannot dump (a socket family it does not know, such as the
+// MPTCP listeners Go 1.24 and later open by default where the kernel has
+// MPTCP, with criu 3.17) is cloned cold instead, and the log says why.
+
+// criuTimeout bounds a dump or a check.
+const criuTimeout = 60 * time.Second
+
+// probeCriu returns the criu binary when `criu check` passes here, else
+// why live clones are not available.
+func probeCriu() (string, error) {
+	path, err := exec.LookPath("criu")
+	if err != nil {
+		return "", errors.New("criu is not installed (apt-get install criu)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), criuTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, path, "check").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("criu check fails here: %s", lastLines(string(out), 2))
+	}
+	return path, nil
+}
+
+// criuDump dumps the process tree rooted at pid into dir, leaving it
+// running. freezer is the tree's cgroup directory holding the freezer
+// (v1's freezer.state or v2's cgroup.freeze), frozen by the caller: criu
+// takes the tree as it is and leaves the cgroup as it found it.
+func criuDump(criu string, pid int, dir, freezer string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), criuTimeout)
+	defer cancel()
+	log := filepath.Join(dir, "dump.log")
+	args := []string{"dump", "--tree", strconv.Itoa(pid), "--images-dir", dir, "--leave-running", "--tcp-close",
+		"--shell-job", "--file-locks", "--manage-cgroups=ignore", "--freeze-cgroup", freezer, "--log-file", log, "-v2"}
+	out, err := exec.CommandContext(ctx, criu, args...).CombinedOutput()
+	if err != nil {
+		b, _ := os.ReadFile(log)
+		msg := string(out) + string(b)
+		if strings.Contains(msg, "Unsupported proto 262") {
+			return fmt.Errorf("criu dump: the instance has an MPTCP socket, which this criu cannot dump (Go 1.24 and later listen with MPTCP: run the instance with GODEBUG=multipathtcp=0)")
+		}
+		return fmt.Errorf("criu dump: %v: %s", err, lastLines(msg, 3))
+	}
+	return nil
+}
+
+// criuRestoreArgs is the command the shim execs to restore a dump.
+func criuRestoreArgs(criu, dir string) []string {
+	return []string{criu, "restore", "--images-dir", dir, "--tcp-close", "--shell-job", "--file-locks",
+		"--manage-cgroups=ignore", "--log-file", filepath.Join(dir, "restore.log"), "-v3"} // -v3: the log says when it finished
+}
+
+// lastLines returns the last n non-empty lines of s, joined by " / ".
+func lastLines(s string, n int) string {
+	var ls []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			ls = append(ls, l)
+		}
+	}
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return strings.Join(ls, " / ")
+}
+
+// dumpOriginal dumps the process tree of on-line instance orig, frozen in
+// g by the caller, into dir.
+func (p *Platform) dumpOriginal(orig *inst, g *cgroup.Group, dir string) error {
+	p.mu.Lock()
+	cmd := orig.cmd
+	p.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return errors.New("no process")
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return err
+	}
+	if err := criuDump(p.criu, cmd.Process.Pid, dir, cgroup.FreezerDir(p.cg, g.Path())); err != nil {
+		_ = os.RemoveAll(dir)
+		return err
+	}
+	return nil
+}
+
+// waitRestored waits until criu's restore log in dir says the restore
+// finished, the shim exits (done), the timeout passes or ctx ends.
+func waitRestored(ctx context.Context, dir string, timeout time.Duration, done <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	log := filepath.Join(dir, "restore.log")
+	for {
+		b, _ := os.ReadFile(log)
+		if strings.Contains(string(b), "Restore finished successfully") {
+			return nil
+		}
+		select {
+		case <-done:
+			return fmt.Errorf("criu restore failed: %s", lastLines(string(b), 3))
+		case <-ctx.Done():
+			return fmt.Errorf("criu restore not finished after %v: %s", timeout, lastLines(string(b), 3))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
