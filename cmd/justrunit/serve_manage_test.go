@@ -19,21 +19,30 @@ import (
 // TestServeManage runs the daemon on the demo's site with the manager: the
 // API shows the site's hosts, the monitor's samples, and makes and applies
 // placement plans.
-func TestServeManage(t *testing.T) {
+// serveDemoSite starts the daemon with the demo's site (two auction
+// services) and args, and returns its site directory, data directory,
+// the services' front addresses, a client and the daemon's stop.
+func serveDemoSite(t *testing.T, args ...string) (dir, data string, fronts map[string]string, c *api.Client, stop func() error) {
+	t.Helper()
 	testutil.NeedRoot(t)
-	dir := t.TempDir()
+	dir = t.TempDir()
 	bin := testutil.BuildAuction(t)
 	_, fronts, err := demoSite(dir, bin, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := t.TempDir()
-	_, stop := startServe(t, data, "--site", filepath.Join(dir, "site.yaml"), "--manage", "2s")
-	ctx := context.Background()
-	c, err := api.Discover(ctx, api.DiscoverOptions{DataDir: data, Timeout: 5 * time.Second})
+	data = t.TempDir()
+	_, stop = startServe(t, data, append([]string{"--site", filepath.Join(dir, "site.yaml")}, args...)...)
+	c, err = api.Discover(context.Background(), api.DiscoverOptions{DataDir: data, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dir, data, fronts, c, stop
+}
+
+func TestServeManage(t *testing.T) {
+	dir, data, fronts, c, stop := serveDemoSite(t, "--manage", "2s")
+	ctx := context.Background()
 	in, err := c.Info(ctx)
 	if err != nil || !in.Manager || !in.Site || !in.Samples {
 		t.Fatalf("info = %+v, %v; want a site, samples and a manager", in, err)
@@ -121,23 +130,11 @@ func TestServeManage(t *testing.T) {
 // sandbox, measures the clone and the on-line instance at the same point
 // over the same live requests, reports both, and removes the clone.
 func TestServeSitePairedVerify(t *testing.T) {
-	testutil.NeedRoot(t)
 	if testing.Short() {
 		t.Skip("runs a 3-tier site, a study and a paired check")
 	}
-	dir := t.TempDir()
-	bin := testutil.BuildAuction(t)
-	_, fronts, err := demoSite(dir, bin, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := t.TempDir()
-	_, stop := startServe(t, data, "--site", filepath.Join(dir, "site.yaml"))
+	dir, data, fronts, c, stop := serveDemoSite(t)
 	ctx := context.Background()
-	c, err := api.Discover(ctx, api.DiscoverOptions{DataDir: data, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	go loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + fronts["auction0"], Rate: 30, Mix: loadgen.Browsing, Seed: 5, Timeout: 5 * time.Second})
