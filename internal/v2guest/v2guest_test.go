@@ -32,14 +32,25 @@ var suites = []struct{ name, pkg string }{
 	{"local", "github.com/justrunit/justrunit/platform/local"},
 }
 
-// script is the guest's command: a cgroup v2 hierarchy at /sys/fs/cgroup
-// and nothing under v1, a tmpfs for the tests' temporary directories (the
-// local platform puts overlay upper directories there), then each suite.
-// CI=true makes a missing capability fail the suite instead of skipping.
+// script is the guest's command. JRI_CGROUP (from the kernel command line)
+// picks the hierarchy: v2, a cgroup2 hierarchy at /sys/fs/cgroup and nothing
+// under v1; or v1, the controllers mounted one per directory as on this
+// project's machines. Then a tmpfs for the tests' temporary directories
+// (the local platform puts overlay upper directories there), criu where the
+// image has it, and each suite, with the tests JRI_RUN names (all by
+// default). CI=true makes a missing capability fail instead of skip.
 const script = `#!/bin/sh
-mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo "v2guest: cannot mount cgroup2"
+if [ "$JRI_CGROUP" = v1 ]; then
+	mount -t tmpfs cgroup /sys/fs/cgroup
+	for c in freezer pids cpuset cpu cpuacct memory; do
+		mkdir -p /sys/fs/cgroup/$c && mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c || echo "v2guest: cannot mount cgroup v1 $c"
+	done
+	echo "v2guest: controllers: v1 $(ls /sys/fs/cgroup | tr '\n' ' ')"
+else
+	mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo "v2guest: cannot mount cgroup2"
+	echo "v2guest: controllers: v2 $(cat /sys/fs/cgroup/cgroup.controllers)"
+fi
 mount -t tmpfs tmpfs /tmp
-echo "v2guest: controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts && ln -sf pts/ptmx /dev/ptmx
 if [ -e /bin/criu ]; then
 	# criu and the shared libraries it was built with, where it looks for them
@@ -51,14 +62,19 @@ fi
 export TMPDIR=/tmp CI=true JRI_TESTSERVER=/bin/jri-testserver HOME=/tmp PATH=/usr/sbin:/bin
 for s in %s; do
 	echo "v2guest: run $s"
-	/bin/$s.test -test.v -test.timeout %s
+	/bin/$s.test -test.v -test.timeout %s -test.run "${JRI_RUN:-.}"
 	echo "v2guest: $s exit $?"
 done
 `
 
-// TestCgroupV2 boots the guest and fails with the guest's test output when a
-// suite fails in it.
-func TestCgroupV2(t *testing.T) {
+// suiteTimeout bounds each suite in the guest.
+const suiteTimeout = 4 * time.Minute
+
+// TestGuest boots the guest twice: on cgroup v2 with every test of the
+// suites, and on cgroup v1 with the tests of the paths v1 takes that this
+// machine cannot run (TestLiveClone: criu on v1's freezer). It fails with
+// the guest's output when a suite fails in it.
+func TestGuest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a guest for minutes; skipped with -short")
 	}
@@ -69,9 +85,7 @@ func TestCgroupV2(t *testing.T) {
 		}
 		t.Skip(err)
 	}
-	tcg := !kvmRunsStockKernels()
-	suiteTimeout := 4 * time.Minute
-	ctx, cancel := context.WithTimeout(context.Background(), suiteTimeout*time.Duration(len(suites))+2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*suiteTimeout*time.Duration(len(suites))+4*time.Minute)
 	defer cancel()
 
 	dir := t.TempDir()
@@ -106,7 +120,6 @@ func TestCgroupV2(t *testing.T) {
 		services["criu"] = criu
 		maps.Copy(services, libs)
 	}
-
 	img, err := guest.Build(ctx, guest.Config{
 		CacheDir: filepath.Join(dir, "images"),
 		Services: services,
@@ -115,17 +128,29 @@ func TestCgroupV2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Run("v2", func(t *testing.T) { bootSuites(t, ctx, img, names, "v2", "") })
+	t.Run("v1", func(t *testing.T) { bootSuites(t, ctx, img, names, "v1", "TestGroup|TestLiveClone") })
+}
 
+// bootSuites boots img on cgroup hierarchy (v1 or v2), runs the suites
+// names with the tests run selects (all when empty), and fails with the
+// guest's console when one fails.
+func bootSuites(t *testing.T, ctx context.Context, img *guest.Image, names []string, hierarchy, run string) {
 	accel := []string{"-machine", "pc,accel=kvm"}
+	tcg := !kvmRunsStockKernels()
 	if tcg {
 		accel = []string{"-machine", "pc", "-accel", "tcg,thread=multi,tb-size=128"}
+	}
+	kargs := "console=ttyS0 quiet panic=-1 JRI_CGROUP=" + hierarchy
+	if run != "" {
+		kargs += " JRI_RUN=" + run
 	}
 	args := append(accel,
 		// Two CPUs: the local platform's tests lay hosts out as cpusets 0 and 1.
 		"-m", "1536", "-smp", "2",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", img.Kernel(), "-initrd", img.Initrd(),
-		"-append", "console=ttyS0 quiet panic=-1 -- /bin/run-v2",
+		"-append", kargs+" -- /bin/run-v2",
 		"-serial", "stdio",
 		// A NIC gives the guest a non-loopback address (10.0.2.15), which
 		// TestCloneNonLoopbackAddress needs; restrict=on keeps it off the host.
@@ -136,15 +161,15 @@ func TestCgroupV2(t *testing.T) {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.WaitDelay = 5 * time.Second
 	start := time.Now()
-	t.Logf("booting a cgroup v2 guest (tcg=%v) to run %s", tcg, strings.Join(names, ", "))
-	err = cmd.Run()
+	t.Logf("booting a cgroup %s guest (tcg=%v) to run %s (tests: %s)", hierarchy, tcg, strings.Join(names, ", "), orAll(run))
+	err := cmd.Run()
 	console := out.String()
 	t.Logf("guest ran for %v", time.Since(start).Round(time.Second))
 	if err != nil {
 		t.Fatalf("qemu: %v (context: %v)\n%s", err, ctx.Err(), console)
 	}
-	if !strings.Contains(console, "v2guest: controllers:") || strings.Contains(console, "cannot mount cgroup2") {
-		t.Fatalf("the guest did not get a cgroup v2 hierarchy:\n%s", console)
+	if !strings.Contains(console, "v2guest: controllers: "+hierarchy) || strings.Contains(console, "cannot mount cgroup") {
+		t.Fatalf("the guest did not get its cgroup %s hierarchy:\n%s", hierarchy, console)
 	}
 	failed := false
 	for _, n := range names {
@@ -154,7 +179,7 @@ func TestCgroupV2(t *testing.T) {
 			t.Errorf("suite %s did not finish in the guest", n)
 			failed = true
 		case m[1] != "0":
-			t.Errorf("suite %s failed in the cgroup v2 guest (exit %s)", n, m[1])
+			t.Errorf("suite %s failed in the cgroup %s guest (exit %s)", n, hierarchy, m[1])
 			failed = true
 		}
 	}
@@ -166,6 +191,13 @@ func TestCgroupV2(t *testing.T) {
 	if failed {
 		t.Logf("guest console:\n%s", console)
 	}
+}
+
+func orAll(run string) string {
+	if run == "" {
+		return "all"
+	}
+	return run
 }
 
 // sharedLibs maps the file names of the shared libraries bin loads, and of
