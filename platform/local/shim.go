@@ -3,6 +3,7 @@ package local
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -140,8 +141,9 @@ func dropNetnsMounts() {
 
 // runRestore runs criu restore as the shim's child and never returns: the
 // shim stays the PID namespace's init (criu restores the tree as its own
-// children and waits for it), and exits with criu's status. Errors starting
-// criu go to errPipe, which is closed once criu runs.
+// children and waits for it), reaps what the restored tree orphans, and
+// exits with criu's status. Errors starting criu go to errPipe, which is
+// closed once criu runs.
 func runRestore(c shimConfig, errPipe *os.File) {
 	cmd := exec.Command(c.Path, c.Argv[1:]...)
 	cmd.Env = c.Env
@@ -151,11 +153,18 @@ func runRestore(c shimConfig, errPipe *os.File) {
 		os.Exit(127)
 	}
 	errPipe.Close()
-	if err := cmd.Wait(); err != nil {
-		if ee, ok := err.(*exec.ExitError); ok {
-			os.Exit(ee.ExitCode())
+	criu := cmd.Process.Pid
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, 0, nil)
+		switch {
+		case errors.Is(err, syscall.EINTR):
+		case err != nil: // ECHILD: nothing left
+			os.Exit(1)
+		case pid == criu && ws.Exited():
+			os.Exit(ws.ExitStatus())
+		case pid == criu && ws.Signaled():
+			os.Exit(128 + int(ws.Signal()))
 		}
-		os.Exit(1)
 	}
-	os.Exit(0)
 }
