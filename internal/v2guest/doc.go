@@ -7,9 +7,13 @@
 // either: live clones, since criu works with the guest's kernel (Debian's)
 // and not with this machine's.
 //
+// It also runs siterun's TestLiveCloneStudy, a whole study of the auction
+// example's app tier on live clones.
+//
 // The guest is an image from platform/qemu/guest: Debian's kernel with the
 // modules the local platform and criu need (overlay, veth, nf_tables NAT,
-// socket diagnostics), busybox, criu with its shared libraries, and the two
-// packages' test binaries and the test server, built static. It runs under
+// socket diagnostics), busybox, criu with its shared libraries, and the
+// packages' test binaries, the test server and the auction example, built
+// static. It runs under
 // KVM where /dev/kvm runs stock kernels and under TCG elsewhere.
 package v2guest

@@ -37,6 +37,13 @@ import (
 // MPTCP listeners Go 1.24 and later open by default where the kernel has
 // MPTCP, with criu 3.17) is cloned cold instead, and the log says why.
 
+// LiveClones says why clones on this machine are cold (nil: criu works
+// here, and clones are live where the original's tree can be dumped).
+func LiveClones() error {
+	_, err := probeCriu()
+	return err
+}
+
 // criuTimeout bounds a dump or a check.
 const criuTimeout = 60 * time.Second
 
@@ -64,7 +71,10 @@ func criuDump(criu string, pid int, dir, freezer string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), criuTimeout)
 	defer cancel()
 	log := filepath.Join(dir, "dump.log")
-	args := []string{"dump", "--tree", strconv.Itoa(pid), "--images-dir", dir, "--leave-running", "--tcp-close",
+	// --skip-in-flight: connections not yet accepted when the tree froze
+	// stay the original's (it runs on and accepts them); the clone gets
+	// its own through the in-proxy.
+	args := []string{"dump", "--tree", strconv.Itoa(pid), "--images-dir", dir, "--leave-running", "--tcp-close", "--skip-in-flight",
 		"--shell-job", "--file-locks", "--manage-cgroups=ignore", "--freeze-cgroup", freezer, "--log-file", log, "-v2"}
 	out, err := exec.CommandContext(ctx, criu, args...).CombinedOutput()
 	if err != nil {
