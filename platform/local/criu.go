@@ -23,19 +23,20 @@ import (
 //     files), then the original runs on;
 //  2. the shim starts in new PID and mount namespaces and the clone's
 //     network namespace, mounts the state directory's overlay and a
-//     /proc of its own, and execs `criu restore`, which recreates the tree
+//     /proc of its own, and runs `criu restore`, which recreates the tree
 //     there with the same PIDs (free in the new namespace), the same
 //     listening sockets (in the clone's namespace, behind its NAT) and
 //     the open files (on the overlay); established TCP connections are
 //     restored closed (--tcp-close), so the clone's callers reconnect to
 //     it through the proxies;
-//  3. criu stays the new namespace's init and the restored tree's parent,
-//     in the clone's cgroup (--manage-cgroups=ignore keeps it from
-//     restoring the tree into the original's cgroups).
+//  3. the shim stays the new namespace's init, criu the restored tree's
+//     parent, all in the clone's cgroup (--manage-cgroups=ignore keeps
+//     criu from restoring the tree into the original's cgroups).
 //
 // A tree criu cannot dump (a socket family it does not know, such as the
 // MPTCP listeners Go 1.24 and later open by default where the kernel has
-// MPTCP, with criu 3.17) is cloned cold instead, and the log says why.
+// MPTCP, with criu 3.17) is cloned cold instead; the log and
+// CloneInfo.ColdBecause say why.
 
 // LiveClones says why clones on this machine are cold (nil: criu works
 // here, and clones are live where the original's tree can be dumped).
@@ -44,8 +45,13 @@ func LiveClones() error {
 	return err
 }
 
-// criuTimeout bounds a dump or a check.
-const criuTimeout = 60 * time.Second
+// criuTimeout bounds a check; dumpTimeout a dump, during which the original
+// is frozen (past it the dump is killed, the original thawed and the clone
+// made cold).
+const (
+	criuTimeout = 30 * time.Second
+	dumpTimeout = 10 * time.Second
+)
 
 // probeCriu returns the criu binary when `criu check` passes here, else
 // why live clones are not available.
@@ -68,7 +74,7 @@ func probeCriu() (string, error) {
 // (v1's freezer.state or v2's cgroup.freeze), frozen by the caller: criu
 // takes the tree as it is and leaves the cgroup as it found it.
 func criuDump(criu string, pid int, dir, freezer string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), criuTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), dumpTimeout)
 	defer cancel()
 	log := filepath.Join(dir, "dump.log")
 	// --skip-in-flight: connections not yet accepted when the tree froze
