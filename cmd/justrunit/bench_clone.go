@@ -73,7 +73,7 @@ func newBenchCloneCmd(g *globals) *cobra.Command {
 with a state directory of --state-mib MiB on an on-line host, clone it onto the
 sandbox --runs times while a prober keeps requesting the original, and print:
 
-  mode       live or cold (the local platform clones cold: same command, snapshot of the state)
+  mode       live (criu: the memory state carried over, where criu check passes) or cold (same command, snapshot of the state)
   clone_s    seconds from the clone request to the clone answering HTTP (median)
   pause_ms   how long the original was frozen for the snapshot (median)
   original_steady_rt_ms, original_max_rt_ms   the prober's view of the original,
