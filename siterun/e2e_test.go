@@ -105,6 +105,33 @@ services:
 	return s, web
 }
 
+// upAuction brings the auction site (auctionSite) up on the local platform
+// with a state directory of its own (opts' StateDir and Logger are set
+// here), and at the end closes it and checks that nothing of it is left.
+func upAuction(t *testing.T, ctx context.Context, opts siterun.Options) (s *siterun.Site, webAddr, stateDir string) {
+	t.Helper()
+	bin := testutil.BuildAuction(t)
+	f, webAddr := auctionSite(t, bin)
+	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	opts.StateDir = t.TempDir()
+	s, err := siterun.Up(ctx, f, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(context.Background()); err != nil {
+			t.Errorf("close site: %v", err)
+		}
+		if left, err := local.Leftovers(local.Scope(opts.StateDir), opts.StateDir); err != nil || left.Total() != 0 {
+			t.Errorf("left behind after the site closed: %v (%v)", left, err)
+		}
+	})
+	return s, webAddr, opts.StateDir
+}
+
 // TestAuctionStudy is the experimenter's acceptance test: the auction site
 // runs under an open-loop load; a study of the app tier over cpu 20..100
 // step 10 with an SLA on p95 finishes within its time bound with at most 5
@@ -116,29 +143,10 @@ func TestAuctionStudy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-tier site and a study for about a minute")
 	}
-	bin := testutil.BuildAuction(t)
-	f, webAddr := auctionSite(t, bin)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	}
-	stateDir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	set := metrics.New(prometheus.NewRegistry())
-	s, err := siterun.Up(ctx, f, siterun.Options{StateDir: stateDir, Logger: log, Metrics: set})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(context.Background()); err != nil {
-			t.Errorf("close site: %v", err)
-		}
-		left, err := local.Leftovers(local.Scope(stateDir), stateDir)
-		if err != nil || left.Total() != 0 {
-			t.Errorf("left behind after the site closed: %v (%v)", left, err)
-		}
-	})
+	s, webAddr, _ := upAuction(t, ctx, siterun.Options{Metrics: set})
 
 	// Live load on the web tier, open loop, for the whole test.
 	loadCtx, stopLoad := context.WithCancel(ctx)
@@ -333,22 +341,9 @@ func TestCloneKilledMidStudy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-tier site and a study")
 	}
-	bin := testutil.BuildAuction(t)
-	f, webAddr := auctionSite(t, bin)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	stateDir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s, err := siterun.Up(ctx, f, siterun.Options{StateDir: stateDir, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		s.Close(context.Background())
-		if left, err := local.Leftovers(local.Scope(stateDir), stateDir); err != nil || left.Total() != 0 {
-			t.Errorf("left behind: %v (%v)", left, err)
-		}
-	})
+	s, webAddr, stateDir := upAuction(t, ctx, siterun.Options{})
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	go loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + webAddr, Rate: 40, Mix: loadgen.Browsing, Seed: 9, Timeout: 5 * time.Second})
@@ -383,7 +378,7 @@ func TestCloneKilledMidStudy(t *testing.T) {
 		Metrics: []justrunit.Metric{justrunit.RTMean}, WarmUp: justrunit.Duration(3 * time.Second), Window: justrunit.Duration(4 * time.Second),
 		TimeBound: justrunit.Duration(time.Minute), Slots: 1, Strategy: "grid", Interpolator: "linear", CheckThreshold: 0.1}
 	inProxy.Reset()
-	_, err = s.RunStudy(ctx, st, siterun.StudyOptions{RelCI: 0.1, MinSamples: 20})
+	_, err := s.RunStudy(ctx, st, siterun.StudyOptions{RelCI: 0.1, MinSamples: 20})
 	online := inProxy.Reset().Online
 	if n := <-killed; n == 0 {
 		t.Fatal("found no clone process to kill")

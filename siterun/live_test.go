@@ -2,8 +2,6 @@ package siterun_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"os"
 	"testing"
 	"time"
@@ -32,27 +30,9 @@ func TestLiveCloneStudy(t *testing.T) {
 		}
 		t.Skipf("live clones need criu: %v; internal/v2guest runs this test in a guest where criu works", err)
 	}
-	bin := testutil.BuildAuction(t)
-	f, webAddr := auctionSite(t, bin)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	}
-	stateDir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	s, err := siterun.Up(ctx, f, siterun.Options{StateDir: stateDir, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(context.Background()); err != nil {
-			t.Errorf("close site: %v", err)
-		}
-		if left, err := local.Leftovers(local.Scope(stateDir), stateDir); err != nil || left.Total() != 0 {
-			t.Errorf("left behind after the site closed: %v (%v)", left, err)
-		}
-	})
+	s, webAddr, _ := upAuction(t, ctx, siterun.Options{})
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	go loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + webAddr, Rate: 8, Mix: loadgen.Browsing, Seed: 3, Timeout: 10 * time.Second})
