@@ -91,7 +91,16 @@ func TestCloneConnections(t *testing.T) {
 			}
 			resp.Body.Close()
 		}
-		waitFor(t, 10*time.Second, "both copies", func() bool { return len(clone.requests()) == 2 })
+		// 32 MiB of copies take about 3 s under -race here; a loaded CI
+		// machine once took longer than 10 s.
+		deadline := time.Now().Add(30 * time.Second)
+		for len(clone.requests()) < 2 {
+			if time.Now().After(deadline) {
+				cs, _ := p.CloneStats("c", false)
+				t.Fatalf("after 30 s the clone got %d of 2 copies; clone stats %+v", len(clone.requests()), cs)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 		for i, r := range clone.requests() {
 			if !bytes.Equal(r.body, body) {
 				t.Errorf("copy %d: %d bytes, want the %d sent", i, len(r.body), len(body))
