@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/justrunit/justrunit/internal/testutil"
+	"github.com/justrunit/justrunit/platform/qemu"
 	"github.com/justrunit/justrunit/platform/qemu/guest"
 )
 
@@ -150,7 +151,8 @@ func TestGuest(t *testing.T) {
 // guest's console when one fails.
 func bootSuites(t *testing.T, ctx context.Context, img *guest.Image, names []string, hierarchy, run string) {
 	accel := []string{"-machine", "pc,accel=kvm"}
-	tcg := !kvmRunsStockKernels()
+	a, _ := qemu.AutoAccel()
+	tcg := a == "tcg"
 	if tcg {
 		accel = []string{"-machine", "pc", "-accel", "tcg,thread=multi,tb-size=128"}
 	}
@@ -241,16 +243,4 @@ func goTool(t *testing.T, ctx context.Context, args ...string) {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, b)
 	}
-}
-
-// kvmRunsStockKernels reports whether /dev/kvm can boot Debian's kernel:
-// it must open, and not be PVM, which runs only PVM-enabled guests.
-func kvmRunsStockKernels() bool {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		return false
-	}
-	f.Close()
-	_, err = os.Stat("/sys/module/kvm_pvm")
-	return err != nil
 }

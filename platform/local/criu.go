@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/justrunit/justrunit/internal/cgroup"
@@ -41,9 +42,13 @@ import (
 // LiveClones says why clones on this machine are cold (nil: criu works
 // here, and clones are live where the original's tree can be dumped).
 func LiveClones() error {
-	_, err := probeCriu()
+	_, err := criuHere()
 	return err
 }
+
+// criuHere is probeCriu, run once per process: the kernel and criu do not
+// change while it runs, and a test binary makes many platforms.
+var criuHere = sync.OnceValues(probeCriu)
 
 // criuTimeout bounds a check; dumpTimeout a dump, during which the original
 // is frozen (past it the dump is killed, the original thawed and the clone

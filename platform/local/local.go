@@ -232,7 +232,7 @@ func New(cfg Config) (*Platform, error) {
 	if cfg.ColdClones {
 		p.criuErr = errors.New("cold clones asked for (Config.ColdClones)")
 	} else {
-		p.criu, p.criuErr = probeCriu()
+		p.criu, p.criuErr = criuHere()
 	}
 	p.log.Debug("local platform ready", "scope", p.scope, "cgroup", v.String(), "overlay", p.overlayOK, "ref_freq_ghz", p.refFreq,
 		"live_clones", p.criu != "", "cold_because", p.criuErr)

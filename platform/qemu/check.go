@@ -28,7 +28,7 @@ func Check(ctx context.Context, dir, image string) []justrunit.Check {
 	add(justrunit.NewCheck("root", fmt.Sprintf("uid %d", os.Geteuid()), rootErr, "run as root (each VM runs in a cgroup)"))
 	add(justrunit.NewCheck("packages", "qemu-system-x86, qemu-utils, linux-image-amd64, busybox-static, e2fsprogs", guest.Requirements(), "install the packages named"))
 
-	accel, why := accelReason()
+	accel, why := AutoAccel()
 	add(justrunit.Check{Name: "accelerator", OK: accel == "kvm", Optional: true, Detail: accel + ": " + why})
 	if !root {
 		return out
@@ -71,8 +71,9 @@ func Check(ctx context.Context, dir, image string) []justrunit.Check {
 	return out
 }
 
-// accelReason is the accelerator Options.Accel "auto" picks, and why.
-func accelReason() (string, string) {
+// AutoAccel is the accelerator Options.Accel "auto" picks here ("kvm" or
+// "tcg"), and why.
+func AutoAccel() (string, string) {
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
 		return "tcg", fmt.Sprintf("%v: guests run under software emulation, several times slower", err)

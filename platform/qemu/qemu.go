@@ -298,7 +298,7 @@ func pickAccel(a string) (string, error) {
 	case "kvm", "tcg":
 		return a, nil
 	case "", "auto":
-		a, _ := accelReason()
+		a, _ := AutoAccel()
 		return a, nil
 	}
 	return "", justrunit.Invalid("accel", a, "want kvm, tcg or auto")
