@@ -2,7 +2,6 @@ package siterun_test
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
@@ -24,12 +23,7 @@ func TestLiveCloneStudy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-tier site and a study")
 	}
-	if err := local.LiveClones(); err != nil {
-		if os.Getenv("JRI_V2GUEST") != "" {
-			t.Fatalf("no live clones in the guest internal/v2guest sets up for them: %v", err)
-		}
-		t.Skipf("live clones need criu: %v; internal/v2guest runs this test in a guest where criu works", err)
-	}
+	testutil.NeedLiveClones(t, local.LiveClones())
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	s, webAddr, _ := upAuction(t, ctx, siterun.Options{})

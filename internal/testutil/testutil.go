@@ -40,3 +40,21 @@ func BuildAuction(t testing.TB) string {
 	}
 	return bin
 }
+
+// NeedLiveClones skips a test that needs live clones when why (from
+// local.LiveClones) says they are not available here, or fails it where they
+// must be: under CI=true (.ci/run installs a criu that works, with
+// scripts/install-criu) and in the guest internal/v2guest sets up for them.
+func NeedLiveClones(t testing.TB, why error) {
+	t.Helper()
+	if why == nil {
+		return
+	}
+	if os.Getenv("JRI_V2GUEST") != "" {
+		t.Fatalf("no live clones in the guest internal/v2guest sets up for them: %v", why)
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("no live clones: %v; .ci/run installs a criu that works (scripts/install-criu), so this is a setup error", why)
+	}
+	t.Skipf("live clones need a criu that passes criu check: %v", why)
+}

@@ -90,7 +90,7 @@ func Check(ctx context.Context, dir string) []justrunit.Check {
 	} else {
 		add(justrunit.Check{Name: "clone mode", OK: false, Optional: true,
 			Detail: "cold: a clone is the instance's command started again on a snapshot of its state directory; " + p.criuErr.Error(),
-			Fix:    "for live clones (the original's memory state carried over), a criu whose `criu check` passes on this kernel"})
+			Fix:    "for live clones (the original's memory state carried over), a criu whose `criu check` passes on this kernel: scripts/install-criu installs Debian's newest for JustRunIt alone, or set " + CriuEnv})
 	}
 
 	_, err = measure.NewRAPLMeter(measure.DefaultPowercapRoot)

@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/internal/testutil"
 )
 
 // countingServer is an httptest server on addr ("" = 127.0.0.1:0) that
@@ -404,12 +405,7 @@ func TestCloneThatFailsToStart(t *testing.T) {
 // namespace), then both go on apart; the clone answers behind its NAT.
 func TestLiveClone(t *testing.T) {
 	p := newPlatform(t)
-	if p.criu == "" {
-		if os.Getenv("JRI_V2GUEST") != "" {
-			t.Fatalf("no live clones in the guest internal/v2guest sets up for them: %v", p.criuErr)
-		}
-		t.Skipf("live clones need criu: %v; internal/v2guest runs this test in a guest where criu works", p.criuErr)
-	}
+	testutil.NeedLiveClones(t, p.criuErr)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// Go 1.24 and later listen with MPTCP where the kernel has it, which

@@ -58,20 +58,63 @@ const (
 	dumpTimeout = 10 * time.Second
 )
 
-// probeCriu returns the criu binary when `criu check` passes here, else
-// why live clones are not available.
+// InstalledCriu is where scripts/install-criu puts a criu for JustRunIt
+// alone (Debian's newest, with its own libraries), for machines whose
+// distribution's criu is older than their kernel.
+const InstalledCriu = "/opt/justrunit/criu/bin/criu"
+
+// CriuEnv names the environment variable that picks the criu binary; when
+// it is set, no other is tried.
+const CriuEnv = "JUSTRUNIT_CRIU"
+
+// probeCriu returns the first criu binary whose `criu check` passes here:
+// $JUSTRUNIT_CRIU alone when it is set, else the one on PATH, then
+// InstalledCriu. Otherwise it says why live clones are not available, and
+// how to get them.
 func probeCriu() (string, error) {
-	path, err := exec.LookPath("criu")
-	if err != nil {
-		return "", errors.New("criu is not installed (apt-get install criu)")
+	return findCriu(os.Getenv(CriuEnv), InstalledCriu)
+}
+
+// findCriu is probeCriu with the environment variable's value (env) and the
+// installed criu's path given.
+func findCriu(env, installed string) (string, error) {
+	if p := env; p != "" {
+		if err := checkCriu(p); err != nil {
+			return "", fmt.Errorf("%s=%s: %v", CriuEnv, p, err)
+		}
+		return p, nil
 	}
+	var why []string
+	if p, err := exec.LookPath("criu"); err != nil {
+		why = append(why, "criu is not installed")
+	} else if err := checkCriu(p); err != nil {
+		why = append(why, p+": "+err.Error())
+	} else {
+		return p, nil
+	}
+	if _, err := os.Stat(installed); err == nil {
+		if err := checkCriu(installed); err != nil {
+			why = append(why, installed+": "+err.Error())
+		} else {
+			return installed, nil
+		}
+	}
+	return "", fmt.Errorf("%s (scripts/install-criu installs a newer criu for JustRunIt alone, at %s)", strings.Join(why, "; "), installed)
+}
+
+// checkCriu runs `criu check` with the criu binary at path.
+func checkCriu(path string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), criuTimeout)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, path, "check").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("criu check fails here: %s", lastLines(string(out), 2))
+		why := lastLines(string(out), 2)
+		if why == "" {
+			why = err.Error()
+		}
+		return fmt.Errorf("criu check fails here: %s", why)
 	}
-	return path, nil
+	return nil
 }
 
 // criuDump dumps the process tree rooted at pid into dir, leaving it
