@@ -98,7 +98,7 @@ func newLogger(w io.Writer, level slog.Level, tier string) *slog.Logger {
 // it listens on, which tells the port when addr ends in :0.
 func serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger) error {
 	// Plain TCP, not the MPTCP Go listens with by default where the kernel
-	// has it: criu (3.17, Debian 12's) cannot dump an MPTCP socket, and
+	// has it: criu (3.17 and 4.2 alike) cannot dump an MPTCP socket, and
 	// JustRunIt's local platform clones a tier live with criu where it can.
 	var lc net.ListenConfig
 	lc.SetMultipathTCP(false)

@@ -42,9 +42,12 @@ type Config struct {
 	StateDir string // where the counter and files live; empty keeps them in memory
 	Next     string // base URL of the next tier; empty disables /next
 	Work     int    // default SHA-256 rounds per /work request
+	// MPTCP listens with MPTCP where the kernel has it (Go's default),
+	// which criu cannot dump; otherwise plain TCP.
+	MPTCP bool
 }
 
-// Main parses args (flags -addr, -state, -next, -work) and serves until
+// Main parses args (flags -addr, -state, -next, -work, -mptcp) and serves until
 // SIGTERM or SIGINT. It returns the process exit code.
 func Main(args []string) int {
 	fs := flag.NewFlagSet("testserver", flag.ContinueOnError)
@@ -53,6 +56,7 @@ func Main(args []string) int {
 	fs.StringVar(&c.StateDir, "state", "", "state directory")
 	fs.StringVar(&c.Next, "next", "", "base URL of the next tier")
 	fs.IntVar(&c.Work, "work", 20000, "SHA-256 rounds per /work request")
+	fs.BoolVar(&c.MPTCP, "mptcp", false, "listen with MPTCP where the kernel has it (criu cannot dump it)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -71,7 +75,12 @@ func Serve(ctx context.Context, c Config) error {
 	if err := s.load(); err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", c.Addr)
+	// Plain TCP unless asked, as the auction example: criu (3.17 and 4.2
+	// alike) cannot dump the MPTCP listeners Go opens by default, and the
+	// local platform clones the server live where criu works.
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(c.MPTCP)
+	ln, err := lc.Listen(ctx, "tcp", c.Addr)
 	if err != nil {
 		return err
 	}

@@ -182,7 +182,13 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 	images := filepath.Join(cs.Dir, "images")
 	var reflinked bool
 	var coldBecause string
-	if sd := orig.spec.StateDir; sd != "" || p.criu != "" {
+	p.mu.Lock()
+	dump := p.criu != "" && orig.undumpable == ""
+	if p.criu != "" && !dump {
+		coldBecause = orig.undumpable
+	}
+	p.mu.Unlock()
+	if sd := orig.spec.StateDir; sd != "" || dump {
 		// The state directory's snapshot and the memory dump are taken at
 		// the same instant: with the original frozen.
 		t0 := time.Now()
@@ -193,10 +199,15 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		if sd != "" {
 			reflinked, cerr = copyTree(sd, filepath.Join(cs.Dir, "lower"))
 		}
-		if cerr == nil && p.criu != "" {
+		if cerr == nil && dump {
 			if derr := p.dumpOriginal(orig, origGroup, images); derr != nil {
 				p.log.Warn("cloning cold: the original cannot be dumped", "id", id, "err", derr)
 				coldBecause = derr.Error()
+				if errors.Is(derr, errMPTCP) {
+					p.mu.Lock()
+					orig.undumpable = coldBecause
+					p.mu.Unlock()
+				}
 			} else {
 				mode = justrunit.CloneLive
 			}

@@ -360,16 +360,19 @@ func TestCloneNonLoopbackAddress(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Clone() error: %v", err)
 	}
-	if a, b := getJSON(t, "http://"+cl.Endpoint+"/counter")["pid"], getJSON(t, "http://"+addr+"/counter")["pid"]; a == b {
-		t.Errorf("endpoint %s answered with the original's pid", cl.Endpoint)
+	// The endpoint reaches the clone, not the original: only the clone's
+	// counter moves (live or cold alike).
+	getJSON(t, "http://"+cl.Endpoint+"/work?n=10")
+	if a, b := getJSON(t, "http://"+cl.Endpoint+"/counter")["counter"], getJSON(t, "http://"+addr+"/counter")["counter"]; a == b {
+		t.Errorf("after a call to endpoint %s, its counter is the original's (%v)", cl.Endpoint, a)
 	}
 }
 
-// TestCloneThatFailsToStart: a clone whose command exits at once (here: the
-// snapshot holds a counter it cannot parse) makes Clone fail and leaves
-// nothing of the clone behind.
+// TestCloneThatFailsToStart: a cold clone whose command exits at once
+// (here: the snapshot holds a counter it cannot parse) makes Clone fail and
+// leaves nothing of the clone behind.
 func TestCloneThatFailsToStart(t *testing.T) {
-	p := newPlatform(t)
+	p := newPlatform(t, coldClones)
 	state := t.TempDir()
 	launchServer(t, p, serverOpts{id: "fragile", stateDir: state})
 	if err := os.WriteFile(filepath.Join(state, "counter"), []byte("not a number"), 0o644); err != nil {
@@ -408,10 +411,8 @@ func TestLiveClone(t *testing.T) {
 	testutil.NeedLiveClones(t, p.criuErr)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	// Go 1.24 and later listen with MPTCP where the kernel has it, which
-	// criu 3.17 cannot dump.
 	state := t.TempDir()
-	orig := launchServer(t, p, serverOpts{id: "mem", stateDir: state, env: []string{"GODEBUG=multipathtcp=0"}})
+	orig := launchServer(t, p, serverOpts{id: "mem", stateDir: state})
 	base := "http://" + orig.Addr
 	for range 3 {
 		getJSON(t, base+"/work?n=10")

@@ -36,7 +36,7 @@ import (
 //
 // A tree criu cannot dump (a socket family it does not know, such as the
 // MPTCP listeners Go 1.24 and later open by default where the kernel has
-// MPTCP, with criu 3.17) is cloned cold instead; the log and
+// MPTCP, with criu 3.17 and 4.2) is cloned cold instead; the log and
 // CloneInfo.ColdBecause say why.
 
 // LiveClones says why clones on this machine are cold (nil: criu works
@@ -117,6 +117,11 @@ func checkCriu(path string) error {
 	return nil
 }
 
+// errMPTCP is criu's refusal of an MPTCP socket. An instance that has one
+// keeps it (its listener), so its later clones are made cold without
+// freezing it for a dump that fails again.
+var errMPTCP = errors.New("the instance has an MPTCP socket, which criu cannot dump")
+
 // criuDump dumps the process tree rooted at pid into dir, leaving it
 // running. freezer is the tree's cgroup directory holding the freezer
 // (v1's freezer.state or v2's cgroup.freeze), frozen by the caller: criu
@@ -135,7 +140,7 @@ func criuDump(criu string, pid int, dir, freezer string) error {
 		b, _ := os.ReadFile(log)
 		msg := string(out) + string(b)
 		if strings.Contains(msg, "Unsupported proto 262") {
-			return fmt.Errorf("criu dump: the instance has an MPTCP socket, which this criu cannot dump (Go 1.24 and later listen with MPTCP: run the instance with GODEBUG=multipathtcp=0)")
+			return fmt.Errorf("criu dump: %w (Go 1.24 and later listen with MPTCP: run the instance with GODEBUG=multipathtcp=0)", errMPTCP)
 		}
 		return fmt.Errorf("criu dump: %v: %s", err, lastLines(msg, 3))
 	}

@@ -1,10 +1,17 @@
 package local
 
 import (
+	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/internal/testutil"
 )
 
 // fakeCriu writes an executable named criu in a new directory that passes
@@ -63,4 +70,66 @@ func TestFindCriu(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLiveCloneMPTCP clones an instance that listens with MPTCP, which
+// criu cannot dump: its clones are cold and say why, and only the first
+// clone freezes it for a dump (the listener stays as long as it runs).
+func TestLiveCloneMPTCP(t *testing.T) {
+	var warn countingHandler
+	p := newPlatform(t, func(c *Config) { c.Logger = slog.New(&warn) })
+	testutil.NeedLiveClones(t, p.criuErr)
+	if b, err := os.ReadFile("/proc/sys/net/mptcp/enabled"); err != nil || strings.TrimSpace(string(b)) != "1" {
+		t.Skip("the kernel has no MPTCP enabled (/proc/sys/net/mptcp/enabled): Go listens with plain TCP here")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	launchServer(t, p, serverOpts{id: "mptcp", args: []string{"-mptcp"}})
+	var because string
+	for i := range 2 {
+		cl, err := p.Clone(ctx, "mptcp", "sandbox", justrunit.CloneOptions{})
+		if err != nil {
+			t.Fatalf("Clone() %d error: %v", i+1, err)
+		}
+		info, _ := p.Info(cl.ID)
+		if cl.Mode != justrunit.CloneCold || !strings.Contains(info.ColdBecause, "MPTCP") || !strings.Contains(info.ColdBecause, "GODEBUG=multipathtcp=0") {
+			t.Errorf("clone %d: mode %q, cold because %q; want cold, naming MPTCP and the fix", i+1, cl.Mode, info.ColdBecause)
+		}
+		if i == 1 && info.ColdBecause != because {
+			t.Errorf("clone 2 cold because %q, want the first's %q", info.ColdBecause, because)
+		}
+		because = info.ColdBecause
+		waitHTTP(t, "http://"+cl.Endpoint+"/health", 10*time.Second)
+		if err := p.Destroy(ctx, cl.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := warn.count("cloning cold: the original cannot be dumped"); n != 1 {
+		t.Errorf("%d dumps tried, want 1 (the second clone knows the first failed)", n)
+	}
+}
+
+// countingHandler is a slog handler that counts messages.
+type countingHandler struct {
+	mu   sync.Mutex
+	msgs map[string]int
+}
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler            { return h }
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.msgs == nil {
+		h.msgs = map[string]int{}
+	}
+	h.msgs[r.Message]++
+	return nil
+}
+
+func (h *countingHandler) count(msg string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.msgs[msg]
 }

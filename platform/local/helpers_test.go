@@ -121,6 +121,7 @@ type serverOpts struct {
 	stateDir       string
 	alloc          justrunit.Allocation
 	env            []string
+	args           []string // more flags for the test server
 }
 
 // launchServer launches the test server and waits until it answers.
@@ -135,6 +136,7 @@ func launchServer(t *testing.T, p *Platform, o serverOpts) *justrunit.Instance {
 	if o.next != "" {
 		args = append(args, "-next", o.next)
 	}
+	args = append(args, o.args...)
 	if o.host == "" {
 		o.host = "pm1"
 	}

@@ -151,6 +151,9 @@ type inst struct {
 	cmd   *exec.Cmd
 	done  chan struct{} // closed when the process has been reaped
 	clone *cloneState
+	// undumpable says why criu cannot dump this instance's tree for as
+	// long as it runs (an MPTCP listener); its clones are then cold.
+	undumpable string
 }
 
 func (in *inst) exited() bool {
