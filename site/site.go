@@ -45,12 +45,25 @@ import (
 type Site struct {
 	// Platform is the default platform of instances ("local", "qemu").
 	Platform string `yaml:"platform"`
+	// Clones says how the local platform clones: "auto" (the default: live
+	// where criu works, cold otherwise), "live" (every clone live, or the
+	// site does not come up and a clone that cannot be live fails) or
+	// "cold" (every clone a cold start). The qemu platform's clones are
+	// always live.
+	Clones string `yaml:"clones"`
 	// Classes are the host classes by name.
 	Classes map[string]Class `yaml:"classes"`
 	Hosts   []Host           `yaml:"hosts"`
 	// Services are the multi-tier applications on the hosts.
 	Services []Service `yaml:"services"`
 }
+
+// How clones are made (Site.Clones).
+const (
+	ClonesAuto = "auto"
+	ClonesLive = "live"
+	ClonesCold = "cold"
+)
 
 // Class is a kind of host hardware: its power model and, where frequency is
 // emulated, its reference frequency.
@@ -175,6 +188,17 @@ func Load(path string) (*Site, error) {
 func (s *Site) Validate() error {
 	if s.Platform == "" {
 		s.Platform = "local"
+	}
+	switch s.Clones {
+	case "":
+		s.Clones = ClonesAuto
+	case ClonesAuto, ClonesLive:
+	case ClonesCold:
+		if s.Platform != "local" {
+			return justrunit.Invalid("clones", s.Clones, "the %s platform's clones are always live; cold clones are the local platform's", s.Platform)
+		}
+	default:
+		return justrunit.Invalid("clones", s.Clones, "want auto, live or cold")
 	}
 	for name, c := range s.Classes {
 		m := justrunit.PowerModel{IdleWatts: c.IdleWatts, MaxWatts: c.MaxWatts}

@@ -30,6 +30,9 @@ func TestLoad(t *testing.T) {
 	if got := s.Sandboxes(); len(got) != 1 || got[0] != "sandbox0" {
 		t.Errorf("Sandboxes() = %v", got)
 	}
+	if s.Clones != ClonesAuto {
+		t.Errorf("Clones = %q, want %q by default", s.Clones, ClonesAuto)
+	}
 }
 
 // TestLoadErrors checks that each mistake is reported at its line and field.
@@ -57,6 +60,8 @@ func TestLoadErrors(t *testing.T) {
 		{"no command", "command: [auction, data, --listen, 127.0.0.1:18383, --state-dir, /var/lib/auction0]", "command: []", []string{":31:", "command", "required"}},
 		{"unknown field", "state_dir:", "statedir:", []string{"field statedir not found"}},
 		{"no sandbox", "cores: 1, sandbox: true}", "cores: 1}", []string{"no sandbox host"}},
+		{"unknown clone mode", "platform: local", "platform: local\nclones: warm", []string{":2:", "clones", "want auto, live or cold"}},
+		{"cold clones on qemu", "platform: local", "platform: qemu\nclones: cold", []string{"clones", "always live"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -105,13 +105,17 @@ services:
 	return s, web
 }
 
-// upAuction brings the auction site (auctionSite) up on the local platform
-// with a state directory of its own (opts' StateDir and Logger are set
-// here), and at the end closes it and checks that nothing of it is left.
-func upAuction(t *testing.T, ctx context.Context, opts siterun.Options) (s *siterun.Site, webAddr, stateDir string) {
+// upAuction brings the auction site (auctionSite, changed by edits) up on
+// the local platform with a state directory of its own (opts' StateDir and
+// Logger are set here), and at the end closes it and checks that nothing of
+// it is left.
+func upAuction(t *testing.T, ctx context.Context, opts siterun.Options, edits ...func(*site.Site)) (s *siterun.Site, webAddr, stateDir string) {
 	t.Helper()
 	bin := testutil.BuildAuction(t)
 	f, webAddr := auctionSite(t, bin)
+	for _, e := range edits {
+		e(f)
+	}
 	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -339,7 +343,8 @@ func metricValue(t *testing.T, m prometheus.Metric) float64 {
 
 // TestCloneKilledMidStudy kills the clone's processes during a study: the
 // study fails cleanly naming the dead clone, the on-line tier answers every
-// request, and nothing of the clone is left.
+// request, and nothing of the clone is left. The site asks for cold clones
+// (clones: cold), and gets one.
 func TestCloneKilledMidStudy(t *testing.T) {
 	testutil.NeedRoot(t)
 	if testing.Short() {
@@ -347,7 +352,7 @@ func TestCloneKilledMidStudy(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s, webAddr, stateDir := upAuction(t, ctx, siterun.Options{})
+	s, webAddr, stateDir := upAuction(t, ctx, siterun.Options{}, func(f *site.Site) { f.Clones = site.ClonesCold })
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	go loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + webAddr, Rate: 40, Mix: loadgen.Browsing, Seed: 9, Timeout: 5 * time.Second})
@@ -365,6 +370,9 @@ func TestCloneKilledMidStudy(t *testing.T) {
 			insts, _ := s.Platform.Instances(ctx)
 			for _, in := range insts {
 				if in.Origin != "" && in.State == "running" {
+					if info, _ := s.Platform.(*local.Platform).Info(in.ID); info.Mode != justrunit.CloneCold {
+						t.Errorf("clone %s is %q on a site with clones: cold", in.ID, info.Mode)
+					}
 					time.Sleep(2 * time.Second) // into the experiment's warm-up
 					pids := cgroup.TreeProcs(v, "/justrunit/"+local.Scope(stateDir)+"/"+in.ID)
 					for _, pid := range pids {

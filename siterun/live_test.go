@@ -9,6 +9,7 @@ import (
 	"github.com/justrunit/justrunit/examples/auction/loadgen"
 	"github.com/justrunit/justrunit/internal/testutil"
 	"github.com/justrunit/justrunit/platform/local"
+	"github.com/justrunit/justrunit/site"
 	"github.com/justrunit/justrunit/siterun"
 )
 
@@ -26,7 +27,7 @@ func TestLiveCloneStudy(t *testing.T) {
 	testutil.NeedLiveClones(t, local.LiveClones())
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	s, webAddr, _ := upAuction(t, ctx, siterun.Options{})
+	s, webAddr, _ := upAuction(t, ctx, siterun.Options{}, func(f *site.Site) { f.Clones = site.ClonesLive })
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	go loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + webAddr, Rate: 8, Mix: loadgen.Browsing, Seed: 3, Timeout: 10 * time.Second})

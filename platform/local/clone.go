@@ -220,11 +220,14 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		if terr != nil {
 			return nil, fmt.Errorf("thaw %s: %w", id, terr)
 		}
-		if mode == justrunit.CloneLive {
-			sc.Restore = true
-			args := criuRestoreArgs(p.criu, images)
-			sc.Path, sc.Argv = args[0], args
-		}
+	}
+	if p.cfg.LiveClones && mode != justrunit.CloneLive {
+		return nil, fmt.Errorf("clone %s: live clones asked for, and this one would be cold: %s", id, coldBecause)
+	}
+	if mode == justrunit.CloneLive {
+		sc.Restore = true
+		args := criuRestoreArgs(p.criu, images)
+		sc.Path, sc.Argv = args[0], args
 	}
 	p.mu.Lock()
 	cs.Mode, cs.ColdBecause = mode, coldBecause

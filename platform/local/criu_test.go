@@ -74,7 +74,8 @@ func TestFindCriu(t *testing.T) {
 
 // TestLiveCloneMPTCP clones an instance that listens with MPTCP, which
 // criu cannot dump: its clones are cold and say why, and only the first
-// clone freezes it for a dump (the listener stays as long as it runs).
+// clone freezes it for a dump (the listener stays as long as it runs);
+// where live clones are asked for (Config.LiveClones), the clone fails.
 func TestLiveCloneMPTCP(t *testing.T) {
 	var warn countingHandler
 	p := newPlatform(t, func(c *Config) { c.Logger = slog.New(&warn) })
@@ -106,6 +107,20 @@ func TestLiveCloneMPTCP(t *testing.T) {
 	}
 	if n := warn.count("cloning cold: the original cannot be dumped"); n != 1 {
 		t.Errorf("%d dumps tried, want 1 (the second clone knows the first failed)", n)
+	}
+
+	// With live clones asked for, such a clone fails instead, and leaves
+	// nothing of itself.
+	pl := newPlatform(t, func(c *Config) { c.LiveClones = true })
+	launchServer(t, pl, serverOpts{id: "mptcp", args: []string{"-mptcp"}})
+	if _, err := pl.Clone(ctx, "mptcp", "sandbox", justrunit.CloneOptions{}); err == nil || !strings.Contains(err.Error(), "live clones asked for") || !strings.Contains(err.Error(), "MPTCP") {
+		t.Errorf("Clone() with LiveClones = %v, want an error saying it would be cold and why", err)
+	}
+	if is, _ := pl.Instances(ctx); len(is) != 1 {
+		t.Errorf("Instances() = %v after a refused clone, want the original only", is)
+	}
+	if _, err := New(Config{StateDir: t.TempDir(), ColdClones: true, LiveClones: true}); err == nil || !strings.Contains(err.Error(), "choose one") {
+		t.Errorf("New(ColdClones and LiveClones) = %v, want an error", err)
 	}
 }
 

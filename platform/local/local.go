@@ -109,6 +109,10 @@ type Config struct {
 	// ColdClones makes every clone a cold start, even where criu could
 	// carry the original's memory state over (see criu.go).
 	ColdClones bool
+	// LiveClones makes every clone live or none: New fails where criu
+	// does not work, and Clone fails where criu cannot dump the original,
+	// instead of starting it cold.
+	LiveClones bool
 }
 
 // Platform is the local platform. Its methods are safe for concurrent use.
@@ -196,6 +200,19 @@ func New(cfg Config) (*Platform, error) {
 	if cfg.ReadyTimeout <= 0 {
 		cfg.ReadyTimeout = DefaultReadyTimeout
 	}
+	var criu string
+	var criuErr error
+	switch {
+	case cfg.ColdClones && cfg.LiveClones:
+		return nil, justrunit.Invalid("clones", "cold and live", "choose one (Config.ColdClones, Config.LiveClones)")
+	case cfg.ColdClones:
+		criuErr = errors.New("cold clones asked for")
+	default:
+		criu, criuErr = criuHere()
+		if criuErr != nil && cfg.LiveClones {
+			return nil, fmt.Errorf("local platform: %w: live clones asked for, and none can be made here: %v", justrunit.ErrUnsupported, criuErr)
+		}
+	}
 	v, err := cgroup.Detect()
 	if err != nil {
 		return nil, fmt.Errorf("local platform: %w", err)
@@ -232,11 +249,7 @@ func New(cfg Config) (*Platform, error) {
 	p.lock = lf
 	registerScope(p.scope, sd)
 	p.overlayOK = probeOverlay(filepath.Join(sd, "clones"))
-	if cfg.ColdClones {
-		p.criuErr = errors.New("cold clones asked for (Config.ColdClones)")
-	} else {
-		p.criu, p.criuErr = criuHere()
-	}
+	p.criu, p.criuErr = criu, criuErr
 	p.log.Debug("local platform ready", "scope", p.scope, "cgroup", v.String(), "overlay", p.overlayOK, "ref_freq_ghz", p.refFreq,
 		"live_clones", p.criu != "", "cold_because", p.criuErr)
 	return p, nil
