@@ -103,3 +103,14 @@ func TestInstanceLag(t *testing.T) {
 		}
 	}
 }
+
+// TestExampleSite loads the site file the README's quick start uses.
+func TestExampleSite(t *testing.T) {
+	s, err := Load("../examples/auction/site.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Clones != ClonesAuto || len(s.Sandboxes()) != 1 {
+		t.Errorf("clones %q, sandboxes %v; want auto and one sandbox", s.Clones, s.Sandboxes())
+	}
+}
