@@ -57,6 +57,11 @@ type cloneBenchReport struct {
 	Leftovers       int             `json:"leftovers"`
 	Runs            []cloneBenchRun `json:"runs"`
 	Targets         map[string]bool `json:"targets"`
+	// Cold is the same measurement with cold clones, made in the same run
+	// where clones are live, so the two modes compare (nil otherwise).
+	Cold *cloneBenchReport `json:"cold,omitempty"`
+	// LiveVsCold are the live figures over the cold ones (with Cold).
+	LiveVsCold map[string]float64 `json:"live_vs_cold,omitempty"`
 }
 
 func newBenchCloneCmd(g *globals) *cobra.Command {
@@ -80,6 +85,8 @@ sandbox --runs times while a prober keeps requesting the original, and print:
              without a clone and worst during the clones
   leftovers  objects of the benchmark's platform scope left after teardown (must be 0)
   targets    clone_s ≤ 0.5 and pause_ms ≤ 100 met or not
+  cold, live_vs_cold   where clones are live: the same runs with cold clones, and
+             the live figures over the cold ones
 
 The platform runs with a temporary state directory, so a running daemon is not
 disturbed. Needs root.`,
@@ -109,9 +116,19 @@ disturbed. Needs root.`,
 				printCloneQemu(cmd.OutOrStdout(), rep)
 				return nil
 			}
-			rep, err := benchClone(cmd.Context(), g, runs, stateMiB, cmd.ErrOrStderr())
+			rep, err := benchClone(cmd.Context(), g, runs, stateMiB, false, cmd.ErrOrStderr())
 			if err != nil {
 				return fmt.Errorf("bench clone: %w", err)
+			}
+			if rep.Mode == justrunit.CloneLive {
+				fmt.Fprintln(cmd.ErrOrStderr(), "clones are live here; the same runs with cold clones, to compare:")
+				cold, err := benchClone(cmd.Context(), g, runs, stateMiB, true, cmd.ErrOrStderr())
+				if err != nil {
+					return fmt.Errorf("bench clone (cold): %w", err)
+				}
+				rep.Cold = cold
+				rep.LiveVsCold = map[string]float64{"clone_s": rep.CloneS / cold.CloneS, "pause_ms": rep.PauseMS / cold.PauseMS}
+				rep.Leftovers += cold.Leftovers
 			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
@@ -125,6 +142,10 @@ disturbed. Needs root.`,
 			fmt.Fprintf(w, "pause_ms  %.1f  (target ≤ 100: %v)\n", rep.PauseMS, rep.Targets["pause_ms"])
 			fmt.Fprintf(w, "original  steady %.2f ms, worst during clone %.2f ms (%.1fx), %d errors\n",
 				rep.SteadyRTMS, rep.OriginalMaxRTMS, rep.OriginalMaxRTMS/max(rep.SteadyRTMS, 0.001), rep.OriginalErrors)
+			if c := rep.Cold; c != nil {
+				fmt.Fprintf(w, "cold      clone_s %.3f, pause_ms %.1f, original worst %.2f ms: live/cold clone_s %.2fx, pause_ms %.2fx\n",
+					c.CloneS, c.PauseMS, c.OriginalMaxRTMS, rep.LiveVsCold["clone_s"], rep.LiveVsCold["pause_ms"])
+			}
 			fmt.Fprintf(w, "leftovers %d\n", rep.Leftovers)
 			return nil
 		},
@@ -153,7 +174,9 @@ func newBenchTestServerCmd(g *globals) *cobra.Command {
 	}
 }
 
-func benchClone(ctx context.Context, g *globals, runs, stateMiB int, progress io.Writer) (rep *cloneBenchReport, err error) {
+// benchClone measures runs clones of the test server on a platform of its
+// own, live where criu works unless cold is set.
+func benchClone(ctx context.Context, g *globals, runs, stateMiB int, cold bool, progress io.Writer) (rep *cloneBenchReport, err error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -170,7 +193,7 @@ func benchClone(ctx context.Context, g *globals, runs, stateMiB int, progress io
 	if err := cbWriteRandom(filepath.Join(appState, "data"), stateMiB<<20); err != nil {
 		return nil, err
 	}
-	p, err := local.New(local.Config{Logger: g.logger, StateDir: stateDir})
+	p, err := local.New(local.Config{Logger: g.logger, StateDir: stateDir, ColdClones: cold})
 	if err != nil {
 		return nil, err
 	}
