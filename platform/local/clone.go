@@ -201,7 +201,9 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		}
 		if cerr == nil && dump {
 			if derr := p.dumpOriginal(orig, origGroup, images); derr != nil {
-				p.log.Warn("cloning cold: the original cannot be dumped", "id", id, "err", derr)
+				if !p.cfg.LiveClones {
+					p.log.Warn("cloning cold: the original cannot be dumped", "id", id, "err", derr)
+				}
 				coldBecause = derr.Error()
 				if errors.Is(derr, errMPTCP) {
 					p.mu.Lock()
