@@ -127,7 +127,12 @@ disturbed. Needs root.`,
 					return fmt.Errorf("bench clone (cold): %w", err)
 				}
 				rep.Cold = cold
-				rep.LiveVsCold = map[string]float64{"clone_s": rep.CloneS / cold.CloneS, "pause_ms": rep.PauseMS / cold.PauseMS}
+				rep.LiveVsCold = map[string]float64{}
+				for k, v := range map[string][2]float64{"clone_s": {rep.CloneS, cold.CloneS}, "pause_ms": {rep.PauseMS, cold.PauseMS}} {
+					if v[1] > 0 { // a ratio JSON can carry
+						rep.LiveVsCold[k] = v[0] / v[1]
+					}
+				}
 				rep.Leftovers += cold.Leftovers
 			}
 			if asJSON {

@@ -181,13 +181,10 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 	mode := justrunit.CloneCold
 	images := filepath.Join(cs.Dir, "images")
 	var reflinked bool
-	var coldBecause string
 	p.mu.Lock()
-	dump := p.criu != "" && orig.undumpable == ""
-	if p.criu != "" && !dump {
-		coldBecause = orig.undumpable
-	}
+	coldBecause := orig.undumpable // set only where criu works
 	p.mu.Unlock()
+	dump := p.criu != "" && coldBecause == ""
 	if sd := orig.spec.StateDir; sd != "" || dump {
 		// The state directory's snapshot and the memory dump are taken at
 		// the same instant: with the original frozen.

@@ -96,14 +96,12 @@ func TestCloneConnections(t *testing.T) {
 			resp.Body.Close()
 		}
 		// 32 MiB of copies take about 3 s under -race here.
-		deadline := time.Now().Add(30 * time.Second)
-		for len(clone.requests()) < 2 {
-			if time.Now().After(deadline) {
-				cs, _ := p.CloneStats("c", false)
-				t.Fatalf("after 30 s the clone got %d of 2 copies; clone stats %+v", len(clone.requests()), cs)
+		waitFor(t, 30*time.Second, "both copies", func() bool {
+			if cs, _ := p.CloneStats("c", false); cs.Dropped != 0 {
+				t.Fatalf("a copy was dropped: clone stats %+v", cs)
 			}
-			time.Sleep(5 * time.Millisecond)
-		}
+			return len(clone.requests()) == 2
+		})
 		for i, r := range clone.requests() {
 			if !bytes.Equal(r.body, body) {
 				t.Errorf("copy %d: %d bytes, want the %d sent", i, len(r.body), len(body))
