@@ -24,12 +24,13 @@
 //	            addr: 127.0.0.1:8181
 //	            allocation: {cpu: 50}
 //	            in_proxy: {listen: 127.0.0.1:8081}
-//	            out_proxy: {listen: 127.0.0.1:8282, next: 127.0.0.1:8383}
+//	            out_proxy: {listen: 127.0.0.1:8282, next: 127.0.0.1:8383, mask_json: [$.request_id]}
 //
 // Validation errors name the file, line and field.
 package site
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -172,6 +173,19 @@ type OutProxy struct {
 	// failing; it adds their load to the on-line next tier. Writes never
 	// pass through.
 	PassThrough []string `yaml:"pass_through"`
+	// MaskRegex and MaskJSON hide values that differ between the on-line
+	// instance's calls and a clone's (timestamps, generated ids, session
+	// tokens) from the key a clone's call is matched by: regexps whose
+	// matches (or capture groups) are masked in the target and body, and
+	// JSON paths ("$.ts", "items[*].id", "$..token") masked in JSON
+	// bodies. They are the proxy command's --mask-regex and --mask-json.
+	MaskRegex []string `yaml:"mask_regex"`
+	MaskJSON  []string `yaml:"mask_json"`
+}
+
+// Masks compiles the out-proxy's masks; Validate has checked them.
+func (op *OutProxy) Masks() (httpproxy.Masks, error) {
+	return httpproxy.ParseMasks(op.MaskRegex, op.MaskJSON)
 }
 
 // Load reads and validates a site file.
@@ -318,6 +332,12 @@ func (s *Site) Validate() error {
 						}
 					}
 					if err := httpproxy.CheckPassThrough(inf+".out_proxy.pass_through", op.PassThrough); err != nil {
+						return err
+					}
+					if _, err := op.Masks(); err != nil {
+						if fe, ok := errors.AsType[*justrunit.FieldError](err); ok {
+							fe.Field = inf + ".out_proxy." + fe.Field
+						}
 						return err
 					}
 				}

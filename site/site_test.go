@@ -54,6 +54,8 @@ func TestLoadErrors(t *testing.T) {
 		{"duplicate id", "id: data0", "id: app0", []string{":29:", "duplicate instance id"}},
 		{"address reused", "in_proxy: {listen: 127.0.0.1:18081}", "in_proxy: {listen: 127.0.0.1:18282}", []string{"out_proxy.listen", "already used"}},
 		{"unsafe pass-through", "next: 127.0.0.1:18383}", "next: 127.0.0.1:18383, pass_through: [GET, POST]}", []string{"out_proxy.pass_through[1]", "safe methods"}},
+		{"bad mask regexp", "next: 127.0.0.1:18383}", "next: 127.0.0.1:18383, mask_regex: ['ts=(\\d+', 'id=\\w+']}", []string{":26:", "services[0].tiers[1].instances[0].out_proxy.mask_regex[0]", "not a regular expression"}},
+		{"bad mask JSON path", "next: 127.0.0.1:18383}", "next: 127.0.0.1:18383, mask_json: [$.ts, 'items[x']}", []string{":26:", "out_proxy.mask_json[1]"}},
 		{"clone lag too long", "in_proxy: {listen: 127.0.0.1:18081}", "in_proxy: {listen: 127.0.0.1:18081, clone_lag: 2m}", []string{"in_proxy.clone_lag", "30s"}},
 		{"bad clone lag", "in_proxy: {listen: 127.0.0.1:18081}", "in_proxy: {listen: 127.0.0.1:18081, clone_lag: soon}", []string{"clone_lag"}},
 		{"bad sla", "rt_mean<=50", "rt_mean<50", []string{":10:", "services[0].sla"}},
@@ -112,5 +114,41 @@ func TestExampleSite(t *testing.T) {
 	}
 	if s.Clones != ClonesAuto || len(s.Sandboxes()) != 1 {
 		t.Errorf("clones %q, sandboxes %v; want auto and one sandbox", s.Clones, s.Sandboxes())
+	}
+}
+
+// TestOutProxyMasks checks that an out-proxy's masks in the site file make
+// two calls that differ only in the masked values one key.
+func TestOutProxyMasks(t *testing.T) {
+	good, err := os.ReadFile("testdata/site.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	masked := strings.Replace(string(good), "next: 127.0.0.1:18383}", `next: 127.0.0.1:18383, mask_regex: ['ts=(\d+)'], mask_json: [$.req_id]}`, 1)
+	path := filepath.Join(t.TempDir(), "site.yaml")
+	if err := os.WriteFile(path, []byte(masked), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := s.Services[0].Tiers[1].Instances[0].OutProxy
+	m, err := op.Masks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := m.Key("POST", "/items", "ts=1700000000", []byte(`{"req_id":"a1","item":7}`))
+	b := m.Key("POST", "/items", "ts=1700000042", []byte(`{"req_id":"b2","item":7}`))
+	c := m.Key("POST", "/items", "ts=1700000042", []byte(`{"req_id":"b2","item":8}`))
+	if a != b {
+		t.Errorf("keys differ with only masked values different:\n%q\n%q", a, b)
+	}
+	if b == c {
+		t.Errorf("keys equal with an unmasked value different: %q", c)
+	}
+	unmasked, err := (&OutProxy{}).Masks()
+	if err != nil || !unmasked.Empty() {
+		t.Errorf("masks of an out-proxy without any = %+v, %v; want none", unmasked, err)
 	}
 }

@@ -35,10 +35,7 @@ type Options struct {
 	StateDir string
 	// ReadyTimeout bounds the wait for each instance; 0 is DefaultReadyTimeout.
 	ReadyTimeout time.Duration
-	// Masks are applied by every out-proxy to the keys of recorded calls
-	// (values that differ between the on-line instance and a clone).
-	Masks  httpproxy.Masks
-	Logger *slog.Logger
+	Logger       *slog.Logger
 	// Metrics, when set, receives the proxies' figures: on-line response
 	// times, copies sent and dropped, and (per experiment) the out-proxy's
 	// match rate.
@@ -139,9 +136,13 @@ func (s *Site) up(ctx context.Context, opts Options) error {
 
 func (s *Site) launch(ctx context.Context, l justrunit.Launcher, service, tier string, in site.Instance, opts Options) error {
 	if op := in.OutProxy; op != nil {
+		masks, err := op.Masks()
+		if err != nil {
+			return fmt.Errorf("out-proxy of %s: %w", in.ID, err)
+		}
 		p, err := httpproxy.NewOutProxy(httpproxy.OutConfig{
 			Upstream:    &url.URL{Scheme: "http", Host: op.Next},
-			Masks:       opts.Masks,
+			Masks:       masks,
 			ReuseReads:  true,
 			PassThrough: op.PassThrough,
 			Logger:      s.log.With("proxy", "out", "instance", in.ID),
