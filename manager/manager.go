@@ -70,8 +70,9 @@ type Config struct {
 	// picks the least allocation whose predicted value is within
 	// SLA × (1 − Headroom), so that a prediction a little off the on-line
 	// instance (the sandbox is quieter than a shared host, and near its
-	// knee a service's response time is steep) still meets the SLA.
-	// 0 takes DefaultHeadroom; negative means none.
+	// knee a service's response time is steep) still meets the SLA;
+	// where none is, it falls back as choose says. 0 takes
+	// DefaultHeadroom; negative means none.
 	Headroom float64
 	// Reconsider is how many intervals a service may stay over its SLA
 	// after a response before the manager responds again (a study from
@@ -474,26 +475,29 @@ func (m *Manager) goal(service, target string, sla justrunit.SLA) (justrunit.SLA
 	return goal, fmt.Sprintf("budget of %s: %s; %s less that and %.0f%% headroom is %s<=%.1f", target, how, sla, 100*m.cfg.Headroom, goal.Metric, goal.Max)
 }
 
-// decide picks the least allocation whose cell meets the SLA with the
-// headroom; when that cell was interpolated, the decision uses it (T) and
-// the checker re-measures it; if the measurement misses the threshold the
+// decide picks an allocation from the study's matrix (see choose); when
+// the cell it goes by was interpolated, the decision uses it (T) and the
+// checker re-measures it; if the measurement misses the threshold the
 // decision is made again with the measured value.
 func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.Study, mat *justrunit.Matrix, service string, goal justrunit.SLA) (float64, error) {
+	online, _ := m.tierNow(service)
 	for range len(mat.Rows) {
-		i := slices.IndexFunc(mat.Rows, func(r justrunit.Row) bool {
-			c := r.Cells[mat.MetricIndex(st.SLA.Metric)]
-			return c.Prov != justrunit.Empty && goal.Met(c.Value)
-		})
+		i, why := choose(mat, st.SLA.Metric, goal, m.cfg.Headroom, online)
 		if i < 0 {
-			return 0, fmt.Errorf("no allocation of %s meets %s (the SLA %s less the other tiers' time and %.0f%% headroom)", st.Target, goal, st.SLA, 100*m.cfg.Headroom)
+			return 0, fmt.Errorf("no allocation of %s meets %s<=%.1f (the SLA %s less the other tiers' time and %.0f%% headroom), nor is any predicted better than its %s on-line now (%s)",
+				st.Target, goal.Metric, goal.Max, st.SLA, 100*m.cfg.Headroom, st.SLA.Metric, formatOnline(online))
 		}
 		p := mat.Rows[i].Point
 		cells, err := x.Engine.Use(ctx, st, mat, p, st.SLA.Metric)
 		if err != nil {
 			return 0, err
 		}
-		m.emit(Event{Kind: EventDecision, Service: service, Message: fmt.Sprintf("%s needs %s: %s %.1f (%s)", st.Target, st.Space.Format(p), st.SLA.Metric, cells[0].Value, cells[0].Prov),
-			Data: map[string]any{"target": st.Target, "cpu": p[0], "prov": cells[0].Prov.String()}})
+		msg := fmt.Sprintf("%s needs %s: %s %.1f (%s)", st.Target, st.Space.Format(p), st.SLA.Metric, cells[0].Value, cells[0].Prov)
+		if why != "" {
+			msg = fmt.Sprintf("%s takes %s: %s %.1f (%s); %s", st.Target, st.Space.Format(p), st.SLA.Metric, cells[0].Value, cells[0].Prov, why)
+		}
+		m.emit(Event{Kind: EventDecision, Service: service, Message: msg,
+			Data: map[string]any{"target": st.Target, "cpu": p[0], "prov": cells[0].Prov.String(), "fallback": why}})
 		if cells[0].Prov != justrunit.Used {
 			return p[0], nil
 		}
@@ -502,14 +506,15 @@ func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.St
 			return 0, fmt.Errorf("check: %w", err)
 		}
 		failed := slices.ContainsFunc(res, func(r justrunit.CheckResult) bool { return !r.Passed })
-		msg := "the checker confirmed the interpolated value"
+		msg = "the checker confirmed the interpolated value"
 		if failed {
 			msg = "the checker found the interpolated value off by more than the threshold: deciding again with the measured value"
 		}
 		m.emit(Event{Kind: EventCheck, Service: service, Message: msg, Data: map[string]any{"results": res}})
-		c, _ := mat.Cell(p, st.SLA.Metric)
-		if !failed && goal.Met(c.Value) {
-			return p[0], nil
+		if !failed {
+			if j, _ := choose(mat, st.SLA.Metric, goal, m.cfg.Headroom, online); j == i {
+				return p[0], nil
+			}
 		}
 		// Decide again: the V cell carries the measured value now, and the
 		// interpolation around it is redone from it.
@@ -518,6 +523,70 @@ func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.St
 		}
 	}
 	return 0, errors.New("decision did not settle")
+}
+
+// choose returns the row of mat a decision takes, and why when it is not
+// the plain case:
+//   - the least allocation whose value of metric meets goal (the SLA less
+//     the other tiers' time, less the headroom);
+//   - failing that, the least that meets the goal without its headroom
+//     (goal.Max / (1 − headroom));
+//   - failing that, a best effort: the allocation predicted best, when it
+//     is better than online, the tier's on-line value now (NaN when not
+//     known). A service far over its SLA is then helped as far as the
+//     study says it can be, rather than left as it is, and the manager
+//     responds again from there if it stays over.
+//
+// It returns -1 when none of these holds. Empty cells are never taken.
+func choose(mat *justrunit.Matrix, metric justrunit.Metric, goal justrunit.SLA, headroom, online float64) (int, string) {
+	col := mat.MetricIndex(metric)
+	least := func(max float64) int {
+		return slices.IndexFunc(mat.Rows, func(r justrunit.Row) bool {
+			c := r.Cells[col]
+			return c.Prov != justrunit.Empty && c.Value <= max
+		})
+	}
+	if i := least(goal.Max); i >= 0 {
+		return i, ""
+	}
+	bare := goal.Max
+	if headroom > 0 && headroom < 1 {
+		bare = goal.Max / (1 - headroom)
+		if i := least(bare); i >= 0 {
+			return i, fmt.Sprintf("none meets %s<=%.1f with the %.0f%% headroom; this is the least that meets it without", goal.Metric, goal.Max, 100*headroom)
+		}
+	}
+	best := -1
+	for i, r := range mat.Rows {
+		if c := r.Cells[col]; c.Prov != justrunit.Empty && (best < 0 || c.Value < mat.Rows[best].Cells[col].Value) {
+			best = i
+		}
+	}
+	if best < 0 || !(mat.Rows[best].Cells[col].Value < online) {
+		return -1, ""
+	}
+	return best, fmt.Sprintf("best effort: none is predicted to meet %s<=%.1f, and this is predicted best (the tier has %.1f on-line now)", goal.Metric, bare, online)
+}
+
+// tierNow is the on-line value of the SLA metric at the service's
+// bottleneck tier over the latest interval that had enough requests; NaN
+// and false when none had.
+func (m *Manager) tierNow(service string) (float64, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, t := range slices.Backward(m.recent[service]) {
+		if t.tierCount >= monitor.MinRequests {
+			return t.tier, true
+		}
+	}
+	return math.NaN(), false
+}
+
+func formatOnline(v float64) string {
+	if math.IsNaN(v) {
+		return "not known"
+	}
+	return fmt.Sprintf("%.1f", v)
 }
 
 func (m *Manager) service(name string) *site.Service {

@@ -1,0 +1,63 @@
+package manager
+
+import (
+	"math"
+	"strings"
+	"testing"
+
+	"github.com/justrunit/justrunit"
+)
+
+// TestChoose checks the decision's ladder: the least allocation that meets
+// the goal, else the least that meets it without the headroom, else the
+// best predicted when it is better than the tier on-line now, else none.
+func TestChoose(t *testing.T) {
+	cpu, err := justrunit.ParseParameter("cpu=30..100 step 10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	space := justrunit.Space{Params: []justrunit.Parameter{cpu}}
+	matrix := func(values ...float64) *justrunit.Matrix {
+		m, err := justrunit.NewMatrix(space, []justrunit.Metric{justrunit.Throughput, justrunit.RTMean})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range values {
+			if !math.IsNaN(v) {
+				m.Rows[i].Cells[1] = justrunit.Cell{Value: v, Prov: justrunit.Measured}
+			}
+		}
+		return m
+	}
+	nan := math.NaN()
+	goal := justrunit.SLA{Metric: justrunit.RTMean, Max: 45} // 50 less 10% headroom
+	for _, tt := range []struct {
+		name     string
+		values   []float64
+		headroom float64
+		online   float64
+		want     float64 // the row's cpu, 0 for none
+		why      string
+	}{
+		{"least meeting the goal", []float64{300, nan, 60, 44, 40, 38, 35, 34}, 0.1, 900, 60, ""},
+		{"empty cells are skipped", []float64{nan, nan, nan, nan, nan, nan, 44, 30}, 0.1, 900, 90, ""},
+		{"without the headroom", []float64{300, 200, 100, 49, 48, 47, 46, 46}, 0.1, 900, 60, "without"},
+		{"no headroom to drop", []float64{300, 200, 100, 49, 48, 47, 46, 46}, 0, 900, 90, "best effort"},
+		{"best effort", []float64{300, 200, 100, 80, 70, 60, 55, 56}, 0.1, 900, 90, "best effort"},
+		{"best no better than on-line", []float64{300, 200, 100, 80, 70, 60, 55, 56}, 0.1, 55, 0, ""},
+		{"on-line not known", []float64{300, 200, 100, 80, 70, 60, 55, 56}, 0.1, nan, 0, ""},
+		{"nothing measured", []float64{nan, nan, nan, nan, nan, nan, nan, nan}, 0.1, 900, 0, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m := matrix(tt.values...)
+			i, why := choose(m, justrunit.RTMean, goal, tt.headroom, tt.online)
+			got := 0.0
+			if i >= 0 {
+				got = m.Rows[i].Point[0]
+			}
+			if got != tt.want || (tt.why == "") != (why == "") || !strings.Contains(why, tt.why) {
+				t.Errorf("choose = cpu %g (%q), want cpu %g (%q)", got, why, tt.want, tt.why)
+			}
+		})
+	}
+}
