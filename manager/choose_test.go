@@ -45,12 +45,14 @@ func TestChoose(t *testing.T) {
 		{"no headroom to drop", []float64{300, 200, 100, 49, 48, 47, 46, 46}, 0, 900, 90, "best effort"},
 		{"best effort", []float64{300, 200, 100, 80, 70, 60, 55, 56}, 0.1, 900, 90, "best effort"},
 		{"best no better than on-line", []float64{300, 200, 100, 80, 70, 60, 55, 56}, 0.1, 55, 0, ""},
+		{"best better only within the threshold", []float64{300, 200, 100, 80, 70, 60, 55, 56}, 0.1, 60, 0, ""},
+		{"best better beyond the threshold", []float64{300, 200, 100, 80, 70, 60, 55, 56}, 0.1, 62, 90, "best effort"},
 		{"on-line not known", []float64{300, 200, 100, 80, 70, 60, 55, 56}, 0.1, nan, 0, ""},
 		{"nothing measured", []float64{nan, nan, nan, nan, nan, nan, nan, nan}, 0.1, 900, 0, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			m := matrix(tt.values...)
-			i, why := choose(m, justrunit.RTMean, goal, tt.headroom, tt.online)
+			i, why := choose(m, justrunit.RTMean, goal, tt.headroom, tt.online, 0.1)
 			got := 0.0
 			if i >= 0 {
 				got = m.Rows[i].Point[0]

@@ -482,10 +482,10 @@ func (m *Manager) goal(service, target string, sla justrunit.SLA) (justrunit.SLA
 func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.Study, mat *justrunit.Matrix, service string, goal justrunit.SLA) (float64, error) {
 	online, _ := m.tierNow(service)
 	for range len(mat.Rows) {
-		i, why := choose(mat, st.SLA.Metric, goal, m.cfg.Headroom, online)
+		i, why := choose(mat, st.SLA.Metric, goal, m.cfg.Headroom, online, m.cfg.CheckThreshold)
 		if i < 0 {
-			return 0, fmt.Errorf("no allocation of %s meets %s<=%.1f (the SLA %s less the other tiers' time and %.0f%% headroom), nor is any predicted better than its %s on-line now (%s)",
-				st.Target, goal.Metric, goal.Max, st.SLA, 100*m.cfg.Headroom, st.SLA.Metric, formatOnline(online))
+			return 0, fmt.Errorf("no allocation of %s meets %s<=%.1f (the SLA %s less the other tiers' time and %.0f%% headroom), nor is any predicted more than %.0f%% better than its %s on-line now (%s)",
+				st.Target, goal.Metric, goal.Max, st.SLA, 100*m.cfg.Headroom, 100*m.cfg.CheckThreshold, st.SLA.Metric, formatOnline(online))
 		}
 		p := mat.Rows[i].Point
 		cells, err := x.Engine.Use(ctx, st, mat, p, st.SLA.Metric)
@@ -512,7 +512,7 @@ func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.St
 		}
 		m.emit(Event{Kind: EventCheck, Service: service, Message: msg, Data: map[string]any{"results": res}})
 		if !failed {
-			if j, _ := choose(mat, st.SLA.Metric, goal, m.cfg.Headroom, online); j == i {
+			if j, _ := choose(mat, st.SLA.Metric, goal, m.cfg.Headroom, online, m.cfg.CheckThreshold); j == i {
 				return p[0], nil
 			}
 		}
@@ -533,12 +533,14 @@ func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.St
 //     (goal.Max / (1 − headroom));
 //   - failing that, a best effort: the allocation predicted best, when it
 //     is better than online, the tier's on-line value now (NaN when not
-//     known). A service far over its SLA is then helped as far as the
-//     study says it can be, rather than left as it is, and the manager
-//     responds again from there if it stays over.
+//     known), by more than threshold (the relative error a prediction is
+//     trusted to; a tier that more CPU does not help is left as it is). A
+//     service far over its SLA is then helped as far as the study says it
+//     can be, rather than left as it is, and the manager responds again
+//     from there if it stays over.
 //
 // It returns -1 when none of these holds. Empty cells are never taken.
-func choose(mat *justrunit.Matrix, metric justrunit.Metric, goal justrunit.SLA, headroom, online float64) (int, string) {
+func choose(mat *justrunit.Matrix, metric justrunit.Metric, goal justrunit.SLA, headroom, online, threshold float64) (int, string) {
 	col := mat.MetricIndex(metric)
 	least := func(max float64) int {
 		return slices.IndexFunc(mat.Rows, func(r justrunit.Row) bool {
@@ -562,7 +564,7 @@ func choose(mat *justrunit.Matrix, metric justrunit.Metric, goal justrunit.SLA, 
 			best = i
 		}
 	}
-	if best < 0 || !(mat.Rows[best].Cells[col].Value < online) {
+	if best < 0 || !(mat.Rows[best].Cells[col].Value < online*(1-threshold)) {
 		return -1, ""
 	}
 	return best, fmt.Sprintf("best effort: none is predicted to meet %s<=%.1f, and this is predicted best (the tier has %.1f on-line now)", goal.Metric, bare, online)
