@@ -181,6 +181,12 @@ type OutProxy struct {
 	// bodies. They are the proxy command's --mask-regex and --mask-json.
 	MaskRegex []string `yaml:"mask_regex"`
 	MaskJSON  []string `yaml:"mask_json"`
+	// StandIn answers a clone's read that nothing recorded matches with
+	// the latest recorded call of its route (the same kind of call about
+	// another item), before any pass-through: a clone of an overloaded
+	// instance, which runs ahead of it, then adds no load to the on-line
+	// next tier (httpproxy.OutConfig.StandIn).
+	StandIn bool `yaml:"stand_in"`
 }
 
 // Masks compiles the out-proxy's masks; Validate has checked them.

@@ -124,7 +124,7 @@ func TestOutProxyMasks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	masked := strings.Replace(string(good), "next: 127.0.0.1:18383}", `next: 127.0.0.1:18383, mask_regex: ['ts=(\d+)'], mask_json: [$.req_id]}`, 1)
+	masked := strings.Replace(string(good), "next: 127.0.0.1:18383}", `next: 127.0.0.1:18383, mask_regex: ['ts=(\d+)'], mask_json: [$.req_id], stand_in: true}`, 1)
 	path := filepath.Join(t.TempDir(), "site.yaml")
 	if err := os.WriteFile(path, []byte(masked), 0o600); err != nil {
 		t.Fatal(err)
@@ -134,6 +134,9 @@ func TestOutProxyMasks(t *testing.T) {
 		t.Fatal(err)
 	}
 	op := s.Services[0].Tiers[1].Instances[0].OutProxy
+	if !op.StandIn {
+		t.Error("stand_in: true not read")
+	}
 	m, err := op.Masks()
 	if err != nil {
 		t.Fatal(err)

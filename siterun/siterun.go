@@ -145,6 +145,7 @@ func (s *Site) launch(ctx context.Context, l justrunit.Launcher, service, tier s
 			Masks:       masks,
 			ReuseReads:  true,
 			PassThrough: op.PassThrough,
+			StandIn:     op.StandIn,
 			Logger:      s.log.With("proxy", "out", "instance", in.ID),
 		})
 		if err != nil {

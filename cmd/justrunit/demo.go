@@ -343,7 +343,7 @@ func buildAuction(ctx context.Context, dir string) (string, error) {
 // app tier (where studies feed clones), and an out-proxy in front of its
 // data tier.
 func demoSite(dir, bin string, work float64) (*site.Site, map[string]string, error) {
-	return demoSiteWith(dir, bin, demoSiteSpec{services: 2, work: work, passThrough: true, appCPU: 25, dataCPU: 10})
+	return demoSiteWith(dir, bin, demoSiteSpec{services: 2, work: work, standIn: true, passThrough: true, appCPU: 25, dataCPU: 10})
 }
 
 // demoWebCPU is the web tiers' CPU share in every demo site.
@@ -353,8 +353,10 @@ const demoWebCPU = 10
 type demoSiteSpec struct {
 	services int     // auction services, auction0 to auction<services−1>
 	work     float64 // the app tiers' --work
-	// passThrough lets clones' unrecorded reads reach the data tier.
-	passThrough bool
+	// standIn answers a clone's unrecorded read with the latest recorded
+	// read of its route; passThrough lets those still unanswered (a route
+	// not seen yet) reach the data tier.
+	standIn, passThrough bool
 	// appCPU and dataCPU are the app and data tiers' CPU shares (a small
 	// data share throttles its bursts, which adds latency spikes to every
 	// app tier request).
@@ -370,8 +372,11 @@ func demoSiteWith(dir, bin string, spec demoSiteSpec) (*site.Site, map[string]st
 		lagField = fmt.Sprintf(", clone_lag: %v", spec.lag)
 	}
 	pt := ""
+	if spec.standIn {
+		pt += ", stand_in: true"
+	}
 	if spec.passThrough {
-		pt = ", pass_through: [GET]"
+		pt += ", pass_through: [GET]"
 	}
 	var b strings.Builder
 	b.WriteString(`platform: local

@@ -264,6 +264,7 @@ func newProxyOutCmd(g *globals) *cobra.Command {
 		fallbackStatus                         int
 		passThrough                            []string
 		masks                                  maskFlags
+		reuseReads, standIn                    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "out",
@@ -274,7 +275,13 @@ are forwarded to --upstream unchanged and each exchange is recorded. On
 normalised key (method, path, sorted query, body, with the masks applied),
 consumed in order within --window, answered after the latency the next tier
 showed. A clone's call that arrives before the matching on-line call has
-ended waits up to --match-wait for it.
+ended waits up to --match-wait for it. With --reuse-reads, a read (a safe
+method) is answered at once with the latest exchange of the same key instead;
+with --stand-in, a read nothing matches is answered with the latest exchange
+of its route (method, path with its numeric segments as *, query names): the
+same kind of call about another item, counted as unmatched (stood_in). Both
+keep a clone faster than an overloaded on-line instance from being held to
+its pace.
 
 Which callers are clones is decided by the listener they reach: point the
 on-line instance at --listen and the clones at --clone-listen (the sandbox's
@@ -284,7 +291,7 @@ real next tier for the safe methods named in --pass-through (GET, HEAD,
 OPTIONS, TRACE only): a clone's writes never reach the on-line next tier.
 
 The record is bounded by --window and --max-record-bytes; its size is in the
-statistics (match_rate, matched, unmatched, passed_through, recorded,
+statistics (match_rate, matched, unmatched, stood_in, passed_through, recorded,
 not_recorded, record.bytes). Control API (--control, loopback only):
 GET /stats, POST /stats/reset.`,
 		Example: `  justrunit proxy out --listen 127.0.0.1:5433 --clone-listen 127.0.0.1:5434 \
@@ -293,7 +300,7 @@ GET /stats, POST /stats/reset.`,
 		RunE: func(cmd *cobra.Command, args []string) (err error) {
 			defer func() { err = flagError(err) }()
 			tuneGC()
-			cfg := httpproxy.OutConfig{Window: window, MatchWait: matchWait, FallbackStatus: fallbackStatus, Logger: g.logger}
+			cfg := httpproxy.OutConfig{Window: window, MatchWait: matchWait, FallbackStatus: fallbackStatus, ReuseReads: reuseReads, StandIn: standIn, Logger: g.logger}
 			if cfg.Upstream, err = httpproxy.ParseUpstream("--upstream", upstream); err != nil {
 				return err
 			}
@@ -338,7 +345,7 @@ GET /stats, POST /stats/reset.`,
 			logStats(ctx, statsInterval, func() {
 				st := p.Reset()
 				g.logger.Info("out-proxy", "recorded", st.Recorded, "matched", st.Matched, "unmatched", st.Unmatched,
-					"passed_through", st.PassedThrough, "match_rate", st.MatchRate, "record_bytes", st.Record.Bytes)
+					"stood_in", st.StoodIn, "passed_through", st.PassedThrough, "match_rate", st.MatchRate, "record_bytes", st.Record.Bytes)
 			})
 			<-ctx.Done()
 			printJSONLine(cmd.OutOrStdout(), p.Stats())
@@ -356,6 +363,8 @@ GET /stats, POST /stats/reset.`,
 	f.DurationVar(&matchWait, "match-wait", httpproxy.DefaultMatchWait, "how long a clone call waits for its on-line match; negative: not at all")
 	f.IntVar(&fallbackStatus, "fallback-status", httpproxy.DefaultFallbackStatus, "status answered to unmatched clone calls")
 	f.StringSliceVar(&passThrough, "pass-through", nil, "safe methods whose unmatched clone calls go to the real next tier, e.g. GET,HEAD")
+	f.BoolVar(&reuseReads, "reuse-reads", false, "answer a clone's read with the latest exchange of the same key when none is left to take")
+	f.BoolVar(&standIn, "stand-in", false, "answer a clone's read that nothing matches with the latest exchange of its route")
 	f.DurationVar(&statsInterval, "stats-interval", 0, "log statistics (and start a new window) this often; 0: never")
 	masks.add(cmd)
 	_ = cmd.MarkFlagRequired("upstream")

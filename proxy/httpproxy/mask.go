@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -90,6 +91,36 @@ func (m Masks) Target(path, rawQuery string) string {
 		b = maskRegexp(re, b)
 	}
 	return string(b)
+}
+
+// RouteOf returns the route of a request: its method, its path with every
+// segment that holds a digit (an id, a date, a version) in place of "*",
+// and the names of its query parameters, sorted, without their values;
+// "GET /items/*?category&q" for "GET /items/42?q=lamp&category=3". Calls of
+// one route ask the same kind of thing of the next tier, of other items.
+func RouteOf(method, path, rawQuery string) string {
+	segs := strings.Split(path, "/")
+	for i, seg := range segs {
+		if strings.ContainsAny(seg, "0123456789") {
+			segs[i] = "*"
+		}
+	}
+	r := method + " " + strings.Join(segs, "/")
+	if rawQuery == "" {
+		return r
+	}
+	var names []string
+	for _, kv := range strings.Split(rawQuery, "&") {
+		name, _, _ := strings.Cut(kv, "=")
+		if n, err := url.QueryUnescape(name); err == nil {
+			name = n
+		}
+		if name != "" && !slices.Contains(names, name) {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return r + "?" + strings.Join(names, "&")
 }
 
 // Key returns the normalised key of a request: method, masked target and a

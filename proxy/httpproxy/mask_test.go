@@ -124,3 +124,18 @@ func TestParseMasksErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestRouteOf(t *testing.T) {
+	for _, tt := range []struct{ method, path, query, want string }{
+		{"GET", "/items/42", "q=lamp&category=3", "GET /items/*?category&q"},
+		{"GET", "/items/42", "category=3&q=lamp&q=desk", "GET /items/*?category&q"},
+		{"GET", "/items", "", "GET /items"},
+		{"GET", "/v2/users/u-17/orders/2026-11-26", "", "GET /*/users/*/orders/*"},
+		{"GET", "/search", "na%6De=x&", "GET /search?name"},
+		{"HEAD", "/", "", "HEAD /"},
+	} {
+		if got := RouteOf(tt.method, tt.path, tt.query); got != tt.want {
+			t.Errorf("RouteOf(%s, %s, %s) = %q, want %q", tt.method, tt.path, tt.query, got, tt.want)
+		}
+	}
+}

@@ -96,6 +96,17 @@ type OutConfig struct {
 	// then does not hold the clone to its pace. Writes are always matched
 	// one to one.
 	ReuseReads bool
+	// StandIn lets a clone's read (a safe method) that nothing recorded
+	// matches, not even with ReuseReads, be answered at once with the
+	// latest exchange of the same route (see RouteOf: the same kind of
+	// call, about another item), after that exchange's latency, instead
+	// of waiting for the on-line instance or passing through to the real
+	// next tier. A clone of an overloaded on-line instance is then neither
+	// held to its pace nor adding load to the on-line next tier; the
+	// answer's content is another call's, so the clone's work is the same
+	// kind, not the same. Stand-ins count as unmatched (StoodIn). Writes
+	// are never stood in for.
+	StandIn bool
 	// Logger receives the proxy's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -139,8 +150,18 @@ type cloneEndpoint struct {
 	srv                        *server // nil when the caller serves CloneHandler
 	matched, unmatched, passed atomic.Int64
 	reused                     atomic.Int64 // matched reads answered with an earlier exchange
+	stoodIn                    atomic.Int64 // unmatched reads answered with another call of their route
 	waited, waitNs             atomic.Int64 // calls that waited for their on-line match, and how long
 	from                       atomic.Int64 // window start, unix ns
+}
+
+// route is the route an on-line call is recorded under: empty (none) when
+// no stand-ins are served, or for a write, which is never stood in for.
+func (p *OutProxy) route(method, path, rawQuery string) string {
+	if !p.cfg.StandIn || !p.readOnly(method) {
+		return ""
+	}
+	return RouteOf(method, path, rawQuery)
 }
 
 // readOnly reports whether a call with method reads only, so that an
@@ -357,11 +378,13 @@ type ReplayStats struct {
 	Start time.Time `json:"start"`
 	End   time.Time `json:"end"`
 	// Matched counts the clone's calls answered from the record;
-	// Unmatched the others, of which PassedThrough were forwarded to the
-	// real next tier (safe methods only) and the rest answered with the
-	// fallback status.
+	// Unmatched the others, of which StoodIn were answered with the
+	// latest exchange of their route (StandIn), PassedThrough forwarded
+	// to the real next tier (safe methods only) and the rest answered
+	// with the fallback status.
 	Matched       int64 `json:"matched"`
 	Unmatched     int64 `json:"unmatched"`
+	StoodIn       int64 `json:"stood_in"`
 	PassedThrough int64 `json:"passed_through"`
 	// MatchRate is Matched / (Matched + Unmatched), 1 when the clone made
 	// no call.
@@ -396,7 +419,7 @@ func (ep *cloneEndpoint) stats(reset bool) ReplayStats {
 		s.Start = time.Unix(0, ep.from.Load())
 	}
 	s.Matched, s.Unmatched, s.PassedThrough = load(&ep.matched), load(&ep.unmatched), load(&ep.passed)
-	s.Reused = load(&ep.reused)
+	s.Reused, s.StoodIn = load(&ep.reused), load(&ep.stoodIn)
 	if s.Waited = load(&ep.waited); s.Waited > 0 {
 		s.WaitMs = float64(load(&ep.waitNs)) / float64(s.Waited) / float64(time.Millisecond)
 	} else if reset {
@@ -422,11 +445,12 @@ type OutStats struct {
 	// read in full, or too many being recorded at once).
 	Recorded    int64 `json:"recorded"`
 	NotRecorded int64 `json:"not_recorded"`
-	// Matched, Unmatched and PassedThrough add up the clones' counts (see
-	// ReplayStats); MatchRate is Matched / (Matched + Unmatched), 1 when
-	// the clones made no call.
+	// Matched, Unmatched, StoodIn and PassedThrough add up the clones'
+	// counts (see ReplayStats); MatchRate is Matched / (Matched +
+	// Unmatched), 1 when the clones made no call.
 	Matched       int64   `json:"matched"`
 	Unmatched     int64   `json:"unmatched"`
+	StoodIn       int64   `json:"stood_in"`
 	PassedThrough int64   `json:"passed_through"`
 	MatchRate     float64 `json:"match_rate"`
 	// Clones has each clone's counts, by name.
@@ -459,6 +483,7 @@ func (p *OutProxy) stats(reset bool) OutStats {
 		rs := ep.stats(reset)
 		s.Matched += rs.Matched
 		s.Unmatched += rs.Unmatched
+		s.StoodIn += rs.StoodIn
 		s.PassedThrough += rs.PassedThrough
 		s.Clones = append(s.Clones, rs)
 	}
@@ -596,6 +621,7 @@ func (p *OutProxy) commit(pe *pending, resp *http.Response, body []byte, end tim
 		}
 		ex := &Exchange{
 			Key:     p.cfg.Masks.Key(pe.method, pe.path, pe.rawQuery, reqBody),
+			Route:   p.route(pe.method, pe.path, pe.rawQuery),
 			Method:  pe.method,
 			URI:     pe.uri,
 			Start:   pe.start,
@@ -628,6 +654,17 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 			// holding the clone to the on-line instance's pace.
 			if ex, ok = p.rec.Latest(key); ok {
 				ep.reused.Add(1)
+			}
+		}
+		if !ok && p.cfg.StandIn && p.readOnly(r.Method) {
+			// Nothing recorded of this call: another call of its route
+			// stands in, rather than holding the clone to the on-line
+			// instance's pace or loading the on-line next tier.
+			if sub, found := p.rec.LatestRoute(RouteOf(r.Method, r.URL.Path, r.URL.RawQuery)); found {
+				ep.unmatched.Add(1)
+				ep.stoodIn.Add(1)
+				p.replay(w, r, sub, arrival)
+				return
 			}
 		}
 		if !ok && !(p.cfg.ReuseReads && p.safe[r.Method]) {

@@ -359,6 +359,55 @@ func TestOutProxyReuseReads(t *testing.T) {
 	}
 }
 
+// TestOutProxyStandIn checks that with StandIn a clone's read that nothing
+// recorded matches is answered at once with the latest exchange of its
+// route, after that exchange's latency, counted as unmatched and stood in;
+// that a read of a route never seen and a write are not stood in for; and
+// that none of it reaches the next tier.
+func TestOutProxyStandIn(t *testing.T) {
+	nt := newNextTier(t, 30*time.Millisecond)
+	for _, standIn := range []bool{false, true} {
+		t.Run(fmt.Sprintf("stand_in=%v", standIn), func(t *testing.T) {
+			p, online, clone := startOut(t, OutConfig{Upstream: nt.URL, MatchWait: -1, ReuseReads: true, StandIn: standIn})
+			c := testClient()
+			before := len(nt.requests())
+			do(t, c, "GET", online+"/items/7?q=lamp&category=3", "")
+			last := do(t, c, "GET", online+"/items/8?category=4&q=desk", "")
+			do(t, c, "POST", online+"/items/8/bids", `{"amount":5}`)
+			waitFor(t, 5*time.Second, "recorded", func() bool { return p.Stats().Recorded == 3 })
+
+			got := do(t, c, "GET", clone+"/items/42?category=1&q=chair", "")
+			if !standIn {
+				if got.status != DefaultFallbackStatus {
+					t.Errorf("unmatched read without StandIn = %d %q, want the fallback %d", got.status, got.body, DefaultFallbackStatus)
+				}
+			} else if got.status != http.StatusOK || got.body != last.body || got.took < 25*time.Millisecond {
+				t.Errorf("stood-in read = %d %q after %v, want the route's latest %q after its 30ms latency", got.status, got.body, got.took, last.body)
+			}
+			if got := do(t, c, "GET", clone+"/users/42", ""); got.status != DefaultFallbackStatus {
+				t.Errorf("read of a route never seen = %d %q, want the fallback %d", got.status, got.body, DefaultFallbackStatus)
+			}
+			if got := do(t, c, "POST", clone+"/items/42/bids", `{"amount":5}`); got.status != DefaultFallbackStatus {
+				t.Errorf("unmatched write = %d %q, want the fallback %d", got.status, got.body, DefaultFallbackStatus)
+			}
+			rs, err := p.ReplayStats(DefaultCloneName, false)
+			wantStood := int64(0)
+			if standIn {
+				wantStood = 1
+			}
+			if err != nil || rs.Matched != 0 || rs.Unmatched != 3 || rs.StoodIn != wantStood || rs.MatchRate != 0 {
+				t.Errorf("ReplayStats = %+v, %v; want 3 unmatched, %d stood in, match rate 0", rs, err, wantStood)
+			}
+			if st := p.Stats(); st.StoodIn != wantStood {
+				t.Errorf("Stats().StoodIn = %d, want %d", st.StoodIn, wantStood)
+			}
+			if hits := len(nt.requests()) - before; hits != 3 {
+				t.Errorf("next tier saw %d calls, want only the 3 on-line ones", hits)
+			}
+		})
+	}
+}
+
 // TestOutProxyForwardsUnchanged checks the on-line face: the next tier
 // sees the on-line instance's call as it was sent, the instance gets the
 // next tier's answer as it was sent, and the record keeps the exchange

@@ -15,6 +15,9 @@ import (
 type Exchange struct {
 	// Key is the request's normalised key (see Masks.Key).
 	Key string
+	// Route is the request's route (see RouteOf); empty: none, and the
+	// exchange stands in for no other call.
+	Route string
 	// Method and URI are the on-line request's, for logs and debugging.
 	Method, URI string
 	// Start is when the on-line call reached the out-proxy.
@@ -71,6 +74,7 @@ type Record struct {
 	order     []*entry // in insertion order; order[head:] are live
 	head      int
 	byKey     map[string]*keyQueue
+	byRoute   map[string]*entry // each route's latest exchange
 	bytes     int64
 	evicted   int64
 	consumers map[string]int // consumer name -> bit
@@ -100,6 +104,7 @@ func NewRecord(window time.Duration, maxBytes int64) *Record {
 		window:    window,
 		maxBytes:  maxBytes,
 		byKey:     make(map[string]*keyQueue),
+		byRoute:   make(map[string]*entry),
 		consumers: make(map[string]int),
 		changed:   make(chan struct{}),
 	}
@@ -120,6 +125,9 @@ func (r *Record) Add(e *Exchange) bool {
 	}
 	en := &entry{ex: e, size: sz}
 	r.order = append(r.order, en)
+	if e.Route != "" {
+		r.byRoute[e.Route] = en
+	}
 	q := r.byKey[e.Key]
 	if q == nil {
 		q = &keyQueue{}
@@ -232,6 +240,20 @@ func (r *Record) Latest(key string) (*Exchange, bool) {
 	return q.entries[len(q.entries)-1].ex, true
 }
 
+// LatestRoute returns the exchange of route recorded last within the
+// window, taken or not, whatever its key. The out-proxy lets it stand in
+// for a clone's read that nothing recorded matches (StandIn).
+func (r *Record) LatestRoute(route string) (*Exchange, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.evictLocked(time.Now())
+	en := r.byRoute[route]
+	if en == nil {
+		return nil, false
+	}
+	return en.ex, true
+}
+
 // freeBitLocked returns the lowest consumer bit not in use.
 func (r *Record) freeBitLocked() (int, bool) {
 	var used uint64
@@ -286,6 +308,9 @@ func (r *Record) dropOldestLocked() {
 	}
 	r.bytes -= en.size
 	r.evicted++
+	if rt := en.ex.Route; rt != "" && r.byRoute[rt] == en {
+		delete(r.byRoute, rt) // the route's latest leaves last: no older one is left
+	}
 	k := en.ex.Key
 	q := r.byKey[k]
 	i := slices.Index(q.entries, en)

@@ -105,3 +105,42 @@ func TestRecordWait(t *testing.T) {
 		t.Fatalf("Wait(none) = %v after %v, want false after about 30ms", ok, time.Since(start))
 	}
 }
+
+// TestRecordLatestRoute checks that a route's latest exchange is the one
+// added last, taken or not, and that the route is gone once its exchanges
+// have left the record (by the window or the size bound).
+func TestRecordLatestRoute(t *testing.T) {
+	r := NewRecord(time.Minute, 1<<20)
+	now := time.Now()
+	for i, key := range []string{"GET /items/1", "GET /items/2", "GET /users/3"} {
+		e := ex(key, now.Add(time.Duration(i)*time.Millisecond), key)
+		e.Route = RouteOf("GET", key[len("GET "):], "")
+		r.Add(e)
+	}
+	r.Add(ex("POST /items/2/bids", now, "write")) // no route: never stands in
+	r.Take("a", "GET /items/2")
+	if e, ok := r.LatestRoute("GET /items/*"); !ok || string(e.Body) != "GET /items/2" {
+		t.Errorf("LatestRoute(GET /items/*) = %v, %v; want the exchange of /items/2, taken or not", e, ok)
+	}
+	if e, ok := r.LatestRoute("POST /items/*/bids"); ok {
+		t.Errorf("LatestRoute of a write = %s, want none", e.Body)
+	}
+
+	// The size bound evicts the oldest first: the route's latest goes last.
+	small := NewRecord(time.Minute, 3*ex("GET /items/1", now, "x").size())
+	for i := range 5 {
+		e := ex(fmt.Sprintf("GET /items/%d", i), now.Add(time.Duration(i)*time.Millisecond), fmt.Sprint(i))
+		e.Route = "GET /items/*"
+		small.Add(e)
+		if got, ok := small.LatestRoute("GET /items/*"); !ok || string(got.Body) != fmt.Sprint(i) {
+			t.Fatalf("after adding %d: LatestRoute = %v, %v; want %d", i, got, ok, i)
+		}
+	}
+	old := NewRecord(time.Millisecond, 1<<20)
+	e := ex("GET /items/1", now.Add(-time.Second), "stale")
+	e.Route = "GET /items/*"
+	old.Add(e)
+	if got, ok := old.LatestRoute("GET /items/*"); ok {
+		t.Errorf("LatestRoute after the window = %s, want none", got.Body)
+	}
+}
