@@ -108,6 +108,11 @@ type Observation struct {
 	// request copies the in-proxy could not deliver to the clone.
 	MatchRate float64 `json:"match_rate"`
 	Dropped   int64   `json:"dropped"`
+	// Offered is the load offered over the window, in requests per
+	// second: for a clone, the copies of the live traffic that came for
+	// it (sent, dropped or skipped), the most it could have served; 0
+	// when not known.
+	Offered float64 `json:"offered,omitempty"`
 	// Stop says why the window ended: "converged" (the p95 confidence
 	// interval was tight enough), "window" (the window ran its full length)
 	// or "deadline" (the time bound cut it).

@@ -196,6 +196,7 @@ func (r *Runner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observat
 	}
 	obs := res.Observation(p)
 	obs.Dropped = win.last.Dropped
+	obs.Offered = win.last.Offered()
 	obs.MatchRate = 1
 	if r.cfg.Replay != nil {
 		rs, err := r.cfg.Replay.ReplayStats(s.name, true)

@@ -72,3 +72,33 @@ func TestThroughputNotBeyondMeasured(t *testing.T) {
 		}
 	}
 }
+
+// TestThroughputUpToOffered: where the observations say what load was
+// offered, that is the throughput's ceiling, not the largest measured
+// throughput, which below it is a saturated point's.
+func TestThroughputUpToOffered(t *testing.T) {
+	s, _ := justrunit.NewSpace(axis("cpu", 20, 100, 10))
+	for _, name := range Names() {
+		m, err := justrunit.NewMatrix(s, []justrunit.Metric{justrunit.Throughput})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for cpu, v := range map[float64]float64{20: 30, 30: 38} {
+			if err := m.Record(justrunit.Observation{Point: justrunit.Point{cpu}, Throughput: v, Offered: 40}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ip, _ := New(name)
+		if err := ip.Interpolate(m); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range m.Rows {
+			if c := r.Cells[0]; c.Prov == justrunit.Interpolated && c.Value > 40 {
+				t.Errorf("%s: cpu=%g filled with %.1f req/s, above the 40 offered", name, r.Point[0], c.Value)
+			}
+		}
+		if c, _ := m.Cell(justrunit.Point{100}, justrunit.Throughput); name == "linear" && c.Value != 40 {
+			t.Errorf("linear: cpu=100 filled with %.1f req/s, want the 40 offered (the slope 30→38 carried on, capped)", c.Value)
+		}
+	}
+}

@@ -180,12 +180,16 @@ func run(name string, m *justrunit.Matrix, f filler) error {
 	for _, rows := range members {
 		for j := range m.Metrics {
 			p := &problem{shape: shape, coord: coord, stride: stride, at: make([]int32, len(rows))}
+			offered := 0.0 // the most load offered to a measured point (0: not known)
 			x := make([]float64, len(numeric))
 			idx := make([]int, len(numeric))
 			for loc, ri := range rows {
 				c := m.Rows[ri].Cells[j]
 				switch {
 				case c.Prov.HasMeasurement() && !math.IsNaN(c.Value) && !math.IsInf(c.Value, 0):
+					if o := m.Rows[ri].Observation; o != nil && o.Offered > offered {
+						offered = o.Offered
+					}
 					p.at[loc] = int32(len(p.pts))
 					p.pts = append(p.pts, loc)
 					p.locate(loc, x, idx)
@@ -216,15 +220,18 @@ func run(name string, m *justrunit.Matrix, f filler) error {
 					e.u = math.Max(e.u, -e.v)
 					e.v = 0
 				}
-				if m.Metrics[j] == justrunit.Throughput && e.v > most {
+				if ceil := math.Max(most, offered); m.Metrics[j] == justrunit.Throughput && e.v > ceil {
 					// A clone answers copies of the live load: no
-					// allocation makes it serve more than arrives, and
-					// the largest measured throughput stands for that
-					// load. The slope below saturation must not carry
-					// on past it (30, 38 and 40 req/s at cpu 20, 30 and
-					// 40% extrapolated to 52–59 req/s at 100%).
-					e.u = math.Max(e.u, e.v-most)
-					e.v = most
+					// allocation makes it serve more than arrives. The
+					// slope below saturation must not carry on past it
+					// (30, 38 and 40 req/s at cpu 20, 30 and 40%
+					// extrapolated to 52–59 req/s at 100%). The load is
+					// the most offered to a measured point, where the
+					// observations say (Offered), else the largest
+					// measured throughput, which may be a saturated one
+					// under it.
+					e.u = math.Max(e.u, e.v-ceil)
+					e.v = ceil
 				}
 				e.u = math.Max(e.u, relFloor*math.Max(math.Abs(e.v), maxAbs))
 				m.Rows[rows[loc]].Cells[j] = justrunit.Cell{Value: e.v, Prov: justrunit.Interpolated, Uncertainty: e.u}

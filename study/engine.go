@@ -252,7 +252,7 @@ func (e *Engine) record(ctx context.Context, st *justrunit.Study, m *justrunit.M
 		return fmt.Errorf("record experiment at %s: %w", where, err)
 	}
 	st.Experiments++
-	log.Info("experiment done", keyPoint, where, "samples", r.obs.Samples, "p95_ms", r.obs.RT.P95, "throughput", r.obs.Throughput, "stop", r.obs.Stop)
+	log.Info("experiment done", keyPoint, where, "samples", r.obs.Samples, "p95_ms", r.obs.RT.P95, "throughput", r.obs.Throughput, "offered", r.obs.Offered, "stop", r.obs.Stop)
 	if e.Store != nil {
 		if err := e.Store.AddObservation(ctx, st.ID, r.obs); err != nil {
 			return fmt.Errorf("store observation: %w", err)

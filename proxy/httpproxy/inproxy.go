@@ -315,7 +315,8 @@ type CloneStats struct {
 }
 
 // Apply copies the clone's measurements into o: samples, errors,
-// throughput, response time, dropped copies, window start and length.
+// throughput, response time, dropped copies, offered load, window start
+// and length.
 func (s CloneStats) Apply(o *justrunit.Observation) {
 	o.Start = s.Response.Start
 	o.Window = justrunit.Duration(s.Response.Duration())
@@ -324,6 +325,18 @@ func (s CloneStats) Apply(o *justrunit.Observation) {
 	o.Throughput = s.Response.Throughput
 	o.RT = s.Response.RT
 	o.Dropped = s.Dropped
+	o.Offered = s.Offered()
+}
+
+// Offered is the rate at which copies came for the clone over the window
+// (sent, dropped, or skipped as too large), per second; 0 for an empty
+// window.
+func (s CloneStats) Offered() float64 {
+	d := s.Response.Duration().Seconds()
+	if d <= 0 {
+		return 0
+	}
+	return float64(s.Sent+s.Dropped+s.SkippedLarge) / d
 }
 
 // CloneStats returns the statistics of the clone called name for its

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/measure"
 )
 
 func TestInProxyForwardsUnchanged(t *testing.T) {
@@ -529,5 +530,18 @@ func TestInProxyWatch(t *testing.T) {
 	waitFor(t, 5*time.Second, "the sixth exchange measured", func() bool { return p.Stats().Online.Count == 6 })
 	if na, nb := a.Snapshot().Count, b.Snapshot().Count; na != 1 || nb != 5 {
 		t.Errorf("after b stopped: a counted %d (want 1), b %d (want 5)", na, nb)
+	}
+}
+
+func TestCloneStatsOffered(t *testing.T) {
+	start := time.Now()
+	s := CloneStats{Sent: 85, Dropped: 10, SkippedLarge: 5, Response: measure.Summary{Start: start, End: start.Add(2 * time.Second)}}
+	var o justrunit.Observation
+	s.Apply(&o)
+	if o.Offered != 50 {
+		t.Errorf("Offered = %g req/s, want 50 (85 sent, 10 dropped and 5 skipped in 2 s)", o.Offered)
+	}
+	if got := (CloneStats{Sent: 3}).Offered(); got != 0 {
+		t.Errorf("Offered of an empty window = %g, want 0", got)
 	}
 }
