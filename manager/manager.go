@@ -480,7 +480,7 @@ func (m *Manager) goal(service, target string, sla justrunit.SLA) (justrunit.SLA
 // checker re-measures it; if the measurement misses the threshold the
 // decision is made again with the measured value.
 func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.Study, mat *justrunit.Matrix, service string, goal justrunit.SLA) (float64, error) {
-	online, _ := m.tierNow(service)
+	online := m.tierNow(service)
 	for range len(mat.Rows) {
 		i, why := choose(mat, st.SLA.Metric, goal, m.cfg.Headroom, online, m.cfg.CheckThreshold)
 		if i < 0 {
@@ -560,7 +560,7 @@ func choose(mat *justrunit.Matrix, metric justrunit.Metric, goal justrunit.SLA, 
 	}
 	best := -1
 	for i, r := range mat.Rows {
-		if c := r.Cells[col]; c.Prov != justrunit.Empty && (best < 0 || c.Value < mat.Rows[best].Cells[col].Value) {
+		if c := r.Cells[col]; c.Prov != justrunit.Empty && !math.IsNaN(c.Value) && (best < 0 || c.Value < mat.Rows[best].Cells[col].Value) {
 			best = i
 		}
 	}
@@ -572,16 +572,16 @@ func choose(mat *justrunit.Matrix, metric justrunit.Metric, goal justrunit.SLA, 
 
 // tierNow is the on-line value of the SLA metric at the service's
 // bottleneck tier over the latest interval that had enough requests; NaN
-// and false when none had.
-func (m *Manager) tierNow(service string) (float64, bool) {
+// when none had.
+func (m *Manager) tierNow(service string) float64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, t := range slices.Backward(m.recent[service]) {
 		if t.tierCount >= monitor.MinRequests {
-			return t.tier, true
+			return t.tier
 		}
 	}
-	return math.NaN(), false
+	return math.NaN()
 }
 
 func formatOnline(v float64) string {
