@@ -62,6 +62,9 @@ type cloneBenchReport struct {
 	Cold *cloneBenchReport `json:"cold,omitempty"`
 	// LiveVsCold are the live figures over the cold ones (with Cold).
 	LiveVsCold map[string]float64 `json:"live_vs_cold,omitempty"`
+	// ColdError says why the cold runs failed, when they did; the live
+	// figures are reported all the same, and the command fails after.
+	ColdError string `json:"cold_error,omitempty"`
 }
 
 func newBenchCloneCmd(g *globals) *cobra.Command {
@@ -86,7 +89,8 @@ sandbox --runs times while a prober keeps requesting the original, and print:
   leftovers  objects of the benchmark's platform scope left after teardown (must be 0)
   targets    clone_s ≤ 0.5 and pause_ms ≤ 100 met or not
   cold, live_vs_cold   where clones are live: the same runs with cold clones, and
-             the live figures over the cold ones
+             the live figures over the cold ones (cold_error instead, with
+             the live figures, and a failed command, when the cold runs fail)
 
 The platform runs with a temporary state directory, so a running daemon is not
 disturbed. Needs root.`,
@@ -120,25 +124,31 @@ disturbed. Needs root.`,
 			if err != nil {
 				return fmt.Errorf("bench clone: %w", err)
 			}
+			var coldErr error // the live figures are printed first
 			if rep.Mode == justrunit.CloneLive {
 				fmt.Fprintln(cmd.ErrOrStderr(), "clones are live here; the same runs with cold clones, to compare:")
 				cold, err := benchClone(cmd.Context(), g, runs, stateMiB, true, cmd.ErrOrStderr())
 				if err != nil {
-					return fmt.Errorf("bench clone (cold): %w", err)
-				}
-				rep.Cold = cold
-				rep.LiveVsCold = map[string]float64{}
-				for k, v := range map[string][2]float64{"clone_s": {rep.CloneS, cold.CloneS}, "pause_ms": {rep.PauseMS, cold.PauseMS}} {
-					if v[1] > 0 { // a ratio JSON can carry
-						rep.LiveVsCold[k] = v[0] / v[1]
+					coldErr = fmt.Errorf("bench clone (cold): %w", err)
+					rep.ColdError = err.Error()
+				} else {
+					rep.Cold = cold
+					rep.LiveVsCold = map[string]float64{}
+					for k, v := range map[string][2]float64{"clone_s": {rep.CloneS, cold.CloneS}, "pause_ms": {rep.PauseMS, cold.PauseMS}} {
+						if v[1] > 0 { // a ratio JSON can carry
+							rep.LiveVsCold[k] = v[0] / v[1]
+						}
 					}
+					rep.Leftovers += cold.Leftovers
 				}
-				rep.Leftovers += cold.Leftovers
 			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
+				if err := enc.Encode(rep); err != nil {
+					return err
+				}
+				return coldErr
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "platform %s (cgroup %s), mode %s, storage %s (snapshot by %s), state %d MiB, %d runs\n",
@@ -152,7 +162,7 @@ disturbed. Needs root.`,
 					c.CloneS, c.PauseMS, c.OriginalMaxRTMS, rep.LiveVsCold["clone_s"], rep.LiveVsCold["pause_ms"])
 			}
 			fmt.Fprintf(w, "leftovers %d\n", rep.Leftovers)
-			return nil
+			return coldErr
 		},
 	}
 	f := cmd.Flags()
