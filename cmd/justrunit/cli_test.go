@@ -14,6 +14,7 @@ import (
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/interp"
 	"github.com/justrunit/justrunit/store/sqlite"
+	"github.com/justrunit/justrunit/study"
 )
 
 // run executes the CLI with args and returns its standard output.
@@ -161,5 +162,25 @@ func TestPlatformCheckCommand(t *testing.T) {
 	}
 	if _, err := run(t, "--data-dir", dir, "platform", "check", "--platform", "xen"); err == nil || !strings.Contains(err.Error(), "platform") {
 		t.Errorf("platform check --platform xen = %v, want an error naming the flag", err)
+	}
+}
+
+// TestPrintProgress checks the study run's progress line: what is being
+// measured, how much time is left, and the last observation with the load
+// it was offered and its match rate.
+func TestPrintProgress(t *testing.T) {
+	st := &justrunit.Study{TimeBound: justrunit.Duration(2 * time.Minute)}
+	cpu, err := justrunit.ParseParameter("cpu=20..100 step 10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Space = justrunit.Space{Params: []justrunit.Parameter{cpu}}
+	last := &justrunit.Observation{Point: justrunit.Point{30}, Throughput: 38, Offered: 40, MatchRate: 0.97, Samples: 380, Stop: "window",
+		RT: justrunit.ResponseTime{P95: 42.5, Mean: 20.25}}
+	var b bytes.Buffer
+	printProgress(&b, study.Progress{Study: st, Done: 2, Planned: 5, Running: []justrunit.Point{{60}}, TimeLeft: 75 * time.Second, Last: last})
+	want := "[2/5 done] measuring cpu=60; 1m15s of 2m0s left; last cpu=30: p95 42.5 ms, mean 20.2 ms, 38.0 req/s of 40.0 offered, match rate 0.97, 380 samples (window)\n"
+	if b.String() != want {
+		t.Errorf("progress line\n%q, want\n%q", b.String(), want)
 	}
 }

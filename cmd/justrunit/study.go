@@ -290,7 +290,12 @@ func printProgress(w io.Writer, p study.Progress) {
 	}
 	fmt.Fprintf(&b, " %v of %v left", p.TimeLeft.Round(time.Second), p.Study.TimeBound)
 	if o := p.Last; o != nil {
-		fmt.Fprintf(&b, "; last %s: p95 %.1f ms, mean %.1f ms, %.1f req/s, %d samples (%s)", p.Study.Space.Format(o.Point), o.RT.P95, o.RT.Mean, o.Throughput, o.Samples, o.Stop)
+		offered := ""
+		if o.Offered > 0 {
+			offered = fmt.Sprintf(" of %.1f offered", o.Offered)
+		}
+		fmt.Fprintf(&b, "; last %s: p95 %.1f ms, mean %.1f ms, %.1f req/s%s, match rate %.2f, %d samples (%s)",
+			p.Study.Space.Format(o.Point), o.RT.P95, o.RT.Mean, o.Throughput, offered, o.MatchRate, o.Samples, o.Stop)
 	}
 	fmt.Fprintln(w, b.String())
 }
