@@ -34,7 +34,7 @@ type Exchange struct {
 
 // size is an estimate of the memory an exchange holds.
 func (e *Exchange) size() int64 {
-	n := int64(len(e.Key)+len(e.Method)+len(e.URI)+len(e.Body)) + 160
+	n := int64(len(e.Key)+len(e.Route)+len(e.Method)+len(e.URI)+len(e.Body)) + 160
 	for k, vs := range e.Header {
 		n += int64(len(k)) + 16
 		for _, v := range vs {
