@@ -205,7 +205,8 @@ func (r *Runner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observat
 		}
 		obs.MatchRate = rs.MatchRate
 		r.log.Info("experiment replay", "clone", s.clone.ID, "point", p, "matched", rs.Matched, "unmatched", rs.Unmatched,
-			"reused", rs.Reused, "stood_in", rs.StoodIn, "passed_through", rs.PassedThrough, "waited", rs.Waited, "wait_mean_ms", rs.WaitMs)
+			"reused", rs.Reused, "stood_in", rs.StoodIn, "passed_through", rs.PassedThrough, "waited", rs.Waited, "wait_mean_ms", rs.WaitMs,
+			"next_tier_mean_ms", rs.NextTier.Mean, "next_tier_p95_ms", rs.NextTier.P95)
 	}
 	obs.Clone = s.clone.Mode
 	obs.Source = r.cfg.Platform.Name() + " clone " + s.clone.ID

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/measure"
 )
 
 // Out-proxy defaults, used where an OutConfig field is zero.
@@ -149,10 +150,11 @@ type cloneEndpoint struct {
 	name                       string
 	srv                        *server // nil when the caller serves CloneHandler
 	matched, unmatched, passed atomic.Int64
-	reused                     atomic.Int64 // matched reads answered with an earlier exchange
-	stoodIn                    atomic.Int64 // unmatched reads answered with another call of their route
-	waited, waitNs             atomic.Int64 // calls that waited for their on-line match, and how long
-	from                       atomic.Int64 // window start, unix ns
+	reused                     atomic.Int64      // matched reads answered with an earlier exchange
+	stoodIn                    atomic.Int64      // unmatched reads answered with another call of their route
+	waited, waitNs             atomic.Int64      // calls that waited for their on-line match, and how long
+	replayed                   *measure.Recorder // the next-tier latencies the answers were replayed with
+	from                       atomic.Int64      // window start, unix ns
 }
 
 // route is the route an on-line call is recorded under: empty (none) when
@@ -241,7 +243,7 @@ func (p *OutProxy) cloneHandler(ep *cloneEndpoint) http.Handler {
 func (p *OutProxy) endpointLocked(name string) *cloneEndpoint {
 	ep := p.clones[name]
 	if ep == nil {
-		ep = &cloneEndpoint{name: name}
+		ep = &cloneEndpoint{name: name, replayed: measure.NewRecorder()}
 		ep.from.Store(time.Now().UnixNano())
 		p.clones[name] = ep
 	}
@@ -399,6 +401,11 @@ type ReplayStats struct {
 	// is held to its pace by these waits.
 	Waited int64   `json:"waited"`
 	WaitMs float64 `json:"wait_mean_ms"`
+	// NextTier is the distribution of the next-tier latencies the clone's
+	// calls answered from the record (matched or stood in) were replayed
+	// with: what the on-line next tier showed when the calls were
+	// recorded, so the conditions the clone was measured under.
+	NextTier justrunit.ResponseTime `json:"next_tier"`
 }
 
 // Apply copies the match rate into o.
@@ -420,6 +427,11 @@ func (ep *cloneEndpoint) stats(reset bool) ReplayStats {
 	}
 	s.Matched, s.Unmatched, s.PassedThrough = load(&ep.matched), load(&ep.unmatched), load(&ep.passed)
 	s.Reused, s.StoodIn = load(&ep.reused), load(&ep.stoodIn)
+	if reset {
+		s.NextTier = ep.replayed.Reset().RT
+	} else {
+		s.NextTier = ep.replayed.Snapshot().RT
+	}
 	if s.Waited = load(&ep.waited); s.Waited > 0 {
 		s.WaitMs = float64(load(&ep.waitNs)) / float64(s.Waited) / float64(time.Millisecond)
 	} else if reset {
@@ -663,6 +675,7 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 			if sub, found := p.rec.LatestRoute(RouteOf(r.Method, r.URL.Path, r.URL.RawQuery)); found {
 				ep.unmatched.Add(1)
 				ep.stoodIn.Add(1)
+				ep.replayed.Record(sub.Latency)
 				p.replay(w, r, sub, arrival)
 				return
 			}
@@ -679,6 +692,7 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 		}
 		if ok {
 			ep.matched.Add(1)
+			ep.replayed.Record(ex.Latency)
 			p.replay(w, r, ex, arrival)
 			return
 		}

@@ -401,6 +401,10 @@ func TestOutProxyStandIn(t *testing.T) {
 			if st := p.Stats(); st.StoodIn != wantStood {
 				t.Errorf("Stats().StoodIn = %d, want %d", st.StoodIn, wantStood)
 			}
+			// The stood-in answer was replayed with the next tier's 30 ms.
+			if nt := rs.NextTier; (standIn && (nt.Mean < 25 || nt.Max < 25)) || (!standIn && nt.Max != 0) {
+				t.Errorf("NextTier = %+v, want the 30 ms replayed (none without stand-ins)", nt)
+			}
 			if hits := len(nt.requests()) - before; hits != 3 {
 				t.Errorf("next tier saw %d calls, want only the 3 on-line ones", hits)
 			}
