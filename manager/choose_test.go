@@ -23,7 +23,10 @@ func TestChoose(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i, v := range values {
-			if !math.IsNaN(v) {
+			switch {
+			case math.IsInf(v, 1): // a measured cell without a value
+				m.Rows[i].Cells[1] = justrunit.Cell{Value: math.NaN(), Prov: justrunit.Measured}
+			case !math.IsNaN(v):
 				m.Rows[i].Cells[1] = justrunit.Cell{Value: v, Prov: justrunit.Measured}
 			}
 		}
@@ -48,6 +51,7 @@ func TestChoose(t *testing.T) {
 		{"best better only within the threshold", []float64{300, 200, 100, 80, 70, 60, 55, 56}, 0.1, 60, 0, ""},
 		{"best better beyond the threshold", []float64{300, 200, 100, 80, 70, 60, 55, 56}, 0.1, 62, 90, "best effort"},
 		{"on-line not known", []float64{300, 200, 100, 80, 70, 60, 55, 56}, 0.1, nan, 0, ""},
+		{"a NaN cell is never the best", []float64{math.Inf(1), 200, 100, 80, 70, 60, 55, 56}, 0.1, 900, 90, "best effort"},
 		{"nothing measured", []float64{nan, nan, nan, nan, nan, nan, nan, nan}, 0.1, 900, 0, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
