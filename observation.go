@@ -113,6 +113,12 @@ type Observation struct {
 	// it (sent, dropped or skipped), the most it could have served; 0
 	// when not known.
 	Offered float64 `json:"offered,omitempty"`
+	// NextTier is the next tier's latency, per call, in the answers the
+	// clone's calls were given (the on-line next tier's, as the out-proxy
+	// recorded it): the conditions the clone was measured under. Nil when
+	// the clone made no call answered from the record, or has no
+	// out-proxy.
+	NextTier *ResponseTime `json:"next_tier,omitempty"`
 	// Stop says why the window ended: "converged" (the p95 confidence
 	// interval was tight enough), "window" (the window ran its full length)
 	// or "deadline" (the time bound cut it).

@@ -203,7 +203,7 @@ func (r *Runner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observat
 		if err != nil {
 			return justrunit.Observation{}, err
 		}
-		obs.MatchRate = rs.MatchRate
+		rs.Apply(&obs)
 		r.log.Info("experiment replay", "clone", s.clone.ID, "point", p, "matched", rs.Matched, "unmatched", rs.Unmatched,
 			"reused", rs.Reused, "stood_in", rs.StoodIn, "passed_through", rs.PassedThrough, "waited", rs.Waited, "wait_mean_ms", rs.WaitMs,
 			"next_tier_mean_ms", rs.NextTier.Mean, "next_tier_p95_ms", rs.NextTier.P95)

@@ -408,8 +408,15 @@ type ReplayStats struct {
 	NextTier justrunit.ResponseTime `json:"next_tier"`
 }
 
-// Apply copies the match rate into o.
-func (s ReplayStats) Apply(o *justrunit.Observation) { o.MatchRate = s.MatchRate }
+// Apply copies the match rate and the next tier's replayed latencies into o.
+func (s ReplayStats) Apply(o *justrunit.Observation) {
+	o.MatchRate = s.MatchRate
+	o.NextTier = nil
+	if s.Matched+s.StoodIn > 0 { // answers replayed
+		nt := s.NextTier
+		o.NextTier = &nt
+	}
+}
 
 func (ep *cloneEndpoint) stats(reset bool) ReplayStats {
 	now := time.Now()

@@ -474,3 +474,15 @@ func TestOutProxyNextTierDown(t *testing.T) {
 		t.Errorf("stats %+v, want nothing recorded", s)
 	}
 }
+
+func TestReplayStatsApply(t *testing.T) {
+	var o justrunit.Observation
+	ReplayStats{Matched: 3, MatchRate: 0.75, NextTier: justrunit.ResponseTime{Mean: 12, P95: 77, Max: 90}}.Apply(&o)
+	if o.MatchRate != 0.75 || o.NextTier == nil || o.NextTier.P95 != 77 {
+		t.Errorf("observation after Apply: match rate %g, next tier %+v; want 0.75 and the replayed latencies", o.MatchRate, o.NextTier)
+	}
+	ReplayStats{Unmatched: 2, MatchRate: 0}.Apply(&o)
+	if o.MatchRate != 0 || o.NextTier != nil {
+		t.Errorf("observation after Apply with nothing replayed: match rate %g, next tier %+v; want 0 and none", o.MatchRate, o.NextTier)
+	}
+}

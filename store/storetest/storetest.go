@@ -92,7 +92,7 @@ func Matrix(t testing.TB, sp justrunit.Space, metrics []justrunit.Metric) (*just
 			RT: justrunit.ResponseTime{Mean: rt / 2, P50: rt / 3, P95: rt, P99: rt * 1.5, Max: rt * 3, P95Low: rt - 1, P95High: rt + 1},
 			Energy: justrunit.Energy{Joules: 900, PerRequest: 0.3, Watts: 30, Source: justrunit.EnergyModel,
 				Model: "linear std: idle 100 W, max 200 W", Utilisation: 0.42},
-			MatchRate: 0.99, Dropped: 1, Offered: 49.5, Stop: "converged", Clone: "cold", Source: "local",
+			MatchRate: 0.99, Dropped: 1, Offered: 49.5, NextTier: &justrunit.ResponseTime{Mean: 2, P50: 1.5, P95: 6, P99: 9, Max: 12}, Stop: "converged", Clone: "cold", Source: "local",
 		}
 	}
 	var measured []justrunit.Observation
