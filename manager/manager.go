@@ -542,10 +542,10 @@ func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.St
 // It returns -1 when none of these holds. Empty cells are never taken.
 func choose(mat *justrunit.Matrix, metric justrunit.Metric, goal justrunit.SLA, headroom, online, threshold float64) (int, string) {
 	col := mat.MetricIndex(metric)
-	least := func(max float64) int {
+	least := func(bound float64) int {
 		return slices.IndexFunc(mat.Rows, func(r justrunit.Row) bool {
 			c := r.Cells[col]
-			return c.Prov != justrunit.Empty && c.Value <= max
+			return c.Prov != justrunit.Empty && c.Value <= bound
 		})
 	}
 	if i := least(goal.Max); i >= 0 {

@@ -371,12 +371,12 @@ func demoSiteWith(dir, bin string, spec demoSiteSpec) (*site.Site, map[string]st
 	if spec.lag > 0 {
 		lagField = fmt.Sprintf(", clone_lag: %v", spec.lag)
 	}
-	pt := ""
+	outFields := "" // the out-proxies' optional fields
 	if spec.standIn {
-		pt += ", stand_in: true"
+		outFields += ", stand_in: true"
 	}
 	if spec.passThrough {
-		pt += ", pass_through: [GET]"
+		outFields += ", pass_through: [GET]"
 	}
 	var b strings.Builder
 	b.WriteString(`platform: local
@@ -418,7 +418,7 @@ services:
         instances:
           - {id: %[1]s-data, host: pm1, addr: "%[7]s", allocation: {cpu: %[12]g}, state_dir: "%[8]s",
              command: [%[9]s, data, --listen, "%[7]s", --state-dir, "%[8]s"]}
-`, svc, webIn, web, appIn, app, dataOut, data, state, bin, spec.work, pt, spec.dataCPU, lagField, float64(demoWebCPU), spec.appCPU)
+`, svc, webIn, web, appIn, app, dataOut, data, state, bin, spec.work, outFields, spec.dataCPU, lagField, float64(demoWebCPU), spec.appCPU)
 	}
 	path := filepath.Join(dir, "site.yaml")
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
