@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -321,14 +322,28 @@ func TestMetrics(t *testing.T) {
 	if code, _ := d.call("GET", "/metrics", "", nil); code != http.StatusUnauthorized {
 		t.Errorf("/metrics without token = %d, want 401", code)
 	}
-	code, body := d.call("GET", "/metrics", testToken, nil)
-	if code != 200 {
-		t.Fatalf("/metrics = %d %s", code, body)
+	scrape := func() map[string]*dto.MetricFamily {
+		t.Helper()
+		code, body := d.call("GET", "/metrics", testToken, nil)
+		if code != 200 {
+			t.Fatalf("/metrics = %d %s", code, body)
+		}
+		p := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := p.TextToMetricFamilies(strings.NewReader(string(body)))
+		if err != nil {
+			t.Fatalf("parse /metrics: %v\n%s", err, body)
+		}
+		return fams
 	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(string(body)))
-	if err != nil {
-		t.Fatalf("parse /metrics: %v\n%s", err, body)
+	// The study's state is stored before its runner tears the experimenter
+	// down and counts it, so the count may come a moment after "done".
+	var fams map[string]*dto.MetricFamily
+	deadline := time.Now().Add(5 * time.Second)
+	counted := func() bool {
+		return fams["justrunit_studies_total"] != nil && fams["justrunit_study_duration_seconds"] != nil
+	}
+	for fams = scrape(); !counted() && time.Now().Before(deadline); fams = scrape() {
+		time.Sleep(10 * time.Millisecond)
 	}
 	for _, name := range metrics.Names() {
 		if fams[name] == nil {
