@@ -19,6 +19,7 @@ func newBenchUpstreamCmd(g *globals) *cobra.Command {
 		delay time.Duration
 		body  int
 		nice  int
+		idle  bool
 	)
 	cmd := &cobra.Command{
 		Use:    "upstream",
@@ -26,7 +27,7 @@ func newBenchUpstreamCmd(g *globals) *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := proxybench.ServeUpstream(cmd.Context(), delay, body, nice, cmd.OutOrStdout()); err != nil {
+			if err := proxybench.ServeUpstream(cmd.Context(), delay, body, idle, nice, cmd.OutOrStdout()); err != nil {
 				return fmt.Errorf("bench upstream: %w", err)
 			}
 			return nil
@@ -36,5 +37,6 @@ func newBenchUpstreamCmd(g *globals) *cobra.Command {
 	f.DurationVar(&delay, "delay", time.Millisecond, "time before each answer")
 	f.IntVar(&body, "body", 1024, "answer body size in bytes")
 	f.IntVar(&nice, "nice", 0, "nice value of this process (higher: lower CPU priority)")
+	f.BoolVar(&idle, "idle", false, "run in the idle scheduling class (SCHED_IDLE), as the local platform runs a clone")
 	return cmd
 }

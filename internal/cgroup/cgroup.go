@@ -395,6 +395,29 @@ func (g *Group) Procs() ([]int, error) {
 	return out, nil
 }
 
+// Threads lists the thread ids in g and its descendants.
+func (g *Group) Threads() ([]int, error) {
+	var out []int
+	if g.v == V1 {
+		ts, err := g.c1.Tasks(cgroup1.Freezer, true)
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range ts {
+			out = append(out, t.Pid)
+		}
+		return out, nil
+	}
+	ts, err := g.c2.Threads(true)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range ts {
+		out = append(out, int(t))
+	}
+	return out, nil
+}
+
 // Kill sends SIGKILL to every process in g until none is left or the
 // deadline passes. It freezes the group first so that no process forks
 // behind the kill.

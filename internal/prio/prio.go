@@ -1,9 +1,10 @@
-// Package prio sets the CPU priority (nice value) of the whole process.
+// Package prio sets the CPU priority of the whole process: its nice value,
+// or the idle scheduling class.
 //
-// On Linux, setpriority(2) with PRIO_PROCESS changes one thread, and the Go
-// runtime has started several threads before main runs (and may start more
-// at any time); so every thread in /proc/self/task is set, and threads
-// created later inherit the value from the thread that creates them.
+// On Linux, setpriority(2) and sched_setattr(2) change one thread, and the
+// Go runtime has started several threads before main runs (and may start
+// more at any time); so every thread in /proc/self/task is set, and threads
+// created later inherit the setting from the thread that creates them.
 package prio
 
 import (
@@ -16,27 +17,74 @@ import (
 
 // SetNice sets every thread of this process to nice. A lower value than
 // the current one needs root (or CAP_SYS_NICE); a higher one does not.
-//
-// A thread the runtime starts while the threads are being set, from one
-// not set yet, would keep the old value; so the threads are listed again
-// until a listing finds none that was not set.
 func SetNice(nice int) error {
+	return eachThread(ownThreads, fmt.Sprintf("set nice %d", nice), func(tid int) error {
+		return unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
+	})
+}
+
+// SetIdle puts every thread of this process in the idle scheduling class
+// (SCHED_IDLE): it runs only on CPU time no ordinary task wants, and an
+// ordinary task that wakes up takes the CPU from it at once rather than
+// after its slice, which a low nice value alone does not give. Leaving the
+// class again needs root.
+func SetIdle() error {
+	return eachThread(ownThreads, "set the idle scheduling class", setIdle)
+}
+
+// SetIdleThreads puts the threads that list returns (another process's,
+// e.g. those of a cgroup) in the idle scheduling class, as SetIdle does.
+func SetIdleThreads(list func() ([]int, error)) error {
+	return eachThread(list, "set the idle scheduling class", setIdle)
+}
+
+func setIdle(tid int) error {
+	return unix.SchedSetAttr(tid, &unix.SchedAttr{Policy: unix.SCHED_IDLE}, 0)
+}
+
+// Idle reports whether thread tid is in the idle scheduling class.
+func Idle(tid int) (bool, error) {
+	a, err := unix.SchedGetAttr(tid, 0)
+	if err != nil {
+		return false, err
+	}
+	return a.Policy == unix.SCHED_IDLE, nil
+}
+
+// ownThreads lists this process's threads.
+func ownThreads() ([]int, error) {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil, err
+	}
+	var tids []int
+	for _, t := range tasks {
+		if tid, err := strconv.Atoi(t.Name()); err == nil {
+			tids = append(tids, tid)
+		}
+	}
+	return tids, nil
+}
+
+// eachThread calls set for every thread that list returns. A thread
+// started while the threads are being set, from one not set yet, would keep
+// the old setting; so the threads are listed again until a listing finds
+// none that was not set.
+func eachThread(list func() ([]int, error), what string, set func(tid int) error) error {
 	done := map[int]bool{}
 	for range 100 {
-		tasks, err := os.ReadDir("/proc/self/task")
+		tids, err := list()
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: list the threads: %w", what, err)
 		}
 		fresh := false
-		for _, t := range tasks {
-			tid, err := strconv.Atoi(t.Name())
-			if err != nil || done[tid] {
+		for _, tid := range tids {
+			if done[tid] {
 				continue
 			}
 			fresh = true
-			err = unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
-			if err != nil && err != unix.ESRCH { // ESRCH: the thread has ended
-				return fmt.Errorf("set nice %d on thread %d: %w", nice, tid, err)
+			if err := set(tid); err != nil && err != unix.ESRCH { // ESRCH: the thread has ended
+				return fmt.Errorf("%s on thread %d: %w", what, tid, err)
 			}
 			done[tid] = true
 		}
@@ -44,5 +92,5 @@ func SetNice(nice int) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("set nice %d: threads kept appearing", nice)
+	return fmt.Errorf("%s: threads kept appearing", what)
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/internal/prio"
 )
 
 // Storage kinds of a clone's state directory.
@@ -269,6 +270,11 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 			return nil, err
 		}
 		_ = os.RemoveAll(images) // the memory pages, in the restored tree now
+	}
+	// criu restores the original's scheduling class with its threads, so
+	// the clone's is set once it runs, live or cold.
+	if err := prio.SetIdleThreads(in.group.Threads); err != nil {
+		return nil, fmt.Errorf("clone %s: %w", cid, err)
 	}
 	if err := waitListening(ctx, cn.Endpoint.String(), p.cfg.ReadyTimeout, in.done); err != nil {
 		if tail := logTail(filepath.Join(p.cfg.StateDir, "logs", cid+".log"), 512); tail != "" {

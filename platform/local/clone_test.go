@@ -121,6 +121,7 @@ func TestClone(t *testing.T) {
 	if cl.Mode != justrunit.CloneCold {
 		t.Errorf("Mode = %q, want cold (ColdClones)", cl.Mode)
 	}
+	checkIdleClass(t, p, cl.ID, "web")
 	if cl.Pause <= 0 || cl.Pause > time.Second {
 		t.Errorf("Pause = %v, want a short freeze (0 < pause ≤ 1s)", cl.Pause)
 	}
@@ -432,6 +433,7 @@ func TestLiveClone(t *testing.T) {
 	if got["counter"] != before["counter"] || got["pid"] != before["pid"] {
 		t.Errorf("clone answered %v, want the original's memory state %v (a cold start has a pid of its own)", got, before)
 	}
+	checkIdleClass(t, p, cl.ID, "mem")
 	// Apart from here on.
 	getJSON(t, cbase+"/work?n=10")
 	getJSON(t, cbase+"/work?n=10")

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/internal/prio"
 )
 
 // TestMain removes the test server built for the run.
@@ -207,5 +208,32 @@ func put(t *testing.T, url, body string) {
 	resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
 		t.Fatalf("PUT %s: %s", url, resp.Status)
+	}
+}
+
+// checkIdleClass checks that every thread of clone is in the idle
+// scheduling class, and every thread of its original is not.
+func checkIdleClass(t *testing.T, p *Platform, clone, orig string) {
+	t.Helper()
+	for _, c := range []struct {
+		id   string
+		idle bool
+	}{{clone, true}, {orig, false}} {
+		in, err := p.get(c.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tids, err := in.group.Threads()
+		if err != nil || len(tids) == 0 {
+			t.Fatalf("threads of %s: %v, %v", c.id, tids, err)
+		}
+		for _, tid := range tids {
+			idle, err := prio.Idle(tid)
+			if err != nil {
+				t.Errorf("thread %d of %s: %v", tid, c.id, err)
+			} else if idle != c.idle {
+				t.Errorf("thread %d of %s: idle scheduling class %v, want %v", tid, c.id, idle, c.idle)
+			}
+		}
 	}
 }

@@ -55,23 +55,38 @@ type Options struct {
 	// JSON when sent SIGTERM. Empty: the in-proxy runs in this process.
 	InProxyCommand []string
 	// UpstreamCommand, when set, runs the healthy and the slow clone each
-	// as its own process at CloneNice, the way a sandbox gives a clone a
-	// lower CPU weight than the on-line instances it shares a machine
-	// with: the command (e.g. justrunit bench upstream) is given --delay,
-	// --body and --nice and must print {"listen": "host:port"} on its
-	// first line of output and stop on SIGTERM. Empty: the clones run in
-	// this process, at the on-line server's priority.
+	// as its own process at CloneClass, the way the local platform runs a
+	// clone below the on-line instances it shares a machine with: the
+	// command (e.g. justrunit bench upstream) is given --delay, --body and
+	// --idle or --nice and must print {"listen": "host:port"} on its first
+	// line of output and stop on SIGTERM. Empty: the clones run in this
+	// process, at the on-line server's priority.
 	UpstreamCommand []string
-	// CloneNice is the clones' nice value with UpstreamCommand (in
+	// CloneClass is the clones' scheduling class with UpstreamCommand:
+	// ClassIdle (in DefaultOptions) or ClassNormal at CloneNice.
+	CloneClass string
+	// CloneNice is the clones' nice value in ClassNormal (in
 	// DefaultOptions: DefaultCloneNice; 0 is the on-line server's).
 	CloneNice int
 }
 
-// DefaultCloneNice is the clones' nice value: the local platform gives a
-// clone 1/8 of the CPU weight of an on-line instance with the same share
-// (cloneShares against groupShares in platform/local), and in the
-// kernel's table of weights nice 9 (137) is the nearest step to 1/8 of
-// nice 0's (1024).
+// The clones' scheduling classes (Options.CloneClass).
+const (
+	// ClassIdle is the idle scheduling class (SCHED_IDLE), the local
+	// platform's for a clone: an on-line task that wakes takes the CPU from
+	// it at once. A process has no CPU weight besides the class's (3,
+	// against 1024 at nice 0); a clone of the local platform keeps its
+	// cgroup's.
+	ClassIdle = "idle"
+	// ClassNormal is the ordinary class at Options.CloneNice.
+	ClassNormal = "normal"
+)
+
+// DefaultCloneNice is the clones' nice value in ClassNormal: the local
+// platform gives a clone 1/8 of the CPU weight of an on-line instance with
+// the same share (cloneShares against groupShares in platform/local), and
+// in the kernel's table of weights nice 9 (137) is the nearest step to 1/8
+// of nice 0's (1024).
 const DefaultCloneNice = 9
 
 // startClone starts a clone upstream answering after delay: in its own
@@ -80,7 +95,7 @@ func startClone(ctx context.Context, opts Options, delay time.Duration) (server,
 	if len(opts.UpstreamCommand) == 0 {
 		return StartUpstream(delay, opts.BodySize)
 	}
-	return startChildUpstream(ctx, opts.UpstreamCommand, delay, opts.BodySize, opts.CloneNice)
+	return startChildUpstream(ctx, opts.UpstreamCommand, delay, opts.BodySize, opts.CloneClass, opts.CloneNice)
 }
 
 // DefaultOptions returns the options of the documented benchmark.
@@ -97,6 +112,7 @@ func DefaultOptions() Options {
 		Delay:           time.Millisecond,
 		BodySize:        1024,
 		SlowFactor:      10,
+		CloneClass:      ClassIdle,
 		CloneNice:       DefaultCloneNice,
 	}
 }
@@ -135,6 +151,9 @@ func (o *Options) fill() {
 	}
 	if o.SlowFactor <= 0 {
 		o.SlowFactor = d.SlowFactor
+	}
+	if o.CloneClass == "" {
+		o.CloneClass = d.CloneClass
 	}
 }
 
@@ -230,8 +249,10 @@ type Settings struct {
 	DelayMs     float64 `json:"server_delay_ms"`
 	BodyBytes   int     `json:"body_bytes"`
 	SlowDelayMs float64 `json:"slow_delay_ms"`
-	// CloneNice is the clones' nice value; null when they run in the
-	// benchmark's process.
+	// CloneClass is the clones' scheduling class (ClassIdle or
+	// ClassNormal); empty when they run in the benchmark's process.
+	CloneClass string `json:"clone_class,omitempty"`
+	// CloneNice is the clones' nice value in ClassNormal, else null.
 	CloneNice *int `json:"clone_nice"`
 	CPUs      int  `json:"cpus"`
 	// HarnessGOGC is the GOGC of the benchmark's process (the load
@@ -248,6 +269,9 @@ const harnessGOGC = 800
 // receives a line per step.
 func Run(ctx context.Context, opts Options, progress io.Writer) (*Report, error) {
 	opts.fill()
+	if opts.CloneClass != ClassIdle && opts.CloneClass != ClassNormal {
+		return nil, fmt.Errorf("clone class %q: want %s or %s", opts.CloneClass, ClassIdle, ClassNormal)
+	}
 	say := func(format string, args ...any) {
 		if progress != nil {
 			fmt.Fprintf(progress, format+"\n", args...)
@@ -259,7 +283,10 @@ func Run(ctx context.Context, opts Options, progress io.Writer) (*Report, error)
 		BodyBytes: opts.BodySize, SlowDelayMs: ms(opts.Delay * time.Duration(opts.SlowFactor)), CPUs: runtime.NumCPU(),
 	}}
 	if len(opts.UpstreamCommand) > 0 {
-		rep.Settings.CloneNice = &opts.CloneNice
+		rep.Settings.CloneClass = opts.CloneClass
+		if opts.CloneClass == ClassNormal {
+			rep.Settings.CloneNice = &opts.CloneNice
+		}
 	}
 
 	// The load generator's own garbage collection is the largest source of
@@ -314,10 +341,13 @@ func Run(ctx context.Context, opts Options, progress io.Writer) (*Report, error)
 			}
 		}
 	}()
-	if len(opts.UpstreamCommand) > 0 {
+	switch {
+	case len(opts.UpstreamCommand) > 0 && opts.CloneClass == ClassIdle:
+		rep.Notes = append(rep.Notes, "the healthy and slow clones run in their own process in the idle scheduling class, as the local platform runs a clone")
+	case len(opts.UpstreamCommand) > 0:
 		rep.Notes = append(rep.Notes, fmt.Sprintf("the healthy and slow clones run in their own process at nice %d: "+
 			"the local platform gives a clone 1/8 of an on-line instance's CPU weight, and nice %d is the nearest step to that below the on-line server's nice 0", opts.CloneNice, opts.CloneNice))
-	} else {
+	default:
 		rep.Notes = append(rep.Notes, "the clones run in this process, at the on-line server's priority")
 	}
 	targets = append(targets, &target{c: &Case{Name: "direct", What: "client → on-line server"}, url: online.URL})

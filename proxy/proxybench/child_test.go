@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestMain lets this test binary be an UpstreamCommand: with
@@ -28,7 +30,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("PROXYBENCH_PARENT") == "1" {
 		os.Setenv("PROXYBENCH_PARENT", "")
 		os.Setenv("PROXYBENCH_UPSTREAM", "1")
-		u, err := startChildUpstream(context.Background(), []string{os.Args[0]}, time.Millisecond, 10, 0)
+		u, err := startChildUpstream(context.Background(), []string{os.Args[0]}, time.Millisecond, 10, ClassNormal, 0)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
@@ -44,24 +46,31 @@ func TestMain(m *testing.M) {
 	delay := fs.Duration("delay", time.Millisecond, "")
 	body := fs.Int("body", 1024, "")
 	nice := fs.Int("nice", 0, "")
+	idle := fs.Bool("idle", false, "")
 	_ = fs.Parse(os.Args[1:])
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	if err := ServeUpstream(ctx, *delay, *body, *nice, os.Stdout); err != nil {
+	if err := ServeUpstream(ctx, *delay, *body, *idle, *nice, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	os.Exit(0)
 }
 
-// TestChildUpstream runs a clone upstream in its own process at a nice
-// value: it answers like an in-process one, every thread has that nice
-// value, and Close stops the process.
+// TestChildUpstream runs a clone upstream in its own process in each
+// scheduling class: it answers like an in-process one, every thread is in
+// that class (at that nice value), and Close stops the process.
 func TestChildUpstream(t *testing.T) {
+	for _, class := range []string{ClassIdle, ClassNormal} {
+		t.Run(class, func(t *testing.T) { testChildUpstream(t, class) })
+	}
+}
+
+func testChildUpstream(t *testing.T, class string) {
 	t.Setenv("PROXYBENCH_UPSTREAM", "1")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	u, err := startChildUpstream(ctx, []string{os.Args[0]}, 5*time.Millisecond, 100, DefaultCloneNice)
+	u, err := startChildUpstream(ctx, []string{os.Args[0]}, 5*time.Millisecond, 100, class, DefaultCloneNice)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,10 +106,15 @@ func TestChildUpstream(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Fields after the command (which ends with ')'): state is
-		// field 3, nice field 19.
+		// field 3, nice field 19, policy field 41.
 		fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-		if n, _ := strconv.Atoi(fields[16]); n != DefaultCloneNice {
-			t.Errorf("%s: nice %d, want %d", f, n, DefaultCloneNice)
+		nice, _ := strconv.Atoi(fields[16])
+		policy, _ := strconv.Atoi(fields[38])
+		switch {
+		case class == ClassIdle && policy != unix.SCHED_IDLE:
+			t.Errorf("%s: scheduling policy %d, want SCHED_IDLE (%d)", f, policy, unix.SCHED_IDLE)
+		case class == ClassNormal && (policy != unix.SCHED_NORMAL || nice != DefaultCloneNice):
+			t.Errorf("%s: scheduling policy %d at nice %d, want SCHED_NORMAL (%d) at %d", f, policy, nice, unix.SCHED_NORMAL, DefaultCloneNice)
 		}
 	}
 
@@ -118,7 +132,7 @@ func TestChildUpstream(t *testing.T) {
 func TestChildUpstreamBadCommand(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	_, err := startChildUpstream(ctx, []string{"/bin/sh", "-c", "echo not json", "sh"}, time.Millisecond, 10, 0)
+	_, err := startChildUpstream(ctx, []string{"/bin/sh", "-c", "echo not json", "sh"}, time.Millisecond, 10, ClassNormal, 0)
 	if err == nil || !strings.Contains(err.Error(), "did not start") {
 		t.Fatalf("err = %v, want one saying the upstream did not start", err)
 	}

@@ -59,15 +59,22 @@ func StartUpstream(delay time.Duration, bodySize int) (*Upstream, error) {
 // Close stops the upstream and closes its connections.
 func (u *Upstream) Close() error { return u.srv.Close() }
 
-// ServeUpstream is what an UpstreamCommand runs: it sets this process's
-// nice value (unless 0), starts an upstream answering after delay with
-// bodySize bytes, prints {"listen": "host:port"} on w and serves until ctx
-// ends.
-func ServeUpstream(ctx context.Context, delay time.Duration, bodySize, nice int, w io.Writer) error {
+// ServeUpstream is what an UpstreamCommand runs: it puts this process in
+// the idle scheduling class (idle) or sets its nice value (unless 0),
+// starts an upstream answering after delay with bodySize bytes, prints
+// {"listen": "host:port"} on w and serves until ctx ends.
+func ServeUpstream(ctx context.Context, delay time.Duration, bodySize int, idle bool, nice int, w io.Writer) error {
 	if delay < 0 || bodySize < 0 {
 		return errors.New("delay and body size must not be negative")
 	}
-	if nice != 0 {
+	switch {
+	case idle && nice != 0:
+		return errors.New("the idle scheduling class has no nice value")
+	case idle:
+		if err := prio.SetIdle(); err != nil {
+			return err
+		}
+	case nice != 0:
 		if err := prio.SetNice(nice); err != nil {
 			return fmt.Errorf("nice: %w", err)
 		}
@@ -91,9 +98,15 @@ type childUpstream struct {
 }
 
 // startChildUpstream runs argv (e.g. justrunit bench upstream) with
-// --delay, --body and --nice, and returns once it accepts connections.
-func startChildUpstream(ctx context.Context, argv []string, delay time.Duration, bodySize, nice int) (*childUpstream, error) {
-	args := append(append([]string(nil), argv...), "--delay", delay.String(), "--body", fmt.Sprint(bodySize), "--nice", fmt.Sprint(nice))
+// --delay, --body and --idle (class ClassIdle) or --nice, and returns once
+// it accepts connections.
+func startChildUpstream(ctx context.Context, argv []string, delay time.Duration, bodySize int, class string, nice int) (*childUpstream, error) {
+	args := append(append([]string(nil), argv...), "--delay", delay.String(), "--body", fmt.Sprint(bodySize))
+	if class == ClassIdle {
+		args = append(args, "--idle")
+	} else {
+		args = append(args, "--nice", fmt.Sprint(nice))
+	}
 	c, err := startChild(ctx, "upstream", args)
 	if err != nil {
 		return nil, err
