@@ -94,14 +94,20 @@ func (m Masks) Target(path, rawQuery string) string {
 }
 
 // RouteOf returns the route of a request: its method, its path with every
-// segment that holds a digit (an id, a date, a version) in place of "*",
-// and the names of its query parameters, sorted, without their values;
-// "GET /items/*?category&q" for "GET /items/42?q=lamp&category=3". Calls of
-// one route ask the same kind of thing of the next tier, of other items.
+// segment that looks like an id in place of "*", and the names of its query
+// parameters, sorted, without their values; "GET /items/*?category&q" for
+// "GET /items/42?q=lamp&category=3". Calls of one route ask the same kind
+// of thing of the next tier, of other items.
+//
+// A segment looks like an id when it holds a digit (a number, a date, a
+// version), a masked value (Masked; see Masks.Route), or is a hexadecimal
+// token of at least 16 characters, dashes allowed (a digest, an object id,
+// a UUID), which no word is. Other ids (slugs, names) are kept; a mask
+// that hides them (Masks.Route) makes them "*" too.
 func RouteOf(method, path, rawQuery string) string {
 	segs := strings.Split(path, "/")
 	for i, seg := range segs {
-		if strings.ContainsAny(seg, "0123456789") {
+		if idSegment(seg) {
 			segs[i] = "*"
 		}
 	}
@@ -121,6 +127,39 @@ func RouteOf(method, path, rawQuery string) string {
 	}
 	slices.Sort(names)
 	return r + "?" + strings.Join(names, "&")
+}
+
+// minHexID is the length from which a hexadecimal token with no digit is
+// taken for an id rather than a word ("facade", "decade").
+const minHexID = 16
+
+// idSegment reports whether a path segment looks like an id (RouteOf).
+func idSegment(seg string) bool {
+	if strings.ContainsAny(seg, "0123456789") || strings.Contains(seg, Masked) {
+		return true
+	}
+	if len(seg) < minHexID {
+		return false
+	}
+	for _, c := range seg {
+		if !strings.ContainsRune("abcdefABCDEF-", c) {
+			return false
+		}
+	}
+	return true
+}
+
+// Route is RouteOf after the regexps are applied to the path, so that a
+// segment they hide (a slug, a user name) is "*" in the route too.
+func (m Masks) Route(method, path, rawQuery string) string {
+	if len(m.Regexps) > 0 {
+		b := []byte(path)
+		for _, re := range m.Regexps {
+			b = maskRegexp(re, b)
+		}
+		path = string(b)
+	}
+	return RouteOf(method, path, rawQuery)
 }
 
 // Key returns the normalised key of a request: method, masked target and a

@@ -133,9 +133,36 @@ func TestRouteOf(t *testing.T) {
 		{"GET", "/v2/users/u-17/orders/2026-11-26", "", "GET /*/users/*/orders/*"},
 		{"GET", "/search", "na%6De=x&", "GET /search?name"},
 		{"HEAD", "/", "", "HEAD /"},
+		{"GET", "/objects/deadbeefcafebabe", "", "GET /objects/*"},
+		{"GET", "/objects/FACE-BEAD-CAFE-DEAF", "", "GET /objects/*"},
+		{"GET", "/objects/deadbeefcafebab", "", "GET /objects/deadbeefcafebab"}, // 15: could be a word
+		{"GET", "/blobs/facade", "", "GET /blobs/facade"},
+		{"GET", "/items/lamp-with-shade", "", "GET /items/lamp-with-shade"},
+		{"GET", "/users/" + Masked, "", "GET /users/*"},
 	} {
 		if got := RouteOf(tt.method, tt.path, tt.query); got != tt.want {
 			t.Errorf("RouteOf(%s, %s, %s) = %q, want %q", tt.method, tt.path, tt.query, got, tt.want)
 		}
+	}
+}
+
+// TestMasksRoute: a mask that hides a path segment (a slug) makes it "*"
+// in the route; one that only touches the query changes nothing.
+func TestMasksRoute(t *testing.T) {
+	m, err := ParseMasks([]string{`^/items/([a-z-]+)`, `ts=(\d+)`}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ path, query, want string }{
+		{"/items/lamp-with-shade", "", "GET /items/*"},
+		{"/items/desk/reviews", "ts=5", "GET /items/*/reviews?ts"},
+		{"/users/ann", "ts=5", "GET /users/ann?ts"},
+	} {
+		if got := m.Route("GET", tt.path, tt.query); got != tt.want {
+			t.Errorf("Route(GET, %s, %s) = %q, want %q", tt.path, tt.query, got, tt.want)
+		}
+	}
+	if got := (Masks{}).Route("GET", "/items/lamp", ""); got != "GET /items/lamp" {
+		t.Errorf("no masks: Route = %q, want the path unchanged", got)
 	}
 }

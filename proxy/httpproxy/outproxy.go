@@ -99,7 +99,7 @@ type OutConfig struct {
 	ReuseReads bool
 	// StandIn lets a clone's read (a safe method) that nothing recorded
 	// matches, not even with ReuseReads, be answered at once with the
-	// latest exchange of the same route (see RouteOf: the same kind of
+	// latest exchange of the same route (see Masks.Route: the same kind of
 	// call, about another item), after that exchange's latency, instead
 	// of waiting for the on-line instance or passing through to the real
 	// next tier. A clone of an overloaded on-line instance is then neither
@@ -163,7 +163,7 @@ func (p *OutProxy) route(method, path, rawQuery string) string {
 	if !p.cfg.StandIn || !p.readOnly(method) {
 		return ""
 	}
-	return RouteOf(method, path, rawQuery)
+	return p.cfg.Masks.Route(method, path, rawQuery)
 }
 
 // readOnly reports whether a call with method reads only, so that an
@@ -679,7 +679,7 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 			// Nothing recorded of this call: another call of its route
 			// stands in, rather than holding the clone to the on-line
 			// instance's pace or loading the on-line next tier.
-			if sub, found := p.rec.LatestRoute(RouteOf(r.Method, r.URL.Path, r.URL.RawQuery)); found {
+			if sub, found := p.rec.LatestRoute(p.cfg.Masks.Route(r.Method, r.URL.Path, r.URL.RawQuery)); found {
 				ep.unmatched.Add(1)
 				ep.stoodIn.Add(1)
 				ep.replayed.Record(sub.Latency)
