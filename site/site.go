@@ -52,12 +52,23 @@ type Site struct {
 	// "cold" (every clone a cold start). The qemu platform's clones are
 	// always live.
 	Clones string `yaml:"clones"`
+	// CloneClass is the scheduling class of the local platform's clones:
+	// "normal" (the default) or "idle" (SCHED_IDLE: an on-line task that
+	// wakes where a clone runs takes the CPU at once; see README for what
+	// it does to the clone's figures).
+	CloneClass string `yaml:"clone_class"`
 	// Classes are the host classes by name.
 	Classes map[string]Class `yaml:"classes"`
 	Hosts   []Host           `yaml:"hosts"`
 	// Services are the multi-tier applications on the hosts.
 	Services []Service `yaml:"services"`
 }
+
+// Clones' scheduling classes (Site.CloneClass).
+const (
+	CloneClassNormal = "normal"
+	CloneClassIdle   = "idle"
+)
 
 // How clones are made (Site.Clones).
 const (
@@ -219,6 +230,17 @@ func (s *Site) Validate() error {
 		}
 	default:
 		return justrunit.Invalid("clones", s.Clones, "want auto, live or cold")
+	}
+	switch s.CloneClass {
+	case "":
+		s.CloneClass = CloneClassNormal
+	case CloneClassNormal:
+	case CloneClassIdle:
+		if s.Platform != "local" {
+			return justrunit.Invalid("clone_class", s.CloneClass, "the %s platform's clones run in the ordinary class; the idle class is the local platform's", s.Platform)
+		}
+	default:
+		return justrunit.Invalid("clone_class", s.CloneClass, "want normal or idle")
 	}
 	for name, c := range s.Classes {
 		m := justrunit.PowerModel{IdleWatts: c.IdleWatts, MaxWatts: c.MaxWatts}

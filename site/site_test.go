@@ -64,6 +64,8 @@ func TestLoadErrors(t *testing.T) {
 		{"no sandbox", "cores: 1, sandbox: true}", "cores: 1}", []string{"no sandbox host"}},
 		{"unknown clone mode", "platform: local", "platform: local\nclones: warm", []string{":2:", "clones", "want auto, live or cold"}},
 		{"cold clones on qemu", "platform: local", "platform: qemu\nclones: cold", []string{"clones", "always live"}},
+		{"unknown clone class", "platform: local", "platform: local\nclone_class: low", []string{":2:", "clone_class", "want normal or idle"}},
+		{"idle clones on qemu", "platform: local", "platform: qemu\nclone_class: idle", []string{"clone_class", "local platform's"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -114,6 +116,9 @@ func TestExampleSite(t *testing.T) {
 	}
 	if s.Clones != ClonesAuto || len(s.Sandboxes()) != 1 {
 		t.Errorf("clones %q, sandboxes %v; want auto and one sandbox", s.Clones, s.Sandboxes())
+	}
+	if s.CloneClass != CloneClassNormal {
+		t.Errorf("clone class %q, want %s by default", s.CloneClass, CloneClassNormal)
 	}
 }
 

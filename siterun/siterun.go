@@ -105,7 +105,7 @@ func newPlatform(f *site.Site, opts Options, log *slog.Logger) (justrunit.Platfo
 	// Frequencies are emulated relative to this machine's clock (the local
 	// platform's default reference): a class's freq_ghz is what its hosts
 	// imitate, so classes compare with each other on one machine.
-	cfg := local.Config{Logger: log, StateDir: opts.StateDir, ColdClones: f.Clones == site.ClonesCold, LiveClones: f.Clones == site.ClonesLive}
+	cfg := local.Config{Logger: log, StateDir: opts.StateDir, ColdClones: f.Clones == site.ClonesCold, LiveClones: f.Clones == site.ClonesLive, IdleClones: f.CloneClass == site.CloneClassIdle}
 	hosts := f.PlatformHosts()
 	for i, h := range f.Hosts {
 		cfg.Hosts = append(cfg.Hosts, local.HostConfig{Host: hosts[i], CPUs: h.CPUs})

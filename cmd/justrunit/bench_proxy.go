@@ -36,13 +36,13 @@ from elsewhere on the machine hits every case alike. The default run (5 rounds)
 takes about four and a half minutes.
 
 The in-proxy runs as "justrunit proxy in", in its own process like nginx. The
-healthy and slow clones run in their own process in the idle scheduling class
-(SCHED_IDLE), as the local platform runs a clone: an on-line task that wakes
-takes the CPU from a clone at once. "--clone-class normal" runs them in the
-ordinary class at nice 9 (--clone-nice) instead, the nearest step to the 1/8 of
-an on-line instance's CPU weight the local platform gives a clone's cgroup; the
-idle class also has a weight of its own, far below that (see README). The
-benchmark's own process (load
+healthy and slow clones run in their own process at nice 9 (--clone-nice): the
+local platform gives a clone 1/8 of the CPU weight of an on-line instance, and
+nice 9 is the nearest step to that. "--clone-class idle" runs them in the idle
+scheduling class (SCHED_IDLE) instead, as the local platform runs a clone with
+a site's "clone_class: idle": an on-line task that wakes takes the CPU from a
+clone at once (a plain process in that class also has its far lower weight).
+The benchmark's own process (load
 generator, on-line server) runs with GOGC=800 unless GOGC is set: its garbage
 collection otherwise adds about ±30% noise to every p99.
 
@@ -89,7 +89,7 @@ collection otherwise adds about ±30% noise to every p99.
 	f.IntVar(&opts.Connections, "connections", opts.Connections, "closed-loop clients (one keep-alive connection each)")
 	f.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "per-request timeout; a request that takes longer is lost")
 	f.BoolVar(&inProcess, "in-process", false, "run the in-proxy and the clones in the benchmark's process instead of each in its own")
-	f.StringVar(&opts.CloneClass, "clone-class", opts.CloneClass, `scheduling class of the clones' process: "idle" (as the local platform runs a clone) or "normal" (at --clone-nice)`)
+	f.StringVar(&opts.CloneClass, "clone-class", opts.CloneClass, `scheduling class of the clones' process: "normal" (at --clone-nice, as the local platform runs a clone by default) or "idle" (as it does with clone_class: idle)`)
 	f.IntVar(&opts.CloneNice, "clone-nice", opts.CloneNice, `nice value of the clones' process with --clone-class normal (the local platform gives a clone 1/8 of an on-line instance's CPU weight)`)
 	f.StringVar(&opts.Nginx, "nginx", "", `nginx binary (default: found in PATH or /usr/sbin); "-" skips nginx`)
 	return cmd

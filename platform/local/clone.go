@@ -273,8 +273,10 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 	}
 	// criu restores the original's scheduling class with its threads, so
 	// the clone's is set once it runs, live or cold.
-	if err := prio.SetIdleThreads(in.group.Threads); err != nil {
-		return nil, fmt.Errorf("clone %s: %w", cid, err)
+	if p.cfg.IdleClones {
+		if err := prio.SetIdleThreads(in.group.Threads); err != nil {
+			return nil, fmt.Errorf("clone %s: %w", cid, err)
+		}
 	}
 	if err := waitListening(ctx, cn.Endpoint.String(), p.cfg.ReadyTimeout, in.done); err != nil {
 		if tail := logTail(filepath.Join(p.cfg.StateDir, "logs", cid+".log"), 512); tail != "" {

@@ -121,7 +121,7 @@ func TestClone(t *testing.T) {
 	if cl.Mode != justrunit.CloneCold {
 		t.Errorf("Mode = %q, want cold (ColdClones)", cl.Mode)
 	}
-	checkIdleClass(t, p, cl.ID, "web")
+	checkIdleClass(t, p, cl.ID, "web", false)
 	if cl.Pause <= 0 || cl.Pause > time.Second {
 		t.Errorf("Pause = %v, want a short freeze (0 < pause ≤ 1s)", cl.Pause)
 	}
@@ -408,7 +408,7 @@ func TestCloneThatFailsToStart(t *testing.T) {
 // original's memory (an in-memory counter, the same PID in its own PID
 // namespace), then both go on apart; the clone answers behind its NAT.
 func TestLiveClone(t *testing.T) {
-	p := newPlatform(t)
+	p := newPlatform(t, func(c *Config) { c.IdleClones = true })
 	testutil.NeedLiveClones(t, p.criuErr)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -433,7 +433,7 @@ func TestLiveClone(t *testing.T) {
 	if got["counter"] != before["counter"] || got["pid"] != before["pid"] {
 		t.Errorf("clone answered %v, want the original's memory state %v (a cold start has a pid of its own)", got, before)
 	}
-	checkIdleClass(t, p, cl.ID, "mem")
+	checkIdleClass(t, p, cl.ID, "mem", true)
 	// Apart from here on.
 	getJSON(t, cbase+"/work?n=10")
 	getJSON(t, cbase+"/work?n=10")

@@ -212,13 +212,13 @@ func put(t *testing.T, url, body string) {
 }
 
 // checkIdleClass checks that every thread of clone is in the idle
-// scheduling class, and every thread of its original is not.
-func checkIdleClass(t *testing.T, p *Platform, clone, orig string) {
+// scheduling class if idle (else none is), and no thread of its original.
+func checkIdleClass(t *testing.T, p *Platform, clone, orig string, idle bool) {
 	t.Helper()
 	for _, c := range []struct {
 		id   string
 		idle bool
-	}{{clone, true}, {orig, false}} {
+	}{{clone, idle}, {orig, false}} {
 		in, err := p.get(c.id)
 		if err != nil {
 			t.Fatal(err)

@@ -113,6 +113,11 @@ type Config struct {
 	// does not work, and Clone fails where criu cannot dump the original,
 	// instead of starting it cold.
 	LiveClones bool
+	// IdleClones runs every clone's threads in the idle scheduling class
+	// (SCHED_IDLE): an on-line task or a proxy that wakes where a clone
+	// runs takes the CPU at once rather than after the clone's slice. The
+	// on-line path gains; the clone's figures change too (see README).
+	IdleClones bool
 }
 
 // Platform is the local platform. Its methods are safe for concurrent use.

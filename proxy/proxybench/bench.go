@@ -55,7 +55,7 @@ type Options struct {
 	// JSON when sent SIGTERM. Empty: the in-proxy runs in this process.
 	InProxyCommand []string
 	// UpstreamCommand, when set, runs the healthy and the slow clone each
-	// as its own process at CloneClass, the way the local platform runs a
+	// as its own process in CloneClass, the way the local platform runs a
 	// clone below the on-line instances it shares a machine with: the
 	// command (e.g. justrunit bench upstream) is given --delay, --body and
 	// --idle or --nice and must print {"listen": "host:port"} on its first
@@ -63,7 +63,8 @@ type Options struct {
 	// process, at the on-line server's priority.
 	UpstreamCommand []string
 	// CloneClass is the clones' scheduling class with UpstreamCommand:
-	// ClassIdle (in DefaultOptions) or ClassNormal at CloneNice.
+	// ClassNormal at CloneNice (in DefaultOptions, the local platform's
+	// default) or ClassIdle (a site's clone_class: idle).
 	CloneClass string
 	// CloneNice is the clones' nice value in ClassNormal (in
 	// DefaultOptions: DefaultCloneNice; 0 is the on-line server's).
@@ -73,10 +74,10 @@ type Options struct {
 // The clones' scheduling classes (Options.CloneClass).
 const (
 	// ClassIdle is the idle scheduling class (SCHED_IDLE), the local
-	// platform's for a clone: an on-line task that wakes takes the CPU from
-	// it at once. A process has no CPU weight besides the class's (3,
-	// against 1024 at nice 0); a clone of the local platform keeps its
-	// cgroup's.
+	// platform's for a clone with clone_class: idle: an on-line task that
+	// wakes takes the CPU from it at once. A process has no CPU weight
+	// besides the class's (3, against 1024 at nice 0); a clone of the local
+	// platform keeps its cgroup's.
 	ClassIdle = "idle"
 	// ClassNormal is the ordinary class at Options.CloneNice.
 	ClassNormal = "normal"
@@ -112,7 +113,7 @@ func DefaultOptions() Options {
 		Delay:           time.Millisecond,
 		BodySize:        1024,
 		SlowFactor:      10,
-		CloneClass:      ClassIdle,
+		CloneClass:      ClassNormal,
 		CloneNice:       DefaultCloneNice,
 	}
 }
@@ -343,7 +344,7 @@ func Run(ctx context.Context, opts Options, progress io.Writer) (*Report, error)
 	}()
 	switch {
 	case len(opts.UpstreamCommand) > 0 && opts.CloneClass == ClassIdle:
-		rep.Notes = append(rep.Notes, "the healthy and slow clones run in their own process in the idle scheduling class, as the local platform runs a clone")
+		rep.Notes = append(rep.Notes, "the healthy and slow clones run in their own process in the idle scheduling class, as the local platform runs a clone with clone_class: idle")
 	case len(opts.UpstreamCommand) > 0:
 		rep.Notes = append(rep.Notes, fmt.Sprintf("the healthy and slow clones run in their own process at nice %d: "+
 			"the local platform gives a clone 1/8 of an on-line instance's CPU weight, and nice %d is the nearest step to that below the on-line server's nice 0", opts.CloneNice, opts.CloneNice))
