@@ -373,10 +373,21 @@ func (g *Group) Usage() (Usage, error) {
 }
 
 // Procs lists the process ids in g and its descendants.
-func (g *Group) Procs() ([]int, error) {
+func (g *Group) Procs() ([]int, error) { return g.ids(false) }
+
+// Threads lists the thread ids in g and its descendants.
+func (g *Group) Threads() ([]int, error) { return g.ids(true) }
+
+// ids lists the process ids (cgroup.procs) or, with threads, the thread
+// ids (tasks, cgroup.threads) in g and its descendants.
+func (g *Group) ids(threads bool) ([]int, error) {
 	var out []int
 	if g.v == V1 {
-		ps, err := g.c1.Processes(cgroup1.Freezer, true)
+		list := g.c1.Processes
+		if threads {
+			list = g.c1.Tasks
+		}
+		ps, err := list(cgroup1.Freezer, true)
 		if err != nil {
 			return nil, err
 		}
@@ -385,35 +396,16 @@ func (g *Group) Procs() ([]int, error) {
 		}
 		return out, nil
 	}
-	ps, err := g.c2.Procs(true)
+	list := g.c2.Procs
+	if threads {
+		list = g.c2.Threads
+	}
+	ps, err := list(true)
 	if err != nil {
 		return nil, err
 	}
 	for _, p := range ps {
 		out = append(out, int(p))
-	}
-	return out, nil
-}
-
-// Threads lists the thread ids in g and its descendants.
-func (g *Group) Threads() ([]int, error) {
-	var out []int
-	if g.v == V1 {
-		ts, err := g.c1.Tasks(cgroup1.Freezer, true)
-		if err != nil {
-			return nil, err
-		}
-		for _, t := range ts {
-			out = append(out, t.Pid)
-		}
-		return out, nil
-	}
-	ts, err := g.c2.Threads(true)
-	if err != nil {
-		return nil, err
-	}
-	for _, t := range ts {
-		out = append(out, int(t))
 	}
 	return out, nil
 }

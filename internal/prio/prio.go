@@ -18,7 +18,7 @@ import (
 // SetNice sets every thread of this process to nice. A lower value than
 // the current one needs root (or CAP_SYS_NICE); a higher one does not.
 func SetNice(nice int) error {
-	return eachThread(ownThreads, fmt.Sprintf("set nice %d", nice), func(tid int) error {
+	return eachThread(threadsOf("self"), fmt.Sprintf("set nice %d", nice), func(tid int) error {
 		return unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
 	})
 }
@@ -29,7 +29,7 @@ func SetNice(nice int) error {
 // after its slice, which a low nice value alone does not give. Leaving the
 // class again needs root.
 func SetIdle() error {
-	return eachThread(ownThreads, "set the idle scheduling class", setIdle)
+	return eachThread(threadsOf("self"), "set the idle scheduling class", setIdle)
 }
 
 // SetIdleThreads puts the threads that list returns (another process's,
@@ -51,19 +51,22 @@ func Idle(tid int) (bool, error) {
 	return a.Policy == unix.SCHED_IDLE, nil
 }
 
-// ownThreads lists this process's threads.
-func ownThreads() ([]int, error) {
-	tasks, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return nil, err
-	}
-	var tids []int
-	for _, t := range tasks {
-		if tid, err := strconv.Atoi(t.Name()); err == nil {
-			tids = append(tids, tid)
+// threadsOf returns a listing of the threads of process pid ("self" for
+// this one).
+func threadsOf(pid string) func() ([]int, error) {
+	return func() ([]int, error) {
+		tasks, err := os.ReadDir("/proc/" + pid + "/task")
+		if err != nil {
+			return nil, err
 		}
+		var tids []int
+		for _, t := range tasks {
+			if tid, err := strconv.Atoi(t.Name()); err == nil {
+				tids = append(tids, tid)
+			}
+		}
+		return tids, nil
 	}
-	return tids, nil
 }
 
 // eachThread calls set for every thread that list returns. A thread

@@ -7,23 +7,6 @@ import (
 	"testing"
 )
 
-// tasksOf lists the threads of process pid.
-func tasksOf(pid int) func() ([]int, error) {
-	return func() ([]int, error) {
-		ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
-		if err != nil {
-			return nil, err
-		}
-		var tids []int
-		for _, e := range ents {
-			if tid, err := strconv.Atoi(e.Name()); err == nil {
-				tids = append(tids, tid)
-			}
-		}
-		return tids, nil
-	}
-}
-
 // TestSetIdleThreads puts another process's threads in the idle class
 // (which needs no privilege: it lowers the priority) and leaves this
 // process's alone.
@@ -33,7 +16,7 @@ func TestSetIdleThreads(t *testing.T) {
 		t.Skipf("cannot start sleep: %v", err)
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	list := tasksOf(cmd.Process.Pid)
+	list := threadsOf(strconv.Itoa(cmd.Process.Pid))
 	tids, err := list()
 	if err != nil || len(tids) == 0 {
 		t.Fatalf("threads of %d: %v, %v", cmd.Process.Pid, tids, err)
@@ -56,7 +39,7 @@ func TestSetIdleThreads(t *testing.T) {
 
 // TestSetIdleThreadsListError: a listing that fails is an error saying so.
 func TestSetIdleThreadsListError(t *testing.T) {
-	err := SetIdleThreads(tasksOf(-1))
+	err := SetIdleThreads(threadsOf("-1"))
 	if err == nil {
 		t.Fatal("SetIdleThreads with a failing listing: no error")
 	}

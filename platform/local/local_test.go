@@ -373,7 +373,10 @@ func testKilledMidClone(t *testing.T, removeStateDir bool) {
 	}
 	var p *Platform
 	if removeStateDir {
-		if err := os.RemoveAll(sd); err != nil {
+		// The clone's restore, orphaned by the kill, may still be writing
+		// its log in the state directory: a file made between RemoveAll's
+		// listing and its rmdir fails it with "directory not empty".
+		if err := removeAllSettled(sd, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		rs, err := collectStale(ctx, nil, func(s string) bool { return s == scope })
@@ -430,6 +433,19 @@ func alive(pid int) bool {
 
 // TestKillChild is the child of TestKilledMidCloneThenGC; it does nothing
 // unless that test started it.
+// removeAllSettled removes dir, trying again while something still writes
+// in it, until the deadline.
+func removeAllSettled(dir string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		err := os.RemoveAll(dir)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func TestKillChild(t *testing.T) {
 	sd := os.Getenv(childEnv)
 	if sd == "" {
