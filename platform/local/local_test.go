@@ -66,16 +66,28 @@ func TestResponseTimeFollowsCPUShare(t *testing.T) {
 	shares := []float64{100, 80, 60, 40, 20}
 	rts := map[float64]time.Duration{}
 	ctx := context.Background()
-	for _, s := range shares {
+	measureAt := func(s float64) {
 		if err := p.SetAllocation(ctx, "cpu", justrunit.Allocation{CPU: s}); err != nil {
 			t.Fatalf("SetAllocation(cpu=%g) error: %v", s, err)
 		}
 		rts[s] = medianRT(t, url, 5)
 	}
+	for _, s := range shares {
+		measureAt(s)
+	}
 	t.Logf("work %d rounds: RT at 100/80/60/40/20%% = %v %v %v %v %v", rounds, rts[100], rts[80], rts[60], rts[40], rts[20])
 	for i := 1; i < len(shares); i++ {
 		hi, lo := shares[i-1], shares[i]
 		// Monotone, with 10% slack for a machine shared with other work.
+		// Neighbouring shares differ by as little as 1.25x, which a burst
+		// of load elsewhere can hide (seen in the TCG guest, where the
+		// host's other work slows the whole guest): a pair out of order is
+		// measured once more, and only an order that holds fails.
+		if float64(rts[lo]) < 0.9*float64(rts[hi]) {
+			t.Logf("RT at %g%% = %v < RT at %g%% = %v: measuring both again", lo, rts[lo], hi, rts[hi])
+			measureAt(hi)
+			measureAt(lo)
+		}
 		if float64(rts[lo]) < 0.9*float64(rts[hi]) {
 			t.Errorf("RT at %g%% = %v < RT at %g%% = %v; want it to grow as the share shrinks", lo, rts[lo], hi, rts[hi])
 		}
