@@ -223,8 +223,12 @@ const (
 	EventStudyFinished    = "study.finished"
 	EventExperimentDone   = "experiment.done"
 	EventExperimentFailed = "experiment.failed"
-	EventCheckPassed      = "check.passed"
-	EventCheckFailed      = "check.failed"
+	// EventExperimentCut is added, level "warn", for an experiment the
+	// study's time bound stopped before its window had enough samples: it
+	// measured nothing, and the study goes on without it.
+	EventExperimentCut = "experiment.cut"
+	EventCheckPassed   = "check.passed"
+	EventCheckFailed   = "check.failed"
 	// EventStudyInterrupted is added when a running study is found whose
 	// process died (see the store's recovery on start).
 	EventStudyInterrupted = "study.interrupted"

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 
@@ -109,6 +110,9 @@ func Open(ctx context.Context, cfg Config, n int) (*Runner, error) {
 	if err := cfg.Window.Validate(); err != nil {
 		return nil, err
 	}
+	if err := checkRoom(ctx, cfg, n); err != nil {
+		return nil, err
+	}
 	r := &Runner{cfg: cfg, log: cfg.Logger, free: make(chan *slot, n)}
 	if r.log == nil {
 		r.log = slog.Default()
@@ -124,6 +128,51 @@ func Open(ctx context.Context, cfg Config, n int) (*Runner, error) {
 		r.free <- s
 	}
 	return r, nil
+}
+
+// checkRoom checks, before anything is cloned, that the sandbox host can
+// take n clones at the most CPU and memory the study may give each: the
+// target's allocation (what a clone starts with) or the top of the space's
+// cpu and mem ranges, whichever is more, besides what the host's other
+// instances hold. Unlimited allocations (0) count as nothing, as the
+// platforms count them.
+func checkRoom(ctx context.Context, cfg Config, n int) error {
+	cpu, mem := cfg.Target.Alloc.CPU, float64(cfg.Target.Alloc.MemoryMiB)
+	for _, p := range cfg.Space.Params {
+		if p.Categorical() || len(p.Values) == 0 {
+			continue
+		}
+		switch p.Name {
+		case "cpu":
+			cpu = max(cpu, slices.Max(p.Values))
+		case "mem":
+			mem = max(mem, slices.Max(p.Values))
+		}
+	}
+	h := cfg.Sandbox
+	if (cpu <= 0 || h.Cores <= 0) && (mem <= 0 || h.MemoryMiB <= 0) {
+		return nil
+	}
+	insts, err := cfg.Platform.Instances(ctx)
+	if err != nil {
+		return fmt.Errorf("sandbox host %s: list its instances: %w", h.Name, err)
+	}
+	var usedCPU, usedMem float64
+	for _, in := range insts {
+		if in.Host == h.Name && in.State == "running" {
+			usedCPU += in.Alloc.CPU
+			usedMem += float64(in.Alloc.MemoryMiB)
+		}
+	}
+	if capCPU := h.Cores * 100; cpu > 0 && capCPU > 0 && float64(n)*cpu+usedCPU > capCPU+1e-9 {
+		return justrunit.Invalid("slots", n, "%d clones at up to %g%% CPU each need %g%%, and sandbox host %s has %g%% of %g%% free; lower slots or the top of the cpu range",
+			n, cpu, float64(n)*cpu, h.Name, max(capCPU-usedCPU, 0), capCPU)
+	}
+	if capMem := float64(h.MemoryMiB); mem > 0 && capMem > 0 && float64(n)*mem+usedMem > capMem {
+		return justrunit.Invalid("slots", n, "%d clones at up to %g MiB each need %g MiB, and sandbox host %s has %g of %g MiB free; lower slots or the top of the mem range",
+			n, mem, float64(n)*mem, h.Name, max(capMem-usedMem, 0), capMem)
+	}
+	return nil
 }
 
 func (r *Runner) open(ctx context.Context, i int) (*slot, error) {
@@ -170,7 +219,7 @@ func (r *Runner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observat
 	if err := r.cfg.Platform.SetAllocation(ctx, s.clone.ID, alloc); err != nil {
 		return justrunit.Observation{}, fmt.Errorf("set allocation %s on %s: %w", alloc, s.clone.ID, err)
 	}
-	win := &cloneWindow{feed: r.cfg.Feed, name: s.name}
+	win := &cloneWindow{feed: r.cfg.Feed, replay: r.cfg.Replay, name: s.name}
 	meter := &measure.ModelMeter{
 		Model:     r.cfg.Sandbox.Power,
 		HostCores: r.cfg.Sandbox.Cores,
@@ -180,11 +229,6 @@ func (r *Runner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observat
 			u, err := r.cfg.Platform.Usage(ctx, s.clone.ID)
 			return u.CPUTime, err
 		},
-	}
-	if r.cfg.Replay != nil {
-		if _, err := r.cfg.Replay.ReplayStats(s.name, true); err != nil {
-			return justrunit.Observation{}, err
-		}
 	}
 	res, err := measure.MeasureWindow(ctx, r.cfg.Window, win, meter, nil)
 	// A clone that died is the failure to report, whatever the window saw.
@@ -199,10 +243,10 @@ func (r *Runner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observat
 	obs.Offered = win.last.Offered()
 	obs.MatchRate = 1
 	if r.cfg.Replay != nil {
-		rs, err := r.cfg.Replay.ReplayStats(s.name, true)
-		if err != nil {
-			return justrunit.Observation{}, err
+		if win.replayErr != nil {
+			return justrunit.Observation{}, fmt.Errorf("out-proxy statistics of %s: %w", s.name, win.replayErr)
 		}
+		rs := win.lastReplay
 		rs.Apply(&obs)
 		r.log.Info("experiment replay", "clone", s.clone.ID, "point", p, "matched", rs.Matched, "unmatched", rs.Unmatched,
 			"reused", rs.Reused, "stood_in", rs.StoodIn, "passed_through", rs.PassedThrough, "waited", rs.Waited, "wait_mean_ms", rs.WaitMs,
@@ -262,11 +306,17 @@ func (r *Runner) Close(ctx context.Context) error {
 }
 
 // cloneWindow reads one clone's window from the Feed, keeping the last
-// ended window's counters (dropped copies) for the observation.
+// ended window's counters (dropped copies) for the observation. With a
+// Replay, it ends the out-proxy's window of the clone at the same moments,
+// so the match statistics cover the measured window, warm-up excluded.
 type cloneWindow struct {
-	feed Feed
-	name string
-	last httpproxy.CloneStats
+	feed   Feed
+	replay Replay // nil without a next tier
+	name   string
+	last   httpproxy.CloneStats
+
+	lastReplay httpproxy.ReplayStats
+	replayErr  error // the last Reset's
 }
 
 func (w *cloneWindow) Snapshot() measure.Summary {
@@ -277,5 +327,8 @@ func (w *cloneWindow) Snapshot() measure.Summary {
 func (w *cloneWindow) Reset() measure.Summary {
 	s, _ := w.feed.CloneStats(w.name, true)
 	w.last = s
+	if w.replay != nil {
+		w.lastReplay, w.replayErr = w.replay.ReplayStats(w.name, true)
+	}
 	return s.Response
 }

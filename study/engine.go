@@ -106,7 +106,11 @@ func (e *Engine) Run(ctx context.Context, st *justrunit.Study) (*justrunit.Matri
 		st.Target, st.Space.Size(), st.Strategy, st.TimeBound), nil)
 	log.Info("study started", "target", st.Target, "points", st.Space.Size(), "strategy", st.Strategy, "time_bound", st.TimeBound)
 
-	runErr := e.loop(ctx, st, m, deadline, log)
+	cut, runErr := e.loop(ctx, st, m, deadline, log)
+	if runErr == nil && st.Experiments == 0 {
+		runErr = fmt.Errorf("%w: the time bound of %v ran out before any experiment measured its window (one takes %v of warm-up and window after its allocation is set; %d cut short); raise time_bound",
+			ErrNothingMeasured, st.TimeBound, st.ExperimentLength(), cut)
+	}
 
 	if len(m.Measured()) > 0 {
 		if err := e.Interpolator.Interpolate(m); err != nil {
@@ -143,6 +147,16 @@ func (e *Engine) Run(ctx context.Context, st *justrunit.Study) (*justrunit.Matri
 	return m, runErr
 }
 
+// ErrNothingMeasured means a study ended within its time bound without a
+// single measured experiment.
+var ErrNothingMeasured = errors.New("nothing measured")
+
+// cutMargin is how close to the time bound an experiment that ended with a
+// deadline error must end to count as cut by the bound rather than failed:
+// the experimenter stops its window a little before the deadline, and
+// checks the clone after it.
+const cutMargin = time.Second
+
 func (e *Engine) check(st *justrunit.Study) error {
 	switch {
 	case e.Runner == nil:
@@ -156,8 +170,10 @@ func (e *Engine) check(st *justrunit.Study) error {
 }
 
 // loop asks the strategy for points, runs them in up to st.Slots goroutines,
-// and records results until the strategy is done or something fails.
-func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, deadline time.Time, log *slog.Logger) error {
+// and records results until the strategy is done or something fails. It
+// returns how many experiments the time bound cut short: those measured
+// nothing, and do not fail the study.
+func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, deadline time.Time, log *slog.Logger) (cut int, _ error) {
 	// Experiments may not run past the time bound.
 	runCtx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
@@ -185,12 +201,16 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 			if ps.Free > 0 {
 				var err error
 				next, err = e.Strategy.Next(ctx, ps)
-				if err != nil {
+				switch {
+				case err != nil:
 					firstErr = fmt.Errorf("plan next experiments: %w", err)
-				}
-				if len(next) > ps.Free {
+					next = nil
+				case len(next) > ps.Free:
 					firstErr = fmt.Errorf("strategy %s returned %d points for %d free slots", e.Strategy.Name(), len(next), ps.Free)
 					next = nil
+				}
+				if firstErr != nil {
+					cancel() // the study has failed: stop the running experiments
 				}
 			}
 			for _, p := range next {
@@ -220,8 +240,20 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 			r = <-results
 		}
 		running = removePoint(running, r.point)
-		if ctx.Err() != nil && errors.Is(r.err, ctx.Err()) {
+		switch {
+		case r.err == nil:
+		case ctx.Err() != nil && errors.Is(r.err, ctx.Err()):
 			continue // cancelled with the study, not failed
+		case firstErr != nil && errors.Is(r.err, context.Canceled):
+			continue // stopped because the study had already failed
+		case ctx.Err() == nil && errors.Is(r.err, context.DeadlineExceeded) && time.Until(deadline) < cutMargin:
+			cut++
+			where := st.Space.Format(r.point)
+			log.Warn("experiment cut by the time bound", keyPoint, where, keyErr, r.err)
+			e.event(ctx, st, justrunit.EventExperimentCut, "warn",
+				fmt.Sprintf("experiment at %s cut short by the time bound, not measured: %v", where, r.err), map[string]any{keyPoint: where})
+			e.report(st, running, last, planned, deadline)
+			continue
 		}
 		// Store what was measured even while the study is being cancelled.
 		if err := e.record(context.WithoutCancel(ctx), st, m, r, log); err != nil && firstErr == nil {
@@ -236,7 +268,7 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 	if firstErr == nil {
 		firstErr = ctx.Err()
 	}
-	return firstErr
+	return cut, firstErr
 }
 
 // record stores one experiment's outcome.

@@ -248,3 +248,135 @@ func TestInvalidStudy(t *testing.T) {
 		t.Errorf("Run error = %v, want an invalid time_bound", err)
 	}
 }
+
+// funcRunner is a Runner made of a function.
+type funcRunner func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error)
+
+func (f funcRunner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+	return f(ctx, p)
+}
+
+// TestCutByTimeBound checks that an experiment the time bound stops is not
+// a failure: the study keeps what was measured and says what was cut; and
+// that a study that measured nothing within its bound fails saying so.
+func TestCutByTimeBound(t *testing.T) {
+	window := 20 * time.Millisecond
+	t.Run("AfterOne", func(t *testing.T) {
+		store := openStore(t)
+		// Each experiment holds its slot for 80 ms: the first ends at 80 ms,
+		// the second starts with 50 ms left and is cut at 130 ms.
+		st := newStudy(t, "grid", window, 130*time.Millisecond, 1)
+		r := &curveRunner{rt: knee, hold: 80 * time.Millisecond}
+		m, err := newEngine(t, st, r, store).Run(context.Background(), st)
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		if st.State != justrunit.StudyDone || st.Experiments != 1 || len(m.Measured()) != 1 {
+			t.Errorf("state %s, %d experiments, %d measured; want done, 1, 1", st.State, st.Experiments, len(m.Measured()))
+		}
+		evs, err := store.Events(context.Background(), justrunit.EventFilter{StudyID: st.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		kinds := map[string]int{}
+		for _, ev := range evs {
+			kinds[ev.Kind]++
+		}
+		if kinds[justrunit.EventExperimentCut] != 1 || kinds[justrunit.EventExperimentFailed] != 0 {
+			t.Errorf("event kinds %v, want one %s and no %s", kinds, justrunit.EventExperimentCut, justrunit.EventExperimentFailed)
+		}
+	})
+	for name, c := range map[string]struct {
+		bound, hold time.Duration
+		cut         string
+	}{
+		"NoneFits": {bound: window, hold: time.Millisecond, cut: "0 cut short"},
+		"OnlyCut":  {bound: window + 20*time.Millisecond, hold: time.Hour, cut: "1 cut short"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			st := newStudy(t, "grid", window, c.bound, 1)
+			_, err := newEngine(t, st, &curveRunner{rt: knee, hold: c.hold}, nil).Run(context.Background(), st)
+			if !errors.Is(err, ErrNothingMeasured) || !strings.Contains(err.Error(), "time_bound") || !strings.Contains(err.Error(), c.cut) {
+				t.Fatalf("Run error = %v, want %v naming time_bound and %q", err, ErrNothingMeasured, c.cut)
+			}
+			if st.State != justrunit.StudyFailed {
+				t.Errorf("state %s, want failed", st.State)
+			}
+		})
+	}
+}
+
+// TestFailureCancelsOthers checks that when one of several parallel
+// experiments fails, the others are stopped and not reported as failures
+// of their own.
+func TestFailureCancelsOthers(t *testing.T) {
+	store := openStore(t)
+	st := newStudy(t, "grid", time.Hour, 10*time.Hour, 3)
+	var calls atomic.Int64
+	r := funcRunner(func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+		if calls.Add(1) == 1 {
+			time.Sleep(20 * time.Millisecond) // let the others start
+			return justrunit.Observation{}, errors.New("clone crashed")
+		}
+		<-ctx.Done()
+		return justrunit.Observation{}, ctx.Err()
+	})
+	done := make(chan error, 1)
+	go func() { _, err := newEngine(t, st, r, store).Run(context.Background(), st); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "clone crashed") || errors.Is(err, context.Canceled) {
+			t.Fatalf("Run error = %v, want the crash alone", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after an experiment failed")
+	}
+	if n := calls.Load(); n != 3 {
+		t.Errorf("%d experiments started, want 3 in parallel", n)
+	}
+	evs, err := store.Events(context.Background(), justrunit.EventFilter{StudyID: st.ID, Kind: justrunit.EventExperimentFailed})
+	if err != nil || len(evs) != 1 {
+		t.Errorf("%d %s events (%v), want 1", len(evs), justrunit.EventExperimentFailed, err)
+	}
+}
+
+// failingStrategy plans its first points with another strategy and fails
+// after that.
+type failingStrategy struct {
+	justrunit.Strategy
+	calls int
+}
+
+func (s *failingStrategy) Next(ctx context.Context, ps justrunit.PlanState) ([]justrunit.Point, error) {
+	s.calls++
+	if s.calls > 1 {
+		return nil, errors.New("planner broke")
+	}
+	return s.Strategy.Next(ctx, ps)
+}
+
+// TestPlanErrorCancels checks that a planning error stops the running
+// experiments at once rather than waiting them out.
+func TestPlanErrorCancels(t *testing.T) {
+	st := newStudy(t, "grid", time.Hour, 10*time.Hour, 2)
+	var calls atomic.Int64
+	r := funcRunner(func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+		if calls.Add(1) > 1 {
+			<-ctx.Done() // the other slot's experiment runs on
+			return justrunit.Observation{}, ctx.Err()
+		}
+		return justrunit.Observation{Point: p, Samples: 1000, Throughput: 100, RT: justrunit.ResponseTime{Mean: 20, P50: 18, P95: 30, P99: 40}}, nil
+	})
+	e := newEngine(t, st, r, nil)
+	e.Strategy = &failingStrategy{Strategy: e.Strategy}
+	done := make(chan error, 1)
+	go func() { _, err := e.Run(context.Background(), st); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "planner broke") {
+			t.Fatalf("Run error = %v, want the planning error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run waited for the running experiment after a planning error")
+	}
+}

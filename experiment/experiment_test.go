@@ -1,0 +1,233 @@
+package experiment
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/measure"
+	"github.com/justrunit/justrunit/proxy/httpproxy"
+)
+
+// fakePlatform is a platform double that keeps instances in memory.
+type fakePlatform struct {
+	mu     sync.Mutex
+	hosts  []justrunit.Host
+	insts  []justrunit.Instance
+	clones int
+}
+
+func (p *fakePlatform) Name() string                         { return "fake" }
+func (p *fakePlatform) Capabilities() []justrunit.Capability { return nil }
+func (p *fakePlatform) Hosts(context.Context) ([]justrunit.Host, error) {
+	return p.hosts, nil
+}
+
+func (p *fakePlatform) Instances(context.Context) ([]justrunit.Instance, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]justrunit.Instance(nil), p.insts...), nil
+}
+
+func (p *fakePlatform) Clone(_ context.Context, id, host string, opts justrunit.CloneOptions) (*justrunit.Clone, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.clones++
+	in := justrunit.Instance{ID: fmt.Sprintf("%s-c%d", id, p.clones), Host: host, State: "running", Alloc: opts.Alloc}
+	p.insts = append(p.insts, in)
+	return &justrunit.Clone{Instance: in, Mode: "cold", Endpoint: "127.0.0.1:1"}, nil
+}
+
+func (p *fakePlatform) SetAllocation(context.Context, string, justrunit.Allocation) error { return nil }
+func (p *fakePlatform) Usage(context.Context, string) (justrunit.Usage, error) {
+	return justrunit.Usage{}, nil
+}
+
+func (p *fakePlatform) Destroy(_ context.Context, id string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, in := range p.insts {
+		if in.ID == id {
+			p.insts = append(p.insts[:i], p.insts[i+1:]...)
+			return nil
+		}
+	}
+	return justrunit.ErrNotFound
+}
+
+// fakeFeed answers every window with the responses its recorder got.
+type fakeFeed struct{ rec *measure.Recorder }
+
+func (f *fakeFeed) AddClone(context.Context, string, *url.URL) error { return nil }
+func (f *fakeFeed) RemoveClone(string) (httpproxy.CloneStats, error) {
+	return httpproxy.CloneStats{}, nil
+}
+
+func (f *fakeFeed) CloneStats(name string, reset bool) (httpproxy.CloneStats, error) {
+	s := f.rec.Snapshot()
+	if reset {
+		s = f.rec.Reset()
+	}
+	return httpproxy.CloneStats{Name: name, Response: s}, nil
+}
+
+// phaseReplay counts a clone's calls as unmatched until warmEnd and as
+// matched from matchFrom on, one every millisecond.
+type phaseReplay struct {
+	mu                 sync.Mutex
+	from               time.Time
+	warmEnd, matchFrom time.Time
+}
+
+func (r *phaseReplay) ServeClone(context.Context, string) (string, error) { return "127.0.0.1:2", nil }
+func (r *phaseReplay) StopClone(string) error                             { return nil }
+
+func (r *phaseReplay) ReplayStats(name string, reset bool) (httpproxy.ReplayStats, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	overlap := func(a, b time.Time) int64 { // ms of [a, b) within [r.from, now)
+		a, b = later(a, r.from), earlier(b, now)
+		return max(0, int64(b.Sub(a)/time.Millisecond))
+	}
+	s := httpproxy.ReplayStats{Name: name, Start: r.from, End: now,
+		Unmatched: overlap(time.Time{}, r.warmEnd), Matched: overlap(r.matchFrom, now.Add(time.Hour))}
+	s.MatchRate = 1
+	if n := s.Matched + s.Unmatched; n > 0 {
+		s.MatchRate = float64(s.Matched) / float64(n)
+	}
+	if reset {
+		r.from = now
+	}
+	return s, nil
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+func earlier(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func sandbox() justrunit.Host {
+	return justrunit.Host{Name: "sb", Class: "std", Cores: 2, MemoryMiB: 1024, On: true, Sandbox: true,
+		Power: justrunit.PowerModel{IdleWatts: 50, MaxWatts: 100}}
+}
+
+func space(t *testing.T, params ...string) justrunit.Space {
+	t.Helper()
+	var s justrunit.Space
+	for _, p := range params {
+		par, err := justrunit.ParseParameter(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Params = append(s.Params, par)
+	}
+	return s
+}
+
+// TestOpenChecksRoom checks that a study whose clones cannot all fit on the
+// sandbox host at the top of its ranges is refused naming slots, before
+// anything is cloned.
+func TestOpenChecksRoom(t *testing.T) {
+	busy := justrunit.Instance{ID: "other-c", Host: "sb", State: "running", Alloc: justrunit.Allocation{CPU: 50, MemoryMiB: 256}}
+	target := justrunit.Instance{ID: "app0", Host: "h0", State: "running", Alloc: justrunit.Allocation{CPU: 60, MemoryMiB: 128}}
+	for _, c := range []struct {
+		name   string
+		space  []string
+		slots  int
+		others []justrunit.Instance
+		want   string // "" for room enough
+	}{
+		{"Fits", []string{"cpu=20..100 step 10"}, 2, nil, ""},
+		{"TooManySlots", []string{"cpu=20..100 step 10"}, 3, nil, "3 clones at up to 100% CPU"},
+		{"OthersHoldSome", []string{"cpu=20..100 step 10"}, 2, []justrunit.Instance{busy}, "150% of 200% free"},
+		{"TargetAllocCounts", []string{"mem=64,128"}, 4, nil, "4 clones at up to 60% CPU"},
+		{"Memory", []string{"cpu=10..50 step 10", "mem=256..512 step 256"}, 3, nil, "3 clones at up to 512 MiB"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := &fakePlatform{hosts: []justrunit.Host{sandbox()}, insts: append([]justrunit.Instance{target}, c.others...)}
+			cfg := Config{Platform: p, Target: target, Sandbox: sandbox(), Space: space(t, c.space...),
+				Feed: &fakeFeed{rec: measure.NewRecorder()}, Window: measure.WindowConfig{Max: time.Second}, Logger: quiet}
+			r, err := Open(context.Background(), cfg, c.slots)
+			if c.want == "" {
+				if err != nil {
+					t.Fatalf("Open: %v", err)
+				}
+				if err := r.Close(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, justrunit.ErrInvalid) || !strings.Contains(err.Error(), "slots") || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("Open error = %v, want an invalid slots saying %q", err, c.want)
+			}
+			if p.clones != 0 {
+				t.Errorf("%d clones made before the refusal", p.clones)
+			}
+		})
+	}
+}
+
+// TestReplayStatsCoverWindow checks that an observation's match rate is the
+// out-proxy's over the measured window, not over the warm-up too.
+func TestReplayStatsCoverWindow(t *testing.T) {
+	rec := measure.NewRecorder()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // the clone answers every half millisecond
+		tick := time.NewTicker(500 * time.Microsecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				rec.Record(time.Millisecond)
+			}
+		}
+	}()
+	target := justrunit.Instance{ID: "app0", Host: "h0", State: "running", Alloc: justrunit.Allocation{CPU: 50}}
+	p := &fakePlatform{hosts: []justrunit.Host{sandbox()}, insts: []justrunit.Instance{target}}
+	warmUp := 300 * time.Millisecond
+	replay := &phaseReplay{}
+	cfg := Config{Platform: p, Target: target, Sandbox: sandbox(), Space: space(t, "cpu=50,100"),
+		Feed: &fakeFeed{rec: rec}, Replay: replay, NextTier: "10.0.0.3:80",
+		Window: measure.WindowConfig{WarmUp: warmUp, Max: 300 * time.Millisecond, MinSamples: 10}, Logger: quiet}
+	r, err := Open(context.Background(), cfg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(context.Background())
+	// Calls made during the warm-up find no match; those of the window
+	// (from 50 ms after the warm-up, to stay clear of its edge) all do.
+	start := time.Now()
+	replay.mu.Lock()
+	replay.from, replay.warmEnd, replay.matchFrom = start, start.Add(warmUp-50*time.Millisecond), start.Add(warmUp+50*time.Millisecond)
+	replay.mu.Unlock()
+	obs, err := r.Run(context.Background(), justrunit.Point{100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if obs.MatchRate != 1 {
+		t.Errorf("match rate %.3f, want 1: the warm-up's unmatched calls were counted", obs.MatchRate)
+	}
+}
