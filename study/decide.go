@@ -43,6 +43,7 @@ func (e *Engine) Check(ctx context.Context, st *justrunit.Study, m *justrunit.Ma
 	}
 	c.Logger, c.StudyID, c.Notify = e.logger(), st.ID, notify
 	results, checkErr := c.CheckAll(ctx, m)
+	st.Experiments += countPoints(results)
 	if e.Store == nil {
 		return results, checkErr
 	}
@@ -60,7 +61,6 @@ func (e *Engine) Check(ctx context.Context, st *justrunit.Study, m *justrunit.Ma
 			st.Space.Format(r.Point), r.Metric, r.Predicted, r.Measured, 100*r.RelError, verdict, 100*r.Threshold),
 			map[string]any{"metric": string(r.Metric), "rel_error": r.RelError})
 	}
-	st.Experiments += countPoints(results)
 	if err := e.Store.SaveMatrix(sctx, st.ID, m); err != nil {
 		storeErr = errors.Join(storeErr, fmt.Errorf("save matrix: %w", err))
 	}

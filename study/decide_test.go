@@ -73,3 +73,45 @@ func TestUseAndCheck(t *testing.T) {
 		t.Errorf("stored matrix lacks the V cells")
 	}
 }
+
+// TestCheckCountsExperiments checks that the checker's experiments count in
+// the study with a store and without one.
+func TestCheckCountsExperiments(t *testing.T) {
+	for _, withStore := range []bool{true, false} {
+		ctx := context.Background()
+		st := newStudy(t, "grid", 1, 1, 1)
+		st.Window, st.TimeBound = 1e9, 10e9
+		var store justrunit.Store
+		if withStore {
+			s := openStore(t)
+			if err := s.CreateStudy(ctx, st); err != nil {
+				t.Fatal(err)
+			}
+			store = s
+		}
+		r := &curveRunner{rt: knee}
+		e := newEngine(t, st, r, store)
+		m, err := justrunit.NewMatrix(st.Space, st.Metrics)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, cpu := range []float64{20, 100} {
+			o, _ := r.Run(ctx, justrunit.Point{cpu})
+			if err := m.Record(o); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := e.Interpolator.Interpolate(m); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.Use(ctx, st, m, justrunit.Point{60}, justrunit.RTP95); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.Check(ctx, st, m, nil); err != nil {
+			t.Fatal(err)
+		}
+		if st.Experiments != 1 {
+			t.Errorf("store %v: %d experiments counted after one check, want 1", withStore, st.Experiments)
+		}
+	}
+}
