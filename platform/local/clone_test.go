@@ -404,6 +404,27 @@ func TestCloneThatFailsToStart(t *testing.T) {
 	}
 }
 
+// TestColdIdleClone checks that a cold clone on a platform with idle clones
+// runs every thread in the idle class, and the original none.
+func TestColdIdleClone(t *testing.T) {
+	p := newPlatform(t, func(c *Config) { c.ColdClones, c.IdleClones = true, true })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	launchServer(t, p, serverOpts{id: "idle", stateDir: t.TempDir()})
+	cl, err := p.Clone(ctx, "idle", "sandbox", justrunit.CloneOptions{Alloc: justrunit.Allocation{CPU: 50}})
+	if err != nil {
+		t.Fatalf("Clone() error: %v", err)
+	}
+	if cl.Mode != justrunit.CloneCold {
+		t.Errorf("Mode = %q, want cold (ColdClones)", cl.Mode)
+	}
+	getJSON(t, "http://"+cl.Endpoint+"/counter")
+	checkIdleClass(t, p, cl.ID, "idle", true)
+	if err := p.Destroy(ctx, cl.ID); err != nil {
+		t.Fatalf("Destroy(%s) error: %v", cl.ID, err)
+	}
+}
+
 // TestLiveClone clones an instance live (criu): the clone continues from the
 // original's memory (an in-memory counter, the same PID in its own PID
 // namespace), then both go on apart; the clone answers behind its NAT.
