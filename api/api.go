@@ -18,9 +18,15 @@ package api
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -152,10 +158,18 @@ type Server struct {
 	log     *slog.Logger
 	handler http.Handler
 	started time.Time
-	// done ends event streams when the server closes, so http.Server's
-	// Shutdown does not wait for them.
+	// done ends event streams and on-line verifications when the server
+	// closes, so http.Server's Shutdown does not wait for them.
 	done   context.Context
 	cancel context.CancelFunc
+
+	// ops are the calls under way that act on the site (see beginOp);
+	// opsChanged is closed and replaced whenever one ends.
+	opsMu      sync.Mutex
+	ops        map[int]string
+	opsSeq     int
+	opsChanged chan struct{}
+	closed     bool
 }
 
 // New checks cfg and builds the Server.
@@ -175,7 +189,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Version == "" {
 		cfg.Version = moduleVersion()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now()}
+	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), ops: map[int]string{}, opsChanged: make(chan struct{})}
 	s.done, s.cancel = context.WithCancel(context.Background())
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
@@ -190,16 +204,89 @@ func New(cfg Config) (*Server, error) {
 			Message: "no such API call " + r.Method + " " + r.URL.Path + "; see " + Prefix + "/openapi.json"})
 	}))
 	mux.Handle("/", ui.Handler())
-	s.handler = securityHeaders(mux)
+	h := s.refuseCrossOrigin(mux)
+	if cfg.NoAuth {
+		h = s.requireLoopbackHost(h)
+	}
+	s.handler = securityHeaders(h)
 	return s, nil
 }
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
 
-// Close ends the open event streams. Call it before http.Server.Shutdown so
-// the shutdown does not wait for them. It does not stop the runner.
-func (s *Server) Close() { s.cancel() }
+// Close ends the open event streams and cancels the on-line verifications
+// under way (each restores its instance's allocation as it stops), and
+// refuses calls that would act on the site from then on. Call it before
+// http.Server.Shutdown so the shutdown does not wait for the streams, then
+// Wait before stopping the site. It does not stop the runner.
+func (s *Server) Close() {
+	s.opsMu.Lock()
+	s.closed = true
+	s.opsMu.Unlock()
+	s.cancel()
+}
+
+// Wait waits for the calls that act on the site to return: on-line
+// verifications (which Close cancels) and plans being applied (which run
+// to their end). When ctx ends first it returns an error naming them; the
+// site must then not be stopped under them.
+func (s *Server) Wait(ctx context.Context) error {
+	for {
+		s.opsMu.Lock()
+		if len(s.ops) == 0 {
+			s.opsMu.Unlock()
+			return nil
+		}
+		changed := s.opsChanged
+		s.opsMu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("calls acting on the site still running: %s: %w", strings.Join(s.runningOps(), ", "), ctx.Err())
+		}
+	}
+}
+
+func (s *Server) runningOps() []string {
+	s.opsMu.Lock()
+	defer s.opsMu.Unlock()
+	out := slices.Collect(maps.Values(s.ops))
+	slices.Sort(out)
+	return out
+}
+
+// errClosing is why a verification stopped when the daemon shut down.
+var errClosing = errors.New("the daemon is shutting down")
+
+// beginOp registers a call that acts on the site (what names it for
+// people), so Wait waits for it; once Close has been called it refuses.
+// With cancelOnClose the returned context also ends, with cause
+// errClosing, when the server closes. Call end when the call returns.
+func (s *Server) beginOp(r *http.Request, what string, cancelOnClose bool) (ctx context.Context, end func(), err error) {
+	s.opsMu.Lock()
+	defer s.opsMu.Unlock()
+	if s.closed {
+		return nil, nil, &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: what + " refused: " + errClosing.Error() + "; nothing was changed"}
+	}
+	s.opsSeq++
+	id := s.opsSeq
+	s.ops[id] = what
+	ctx, cancel := context.WithCancelCause(r.Context())
+	stop := func() bool { return true }
+	if cancelOnClose {
+		stop = context.AfterFunc(s.done, func() { cancel(errClosing) })
+	}
+	return ctx, func() {
+		stop()
+		cancel(nil)
+		s.opsMu.Lock()
+		defer s.opsMu.Unlock()
+		delete(s.ops, id)
+		close(s.opsChanged)
+		s.opsChanged = make(chan struct{})
+	}, nil
+}
 
 // route is one API call; the OpenAPI document lists the same set (a test
 // keeps them in step).
@@ -320,7 +407,15 @@ func (s *Server) handlePlans(w http.ResponseWriter, r *http.Request) {
 	}
 	switch id := r.PathValue("id"); {
 	case id != "":
-		rec, err := p.Apply(r.Context(), id)
+		// Close does not cancel a plan being applied (one half applied
+		// is worse than a shutdown a little later): the daemon waits.
+		ctx, end, err := s.beginOp(r, "plan "+id+" being applied", false)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		defer end()
+		rec, err := p.Apply(ctx, id)
 		if err != nil {
 			s.writeError(w, r, err)
 			return

@@ -462,6 +462,34 @@ func TestTokenFile(t *testing.T) {
 	}
 }
 
+// TestTokenFileOwner: a token file another user owns is refused, even with
+// mode 0600: its owner can read or replace the token.
+func TestTokenFileOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root to give the token file another owner; CI runs as root, so this is a setup error")
+		}
+		t.Skip("needs root to give the token file another owner; run as root")
+	}
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(testToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if tok, _, err := LoadOrCreateToken(path); err != nil || tok != testToken {
+		t.Fatalf("LoadOrCreateToken of this user's file = %q, %v", tok, err)
+	}
+	if err := os.Chown(path, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := LoadOrCreateToken(path)
+	if !errors.Is(err, justrunit.ErrInvalid) || !strings.Contains(err.Error(), "owned by uid 65534") {
+		t.Errorf("LoadOrCreateToken of a file uid 65534 owns = %v, want ErrInvalid naming the owner", err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != testToken+"\n" {
+		t.Errorf("the refused token file was changed to %q", b)
+	}
+}
+
 func TestIsLoopback(t *testing.T) {
 	for addr, want := range map[string]bool{
 		"127.0.0.1:7070": true, "localhost:7070": true, "[::1]:7070": true, "127.3.4.5:1": true,

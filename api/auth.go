@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -62,31 +63,23 @@ func NewToken() string {
 // LoadOrCreateToken returns the token in the file at path. When the file is
 // missing or empty it writes a new token there, readable only by its owner
 // (0600, directory 0700), and reports created. A token file others can read
-// or write is refused: anyone who reads it controls the daemon.
+// or write, or that another user owns, is refused: anyone who reads it
+// controls the daemon, and its owner can read or replace it.
 func LoadOrCreateToken(path string) (token string, created bool, err error) {
 	if path == "" {
 		return "", false, justrunit.Invalid("token-file", nil, "name the file that holds the API token")
 	}
-	b, err := os.ReadFile(path)
+	tok, err := readToken(path)
 	switch {
-	case err == nil:
-		fi, serr := os.Stat(path)
-		if serr != nil {
-			return "", false, fmt.Errorf("token file: %w", serr)
-		}
-		if fi.Mode().Perm()&0o077 != 0 {
-			return "", false, justrunit.Invalid("token-file", path, "mode %04o lets other users read or change the token; chmod 600 it", fi.Mode().Perm())
-		}
-		if tok := strings.TrimSpace(string(b)); tok != "" {
-			return tok, false, nil
-		}
-	case !errors.Is(err, fs.ErrNotExist):
-		return "", false, fmt.Errorf("token file: %w", err)
+	case err == nil && tok != "":
+		return tok, false, nil
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return "", false, err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return "", false, fmt.Errorf("token file: %w", err)
 	}
-	tok := NewToken()
+	tok = NewToken()
 	// Write a new file and rename it into place, so the token is never
 	// visible with a wider mode or half written.
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".token-*")
@@ -110,6 +103,34 @@ func LoadOrCreateToken(path string) (token string, created bool, err error) {
 		return "", false, fmt.Errorf("token file: %w", err)
 	}
 	return tok, true, nil
+}
+
+// readToken reads the token file at path after checking, on the open file,
+// that only this user can read or change it; "" when it is empty.
+func readToken(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return "", justrunit.Invalid("token-file", path, "mode %04o lets other users read or change the token; chmod 600 it", fi.Mode().Perm())
+	}
+	if uid, ok := fileOwner(fi); ok && uid != os.Geteuid() {
+		return "", justrunit.Invalid("token-file", path, "owned by uid %d, not by this user (uid %d), who can read or replace the token; chown it to this user or use another file", uid, os.Geteuid())
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // IsLoopback reports whether addr (HOST:PORT) binds the loopback interface

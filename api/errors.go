@@ -14,8 +14,11 @@ import (
 const (
 	CodeInvalid        = "invalid"         // 400, Field names the field
 	CodeUnauthorized   = "unauthorized"    // 401, missing or wrong bearer token
+	CodeForbidden      = "forbidden"       // 403, a cross-origin call, or a Host the daemon does not answer
 	CodeNotFound       = "not_found"       // 404
 	CodeConflict       = "conflict"        // 409, e.g. cancelling a finished study
+	CodeTooLarge       = "too_large"       // 413, a request body over 1 MiB
+	CodeMediaType      = "media_type"      // 415, a request body that is not sent as application/json
 	CodeUnsupported    = "unsupported"     // 422
 	CodeNotImplemented = "not_implemented" // 501, planned, not built yet
 	CodeUnavailable    = "unavailable"     // 503, e.g. the daemon runs no site
@@ -47,10 +50,11 @@ func (e *Error) Error() string {
 }
 
 // Unwrap returns the justrunit error category of the code, or ErrUnavailable,
-// ErrUnauthorized or ErrConflict.
+// ErrUnauthorized, ErrForbidden or ErrConflict. A body too large or not
+// sent as JSON is justrunit.ErrInvalid: the request is at fault.
 func (e *Error) Unwrap() error {
 	switch e.Code {
-	case CodeInvalid:
+	case CodeInvalid, CodeTooLarge, CodeMediaType:
 		return justrunit.ErrInvalid
 	case CodeNotFound:
 		return justrunit.ErrNotFound
@@ -62,6 +66,8 @@ func (e *Error) Unwrap() error {
 		return ErrConflict
 	case CodeUnauthorized:
 		return ErrUnauthorized
+	case CodeForbidden:
+		return ErrForbidden
 	case CodeUnavailable:
 		return ErrUnavailable
 	}
@@ -78,6 +84,10 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrUnauthorized means the bearer token was missing or wrong: HTTP 401.
 	ErrUnauthorized = errors.New("unauthorized")
+	// ErrForbidden means the daemon refused the call whatever its token:
+	// a browser sent it from another site's page, or it named a Host a
+	// daemon without authentication does not answer: HTTP 403.
+	ErrForbidden = errors.New("forbidden")
 )
 
 // toError maps an error to its API form.
@@ -105,6 +115,8 @@ func toError(err error) *Error {
 		e.Status, e.Code = http.StatusServiceUnavailable, CodeUnavailable
 	case errors.Is(err, ErrUnauthorized):
 		e.Status, e.Code = http.StatusUnauthorized, CodeUnauthorized
+	case errors.Is(err, ErrForbidden):
+		e.Status, e.Code = http.StatusForbidden, CodeForbidden
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		e.Status, e.Code = http.StatusServiceUnavailable, CodeUnavailable
 	default:

@@ -76,6 +76,7 @@ type daemon struct {
 
 type daemonOpts struct {
 	noRunner bool
+	noAuth   bool
 	hold     time.Duration
 	site     SiteView
 }
@@ -91,6 +92,9 @@ func newDaemon(t *testing.T, o daemonOpts) *daemon {
 	d.set = metrics.New(d.reg)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	cfg := Config{Store: st, Token: testToken, Logger: log, Metrics: d.reg, PollInterval: 50 * time.Millisecond, Site: o.site}
+	if o.noAuth {
+		cfg.Token, cfg.NoAuth = "", true
+	}
 	if !o.noRunner {
 		d.runner, err = NewEngineRunner(EngineRunnerConfig{Store: st, Logger: log, Owner: sqlite.OwnerID(), Metrics: d.set,
 			NewRunner: func(ctx context.Context, s *justrunit.Study) (justrunit.Runner, io.Closer, error) {
@@ -123,8 +127,19 @@ func newDaemon(t *testing.T, o daemonOpts) *daemon {
 func (d *daemon) client() *Client { return NewClient(d.hs.URL, testToken) }
 
 // call makes a request with the token (when tok is not empty) and returns
-// the status and body.
+// the status and body. A body is sent as JSON (a string as it is).
 func (d *daemon) call(method, path, tok string, body any) (int, []byte) {
+	d.t.Helper()
+	hd := http.Header{}
+	if body != nil {
+		hd.Set("Content-Type", "application/json")
+	}
+	return d.callWith(method, path, tok, hd, body)
+}
+
+// callWith is call with the request headers hd (Host sets the request's
+// Host).
+func (d *daemon) callWith(method, path, tok string, hd http.Header, body any) (int, []byte) {
 	d.t.Helper()
 	var rd io.Reader
 	if body != nil {
@@ -136,6 +151,12 @@ func (d *daemon) call(method, path, tok string, body any) (int, []byte) {
 		}
 	}
 	req, _ := http.NewRequest(method, d.hs.URL+path, rd)
+	for k, v := range hd {
+		req.Header[k] = v
+	}
+	if h := hd.Get("Host"); h != "" {
+		req.Host = h
+	}
 	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}

@@ -24,11 +24,26 @@ import (
 type RunnerFactory func(ctx context.Context, st *justrunit.Study) (justrunit.Runner, io.Closer, error)
 
 // Default names of a study's strategy and interpolator when a request gives
-// none; the same as a study file's.
+// none; the same as a study file's. A study with an SLA runs the sla
+// strategy by default instead (StrategyFor).
 const (
 	DefaultStrategy     = driver.NameAdaptive
 	DefaultInterpolator = "linear"
 )
+
+// StrategyFor names the strategy st runs: its own when it names one, else
+// sla when it has an SLA (its question is the least allocation meeting it),
+// else DefaultStrategy. The daemon's runner, "study validate" and the site
+// runtime (siterun.Site.PrepareStudy) choose alike.
+func StrategyFor(st *justrunit.Study) string {
+	switch {
+	case st.Strategy != "":
+		return st.Strategy
+	case st.SLA != nil:
+		return driver.NameSLA
+	}
+	return DefaultStrategy
+}
 
 // DefaultMaxRunning is how many studies an EngineRunner runs at once; the
 // others wait, pending, in the order they were created.
@@ -95,9 +110,7 @@ func NewEngineRunner(cfg EngineRunnerConfig) (*EngineRunner, error) {
 // strategy and interpolator, stores it pending and runs it in the
 // background. st is not touched after Start returns.
 func (r *EngineRunner) Start(ctx context.Context, st *justrunit.Study) error {
-	if st.Strategy == "" {
-		st.Strategy = DefaultStrategy
-	}
+	st.Strategy = StrategyFor(st)
 	if st.Interpolator == "" {
 		st.Interpolator = DefaultInterpolator
 	}

@@ -72,3 +72,33 @@ func TestEngineRunnerCheckAndCancelWhileStarting(t *testing.T) {
 		t.Errorf("study cancelled while starting ended %s (%s), want cancelled", got.State, got.Error)
 	}
 }
+
+// TestStrategyFor: a study that names no strategy runs sla when it has an
+// SLA, adaptive otherwise — through the daemon as through the site runtime.
+func TestStrategyFor(t *testing.T) {
+	sla := &justrunit.SLA{Metric: justrunit.RTP95, Max: 50}
+	for _, tt := range []struct {
+		strategy string
+		sla      *justrunit.SLA
+		want     string
+	}{
+		{"", nil, "adaptive"},
+		{"", sla, "sla"},
+		{"grid", sla, "grid"},
+		{"adaptive", sla, "adaptive"},
+	} {
+		if got := StrategyFor(&justrunit.Study{Strategy: tt.strategy, SLA: tt.sla}); got != tt.want {
+			t.Errorf("StrategyFor(strategy %q, sla %v) = %q, want %q", tt.strategy, tt.sla, got, tt.want)
+		}
+	}
+	d := newDaemon(t, daemonOpts{hold: 10 * time.Millisecond})
+	st, err := d.client().CreateStudy(context.Background(), StudyRequest{Target: "app0", Parameters: []string{"cpu=60..100 step 20"},
+		SLA: "rt_p95<=50", TimeBound: "20s", WarmUp: "0s", Window: "10ms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Strategy != "sla" {
+		t.Errorf("a study posted with an SLA and no strategy runs %q, want sla", st.Strategy)
+	}
+	d.waitState(st.ID, justrunit.StudyDone)
+}

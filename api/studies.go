@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -175,9 +176,15 @@ func (s *Server) handleCreateStudy(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, st)
 }
 
-// decodeBody reads one JSON value into v; unknown fields and trailing data
-// are validation errors naming "body".
+// decodeBody reads one JSON value into v. A body not sent as
+// "Content-Type: application/json" is refused (415) before it is read, so
+// that a form another site's page posts is never taken for a call; a body
+// over maxBody is 413; unknown fields and trailing data are validation
+// errors naming "body".
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+	if err := checkJSONType(r); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -188,12 +195,43 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 			return justrunit.Invalid(strings.Trim(f, `"`), nil, "unknown field")
 		}
+		if tooLarge(err) {
+			return errTooLarge()
+		}
 		return justrunit.Invalid("body", nil, "not a JSON object of the documented form: %v", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
+		if tooLarge(err) {
+			return errTooLarge()
+		}
 		return justrunit.Invalid("body", nil, "one JSON object only")
 	}
 	return nil
+}
+
+// errTooLarge answers a request body over maxBody.
+func errTooLarge() error {
+	return &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge,
+		Message: fmt.Sprintf("request body over %d bytes; the API's bodies are small JSON objects", maxBody)}
+}
+
+func tooLarge(err error) bool {
+	var mb *http.MaxBytesError
+	return errors.As(err, &mb)
+}
+
+// checkJSONType refuses a request whose body is not declared JSON.
+func checkJSONType(r *http.Request) error {
+	ct := r.Header.Get("Content-Type")
+	if mt, _, err := mime.ParseMediaType(ct); err == nil && mt == "application/json" {
+		return nil
+	}
+	got := "none"
+	if ct != "" {
+		got = strconv.Quote(ct)
+	}
+	return &Error{Status: http.StatusUnsupportedMediaType, Code: CodeMediaType,
+		Message: "send the body as JSON with \"Content-Type: application/json\" (got " + got + ")"}
 }
 
 func (s *Server) study(w http.ResponseWriter, r *http.Request) (*justrunit.Study, bool) {

@@ -240,8 +240,18 @@ func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	vs, err := v.Verify(r.Context(), st, m, spec)
+	ctx, end, err := s.beginOp(r, "verification of study "+st.ID, true)
 	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer end()
+	vs, err := v.Verify(ctx, st, m, spec)
+	if err != nil {
+		if errors.Is(context.Cause(ctx), errClosing) {
+			err = &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
+				Message: "verification stopped: " + errClosing.Error() + " (the on-line instance's allocation is restored): " + err.Error()}
+		}
 		s.writeError(w, r, err)
 		return
 	}

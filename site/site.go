@@ -32,6 +32,7 @@ package site
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"strings"
@@ -209,6 +210,9 @@ func (op *OutProxy) Masks() (httpproxy.Masks, error) {
 func Load(path string) (*Site, error) {
 	var s Site
 	f, err := yamlfile.Load(path, &s)
+	if errors.Is(err, io.EOF) { // no YAML document at all: empty, or comments only
+		return nil, fmt.Errorf("%s: %w: the file is empty; a site file names at least its classes, hosts and services (see examples/auction/site.yaml)", path, justrunit.ErrInvalid)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -274,7 +278,8 @@ func (s *Site) Validate() error {
 		hosts[h.Name] = true
 		sandbox = sandbox || h.Sandbox
 	}
-	ids := map[string]bool{}
+	ids := map[string]string{}      // instance id -> its field
+	services := map[string]string{} // service name -> its field
 	listens := map[string]string{}
 	claim := func(field, addr string) error {
 		if addr == "" {
@@ -294,6 +299,10 @@ func (s *Site) Validate() error {
 		if svc.Name == "" {
 			return justrunit.Invalid(f+".name", nil, "required")
 		}
+		if first, dup := services[svc.Name]; dup {
+			return justrunit.Invalid(f+".name", svc.Name, "duplicate service name: %s has it already", first)
+		}
+		services[svc.Name] = f
 		if svc.SLA != "" {
 			if _, err := justrunit.ParseSLA(svc.SLA); err != nil {
 				return yamlfile.Rename(err, f+".sla")
@@ -305,18 +314,23 @@ func (s *Site) Validate() error {
 		if svc.Bottleneck != "" && !slices.ContainsFunc(svc.Tiers, func(t Tier) bool { return t.Name == svc.Bottleneck }) {
 			return justrunit.Invalid(f+".bottleneck", svc.Bottleneck, "no such tier in the service")
 		}
+		tiers := map[string]string{}
 		for j, t := range svc.Tiers {
 			tf := fmt.Sprintf("%s.tiers[%d]", f, j)
 			if t.Name == "" {
 				return justrunit.Invalid(tf+".name", nil, "required")
 			}
+			if first, dup := tiers[t.Name]; dup {
+				return justrunit.Invalid(tf+".name", t.Name, "duplicate tier name in service %s: %s has it already", svc.Name, first)
+			}
+			tiers[t.Name] = tf
 			for k, in := range t.Instances {
 				inf := fmt.Sprintf("%s.instances[%d]", tf, k)
 				switch {
 				case in.ID == "":
 					return justrunit.Invalid(inf+".id", nil, "required")
-				case ids[in.ID]:
-					return justrunit.Invalid(inf+".id", in.ID, "duplicate instance id")
+				case ids[in.ID] != "":
+					return justrunit.Invalid(inf+".id", in.ID, "duplicate instance id: %s has it already", ids[in.ID])
 				case !hosts[in.Host]:
 					return justrunit.Invalid(inf+".host", in.Host, "unknown host; hosts: %s", strings.Join(s.hostNames(), ", "))
 				case s.host(in.Host).Sandbox:
@@ -326,7 +340,7 @@ func (s *Site) Validate() error {
 				case in.Allocation.CPU < 0 || in.Allocation.CPU > s.host(in.Host).Cores*100:
 					return justrunit.Invalid(inf+".allocation.cpu", in.Allocation.CPU, "must be between 0 (unlimited) and the host's capacity (%g%%)", s.host(in.Host).Cores*100)
 				}
-				ids[in.ID] = true
+				ids[in.ID] = inf
 				if err := claim(inf+".addr", in.Addr); err != nil {
 					return err
 				}
@@ -446,6 +460,19 @@ func (s *Site) Spec(id string) (justrunit.InstanceSpec, error) {
 		Command: in.Command, Env: in.Env, Dir: in.Dir, StateDir: in.StateDir, Addr: in.Addr,
 		Alloc: justrunit.Allocation{CPU: in.Allocation.CPU, Freq: in.Allocation.Freq, MemoryMiB: in.Allocation.MemoryMiB},
 	}, nil
+}
+
+// InstanceIDs returns the ids of the site's instances in file order.
+func (s *Site) InstanceIDs() []string {
+	var ids []string
+	for _, svc := range s.Services {
+		for _, t := range svc.Tiers {
+			for _, in := range t.Instances {
+				ids = append(ids, in.ID)
+			}
+		}
+	}
+	return ids
 }
 
 // Sandboxes returns the names of the sandbox hosts.

@@ -51,7 +51,10 @@ func TestLoadErrors(t *testing.T) {
 		{"unknown host", "host: pm0\n            command: [auction, app", "host: pm9\n            command: [auction, app", []string{":21:", "services[0].tiers[1].instances[0].host", "unknown host"}},
 		{"sandbox host", "host: pm0\n            command: [auction, app", "host: sandbox0\n            command: [auction, app", []string{"sandbox host runs clones only"}},
 		{"cpu above capacity", "{cpu: 50}", "{cpu: 150}", []string{":24:", "allocation.cpu", "capacity"}},
-		{"duplicate id", "id: data0", "id: app0", []string{":29:", "duplicate instance id"}},
+		{"duplicate id", "id: data0", "id: app0", []string{":29:", "services[0].tiers[2].instances[0].id", "duplicate instance id", "services[0].tiers[1].instances[0] has it"}},
+		{"duplicate tier", "      - name: data\n", "      - name: app\n", []string{":27:", "services[0].tiers[2].name", "duplicate tier name in service auction0", "services[0].tiers[1] has it"}},
+		{"duplicate service", "            addr: 127.0.0.1:18383", "            addr: 127.0.0.1:18383\n  - name: auction0\n    tiers:\n      - name: web\n        instances: []",
+			[]string{":34:", "services[1].name", "duplicate service name", "services[0] has it"}},
 		{"address reused", "in_proxy: {listen: 127.0.0.1:18081}", "in_proxy: {listen: 127.0.0.1:18282}", []string{"out_proxy.listen", "already used"}},
 		{"unsafe pass-through", "next: 127.0.0.1:18383}", "next: 127.0.0.1:18383, pass_through: [GET, POST]}", []string{"out_proxy.pass_through[1]", "safe methods"}},
 		{"bad mask regexp", "next: 127.0.0.1:18383}", "next: 127.0.0.1:18383, mask_regex: ['ts=(\\d+', 'id=\\w+']}", []string{":26:", "services[0].tiers[1].instances[0].out_proxy.mask_regex[0]", "not a regular expression"}},
@@ -87,6 +90,36 @@ func TestLoadErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestLoadEmpty: a site file with no YAML document says it is empty (not
+// "EOF").
+func TestLoadEmpty(t *testing.T) {
+	for name, content := range map[string]string{"empty": "", "blank": "\n\n", "comments only": "# my site\n# to do\n"} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "site.yaml")
+			if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Load(path)
+			if err == nil || !strings.Contains(err.Error(), path+": ") || !strings.Contains(err.Error(), "the file is empty") || strings.Contains(err.Error(), "EOF") {
+				t.Errorf("Load of a file %s = %v, want an error naming the file and saying it is empty", name, err)
+			}
+			if !errors.Is(err, justrunit.ErrInvalid) {
+				t.Errorf("Load of a file %s = %v, want ErrInvalid", name, err)
+			}
+		})
+	}
+}
+
+func TestInstanceIDs(t *testing.T) {
+	s, err := Load("testdata/site.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(s.InstanceIDs(), ","); got != "web0,app0,data0" {
+		t.Errorf("InstanceIDs() = %s, want web0,app0,data0", got)
 	}
 }
 

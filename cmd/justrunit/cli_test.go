@@ -5,13 +5,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/api"
 	"github.com/justrunit/justrunit/interp"
 	"github.com/justrunit/justrunit/store/sqlite"
 	"github.com/justrunit/justrunit/study"
@@ -182,5 +189,103 @@ func TestPrintProgress(t *testing.T) {
 	want := "[2/5 done] measuring cpu=60; 1m15s of 2m0s left; last cpu=30: p95 42.5 ms, mean 20.2 ms, 38.0 req/s of 40.0 offered, match rate 0.97, 380 samples (window)\n"
 	if b.String() != want {
 		t.Errorf("progress line\n%q, want\n%q", b.String(), want)
+	}
+}
+
+// TestStudyValidateStrategy: "study validate" names the strategy the study
+// will run: sla when the file has an SLA and names none, as the daemon and
+// the site runtime choose.
+func TestStudyValidateStrategy(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct{ extra, want string }{
+		{"sla: rt_p95<=50\n", "strategy:    sla, interpolator linear"},
+		{"", "strategy:    adaptive, interpolator linear"},
+		{"sla: rt_p95<=50\nstrategy: grid\ninterpolator: gp\n", "strategy:    grid, interpolator gp"},
+	} {
+		file := filepath.Join(dir, "study.yaml")
+		os.WriteFile(file, []byte("target: app0\nparameters: [\"cpu=20..100 step 10\"]\ntime_bound: 5m\n"+tt.extra), 0o600)
+		out, err := run(t, "study", "validate", file)
+		if err != nil || !strings.Contains(out, tt.want) {
+			t.Errorf("study validate of a file with %q = %v\n%s\nwant %q", tt.extra, err, out, tt.want)
+		}
+	}
+}
+
+// fakeStudyDaemon answers "study run" as a daemon whose study runs until
+// cancelled: it notes each call, holds what hold names until the call's
+// context ends (or a moment passes, for a post), and counts cancels.
+type fakeStudyDaemon struct {
+	hold    string // "post" or "poll"
+	holding chan struct{}
+	once    sync.Once
+	cancels atomic.Int32
+}
+
+func (f *fakeStudyDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	st := map[string]any{"id": "s-1", "target": "app0", "state": "running"}
+	switch {
+	case r.Method == "POST" && r.URL.Path == api.Prefix+"/studies":
+		if f.hold == "post" {
+			f.once.Do(func() { close(f.holding) })
+			time.Sleep(300 * time.Millisecond) // Ctrl-C comes meanwhile
+		}
+		w.WriteHeader(http.StatusCreated)
+	case r.Method == "GET" && r.URL.Path == api.Prefix+"/studies/s-1":
+		if f.hold == "poll" {
+			f.once.Do(func() { close(f.holding) })
+			<-r.Context().Done()
+			return
+		}
+	case r.Method == "POST" && r.URL.Path == api.Prefix+"/studies/s-1/cancel":
+		f.cancels.Add(1)
+		w.WriteHeader(http.StatusAccepted)
+		st = map[string]any{"id": "s-1", "status": "cancelling"}
+	default:
+		http.NotFound(w, r)
+		return
+	}
+	json.NewEncoder(w).Encode(st)
+}
+
+// TestStudyRunOnDaemonCancels: Ctrl-C during "study run" against a daemon
+// cancels the study there, whenever it comes: while the study is being
+// posted, or while its state is being polled.
+func TestStudyRunOnDaemonCancels(t *testing.T) {
+	for _, hold := range []string{"post", "poll"} {
+		t.Run(hold, func(t *testing.T) {
+			fake := &fakeStudyDaemon{hold: hold, holding: make(chan struct{})}
+			hs := httptest.NewServer(fake)
+			defer hs.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			cmd := &cobra.Command{}
+			var out bytes.Buffer
+			cmd.SetOut(&out)
+			cmd.SetErr(&out)
+			cmd.SetContext(ctx)
+			go func() {
+				<-fake.holding
+				cancel() // Ctrl-C
+			}()
+			done := make(chan error, 1)
+			go func() {
+				done <- runStudyOnDaemon(cmd, api.NewClient(hs.URL, "tok"), &studyFile{Target: "app0", Parameters: []string{"cpu=20..100 step 10"}, TimeBound: "1m"})
+			}()
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(20 * time.Second):
+				t.Fatal("study run did not return after Ctrl-C")
+			}
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("study run after Ctrl-C during the %s = %v, want context.Canceled", hold, err)
+			}
+			if n := fake.cancels.Load(); n != 1 {
+				t.Errorf("Ctrl-C during the %s: %d cancels reached the daemon, want 1\n%s", hold, n, out.String())
+			}
+			if !strings.Contains(out.String(), "Study s-1 cancelled.") {
+				t.Errorf("output lacks the cancellation:\n%s", out.String())
+			}
+		})
 	}
 }

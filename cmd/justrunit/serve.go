@@ -84,10 +84,18 @@ Open the dashboard and paste the token, or open http://ADDR/#token=TOKEN once.
 The daemon listens on loopback by default. A non-loopback address needs a token
 (--no-auth is refused there) and should use TLS (--tls-cert, --tls-key).
 
+A daemon without a token (--no-auth) answers only requests to localhost or a
+loopback address. Calls with a body send it as JSON (Content-Type: application/json);
+a POST a browser sends from another site's page is refused.
+
 While it runs, "justrunit study list/show/export" on this machine read through it.
 On SIGINT or SIGTERM it stops taking calls, stops its running studies (stored as
-interrupted) and exits. A study left running by a daemon that was killed is marked
-interrupted when the daemon starts again.`,
+interrupted) and on-line verifications (the instance's allocation restored), waits
+for them, then stops the site and exits. The site is never stopped under a study or
+verification: if one is still stopping after --shutdown-timeout, the daemon says so
+and exits leaving the site up ("justrunit platform gc" removes what it leaves).
+A study left running by a daemon that was killed is marked interrupted when the
+daemon starts again.`,
 		Example: `  # Serve on loopback with a generated token in ~/.justrunit/token
   justrunit serve
 
@@ -111,7 +119,7 @@ interrupted when the daemon starts again.`,
 	f.BoolVar(&o.metricsPublic, "metrics-public", false, "serve /metrics without a token (the API still needs it)")
 	f.StringVar(&o.site, "site", "", "site file to run (instances and proxies) so the daemon can run studies on it")
 	f.DurationVar(&o.manage, "manage", 0, "with --site, run the manager with this monitoring interval (e.g. 1m): SLA monitor, studies, plans applied")
-	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout, "how long to wait for calls and studies to stop on shutdown")
+	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout, "how long to wait for calls, studies and verifications to stop on shutdown; the site is stopped only once they have (else it is left up)")
 	return cmd
 }
 
@@ -204,6 +212,9 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 	cfg := api.Config{Store: store, Token: token, NoAuth: o.noAuth, MetricsPublic: o.metricsPublic,
 		Logger: log, Metrics: reg}
 	var runner *api.EngineRunner
+	// leaveSite is set when the shutdown's bound ends with something still
+	// acting on the site: it is then left up rather than torn down under it.
+	leaveSite := false
 	if o.site != "" {
 		if startSite == nil {
 			return fmt.Errorf("serve --site: %w: the daemon cannot run a site yet (it needs the site runtime); "+
@@ -214,6 +225,9 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 			return err
 		}
 		defer func() {
+			if leaveSite {
+				return
+			}
 			if err := site.Close(); err != nil {
 				log.Error("stop the site", "err", err)
 			}
@@ -283,22 +297,46 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 	case <-ctx.Done():
 		log.Info("shutting down")
 	}
-	// Stop taking calls (event streams end first, or Shutdown would wait
-	// for them), then stop the studies, which are stored as interrupted.
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.shutdownTimeout)
-	defer cancel()
-	srv.Close()
-	if err := hs.Shutdown(sctx); err != nil {
-		log.Warn("calls still open at shutdown", "err", err)
-		hs.Close()
-	}
-	if runner != nil {
-		if err := runner.Close(sctx); err != nil {
-			err2 = errors.Join(err2, err)
+	if err := stopServing(o.shutdownTimeout, log, srv, hs, runner); err != nil {
+		if o.site != "" {
+			leaveSite = true
+			log.Error("shutdown: studies or verifications still act on the site after --shutdown-timeout; "+
+				"leaving the site up rather than tearing it down under them: once this process has exited, "+
+				"\"justrunit platform gc\" removes what it leaves", "timeout", o.shutdownTimeout, "err", err)
+			err = fmt.Errorf("%w; the site was left up (run \"justrunit platform gc\" once this process has exited)", err)
 		}
+		err2 = errors.Join(err2, err)
 	}
 	log.Info("stopped")
 	return err2
+}
+
+// stopServing stops the daemon's calls and studies within timeout, in the
+// order that keeps the site safe to stop afterwards: it ends the event
+// streams and cancels the on-line verifications (srv.Close), stops taking
+// calls and waits for those open (hs.Shutdown), stops the studies, which are
+// stored as interrupted and remove their clones (runner.Close, at the same
+// time), and waits for the calls that act on the site (srv.Wait). It
+// returns nil when nothing acts on the site any more, so the site may be
+// stopped; else an error naming what still runs, and the site must be left
+// alone. Calls still open when the time is up are cut off.
+func stopServing(timeout time.Duration, log *slog.Logger, srv *api.Server, hs *http.Server, runner *api.EngineRunner) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	srv.Close()
+	studies := make(chan error, 1)
+	go func() {
+		if runner == nil {
+			studies <- nil
+			return
+		}
+		studies <- runner.Close(ctx)
+	}()
+	if err := hs.Shutdown(ctx); err != nil {
+		log.Warn("calls still open at shutdown", "err", err)
+		hs.Close()
+	}
+	return errors.Join(<-studies, srv.Wait(ctx))
 }
 
 // openReader returns where "study list/show/export" read from: the daemon

@@ -51,6 +51,16 @@ func TestServeManage(t *testing.T) {
 	if err != nil || len(hosts) != 3 {
 		t.Errorf("hosts = %+v, %v", hosts, err)
 	}
+	// A study of an instance the site does not have is refused before
+	// anything is stored.
+	_, err = c.CreateStudy(ctx, api.StudyRequest{Target: "auction9-app", Parameters: []string{"cpu=30..40 step 10"}, TimeBound: "40s", WarmUp: "2s", Window: "4s"})
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Status != 400 || ae.Field != "target" || !strings.Contains(ae.Message, "auction9-app") {
+		t.Errorf("POST /studies with an unknown target = %v, want 400 naming it", err)
+	}
+	if studies, err := c.Studies(ctx); err != nil || len(studies) != 0 {
+		t.Errorf("studies after a refused one = %d, %v; want none", len(studies), err)
+	}
 	// The site is feasible as it runs: the plan changes nothing.
 	rec, err := c.CreatePlan(ctx)
 	if err != nil || rec.ID == "" || rec.Summary == "" {

@@ -56,7 +56,12 @@ func startSiteRuntime(ctx context.Context, g *globals, path string, store justru
 				return x.Close(context.Background())
 			}), nil
 		},
-		Check: func(st *justrunit.Study) error { return s.CheckWarmUp(st.Target, time.Duration(st.WarmUp)) },
+		Check: func(st *justrunit.Study) error {
+			if err := checkTarget(f, st.Target); err != nil {
+				return err
+			}
+			return s.CheckWarmUp(st.Target, time.Duration(st.WarmUp))
+		},
 		Close: func() error { return s.Close(context.Background()) },
 	}
 	if manage <= 0 {
@@ -93,6 +98,20 @@ func startSiteRuntime(ctx context.Context, g *globals, path string, store justru
 		return s.Close(context.Background())
 	}
 	return ds, nil
+}
+
+// checkTarget refuses, before anything is stored or cloned, a study whose
+// target the site cannot study: not one of its instances, or one without an
+// in-proxy (no proxy sees its live traffic, so a clone would get none).
+func checkTarget(f *site.Site, target string) error {
+	in, _, _, err := f.Instance(target)
+	if err != nil {
+		return justrunit.Invalid("target", target, "no such instance on the daemon's site; its instances are %s", strings.Join(f.InstanceIDs(), ", "))
+	}
+	if in.InProxy == nil {
+		return justrunit.Invalid("target", target, "has no in_proxy in the daemon's site file: no proxy sees its live traffic, so it cannot be studied; give it one")
+	}
+	return nil
 }
 
 // siteView is the site as the daemon shows it: hosts and instances from

@@ -11,19 +11,24 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/api"
+	"github.com/justrunit/justrunit/internal/metrics"
+	"github.com/justrunit/justrunit/site"
 	"github.com/justrunit/justrunit/store/sqlite"
 )
 
@@ -228,4 +233,198 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string) {
 	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
 	return certFile, keyFile
+}
+
+// stubSite stands in for the site runtime (the real one needs root and the
+// example's instances) behind "serve --site": its on-line verification
+// measures until cancelled and then takes restore to put the instance back;
+// its studies' experimenters take restore to remove their clones. Close
+// records whether either was still under way.
+type stubSite struct {
+	restore time.Duration
+	started chan struct{} // closed when a verification or experiment starts
+
+	mu          sync.Mutex
+	busy        int
+	closed      bool
+	closedUnder bool
+}
+
+func (s *stubSite) Hosts(context.Context) ([]justrunit.Host, error)         { return nil, nil }
+func (s *stubSite) Instances(context.Context) ([]justrunit.Instance, error) { return nil, nil }
+
+func (s *stubSite) enter() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.busy++; s.busy == 1 {
+		close(s.started)
+	}
+}
+
+func (s *stubSite) leave() {
+	time.Sleep(s.restore)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.busy--
+}
+
+func (s *stubSite) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, spec api.VerifySpec) ([]api.Verification, error) {
+	s.enter()
+	defer s.leave()
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// Run is the experimenter's: it measures until the study is stopped.
+func (s *stubSite) Run(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+	<-ctx.Done()
+	return justrunit.Observation{}, ctx.Err()
+}
+
+func (s *stubSite) close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed, s.closedUnder = true, s.busy > 0
+	return nil
+}
+
+func (s *stubSite) state() (busy int, closed, closedUnder bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.busy, s.closed, s.closedUnder
+}
+
+// TestServeShutdownWaitsForSite: on shutdown the daemon cancels what acts
+// on the site (an on-line verification, a study), waits for it to stop and
+// only then stops the site; when it is still stopping after
+// --shutdown-timeout, the daemon exits with an error and leaves the site up
+// rather than stopping it underneath.
+func TestServeShutdownWaitsForSite(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		study   bool // else a verification
+		restore time.Duration
+		timeout string
+		leftUp  bool
+	}{
+		{"verification stops in time", false, 300 * time.Millisecond, "10s", false},
+		{"verification outlasts the timeout", false, 3 * time.Second, "500ms", true},
+		{"study stops in time", true, 300 * time.Millisecond, "10s", false},
+		{"study outlasts the timeout", true, 3 * time.Second, "500ms", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			stub := &stubSite{restore: tt.restore, started: make(chan struct{})}
+			old := startSite
+			t.Cleanup(func() { startSite = old })
+			startSite = func(context.Context, *globals, string, justrunit.Store, *metrics.Set, time.Duration) (*daemonSite, error) {
+				return &daemonSite{View: stub, Close: stub.close,
+					NewRunner: func(ctx context.Context, st *justrunit.Study) (justrunit.Runner, io.Closer, error) {
+						stub.enter()
+						return stub, closerFunc(func() error { stub.leave(); return nil }), nil
+					}}, nil
+			}
+			dir := t.TempDir()
+			id := storedStudy(t, dir)
+			_, stop := startServe(t, dir, "--site", "site.yaml", "--shutdown-timeout", tt.timeout)
+			c, err := api.Discover(context.Background(), api.DiscoverOptions{DataDir: dir})
+			if err != nil {
+				t.Fatal(err)
+			}
+			called := make(chan error, 1)
+			go func() {
+				if tt.study {
+					_, err := c.CreateStudy(context.Background(), api.StudyRequest{Target: "auction0/app", Parameters: []string{"cpu=60..100 step 20"},
+						TimeBound: "10h", WarmUp: "0s", Window: "1h", Strategy: "grid"})
+					called <- err
+					return
+				}
+				_, err := c.Verify(context.Background(), id, api.VerifyRequest{Points: []string{"cpu=70"}})
+				called <- err
+			}()
+			select {
+			case <-stub.started:
+			case err := <-called:
+				t.Fatalf("the call ended before it acted on the site: %v", err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("nothing acted on the site")
+			}
+			err = stop()
+			busy, closed, under := stub.state()
+			if under {
+				t.Fatalf("the site was stopped while a %s still acted on it", map[bool]string{true: "study", false: "verification"}[tt.study])
+			}
+			if tt.leftUp {
+				if closed || busy == 0 {
+					t.Errorf("after the timeout: site closed %v, %d operations running; want it left up under the running one", closed, busy)
+				}
+				if err == nil || !strings.Contains(err.Error(), "left up") || !strings.Contains(err.Error(), "platform gc") {
+					t.Errorf("serve = %v, want an error saying the site was left up and how to clean it", err)
+				}
+				deadline := time.Now().Add(10 * time.Second)
+				for busy, _, _ = stub.state(); busy > 0 && time.Now().Before(deadline); busy, _, _ = stub.state() {
+					time.Sleep(20 * time.Millisecond)
+				}
+				return
+			}
+			if err != nil {
+				t.Errorf("serve = %v, want a clean shutdown", err)
+			}
+			if !closed || busy != 0 {
+				t.Errorf("site closed %v with %d operations running; want closed after they stopped", closed, busy)
+			}
+			if !tt.study {
+				if err := <-called; !errors.Is(err, api.ErrUnavailable) || !strings.Contains(err.Error(), "shutting down") {
+					t.Errorf("the verification's answer = %v, want 503 saying the daemon is shutting down", err)
+				}
+			}
+		})
+	}
+}
+
+// TestServeRefusesUnknownTarget: the daemon refuses a study of an instance
+// its site does not have, or cannot study (no in-proxy), with 400 naming
+// the target, before it stores or starts anything.
+func TestServeRefusesUnknownTarget(t *testing.T) {
+	f := &site.Site{Services: []site.Service{{Name: "auction0", Tiers: []site.Tier{
+		{Name: "web", Instances: []site.Instance{{ID: "web0"}}},
+		{Name: "app", Instances: []site.Instance{{ID: "app0", InProxy: &site.InProxy{Listen: "127.0.0.1:18081"}}}},
+	}}}}
+	ctx := context.Background()
+	store, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "justrunit.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	var started atomic.Int32
+	runner, err := api.NewEngineRunner(api.EngineRunnerConfig{Store: store,
+		Check: func(st *justrunit.Study) error { return checkTarget(f, st.Target) },
+		NewRunner: func(ctx context.Context, st *justrunit.Study) (justrunit.Runner, io.Closer, error) {
+			started.Add(1)
+			return nil, nil, errors.New("not in this test")
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runner.Close(ctx)
+	srv, err := api.New(api.Config{Store: store, NoAuth: true, Runner: runner, Site: &stubSite{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	defer srv.Close()
+	c := api.NewClient(hs.URL, "")
+	for target, want := range map[string]string{"nope": "no such instance on the daemon's site; its instances are web0, app0", "web0": "has no in_proxy"} {
+		_, err := c.CreateStudy(ctx, api.StudyRequest{Target: target, Parameters: []string{"cpu=20..100 step 20"}, TimeBound: "1m"})
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest || ae.Field != "target" || !strings.Contains(ae.Message, want) || !strings.Contains(ae.Message, target) {
+			t.Errorf("POST /studies with target %s = %v, want 400 naming the target and saying %q", target, err, want)
+		}
+	}
+	if all, _ := store.Studies(ctx); len(all) != 0 || started.Load() != 0 {
+		t.Errorf("refused studies: %d stored, %d started; want none", len(all), started.Load())
+	}
+	if _, err := c.CreateStudy(ctx, api.StudyRequest{Target: "app0", Parameters: []string{"cpu=20..100 step 20"}, TimeBound: "1m"}); err != nil {
+		t.Errorf("POST /studies with target app0 = %v, want it taken", err)
+	}
 }

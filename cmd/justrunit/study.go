@@ -75,7 +75,7 @@ func newStudyValidateCmd(g *globals) *cobra.Command {
 			if st.SLA != nil {
 				fmt.Fprintf(w, "sla:         %s\n", st.SLA)
 			}
-			fmt.Fprintf(w, "strategy:    %s, interpolator %s, check threshold %g\n", orDefault(st.Strategy, "adaptive"), orDefault(st.Interpolator, "linear"), st.CheckThreshold)
+			fmt.Fprintf(w, "strategy:    %s, interpolator %s, check threshold %g\n", api.StrategyFor(st), orDefault(st.Interpolator, api.DefaultInterpolator), st.CheckThreshold)
 			return nil
 		},
 	}
@@ -149,7 +149,7 @@ func runStudy(cmd *cobra.Command, g *globals, sitePath, studyPath string, traffi
 	}
 	defer stop()
 	w := cmd.ErrOrStderr()
-	fmt.Fprintf(w, "Studying %s over %d points (%s strategy, time bound %v)...\n", st.Target, st.Space.Size(), orDefault(st.Strategy, "sla or adaptive"), st.TimeBound)
+	fmt.Fprintf(w, "Studying %s over %d points (%s strategy, time bound %v)...\n", st.Target, st.Space.Size(), api.StrategyFor(st), st.TimeBound)
 	m, err := s.RunStudy(ctx, st, siterun.StudyOptions{Store: store, Owner: sqlite.OwnerID(), Progress: func(p study.Progress) { printProgress(w, p) }})
 	if m != nil {
 		fmt.Fprintf(cmd.OutOrStdout(), "\nStudy %s: %s\n", st.ID, st.State)
@@ -214,26 +214,28 @@ func runStudyOnDaemon(cmd *cobra.Command, c *api.Client, f *studyFile) error {
 	for _, m := range f.Metrics {
 		req.Metrics = append(req.Metrics, justrunit.Metric(m))
 	}
-	st, err := c.CreateStudy(ctx, req)
+	// The post runs to its answer even when Ctrl-C comes meanwhile: the
+	// daemon may have stored the study, and only its ID lets it be
+	// cancelled.
+	st, err := c.CreateStudy(context.WithoutCancel(ctx), req)
 	if err != nil {
 		return err
 	}
 	w := cmd.ErrOrStderr()
 	fmt.Fprintf(w, "Study %s posted to the daemon.\n", st.ID)
-	last := ""
+	id, last := st.ID, ""
+	poll := time.NewTicker(time.Second)
+	defer poll.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			defer cancel()
-			if err := c.CancelStudy(cctx, st.ID); err != nil {
-				return errors.Join(ctx.Err(), err)
-			}
-			fmt.Fprintf(w, "Study %s cancelled.\n", st.ID)
-			return ctx.Err()
-		case <-time.After(time.Second):
+			return cancelOnDaemon(ctx, w, c, id)
+		case <-poll.C:
 		}
-		st, err = c.Study(ctx, st.ID)
+		st, err = c.Study(ctx, id)
+		if ctx.Err() != nil { // Ctrl-C during the poll
+			return cancelOnDaemon(ctx, w, c, id)
+		}
 		if err != nil {
 			return err
 		}
@@ -241,11 +243,9 @@ func runStudyOnDaemon(cmd *cobra.Command, c *api.Client, f *studyFile) error {
 			fmt.Fprintln(w, line)
 			last = line
 		}
-		switch st.State {
-		case justrunit.StudyPending, justrunit.StudyRunning:
-			continue
+		if st.State != justrunit.StudyPending && st.State != justrunit.StudyRunning {
+			break
 		}
-		break
 	}
 	e, err := loadExport(ctx, c, st.ID)
 	if err != nil {
@@ -258,6 +258,26 @@ func runStudyOnDaemon(cmd *cobra.Command, c *api.Client, f *studyFile) error {
 		return fmt.Errorf("study %s %s: %s", st.ID, st.State, st.Error)
 	}
 	return nil
+}
+
+// cancelStudyTimeout bounds the call that cancels a study on Ctrl-C.
+const cancelStudyTimeout = 10 * time.Second
+
+// cancelOnDaemon cancels study id after ctx (the command's) ended, with a
+// context of its own, and returns ctx's error joined with the cancel's.
+func cancelOnDaemon(ctx context.Context, w io.Writer, c *api.Client, id string) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelStudyTimeout)
+	defer cancel()
+	err := c.CancelStudy(cctx, id)
+	switch {
+	case errors.Is(err, api.ErrConflict): // it ended meanwhile
+		fmt.Fprintf(w, "Study %s had already ended: %v\n", id, err)
+	case err != nil:
+		return errors.Join(ctx.Err(), fmt.Errorf("cancel study %s: %w; cancel it with POST %s/studies/%s/cancel", id, err, api.Prefix, id))
+	default:
+		fmt.Fprintf(w, "Study %s cancelled.\n", id)
+	}
+	return ctx.Err()
 }
 
 // waitTraffic waits until count grows, i.e. live requests pass the proxy.
