@@ -149,25 +149,44 @@ func (m *Matrix) locate(p Point, mt Metric) (int, int, error) {
 }
 
 // Record stores an observation as the measured (X) cells of its point. A
-// point that held a T cell keeps the check's trail: use Verify for that.
+// point that held a T cell keeps the check's trail: use Verify for that. An
+// observation with a value that is not a finite number is an error wrapping
+// ErrInvalid and changes nothing.
 func (m *Matrix) Record(o Observation) error {
 	i, err := m.Space.IndexOf(o.Point)
 	if err != nil {
 		return err
 	}
+	vs, err := m.values(&o)
+	if err != nil {
+		return err
+	}
 	row := &m.Rows[i]
-	for j, mt := range m.Metrics {
-		v, err := o.Value(mt)
-		if err != nil {
-			return err
-		}
-		if math.IsNaN(v) || math.IsInf(v, 0) {
-			return Invalid("observation."+string(mt), v, "must be a finite number (at %s)", m.Space.Format(o.Point))
-		}
+	for j, v := range vs {
 		row.Cells[j] = Cell{Value: v, Prov: Measured}
 	}
 	row.Observation = &o
 	return nil
+}
+
+// values returns o's value for each of m's metrics, in column order. A
+// value that is not a finite number is an error wrapping ErrInvalid: a NaN
+// or an infinity in a measured cell says nothing about the point, and every
+// cell interpolated from it would be poisoned. Record and Verify check the
+// whole observation before they change a cell, so on error m is untouched.
+func (m *Matrix) values(o *Observation) ([]float64, error) {
+	vs := make([]float64, len(m.Metrics))
+	for j, mt := range m.Metrics {
+		v, err := o.Value(mt)
+		if err != nil {
+			return nil, err
+		}
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return nil, Invalid("observation."+string(mt), v, "must be a finite number (at %s)", m.Space.Format(o.Point))
+		}
+		vs[j] = v
+	}
+	return vs, nil
 }
 
 // Use marks an interpolated cell as used by a decision (I → T) and returns it.
@@ -191,7 +210,9 @@ func (m *Matrix) Use(p Point, mt Metric) (Cell, error) {
 // Verify stores the checker's measurement of a T cell: the observation
 // becomes the point's observation, the checked metric's cell becomes V with
 // the measured value and remembers the prediction; other metrics of the
-// point that were not measured become X.
+// point that were not measured become X. Like Record, it rejects an
+// observation with a value that is not a finite number and then changes
+// nothing.
 func (m *Matrix) Verify(o Observation, mt Metric) (Cell, error) {
 	i, j, err := m.locate(o.Point, mt)
 	if err != nil {
@@ -202,11 +223,11 @@ func (m *Matrix) Verify(o Observation, mt Metric) (Cell, error) {
 	if predicted.Prov != Used {
 		return Cell{}, fmt.Errorf("verify cell %s %s: %w: provenance %s, want T", m.Space.Format(o.Point), mt, ErrInvalid, predicted.Prov)
 	}
-	for k, mk := range m.Metrics {
-		v, err := o.Value(mk)
-		if err != nil {
-			return Cell{}, err
-		}
+	vs, err := m.values(&o)
+	if err != nil {
+		return Cell{}, err
+	}
+	for k, v := range vs {
 		switch {
 		case k == j:
 			row.Cells[k] = Cell{Value: v, Prov: Verified, Predicted: predicted.Value}

@@ -3,6 +3,10 @@ package justrunit
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +88,38 @@ func TestMatrixJSONRoundTrip(t *testing.T) {
 	for _, want := range []string{"30.00 X", "55.00±3.00 I", "2 X measured, 1 I interpolated"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("Render output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// TestMatrixRejectsNonFinite: Record and Verify both refuse an observation
+// with a value that is not a finite number, with a FieldError naming the
+// metric, and change nothing, not even the cells of metrics before it.
+func TestMatrixRejectsNonFinite(t *testing.T) {
+	for _, bad := range []float64{math.NaN(), math.Inf(1), math.Inf(-1)} {
+		for _, tc := range []struct {
+			name  string
+			apply func(m *Matrix, o Observation) error
+		}{
+			{"Record", func(m *Matrix, o Observation) error { return m.Record(o) }},
+			{"Verify", func(m *Matrix, o Observation) error { _, err := m.Verify(o, RTP95); return err }},
+		} {
+			t.Run(fmt.Sprintf("%s/%g", tc.name, bad), func(t *testing.T) {
+				m := testMatrix(t)
+				// A T cell at 70, so that Verify gets past its provenance
+				// check; throughput, after rt_p95, is the bad value.
+				m.Rows[1].Cells[0] = Cell{Value: 40, Prov: Used, Uncertainty: 2}
+				before := m.Clone()
+				o := Observation{Point: Point{70}, Samples: 10, Throughput: bad, RT: ResponseTime{P95: 44}}
+				err := tc.apply(m, o)
+				var fe *FieldError
+				if !errors.Is(err, ErrInvalid) || !errors.As(err, &fe) || fe.Field != "observation.throughput" {
+					t.Fatalf("%s(throughput %g) error = %v, want a FieldError for observation.throughput wrapping ErrInvalid", tc.name, bad, err)
+				}
+				if !reflect.DeepEqual(m, before) {
+					t.Errorf("%s(throughput %g) changed the matrix:\n got %+v\nwant %+v", tc.name, bad, m.Rows[1], before.Rows[1])
+				}
+			})
 		}
 	}
 }

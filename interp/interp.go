@@ -22,10 +22,11 @@
 // uncertainty in the metric's unit. A category in which nothing was measured
 // has nothing to interpolate from, so its cells are left as they are; so is a
 // measured cell whose value is not a finite number, which is also never used
-// as a source. Both respect two bounds of what a study measures: no metric
-// measured ≥ 0 is filled below zero, and no throughput above the largest
-// measured throughput (a clone serves copies of the live load, and no
-// allocation makes it serve more than arrives).
+// as a source. Both respect three bounds of what a study measures: no metric
+// measured ≥ 0 is filled below zero, no fraction (error_rate) above 1, and
+// no throughput above the larger of the load offered to the measured
+// points and the largest measured throughput (a clone serves copies of the
+// live load, and no allocation makes it serve more than arrives).
 //
 // The package is pure computation: no I/O, no goroutines.
 package interp
@@ -79,6 +80,8 @@ type estimate struct{ v, u float64 }
 // (and of every single-valued axis). Coordinates are normalised so that each
 // axis spans [0, 1]; distances are measured in those units.
 type problem struct {
+	metric justrunit.Metric
+
 	shape  []int       // values per axis
 	coord  [][]float64 // coord[d][i]: normalised value i of axis d
 	stride []int       // local flat index = Σ index[d]·stride[d]
@@ -104,6 +107,11 @@ func (p *problem) locate(loc int, x []float64, idx []int) {
 		x[d] = p.coord[d][i]
 	}
 }
+
+// fraction reports whether metric mt is a fraction (of requests, say),
+// which no estimate may put above 1. The unit is the root package's own
+// statement of it, so a fraction added there is bounded here too.
+func fraction(mt justrunit.Metric) bool { return mt.Unit() == "fraction" }
 
 // filler computes estimates for every cell of p.fill, in order.
 type filler func(p *problem) []estimate
@@ -179,7 +187,7 @@ func run(name string, m *justrunit.Matrix, f filler) error {
 
 	for _, rows := range members {
 		for j := range m.Metrics {
-			p := &problem{shape: shape, coord: coord, stride: stride, at: make([]int32, len(rows))}
+			p := &problem{metric: m.Metrics[j], shape: shape, coord: coord, stride: stride, at: make([]int32, len(rows))}
 			offered := 0.0 // the most load offered to a measured point (0: not known)
 			x := make([]float64, len(numeric))
 			idx := make([]int, len(numeric))
@@ -220,7 +228,16 @@ func run(name string, m *justrunit.Matrix, f filler) error {
 					e.u = math.Max(e.u, -e.v)
 					e.v = 0
 				}
-				if ceil := math.Max(most, offered); m.Metrics[j] == justrunit.Throughput && e.v > ceil {
+				if fraction(p.metric) && e.v > 1 {
+					// No more than every request can fail: the slope
+					// of a rising error rate must not carry on past
+					// it (0.9, 0.5 and 0.2 at cpu 40, 50 and 60%
+					// extrapolated to 1.7 at 20%), nor the GP's
+					// reciprocal transform run towards its pole.
+					e.u = math.Max(e.u, e.v-1)
+					e.v = 1
+				}
+				if ceil := math.Max(most, offered); p.metric == justrunit.Throughput && e.v > ceil {
 					// A clone answers copies of the live load: no
 					// allocation makes it serve more than arrives. The
 					// slope below saturation must not carry on past it
