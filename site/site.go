@@ -39,6 +39,7 @@ import (
 	"time"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/internal/hostlayout"
 	"github.com/justrunit/justrunit/internal/yamlfile"
 	"github.com/justrunit/justrunit/proxy/httpproxy"
 )
@@ -274,6 +275,17 @@ func (s *Site) Validate() error {
 		}
 		if _, ok := s.Classes[h.Class]; !ok {
 			return justrunit.Invalid(f+".class", h.Class, "unknown class; defined: %s", strings.Join(sortedKeys(s.Classes), ", "))
+		}
+		// Whether the CPUs are online is the platform's check, on the
+		// machine it starts on.
+		if h.CPUs != "" {
+			set, err := hostlayout.ParseCPUList(h.CPUs)
+			if err != nil {
+				return justrunit.Invalid(f+".cpus", h.CPUs, "%v; want a kernel CPU list such as \"1\" or \"0-2,4\"", err)
+			}
+			if float64(len(set)) < h.Cores {
+				return justrunit.Invalid(f+".cores", h.Cores, "more than the %d CPUs of cpuset %q", len(set), h.CPUs)
+			}
 		}
 		hosts[h.Name] = true
 		sandbox = sandbox || h.Sandbox
