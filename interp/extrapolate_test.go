@@ -7,39 +7,39 @@ import (
 	"github.com/justrunit/justrunit"
 )
 
-// TestGPNoCollapseBeyondMeasured: past the last measurement, the trend of
-// a response-time knee would carry a positive metric on to zero; the GP
-// fills no cell of a metric that levels off (response times, energy per
-// request) below the least measured value. (Linear extrapolates linearly,
-// by contract, down to zero.)
-func TestGPNoCollapseBeyondMeasured(t *testing.T) {
+// TestNoCollapseBeyondMeasured: past the last measurement, the trend of
+// a response-time knee would carry a positive metric on to zero; neither
+// interpolator fills a cell of a metric that levels off (response times,
+// energy per request) below the least measured value.
+func TestNoCollapseBeyondMeasured(t *testing.T) {
 	s, _ := justrunit.NewSpace(axis("cpu", 20, 100, 10))
 	for _, mt := range []justrunit.Metric{justrunit.RTMean, justrunit.RTP95, justrunit.EnergyPerRequest} {
-		in := NewGP()
-		for _, vals := range []map[float64]float64{
-			{20: 990, 30: 72, 40: 24.57}, // the trend alone gave 0.0 at 90
-			{20: 990, 30: 72, 40: 24.57, 60: 13.38},
-			{30: 27.2, 40: 15.4, 60: 11.5},
-		} {
-			m, err := justrunit.NewMatrix(s, []justrunit.Metric{mt})
-			if err != nil {
-				t.Fatal(err)
-			}
-			least := 1e9
-			for _, v := range vals {
-				least = min(least, v)
-			}
-			measure(m, func(p justrunit.Point) float64 { return vals[p[0]] }, func(p justrunit.Point) bool { _, ok := vals[p[0]]; return ok })
-			if err := in.Interpolate(m); err != nil {
-				t.Fatal(err)
-			}
-			for _, r := range m.Rows {
-				c := r.Cells[0]
-				if c.Prov == justrunit.Interpolated && c.Value < least {
-					t.Errorf("%s %s from %v: cpu=%g filled with %.2f, below the least measured %.2f", in.Name(), mt, vals, r.Point[0], c.Value, least)
+		for _, in := range []justrunit.Interpolator{NewGP(), NewLinear()} {
+			for _, vals := range []map[float64]float64{
+				{20: 990, 30: 72, 40: 24.57}, // the trend alone gave 0.0 at 90
+				{20: 990, 30: 72, 40: 24.57, 60: 13.38},
+				{30: 27.2, 40: 15.4, 60: 11.5},
+			} {
+				m, err := justrunit.NewMatrix(s, []justrunit.Metric{mt})
+				if err != nil {
+					t.Fatal(err)
 				}
-				if c.Prov == justrunit.Interpolated && r.Point[0] < 30 && c.Value <= vals[30] {
-					t.Errorf("%s %s from %v: cpu=%g filled with %.2f, not above the knee's %.2f at cpu=30", in.Name(), mt, vals, r.Point[0], c.Value, vals[30])
+				least := 1e9
+				for _, v := range vals {
+					least = min(least, v)
+				}
+				measure(m, func(p justrunit.Point) float64 { return vals[p[0]] }, func(p justrunit.Point) bool { _, ok := vals[p[0]]; return ok })
+				if err := in.Interpolate(m); err != nil {
+					t.Fatal(err)
+				}
+				for _, r := range m.Rows {
+					c := r.Cells[0]
+					if c.Prov == justrunit.Interpolated && c.Value < least {
+						t.Errorf("%s %s from %v: cpu=%g filled with %.2f, below the least measured %.2f", in.Name(), mt, vals, r.Point[0], c.Value, least)
+					}
+					if c.Prov == justrunit.Interpolated && r.Point[0] < 30 && c.Value <= vals[30] {
+						t.Errorf("%s %s from %v: cpu=%g filled with %.2f, not above the knee's %.2f at cpu=30", in.Name(), mt, vals, r.Point[0], c.Value, vals[30])
+					}
 				}
 			}
 		}

@@ -25,13 +25,11 @@ import (
 //     a smooth curve without a pole, which a GP follows well; log alone
 //     leaves the knee too sharp. Estimates are capped at 10× the largest
 //     measured value, since past a saturation knee −1/y can reach its pole.
-//     For a metric that levels off (see levelsOff) whose measured values
-//     are all positive, no estimate goes below the least of them (its
-//     uncertainty then covers the trend's value): past the last
-//     measurement a response-time curve flattens towards the service time,
-//     where the trend of its knee would carry it on to zero (measured 990,
-//     72 and 25 ms at cpu 20, 30 and 40%, the trend alone gave 0.0 ms at
-//     90%).
+//     Past the last measurement a response-time curve flattens towards
+//     the service time, where the trend of its knee would carry it on to
+//     zero (measured 990, 72 and 25 ms at cpu 20, 30 and 40%, the trend
+//     alone gave 0.0 ms at 90%); the package's floor for metrics that
+//     level off (see levelsOff) keeps it at the least measured value.
 //   - z(x) = β₀ + βᵀx + f(x): a linear trend, so that extrapolation follows
 //     the measured slope rather than falling back to a constant, with a
 //     weak prior on the slopes (standard deviation twice the range of z per
@@ -88,32 +86,6 @@ var (
 // value: past a saturation knee the reciprocal transform can predict an
 // infinite response time, and "ten times the worst we saw" says as much.
 const gpCeiling = 10
-
-// levelsOff reports whether metric mt is a cost that falls as resources
-// grow and levels off at a positive value, so that GP.fill may floor its
-// estimates at the least measured value. Response times level off at the
-// service time (plus the next tier's latency); energy per request, power
-// over throughput, at what the clone draws per request once it keeps up
-// with its load. Past their last measurement the trend of the knee would
-// carry them on to zero, and the least measured value is the nearest
-// measured approach to the level. The floor is the conservative side for a
-// cost (a filled cell never looks better than the best measured one, and
-// the checker re-measures any a decision uses); where the level lies below
-// every measurement, on a frequency axis say, the uncertainty covers the
-// trend's value.
-//
-// The reasoning holds for nothing else. Throughput and power grow with the
-// allocation, so a smaller one than any measured legitimately gives less
-// than every measured value (38 and 40 req/s measured at cpu 60 and 80%,
-// 34 at 20% is no error); an error rate falls towards zero, not a positive
-// level. Those keep only the package's bounds.
-func levelsOff(mt justrunit.Metric) bool {
-	switch mt {
-	case justrunit.RTMean, justrunit.RTP50, justrunit.RTP95, justrunit.RTP99, justrunit.EnergyPerRequest:
-		return true
-	}
-	return false
-}
 
 // gpChoice is a transform and hyperparameters with their objective.
 type gpChoice struct {
@@ -267,12 +239,9 @@ func (g *GP) fill(p *problem) []estimate {
 	if !ok {
 		return fillLinear(p)
 	}
-	ceiling, floor := 0.0, math.Inf(1)
+	ceiling := 0.0
 	for _, y := range p.ys {
-		ceiling, floor = math.Max(ceiling, gpCeiling*math.Abs(y)), math.Min(floor, y)
-	}
-	if !positive || !levelsOff(p.metric) {
-		floor = math.Inf(-1)
+		ceiling = math.Max(ceiling, gpCeiling*math.Abs(y))
 	}
 	inv := func(z float64) float64 { return math.Min(invBoxCox(z, best.lam), ceiling) }
 	out := make([]estimate, len(p.fill))
@@ -296,10 +265,6 @@ func (g *GP) fill(p *problem) []estimate {
 				*e = estimate{v: math.Min(math.Exp(mu), ceiling), u: math.Min(math.Exp(mu)*math.Sinh(s), ceiling)}
 			default:
 				*e = estimate{v: inv(mu), u: (inv(mu+s) - inv(mu-s)) / 2}
-			}
-			if e.v < floor {
-				e.u = math.Max(e.u, floor-e.v)
-				e.v = floor
 			}
 		}
 	}

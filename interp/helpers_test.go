@@ -25,14 +25,15 @@ func labels(name string, ls ...string) justrunit.Parameter {
 	return p
 }
 
-// newMatrix returns an empty one-metric (rt_mean) matrix over params.
+// newMatrix returns an empty one-metric matrix over params: power, which
+// has no bound but zero, so tests of the filling itself see it unclamped.
 func newMatrix(tb testing.TB, params ...justrunit.Parameter) *justrunit.Matrix {
 	tb.Helper()
 	s, err := justrunit.NewSpace(params...)
 	if err != nil {
 		tb.Fatalf("NewSpace: %v", err)
 	}
-	m, err := justrunit.NewMatrix(s, []justrunit.Metric{justrunit.RTMean})
+	m, err := justrunit.NewMatrix(s, []justrunit.Metric{justrunit.Power})
 	if err != nil {
 		tb.Fatalf("NewMatrix: %v", err)
 	}

@@ -22,9 +22,11 @@
 // uncertainty in the metric's unit. A category in which nothing was measured
 // has nothing to interpolate from, so its cells are left as they are; so is a
 // measured cell whose value is not a finite number, which is also never used
-// as a source. Both respect three bounds of what a study measures: no metric
-// measured ≥ 0 is filled below zero, no fraction (error_rate) above 1, and
-// no throughput above the larger of the load offered to the measured
+// as a source. Both respect four bounds of what a study measures: no metric
+// measured ≥ 0 is filled below zero; no cost that levels off (response
+// times, energy per request) below the least measured value, where the
+// slope of a knee would carry it on to zero; no fraction (error_rate) above
+// 1; and no throughput above the larger of the load offered to the measured
 // points and the largest measured throughput (a clone serves copies of the
 // live load, and no allocation makes it serve more than arrives).
 //
@@ -112,6 +114,33 @@ func (p *problem) locate(loc int, x []float64, idx []int) {
 // which no estimate may put above 1. The unit is the root package's own
 // statement of it, so a fraction added there is bounded here too.
 func fraction(mt justrunit.Metric) bool { return mt.Unit() == "fraction" }
+
+// levelsOff reports whether metric mt is a cost that falls as resources
+// grow and levels off at a positive value, so that no estimate of it goes
+// below the least measured value (its uncertainty then covers the
+// interpolator's value). Response times level off at the
+// service time (plus the next tier's latency); energy per request, power
+// over throughput, at what the clone draws per request once it keeps up
+// with its load. Past their last measurement the trend of the knee would
+// carry them on to zero, and the least measured value is the nearest
+// measured approach to the level. The floor is the conservative side for a
+// cost (a filled cell never looks better than the best measured one, and
+// the checker re-measures any a decision uses); where the level lies below
+// every measurement, on a frequency axis say, the uncertainty covers the
+// trend's value.
+//
+// The reasoning holds for nothing else. Throughput and power grow with the
+// allocation, so a smaller one than any measured legitimately gives less
+// than every measured value (38 and 40 req/s measured at cpu 60 and 80%,
+// 34 at 20% is no error); an error rate falls towards zero, not a positive
+// level. Those keep only the package's bounds.
+func levelsOff(mt justrunit.Metric) bool {
+	switch mt {
+	case justrunit.RTMean, justrunit.RTP50, justrunit.RTP95, justrunit.RTP99, justrunit.EnergyPerRequest:
+		return true
+	}
+	return false
+}
 
 // filler computes estimates for every cell of p.fill, in order.
 type filler func(p *problem) []estimate
@@ -214,14 +243,22 @@ func run(name string, m *justrunit.Matrix, f filler) error {
 				continue
 			}
 			est := f(p)
-			nonNeg, maxAbs, most := true, 0.0, math.Inf(-1)
+			nonNeg, positive, maxAbs, most, least := true, true, 0.0, math.Inf(-1), math.Inf(1)
 			for _, y := range p.ys {
-				nonNeg = nonNeg && y >= 0
+				nonNeg, positive = nonNeg && y >= 0, positive && y > 0
 				maxAbs = math.Max(maxAbs, math.Abs(y))
-				most = math.Max(most, y)
+				most, least = math.Max(most, y), math.Min(least, y)
 			}
 			for k, loc := range p.fill {
 				e := est[k]
+				if positive && levelsOff(p.metric) && e.v < least {
+					// Past the last measurement the slope of a knee
+					// would carry a cost on to zero (990, 72 and 25 ms
+					// at cpu 20, 30 and 40% extrapolated to 0 ms from
+					// 50% on).
+					e.u = math.Max(e.u, least-e.v)
+					e.v = least
+				}
 				if nonNeg && e.v < 0 {
 					// Every metric JustRunIt records is ≥ 0; an
 					// extrapolated slope must not cross zero.

@@ -133,7 +133,7 @@ func TestLinearSimplexIsLocal(t *testing.T) {
 		t.Fatalf("Interpolate: %v", err)
 	}
 	// (3,3) lies inside the triangle (2,2) (6,2) (2,6): 10 + 2.5·1 + 5·1.
-	c, err := m.Cell(justrunit.Point{3, 3}, justrunit.RTMean)
+	c, err := m.Cell(justrunit.Point{3, 3}, justrunit.Power)
 	if err != nil {
 		t.Fatal(err)
 	}
