@@ -105,22 +105,35 @@ func rangeValues(field, los, his, steps string) ([]float64, error) {
 	if err != nil {
 		return nil, Invalid(field+".step", steps, "not a number")
 	}
-	if !(step > 0) || math.IsInf(step, 0) {
-		return nil, Invalid(field+".step", step, "must be > 0")
+	// ParseFloat accepts "inf" and "nan"; neither makes a range, and a
+	// non-finite bound would turn the value count into garbage below.
+	if !isFinite(lo) {
+		return nil, Invalid(field+".from", los, "must be a finite number")
+	}
+	if !isFinite(hi) {
+		return nil, Invalid(field+".to", his, "must be a finite number")
+	}
+	if !(step > 0) || !isFinite(step) {
+		return nil, Invalid(field+".step", steps, "must be a finite number > 0")
 	}
 	if hi < lo {
 		return nil, Invalid(field+".to", hi, "must be ≥ from (%g); the range is empty", lo)
 	}
-	n := int(math.Floor((hi-lo)/step+1e-9)) + 1
-	if n > MaxValuesPerParameter {
-		return nil, Invalid(field+".step", step, "gives %d values; at most %d allowed", n, MaxValuesPerParameter)
+	// Count in float64 and compare before converting: (hi−lo)/step can be
+	// far beyond int's range (0..1e300 step 1), or +Inf when hi−lo
+	// overflows, and converting such a value to int is undefined.
+	count := math.Floor((hi-lo)/step+1e-9) + 1
+	if !(count <= MaxValuesPerParameter) {
+		return nil, Invalid(field+".step", step, "gives %.4g values; at most %d allowed: raise the step or narrow the range", count, MaxValuesPerParameter)
 	}
-	vals := make([]float64, n)
+	vals := make([]float64, int(count))
 	for i := range vals {
 		vals[i] = roundTo9(lo + float64(i)*step)
 	}
 	return vals, nil
 }
+
+func isFinite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 
 // roundTo9 removes float noise from lo+i*step (30.000000000000004 → 30) by
 // rounding to nine decimals through the decimal representation.

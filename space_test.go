@@ -63,6 +63,17 @@ func TestBadInput(t *testing.T) {
 		{"step 0", func() error { _, err := ParseParameter("cpu=20..100 step 0"); return err }, "parameter cpu.step"},
 		{"negative step", func() error { _, err := ParseParameter("cpu=20..100 step -5"); return err }, "parameter cpu.step"},
 		{"no step", func() error { _, err := ParseParameter("cpu=20..100"); return err }, "parameter cpu.step"},
+		// Ranges whose value count does not fit an int, or is not a number:
+		// errors, not a makeslice panic.
+		{"range of 1e300 values", func() error { _, err := ParseParameter("cpu=0..1e300 step 1"); return err }, "parameter cpu.step"},
+		{"range span overflows", func() error { _, err := ParseParameter("cpu=-1e308..1e308 step 1e300"); return err }, "parameter cpu.step"},
+		{"range to inf", func() error { _, err := ParseParameter("cpu=0..inf step 1"); return err }, "parameter cpu.to"},
+		{"range from -inf", func() error { _, err := ParseParameter("cpu=-inf..10 step 1"); return err }, "parameter cpu.from"},
+		{"range from nan", func() error { _, err := ParseParameter("cpu=nan..10 step 1"); return err }, "parameter cpu.from"},
+		{"range to nan", func() error { _, err := ParseParameter("cpu=0..NaN step 1"); return err }, "parameter cpu.to"},
+		{"step nan", func() error { _, err := ParseParameter("cpu=0..10 step nan"); return err }, "parameter cpu.step"},
+		{"step inf", func() error { _, err := ParseParameter("cpu=0..10 step +Inf"); return err }, "parameter cpu.step"},
+		{"one value too many", func() error { _, err := ParseParameter("cpu=0..10000 step 1"); return err }, "parameter cpu.step"},
 		{"not increasing", func() error { _, err := ParseParameter("freq=1.8,1.2"); return err }, "parameter freq.values[1]"},
 		{"point outside", func() error { _, err := space.IndexOf(Point{25}); return err }, "point.cpu"},
 		{"point unknown param", func() error { _, err := space.ParsePoint("mem=10"); return err }, "point.mem"},
@@ -116,5 +127,16 @@ func TestSpaceIndexing(t *testing.T) {
 	}
 	if got := s.Format(Point{40, 1.8, 1}); got != "cpu=40 freq=1.8 hostclass=fast" {
 		t.Errorf("Format = %q", got)
+	}
+}
+
+// TestParseParameterLargestRange: the value-count limit is inclusive.
+func TestParseParameterLargestRange(t *testing.T) {
+	p, err := ParseParameter("cpu=1..10000 step 1")
+	if err != nil {
+		t.Fatalf("ParseParameter: %v", err)
+	}
+	if len(p.Values) != MaxValuesPerParameter || p.Values[0] != 1 || p.Values[len(p.Values)-1] != 10000 {
+		t.Errorf("ParseParameter = %d values %g..%g, want %d values 1..10000", len(p.Values), p.Values[0], p.Values[len(p.Values)-1], MaxValuesPerParameter)
 	}
 }

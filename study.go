@@ -3,39 +3,134 @@ package justrunit
 import (
 	"context"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// SLA is a service-level objective on one metric: the metric must stay at or
-// below Max (response times, error rate, energy) — the paper's "p95 ≤ 50 ms".
+// SLA is a service-level objective on one metric. For a metric where lower
+// is better (response times, error rate, energy per request, power) it is a
+// ceiling: the metric must stay at or below Max — the paper's "p95 ≤ 50
+// ms", written rt_p95<=50. For throughput, where higher is better, it is a
+// floor: the metric must stay at or above Min, written throughput>=900.
+// Exactly one of Max and Min is set, the one the metric's direction calls
+// for (see Metric.HigherIsBetter); Validate says so.
+//
+// In JSON an SLA is {"metric": "rt_p95", "max": 50} or {"metric":
+// "throughput", "min": 900}: a ceiling reads and writes as it always has.
 type SLA struct {
 	Metric Metric  `json:"metric"`
-	Max    float64 `json:"max"`
+	Max    float64 `json:"max,omitempty"`
+	Min    float64 `json:"min,omitempty"`
 }
 
-// ParseSLA parses "rt_p95<=50".
+// HigherIsBetter reports whether a larger value of m is the better one:
+// true for throughput only. An SLA on such a metric is a floor (>=), on the
+// others a ceiling (<=).
+func (m Metric) HigherIsBetter() bool { return m == Throughput }
+
+// ParseSLA parses the command-line form of an SLA: "rt_p95<=50" (a
+// ceiling, for metrics where lower is better) or "throughput>=900" (a
+// floor, for throughput). The direction must suit the metric: a ceiling on
+// throughput, or a floor on a response time, is an error naming "sla".
 func ParseSLA(s string) (SLA, error) {
-	name, val, ok := strings.Cut(s, "<=")
+	op := "<="
+	name, val, ok := strings.Cut(s, op)
 	if !ok {
-		return SLA{}, Invalid("sla", s, "want METRIC<=VALUE, e.g. rt_p95<=50")
+		op = ">="
+		name, val, ok = strings.Cut(s, op)
 	}
-	m, err := ParseMetric(strings.TrimSpace(name))
+	if !ok {
+		return SLA{}, Invalid("sla", s, "want METRIC<=MAX or METRIC>=MIN, e.g. rt_p95<=50 or throughput>=900")
+	}
+	name = strings.TrimSpace(name)
+	m, err := ParseMetric(name)
 	if err != nil {
 		return SLA{}, Invalid("sla.metric", name, "unknown metric; known: %v", AllMetrics)
 	}
+	atLeast := op == ">="
+	field := "sla.max"
+	if atLeast {
+		field = "sla.min"
+	}
 	v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
-	if err != nil || !(v > 0) {
-		return SLA{}, Invalid("sla.max", val, "must be a number > 0")
+	if err != nil || !(v > 0) || math.IsInf(v, 0) {
+		return SLA{}, Invalid(field, strings.TrimSpace(val), "must be a finite number > 0")
+	}
+	if atLeast != m.HigherIsBetter() {
+		return SLA{}, Invalid("sla", s, "%s; write %s%s%g", directionHint(m), m, flip(op), v)
+	}
+	if atLeast {
+		return SLA{Metric: m, Min: v}, nil
 	}
 	return SLA{Metric: m, Max: v}, nil
 }
 
-// Met reports whether value satisfies the SLA.
-func (s SLA) Met(value float64) bool { return value <= s.Max }
+func flip(op string) string {
+	if op == "<=" {
+		return ">="
+	}
+	return "<="
+}
 
-func (s SLA) String() string { return fmt.Sprintf("%s<=%g", s.Metric, s.Max) }
+// directionHint explains which way an SLA on m must point.
+func directionHint(m Metric) string {
+	if m.HigherIsBetter() {
+		return fmt.Sprintf("%s is better higher, so its SLA is a floor it must stay at or above (>=), not a ceiling", m)
+	}
+	return fmt.Sprintf("%s is better lower, so its SLA is a ceiling it must stay at or below (<=), not a floor", m)
+}
+
+// Validate checks the SLA's metric and that the bound its metric's
+// direction calls for, and only that one, is a finite number > 0. Errors
+// name the field: "sla.metric", "sla.max" or "sla.min".
+func (s SLA) Validate() error {
+	if _, err := ParseMetric(string(s.Metric)); err != nil {
+		return Invalid("sla.metric", string(s.Metric), "unknown; known: %v", AllMetrics)
+	}
+	want, wantName, other, otherName := s.Max, "sla.max", s.Min, "sla.min"
+	if s.Metric.HigherIsBetter() {
+		want, wantName, other, otherName = s.Min, "sla.min", s.Max, "sla.max"
+	}
+	if other != 0 {
+		return Invalid(otherName, other, "%s; set %s instead", directionHint(s.Metric), wantName)
+	}
+	if !(want > 0) || math.IsInf(want, 0) {
+		return Invalid(wantName, want, "must be a finite number > 0")
+	}
+	return nil
+}
+
+// AtLeast reports whether the SLA is a floor (throughput>=900) rather than
+// a ceiling (rt_p95<=50).
+func (s SLA) AtLeast() bool { return s.Min != 0 }
+
+// Level returns the SLA's bound: Min for a floor, Max for a ceiling.
+func (s SLA) Level() float64 {
+	if s.AtLeast() {
+		return s.Min
+	}
+	return s.Max
+}
+
+// Met reports whether value satisfies the SLA: value ≤ Max for a ceiling,
+// value ≥ Min for a floor. NaN never does.
+func (s SLA) Met(value float64) bool {
+	if s.AtLeast() {
+		return value >= s.Min
+	}
+	return value <= s.Max
+}
+
+// String returns the SLA as ParseSLA reads it: "rt_p95<=50" or
+// "throughput>=900".
+func (s SLA) String() string {
+	if s.AtLeast() {
+		return fmt.Sprintf("%s>=%g", s.Metric, s.Min)
+	}
+	return fmt.Sprintf("%s<=%g", s.Metric, s.Max)
+}
 
 // StudyState is where a study is in its life.
 type StudyState string
@@ -117,11 +212,8 @@ func (s *Study) Validate() error {
 		return Invalid("check_threshold", s.CheckThreshold, "must be > 0, e.g. 0.1 for 10%%")
 	}
 	if s.SLA != nil {
-		if _, err := ParseMetric(string(s.SLA.Metric)); err != nil {
-			return Invalid("sla.metric", string(s.SLA.Metric), "unknown; known: %v", AllMetrics)
-		}
-		if !(s.SLA.Max > 0) {
-			return Invalid("sla.max", s.SLA.Max, "must be > 0")
+		if err := s.SLA.Validate(); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -160,6 +160,9 @@ type simConfig struct {
 	// window may end early, never late), and Next is called whenever a slot
 	// is free, with the running points.
 	durations []float64
+	// observe, when set, makes the observation of a point from the curve
+	// in place of observe (whose curve is the p95).
+	observe func(justrunit.Point, curve) justrunit.Observation
 }
 
 // simulate runs s over m the way the study engine does, recording an
@@ -175,6 +178,15 @@ func simulate(t *testing.T, s justrunit.Strategy, m *justrunit.Matrix, f curve, 
 		return justrunit.PlanState{
 			Matrix: m, Running: running, TimeLeft: cfg.timeBound - now, ExperimentLength: cfg.expLen,
 			Slots: cfg.slots, Free: cfg.slots - len(running), SLA: cfg.sla,
+		}
+	}
+	rec := func(p justrunit.Point) { record(t, m, f, p) }
+	if cfg.observe != nil {
+		rec = func(p justrunit.Point) {
+			t.Helper()
+			if err := m.Record(cfg.observe(p, f)); err != nil {
+				t.Fatalf("Record(%v): %v", p, err)
+			}
 		}
 	}
 	st0 := state(0, nil)
@@ -238,7 +250,7 @@ func simulate(t *testing.T, s justrunit.Strategy, m *justrunit.Matrix, f curve, 
 			// Round-based: every experiment of the round ends together.
 			now = running[0].end
 			for _, e := range running {
-				record(t, m, f, e.p)
+				rec(e.p)
 			}
 			running = nil
 			continue
@@ -251,7 +263,7 @@ func simulate(t *testing.T, s justrunit.Strategy, m *justrunit.Matrix, f curve, 
 			}
 		}
 		now = running[k].end
-		record(t, m, f, running[k].p)
+		rec(running[k].p)
 		running = append(running[:k], running[k+1:]...)
 	}
 	// The budget and the estimate assume every experiment takes its full

@@ -14,7 +14,10 @@ import (
 // experiments as possible, then stops; the engine interpolates the rest.
 //
 // It searches one axis, a numeric parameter where a larger value is a larger
-// allocation and so never a worse metric (monotone). With n values on the
+// allocation and so never a worse metric (monotone): for a ceiling such as
+// rt_p95<=50 the metric does not rise as the allocation grows, for a floor
+// such as throughput>=900 it does not fall; either way the allocations
+// that meet the SLA lie above those that miss it. With n values on the
 // axis the answer is one of n+1 outcomes (the least passing value, or
 // none), and an experiment at value i tells which side of i the answer lies
 // on. Each probe is placed where interpolation of the measured values
@@ -36,7 +39,10 @@ import (
 //
 // Measured values are read from the cells of the SLA's metric (X and V). If
 // noise makes them non-monotone, the answer is the least measured passing
-// value above every measured failing one.
+// value above every measured failing one. A measured point whose
+// observation saw no successful response never passes an SLA on a response
+// time, the error rate or the energy per request: those figures read 0
+// there, which is no measurement (see noFigure).
 type SLASearch struct {
 	axis string
 }
@@ -171,7 +177,8 @@ type Line struct {
 
 // Lines returns the search's state on every line of m along axis (see
 // Options.Axis for the default), in the space's flat order of their
-// first points. It reads only measured cells (X and V) of sla's metric.
+// first points. It reads only measured cells (X and V) of sla's metric (and
+// their rows' observations, for the sample count).
 func Lines(m *justrunit.Matrix, sla justrunit.SLA, axis string) ([]Line, error) {
 	sr, err := newSearch(m, &sla, axis)
 	if err != nil {
@@ -213,21 +220,26 @@ func LeastPassing(m *justrunit.Matrix, sla justrunit.SLA, axis string) (justruni
 
 // search is the geometry of an sla search over one matrix.
 type search struct {
-	m      *justrunit.Matrix
-	sla    justrunit.SLA
-	col    int       // the SLA metric's column
-	axis   int       // the axis's parameter index
-	x      []float64 // the axis's values
-	stride int       // flat distance between neighbours on the axis
-	bases  []int     // flat index of every line's first point
+	m   *justrunit.Matrix
+	sla justrunit.SLA
+	// sign and level turn every SLA into a ceiling: a value v passes when
+	// sign·v ≤ level. sign is +1 for a ceiling (level Max) and −1 for a
+	// floor (level −Min), so that the search and its interpolation need
+	// only one direction.
+	sign, level float64
+	col         int       // the SLA metric's column
+	axis        int       // the axis's parameter index
+	x           []float64 // the axis's values
+	stride      int       // flat distance between neighbours on the axis
+	bases       []int     // flat index of every line's first point
 }
 
 func newSearch(m *justrunit.Matrix, sla *justrunit.SLA, axisName string) (*search, error) {
 	if sla == nil {
 		return nil, justrunit.Invalid("sla", nil, "the sla strategy needs the study's SLA, e.g. rt_p95<=50")
 	}
-	if math.IsNaN(sla.Max) || math.IsInf(sla.Max, 0) {
-		return nil, justrunit.Invalid("sla.max", sla.Max, "must be a finite number")
+	if err := sla.Validate(); err != nil {
+		return nil, err
 	}
 	col := m.MetricIndex(sla.Metric)
 	if col < 0 {
@@ -237,7 +249,10 @@ func newSearch(m *justrunit.Matrix, sla *justrunit.SLA, axisName string) (*searc
 	if err != nil {
 		return nil, err
 	}
-	sr := &search{m: m, sla: *sla, col: col, axis: axis, x: m.Space.Params[axis].Values, stride: 1}
+	sr := &search{m: m, sla: *sla, sign: 1, level: sla.Max, col: col, axis: axis, x: m.Space.Params[axis].Values, stride: 1}
+	if sla.AtLeast() {
+		sr.sign, sr.level = -1, -sla.Min
+	}
 	for _, p := range m.Space.Params[axis+1:] {
 		sr.stride *= len(p.Values)
 	}
@@ -289,7 +304,7 @@ func resolveAxis(s justrunit.Space, name string) (int, error) {
 type line struct {
 	sr   *search
 	base int
-	vals []float64 // the SLA metric's measured values, by axis index
+	vals []float64 // sign × the SLA metric's measured values, by axis index; NaN for no figure
 	has  []bool    // whether vals[i] was measured
 }
 
@@ -297,9 +312,14 @@ func (sr *search) line(base int) line {
 	n := len(sr.x)
 	ln := line{sr: sr, base: base, vals: make([]float64, n), has: make([]bool, n)}
 	for i := range n {
-		c := sr.m.Rows[ln.flat(i)].Cells[sr.col]
-		if c.Prov.HasMeasurement() {
-			ln.vals[i], ln.has[i] = c.Value, true
+		row := &sr.m.Rows[ln.flat(i)]
+		c := row.Cells[sr.col]
+		if !c.Prov.HasMeasurement() {
+			continue
+		}
+		ln.vals[i], ln.has[i] = sr.sign*c.Value, true
+		if noFigure(row.Observation, sr.sla.Metric) {
+			ln.vals[i] = math.NaN() // measured, and fails
 		}
 	}
 	return ln
@@ -308,7 +328,7 @@ func (sr *search) line(base int) line {
 func (ln line) n() int            { return len(ln.vals) }
 func (ln line) flat(i int) int    { return ln.base + i*ln.sr.stride }
 func (ln line) x(i int) float64   { return ln.sr.x[i] }
-func (ln line) passes(i int) bool { return ln.sr.sla.Met(ln.vals[i]) } // false for NaN
+func (ln line) passes(i int) bool { return ln.vals[i] <= ln.sr.level } // false for NaN
 
 // running returns how many of the line's points are running.
 func (ln line) running(set map[int]bool) int {
@@ -377,7 +397,7 @@ func (ln line) probes(lo, hi, q int) []int {
 // lowest pass when both are known, else through the two measured values
 // nearest the unknown range on one side, when they slope the right way.
 func (ln line) guess(lo, hi int) (int, bool) {
-	n, level := ln.n(), ln.sr.sla.Max
+	n, level := ln.n(), ln.sr.level
 	a, b := lo-1, hi // highest failure, lowest pass (when in range)
 	var xs float64
 	switch {
@@ -413,6 +433,23 @@ func (ln line) guess(lo, hi int) (int, bool) {
 		}
 	}
 	return hi, true
+}
+
+// noFigure reports whether o, the observation behind a measured cell of
+// metric mt, has no figure for it: with no successful response there are
+// no response times and no energy per request (they read 0, which would
+// pass any ceiling), and no error rate to speak of (0 with no request at
+// all, 1 with only failures). Throughput (0) and power are real figures
+// even then. An observation that is not known (nil) is taken as measured.
+func noFigure(o *justrunit.Observation, mt justrunit.Metric) bool {
+	if o == nil || o.Samples > 0 {
+		return false
+	}
+	switch mt {
+	case justrunit.RTMean, justrunit.RTP50, justrunit.RTP95, justrunit.RTP99, justrunit.ErrorRate, justrunit.EnergyPerRequest:
+		return true
+	}
+	return false
 }
 
 // cross returns where the line through (x1, f1) and (x2, f2) reaches level.

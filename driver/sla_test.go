@@ -105,6 +105,124 @@ func TestSLAFindsTheLeastPassingAllocation(t *testing.T) {
 	t.Logf("%d searches, %.2f experiments on average (bisection alone: 3.5-4)", len(tests), float64(total)/float64(len(tests)))
 }
 
+// observeThroughput makes an observation whose throughput is the curve's
+// value (its p95 a fixed 10 ms).
+func observeThroughput(p justrunit.Point, f curve) justrunit.Observation {
+	o := observe(p, func(justrunit.Point) float64 { return 10 })
+	o.Throughput = f(p)
+	return o
+}
+
+// TestSLAFloorFindsTheLeastPassingAllocation is the acceptance test again
+// for a floor (throughput>=MIN), where a larger allocation gives a larger
+// value: every throughput curve is the mirror image 20000 − f of a
+// response-time curve, non-decreasing in cpu.
+func TestSLAFloorFindsTheLeastPassingAllocation(t *testing.T) {
+	const top = 20000
+	xs := space(t, "cpu=0..100 step 10").Params[0].Values
+	for _, c := range slaCurves {
+		for _, max := range []float64{15, 21, 25, 33, 40, 45, 50, 55, 60, 70, 80, 90, 99, 150, 500} {
+			min := top - max
+			t.Run(fmt.Sprintf("%s, throughput>=%g", c.name, min), func(t *testing.T) {
+				sla := &justrunit.SLA{Metric: justrunit.Throughput, Min: min}
+				g := func(x float64) float64 { return top - c.f(x) }
+				m := matrix(t, space(t, "cpu=0..100 step 10"))
+				run := simulate(t, mustSLA(t, ""), m, onCPU(g), simConfig{slots: 1, timeBound: time.Hour, expLen: time.Minute, sla: sla, observe: observeThroughput})
+				if len(run.order) > 4 {
+					t.Errorf("sla ran %d experiments (%v), want ≤ 4", len(run.order), values(run.order, 0))
+				}
+				got, ok, err := LeastPassing(m, *sla, "cpu")
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := -1.0
+				for _, x := range xs {
+					if g(x) >= min {
+						want = x
+						break
+					}
+				}
+				if (want < 0) != !ok || (ok && got[0] != want) {
+					t.Errorf("LeastPassing = %v, %v after running %v; want cpu=%v", got, ok, values(run.order, 0), want)
+				}
+				if lines, _ := Lines(m, *sla, ""); !lines[0].Settled {
+					t.Errorf("the search ended unsettled: %+v", lines[0])
+				}
+				// A floor is a ceiling upside down: the search must probe
+				// exactly as it does for the mirrored ceiling rt_p95<=max.
+				mc := matrix(t, space(t, "cpu=0..100 step 10"))
+				ceiling := simulate(t, mustSLA(t, ""), mc, onCPU(c.f), simConfig{slots: 1, timeBound: time.Hour, expLen: time.Minute,
+					sla: &justrunit.SLA{Metric: justrunit.RTP95, Max: max}})
+				if !slices.Equal(values(run.order, 0), values(ceiling.order, 0)) {
+					t.Errorf("floor probed %v, the mirrored ceiling %v; want the same", values(run.order, 0), values(ceiling.order, 0))
+				}
+			})
+		}
+	}
+}
+
+func TestSLAFloorInterpolates(t *testing.T) {
+	// The mirror of TestSLAInterpolationSavesExperiments: throughput 10x
+	// the cpu share, throughput>=600: bisection 50 (fails), 80 (passes),
+	// then the interpolated crossing, 60, passes and is settled.
+	sla := &justrunit.SLA{Metric: justrunit.Throughput, Min: 600}
+	m := matrix(t, space(t, "cpu=0..100 step 10"))
+	run := simulate(t, mustSLA(t, ""), m, onCPU(func(x float64) float64 { return 10 * x }),
+		simConfig{slots: 1, timeBound: time.Hour, expLen: time.Minute, sla: sla, observe: observeThroughput})
+	if want := []float64{50, 80, 60}; !slices.Equal(values(run.order, 0), want) {
+		t.Errorf("sla ran %v, want %v", values(run.order, 0), want)
+	}
+}
+
+// TestSLAZeroSamplesIsNoPass: a measured point whose window saw no
+// successful response reads rt_p95 = 0, which is no measurement and must
+// not count as meeting rt_p95<=50; a real 0 (responses faster than the
+// histogram tells apart) still does.
+func TestSLAZeroSamplesIsNoPass(t *testing.T) {
+	s := space(t, "cpu=0..100 step 10")
+	type meas struct {
+		samples int64
+		p95     float64
+	}
+	tests := []struct {
+		name     string
+		sla      justrunit.SLA
+		measured map[float64]meas
+		want     float64 // -1: none
+	}{
+		{"no responses at the least share", justrunit.SLA{Metric: justrunit.RTP95, Max: 50},
+			map[float64]meas{0: {0, 0}}, -1},
+		{"no responses below a real pass", justrunit.SLA{Metric: justrunit.RTP95, Max: 50},
+			map[float64]meas{30: {0, 0}, 100: {1000, 20}}, 100},
+		{"a real 0 ms passes", justrunit.SLA{Metric: justrunit.RTP95, Max: 50},
+			map[float64]meas{30: {1000, 0}}, 30},
+		{"throughput 0 with no responses fails a floor as it is", justrunit.SLA{Metric: justrunit.Throughput, Min: 100},
+			map[float64]meas{30: {0, 0}, 60: {1000, 20}}, 60},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := matrix(t, s)
+			for x, v := range tt.measured {
+				o := observe(justrunit.Point{x}, func(justrunit.Point) float64 { return v.p95 })
+				o.Samples = v.samples
+				if v.samples == 0 {
+					o.Throughput = 0
+				}
+				if err := m.Record(o); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, ok, err := LeastPassing(m, tt.sla, "cpu")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (tt.want < 0) == ok || (ok && got[0] != tt.want) {
+				t.Errorf("LeastPassing(%s) = %v, %v; want %v", tt.sla, got, ok, tt.want)
+			}
+		})
+	}
+}
+
 func TestSLAInterpolationSavesExperiments(t *testing.T) {
 	// On a linear curve regula falsi lands on the answer: bisection 50
 	// (fails), then 80 (passes), then the interpolated crossing, 60, passes
@@ -256,6 +374,9 @@ func TestSLAErrors(t *testing.T) {
 		{"no SLA", []string{"cpu=0..100 step 10"}, "", nil, "sla"},
 		{"SLA on a metric not recorded", []string{"cpu=0..100 step 10"}, "", &justrunit.SLA{Metric: justrunit.RTP99, Max: 50}, "sla.metric"},
 		{"SLA max NaN", []string{"cpu=0..100 step 10"}, "", &justrunit.SLA{Metric: justrunit.RTP95, Max: math.NaN()}, "sla.max"},
+		{"a ceiling on throughput", []string{"cpu=0..100 step 10"}, "", &justrunit.SLA{Metric: justrunit.Throughput, Max: 900}, "sla.max"},
+		{"a floor on p95", []string{"cpu=0..100 step 10"}, "", &justrunit.SLA{Metric: justrunit.RTP95, Min: 50}, "sla.min"},
+		{"SLA min infinite", []string{"cpu=0..100 step 10"}, "", &justrunit.SLA{Metric: justrunit.Throughput, Min: math.Inf(1)}, "sla.min"},
 		{"unknown axis", []string{"cpu=0..100 step 10"}, "mem", sla, "axis"},
 		{"categorical axis", []string{"cpu=0..100 step 10", "hostclass=a,b"}, "hostclass", sla, "axis"},
 		{"nothing numeric", []string{"hostclass=a,b"}, "", sla, "axis"},

@@ -191,7 +191,9 @@ type Summary struct {
 	// Throughput is successful responses per second: Count / (End − Start).
 	Throughput float64 `json:"throughput"`
 	// RT is the response-time distribution in milliseconds, with a 95%
-	// confidence interval for p95 (see P95Interval).
+	// confidence interval for p95 (see P95Interval). With Count 0 it is
+	// all zeros and measures nothing: Result.Observation turns it into
+	// NaN, and MeasureWindow refuses such a window (ErrTooFewSamples).
 	RT justrunit.ResponseTime `json:"response_time"`
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/justrunit/justrunit"
@@ -33,8 +34,11 @@ const (
 	PhaseMeasure = "measure"
 )
 
-// ErrTooFewSamples means a window ended (by its deadline) with fewer
-// responses than WindowConfig.MinSamples.
+// ErrTooFewSamples means a window ended with fewer successful responses
+// than WindowConfig.MinSamples: at its full length, or cut by its deadline
+// (then the error wraps context.DeadlineExceeded too). Such a window
+// measured nothing: with no response there is no response time or energy
+// per request, and with a handful the p95 is noise.
 var ErrTooFewSamples = errors.New("too few samples")
 
 // WindowConfig is how MeasureWindow runs one experiment's window: a warm-up,
@@ -64,9 +68,9 @@ type WindowConfig struct {
 	// and at least MinSamples responses were measured. 0 disables early
 	// stopping.
 	RelCI float64
-	// MinSamples is the fewest responses a window needs to stop early, and
-	// to be returned at all when a deadline cuts it (default
-	// DefaultMinSamples).
+	// MinSamples is the fewest successful responses a window needs to stop
+	// early, and to be returned without ErrTooFewSamples at all, whether it
+	// ran its full length or a deadline cut it (default DefaultMinSamples).
 	MinSamples int64
 	// Tick is how often the stopping rule is evaluated and progress
 	// reported (default DefaultTick).
@@ -132,8 +136,13 @@ type Result struct {
 // Observation returns the observation of point p this result makes. The
 // caller fills what the measurement does not know: MatchRate, Dropped, Clone
 // and Source.
+//
+// A window with no successful response has no response time and no energy
+// per request: their fields are NaN, not 0, so that Matrix.Record refuses
+// the observation and no SLA takes it for a pass. (MeasureWindow returns
+// such a window only with ErrTooFewSamples.)
 func (r Result) Observation(p justrunit.Point) justrunit.Observation {
-	return justrunit.Observation{
+	o := justrunit.Observation{
 		Point:      p,
 		Start:      r.Summary.Start,
 		WarmUp:     justrunit.Duration(r.WarmUp),
@@ -145,6 +154,12 @@ func (r Result) Observation(p justrunit.Point) justrunit.Observation {
 		Energy:     r.Energy,
 		Stop:       r.Stop,
 	}
+	if r.Summary.Count == 0 {
+		nan := math.NaN()
+		o.RT = justrunit.ResponseTime{Mean: nan, P50: nan, P95: nan, P99: nan, Max: nan, P95Low: nan, P95High: nan}
+		o.Energy.PerRequest = nan
+	}
+	return o
 }
 
 // Windowed is what MeasureWindow reads: a *Recorder, or a source that keeps
@@ -166,9 +181,11 @@ var _ Windowed = (*Recorder)(nil)
 // (StopWindow) or ctx's deadline is near (StopDeadline). It stops
 // DeadlineGuard before ctx's deadline, so it returns by the deadline.
 //
-// When a deadline cuts the window, the partial result is returned if it has
-// MinSamples responses; otherwise the short result comes with an error
-// wrapping ErrTooFewSamples and context.DeadlineExceeded. A deadline during the warm-up, or a cancelled
+// A window that ends with fewer than MinSamples successful responses comes
+// back with an error wrapping ErrTooFewSamples (and, when a deadline cut it,
+// context.DeadlineExceeded): its result is returned for the record, but it
+// is no measurement. When a deadline cuts a window that has MinSamples
+// responses, the partial result is returned. A deadline during the warm-up, or a cancelled
 // ctx, is an error wrapping ctx's error. When the meter fails, the result
 // is returned without energy together with the meter's error. meter and
 // progress may be nil.
@@ -263,9 +280,15 @@ func MeasureWindow(ctx context.Context, cfg WindowConfig, rec Windowed, meter En
 			res.Energy = e
 		}
 	}
-	if res.Stop == StopDeadline && res.Summary.Count < cfg.MinSamples {
-		return res, fmt.Errorf("measure window: %d samples in %v before the deadline, need %d: %w (%w)",
-			res.Summary.Count, res.Summary.Duration().Round(time.Millisecond), cfg.MinSamples, ErrTooFewSamples, context.DeadlineExceeded)
+	if res.Summary.Count < cfg.MinSamples {
+		got, in := res.Summary.Count, res.Summary.Duration().Round(time.Millisecond)
+		if res.Stop == StopDeadline {
+			return res, fmt.Errorf("measure window: %d samples in %v before the deadline, need %d: %w (%w)",
+				got, in, cfg.MinSamples, ErrTooFewSamples, context.DeadlineExceeded)
+		}
+		return res, fmt.Errorf("measure window: %d successful responses (%d errors) in the full window of %v, need %d: %w; "+
+			"check that the target gets traffic and answers it, or lengthen the window",
+			got, res.Summary.Errors, in, cfg.MinSamples, ErrTooFewSamples)
 	}
 	return res, meterErr
 }

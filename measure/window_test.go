@@ -168,6 +168,48 @@ func TestMeasureWindowErrors(t *testing.T) {
 			t.Errorf("err = %v, want ErrTooFewSamples and DeadlineExceeded", err)
 		}
 	})
+	// A window that runs its full length is no measurement either when
+	// too few responses succeeded in it: not cut by a deadline, so the
+	// error is not DeadlineExceeded (the study engine would take it for a
+	// cut experiment); and with no response at all, the result's
+	// observation has no response time.
+	fullWindow := []struct {
+		name   string
+		record func(rec *Recorder)
+	}{
+		{"no responses in the full window", func(*Recorder) {}},
+		{"only errors in the full window", func(rec *Recorder) {
+			for range 500 {
+				rec.RecordError()
+			}
+		}},
+		{"fewer than MinSamples in the full window", func(rec *Recorder) {
+			for range 9 {
+				rec.Record(10 * time.Millisecond)
+			}
+		}},
+	}
+	for _, tt := range fullWindow {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := NewRecorder()
+			cfg := WindowConfig{Max: 200 * time.Millisecond, MinSamples: 10, Tick: 50 * time.Millisecond}
+			res, err := MeasureWindow(bounded(t, 10*time.Second), cfg, rec, nil, func(p Progress) {
+				if p.Phase == PhaseMeasure {
+					tt.record(rec)
+					tt.record = func(*Recorder) {}
+				}
+			})
+			if !errors.Is(err, ErrTooFewSamples) || errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("err = %v, want ErrTooFewSamples and not DeadlineExceeded", err)
+			}
+			if res.Stop != StopWindow || res.Summary.Count >= cfg.MinSamples {
+				t.Errorf("result: stop %q, %d samples; want %q with fewer than %d", res.Stop, res.Summary.Count, StopWindow, cfg.MinSamples)
+			}
+			if o := res.Observation(justrunit.Point{1}); res.Summary.Count == 0 && !math.IsNaN(o.RT.P95) {
+				t.Errorf("Observation of a window without responses has p95 %g, want NaN", o.RT.P95)
+			}
+		})
+	}
 	t.Run("deadline during the warm-up", func(t *testing.T) {
 		rec := NewRecorder()
 		feed(t, rec, 1000, tight)
@@ -322,5 +364,40 @@ func TestWarmUpDetector(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestResultObservationWithoutSamples(t *testing.T) {
+	now := time.Now()
+	energy := justrunit.Energy{Joules: 30, Watts: 100, Source: justrunit.EnergyModel}
+	empty := Result{Summary: Summary{Start: now, End: now.Add(time.Second), Errors: 4}, Stop: StopWindow, Energy: energy}
+	o := empty.Observation(justrunit.Point{20})
+	for _, v := range []float64{o.RT.Mean, o.RT.P50, o.RT.P95, o.RT.P99, o.RT.Max, o.RT.P95Low, o.RT.P95High, o.Energy.PerRequest} {
+		if !math.IsNaN(v) {
+			t.Fatalf("Observation of a window without samples = RT %+v, energy/request %g; want NaN, not a figure", o.RT, o.Energy.PerRequest)
+		}
+	}
+	if o.Energy.Joules != 30 || o.Energy.Watts != 100 || o.Samples != 0 || o.Errors != 4 {
+		t.Errorf("Observation = %+v; want the energy, samples and errors the window had", o)
+	}
+	// The matrix refuses it rather than storing rt_p95 = 0.
+	s, err := justrunit.NewSpace(justrunit.Parameter{Name: "cpu", Values: []float64{20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := justrunit.NewMatrix(s, []justrunit.Metric{justrunit.RTP95, justrunit.EnergyPerRequest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Record(o); err == nil {
+		t.Errorf("Matrix.Record of a window without samples = nil, want an error; cells %+v", m.Rows[0].Cells)
+	}
+
+	full := empty
+	full.Summary.Count = 100
+	full.Summary.RT = justrunit.ResponseTime{Mean: 8, P50: 7, P95: 12, P99: 15, Max: 20, P95Low: 11, P95High: 13}
+	full.Energy.PerRequest = 0.3
+	if o := full.Observation(justrunit.Point{20}); o.RT != full.Summary.RT || o.Energy != full.Energy {
+		t.Errorf("Observation = RT %+v energy %+v, want the window's %+v %+v", o.RT, o.Energy, full.Summary.RT, full.Energy)
 	}
 }
