@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -177,6 +178,18 @@ type Study struct {
 	Error    string     `json:"error,omitempty"`
 	// Experiments counts the experiments run so far, checks included.
 	Experiments int `json:"experiments"`
+}
+
+// FillMetrics sets the metrics a study records when it names none
+// (DefaultMetrics), and adds the SLA's metric when it is not among them:
+// the SLA is read from the matrix.
+func (s *Study) FillMetrics() {
+	if len(s.Metrics) == 0 {
+		s.Metrics = append([]Metric(nil), DefaultMetrics...)
+	}
+	if s.SLA != nil && !slices.Contains(s.Metrics, s.SLA.Metric) {
+		s.Metrics = append(s.Metrics, s.SLA.Metric)
+	}
 }
 
 // ExperimentLength is how long one experiment takes at most.

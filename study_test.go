@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -166,5 +167,27 @@ func TestStudyValidateSLA(t *testing.T) {
 				t.Errorf("Validate(%+v) = %v, want an error on %s", tt.sla, err, tt.field)
 			}
 		})
+	}
+}
+
+func TestFillMetrics(t *testing.T) {
+	for _, c := range []struct {
+		metrics []Metric
+		sla     *SLA
+		want    []Metric
+	}{
+		{nil, nil, DefaultMetrics},
+		{nil, &SLA{Metric: RTP99, Max: 80}, append(append([]Metric(nil), DefaultMetrics...), RTP99)},
+		{[]Metric{Throughput}, &SLA{Metric: Throughput, Min: 900}, []Metric{Throughput}},
+		{[]Metric{Throughput}, &SLA{Metric: RTP95, Max: 50}, []Metric{Throughput, RTP95}},
+	} {
+		st := Study{Metrics: c.metrics, SLA: c.sla}
+		st.FillMetrics()
+		if !slices.Equal(st.Metrics, c.want) {
+			t.Errorf("FillMetrics(%v, sla %v) = %v, want %v", c.metrics, c.sla, st.Metrics, c.want)
+		}
+	}
+	if len(DefaultMetrics) != 4 {
+		t.Errorf("FillMetrics changed DefaultMetrics: %v", DefaultMetrics)
 	}
 }

@@ -33,17 +33,9 @@ const (
 
 // StrategyFor names the strategy st runs: its own when it names one, else
 // sla when it has an SLA (its question is the least allocation meeting it),
-// else DefaultStrategy. The daemon's runner, "study validate" and the site
-// runtime (siterun.Site.PrepareStudy) choose alike.
-func StrategyFor(st *justrunit.Study) string {
-	switch {
-	case st.Strategy != "":
-		return st.Strategy
-	case st.SLA != nil:
-		return driver.NameSLA
-	}
-	return DefaultStrategy
-}
+// else DefaultStrategy (driver.NameFor). The daemon's runner, "study
+// validate" and the site runtime (siterun.Site.PrepareStudy) choose alike.
+func StrategyFor(st *justrunit.Study) string { return driver.NameFor(st) }
 
 // DefaultMaxRunning is how many studies an EngineRunner runs at once; the
 // others wait, pending, in the order they were created.
@@ -114,14 +106,12 @@ func (r *EngineRunner) Start(ctx context.Context, st *justrunit.Study) error {
 	if st.Interpolator == "" {
 		st.Interpolator = DefaultInterpolator
 	}
-	if len(st.Metrics) == 0 {
-		st.Metrics = append([]justrunit.Metric(nil), justrunit.DefaultMetrics...)
-	}
+	st.FillMetrics()
 	if err := st.Validate(); err != nil {
 		return err
 	}
-	if st.Strategy == driver.NameSLA && st.SLA == nil {
-		return justrunit.Invalid("sla", nil, "the sla strategy searches for the least allocation meeting an SLA; give one, e.g. rt_p95<=50")
+	if err := driver.CheckStudy(st); err != nil {
+		return err
 	}
 	if r.cfg.Check != nil {
 		if err := r.cfg.Check(st); err != nil {

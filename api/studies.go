@@ -36,7 +36,8 @@ type StudyRequest struct {
 	Parameters []string `json:"parameters"`
 	// Metrics default to justrunit.DefaultMetrics.
 	Metrics []justrunit.Metric `json:"metrics,omitempty"`
-	// SLA is "METRIC<=VALUE", e.g. "rt_p95<=50".
+	// SLA is "METRIC<=MAX" or, for throughput, "METRIC>=MIN", e.g.
+	// "rt_p95<=50" or "throughput>=900".
 	SLA string `json:"sla,omitempty"`
 	// TimeBound, WarmUp and Window are durations such as "5m", "10s".
 	TimeBound string `json:"time_bound"`
@@ -100,22 +101,8 @@ func (q *StudyRequest) Study() (*justrunit.Study, error) {
 	if st.CheckThreshold == 0 {
 		st.CheckThreshold = DefaultCheckThreshold
 	}
-	if len(st.Metrics) == 0 {
-		st.Metrics = append([]justrunit.Metric(nil), justrunit.DefaultMetrics...)
-	}
-	if st.SLA != nil && !containsMetric(st.Metrics, st.SLA.Metric) {
-		st.Metrics = append(st.Metrics, st.SLA.Metric)
-	}
+	st.FillMetrics()
 	return st, st.Validate()
-}
-
-func containsMetric(ms []justrunit.Metric, m justrunit.Metric) bool {
-	for _, x := range ms {
-		if x == m {
-			return true
-		}
-	}
-	return false
 }
 
 // StudyExport is a study with everything recorded about it: what GET

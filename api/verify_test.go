@@ -204,7 +204,7 @@ func TestDefaultVerifyPoints(t *testing.T) {
 			t.Fatal(err)
 		}
 		for cpu, v := range rt {
-			if err := m.Record(justrunit.Observation{Point: justrunit.Point{cpu}, RT: justrunit.ResponseTime{P95: v}}); err != nil {
+			if err := m.Record(justrunit.Observation{Point: justrunit.Point{cpu}, Samples: 1000, RT: justrunit.ResponseTime{P95: v}}); err != nil {
 				t.Fatal(err)
 			}
 		}

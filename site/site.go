@@ -41,6 +41,7 @@ import (
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/internal/hostlayout"
 	"github.com/justrunit/justrunit/internal/yamlfile"
+	"github.com/justrunit/justrunit/manager/monitor"
 	"github.com/justrunit/justrunit/proxy/httpproxy"
 )
 
@@ -316,7 +317,13 @@ func (s *Site) Validate() error {
 		}
 		services[svc.Name] = f
 		if svc.SLA != "" {
-			if _, err := justrunit.ParseSLA(svc.SLA); err != nil {
+			// A service's SLA is watched on-line, from its front tier's
+			// response times.
+			sla, err := justrunit.ParseSLA(svc.SLA)
+			if err == nil {
+				err = monitor.CheckSLA(sla)
+			}
+			if err != nil {
 				return yamlfile.Rename(err, f+".sla")
 			}
 		}

@@ -48,6 +48,7 @@ func TestLoadErrors(t *testing.T) {
 		{"unknown class", "{name: pm1, class: std", "{name: pm1, class: big", []string{":6:", "hosts[1].class", "unknown class"}},
 		{"bad cpuset", "{name: pm0, class: std, cores: 1}", "{name: pm0, class: std, cores: 1, cpus: \"1-0\"}", []string{":5:", "hosts[0].cpus", "bad CPU list"}},
 		{"cpuset too narrow", "{name: pm0, class: std, cores: 1}", "{name: pm0, class: std, cores: 2, cpus: \"0\"}", []string{":5:", "hosts[0].cores", "1 CPUs of cpuset"}},
+		{"service SLA not on response times", "sla: rt_mean<=50", "sla: throughput>=900", []string{":10:", "services[0].sla", "the monitor reads response times"}},
 		{"zero cores", "{name: pm0, class: std, cores: 1}", "{name: pm0, class: std, cores: 0}", []string{":5:", "hosts[0].cores"}},
 		{"bad power model", "idle_watts: 100, max_watts: 200", "idle_watts: 300, max_watts: 200", []string{":3:", "classes.std"}},
 		{"unknown host", "host: pm0\n            command: [auction, app", "host: pm9\n            command: [auction, app", []string{":21:", "services[0].tiers[1].instances[0].host", "unknown host"}},

@@ -66,17 +66,16 @@ func (s *Site) CheckWarmUp(id string, warmUp time.Duration) error {
 // slot), attaches the clones to the target's proxies, and returns an engine
 // with the study's strategy and interpolator over them.
 func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts StudyOptions) (*Study, error) {
+	st.FillMetrics()
 	if err := st.Validate(); err != nil {
 		return nil, err
 	}
 	if st.Interpolator == "" {
 		st.Interpolator = "linear"
 	}
-	if st.Strategy == "" {
-		st.Strategy = driver.NameAdaptive
-		if st.SLA != nil {
-			st.Strategy = driver.NameSLA
-		}
+	st.Strategy = driver.NameFor(st)
+	if err := driver.CheckStudy(st); err != nil {
+		return nil, err
 	}
 	in, err := interp.New(st.Interpolator)
 	if err != nil {

@@ -73,9 +73,7 @@ func (e *Engine) Run(ctx context.Context, st *justrunit.Study) (*justrunit.Matri
 	if err := e.check(st); err != nil {
 		return nil, err
 	}
-	if len(st.Metrics) == 0 {
-		st.Metrics = append([]justrunit.Metric(nil), justrunit.DefaultMetrics...)
-	}
+	st.FillMetrics()
 	if st.Strategy == "" {
 		st.Strategy = e.Strategy.Name()
 	}

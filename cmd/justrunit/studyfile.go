@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/driver"
 	"github.com/justrunit/justrunit/internal/yamlfile"
 )
 
@@ -21,7 +22,8 @@ type studyFile struct {
 	// Metrics are the matrix's columns; default throughput, rt_mean, rt_p95,
 	// energy_per_request.
 	Metrics []string `yaml:"metrics"`
-	// SLA is "METRIC<=VALUE", e.g. "rt_p95<=50"; optional.
+	// SLA is "METRIC<=MAX" or, for throughput, "METRIC>=MIN", e.g.
+	// "rt_p95<=50"; optional.
 	SLA string `yaml:"sla"`
 	// TimeBound is the longest the study may run experiments, e.g. "10m".
 	TimeBound string `yaml:"time_bound"`
@@ -61,7 +63,11 @@ func loadStudyFile(path string) (*studyFile, *yamlfile.File, error) {
 func (f *studyFile) study(yf *yamlfile.File) (*justrunit.Study, error) {
 	st, err := f.build()
 	if err == nil {
+		st.FillMetrics()
 		err = st.Validate()
+	}
+	if err == nil {
+		err = driver.CheckStudy(st)
 	}
 	if err != nil {
 		return nil, yf.Locate(err)

@@ -9,7 +9,7 @@
 import * as api from './api.js';
 import { h, el, fmt, short, ticks, pointLabel } from './svg.js';
 import { heatmap, legend, unit } from './heatmap.js';
-import { curves, chooseMetric } from './chart.js';
+import { curves, chooseMetric, slaText } from './chart.js';
 
 const main = document.getElementById('main');
 const banner = document.getElementById('banner');
@@ -84,7 +84,7 @@ async function studiesPage() {
       h('td', { class: 'num' }, s.space.parameters.reduce((n, p) => n * p.values.length, 1)),
       h('td', { class: 'num' }, s.experiments),
       h('td', {}, s.strategy || '–'),
-      h('td', {}, s.sla ? `${s.sla.metric} ≤ ${short(s.sla.max)}` : '–'),
+      h('td', {}, s.sla ? slaText(s.sla) : '–'),
       h('td', {}, when(s.created)))))));
   return out;
 }
@@ -102,7 +102,7 @@ async function studyPage(id) {
   const kv = [
     ['Target', s.target],
     ['Space', s.space.parameters.map(p => `${p.name} ∈ {${p.values.map((v, i) => p.labels && p.labels.length ? p.labels[i] : short(v)).join(', ')}}${p.unit ? ' ' + p.unit : ''}`).join(' × ')],
-    ['SLA', s.sla ? `${s.sla.metric} ≤ ${short(s.sla.max)} ${unit(s.sla.metric)}` : 'none'],
+    ['SLA', s.sla ? `${slaText(s.sla)} ${unit(s.sla.metric)}` : 'none'],
     ['Strategy', `${s.strategy || '–'}, interpolator ${s.interpolator || '–'}, check threshold ${short(100 * s.check_threshold)}%`],
     ['Experiments', `${s.experiments} run, each ${s.warm_up} warm-up + ${s.window} window; ${s.slots} slot(s); time bound ${s.time_bound}`],
     ['Started', when(s.started)], ['Finished', when(s.finished)],

@@ -16,6 +16,13 @@ function chooseAxis(space) {
 }
 
 // chooseMetric picks the SLA's metric, else a response-time metric.
+// slaLevel is an SLA's bound: its floor (min, throughput>=X) or its
+// ceiling (max, rt_p95<=X).
+export function slaLevel(sla) { return sla.min ? sla.min : sla.max; }
+
+// slaText shows an SLA as "rt_p95 ≤ 50" or "throughput ≥ 900".
+export function slaText(sla) { return `${sla.metric} ${sla.min ? '≥' : '≤'} ${short(slaLevel(sla))}`; }
+
 export function chooseMetric(m, sla) {
   if (sla && m.metrics.includes(sla.metric)) return sla.metric;
   return ['rt_p95', 'rt_mean', 'rt_p99', 'rt_p50'].find(x => m.metrics.includes(x)) || m.metrics[0];
@@ -45,7 +52,7 @@ export function curves(m, sla, metric) {
   // Scale to the values, not to their uncertainty: an extrapolated cell's
   // band can be far wider than the curve, and is clipped to the plot.
   let ylo = 0, yhi = Math.max(...pts.map(p => p.c.value));
-  if (sla && sla.metric === metric) yhi = Math.max(yhi, sla.max * 1.15);
+  if (sla && sla.metric === metric) yhi = Math.max(yhi, slaLevel(sla) * 1.15);
   yhi = yhi > 0 ? yhi * 1.05 : 1;
   const sx = (x) => L + (xhi > xlo ? (x - xlo) / (xhi - xlo) : 0.5) * (W - L - R);
   const sy = (y) => H - B - (y - ylo) / (yhi - ylo) * (H - T - B);
@@ -86,9 +93,9 @@ export function curves(m, sla, metric) {
     }
   });
   if (sla && sla.metric === metric) {
-    const y = sy(sla.max);
+    const y = sy(slaLevel(sla));
     svg.append(el('line', { x1: L, x2: W - R, y1: y, y2: y, stroke: '#c62828', 'stroke-width': 1.5, 'stroke-dasharray': '6 4', class: 'sla' }));
-    svg.append(el('text', { x: L + 6, y: y - 5, 'font-size': 11, fill: '#c62828' }, `SLA ${metric} ≤ ${short(sla.max)} ${unit(metric)}`));
+    svg.append(el('text', { x: L + 6, y: y - 5, 'font-size': 11, fill: '#c62828' }, `SLA ${slaText(sla)} ${unit(metric)}`));
   }
   return svg;
 }
