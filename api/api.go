@@ -262,7 +262,9 @@ var errClosing = errors.New("the daemon is shutting down")
 // beginOp registers a call that acts on the site (what names it for
 // people), so Wait waits for it; once Close has been called it refuses.
 // With cancelOnClose the returned context also ends, with cause
-// errClosing, when the server closes. Call end when the call returns.
+// errClosing, when the server closes; without, it does not end when the
+// caller hangs up either, so the operation is never left half done. Call
+// end when the call returns.
 func (s *Server) beginOp(r *http.Request, what string, cancelOnClose bool) (ctx context.Context, end func(), err error) {
 	s.opsMu.Lock()
 	defer s.opsMu.Unlock()
@@ -272,8 +274,13 @@ func (s *Server) beginOp(r *http.Request, what string, cancelOnClose bool) (ctx 
 	s.opsSeq++
 	id := s.opsSeq
 	s.ops[id] = what
-	ctx, cancel := context.WithCancelCause(r.Context())
+	base := r.Context()
 	stop := func() bool { return true }
+	if !cancelOnClose {
+		// Nor does a caller that hangs up stop it halfway.
+		base = context.WithoutCancel(base)
+	}
+	ctx, cancel := context.WithCancelCause(base)
 	if cancelOnClose {
 		stop = context.AfterFunc(s.done, func() { cancel(errClosing) })
 	}

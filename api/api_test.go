@@ -549,3 +549,52 @@ func TestDiscover(t *testing.T) {
 		t.Errorf("Discover of a named dead daemon = %v, want an error other than ErrNoDaemon", err)
 	}
 }
+
+// blockingPlanner applies a plan only when released, and records whether
+// the context it was given ended meanwhile.
+type blockingPlanner struct {
+	started, release chan struct{}
+	ctxErr           chan error
+}
+
+func (p *blockingPlanner) Plan(context.Context) (PlanRecord, error)    { return PlanRecord{ID: "p1"}, nil }
+func (p *blockingPlanner) Plans(context.Context) ([]PlanRecord, error) { return nil, nil }
+func (p *blockingPlanner) Apply(ctx context.Context, id string) (PlanRecord, error) {
+	close(p.started)
+	select {
+	case <-p.release:
+		p.ctxErr <- ctx.Err()
+	case <-ctx.Done():
+		p.ctxErr <- ctx.Err()
+	}
+	return PlanRecord{ID: id, Applied: time.Now()}, nil
+}
+
+// TestApplyOutlivesCaller checks that a caller hanging up does not stop a
+// plan being applied halfway.
+func TestApplyOutlivesCaller(t *testing.T) {
+	p := &blockingPlanner{started: make(chan struct{}), release: make(chan struct{}), ctxErr: make(chan error, 1)}
+	d := newDaemon(t, daemonOpts{noRunner: true, planner: p})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := d.client().ApplyPlan(ctx, "p1"); done <- err }()
+	select {
+	case <-p.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the plan was not applied")
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("ApplyPlan after hanging up = %v, want context.Canceled", err)
+	}
+	time.Sleep(50 * time.Millisecond) // let the server see the hang-up
+	close(p.release)
+	select {
+	case err := <-p.ctxErr:
+		if err != nil {
+			t.Errorf("the apply's context ended when the caller hung up: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the apply never finished")
+	}
+}

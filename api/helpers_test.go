@@ -79,6 +79,7 @@ type daemonOpts struct {
 	noAuth   bool
 	hold     time.Duration
 	site     SiteView
+	planner  Planner
 }
 
 func newDaemon(t *testing.T, o daemonOpts) *daemon {
@@ -91,7 +92,7 @@ func newDaemon(t *testing.T, o daemonOpts) *daemon {
 	d := &daemon{t: t, store: st, exp: &curveRunner{hold: o.hold}, closers: &closeCounter{}, reg: prometheus.NewRegistry()}
 	d.set = metrics.New(d.reg)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	cfg := Config{Store: st, Token: testToken, Logger: log, Metrics: d.reg, PollInterval: 50 * time.Millisecond, Site: o.site}
+	cfg := Config{Store: st, Token: testToken, Logger: log, Metrics: d.reg, PollInterval: 50 * time.Millisecond, Site: o.site, Planner: o.planner}
 	if o.noAuth {
 		cfg.Token, cfg.NoAuth = "", true
 	}
