@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -100,8 +101,9 @@ func newLogger(level, format string) (*slog.Logger, error) {
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	interrupted(cancel, os.Stderr)
 	err := newRootCmd().ExecuteContext(ctx)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
@@ -113,3 +115,19 @@ func main() {
 }
 
 func isNotFound(err error) bool { return errors.Is(err, justrunit.ErrNotFound) }
+
+// interrupted calls cancel on the first SIGINT or SIGTERM, so that the
+// command stops and removes what it made (clones, cgroups, namespaces), and
+// says so on w; a second signal then ends the process at once, as signals
+// do by default, for a user who will not wait (platform gc removes what is
+// left).
+func interrupted(cancel func(), w io.Writer) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		fmt.Fprintf(w, "\n%v: stopping and cleaning up; the same signal again quits at once (then \"justrunit platform gc\" removes what is left)\n", s)
+		signal.Reset(os.Interrupt, syscall.SIGTERM)
+		cancel()
+	}()
+}
