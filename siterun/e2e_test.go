@@ -120,7 +120,9 @@ func upAuction(t *testing.T, ctx context.Context, opts siterun.Options, edits ..
 	if testing.Verbose() {
 		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	opts.StateDir = t.TempDir()
+	if opts.StateDir == "" {
+		opts.StateDir = t.TempDir()
+	}
 	s, err := siterun.Up(ctx, f, opts)
 	if err != nil {
 		t.Fatal(err)

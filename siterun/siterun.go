@@ -81,6 +81,14 @@ func Up(ctx context.Context, f *site.Site, opts Options) (*Site, error) {
 	if err != nil {
 		return nil, err
 	}
+	// What a crashed or killed run of this state directory left behind
+	// (instances still serving on the site's ports, clones, namespaces,
+	// NAT rules) goes first: "platform gc" at every start.
+	if c, ok := p.(justrunit.Cleaner); ok {
+		if err := c.Cleanup(ctx); err != nil {
+			return nil, errors.Join(fmt.Errorf("remove what an earlier run left behind: %w (see justrunit platform gc)", err), closePlat())
+		}
+	}
 	s := &Site{File: f, Platform: p, log: log, metrics: opts.Metrics, in: map[string]*httpproxy.InProxy{}, out: map[string]*httpproxy.OutProxy{}, closePlat: closePlat}
 	if err := s.up(ctx, opts); err != nil {
 		return nil, errors.Join(err, s.Close(context.WithoutCancel(ctx)))

@@ -139,7 +139,8 @@ func newPlatformGCCmd(g *globals) *cobra.Command {
 processes and their cgroups, network namespaces, veth pairs, nftables tables,
 mounts and clone directories of the platform's scope, and nothing else.
 
-The daemon does the same when it starts. gc refuses to run while another process
+Every run of a site (study run, serve --site, manager run, the demos) does the same
+for its state directory when it starts. gc refuses to run while another process
 (a running daemon or study) holds the platform's state directory.
 
 --all (local platform) cleans every scope on this machine whose platform is not
