@@ -28,6 +28,9 @@ var (
 	ErrExists = errors.New("already exists")
 	// ErrNotImplemented means the capability is planned but not built yet.
 	ErrNotImplemented = errors.New("not implemented yet")
+	// ErrTooFewSamples means a measurement window ended with too few
+	// successful responses to measure anything (measure.MeasureWindow).
+	ErrTooFewSamples = errors.New("too few samples")
 )
 
 // FieldError is a validation error that names the offending field, the value

@@ -58,6 +58,12 @@ type Row struct {
 	Point       Point        `json:"point"`
 	Cells       []Cell       `json:"cells"`
 	Observation *Observation `json:"observation,omitempty"`
+	// Unmeasurable says why an experiment at this point ran its whole
+	// window yet measured nothing (too few responses: the clone was
+	// saturated there, or got no traffic). Its cells stay empty: no
+	// interpolator fills them, no strategy runs the point again, and the
+	// sla strategy counts it as missing the SLA. See MarkUnmeasurable.
+	Unmeasurable string `json:"unmeasurable,omitempty"`
 }
 
 // Matrix holds a value per point and metric. Rows are in the space's flat
@@ -165,8 +171,46 @@ func (m *Matrix) Record(o Observation) error {
 	for j, v := range vs {
 		row.Cells[j] = Cell{Value: v, Prov: Measured}
 	}
-	row.Observation = &o
+	row.Observation, row.Unmeasurable = &o, ""
 	return nil
+}
+
+// MarkUnmeasurable records that an experiment at p measured nothing, and
+// why (see Row.Unmeasurable): the point's cells become empty. A measured
+// point cannot be marked, nor one whose cell a decision used (T).
+func (m *Matrix) MarkUnmeasurable(p Point, why string) error {
+	i, err := m.Space.IndexOf(p)
+	if err != nil {
+		return err
+	}
+	row := &m.Rows[i]
+	switch {
+	case strings.TrimSpace(why) == "":
+		return Invalid("unmeasurable", why, "say why the point measured nothing")
+	case row.Observation != nil:
+		return Invalid("point", m.Space.Format(p), "was measured; a measurement is not undone")
+	}
+	for j, c := range row.Cells {
+		if c.Prov == Used {
+			return Invalid("point", m.Space.Format(p), "its %s cell is used by a decision (T)", m.Metrics[j])
+		}
+	}
+	for j := range row.Cells {
+		row.Cells[j] = Cell{Prov: Empty}
+	}
+	row.Unmeasurable = why
+	return nil
+}
+
+// Unmeasurable returns the flat indexes of the points marked unmeasurable.
+func (m *Matrix) Unmeasurable() []int {
+	var idx []int
+	for i, r := range m.Rows {
+		if r.Unmeasurable != "" {
+			idx = append(idx, i)
+		}
+	}
+	return idx
 }
 
 // values returns o's value for each of m's metrics, in column order. A
@@ -267,7 +311,7 @@ func (m *Matrix) Counts() map[Provenance]int {
 func (m *Matrix) Clone() *Matrix {
 	c := &Matrix{Space: m.Space, Metrics: append([]Metric(nil), m.Metrics...), Rows: make([]Row, len(m.Rows))}
 	for i, r := range m.Rows {
-		c.Rows[i] = Row{Point: append(Point(nil), r.Point...), Cells: append([]Cell(nil), r.Cells...)}
+		c.Rows[i] = Row{Point: append(Point(nil), r.Point...), Cells: append([]Cell(nil), r.Cells...), Unmeasurable: r.Unmeasurable}
 		if r.Observation != nil {
 			o := *r.Observation
 			c.Rows[i].Observation = &o
@@ -307,9 +351,16 @@ func (m *Matrix) Render(w io.Writer) error {
 		return err
 	}
 	c := m.Counts()
-	_, err := fmt.Fprintf(w, "cells: %d X measured, %d I interpolated, %d T used by a decision, %d V verified, %d empty\n",
-		c[Measured], c[Interpolated], c[Used], c[Verified], c[Empty])
-	return err
+	if _, err := fmt.Fprintf(w, "cells: %d X measured, %d I interpolated, %d T used by a decision, %d V verified, %d empty\n",
+		c[Measured], c[Interpolated], c[Used], c[Verified], c[Empty]); err != nil {
+		return err
+	}
+	for _, i := range m.Unmeasurable() {
+		if _, err := fmt.Fprintf(w, "unmeasurable at %s: %s\n", m.Space.Format(m.Rows[i].Point), m.Rows[i].Unmeasurable); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func formatCell(c Cell) string {

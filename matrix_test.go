@@ -123,3 +123,52 @@ func TestMatrixRejectsNonFinite(t *testing.T) {
 		}
 	}
 }
+
+// TestMarkUnmeasurable checks that a point whose experiment measured nothing
+// is marked with its reason and empty cells, survives a copy and JSON,
+// shows in the rendering, and that a later measurement replaces the mark.
+func TestMarkUnmeasurable(t *testing.T) {
+	m := testMatrix(t)
+	m.Rows[0].Cells[0] = Cell{Value: 40, Prov: Interpolated, Uncertainty: 2}
+	if err := m.MarkUnmeasurable(Point{60}, "0 successful responses in the full window"); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := m.Cell(Point{60}, RTP95); c.Prov != Empty {
+		t.Errorf("cell of an unmeasurable point = %+v, want empty", c)
+	}
+	var buf bytes.Buffer
+	if err := m.Render(&buf); err != nil || !strings.Contains(buf.String(), "unmeasurable at cpu=60: 0 successful responses") {
+		t.Errorf("Render = %q, %v; want the unmeasurable point and why", buf.String(), err)
+	}
+	b, _ := json.Marshal(m.Clone())
+	var back Matrix
+	if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back.Unmeasurable(), []int{0}) {
+		t.Errorf("after Clone and JSON: unmeasurable %v, %v; want [0]", back.Unmeasurable(), err)
+	}
+	if err := m.Record(Observation{Point: Point{60}, Samples: 100, Throughput: 90, RT: ResponseTime{P95: 70}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Unmeasurable()) != 0 {
+		t.Error("a measurement did not replace the unmeasurable mark")
+	}
+	for _, c := range []struct {
+		name string
+		p    Point
+		why  string
+	}{
+		{"measured", Point{60}, "too few"},
+		{"no reason", Point{70}, " "},
+		{"not in the space", Point{65}, "too few"},
+	} {
+		if err := m.MarkUnmeasurable(c.p, c.why); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: MarkUnmeasurable = %v, want invalid", c.name, err)
+		}
+	}
+	m.Rows[1].Cells[0] = Cell{Value: 40, Prov: Interpolated}
+	if _, err := m.Use(Point{70}, RTP95); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.MarkUnmeasurable(Point{70}, "too few"); !errors.Is(err, ErrInvalid) {
+		t.Errorf("MarkUnmeasurable of a used point = %v, want invalid", err)
+	}
+}

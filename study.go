@@ -332,8 +332,13 @@ const (
 	// study's time bound stopped before its window had enough samples: it
 	// measured nothing, and the study goes on without it.
 	EventExperimentCut = "experiment.cut"
-	EventCheckPassed   = "check.passed"
-	EventCheckFailed   = "check.failed"
+	// EventExperimentUnmeasurable is added, level "warn", for an
+	// experiment that ran its whole window and measured too few responses
+	// to count: the clone was saturated at that point, or got no traffic
+	// (Row.Unmeasurable). The study goes on.
+	EventExperimentUnmeasurable = "experiment.unmeasurable"
+	EventCheckPassed            = "check.passed"
+	EventCheckFailed            = "check.failed"
 	// EventStudyInterrupted is added when a running study is found whose
 	// process died (see the store's recovery on start).
 	EventStudyInterrupted = "study.interrupted"

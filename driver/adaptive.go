@@ -99,7 +99,7 @@ func (a *Adaptive) Next(ctx context.Context, st justrunit.PlanState) ([]justruni
 		if len(picks) == n {
 			break
 		}
-		if !measured(m, i) && !running[i] {
+		if !tried(m, i) && !running[i] {
 			picks = append(picks, i)
 			taken[i] = true
 		}
@@ -147,7 +147,7 @@ func (a *Adaptive) leastSure(ctx context.Context, m *justrunit.Matrix, col int, 
 		}
 		best, bestRel := -1, 0.0
 		for i := range work.Rows {
-			if measured(m, i) || running[i] || taken[i] {
+			if tried(m, i) || running[i] || taken[i] {
 				continue
 			}
 			if rel := relUncertainty(work.Rows[i].Cells[col], scale); best < 0 || rel > bestRel {
@@ -250,7 +250,7 @@ func (a *Adaptive) Estimate(st justrunit.PlanState) int {
 	}
 	left := 0
 	for i := range st.Matrix.Rows {
-		if !measured(st.Matrix, i) {
+		if !tried(st.Matrix, i) {
 			left++
 		}
 	}

@@ -128,6 +128,10 @@ func runningSet(st justrunit.PlanState) (map[int]bool, error) {
 // measured reports whether the point at flat index i has an observation.
 func measured(m *justrunit.Matrix, i int) bool { return m.Rows[i].Observation != nil }
 
+// tried reports whether the point at flat index i needs no experiment any
+// more: measured, or run and found unmeasurable (Row.Unmeasurable).
+func tried(m *justrunit.Matrix, i int) bool { return measured(m, i) || m.Rows[i].Unmeasurable != "" }
+
 // pointAt returns a copy of the point at flat index i, so callers cannot
 // change the matrix through it.
 func pointAt(m *justrunit.Matrix, i int) justrunit.Point {

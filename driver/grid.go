@@ -50,7 +50,7 @@ func (g *Grid) Next(ctx context.Context, st justrunit.PlanState) ([]justrunit.Po
 	}
 	var out []justrunit.Point
 	for _, i := range g.orderOf(st.Matrix.Space) {
-		if measured(st.Matrix, i) || running[i] {
+		if tried(st.Matrix, i) || running[i] {
 			continue
 		}
 		out = append(out, pointAt(st.Matrix, i))
@@ -69,7 +69,7 @@ func (g *Grid) Estimate(st justrunit.PlanState) int {
 	}
 	left := 0
 	for i := range st.Matrix.Rows {
-		if !measured(st.Matrix, i) {
+		if !tried(st.Matrix, i) {
 			left++
 		}
 	}

@@ -42,7 +42,9 @@ import (
 // value above every measured failing one. A measured point whose
 // observation saw no successful response never passes an SLA on a response
 // time, the error rate or the energy per request: those figures read 0
-// there, which is no measurement (see noFigure).
+// there, which is no measurement (see noFigure). Nor does a point whose
+// experiment ran its window and measured too few responses to count
+// (Row.Unmeasurable): the clone was saturated there, or got no traffic.
 type SLASearch struct {
 	axis string
 }
@@ -313,6 +315,10 @@ func (sr *search) line(base int) line {
 	ln := line{sr: sr, base: base, vals: make([]float64, n), has: make([]bool, n)}
 	for i := range n {
 		row := &sr.m.Rows[ln.flat(i)]
+		if row.Unmeasurable != "" {
+			ln.vals[i], ln.has[i] = math.NaN(), true // run, measured nothing: saturated, it fails
+			continue
+		}
 		c := row.Cells[sr.col]
 		if !c.Prov.HasMeasurement() {
 			continue

@@ -232,10 +232,10 @@ func run(name string, m *justrunit.Matrix, f filler) error {
 					p.locate(loc, x, idx)
 					p.xs = append(p.xs, x...)
 					p.ys = append(p.ys, c.Value)
-				case c.Prov == justrunit.Empty || c.Prov == justrunit.Interpolated:
+				case (c.Prov == justrunit.Empty || c.Prov == justrunit.Interpolated) && m.Rows[ri].Unmeasurable == "":
 					p.at[loc] = -1
 					p.fill = append(p.fill, loc)
-				default: // T (a decision rests on its value) or a non-finite X
+				default: // T (a decision rests on its value), a non-finite X, or a point that measured nothing
 					p.at[loc] = -1
 				}
 			}

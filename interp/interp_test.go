@@ -293,3 +293,31 @@ func TestContractDegenerateValues(t *testing.T) {
 		}
 	}
 }
+
+// TestUnmeasurableStaysEmpty checks that neither interpolator fills a point
+// whose experiment measured nothing.
+func TestUnmeasurableStaysEmpty(t *testing.T) {
+	for _, name := range Names() {
+		m := newMatrix(t, axis("cpu", 20, 100, 10))
+		measure(m, func(p justrunit.Point) float64 { return 200 - p[0] }, at(0, 40, 70, 100))
+		if err := m.MarkUnmeasurable(justrunit.Point{20}, "too few samples"); err != nil {
+			t.Fatal(err)
+		}
+		in, _ := New(name)
+		if err := in.Interpolate(m); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		for _, r := range m.Rows {
+			want := justrunit.Interpolated
+			switch {
+			case r.Point[0] == 20:
+				want = justrunit.Empty
+			case r.Point[0] == 40 || r.Point[0] == 70 || r.Point[0] == 100:
+				want = justrunit.Measured
+			}
+			if r.Cells[0].Prov != want {
+				t.Errorf("%s: cpu=%g is %c, want %c", name, r.Point[0], r.Cells[0].Prov, want)
+			}
+		}
+	}
+}

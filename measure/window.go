@@ -39,7 +39,7 @@ const (
 // (then the error wraps context.DeadlineExceeded too). Such a window
 // measured nothing: with no response there is no response time or energy
 // per request, and with a handful the p95 is noise.
-var ErrTooFewSamples = errors.New("too few samples")
+var ErrTooFewSamples = justrunit.ErrTooFewSamples
 
 // WindowConfig is how MeasureWindow runs one experiment's window: a warm-up,
 // then a measurement window between Min and Max long that stops early once

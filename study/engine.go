@@ -105,9 +105,14 @@ func (e *Engine) Run(ctx context.Context, st *justrunit.Study) (*justrunit.Matri
 	log.Info("study started", "target", st.Target, "points", st.Space.Size(), "strategy", st.Strategy, "time_bound", st.TimeBound)
 
 	cut, runErr := e.loop(ctx, st, m, deadline, log)
-	if runErr == nil && st.Experiments == 0 {
-		runErr = fmt.Errorf("%w: the time bound of %v ran out before any experiment measured its window (one takes %v of warm-up and window after its allocation is set; %d cut short); raise time_bound",
-			ErrNothingMeasured, st.TimeBound, st.ExperimentLength(), cut)
+	if runErr == nil && len(m.Measured()) == 0 {
+		if u := m.Unmeasurable(); len(u) > 0 {
+			runErr = fmt.Errorf("%w: every experiment's window had too few responses to measure (%d points; at %s: %s)",
+				ErrNothingMeasured, len(u), st.Space.Format(m.Rows[u[0]].Point), m.Rows[u[0]].Unmeasurable)
+		} else {
+			runErr = fmt.Errorf("%w: the time bound of %v ran out before any experiment measured its window (one takes %v of warm-up and window after its allocation is set; %d cut short); raise time_bound",
+				ErrNothingMeasured, st.TimeBound, st.ExperimentLength(), cut)
+		}
 	}
 
 	if len(m.Measured()) > 0 {
@@ -244,6 +249,25 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 			continue // cancelled with the study, not failed
 		case firstErr != nil && errors.Is(r.err, context.Canceled):
 			continue // stopped because the study had already failed
+		case errors.Is(r.err, justrunit.ErrTooFewSamples) && !errors.Is(r.err, context.DeadlineExceeded):
+			// The whole window ran and the clone answered (almost)
+			// nothing: a fact about the point, not a failure of the study.
+			where := st.Space.Format(r.point)
+			if err := m.MarkUnmeasurable(r.point, r.err.Error()); err != nil && firstErr == nil {
+				firstErr = fmt.Errorf("experiment at %s: %w", where, err)
+				cancel()
+				continue
+			}
+			st.Experiments++
+			if err := e.persist(context.WithoutCancel(ctx), st, m); err != nil && firstErr == nil {
+				firstErr = err
+				cancel()
+			}
+			log.Warn("experiment measured nothing", keyPoint, where, keyErr, r.err)
+			e.event(ctx, st, justrunit.EventExperimentUnmeasurable, "warn",
+				fmt.Sprintf("experiment at %s measured nothing (saturated, or no traffic): %v", where, r.err), map[string]any{keyPoint: where})
+			e.report(st, running, last, planned, deadline)
+			continue
 		case ctx.Err() == nil && errors.Is(r.err, context.DeadlineExceeded) && time.Until(deadline) < cutMargin:
 			cut++
 			where := st.Space.Format(r.point)
@@ -287,22 +311,34 @@ func (e *Engine) record(ctx context.Context, st *justrunit.Study, m *justrunit.M
 		if err := e.Store.AddObservation(ctx, st.ID, r.obs); err != nil {
 			return fmt.Errorf("store observation: %w", err)
 		}
-		// Keep the stored matrix current so readers see progress; the
-		// interpolation is redone on a copy so the strategy's view stays
-		// exactly what was measured.
-		snap := m.Clone()
-		if err := e.Interpolator.Interpolate(snap); err != nil {
-			return fmt.Errorf("interpolate: %w", err)
-		}
-		if err := e.Store.SaveMatrix(ctx, st.ID, snap); err != nil {
-			return fmt.Errorf("save matrix: %w", err)
-		}
-		if err := e.Store.UpdateStudy(ctx, st); err != nil {
-			return fmt.Errorf("update study: %w", err)
+		if err := e.persist(ctx, st, m); err != nil {
+			return err
 		}
 	}
 	e.event(ctx, st, justrunit.EventExperimentDone, "info", fmt.Sprintf("measured %s: p95 %.2f ms, %.1f req/s (%s)",
 		where, r.obs.RT.P95, r.obs.Throughput, r.obs.Stop), map[string]any{keyPoint: where})
+	return nil
+}
+
+// persist keeps the stored matrix and study current so readers see
+// progress; the interpolation is redone on a copy so the strategy's view
+// stays exactly what was measured. Without a Store it does nothing.
+func (e *Engine) persist(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix) error {
+	if e.Store == nil {
+		return nil
+	}
+	snap := m.Clone()
+	if len(snap.Measured()) > 0 {
+		if err := e.Interpolator.Interpolate(snap); err != nil {
+			return fmt.Errorf("interpolate: %w", err)
+		}
+	}
+	if err := e.Store.SaveMatrix(ctx, st.ID, snap); err != nil {
+		return fmt.Errorf("save matrix: %w", err)
+	}
+	if err := e.Store.UpdateStudy(ctx, st); err != nil {
+		return fmt.Errorf("update study: %w", err)
+	}
 	return nil
 }
 

@@ -380,3 +380,47 @@ func TestPlanErrorCancels(t *testing.T) {
 		t.Fatal("Run waited for the running experiment after a planning error")
 	}
 }
+
+// TestUnmeasurablePoint checks that an experiment that ran its whole window
+// and measured too few responses marks its point and the study goes on (an
+// sla search then takes the point as missing the SLA); a study in which
+// every point is so fails saying why.
+func TestUnmeasurablePoint(t *testing.T) {
+	saturated := func(below float64) funcRunner {
+		r := &curveRunner{rt: knee, hold: time.Millisecond}
+		return func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+			if p[0] < below {
+				return justrunit.Observation{}, fmt.Errorf("measure window: 0 successful responses in the full window: %w", justrunit.ErrTooFewSamples)
+			}
+			return r.Run(ctx, p)
+		}
+	}
+	store := openStore(t)
+	st := newStudy(t, "sla", 10*time.Millisecond, time.Minute, 1)
+	m, err := newEngine(t, st, saturated(50), store).Run(context.Background(), st)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	p, ok, err := driver.LeastPassing(m, *st.SLA, "cpu")
+	if err != nil || !ok || p[0] != 60 {
+		t.Errorf("least passing = %v %v %v, want cpu=60 (knee: %.1f ms)", p, ok, err, knee(60))
+	}
+	for _, i := range m.Unmeasurable() {
+		if m.Rows[i].Point[0] >= 50 || m.Rows[i].Cells[0].Prov != justrunit.Empty {
+			t.Errorf("unmeasurable row %+v", m.Rows[i])
+		}
+	}
+	evs, _ := store.Events(context.Background(), justrunit.EventFilter{StudyID: st.ID, Kind: justrunit.EventExperimentUnmeasurable})
+	if len(evs) != len(m.Unmeasurable()) || len(evs) == 0 {
+		t.Errorf("%d %s events for %d unmeasurable points", len(evs), justrunit.EventExperimentUnmeasurable, len(m.Unmeasurable()))
+	}
+	if sm, err := store.Matrix(context.Background(), st.ID); err != nil || len(sm.Unmeasurable()) != len(m.Unmeasurable()) {
+		t.Errorf("stored matrix: %v unmeasurable (%v), want %d", sm.Unmeasurable(), err, len(m.Unmeasurable()))
+	}
+
+	st = newStudy(t, "grid", 10*time.Millisecond, time.Minute, 1)
+	_, err = newEngine(t, st, saturated(1000), nil).Run(context.Background(), st)
+	if !errors.Is(err, ErrNothingMeasured) || !strings.Contains(err.Error(), "too few responses") {
+		t.Errorf("Run with every point saturated = %v, want %v saying why", err, ErrNothingMeasured)
+	}
+}

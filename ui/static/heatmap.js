@@ -95,7 +95,7 @@ export function heatmap(m) {
       const x = left + cw * j;
       const g = el('g', { class: 'cell', 'data-prov': c.prov, 'data-metric': metrics[j], 'data-row': i });
       g.append(...cellShape(c.prov, x + 1, y + 1, cw - 2, ch - 2, colour(t)));
-      let label = c.prov === '.' ? '·' : fmt(c.value) + ' ' + c.prov;
+      let label = c.prov === '.' ? (r.unmeasurable ? 'unmeasurable' : '·') : fmt(c.value) + ' ' + c.prov;
       if ((c.prov === 'I' || c.prov === 'T') && c.uncertainty > 0 && ch >= 20) label = fmt(c.value) + '±' + fmt(c.uncertainty) + ' ' + c.prov;
       const dark = t > 0.55 && c.prov !== '.';
       const hatched = c.prov === 'I' || c.prov === 'T';
@@ -107,6 +107,7 @@ export function heatmap(m) {
       let tip = `${pointLabel(m.space, r.point)} ${metrics[j]}: ${fmt(c.value)} ${unit(metrics[j])} (${c.prov} ${PROV[c.prov] || ''})`;
       if (c.uncertainty > 0) tip += ` ±${fmt(c.uncertainty)}`;
       if (c.prov === 'V') tip += `; interpolated value was ${fmt(c.predicted)}`;
+      if (r.unmeasurable) tip = `${pointLabel(m.space, r.point)}: measured nothing: ${r.unmeasurable}`;
       g.append(el('title', {}, tip));
       svg.append(g);
     });

@@ -1,0 +1,58 @@
+package driver
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/interp"
+)
+
+// TestUnmeasurablePoints checks that no strategy runs a point found
+// unmeasurable again, and that the sla search counts it as missing the SLA.
+func TestUnmeasurablePoints(t *testing.T) {
+	cpu, err := justrunit.ParseParameter("cpu=20..100 step 10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sla := &justrunit.SLA{Metric: justrunit.RTP95, Max: 50}
+	newM := func() *justrunit.Matrix {
+		m, err := justrunit.NewMatrix(justrunit.Space{Params: []justrunit.Parameter{cpu}}, []justrunit.Metric{justrunit.RTP95})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Record(justrunit.Observation{Point: justrunit.Point{100}, Samples: 500, Throughput: 50, RT: justrunit.ResponseTime{P95: 30}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.MarkUnmeasurable(justrunit.Point{20}, "0 successful responses in the full window"); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	for _, name := range Names() {
+		strat, err := New(name, Options{Interpolator: interp.NewLinear()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := newM()
+		st := justrunit.PlanState{Matrix: m, TimeLeft: time.Hour, ExperimentLength: time.Minute, Slots: 9, Free: 9, SLA: sla}
+		pts, err := strat.Next(context.Background(), st)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		for _, p := range pts {
+			if p[0] == 20 || p[0] == 100 {
+				t.Errorf("%s: plans cpu=%g again", name, p[0])
+			}
+		}
+		if est := strat.Estimate(st); est > 7 {
+			t.Errorf("%s: estimates %d more experiments, at most 7 points are left", name, est)
+		}
+	}
+	// Only cpu=100 passes and cpu=20 failed: the least passing is 100
+	// until something between is measured.
+	if p, ok, err := LeastPassing(newM(), *sla, ""); err != nil || !ok || p[0] != 100 {
+		t.Errorf("LeastPassing = %v, %v, %v; want cpu=100", p, ok, err)
+	}
+}
