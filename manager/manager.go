@@ -56,6 +56,11 @@ type Config struct {
 	Site *siterun.Site
 	// Store keeps the manager's studies and events; optional.
 	Store justrunit.Store
+	// Owner identifies this process in the store ("pid@host", as
+	// sqlite.OwnerID gives) on the studies it runs. Another justrunit
+	// process that opens the store marks a running study whose owner is
+	// empty or gone as interrupted, so set it whenever Store is set.
+	Owner string
 	// Interval is the monitor's interval (the paper's minute).
 	Interval time.Duration
 	// WarmUp, Window and Experiments size each study: it may run
@@ -302,6 +307,10 @@ func (m *Manager) onChange(c monitor.Change) {
 	if c.Kind == monitor.EventCleared {
 		m.mu.Lock()
 		delete(m.idle, c.Service) // a new violation starts without back-off
+		// Back within its SLA: a response waiting for its turn would add
+		// CPU it no longer needs (the study's space starts above what it
+		// has).
+		m.pending = slices.DeleteFunc(m.pending, func(s string) bool { return s == c.Service })
 		m.mu.Unlock()
 		return
 	}
@@ -336,14 +345,10 @@ func (m *Manager) Run(ctx context.Context) error {
 		case <-m.wake:
 		}
 		for {
-			m.mu.Lock()
-			if len(m.pending) == 0 {
-				m.mu.Unlock()
+			svc, ok := m.next()
+			if !ok {
 				break
 			}
-			svc := m.pending[0]
-			m.pending = m.pending[1:]
-			m.mu.Unlock()
 			applied := m.applied.Load()
 			err := m.Respond(ctx, svc)
 			// What the response did is judged from now: intervals over
@@ -371,6 +376,29 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 }
 
+// next takes the first pending service that is still in violation; ok is
+// false when none is. Services that are not (their violation cleared
+// while they waited) are dropped: a response would only add CPU to a
+// service within its SLA.
+func (m *Manager) next() (svc string, ok bool) {
+	for {
+		m.mu.Lock()
+		if len(m.pending) == 0 {
+			m.mu.Unlock()
+			return "", false
+		}
+		svc = m.pending[0]
+		m.pending = m.pending[1:]
+		m.mu.Unlock()
+		// Not under m.mu: the monitor holds its own lock while it calls
+		// onChange, which takes m.mu.
+		if m.mon.Violated(svc) {
+			return svc, true
+		}
+		m.log.Info("service back within its SLA before its response: none", "service", svc)
+	}
+}
+
 // Respond runs the paper's response to service's violation: study the
 // bottleneck tier, decide the least allocation that meets the SLA, verify
 // what the decision used, plan and apply.
@@ -393,17 +421,11 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 	if cur == nil {
 		return fmt.Errorf("instance %s: %w", target, justrunit.ErrNotFound)
 	}
-	maxCPU := 0.0
-	for _, h := range hosts {
-		if !h.Sandbox {
-			maxCPU = math.Max(maxCPU, h.Cores*100)
-		}
+	r, err := studyRange(hosts, insts, cur, m.cfg.Step)
+	if err != nil {
+		return err
 	}
-	from := math.Floor(cur.Alloc.CPU/m.cfg.Step)*m.cfg.Step + m.cfg.Step
-	if from > maxCPU {
-		return fmt.Errorf("%s already has %g%%; no host offers more than %g%%", target, cur.Alloc.CPU, maxCPU)
-	}
-	cpu, err := justrunit.ParseParameter(fmt.Sprintf("cpu=%g..%g step %g", from, maxCPU, m.cfg.Step))
+	cpu, err := justrunit.ParseParameter(fmt.Sprintf("cpu=%g..%g step %g", r.from, r.to, m.cfg.Step))
 	if err != nil {
 		return err
 	}
@@ -419,9 +441,13 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 	if !slices.Contains(st.Metrics, justrunit.RTMean) {
 		st.Metrics = append(st.Metrics, justrunit.RTMean)
 	}
-	m.emit(Event{Kind: EventStudy, Service: service, Message: fmt.Sprintf("studying %s over cpu %g..%g%% (%d experiments of %v)",
-		target, from, maxCPU, m.cfg.Experiments, m.cfg.WarmUp+m.cfg.Window)})
-	x, err := m.cfg.Site.PrepareStudy(ctx, st, siterun.StudyOptions{Store: m.cfg.Store})
+	data := map[string]any{"from": r.from, "to": r.to, "online_max": r.online}
+	if r.sandbox != "" {
+		data["sandbox"], data["sandbox_free"] = r.sandbox, r.sandboxFree
+	}
+	m.emit(Event{Kind: EventStudy, Service: service, Message: fmt.Sprintf("studying %s over cpu %g..%g%% (%d experiments of %v)%s",
+		target, r.from, r.to, m.cfg.Experiments, m.cfg.WarmUp+m.cfg.Window, r.note), Data: data})
+	x, err := m.cfg.Site.PrepareStudy(ctx, st, m.studyOptions(r.sandbox))
 	if err != nil {
 		return err
 	}
@@ -440,14 +466,18 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 	if err != nil {
 		return err
 	}
-	if want <= cur.Alloc.CPU {
-		m.emit(Event{Kind: EventNoAction, Service: service, Message: fmt.Sprintf("%s keeps %g%%: no larger allocation needed", target, cur.Alloc.CPU)})
+	if want <= r.have {
+		msg := fmt.Sprintf("%s keeps %g%%: no larger allocation needed", target, cur.Alloc.CPU)
+		if cur.Alloc.CPU == 0 {
+			msg = fmt.Sprintf("%s keeps no limit: %g%% is within host %s's %g%%", target, want, cur.Host, r.have)
+		}
+		m.emit(Event{Kind: EventNoAction, Service: service, Message: msg})
 		return nil
 	}
 	in := planner.FromSite(hosts, insts, map[string]float64{target: want})
 	plan, err := planner.Heuristic(in)
 	if err != nil {
-		return fmt.Errorf("plan: %w", err)
+		return fmt.Errorf("place %s with %g%%: %w", target, want, err) // err says "plan: ..."
 	}
 	m.emit(Event{Kind: EventPlan, Service: service, Message: plan.String(), Data: map[string]any{"plan": plan}})
 	if m.cfg.DryRun {
@@ -459,6 +489,89 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 	m.applied.Add(1)
 	m.emit(Event{Kind: EventApplied, Service: service, Message: fmt.Sprintf("%s now has %g%% of a core", target, want), Data: map[string]any{"cpu": want, "steps": plan.Steps}})
 	return nil
+}
+
+// studyOptions are the options of the manager's studies: its store and
+// owner, on sandbox host sandbox (empty: the first powered-on one).
+func (m *Manager) studyOptions(sandbox string) siterun.StudyOptions {
+	return siterun.StudyOptions{Store: m.cfg.Store, Owner: m.cfg.Owner, Sandbox: sandbox}
+}
+
+// cpuRange is the cpu range of a study of a violating instance, and what
+// bounds it.
+type cpuRange struct {
+	// have is what the instance has now: its allocation, or its host's
+	// capacity when it is unlimited.
+	have float64
+	// from and to are the range studied, in steps above have.
+	from, to float64
+	// online is the most CPU an on-line host offers.
+	online float64
+	// sandbox names the sandbox host the clone runs on ("" when the site
+	// has no powered one: preparing the study says so), sandboxFree the
+	// CPU its running instances leave free (NaN without one).
+	sandbox     string
+	sandboxFree float64
+	// note says, for the study's event, when the sandbox bounds to.
+	note string
+}
+
+// studyRange is the cpu range a study of cur explores: from one step
+// above what cur has to the most an on-line host offers, and no more than
+// the sandbox host the clone runs on (the first powered-on one, as
+// siterun.PrepareStudy takes it) has free, so that the experimenter can
+// place the clone at the top of the range.
+//
+// An unlimited instance (cpu 0) counts as having its host's whole
+// capacity: it has no quota, and a limit within its host would only cap it
+// (the planner counts an unlimited instance as taking no share, so a limit
+// reserves nothing it cannot take already). Only a larger host gives it
+// more; the study starts above its host's capacity, and where no on-line
+// host is larger the manager has nothing to offer it.
+func studyRange(hosts []justrunit.Host, insts []justrunit.Instance, cur *justrunit.Instance, step float64) (cpuRange, error) {
+	var r cpuRange
+	r.have = cur.Alloc.CPU
+	if r.have == 0 {
+		i := slices.IndexFunc(hosts, func(h justrunit.Host) bool { return h.Name == cur.Host })
+		if i < 0 {
+			return r, fmt.Errorf("host %s of unlimited instance %s: %w", cur.Host, cur.ID, justrunit.ErrNotFound)
+		}
+		r.have = hosts[i].Cores * 100
+	}
+	for _, h := range hosts {
+		if !h.Sandbox {
+			r.online = max(r.online, h.Cores*100)
+		}
+	}
+	r.from = math.Floor(r.have/step+1e-9)*step + step
+	if r.from > r.online+1e-9 {
+		if cur.Alloc.CPU == 0 {
+			return r, fmt.Errorf("%s is unlimited on host %s (%g%%), and no on-line host offers more (the largest has %g%%): more CPU needs a larger host in the site", cur.ID, cur.Host, r.have, r.online)
+		}
+		return r, fmt.Errorf("%s already has %g%%; no host offers more than %g%%", cur.ID, cur.Alloc.CPU, r.online)
+	}
+	r.to = r.online
+	r.sandboxFree = math.NaN()
+	if i := slices.IndexFunc(hosts, func(h justrunit.Host) bool { return h.Sandbox && h.On }); i >= 0 {
+		sb := hosts[i]
+		r.sandbox = sb.Name
+		used := 0.0
+		for _, in := range insts {
+			if in.Host == sb.Name && in.State == "running" {
+				used += in.Alloc.CPU // unlimited counts as nothing, as the experimenter counts it
+			}
+		}
+		r.sandboxFree = max(0, sb.Cores*100-used)
+		if r.sandboxFree < r.from-1e-9 {
+			return r, fmt.Errorf("a study of %s from %g%% needs that much CPU for its clone, and sandbox host %s has %.4g%% of %g%% free: give the sandbox more cores or remove the clones it runs", cur.ID, r.from, sb.Name, r.sandboxFree, sb.Cores*100)
+		}
+		if r.sandboxFree < r.to {
+			// The top on the range's grid, within the sandbox's room.
+			r.to = r.from + math.Floor((r.sandboxFree-r.from)/step+1e-9)*step
+			r.note = fmt.Sprintf(", up to the %.4g%% sandbox host %s has free rather than the %g%% an on-line host offers", r.sandboxFree, sb.Name, r.online)
+		}
+	}
+	return r, nil
 }
 
 // goal is what the studied tier's own value must meet for the service to

@@ -17,6 +17,7 @@ import (
 	"github.com/justrunit/justrunit/manager/monitor"
 	"github.com/justrunit/justrunit/site"
 	"github.com/justrunit/justrunit/siterun"
+	"github.com/justrunit/justrunit/store/sqlite"
 )
 
 func init() { addCommand(newManagerCmd) }
@@ -67,7 +68,7 @@ gets another one. With --timeline it writes the timeline as SVG on exit.`,
 			w := cmd.ErrOrStderr()
 			tl := &manager.Timeline{}
 			mgr, err := manager.New(manager.Config{
-				Site: s, Store: store, Interval: interval, WarmUp: warmUp, Window: window, Experiments: experiments,
+				Site: s, Store: store, Owner: sqlite.OwnerID(), Interval: interval, WarmUp: warmUp, Window: window, Experiments: experiments,
 				DryRun: dryRun, Logger: g.logger, Headroom: headroom, Reconsider: reconsider,
 				OnSample: func(smp monitor.Sample) {
 					tl.AddSample(smp)

@@ -27,7 +27,8 @@ const (
 // Cost among the placements whose steps can be ordered safely (a placement
 // that only an unsafe order reaches is no plan). Instances are
 // placed largest first; each goes to its current host first, then to used
-// hosts, then to unused ones, skipping an unused host when an earlier one
+// hosts (the hosts of unlimited instances are used from the start), then
+// to unused ones, skipping an unused host when an earlier one
 // that nobody runs on now is identical (capacity, memory, power state, idle
 // power), and identical instances take hosts in increasing order. A branch
 // is cut when its bound (hosts used so far plus the fewest of the largest
@@ -142,7 +143,7 @@ func newSearch(p *problem, limit Limit) *search {
 	last := map[key]int32{}
 	for k := range p.cap {
 		b.twinPrev[k] = -1
-		if p.homes[k] > 0 {
+		if p.homes[k] > 0 || p.anchor[k] > 0 {
 			continue
 		}
 		kk := key{p.cap[k], p.mem[k], p.idle[k], p.on[k]}
@@ -150,6 +151,27 @@ func newSearch(p *problem, limit Limit) *search {
 			b.twinPrev[k] = prev
 		}
 		last[kk] = int32(k)
+	}
+	// The hosts of pinned instances are used from the start: their room
+	// is free to the items, and they cost what they cost whatever the
+	// plan. cnt counts the pinned instances, so try never opens or closes
+	// such a host.
+	for k, a := range p.anchor {
+		if a == 0 {
+			continue
+		}
+		b.cnt[k] = a
+		b.used++
+		b.freeC += p.cap[k]
+		if math.IsInf(p.mem[k], 1) {
+			b.infMem++
+		} else {
+			b.freeM += p.mem[k]
+		}
+		b.idle += p.idle[k]
+		if !p.on[k] {
+			b.powerOns++
+		}
 	}
 	return b
 }

@@ -31,6 +31,10 @@ import (
 // is exchanged for a powered or lower-idle one. When no candidate works (a
 // tight site), a short exact search (fallbackNodes) looks for a placement.
 //
+// Unlimited instances (Demand.CPU 0) are not packed: they stay where they
+// are, and their hosts, used whatever the plan, are filled first and never
+// emptied.
+//
 // The work is O(n log n + n·m) for n instances and m hosts; on random sites
 // of 10,000 instances and 2,000 hosts it plans in under 0.1 s on one core
 // of this project's machines, within 0.1% of the lower bound.
@@ -145,7 +149,8 @@ func (p *problem) candidates() [][]int32 {
 	return cands
 }
 
-// keepFill keeps the first k hosts by capacity and current load, keeps on
+// keepFill keeps the first k hosts (those of pinned instances, then by
+// capacity and current load), keeps on
 // each the instances it runs now (evicting from an overloaded one as
 // fromCurrent does), and places every other instance, largest first,
 // best-fit in their room, opening hosts beyond k only when nothing has
@@ -161,6 +166,11 @@ func (p *problem) keepFill(k int, items []int32) *sol {
 	}
 	slices.SortStableFunc(order, func(a, b int32) int {
 		switch {
+		case (p.anchor[a] > 0) != (p.anchor[b] > 0): // used whatever the plan
+			if p.anchor[a] > 0 {
+				return -1
+			}
+			return 1
 		case p.cap[a] != p.cap[b]:
 			return cmpDesc(p.cap[a], p.cap[b])
 		case p.mem[a] != p.mem[b]:
@@ -279,7 +289,7 @@ type sol struct {
 	lc, lm  []float64
 	members [][]int32
 	pos     []int32 // index of an item in its host's members
-	used    int     // hosts with members
+	used    int     // hosts with members or pinned instances (see busy)
 }
 
 func newSol(p *problem) *sol {
@@ -294,8 +304,13 @@ func newSol(p *problem) *sol {
 	for i := range s.assign {
 		s.assign[i] = -1
 	}
+	s.used = p.anchors
 	return s
 }
+
+// busy reports whether host h is used: it has items, or a pinned instance
+// that keeps it used whatever the plan.
+func (s *sol) busy(h int32) bool { return len(s.members[h]) > 0 || s.p.anchor[h] > 0 }
 
 func (s *sol) fits(i, h int32) bool {
 	p := s.p
@@ -303,7 +318,7 @@ func (s *sol) fits(i, h int32) bool {
 }
 
 func (s *sol) place(i, h int32) {
-	if len(s.members[h]) == 0 {
+	if !s.busy(h) {
 		s.used++
 	}
 	s.assign[i] = h
@@ -321,7 +336,9 @@ func (s *sol) remove(i int32) {
 	s.pos[last] = s.pos[i]
 	s.members[h] = ms[:len(ms)-1]
 	if len(s.members[h]) == 0 {
-		s.used--
+		if s.p.anchor[h] == 0 {
+			s.used--
+		}
 		// Recompute rather than subtract so an empty host has exactly
 		// no load, whatever rounding the sums collected.
 		s.lc[h], s.lm[h] = 0, 0
@@ -387,9 +404,11 @@ func cmpDesc(a, b float64) int {
 	return 0
 }
 
-// hostOrder is the order hosts are opened in: largest first (fewest hosts),
-// then those running most instances now (fewest migrations), powered ones
-// (fewest power-ons), lowest idle power, input order.
+// hostOrder is the order hosts are opened in: those of pinned instances
+// first (they are used whatever the plan, so their room is free), then
+// largest first (fewest hosts), then those running most instances now
+// (fewest migrations), powered ones (fewest power-ons), lowest idle power,
+// input order.
 func (p *problem) hostOrder() []int32 {
 	order := make([]int32, p.m())
 	for k := range order {
@@ -397,6 +416,11 @@ func (p *problem) hostOrder() []int32 {
 	}
 	slices.SortStableFunc(order, func(a, b int32) int {
 		switch {
+		case (p.anchor[a] > 0) != (p.anchor[b] > 0):
+			if p.anchor[a] > 0 {
+				return -1
+			}
+			return 1
 		case p.cap[a] != p.cap[b]:
 			return cmpDesc(p.cap[a], p.cap[b])
 		case p.mem[a] != p.mem[b]:
@@ -501,6 +525,13 @@ func (p *problem) relabel(s *sol) *sol {
 		target[k] = -1
 	}
 	taken := make([]bool, p.m())
+	// A host with a pinned instance is used whatever the plan: it keeps
+	// what was packed on it, and takes a packed host's contents first.
+	for b := range p.anchor {
+		if p.anchor[b] > 0 && len(s.members[b]) > 0 {
+			target[b], taken[b] = int32(b), true
+		}
+	}
 	for _, sh := range shapes {
 		hosts := groups[sh]
 		type pair struct{ bin, host, n int32 }
@@ -534,6 +565,12 @@ func (p *problem) relabel(s *sol) *sol {
 		}
 		free := slices.DeleteFunc(slices.Clone(hosts), func(h int32) bool { return taken[h] })
 		slices.SortStableFunc(free, func(a, b int32) int {
+			if (p.anchor[a] > 0) != (p.anchor[b] > 0) {
+				if p.anchor[a] > 0 {
+					return -1
+				}
+				return 1
+			}
 			if p.on[a] != p.on[b] {
 				if p.on[a] {
 					return -1
@@ -573,7 +610,7 @@ func (p *problem) fromCurrent(order, items []int32) *sol {
 		h := s.bestFit(i, -1)
 		if h < 0 {
 			for _, k := range order {
-				if len(s.members[k]) == 0 && s.fits(i, k) {
+				if !s.busy(k) && s.fits(i, k) {
 					h = k
 					break
 				}
@@ -621,13 +658,13 @@ func (p *problem) evict(s *sol) []int32 {
 // migration); -1 when none has room.
 func (s *sol) bestFit(i, skip int32) int32 {
 	p := s.p
-	if h := p.home[i]; h != skip && len(s.members[h]) > 0 && s.fits(i, h) {
+	if h := p.home[i]; h != skip && s.busy(h) && s.fits(i, h) {
 		return h
 	}
 	best, left := int32(-1), math.Inf(1)
 	for k := range p.cap {
 		k := int32(k)
-		if k == skip || len(s.members[k]) == 0 || !s.fits(i, k) {
+		if k == skip || !s.busy(k) || !s.fits(i, k) {
 			continue
 		}
 		if l := p.cap[k] - s.lc[k] - p.cpu[i]; l < left {
@@ -655,10 +692,11 @@ func (p *problem) improve(s *sol) {
 // their instances again by first-fit decreasing onto those hosts alone,
 // each packed host's contents going to the host (of that capacity) that
 // runs most of them now. It keeps the result only when it empties a host.
+// Hosts of pinned instances are left out: emptying one saves nothing.
 func (p *problem) repackTail(s *sol, frac float64) {
 	var used []int32
 	for h := range p.cap {
-		if len(s.members[h]) > 0 {
+		if len(s.members[h]) > 0 && p.anchor[h] == 0 {
 			used = append(used, int32(h))
 		}
 	}
@@ -792,7 +830,7 @@ func (p *problem) rehost(s *sol) {
 		if len(s.members[h]) == 0 {
 			continue
 		}
-		stays := false
+		stays := p.anchor[h] > 0 // a pinned instance never moves
 		for _, i := range s.members[h] {
 			if p.home[i] == h {
 				stays = true
@@ -805,7 +843,7 @@ func (p *problem) rehost(s *sol) {
 		best := h
 		for k := range p.cap {
 			k := int32(k)
-			if len(s.members[k]) > 0 || s.lc[h] > p.cap[k]+eps || s.lm[h] > p.mem[k]+eps {
+			if s.busy(k) || s.lc[h] > p.cap[k]+eps || s.lm[h] > p.mem[k]+eps {
 				continue
 			}
 			if better := p.on[k] && !p.on[best] || p.on[k] == p.on[best] && p.idle[k] < p.idle[best]-wattsEps; better {
@@ -824,7 +862,8 @@ func (p *problem) rehost(s *sol) {
 
 // consolidate empties used hosts, those with fewest instances and least
 // load first, by moving their instances best-fit to the other used hosts;
-// an attempt that cannot place every instance is undone.
+// an attempt that cannot place every instance is undone. Hosts of pinned
+// instances are never emptied (that saves nothing) but take instances.
 func (p *problem) consolidate(s *sol) {
 	if s.used <= p.lb {
 		return
@@ -832,7 +871,7 @@ func (p *problem) consolidate(s *sol) {
 	sz := p.sizes()
 	var cand []int32
 	for h := range p.cap {
-		if len(s.members[h]) > 0 {
+		if len(s.members[h]) > 0 && p.anchor[h] == 0 {
 			cand = append(cand, int32(h))
 		}
 	}
@@ -886,7 +925,7 @@ func (p *problem) reduceMoves(s *sol) {
 		for i := range s.assign {
 			i := int32(i)
 			g, h := s.assign[i], p.home[i]
-			if g == h || len(s.members[h]) == 0 {
+			if g == h || !s.busy(h) {
 				continue
 			}
 			if s.fits(i, h) {

@@ -22,10 +22,12 @@ type Plan struct {
 	// (Cost.Hosts).
 	HostsUsed int `json:"hosts_used"`
 	// LowerBound is the fewest hosts whose capacities could hold the total
-	// demand (ceil(total / capacity) on a site of equal hosts); no plan
+	// demand (ceil(total / capacity) on a site of equal hosts), counting
+	// the hosts of unlimited instances, which every plan keeps; no plan
 	// uses fewer.
 	LowerBound int `json:"lower_bound"`
-	// Placement maps every instance to its host after the plan.
+	// Placement maps every instance to its host after the plan (an
+	// unlimited one to the host it runs on).
 	Placement map[string]string `json:"placement"`
 	// Moves are the instances that end on another host, by ID.
 	Moves []Move `json:"moves"`
@@ -148,13 +150,19 @@ func (p *problem) plan(assign []int32, solver string, optimal bool) (Plan, error
 		Optimal:    optimal,
 		Cost:       p.cost(assign),
 		LowerBound: p.lb,
-		Placement:  make(map[string]string, p.n()),
+		Placement:  make(map[string]string, p.n()+len(p.pinned)),
 	}
 	pl.HostsUsed = pl.Cost.Hosts
 	name := func(h int32) string { return in.Hosts[p.host[h]].Name }
 	count := make([]int, p.m())
 	loadC := make([]float64, p.m())
 	loadM := make([]int64, p.m())
+	for j, d := range p.pinned {
+		h := p.pinHome[j]
+		pl.Placement[d.ID] = name(h)
+		count[h]++
+		loadM[h] += d.Current.MemoryMiB
+	}
 	for i, h := range assign {
 		d := in.Instances[i]
 		pl.Placement[d.ID] = name(h)
@@ -220,6 +228,9 @@ func (p *problem) order(assign []int32) ([]Step, error) {
 		useM[loc[i]] += float64(d.Current.MemoryMiB)
 	}
 	used := make([]bool, m)
+	for k, a := range p.anchor {
+		used[k] = a > 0 // runs an unlimited instance, which stays
+	}
 	for _, h := range assign {
 		used[h] = true
 	}

@@ -3,7 +3,9 @@
 // account it) onto as few powered hosts as possible, then with as few
 // migrations as possible, powering hosts on when more room is needed and off
 // when they are left empty. This is the consolidation/expansion step of the
-// paper's manager.
+// paper's manager. An instance with no CPU allocation (unlimited) takes no
+// share of its host, as the platforms count it: it stays where it is and
+// keeps its host powered.
 //
 // Two solvers share one objective (see Cost): Heuristic, first-fit
 // decreasing with migration-aware repair, for sites of any size, and Exact,
@@ -59,7 +61,12 @@ type Demand struct {
 	// staying there is not a migration.
 	Host string `json:"host"`
 	// CPU is the required CPU allocation in percent of one core (from a
-	// study, or the current allocation); it must be > 0.
+	// study, or the current allocation); it must be ≥ 0. 0 is unlimited,
+	// as on the platforms: the instance takes no share of its host, so
+	// it cannot be packed; it stays where it is, as it is (its Current
+	// CPU must be 0 too), takes only its memory there, and keeps its host
+	// powered. The local platform counts such an instance the same way
+	// when it checks a host's room.
 	CPU float64 `json:"cpu"`
 	// MemoryMiB is the required memory; 0 means not accounted (memory is
 	// packed only on hosts with a MemoryMiB capacity).
@@ -85,7 +92,9 @@ func (d Demand) Target() justrunit.Allocation {
 // FromSite builds an Input from a platform's hosts and instances. Clones
 // (instances with an Origin) are left out. Each instance requires the CPU
 // given in required under its ID, or else its current allocation, and its
-// current memory limit.
+// current memory limit. An instance with an unlimited (0) CPU allocation
+// and nothing in required stays unlimited: pinned to its host, taking no
+// share (see Demand.CPU).
 func FromSite(hosts []justrunit.Host, instances []justrunit.Instance, required map[string]float64) Input {
 	in := Input{Hosts: append([]justrunit.Host(nil), hosts...)}
 	for _, x := range instances {
@@ -156,6 +165,14 @@ type problem struct {
 	idle  []float64
 	homes []int32 // number of items whose current host is k
 
+	// Pinned instances (unlimited CPU) are no items: they stay on their
+	// host, which every plan keeps powered, and take none of its CPU; their
+	// memory is taken off the host's mem.
+	pinned  []Demand
+	pinHome []int32 // on-line host of each pinned instance
+	anchor  []int32 // number of pinned instances on host k
+	anchors int     // hosts with a pinned instance
+
 	cpu  []float64 // per item
 	imem []float64
 	home []int32 // current on-line host of each item
@@ -171,7 +188,9 @@ func (p *problem) m() int { return len(p.cap) }
 
 // newProblem validates in and indexes it.
 func newProblem(in Input) (*problem, error) {
-	p := &problem{in: in}
+	// p.in holds the items (the instances that are packed), in input
+	// order, so that item i is p.in.Instances[i].
+	p := &problem{in: Input{Hosts: in.Hosts}}
 	byName := make(map[string]int, len(in.Hosts))
 	online := make(map[string]int32, len(in.Hosts))
 	for i, h := range in.Hosts {
@@ -207,6 +226,7 @@ func newProblem(in Input) (*problem, error) {
 		p.idle = append(p.idle, h.Power.IdleWatts)
 	}
 	p.homes = make([]int32, len(p.host))
+	p.anchor = make([]int32, len(p.host))
 	if len(in.Instances) > 0 && len(p.host) == 0 {
 		return nil, justrunit.Invalid("hosts", len(in.Hosts), "no on-line (non-sandbox) host to place %d instances on", len(in.Instances))
 	}
@@ -234,11 +254,28 @@ func newProblem(in Input) (*problem, error) {
 		case in.Hosts[hi].Sandbox:
 			return nil, justrunit.Invalid(field+".host", d.Host, "instance %s: is a sandbox host; on-line instances never run there", d.ID)
 		}
-		if !(d.CPU > 0) || math.IsInf(d.CPU, 0) {
-			return nil, justrunit.Invalid(field+".cpu", d.CPU, "instance %s: must be a finite CPU percent > 0; give the required allocation (unlimited cannot be packed)", d.ID)
+		if !(d.CPU >= 0) || math.IsInf(d.CPU, 0) {
+			return nil, justrunit.Invalid(field+".cpu", d.CPU, "instance %s: must be a finite CPU percent > 0 (the required allocation), or 0 to leave it unlimited where it is", d.ID)
 		}
 		if d.MemoryMiB < 0 {
 			return nil, justrunit.Invalid(field+".memory_mib", d.MemoryMiB, "instance %s: must be ≥ 0 (0 = not accounted)", d.ID)
+		}
+		if d.CPU == 0 {
+			// Unlimited: pinned where it is, as it is.
+			if d.Current.CPU != 0 {
+				return nil, justrunit.Invalid(field+".cpu", d.CPU, "instance %s: 0 (unlimited) leaves an instance where and as it is, but it has %g%% now; give the CPU it requires (> 0)", d.ID, d.Current.CPU)
+			}
+			if d.Target() != d.Current {
+				return nil, justrunit.Invalid(field+".memory_mib", d.MemoryMiB, "instance %s: an unlimited (cpu 0) instance stays as it is, with %d MiB; require that or 0, or give it a CPU allocation", d.ID, d.Current.MemoryMiB)
+			}
+			h := online[d.Host]
+			if p.anchor[h] == 0 {
+				p.anchors++
+			}
+			p.anchor[h]++
+			p.pinned = append(p.pinned, d)
+			p.pinHome = append(p.pinHome, h)
+			continue
 		}
 		if d.CPU > maxCap+eps {
 			return nil, justrunit.Invalid(field+".cpu", d.CPU, "instance %s: larger than every on-line host (the largest has %g%%)", d.ID, maxCap)
@@ -257,12 +294,21 @@ func newProblem(in Input) (*problem, error) {
 			return nil, justrunit.Invalid(field, d.ID, "instance %s: no on-line host has both %g%% CPU and %d MiB", d.ID, d.CPU, d.MemoryMiB)
 		}
 		h := online[d.Host]
+		p.in.Instances = append(p.in.Instances, d)
 		p.cpu = append(p.cpu, d.CPU)
 		p.imem = append(p.imem, float64(d.MemoryMiB))
 		p.home = append(p.home, h)
 		p.homes[h]++
 		p.totalCPU += d.CPU
 		p.totalMem += float64(d.MemoryMiB)
+	}
+	// A pinned instance's memory stays where it is: the items have the
+	// rest. (Where that is less than nothing, the host is overloaded as it
+	// is; items that account no memory still fit it.)
+	for j, d := range p.pinned {
+		if k := p.pinHome[j]; !math.IsInf(p.mem[k], 1) {
+			p.mem[k] = max(0, p.mem[k]-float64(d.Current.MemoryMiB))
+		}
 	}
 	for k := range p.mem {
 		if !math.IsInf(p.mem[k], 1) && p.totalMem > 0 {
@@ -280,12 +326,17 @@ func newProblem(in Input) (*problem, error) {
 // lowerBound is the fewest hosts whose capacities could hold the total
 // demand: ceil(total / capacity) on a site of equal hosts, and in general
 // the fewest of the largest hosts whose capacities add up to the total, in
-// CPU and in memory. ok is false when even all hosts cannot.
+// CPU and in memory. Hosts with a pinned instance are used whatever the
+// plan: they count, and their room is taken off the total first. ok is
+// false when even all hosts cannot hold it.
 func (p *problem) lowerBound() (lb int, ok bool) {
 	if p.n() == 0 {
-		return 0, true
+		return p.anchors, true
 	}
 	need := func(caps []float64, total float64) (int, bool) {
+		if total <= 0 {
+			return 0, true
+		}
 		c := append([]float64(nil), caps...)
 		sort.Sort(sort.Reverse(sort.Float64Slice(c)))
 		sum := 0.0
@@ -297,14 +348,29 @@ func (p *problem) lowerBound() (lb int, ok bool) {
 		}
 		return len(c), false
 	}
-	lc, okc := need(p.cap, p.totalCPU)
-	lm, okm := need(p.mem, p.totalMem)
-	return max(lc, lm, 1), okc && okm
+	var freeC, freeM []float64
+	needC, needM := p.totalCPU, p.totalMem
+	for k := range p.cap {
+		if p.anchor[k] > 0 {
+			needC -= p.cap[k]
+			needM -= p.mem[k]
+			continue
+		}
+		freeC = append(freeC, p.cap[k])
+		freeM = append(freeM, p.mem[k])
+	}
+	lc, okc := need(freeC, needC)
+	lm, okm := need(freeM, needM)
+	return max(p.anchors+max(lc, lm), 1), okc && okm
 }
 
-// cost evaluates an assignment of every item to an on-line host.
+// cost evaluates an assignment of every item to an on-line host; the
+// hosts of pinned instances are used too.
 func (p *problem) cost(assign []int32) Cost {
 	used := make([]bool, p.m())
+	for k, a := range p.anchor {
+		used[k] = a > 0
+	}
 	var c Cost
 	for i, h := range assign {
 		used[h] = true

@@ -28,7 +28,10 @@ func TestValidation(t *testing.T) {
 		{"unknown host", Input{Hosts: []justrunit.Host{host("a", 4, true)}, Instances: []Demand{inst("x", "b", 10)}}, "instances[0].host", "no such host"},
 		{"no host", Input{Hosts: []justrunit.Host{host("a", 4, true)}, Instances: []Demand{inst("x", "", 10)}}, "instances[0].host", "empty"},
 		{"on the sandbox", Input{Hosts: []justrunit.Host{host("a", 4, true), sandbox}, Instances: []Demand{inst("x", "sb", 10)}}, "instances[0].host", "sandbox"},
-		{"unlimited cpu", Input{Hosts: []justrunit.Host{host("a", 4, true)}, Instances: []Demand{inst("x", "a", 0)}}, "instances[0].cpu", "> 0"},
+		{"negative cpu", Input{Hosts: []justrunit.Host{host("a", 4, true)}, Instances: []Demand{inst("x", "a", -10)}}, "instances[0].cpu", "> 0"},
+		{"unlimited from a limit", Input{Hosts: []justrunit.Host{host("a", 4, true)}, Instances: []Demand{grown("x", "a", 50, 0)}}, "instances[0].cpu", "x: 0 (unlimited) leaves an instance where and as it is, but it has 50% now"},
+		{"unlimited with new memory", Input{Hosts: []justrunit.Host{host("a", 4, true)}, Instances: []Demand{{ID: "x", Host: "a", MemoryMiB: 512, Current: justrunit.Allocation{MemoryMiB: 256}}}}, "instances[0].memory_mib", "stays as it is, with 256 MiB"},
+		{"unlimited on the sandbox", Input{Hosts: []justrunit.Host{host("a", 4, true), sandbox}, Instances: []Demand{inst("x", "sb", 0)}}, "instances[0].host", "sandbox"},
 		{"NaN cpu", Input{Hosts: []justrunit.Host{host("a", 4, true)}, Instances: []Demand{inst("x", "a", math.NaN())}}, "instances[0].cpu", "> 0"},
 		{"larger than every host", Input{
 			Hosts:     []justrunit.Host{host("a", 4, true), host("b", 2, true), sandbox},
