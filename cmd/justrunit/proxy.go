@@ -248,7 +248,7 @@ transport errors count as errors.`,
 }
 
 func logInStats(l *slog.Logger, st httpproxy.InStats) {
-	l.Info("on-line", "count", st.Online.Count, "errors", st.Online.Errors,
+	l.Info("on-line", "count", st.Online.Count, "errors", st.Online.Errors, "unobserved", st.Unobserved,
 		"rps", fmt.Sprintf("%.1f", st.Online.Throughput), "p95_ms", st.Online.RT.P95, "p99_ms", st.Online.RT.P99)
 	for _, c := range st.Clones {
 		l.Info("clone", "clone", c.Name, "sent", c.Sent, "dropped", c.Dropped, "skipped_large", c.SkippedLarge,

@@ -204,6 +204,46 @@ func TestCloneConnections(t *testing.T) {
 			t.Errorf("the clone read %d requests, want %d", got, 2*n-1)
 		}
 	})
+
+	// The same with a copy larger than the socket takes at once: the
+	// rest of it is written by a goroutine of its own while the
+	// connection's reader, finding the connection closed, sends the copy
+	// again. The two must not share the flight (the race detector saw
+	// its deadline read by one and written by the other).
+	t.Run("closes on the next large request", func(t *testing.T) {
+		up := scriptedServer(t, func(c net.Conn, br *bufio.Reader) {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, req.Body)
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			_, _ = http.ReadRequest(br) // the next one: closed with its body unread (a reset), unanswered
+		})
+		online := newBackend(t, nil)
+		const size = 8 << 20
+		p, base := startIn(t, InConfig{Online: online.URL, MaxCopyBody: size, MaxCloneBytes: 4 * (2*size + copyOverhead)})
+		if err := p.AddClone(context.Background(), "c", up); err != nil {
+			t.Fatal(err)
+		}
+		body := make([]byte, size)
+		c := testClient()
+		const n = 6
+		for i := range n {
+			resp, err := c.Post(base+"/up", "application/octet-stream", bytes.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			waitFor(t, 20*time.Second, "the copy's answer", func() bool {
+				cs, _ := p.CloneStats("c", false)
+				return cs.Response.Count+cs.Response.Errors == int64(i+1)
+			})
+		}
+		if cs, _ := p.CloneStats("c", false); cs.Response.Count != n || cs.Response.Errors != 0 {
+			t.Errorf("answered %d, errors %d; want %d answered, no error", cs.Response.Count, cs.Response.Errors, n)
+		}
+	})
 }
 
 // copiesOneByOne starts an in-proxy with the clone at cloneURL and sends n

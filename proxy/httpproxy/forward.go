@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,9 +24,11 @@ import (
 // the responses (for the on-line response time, the comparison, the
 // record) and where they end. So the upstream sees what the caller sent,
 // byte for byte (headers, framing, pipelining, upgrades), and whatever the
-// parsing makes of it (a request it cannot parse, a response without a
-// request) changes nothing on the wire: from that point the connection is
-// forwarded without being observed. What each proxy does with the
+// parsing makes of it (a request or a response it cannot parse, a response
+// without a request) changes nothing on the wire: from that point the
+// connection is forwarded without being observed, and the exchanges it
+// could not follow to their end are counted as unobserved, not failed (the
+// caller may well have had its answer). What each proxy does with the
 // exchanges it sees is its fwdHooks.
 //
 // Why not httputil.ReverseProxy, which both proxies used before: each
@@ -44,7 +47,9 @@ const (
 	fwdBufSize = 32 << 10
 	// fwdIdleTimeout closes a connection pair with no exchange in progress
 	// and nothing read either way for this long (http.Server's IdleTimeout
-	// before).
+	// before). A connection forwarded unobserved (upgraded, or not parsed)
+	// is left to its ends' timeouts: the proxy cannot tell whether it is
+	// idle, and a websocket may rightly be silent for minutes.
 	fwdIdleTimeout = 120 * time.Second
 	// fwdMaxPipelined bounds the requests forwarded on one connection and
 	// not yet answered; beyond it the proxy stops reading the connection
@@ -53,7 +58,11 @@ const (
 	// fwdParseLag is how long a response waits for its request to be
 	// parsed (the request's bytes are forwarded before it is parsed, so an
 	// instance can answer first); after it, the bytes are taken as a
-	// response to no request and the connection goes on unobserved.
+	// response to no request and the connection goes on unobserved. It is
+	// also how long the requests after one that offered to switch
+	// protocols wait for that request's final status (whether they are
+	// HTTP requests or the new protocol's bytes depends on it) before the
+	// connection goes on unobserved; they are forwarded meanwhile.
 	fwdParseLag = time.Second
 	// fwdDialTimeout bounds the connection to the on-line instance.
 	fwdDialTimeout = 5 * time.Second
@@ -61,23 +70,33 @@ const (
 
 // fwdHooks is what a proxy does with the exchanges its forwarder sees. The
 // forwarder calls request and bodyRead from a connection's requests
-// goroutine, response and failed from its responses goroutine, in the
-// order of the exchanges.
+// goroutine, response from its responses goroutine, in the order of the
+// exchanges; failed and unobserved from either, once per exchange that
+// response did not end.
 type fwdHooks interface {
 	// fwdRequest is called with each request parsed (ex.req, ex.arrival
 	// and ex.clones set), before its body is read, and returns the reader
 	// to read the body through: ex.req.Body or a tee of it.
 	fwdRequest(ex *exchange) io.Reader
-	// fwdBodyRead is called after the body was read to its end (err nil)
-	// or cut short. It is not called for a CONNECT or an upgrade, whose
-	// connection goes on unobserved.
+	// fwdBodyRead is called after the body was read to its end and
+	// forwarded in full (err nil), or with the error that cut either
+	// short. It is not called for a request that opens a tunnel (see
+	// opensTunnel).
 	fwdBodyRead(ex *exchange, err error)
-	// fwdResponse reads ex's response (after any 1xx) from br to its end —
-	// the bytes are forwarded already — and ends the exchange. It returns
-	// errUpgraded after a 101, and the error that cut a response short.
+	// fwdResponse reads ex's response (after any 1xx; see readResponse)
+	// from br to its end — the bytes are forwarded already — and ends the
+	// exchange. It returns
+	// errUpgraded after a 101 (the exchange ended), or the error that cut
+	// the response short, leaving the exchange for the forwarder to end
+	// with fwdFailed or fwdUnobserved.
 	fwdResponse(br *bufio.Reader, ex *exchange) error
-	// fwdFailed ends an exchange that got no response.
+	// fwdFailed ends an exchange that got no response, or part of one:
+	// the upstream's connection ended or failed, or the caller's did.
 	fwdFailed(ex *exchange)
+	// fwdUnobserved ends an exchange whose response the proxy could not
+	// follow (it could not parse it, or one before it): the bytes went on
+	// to the caller unparsed, and what they said is unknown.
+	fwdUnobserved(ex *exchange)
 	// fwdUnreachable is called for a request that could not be forwarded
 	// because the upstream could not be reached (req is nil when it was
 	// not parsed); the caller gets a 502.
@@ -143,7 +162,7 @@ func (s *fwdServer) accept() {
 			continue
 		}
 		backoff = 0
-		fc := &fwdConn{s: s, client: c, pending: make(chan *exchange, fwdMaxPipelined), done: make(chan struct{})}
+		fc := &fwdConn{s: s, client: c, pending: make(chan *exchange, fwdMaxPipelined), done: make(chan struct{}), unobserved: make(chan struct{})}
 		fc.lastActive.Store(time.Now().UnixNano())
 		s.mu.Lock()
 		select {
@@ -170,11 +189,17 @@ func (s *fwdServer) janitor() {
 		case <-s.done:
 			return
 		case now := <-t.C:
-			s.closeWhere(func(fc *fwdConn) bool {
-				return fc.inFlight.Load() == 0 && now.UnixNano()-fc.lastActive.Load() > int64(fwdIdleTimeout)
-			})
+			s.closeIdle(now)
 		}
 	}
+}
+
+// closeIdle closes the connections idle at now: no exchange in progress,
+// nothing read either way for fwdIdleTimeout, and not forwarded unparsed.
+func (s *fwdServer) closeIdle(now time.Time) {
+	s.closeWhere(func(fc *fwdConn) bool {
+		return !fc.relaying.Load() && fc.inFlight.Load() == 0 && now.UnixNano()-fc.lastActive.Load() > int64(fwdIdleTimeout)
+	})
 }
 
 // closeWhere closes the connections f picks and returns how many remain.
@@ -230,6 +255,13 @@ type fwdConn struct {
 	inFlight   atomic.Int32
 	lastActive atomic.Int64 // unix ns of the last bytes read either way
 	done       chan struct{}
+	// relaying is set once either direction is forwarded unparsed: the
+	// proxy can no longer tell whether the connection is idle.
+	relaying atomic.Bool
+	// unobserved is closed when the responses are no longer parsed; the
+	// requests' side then stops parsing too, and ends what it handed on.
+	unobserved     chan struct{}
+	unobservedOnce sync.Once
 
 	mu         sync.Mutex
 	up         net.Conn // nil until the first bytes from the client
@@ -251,6 +283,43 @@ type exchange struct {
 	online *onlineResult
 	// The out-proxy's: the exchange being recorded (nil: not recorded).
 	rec *pending
+	// verdict, for a request that offered to switch protocols, is closed
+	// once its final response's head was read (or the response failed);
+	// switched then tells whether what follows is no longer HTTP. Only the
+	// responses' side sets them (settle).
+	verdict  chan struct{}
+	switched bool
+	settled  bool
+}
+
+// settle tells the requests' side, waiting after a request that offered
+// to switch protocols, whether the connection switched; only the first
+// call counts.
+func (ex *exchange) settle(switched bool) {
+	if ex.verdict == nil || ex.settled {
+		return
+	}
+	ex.settled, ex.switched = true, switched
+	close(ex.verdict)
+}
+
+// readResponse reads the head of ex's final response from br, past any
+// 1xx (100 Continue, 103 Early Hints); the bytes are forwarded already.
+// It returns errUpgraded after a 101. Once the final status is known the
+// requests' side, if it waits for it, goes on.
+func readResponse(br *bufio.Reader, ex *exchange) (*http.Response, error) {
+	for {
+		resp, err := http.ReadResponse(br, ex.req)
+		switch {
+		case err != nil:
+			return nil, err
+		case resp.StatusCode == http.StatusSwitchingProtocols:
+			return resp, errUpgraded
+		case resp.StatusCode >= 200:
+			ex.settle(false)
+			return resp, nil
+		}
+	}
 }
 
 // close closes both connections; the goroutines reading them end.
@@ -266,6 +335,9 @@ func (fc *fwdConn) close() {
 		fc.cancelDial()
 	}
 	fc.mu.Unlock()
+	fc.s.mu.Lock()
+	delete(fc.s.conns, fc)
+	fc.s.mu.Unlock()
 	close(fc.done)
 	fc.client.Close()
 	if up != nil {
@@ -324,12 +396,14 @@ func (w upWriter) Write(b []byte) (int, error) {
 // fwdReader reads from src and writes what it read to dst before handing
 // it on: the bytes are forwarded before anyone parses them. After a failed
 // write it keeps reading (the parsing may still need the bytes) and keeps
-// the write's error.
+// the write's error. It keeps src's first error too, so that a parsing
+// error can be told from the connection's end or failure.
 type fwdReader struct {
 	src  net.Conn
 	dst  io.Writer
 	last *atomic.Int64
-	werr error
+	werr error // writing to dst failed
+	rerr error // reading src ended (io.EOF) or failed
 	// Each read notes its time and, with clones set (the in-proxy's
 	// requests), the clones attached then, before it forwards the bytes: a
 	// request parsed from them arrived then and is copied to those clones,
@@ -354,7 +428,21 @@ func (f *fwdReader) Read(b []byte) (int, error) {
 			}
 		}
 	}
+	if err != nil && f.rerr == nil {
+		f.rerr = err
+	}
 	return n, err
+}
+
+// relay forwards the rest of r's stream unparsed (what br holds was
+// forwarded when it was read) until src ends or dst fails.
+func relay(br *bufio.Reader, r *fwdReader) {
+	for r.werr == nil {
+		if _, err := br.Peek(1); err != nil {
+			return
+		}
+		_, _ = br.Discard(br.Buffered())
+	}
 }
 
 // requests reads the caller's requests, which its fwdReader has forwarded
@@ -365,11 +453,15 @@ func (fc *fwdConn) requests() {
 	br := bufio.NewReaderSize(in, fwdBufSize)
 	end := fc.parseRequests(in, br)
 	close(fc.pending) // the responses' side ends after the exchanges pending
+	if fc.isUnobserved() {
+		fc.endPending(nil, true) // nobody else will
+	}
 	switch end {
 	case endClosed:
 		return
 	case endRaw:
-		_, _ = io.Copy(io.Discard, br) // forwarded by in, unobserved
+		fc.relaying.Store(true)
+		relay(br, in) // forwarded by in, unobserved
 	}
 	fc.halfClose(in)
 }
@@ -387,7 +479,17 @@ const (
 // carries something else than HTTP requests as this proxy parses them.
 func (fc *fwdConn) parseRequests(in *fwdReader, br *bufio.Reader) requestsEnd {
 	hooks := fc.s.hooks
+	var offered *exchange // the last request, when it offered to switch protocols
 	for {
+		if fc.isUnobserved() {
+			return fc.stopParsing()
+		}
+		if offered != nil {
+			if end, ok := fc.awaitVerdict(br, offered); !ok {
+				return end
+			}
+			offered = nil
+		}
 		req, err := http.ReadRequest(br)
 		if fc.dialFailed(in, req) {
 			return endClosed
@@ -400,24 +502,113 @@ func (fc *fwdConn) parseRequests(in *fwdReader, br *bufio.Reader) requestsEnd {
 			fc.s.log.Debug("on-line request not parsed; forwarding the connection unobserved", logKeyErr, err)
 			return endRaw
 		}
+		if fc.isUnobserved() {
+			return fc.stopParsing() // its response could not be told from the others
+		}
 		ex := &exchange{req: req, arrival: in.readAt, clones: in.readFor}
+		if !opensTunnel(req) && asksUpgrade(req.Header) {
+			ex.verdict = make(chan struct{})
+		}
 		body := hooks.fwdRequest(ex)
 		fc.inFlight.Add(1)
 		select {
 		case fc.pending <- ex:
+		case <-fc.unobserved:
+			fc.inFlight.Add(-1)
+			hooks.fwdBodyRead(ex, errUnobserved)
+			hooks.fwdUnobserved(ex)
+			return fc.stopParsing()
 		case <-fc.done:
 			return endClosed
 		}
-		if !copyable(req) { // CONNECT or an upgrade: what follows is not HTTP requests
+		if opensTunnel(req) {
 			return endRaw
 		}
 		_, err = io.Copy(io.Discard, body)
+		if err == nil {
+			err = in.werr // the on-line instance did not get it all
+		}
 		hooks.fwdBodyRead(ex, err)
-		if err != nil || in.werr != nil {
+		if err != nil {
 			fc.close() // the responses' side counts the exchange as failed
 			return endClosed
 		}
+		if ex.verdict != nil {
+			offered = ex
+		}
 	}
+}
+
+// errUnobserved cuts short a request whose connection is no longer parsed.
+var errUnobserved = errors.New("connection no longer observed")
+
+// awaitVerdict is called after a request that offered to switch protocols
+// (Upgrade), once the next bytes came: it waits for that request's
+// response, which tells whether those bytes are HTTP requests. ok false:
+// they are not (the instance switched, or did not answer within
+// fwdParseLag, or the connection is no longer parsed), and parsing ends
+// with end. The bytes are forwarded meanwhile as they come.
+func (fc *fwdConn) awaitVerdict(br *bufio.Reader, offered *exchange) (end requestsEnd, ok bool) {
+	if _, err := br.Peek(1); err != nil {
+		return 0, true // the connection's end: ReadRequest sees it
+	}
+	t := time.NewTimer(fwdParseLag)
+	defer t.Stop()
+	select {
+	case <-offered.verdict:
+		if !offered.switched {
+			return 0, true
+		}
+		return endRaw, false
+	case <-fc.unobserved:
+		return fc.stopParsing(), false
+	case <-t.C:
+		fc.s.log.Debug("request after an upgrade offer came before its answer; forwarding the connection unobserved")
+		return endRaw, false
+	case <-fc.done:
+		return endClosed, false
+	}
+}
+
+// isUnobserved reports whether the responses are no longer parsed.
+func (fc *fwdConn) isUnobserved() bool {
+	select {
+	case <-fc.unobserved:
+		return true
+	default:
+		return false
+	}
+}
+
+// stopParsing ends the requests' parsing once the responses' is over: the
+// exchanges handed on since the responses' side gave up are ended here.
+func (fc *fwdConn) stopParsing() requestsEnd {
+	fc.endPending(nil, true)
+	return endRaw
+}
+
+// opensTunnel reports whether what follows r on its connection is not
+// HTTP/1 requests, whatever the answer: r is a CONNECT, or HTTP/2's
+// connection preface (h2c with prior knowledge).
+func opensTunnel(r *http.Request) bool {
+	return r.Method == http.MethodConnect || r.Method == "PRI" && r.ProtoMajor == 2
+}
+
+// asksUpgrade reports whether a message with header h offers or asks to
+// switch protocols: an Upgrade field, or "upgrade" among its Connection
+// options.
+func asksUpgrade(h http.Header) bool {
+	if len(h["Upgrade"]) > 0 {
+		return true
+	}
+	for _, v := range h["Connection"] {
+		for opt := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(opt), "upgrade") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // dialFailed answers a request that could not be forwarded because the
@@ -465,33 +656,70 @@ func (fc *fwdConn) halfCloseClient() {
 // responses reads the on-line instance's responses, which its fwdReader
 // has forwarded to the previous tier by the time they are parsed, and
 // measures each exchange from its request's arrival to its response's
-// last byte.
+// last byte. A response it cannot parse does not end the connection: the
+// rest is forwarded unparsed, as a direct connection would have carried
+// it.
 func (fc *fwdConn) responses(up net.Conn) {
 	defer fc.s.wg.Done()
 	defer fc.close()
 	out := &fwdReader{src: up, dst: fc.client, last: &fc.lastActive}
 	br := bufio.NewReaderSize(out, fwdBufSize)
+	hooks := fc.s.hooks
 	for {
 		if _, err := br.Peek(1); err != nil {
-			fc.failPending(err)
+			fc.endPending(err, false)
 			return
 		}
 		ex := fc.nextExchange()
 		if ex == nil { // bytes that answer no request parsed
-			fc.failPending(errors.New("response to no request"))
-			_, _ = io.Copy(io.Discard, br)
+			fc.unobserve(errors.New("response to no request"))
+			relay(br, out)
 			return
 		}
-		err := fc.s.hooks.fwdResponse(br, ex)
-		fc.inFlight.Add(-1)
-		if err != nil || out.werr != nil {
-			fc.failPending(err)
-			if err == errUpgraded {
-				_, _ = io.Copy(io.Discard, br)
+		err := hooks.fwdResponse(br, ex)
+		ex.settle(err != nil) // unless the head settled it
+
+		switch {
+		case err == nil:
+			fc.inFlight.Add(-1)
+			if out.werr != nil { // the previous tier went away
+				fc.endPending(out.werr, false)
+				return
 			}
+		case err == errUpgraded:
+			fc.inFlight.Add(-1)
+			fc.unobserve(err)
+			relay(br, out)
+			return
+		case out.rerr != nil || out.werr != nil:
+			// The instance's connection ended or failed mid-response,
+			// or the previous tier's did.
+			hooks.fwdFailed(ex)
+			fc.inFlight.Add(-1)
+			fc.endPending(err, false)
+			return
+		default:
+			// Not a response as Go's parser takes it (a transfer coding
+			// it refuses, a malformed header, a body after a HEAD's, not
+			// HTTP/1 at all): the previous tier judges it, and gets every
+			// byte of it and of what follows.
+			fc.s.log.Debug("on-line response not parsed; forwarding the connection unobserved", logKeyErr, err)
+			hooks.fwdUnobserved(ex)
+			fc.inFlight.Add(-1)
+			fc.unobserve(err)
+			relay(br, out)
 			return
 		}
 	}
+}
+
+// unobserve stops the parsing of the connection's responses (the
+// requests' side stops at its next request) and ends the exchanges
+// pending as unobserved.
+func (fc *fwdConn) unobserve(err error) {
+	fc.relaying.Store(true)
+	fc.unobservedOnce.Do(func() { close(fc.unobserved) })
+	fc.endPending(err, true)
 }
 
 // errUpgraded ends the parsing of a connection that switched protocols.
@@ -517,10 +745,11 @@ func (fc *fwdConn) nextExchange() *exchange {
 	}
 }
 
-// failPending counts the exchanges still waiting for a response as
-// failed, after err ended the connection's responses. The previous tier
-// sees the connection close, as it would have seen the instance's.
-func (fc *fwdConn) failPending(err error) {
+// endPending ends the exchanges still waiting for a response: as failed
+// after err ended the connection's responses (the previous tier sees the
+// connection close, as it would have seen the instance's), or as
+// unobserved when the responses go on unparsed.
+func (fc *fwdConn) endPending(err error, unobserved bool) {
 	n := 0
 	for {
 		var ex *exchange
@@ -533,13 +762,21 @@ func (fc *fwdConn) failPending(err error) {
 		}
 		n++
 		fc.inFlight.Add(-1)
-		fc.s.hooks.fwdFailed(ex)
-	}
-	if n > 0 {
-		level := slog.LevelWarn
-		if errors.Is(err, net.ErrClosed) {
-			level = slog.LevelDebug // closed by the proxy
+		if unobserved {
+			fc.s.hooks.fwdUnobserved(ex)
+		} else {
+			fc.s.hooks.fwdFailed(ex)
 		}
-		fc.s.log.Log(context.Background(), level, "on-line connection ended with requests unanswered", "unanswered", n, logKeyErr, err)
+	}
+	if n == 0 {
+		return
+	}
+	switch {
+	case unobserved:
+		fc.s.log.Debug("on-line connection forwarded unobserved with requests unanswered", "unobserved", n, logKeyErr, err)
+	case errors.Is(err, net.ErrClosed): // closed by the proxy
+		fc.s.log.Debug("on-line connection ended with requests unanswered", "unanswered", n, logKeyErr, err)
+	default:
+		fc.s.log.Warn("on-line connection ended with requests unanswered", "unanswered", n, logKeyErr, err)
 	}
 }

@@ -1,6 +1,7 @@
 package httpproxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"io"
@@ -195,4 +196,44 @@ func quantile(ds []time.Duration, q float64) time.Duration {
 		return 0
 	}
 	return s[min(int(q*float64(len(s))), len(s)-1)]
+}
+
+// scriptedServer is an upstream on 127.0.0.1 that plays script on each
+// connection it accepts, for answers no http.Server would write.
+func scriptedServer(t *testing.T, script func(c net.Conn, br *bufio.Reader)) *url.URL {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	var wg sync.WaitGroup
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				script(c, bufio.NewReader(c))
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return mustURL(t, "http://"+ln.Addr().String())
 }

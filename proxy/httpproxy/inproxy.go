@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -113,6 +114,9 @@ type InProxy struct {
 	online *measure.Recorder
 	// watchers get every on-line response time too (see Watch).
 	watchers atomic.Pointer[[]*measure.Recorder]
+	// unobserved counts the on-line exchanges of the window forwarded but
+	// not measured (InStats.Unobserved).
+	unobserved atomic.Int64
 
 	mu     sync.Mutex // serialises clone changes, Start and Close
 	clones atomic.Pointer[[]*clone]
@@ -265,6 +269,16 @@ type InStats struct {
 	// status (including 502 when the instance could not be reached) count
 	// as errors.
 	Online measure.Summary `json:"online"`
+	// Unobserved counts the on-line exchanges forwarded but not measured,
+	// neither as answered nor as errors, because the proxy could not
+	// parse their response or one before it on their connection (a
+	// transfer coding Go refuses, a malformed header, a body after a
+	// HEAD's response, a connection that turned into HTTP/2): the bytes
+	// went on to the previous tier unchanged, and the rest of the
+	// connection with them, unobserved. It is a lower bound: requests
+	// that follow on such a connection are not seen at all. Many of them
+	// mean Online describes only part of the load.
+	Unobserved int64 `json:"unobserved"`
 	// Clones has one entry per attached clone, in attach order.
 	Clones []CloneStats `json:"clones"`
 }
@@ -288,8 +302,9 @@ type CloneStats struct {
 	// Dropped counts copies not sent because the clone was at its bound of
 	// copies or bytes in flight, because it refused connections a moment
 	// ago (a dead clone is retried every 250 ms, not dialled for every
-	// copy), or because the request body was not read in full by the
-	// on-line instance.
+	// copy), or because the request did not reach the on-line instance in
+	// full (the previous tier did not send all of it, or forwarding it
+	// failed), or because the proxy stopped observing its connection.
 	Dropped int64 `json:"dropped"`
 	// SkippedLarge counts requests not copied because their body exceeded
 	// the copy limit.
@@ -392,8 +407,10 @@ func (p *InProxy) stats(reset bool) InStats {
 	var s InStats
 	if reset {
 		s.Online = p.online.Reset()
+		s.Unobserved = p.unobserved.Swap(0)
 	} else {
 		s.Online = p.online.Snapshot()
+		s.Unobserved = p.unobserved.Load()
 	}
 	for _, c := range *p.clones.Load() {
 		s.Clones = append(s.Clones, c.stats(reset))
@@ -430,10 +447,26 @@ func (o *onlineResult) finish(ok bool, status int, body []byte) {
 	})
 }
 
-// copyable reports whether r can be copied: not a CONNECT, not a protocol
-// upgrade (a websocket has no request to copy).
+// copyable reports whether r can be copied: it opens no tunnel (see
+// opensTunnel), and offers no protocol upgrade but h2c. A websocket's
+// opening request has nothing to copy (the protocol that follows cannot
+// be replayed); an h2c offer, which Java's HttpClient makes on the first
+// request of every cleartext connection, is a plain request to a server
+// that declines it, and one answered over HTTP/2 by a server that takes
+// it: the copy (without the offer, a hop-by-hop field) is that request
+// either way.
 func copyable(r *http.Request) bool {
-	return r.Method != http.MethodConnect && r.Header.Get("Upgrade") == ""
+	if opensTunnel(r) {
+		return false
+	}
+	for _, v := range r.Header["Upgrade"] {
+		for proto := range strings.SplitSeq(v, ",") {
+			if !strings.EqualFold(strings.TrimSpace(proto), "h2c") {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // prepareCopy makes req's copy for clones (those attached when it
@@ -496,6 +529,13 @@ func (p *InProxy) fwdBodyRead(ex *exchange, err error) {
 
 func (p *InProxy) fwdFailed(ex *exchange) { p.endExchange(ex, false) }
 
+func (p *InProxy) fwdUnobserved(ex *exchange) {
+	p.unobserved.Add(1)
+	if ex.online != nil {
+		ex.online.finish(false, 0, nil) // nothing to compare with
+	}
+}
+
 func (p *InProxy) fwdUnreachable(req *http.Request, err error) {
 	var method, uri string
 	if req != nil {
@@ -508,28 +548,24 @@ func (p *InProxy) fwdUnreachable(req *http.Request, err error) {
 // fwdResponse reads ex's response (after any 1xx) and records the
 // exchange.
 func (p *InProxy) fwdResponse(br *bufio.Reader, ex *exchange) error {
-	for {
-		resp, err := http.ReadResponse(br, ex.req)
-		if err != nil {
-			p.endExchange(ex, false)
-			return err
-		}
-		if resp.StatusCode == http.StatusSwitchingProtocols {
-			p.endExchange(ex, true)
-			return errUpgraded
-		}
-		if resp.StatusCode < 200 { // 100 Continue, 103 Early Hints: the final response follows
-			continue
-		}
-		var body io.Reader = resp.Body
-		if ex.online != nil && resp.ContentLength <= p.cfg.MaxCompareBody {
-			// finishes ex.online with the body once read to its end
-			body = &responseTee{rc: resp.Body, bodyCopy: bodyCopy{limit: p.cfg.MaxCompareBody}, status: resp.StatusCode, o: ex.online}
-		}
-		_, err = io.Copy(io.Discard, body)
-		p.endExchange(ex, err == nil && resp.StatusCode < 500)
+	resp, err := readResponse(br, ex)
+	switch {
+	case err == errUpgraded:
+		p.endExchange(ex, true)
 		return err
+	case err != nil:
+		return err // the forwarder ends ex
 	}
+	var body io.Reader = resp.Body
+	if ex.online != nil && resp.ContentLength <= p.cfg.MaxCompareBody {
+		// finishes ex.online with the body once read to its end
+		body = &responseTee{rc: resp.Body, bodyCopy: bodyCopy{limit: p.cfg.MaxCompareBody}, status: resp.StatusCode, o: ex.online}
+	}
+	if _, err = io.Copy(io.Discard, body); err != nil {
+		return err // the forwarder ends ex
+	}
+	p.endExchange(ex, resp.StatusCode < 500)
+	return nil
 }
 
 // endExchange records an exchange's on-line response time and outcome.
@@ -787,6 +823,13 @@ type flight struct {
 	werr     error // writing req failed (set under the pool's lock)
 }
 
+// retry returns f to send again on a new connection, until deadline.
+// f's own fields stay as they are: the goroutine that wrote f may still
+// read its deadline, or record a failed write on it.
+func (f *flight) retry(deadline time.Time) *flight {
+	return &flight{cr: f.cr, req: f.req, wire: f.wire, charge: f.charge, due: f.due, deadline: deadline, retried: true}
+}
+
 func (c *clone) newFlight(cr *copyReq, charge int64, due time.Time) (*flight, error) {
 	req := &http.Request{
 		Method:     cr.method,
@@ -857,9 +900,9 @@ func (c *clone) readLoop(pc *poolConn) {
 				err = werr
 			}
 			if pc.reused && !f.retried && idleClosed(err) && c.ctx.Err() == nil {
-				f.retried = true
-				f.deadline = time.Now().Add(c.cfg.CopyTimeout)
-				c.dialAndSend(f)
+				// A flight of its own: the goroutine that sent f may
+				// still read it, or fail its write on the old connection.
+				c.dialAndSend(f.retry(time.Now().Add(c.cfg.CopyTimeout)))
 				return
 			}
 			c.finish(f, nil, nil, err, time.Time{})

@@ -141,13 +141,18 @@ type OutProxy struct {
 	windowFrom time.Time
 	online     *fwdServer
 	clones     map[string]*cloneEndpoint
+	endpoints  uint64 // endpoints made, for their consumer names
 	closed     bool
 }
 
 // cloneEndpoint is one clone's face of the out-proxy: its counters and,
 // when the proxy serves it, its listener.
 type cloneEndpoint struct {
-	name                       string
+	name string
+	// consumer is the endpoint's name in the record, its own: a clone
+	// served again under the same name starts afresh, whatever calls to
+	// the one before are still under way.
+	consumer                   string
 	srv                        *server // nil when the caller serves CloneHandler
 	matched, unmatched, passed atomic.Int64
 	reused                     atomic.Int64      // matched reads answered with an earlier exchange
@@ -155,6 +160,73 @@ type cloneEndpoint struct {
 	waited, waitNs             atomic.Int64      // calls that waited for their on-line match, and how long
 	replayed                   *measure.Recorder // the next-tier latencies the answers were replayed with
 	from                       atomic.Int64      // window start, unix ns
+
+	// takeMu is held (read) while the endpoint takes from the record, so
+	// that once stop has set stopped, no call takes, and the consumer
+	// can be forgotten for good.
+	takeMu   sync.RWMutex
+	stopped  bool
+	stopping chan struct{} // closed by stop: calls waiting for a match give up
+	stopOnce sync.Once
+}
+
+// take takes the next exchange with key for the endpoint from rec, and
+// returns a channel closed when rec next changes; live is false, and
+// nothing taken, once the endpoint is stopped.
+func (ep *cloneEndpoint) take(rec *Record, key string) (ex *Exchange, ok bool, changed <-chan struct{}, live bool) {
+	ep.takeMu.RLock()
+	defer ep.takeMu.RUnlock()
+	if ep.stopped {
+		return nil, false, nil, false
+	}
+	ex, ok, changed = rec.take(ep.consumer, key)
+	return ex, ok, changed, true
+}
+
+// wait is take that, when nothing matches yet, waits up to d for a match
+// to be recorded, or until ctx ends or the endpoint stops.
+func (ep *cloneEndpoint) wait(ctx context.Context, rec *Record, key string, d time.Duration) (*Exchange, bool) {
+	var timer *time.Timer
+	for {
+		ex, ok, changed, live := ep.take(rec, key)
+		if ok || !live || d <= 0 {
+			return ex, ok
+		}
+		if timer == nil {
+			timer = time.NewTimer(d)
+			defer timer.Stop()
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return nil, false
+		case <-ctx.Done():
+			return nil, false
+		case <-ep.stopping:
+			return nil, false
+		}
+	}
+}
+
+// stop ends the endpoint's calls' takes from the record: it returns once
+// no take is under way, and none comes after.
+func (ep *cloneEndpoint) stop() {
+	ep.stopOnce.Do(func() {
+		ep.takeMu.Lock()
+		ep.stopped = true
+		ep.takeMu.Unlock()
+		close(ep.stopping)
+	})
+}
+
+// isStopped reports whether stop was called.
+func (ep *cloneEndpoint) isStopped() bool {
+	select {
+	case <-ep.stopping:
+		return true
+	default:
+		return false
+	}
 }
 
 // route is the route an on-line call is recorded under: empty (none) when
@@ -243,7 +315,13 @@ func (p *OutProxy) cloneHandler(ep *cloneEndpoint) http.Handler {
 func (p *OutProxy) endpointLocked(name string) *cloneEndpoint {
 	ep := p.clones[name]
 	if ep == nil {
-		ep = &cloneEndpoint{name: name, replayed: measure.NewRecorder()}
+		p.endpoints++
+		ep = &cloneEndpoint{
+			name:     name,
+			consumer: name + "#" + strconv.FormatUint(p.endpoints, 10),
+			replayed: measure.NewRecorder(),
+			stopping: make(chan struct{}),
+		}
 		ep.from.Store(time.Now().UnixNano())
 		p.clones[name] = ep
 	}
@@ -308,13 +386,18 @@ func (p *OutProxy) ServeCloneAt(ctx context.Context, name, addr string) (string,
 }
 
 func (p *OutProxy) serveCloneLocked(name, field, addr string) (net.Addr, error) {
-	if ep := p.clones[name]; ep != nil && ep.srv != nil {
+	ep, existed := p.clones[name]
+	if existed && ep.srv != nil {
 		return nil, fmt.Errorf("serve clone %s: %w: already on %s", name, justrunit.ErrExists, ep.srv.ln.Addr())
 	}
-	ep := p.endpointLocked(name)
+	if !existed {
+		ep = p.endpointLocked(name)
+	}
 	s, err := listen(field, addr, p.cloneHandler(ep), p.log)
 	if err != nil {
-		delete(p.clones, name)
+		if !existed { // one CloneHandler made keeps its counters
+			delete(p.clones, name)
+		}
 		return nil, err
 	}
 	ep.srv = s
@@ -323,8 +406,11 @@ func (p *OutProxy) serveCloneLocked(name, field, addr string) (net.Addr, error) 
 }
 
 // StopClone stops answering the calls of the clone called name, closes its
-// listener (if the proxy serves it) and forgets its place in the record.
-// It returns an error wrapping justrunit.ErrNotFound for an unknown name.
+// listener (if the proxy serves it, letting calls in progress end for
+// DefaultShutdownGrace) and forgets its place in the record. Calls still
+// under way then, and any a caller still makes through its CloneHandler,
+// get the fallback answer. It returns an error wrapping
+// justrunit.ErrNotFound for an unknown name.
 func (p *OutProxy) StopClone(name string) error {
 	p.mu.Lock()
 	ep := p.clones[name]
@@ -333,8 +419,12 @@ func (p *OutProxy) StopClone(name string) error {
 	if ep == nil {
 		return fmt.Errorf("stop clone %s: %w", name, justrunit.ErrNotFound)
 	}
-	p.rec.Forget(name)
-	return ep.srv.close(DefaultShutdownGrace)
+	ep.stop() // calls waiting for a match give up; none takes from now on
+	err := ep.srv.close(DefaultShutdownGrace)
+	// Only now: a call that took after it would take the consumer's place
+	// again, for good (at MaxConsumers, every new clone matches nothing).
+	p.rec.Forget(ep.consumer)
+	return err
 }
 
 // ReplayStats returns the match statistics of the clone called name for
@@ -461,7 +551,8 @@ type OutStats struct {
 	End   time.Time `json:"end"`
 	// Recorded counts on-line exchanges added to the record; NotRecorded
 	// those forwarded but not recorded (body above MaxBody, response not
-	// read in full, or too many being recorded at once).
+	// read in full or not parsed, the connection switched protocols or was
+	// no longer parsed, or too many being recorded at once).
 	Recorded    int64 `json:"recorded"`
 	NotRecorded int64 `json:"not_recorded"`
 	// Matched, Unmatched, StoodIn and PassedThrough add up the clones'
@@ -556,7 +647,7 @@ func (b *syncTee) complete() ([]byte, bool) {
 func (p *OutProxy) fwdRequest(ex *exchange) io.Reader {
 	r := ex.req
 	switch {
-	case !copyable(r), r.ContentLength > p.cfg.MaxBody:
+	case opensTunnel(r), r.ContentLength > p.cfg.MaxBody:
 		p.notRecorded.Add(1)
 		return r.Body
 	}
@@ -574,8 +665,11 @@ func (p *OutProxy) fwdBodyRead(*exchange, error) {}
 func (p *OutProxy) fwdFailed(ex *exchange) {
 	if ex.rec != nil {
 		p.notRecorded.Add(1)
+		ex.rec = nil
 	}
 }
+
+func (p *OutProxy) fwdUnobserved(ex *exchange) { p.fwdFailed(ex) }
 
 func (p *OutProxy) fwdUnreachable(req *http.Request, err error) {
 	var method, uri string
@@ -586,33 +680,30 @@ func (p *OutProxy) fwdUnreachable(req *http.Request, err error) {
 }
 
 func (p *OutProxy) fwdResponse(br *bufio.Reader, ex *exchange) error {
-	for {
-		resp, err := http.ReadResponse(br, ex.req)
-		if err != nil {
-			p.fwdFailed(ex)
-			return err
-		}
-		if resp.StatusCode == http.StatusSwitchingProtocols {
-			p.fwdFailed(ex) // not recorded: CONNECT and upgrades never are
-			return errUpgraded
-		}
-		if resp.StatusCode < 200 { // 100 Continue, 103 Early Hints: the final response follows
-			continue
-		}
-		if ex.rec == nil || resp.ContentLength > p.cfg.MaxBody {
-			p.fwdFailed(ex)
-			_, err = io.Copy(io.Discard, resp.Body)
-			return err
-		}
-		body := &bodyCopy{limit: p.cfg.MaxBody}
-		_, err = io.Copy(io.Discard, io.TeeReader(resp.Body, body)) // Discard's pooled buffer: no 32 KiB one per call
-		if err != nil || body.over {
-			p.notRecorded.Add(1)
-			return err
-		}
-		p.commit(ex.rec, resp, body.buf, time.Now())
+	resp, err := readResponse(br, ex)
+	switch {
+	case err == errUpgraded:
+		p.fwdFailed(ex) // not recorded: what follows is not HTTP
+		return err
+	case err != nil:
+		return err // the forwarder ends ex
+	}
+	if ex.rec == nil || resp.ContentLength > p.cfg.MaxBody {
+		p.fwdFailed(ex) // counted once: ex.rec is nil from here
+		_, err = io.Copy(io.Discard, resp.Body)
+		return err
+	}
+	body := &bodyCopy{limit: p.cfg.MaxBody}
+	_, err = io.Copy(io.Discard, io.TeeReader(resp.Body, body)) // Discard's pooled buffer: no 32 KiB one per call
+	if err != nil {
+		return err // the forwarder ends ex
+	}
+	if body.over {
+		p.fwdFailed(ex)
 		return nil
 	}
+	p.commit(ex.rec, resp, body.buf, time.Now())
+	return nil
 }
 
 // commit adds an exchange whose response body was read in full to the
@@ -666,7 +757,12 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 	}
 	if int64(len(body)) <= p.cfg.MaxBody {
 		key := p.cfg.Masks.Key(r.Method, r.URL.Path, r.URL.RawQuery, body)
-		ex, ok := p.rec.Take(ep.name, key)
+		ex, ok, _, live := ep.take(p.rec, key)
+		if !live { // stopped: no answer from the record any more
+			ep.unmatched.Add(1)
+			p.fallback(w, r, ep)
+			return
+		}
 		if !ok && p.cfg.ReuseReads && p.readOnly(r.Method) {
 			// A read the on-line instance has not made (again) yet: an
 			// earlier answer to the same read stands in, rather than
@@ -691,7 +787,7 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 			// With ReuseReads, a read that may pass through does not wait
 			// for the on-line instance either.
 			t := time.Now()
-			ex, ok = p.rec.Wait(r.Context(), ep.name, key, p.cfg.MatchWait)
+			ex, ok = ep.wait(r.Context(), p.rec, key, p.cfg.MatchWait)
 			if p.cfg.MatchWait > 0 {
 				ep.waited.Add(1)
 				ep.waitNs.Add(int64(time.Since(t)))
@@ -705,13 +801,20 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 		}
 	}
 	ep.unmatched.Add(1)
-	if p.safe[r.Method] && int64(len(body)) <= p.cfg.MaxBody {
+	// Never an upgrade: ReverseProxy would tunnel a 101 both ways, and
+	// the clone could then write to the real next tier.
+	if p.safe[r.Method] && int64(len(body)) <= p.cfg.MaxBody && !asksUpgrade(r.Header) && !ep.isStopped() {
 		ep.passed.Add(1)
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 		p.pass.ServeHTTP(w, r)
 		return
 	}
+	p.fallback(w, r, ep)
+}
+
+// fallback answers a clone's call that nothing answers.
+func (p *OutProxy) fallback(w http.ResponseWriter, r *http.Request, ep *cloneEndpoint) {
 	p.log.Debug("unmatched clone call", logKeyClone, ep.name, logKeyMethod, r.Method, logKeyURI, r.RequestURI)
 	w.Header().Set(UnmatchedHeader, "1")
 	w.WriteHeader(p.cfg.FallbackStatus)

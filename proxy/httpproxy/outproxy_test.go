@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -484,5 +485,126 @@ func TestReplayStatsApply(t *testing.T) {
 	ReplayStats{Unmatched: 2, MatchRate: 0}.Apply(&o)
 	if o.MatchRate != 0 || o.NextTier != nil {
 		t.Errorf("observation after Apply with nothing replayed: match rate %g, next tier %+v; want 0 and none", o.MatchRate, o.NextTier)
+	}
+}
+
+// TestOutProxyStopCloneWithCallWaiting checks that a clone's call waiting
+// for its match when the clone is stopped gives up and takes nothing: the
+// clone leaves no place behind in the record (after MaxConsumers such
+// places every new clone would match nothing), and a clone served again
+// under the same name finds the exchange the stopped one was waiting for.
+func TestOutProxyStopCloneWithCallWaiting(t *testing.T) {
+	nt := newNextTier(t, 0)
+	p, online, _ := startOut(t, OutConfig{Upstream: nt.URL, MatchWait: 3 * time.Second})
+	consumers := func() int {
+		p.rec.mu.Lock()
+		defer p.rec.mu.Unlock()
+		return len(p.rec.consumers)
+	}
+	ctx := context.Background()
+	a, err := p.ServeClone(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := testClient()
+	waiting := make(chan int, 1)
+	go func() {
+		resp, err := c.Get("http://" + a + "/counter")
+		if err != nil {
+			waiting <- 0
+			return
+		}
+		mustRead(resp.Body)
+		waiting <- resp.StatusCode
+	}()
+	waitFor(t, 5*time.Second, "the clone's call waiting for its match", func() bool { return consumers() == 1 })
+	stopped := make(chan error, 1)
+	go func() { stopped <- p.StopClone("a") }()
+	time.Sleep(50 * time.Millisecond) // StopClone under way
+	on := do(t, c, "GET", online+"/counter", "")
+	waitFor(t, 5*time.Second, "the on-line call recorded", func() bool { return p.Stats().Recorded == 1 })
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("StopClone: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("StopClone did not return")
+	}
+	if code := <-waiting; code != DefaultFallbackStatus {
+		t.Errorf("the call waiting when its clone stopped got %d, want the fallback %d", code, DefaultFallbackStatus)
+	}
+	if n := consumers(); n != 0 {
+		t.Errorf("%d consumers left in the record after the clone stopped, want 0", n)
+	}
+	a2, err := p.ServeClone(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := do(t, c, "GET", "http://"+a2+"/counter", ""); got.status != 200 || got.body != on.body {
+		t.Errorf("the clone served again got %d %q, want the on-line answer %q", got.status, got.body, on.body)
+	}
+}
+
+// TestOutProxyNoUpgradePassThrough checks that an unmatched clone call
+// asking to switch protocols is never passed through, even with its
+// method allowed: the real next tier could switch, and the connection
+// would then carry whatever the clone writes.
+func TestOutProxyNoUpgradePassThrough(t *testing.T) {
+	nt := newNextTier(t, 0)
+	p, _, clone := startOut(t, OutConfig{Upstream: nt.URL, PassThrough: []string{"GET"}, MatchWait: -1})
+	c := testClient()
+	for _, h := range []http.Header{
+		{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}, "Sec-Websocket-Version": {"13"}, "Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="}},
+		{"Upgrade": {"h2c"}},
+		{"Connection": {"keep-alive, Upgrade"}},
+	} {
+		req, err := http.NewRequest("GET", clone+"/ws", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header = h
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustRead(resp.Body)
+		if resp.StatusCode != DefaultFallbackStatus || resp.Header.Get(UnmatchedHeader) != "1" {
+			t.Errorf("unmatched GET with %v = %d, want the fallback %d with %s", h, resp.StatusCode, DefaultFallbackStatus, UnmatchedHeader)
+		}
+	}
+	if n := nt.count(); n != 0 {
+		t.Errorf("the next tier got %d of the clone's calls, want none", n)
+	}
+	if st := p.Stats(); st.Unmatched != 3 || st.PassedThrough != 0 {
+		t.Errorf("stats %+v, want 3 unmatched, none passed through", st)
+	}
+	// A plain GET still passes through.
+	if a := do(t, c, "GET", clone+"/counter", ""); a.status != 200 || nt.count() != 1 {
+		t.Errorf("unmatched plain GET = %d, next tier calls %d; want passed through", a.status, nt.count())
+	}
+}
+
+// TestOutProxyServeCloneFailureKeepsEndpoint checks that a ServeClone
+// that cannot listen leaves a clone its caller serves through
+// CloneHandler, and its counts, as they were.
+func TestOutProxyServeCloneFailureKeepsEndpoint(t *testing.T) {
+	nt := newNextTier(t, 0)
+	p, _, _ := startOut(t, OutConfig{Upstream: nt.URL, MatchWait: -1})
+	srv := httptest.NewServer(p.CloneHandler("x"))
+	defer srv.Close()
+	c := testClient()
+	do(t, c, "GET", srv.URL+"/counter", "") // unmatched
+	if _, err := p.ServeCloneAt(context.Background(), "x", srv.Listener.Addr().String()); err == nil {
+		t.Fatal("ServeCloneAt on an address in use succeeded")
+	}
+	if rs, err := p.ReplayStats("x", false); err != nil || rs.Unmatched != 1 {
+		t.Errorf("ReplayStats(x) after the failed ServeCloneAt = %+v, %v; want the handler's clone and its 1 unmatched call", rs, err)
+	}
+	if _, err := p.ServeCloneAt(context.Background(), "y", srv.Listener.Addr().String()); err == nil {
+		t.Fatal("ServeCloneAt on an address in use succeeded")
+	}
+	if _, err := p.ReplayStats("y", false); !errors.Is(err, justrunit.ErrNotFound) {
+		t.Errorf("ReplayStats(y) after its failed ServeCloneAt = %v, want ErrNotFound", err)
 	}
 }

@@ -166,9 +166,7 @@ func (r *Record) Take(consumer, key string) (*Exchange, bool) {
 func (r *Record) Wait(ctx context.Context, consumer, key string, d time.Duration) (*Exchange, bool) {
 	var timer *time.Timer
 	for {
-		r.mu.Lock()
-		ex, ok, changed := r.takeLocked(consumer, key, time.Now())
-		r.mu.Unlock()
+		ex, ok, changed := r.take(consumer, key)
 		if ok || d <= 0 {
 			return ex, ok
 		}
@@ -184,6 +182,14 @@ func (r *Record) Wait(ctx context.Context, consumer, key string, d time.Duration
 			return nil, false
 		}
 	}
+}
+
+// take is Take that also returns a channel closed at the next Add, for a
+// caller that waits on terms of its own.
+func (r *Record) take(consumer, key string) (*Exchange, bool, <-chan struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.takeLocked(consumer, key, time.Now())
 }
 
 func (r *Record) takeLocked(consumer, key string, now time.Time) (*Exchange, bool, chan struct{}) {
