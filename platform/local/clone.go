@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -90,9 +89,11 @@ func (p *Platform) Info(id string) (CloneInfo, error) {
 //  1. the clone's network identity is set up: namespace, veth pair, /30
 //     link, DNAT from its endpoint to the internal address, next-tier
 //     addresses steered to the out-proxies, everything else refused;
-//  2. the original's cgroup is frozen, its state directory snapshotted
-//     (reflink where the filesystem can, else copied), its tree dumped by
-//     criu (live), and it is thawed; the time frozen is reported as Pause;
+//  2. the original's state directory is copied while it runs; then its
+//     cgroup is frozen, the copy brought up to date with what changed
+//     since (reflink where the filesystem can, else copied), its tree
+//     dumped by criu (live), and it is thawed; the time frozen is
+//     reported as Pause;
 //  3. in the clone's cgroup, network namespace and a private mount
 //     namespace where the state directory's path shows an overlay
 //     (snapshot below, the clone's writes above), criu restores the tree
@@ -109,6 +110,10 @@ func (p *Platform) Clone(ctx context.Context, id, host string, opts justrunit.Cl
 func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.CloneOptions) (_ *justrunit.Clone, err error) {
 	start := time.Now()
 	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, errors.New("platform closed")
+	}
 	orig, ok := p.insts[id]
 	if !ok {
 		p.mu.Unlock()
@@ -154,7 +159,9 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 	}
 	p.insts[cid] = in
 	origGroup := orig.group
+	p.cloning.Add(1) // Close waits for it
 	p.mu.Unlock()
+	defer p.cloning.Done() // after the clone is forgotten, on error
 	defer func() {
 		if err != nil {
 			p.forget(cid)
@@ -188,14 +195,26 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 	dump := p.criu != "" && coldBecause == ""
 	if sd := orig.spec.StateDir; sd != "" || dump {
 		// The state directory's snapshot and the memory dump are taken at
-		// the same instant: with the original frozen.
+		// the same instant: with the original frozen. The directory is
+		// copied first while the original runs, so that frozen, only what
+		// changed since is copied.
+		lower := filepath.Join(cs.Dir, "lower")
+		var since time.Time
+		if sd != "" {
+			var err error
+			if since, reflinked, err = preCopyTree(sd, lower); err != nil {
+				return nil, fmt.Errorf("snapshot %s: %w", sd, err)
+			}
+		}
 		t0 := time.Now()
 		if err := origGroup.Freeze(freezeTimeout); err != nil {
 			return nil, fmt.Errorf("freeze %s: %w", id, err)
 		}
 		var cerr error
 		if sd != "" {
-			reflinked, cerr = copyTree(sd, filepath.Join(cs.Dir, "lower"))
+			var ok bool
+			_, ok, cerr = syncTree(sd, lower, since)
+			reflinked = reflinked && ok
 		}
 		if cerr == nil && dump {
 			if derr := p.dumpOriginal(orig, origGroup, images); derr != nil {
@@ -345,68 +364,6 @@ func (p *Platform) teardownClone(cs *cloneState) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// copyTree copies directory src to dst (which must not exist), sharing
-// blocks (FICLONE) where the filesystem can. It reports whether every file
-// was reflinked.
-func copyTree(src, dst string) (reflinked bool, err error) {
-	reflinked = true
-	err = filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, path)
-		to := filepath.Join(dst, rel)
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		switch {
-		case d.IsDir():
-			if err := os.Mkdir(to, info.Mode().Perm()); err != nil {
-				return err
-			}
-		case info.Mode()&fs.ModeSymlink != 0:
-			l, err := os.Readlink(path)
-			if err != nil {
-				return err
-			}
-			return os.Symlink(l, to)
-		case info.Mode().IsRegular():
-			ok, err := copyFile(path, to, info.Mode().Perm())
-			if err != nil {
-				return err
-			}
-			reflinked = reflinked && ok
-		default:
-			return nil // sockets, fifos, devices are not state
-		}
-		return nil
-	})
-	return reflinked, err
-}
-
-func copyFile(src, dst string, perm fs.FileMode) (reflinked bool, err error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return false, err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, perm)
-	if err != nil {
-		return false, err
-	}
-	defer func() {
-		if cerr := out.Close(); err == nil {
-			err = cerr
-		}
-	}()
-	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil {
-		return true, nil
-	}
-	_, err = io.Copy(out, in) // copy_file_range where the kernel has it
-	return false, err
 }
 
 // probeOverlay reports whether an overlayfs can be mounted with its layers

@@ -480,3 +480,57 @@ func TestLiveClone(t *testing.T) {
 	}
 	getJSON(t, base+"/counter") // the original is unharmed
 }
+
+// TestCloseWaitsForClone: Close, called while a clone is being made, waits
+// for it and then destroys it; Clone fails once Close has begun.
+func TestCloseWaitsForClone(t *testing.T) {
+	p := newPlatform(t)
+	state := t.TempDir()
+	launchServer(t, p, serverOpts{id: "busy", stateDir: state})
+
+	closeDone := make(chan error, 1)
+	var cid string
+	var hookErr error
+	testHookCloneStarted = func(in *inst) {
+		testHookCloneStarted = nil // the Clone below is not to run this
+		cid = in.ID
+		go func() { closeDone <- p.Close() }()
+		for closed := false; !closed; time.Sleep(5 * time.Millisecond) {
+			p.mu.Lock()
+			closed = p.closed
+			p.mu.Unlock()
+		}
+		if _, err := p.Clone(context.Background(), "busy", "sandbox", justrunit.CloneOptions{}); err == nil || !strings.Contains(err.Error(), "platform closed") {
+			hookErr = fmt.Errorf("Clone while closing: %v, want platform closed", err)
+			return
+		}
+		select {
+		case err := <-closeDone:
+			hookErr = fmt.Errorf("Close returned (%v) while a clone was being made", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	t.Cleanup(func() { testHookCloneStarted = nil })
+
+	c, err := p.Clone(context.Background(), "busy", "sandbox", justrunit.CloneOptions{})
+	if hookErr != nil {
+		t.Fatal(hookErr)
+	}
+	if err != nil {
+		t.Fatalf("Clone error: %v", err)
+	}
+	if c.ID != cid {
+		t.Errorf("clone id %s, hook saw %s", c.ID, cid)
+	}
+	select {
+	case err := <-closeDone:
+		if err != nil {
+			t.Fatalf("Close error: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not return after the clone was made")
+	}
+	if _, err := p.get(c.ID); err == nil {
+		t.Errorf("clone %s outlived Close", c.ID)
+	}
+}

@@ -140,6 +140,9 @@ type Platform struct {
 	destroyed map[string]bool
 	seq       int
 	closed    bool
+	// cloning counts the clones being made; Close waits for them. Added
+	// to under mu while not closed.
+	cloning sync.WaitGroup
 }
 
 var (
@@ -277,7 +280,8 @@ func (p *Platform) Scope() string { return p.scope }
 func (p *Platform) CgroupVersion() string { return p.cg.String() }
 
 // Close destroys every instance and clone the platform started and releases
-// its lock. It is idempotent.
+// its lock, once the clones being made are made; Clone fails from then on.
+// It is idempotent.
 func (p *Platform) Close() error {
 	p.mu.Lock()
 	if p.closed {
@@ -285,6 +289,11 @@ func (p *Platform) Close() error {
 		return nil
 	}
 	p.closed = true
+	p.mu.Unlock()
+	// A clone being made is in p.insts before it is whole: once it is
+	// made (or has failed and been forgotten), it is destroyed below.
+	p.cloning.Wait()
+	p.mu.Lock()
 	ids := make([]string, 0, len(p.insts))
 	for id := range p.insts {
 		ids = append(ids, id)

@@ -252,7 +252,16 @@ func (p *Platform) setupNet(id string, internal netip.AddrPort, redirects map[st
 		if err := netlink.LinkAdd(veth); err != nil {
 			return fmt.Errorf("create veth %s: %w", cn.HostVeth, err)
 		}
-		return p.configureLink(cn, ns)
+		if err := p.configureLink(cn, ns); err != nil {
+			// Made just now under the lock, so ours, though perhaps not
+			// labeled yet (the kernel takes no alias at creation), which
+			// teardownNet would need to delete it.
+			if l, lerr := netlink.LinkByName(cn.HostVeth); lerr == nil {
+				_ = netlink.LinkDel(l)
+			}
+			return err
+		}
+		return nil
 	})
 	if err != nil {
 		_ = p.teardownNet(cn)
@@ -262,12 +271,17 @@ func (p *Platform) setupNet(id string, internal netip.AddrPort, redirects map[st
 	return cn, nil
 }
 
+// vethAlias is the alias of clone cn's host-side veth.
+func (p *Platform) vethAlias(cn *cloneNet) string {
+	return linkAlias(p.scope, strings.TrimPrefix(cn.Netns, netnsPrefix+p.scope+"-"))
+}
+
 func (p *Platform) configureLink(cn *cloneNet, ns netns.NsHandle) error {
 	h, err := netlink.LinkByName(cn.HostVeth)
 	if err != nil {
 		return fmt.Errorf("find veth %s: %w", cn.HostVeth, err)
 	}
-	if err := netlink.LinkSetAlias(h, linkAlias(p.scope, strings.TrimPrefix(cn.Netns, netnsPrefix+p.scope+"-"))); err != nil {
+	if err := netlink.LinkSetAlias(h, p.vethAlias(cn)); err != nil {
 		return fmt.Errorf("label veth: %w", err)
 	}
 	if err := netlink.AddrAdd(h, &netlink.Addr{IPNet: prefixNet(cn.HostAddr, 30)}); err != nil {
@@ -356,10 +370,26 @@ func (p *Platform) teardownNet(cn *cloneNet) error {
 		}
 	}
 	if cn.HostVeth != "" {
-		if l, err := netlink.LinkByName(cn.HostVeth); err == nil {
-			if err := netlink.LinkDel(l); err != nil {
-				errs = append(errs, fmt.Errorf("delete veth %s: %w", cn.HostVeth, err))
+		// Under the lock setupNet takes its link index under, and only the
+		// link labeled this clone's: once this clone's veth is gone, its
+		// name may be another clone's.
+		err := withNetLock(func() error {
+			l, err := netlink.LinkByName(cn.HostVeth)
+			var nf netlink.LinkNotFoundError
+			switch {
+			case errors.As(err, &nf):
+			case err != nil:
+				return fmt.Errorf("find veth %s: %w", cn.HostVeth, err)
+			case l.Attrs().Alias == p.vethAlias(cn):
+				if err := netlink.LinkDel(l); err != nil {
+					return fmt.Errorf("delete veth %s: %w", cn.HostVeth, err)
+				}
 			}
+			cn.HostVeth = "" // gone, or the name is another's now
+			return nil
+		})
+		if err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if cn.Netns != "" {

@@ -66,6 +66,15 @@ const (
 	fwdParseLag = time.Second
 	// fwdDialTimeout bounds the connection to the on-line instance.
 	fwdDialTimeout = 5 * time.Second
+	// fwdMaxHead bounds the bytes the parser reads for one request or
+	// response head (http.Server's default MaxHeaderBytes): a head that
+	// has not ended by then, a huge header line or bytes without a newline,
+	// is not parsed, and the connection goes on unobserved. Without it the
+	// parser would buffer the head's lines without bound. What else it
+	// reads is bounded already: the read buffer holds at most fwdBufSize,
+	// Go's parser refuses a chunk-size line over 4 KiB and a trailer that
+	// does not fit in the read buffer.
+	fwdMaxHead = http.DefaultMaxHeaderBytes
 )
 
 // fwdHooks is what a proxy does with the exchanges its forwarder sees. The
@@ -83,13 +92,13 @@ type fwdHooks interface {
 	// short. It is not called for a request that opens a tunnel (see
 	// opensTunnel).
 	fwdBodyRead(ex *exchange, err error)
-	// fwdResponse reads ex's response (after any 1xx; see readResponse)
+	// fwdResponse is called with the head of ex's final response, a 101
+	// or after any 1xx (see readResponse); it reads the response's body
 	// from br to its end — the bytes are forwarded already — and ends the
-	// exchange. It returns
-	// errUpgraded after a 101 (the exchange ended), or the error that cut
-	// the response short, leaving the exchange for the forwarder to end
-	// with fwdFailed or fwdUnobserved.
-	fwdResponse(br *bufio.Reader, ex *exchange) error
+	// exchange. It returns errUpgraded after a 101 (the exchange ended),
+	// or the error that cut the body short, leaving the exchange for the
+	// forwarder to end with fwdFailed or fwdUnobserved.
+	fwdResponse(br *bufio.Reader, ex *exchange, resp *http.Response) error
 	// fwdFailed ends an exchange that got no response, or part of one:
 	// the upstream's connection ended or failed, or the caller's did.
 	fwdFailed(ex *exchange)
@@ -303,12 +312,15 @@ func (ex *exchange) settle(switched bool) {
 	close(ex.verdict)
 }
 
-// readResponse reads the head of ex's final response from br, past any
-// 1xx (100 Continue, 103 Early Hints); the bytes are forwarded already.
-// It returns errUpgraded after a 101. Once the final status is known the
-// requests' side, if it waits for it, goes on.
-func readResponse(br *bufio.Reader, ex *exchange) (*http.Response, error) {
+// readResponse reads the head of ex's final response from br, which reads
+// from out, past any 1xx (100 Continue, 103 Early Hints); the bytes are
+// forwarded already. It returns errUpgraded after a 101, and
+// errHeadTooLarge for a head over fwdMaxHead. Once the final status is
+// known the requests' side, if it waits for it, goes on.
+func readResponse(br *bufio.Reader, out *fwdReader, ex *exchange) (*http.Response, error) {
+	defer out.endHead()
 	for {
+		out.startHead() // each 1xx head has its own allowance
 		resp, err := http.ReadResponse(br, ex.req)
 		switch {
 		case err != nil:
@@ -411,10 +423,39 @@ type fwdReader struct {
 	clones  *atomic.Pointer[[]*clone]
 	readAt  time.Time
 	readFor []*clone
+	// headLeft, while inHead, is how many more bytes the parser may read
+	// for the head it is parsing (see startHead).
+	inHead   bool
+	headLeft int
 }
 
+// errHeadTooLarge is what the parser reads once a head it is parsing
+// exceeds fwdMaxHead: the head is not parsed.
+var errHeadTooLarge = errors.New("message head too large to parse")
+
+// startHead bounds what the parser reads from here to fwdMaxHead, until
+// endHead: the parser is about to read a head. The bytes the read buffer
+// holds already (up to fwdBufSize) come on top.
+func (f *fwdReader) startHead() { f.inHead, f.headLeft = true, fwdMaxHead }
+
+// endHead lifts startHead's bound: the head was read, or will not be.
+func (f *fwdReader) endHead() { f.inHead = false }
+
 func (f *fwdReader) Read(b []byte) (int, error) {
+	if f.inHead {
+		// Not a read: the bytes stay in the socket until the parsing
+		// gives up and relay reads (and forwards) them, at once.
+		if f.headLeft <= 0 {
+			return 0, errHeadTooLarge
+		}
+		if len(b) > f.headLeft {
+			b = b[:f.headLeft]
+		}
+	}
 	n, err := f.src.Read(b)
+	if f.inHead {
+		f.headLeft -= n
+	}
 	if n > 0 {
 		now := time.Now()
 		f.last.Store(now.UnixNano())
@@ -490,7 +531,9 @@ func (fc *fwdConn) parseRequests(in *fwdReader, br *bufio.Reader) requestsEnd {
 			}
 			offered = nil
 		}
+		in.startHead()
 		req, err := http.ReadRequest(br)
+		in.endHead()
 		if fc.dialFailed(in, req) {
 			return endClosed
 		}
@@ -498,7 +541,8 @@ func (fc *fwdConn) parseRequests(in *fwdReader, br *bufio.Reader) requestsEnd {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || in.werr != nil {
 				return endEOF
 			}
-			// Not HTTP as this proxy parses it: the instance judges it.
+			// Not HTTP as this proxy parses it, or a head over
+			// fwdMaxHead: the instance judges it.
 			fc.s.log.Debug("on-line request not parsed; forwarding the connection unobserved", logKeyErr, err)
 			return endRaw
 		}
@@ -676,7 +720,10 @@ func (fc *fwdConn) responses(up net.Conn) {
 			relay(br, out)
 			return
 		}
-		err := hooks.fwdResponse(br, ex)
+		resp, err := readResponse(br, out, ex)
+		if err == nil || err == errUpgraded {
+			err = hooks.fwdResponse(br, ex, resp)
+		}
 		ex.settle(err != nil) // unless the head settled it
 
 		switch {
@@ -700,9 +747,9 @@ func (fc *fwdConn) responses(up net.Conn) {
 			return
 		default:
 			// Not a response as Go's parser takes it (a transfer coding
-			// it refuses, a malformed header, a body after a HEAD's, not
-			// HTTP/1 at all): the previous tier judges it, and gets every
-			// byte of it and of what follows.
+			// it refuses, a malformed header, a head over fwdMaxHead, a
+			// body after a HEAD's, not HTTP/1 at all): the previous tier
+			// judges it, and gets every byte of it and of what follows.
 			fc.s.log.Debug("on-line response not parsed; forwarding the connection unobserved", logKeyErr, err)
 			hooks.fwdUnobserved(ex)
 			fc.inFlight.Add(-1)

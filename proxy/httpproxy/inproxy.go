@@ -545,23 +545,19 @@ func (p *InProxy) fwdUnreachable(req *http.Request, err error) {
 	p.observeOnline(0, false)
 }
 
-// fwdResponse reads ex's response (after any 1xx) and records the
-// exchange.
-func (p *InProxy) fwdResponse(br *bufio.Reader, ex *exchange) error {
-	resp, err := readResponse(br, ex)
-	switch {
-	case err == errUpgraded:
+// fwdResponse reads the body of ex's response, whose head is resp, and
+// records the exchange.
+func (p *InProxy) fwdResponse(br *bufio.Reader, ex *exchange, resp *http.Response) error {
+	if resp.StatusCode == http.StatusSwitchingProtocols {
 		p.endExchange(ex, true)
-		return err
-	case err != nil:
-		return err // the forwarder ends ex
+		return errUpgraded
 	}
 	var body io.Reader = resp.Body
 	if ex.online != nil && resp.ContentLength <= p.cfg.MaxCompareBody {
 		// finishes ex.online with the body once read to its end
 		body = &responseTee{rc: resp.Body, bodyCopy: bodyCopy{limit: p.cfg.MaxCompareBody}, status: resp.StatusCode, o: ex.online}
 	}
-	if _, err = io.Copy(io.Discard, body); err != nil {
+	if _, err := io.Copy(io.Discard, body); err != nil {
 		return err // the forwarder ends ex
 	}
 	p.endExchange(ex, resp.StatusCode < 500)

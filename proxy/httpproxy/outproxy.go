@@ -679,22 +679,18 @@ func (p *OutProxy) fwdUnreachable(req *http.Request, err error) {
 	p.log.Warn("next-tier call failed", logKeyMethod, method, logKeyURI, uri, logKeyErr, err)
 }
 
-func (p *OutProxy) fwdResponse(br *bufio.Reader, ex *exchange) error {
-	resp, err := readResponse(br, ex)
-	switch {
-	case err == errUpgraded:
+func (p *OutProxy) fwdResponse(br *bufio.Reader, ex *exchange, resp *http.Response) error {
+	if resp.StatusCode == http.StatusSwitchingProtocols {
 		p.fwdFailed(ex) // not recorded: what follows is not HTTP
-		return err
-	case err != nil:
-		return err // the forwarder ends ex
+		return errUpgraded
 	}
 	if ex.rec == nil || resp.ContentLength > p.cfg.MaxBody {
 		p.fwdFailed(ex) // counted once: ex.rec is nil from here
-		_, err = io.Copy(io.Discard, resp.Body)
+		_, err := io.Copy(io.Discard, resp.Body)
 		return err
 	}
 	body := &bodyCopy{limit: p.cfg.MaxBody}
-	_, err = io.Copy(io.Discard, io.TeeReader(resp.Body, body)) // Discard's pooled buffer: no 32 KiB one per call
+	_, err := io.Copy(io.Discard, io.TeeReader(resp.Body, body)) // Discard's pooled buffer: no 32 KiB one per call
 	if err != nil {
 		return err // the forwarder ends ex
 	}

@@ -1,0 +1,226 @@
+package local
+
+import (
+	"bytes"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// treeState describes a directory tree: per path, its type, permissions
+// and content or link target.
+func treeState(t *testing.T, root string) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			m[rel] = fmt.Sprintf("dir %v", info.Mode().Perm())
+		case d.Type() == fs.ModeSymlink:
+			l, err := os.Readlink(path)
+			if err != nil {
+				return err
+			}
+			m[rel] = "link " + l
+		default:
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			m[rel] = fmt.Sprintf("file %v %q", info.Mode().Perm(), b)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func sameTree(t *testing.T, src, dst string) {
+	t.Helper()
+	want, got := treeState(t, src), treeState(t, dst)
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: snapshot has %q, source %q", k, got[k], v)
+		}
+	}
+	for k, v := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("%s: in the snapshot (%q), not in the source", k, v)
+		}
+	}
+}
+
+func writeAt(t *testing.T, path, content string, perm fs.FileMode, mtime time.Time) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), perm); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, perm); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(path, mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSnapshotTwoPass: what changes between the pre-copy and the frozen
+// pass is in the snapshot, and the frozen pass copies only that.
+func TestSnapshotTwoPass(t *testing.T) {
+	src, dst := t.TempDir(), filepath.Join(t.TempDir(), "lower")
+	old := time.Now().Add(-time.Hour)
+	for d := range 5 {
+		dir := filepath.Join(src, fmt.Sprintf("d%d", d))
+		if err := os.Mkdir(dir, 0o750); err != nil {
+			t.Fatal(err)
+		}
+		for f := range 40 {
+			perm := fs.FileMode(0o644)
+			if f%3 == 0 {
+				perm = 0o666 // not what the umask leaves
+			}
+			writeAt(t, filepath.Join(dir, fmt.Sprintf("f%d", f)), fmt.Sprintf("content %d/%d", d, f), perm, old)
+		}
+	}
+	if err := os.Symlink("d0/f0", filepath.Join(src, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(src, "gone"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeAt(t, filepath.Join(src, "gone", "x"), "x", 0o644, old)
+	writeAt(t, filepath.Join(src, "becomes-dir"), "file", 0o644, old)
+	// Written in the same clock tick as the pre-copy reads it: same size,
+	// same mtime, other content.
+	recent := time.Now().Add(-time.Second)
+	writeAt(t, filepath.Join(src, "recent"), "before", 0o644, recent)
+
+	since, _, err := preCopyTree(src, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameTree(t, src, dst)
+
+	// What the original does before it is frozen.
+	writeAt(t, filepath.Join(src, "d0", "f1"), "CONTENT 0/1", 0o644, time.Now()) // same size
+	writeAt(t, filepath.Join(src, "d1", "f2"), "longer content 1/2", 0o644, old) // other size, old mtime
+	writeAt(t, filepath.Join(src, "d2", "new"), "new", 0o600, time.Now())        // new file
+	writeAt(t, filepath.Join(src, "recent"), "BEFORE", 0o644, recent)            // same tick
+	if err := os.Remove(filepath.Join(src, "d3", "f3")); err != nil {            // removed file
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(src, "gone")); err != nil { // removed dir
+		t.Fatal(err)
+	}
+	writeAt(t, filepath.Join(src, "gone"), "now a file", 0o644, time.Now()) // dir to file
+	if err := os.Remove(filepath.Join(src, "becomes-dir")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(src, "becomes-dir"), 0o700); err != nil { // file to dir
+		t.Fatal(err)
+	}
+	writeAt(t, filepath.Join(src, "becomes-dir", "y"), "y", 0o644, time.Now())
+	if err := os.Remove(filepath.Join(src, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("d1/f1", filepath.Join(src, "link")); err != nil { // retargeted link
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(src, "d4", "f4"), 0o600); err != nil { // mode only
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(src, "d4"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	copied, _, err := syncTree(src, dst, since)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameTree(t, src, dst)
+	// d0/f1, d1/f2, d2/new, recent, gone, becomes-dir/y; not the 199
+	// files that did not change.
+	if copied != 6 {
+		t.Errorf("frozen pass copied %d files, want 6", copied)
+	}
+	// Nothing changed since: nothing but the recent files is copied.
+	copied, _, err = syncTree(src, dst, since)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameTree(t, src, dst)
+	if copied != 5 { // d0/f1, d2/new, recent, gone, becomes-dir/y are recent
+		t.Errorf("pass with no change copied %d files, want 5", copied)
+	}
+}
+
+// TestSnapshotLive: a pre-copy taken while the tree changes under it, then
+// brought up to date once the changes stop, equals the tree.
+func TestSnapshotLive(t *testing.T) {
+	src, dst := t.TempDir(), filepath.Join(t.TempDir(), "lower")
+	for d := range 10 {
+		dir := filepath.Join(src, fmt.Sprintf("d%d", d))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for f := range 50 {
+			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%d", f)), bytes.Repeat([]byte{'a'}, 1000*f), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // the original, writing, creating and removing
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			dir := filepath.Join(src, fmt.Sprintf("d%d", i%10))
+			name := filepath.Join(dir, fmt.Sprintf("f%d", i%50))
+			switch i % 4 {
+			case 0:
+				_ = os.WriteFile(name, []byte(strings.Repeat("b", i%2000)), 0o644)
+			case 1:
+				_ = os.Remove(name)
+			case 2:
+				_ = os.WriteFile(filepath.Join(dir, fmt.Sprintf("n%d", i%30)), []byte(fmt.Sprint(i)), 0o644)
+			case 3:
+				sub := filepath.Join(dir, "sub")
+				if i%8 == 3 {
+					_ = os.RemoveAll(sub)
+				} else if os.Mkdir(sub, 0o755) == nil {
+					_ = os.WriteFile(filepath.Join(sub, "z"), []byte(fmt.Sprint(i)), 0o644)
+				}
+			}
+		}
+	}()
+	since, _, err := preCopyTree(src, dst)
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := syncTree(src, dst, since); err != nil {
+		t.Fatal(err)
+	}
+	sameTree(t, src, dst)
+}
