@@ -169,6 +169,11 @@ type Study struct {
 	// CheckThreshold is the relative error |measured−interpolated|/measured
 	// above which the checker raises an alert, e.g. 0.1 for 10%.
 	CheckThreshold float64 `json:"check_threshold"`
+	// MinSamples is the fewest successful responses a window needs to be a
+	// measurement; 0 takes the runner's default (100 for a site's studies).
+	// A service with little traffic needs a longer window or a lower value,
+	// at least MinStudySamples.
+	MinSamples int64 `json:"min_samples,omitempty"`
 
 	State    StudyState `json:"state"`
 	Owner    string     `json:"owner,omitempty"` // "pid@hostname" of the process running it
@@ -179,6 +184,10 @@ type Study struct {
 	// Experiments counts the experiments run so far, checks included.
 	Experiments int `json:"experiments"`
 }
+
+// MinStudySamples is the least Study.MinSamples may be: with fewer
+// responses, the p95 is the slowest of them.
+const MinStudySamples = 20
 
 // FillMetrics sets the metrics a study records when it names none
 // (DefaultMetrics), and adds the SLA's metric when it is not among them:
@@ -223,6 +232,9 @@ func (s *Study) Validate() error {
 	}
 	if !(s.CheckThreshold > 0) {
 		return Invalid("check_threshold", s.CheckThreshold, "must be > 0, e.g. 0.1 for 10%%")
+	}
+	if s.MinSamples != 0 && s.MinSamples < MinStudySamples {
+		return Invalid("min_samples", s.MinSamples, "must be 0 (the default) or at least %d: a p95 from fewer responses is their largest", MinStudySamples)
 	}
 	if s.SLA != nil {
 		if err := s.SLA.Validate(); err != nil {

@@ -74,13 +74,13 @@ func TestCreateStudyRunsAndMatrixIsFetched(t *testing.T) {
 	ctx := context.Background()
 	st, err := c.CreateStudy(ctx, StudyRequest{
 		Target: "auction0/app", Parameters: []string{"cpu=20..100 step 20"}, SLA: "rt_p95<=50",
-		TimeBound: "20s", WarmUp: "0s", Window: "30ms", Strategy: "grid",
+		TimeBound: "20s", WarmUp: "0s", Window: "30ms", Strategy: "grid", MinSamples: 40,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.ID == "" || st.State != justrunit.StudyPending {
-		t.Fatalf("created study = %+v, want an ID and state pending", st)
+	if st.ID == "" || st.State != justrunit.StudyPending || st.MinSamples != 40 {
+		t.Fatalf("created study = %+v, want an ID, state pending and min_samples 40", st)
 	}
 	done := d.waitState(st.ID, justrunit.StudyDone)
 	if done.Experiments != 5 {
@@ -133,6 +133,7 @@ func TestCreateStudyValidation(t *testing.T) {
 		{"unknown strategy", `{` + good + `,"strategy":"random"}`, "strategy"},
 		{"unknown interpolator", `{` + good + `,"interpolator":"cubic"}`, "interpolator"},
 		{"bad slots", `{` + good + `,"slots":-1}`, "slots"},
+		{"too few samples", `{` + good + `,"min_samples":5}`, "min_samples"},
 		{"unknown field", `{` + good + `,"cpu":50}`, "cpu"},
 		{"wrong type", `{"target":7}`, "target"},
 		{"not json", `target=app0`, "body"},

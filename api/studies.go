@@ -48,6 +48,9 @@ type StudyRequest struct {
 	Strategy       string  `json:"strategy,omitempty"`
 	Interpolator   string  `json:"interpolator,omitempty"`
 	CheckThreshold float64 `json:"check_threshold,omitempty"`
+	// MinSamples is the fewest successful responses a window needs; 0 takes
+	// the site's default (100).
+	MinSamples int64 `json:"min_samples,omitempty"`
 }
 
 // Study converts the request into a validated study; errors name the field
@@ -56,7 +59,8 @@ func (q *StudyRequest) Study() (*justrunit.Study, error) {
 	st := &justrunit.Study{
 		Name: q.Name, Target: q.Target, Metrics: q.Metrics, Slots: q.Slots,
 		Strategy: q.Strategy, Interpolator: q.Interpolator, CheckThreshold: q.CheckThreshold,
-		WarmUp: justrunit.Duration(DefaultWarmUp), Window: justrunit.Duration(DefaultWindow),
+		MinSamples: q.MinSamples,
+		WarmUp:     justrunit.Duration(DefaultWarmUp), Window: justrunit.Duration(DefaultWindow),
 	}
 	if len(q.Parameters) == 0 {
 		return nil, justrunit.Invalid("parameters", nil, `name at least one, e.g. ["cpu=20..100 step 10"]`)

@@ -287,7 +287,7 @@ func MeasureWindow(ctx context.Context, cfg WindowConfig, rec Windowed, meter En
 				got, in, cfg.MinSamples, ErrTooFewSamples, context.DeadlineExceeded)
 		}
 		return res, fmt.Errorf("measure window: %d successful responses (%d errors) in the full window of %v, need %d: %w; "+
-			"check that the target gets traffic and answers it, or lengthen the window",
+			"check that the target gets traffic and answers it, or lengthen the window (or lower the study's min_samples)",
 			got, res.Summary.Errors, in, cfg.MinSamples, ErrTooFewSamples)
 	}
 	return res, meterErr

@@ -25,7 +25,8 @@ type StudyOptions struct {
 	// Progress receives the engine's progress reports; optional.
 	Progress func(study.Progress)
 	// RelCI and MinSamples tune the stopping rule of each window; zero
-	// values take DefaultRelCI and DefaultMinSamples.
+	// values take DefaultRelCI and the study's MinSamples, else
+	// DefaultMinSamples.
 	RelCI      float64
 	MinSamples int64
 	// Sandbox names the sandbox host the clones run on; empty: the first
@@ -92,9 +93,9 @@ func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts Study
 	if err != nil {
 		return nil, err
 	}
-	cfg.Window = Window(time.Duration(st.WarmUp), time.Duration(st.Window))
+	cfg.Window = StudyWindow(st, time.Duration(st.WarmUp), time.Duration(st.Window))
 	cfg.Window.RelCI = orFloat(opts.RelCI, DefaultRelCI)
-	cfg.Window.MinSamples = orInt(opts.MinSamples, DefaultMinSamples)
+	cfg.Window.MinSamples = orInt(opts.MinSamples, cfg.Window.MinSamples)
 	runner, err := experiment.Open(ctx, cfg, st.Slots)
 	if err != nil {
 		return nil, fmt.Errorf("prepare the experiments: %w", err)
@@ -144,6 +145,14 @@ func orFloat(v, d float64) float64 {
 		return d
 	}
 	return v
+}
+
+// StudyWindow is Window for study st's measurements, on a clone or on the
+// on-line instance: with the study's MinSamples when it sets one.
+func StudyWindow(st *justrunit.Study, warmUp, window time.Duration) measure.WindowConfig {
+	w := Window(warmUp, window)
+	w.MinSamples = orInt(st.MinSamples, w.MinSamples)
+	return w
 }
 
 func orInt(v, d int64) int64 {

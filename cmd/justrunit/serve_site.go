@@ -287,7 +287,7 @@ func (v *siteVerifier) Verify(ctx context.Context, st *justrunit.Study, m *justr
 	if err := v.checkIdle(ctx, st); err != nil {
 		return nil, err
 	}
-	win := siterun.Window(spec.WarmUp, spec.Window)
+	win := siterun.StudyWindow(st, spec.WarmUp, spec.Window)
 	var out []api.Verification
 	for i, p := range spec.Points {
 		if spec.Progress != nil {

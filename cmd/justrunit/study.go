@@ -69,7 +69,7 @@ func newStudyValidateCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(w, "parameter:   %s = %s %s\n", p.Name, strings.Join(vals, ","), p.Unit)
 			}
 			fmt.Fprintf(w, "points:      %d\n", st.Space.Size())
-			fmt.Fprintf(w, "experiment:  %v warm-up + %v window\n", st.WarmUp, st.Window)
+			fmt.Fprintf(w, "experiment:  %v warm-up + %v window of at least %d responses\n", st.WarmUp, st.Window, siterun.StudyWindow(st, 0, 0).MinSamples)
 			budget := justrunit.PlanState{TimeLeft: time.Duration(st.TimeBound), ExperimentLength: st.ExperimentLength(), Slots: st.Slots}.Budget()
 			fmt.Fprintf(w, "time bound:  %v, %d slot(s): room for at most %d experiments\n", st.TimeBound, st.Slots, budget)
 			if st.SLA != nil {
@@ -210,7 +210,8 @@ func upSite(cmd *cobra.Command, g *globals, sitePath, ref, target string, traffi
 func runStudyOnDaemon(cmd *cobra.Command, c *api.Client, f *studyFile) error {
 	ctx := cmd.Context()
 	req := api.StudyRequest{Name: f.Name, Target: f.Target, Parameters: f.Parameters, SLA: f.SLA, TimeBound: f.TimeBound,
-		WarmUp: f.WarmUp, Window: f.Window, Slots: f.Slots, Strategy: f.Strategy, Interpolator: f.Interpolator, CheckThreshold: f.CheckThreshold}
+		WarmUp: f.WarmUp, Window: f.Window, Slots: f.Slots, Strategy: f.Strategy, Interpolator: f.Interpolator, CheckThreshold: f.CheckThreshold,
+		MinSamples: f.MinSamples}
 	for _, m := range f.Metrics {
 		req.Metrics = append(req.Metrics, justrunit.Metric(m))
 	}
@@ -459,6 +460,9 @@ func (e *studyExport) render(w io.Writer) error {
 	}
 	fmt.Fprintf(w, "\n  strategy %s, interpolator %s, time bound %v, experiment %v+%v, %d slot(s), %d experiments\n",
 		st.Strategy, st.Interpolator, st.TimeBound, st.WarmUp, st.Window, st.Slots, st.Experiments)
+	if st.MinSamples > 0 {
+		fmt.Fprintf(w, "  windows of at least %d responses\n", st.MinSamples)
+	}
 	if st.SLA != nil {
 		fmt.Fprintf(w, "  sla %s\n", st.SLA)
 	}

@@ -9,8 +9,7 @@ import (
 	"github.com/justrunit/justrunit/internal/yamlfile"
 )
 
-// studyFile is the YAML form of a study. Every field can also be given as a
-// flag of "study run"; flags override the file.
+// studyFile is the YAML form of a study, which "study run --study" reads.
 type studyFile struct {
 	// Name is a label for people; optional.
 	Name string `yaml:"name"`
@@ -38,6 +37,10 @@ type studyFile struct {
 	Interpolator string `yaml:"interpolator"`
 	// CheckThreshold is the relative error above which the checker alerts.
 	CheckThreshold float64 `yaml:"check_threshold"`
+	// MinSamples is the fewest successful responses a window needs to be a
+	// measurement (default 100, at least 20): lower it, or lengthen the
+	// window, for a service with little traffic.
+	MinSamples int64 `yaml:"min_samples"`
 }
 
 // Study defaults, used when neither the file nor a flag sets a value.
@@ -83,6 +86,7 @@ func (f *studyFile) build() (*justrunit.Study, error) {
 		Strategy:       f.Strategy,
 		Interpolator:   f.Interpolator,
 		CheckThreshold: f.CheckThreshold,
+		MinSamples:     f.MinSamples,
 		WarmUp:         justrunit.Duration(defaultWarmUp),
 		Window:         justrunit.Duration(defaultWindow),
 	}

@@ -413,3 +413,36 @@ func BenchmarkSaveMatrix20x20x20(b *testing.B) {
 		}
 	}
 }
+
+// TestUpgradeKeepsStudies checks that a file written by the first schema
+// opens with the current one, its studies readable with the new columns'
+// defaults.
+func TestUpgradeKeepsStudies(t *testing.T) {
+	ms, err := migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "j.db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{ms[0].sql, "PRAGMA user_version = 1",
+		`INSERT INTO studies (id, target, space, metrics, time_bound_ns, warm_up_ns, window_ns, slots, check_threshold, state, created_ns)
+		 VALUES ('old', 'auction0/app', '{"params":[]}', '["rt_p95"]', 60000000000, 1000000000, 5000000000, 1, 0.1, 'done', 1)`} {
+		if _, err := db.Exec(q); err != nil {
+			db.Close()
+			t.Fatalf("%.40s: %v", q, err)
+		}
+	}
+	db.Close()
+	s := openTest(t, path)
+	defer s.Close()
+	st, err := s.Study(context.Background(), "old")
+	if err != nil {
+		t.Fatalf("Study(old) after the upgrade = %v", err)
+	}
+	if st.Target != "auction0/app" || st.MinSamples != 0 || st.State != justrunit.StudyDone {
+		t.Errorf("Study(old) = %+v, want target auction0/app, min_samples 0, done", st)
+	}
+}

@@ -15,7 +15,7 @@ import (
 
 const studyColumns = `id, name, target, space, metrics, sla, time_bound_ns, warm_up_ns, window_ns,
 	slots, strategy, interpolator, check_threshold, state, owner, created_ns, started_ns,
-	finished_ns, error, experiments`
+	finished_ns, error, experiments, min_samples`
 
 // NewStudyID returns a fresh study ID for a study created at t:
 // "s-YYYYMMDD-HHMMSS-xxxx" in UTC with four random hex digits. IDs sort by
@@ -65,7 +65,7 @@ func studyArgs(st *justrunit.Study) ([]any, error) {
 		int64(st.TimeBound), int64(st.WarmUp), int64(st.Window),
 		st.Slots, st.Strategy, st.Interpolator, st.CheckThreshold,
 		string(st.State), st.Owner, nanos(st.Created), nanos(st.Started),
-		nanos(st.Finished), st.Error, st.Experiments,
+		nanos(st.Finished), st.Error, st.Experiments, st.MinSamples,
 	}, nil
 }
 
@@ -95,7 +95,7 @@ func (s *Store) CreateStudy(ctx context.Context, st *justrunit.Study) error {
 		return fmt.Errorf("create study: %w", err)
 	}
 	const q = `INSERT INTO studies (` + studyColumns + `)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	for attempt := 0; ; attempt++ {
 		if generated {
 			st.ID = NewStudyID(st.Created)
@@ -131,7 +131,7 @@ func (s *Store) UpdateStudy(ctx context.Context, st *justrunit.Study) error {
 		time_bound_ns = ?, warm_up_ns = ?, window_ns = ?, slots = ?, strategy = ?,
 		interpolator = ?, check_threshold = ?, state = ?, owner = ?,
 		created_ns = COALESCE(?, created_ns), started_ns = ?, finished_ns = ?, error = ?,
-		experiments = ?
+		experiments = ?, min_samples = ?
 		WHERE id = ?`
 	res, err := s.w.ExecContext(ctx, q, append(args, st.ID)...)
 	if err != nil {
@@ -195,7 +195,7 @@ func scanStudy(sc scanner) (*justrunit.Study, error) {
 	)
 	err := sc.Scan(&st.ID, &st.Name, &st.Target, &space, &metrics, &sla, &timeBound, &warmUp, &window,
 		&st.Slots, &st.Strategy, &st.Interpolator, &st.CheckThreshold, &state, &st.Owner,
-		&created, &started, &finished, &st.Error, &st.Experiments)
+		&created, &started, &finished, &st.Error, &st.Experiments, &st.MinSamples)
 	if err != nil {
 		return nil, err
 	}

@@ -48,6 +48,7 @@ func Study(t testing.TB) *justrunit.Study {
 		Strategy:       "sla",
 		Interpolator:   "linear",
 		CheckThreshold: 0.1,
+		MinSamples:     50,
 		Started:        time.Date(2026, 11, 25, 13, 5, 1, 123456789, time.FixedZone("CET", 3600)),
 	}
 }
@@ -203,6 +204,7 @@ func testStudyRoundTrip(t *testing.T, s justrunit.Store) {
 	upd.Experiments = 7
 	upd.SLA = nil
 	upd.Metrics = []justrunit.Metric{justrunit.RTP99}
+	upd.MinSamples = 0
 	if err := s.UpdateStudy(ctx, &upd); err != nil {
 		t.Fatalf("UpdateStudy = %v", err)
 	}

@@ -104,7 +104,7 @@ async function studyPage(id) {
     ['Space', s.space.parameters.map(p => `${p.name} ∈ {${p.values.map((v, i) => p.labels && p.labels.length ? p.labels[i] : short(v)).join(', ')}}${p.unit ? ' ' + p.unit : ''}`).join(' × ')],
     ['SLA', s.sla ? `${slaText(s.sla)} ${unit(s.sla.metric)}` : 'none'],
     ['Strategy', `${s.strategy || '–'}, interpolator ${s.interpolator || '–'}, check threshold ${short(100 * s.check_threshold)}%`],
-    ['Experiments', `${s.experiments} run, each ${s.warm_up} warm-up + ${s.window} window; ${s.slots} slot(s); time bound ${s.time_bound}`],
+    ['Experiments', `${s.experiments} run, each ${s.warm_up} warm-up + ${s.window} window${s.min_samples ? ` of at least ${s.min_samples} responses` : ''}; ${s.slots} slot(s); time bound ${s.time_bound}`],
     ['Started', when(s.started)], ['Finished', when(s.finished)],
   ];
   if (s.error) kv.push(['Error', s.error]);
