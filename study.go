@@ -366,9 +366,23 @@ const (
 // EventFilter selects events; zero fields match everything.
 type EventFilter struct {
 	StudyID string
+	// Kind is one kind ("study.started"), or every kind of a family when
+	// it ends in ".*" ("manager.*").
 	Kind    string
 	AfterID int64
-	Limit   int
+	// Limit bounds how many events are returned: the oldest matching, or
+	// with Newest the newest (still oldest first).
+	Limit  int
+	Newest bool
+}
+
+// KindPrefix returns the prefix a family filter ("manager.*") selects,
+// "manager.", and whether Kind is one.
+func (f EventFilter) KindPrefix() (string, bool) {
+	if p, ok := strings.CutSuffix(f.Kind, "*"); ok && strings.HasSuffix(p, ".") {
+		return p, true
+	}
+	return "", false
 }
 
 // Store keeps studies, their matrices, observations, check results and

@@ -20,7 +20,7 @@ const heartbeat = 15 * time.Second
 // (other processes write to it too) and ends when the client goes away or
 // the server closes.
 func (s *Server) handleEventStream(w http.ResponseWriter, r *http.Request) {
-	f, prefix, err := eventFilter(r)
+	f, err := eventFilter(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -55,7 +55,7 @@ func (s *Server) handleEventStream(w http.ResponseWriter, r *http.Request) {
 	beat := time.NewTicker(heartbeat)
 	defer beat.Stop()
 	for {
-		evs, err := s.events(r, f, prefix)
+		evs, err := s.cfg.Store.Events(r.Context(), f)
 		if err != nil {
 			if r.Context().Err() == nil && s.done.Err() == nil {
 				s.log.Warn("event stream", keyErr, err)

@@ -330,17 +330,11 @@ func (s *Server) handleExport(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, e)
 }
 
-// eventFilter reads ?study=&kind=&after=&limit=. A kind ending in ".*" is a
-// prefix ("manager.*").
-func eventFilter(r *http.Request) (justrunit.EventFilter, string, error) {
+// eventFilter reads ?study=&kind=&after=&limit=. A kind ending in ".*"
+// names a family ("manager.*").
+func eventFilter(r *http.Request) (justrunit.EventFilter, error) {
 	q := r.URL.Query()
-	f := justrunit.EventFilter{StudyID: q.Get("study")}
-	prefix := ""
-	if k := q.Get("kind"); strings.HasSuffix(k, ".*") {
-		prefix = strings.TrimSuffix(k, "*")
-	} else {
-		f.Kind = k
-	}
+	f := justrunit.EventFilter{StudyID: q.Get("study"), Kind: q.Get("kind")}
 	switch v := q.Get("after"); v {
 	case "":
 	case "latest":
@@ -348,18 +342,18 @@ func eventFilter(r *http.Request) (justrunit.EventFilter, string, error) {
 	default:
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
-			return f, "", justrunit.Invalid("after", v, "want an event ID ≥ 0 or \"latest\"")
+			return f, justrunit.Invalid("after", v, "want an event ID ≥ 0 or \"latest\"")
 		}
 		f.AfterID = n
 	}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 10000 {
-			return f, "", justrunit.Invalid("limit", v, "want 1..10000")
+			return f, justrunit.Invalid("limit", v, "want 1..10000")
 		}
 		f.Limit = n
 	}
-	return f, prefix, nil
+	return f, nil
 }
 
 // afterLatest in EventFilter.AfterID stands for the newest event's ID.
@@ -369,7 +363,7 @@ const afterLatest = -1
 const maxEvents = 1000
 
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
-	f, prefix, err := eventFilter(r)
+	f, err := eventFilter(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -377,61 +371,24 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if f.Limit == 0 {
 		f.Limit = maxEvents
 	}
-	evs, err := s.events(r, f, prefix)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, evs)
-}
-
-// events reads events matching f whose kind starts with prefix. With a
-// prefix, the store is read in pages until f.Limit events matched.
-func (s *Server) events(r *http.Request, f justrunit.EventFilter, prefix string) ([]justrunit.Event, error) {
 	out := []justrunit.Event{}
-	if f.AfterID == afterLatest {
-		id, err := s.lastEventID(r, f)
-		if err != nil {
-			return nil, err
-		}
-		f.AfterID = id
-		return out, nil
-	}
-	limit := f.Limit
-	for {
+	if f.AfterID != afterLatest { // none after the newest
 		evs, err := s.cfg.Store.Events(r.Context(), f)
 		if err != nil {
-			return nil, err
+			s.writeError(w, r, err)
+			return
 		}
-		for _, e := range evs {
-			if strings.HasPrefix(e.Kind, prefix) {
-				out = append(out, e)
-			}
-			if limit > 0 && len(out) == limit {
-				return out, nil
-			}
-		}
-		if prefix == "" || f.Limit == 0 || len(evs) < f.Limit {
-			return out, nil
-		}
-		f.AfterID = evs[len(evs)-1].ID
+		out = append(out, evs...)
 	}
+	writeJSON(w, http.StatusOK, out)
 }
 
-// lastEventID returns the ID of the newest event matching f. The store reads
-// events oldest first, so this pages through them; it runs once per stream.
+// lastEventID returns the ID of the newest event matching f, 0 when none.
 func (s *Server) lastEventID(r *http.Request, f justrunit.EventFilter) (int64, error) {
-	f.AfterID, f.Limit = 0, 10000
-	for {
-		evs, err := s.cfg.Store.Events(r.Context(), f)
-		if err != nil {
-			return 0, err
-		}
-		if len(evs) > 0 {
-			f.AfterID = evs[len(evs)-1].ID
-		}
-		if len(evs) < f.Limit {
-			return f.AfterID, nil
-		}
+	f.AfterID, f.Limit, f.Newest = 0, 1, true
+	evs, err := s.cfg.Store.Events(r.Context(), f)
+	if err != nil || len(evs) == 0 {
+		return 0, err
 	}
+	return evs[0].ID, nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/justrunit/justrunit"
@@ -216,11 +217,19 @@ func (s *Store) Events(ctx context.Context, f justrunit.EventFilter) ([]justruni
 		q += ` AND study_id = ?`
 		args = append(args, f.StudyID)
 	}
-	if f.Kind != "" {
+	if prefix, ok := f.KindPrefix(); ok {
+		// A range over the kind index: "manager." ≤ kind < "manager/".
+		q += ` AND kind >= ? AND kind < ?`
+		args = append(args, prefix, prefix[:len(prefix)-1]+"/")
+	} else if f.Kind != "" {
 		q += ` AND kind = ?`
 		args = append(args, f.Kind)
 	}
-	q += ` ORDER BY id`
+	if f.Newest {
+		q += ` ORDER BY id DESC`
+	} else {
+		q += ` ORDER BY id`
+	}
 	if f.Limit > 0 {
 		q += ` LIMIT ?`
 		args = append(args, f.Limit)
@@ -251,6 +260,9 @@ func (s *Store) Events(ctx context.Context, f justrunit.EventFilter) ([]justruni
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read events: %w", err)
+	}
+	if f.Newest {
+		slices.Reverse(out)
 	}
 	return out, nil
 }

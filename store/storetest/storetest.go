@@ -405,6 +405,13 @@ func testEvents(t *testing.T, s justrunit.Store) {
 		{"limit", justrunit.EventFilter{Limit: 2}, pick(0, 1)},
 		{"study, after and limit", justrunit.EventFilter{StudyID: "a", AfterID: ids[0], Limit: 2}, pick(1, 4)},
 		{"none", justrunit.EventFilter{StudyID: "zzz"}, nil},
+		{"family", justrunit.EventFilter{Kind: "study.*"}, pick(0, 2)},
+		{"other family", justrunit.EventFilter{Kind: "manager.*"}, pick(3)},
+		{"family and study", justrunit.EventFilter{Kind: "experiment.*", StudyID: "a", AfterID: ids[1]}, pick(5)},
+		{"not a family", justrunit.EventFilter{Kind: "manager*"}, nil},
+		{"newest", justrunit.EventFilter{Newest: true, Limit: 2}, pick(4, 5)},
+		{"newest of a study", justrunit.EventFilter{StudyID: "b", Newest: true, Limit: 5}, pick(2)},
+		{"newest after", justrunit.EventFilter{Newest: true, AfterID: ids[3]}, pick(4, 5)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
