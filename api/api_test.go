@@ -575,7 +575,15 @@ func (p *blockingPlanner) Apply(ctx context.Context, id string) (PlanRecord, err
 // plan being applied halfway.
 func TestApplyOutlivesCaller(t *testing.T) {
 	p := &blockingPlanner{started: make(chan struct{}), release: make(chan struct{}), ctxErr: make(chan error, 1)}
-	d := newDaemon(t, daemonOpts{noRunner: true, planner: p})
+	hungUp := make(chan struct{}) // closed when the server sees the caller gone
+	d := newDaemon(t, daemonOpts{noRunner: true, planner: p, wrap: func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasSuffix(r.URL.Path, "/apply") {
+				go func() { <-r.Context().Done(); close(hungUp) }()
+			}
+			h.ServeHTTP(w, r)
+		})
+	}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { _, err := d.client().ApplyPlan(ctx, "p1"); done <- err }()
@@ -588,7 +596,11 @@ func TestApplyOutlivesCaller(t *testing.T) {
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Errorf("ApplyPlan after hanging up = %v, want context.Canceled", err)
 	}
-	time.Sleep(50 * time.Millisecond) // let the server see the hang-up
+	select {
+	case <-hungUp:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server never saw the caller hang up")
+	}
 	close(p.release)
 	select {
 	case err := <-p.ctxErr:

@@ -80,6 +80,8 @@ type daemonOpts struct {
 	hold     time.Duration
 	site     SiteView
 	planner  Planner
+	// wrap, when set, wraps the server's handler.
+	wrap func(http.Handler) http.Handler
 }
 
 func newDaemon(t *testing.T, o daemonOpts) *daemon {
@@ -109,7 +111,11 @@ func newDaemon(t *testing.T, o daemonOpts) *daemon {
 	if d.srv, err = New(cfg); err != nil {
 		t.Fatal(err)
 	}
-	d.hs = httptest.NewServer(d.srv)
+	var h http.Handler = d.srv
+	if o.wrap != nil {
+		h = o.wrap(h)
+	}
+	d.hs = httptest.NewServer(h)
 	t.Cleanup(func() {
 		d.srv.Close()
 		d.hs.Close()

@@ -263,10 +263,18 @@ func TestCutByTimeBound(t *testing.T) {
 	window := 20 * time.Millisecond
 	t.Run("AfterOne", func(t *testing.T) {
 		store := openStore(t)
-		// Each experiment holds its slot for 80 ms: the first ends at 80 ms,
-		// the second starts with 50 ms left and is cut at 130 ms.
-		st := newStudy(t, "grid", window, 130*time.Millisecond, 1)
-		r := &curveRunner{rt: knee, hold: 80 * time.Millisecond}
+		// The first experiment measures at once; the second never ends by
+		// itself, so the bound cuts it.
+		st := newStudy(t, "grid", window, 500*time.Millisecond, 1)
+		curve := &curveRunner{rt: knee}
+		var calls atomic.Int64
+		r := funcRunner(func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+			if calls.Add(1) == 1 {
+				return curve.Run(ctx, p)
+			}
+			<-ctx.Done()
+			return justrunit.Observation{}, ctx.Err()
+		})
 		m, err := newEngine(t, st, r, store).Run(context.Background(), st)
 		if err != nil {
 			t.Fatalf("Run: %v", err)
@@ -313,9 +321,17 @@ func TestFailureCancelsOthers(t *testing.T) {
 	store := openStore(t)
 	st := newStudy(t, "grid", time.Hour, 10*time.Hour, 3)
 	var calls atomic.Int64
+	all := make(chan struct{}) // closed when the three have started
 	r := funcRunner(func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
-		if calls.Add(1) == 1 {
-			time.Sleep(20 * time.Millisecond) // let the others start
+		n := calls.Add(1)
+		if n == 3 {
+			close(all)
+		}
+		if n == 1 {
+			select {
+			case <-all:
+			case <-time.After(10 * time.Second): // the check below says so
+			}
 			return justrunit.Observation{}, errors.New("clone crashed")
 		}
 		<-ctx.Done()
