@@ -360,6 +360,14 @@ func (m *Matrix) Render(w io.Writer) error {
 			return err
 		}
 	}
+	for _, r := range m.Rows {
+		if o := r.Observation; o != nil && o.Saturated {
+			if _, err := fmt.Fprintf(w, "saturated at %s: %.1f req/s answered of %.1f offered; its response times understate what clients would see\n",
+				m.Space.Format(r.Point), o.Throughput, o.Offered); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }
 

@@ -172,3 +172,41 @@ func TestMarkUnmeasurable(t *testing.T) {
 		t.Errorf("MarkUnmeasurable of a used point = %v, want invalid", err)
 	}
 }
+
+// TestSaturated checks when a window counts as saturated, which figures a
+// saturated observation understates, and that the rendering says so.
+func TestSaturated(t *testing.T) {
+	for _, c := range []struct {
+		answered, sent int64
+		want           bool
+	}{
+		{95, 100, false},
+		{90, 100, false},
+		{89, 100, true},
+		{0, 19, false}, // too few sent to tell
+		{0, 20, true},
+		{1000, 900, false}, // more answered than sent: in flight at the start
+	} {
+		if got := IsSaturated(c.answered, c.sent); got != c.want {
+			t.Errorf("IsSaturated(%d, %d) = %v, want %v", c.answered, c.sent, got, c.want)
+		}
+	}
+	o := &Observation{Saturated: true}
+	for _, mt := range AllMetrics {
+		want := mt == RTMean || mt == RTP50 || mt == RTP95 || mt == RTP99
+		if got := o.Understates(mt); got != want {
+			t.Errorf("saturated: Understates(%s) = %v, want %v", mt, got, want)
+		}
+		if (&Observation{}).Understates(mt) || (*Observation)(nil).Understates(mt) {
+			t.Errorf("Understates(%s) true without saturation", mt)
+		}
+	}
+	m := testMatrix(t)
+	if err := m.Record(Observation{Point: Point{60}, Samples: 100, Throughput: 8, Offered: 12, Saturated: true, RT: ResponseTime{P95: 70}}); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := m.Render(&buf); err != nil || !strings.Contains(buf.String(), "saturated at cpu=60: 8.0 req/s answered of 12.0 offered") {
+		t.Errorf("Render = %q, %v; want the saturated point", buf.String(), err)
+	}
+}

@@ -123,10 +123,47 @@ type Observation struct {
 	// interval was tight enough), "window" (the window ran its full length)
 	// or "deadline" (the time bound cut it).
 	Stop string `json:"stop,omitempty"`
+	// Saturated means the target answered clearly fewer requests over the
+	// window than it was sent (see SaturatedBelow): it could not keep up,
+	// its queue grew, and the requests still waiting at the window's end
+	// are missing from its response times, which therefore understate what
+	// its clients would see (see Understates). Its throughput is then its
+	// capacity at this point.
+	Saturated bool `json:"saturated,omitempty"`
 	// Clone says how the clone was made ("live", "cold"), when known.
 	Clone string `json:"clone,omitempty"`
 	// Source names what produced the observation (platform and runner).
 	Source string `json:"source,omitempty"`
+}
+
+// SaturatedBelow is the share of the requests sent over a window that a
+// target must answer in it not to be saturated. Requests in flight at the
+// window's ends make the two differ by the load times the response time
+// (a few per cent of a window) in a target that keeps up.
+const SaturatedBelow = 0.9
+
+// saturatedMin is the fewest requests sent over a window for a shortfall to
+// count as saturation rather than chance.
+const saturatedMin = 20
+
+// IsSaturated reports whether a target answered (successfully or not)
+// answered of the sent requests sent to it over a window — those it could
+// not take (dropped) counted as sent — clearly too few to be keeping up.
+func IsSaturated(answered, sent int64) bool {
+	return sent >= saturatedMin && float64(answered) < SaturatedBelow*float64(sent)
+}
+
+// Understates reports whether the observation's value for m is lower than
+// its clients would see: a response time of a saturated target.
+func (o *Observation) Understates(m Metric) bool {
+	if o == nil || !o.Saturated {
+		return false
+	}
+	switch m {
+	case RTMean, RTP50, RTP95, RTP99:
+		return true
+	}
+	return false
 }
 
 // Value returns the observation's value for metric m.

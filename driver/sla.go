@@ -45,6 +45,9 @@ import (
 // there, which is no measurement (see noFigure). Nor does a point whose
 // experiment ran its window and measured too few responses to count
 // (Row.Unmeasurable): the clone was saturated there, or got no traffic.
+// Nor, on a response time, does a point where the clone answered clearly
+// fewer requests than it was sent (Observation.Saturated): its figures are
+// those of the requests that got through.
 type SLASearch struct {
 	axis string
 }
@@ -324,8 +327,8 @@ func (sr *search) line(base int) line {
 			continue
 		}
 		ln.vals[i], ln.has[i] = sr.sign*c.Value, true
-		if noFigure(row.Observation, sr.sla.Metric) {
-			ln.vals[i] = math.NaN() // measured, and fails
+		if noFigure(row.Observation, sr.sla.Metric) || row.Observation.Understates(sr.sla.Metric) {
+			ln.vals[i] = math.NaN() // measured, and fails: no figure, or saturated
 		}
 	}
 	return ln

@@ -56,3 +56,31 @@ func TestUnmeasurablePoints(t *testing.T) {
 		t.Errorf("LeastPassing = %v, %v, %v; want cpu=100", p, ok, err)
 	}
 }
+
+// TestSaturatedFailsSLA checks that the sla search counts a point where the
+// clone was saturated as missing an SLA on a response time, whatever the
+// requests that got through measured, and not one on throughput.
+func TestSaturatedFailsSLA(t *testing.T) {
+	cpu, err := justrunit.ParseParameter("cpu=20..100 step 10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := justrunit.NewMatrix(justrunit.Space{Params: []justrunit.Parameter{cpu}}, []justrunit.Metric{justrunit.RTP95, justrunit.Throughput})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []justrunit.Observation{
+		{Point: justrunit.Point{30}, Samples: 300, Throughput: 30, Offered: 40, Saturated: true, RT: justrunit.ResponseTime{P95: 20}},
+		{Point: justrunit.Point{60}, Samples: 400, Throughput: 40, Offered: 40, RT: justrunit.ResponseTime{P95: 25}},
+	} {
+		if err := m.Record(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p, ok, err := LeastPassing(m, justrunit.SLA{Metric: justrunit.RTP95, Max: 50}, ""); err != nil || !ok || p[0] != 60 {
+		t.Errorf("LeastPassing(rt_p95<=50) = %v, %v, %v; want cpu=60, the saturated cpu=30 failing", p, ok, err)
+	}
+	if p, ok, err := LeastPassing(m, justrunit.SLA{Metric: justrunit.Throughput, Min: 25}, ""); err != nil || !ok || p[0] != 30 {
+		t.Errorf("LeastPassing(throughput>=25) = %v, %v, %v; want cpu=30: a saturated clone's throughput is its capacity", p, ok, err)
+	}
+}

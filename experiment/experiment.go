@@ -241,6 +241,11 @@ func (r *Runner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observat
 	obs := res.Observation(p)
 	obs.Dropped = win.last.Dropped
 	obs.Offered = win.last.Offered()
+	got, sent := win.last.Response.Count+win.last.Response.Errors, win.last.Sent+win.last.Dropped
+	if obs.Saturated = justrunit.IsSaturated(got, sent); obs.Saturated {
+		r.log.Warn("clone saturated: its response times understate what its clients would see", "clone", s.clone.ID, "point", p,
+			"answered", got, "sent", sent)
+	}
 	obs.MatchRate = 1
 	if r.cfg.Replay != nil {
 		if win.replayErr != nil {

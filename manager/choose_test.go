@@ -53,9 +53,17 @@ func TestChoose(t *testing.T) {
 		{"on-line not known", []float64{300, 200, 100, 80, 70, 60, 55, 56}, 0.1, nan, 0, ""},
 		{"a NaN cell is never the best", []float64{math.Inf(1), 200, 100, 80, 70, 60, 55, 56}, 0.1, 900, 90, "best effort"},
 		{"nothing measured", []float64{nan, nan, nan, nan, nan, nan, nan, nan}, 0.1, 900, 0, ""},
+		// cpu=30 and 40 saturated (below): their figures understate.
+		{"saturated points are no candidates", []float64{30, 40, 60, 44, 40, 38, 35, 34}, 0.1, 900, 60, ""},
+		{"nor the best effort", []float64{30, 40, 60, 55, 52, 51, 52, 53}, 0.1, 900, 80, "best effort"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			m := matrix(tt.values...)
+			if strings.HasPrefix(tt.name, "saturated") || strings.HasPrefix(tt.name, "nor") {
+				for i := range 2 {
+					m.Rows[i].Observation = &justrunit.Observation{Point: m.Rows[i].Point, Saturated: true}
+				}
+			}
 			i, why := choose(m, justrunit.RTMean, goal, tt.headroom, tt.online, 0.1)
 			got := 0.0
 			if i >= 0 {

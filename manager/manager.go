@@ -655,10 +655,14 @@ func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.St
 // It returns -1 when none of these holds. Empty cells are never taken.
 func choose(mat *justrunit.Matrix, metric justrunit.Metric, goal justrunit.SLA, headroom, online, threshold float64) (int, string) {
 	col := mat.MetricIndex(metric)
+	// A saturated clone's response times understate what the tier would
+	// see there: such a point is no candidate.
+	usable := func(r justrunit.Row) bool {
+		return r.Cells[col].Prov != justrunit.Empty && !r.Observation.Understates(metric)
+	}
 	least := func(bound float64) int {
 		return slices.IndexFunc(mat.Rows, func(r justrunit.Row) bool {
-			c := r.Cells[col]
-			return c.Prov != justrunit.Empty && c.Value <= bound
+			return usable(r) && r.Cells[col].Value <= bound
 		})
 	}
 	if i := least(goal.Max); i >= 0 {
@@ -673,7 +677,7 @@ func choose(mat *justrunit.Matrix, metric justrunit.Metric, goal justrunit.SLA, 
 	}
 	best := -1
 	for i, r := range mat.Rows {
-		if c := r.Cells[col]; c.Prov != justrunit.Empty && !math.IsNaN(c.Value) && (best < 0 || c.Value < mat.Rows[best].Cells[col].Value) {
+		if c := r.Cells[col]; usable(r) && !math.IsNaN(c.Value) && (best < 0 || c.Value < mat.Rows[best].Cells[col].Value) {
 			best = i
 		}
 	}

@@ -315,8 +315,11 @@ func (e *Engine) record(ctx context.Context, st *justrunit.Study, m *justrunit.M
 			return err
 		}
 	}
-	e.event(ctx, st, justrunit.EventExperimentDone, "info", fmt.Sprintf("measured %s: p95 %.2f ms, %.1f req/s (%s)",
-		where, r.obs.RT.P95, r.obs.Throughput, r.obs.Stop), map[string]any{keyPoint: where})
+	level, msg := "info", fmt.Sprintf("measured %s: p95 %.2f ms, %.1f req/s (%s)", where, r.obs.RT.P95, r.obs.Throughput, r.obs.Stop)
+	if r.obs.Saturated {
+		level, msg = "warn", msg+fmt.Sprintf("; saturated: %.1f req/s offered, so its response times understate", r.obs.Offered)
+	}
+	e.event(ctx, st, justrunit.EventExperimentDone, level, msg, map[string]any{keyPoint: where, "saturated": r.obs.Saturated})
 	return nil
 }
 

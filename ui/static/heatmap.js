@@ -107,6 +107,11 @@ export function heatmap(m) {
       let tip = `${pointLabel(m.space, r.point)} ${metrics[j]}: ${fmt(c.value)} ${unit(metrics[j])} (${c.prov} ${PROV[c.prov] || ''})`;
       if (c.uncertainty > 0) tip += ` ±${fmt(c.uncertainty)}`;
       if (c.prov === 'V') tip += `; interpolated value was ${fmt(c.predicted)}`;
+      const sat = r.observation && r.observation.saturated && metrics[j].startsWith('rt_');
+      if (sat) {
+        label = '≥' + label;
+        tip += `; saturated: ${fmt(r.observation.throughput)} of ${fmt(r.observation.offered)} req/s answered, so the clients would see more`;
+      }
       if (r.unmeasurable) tip = `${pointLabel(m.space, r.point)}: measured nothing: ${r.unmeasurable}`;
       g.append(el('title', {}, tip));
       svg.append(g);
