@@ -176,7 +176,7 @@ type Study struct {
 	MinSamples int64 `json:"min_samples,omitempty"`
 
 	State    StudyState `json:"state"`
-	Owner    string     `json:"owner,omitempty"` // "pid@hostname" of the process running it
+	Owner    string     `json:"owner,omitempty"` // the process running it: "pid@hostname;start=TICKS;boot=ID" (see sqlite.OwnerID)
 	Created  time.Time  `json:"created"`
 	Started  time.Time  `json:"started,omitempty"`
 	Finished time.Time  `json:"finished,omitempty"`

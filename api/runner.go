@@ -51,7 +51,7 @@ type EngineRunnerConfig struct {
 	Check func(*justrunit.Study) error
 	// Logger is optional; slog.Default() when nil.
 	Logger *slog.Logger
-	// Owner identifies this process in the store ("pid@host", see
+	// Owner identifies this process in the store (see
 	// sqlite.OwnerID) so a study it leaves running when it dies is found
 	// and marked interrupted on the next start.
 	Owner string

@@ -56,7 +56,7 @@ type Config struct {
 	Site *siterun.Site
 	// Store keeps the manager's studies and events; optional.
 	Store justrunit.Store
-	// Owner identifies this process in the store ("pid@host", as
+	// Owner identifies this process in the store (as
 	// sqlite.OwnerID gives) on the studies it runs. Another justrunit
 	// process that opens the store marks a running study whose owner is
 	// empty or gone as interrupted, so set it whenever Store is set.

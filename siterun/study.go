@@ -20,7 +20,7 @@ import (
 type StudyOptions struct {
 	// Store keeps the study; optional.
 	Store justrunit.Store
-	// Owner identifies this process in the store ("pid@host").
+	// Owner identifies this process in the store (sqlite.OwnerID).
 	Owner string
 	// Progress receives the engine's progress reports; optional.
 	Progress func(study.Progress)

@@ -53,7 +53,7 @@ type Engine struct {
 	// Progress, when set, is called from the engine's goroutine after the
 	// study starts, after each experiment and at the end.
 	Progress func(Progress)
-	// Owner identifies the running process in the store ("pid@host"), so a
+	// Owner identifies the running process in the store (sqlite.OwnerID), so a
 	// study whose process died can be told apart from a running one.
 	Owner string
 }

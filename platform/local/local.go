@@ -166,6 +166,21 @@ type inst struct {
 	// undumpable says why criu cannot dump this instance's tree for as
 	// long as it runs (an MPTCP listener); its clones are then cold.
 	undumpable string
+	// changing is held by SetAllocation and Migrate while they apply a
+	// change, so that one change at a time reaches the cgroup: its limits
+	// and the recorded Alloc and Host then agree, and pending is the only
+	// booking in flight. Taken before p.mu, never while holding it.
+	changing sync.Mutex
+	// pending books, under p.mu, the CPU share a change being applied
+	// takes on its host (see booked), so that the room it was checked
+	// against is not given to another instance before the change lands.
+	pending *booking
+}
+
+// booking is a CPU share booked on a host by a change not yet applied.
+type booking struct {
+	host string
+	cpu  float64
 }
 
 func (in *inst) exited() bool {
@@ -423,20 +438,41 @@ func (p *Platform) checkAlloc(a justrunit.Allocation, h *HostConfig) error {
 	return nil
 }
 
-// checkRoom checks that host h can take a CPU share of cpu besides what its
-// other instances (except the one named skip) have. Unlimited instances
-// count as nothing.
+// checkRoom checks that host h can take a CPU share of cpu besides what is
+// booked on it by its other instances (except the one named skip). The
+// caller holds p.mu, and books the share before releasing it: a new
+// instance by entering p.insts, a change by setting inst.pending.
 func (p *Platform) checkRoom(h *HostConfig, cpu float64, skip string) error {
-	used := 0.0
-	for _, in := range p.insts {
-		if in.Host == h.Name && in.ID != skip && !in.exited() {
-			used += in.Alloc.CPU
-		}
-	}
+	used := p.booked(h.Name, skip)
 	if used+cpu > h.Cores*100+1e-9 {
 		return justrunit.Invalid("cpu", cpu, "host %s has %g%% of %g%% left", h.Name, h.Cores*100-used, h.Cores*100)
 	}
 	return nil
+}
+
+// booked returns the CPU share booked on host by the instances that have
+// not exited, except the one named skip: an instance's allocation on its
+// own host and the share a change being applied takes on the change's
+// host. An instance counts once on a host, at the larger of the two while
+// its allocation changes (the cgroup may have either until the change
+// lands), and on both hosts while it migrates. Unlimited instances count
+// as nothing. The caller holds p.mu.
+func (p *Platform) booked(host, skip string) float64 {
+	used := 0.0
+	for _, in := range p.insts {
+		if in.ID == skip || in.exited() {
+			continue
+		}
+		b := 0.0
+		if in.Host == host {
+			b = in.Alloc.CPU
+		}
+		if r := in.pending; r != nil && r.host == host {
+			b = max(b, r.cpu)
+		}
+		used += b
+	}
+	return used
 }
 
 // groupShares is the CPU weight (v1 units; 1024 is one ordinary process)
@@ -679,13 +715,37 @@ func (p *Platform) hostOf(in *inst) *HostConfig {
 	return &h
 }
 
-// SetAllocation changes the CPU share, emulated frequency and memory limit
-// of an instance or clone. A share above the host's capacity is an error
-// naming the field "cpu".
-func (p *Platform) SetAllocation(ctx context.Context, id string, a justrunit.Allocation) error {
+// testHookApplying, when set by a test, runs while a change to instance id
+// is booked and about to be applied to its cgroup.
+var testHookApplying func(id string)
+
+// lockChange returns instance id with its change lock (inst.changing) held;
+// the caller unlocks it. Under p.mu, the caller then checks that the
+// instance is still p.insts[id]: it may have been destroyed meanwhile.
+func (p *Platform) lockChange(id string) (*inst, error) {
 	p.mu.Lock()
 	in, ok := p.insts[id]
+	p.mu.Unlock()
 	if !ok {
+		return nil, fmt.Errorf("instance %q: %w", id, justrunit.ErrNotFound)
+	}
+	in.changing.Lock()
+	return in, nil
+}
+
+// SetAllocation changes the CPU share, emulated frequency and memory limit
+// of an instance or clone. A share above the room left on the host is an
+// error naming the field "cpu"; the room is checked and the new share
+// booked in one step, so concurrent changes, launches and clones cannot
+// together overcommit the host.
+func (p *Platform) SetAllocation(ctx context.Context, id string, a justrunit.Allocation) error {
+	in, err := p.lockChange(id)
+	if err != nil {
+		return fmt.Errorf("set allocation: %w", err)
+	}
+	defer in.changing.Unlock()
+	p.mu.Lock()
+	if p.insts[id] != in {
 		p.mu.Unlock()
 		return fmt.Errorf("set allocation: instance %q: %w", id, justrunit.ErrNotFound)
 	}
@@ -698,18 +758,39 @@ func (p *Platform) SetAllocation(ctx context.Context, id string, a justrunit.All
 		p.mu.Unlock()
 		return fmt.Errorf("set allocation of %s: %w", id, err)
 	}
-	g := in.group
-	p.mu.Unlock()
+	g, old, clone := in.group, in.Alloc, in.Origin != ""
 	if g == nil {
+		p.mu.Unlock()
 		return fmt.Errorf("set allocation: instance %q is not running", id)
 	}
-	if err := g.Set(p.limits(a, &h, in.Origin != "")); err != nil {
-		return fmt.Errorf("set allocation of %s: %w", id, err)
+	in.pending = &booking{host: h.Name, cpu: a.CPU}
+	p.mu.Unlock()
+	if testHookApplying != nil {
+		testHookApplying(id)
+	}
+	err = g.Set(p.limits(a, &h, clone))
+	if err != nil {
+		p.restoreLimits(g, p.limits(old, &h, clone), id)
 	}
 	p.mu.Lock()
-	in.Alloc = a
+	in.pending = nil
+	if err == nil {
+		in.Alloc = a
+	}
 	p.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("set allocation of %s: %w", id, err)
+	}
 	return nil
+}
+
+// restoreLimits puts back the limits a cgroup had before a change that
+// failed part-way, so that it takes no more than its booking once the
+// booking of the change is dropped.
+func (p *Platform) restoreLimits(g *cgroup.Group, l cgroup.Limits, id string) {
+	if err := g.Set(l); err != nil {
+		p.log.Warn("cannot restore the limits of a failed change", "id", id, "err", err)
+	}
 }
 
 // Usage reads the CPU time and memory of an instance's cgroup.
@@ -734,16 +815,21 @@ func (p *Platform) Usage(ctx context.Context, id string) (justrunit.Usage, error
 // Migrate moves a running instance to another host's partition: its cgroup
 // gets the target's cpuset and, for emulated frequency, the target class's
 // bandwidth. The target must be on, of the same kind (sandbox or not) and
-// have room for the instance's CPU share.
+// have room for the instance's CPU share; the share is booked on the
+// target when the room is checked and stays booked on the source until
+// the move lands.
 func (p *Platform) Migrate(ctx context.Context, id, host string) error {
+	in, err := p.lockChange(id)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer in.changing.Unlock()
 	p.mu.Lock()
-	in, ok := p.insts[id]
-	if !ok {
+	if p.insts[id] != in {
 		p.mu.Unlock()
 		return fmt.Errorf("migrate: instance %q: %w", id, justrunit.ErrNotFound)
 	}
 	h := p.host(host)
-	var err error
 	switch {
 	case h == nil:
 		err = justrunit.Invalid("host", host, "unknown host; hosts: %s", p.hostNames())
@@ -762,18 +848,30 @@ func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 		p.mu.Unlock()
 		return fmt.Errorf("migrate %s: %w", id, err)
 	}
-	hc := *h
+	hc, from := *h, *p.host(in.Host)
 	g, a, clone := in.group, in.Alloc, in.Origin != ""
-	p.mu.Unlock()
 	if g == nil {
+		p.mu.Unlock()
 		return fmt.Errorf("migrate: instance %q is not running", id)
 	}
-	if err := g.Set(p.limits(a, &hc, clone)); err != nil {
-		return fmt.Errorf("migrate %s: %w", id, err)
+	in.pending = &booking{host: host, cpu: a.CPU}
+	p.mu.Unlock()
+	if testHookApplying != nil {
+		testHookApplying(id)
+	}
+	err = g.Set(p.limits(a, &hc, clone))
+	if err != nil {
+		p.restoreLimits(g, p.limits(a, &from, clone), id)
 	}
 	p.mu.Lock()
-	in.Host = host
+	in.pending = nil
+	if err == nil {
+		in.Host = host
+	}
 	p.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("migrate %s: %w", id, err)
+	}
 	p.log.Info("migrated", "id", id, "host", host, "cpus", hc.CPUs)
 	return nil
 }
@@ -792,7 +890,9 @@ func (p *Platform) SetPower(ctx context.Context, host string, on bool) error {
 	if !on {
 		var ids []string
 		for _, in := range p.insts {
-			if in.Host == host && !in.exited() {
+			// An instance migrating to the host counts as on it.
+			onto := in.pending != nil && in.pending.host == host
+			if (in.Host == host || onto) && !in.exited() {
 				ids = append(ids, in.ID)
 			}
 		}

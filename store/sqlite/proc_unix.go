@@ -31,20 +31,12 @@ func processStatus(pid int) procStatus {
 	if err != nil {
 		return st
 	}
-	// "pid (comm) state ppid ..."; comm may hold spaces and parentheses,
-	// so split after the last ')'. Field 3 is the state, field 22 the start
-	// time in clock ticks since boot.
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
+	state, ticks, ok := parseStat(string(stat))
+	if !ok {
 		return st
 	}
-	f := bytes.Fields(stat[i+1:])
-	if len(f) < 20 {
-		return st
-	}
-	st.zombie = string(f[0]) == "Z" || string(f[0]) == "X"
-	ticks, err := strconv.ParseInt(string(f[19]), 10, 64)
-	if boot, ok := bootTime(); ok && err == nil {
+	st.zombie = state == "Z" || state == "X"
+	if boot, ok := bootTime(); ok {
 		st.started = boot.Add(time.Duration(ticks) * time.Second / clockTicks)
 	}
 	return st

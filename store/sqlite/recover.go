@@ -14,12 +14,69 @@ import (
 )
 
 // startSlack absorbs the coarseness of a process's start time as Linux
-// reports it (the boot time is whole seconds) and small clock adjustments.
+// reports it (the boot time is whole seconds) and small clock adjustments,
+// for owners recorded in the old form "pid@hostname" (see ownerGone).
 const startSlack = time.Second
 
-// OwnerID returns "pid@hostname" for the current process: what a study
-// records in Owner while this process runs it.
-func OwnerID() string { return strconv.Itoa(os.Getpid()) + "@" + hostname() }
+// OwnerID returns what a study records in Owner while this process runs
+// it: "pid@hostname;start=TICKS;boot=BOOTID", where TICKS is when this
+// process started, in clock ticks since boot (/proc/self/stat, field 22),
+// and BOOTID this boot's id (/proc/sys/kernel/random/boot_id). The pid and
+// start ticks name this process exactly, however the wall clock is set or
+// stepped while it runs, and the boot id tells a pid of an earlier boot
+// from one of this boot. Where they cannot be read (not Linux, no /proc)
+// it is "pid@hostname", the form older versions wrote.
+func OwnerID() string {
+	o := procOwner{pid: os.Getpid(), host: hostname()}
+	if ticks, ok := procStartTicks(o.pid); ok {
+		if boot, ok := bootID(); ok {
+			o.ticks, o.boot = ticks, boot
+		}
+	}
+	return o.String()
+}
+
+// procOwner is a parsed Owner.
+type procOwner struct {
+	pid  int
+	host string
+	// ticks and boot identify the process within its host (see OwnerID);
+	// boot is empty in the old form "pid@hostname".
+	ticks int64
+	boot  string
+}
+
+// ownerTail separates "pid@hostname" from the fields that identify the
+// process; a host name (RFC 1123) holds no ';'.
+const ownerTail = ";start="
+
+func (o procOwner) String() string {
+	s := strconv.Itoa(o.pid) + "@" + o.host
+	if o.boot != "" {
+		s += ownerTail + strconv.FormatInt(o.ticks, 10) + ";boot=" + o.boot
+	}
+	return s
+}
+
+// parseOwner parses "pid@hostname" or "pid@hostname;start=TICKS;boot=BOOTID".
+func parseOwner(s string) (procOwner, bool) {
+	head, tail, long := strings.Cut(s, ownerTail)
+	p, h, ok := strings.Cut(head, "@")
+	pid, err := strconv.Atoi(p)
+	if !ok || err != nil || pid <= 0 || h == "" {
+		return procOwner{}, false
+	}
+	o := procOwner{pid: pid, host: h}
+	if long {
+		t, boot, ok := strings.Cut(tail, ";boot=")
+		ticks, err := strconv.ParseInt(t, 10, 64)
+		if !ok || err != nil || ticks < 0 || boot == "" || strings.ContainsAny(boot, ";@") {
+			return procOwner{}, false
+		}
+		o.ticks, o.boot = ticks, boot
+	}
+	return o, true
+}
 
 func hostname() string {
 	h, err := os.Hostname()
@@ -35,11 +92,12 @@ func hostname() string {
 // an justrunit.EventStudyInterrupted event for it, and returns how many it marked.
 //
 // A running study's owner is gone when Owner is empty, or names a process on
-// this host that no longer exists, is a zombie, or started after the study
-// did (its pid was reused — e.g. a restarted daemon that is again pid 1 in
-// its container). A study whose owner is alive, on another host, or written
-// in a form other than "pid@hostname" is left alone: this process cannot
-// tell that its owner is gone.
+// this host that ran before the host last booted, no longer exists, is a
+// zombie, or is not the process its pid now names (the pid was reused —
+// e.g. a restarted daemon that is again pid 1 in its container; see
+// ownerGone). A study whose owner is alive, on another host, or written in
+// a form other than OwnerID's or "pid@hostname" is left alone: this process
+// cannot tell that its owner is gone.
 //
 // A daemon calls RecoverInterrupted when it starts, before it runs studies
 // of its own. Calling it at any other time is safe (live owners are left
@@ -123,16 +181,35 @@ func (s *Store) RecoverInterrupted(ctx context.Context) (int, error) {
 
 // ownerGone reports whether the process that owns a running study since
 // since is gone, and why, from this host's point of view.
+//
+// An owner recorded with its start ticks and boot id (see OwnerID) is gone
+// when it ran in an earlier boot of this host, or its pid no longer
+// exists, is a zombie or belongs to a process that started at another
+// tick: exact comparisons that no step of the wall clock can upset. An
+// owner in the old form "pid@hostname" is compared by wall clock instead:
+// it is gone when its pid started more than startSlack after since; a
+// clock stepped meanwhile can make that misfire, which is why OwnerID
+// records more.
 func ownerGone(owner, host string, since time.Time) (why string, gone bool) {
 	if owner == "" {
 		return "no owner process was recorded", true
 	}
-	p, h, ok := strings.Cut(owner, "@")
-	pid, err := strconv.Atoi(p)
-	if !ok || err != nil || pid <= 0 || h != host {
+	o, ok := parseOwner(owner)
+	if !ok || o.host != host {
 		return "", false
 	}
-	st := processStatus(pid)
+	if o.boot != "" {
+		// Only a boot id of this host tells that the owner's boot is over;
+		// without it, a pid that exists may be one of an earlier boot.
+		boot, ok := bootID()
+		if !ok {
+			return "", false
+		}
+		if boot != o.boot {
+			return "owner process " + owner + " ran before this host restarted (boot " + boot + " now)", true
+		}
+	}
+	st := processStatus(o.pid)
 	switch {
 	case !st.known:
 		return "", false
@@ -140,10 +217,55 @@ func ownerGone(owner, host string, since time.Time) (why string, gone bool) {
 		return "owner process " + owner + " no longer exists", true
 	case st.zombie:
 		return "owner process " + owner + " has exited", true
+	case o.boot != "":
+		ticks, ok := procStartTicks(o.pid)
+		if ok && ticks != o.ticks {
+			return "owner process " + owner + " is gone; its pid now belongs to a process started at tick " +
+				strconv.FormatInt(ticks, 10) + " of this boot", true
+		}
 	case !st.started.IsZero() && !since.IsZero() && st.started.After(since.Add(startSlack)):
 		return "owner process " + owner + " is gone; its pid now belongs to a process started after the study", true
 	}
 	return "", false
+}
+
+// procStartTicks reads when process pid started, in clock ticks since boot
+// (field 22 of /proc/PID/stat); false where that cannot be read.
+func procStartTicks(pid int) (int64, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	_, ticks, ok := parseStat(string(b))
+	return ticks, ok
+}
+
+// parseStat parses a /proc/PID/stat line, "pid (comm) state ppid ...", for
+// the process's state (field 3) and start time in clock ticks since boot
+// (field 22): comm may hold spaces and parentheses, so the fields are split
+// after the last ')'.
+func parseStat(stat string) (state string, ticks int64, ok bool) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return "", 0, false
+	}
+	f := strings.Fields(stat[i+1:])
+	if len(f) < 20 {
+		return "", 0, false
+	}
+	ticks, err := strconv.ParseInt(f[19], 10, 64)
+	return f[0], ticks, err == nil && ticks >= 0
+}
+
+// bootID reads the id the kernel drew for this boot; false where it cannot
+// be read.
+func bootID() (string, bool) {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", false
+	}
+	id := strings.TrimSpace(string(b))
+	return id, id != "" && !strings.ContainsAny(id, ";@ ")
 }
 
 // procStatus is what this host can tell about a process.

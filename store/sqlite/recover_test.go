@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,10 +32,139 @@ func deadPID(t *testing.T) int {
 	return pid
 }
 
+// selfOwner returns this process's owner as OwnerID records it, or skips
+// the test where start ticks and boot ids cannot be read.
+func selfOwner(t *testing.T) procOwner {
+	t.Helper()
+	o, ok := parseOwner(OwnerID())
+	if !ok {
+		t.Fatalf("parseOwner(OwnerID() = %q) failed", OwnerID())
+	}
+	if o.boot == "" {
+		t.Skip("no start ticks or boot id here (/proc/self/stat, /proc/sys/kernel/random/boot_id); owners are pid@host")
+	}
+	return o
+}
+
 func TestOwnerID(t *testing.T) {
-	want := strconv.Itoa(os.Getpid()) + "@"
-	if got := OwnerID(); !strings.HasPrefix(got, want) || len(got) == len(want) {
-		t.Errorf("OwnerID() = %q, want %shostname", got, want)
+	want := strconv.Itoa(os.Getpid()) + "@" + hostname()
+	got := OwnerID()
+	if !strings.HasPrefix(got, want) {
+		t.Fatalf("OwnerID() = %q, want it to start with %s", got, want)
+	}
+	if got != OwnerID() {
+		t.Errorf("OwnerID() changes between calls: %q, then %q", got, OwnerID())
+	}
+	o := selfOwner(t)
+	ticks, _ := procStartTicks(os.Getpid())
+	boot, _ := bootID()
+	if o.pid != os.Getpid() || o.host != hostname() || o.ticks != ticks || o.boot != boot {
+		t.Errorf("OwnerID() = %q, parsed %+v; want pid %d, host %s, start ticks %d, boot %s", got, o, os.Getpid(), hostname(), ticks, boot)
+	}
+	if want := fmt.Sprintf("%d@%s;start=%d;boot=%s", os.Getpid(), hostname(), ticks, boot); got != want {
+		t.Errorf("OwnerID() = %q, want %q", got, want)
+	}
+}
+
+func TestParseOwner(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want procOwner
+		ok   bool
+	}{
+		{"12@box", procOwner{pid: 12, host: "box"}, true},
+		{"12@box.example.com;start=4401445;boot=e0713c18-85a7-4829-b90f-f10832e8312b",
+			procOwner{pid: 12, host: "box.example.com", ticks: 4401445, boot: "e0713c18-85a7-4829-b90f-f10832e8312b"}, true},
+		{"12@box;start=0;boot=b", procOwner{pid: 12, host: "box", boot: "b"}, true},
+		{"daemon", procOwner{}, false},
+		{"", procOwner{}, false},
+		{"0@box", procOwner{}, false},
+		{"-3@box", procOwner{}, false},
+		{"12@", procOwner{}, false},
+		{"12@box;start=x;boot=b", procOwner{}, false},
+		{"12@box;start=-1;boot=b", procOwner{}, false},
+		{"12@box;start=5", procOwner{}, false},
+		{"12@box;start=5;boot=", procOwner{}, false},
+		{"12@box;start=5;boot=a;b", procOwner{}, false},
+	} {
+		got, ok := parseOwner(tt.in)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("parseOwner(%q) = %+v, %v; want %+v, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+		if ok && got.String() != tt.in {
+			t.Errorf("parseOwner(%q).String() = %q, want it back", tt.in, got.String())
+		}
+	}
+}
+
+func TestParseStat(t *testing.T) {
+	for _, tt := range []struct {
+		stat, state string
+		ticks       int64
+		ok          bool
+	}{
+		{"42 (sleep) S 1 42 42 0 -1 4194304 97 0 0 0 0 0 0 0 20 0 1 0 4401445 2240512 128 18446744073709551615", "S", 4401445, true},
+		// A command name with spaces and parentheses.
+		{"42 (a) b (c) Z 1 42 42 0 -1 4194304 97 0 0 0 0 0 0 0 20 0 1 0 77 2240512 128", "Z", 77, true},
+		{"42 (sleep) S 1 42", "", 0, false},
+		{"42 sleep S 1 42 42 0 -1 4194304 97 0 0 0 0 0 0 0 20 0 1 0 77 2240512 128", "", 0, false},
+		{"42 (sleep) S 1 42 42 0 -1 4194304 97 0 0 0 0 0 0 0 20 0 1 0 x 2240512 128", "S", 0, false},
+	} {
+		state, ticks, ok := parseStat(tt.stat)
+		if state != tt.state || ticks != tt.ticks || ok != tt.ok {
+			t.Errorf("parseStat(%q) = %q, %d, %v; want %q, %d, %v", tt.stat, state, ticks, ok, tt.state, tt.ticks, tt.ok)
+		}
+	}
+}
+
+// TestOwnerGone checks that an owner recorded with its start ticks and boot
+// id is judged by those alone, whatever the wall clock says, and that the
+// old form "pid@host" is still judged by wall clock.
+func TestOwnerGone(t *testing.T) {
+	self := selfOwner(t)
+	host := hostname()
+	with := func(f func(*procOwner)) string {
+		o := self
+		f(&o)
+		return o.String()
+	}
+	dead := deadPID(t)
+	old := fmt.Sprintf("%d@%s", os.Getpid(), host)
+	now := time.Now()
+	for _, tt := range []struct {
+		name  string
+		owner string
+		since time.Time
+		gone  bool
+		why   string // in the reason, when gone
+	}{
+		{"alive", self.String(), now, false, ""},
+		// A wall clock stepped after the study started (forward: the study
+		// seems to have started long before this process; back: after it)
+		// changes nothing.
+		{"alive, clock stepped forward", self.String(), now.Add(-24 * time.Hour), false, ""},
+		{"alive, clock stepped back", self.String(), now.Add(24 * time.Hour), false, ""},
+		{"alive, no start recorded", self.String(), time.Time{}, false, ""},
+		{"pid reused", with(func(o *procOwner) { o.ticks++ }), now, true, "now belongs to a process started at tick"},
+		{"pid reused, started earlier", with(func(o *procOwner) { o.ticks-- }), now.Add(-24 * time.Hour), true, "now belongs"},
+		{"earlier boot", with(func(o *procOwner) { o.boot = "00000000-0000-0000-0000-000000000000" }), now, true, "restarted"},
+		{"earlier boot, dead pid", with(func(o *procOwner) { o.boot, o.pid = "other", dead }), now, true, "restarted"},
+		{"dead pid", with(func(o *procOwner) { o.pid = dead }), now, true, "no longer exists"},
+		{"other host", with(func(o *procOwner) { o.host = "not-" + host; o.ticks++ }), now, false, ""},
+		{"malformed", self.String() + ";more", now, false, ""},
+		{"no owner", "", now, true, "no owner"},
+		// The old form: wall clock against the study's start.
+		{"old form alive", old, now, false, ""},
+		{"old form pid reused", old, now.Add(-24 * time.Hour), true, "started after the study"},
+		{"old form dead pid", fmt.Sprintf("%d@%s", dead, host), now, true, "no longer exists"},
+		{"old form other host", fmt.Sprintf("%d@not-%s", dead, host), now, false, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			why, gone := ownerGone(tt.owner, host, tt.since)
+			if gone != tt.gone || !strings.Contains(why, tt.why) {
+				t.Errorf("ownerGone(%q, since %v) = %q, %v; want gone %v saying %q", tt.owner, tt.since, why, gone, tt.gone, tt.why)
+			}
+		})
 	}
 }
 
@@ -61,18 +191,35 @@ func TestRecoverInterrupted(t *testing.T) {
 		{"pending-dead-owner", justrunit.StudyPending, dead, time.Time{}, justrunit.StudyInterrupted},
 		{"pending-alive-owner", justrunit.StudyPending, self, time.Time{}, justrunit.StudyPending},
 	}
+	type testCase = struct {
+		id      string
+		state   justrunit.StudyState
+		owner   string
+		started time.Time
+		want    justrunit.StudyState
+	}
 	if processStatus(os.Getpid()).started.IsZero() {
 		t.Log("no process start times here (/proc); not testing pid reuse")
 	} else {
-		// This process's pid, but the study started long before this process
-		// did: the pid was reused (a restarted daemon in a container).
-		tests = append(tests, struct {
-			id      string
-			state   justrunit.StudyState
-			owner   string
-			started time.Time
-			want    justrunit.StudyState
-		}{"reused-pid", justrunit.StudyRunning, self, time.Now().Add(-24 * time.Hour), justrunit.StudyInterrupted})
+		// This process's pid in the old form, but the study started long
+		// before this process did: the pid was reused (a restarted daemon
+		// in a container).
+		old := strconv.Itoa(os.Getpid()) + "@" + hostname()
+		tests = append(tests, testCase{"reused-pid-old-form", justrunit.StudyRunning, old, time.Now().Add(-24 * time.Hour), justrunit.StudyInterrupted})
+	}
+	if o, ok := parseOwner(self); !ok || o.boot == "" {
+		t.Log("no start ticks or boot id here; not testing owners recorded with them")
+	} else {
+		reused, earlier := o, o
+		reused.ticks++
+		earlier.boot = "00000000-0000-0000-0000-000000000000"
+		tests = append(tests,
+			testCase{"reused-pid", justrunit.StudyRunning, reused.String(), recent, justrunit.StudyInterrupted},
+			testCase{"earlier-boot", justrunit.StudyRunning, earlier.String(), recent, justrunit.StudyInterrupted},
+			// The wall clock stepped forward since this process started:
+			// by the clock, the study started a day before its owner.
+			testCase{"alive-owner-clock-stepped", justrunit.StudyRunning, self, time.Now().Add(-24 * time.Hour), justrunit.StudyRunning},
+		)
 	}
 	wantN := 0
 	for _, tt := range tests {

@@ -27,7 +27,7 @@
 //
 // # Interrupted studies
 //
-// A study in state running records its Owner ("pid@hostname", see OwnerID).
+// A study in state running records its Owner (see OwnerID).
 // When that process dies without finishing the study, the row stays running;
 // a daemon calls RecoverInterrupted when it starts to mark such studies
 // interrupted, so they are not silently lost.
