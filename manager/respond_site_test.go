@@ -2,11 +2,8 @@ package manager_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,10 +12,9 @@ import (
 
 	"github.com/justrunit/justrunit/examples/auction/loadgen"
 	"github.com/justrunit/justrunit/internal/testutil"
+	"github.com/justrunit/justrunit/internal/testutil/sitetest"
 	"github.com/justrunit/justrunit/manager"
 	"github.com/justrunit/justrunit/manager/planner"
-	"github.com/justrunit/justrunit/site"
-	"github.com/justrunit/justrunit/siterun"
 	"github.com/justrunit/justrunit/store/sqlite"
 )
 
@@ -33,23 +29,13 @@ func TestRespondSite(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a site and a study")
 	}
-	dir := t.TempDir()
-	bin := testutil.BuildAuction(t)
-	var addrs []string
-	for range 4 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs = append(addrs, l.Addr().String())
-		l.Close() // the kernel picked a free port; the site takes it
-	}
-	appIn, app, dataOut, data := addrs[0], addrs[1], addrs[2], addrs[3]
-	state := filepath.Join(dir, "state")
-	os.MkdirAll(state, 0o755)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
 	// The SLA is loose: the least allocation studied meets it, so the
 	// decision asks for more CPU and the manager plans.
-	body := fmt.Sprintf(`platform: local
+	s := sitetest.Up(t, ctx, sitetest.Config{
+		Addrs: []string{"appIn", "app", "dataOut", "data"},
+		File: `platform: local
 classes:
   std: {idle_watts: 100, max_watts: 200}
 hosts:
@@ -62,42 +48,28 @@ services:
     tiers:
       - name: app
         instances:
-          - {id: app0, host: pm1, addr: "%[2]s", allocation: {cpu: 30}, in_proxy: {listen: "%[1]s"},
-             out_proxy: {listen: "%[3]s", next: "%[4]s", pass_through: [GET]},
-             command: [%[5]s, app, --listen, "%[2]s", --data, "http://%[3]s"]}
+          - {id: app0, host: pm1, addr: "{{.Addr.app}}", allocation: {cpu: 30}, in_proxy: {listen: "{{.Addr.appIn}}"},
+             out_proxy: {listen: "{{.Addr.dataOut}}", next: "{{.Addr.data}}", pass_through: [GET]},
+             command: [{{.Bin}}, app, --listen, "{{.Addr.app}}", --data, "http://{{.Addr.dataOut}}"]}
       - name: data
         instances:
-          - {id: data0, host: pm1, addr: "%[4]s", state_dir: "%[6]s",
-             command: [%[5]s, data, --listen, "%[4]s", --state-dir, "%[6]s"]}
-`, appIn, app, dataOut, data, bin, state)
-	path := filepath.Join(dir, "site.yaml")
-	os.WriteFile(path, []byte(body), 0o600)
-	f, err := site.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	s, err := siterun.Up(ctx, f, siterun.Options{StateDir: t.TempDir(), Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(context.Background())
-	store, err := sqlite.Open(ctx, filepath.Join(dir, "justrunit.db"))
+          - {id: data0, host: pm1, addr: "{{.Addr.data}}", state_dir: "{{.Data}}",
+             command: [{{.Bin}}, data, --listen, "{{.Addr.data}}", --state-dir, "{{.Data}}"]}
+`})
+	store, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "justrunit.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer store.Close()
 	loadCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	go loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + appIn, Rate: 60, Mix: loadgen.Browsing, Seed: 5, Timeout: 5 * time.Second})
+	go loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + s.Addr["appIn"], Rate: 60, Mix: loadgen.Browsing, Seed: 5, Timeout: 5 * time.Second})
 
 	var mu sync.Mutex
 	var events []manager.Event
 	owner := sqlite.OwnerID()
-	mgr, err := manager.New(manager.Config{Site: s, Store: store, Owner: owner, Interval: time.Second,
-		WarmUp: time.Second, Window: 3 * time.Second, Experiments: 2, DryRun: true, Logger: log,
+	mgr, err := manager.New(manager.Config{Site: s.Site, Store: store, Owner: owner, Interval: time.Second,
+		WarmUp: time.Second, Window: 3 * time.Second, Experiments: 2, DryRun: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnEvent: func(e manager.Event) {
 			mu.Lock()
 			events = append(events, e)
@@ -108,7 +80,15 @@ services:
 		t.Fatal(err)
 	}
 	defer mgr.Close()
-	time.Sleep(time.Second) // live traffic to copy
+	// Live traffic to copy: wait until the app tier's in-proxy has seen some.
+	feed, _ := s.InProxy("app0")
+	for feed.Stats().Online.Count < 20 {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no live traffic at the app tier's in-proxy: %v", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	if err := mgr.Respond(ctx, "s"); err != nil {
 		t.Fatalf("Respond: %v", err)
 	}

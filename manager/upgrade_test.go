@@ -3,21 +3,14 @@ package manager_test
 import (
 	"bytes"
 	"context"
-	"fmt"
-	"io"
-	"log/slog"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/justrunit/justrunit/examples/auction/loadgen"
 	"github.com/justrunit/justrunit/internal/testutil"
+	"github.com/justrunit/justrunit/internal/testutil/sitetest"
 	"github.com/justrunit/justrunit/manager"
-	"github.com/justrunit/justrunit/site"
-	"github.com/justrunit/justrunit/siterun"
 )
 
 // TestEvaluateUpgrade compares two emulated hardware classes for the
@@ -27,21 +20,11 @@ func TestEvaluateUpgrade(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a site and two experiments")
 	}
-	dir := t.TempDir()
-	bin := testutil.BuildAuction(t)
-	var addrs []string
-	for range 4 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs = append(addrs, l.Addr().String())
-		l.Close() // the kernel picked a free port; the site takes it
-	}
-	appIn, app, dataOut, data := addrs[0], addrs[1], addrs[2], addrs[3]
-	state := filepath.Join(dir, "state")
-	os.MkdirAll(state, 0o755)
-	body := fmt.Sprintf(`platform: local
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	s := sitetest.Up(t, ctx, sitetest.Config{
+		Addrs: []string{"appIn", "app", "dataOut", "data"},
+		File: `platform: local
 classes:
   std: {idle_watts: 100, max_watts: 200}
   old: {idle_watts: 90, max_watts: 160, freq_ghz: 1.2}
@@ -55,33 +38,19 @@ services:
     tiers:
       - name: app
         instances:
-          - {id: app0, host: pm1, addr: "%[2]s", allocation: {cpu: 60}, in_proxy: {listen: "%[1]s"},
-             out_proxy: {listen: "%[3]s", next: "%[4]s", pass_through: [GET]},
-             command: [%[5]s, app, --listen, "%[2]s", --data, "http://%[3]s", --work, "2"]}
+          - {id: app0, host: pm1, addr: "{{.Addr.app}}", allocation: {cpu: 60}, in_proxy: {listen: "{{.Addr.appIn}}"},
+             out_proxy: {listen: "{{.Addr.dataOut}}", next: "{{.Addr.data}}", pass_through: [GET]},
+             command: [{{.Bin}}, app, --listen, "{{.Addr.app}}", --data, "http://{{.Addr.dataOut}}", --work, "2"]}
       - name: data
         instances:
-          - {id: data0, host: pm1, addr: "%[4]s", allocation: {cpu: 20}, state_dir: "%[6]s",
-             command: [%[5]s, data, --listen, "%[4]s", --state-dir, "%[6]s"]}
-`, appIn, app, dataOut, data, bin, state)
-	path := filepath.Join(dir, "site.yaml")
-	os.WriteFile(path, []byte(body), 0o600)
-	f, err := site.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	s, err := siterun.Up(ctx, f, siterun.Options{StateDir: t.TempDir(), Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(context.Background())
+          - {id: data0, host: pm1, addr: "{{.Addr.data}}", allocation: {cpu: 20}, state_dir: "{{.Data}}",
+             command: [{{.Bin}}, data, --listen, "{{.Addr.data}}", --state-dir, "{{.Data}}"]}
+`})
 	loadCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	go loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + appIn, Rate: 40, Mix: loadgen.Browsing, Seed: 3, Timeout: 5 * time.Second})
+	go loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + s.Addr["appIn"], Rate: 40, Mix: loadgen.Browsing, Seed: 3, Timeout: 5 * time.Second})
 
-	rep, err := manager.EvaluateUpgrade(ctx, s, "app0", nil, 2*time.Second, 5*time.Second)
+	rep, err := manager.EvaluateUpgrade(ctx, s.Site, "app0", nil, 2*time.Second, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

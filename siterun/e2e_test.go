@@ -3,11 +3,6 @@ package siterun_test
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
-	"log/slog"
-	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -24,6 +19,7 @@ import (
 	"github.com/justrunit/justrunit/internal/cgroup"
 	"github.com/justrunit/justrunit/internal/metrics"
 	"github.com/justrunit/justrunit/internal/testutil"
+	"github.com/justrunit/justrunit/internal/testutil/sitetest"
 	"github.com/justrunit/justrunit/measure"
 	"github.com/justrunit/justrunit/platform/local"
 	"github.com/justrunit/justrunit/site"
@@ -31,37 +27,11 @@ import (
 	"github.com/justrunit/justrunit/store/sqlite"
 )
 
-func freePorts(t *testing.T, n int) []string {
-	t.Helper()
-	var addrs []string
-	var ls []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		addrs = append(addrs, l.Addr().String())
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return addrs
-}
-
-// auctionSite writes a site file for the auction example: web, app and data
-// tiers on host pm1 (CPU 0), a sandbox host on CPU 1, an in-proxy in front
-// of the app tier and an out-proxy between it and the data tier.
-func auctionSite(t *testing.T, bin string) (*site.Site, string) {
-	t.Helper()
-	dir := t.TempDir()
-	a := freePorts(t, 5) // web, app-in-proxy, app, data-out-proxy, data
-	web, appIn, app, dataOut, data := a[0], a[1], a[2], a[3], a[4]
-	state := filepath.Join(dir, "data")
-	if err := os.MkdirAll(state, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	body := fmt.Sprintf(`platform: local
+// auctionFile is the site file for the auction example (a sitetest
+// template): web, app and data tiers on host pm1 (CPU 0), a sandbox host
+// on CPU 1, an in-proxy in front of the app tier and an out-proxy between
+// it and the data tier.
+const auctionFile = `platform: local
 classes:
   std: {idle_watts: 100, max_watts: 200}
 hosts:
@@ -75,67 +45,42 @@ services:
         instances:
           - id: web0
             host: pm1
-            command: [%[1]s, web, --listen, %[2]s, --app, http://%[3]s]
-            addr: %[2]s
+            command: [{{.Bin}}, web, --listen, {{.Addr.web}}, --app, http://{{.Addr.appIn}}]
+            addr: {{.Addr.web}}
       - name: app
         instances:
           - id: app0
             host: pm1
-            command: [%[1]s, app, --listen, %[4]s, --data, http://%[5]s]
-            addr: %[4]s
+            command: [{{.Bin}}, app, --listen, {{.Addr.app}}, --data, http://{{.Addr.dataOut}}]
+            addr: {{.Addr.app}}
             allocation: {cpu: 80}
-            in_proxy: {listen: %[3]s}
-            out_proxy: {listen: %[5]s, next: %[6]s}
+            in_proxy: {listen: {{.Addr.appIn}}}
+            out_proxy: {listen: {{.Addr.dataOut}}, next: {{.Addr.data}}}
       - name: data
         instances:
           - id: data0
             host: pm1
-            command: [%[1]s, data, --listen, %[6]s, --state-dir, %[7]s]
-            state_dir: %[7]s
-            addr: %[6]s
-`, bin, web, appIn, app, dataOut, data, state)
-	path := filepath.Join(dir, "site.yaml")
-	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s, err := site.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s, web
-}
+            command: [{{.Bin}}, data, --listen, {{.Addr.data}}, --state-dir, {{.Data}}]
+            state_dir: {{.Data}}
+            addr: {{.Addr.data}}
+`
 
-// upAuction brings the auction site (auctionSite, changed by edits) up on
-// the local platform with a state directory of its own (opts' StateDir and
-// Logger are set here), and at the end closes it and checks that nothing of
-// it is left.
+// upAuction brings the auction site (auctionFile, changed by edits) up on
+// the local platform with opts (an empty StateDir is a new directory), and
+// at the end closes it and checks that nothing of it is left.
 func upAuction(t *testing.T, ctx context.Context, opts siterun.Options, edits ...func(*site.Site)) (s *siterun.Site, webAddr, stateDir string) {
 	t.Helper()
-	bin := testutil.BuildAuction(t)
-	f, webAddr := auctionSite(t, bin)
-	for _, e := range edits {
-		e(f)
-	}
-	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	}
-	if opts.StateDir == "" {
-		opts.StateDir = t.TempDir()
-	}
-	s, err := siterun.Up(ctx, f, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(context.Background()); err != nil {
-			t.Errorf("close site: %v", err)
-		}
-		if left, err := local.Leftovers(local.Scope(opts.StateDir), opts.StateDir); err != nil || left.Total() != 0 {
-			t.Errorf("left behind after the site closed: %v (%v)", left, err)
-		}
+	up := sitetest.Up(t, ctx, sitetest.Config{
+		Addrs:   []string{"web", "appIn", "app", "dataOut", "data"},
+		File:    auctionFile,
+		Options: opts,
+		Edit: func(f *site.Site) {
+			for _, e := range edits {
+				e(f)
+			}
+		},
 	})
-	return s, webAddr, opts.StateDir
+	return up.Site, up.Addr["web"], up.StateDir
 }
 
 // TestAuctionStudy is the experimenter's acceptance test: the auction site

@@ -161,19 +161,44 @@ func newSearch(p *problem, limit Limit) *search {
 			continue
 		}
 		b.cnt[k] = a
-		b.used++
-		b.freeC += p.cap[k]
-		if math.IsInf(p.mem[k], 1) {
-			b.infMem++
-		} else {
-			b.freeM += p.mem[k]
-		}
-		b.idle += p.idle[k]
-		if !p.on[k] {
-			b.powerOns++
-		}
+		b.openHost(int32(k))
 	}
 	return b
+}
+
+// openHost counts host h as used: its room becomes free to the items and
+// its idle power and any power-on join the cost. cnt is the caller's.
+func (b *search) openHost(h int32) {
+	p := b.p
+	b.used++
+	b.freeC += p.cap[h]
+	if math.IsInf(p.mem[h], 1) {
+		b.infMem++
+	} else {
+		b.freeM += p.mem[h]
+	}
+	b.idle += p.idle[h]
+	if !p.on[h] {
+		b.powerOns++
+	}
+}
+
+// closeHost undoes openHost on host h, which no item is on any more.
+func (b *search) closeHost(h int32) {
+	p := b.p
+	b.used--
+	b.freeC -= p.cap[h]
+	if math.IsInf(p.mem[h], 1) {
+		b.infMem--
+	} else {
+		b.freeM -= p.mem[h]
+	}
+	b.idle -= p.idle[h]
+	if !p.on[h] {
+		b.powerOns--
+	}
+	// Reset exactly so rounding does not accumulate on empty hosts.
+	b.lc[h], b.lm[h] = 0, 0
 }
 
 // extraHosts is the fewest unused hosts, largest first, whose capacity
@@ -286,17 +311,7 @@ func (b *search) try(d int, i, h int32) {
 	}
 	opened := b.cnt[h] == 0
 	if opened {
-		b.used++
-		b.freeC += p.cap[h]
-		if math.IsInf(p.mem[h], 1) {
-			b.infMem++
-		} else {
-			b.freeM += p.mem[h]
-		}
-		b.idle += p.idle[h]
-		if !p.on[h] {
-			b.powerOns++
-		}
+		b.openHost(h)
 	}
 	moved := h != p.home[i]
 	if moved {
@@ -324,18 +339,6 @@ func (b *search) try(d int, i, h int32) {
 		b.moves--
 	}
 	if opened {
-		b.used--
-		b.freeC -= p.cap[h]
-		if math.IsInf(p.mem[h], 1) {
-			b.infMem--
-		} else {
-			b.freeM -= p.mem[h]
-		}
-		b.idle -= p.idle[h]
-		if !p.on[h] {
-			b.powerOns--
-		}
-		// Reset exactly so rounding does not accumulate on empty hosts.
-		b.lc[h], b.lm[h] = 0, 0
+		b.closeHost(h)
 	}
 }
