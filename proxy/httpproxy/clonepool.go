@@ -65,7 +65,10 @@ type connPool struct {
 type poolConn struct {
 	c   net.Conn
 	raw syscall.RawConn // nil when the connection has none (TLS)
-	br  *bufio.Reader
+	// br reads c through head, which bounds each response head: the
+	// clone writes it, and may write one without end.
+	br   *bufio.Reader
+	head headReader
 	// flight is the copy the connection carries (nil while idle); it is
 	// set under the pool's lock when the connection is taken, before the
 	// request is written.
@@ -107,7 +110,8 @@ func (p *connPool) open(ctx context.Context, f *flight) (*poolConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	pc := &poolConn{c: c, br: bufio.NewReaderSize(c, poolBufSize), flight: f, writing: true}
+	pc := &poolConn{c: c, head: headReader{r: c}, flight: f, writing: true}
+	pc.br = bufio.NewReaderSize(&pc.head, poolBufSize)
 	if sc, ok := c.(syscall.Conn); ok {
 		pc.raw, _ = sc.SyscallConn()
 	}

@@ -270,3 +270,60 @@ func copiesOneByOne(t *testing.T, cloneURL string, n int, pause time.Duration) *
 	}
 	return p
 }
+
+// TestCloneResponseHeadTooLarge checks that a clone answering a copy with
+// a head that does not end (a header line of several MiB, the rest held
+// back) fails the copy long before its timeout, counted as an error like
+// any response the parser refuses: the parser stopped at fwdMaxHead
+// instead of buffering the head. The connection is dropped, nothing stays
+// in flight, and the next copy is answered on a new connection.
+func TestCloneResponseHeadTooLarge(t *testing.T) {
+	var conns atomic.Int64
+	dropped := make(chan struct{})
+	clone := scriptedServer(t, func(c net.Conn, br *bufio.Reader) {
+		first := conns.Add(1) == 1
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, req.Body)
+			if !first {
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				continue
+			}
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\n"+bigHead) // fails once the proxy drops the connection
+			_, _ = br.ReadByte()                                    // returns once it has
+			close(dropped)
+			return
+		}
+	})
+	online := newBackend(t, nil)
+	p, base := startIn(t, InConfig{Online: online.URL, CopyTimeout: time.Minute})
+	if err := p.AddClone(context.Background(), "c", clone); err != nil {
+		t.Fatal(err)
+	}
+	c := testClient()
+	if code, _ := get(t, c, base+"/x"); code != 200 {
+		t.Fatalf("on-line request: %d", code)
+	}
+	waitFor(t, 10*time.Second, "the copy failed, well before its one-minute timeout", func() bool {
+		cs, _ := p.CloneStats("c", false)
+		return cs.Response.Errors == 1
+	})
+	select {
+	case <-dropped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the proxy kept the connection of the response it gave up on")
+	}
+	if code, _ := get(t, c, base+"/y"); code != 200 {
+		t.Fatalf("on-line request: %d", code)
+	}
+	waitFor(t, 10*time.Second, "the next copy answered", func() bool {
+		cs, _ := p.CloneStats("c", false)
+		return cs.Response.Count == 1
+	})
+	if cs, _ := p.CloneStats("c", false); cs.Response.Errors != 1 || cs.InFlight != 0 || cs.InFlightBytes != 0 || conns.Load() != 2 {
+		t.Errorf("clone stats %+v over %d connections; want 1 answered, 1 error, nothing in flight, 2 connections", cs, conns.Load())
+	}
+}

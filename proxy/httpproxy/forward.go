@@ -67,13 +67,15 @@ const (
 	// fwdDialTimeout bounds the connection to the on-line instance.
 	fwdDialTimeout = 5 * time.Second
 	// fwdMaxHead bounds the bytes the parser reads for one request or
-	// response head (http.Server's default MaxHeaderBytes): a head that
-	// has not ended by then, a huge header line or bytes without a newline,
-	// is not parsed, and the connection goes on unobserved. Without it the
-	// parser would buffer the head's lines without bound. What else it
-	// reads is bounded already: the read buffer holds at most fwdBufSize,
-	// Go's parser refuses a chunk-size line over 4 KiB and a trailer that
-	// does not fit in the read buffer.
+	// response head (http.Server's default MaxHeaderBytes), on the
+	// on-line path and on the clones' connections (see headBound): a head
+	// that has not ended by then, a huge header line or bytes without a
+	// newline, is not parsed; the on-line connection goes on unobserved,
+	// a clone's copy fails. Without it the parser would buffer the head's
+	// lines without bound. What else it reads is bounded already: the
+	// read buffer holds at most its size (fwdBufSize, poolBufSize), Go's
+	// parser refuses a chunk-size line over 4 KiB and a trailer that does
+	// not fit in the read buffer.
 	fwdMaxHead = http.DefaultMaxHeaderBytes
 )
 
@@ -423,38 +425,62 @@ type fwdReader struct {
 	clones  *atomic.Pointer[[]*clone]
 	readAt  time.Time
 	readFor []*clone
-	// headLeft, while inHead, is how many more bytes the parser may read
-	// for the head it is parsing (see startHead).
-	inHead   bool
-	headLeft int
+	headBound
 }
 
 // errHeadTooLarge is what the parser reads once a head it is parsing
 // exceeds fwdMaxHead: the head is not parsed.
 var errHeadTooLarge = errors.New("message head too large to parse")
 
+// headBound bounds the bytes a reader hands a parser for one message head
+// to fwdMaxHead: Go's parser buffers a head's lines whole, without a bound
+// of its own. The forwarder's readers and the clones' connections (whose
+// responses a clone, not a trusted peer, writes) read through one.
+type headBound struct {
+	// left, while inHead, is how many more bytes the parser may read for
+	// the head it is parsing.
+	inHead bool
+	left   int
+}
+
 // startHead bounds what the parser reads from here to fwdMaxHead, until
-// endHead: the parser is about to read a head. The bytes the read buffer
-// holds already (up to fwdBufSize) come on top.
-func (f *fwdReader) startHead() { f.inHead, f.headLeft = true, fwdMaxHead }
+// endHead: the parser is about to read a head. The bytes its read buffer
+// holds already come on top.
+func (h *headBound) startHead() { h.inHead, h.left = true, fwdMaxHead }
 
 // endHead lifts startHead's bound: the head was read, or will not be.
-func (f *fwdReader) endHead() { f.inHead = false }
+func (h *headBound) endHead() { h.inHead = false }
+
+// read reads from src into b, no more than the head being parsed may
+// still take; once it has taken fwdMaxHead it fails with errHeadTooLarge
+// without reading.
+func (h *headBound) read(src io.Reader, b []byte) (int, error) {
+	if !h.inHead {
+		return src.Read(b)
+	}
+	if h.left <= 0 {
+		return 0, errHeadTooLarge
+	}
+	n, err := src.Read(b[:min(len(b), h.left)])
+	h.left -= n
+	return n, err
+}
+
+// headReader is a reader under a headBound.
+type headReader struct {
+	r io.Reader
+	headBound
+}
+
+func (h *headReader) Read(b []byte) (int, error) { return h.read(h.r, b) }
 
 func (f *fwdReader) Read(b []byte) (int, error) {
-	if f.inHead {
-		// Not a read: the bytes stay in the socket until the parsing
-		// gives up and relay reads (and forwards) them, at once.
-		if f.headLeft <= 0 {
-			return 0, errHeadTooLarge
-		}
-		if len(b) > f.headLeft {
-			b = b[:f.headLeft]
-		}
-	}
-	n, err := f.src.Read(b)
-	if f.inHead {
-		f.headLeft -= n
+	n, err := f.read(f.src, b)
+	if err == errHeadTooLarge {
+		// Not a read, nor the connection's error: the bytes stay in the
+		// socket until the parsing gives up and relay reads (and
+		// forwards) them, at once.
+		return 0, err
 	}
 	if n > 0 {
 		now := time.Now()

@@ -54,8 +54,9 @@ type InConfig struct {
 	// would exceed it is dropped and counted.
 	MaxInFlight int
 	// MaxCloneBytes bounds the memory held by the copies in flight to one
-	// clone (bodies plus a fixed charge per copy); beyond it copies are
-	// dropped and counted.
+	// clone (bodies plus a fixed charge per copy) and by the clone's
+	// response bodies kept for comparison (Compare); beyond it copies are
+	// dropped, and responses not compared, and counted.
 	MaxCloneBytes int64
 	// CopyTimeout bounds one copy, from its dispatch to the end of the
 	// clone's response; a copy that times out counts as an error.
@@ -309,8 +310,9 @@ type CloneStats struct {
 	// SkippedLarge counts requests not copied because their body exceeded
 	// the copy limit.
 	SkippedLarge int64 `json:"skipped_large"`
-	// InFlight and InFlightBytes are the copies (and their charged bytes)
-	// in flight now; they are not windowed.
+	// InFlight and InFlightBytes are the copies (and their charged bytes,
+	// with the clone's response bodies kept for comparison) in flight
+	// now; they are not windowed.
 	InFlight      int64 `json:"in_flight"`
 	InFlightBytes int64 `json:"in_flight_bytes"`
 	// Queued counts the copies waiting for their time (CloneLag) now, not
@@ -322,6 +324,10 @@ type CloneStats struct {
 	Compared     int64   `json:"compared"`
 	Mismatched   int64   `json:"mismatched"`
 	MismatchRate float64 `json:"mismatch_rate"`
+	// CompareDropped counts copies whose response was not compared
+	// because the clone was at its bound of bytes (MaxCloneBytes) when
+	// its body was to be kept for the comparison.
+	CompareDropped int64 `json:"compare_dropped"`
 	// Response is the clone's response times (from the on-line arrival,
 	// or with a clone lag from the time the copy goes out, to the end of
 	// the clone's response body) and throughput. A
@@ -704,7 +710,7 @@ type clone struct {
 	sent    atomic.Int64
 	dropped atomic.Int64
 
-	skippedLarge, compared, mismatched atomic.Int64
+	skippedLarge, compared, mismatched, compareDropped atomic.Int64
 
 	// refused counts consecutive refused connections; after
 	// refusedToPause of them, copies are dropped until pausedUntil (unix
@@ -754,8 +760,7 @@ func (c *clone) send(cr *copyReq) {
 	}
 	charge := 2*int64(len(cr.body)) + copyOverhead // the body, and the request as written
 	if c.queue != nil {
-		if c.inFlB.Add(charge) > c.cfg.MaxCloneBytes {
-			c.inFlB.Add(-charge)
+		if !c.reserve(charge) {
 			c.drop()
 			return
 		}
@@ -767,13 +772,22 @@ func (c *clone) send(cr *copyReq) {
 		c.drop()
 		return
 	}
-	if c.inFlB.Add(charge) > c.cfg.MaxCloneBytes {
-		c.inFlB.Add(-charge)
+	if !c.reserve(charge) {
 		c.inFl.Add(-1)
 		c.drop()
 		return
 	}
 	c.start(cr, charge, cr.arrival)
+}
+
+// reserve charges n more bytes to the clone's bound (MaxCloneBytes), or
+// charges nothing and reports false when they do not fit.
+func (c *clone) reserve(n int64) bool {
+	if c.inFlB.Add(n) > c.cfg.MaxCloneBytes {
+		c.inFlB.Add(-n)
+		return false
+	}
+	return true
 }
 
 // start counts cr as sent and sends it, timing the clone's response from
@@ -904,7 +918,7 @@ func (c *clone) readLoop(pc *poolConn) {
 			c.finish(f, nil, nil, err, time.Time{})
 			return
 		}
-		resp, body, err := c.readResponse(pc.br, f)
+		resp, body, err := c.readResponse(pc, f)
 		end := time.Now()
 		if err != nil {
 			c.pool.discard(pc)
@@ -926,33 +940,104 @@ func (c *clone) readLoop(pc *poolConn) {
 	}
 }
 
-// readResponse reads f's response (past any 1xx) to its end, keeping the
-// body when it is to be compared with the on-line one.
-func (c *clone) readResponse(br *bufio.Reader, f *flight) (*http.Response, []byte, error) {
+// readResponse reads f's response on pc (past any 1xx) to its end,
+// keeping the body when it is to be compared with the on-line one (nil
+// when not comparing). A head over fwdMaxHead fails the copy, as any
+// response the parser refuses.
+func (c *clone) readResponse(pc *poolConn, f *flight) (*http.Response, *keptBody, error) {
 	var resp *http.Response
 	var err error
+	// Copies carry no Expect, but 103 may come; each 1xx head has its own
+	// allowance.
 	for err == nil && (resp == nil || resp.StatusCode < 200) {
-		resp, err = http.ReadResponse(br, f.req) // copies carry no Expect, but 103 may come
+		pc.head.startHead()
+		resp, err = http.ReadResponse(pc.br, f.req)
 	}
+	pc.head.endHead()
 	if err != nil {
 		return nil, nil, err
 	}
 	defer resp.Body.Close()
-	var body []byte
-	if f.cr.online != nil && resp.ContentLength <= c.cfg.MaxCompareBody {
-		body, err = io.ReadAll(io.LimitReader(resp.Body, c.cfg.MaxCompareBody+1))
+	var body io.Reader = resp.Body
+	var kept *keptBody
+	if f.cr.online != nil {
+		kept = &keptBody{c: c}
+		if resp.Body != http.NoBody && resp.ContentLength > 0 {
+			kept.grow(resp.ContentLength) // the whole body's room, charged before it comes
+		}
+		body = io.TeeReader(resp.Body, kept)
 	}
-	if err == nil {
-		_, err = io.Copy(io.Discard, resp.Body)
+	if _, err := io.Copy(io.Discard, body); err != nil {
+		kept.release()
+		return nil, nil, err
 	}
-	return resp, body, err
+	return resp, kept, nil
+}
+
+// keptBody keeps a clone's response body to compare with the on-line one,
+// up to MaxCompareBody, and charges its buffer to the clone's bytes
+// (MaxCloneBytes) before the buffer grows: the proxy holds it for the
+// clone as it holds the copies, as long as the comparison waits for the
+// on-line response. A body the clone's bytes have no room for is let go,
+// and the response is not compared (CompareDropped).
+type keptBody struct {
+	c       *clone
+	buf     []byte
+	charged int64 // cap(buf), charged to the clone's bytes
+	over    bool  // larger than MaxCompareBody: not compared
+	full    bool  // no room in the clone's bytes: not compared
+}
+
+// Write keeps p; it never fails, so that the body is read to its end
+// whether it is kept or not.
+func (k *keptBody) Write(p []byte) (int, error) {
+	if n := len(k.buf) + len(p); n > cap(k.buf) && k.keeping() {
+		k.grow(int64(n))
+	}
+	if k.keeping() {
+		k.buf = append(k.buf, p...)
+	}
+	return len(p), nil
+}
+
+func (k *keptBody) keeping() bool { return !k.over && !k.full }
+
+// grow makes the buffer room for n bytes in all (doubling, up to
+// MaxCompareBody), charging the clone for the room first.
+func (k *keptBody) grow(n int64) {
+	limit := k.c.cfg.MaxCompareBody
+	if n > limit {
+		k.over = true
+		k.release()
+		return
+	}
+	size := min(max(n, 2*int64(cap(k.buf))), limit)
+	if !k.c.reserve(size - k.charged) {
+		k.full = true
+		k.release()
+		return
+	}
+	buf := make([]byte, len(k.buf), size)
+	copy(buf, k.buf)
+	k.buf, k.charged = buf, size
+}
+
+// release lets the buffer go and gives its charge back; k may be nil.
+func (k *keptBody) release() {
+	if k == nil {
+		return
+	}
+	k.c.inFlB.Add(-k.charged)
+	k.buf, k.charged = nil, 0
 }
 
 // finish ends f: it records the clone's response time (from f's due time
-// to end) or its failure, compares the response with the on-line one when
-// asked, and releases f's share of the clone's bounds.
-func (c *clone) finish(f *flight, resp *http.Response, body []byte, err error, end time.Time) {
+// to end) or its failure, compares the response (its body kept in body,
+// nil when not comparing) with the on-line one, and releases f's and
+// body's share of the clone's bounds.
+func (c *clone) finish(f *flight, resp *http.Response, body *keptBody, err error, end time.Time) {
 	release := func() {
+		body.release()
 		c.inFlB.Add(-f.charge)
 		c.inFl.Add(-1)
 	}
@@ -972,13 +1057,16 @@ func (c *clone) finish(f *flight, resp *http.Response, body []byte, err error, e
 	} else {
 		c.rec.Record(end.Sub(f.due))
 	}
-	if f.cr.online == nil || int64(len(body)) > c.cfg.MaxCompareBody {
+	if body == nil || !body.keeping() {
+		if body != nil && body.full {
+			c.compareDropped.Add(1)
+		}
 		release()
 		return
 	}
 	go func() { // the on-line response may not have ended yet
 		defer release()
-		c.compare(f, resp.StatusCode, body)
+		c.compare(f, resp.StatusCode, body.buf)
 	}()
 }
 
@@ -1126,6 +1214,7 @@ func (c *clone) stats(reset bool) CloneStats {
 		s.SkippedLarge = c.skippedLarge.Swap(0)
 		s.Compared = c.compared.Swap(0)
 		s.Mismatched = c.mismatched.Swap(0)
+		s.CompareDropped = c.compareDropped.Swap(0)
 	} else {
 		s.Response = c.rec.Snapshot()
 		s.Sent = c.sent.Load()
@@ -1133,6 +1222,7 @@ func (c *clone) stats(reset bool) CloneStats {
 		s.SkippedLarge = c.skippedLarge.Load()
 		s.Compared = c.compared.Load()
 		s.Mismatched = c.mismatched.Load()
+		s.CompareDropped = c.compareDropped.Load()
 	}
 	if s.Compared > 0 {
 		s.MismatchRate = float64(s.Mismatched) / float64(s.Compared)

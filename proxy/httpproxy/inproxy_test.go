@@ -545,3 +545,91 @@ func TestCloneStatsOffered(t *testing.T) {
 		t.Errorf("Offered of an empty window = %g, want 0", got)
 	}
 }
+
+// TestInProxyCompareChargesCloneBytes checks that a clone's response body
+// kept for comparison counts in the clone's bytes (MaxCloneBytes): it is
+// charged while the comparison waits for the on-line response and given
+// back after; and a body the clone's bytes have no room for is not kept,
+// the response not compared and counted as such, with its Content-Length
+// known or chunked, while the copies are still sent and measured.
+func TestInProxyCompareChargesCloneBytes(t *testing.T) {
+	const size = 16 << 10
+	body := strings.Repeat("x", size)
+	answer := func(chunked bool) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if !chunked {
+				_, _ = io.WriteString(w, body)
+				return
+			}
+			for i := 0; i < size; i += size / 4 { // flushed in pieces: no Content-Length
+				_, _ = io.WriteString(w, body[i:i+size/4])
+				w.(http.Flusher).Flush()
+			}
+		}
+	}
+
+	t.Run("charged while compared", func(t *testing.T) {
+		release := make(chan struct{})
+		online := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			<-release // the comparison waits for this answer
+			_, _ = io.WriteString(w, body)
+		})
+		clone := newBackend(t, answer(false))
+		p, base := startIn(t, InConfig{Online: online.URL, Compare: true, MaxCloneBytes: 1 << 20})
+		if err := p.AddClone(context.Background(), "c", clone.URL); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			get(t, testClient(), base+"/a")
+		}()
+		waitFor(t, 5*time.Second, "the clone's answer", func() bool {
+			cs, _ := p.CloneStats("c", false)
+			return cs.Response.Count == 1
+		})
+		if cs, _ := p.CloneStats("c", false); cs.InFlightBytes < copyOverhead+size {
+			t.Errorf("InFlightBytes = %d while the comparison waits, want at least the copy's %d and the kept body's %d", cs.InFlightBytes, copyOverhead, size)
+		}
+		close(release)
+		<-done
+		waitFor(t, 5*time.Second, "the comparison", func() bool {
+			cs, _ := p.CloneStats("c", false)
+			return cs.Compared == 1 && cs.InFlightBytes == 0
+		})
+		if cs, _ := p.CloneStats("c", false); cs.Mismatched != 0 || cs.CompareDropped != 0 {
+			t.Errorf("clone stats %+v, want 1 compared, matching, none dropped", cs)
+		}
+	})
+
+	for _, chunked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("no room, chunked=%v", chunked), func(t *testing.T) {
+			online := newBackend(t, answer(false))
+			clone := newBackend(t, answer(chunked))
+			// Room for a copy (copyOverhead for a GET), not for its answer.
+			p, base := startIn(t, InConfig{Online: online.URL, Compare: true, MaxCloneBytes: copyOverhead + size/2})
+			if err := p.AddClone(context.Background(), "c", clone.URL); err != nil {
+				t.Fatal(err)
+			}
+			c := testClient()
+			const n = 3
+			for i := range n {
+				get(t, c, fmt.Sprintf("%s/%d", base, i))
+				waitFor(t, 5*time.Second, "the copy's end", func() bool {
+					cs, _ := p.CloneStats("c", false)
+					return cs.CompareDropped+cs.Compared == int64(i+1) && cs.InFlight == 0
+				})
+			}
+			cs, _ := p.CloneStats("c", false)
+			if cs.Sent != n || cs.Dropped != 0 || cs.Response.Count != n || cs.Compared != 0 || cs.CompareDropped != n || cs.InFlightBytes != 0 {
+				t.Errorf("clone stats %+v; want %d sent and answered, none compared, %d compare_dropped, no bytes left charged", cs, n, n)
+			}
+			if r := p.Reset(); r.Clones[0].CompareDropped != n {
+				t.Errorf("Reset().Clones[0].CompareDropped = %d, want %d", r.Clones[0].CompareDropped, n)
+			}
+			if cs, _ := p.CloneStats("c", false); cs.CompareDropped != 0 {
+				t.Errorf("CompareDropped after Reset = %d, want 0", cs.CompareDropped)
+			}
+		})
+	}
+}

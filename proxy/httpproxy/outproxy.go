@@ -184,7 +184,9 @@ func (ep *cloneEndpoint) take(rec *Record, key string) (ex *Exchange, ok bool, c
 }
 
 // wait is take that, when nothing matches yet, waits up to d for a match
-// to be recorded, or until ctx ends or the endpoint stops.
+// to be recorded, or until ctx ends or the endpoint stops: a clone may
+// call the next tier before the on-line instance's call has ended. Every
+// take goes through the endpoint's, so none comes after stop.
 func (ep *cloneEndpoint) wait(ctx context.Context, rec *Record, key string, d time.Duration) (*Exchange, bool) {
 	var timer *time.Timer
 	for {
@@ -602,47 +604,39 @@ func (p *OutProxy) stats(reset bool) OutStats {
 	return s
 }
 
-// pending is an on-line exchange being recorded.
+// pending is an on-line exchange being recorded. Its request's body is
+// read on the connection's requests goroutine and its response on the
+// responses one, and they end in either order: the next tier may answer
+// before it has read the body (or the proxy has taken in the last bytes it
+// forwarded), so whichever ends second commits the exchange, and the key
+// is always computed from the whole body.
 type pending struct {
 	start          time.Time
 	method, uri    string
 	path, rawQuery string
-	reqBody        *syncTee // nil: no body
+	reqBody        *teeBody // nil: no body
+
+	mu sync.Mutex
+	// bodyDone is set once the request's body was read to its end and
+	// forwarded in full, within MaxBody.
+	bodyDone bool
+	// answer is the response, read in full, while it waits for the body.
+	answer *answered
+	// ended is set once the exchange is committed or counted as not
+	// recorded; nothing is done with it after.
+	ended bool
 }
 
-// syncTee keeps a copy of an on-line request body, up to a limit, while
-// the forwarder reads it; the response's side asks for the result from
-// another goroutine, hence the mutex.
-type syncTee struct {
-	r   io.Reader
-	mu  sync.Mutex
-	cp  bodyCopy
-	eof bool
-}
-
-func (b *syncTee) Read(p []byte) (int, error) {
-	n, err := b.r.Read(p)
-	b.mu.Lock()
-	b.cp.keep(p[:n])
-	if err == io.EOF {
-		b.eof = true
-	}
-	b.mu.Unlock()
-	return n, err
-}
-
-// complete returns the body when it was read to its end within the limit.
-func (b *syncTee) complete() ([]byte, bool) {
-	if b == nil {
-		return nil, true
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.cp.buf, b.eof && !b.cp.over
+// answered is an on-line response read in full at end.
+type answered struct {
+	resp *http.Response
+	body []byte
+	end  time.Time
 }
 
 // The out-proxy's fwdHooks: each on-line exchange whose bodies fit in
-// MaxBody is recorded once its response has been read to its end.
+// MaxBody is recorded once its request's body and its response have both
+// been read to their end.
 
 func (p *OutProxy) fwdRequest(ex *exchange) io.Reader {
 	r := ex.req
@@ -652,20 +646,53 @@ func (p *OutProxy) fwdRequest(ex *exchange) io.Reader {
 		return r.Body
 	}
 	pe := &pending{start: ex.arrival, method: r.Method, uri: r.RequestURI, path: r.URL.Path, rawQuery: r.URL.RawQuery}
-	ex.rec = pe
+	ex.rec = pe // set here only: read from both goroutines
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		pe.bodyDone = true
 		return r.Body
 	}
-	pe.reqBody = &syncTee{r: r.Body, cp: bodyCopy{limit: p.cfg.MaxBody}}
+	pe.reqBody = &teeBody{bodyCopy: bodyCopy{limit: p.cfg.MaxBody}, rc: r.Body}
 	return pe.reqBody
 }
 
-func (p *OutProxy) fwdBodyRead(*exchange, error) {}
-
-func (p *OutProxy) fwdFailed(ex *exchange) {
-	if ex.rec != nil {
+func (p *OutProxy) fwdBodyRead(ex *exchange, err error) {
+	pe := ex.rec
+	if pe == nil || pe.reqBody == nil {
+		return
+	}
+	pe.mu.Lock()
+	if pe.ended {
+		pe.mu.Unlock()
+		return
+	}
+	if err != nil || pe.reqBody.over { // no key: the body is not whole
+		pe.ended, pe.answer = true, nil
+		pe.mu.Unlock()
 		p.notRecorded.Add(1)
-		ex.rec = nil
+		return
+	}
+	pe.bodyDone = true
+	a := pe.answer
+	pe.answer = nil
+	pe.ended = a != nil
+	pe.mu.Unlock()
+	if a != nil { // answered while the body was still coming
+		p.commit(pe, a)
+	}
+}
+
+// fwdFailed counts ex as not recorded, once, whichever side ends it.
+func (p *OutProxy) fwdFailed(ex *exchange) {
+	pe := ex.rec
+	if pe == nil {
+		return
+	}
+	pe.mu.Lock()
+	counted := pe.ended
+	pe.ended, pe.answer = true, nil
+	pe.mu.Unlock()
+	if !counted {
+		p.notRecorded.Add(1)
 	}
 }
 
@@ -685,7 +712,7 @@ func (p *OutProxy) fwdResponse(br *bufio.Reader, ex *exchange, resp *http.Respon
 		return errUpgraded
 	}
 	if ex.rec == nil || resp.ContentLength > p.cfg.MaxBody {
-		p.fwdFailed(ex) // counted once: ex.rec is nil from here
+		p.fwdFailed(ex) // counted once, however often called
 		_, err := io.Copy(io.Discard, resp.Body)
 		return err
 	}
@@ -698,19 +725,28 @@ func (p *OutProxy) fwdResponse(br *bufio.Reader, ex *exchange, resp *http.Respon
 		p.fwdFailed(ex)
 		return nil
 	}
-	p.commit(ex.rec, resp, body.buf, time.Now())
+	a := &answered{resp: resp, body: body.buf, end: time.Now()}
+	pe := ex.rec
+	pe.mu.Lock()
+	if pe.ended {
+		pe.mu.Unlock()
+		return nil
+	}
+	if !pe.bodyDone { // the requests' side commits it once the body is whole
+		pe.answer = a
+		pe.mu.Unlock()
+		return nil
+	}
+	pe.ended = true
+	pe.mu.Unlock()
+	p.commit(pe, a)
 	return nil
 }
 
-// commit adds an exchange whose response body was read in full to the
-// record, off the on-line path: keying (masks, JSON, hashing) runs in its
-// own goroutine, bounded in number.
-func (p *OutProxy) commit(pe *pending, resp *http.Response, body []byte, end time.Time) {
-	reqBody, reqOK := pe.reqBody.complete()
-	if !reqOK { // the next tier answered before the whole request came
-		p.notRecorded.Add(1)
-		return
-	}
+// commit adds an exchange whose request's body and response were read in
+// full to the record, off the on-line path: keying (masks, JSON, hashing)
+// runs in its own goroutine, bounded in number.
+func (p *OutProxy) commit(pe *pending, a *answered) {
 	if p.commi.Add(1) > maxCommits {
 		p.commi.Add(-1)
 		p.notRecorded.Add(1)
@@ -718,12 +754,16 @@ func (p *OutProxy) commit(pe *pending, resp *http.Response, body []byte, end tim
 	}
 	go func() {
 		defer p.commi.Add(-1)
-		header := resp.Header
+		header := a.resp.Header
 		for _, k := range hopHeaders {
 			delete(header, k) // the connection's, not the exchange's: a replay has its own
 		}
 		if pe.method != http.MethodHead {
 			delete(header, "Content-Length") // set again from the body when replayed
+		}
+		var reqBody []byte
+		if pe.reqBody != nil {
+			reqBody = pe.reqBody.buf // read in full before pe was committed
 		}
 		ex := &Exchange{
 			Key:     p.cfg.Masks.Key(pe.method, pe.path, pe.rawQuery, reqBody),
@@ -731,10 +771,10 @@ func (p *OutProxy) commit(pe *pending, resp *http.Response, body []byte, end tim
 			Method:  pe.method,
 			URI:     pe.uri,
 			Start:   pe.start,
-			Latency: end.Sub(pe.start),
-			Status:  resp.StatusCode,
+			Latency: a.end.Sub(pe.start),
+			Status:  a.resp.StatusCode,
 			Header:  header,
-			Body:    body,
+			Body:    a.body,
 		}
 		if p.rec.Add(ex) {
 			p.recorded.Add(1)

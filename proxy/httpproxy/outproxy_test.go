@@ -1,10 +1,12 @@
 package httpproxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -606,5 +608,188 @@ func TestOutProxyServeCloneFailureKeepsEndpoint(t *testing.T) {
 	}
 	if _, err := p.ReplayStats("y", false); !errors.Is(err, justrunit.ErrNotFound) {
 		t.Errorf("ReplayStats(y) after its failed ServeCloneAt = %v, want ErrNotFound", err)
+	}
+}
+
+// TestOutProxyRecordsBodyTeedAfterAnswer checks that an on-line POST whose
+// 64 KiB body comes slowly, in pieces, is recorded under its whole body's
+// key, whether the next tier reads the body before it answers or answers
+// at once and reads the body after (the response then ends while the
+// proxy is still teeing the request body): the clone's same POST matches.
+// In the first case the test sends the rest of the body only once the
+// answer has come back whole, so the order is not left to chance.
+func TestOutProxyRecordsBodyTeedAfterAnswer(t *testing.T) {
+	const pieces, pieceLen = 16, 4 << 10
+	for _, tt := range []struct {
+		name         string
+		answersFirst bool
+		chunked      bool
+	}{
+		{"answers before reading", true, false},
+		{"answers before reading, chunked", true, true},
+		{"reads first", false, false},
+		{"reads first, chunked", false, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var n atomic.Int64
+			next := scriptedServer(t, func(c net.Conn, br *bufio.Reader) {
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					answer := fmt.Sprintf("HTTP/1.1 201 Created\r\nContent-Length: 9\r\n\r\ncreated%02d", n.Add(1))
+					if !tt.answersFirst {
+						if _, err := io.Copy(io.Discard, req.Body); err != nil {
+							return
+						}
+					}
+					if _, err := io.WriteString(c, answer); err != nil {
+						return
+					}
+					if _, err := io.Copy(io.Discard, req.Body); err != nil {
+						return
+					}
+				}
+			})
+			p, online, clone := startOut(t, OutConfig{Upstream: next, MatchWait: -1})
+			onlineAddr := strings.TrimPrefix(online, "http://")
+
+			const calls = 5
+			bodies := make([]string, calls)
+			answers := make([]string, calls)
+			for i := range calls {
+				bodies[i] = strings.Repeat(fmt.Sprintf("item %d;", i), pieces*pieceLen/len("item 0;")+1)[:pieces*pieceLen]
+				answers[i] = postInPieces(t, onlineAddr, bodies[i], pieceLen, tt.chunked, tt.answersFirst)
+			}
+			waitFor(t, 5*time.Second, "every exchange recorded or not", func() bool {
+				st := p.Stats()
+				return st.Recorded+st.NotRecorded == calls
+			})
+			if st := p.Stats(); st.Recorded != calls {
+				t.Fatalf("Stats() = recorded %d, not recorded %d; want all %d recorded", st.Recorded, st.NotRecorded, calls)
+			}
+			c := testClient()
+			for i, body := range bodies {
+				if got := do(t, c, "POST", clone+"/upload", body); got.status != http.StatusCreated || got.body != answers[i] {
+					t.Errorf("clone POST #%d = %d %q, want the recorded %q", i, got.status, got.body, answers[i])
+				}
+			}
+		})
+	}
+}
+
+// postInPieces sends a POST of body to addr in pieces of n bytes, a
+// moment apart, and returns the answer's body. With answersFirst the
+// first piece goes alone and the rest only after the answer has come back
+// whole.
+func postInPieces(t *testing.T, addr, body string, n int, chunked, answersFirst bool) string {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	framing := fmt.Sprintf("Content-Length: %d", len(body))
+	if chunked {
+		framing = "Transfer-Encoding: chunked"
+	}
+	if _, err := fmt.Fprintf(conn, "POST /upload HTTP/1.1\r\nHost: next\r\n%s\r\n\r\n", framing); err != nil {
+		t.Fatal(err)
+	}
+	send := func(piece string) {
+		if chunked {
+			piece = fmt.Sprintf("%x\r\n%s\r\n", len(piece), piece)
+		}
+		if _, err := io.WriteString(conn, piece); err != nil {
+			t.Fatalf("sending the body: %v", err)
+		}
+	}
+	br := bufio.NewReader(conn)
+	readAnswer := func() string {
+		resp, err := http.ReadResponse(br, &http.Request{Method: "POST"})
+		if err != nil {
+			t.Fatalf("reading the answer: %v", err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("reading the answer's body: %v", err)
+		}
+		return string(b)
+	}
+	var answer string
+	for i := 0; i < len(body); i += n {
+		send(body[i : i+n])
+		if i == 0 && answersFirst {
+			answer = readAnswer()
+		} else {
+			time.Sleep(time.Millisecond) // in pieces, as a slow caller sends them
+		}
+	}
+	if chunked {
+		if _, err := io.WriteString(conn, "0\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !answersFirst {
+		answer = readAnswer()
+	}
+	return answer
+}
+
+// TestCloneEndpointWait checks that a clone's call waiting for its match
+// gets the exchange of its key recorded while it waits (and not another
+// key's), gives up after its wait, when its context ends, and at once when
+// the endpoint stops, and that a stopped endpoint takes nothing.
+func TestCloneEndpointWait(t *testing.T) {
+	r := NewRecord(time.Minute, 1<<20)
+	ep := &cloneEndpoint{name: "a", consumer: "a#1", stopping: make(chan struct{})}
+	ctx := context.Background()
+	consumers := func() int {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return len(r.consumers)
+	}
+
+	got := make(chan *Exchange, 1)
+	go func() {
+		e, _ := ep.wait(ctx, r, "k", 10*time.Second)
+		got <- e
+	}()
+	waitFor(t, 5*time.Second, "the call taking", func() bool { return consumers() == 1 })
+	r.Add(ex("other", time.Now(), "no"))
+	r.Add(ex("k", time.Now(), "yes"))
+	if e := <-got; e == nil || string(e.Body) != "yes" {
+		t.Fatalf("wait = %v, want the exchange of its key added while waiting", e)
+	}
+
+	start := time.Now()
+	if e, ok := ep.wait(ctx, r, "none", 30*time.Millisecond); ok || time.Since(start) > 5*time.Second {
+		t.Fatalf("wait(none) = %v, %v after %v; want nothing after about 30ms", e, ok, time.Since(start))
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if e, ok := ep.wait(cctx, r, "none", 10*time.Second); ok {
+		t.Fatalf("wait with its context ended = %v, want nothing", e)
+	}
+
+	done := make(chan bool, 1)
+	go func() {
+		_, ok := ep.wait(ctx, r, "late", 10*time.Second)
+		done <- ok
+	}()
+	ep.stop()
+	select {
+	case ok := <-done:
+		if ok {
+			t.Fatal("wait on a stopped endpoint took an exchange")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("wait did not give up when the endpoint stopped")
+	}
+	r.Add(ex("late", time.Now(), "late"))
+	if e, ok := ep.wait(ctx, r, "late", 10*time.Second); ok {
+		t.Fatalf("wait after stop = %v, want nothing taken", e)
 	}
 }

@@ -1,7 +1,6 @@
 package httpproxy
 
 import (
-	"context"
 	"net/http"
 	"slices"
 	"sync"
@@ -158,30 +157,6 @@ func (r *Record) Take(consumer, key string) (*Exchange, bool) {
 	defer r.mu.Unlock()
 	ex, ok, _ := r.takeLocked(consumer, key, time.Now())
 	return ex, ok
-}
-
-// Wait is Take that, when nothing matches yet, waits up to d (or until ctx
-// ends) for a matching exchange to be added: a clone may call the next tier
-// before the on-line instance's call has finished.
-func (r *Record) Wait(ctx context.Context, consumer, key string, d time.Duration) (*Exchange, bool) {
-	var timer *time.Timer
-	for {
-		ex, ok, changed := r.take(consumer, key)
-		if ok || d <= 0 {
-			return ex, ok
-		}
-		if timer == nil {
-			timer = time.NewTimer(d)
-			defer timer.Stop()
-		}
-		select {
-		case <-changed:
-		case <-timer.C:
-			return nil, false
-		case <-ctx.Done():
-			return nil, false
-		}
-	}
 }
 
 // take is Take that also returns a channel closed at the next Add, for a

@@ -1,9 +1,7 @@
 package httpproxy
 
 import (
-	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 )
@@ -82,28 +80,6 @@ func TestRecordBounds(t *testing.T) {
 			t.Errorf("Stats() = %+v, want 1 entry, 1 evicted", st)
 		}
 	})
-}
-
-func TestRecordWait(t *testing.T) {
-	r := NewRecord(time.Minute, 1<<20)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	var got *Exchange
-	go func() {
-		defer wg.Done()
-		got, _ = r.Wait(context.Background(), "a", "k", 10*time.Second)
-	}()
-	time.Sleep(20 * time.Millisecond)
-	r.Add(ex("other", time.Now(), "no"))
-	r.Add(ex("k", time.Now(), "yes"))
-	wg.Wait()
-	if got == nil || string(got.Body) != "yes" {
-		t.Fatalf("Wait = %v, want the exchange added while waiting", got)
-	}
-	start := time.Now()
-	if _, ok := r.Wait(context.Background(), "a", "none", 30*time.Millisecond); ok || time.Since(start) > 5*time.Second {
-		t.Fatalf("Wait(none) = %v after %v, want false after about 30ms", ok, time.Since(start))
-	}
 }
 
 // TestRecordLatestRoute checks that a route's latest exchange is the one
