@@ -32,7 +32,7 @@ type StudyRequest struct {
 	Name   string `json:"name,omitempty"`
 	Target string `json:"target"`
 	// Parameters are "cpu=20..100 step 10", "freq=1.2,1.8,2.4",
-	// "hostclass=std,fast".
+	// "mem=256,512".
 	Parameters []string `json:"parameters"`
 	// Metrics default to justrunit.DefaultMetrics.
 	Metrics []justrunit.Metric `json:"metrics,omitempty"`

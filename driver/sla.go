@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"math/bits"
+	"slices"
 	"strings"
 
 	"github.com/justrunit/justrunit"
@@ -276,17 +277,20 @@ func newSearch(m *justrunit.Matrix, sla *justrunit.SLA, axisName string) (*searc
 }
 
 // resolveAxis returns the index of the parameter called name, or of the
-// default axis when name is empty: "cpu" when present, else the first
-// numeric parameter.
+// default axis when name is empty: "cpu" when it is numeric with more than
+// one value, else the first such parameter, else the first numeric one (a
+// single value: nothing to search, every line is one point).
 func resolveAxis(s justrunit.Space, name string) (int, error) {
 	if name == "" {
-		if d := s.Param("cpu"); d >= 0 && !s.Params[d].Categorical() {
+		searchable := func(p justrunit.Parameter) bool { return !p.Categorical() && len(p.Values) > 1 }
+		if d := s.Param("cpu"); d >= 0 && searchable(s.Params[d]) {
 			return d, nil
 		}
-		for d, p := range s.Params {
-			if !p.Categorical() {
-				return d, nil
-			}
+		if d := slices.IndexFunc(s.Params, searchable); d >= 0 {
+			return d, nil
+		}
+		if d := slices.IndexFunc(s.Params, func(p justrunit.Parameter) bool { return !p.Categorical() }); d >= 0 {
+			return d, nil
 		}
 		return 0, justrunit.Invalid("axis", nil, "the space has no numeric parameter to search; the sla strategy needs one where more is better, e.g. cpu")
 	}

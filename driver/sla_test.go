@@ -467,3 +467,25 @@ func mustSLA(t testing.TB, axis string) *SLASearch {
 	}
 	return s
 }
+
+// TestSLADefaultAxisHasValues checks that the default axis is a parameter
+// with values to search: with cpu held at one value, the search bisects
+// mem rather than measuring every mem value as a line of its own.
+func TestSLADefaultAxisHasValues(t *testing.T) {
+	s, err := justrunit.NewSpace(justrunit.Parameter{Name: "cpu", Values: []float64{50}},
+		justrunit.Parameter{Name: "mem", Values: []float64{128, 256, 384, 512, 640, 768, 896, 1024, 1152}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := resolveAxis(s, "")
+	if err != nil || s.Params[d].Name != "mem" {
+		t.Fatalf("resolveAxis = %d, %v; want mem", d, err)
+	}
+	one, err := justrunit.NewSpace(justrunit.Parameter{Name: "cpu", Values: []float64{50}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := resolveAxis(one, ""); err != nil || d != 0 {
+		t.Errorf("resolveAxis of a one-point space = %d, %v; want cpu", d, err)
+	}
+}

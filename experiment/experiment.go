@@ -110,6 +110,9 @@ func Open(ctx context.Context, cfg Config, n int) (*Runner, error) {
 	if err := cfg.Window.Validate(); err != nil {
 		return nil, err
 	}
+	if err := checkParams(cfg); err != nil {
+		return nil, err
+	}
 	if err := checkRoom(ctx, cfg, n); err != nil {
 		return nil, err
 	}
@@ -128,6 +131,30 @@ func Open(ctx context.Context, cfg Config, n int) (*Runner, error) {
 		r.free <- s
 	}
 	return r, nil
+}
+
+// checkParams refuses a space with a parameter the runner cannot set on a
+// clone: it sets cpu, freq and mem (Allocation.WithPoint), where the
+// platform can. Any other parameter would be measured at the clone's one
+// setting under every one of its values.
+func checkParams(cfg Config) error {
+	can := map[string]bool{}
+	for _, c := range cfg.Platform.Capabilities() {
+		can[c.Param] = true
+	}
+	for i, p := range cfg.Space.Params {
+		field := fmt.Sprintf("parameters[%d]", i)
+		switch {
+		case p.Name == "hostclass":
+			return justrunit.Invalid(field, p.Name, "not yet: the experimenter runs a study's clones on one sandbox host; "+
+				"to compare host classes, study each on a sandbox host of that class (\"justrunit manager upgrade\" runs the target on every sandbox host)")
+		case p.Name != "cpu" && p.Name != "freq" && p.Name != "mem":
+			return justrunit.Invalid(field, p.Name, "unknown parameter; the experimenter sets cpu, freq and mem")
+		case !can[p.Name]:
+			return justrunit.Invalid(field, p.Name, "the %s platform cannot set it", cfg.Platform.Name())
+		}
+	}
+	return nil
 }
 
 // checkRoom checks, before anything is cloned, that the sandbox host can

@@ -25,8 +25,10 @@ type fakePlatform struct {
 	clones int
 }
 
-func (p *fakePlatform) Name() string                         { return "fake" }
-func (p *fakePlatform) Capabilities() []justrunit.Capability { return nil }
+func (p *fakePlatform) Name() string { return "fake" }
+func (p *fakePlatform) Capabilities() []justrunit.Capability {
+	return []justrunit.Capability{{Param: "cpu"}, {Param: "freq"}, {Param: "mem"}}
+}
 func (p *fakePlatform) Hosts(context.Context) ([]justrunit.Host, error) {
 	return p.hosts, nil
 }
@@ -184,6 +186,31 @@ func TestOpenChecksRoom(t *testing.T) {
 				t.Errorf("%d clones made before the refusal", p.clones)
 			}
 		})
+	}
+}
+
+// TestOpenChecksParameters checks that a space with a parameter the runner
+// cannot set on a clone is refused naming it, before anything is cloned:
+// every value of it would be measured at the clone's one setting.
+func TestOpenChecksParameters(t *testing.T) {
+	target := justrunit.Instance{ID: "app0", Host: "h0", State: "running", Alloc: justrunit.Allocation{CPU: 60}}
+	for _, c := range []struct {
+		space []string
+		want  string
+	}{
+		{[]string{"cpu=20..100 step 40", "hostclass=std,fast"}, "parameters[1]: not yet"},
+		{[]string{"threads=1,8"}, "parameters[0]: unknown parameter"},
+	} {
+		p := &fakePlatform{hosts: []justrunit.Host{sandbox()}, insts: []justrunit.Instance{target}}
+		cfg := Config{Platform: p, Target: target, Sandbox: sandbox(), Space: space(t, c.space...),
+			Feed: &fakeFeed{rec: measure.NewRecorder()}, Window: measure.WindowConfig{Max: time.Second}, Logger: quiet}
+		_, err := Open(context.Background(), cfg, 1)
+		if !errors.Is(err, justrunit.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Open(%v) = %v, want %q", c.space, err, c.want)
+		}
+		if p.clones != 0 {
+			t.Errorf("Open(%v): %d clones made before the refusal", c.space, p.clones)
+		}
 	}
 }
 

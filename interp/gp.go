@@ -384,13 +384,13 @@ func fitGP(xs, z []float64, d int, ls []float64, g float64) (*gpModel, bool) {
 			return nil, false
 		}
 		luSolve(a, n1, piv, rhs, m.beta)
-		e := make([]float64, n1)
+		e, inv := make([]float64, n1), make([]float64, n1) // n1 may exceed n
 		for c := range n1 {
 			clear(e)
 			e[c] = 1
-			luSolve(a, n1, piv, e, col[:n1])
+			luSolve(a, n1, piv, e, inv)
 			for r := range n1 {
-				m.minv[r*n1+c] = col[r]
+				m.minv[r*n1+c] = inv[r]
 			}
 		}
 		ss := 0.0

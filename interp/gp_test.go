@@ -147,3 +147,23 @@ func TestGPExtrapolation(t *testing.T) {
 		t.Errorf("uncertainty at cpu 20, 30, 40, 70 = %.3g, %.3g, %.3g, %.3g; want decreasing towards the measurements", u[20], u[30], u[40], u[70])
 	}
 }
+
+// TestGPFewerPointsThanAxes checks a slice with fewer measured points than
+// its numeric axes plus one (three points in a 3-D space), which used to
+// panic.
+func TestGPFewerPointsThanAxes(t *testing.T) {
+	m := newMatrix(t, justrunit.Parameter{Name: "cpu", Values: []float64{20, 60, 100}},
+		justrunit.Parameter{Name: "freq", Values: []float64{1, 2}}, justrunit.Parameter{Name: "mem", Values: []float64{256, 512}})
+	f := func(p justrunit.Point) float64 { return 1000/p[0] + 10/p[1] + p[2]/100 }
+	measure(m, f, func(p justrunit.Point) bool {
+		return (p[0] == 20 && p[1] == 1 && p[2] == 256) || (p[0] == 60 && p[1] == 2 && p[2] == 256) || (p[0] == 100 && p[1] == 1 && p[2] == 512)
+	})
+	if err := NewGP().Interpolate(m); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range m.Rows {
+		if c := r.Cells[0]; c.Prov == justrunit.Empty || math.IsNaN(c.Value) || math.IsInf(c.Value, 0) {
+			t.Errorf("cell %v = %+v, want a finite filled value", r.Point, c)
+		}
+	}
+}

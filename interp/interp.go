@@ -36,6 +36,7 @@ package interp
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 
@@ -214,6 +215,7 @@ func run(name string, m *justrunit.Matrix, f filler) error {
 		s *= shape[k]
 	}
 
+	shadow := shadowed(m, numeric)
 	for _, rows := range members {
 		for j := range m.Metrics {
 			p := &problem{metric: m.Metrics[j], shape: shape, coord: coord, stride: stride, at: make([]int32, len(rows))}
@@ -232,9 +234,14 @@ func run(name string, m *justrunit.Matrix, f filler) error {
 					p.locate(loc, x, idx)
 					p.xs = append(p.xs, x...)
 					p.ys = append(p.ys, c.Value)
-				case (c.Prov == justrunit.Empty || c.Prov == justrunit.Interpolated) && m.Rows[ri].Unmeasurable == "":
+				case (c.Prov == justrunit.Empty || c.Prov == justrunit.Interpolated) && m.Rows[ri].Unmeasurable == "" && !shadow[ri]:
 					p.at[loc] = -1
 					p.fill = append(p.fill, loc)
+				case c.Prov == justrunit.Interpolated && shadow[ri]:
+					// Filled before the point beside it was found
+					// unmeasurable: what filled it no longer reaches here.
+					p.at[loc] = -1
+					m.Rows[ri].Cells[j] = justrunit.Cell{Prov: justrunit.Empty}
 				default: // T (a decision rests on its value), a non-finite X, or a point that measured nothing
 					p.at[loc] = -1
 				}
@@ -293,6 +300,61 @@ func run(name string, m *justrunit.Matrix, f filler) error {
 		}
 	}
 	return nil
+}
+
+// shadowed marks the rows that no measurement speaks for because a point
+// found unmeasurable (Row.Unmeasurable: a clone saturated there, or that
+// got no traffic) stands between them and every measured point along one
+// of the numeric axes: from an unmeasurable point along an axis, the
+// untried points up to the edge, or up to another unmeasurable point. Such
+// cells are left empty: filled from the measured side, a point below a
+// saturated one would look like it meets an SLA its neighbour missed.
+// Untried points between an unmeasurable point and a measured one are
+// filled.
+func shadowed(m *justrunit.Matrix, numeric []int) []bool {
+	out := make([]bool, len(m.Rows))
+	un := m.Unmeasurable()
+	if len(un) == 0 {
+		return out
+	}
+	sp := m.Space
+	stride := make([]int, len(sp.Params)) // of the flat order, last axis fastest
+	for d, s := len(sp.Params)-1, 1; d >= 0; d-- {
+		stride[d] = s
+		s *= len(sp.Params[d].Values)
+	}
+	measured := func(i int) bool {
+		if m.Rows[i].Observation != nil {
+			return true
+		}
+		return slices.ContainsFunc(m.Rows[i].Cells, func(c justrunit.Cell) bool { return c.Prov.HasMeasurement() })
+	}
+	var run []int
+	for _, u := range un {
+		c := sp.Coords(u)
+		for _, d := range numeric {
+			for _, dir := range []int{-1, 1} {
+				run = run[:0]
+				reached := false
+				for k := c[d] + dir; k >= 0 && k < len(sp.Params[d].Values); k += dir {
+					i := u + (k-c[d])*stride[d]
+					if m.Rows[i].Unmeasurable != "" {
+						break
+					}
+					if reached = measured(i); reached {
+						break
+					}
+					run = append(run, i)
+				}
+				if !reached {
+					for _, i := range run {
+						out[i] = true
+					}
+				}
+			}
+		}
+	}
+	return out
 }
 
 // validate is justrunit.Matrix.Validate without its allocation per row:

@@ -321,3 +321,51 @@ func TestUnmeasurableStaysEmpty(t *testing.T) {
 		}
 	}
 }
+
+// TestBeyondUnmeasurableStaysEmpty checks that the points past a point
+// found unmeasurable, away from every measured point, are not filled (from
+// the measured side they would look like meeting an SLA their saturated
+// neighbour missed), for both interpolators, while points between the
+// unmeasurable point and a measured one are.
+func TestBeyondUnmeasurableStaysEmpty(t *testing.T) {
+	for _, in := range []justrunit.Interpolator{NewLinear(), NewGP()} {
+		m := newMatrix(t, axis("cpu", 20, 100, 10))
+		measure(m, func(p justrunit.Point) float64 { return 400 / p[0] }, at(0, 70, 80, 100))
+		// A stale fill from before cpu=60 was found unmeasurable.
+		m.Rows[0].Cells[0] = justrunit.Cell{Value: 20, Prov: justrunit.Interpolated, Uncertainty: 1}
+		if err := m.MarkUnmeasurable(justrunit.Point{60}, "12 successful responses in the full window"); err != nil {
+			t.Fatal(err)
+		}
+		if err := in.Interpolate(m); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range m.Rows {
+			c := r.Cells[0]
+			switch cpu := r.Point[0]; {
+			case cpu <= 60 && c.Prov != justrunit.Empty:
+				t.Errorf("%T: cpu=%g = %+v, want empty (beyond the unmeasurable cpu=60)", in, cpu, c)
+			case cpu == 90 && c.Prov != justrunit.Interpolated:
+				t.Errorf("%T: cpu=90 = %+v, want interpolated", in, c)
+			}
+		}
+	}
+	// Between an unmeasurable point and a measured one: filled.
+	m := newMatrix(t, axis("cpu", 20, 100, 10))
+	measure(m, func(p justrunit.Point) float64 { return 400 / p[0] }, at(0, 70, 100))
+	if err := m.MarkUnmeasurable(justrunit.Point{40}, "saturated"); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewLinear().Interpolate(m); err != nil {
+		t.Fatal(err)
+	}
+	for _, cpu := range []float64{50, 60, 80, 90} {
+		if c, _ := m.Cell(justrunit.Point{cpu}, justrunit.Power); c.Prov != justrunit.Interpolated {
+			t.Errorf("cpu=%g = %+v, want interpolated (between the unmeasurable cpu=40 and measured cpu=70)", cpu, c)
+		}
+	}
+	for _, cpu := range []float64{20, 30} {
+		if c, _ := m.Cell(justrunit.Point{cpu}, justrunit.Power); c.Prov != justrunit.Empty {
+			t.Errorf("cpu=%g = %+v, want empty", cpu, c)
+		}
+	}
+}
