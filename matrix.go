@@ -244,7 +244,11 @@ func (m *Matrix) Use(p Point, mt Metric) (Cell, error) {
 	c := &m.Rows[i].Cells[j]
 	switch c.Prov {
 	case Empty:
-		return Cell{}, fmt.Errorf("use cell %s %s: %w: it has no value; interpolate first", m.Space.Format(p), mt, ErrInvalid)
+		why := "interpolate first"
+		if u := m.Rows[i].Unmeasurable; u != "" {
+			why = "the point was found unmeasurable (" + u + ")"
+		}
+		return Cell{}, fmt.Errorf("use cell %s %s: %w: it has no value; %s", m.Space.Format(p), mt, ErrInvalid, why)
 	case Interpolated:
 		c.Prov = Used
 	}

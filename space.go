@@ -3,6 +3,7 @@ package justrunit
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -171,6 +172,19 @@ func (p Parameter) Validate() error {
 		}
 		if i > 0 && v <= p.Values[i-1] {
 			return Invalid(fmt.Sprintf("%s.values[%d]", field, i), v, "values must increase (previous %g)", p.Values[i-1])
+		}
+		if p.Categorical() && v != float64(i) {
+			return Invalid(fmt.Sprintf("%s.values[%d]", field, i), v, "a label's value is its index (%d)", i)
+		}
+	}
+	for i, l := range p.Labels {
+		// A label is written NAME=LABEL in points and parameters: it must
+		// read back as itself, and name one value.
+		if l == "" || strings.ContainsAny(l, " =,;") {
+			return Invalid(fmt.Sprintf("%s.labels[%d]", field, i), l, "must be non-empty, without spaces, '=', ',' or ';'")
+		}
+		if slices.Contains(p.Labels[:i], l) {
+			return Invalid(fmt.Sprintf("%s.labels[%d]", field, i), l, "given twice")
 		}
 	}
 	return nil
@@ -361,6 +375,9 @@ func (s Space) ParsePoint(str string) (Point, error) {
 		d := s.Param(name)
 		if d < 0 {
 			return nil, Invalid("point."+name, nil, "no such parameter in the space")
+		}
+		if set[d] {
+			return nil, Invalid("point."+name, val, "given twice")
 		}
 		par := s.Params[d]
 		if par.Categorical() {

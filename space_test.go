@@ -2,6 +2,7 @@ package justrunit
 
 import (
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -77,6 +78,14 @@ func TestBadInput(t *testing.T) {
 		{"not increasing", func() error { _, err := ParseParameter("freq=1.8,1.2"); return err }, "parameter freq.values[1]"},
 		{"point outside", func() error { _, err := space.IndexOf(Point{25}); return err }, "point.cpu"},
 		{"point unknown param", func() error { _, err := space.ParsePoint("mem=10"); return err }, "point.mem"},
+		{"point twice", func() error { _, err := space.ParsePoint("cpu=20 cpu=30"); return err }, "point.cpu"},
+		{"label twice", func() error { _, err := ParseParameter("hostclass=a,a"); return err }, "parameter hostclass.labels[1]"},
+		{"empty label", func() error { _, err := ParseParameter("hostclass=a,,b"); return err }, "parameter hostclass.labels[1]"},
+		{"label with a space", func() error { _, err := ParseParameter("hostclass=old gen,new"); return err }, "parameter hostclass.labels[0]"},
+		{"label values not indexes", func() error {
+			return Parameter{Name: "hostclass", Values: []float64{5, 7}, Labels: []string{"a", "b"}}.Validate()
+		}, "parameter hostclass.values[0]"},
+		{"threshold inf", func() error { s := okStudy(); s.CheckThreshold = math.Inf(1); return s.Validate() }, "check_threshold"},
 		{"threshold 0", func() error { s := okStudy(); s.CheckThreshold = 0; return s.Validate() }, "check_threshold"},
 		{"threshold negative", func() error { s := okStudy(); s.CheckThreshold = -1; return s.Validate() }, "check_threshold"},
 		{"time bound short", func() error { s := okStudy(); s.TimeBound = Duration(14 * time.Second); return s.Validate() }, "time_bound"},

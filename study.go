@@ -230,8 +230,8 @@ func (s *Study) Validate() error {
 	if s.Slots < 1 {
 		return Invalid("slots", s.Slots, "must be ≥ 1")
 	}
-	if !(s.CheckThreshold > 0) {
-		return Invalid("check_threshold", s.CheckThreshold, "must be > 0, e.g. 0.1 for 10%%")
+	if !(s.CheckThreshold > 0) || math.IsInf(s.CheckThreshold, 0) {
+		return Invalid("check_threshold", s.CheckThreshold, "must be a number > 0, e.g. 0.1 for 10%%")
 	}
 	if s.MinSamples != 0 && s.MinSamples < MinStudySamples {
 		return Invalid("min_samples", s.MinSamples, "must be 0 (the default) or at least %d: a p95 from fewer responses is their largest", MinStudySamples)

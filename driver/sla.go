@@ -219,6 +219,9 @@ func LeastPassing(m *justrunit.Matrix, sla justrunit.SLA, axis string) (justruni
 		return nil, false, err
 	}
 	if len(lines) != 1 {
+		if d, err := resolveAxis(m.Space, axis); err == nil {
+			axis = m.Space.Params[d].Name // the default's name
+		}
 		return nil, false, justrunit.Invalid("axis", axis, "the space has %d lines along the axis (one per combination of the other parameters); use driver.Lines", len(lines))
 	}
 	return lines[0].Least, lines[0].Least != nil, nil
