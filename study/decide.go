@@ -11,14 +11,21 @@ import (
 
 // Use marks the cells a decision rests on: an interpolated cell becomes T
 // (measured cells are returned as they are). The matrix is saved so the
-// stored study shows what the decision used.
+// stored study shows what the decision used. When a cell cannot be used,
+// none is marked.
 func (e *Engine) Use(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, p justrunit.Point, metrics ...justrunit.Metric) ([]justrunit.Cell, error) {
-	cells := make([]justrunit.Cell, 0, len(metrics))
-	for _, mt := range metrics {
-		c, err := m.Use(p, mt)
+	for _, mt := range metrics { // all or nothing: check every cell first
+		c, err := m.Cell(p, mt)
+		if err == nil && c.Prov == justrunit.Empty {
+			_, err = m.Use(p, mt) // says why, and changes nothing
+		}
 		if err != nil {
 			return nil, err
 		}
+	}
+	cells := make([]justrunit.Cell, 0, len(metrics))
+	for _, mt := range metrics {
+		c, _ := m.Use(p, mt)
 		cells = append(cells, c)
 	}
 	if e.Store != nil {

@@ -33,6 +33,13 @@ func TestUseAndCheck(t *testing.T) {
 	if err := e.Interpolator.Interpolate(m); err != nil {
 		t.Fatal(err)
 	}
+	// A metric the matrix does not record: nothing is marked.
+	if _, err := e.Use(ctx, st, m, justrunit.Point{40}, justrunit.RTP95, justrunit.Power); err == nil {
+		t.Fatal("Use of an unrecorded metric: no error")
+	}
+	if c, _ := m.Cell(justrunit.Point{40}, justrunit.RTP95); c.Prov != justrunit.Interpolated {
+		t.Fatalf("cell cpu=40 after a failed Use = %+v, want still interpolated", c)
+	}
 	for _, cpu := range []float64{40, 80} {
 		cells, err := e.Use(ctx, st, m, justrunit.Point{cpu}, justrunit.RTP95)
 		if err != nil || cells[0].Prov != justrunit.Used {

@@ -203,8 +203,11 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 			var next []justrunit.Point
 			if ps.Free > 0 {
 				var err error
-				next, err = e.Strategy.Next(ctx, ps)
+				// Planning stops at the time bound too.
+				next, err = e.Strategy.Next(runCtx, ps)
 				switch {
+				case err != nil && ctx.Err() == nil && runCtx.Err() != nil:
+					next = nil // the bound ended the planning: nothing more fits
 				case err != nil:
 					firstErr = fmt.Errorf("plan next experiments: %w", err)
 					next = nil
@@ -245,8 +248,10 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 		running = removePoint(running, r.point)
 		switch {
 		case r.err == nil:
-		case ctx.Err() != nil && errors.Is(r.err, ctx.Err()):
-			continue // cancelled with the study, not failed
+		case ctx.Err() != nil && r.err != nil:
+			// Cancelled with the study, not failed, whatever the
+			// experiment made of it (a window cut short says deadline).
+			continue
 		case firstErr != nil && errors.Is(r.err, context.Canceled):
 			continue // stopped because the study had already failed
 		case errors.Is(r.err, justrunit.ErrTooFewSamples) && !errors.Is(r.err, context.DeadlineExceeded):

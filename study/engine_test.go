@@ -440,3 +440,38 @@ func TestUnmeasurablePoint(t *testing.T) {
 		t.Errorf("Run with every point saturated = %v, want %v saying why", err, ErrNothingMeasured)
 	}
 }
+
+// slowPlanner plans cpu=100 first, then plans until ctx ends.
+type slowPlanner struct{ calls int }
+
+func (s *slowPlanner) Name() string                     { return "slow" }
+func (s *slowPlanner) Estimate(justrunit.PlanState) int { return 1 }
+func (s *slowPlanner) Next(ctx context.Context, st justrunit.PlanState) ([]justrunit.Point, error) {
+	if s.calls++; s.calls == 1 {
+		return []justrunit.Point{{100}}, nil
+	}
+	if len(st.Running) > 0 {
+		return nil, nil
+	}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestPlanningStopsAtTheBound checks that a strategy still planning when
+// the time bound comes is stopped by it, and the study ends with what it
+// measured rather than failing.
+func TestPlanningStopsAtTheBound(t *testing.T) {
+	st := newStudy(t, "grid", 20*time.Millisecond, 300*time.Millisecond, 1)
+	e := newEngine(t, st, &curveRunner{rt: knee}, nil)
+	e.Strategy = &slowPlanner{}
+	done := make(chan error, 1)
+	go func() { _, err := e.Run(context.Background(), st); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil || st.State != justrunit.StudyDone || st.Experiments != 1 {
+			t.Fatalf("Run = %v, state %s, %d experiments; want done with 1", err, st.State, st.Experiments)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the planning outlived the time bound")
+	}
+}
