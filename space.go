@@ -144,10 +144,13 @@ func roundTo9(v float64) float64 {
 }
 
 // Limits on the size of a space, so that a typo cannot ask for a billion
-// experiments or cells.
+// experiments or cells. A matrix row costs a few hundred bytes, and a study
+// copies its matrix after every experiment (to store it interpolated): a
+// million points would take gigabytes, and no time bound measures a
+// useful share of them.
 const (
 	MaxValuesPerParameter = 10000
-	MaxPoints             = 10_000_000
+	MaxPoints             = 100_000
 )
 
 // Validate checks a parameter: a name, at least one value, increasing values,
