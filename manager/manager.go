@@ -629,11 +629,8 @@ func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.St
 				return p[0], nil
 			}
 		}
-		// Decide again: the V cell carries the measured value now, and the
-		// interpolation around it is redone from it.
-		if err := x.Engine.Interpolator.Interpolate(mat); err != nil {
-			return 0, err
-		}
+		// Decide again: the V cell carries the measured value now, and
+		// Check filled the interpolation around it again from it.
 	}
 	return 0, errors.New("decision did not settle")
 }

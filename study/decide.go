@@ -38,6 +38,7 @@ func (e *Engine) Use(ctx context.Context, st *justrunit.Study, m *justrunit.Matr
 
 // Check runs the checker on every T cell of m: one experiment per point
 // through the engine's Runner, the cells become V with the measured value,
+// the other interpolated cells are filled again with the new measurements,
 // and each result is stored with a check.passed or check.failed event.
 // notify, when not nil, is called for every failed check (the hook that
 // alerts the management entity). The matrix is saved afterwards, also when
@@ -51,6 +52,13 @@ func (e *Engine) Check(ctx context.Context, st *justrunit.Study, m *justrunit.Ma
 	c.Logger, c.StudyID, c.Notify = e.logger(), st.ID, notify
 	results, checkErr := c.CheckAll(ctx, m)
 	st.Experiments += countPoints(results)
+	if len(results) > 0 && e.Interpolator != nil {
+		// The checks measured new points: the cells filled from the old
+		// measurements are filled again with them.
+		if err := e.Interpolator.Interpolate(m); err != nil {
+			checkErr = errors.Join(checkErr, fmt.Errorf("interpolate after the checks: %w", err))
+		}
+	}
 	if e.Store == nil {
 		return results, checkErr
 	}

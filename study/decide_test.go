@@ -46,6 +46,7 @@ func TestUseAndCheck(t *testing.T) {
 			t.Fatalf("Use(cpu=%v) = %+v, %v; want a T cell", cpu, cells, err)
 		}
 	}
+	stale, _ := m.Cell(justrunit.Point{30}, justrunit.RTP95)
 	var alerts []justrunit.CheckResult
 	results, err := e.Check(ctx, st, m, func(c justrunit.CheckResult) { alerts = append(alerts, c) })
 	if err != nil {
@@ -66,6 +67,11 @@ func TestUseAndCheck(t *testing.T) {
 	}
 	if len(alerts) != 1 || alerts[0].Point[0] != 40 {
 		t.Errorf("alerts = %+v, want one for cpu=40", alerts)
+	}
+	// cpu=40's measurement missed its interpolation: cpu=30, between it
+	// and cpu=20, is filled again from it.
+	if c, _ := m.Cell(justrunit.Point{30}, justrunit.RTP95); c.Prov != justrunit.Interpolated || c.Value == stale.Value {
+		t.Errorf("cell cpu=30 after the checks = %+v, want interpolated again (was %v)", c, stale.Value)
 	}
 	stored, err := store.Checks(ctx, st.ID)
 	if err != nil || len(stored) != 2 {
