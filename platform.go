@@ -227,12 +227,20 @@ type Cleaner interface {
 	Cleanup(ctx context.Context) error
 }
 
-// PlatformConfig is what a platform factory receives.
+// PlatformConfig is what a platform factory receives. Zero fields take the
+// platform's defaults.
 type PlatformConfig struct {
+	// Logger receives the platform's logs; nil discards them.
 	Logger *slog.Logger
 	// StateDir is where the platform keeps its own files (overlays, sockets).
 	StateDir string
-	Hosts    []Host
+	// Hosts are the site's hosts; none lets the platform pick its own.
+	Hosts []Host
+	// HostCPUs maps a host name to its cpuset ("0", "1-3"), for platforms
+	// that split one machine into hosts (local, qemu). A host not in the
+	// map, or mapped to "", gets CPUs the platform picks, which may be
+	// another host's.
+	HostCPUs map[string]string
 }
 
 // PlatformFactory makes a platform.

@@ -97,10 +97,12 @@ func Up(ctx context.Context, f *site.Site, opts Options) (*Site, error) {
 }
 
 // newPlatform makes the site's platform. The local platform is built
-// directly so that the site's cpusets and reference frequencies reach it.
+// directly so that the site's cpusets and clone settings reach it; other
+// platforms get the site's hosts and their cpusets through
+// justrunit.PlatformConfig.
 func newPlatform(f *site.Site, opts Options, log *slog.Logger) (justrunit.Platform, func() error, error) {
 	if f.Platform != "local" {
-		p, err := justrunit.NewPlatform(f.Platform, justrunit.PlatformConfig{Logger: log, StateDir: opts.StateDir, Hosts: f.PlatformHosts()})
+		p, err := justrunit.NewPlatform(f.Platform, platformConfig(f, opts, log))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -123,6 +125,21 @@ func newPlatform(f *site.Site, opts Options, log *slog.Logger) (justrunit.Platfo
 		return nil, nil, err
 	}
 	return p, p.Close, nil
+}
+
+// platformConfig is what a registered platform receives for site f: its
+// hosts and, per host, the cpuset the site file gives it.
+func platformConfig(f *site.Site, opts Options, log *slog.Logger) justrunit.PlatformConfig {
+	c := justrunit.PlatformConfig{Logger: log, StateDir: opts.StateDir, Hosts: f.PlatformHosts()}
+	for _, h := range f.Hosts {
+		if h.CPUs != "" {
+			if c.HostCPUs == nil {
+				c.HostCPUs = map[string]string{}
+			}
+			c.HostCPUs[h.Name] = h.CPUs
+		}
+	}
+	return c
 }
 
 func (s *Site) up(ctx context.Context, opts Options) error {

@@ -18,10 +18,26 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
+
+// Bounds on the connection, so that a QEMU that stops reading or sends
+// garbage cannot block or exhaust the platform.
+const (
+	// MaxLineBytes is the longest QMP message (one JSON line) read; a
+	// longer one ends the connection with ErrLineTooLong.
+	MaxLineBytes = 16 << 20
+	// DefaultWriteTimeout bounds the write of one command when the
+	// context has no earlier deadline.
+	DefaultWriteTimeout = 10 * time.Second
+)
+
+// ErrLineTooLong reports a QMP message longer than MaxLineBytes.
+var ErrLineTooLong = fmt.Errorf("qmp message longer than %d MiB", MaxLineBytes>>20)
 
 // Error is an error QEMU returned for a command.
 type Error struct {
@@ -46,6 +62,10 @@ type Event struct {
 type Client struct {
 	conn net.Conn
 
+	// wmu serialises writes; it is never held with mu, so a write that
+	// blocks (until its deadline) does not stop replies being delivered.
+	wmu sync.Mutex
+
 	mu      sync.Mutex
 	nextID  int
 	pending map[string]chan reply
@@ -64,7 +84,8 @@ type reply struct {
 }
 
 // Dial connects to the QMP socket at path, retrying until it appears or ctx
-// ends, reads the greeting and leaves capability negotiation mode.
+// ends, reads the greeting and leaves capability negotiation mode. It
+// gives up when ctx ends, also while QEMU is silent.
 func Dial(ctx context.Context, path string) (*Client, error) {
 	var conn net.Conn
 	var d net.Dialer
@@ -85,9 +106,21 @@ func Dial(ctx context.Context, path string) (*Client, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetReadDeadline(dl)
 	}
-	if _, err := br.ReadBytes('\n'); err != nil { // {"QMP": {...}} greeting
+	// A cancel (not only a deadline) must end the wait for the greeting:
+	// it moves the read deadline to the past. stop() waiting for the
+	// callback keeps it from firing after the deadline is reset below.
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		_ = conn.SetReadDeadline(time.Unix(1, 0))
+		close(fired)
+	})
+	_, err := readLine(br) // {"QMP": {...}} greeting
+	if !stop() {
+		<-fired
+	}
+	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("qmp greeting: %w", err)
+		return nil, fmt.Errorf("qmp greeting: %w", ctxErr(ctx, err))
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 	go c.read(br)
@@ -98,11 +131,32 @@ func Dial(ctx context.Context, path string) (*Client, error) {
 	return c, nil
 }
 
+// readLine reads one newline-terminated message of at most MaxLineBytes.
+func readLine(br *bufio.Reader) ([]byte, error) {
+	var line []byte
+	for {
+		frag, err := br.ReadSlice('\n')
+		if len(line)+len(frag) > MaxLineBytes {
+			return nil, ErrLineTooLong
+		}
+		line = append(line, frag...)
+		if err == nil {
+			return line, nil
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return nil, err
+		}
+	}
+}
+
 func (c *Client) read(br *bufio.Reader) {
 	defer close(c.done)
 	for {
-		line, err := br.ReadBytes('\n')
+		line, err := readLine(br)
 		if err != nil {
+			// Whatever follows a line too long cannot be framed: the
+			// connection is over, and closing it unblocks writers too.
+			c.conn.Close()
 			c.mu.Lock()
 			c.err = fmt.Errorf("qmp connection closed: %w", err)
 			for id, ch := range c.pending {
@@ -145,7 +199,10 @@ func (c *Client) Close() error { return c.conn.Close() }
 func (c *Client) Done() <-chan struct{} { return c.done }
 
 // Execute runs command with args (marshalled to JSON; nil for none) and
-// unmarshals its return value into out (nil to ignore it).
+// unmarshals its return value into out (nil to ignore it). The write of
+// the command ends when ctx does, or after DefaultWriteTimeout; a write
+// that fails after sending part of the command ends the connection, whose
+// stream can no longer be framed.
 func (c *Client) Execute(ctx context.Context, command string, args, out any) error {
 	c.mu.Lock()
 	if c.err != nil {
@@ -156,18 +213,22 @@ func (c *Client) Execute(ctx context.Context, command string, args, out any) err
 	id := strconv.Itoa(c.nextID)
 	ch := make(chan reply, 1)
 	c.pending[id] = ch
+	c.mu.Unlock()
 	req := map[string]any{"execute": command, "id": id}
 	if args != nil {
 		req["arguments"] = args
 	}
 	b, err := json.Marshal(req)
-	if err == nil {
-		_, err = c.conn.Write(append(b, '\n'))
-	}
-	c.mu.Unlock()
 	if err != nil {
 		c.forget(id)
 		return fmt.Errorf("qmp %s: %w", command, err)
+	}
+	if n, err := c.write(ctx, append(b, '\n')); err != nil {
+		c.forget(id)
+		if n > 0 {
+			c.conn.Close()
+		}
+		return fmt.Errorf("qmp %s: write: %w", command, err)
 	}
 	select {
 	case <-ctx.Done():
@@ -191,6 +252,55 @@ func (c *Client) Execute(ctx context.Context, command string, args, out any) err
 		}
 		return nil
 	}
+}
+
+// write writes b under a deadline: ctx's, or DefaultWriteTimeout from now
+// if that is sooner; a cancel of ctx ends it too. It returns the bytes
+// written.
+func (c *Client) write(ctx context.Context, b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	dl := time.Now().Add(DefaultWriteTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+		dl = d
+	}
+	_ = c.conn.SetWriteDeadline(dl)
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		_ = c.conn.SetWriteDeadline(time.Unix(1, 0))
+		close(fired)
+	})
+	n, err := c.conn.Write(b)
+	if !stop() {
+		<-fired // so that it cannot cut the next write short
+	}
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		// ctx's deadline, or its cancel, rather than DefaultWriteTimeout.
+		if cerr := ctx.Err(); cerr != nil {
+			err = cerr
+		} else if d, ok := ctx.Deadline(); ok && d.Equal(dl) {
+			err = context.DeadlineExceeded
+		}
+	}
+	return n, err
+}
+
+// ctxErr is err, or ctx's error when err is a deadline that ctx set (the
+// connection's deadline can pass a moment before ctx reports it).
+func ctxErr(ctx context.Context, err error) error {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
+	}
+	if _, ok := ctx.Deadline(); ok {
+		return context.DeadlineExceeded
+	}
+	return err
 }
 
 func (c *Client) forget(id string) {
@@ -348,9 +458,23 @@ func (c *Client) Balloon(ctx context.Context, bytes int64) error {
 }
 
 // HumanMonitorCommand runs an HMP command (for the few with no QMP
-// equivalent, such as hostfwd_add) and returns its output.
+// equivalent, such as hostfwd_add) and returns its output. HMP reports most
+// failures as output text, not as a QMP error; see HMP.
 func (c *Client) HumanMonitorCommand(ctx context.Context, line string) (string, error) {
 	var out string
 	err := c.Execute(ctx, "human-monitor-command", map[string]any{"command-line": line}, &out)
 	return out, err
+}
+
+// HMP runs an HMP command that prints nothing when it succeeds (such as
+// hostfwd_add); any output is its failure, returned as an error.
+func (c *Client) HMP(ctx context.Context, line string) error {
+	out, err := c.HumanMonitorCommand(ctx, line)
+	if err != nil {
+		return err
+	}
+	if msg := strings.TrimSpace(out); msg != "" {
+		return fmt.Errorf("hmp %s: %s", line, msg)
+	}
+	return nil
 }

@@ -299,6 +299,22 @@ func registerScope(scope, stateDir string) {
 
 func unregisterScope(scope string) { _ = os.Remove(filepath.Join(scopesDir, scope)) }
 
+// isScope says whether name has the form of a scope (see Scope): 8
+// lowercase hex digits. Other names under /justrunit belong to someone else
+// — /justrunit/qemu is the qemu platform's, whose VMs run below it — and
+// must never be taken for a crashed run's scope.
+func isScope(name string) bool {
+	if len(name) != 8 {
+		return false
+	}
+	for _, c := range name {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // scopes lists every scope that has an object or a record on this machine.
 func scopes() []string {
 	seen := map[string]bool{}
@@ -313,7 +329,7 @@ func scopes() []string {
 			seen[n] = true
 		}
 	}
-	// Scopes are 8 hex digits; names carry them right after their prefix.
+	// Names carry the scope right after their prefix.
 	take := func(name, prefix string) {
 		if rest, ok := strings.CutPrefix(name, prefix); ok && len(rest) > 8 {
 			seen[rest[:8]] = true
@@ -339,7 +355,9 @@ func scopes() []string {
 	}
 	out := make([]string, 0, len(seen))
 	for s := range seen {
-		out = append(out, s)
+		if isScope(s) {
+			out = append(out, s)
+		}
 	}
 	sort.Strings(out)
 	return out

@@ -54,7 +54,7 @@ func init() {
 	justrunit.RegisterPlatform("local", func(c justrunit.PlatformConfig) (justrunit.Platform, error) {
 		cfg := Config{Logger: c.Logger, StateDir: c.StateDir}
 		for _, h := range c.Hosts {
-			cfg.Hosts = append(cfg.Hosts, HostConfig{Host: h})
+			cfg.Hosts = append(cfg.Hosts, HostConfig{Host: h, CPUs: c.HostCPUs[h.Name]})
 		}
 		return New(cfg)
 	})

@@ -17,8 +17,9 @@ import (
 // and removed as each VM's is, and the guest image at image (the one
 // Launch boots by default). Everything it makes is removed before it
 // returns. Without root only the first checks run.
-func Check(ctx context.Context, dir, image string) []justrunit.Check {
-	var out []justrunit.Check
+func Check(ctx context.Context, dir, image string) (out []justrunit.Check) {
+	// out is a named result: the deferred clean-up check below is added
+	// after the return statements have run, and must still be returned.
 	add := func(c justrunit.Check) { out = append(out, c) }
 	root := os.Geteuid() == 0
 	var rootErr error

@@ -84,6 +84,11 @@ func (p *Platform) Clone(ctx context.Context, id, host string, opts justrunit.Cl
 		p.mu.Unlock()
 		return nil, justrunit.Invalid("host", host, "is powered off")
 	}
+	limits, err := p.limitsFor("alloc", opts.Alloc, h.CPUs)
+	if err != nil {
+		p.mu.Unlock()
+		return nil, err
+	}
 	p.seq++
 	cloneID := fmt.Sprintf("%s-clone%d", id, p.seq)
 	for p.vms[cloneID] != nil {
@@ -109,7 +114,7 @@ func (p *Platform) Clone(ctx context.Context, id, host string, opts justrunit.Cl
 			Addr: src.inst.Addr, Alloc: opts.Alloc, Origin: id, State: "starting"},
 		img: src.img, appendArg: src.appendArg, mac: src.mac,
 		diskSize: src.diskSize, guestPort: src.guestPort, redirect: redirect, restricted: true, cpus: h.CPUs,
-		limits: p.limitsFor(opts.Alloc, h.CPUs),
+		limits: limits,
 	}
 	frozen := src.disk
 	srcDir, srcDiskN := src.dir, src.diskN
@@ -133,6 +138,7 @@ func (p *Platform) Clone(ctx context.Context, id, host string, opts justrunit.Cl
 		p.teardown(c)
 		p.mu.Lock()
 		delete(p.vms, cloneID)
+		delete(p.usedHP, port)
 		p.gcDirsLocked()
 		p.mu.Unlock()
 		return nil, fmt.Errorf("clone %s: %w", id, err)
@@ -253,7 +259,10 @@ func (p *Platform) migrationParams() qmp.MigrationParameters {
 // Migrate moves VM id to host by live migration: a new QEMU in the host's
 // cpuset takes over the same disk chain (shared storage), and the source
 // exits. The forwarded port moves with it after the switch-over, so the
-// instance keeps its address; it refuses connections for that moment.
+// instance keeps its address; it refuses connections for that moment. A
+// failure before the switch-over leaves the VM running where it was; if
+// the port cannot be forwarded again after it, the VM runs on host and
+// Migrate says that its address does not reach it.
 func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 	v, err := p.get(id)
 	if err != nil {
@@ -289,14 +298,20 @@ func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 		v.mu.Unlock()
 		return justrunit.Invalid("host", host, "is not a sandbox host; clones stay in the sandbox")
 	}
-	oldCPUs := v.cpus
-	v.cpus = cpus
-	v.limits.Cpus = cpus
+	// The quota is recomputed too: an emulated frequency with no cpu
+	// share scales the new host's CPU count.
+	limits, err := p.limitsFor("allocation", v.inst.Alloc, cpus)
+	if err != nil {
+		v.mu.Unlock()
+		return fmt.Errorf("migrate %s: %w", id, err)
+	}
+	oldCPUs, oldLimits := v.cpus, v.limits
+	v.cpus, v.limits = cpus, limits
 	restricted := v.restricted
 	v.mu.Unlock()
 	undo := func() {
 		v.mu.Lock()
-		v.cpus, v.limits.Cpus = oldCPUs, oldCPUs
+		v.cpus, v.limits = oldCPUs, oldLimits
 		v.mu.Unlock()
 	}
 
@@ -345,8 +360,10 @@ func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 		stopped = time.Now().Add(-time.Duration(info.Downtime) * time.Millisecond)
 	}
 	if p.stopCopy {
+		// The destination never ran: the source, stopped since before
+		// the copy, is still the VM's state and abort resumes it.
 		if err := dst.qmp.Cont(context.WithoutCancel(ctx)); err != nil {
-			p.log.Warn("migrated, but cannot start the destination", "id", id, "err", err)
+			return abort(fmt.Errorf("start the destination: %w", err))
 		}
 	}
 	info = settle(ctx, old, info)
@@ -358,16 +375,20 @@ func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 	}
 	p.killProc(old)
 	fh, fp, _ := net.SplitHostPort(v.natAddr)
-	if _, err := dst.qmp.HumanMonitorCommand(context.WithoutCancel(ctx),
-		fmt.Sprintf("hostfwd_add n0 tcp:%s:%s-:%d", fh, fp, v.guestPort)); err != nil {
-		p.log.Warn("migrated, but cannot forward the port again", "id", id, "err", err)
-	}
+	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	fwdErr := dst.qmp.HMP(fctx, fmt.Sprintf("hostfwd_add n0 tcp:%s:%s-:%d", fh, fp, v.guestPort))
+	fcancel()
+	// The VM runs on the destination now whatever hostfwd_add said: it is
+	// recorded there, so that Destroy stops it.
 	v.mu.Lock()
 	v.proc = dst
 	v.inst.Host = host
 	v.lastMig = info
 	v.pause = time.Since(stopped)
 	v.mu.Unlock()
+	if fwdErr != nil {
+		return fmt.Errorf("migrate %s: moved to %s, but its address %s does not reach it: forward the port again: %w", id, host, v.natAddr, fwdErr)
+	}
 	p.log.Info("migrated", "id", id, "host", host, "total_ms", info.TotalTime, "qemu_downtime_ms", info.Downtime)
 	return nil
 }

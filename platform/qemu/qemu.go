@@ -65,15 +65,34 @@ import (
 
 func init() {
 	justrunit.RegisterPlatform("qemu", func(c justrunit.PlatformConfig) (justrunit.Platform, error) {
-		o := Options{Logger: c.Logger, StateDir: c.StateDir}
-		for _, h := range c.Hosts {
-			o.Hosts = append(o.Hosts, HostConfig{Host: h})
-		}
-		if d := os.Getenv("JUSTRUNIT_QEMU_IMAGE"); d != "" {
-			o.Image = d
+		o, err := optionsFrom(c)
+		if err != nil {
+			return nil, err
 		}
 		return New(o)
 	})
+}
+
+// optionsFrom turns what the platform registry passes into Options: the
+// hosts with the cpusets the site gives them (so that a sandbox the site
+// puts on CPUs of its own stays there), and the image $JUSTRUNIT_QEMU_IMAGE
+// names.
+func optionsFrom(c justrunit.PlatformConfig) (Options, error) {
+	o := Options{Logger: c.Logger, StateDir: c.StateDir}
+	known := map[string]bool{}
+	for _, h := range c.Hosts {
+		o.Hosts = append(o.Hosts, HostConfig{Host: h, CPUs: c.HostCPUs[h.Name]})
+		known[h.Name] = true
+	}
+	for name := range c.HostCPUs {
+		if !known[name] {
+			return Options{}, justrunit.Invalid("host_cpus["+name+"]", c.HostCPUs[name], "names no host of the configuration")
+		}
+	}
+	if d := os.Getenv("JUSTRUNIT_QEMU_IMAGE"); d != "" {
+		o.Image = d
+	}
+	return o, nil
 }
 
 // Defaults.
@@ -130,7 +149,8 @@ type Options struct {
 	MemoryMiB int
 	// BootTimeout bounds Launch's wait (default DefaultBootTimeout).
 	BootTimeout time.Duration
-	// Period is the CFS period (default DefaultPeriod).
+	// Period is the CFS period (default DefaultPeriod), 1 ms to 1 s; a
+	// share too small for it gets a longer one, up to 1 s.
 	Period time.Duration
 	// DowntimeLimit is the migration downtime QEMU aims for.
 	DowntimeLimit time.Duration
@@ -244,6 +264,9 @@ func New(o Options) (*Platform, error) {
 	}
 	if o.Period <= 0 {
 		o.Period = DefaultPeriod
+	}
+	if o.Period < minQuota || o.Period > maxPeriod {
+		return nil, justrunit.Invalid("period", o.Period, "want %v to %v (the kernel's CFS period bounds)", minQuota, maxPeriod)
 	}
 	if o.DowntimeLimit <= 0 {
 		o.DowntimeLimit = DefaultDowntimeLimit

@@ -410,9 +410,9 @@ func TestLimitsFor(t *testing.T) {
 		{justrunit.Allocation{CPU: 2}, 1600, 80000}, // period grows past the 1 ms minimum quota
 		{justrunit.Allocation{CPU: 100, Freq: 1}, 10000, 20000},
 	} {
-		l := p.limitsFor(tc.a, "0")
-		if l.QuotaUS != tc.quota || int64(l.PeriodUS) != tc.period {
-			t.Errorf("limitsFor(%v) = quota %d period %d, want %d %d", tc.a, l.QuotaUS, l.PeriodUS, tc.quota, tc.period)
+		l, err := p.limitsFor("allocation", tc.a, "0")
+		if err != nil || l.QuotaUS != tc.quota || int64(l.PeriodUS) != tc.period {
+			t.Errorf("limitsFor(%v) = quota %d period %d, %v; want %d %d", tc.a, l.QuotaUS, l.PeriodUS, err, tc.quota, tc.period)
 		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/internal/cgroup"
+	"github.com/justrunit/justrunit/internal/hostlayout"
 	"github.com/justrunit/justrunit/internal/qmp"
 	"github.com/justrunit/justrunit/platform/qemu/guest"
 )
@@ -144,6 +145,11 @@ func (p *Platform) Launch(ctx context.Context, spec justrunit.InstanceSpec) (*ju
 		p.mu.Unlock()
 		return nil, fmt.Errorf("launch %s: %w", spec.ID, justrunit.ErrExists)
 	}
+	limits, err := p.limitsFor("allocation", spec.Alloc, h.CPUs)
+	if err != nil {
+		p.mu.Unlock()
+		return nil, err
+	}
 	natAddr := ""
 	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
 		natAddr = spec.Addr
@@ -161,10 +167,12 @@ func (p *Platform) Launch(ctx context.Context, spec justrunit.InstanceSpec) (*ju
 	p.vms[spec.ID] = v // reserve the ID
 	p.mu.Unlock()
 
+	reserved := 0 // the port freePort reserved for this VM
 	fail := func(err error) (*justrunit.Instance, error) {
 		p.teardown(v)
 		p.mu.Lock()
 		delete(p.vms, spec.ID)
+		delete(p.usedHP, reserved)
 		p.gcDirsLocked()
 		p.mu.Unlock()
 		return nil, fmt.Errorf("launch %s: %w", spec.ID, err)
@@ -174,6 +182,7 @@ func (p *Platform) Launch(ctx context.Context, spec justrunit.InstanceSpec) (*ju
 		if err != nil {
 			return fail(err)
 		}
+		reserved = port
 		natAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	}
 	v.mu.Lock()
@@ -206,7 +215,7 @@ func (p *Platform) Launch(ctx context.Context, spec justrunit.InstanceSpec) (*ju
 	v.mu.Lock()
 	v.disk, v.diskSize = disk, size
 	v.appendArg = strings.Join(kargs, " ")
-	v.limits = p.limitsFor(spec.Alloc, h.CPUs)
+	v.limits = limits
 	v.mu.Unlock()
 
 	start := time.Now()
@@ -362,12 +371,27 @@ func (p *Platform) netdev(v *vm, so startOpts) string {
 	return s
 }
 
+// CFS bandwidth bounds: the kernel refuses a quota under 1 ms and a
+// period over 1 s, so the least share it can enforce is 1 ms per 1 s.
+const (
+	minQuota  = time.Millisecond
+	maxPeriod = time.Second
+	// MinCPUShare is the least CPU share (percent of one CPU) other than
+	// 0 (unlimited) that an allocation may ask for.
+	MinCPUShare = 100 * float64(minQuota) / float64(maxPeriod)
+)
+
 // checkAlloc validates an allocation against the platform's limits.
+// limitsFor checks what depends on the host as well.
 func (p *Platform) checkAlloc(field string, a justrunit.Allocation) error {
-	if a.CPU < 0 || a.CPU > 100*float64(len(onlineCPUs())) || math.IsNaN(a.CPU) {
-		return justrunit.Invalid(field+".cpu", a.CPU, "want 0 (unlimited) to %d (all CPUs)", 100*len(onlineCPUs()))
+	ncpu := len(onlineCPUs())
+	if !(a.CPU >= 0 && a.CPU <= 100*float64(ncpu)) { // NaN fails too
+		return justrunit.Invalid(field+".cpu", a.CPU, "want 0 (unlimited) or %g to %d (all CPUs)", MinCPUShare, 100*ncpu)
 	}
-	if a.Freq < 0 || a.Freq > 10 {
+	if a.CPU > 0 && a.CPU < MinCPUShare {
+		return justrunit.Invalid(field+".cpu", a.CPU, "want 0 (unlimited) or at least %g: CFS bandwidth needs a quota of at least %v per period of at most %v", MinCPUShare, minQuota, maxPeriod)
+	}
+	if !(a.Freq >= 0 && a.Freq <= 10) { // NaN fails too
 		return justrunit.Invalid(field+".freq", a.Freq, "want 0 (the host's) to 10 GHz")
 	}
 	if a.MemoryMiB < 0 || a.MemoryMiB > int64(p.o.MemoryMiB) {
@@ -379,27 +403,54 @@ func (p *Platform) checkAlloc(field string, a justrunit.Allocation) error {
 	return nil
 }
 
-// limitsFor turns an allocation into cgroup limits on cpus.
-func (p *Platform) limitsFor(a justrunit.Allocation, cpus string) cgroup.Limits {
+// limitsFor turns an allocation (checked by checkAlloc) into cgroup limits
+// on cpus. A share too small for the platform's period gets a longer one,
+// up to the kernel's 1 s; a share too small even for that (a small cpu, or
+// a low emulated freq) is refused, the error naming field.
+func (p *Platform) limitsFor(field string, a justrunit.Allocation, cpus string) (cgroup.Limits, error) {
 	l := cgroup.Limits{Cpus: cpus, PeriodUS: uint64(p.o.Period.Microseconds())}
 	share := a.CPU
 	if a.Freq > 0 {
 		if share == 0 {
-			share = 100 * float64(strings.Count(cpus, ",")+1)
+			share = 100 * float64(cpuCount(cpus))
 		}
 		share *= a.Freq / p.refFreq
 	}
-	if share > 0 {
-		period := p.o.Period
-		quota := time.Duration(float64(period) * share / 100)
-		for quota < time.Millisecond { // the kernel's minimum quota
-			period *= 2
-			quota = time.Duration(float64(period) * share / 100)
-		}
-		l.PeriodUS = uint64(period.Microseconds())
-		l.QuotaUS = quota.Microseconds()
+	if share == 0 {
+		return l, nil
 	}
-	return l
+	if !(share >= MinCPUShare) || math.IsInf(share, 0) { // NaN fails too
+		if a.Freq > 0 {
+			base := a.CPU
+			if base == 0 {
+				base = 100 * float64(cpuCount(cpus))
+			}
+			return l, justrunit.Invalid(field+".freq", a.Freq, "emulates %.3g%% of a CPU (cpu %g of %s scaled by freq / %.2f GHz), below the %g%% CFS bandwidth can enforce (1 ms per 1 s); want freq at least %.3g GHz or a larger cpu",
+				share, a.CPU, cpus, p.refFreq, MinCPUShare, MinCPUShare/base*p.refFreq)
+		}
+		return l, justrunit.Invalid(field+".cpu", a.CPU, "want 0 (unlimited) or at least %g", MinCPUShare)
+	}
+	period := p.o.Period
+	quota := time.Duration(float64(period) * share / 100)
+	for quota < minQuota && period < maxPeriod {
+		period = min(2*period, maxPeriod)
+		quota = time.Duration(float64(period) * share / 100)
+	}
+	// share >= MinCPUShare: only rounding can leave quota short here.
+	quota = max(quota, minQuota)
+	l.PeriodUS = uint64(period.Microseconds())
+	l.QuotaUS = quota.Microseconds()
+	return l, nil
+}
+
+// cpuCount is the number of CPUs in a cpuset ("0-3,6" has 5); 1 when it
+// cannot be parsed.
+func cpuCount(cpus string) int {
+	set, err := hostlayout.ParseCPUList(cpus)
+	if err != nil || len(set) == 0 {
+		return 1
+	}
+	return len(set)
 }
 
 // SetAllocation sets a VM's CPU share (cgroup CFS bandwidth), emulated
@@ -416,8 +467,11 @@ func (p *Platform) SetAllocation(ctx context.Context, id string, a justrunit.All
 	defer v.op.Unlock()
 	v.mu.Lock()
 	proc, gone := v.proc, v.gone
-	l := p.limitsFor(a, v.cpus)
+	l, err := p.limitsFor("allocation", a, v.cpus)
 	v.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	if gone || proc == nil {
 		return fmt.Errorf("set allocation %s: %w", id, justrunit.ErrNotFound)
 	}
@@ -691,7 +745,10 @@ func waitBooted(ctx context.Context, console string, q *qproc) error {
 
 // waitListening waits until a connection to addr is accepted and held
 // open: slirp accepts on the host side at once and closes the connection
-// when the booted guest refuses it, so an early EOF means "not yet".
+// when the booted guest refuses it, so an early EOF means "not yet". A
+// service that speaks first (SMTP, SSH, MySQL) is listening as soon as a
+// byte arrives; one that waits for the client, once the read times out
+// with the connection still open.
 func waitListening(ctx context.Context, addr string, q *qproc) error {
 	for {
 		if q != nil && q.exited() {
@@ -701,10 +758,10 @@ func waitListening(ctx context.Context, addr string, q *qproc) error {
 		c, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
 			_ = c.SetReadDeadline(time.Now().Add(150 * time.Millisecond))
-			_, rerr := c.Read(make([]byte, 1))
+			n, rerr := c.Read(make([]byte, 1))
 			c.Close()
 			var ne net.Error
-			if errors.As(rerr, &ne) && ne.Timeout() {
+			if n > 0 || (errors.As(rerr, &ne) && ne.Timeout()) {
 				return nil
 			}
 		}

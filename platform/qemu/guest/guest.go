@@ -30,8 +30,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+
+	"github.com/justrunit/justrunit"
 )
 
 // DefaultModules are the kernel modules an image loads at boot, before
@@ -157,11 +160,44 @@ func Requirements() error {
 	return fmt.Errorf("guest images need: apt-get install %s", strings.Join(missing, ", "))
 }
 
+// bootCommands are the commands the guest's /init runs while it boots
+// (see initScript) and the shell builtins it uses: a service installed as
+// /bin/NAME under one of these names would run in their place, or stop
+// the guest from booting.
+var bootCommands = []string{
+	"[", "break", "cat", "cd", "echo", "export", "insmod", "ip", "mkdir",
+	"mount", "poweroff", "sync", "test", "usleep", "wait",
+}
+
+// CheckServiceName says why name cannot be a service's name in an image
+// (the guest's /bin/NAME), or returns nil. The error, of category
+// justrunit.ErrInvalid, names the --service flag image build sets it with.
+func CheckServiceName(name string) error {
+	const field = "--service"
+	val := name + "=..."
+	switch {
+	case name == "" || strings.ContainsAny(name, "/ \t\n\x00"):
+		return justrunit.Invalid(field, val, "a service name is a file name in the guest's /bin: not empty, no '/' or spaces")
+	case name == "." || name == "..":
+		return justrunit.Invalid(field, val, "%q is not a file name: the service would replace the guest's /bin or its root", name)
+	case name == "sh" || name == "busybox":
+		return justrunit.Invalid(field, val, "/bin/%s is busybox, the guest's shell and tools that its /init boots with; pick another name", name)
+	case slices.Contains(bootCommands, name):
+		return justrunit.Invalid(field, val, "%q is a command the guest's /init runs while booting: /bin/%s would run in its place; pick another name", name, name)
+	}
+	return nil
+}
+
 // Build builds the image cfg describes into cfg.CacheDir, or returns the
 // cached one with the same inputs.
 func Build(ctx context.Context, cfg Config) (*Image, error) {
 	if cfg.CacheDir == "" {
 		return nil, errors.New("build guest image: no cache directory")
+	}
+	for n := range cfg.Services {
+		if err := CheckServiceName(n); err != nil {
+			return nil, fmt.Errorf("build guest image: %w", err)
+		}
 	}
 	if cfg.KernelVersion == "" {
 		vs := KernelVersions()
@@ -190,9 +226,6 @@ func Build(ctx context.Context, cfg Config) (*Image, error) {
 	}
 	names := make([]string, 0, len(cfg.Services))
 	for n := range cfg.Services {
-		if n == "" || strings.ContainsAny(n, "/ ") {
-			return nil, fmt.Errorf("build guest image: bad service name %q", n)
-		}
 		names = append(names, n)
 	}
 	sort.Strings(names)

@@ -66,6 +66,9 @@ func writeInitrd(path string, cfg Config, modDir string, mods, services []string
 	}
 	w.file("etc/modules", []byte(strings.Join(list, "\n")+"\n"), 0o644)
 	for _, n := range services {
+		if err := CheckServiceName(n); err != nil { // Build checked; this guards the boot
+			return err
+		}
 		if err := w.fileFrom("bin/"+n, cfg.Services[n], 0o755); err != nil {
 			return err
 		}
