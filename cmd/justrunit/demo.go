@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -163,17 +164,34 @@ func (sum *demoSummary) summarise(tl *manager.Timeline) {
 	}
 }
 
-func runDemo(cmd *cobra.Command, g *globals, o demoOptions) (err error) {
-	if os.Geteuid() != 0 {
-		return errors.New("demo: needs root (cgroups and network namespaces); run it as root, e.g. sudo go run ./cmd/justrunit demo")
-	}
+// validate checks the demo's flags; errors name the flag.
+func (o demoOptions) validate() error {
 	switch {
 	case o.interval < 5*time.Second:
 		return justrunit.Invalid("--interval", o.interval, "at least 5s: an interval must hold enough requests to judge")
+	case o.intervals < 2:
+		return justrunit.Invalid("--intervals", o.intervals, "at least 2: the load rises after one of them")
 	case o.riseAt < 1 || o.riseAt >= o.intervals:
 		return justrunit.Invalid("--rise-at", o.riseAt, "between 1 and --intervals−1")
-	case o.rate <= 0 || o.rise <= 1:
+	case !positiveRate(o.rate):
+		return justrunit.Invalid("--rate", o.rate, "must be > 0 requests per second")
+	case !(o.rise > 1) || !positiveRate(o.rate*o.rise):
 		return justrunit.Invalid("--rise", o.rise, "the load must rise: > 1")
+	case !(o.work >= 0) || math.IsInf(o.work, 0):
+		return justrunit.Invalid("--work", o.work, "must be ≥ 0 (0: no CPU work)")
+	}
+	return nil
+}
+
+// positiveRate reports whether r is a usable request rate: finite and > 0.
+func positiveRate(r float64) bool { return r > 0 && !math.IsInf(r, 0) }
+
+func runDemo(cmd *cobra.Command, g *globals, o demoOptions) (err error) {
+	if err := o.validate(); err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("demo: needs root (cgroups and network namespaces); run it as root, e.g. sudo go run ./cmd/justrunit demo")
 	}
 	ctx := cmd.Context()
 	w := cmd.ErrOrStderr()
@@ -201,6 +219,7 @@ func runDemo(cmd *cobra.Command, g *globals, o demoOptions) (err error) {
 		return err
 	}
 	stateDir := filepath.Join(out, "platform")
+	setCleanupHint(gcCommand(g, "local", stateDir))
 	fmt.Fprintln(w, "Bringing up two auction services on host pm1 (pm2 is powered off, the sandbox waits)...")
 	s, err := siterun.Up(ctx, sf, siterun.Options{StateDir: stateDir, Logger: log})
 	if err != nil {

@@ -89,6 +89,9 @@ and the Go toolchain.`,
 		Example: `  sudo go run ./cmd/justrunit demo study --json`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := validateDemoStudy(rate, win); err != nil {
+				return err
+			}
 			if os.Geteuid() != 0 {
 				return errors.New("demo study: needs root (cgroups and network namespaces); run it as root")
 			}
@@ -137,11 +140,39 @@ type demoStudyWindows struct {
 	Online     time.Duration // each on-line measurement's
 }
 
-func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, rate float64, wins demoStudyWindows) (rep *demoStudyReport, err error) {
-	if wins.Experiment < 2*time.Second || wins.Online < 2*time.Second {
-		return nil, justrunit.Invalid("window", min(wins.Experiment, wins.Online), "the windows must be at least 2s")
+// minDemoStudyWindow is the shortest window the demo study takes: a
+// shorter one holds too few requests at its rates to measure a p95.
+const minDemoStudyWindow = 2 * time.Second
+
+// validateDemoStudy checks the demo study's flags; errors name the flag.
+func validateDemoStudy(rate float64, wins demoStudyWindows) error {
+	if !positiveRate(rate) {
+		return justrunit.Invalid("--rate", rate, "must be > 0 requests per second")
 	}
-	ctx := cmd.Context()
+	if wins.Experiment < minDemoStudyWindow {
+		return justrunit.Invalid("--window", wins.Experiment, "must be at least %v", minDemoStudyWindow)
+	}
+	if wins.Online < minDemoStudyWindow {
+		return justrunit.Invalid("--online-window", wins.Online, "must be at least %v", minDemoStudyWindow)
+	}
+	return nil
+}
+
+// runDemoStudy runs the demo study; the caller checked its flags
+// (validateDemoStudy).
+func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, rate float64, wins demoStudyWindows) (rep *demoStudyReport, err error) {
+	// The demo stops early, with the load generator's error, when the load
+	// generator stops on its own: without load every window would be
+	// empty, and the demo would run for minutes to measure nothing.
+	ctx, fail := context.WithCancelCause(cmd.Context())
+	defer fail(nil)
+	var closeErr error
+	defer func() {
+		if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+			err, rep = cause, nil
+		}
+		err = errors.Join(err, closeErr)
+	}()
 	w := cmd.ErrOrStderr()
 	level := "warn" // the demo's own progress lines say what happens
 	if f := cmd.Flag("log-level"); f != nil && f.Changed {
@@ -167,7 +198,12 @@ func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, rate float64, w
 	if err != nil {
 		return nil, err
 	}
+	gen, err := loadgen.New(loadgen.Config{Target: "http://" + fronts["auction0"], Rate: rate, Seed: 11, Timeout: 10 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("demo study: the load generator: %w", err)
+	}
 	stateDir := filepath.Join(out, "platform")
+	setCleanupHint(gcCommand(g, "local", stateDir))
 	s, err := siterun.Up(ctx, sf, siterun.Options{StateDir: stateDir, Logger: log})
 	if err != nil {
 		return nil, err
@@ -176,7 +212,7 @@ func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, rate float64, w
 	closeSite := func() {
 		if !closed {
 			closed = true
-			err = errors.Join(err, s.Close(context.WithoutCancel(ctx)))
+			closeErr = s.Close(context.WithoutCancel(ctx))
 		}
 	}
 	defer closeSite()
@@ -185,7 +221,7 @@ func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, rate float64, w
 	loadDone := make(chan struct{})
 	go func() {
 		defer close(loadDone)
-		loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + fronts["auction0"], Rate: rate, Seed: 11, Timeout: 10 * time.Second})
+		superviseLoad(loadCtx, func(ctx context.Context) error { _, err := gen.Run(ctx); return err }, fail)
 	}()
 	feed, _ := s.InProxy("auction0-app")
 	window := func(d time.Duration) measure.Summary {
@@ -269,6 +305,20 @@ func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, rate float64, w
 	}
 	rep.Leftovers = left.Total()
 	return rep, err
+}
+
+// superviseLoad runs the load until ctx ends; when it stops before that,
+// with an error or without, it calls fail with why, so that the demo
+// stops at once rather than measure windows with no load.
+func superviseLoad(ctx context.Context, run func(context.Context) error, fail context.CancelCauseFunc) {
+	err := run(ctx)
+	if ctx.Err() != nil {
+		return // stopped by the demo
+	}
+	if err == nil {
+		err = errors.New("stopped before the demo ended")
+	}
+	fail(fmt.Errorf("demo study: the load generator: %w", err))
 }
 
 // The demo study's site: the data tier gets 20% of pm1's CPU (10% would

@@ -15,7 +15,9 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -116,18 +118,91 @@ func main() {
 
 func isNotFound(err error) bool { return errors.Is(err, justrunit.ErrNotFound) }
 
+// categoryError is a message of its own that errors.Is finds in a
+// category (justrunit.ErrInvalid, ErrNotFound...) without saying its name.
+type categoryError struct {
+	msg      string
+	category error
+}
+
+// categoryf returns a categoryError with the formatted message.
+func categoryf(category error, format string, args ...any) error {
+	return &categoryError{msg: fmt.Sprintf(format, args...), category: category}
+}
+
+func (e *categoryError) Error() string { return e.msg }
+func (e *categoryError) Unwrap() error { return e.category }
+
 // interrupted calls cancel on the first SIGINT or SIGTERM, so that the
 // command stops and removes what it made (clones, cgroups, namespaces), and
 // says so on w; a second signal then ends the process at once, as signals
-// do by default, for a user who will not wait (platform gc removes what is
-// left).
+// do by default, for a user who will not wait, and the message names the
+// command that then removes what is left (see setCleanupHint).
 func interrupted(cancel func(), w io.Writer) {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	go func() {
 		s := <-sig
-		fmt.Fprintf(w, "\n%v: stopping and cleaning up; the same signal again quits at once (then \"justrunit platform gc\" removes what is left)\n", s)
+		fmt.Fprintf(w, "\n%v: stopping and cleaning up; the same signal again quits at once (then %s)\n", s, cleanupHintText())
 		signal.Reset(os.Interrupt, syscall.SIGTERM)
 		cancel()
 	}()
+}
+
+// cleanupHint is the command that removes what the running command leaves
+// on the platform when it is killed; empty until a command that brings a
+// platform up says which (setCleanupHint).
+var cleanupHint atomic.Pointer[string]
+
+// setCleanupHint records cmd as the command that cleans up after the
+// running one; an empty cmd restores the general hint.
+func setCleanupHint(cmd string) { cleanupHint.Store(&cmd) }
+
+// cleanupHintText is the interrupt message's clause on cleaning up.
+func cleanupHintText() string {
+	if h := cleanupHint.Load(); h != nil && *h != "" {
+		return `"` + *h + `" removes what is left`
+	}
+	return genericCleanupHint
+}
+
+// genericCleanupHint covers both platforms, for when the command did not
+// say which it runs.
+const genericCleanupHint = `"justrunit platform gc --all" removes what a run on the local platform left, ` +
+	`"justrunit platform gc --platform qemu" what one on the qemu platform left`
+
+// gcCommand returns the command that removes what a run of platform with
+// its state in stateDir leaves when it is killed. "platform gc" cleans the
+// platform's state directory under the data directory (so the command
+// names --data-dir unless it is the default one); a local platform with a
+// state directory elsewhere (the demos' <out>/platform) is found by
+// "platform gc --all", which cleans every local scope no live process
+// holds; any other platform elsewhere has no command (the general hint).
+func gcCommand(g *globals, platform, stateDir string) string {
+	global := ""
+	if filepath.Clean(g.dataDir) != filepath.Clean(defaultDataDir()) {
+		dir := g.dataDir
+		if abs, err := filepath.Abs(dir); err == nil {
+			dir = abs
+		}
+		global = " --data-dir " + shellQuote(dir)
+	}
+	underData := filepath.Clean(stateDir) == filepath.Clean(platformStateDir(g, platform))
+	switch {
+	case underData && platform == "local":
+		return "justrunit" + global + " platform gc"
+	case underData:
+		return "justrunit" + global + " platform gc --platform " + shellQuote(platform)
+	case platform == "local":
+		return "justrunit platform gc --all"
+	}
+	return ""
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:=+,@%") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,11 +49,16 @@ gets another one. With --timeline it writes the timeline as SVG on exit.`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			if headroom >= 1 {
-				return justrunit.Invalid("headroom", headroom, "must be below 1 (a fraction of the SLA)")
+			// Everything is checked before the site comes up: a bad flag
+			// must not surface at the first violation, hours later.
+			if err := validateManagerRun(interval, warmUp, window, experiments, headroom, svgPath); err != nil {
+				return err
 			}
 			sf, err := site.Load(sitePath)
 			if err != nil {
+				return err
+			}
+			if err := checkManagerWarmUp(sf, warmUp); err != nil {
 				return err
 			}
 			store, err := openStore(ctx, g)
@@ -60,7 +66,9 @@ gets another one. With --timeline it writes the timeline as SVG on exit.`,
 				return err
 			}
 			defer store.Close()
-			s, err := siterun.Up(ctx, sf, siterun.Options{StateDir: filepath.Join(g.dataDir, "platform", sf.Platform), Logger: g.logger})
+			stateDir := platformStateDir(g, sf.Platform)
+			setCleanupHint(gcCommand(g, sf.Platform, stateDir))
+			s, err := siterun.Up(ctx, sf, siterun.Options{StateDir: stateDir, Logger: g.logger})
 			if err != nil {
 				return err
 			}
@@ -104,14 +112,71 @@ gets another one. With --timeline it writes the timeline as SVG on exit.`,
 	f.DurationVar(&interval, "interval", time.Minute, "monitoring interval")
 	f.DurationVar(&warmUp, "warm-up", 15*time.Second, "warm-up of each experiment")
 	f.DurationVar(&window, "window", 45*time.Second, "measurement window of each experiment")
-	f.IntVar(&experiments, "experiments", 3, "experiments per study (sets its time bound)")
+	f.IntVar(&experiments, "experiments", defaultManagerExperiments, fmt.Sprintf("experiments per study (sets its time bound); 0 takes the default %d", defaultManagerExperiments))
 	f.BoolVar(&dryRun, "dry-run", false, "show plans without applying them")
-	f.Float64Var(&headroom, "headroom", manager.DefaultHeadroom, "fraction of the SLA the decision keeps free (0..1; negative: none)")
-	f.IntVar(&reconsider, "reconsider", manager.DefaultReconsider, "intervals over the SLA after a response before responding again (negative: never)")
+	f.Float64Var(&headroom, "headroom", manager.DefaultHeadroom,
+		fmt.Sprintf("fraction of the SLA the decision keeps free, below 1; 0 takes the default %g, negative: none", manager.DefaultHeadroom))
+	f.IntVar(&reconsider, "reconsider", manager.DefaultReconsider,
+		fmt.Sprintf("intervals over the SLA after a response before responding again; 0 takes the default %d, negative: never", manager.DefaultReconsider))
 	f.StringVar(&svgPath, "timeline", "", "write the timeline as SVG to this file on exit")
 	run.MarkFlagRequired("site")
 	cmd.AddCommand(run, newUpgradeCmd(g))
 	return cmd
+}
+
+// defaultManagerExperiments is what manager.New takes for 0 experiments.
+const defaultManagerExperiments = 3
+
+// validateManagerRun checks "manager run"'s flags; errors name the flag.
+func validateManagerRun(interval, warmUp, window time.Duration, experiments int, headroom float64, svgPath string) error {
+	switch {
+	case interval <= 0:
+		return justrunit.Invalid("--interval", interval, "must be > 0, e.g. 1m")
+	case warmUp < 0:
+		return justrunit.Invalid("--warm-up", warmUp, "must not be negative")
+	case window <= 0:
+		return justrunit.Invalid("--window", window, "must be > 0, e.g. 45s")
+	case experiments < 0:
+		return justrunit.Invalid("--experiments", experiments, "must not be negative (0 takes the default %d)", defaultManagerExperiments)
+	case math.IsNaN(headroom) || headroom >= 1:
+		return justrunit.Invalid("--headroom", headroom, "must be below 1 (a fraction of the SLA; negative: none)")
+	}
+	if svgPath != "" {
+		if fi, err := os.Stat(filepath.Dir(svgPath)); err != nil || !fi.IsDir() {
+			return justrunit.Invalid("--timeline", svgPath, "its directory does not exist")
+		}
+	}
+	return nil
+}
+
+// checkManagerWarmUp checks --warm-up against the in-proxy clone lag of
+// each instance the manager would study (the bottleneck tier's first
+// instance with an in-proxy, of each service with an SLA, as the manager
+// picks it), before the site comes up; manager.New checks the same on the
+// running site.
+func checkManagerWarmUp(sf *site.Site, warmUp time.Duration) error {
+	for _, svc := range sf.Services {
+		if svc.SLA == "" {
+			continue
+		}
+	tiers:
+		for i, t := range svc.Tiers {
+			if (svc.Bottleneck != "" && t.Name != svc.Bottleneck) || (svc.Bottleneck == "" && i == 0) {
+				continue
+			}
+			for _, in := range t.Instances {
+				if in.InProxy == nil {
+					continue
+				}
+				if lag := in.Lag(); warmUp < lag {
+					return justrunit.Invalid("--warm-up", warmUp, "must be at least the clone lag (%v) of the in-proxy of %s, which the manager studies for service %s: the first copies reach a clone that long after it is attached",
+						lag, in.ID, svc.Name)
+				}
+				break tiers
+			}
+		}
+	}
+	return nil
 }
 
 func newUpgradeCmd(g *globals) *cobra.Command {
@@ -132,6 +197,14 @@ least energy per request that meets the SLA.`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			switch {
+			case warmUp < 0:
+				return justrunit.Invalid("--warm-up", warmUp, "must not be negative")
+			case window <= 0:
+				return justrunit.Invalid("--window", window, "must be > 0, e.g. 30s")
+			case trafficWait <= 0:
+				return justrunit.Invalid("--wait-traffic", trafficWait, "must be > 0, e.g. 2m")
+			}
 			var sla *justrunit.SLA
 			if slaFlag != "" {
 				v, err := justrunit.ParseSLA(slaFlag)
@@ -147,7 +220,9 @@ least energy per request that meets the SLA.`,
 			if _, _, _, err := sf.Instance(target); err != nil {
 				return justrunit.Invalid("--target", target, "no such instance in %s", sitePath)
 			}
-			s, err := siterun.Up(ctx, sf, siterun.Options{StateDir: filepath.Join(g.dataDir, "platform", sf.Platform), Logger: g.logger})
+			stateDir := platformStateDir(g, sf.Platform)
+			setCleanupHint(gcCommand(g, sf.Platform, stateDir))
+			s, err := siterun.Up(ctx, sf, siterun.Options{StateDir: stateDir, Logger: g.logger})
 			if err != nil {
 				return err
 			}

@@ -46,16 +46,23 @@ func readMatrix(path string) (*justrunit.Matrix, error) {
 		return nil, err
 	}
 	var wrapped struct {
-		Matrix *justrunit.Matrix `json:"matrix"`
+		Study  *struct{ ID, State string } `json:"study"`
+		Matrix *justrunit.Matrix           `json:"matrix"`
 	}
 	if err := json.Unmarshal(b, &wrapped); err != nil {
 		return nil, fmt.Errorf("%s: not a JSON matrix: %w", path, err)
 	}
 	m := wrapped.Matrix
+	if m == nil && wrapped.Study != nil {
+		return nil, categoryf(justrunit.ErrNotFound, "%s: the export of study %s (%s) has no matrix (yet)", path, wrapped.Study.ID, wrapped.Study.State)
+	}
 	if m == nil {
 		m = new(justrunit.Matrix)
 		if err := json.Unmarshal(b, m); err != nil {
 			return nil, fmt.Errorf("%s: not a JSON matrix: %w", path, err)
+		}
+		if len(m.Space.Params) == 0 && len(m.Metrics) == 0 && len(m.Rows) == 0 {
+			return nil, categoryf(justrunit.ErrInvalid, "%s: holds no matrix: want a matrix (space, metrics, rows) or a study export with one", path)
 		}
 	}
 	if err := m.Validate(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"runtime/debug"
 	"strconv"
@@ -79,7 +80,9 @@ func (m *maskFlags) parse() (httpproxy.Masks, error) {
 }
 
 // parseBytes parses a size: a number of bytes with an optional suffix
-// KiB, MiB, GiB (or K, M, G, taken as binary too).
+// KiB, MiB, GiB (or K, M, G, taken as binary too). A size that does not fit
+// in an int64 is refused, as is 0: the proxies would take it for "the
+// default", which is not what a size of 0 says.
 func parseBytes(flag, s string) (int64, error) {
 	t := strings.TrimSpace(s)
 	mult := int64(1)
@@ -93,10 +96,28 @@ func parseBytes(flag, s string) (int64, error) {
 		}
 	}
 	n, err := strconv.ParseInt(t, 10, 64)
+	if errors.Is(err, strconv.ErrRange) || (err == nil && n > math.MaxInt64/mult) {
+		return 0, justrunit.Invalid(flag, s, "too large: at most %d bytes (8 EiB)", int64(math.MaxInt64))
+	}
 	if err != nil || n < 0 {
 		return 0, justrunit.Invalid(flag, s, "want a size in bytes, e.g. 1048576, 512KiB or 64MiB")
 	}
+	if n == 0 {
+		return 0, justrunit.Invalid(flag, s, "must be > 0")
+	}
 	return n * mult, nil
+}
+
+// checkDuration checks a duration flag: d must be > 0, or ≥ 0 when zero
+// is allowed (zeroOK, the flag's documented "never" or "none").
+func checkDuration(flag string, d time.Duration, zeroOK bool) error {
+	switch {
+	case d < 0:
+		return justrunit.Invalid(flag, d, "must not be negative")
+	case d == 0 && !zeroOK:
+		return justrunit.Invalid(flag, d, "must be > 0")
+	}
+	return nil
 }
 
 // printJSONLine writes v as one JSON line.
@@ -177,8 +198,17 @@ transport errors count as errors.`,
 			if cfg.MaxCloneBytes, err = parseBytes("--max-clone-bytes", maxCloneBytes); err != nil {
 				return err
 			}
-			if maxInFlight < 0 {
-				return justrunit.Invalid("--max-in-flight", maxInFlight, "must be ≥ 0")
+			if maxInFlight < 1 {
+				return justrunit.Invalid("--max-in-flight", maxInFlight, "must be ≥ 1")
+			}
+			if err := checkDuration("--copy-timeout", copyTimeout, false); err != nil {
+				return err
+			}
+			if err := checkDuration("--clone-lag", cloneLag, true); err != nil {
+				return err
+			}
+			if err := checkDuration("--stats-interval", statsInterval, true); err != nil {
+				return err
 			}
 			if cfg.Masks, err = masks.parse(); err != nil {
 				return err
@@ -310,6 +340,18 @@ GET /stats, POST /stats/reset.`,
 			if cfg.MaxBody, err = parseBytes("--max-body", maxBody); err != nil {
 				return err
 			}
+			if err := checkDuration("--window", window, false); err != nil {
+				return err
+			}
+			if matchWait == 0 {
+				cfg.MatchWait = -1 // the config's 0 is its default; the flag's is "not at all"
+			}
+			if fallbackStatus < 200 || fallbackStatus > 599 {
+				return justrunit.Invalid("--fallback-status", fallbackStatus, "want an HTTP status 200..599")
+			}
+			if err := checkDuration("--stats-interval", statsInterval, true); err != nil {
+				return err
+			}
 			if cfg.Masks, err = masks.parse(); err != nil {
 				return err
 			}
@@ -360,7 +402,7 @@ GET /stats, POST /stats/reset.`,
 	f.DurationVar(&window, "window", httpproxy.DefaultWindow, "how long an exchange is kept and can be matched")
 	f.StringVar(&maxRecordBytes, "max-record-bytes", "64MiB", "memory bound of the record; oldest evicted first")
 	f.StringVar(&maxBody, "max-body", "1MiB", "largest request or response body recorded")
-	f.DurationVar(&matchWait, "match-wait", httpproxy.DefaultMatchWait, "how long a clone call waits for its on-line match; negative: not at all")
+	f.DurationVar(&matchWait, "match-wait", httpproxy.DefaultMatchWait, "how long a clone call waits for its on-line match; 0 or negative: not at all")
 	f.IntVar(&fallbackStatus, "fallback-status", httpproxy.DefaultFallbackStatus, "status answered to unmatched clone calls")
 	f.StringSliceVar(&passThrough, "pass-through", nil, "safe methods whose unmatched clone calls go to the real next tier, e.g. GET,HEAD")
 	f.BoolVar(&reuseReads, "reuse-reads", false, "answer a clone's read with the latest exchange of the same key when none is left to take")

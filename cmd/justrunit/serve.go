@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/api"
@@ -93,7 +94,8 @@ On SIGINT or SIGTERM it stops taking calls, stops its running studies (stored as
 interrupted) and on-line verifications (the instance's allocation restored), waits
 for them, then stops the site and exits. The site is never stopped under a study or
 verification: if one is still stopping after --shutdown-timeout, the daemon says so
-and exits leaving the site up ("justrunit platform gc" removes what it leaves).
+and exits leaving the site up ("justrunit platform gc", with --platform qemu for a
+qemu site and the same --data-dir, removes what it leaves; the daemon names the command).
 A study left running by a daemon that was killed is marked interrupted when the
 daemon starts again.`,
 		Example: `  # Serve on loopback with a generated token in ~/.justrunit/token
@@ -140,8 +142,19 @@ func (o *serveOptions) validate() error {
 	if o.shutdownTimeout <= 0 {
 		return justrunit.Invalid("--shutdown-timeout", o.shutdownTimeout, "must be > 0")
 	}
+	switch {
+	case o.manage < 0:
+		return justrunit.Invalid("--manage", o.manage, "must not be negative: give the manager's monitoring interval, e.g. 1m (0: no manager)")
+	case o.manage > 0 && o.site == "":
+		return justrunit.Invalid("--manage", o.manage, "needs --site: the manager manages the site the daemon runs")
+	case o.manage > 0 && o.manage < minManageInterval:
+		return justrunit.Invalid("--manage", o.manage, "at least %v: each of the manager's experiments takes a quarter of it to warm up and half of it to measure", minManageInterval)
+	}
 	return nil
 }
+
+// minManageInterval is the shortest --manage interval.
+const minManageInterval = time.Second
 
 // token returns the API token and, when it came from a file, the file.
 func (o *serveOptions) resolveToken(g *globals, log *slog.Logger) (token, file string, err error) {
@@ -215,7 +228,10 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 	// leaveSite is set when the shutdown's bound ends with something still
 	// acting on the site: it is then left up rather than torn down under it.
 	leaveSite := false
+	gc := ""
 	if o.site != "" {
+		gc = siteGCCommand(g, o.site)
+		setCleanupHint(gc)
 		if startSite == nil {
 			return fmt.Errorf("serve --site: %w: the daemon cannot run a site yet (it needs the site runtime); "+
 				"serve without --site to browse stored studies", justrunit.ErrNotImplemented)
@@ -302,8 +318,8 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 			leaveSite = true
 			log.Error("shutdown: studies or verifications still act on the site after --shutdown-timeout; "+
 				"leaving the site up rather than tearing it down under them: once this process has exited, "+
-				"\"justrunit platform gc\" removes what it leaves", "timeout", o.shutdownTimeout, "err", err)
-			err = fmt.Errorf("%w; the site was left up (run \"justrunit platform gc\" once this process has exited)", err)
+				"\""+gc+"\" removes what it leaves", "timeout", o.shutdownTimeout, "err", err)
+			err = fmt.Errorf("%w; the site was left up (run \"%s\" once this process has exited)", err, gc)
 		}
 		err2 = errors.Join(err2, err)
 	}
@@ -337,6 +353,23 @@ func stopServing(timeout time.Duration, log *slog.Logger, srv *api.Server, hs *h
 		hs.Close()
 	}
 	return errors.Join(<-studies, srv.Wait(ctx))
+}
+
+// siteGCCommand returns the command that removes what a run of the site
+// in path leaves on its platform (see gcCommand). It reads only the file's
+// platform; a file it cannot read is taken for a local site, as one
+// without a platform is: the site runtime reports what is wrong with it.
+func siteGCCommand(g *globals, path string) string {
+	var f struct {
+		Platform string `yaml:"platform"`
+	}
+	if b, err := os.ReadFile(path); err == nil {
+		_ = yaml.Unmarshal(b, &f)
+	}
+	if f.Platform == "" {
+		f.Platform = "local"
+	}
+	return gcCommand(g, f.Platform, platformStateDir(g, f.Platform))
 }
 
 // openReader returns where "study list/show/export" read from: the daemon

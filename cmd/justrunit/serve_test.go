@@ -171,6 +171,9 @@ func TestServeFlags(t *testing.T) {
 		{[]string{"--tls-cert", "c.pem"}, "--tls-key", justrunit.ErrInvalid},
 		{[]string{"--no-auth", "--token-file", "x"}, "--no-auth", justrunit.ErrInvalid},
 		{[]string{"--addr", "127.0.0.1:0", "--site", "missing.yaml"}, "", fs.ErrNotExist},
+		{[]string{"--manage", "1m"}, "--manage", justrunit.ErrInvalid},
+		{[]string{"--manage", "-1m", "--site", "missing.yaml"}, "--manage", justrunit.ErrInvalid},
+		{[]string{"--manage", "1ms", "--site", "missing.yaml"}, "--manage", justrunit.ErrInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

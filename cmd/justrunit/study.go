@@ -42,7 +42,7 @@ func newStudyValidateCmd(g *globals) *cobra.Command {
 		Short: "Check a study file and show what it would run",
 		Example: `  justrunit study validate study.yaml
   # study.yaml:
-  #   target: auction0/app
+  #   target: app0            # an instance id of the site
   #   parameters: ["cpu=20..100 step 10"]
   #   sla: rt_p95<=50
   #   time_bound: 5m
@@ -186,7 +186,9 @@ func upSite(cmd *cobra.Command, g *globals, sitePath, ref, target string, traffi
 	}
 	w := cmd.ErrOrStderr()
 	fmt.Fprintf(w, "Bringing site %s up...\n", sitePath)
-	s, err = siterun.Up(ctx, sf, siterun.Options{StateDir: filepath.Join(g.dataDir, "platform", sf.Platform), Logger: g.logger})
+	stateDir := platformStateDir(g, sf.Platform)
+	setCleanupHint(gcCommand(g, sf.Platform, stateDir))
+	s, err = siterun.Up(ctx, sf, siterun.Options{StateDir: stateDir, Logger: g.logger})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -225,21 +227,41 @@ func runStudyOnDaemon(cmd *cobra.Command, c *api.Client, f *studyFile) error {
 	w := cmd.ErrOrStderr()
 	fmt.Fprintf(w, "Study %s posted to the daemon.\n", st.ID)
 	id, last := st.ID, ""
-	poll := time.NewTicker(time.Second)
+	poll := time.NewTicker(daemonPollInterval)
 	defer poll.Stop()
+	var failingSince time.Time // the first of the polls failing in a row
 	for {
 		select {
 		case <-ctx.Done():
 			return cancelOnDaemon(ctx, w, c, id)
 		case <-poll.C:
 		}
-		st, err = c.Study(ctx, id)
+		cur, err := c.Study(ctx, id)
 		if ctx.Err() != nil { // Ctrl-C during the poll
 			return cancelOnDaemon(ctx, w, c, id)
 		}
 		if err != nil {
-			return err
+			// The study runs on in the daemon whatever happens to a
+			// poll: a daemon busy or restarting, or a network hiccup,
+			// must not end the command while it does.
+			switch {
+			case isNotFound(err): // the study is gone: nothing to follow
+				return err
+			case !pollRetryable(err):
+				return lostStudy(id, err)
+			case failingSince.IsZero():
+				failingSince = time.Now()
+				fmt.Fprintf(w, "Cannot read study %s from the daemon (%v); trying again for up to %v...\n", id, err, daemonPollGiveUp)
+			case time.Since(failingSince) >= daemonPollGiveUp:
+				return lostStudy(id, fmt.Errorf("reads failing for %v, the last: %w", time.Since(failingSince).Round(time.Second), err))
+			}
+			continue
 		}
+		if !failingSince.IsZero() {
+			fmt.Fprintf(w, "Study %s read again.\n", id)
+			failingSince = time.Time{}
+		}
+		st = cur
 		if line := fmt.Sprintf("%s: %d experiments", st.State, st.Experiments); line != last {
 			fmt.Fprintln(w, line)
 			last = line
@@ -259,6 +281,30 @@ func runStudyOnDaemon(cmd *cobra.Command, c *api.Client, f *studyFile) error {
 		return fmt.Errorf("study %s %s: %s", st.ID, st.State, st.Error)
 	}
 	return nil
+}
+
+// daemonPollInterval is how often "study run" reads its study from the
+// daemon, and daemonPollGiveUp how long the reads may fail in a row before
+// it stops following the study (variables, for tests).
+var (
+	daemonPollInterval = time.Second
+	daemonPollGiveUp   = 30 * time.Second
+)
+
+// pollRetryable reports whether a failed read of a study from the daemon
+// may succeed if tried again: not when the study is gone, the daemon
+// refuses the token or the call.
+func pollRetryable(err error) bool {
+	return !isNotFound(err) && !errors.Is(err, api.ErrUnauthorized) && !errors.Is(err, api.ErrForbidden) &&
+		!errors.Is(err, justrunit.ErrInvalid)
+}
+
+// lostStudy is the error of "study run" when it cannot follow study id on
+// the daemon any more: the study may run on, and it says how to follow and
+// cancel it.
+func lostStudy(id string, err error) error {
+	return fmt.Errorf("study %s: lost track of it on the daemon: %w; it may still be running there: "+
+		"follow it with \"justrunit study show %s\", cancel it with POST %s/studies/%s/cancel", id, err, id, api.Prefix, id)
 }
 
 // cancelStudyTimeout bounds the call that cancels a study on Ctrl-C.
@@ -433,8 +479,13 @@ type studyExport struct {
 
 func loadExport(ctx context.Context, s api.Reader, id string) (*studyExport, error) {
 	st, err := s.Study(ctx, id)
+	if isNotFound(err) {
+		// In words of its own: the store's and the daemon's errors name
+		// the study too, and wrapping them would name it twice.
+		return nil, fmt.Errorf("study %s: %w (see \"justrunit study list\")", id, justrunit.ErrNotFound)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("study %s: %w (see \"justrunit study list\")", id, err)
+		return nil, err
 	}
 	e := &studyExport{Study: st}
 	if e.Matrix, err = s.Matrix(ctx, id); err != nil && !isNotFound(err) {

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/justrunit/justrunit"
@@ -13,7 +15,8 @@ import (
 type studyFile struct {
 	// Name is a label for people; optional.
 	Name string `yaml:"name"`
-	// Target is the instance to study, e.g. "auction0/app".
+	// Target is the ID of the instance to study, as the site file names
+	// it (its instances' id), e.g. "app0".
 	Target string `yaml:"target"`
 	// Parameters are written like the --param flag: "cpu=20..100 step 10",
 	// "freq=1.2,1.8,2.4", "hostclass=std,fast".
@@ -51,10 +54,14 @@ const (
 	defaultCheckThreshold = 0.1
 )
 
-// loadStudyFile reads and decodes a study file; unknown fields are errors.
+// loadStudyFile reads and decodes a study file; unknown fields are errors,
+// and so is a file with nothing in it.
 func loadStudyFile(path string) (*studyFile, *yamlfile.File, error) {
 	var f studyFile
 	yf, err := yamlfile.Load(path, &f)
+	if errors.Is(err, io.EOF) { // no YAML document: empty, or comments only
+		return nil, nil, categoryf(justrunit.ErrInvalid, "%s: the study file is empty; it needs at least target, parameters and time_bound", path)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
