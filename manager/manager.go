@@ -722,17 +722,11 @@ func (m *Manager) bottleneck(service string) (string, error) {
 	if svc == nil {
 		return "", fmt.Errorf("service %s: %w", service, justrunit.ErrNotFound)
 	}
-	for i, t := range svc.Tiers {
-		if (svc.Bottleneck != "" && t.Name != svc.Bottleneck) || (svc.Bottleneck == "" && i == 0) {
-			continue
-		}
-		for _, in := range t.Instances {
-			if in.InProxy != nil {
-				return in.ID, nil
-			}
-		}
+	in, err := svc.BottleneckInstance()
+	if err != nil {
+		return "", err
 	}
-	return "", justrunit.Invalid("services."+service+".bottleneck", svc.Bottleneck, "no instance of the bottleneck tier has an in_proxy to study it through")
+	return in.ID, nil
 }
 
 func instance(insts []justrunit.Instance, id string) *justrunit.Instance {

@@ -121,6 +121,24 @@ type Service struct {
 	Tiers      []Tier `yaml:"tiers"`
 }
 
+// BottleneckInstance returns the instance the manager studies when the
+// service misses its SLA: the first instance with an in-proxy in the
+// Bottleneck tier, or without one named, in the tiers after the front one.
+func (svc *Service) BottleneckInstance() (*Instance, error) {
+	for i := range svc.Tiers {
+		t := &svc.Tiers[i]
+		if (svc.Bottleneck != "" && t.Name != svc.Bottleneck) || (svc.Bottleneck == "" && i == 0) {
+			continue
+		}
+		for j := range t.Instances {
+			if t.Instances[j].InProxy != nil {
+				return &t.Instances[j], nil
+			}
+		}
+	}
+	return nil, justrunit.Invalid("services."+svc.Name+".bottleneck", svc.Bottleneck, "no instance of the bottleneck tier has an in_proxy to study it through")
+}
+
 // Tier is one tier of a service.
 type Tier struct {
 	Name      string     `yaml:"name"`

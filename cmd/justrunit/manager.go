@@ -155,25 +155,18 @@ func validateManagerRun(interval, warmUp, window time.Duration, experiments int,
 // picks it), before the site comes up; manager.New checks the same on the
 // running site.
 func checkManagerWarmUp(sf *site.Site, warmUp time.Duration) error {
-	for _, svc := range sf.Services {
+	for i := range sf.Services {
+		svc := &sf.Services[i]
 		if svc.SLA == "" {
 			continue
 		}
-	tiers:
-		for i, t := range svc.Tiers {
-			if (svc.Bottleneck != "" && t.Name != svc.Bottleneck) || (svc.Bottleneck == "" && i == 0) {
-				continue
-			}
-			for _, in := range t.Instances {
-				if in.InProxy == nil {
-					continue
-				}
-				if lag := in.Lag(); warmUp < lag {
-					return justrunit.Invalid("--warm-up", warmUp, "must be at least the clone lag (%v) of the in-proxy of %s, which the manager studies for service %s: the first copies reach a clone that long after it is attached",
-						lag, in.ID, svc.Name)
-				}
-				break tiers
-			}
+		in, err := svc.BottleneckInstance()
+		if err != nil {
+			continue // the manager refuses the site, naming the field
+		}
+		if lag := in.Lag(); warmUp < lag {
+			return justrunit.Invalid("--warm-up", warmUp, "must be at least the clone lag (%v) of the in-proxy of %s, which the manager studies for service %s: the first copies reach a clone that long after it is attached",
+				lag, in.ID, svc.Name)
 		}
 	}
 	return nil
