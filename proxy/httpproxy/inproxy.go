@@ -136,8 +136,16 @@ func NewInProxy(cfg InConfig) (*InProxy, error) {
 	if path := cfg.Online.EscapedPath(); path != "" && path != "/" {
 		return nil, justrunit.Invalid("online", cfg.Online.String(), "must not have a path: the in-proxy forwards requests unchanged, path included")
 	}
-	if cfg.MaxCopyBody < 0 || cfg.MaxInFlight < 0 || cfg.MaxCloneBytes < 0 || cfg.CopyTimeout < 0 || cfg.MaxCompareBody < 0 {
-		return nil, justrunit.Invalid("in-proxy limits", nil, "must not be negative")
+	for _, l := range []struct {
+		field string
+		v     any
+		neg   bool
+	}{{"max_copy_body", cfg.MaxCopyBody, cfg.MaxCopyBody < 0}, {"max_in_flight", cfg.MaxInFlight, cfg.MaxInFlight < 0},
+		{"max_clone_bytes", cfg.MaxCloneBytes, cfg.MaxCloneBytes < 0}, {"copy_timeout", cfg.CopyTimeout, cfg.CopyTimeout < 0},
+		{"max_compare_body", cfg.MaxCompareBody, cfg.MaxCompareBody < 0}} {
+		if l.neg {
+			return nil, justrunit.Invalid(l.field, l.v, "must not be negative (0 takes the default)")
+		}
 	}
 	if cfg.CloneLag < 0 || cfg.CloneLag > MaxCloneLag {
 		return nil, justrunit.Invalid("clone_lag", cfg.CloneLag, "must be between 0 and %v", MaxCloneLag)

@@ -452,10 +452,13 @@ func TestInProxyBadConfig(t *testing.T) {
 		{"no online", InConfig{}},
 		{"ftp", InConfig{Online: mustURL(t, "ftp://127.0.0.1/")}},
 		{"no host", InConfig{Online: mustURL(t, "http:///x")}},
-		{"negative", InConfig{Online: online.URL, MaxInFlight: -1}},
+		{"negative max_in_flight", InConfig{Online: online.URL, MaxInFlight: -1}},
+		{"negative copy_timeout", InConfig{Online: online.URL, CopyTimeout: -time.Second}},
 	} {
 		if _, err := NewInProxy(tt.cfg); !errors.Is(err, justrunit.ErrInvalid) {
 			t.Errorf("%s: NewInProxy = %v, want ErrInvalid", tt.name, err)
+		} else if f, ok := strings.CutPrefix(tt.name, "negative "); ok && !strings.Contains(err.Error(), f) {
+			t.Errorf("%s: NewInProxy = %v, want it to name %s", tt.name, err, f)
 		}
 	}
 	t.Run("unknown upstream", func(t *testing.T) {

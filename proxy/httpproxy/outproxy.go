@@ -252,8 +252,14 @@ func NewOutProxy(cfg OutConfig) (*OutProxy, error) {
 	if _, err := ParseUpstream("upstream", cfg.Upstream.String()); err != nil {
 		return nil, err
 	}
-	if cfg.Window < 0 || cfg.MaxRecordBytes < 0 || cfg.MaxBody < 0 {
-		return nil, justrunit.Invalid("out-proxy limits", nil, "must not be negative")
+	for _, l := range []struct {
+		field string
+		v     any
+		neg   bool
+	}{{"window", cfg.Window, cfg.Window < 0}, {"max_record_bytes", cfg.MaxRecordBytes, cfg.MaxRecordBytes < 0}, {"max_body", cfg.MaxBody, cfg.MaxBody < 0}} {
+		if l.neg {
+			return nil, justrunit.Invalid(l.field, l.v, "must not be negative (0 takes the default)")
+		}
 	}
 	setDefault(&cfg.Window, DefaultWindow)
 	setDefault(&cfg.MaxRecordBytes, DefaultMaxRecordBytes)
