@@ -361,6 +361,9 @@ func printProgress(w io.Writer, p study.Progress) {
 		if o.Offered > 0 {
 			offered = fmt.Sprintf(" of %.1f offered", o.Offered)
 		}
+		if o.Saturated {
+			offered += " (saturated)"
+		}
 		fmt.Fprintf(&b, "; last %s: p95 %.1f ms, mean %.1f ms, %.1f req/s%s, match rate %.2f, %d samples (%s)",
 			p.Study.Space.Format(o.Point), o.RT.P95, o.RT.Mean, o.Throughput, offered, o.MatchRate, o.Samples, o.Stop)
 	}
