@@ -178,8 +178,8 @@ type Study struct {
 	State    StudyState `json:"state"`
 	Owner    string     `json:"owner,omitempty"` // the process running it: "pid@hostname;start=TICKS;boot=ID" (see sqlite.OwnerID)
 	Created  time.Time  `json:"created"`
-	Started  time.Time  `json:"started,omitempty"`
-	Finished time.Time  `json:"finished,omitempty"`
+	Started  time.Time  `json:"started,omitzero"`
+	Finished time.Time  `json:"finished,omitzero"`
 	Error    string     `json:"error,omitempty"`
 	// Experiments counts the experiments run so far, checks included.
 	Experiments int `json:"experiments"`

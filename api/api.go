@@ -94,7 +94,7 @@ type PlanRecord struct {
 	Summary string `json:"summary"`
 	Plan    any    `json:"plan"`
 	// Applied is set once the plan's steps ran; Error when they failed.
-	Applied time.Time `json:"applied,omitempty"`
+	Applied time.Time `json:"applied,omitzero"`
 	Error   string    `json:"error,omitempty"`
 }
 

@@ -266,6 +266,46 @@ func TestEvents(t *testing.T) {
 	if code, body := d.call("GET", Prefix+"/events?after=x", testToken, nil); code != 400 || decodeError(t, body).Field != "after" {
 		t.Errorf("bad after = %d %s", code, body)
 	}
+	// The newest, still in ID order: what a page of recent actions shows.
+	var newest []justrunit.Event
+	code, body = d.call("GET", Prefix+"/events?newest=true&limit=3", testToken, nil)
+	if code != 200 || json.Unmarshal(body, &newest) != nil || len(newest) != 3 || newest[0].ID != all[1].ID || newest[2].ID != all[3].ID {
+		t.Errorf("newest 3 = %d %s, want events %d..%d", code, body, all[1].ID, all[3].ID)
+	}
+}
+
+// TestEventStreamResumes checks that a reconnecting EventSource, which
+// keeps its ?after=latest and says what it saw with Last-Event-ID, gets
+// every event stored since, not only the ones stored after it is back.
+func TestEventStreamResumes(t *testing.T) {
+	d := newDaemon(t, daemonOpts{noRunner: true})
+	seedStudy(t, d.store) // events 1 and 2
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", d.hs.URL+Prefix+"/events/stream?after=latest", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	req.Header.Set("Last-Event-ID", "1")
+	resp, err := d.hs.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			var got justrunit.Event
+			if err := json.Unmarshal([]byte(data), &got); err != nil {
+				t.Fatal(err)
+			}
+			if got.ID != 2 {
+				t.Errorf("first event after Last-Event-ID 1 = %+v, want ID 2", got)
+			}
+			break
+		}
+	}
+	d.srv.Close()
+	for sc.Scan() {
+	}
 }
 
 func TestEventStream(t *testing.T) {

@@ -25,15 +25,19 @@ func (s *Server) handleEventStream(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if f.AfterID == afterLatest {
+	f.Newest = false // a stream goes on from where it starts
+	// A reconnecting EventSource keeps its URL (?after=latest, say) and
+	// says with Last-Event-ID what it saw: it goes on from there.
+	resumed := false
+	if v := r.Header.Get("Last-Event-ID"); v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 && (f.AfterID == afterLatest || n > f.AfterID) {
+			f.AfterID, resumed = n, true
+		}
+	}
+	if f.AfterID == afterLatest && !resumed {
 		if f.AfterID, err = s.lastEventID(r, f); err != nil {
 			s.writeError(w, r, err)
 			return
-		}
-	}
-	if v := r.Header.Get("Last-Event-ID"); v != "" {
-		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > f.AfterID {
-			f.AfterID = n
 		}
 	}
 	fl, ok := w.(http.Flusher)

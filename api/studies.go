@@ -262,6 +262,11 @@ func (s *Server) handleCancelStudy(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, justrunit.ErrNotFound) {
 			err = &Error{Status: http.StatusConflict, Code: CodeConflict,
 				Message: fmt.Sprintf("study %s is %s in another process (%s), not in this daemon; stop that process to cancel it", st.ID, st.State, st.Owner)}
+			if now, gerr := s.cfg.Store.Study(r.Context(), st.ID); gerr == nil && now.State != justrunit.StudyPending && now.State != justrunit.StudyRunning {
+				// It ended between the read above and the cancel.
+				err = &Error{Status: http.StatusConflict, Code: CodeConflict,
+					Message: fmt.Sprintf("study %s is %s; only pending or running studies can be cancelled", st.ID, now.State)}
+			}
 		}
 		s.writeError(w, r, err)
 		return
@@ -330,7 +335,7 @@ func (s *Server) handleExport(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, e)
 }
 
-// eventFilter reads ?study=&kind=&after=&limit=. A kind ending in ".*"
+// eventFilter reads ?study=&kind=&after=&limit=&newest=. A kind ending in ".*"
 // names a family ("manager.*").
 func eventFilter(r *http.Request) (justrunit.EventFilter, error) {
 	q := r.URL.Query()
@@ -352,6 +357,13 @@ func eventFilter(r *http.Request) (justrunit.EventFilter, error) {
 			return f, justrunit.Invalid("limit", v, "want 1..10000")
 		}
 		f.Limit = n
+	}
+	if v := q.Get("newest"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return f, justrunit.Invalid("newest", v, "want true or false")
+		}
+		f.Newest = b
 	}
 	return f, nil
 }

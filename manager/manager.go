@@ -483,7 +483,7 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 	if m.cfg.DryRun {
 		return nil
 	}
-	if done, err := planner.Apply(ctx, plan, m.cfg.Site.Platform); err != nil {
+	if done, err := m.cfg.Site.ApplyPlan(ctx, plan); err != nil {
 		return fmt.Errorf("apply the plan (%d of %d steps done): %w", len(done), len(plan.Steps), err)
 	}
 	m.applied.Add(1)

@@ -20,6 +20,7 @@ import (
 	"github.com/justrunit/justrunit/experiment"
 	"github.com/justrunit/justrunit/internal/metrics"
 	"github.com/justrunit/justrunit/internal/prio"
+	"github.com/justrunit/justrunit/manager/planner"
 	"github.com/justrunit/justrunit/platform/local"
 	"github.com/justrunit/justrunit/proxy/httpproxy"
 	"github.com/justrunit/justrunit/site"
@@ -49,11 +50,23 @@ type Site struct {
 	log      *slog.Logger
 
 	metrics   *metrics.Set
+	plans     sync.Mutex // see ApplyPlan
 	mu        sync.Mutex
 	launched  []string
 	in        map[string]*httpproxy.InProxy
 	out       map[string]*httpproxy.OutProxy
 	closePlat func() error
+}
+
+// ApplyPlan applies plan (see planner.Apply) to the site's platform, one
+// plan at a time: a plan's steps are ordered so that no host runs over
+// capacity between them, from the placements it was made from, and steps
+// of another plan in between would upset that order. The daemon's plans
+// and the manager's go through here.
+func (s *Site) ApplyPlan(ctx context.Context, plan planner.Plan) ([]planner.Step, error) {
+	s.plans.Lock()
+	defer s.plans.Unlock()
+	return planner.Apply(ctx, plan, s.Platform)
 }
 
 // Up launches the site: per service, the last tier first (so that each

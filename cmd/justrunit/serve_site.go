@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"maps"
 	"path/filepath"
 	"slices"
@@ -20,6 +21,7 @@ import (
 	"github.com/justrunit/justrunit/manager/planner"
 	"github.com/justrunit/justrunit/site"
 	"github.com/justrunit/justrunit/siterun"
+	"github.com/justrunit/justrunit/store/sqlite"
 )
 
 func init() { startSite = startSiteRuntime }
@@ -72,7 +74,9 @@ func startSiteRuntime(ctx context.Context, g *globals, path string, store justru
 	// would fight it, and its restore would undo what the manager did.
 	ver.managed = true
 	tl := &manager.Timeline{}
-	mgr, err := manager.New(manager.Config{Site: s, Interval: manage, WarmUp: manage / 4, Window: manage / 2,
+	// With the daemon's store: its events feed the dashboard, and its
+	// studies are listed and recovered like the daemon's own.
+	mgr, err := manager.New(manager.Config{Site: s, Store: store, Owner: sqlite.OwnerID(), Interval: manage, WarmUp: manage / 4, Window: manage / 2,
 		Logger: g.logger, OnSample: tl.AddSample, OnEvent: tl.AddEvent})
 	if err != nil {
 		s.Close(context.Background())
@@ -91,7 +95,7 @@ func startSiteRuntime(ctx context.Context, g *globals, path string, store justru
 		slas[svc.Name] = svc.SLA
 	}
 	ds.View = &managedView{Platform: s.Platform, siteVerifier: ver, tl: tl, interval: manage, slas: slas}
-	ds.Planner = &sitePlanner{p: s.Platform}
+	ds.Planner = &sitePlanner{site: s}
 	ds.Close = func() error {
 		stop()
 		<-done
@@ -152,7 +156,7 @@ func (v *managedView) ServiceSamples(ctx context.Context, since time.Time) ([]ap
 // sitePlanner makes dry-run placement plans of the site as it runs now and
 // applies them on request.
 type sitePlanner struct {
-	p     justrunit.Platform
+	site  *siterun.Site
 	mu    sync.Mutex
 	seq   int
 	plans []*planEntry
@@ -166,11 +170,11 @@ type planEntry struct {
 var _ api.Planner = (*sitePlanner)(nil)
 
 func (sp *sitePlanner) Plan(ctx context.Context) (api.PlanRecord, error) {
-	hosts, err := sp.p.Hosts(ctx)
+	hosts, err := sp.site.Platform.Hosts(ctx)
 	if err != nil {
 		return api.PlanRecord{}, err
 	}
-	insts, err := sp.p.Instances(ctx)
+	insts, err := sp.site.Platform.Instances(ctx)
 	if err != nil {
 		return api.PlanRecord{}, err
 	}
@@ -210,12 +214,15 @@ func (sp *sitePlanner) Apply(ctx context.Context, id string) (api.PlanRecord, er
 	}
 	e.rec.Applied = time.Now() // claimed: a second apply is refused
 	sp.mu.Unlock()
-	done, err := planner.Apply(ctx, e.plan, sp.p)
+	done, err := sp.site.ApplyPlan(ctx, e.plan)
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	if err != nil {
 		e.rec.Error = fmt.Sprintf("%d of %d steps done: %v", len(done), len(e.plan.Steps), err)
-		return e.rec, err
+		// The plan exists and was valid when made: a step the platform
+		// refuses now conflicts with the site as it has become.
+		return e.rec, &api.Error{Status: http.StatusConflict, Code: api.CodeConflict,
+			Message: fmt.Sprintf("plan %s: %s; make a new plan", id, e.rec.Error)}
 	}
 	return e.rec, nil
 }

@@ -75,8 +75,9 @@ const (
 	// violation; DefaultLeave how many under it end one.
 	DefaultEnter = 1
 	DefaultLeave = 2
-	// MinRequests is the fewest responses an interval needs to be judged;
-	// quieter intervals neither start nor end a violation.
+	// MinRequests is the fewest responses (successful or not) an interval
+	// needs to be judged; quieter intervals neither start nor end a
+	// violation.
 	MinRequests = 20
 )
 
@@ -185,6 +186,13 @@ func (m *Monitor) Tick() []Sample {
 			MeanMs: sum.RT.Mean, P95Ms: sum.RT.P95, SLA: svc.SLA.Max}
 		smp.Value = Value(sum, svc.SLA.Metric)
 		smp.Over = !svc.SLA.Met(smp.Value)
+		answered := sum.Count + sum.Errors
+		if answered >= MinRequests && sum.Count < MinRequests && svc.SLA.Metric != justrunit.ErrorRate {
+			// (Almost) every request failed: too few response times to
+			// judge them, and a service that fails its requests misses
+			// its SLA.
+			smp.Over = true
+		}
 		st := m.states[svc.Name]
 		if st == nil {
 			st = &state{}
@@ -192,7 +200,7 @@ func (m *Monitor) Tick() []Sample {
 		}
 		var change *Change
 		switch {
-		case sum.Count < MinRequests:
+		case answered < MinRequests:
 			// Too quiet to judge either way; keep the state.
 		case smp.Over != st.violated:
 			st.streak = append(st.streak, smp)

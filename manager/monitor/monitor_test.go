@@ -80,6 +80,37 @@ func TestHysteresis(t *testing.T) {
 	}
 }
 
+// summaries plays back one summary per interval.
+type summaries []measure.Summary
+
+func (s *summaries) Reset() measure.Summary {
+	if len(*s) == 0 {
+		return measure.Summary{}
+	}
+	sum := (*s)[0]
+	*s = (*s)[1:]
+	return sum
+}
+
+// TestFailingServiceIsJudged checks that an interval whose requests
+// (almost) all failed is judged — it misses an error-rate SLA and a
+// response-time one — rather than taken as too quiet.
+func TestFailingServiceIsJudged(t *testing.T) {
+	failing := measure.Summary{Count: 5, Errors: 5000, RT: justrunit.ResponseTime{Mean: 2, P95: 3}}
+	for _, sla := range []justrunit.SLA{{Metric: justrunit.ErrorRate, Max: 0.05}, {Metric: justrunit.RTMean, Max: 50}} {
+		src := summaries{failing}
+		m := &Monitor{Services: []Service{{Name: "s", SLA: sla, Window: &src}}, Interval: time.Second}
+		if smp := m.Tick()[0]; !smp.Over || !smp.Violated {
+			t.Errorf("%s: all-failing interval = %+v, want over and violated", sla, smp)
+		}
+	}
+	quiet := summaries{{Count: 3, Errors: 3}}
+	m := &Monitor{Services: []Service{{Name: "s", SLA: justrunit.SLA{Metric: justrunit.ErrorRate, Max: 0.05}, Window: &quiet}}, Interval: time.Second}
+	if smp := m.Tick()[0]; smp.Violated {
+		t.Errorf("6 requests = %+v, want too quiet to judge", smp)
+	}
+}
+
 func TestP95SLA(t *testing.T) {
 	m := &Monitor{Services: []Service{{Name: "s", SLA: justrunit.SLA{Metric: justrunit.RTP95, Max: 50}, Window: &script{means: []float64{30}}}}, Interval: time.Second}
 	if smp := m.Tick()[0]; smp.Value != 60 || !smp.Over {

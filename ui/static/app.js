@@ -169,7 +169,7 @@ async function timelinePage() {
   const out = [h('h1', {}, 'Manager timeline')];
   const [samples, actions] = await Promise.all([
     api.get('api/v1/services/samples').catch(e => { if (e.status === 503) return e; throw e; }),
-    api.get('api/v1/events?kind=manager.*'),
+    api.get('api/v1/events?kind=manager.*&newest=true&limit=1000'),
   ]);
   if (samples instanceof Error) {
     out.push(h('p', { class: 'notice', id: 'nosamples' }, samples.message + '. The chart of each service\'s response time per interval appears here once it does.'));
