@@ -474,6 +474,14 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 		m.emit(Event{Kind: EventNoAction, Service: service, Message: msg})
 		return nil
 	}
+	// Plan from the site as it is now, not as it was before the study:
+	// a plan applied meanwhile (through the daemon) moved things.
+	if insts, err = m.cfg.Site.Platform.Instances(ctx); err != nil {
+		return err
+	}
+	if hosts, err = m.cfg.Site.Platform.Hosts(ctx); err != nil {
+		return err
+	}
 	in := planner.FromSite(hosts, insts, map[string]float64{target: want})
 	plan, err := planner.Heuristic(in)
 	if err != nil {
