@@ -115,9 +115,12 @@ type ServiceSample struct {
 	Interval justrunit.Duration `json:"interval"`
 	// RTMean is the mean response time over the interval in milliseconds;
 	// Requests the responses it averages.
-	RTMean   float64        `json:"rt_mean_ms"`
-	Requests int64          `json:"requests"`
-	SLA      *justrunit.SLA `json:"sla,omitempty"`
+	RTMean   float64 `json:"rt_mean_ms"`
+	Requests int64   `json:"requests"`
+	// Value is the interval's value of the SLA's metric (rt_p95 in ms,
+	// error_rate as a fraction, ...), what the monitor judges.
+	Value float64        `json:"value"`
+	SLA   *justrunit.SLA `json:"sla,omitempty"`
 }
 
 // Config is what a Server needs. Store is required; so is Token unless

@@ -13,18 +13,36 @@ import (
 )
 
 // Timeline collects what the manager saw and did: per service, one sample
-// per interval, and the events (the paper's Figure 3).
+// per interval, and the events (the paper's Figure 3). It keeps the latest
+// MaxTimelineSamples samples and MaxTimelineEvents events (up to a quarter
+// more between trims): a daemon runs the manager for months.
 type Timeline struct {
 	mu      sync.Mutex
 	Samples []monitor.Sample `json:"samples"`
 	Events  []Event          `json:"events"`
 }
 
+// The most a Timeline keeps; older entries are dropped.
+const (
+	MaxTimelineSamples = 50_000
+	MaxTimelineEvents  = 10_000
+)
+
 // AddSample records a sample; use it as Config.OnSample.
 func (t *Timeline) AddSample(s monitor.Sample) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.Samples = append(t.Samples, s)
+	t.Samples = keepLast(append(t.Samples, s), MaxTimelineSamples)
+}
+
+// keepLast returns the last n of xs, in a new array once a quarter of n
+// was dropped (so that the dropped ones are freed, and not copied on every
+// append).
+func keepLast[T any](xs []T, n int) []T {
+	if len(xs) <= n+n/4 {
+		return xs
+	}
+	return append([]T(nil), xs[len(xs)-n:]...)
 }
 
 // SamplesSince returns a copy of the samples that started at or after since.
@@ -44,7 +62,7 @@ func (t *Timeline) SamplesSince(since time.Time) []monitor.Sample {
 func (t *Timeline) AddEvent(e Event) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.Events = append(t.Events, e)
+	t.Events = keepLast(append(t.Events, e), MaxTimelineEvents)
 }
 
 // SVG draws the timeline: each service's SLA value (e.g. mean response

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"math"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -148,9 +149,18 @@ func (v *managedView) ServiceSamples(ctx context.Context, since time.Time) ([]ap
 	for _, s := range v.tl.SamplesSince(since) {
 		sla := v.slas[s.Service]
 		out = append(out, api.ServiceSample{Service: s.Service, Start: s.Start, Interval: justrunit.Duration(v.interval),
-			RTMean: s.MeanMs, Requests: s.Requests, SLA: &sla})
+			RTMean: finite(s.MeanMs), Requests: s.Requests, Value: finite(s.Value), SLA: &sla})
 	}
 	return out, nil
+}
+
+// finite is v, or 0 when JSON cannot carry it (an interval without
+// responses; its request count says so).
+func finite(v float64) float64 {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0
+	}
+	return v
 }
 
 // sitePlanner makes dry-run placement plans of the site as it runs now and

@@ -188,9 +188,17 @@ async function timelinePage() {
 // lines and the manager's actions as vertical markers (the paper's Figure 3).
 function timeline(samples, actions) {
   const W = 900, H = 340, L = 58, R = 140, T = 16, B = 40;
-  const t0 = Math.min(...samples.map(s => Date.parse(s.start)));
-  const t1 = Math.max(...samples.map(s => Date.parse(s.start)), ...actions.map(a => Date.parse(a.time)));
-  const yhi = Math.max(...samples.map(s => s.rt_mean_ms), ...samples.filter(s => s.sla).map(s => s.sla.max)) * 1.15 || 1;
+  // Each service's SLA metric, what the monitor judges (the mean response
+  // time from a daemon that does not send it).
+  const val = (s) => (s.value ?? s.rt_mean_ms);
+  // Not Math.min(...xs): a long run's samples overflow the call stack.
+  const lo = (xs) => xs.reduce((a, b) => Math.min(a, b), Infinity);
+  const hi = (xs) => xs.reduce((a, b) => Math.max(a, b), -Infinity);
+  const t0 = lo(samples.map(s => Date.parse(s.start)));
+  const t1 = Math.max(hi(samples.map(s => Date.parse(s.start))), hi(actions.map(a => Date.parse(a.time))));
+  const yhi = Math.max(hi(samples.map(val)), hi(samples.filter(s => s.sla).map(s => s.sla.max))) * 1.15 || 1;
+  const metrics = [...new Set(samples.filter(s => s.sla).map(s => s.sla.metric))];
+  const ylabel = metrics.length === 1 ? `${metrics[0]}${metrics[0].startsWith('rt_') ? ' (ms)' : ''}` : 'each service\'s SLA metric';
   const sx = (t) => L + (t1 > t0 ? (t - t0) / (t1 - t0) : 0.5) * (W - L - R);
   const sy = (v) => H - B - v / yhi * (H - T - B);
   const svg = el('svg', { width: W, height: H, viewBox: `0 0 ${W} ${H}`, class: 'timeline' });
@@ -202,19 +210,19 @@ function timeline(samples, actions) {
     svg.append(el('text', { x: sx(t0 + t * 60000), y: H - B + 16, 'text-anchor': 'middle', 'font-size': 10, fill: '#6b7280' }, short(t)));
   }
   svg.append(el('text', { x: (L + W - R) / 2, y: H - 6, 'text-anchor': 'middle', 'font-size': 12 }, 'minutes'),
-    el('text', { x: 14, y: (H - B + T) / 2, 'text-anchor': 'middle', 'font-size': 12, transform: `rotate(-90 14 ${(H - B + T) / 2})` }, 'mean response time (ms)'));
+    el('text', { x: 14, y: (H - B + T) / 2, 'text-anchor': 'middle', 'font-size': 12, transform: `rotate(-90 14 ${(H - B + T) / 2})` }, ylabel));
   const cols = ['#2457c5', '#1f9d55', '#b45309', '#7c3aed', '#be185d', '#0e7490'];
   const services = [...new Set(samples.map(s => s.service))];
   services.forEach((name, k) => {
     const ss = samples.filter(s => s.service === name);
     const col = cols[k % cols.length];
-    svg.append(el('polyline', { points: ss.map(s => `${sx(Date.parse(s.start))},${sy(s.rt_mean_ms)}`).join(' '), fill: 'none', stroke: col, 'stroke-width': 1.8 }));
-    for (const s of ss) svg.append(el('circle', { cx: sx(Date.parse(s.start)), cy: sy(s.rt_mean_ms), r: 3, fill: col }));
+    svg.append(el('polyline', { points: ss.map(s => `${sx(Date.parse(s.start))},${sy(val(s))}`).join(' '), fill: 'none', stroke: col, 'stroke-width': 1.8 }));
+    for (const s of ss) svg.append(el('circle', { cx: sx(Date.parse(s.start)), cy: sy(val(s)), r: 3, fill: col }));
     svg.append(el('text', { x: W - R + 8, y: T + 12 + 14 * k, 'font-size': 11, fill: col }, name));
     const sla = ss.find(s => s.sla);
     if (sla) {
       svg.append(el('line', { x1: L, x2: W - R, y1: sy(sla.sla.max), y2: sy(sla.sla.max), stroke: '#c62828', 'stroke-dasharray': '6 4', class: 'sla' }),
-        el('text', { x: W - R + 8, y: sy(sla.sla.max) + 4, 'font-size': 11, fill: '#c62828' }, `SLA ${short(sla.sla.max)} ms`));
+        el('text', { x: W - R + 8, y: sy(sla.sla.max) + 4, 'font-size': 11, fill: '#c62828' }, `SLA ${short(sla.sla.max)}${sla.sla.metric.startsWith('rt_') ? ' ms' : ''}`));
     }
   });
   for (const a of actions) {
