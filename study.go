@@ -186,8 +186,10 @@ type Study struct {
 }
 
 // MinStudySamples is the least Study.MinSamples may be: with fewer
-// responses, the p95 is the slowest of them.
-const MinStudySamples = 20
+// responses the p95's 95% confidence interval has no upper bound (the
+// slowest of n responses is above the p95 with probability 1 − 0.95^n,
+// under 0.95 for n < 59; see measure.RankInterval).
+const MinStudySamples = 60
 
 // FillMetrics sets the metrics a study records when it names none
 // (DefaultMetrics), and adds the SLA's metric when it is not among them:
@@ -234,7 +236,7 @@ func (s *Study) Validate() error {
 		return Invalid("check_threshold", s.CheckThreshold, "must be a number > 0, e.g. 0.1 for 10%%")
 	}
 	if s.MinSamples != 0 && s.MinSamples < MinStudySamples {
-		return Invalid("min_samples", s.MinSamples, "must be 0 (the default) or at least %d: a p95 from fewer responses is their largest", MinStudySamples)
+		return Invalid("min_samples", s.MinSamples, "must be 0 (the default) or at least %d: with fewer responses the p95's confidence interval has no upper bound", MinStudySamples)
 	}
 	if s.SLA != nil {
 		if err := s.SLA.Validate(); err != nil {

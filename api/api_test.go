@@ -74,13 +74,13 @@ func TestCreateStudyRunsAndMatrixIsFetched(t *testing.T) {
 	ctx := context.Background()
 	st, err := c.CreateStudy(ctx, StudyRequest{
 		Target: "auction0/app", Parameters: []string{"cpu=20..100 step 20"}, SLA: "rt_p95<=50",
-		TimeBound: "20s", WarmUp: "0s", Window: "30ms", Strategy: "grid", MinSamples: 40,
+		TimeBound: "20s", WarmUp: "0s", Window: "30ms", Strategy: "grid", MinSamples: 60,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.ID == "" || st.State != justrunit.StudyPending || st.MinSamples != 40 {
-		t.Fatalf("created study = %+v, want an ID, state pending and min_samples 40", st)
+	if st.ID == "" || st.State != justrunit.StudyPending || st.MinSamples != 60 {
+		t.Fatalf("created study = %+v, want an ID, state pending and min_samples 60", st)
 	}
 	done := d.waitState(st.ID, justrunit.StudyDone)
 	if done.Experiments != 5 {

@@ -41,7 +41,7 @@ type studyFile struct {
 	// CheckThreshold is the relative error above which the checker alerts.
 	CheckThreshold float64 `yaml:"check_threshold"`
 	// MinSamples is the fewest successful responses a window needs to be a
-	// measurement (default 100, at least 20): lower it, or lengthen the
+	// measurement (default 100, at least 60): lower it, or lengthen the
 	// window, for a service with little traffic.
 	MinSamples int64 `yaml:"min_samples"`
 }

@@ -21,7 +21,7 @@ func TestStudyFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st.Space.Size() != 9 || st.SLA == nil || st.SLA.Max != 50 || time.Duration(st.TimeBound) != 5*time.Minute ||
-		st.Strategy != "sla" || st.CheckThreshold != 0.15 || len(st.Metrics) != 3 || st.MinSamples != 50 {
+		st.Strategy != "sla" || st.CheckThreshold != 0.15 || len(st.Metrics) != 3 || st.MinSamples != 60 {
 		t.Errorf("study = %+v", st)
 	}
 }
@@ -44,7 +44,7 @@ func TestStudyFileErrors(t *testing.T) {
 		{"unknown field", "slots: 1", "slot: 1", []string{"field slot not found"}},
 		{"unknown metric", "rt_mean,", "latency,", []string{":5:", "metrics[1]"}},
 		{"bad sla", "rt_p95<=50", "rt_p95<50", []string{":6:", "sla"}},
-		{"too few samples", "min_samples: 50", "min_samples: 5", []string{":14:", "min_samples", "at least 20"}},
+		{"too few samples", "min_samples: 60", "min_samples: 59", []string{":14:", "min_samples", "at least 60"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
