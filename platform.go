@@ -3,6 +3,7 @@ package justrunit
 import (
 	"context"
 	"fmt"
+	"math"
 	"log/slog"
 	"sort"
 	"sync"
@@ -76,11 +77,11 @@ func (m PowerModel) Watts(u float64) float64 {
 
 // Validate checks 0 ≤ idle ≤ max.
 func (m PowerModel) Validate() error {
-	if m.IdleWatts < 0 {
-		return Invalid("power.idle_watts", m.IdleWatts, "must be ≥ 0")
+	if !(m.IdleWatts >= 0) || math.IsInf(m.IdleWatts, 0) {
+		return Invalid("power.idle_watts", m.IdleWatts, "must be a number ≥ 0")
 	}
-	if m.MaxWatts < m.IdleWatts || m.MaxWatts <= 0 {
-		return Invalid("power.max_watts", m.MaxWatts, "must be > 0 and ≥ idle_watts (%g)", m.IdleWatts)
+	if !(m.MaxWatts >= m.IdleWatts) || m.MaxWatts <= 0 || math.IsInf(m.MaxWatts, 0) {
+		return Invalid("power.max_watts", m.MaxWatts, "must be a number > 0 and ≥ idle_watts (%g)", m.IdleWatts)
 	}
 	return nil
 }

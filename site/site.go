@@ -287,8 +287,8 @@ func (s *Site) Validate() error {
 			return justrunit.Invalid(f+".name", nil, "required")
 		case hosts[h.Name]:
 			return justrunit.Invalid(f+".name", h.Name, "duplicate host")
-		case !(h.Cores > 0):
-			return justrunit.Invalid(f+".cores", h.Cores, "must be > 0")
+		case !(h.Cores > 0) || h.Cores > MaxCores:
+			return justrunit.Invalid(f+".cores", h.Cores, "must be > 0 and at most %d", MaxCores)
 		case h.Class == "":
 			return justrunit.Invalid(f+".class", nil, "required; define classes in 'classes'")
 		}
@@ -374,7 +374,7 @@ func (s *Site) Validate() error {
 					return justrunit.Invalid(inf+".host", in.Host, "a sandbox host runs clones only")
 				case len(in.Command) == 0 || strings.TrimSpace(in.Command[0]) == "":
 					return justrunit.Invalid(inf+".command", nil, "required: the program and its arguments")
-				case in.Allocation.CPU < 0 || in.Allocation.CPU > s.host(in.Host).Cores*100:
+				case !(in.Allocation.CPU >= 0) || in.Allocation.CPU > s.host(in.Host).Cores*100:
 					return justrunit.Invalid(inf+".allocation.cpu", in.Allocation.CPU, "must be between 0 (unlimited) and the host's capacity (%g%%)", s.host(in.Host).Cores*100)
 				}
 				ids[in.ID] = inf
@@ -401,6 +401,11 @@ func (s *Site) Validate() error {
 							return justrunit.Invalid(inf+".out_proxy."+a.field, nil, "required")
 						}
 						if a.field == "next" {
+							for _, own := range []struct{ field, addr string }{{"out_proxy.listen", op.Listen}, {"addr", in.Addr}, {"in_proxy.listen", inProxyListen(in)}} {
+								if sameAddr(a.addr, own.addr) {
+									return justrunit.Invalid(inf+".out_proxy.next", a.addr, "is this instance's own %s: the out-proxy would call itself; name the next tier's address", own.field)
+								}
+							}
 							if _, _, err := net.SplitHostPort(a.addr); err != nil {
 								return justrunit.Invalid(inf+".out_proxy.next", a.addr, "want HOST:PORT")
 							}
@@ -427,6 +432,37 @@ func (s *Site) Validate() error {
 		return justrunit.Invalid("hosts", nil, "no sandbox host: mark one host 'sandbox: true' for clones")
 	}
 	return nil
+}
+
+// MaxCores bounds a host's cores: a site file's typo must not make the
+// platform lay out a billion CPUs.
+const MaxCores = 4096
+
+// inProxyListen is in's in-proxy address, "" without one.
+func inProxyListen(in Instance) string {
+	if in.InProxy == nil {
+		return ""
+	}
+	return in.InProxy.Listen
+}
+
+// sameAddr reports whether HOST:PORT addresses a and b are one listener on
+// this machine: the same port, and the same host or both loopback (or
+// unspecified, which listens on loopback too).
+func sameAddr(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb {
+		return false
+	}
+	local := func(h string) bool {
+		if h == "" || h == "localhost" {
+			return true
+		}
+		ip := net.ParseIP(h)
+		return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
+	}
+	return ha == hb || (local(ha) && local(hb))
 }
 
 func (s *Site) host(name string) *Host {

@@ -192,6 +192,11 @@ func TestBidPersistedAndLosingBidRejected(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &rej); status != http.StatusConflict || err != nil || rej.MinBid != MinNextBid(after) {
 		t.Errorf("losing bid via data = %d %q, want 409 with min_bid %d", status, body, MinNextBid(after))
 	}
+	// A bid past MaxBid is refused (a huge one made the next minimum
+	// overflow, so that any bid won after it).
+	if status, body := do(t, "POST", s.dataURL+"/items/10/bids", js, `{"user_id":8,"amount":9200000000000000000}`); status != http.StatusBadRequest {
+		t.Errorf("bid of 9.2e18 cents = %d %q, want 400", status, body)
+	}
 	if again, bids2 := dataItem(t, s, 10); again != after || len(bids2) != len(bids) {
 		t.Errorf("losing bids changed the item: %+v -> %+v, %d -> %d bids", after, again, len(bids), len(bids2))
 	}

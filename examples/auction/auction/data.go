@@ -430,6 +430,9 @@ type BidRejection struct {
 	MinBid int64  `json:"min_bid"` // the least amount that would have been accepted, cents
 }
 
+// MaxBid is the largest bid accepted, in cents (ten billion dollars).
+const MaxBid = 1e12
+
 func (d *DataServer) handlePostBid(w http.ResponseWriter, r *http.Request) {
 	id, ok := pathID(w, r)
 	if !ok {
@@ -439,8 +442,9 @@ func (d *DataServer) handlePostBid(w http.ResponseWriter, r *http.Request) {
 	if !readJSON(w, r, &req) {
 		return
 	}
-	if req.Amount <= 0 {
-		writeError(w, http.StatusBadRequest, "bad amount %d", req.Amount)
+	if req.Amount <= 0 || req.Amount > MaxBid {
+		// The cap keeps MinNextBid from overflowing past a huge bid.
+		writeError(w, http.StatusBadRequest, "bad amount %d: want 1..%d cents", req.Amount, int64(MaxBid))
 		return
 	}
 	bid, status, err := d.placeBid(r.Context(), id, req)

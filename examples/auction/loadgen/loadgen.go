@@ -172,7 +172,7 @@ type Summary struct {
 	ElapsedS    float64   `json:"elapsed_s"`  // including waiting for the last answers
 	Interrupted bool      `json:"interrupted,omitempty"`
 	OfferedRate float64   `json:"offered_rate"` // scheduled per second
-	Throughput  float64   `json:"throughput"`   // completed per second
+	Throughput  float64   `json:"throughput"`   // completed per second of the whole run (elapsed_s)
 	Counts
 	Latency
 	ByKind     map[Kind]KindSummary `json:"by_kind"`
@@ -367,7 +367,16 @@ loop:
 			if cfg.Arrival == Poisson {
 				gap *= arrivals.ExpFloat64()
 			}
-			sched += time.Duration(min(gap, 3600) * float64(time.Second)) // SetRate cuts a long gap short
+			next := sched + time.Duration(min(gap, 3600)*float64(time.Second)) // SetRate cuts a long gap short
+			if len(cfg.Steps) > 0 && step < len(cfg.Steps)-1 && next > stepEnd {
+				// A gap drawn at this step's rate does not run into the
+				// next step: that step starts at its start, drawing at
+				// its own rate (exact for Poisson arrivals, which have
+				// no memory).
+				sched = stepEnd
+				continue
+			}
+			sched = next
 		}
 		if end > 0 && sched >= end {
 			sched = end
@@ -427,6 +436,11 @@ loop:
 	s.Interrupted = interrupted
 	if d := scheduleEnd.Seconds(); d > 0 {
 		s.OfferedRate = round(float64(s.Scheduled)/d, 2)
+	}
+	// Over the whole run: the answers that came after the last request was
+	// sent took that time too (an overloaded target otherwise looks as
+	// fast as the load offered to it).
+	if d := time.Since(start).Seconds(); d > 0 {
 		s.Throughput = round(float64(s.Completed)/d, 2)
 	}
 	return s, nil

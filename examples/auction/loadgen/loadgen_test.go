@@ -3,6 +3,7 @@ package loadgen
 import (
 	"context"
 	"errors"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -167,6 +168,10 @@ func TestOpenLoop(t *testing.T) {
 	if sum.P50MS < 100 {
 		t.Errorf("p50 %.1f ms, want >= 100 ms", sum.P50MS)
 	}
+	// Throughput counts the time the last answers took to come.
+	if want := float64(sum.Completed) / sum.ElapsedS; math.Abs(sum.Throughput-want) > 0.01*want || sum.ElapsedS < sum.DurationS+0.09 {
+		t.Errorf("throughput %.2f over %.3f s elapsed (%.3f s scheduling), want %.2f", sum.Throughput, sum.ElapsedS, sum.DurationS, want)
+	}
 }
 
 // TestDropsWhenTargetHangs checks that a hung target costs dropped requests
@@ -209,6 +214,15 @@ func TestStepsAndSetRate(t *testing.T) {
 	}
 	if sum.Scheduled < 70 || sum.Scheduled > 85 || sum.DurationS < 0.69 || sum.DurationS > 0.75 {
 		t.Errorf("steps 300ms@0,400ms@200: scheduled %d in %.2f s, want ~80 in 0.7 s", sum.Scheduled, sum.DurationS)
+	}
+
+	// A slow step's last gap does not run into the next step.
+	steps, _ = ParseSteps("300ms@2,300ms@200")
+	if sum, err = Run(t.Context(), Config{Target: s.URL, Steps: steps, Arrival: Uniform}); err != nil {
+		t.Fatal(err)
+	}
+	if sum.Scheduled < 55 || sum.Scheduled > 65 {
+		t.Errorf("steps 300ms@2,300ms@200: scheduled %d, want ~60 (the second step's from its start)", sum.Scheduled)
 	}
 
 	g, err := New(Config{Target: s.URL, Rate: 0.5, Arrival: Uniform}) // one request every 2 s
