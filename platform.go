@@ -3,8 +3,8 @@ package justrunit
 import (
 	"context"
 	"fmt"
-	"math"
 	"log/slog"
+	"math"
 	"sort"
 	"sync"
 	"time"
