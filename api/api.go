@@ -351,8 +351,8 @@ type Info struct {
 	Started time.Time `json:"started"`
 	// Runner is true when the daemon can run studies; Site when it runs a
 	// site; Samples when its site has per-service samples; Verify when it
-	// can verify a study on the on-line instance; Manager when its manager
-	// runs.
+	// can verify a study on the on-line instance (a Site may say why it
+	// refuses to: VerifyRefused() string); Manager when its manager runs.
 	Runner  bool `json:"runner"`
 	Site    bool `json:"site"`
 	Samples bool `json:"samples"`
@@ -366,6 +366,12 @@ func (s *Server) info() Info {
 	in := Info{Version: s.cfg.Version, Started: s.started, Runner: s.cfg.Runner != nil, Site: s.cfg.Site != nil, Manager: s.cfg.Planner != nil}
 	_, in.Samples = s.cfg.Site.(ServiceSampler)
 	_, in.Verify = s.cfg.Site.(Verifier)
+	if v, ok := s.cfg.Site.(interface{ VerifyRefused() string }); ok && in.Verify {
+		if why := v.VerifyRefused(); why != "" {
+			in.Verify = false
+			in.Missing = append(in.Missing, why)
+		}
+	}
 	switch {
 	case !in.Runner && !in.Site:
 		in.Missing = append(in.Missing, msgNoRunner)

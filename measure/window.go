@@ -98,6 +98,10 @@ func (c WindowConfig) Validate() error {
 		return justrunit.Invalid("window.tick", c.Tick, "must be ≥ 0")
 	case c.Detector.Tolerance < 0:
 		return justrunit.Invalid("window.detector.tolerance", c.Detector.Tolerance, "must be ≥ 0")
+	case c.Detector.Agree < 0:
+		return justrunit.Invalid("window.detector.agree", c.Detector.Agree, "must be ≥ 0")
+	case c.Detector.MinSamples < 0:
+		return justrunit.Invalid("window.detector.min_samples", c.Detector.MinSamples, "must be ≥ 0")
 	}
 	return nil
 }

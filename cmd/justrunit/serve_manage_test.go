@@ -45,8 +45,8 @@ func TestServeManage(t *testing.T) {
 	dir, data, fronts, c, stop := serveDemoSite(t, "--manage", "2s")
 	ctx := context.Background()
 	in, err := c.Info(ctx)
-	if err != nil || !in.Manager || !in.Site || !in.Samples {
-		t.Fatalf("info = %+v, %v; want a site, samples and a manager", in, err)
+	if err != nil || !in.Manager || !in.Site || !in.Samples || in.Verify {
+		t.Fatalf("info = %+v, %v; want a site, samples and a manager, and no verify (the manager acts on the on-line instances)", in, err)
 	}
 	hosts, err := c.Hosts(ctx)
 	if err != nil || len(hosts) != 3 {

@@ -324,6 +324,15 @@ func (v *siteVerifier) Verify(ctx context.Context, st *justrunit.Study, m *justr
 	return out, nil
 }
 
+// VerifyRefused says why this daemon verifies nothing (see api.Info), ""
+// when it does.
+func (v *siteVerifier) VerifyRefused() string {
+	if v.managed {
+		return "study verify: this daemon runs the manager (serve --manage), which acts on the on-line instances a check would set"
+	}
+	return ""
+}
+
 // begin claims the site for verifying study id.
 func (v *siteVerifier) begin(id string) error {
 	v.mu.Lock()

@@ -20,7 +20,11 @@ let drawing = 0;
 function route() {
   const hash = location.hash.replace(/^#/, '') || '/';
   const parts = hash.split('/').filter(Boolean);
-  if (parts[0] === 'studies' && parts[1]) return { page: 'study', id: decodeURIComponent(parts[1]) };
+  if (parts[0] === 'studies' && parts[1]) {
+    let id = parts[1];
+    try { id = decodeURIComponent(id); } catch { /* a malformed link: the study page says it is not found */ }
+    return { page: 'study', id };
+  }
   if (parts[0] === 'site') return { page: 'site' };
   if (parts[0] === 'timeline') return { page: 'timeline' };
   return { page: 'studies' };
