@@ -93,10 +93,20 @@ type PlanRecord struct {
 	// ordered steps).
 	Summary string `json:"summary"`
 	Plan    any    `json:"plan"`
-	// Applied is set once the plan's steps ran; Error when they failed.
+	// State is PlanPlanned, PlanApplying, PlanApplied or PlanFailed.
+	State string `json:"state"`
+	// Applied is when the plan's steps all ran; Error why they stopped.
 	Applied time.Time `json:"applied,omitzero"`
 	Error   string    `json:"error,omitempty"`
 }
+
+// A plan's states (PlanRecord.State).
+const (
+	PlanPlanned  = "planned"
+	PlanApplying = "applying"
+	PlanApplied  = "applied"
+	PlanFailed   = "failed"
+)
 
 // ServiceSampler is an optional ability of a SiteView (found by type
 // assertion): the on-line response time of each service per monitoring

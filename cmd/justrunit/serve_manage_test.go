@@ -76,7 +76,7 @@ func TestServeManage(t *testing.T) {
 	if _, err := c.ApplyPlan(ctx, "p99"); !errors.Is(err, justrunit.ErrNotFound) {
 		t.Errorf("apply p99 = %v, want ErrNotFound", err)
 	}
-	if plans, err := c.Plans(ctx); err != nil || len(plans) != 1 || plans[0].Applied.IsZero() {
+	if plans, err := c.Plans(ctx); err != nil || len(plans) != 1 || plans[0].Applied.IsZero() || plans[0].State != api.PlanApplied {
 		t.Errorf("plans = %+v, %v", plans, err)
 	}
 	// The monitor's intervals reach the API (no load: 0 requests each).

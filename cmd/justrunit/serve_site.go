@@ -195,7 +195,7 @@ func (sp *sitePlanner) Plan(ctx context.Context) (api.PlanRecord, error) {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	sp.seq++
-	e := &planEntry{plan: plan, rec: api.PlanRecord{ID: fmt.Sprintf("p%d", sp.seq), Created: time.Now(), Summary: plan.Summary(), Plan: plan}}
+	e := &planEntry{plan: plan, rec: api.PlanRecord{ID: fmt.Sprintf("p%d", sp.seq), Created: time.Now(), Summary: plan.Summary(), Plan: plan, State: api.PlanPlanned}}
 	sp.plans = append(sp.plans, e)
 	return e.rec, nil
 }
@@ -218,22 +218,24 @@ func (sp *sitePlanner) Apply(ctx context.Context, id string) (api.PlanRecord, er
 		return api.PlanRecord{}, fmt.Errorf("plan %s: %w", id, justrunit.ErrNotFound)
 	}
 	e := sp.plans[i]
-	if !e.rec.Applied.IsZero() || e.rec.Error != "" {
+	if e.rec.State != api.PlanPlanned {
 		sp.mu.Unlock()
-		return e.rec, fmt.Errorf("plan %s was applied already: %w; make a new one", id, justrunit.ErrExists)
+		return e.rec, fmt.Errorf("plan %s is %s already: %w; make a new one", id, e.rec.State, justrunit.ErrExists)
 	}
-	e.rec.Applied = time.Now() // claimed: a second apply is refused
+	e.rec.State = api.PlanApplying // claimed: a second apply is refused
 	sp.mu.Unlock()
 	done, err := sp.site.ApplyPlan(ctx, e.plan)
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	if err != nil {
+		e.rec.State = api.PlanFailed
 		e.rec.Error = fmt.Sprintf("%d of %d steps done: %v", len(done), len(e.plan.Steps), err)
 		// The plan exists and was valid when made: a step the platform
 		// refuses now conflicts with the site as it has become.
 		return e.rec, &api.Error{Status: http.StatusConflict, Code: api.CodeConflict,
 			Message: fmt.Sprintf("plan %s: %s; make a new plan", id, e.rec.Error)}
 	}
+	e.rec.State, e.rec.Applied = api.PlanApplied, time.Now()
 	return e.rec, nil
 }
 
