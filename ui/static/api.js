@@ -28,15 +28,20 @@ export async function get(path) {
 
 // follow reads the event stream and calls onEvent for each event and
 // onState(true/false) as the connection opens and drops; it reconnects
-// with back-off from the last event seen. It returns a function that stops it.
+// with back-off from the last event seen. A reconnection also calls
+// onEvent(null): events stored while the stream was down, before any
+// event was seen, are not replayed, so the page reads its state afresh.
+// It returns a function that stops it.
 export function follow(onEvent, onState) {
-  let stopped = false, last = 'latest', ctl = null, wait = 1000;
+  let stopped = false, last = 'latest', ctl = null, wait = 1000, connected = false;
   async function once() {
     ctl = new AbortController();
     const r = await fetch('api/v1/events/stream?after=' + last, {
       headers: { 'Authorization': 'Bearer ' + token(), 'Accept': 'text/event-stream' }, signal: ctl.signal });
     if (!r.ok) throw new APIError(r.status, null);
     onState(true);
+    if (connected) onEvent(null);
+    connected = true;
     wait = 1000;
     const rd = r.body.getReader();
     const dec = new TextDecoder();
