@@ -52,6 +52,7 @@ type Site struct {
 	metrics   *metrics.Set
 	plans     sync.Mutex // see ApplyPlan
 	mu        sync.Mutex
+	sandboxes map[string]chan struct{} // see claimSandbox; under mu
 	launched  []string
 	in        map[string]*httpproxy.InProxy
 	out       map[string]*httpproxy.OutProxy
@@ -67,6 +68,36 @@ func (s *Site) ApplyPlan(ctx context.Context, plan planner.Plan) ([]planner.Step
 	s.plans.Lock()
 	defer s.plans.Unlock()
 	return planner.Apply(ctx, plan, s.Platform)
+}
+
+// claimSandbox waits until no other study or paired check of this site
+// uses sandbox host name, and claims it: clones sharing a sandbox's CPUs
+// would measure each other's load. The daemon's studies, the manager's and
+// paired checks all come through here. release gives it back; calling it
+// again does nothing.
+func (s *Site) claimSandbox(ctx context.Context, name string) (release func(), err error) {
+	s.mu.Lock()
+	if s.sandboxes == nil {
+		s.sandboxes = map[string]chan struct{}{}
+	}
+	c := s.sandboxes[name]
+	if c == nil {
+		c = make(chan struct{}, 1)
+		s.sandboxes[name] = c
+	}
+	s.mu.Unlock()
+	select {
+	case c <- struct{}{}:
+	default:
+		s.log.Info("sandbox host busy with another study or check; waiting", "sandbox", name)
+		select {
+		case c <- struct{}{}:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for sandbox host %s, which another study or check uses: %w", name, context.Cause(ctx))
+		}
+	}
+	var once sync.Once
+	return func() { once.Do(func() { <-c }) }, nil
 }
 
 // Up launches the site: per service, the last tier first (so that each

@@ -45,12 +45,17 @@ const (
 type Study struct {
 	// Engine runs the study (Run) and the checker (Use, Check) on the
 	// prepared clones.
-	Engine *study.Engine
-	runner *experiment.Runner
+	Engine  *study.Engine
+	runner  *experiment.Runner
+	release func() // gives the sandbox host back
 }
 
-// Close detaches and destroys the study's clones.
-func (x *Study) Close(ctx context.Context) error { return x.runner.Close(ctx) }
+// Close detaches and destroys the study's clones, and gives the sandbox
+// host back to the site's other studies.
+func (x *Study) Close(ctx context.Context) error {
+	defer x.release()
+	return x.runner.Close(ctx)
+}
 
 // CheckWarmUp fails when a study of instance id with warm-up warmUp would
 // measure before its clone gets any traffic: the warm-up must be at least
@@ -96,8 +101,13 @@ func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts Study
 	cfg.Window = StudyWindow(st, time.Duration(st.WarmUp), time.Duration(st.Window))
 	cfg.Window.RelCI = orFloat(opts.RelCI, DefaultRelCI)
 	cfg.Window.MinSamples = orInt(opts.MinSamples, cfg.Window.MinSamples)
+	release, err := s.claimSandbox(ctx, cfg.Sandbox.Name)
+	if err != nil {
+		return nil, err
+	}
 	runner, err := experiment.Open(ctx, cfg, st.Slots)
 	if err != nil {
+		release()
 		return nil, fmt.Errorf("prepare the experiments: %w", err)
 	}
 	var r justrunit.Runner = runner
@@ -107,7 +117,7 @@ func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts Study
 	}
 	e := &study.Engine{Runner: r, Strategy: strat, Interpolator: in, Store: opts.Store, Logger: s.log,
 		Progress: opts.Progress, Owner: opts.Owner}
-	return &Study{Engine: e, runner: runner}, nil
+	return &Study{Engine: e, runner: runner, release: release}, nil
 }
 
 // RunStudy prepares st, runs it and removes its clones, also on error or

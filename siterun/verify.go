@@ -94,6 +94,7 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 			return v, fmt.Errorf("paired check: %w", err)
 		}
 		defer func() {
+			defer pair.release()
 			if cerr := pair.runner.Close(context.WithoutCancel(ctx)); cerr != nil {
 				err = errors.Join(err, fmt.Errorf("remove the paired check's clone: %w", cerr))
 			}
@@ -165,11 +166,12 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 // pairedClone is a paired check's clone: made and attached before the
 // on-line instance is touched, measured alongside it.
 type pairedClone struct {
-	runner *experiment.Runner
-	lag    time.Duration
-	done   chan struct{}
-	obs    justrunit.Observation
-	err    error
+	runner  *experiment.Runner
+	release func() // gives the sandbox host back
+	lag     time.Duration
+	done    chan struct{}
+	obs     justrunit.Observation
+	err     error
 }
 
 // openPair clones st's target into the sandbox for a paired check whose
@@ -187,11 +189,16 @@ func (s *Site) openPair(ctx context.Context, st *justrunit.Study, sandbox string
 		return nil, err
 	}
 	cfg.Window = win
+	release, err := s.claimSandbox(ctx, cfg.Sandbox.Name)
+	if err != nil {
+		return nil, err
+	}
 	r, err := experiment.Open(ctx, cfg, 1)
 	if err != nil {
+		release()
 		return nil, fmt.Errorf("clone %s: %w", st.Target, err)
 	}
-	return &pairedClone{runner: r, lag: in.Lag(), done: make(chan struct{})}, nil
+	return &pairedClone{runner: r, release: release, lag: in.Lag(), done: make(chan struct{})}, nil
 }
 
 // start measures the clone at p, the clone lag from now, so that its
