@@ -491,7 +491,9 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 	if m.cfg.DryRun {
 		return nil
 	}
-	if done, err := m.cfg.Site.ApplyPlan(ctx, plan); err != nil {
+	// A plan cut between its steps leaves the site as no plan meant it:
+	// once started, it runs to its end even when the manager is stopped.
+	if done, err := m.cfg.Site.ApplyPlan(context.WithoutCancel(ctx), plan); err != nil {
 		return fmt.Errorf("apply the plan (%d of %d steps done): %w", len(done), len(plan.Steps), err)
 	}
 	m.applied.Add(1)

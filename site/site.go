@@ -310,6 +310,7 @@ func (s *Site) Validate() error {
 		sandbox = sandbox || h.Sandbox
 	}
 	ids := map[string]string{}      // instance id -> its field
+	booked := map[string]float64{}  // host -> CPU share of its instances so far
 	services := map[string]string{} // service name -> its field
 	listens := map[string]string{}
 	claim := func(field, addr string) error {
@@ -376,7 +377,12 @@ func (s *Site) Validate() error {
 					return justrunit.Invalid(inf+".command", nil, "required: the program and its arguments")
 				case !(in.Allocation.CPU >= 0) || in.Allocation.CPU > s.host(in.Host).Cores*100:
 					return justrunit.Invalid(inf+".allocation.cpu", in.Allocation.CPU, "must be between 0 (unlimited) and the host's capacity (%g%%)", s.host(in.Host).Cores*100)
+				case s.host(in.Host).On != nil && !*s.host(in.Host).On:
+					return justrunit.Invalid(inf+".host", in.Host, "is powered off (on: false); place the instance on a host that is on")
+				case booked[in.Host]+in.Allocation.CPU > s.host(in.Host).Cores*100+1e-9:
+					return justrunit.Invalid(inf+".allocation.cpu", in.Allocation.CPU, "host %s has %g%% of its %g%% left after the instances before this one", in.Host, s.host(in.Host).Cores*100-booked[in.Host], s.host(in.Host).Cores*100)
 				}
+				booked[in.Host] += in.Allocation.CPU
 				ids[in.ID] = inf
 				if err := claim(inf+".addr", in.Addr); err != nil {
 					return err
