@@ -493,7 +493,7 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 	}
 	// A plan cut between its steps leaves the site as no plan meant it:
 	// once started, it runs to its end even when the manager is stopped.
-	if done, err := m.cfg.Site.ApplyPlan(context.WithoutCancel(ctx), plan); err != nil {
+	if done, err := m.cfg.Site.ApplyPlan(context.WithoutCancel(ctx), plan, planner.State(hosts, insts)); err != nil {
 		return fmt.Errorf("apply the plan (%d of %d steps done): %w", len(done), len(plan.Steps), err)
 	}
 	m.applied.Add(1)

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/manager/planner"
 )
 
 // TestClaimSandbox checks that a sandbox host serves one study or check at
@@ -53,5 +57,41 @@ func TestClaimSandbox(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the waiting claim did not get the sandbox after its release")
+	}
+}
+
+// statePlatform is a platform whose hosts and instances a test sets; it
+// counts allocation changes. Other methods are not called.
+type statePlatform struct {
+	justrunit.Platform
+	hosts []justrunit.Host
+	insts []justrunit.Instance
+	sets  int
+}
+
+func (p *statePlatform) Hosts(context.Context) ([]justrunit.Host, error) { return p.hosts, nil }
+func (p *statePlatform) Instances(context.Context) ([]justrunit.Instance, error) {
+	return p.insts, nil
+}
+func (p *statePlatform) SetAllocation(context.Context, string, justrunit.Allocation) error {
+	p.sets++
+	return nil
+}
+
+// TestApplyPlanRefusesStale checks that a plan made from a site that has
+// changed since is not applied, and says what changed.
+func TestApplyPlanRefusesStale(t *testing.T) {
+	p := &statePlatform{hosts: []justrunit.Host{{Name: "pm0", Cores: 1, On: true}},
+		insts: []justrunit.Instance{{ID: "app0", Host: "pm0", Alloc: justrunit.Allocation{CPU: 40}}}}
+	s := &Site{Platform: p}
+	from := planner.State(p.hosts, p.insts)
+	plan := planner.Plan{Steps: []planner.Step{{Kind: planner.SetAllocation, Instance: "app0", Alloc: &justrunit.Allocation{CPU: 60}}}}
+	p.insts[0].Alloc.CPU = 50 // changed by someone else since
+	_, err := s.ApplyPlan(context.Background(), plan, from)
+	if !errors.Is(err, ErrSiteChanged) || !strings.Contains(err.Error(), "app0") || p.sets != 0 {
+		t.Fatalf("ApplyPlan of a stale plan = %v after %d changes, want ErrSiteChanged naming app0 and none", err, p.sets)
+	}
+	if _, err := s.ApplyPlan(context.Background(), plan, planner.State(p.hosts, p.insts)); err != nil || p.sets != 1 {
+		t.Fatalf("ApplyPlan of a current plan = %v after %d changes, want it applied", err, p.sets)
 	}
 }

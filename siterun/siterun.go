@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,15 +60,51 @@ type Site struct {
 	closePlat func() error
 }
 
+// ErrSiteChanged means a plan was made from a site that has changed since:
+// applied now, its steps would not do what it planned.
+var ErrSiteChanged = errors.New("the site changed since the plan was made")
+
 // ApplyPlan applies plan (see planner.Apply) to the site's platform, one
 // plan at a time: a plan's steps are ordered so that no host runs over
 // capacity between them, from the placements it was made from, and steps
-// of another plan in between would upset that order. The daemon's plans
-// and the manager's go through here.
-func (s *Site) ApplyPlan(ctx context.Context, plan planner.Plan) ([]planner.Step, error) {
+// of another plan in between would upset that order. from is the site's
+// planner.State when the plan was made: if the site is no longer in it,
+// nothing is applied and the error wraps ErrSiteChanged. The daemon's
+// plans and the manager's go through here.
+func (s *Site) ApplyPlan(ctx context.Context, plan planner.Plan, from string) ([]planner.Step, error) {
 	s.plans.Lock()
 	defer s.plans.Unlock()
+	hosts, err := s.Platform.Hosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	insts, err := s.Platform.Instances(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if now := planner.State(hosts, insts); now != from {
+		return nil, fmt.Errorf("%w (%s)", ErrSiteChanged, firstDifference(from, now))
+	}
 	return planner.Apply(ctx, plan, s.Platform)
+}
+
+// firstDifference names the first line of states a and b (see
+// planner.State) that differs.
+func firstDifference(a, b string) string {
+	al, bl := strings.Split(a, "\n"), strings.Split(b, "\n")
+	for i := range max(len(al), len(bl)) {
+		var x, y string
+		if i < len(al) {
+			x = al[i]
+		}
+		if i < len(bl) {
+			y = bl[i]
+		}
+		if x != y {
+			return fmt.Sprintf("then %q, now %q", x, y)
+		}
+	}
+	return "no difference"
 }
 
 // claimSandbox waits until no other study or paired check of this site

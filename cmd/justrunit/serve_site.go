@@ -175,6 +175,7 @@ type sitePlanner struct {
 type planEntry struct {
 	rec  api.PlanRecord
 	plan planner.Plan
+	from string // the site's planner.State when the plan was made
 }
 
 var _ api.Planner = (*sitePlanner)(nil)
@@ -195,7 +196,7 @@ func (sp *sitePlanner) Plan(ctx context.Context) (api.PlanRecord, error) {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	sp.seq++
-	e := &planEntry{plan: plan, rec: api.PlanRecord{ID: fmt.Sprintf("p%d", sp.seq), Created: time.Now(), Summary: plan.Summary(), Plan: plan, State: api.PlanPlanned}}
+	e := &planEntry{plan: plan, from: planner.State(hosts, insts), rec: api.PlanRecord{ID: fmt.Sprintf("p%d", sp.seq), Created: time.Now(), Summary: plan.Summary(), Plan: plan, State: api.PlanPlanned}}
 	sp.plans = append(sp.plans, e)
 	return e.rec, nil
 }
@@ -224,7 +225,7 @@ func (sp *sitePlanner) Apply(ctx context.Context, id string) (api.PlanRecord, er
 	}
 	e.rec.State = api.PlanApplying // claimed: a second apply is refused
 	sp.mu.Unlock()
-	done, err := sp.site.ApplyPlan(ctx, e.plan)
+	done, err := sp.site.ApplyPlan(ctx, e.plan, e.from)
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	if err != nil {

@@ -17,7 +17,8 @@ import (
 // justrunit.ErrUnsupported and does nothing. A step's error is wrapped with
 // the step's number and description; a cancelled ctx stops Apply before the
 // next step. Apply does not re-read the site: a plan made from a stale view
-// may be refused by the platform, which checks room itself.
+// may be refused by the platform, which checks room itself (a site's
+// runtime compares State first: siterun.Site.ApplyPlan).
 func Apply(ctx context.Context, plan Plan, p justrunit.Platform) ([]Step, error) {
 	_, canMigrate := p.(justrunit.Migrator)
 	_, canPower := p.(justrunit.PowerSwitch)

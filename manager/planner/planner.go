@@ -21,7 +21,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/justrunit/justrunit"
 )
@@ -110,6 +112,24 @@ func FromSite(hosts []justrunit.Host, instances []justrunit.Instance, required m
 		})
 	}
 	return in
+}
+
+// State describes what a plan is made from, for telling whether a site has
+// changed since (see FromSite): each host's power state and each on-line
+// instance's host and allocation, in a canonical order. Clones are left
+// out, as FromSite leaves them.
+func State(hosts []justrunit.Host, instances []justrunit.Instance) string {
+	var parts []string
+	for _, h := range hosts {
+		parts = append(parts, fmt.Sprintf("host %s on=%t", h.Name, h.On))
+	}
+	for _, x := range instances {
+		if x.Origin == "" {
+			parts = append(parts, fmt.Sprintf("instance %s on %s: %s", x.ID, x.Host, x.Alloc))
+		}
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, "\n")
 }
 
 // Cost is the planner's objective. Plans are compared lexicographically:
