@@ -33,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"slices"
 	"strings"
@@ -377,6 +378,10 @@ func (s *Site) Validate() error {
 					return justrunit.Invalid(inf+".command", nil, "required: the program and its arguments")
 				case !(in.Allocation.CPU >= 0) || in.Allocation.CPU > s.host(in.Host).Cores*100:
 					return justrunit.Invalid(inf+".allocation.cpu", in.Allocation.CPU, "must be between 0 (unlimited) and the host's capacity (%g%%)", s.host(in.Host).Cores*100)
+				case !(in.Allocation.Freq >= 0) || math.IsInf(in.Allocation.Freq, 0):
+					return justrunit.Invalid(inf+".allocation.freq", in.Allocation.Freq, "must be a number of GHz ≥ 0 (0: the host's own)")
+				case in.Allocation.MemoryMiB < 0:
+					return justrunit.Invalid(inf+".allocation.mem", in.Allocation.MemoryMiB, "must be ≥ 0 MiB (0: unlimited)")
 				case s.host(in.Host).On != nil && !*s.host(in.Host).On:
 					return justrunit.Invalid(inf+".host", in.Host, "is powered off (on: false); place the instance on a host that is on")
 				case booked[in.Host]+in.Allocation.CPU > s.host(in.Host).Cores*100+1e-9:

@@ -62,6 +62,8 @@ func TestLoadErrors(t *testing.T) {
 		{"sandbox host", "host: pm0\n            command: [auction, app", "host: sandbox0\n            command: [auction, app", []string{"sandbox host runs clones only"}},
 		{"cpu above capacity", "{cpu: 50}", "{cpu: 150}", []string{":24:", "allocation.cpu", "capacity"}},
 		{"host overcommitted", "state_dir: /var/lib/auction0", "state_dir: /var/lib/auction0\n            allocation: {cpu: 60}", []string{":33:", "services[0].tiers[2].instances[0].allocation.cpu", "host pm0 has 50% of its 100% left"}},
+		{"negative freq", "{cpu: 50}", "{cpu: 50, freq: -1}", []string{":24:", "allocation.freq"}},
+		{"negative memory", "{cpu: 50}", "{cpu: 50, mem: -5}", []string{":24:", "allocation.mem"}},
 		{"host off", "host: pm0\n            command: [auction, app", "host: pm1\n            command: [auction, app", []string{":21:", "services[0].tiers[1].instances[0].host", "powered off"}},
 		{"duplicate id", "id: data0", "id: app0", []string{":29:", "services[0].tiers[2].instances[0].id", "duplicate instance id", "services[0].tiers[1].instances[0] has it"}},
 		{"duplicate tier", "      - name: data\n", "      - name: app\n", []string{":27:", "services[0].tiers[2].name", "duplicate tier name in service auction0", "services[0].tiers[1] has it"}},
