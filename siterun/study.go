@@ -161,9 +161,13 @@ func orFloat(v, d float64) float64 {
 // on-line instance: with the study's MinSamples when it sets one.
 func StudyWindow(st *justrunit.Study, warmUp, window time.Duration) measure.WindowConfig {
 	w := Window(warmUp, window)
-	w.MinSamples = orInt(st.MinSamples, w.MinSamples)
+	w.MinSamples = MinSamples(st)
 	return w
 }
+
+// MinSamples is the fewest successful responses a window of study st
+// needs: the study's own, else DefaultMinSamples.
+func MinSamples(st *justrunit.Study) int64 { return orInt(st.MinSamples, DefaultMinSamples) }
 
 func orInt(v, d int64) int64 {
 	if v == 0 {

@@ -69,7 +69,7 @@ func newStudyValidateCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(w, "parameter:   %s = %s %s\n", p.Name, strings.Join(vals, ","), p.Unit)
 			}
 			fmt.Fprintf(w, "points:      %d\n", st.Space.Size())
-			fmt.Fprintf(w, "experiment:  %v warm-up + %v window of at least %d responses\n", st.WarmUp, st.Window, siterun.StudyWindow(st, 0, 0).MinSamples)
+			fmt.Fprintf(w, "experiment:  %v warm-up + %v window of at least %d responses\n", st.WarmUp, st.Window, siterun.MinSamples(st))
 			budget := justrunit.PlanState{TimeLeft: time.Duration(st.TimeBound), ExperimentLength: st.ExperimentLength(), Slots: st.Slots}.Budget()
 			fmt.Fprintf(w, "time bound:  %v, %d slot(s): room for at most %d experiments\n", st.TimeBound, st.Slots, budget)
 			if st.SLA != nil {
