@@ -541,7 +541,7 @@ func (p *InProxy) fwdBodyRead(ex *exchange, err error) {
 	ex.copy, ex.skip, ex.clones = nil, nil, nil // done with; the exchange lives on until its response
 }
 
-func (p *InProxy) fwdFailed(ex *exchange) { p.endExchange(ex, false) }
+func (p *InProxy) fwdFailed(ex *exchange) { p.endExchange(ex, time.Now(), false) }
 
 func (p *InProxy) fwdUnobserved(ex *exchange) {
 	p.unobserved.Add(1)
@@ -561,9 +561,9 @@ func (p *InProxy) fwdUnreachable(req *http.Request, err error) {
 
 // fwdResponse reads the body of ex's response, whose head is resp, and
 // records the exchange.
-func (p *InProxy) fwdResponse(br *bufio.Reader, ex *exchange, resp *http.Response) error {
+func (p *InProxy) fwdResponse(br *bufio.Reader, out *fwdReader, ex *exchange, resp *http.Response) error {
 	if resp.StatusCode == http.StatusSwitchingProtocols {
-		p.endExchange(ex, true)
+		p.endExchange(ex, out.lastRead(), true)
 		return errUpgraded
 	}
 	var body io.Reader = resp.Body
@@ -574,13 +574,14 @@ func (p *InProxy) fwdResponse(br *bufio.Reader, ex *exchange, resp *http.Respons
 	if _, err := io.Copy(io.Discard, body); err != nil {
 		return err // the forwarder ends ex
 	}
-	p.endExchange(ex, resp.StatusCode < 500)
+	p.endExchange(ex, out.lastRead(), resp.StatusCode < 500)
 	return nil
 }
 
-// endExchange records an exchange's on-line response time and outcome.
-func (p *InProxy) endExchange(ex *exchange, ok bool) {
-	p.observeOnline(time.Since(ex.arrival), ok)
+// endExchange records an exchange's on-line response time, from its
+// request's arrival to end, and its outcome.
+func (p *InProxy) endExchange(ex *exchange, end time.Time, ok bool) {
+	p.observeOnline(end.Sub(ex.arrival), ok)
 	if ex.online != nil {
 		ex.online.finish(false, 0, nil) // no-op when the response was read in full
 	}

@@ -712,7 +712,7 @@ func (p *OutProxy) fwdUnreachable(req *http.Request, err error) {
 	p.log.Warn("next-tier call failed", logKeyMethod, method, logKeyURI, uri, logKeyErr, err)
 }
 
-func (p *OutProxy) fwdResponse(br *bufio.Reader, ex *exchange, resp *http.Response) error {
+func (p *OutProxy) fwdResponse(br *bufio.Reader, out *fwdReader, ex *exchange, resp *http.Response) error {
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		p.fwdFailed(ex) // not recorded: what follows is not HTTP
 		return errUpgraded
@@ -731,7 +731,7 @@ func (p *OutProxy) fwdResponse(br *bufio.Reader, ex *exchange, resp *http.Respon
 		p.fwdFailed(ex)
 		return nil
 	}
-	a := &answered{resp: resp, body: body.buf, end: time.Now()}
+	a := &answered{resp: resp, body: body.buf, end: out.lastRead()}
 	pe := ex.rec
 	pe.mu.Lock()
 	if pe.ended {
