@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"sort"
 	"sync"
 	"time"
@@ -148,6 +149,22 @@ type CloneOptions struct {
 	// the out-proxy address that answers the clone instead. Calls to any
 	// other address from the clone are refused.
 	Redirect map[string]string
+	// InNetwork, on a platform that reaches into its clones' networks (see
+	// NetworkReacher), makes a clone reached inside its own network only:
+	// it has no address outside it (Clone.Endpoint is empty), Clone.Dial
+	// connects to it there, and each next-tier address in Answer is served
+	// by a listener the platform opens inside that network before the
+	// clone runs. Redirect is unused then, and the clone's calls to any
+	// other address fail. Its traffic then takes the path its original's
+	// takes (a loopback, on the local platform) instead of address
+	// translation and a virtual link, whose per-packet cost the clone would
+	// pay in its own CPU time.
+	InNetwork bool
+	// Answer maps next-tier addresses the instance calls (host:port) to
+	// what serves the clone's calls to them (the out-proxy), with
+	// InNetwork. The function owns the listener once it returns nil; on
+	// error the platform closes it and the clone fails.
+	Answer map[string]func(net.Listener) error
 }
 
 // Clone is a copy of an on-line instance in the sandbox.
@@ -161,6 +178,11 @@ type Clone struct {
 	Mode string `json:"mode"`
 	// Pause is how long the original was paused for a consistent snapshot.
 	Pause time.Duration `json:"pause"`
+	// Network, for a clone made InNetwork, says where it listens: its
+	// internal address inside its own network. Dial connects to it there;
+	// nil unless InNetwork.
+	Network string                                      `json:"network,omitempty"`
+	Dial    func(ctx context.Context) (net.Conn, error) `json:"-"`
 }
 
 // Clone modes.
@@ -206,6 +228,13 @@ type Platform interface {
 	// (processes, cgroup, namespace, NAT rules, overlay). Destroying what
 	// is already gone returns nil.
 	Destroy(ctx context.Context, id string) error
+}
+
+// NetworkReacher is a platform that can reach into its clones' networks
+// from this process (the local platform: a clone's network namespace is
+// on this machine), and so makes clones CloneOptions.InNetwork.
+type NetworkReacher interface {
+	ReachesIntoClones() bool
 }
 
 // Launcher is a platform that starts instances from a spec.

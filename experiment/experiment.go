@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"slices"
 	"sync"
@@ -28,7 +29,9 @@ import (
 // request to the attached clones at its arrival time and measures each
 // clone's responses. *httpproxy.InProxy implements it.
 type Feed interface {
-	AddClone(ctx context.Context, name string, target *url.URL) error
+	// AddCloneDial attaches the clone called name at target, reached
+	// through dial when not nil (a clone inside a network of its own).
+	AddCloneDial(ctx context.Context, name string, target *url.URL, dial func(context.Context) (net.Conn, error)) error
 	RemoveClone(name string) (httpproxy.CloneStats, error)
 	// CloneStats returns the clone's window so far, and ends it when reset.
 	CloneStats(name string, reset bool) (httpproxy.CloneStats, error)
@@ -41,6 +44,10 @@ type Replay interface {
 	// ServeClone starts answering the calls of the clone called name on a
 	// new loopback listener and returns its address (host:port).
 	ServeClone(ctx context.Context, name string) (string, error)
+	// ServeCloneOn starts answering the clone's calls on ln, opened inside
+	// the clone's network by the platform (see
+	// justrunit.CloneOptions.Answer); it owns ln once it returns nil.
+	ServeCloneOn(name string, ln net.Listener) error
 	// StopClone stops answering the clone's calls.
 	StopClone(name string) error
 	// ReplayStats returns the clone's match statistics so far, and ends
@@ -204,9 +211,23 @@ func checkRoom(ctx context.Context, cfg Config, n int) error {
 
 func (r *Runner) open(ctx context.Context, i int) (*slot, error) {
 	name := fmt.Sprintf("%s-clone%d", r.cfg.Target.ID, i)
-	opts := justrunit.CloneOptions{Alloc: r.cfg.Target.Alloc}
+	// Where the platform can, the proxies reach the clone inside its own
+	// network, as they reach the target: its traffic then costs it what
+	// the target's costs the target (see justrunit.CloneOptions.InNetwork).
+	nr, ok := r.cfg.Platform.(justrunit.NetworkReacher)
+	opts := justrunit.CloneOptions{Alloc: r.cfg.Target.Alloc, InNetwork: ok && nr.ReachesIntoClones()}
 	s := &slot{name: name}
-	if r.cfg.Replay != nil {
+	switch {
+	case r.cfg.Replay == nil:
+	case opts.InNetwork:
+		opts.Answer = map[string]func(net.Listener) error{r.cfg.NextTier: func(ln net.Listener) error {
+			if err := r.cfg.Replay.ServeCloneOn(name, ln); err != nil {
+				return fmt.Errorf("out-proxy for %s: %w", name, err)
+			}
+			s.reply = true
+			return nil
+		}}
+	default:
 		addr, err := r.cfg.Replay.ServeClone(ctx, name)
 		if err != nil {
 			return nil, fmt.Errorf("out-proxy for %s: %w", name, err)
@@ -220,13 +241,31 @@ func (r *Runner) open(ctx context.Context, i int) (*slot, error) {
 		return s, fmt.Errorf("clone %s: %w", r.cfg.Target.ID, err)
 	}
 	s.clone = c
-	r.log.Info("clone made", "clone", c.ID, "mode", c.Mode, "pause", c.Pause, "took", time.Since(start).Round(time.Millisecond), "endpoint", c.Endpoint)
+	where := c.Endpoint
 	u := &url.URL{Scheme: "http", Host: c.Endpoint}
-	if err := r.cfg.Feed.AddClone(ctx, name, u); err != nil {
+	if c.Dial != nil {
+		where, u.Host = c.Network, internalHost(r.cfg.Target.Addr)
+	}
+	r.log.Info("clone made", "clone", c.ID, "mode", c.Mode, "pause", c.Pause, "took", time.Since(start).Round(time.Millisecond), "endpoint", where)
+	if err := r.cfg.Feed.AddCloneDial(ctx, name, u, c.Dial); err != nil {
 		return s, fmt.Errorf("attach %s to the in-proxy: %w", name, err)
 	}
 	s.fed = true
 	return s, nil
+}
+
+// internalHost is the host:port a clone reached through its own dial is
+// named by: its instance's address, a wildcard or missing host read as
+// 127.0.0.1.
+func internalHost(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // Run sets a free clone to point p, measures it under the copied live

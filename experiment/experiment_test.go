@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -68,7 +69,9 @@ func (p *fakePlatform) Destroy(_ context.Context, id string) error {
 // fakeFeed answers every window with the responses its recorder got.
 type fakeFeed struct{ rec *measure.Recorder }
 
-func (f *fakeFeed) AddClone(context.Context, string, *url.URL) error { return nil }
+func (f *fakeFeed) AddCloneDial(context.Context, string, *url.URL, func(context.Context) (net.Conn, error)) error {
+	return nil
+}
 func (f *fakeFeed) RemoveClone(string) (httpproxy.CloneStats, error) {
 	return httpproxy.CloneStats{}, nil
 }
@@ -91,6 +94,7 @@ type phaseReplay struct {
 
 func (r *phaseReplay) ServeClone(context.Context, string) (string, error) { return "127.0.0.1:2", nil }
 func (r *phaseReplay) StopClone(string) error                             { return nil }
+func (r *phaseReplay) ServeCloneOn(_ string, ln net.Listener) error       { return ln.Close() }
 
 func (r *phaseReplay) ReplayStats(name string, reset bool) (httpproxy.ReplayStats, error) {
 	r.mu.Lock()

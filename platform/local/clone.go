@@ -176,13 +176,24 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 	if err := os.MkdirAll(cs.Dir, 0o700); err != nil {
 		return nil, err
 	}
-	cn, err := p.setupNet(cid, internal, opts.Redirect)
+	var cn *cloneNet
+	if opts.InNetwork {
+		cn, err = p.setupInsideNet(cid, internal, opts.Answer)
+	} else {
+		cn, err = p.setupNet(cid, internal, opts.Redirect)
+	}
 	if err != nil {
 		return nil, err
 	}
 	p.mu.Lock()
 	cs.Net = cn
 	p.mu.Unlock()
+	if opts.InNetwork {
+		// Before the clone runs: its first calls find their answer.
+		if err := cn.serveAnswers(opts.Answer); err != nil {
+			return nil, err
+		}
+	}
 
 	sc := &shimConfig{Netns: filepath.Join(netnsDir, cn.Netns)}
 	var pause time.Duration
@@ -297,18 +308,31 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 			return nil, fmt.Errorf("clone %s: %w", cid, err)
 		}
 	}
-	if err := waitListening(ctx, cn.Endpoint.String(), p.cfg.ReadyTimeout, in.done); err != nil {
+	dial := func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", cn.Endpoint.String())
+	}
+	if cn.Inside {
+		dial = cn.dial
+	}
+	if err := waitListening(ctx, cn.where(), dial, p.cfg.ReadyTimeout, in.done); err != nil {
 		if tail := logTail(filepath.Join(p.cfg.StateDir, "logs", cid+".log"), 512); tail != "" {
 			return nil, fmt.Errorf("%w; its output ends: %s", err, tail)
 		}
 		return nil, err
 	}
-	p.log.Info("cloned", "id", id, "clone", cid, "endpoint", cn.Endpoint.String(), "mode", mode,
+	p.log.Info("cloned", "id", id, "clone", cid, "endpoint", cn.where(), "mode", mode,
 		"pause", pause, "storage", cs.Storage, "snapshot", cs.Snapshot, "took", time.Since(start))
 	p.mu.Lock()
 	i := in.Instance
 	p.mu.Unlock()
-	return &justrunit.Clone{Instance: i, Endpoint: cn.Endpoint.String(), Mode: mode, Pause: pause}, nil
+	c := &justrunit.Clone{Instance: i, Mode: mode, Pause: pause}
+	if cn.Inside {
+		c.Network, c.Dial = cn.where(), cn.dial
+	} else {
+		c.Endpoint = cn.Endpoint.String()
+	}
+	return c, nil
 }
 
 // logTail returns the last n bytes of file, trimmed.
@@ -325,16 +349,15 @@ func logTail(file string, n int64) string {
 	return strings.TrimSpace(string(b))
 }
 
-// waitListening polls addr until it accepts a TCP connection, the process
-// exits (done), the timeout passes or ctx ends.
-func waitListening(ctx context.Context, addr string, timeout time.Duration, done <-chan struct{}) error {
+// waitListening polls the clone at addr through dial until it accepts a
+// TCP connection, the process exits (done), the timeout passes or ctx ends.
+func waitListening(ctx context.Context, addr string, dial func(context.Context) (net.Conn, error), timeout time.Duration, done <-chan struct{}) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	delay := 2 * time.Millisecond
-	var d net.Dialer
 	for {
 		dctx, dcancel := context.WithTimeout(ctx, 200*time.Millisecond)
-		c, err := d.DialContext(dctx, "tcp", addr)
+		c, err := dial(dctx)
 		dcancel()
 		if err == nil {
 			c.Close()

@@ -146,11 +146,12 @@ type Platform struct {
 }
 
 var (
-	_ justrunit.Platform    = (*Platform)(nil)
-	_ justrunit.Launcher    = (*Platform)(nil)
-	_ justrunit.Migrator    = (*Platform)(nil)
-	_ justrunit.PowerSwitch = (*Platform)(nil)
-	_ justrunit.Cleaner     = (*Platform)(nil)
+	_ justrunit.Platform       = (*Platform)(nil)
+	_ justrunit.Launcher       = (*Platform)(nil)
+	_ justrunit.Migrator       = (*Platform)(nil)
+	_ justrunit.PowerSwitch    = (*Platform)(nil)
+	_ justrunit.Cleaner        = (*Platform)(nil)
+	_ justrunit.NetworkReacher = (*Platform)(nil)
 )
 
 // inst is one instance or clone.
@@ -331,6 +332,11 @@ func (p *Platform) Close() error {
 
 // Name returns "local".
 func (p *Platform) Name() string { return "local" }
+
+// ReachesIntoClones is true: a clone's network namespace is on this
+// machine, so a clone made CloneOptions.InNetwork is reached over its own
+// loopback, as its original is over the host's.
+func (p *Platform) ReachesIntoClones() bool { return true }
 
 // Capabilities lists what the platform varies: CPU share by CFS bandwidth,
 // frequency emulated by scaling that bandwidth, memory by the memory

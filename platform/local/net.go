@@ -1,13 +1,16 @@
 package local
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -52,6 +55,11 @@ type cloneNet struct {
 	Endpoint  netip.AddrPort `json:"endpoint"`
 	Redirects []redirect     `json:"redirects"`
 	Table     string         `json:"table"`
+	// Inside is a network reached only from inside
+	// (CloneOptions.InNetwork): no link, no tables, no Endpoint; Answers
+	// are the next-tier addresses served inside it.
+	Inside  bool             `json:"inside,omitempty"`
+	Answers []netip.AddrPort `json:"answers,omitempty"`
 }
 
 // parseInternal turns an instance address into the address the clone's
@@ -75,6 +83,115 @@ func parseInternal(addr string) (netip.AddrPort, error) {
 		return netip.AddrPort{}, justrunit.Invalid("addr", addr, "want an IPv4 address (IPv6 is not supported by the local platform yet)")
 	}
 	return netip.AddrPortFrom(a, uint16(pn)), nil
+}
+
+// setupInsideNet gives clone id a network that only this process reaches
+// into (CloneOptions.InNetwork): a named namespace with its loopback up and
+// holding the internal address and the next-tier addresses in answers; no
+// link out of it and no address translation. On error it removes what it
+// made.
+func (p *Platform) setupInsideNet(id string, internal netip.AddrPort, answers map[string]func(net.Listener) error) (*cloneNet, error) {
+	cn := &cloneNet{Netns: netnsName(p.scope, id), Internal: internal, Inside: true}
+	for _, k := range slices.Sorted(maps.Keys(answers)) {
+		a, err := parseInternal(k)
+		if err != nil {
+			return nil, justrunit.Invalid("answer", k, "next-tier address must be IPv4 host:port")
+		}
+		if a == internal {
+			return nil, justrunit.Invalid("answer", k, "is the clone's own address")
+		}
+		cn.Answers = append(cn.Answers, a)
+	}
+	ns, err := newNamedNetns(cn.Netns)
+	if err != nil {
+		return nil, fmt.Errorf("create network namespace %s: %w", cn.Netns, err)
+	}
+	defer ns.Close()
+	nh, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err == nil {
+		defer nh.Close()
+		err = setLoopback(nh, cn, append([]netip.AddrPort{internal}, cn.Answers...))
+	}
+	if err != nil {
+		_ = p.teardownNet(cn)
+		return nil, fmt.Errorf("network namespace %s: %w", cn.Netns, err)
+	}
+	return cn, nil
+}
+
+// setLoopback sets the loopback of cn's namespace up, with the addresses
+// of addrs that are not loopback ones.
+func setLoopback(nh *netlink.Handle, cn *cloneNet, addrs []netip.AddrPort) error {
+	lo, err := nh.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("loopback in %s: %w", cn.Netns, err)
+	}
+	if err := nh.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("set loopback up in %s: %w", cn.Netns, err)
+	}
+	added := map[netip.Addr]bool{}
+	for _, ap := range addrs {
+		if a := ap.Addr(); !a.IsLoopback() && !added[a] {
+			added[a] = true
+			if err := nh.AddrAdd(lo, &netlink.Addr{IPNet: prefixNet(a, 32)}); err != nil {
+				return fmt.Errorf("add address %s in %s: %w", a, cn.Netns, err)
+			}
+		}
+	}
+	return nil
+}
+
+// enter runs fn on a thread inside cn's namespace: a socket it opens
+// belongs to the clone's network for its whole life.
+func (cn *cloneNet) enter(fn func() error) error {
+	ns, err := netns.GetFromPath(filepath.Join(netnsDir, cn.Netns))
+	if err != nil {
+		return fmt.Errorf("network namespace %s: %w", cn.Netns, err)
+	}
+	defer ns.Close()
+	return inNetns(ns, fn)
+}
+
+// dial connects to the clone's internal address from inside its network.
+func (cn *cloneNet) dial(ctx context.Context) (net.Conn, error) {
+	var c net.Conn
+	err := cn.enter(func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, "tcp", cn.Internal.String())
+		return err
+	})
+	return c, err
+}
+
+// serveAnswers listens on each next-tier address of cn inside its network
+// and hands the listener to what serves it; a listener not handed over is
+// closed.
+func (cn *cloneNet) serveAnswers(answers map[string]func(net.Listener) error) error {
+	for _, k := range slices.Sorted(maps.Keys(answers)) {
+		a, _ := parseInternal(k) // checked by setupInsideNet
+		var ln net.Listener
+		if err := cn.enter(func() error {
+			var err error
+			ln, err = net.Listen("tcp", a.String())
+			return err
+		}); err != nil {
+			return fmt.Errorf("listen on %s inside %s: %w", a, cn.Netns, err)
+		}
+		if err := answers[k](ln); err != nil {
+			ln.Close()
+			return fmt.Errorf("serve %s inside %s: %w", a, cn.Netns, err)
+		}
+	}
+	return nil
+}
+
+// where says where a clone on cn is reached.
+func (cn *cloneNet) where() string {
+	if cn.Inside {
+		return cn.Internal.String() + " inside network namespace " + cn.Netns
+	}
+	return cn.Endpoint.String()
 }
 
 // parseRedirects validates CloneOptions.Redirect: keys are the next-tier
@@ -301,17 +418,8 @@ func (p *Platform) configureLink(cn *cloneNet, ns netns.NsHandle) error {
 		return fmt.Errorf("netlink in %s: %w", cn.Netns, err)
 	}
 	defer nh.Close()
-	lo, err := nh.LinkByName("lo")
-	if err != nil {
-		return fmt.Errorf("loopback in %s: %w", cn.Netns, err)
-	}
-	if err := nh.LinkSetUp(lo); err != nil {
-		return fmt.Errorf("set loopback up in %s: %w", cn.Netns, err)
-	}
-	if a := cn.Internal.Addr(); !a.IsLoopback() {
-		if err := nh.AddrAdd(lo, &netlink.Addr{IPNet: prefixNet(a, 32)}); err != nil {
-			return fmt.Errorf("add internal address %s: %w", a, err)
-		}
+	if err := setLoopback(nh, cn, []netip.AddrPort{cn.Internal}); err != nil {
+		return err
 	}
 	c, err := nh.LinkByName(cloneVeth(cn.Index))
 	if err != nil {

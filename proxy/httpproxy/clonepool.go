@@ -47,6 +47,15 @@ func dialerFor(u *url.URL, timeout time.Duration) dialFunc {
 	return func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 }
 
+// dialWithin bounds each of dial's connections to timeout.
+func dialWithin(dial dialFunc, timeout time.Duration) dialFunc {
+	return func(ctx context.Context) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return dial(ctx)
+	}
+}
+
 // connPool holds a clone's connections: the idle ones, and every one so
 // that close can end the exchanges in progress. Each connection has a
 // goroutine that reads it for its whole life (readLoop): the copy's

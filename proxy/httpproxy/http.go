@@ -180,6 +180,11 @@ func listen(field, addr string, h http.Handler, log *slog.Logger) (*server, erro
 	if err != nil {
 		return nil, err
 	}
+	return serveOn(ln, h, log), nil
+}
+
+// serveOn serves h on ln until closed.
+func serveOn(ln net.Listener, h http.Handler, log *slog.Logger) *server {
 	s := &server{
 		ln: ln,
 		srv: &http.Server{
@@ -194,7 +199,7 @@ func listen(field, addr string, h http.Handler, log *slog.Logger) (*server, erro
 			log.Error("serve", logKeyAddr, ln.Addr().String(), logKeyErr, err)
 		}
 	}()
-	return s, nil
+	return s
 }
 
 // close stops s: it stops accepting at once, lets requests in progress end

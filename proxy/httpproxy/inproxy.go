@@ -211,6 +211,14 @@ func (p *InProxy) Close() error {
 // wrapping justrunit.ErrExists); target must be an http URL whose host
 // resolves.
 func (p *InProxy) AddClone(ctx context.Context, name string, target *url.URL) error {
+	return p.AddCloneDial(ctx, name, target, nil)
+}
+
+// AddCloneDial is AddClone for a clone reached through dial rather than at
+// target's address (a clone inside a network of its own, see
+// justrunit.Clone.Dial); target still names the clone's address in the
+// copies' URLs. A nil dial dials target.
+func (p *InProxy) AddCloneDial(ctx context.Context, name string, target *url.URL, dial func(context.Context) (net.Conn, error)) error {
 	if name == "" {
 		return justrunit.Invalid("clone.name", name, "must not be empty")
 	}
@@ -220,8 +228,12 @@ func (p *InProxy) AddClone(ctx context.Context, name string, target *url.URL) er
 	if _, err := ParseUpstream("clone.url", target.String()); err != nil {
 		return err
 	}
-	if err := checkResolves(ctx, "clone.url", target); err != nil {
-		return err
+	if dial == nil {
+		if err := checkResolves(ctx, "clone.url", target); err != nil {
+			return err
+		}
+	} else if target.Scheme != "http" {
+		return justrunit.Invalid("clone.url", target.String(), "a clone reached through its own dial speaks http")
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -234,7 +246,7 @@ func (p *InProxy) AddClone(ctx context.Context, name string, target *url.URL) er
 			return fmt.Errorf("add clone %s: %w", name, justrunit.ErrExists)
 		}
 	}
-	c := newClone(name, target, p.cfg, p.log)
+	c := newClone(name, target, dial, p.cfg, p.log)
 	next := append(slices.Clip(cur), c)
 	p.clones.Store(&next)
 	p.log.Info("clone attached", logKeyClone, name, "url", target.String())
@@ -733,14 +745,20 @@ const (
 	refusedPause   = 250 * time.Millisecond
 )
 
-func newClone(name string, target *url.URL, cfg InConfig, log *slog.Logger) *clone {
+func newClone(name string, target *url.URL, dial dialFunc, cfg InConfig, log *slog.Logger) *clone {
 	ctx, cancel := context.WithCancel(context.Background())
+	timeout := min(cfg.CopyTimeout, 2*time.Second)
+	if dial == nil {
+		dial = dialerFor(target, timeout)
+	} else {
+		dial = dialWithin(dial, timeout)
+	}
 	c := &clone{
 		name:   name,
 		target: target,
 		cfg:    cfg,
 		log:    log.With(logKeyClone, name),
-		pool:   newConnPool(dialerFor(target, min(cfg.CopyTimeout, 2*time.Second)), cfg.MaxInFlight),
+		pool:   newConnPool(dial, cfg.MaxInFlight),
 		ctx:    ctx,
 		cancel: cancel,
 		rec:    measure.NewRecorder(),

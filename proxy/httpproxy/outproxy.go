@@ -357,7 +357,7 @@ func (p *OutProxy) Start(ctx context.Context, onlineAddr, cloneAddr string) (onl
 		return nil, nil, err
 	}
 	if cloneAddr != "" {
-		a, err := p.serveCloneLocked(DefaultCloneName, "clone_listen", cloneAddr)
+		a, err := p.serveCloneLocked(DefaultCloneName, "clone_listen", cloneAddr, nil)
 		if err != nil {
 			_ = ln.Close()
 			return nil, nil, err
@@ -386,14 +386,34 @@ func (p *OutProxy) ServeCloneAt(ctx context.Context, name, addr string) (string,
 	if p.closed {
 		return "", fmt.Errorf("serve clone %s: out-proxy closed", name)
 	}
-	a, err := p.serveCloneLocked(name, "clone_listen", addr)
+	a, err := p.serveCloneLocked(name, "clone_listen", addr, nil)
 	if err != nil {
 		return "", err
 	}
 	return a.String(), nil
 }
 
-func (p *OutProxy) serveCloneLocked(name, field, addr string) (net.Addr, error) {
+// ServeCloneOn starts answering the calls of the clone called name on ln,
+// which someone else opened (inside the clone's own network, see
+// justrunit.CloneOptions.Answer); the proxy closes it when it stops. The
+// name must not be served already (else an error wrapping
+// justrunit.ErrExists), and ln is left open on error.
+func (p *OutProxy) ServeCloneOn(name string, ln net.Listener) error {
+	if name == "" {
+		return justrunit.Invalid("clone.name", name, "must not be empty")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return fmt.Errorf("serve clone %s: out-proxy closed", name)
+	}
+	_, err := p.serveCloneLocked(name, "", "", ln)
+	return err
+}
+
+// serveCloneLocked serves the clone called name on ln, or with ln nil on
+// a new listener on addr (field names it in an error).
+func (p *OutProxy) serveCloneLocked(name, field, addr string, ln net.Listener) (net.Addr, error) {
 	ep, existed := p.clones[name]
 	if existed && ep.srv != nil {
 		return nil, fmt.Errorf("serve clone %s: %w: already on %s", name, justrunit.ErrExists, ep.srv.ln.Addr())
@@ -401,12 +421,17 @@ func (p *OutProxy) serveCloneLocked(name, field, addr string) (net.Addr, error) 
 	if !existed {
 		ep = p.endpointLocked(name)
 	}
-	s, err := listen(field, addr, p.cloneHandler(ep), p.log)
-	if err != nil {
-		if !existed { // one CloneHandler made keeps its counters
-			delete(p.clones, name)
+	var s *server
+	if ln != nil {
+		s = serveOn(ln, p.cloneHandler(ep), p.log)
+	} else {
+		var err error
+		if s, err = listen(field, addr, p.cloneHandler(ep), p.log); err != nil {
+			if !existed { // one CloneHandler made keeps its counters
+				delete(p.clones, name)
+			}
+			return nil, err
 		}
-		return nil, err
 	}
 	ep.srv = s
 	p.log.Info("serving clone", logKeyClone, name, logKeyAddr, s.ln.Addr().String())
