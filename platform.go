@@ -117,7 +117,7 @@ type Instance struct {
 	Host    string `json:"host"`
 	// Addr is the instance's internal address (host:port) as the previous
 	// tier knows it. A clone has the same internal address inside its own
-	// network namespace and is reached through Endpoint.
+	// network and is reached through Clone.Endpoint or Clone.Dial.
 	Addr  string     `json:"addr"`
 	Alloc Allocation `json:"allocation"`
 	// Origin is, for a clone, the instance it was cloned from.
@@ -171,16 +171,17 @@ type CloneOptions struct {
 type Clone struct {
 	Instance
 	// Endpoint is where the in-proxy sends the clone's copies (host:port
-	// reachable from the host, behind NAT).
-	Endpoint string `json:"endpoint"`
+	// reachable from the host, behind NAT); empty for a clone made
+	// InNetwork, reached through Dial.
+	Endpoint string `json:"endpoint,omitempty"`
 	// Mode is "live" (memory state copied) or "cold" (started afresh from
 	// the same command and a snapshot of the state).
 	Mode string `json:"mode"`
 	// Pause is how long the original was paused for a consistent snapshot.
 	Pause time.Duration `json:"pause"`
-	// Network, for a clone made InNetwork, says where it listens: its
-	// internal address inside its own network. Dial connects to it there;
-	// nil unless InNetwork.
+	// Network, for a clone made InNetwork, says in words where it listens:
+	// its internal address and the network that holds it. Dial connects to
+	// it there; nil unless InNetwork.
 	Network string                                      `json:"network,omitempty"`
 	Dial    func(ctx context.Context) (net.Conn, error) `json:"-"`
 }

@@ -31,7 +31,8 @@ import (
 type Feed interface {
 	// AddCloneDial attaches the clone called name at target, reached
 	// through dial when not nil (a clone inside a network of its own).
-	AddCloneDial(ctx context.Context, name string, target *url.URL, dial func(context.Context) (net.Conn, error)) error
+	// where says where dial reaches it.
+	AddCloneDial(ctx context.Context, name string, target *url.URL, dial func(context.Context) (net.Conn, error), where string) error
 	RemoveClone(name string) (httpproxy.CloneStats, error)
 	// CloneStats returns the clone's window so far, and ends it when reset.
 	CloneStats(name string, reset bool) (httpproxy.CloneStats, error)
@@ -247,7 +248,7 @@ func (r *Runner) open(ctx context.Context, i int) (*slot, error) {
 		where, u.Host = c.Network, internalHost(r.cfg.Target.Addr)
 	}
 	r.log.Info("clone made", "clone", c.ID, "mode", c.Mode, "pause", c.Pause, "took", time.Since(start).Round(time.Millisecond), "endpoint", where)
-	if err := r.cfg.Feed.AddCloneDial(ctx, name, u, c.Dial); err != nil {
+	if err := r.cfg.Feed.AddCloneDial(ctx, name, u, c.Dial, c.Network); err != nil {
 		return s, fmt.Errorf("attach %s to the in-proxy: %w", name, err)
 	}
 	s.fed = true

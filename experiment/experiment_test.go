@@ -69,7 +69,7 @@ func (p *fakePlatform) Destroy(_ context.Context, id string) error {
 // fakeFeed answers every window with the responses its recorder got.
 type fakeFeed struct{ rec *measure.Recorder }
 
-func (f *fakeFeed) AddCloneDial(context.Context, string, *url.URL, func(context.Context) (net.Conn, error)) error {
+func (f *fakeFeed) AddCloneDial(context.Context, string, *url.URL, func(context.Context) (net.Conn, error), string) error {
 	return nil
 }
 func (f *fakeFeed) RemoveClone(string) (httpproxy.CloneStats, error) {
@@ -260,5 +260,117 @@ func TestReplayStatsCoverWindow(t *testing.T) {
 	}
 	if obs.MatchRate != 1 {
 		t.Errorf("match rate %.3f, want 1: the warm-up's unmatched calls were counted", obs.MatchRate)
+	}
+}
+
+// reachingPlatform is a fakePlatform that reaches into its clones'
+// networks: it serves each Answer on a loopback listener of its own and
+// gives the clone a Dial, or fails after serving them when fail is set.
+type reachingPlatform struct {
+	fakePlatform
+	fail error
+	opts justrunit.CloneOptions
+}
+
+func (p *reachingPlatform) ReachesIntoClones() bool { return true }
+
+func (p *reachingPlatform) Clone(ctx context.Context, id, host string, opts justrunit.CloneOptions) (*justrunit.Clone, error) {
+	p.opts = opts
+	for _, serve := range opts.Answer {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		if err := serve(ln); err != nil {
+			ln.Close()
+			return nil, err
+		}
+	}
+	if p.fail != nil {
+		return nil, p.fail
+	}
+	c, err := p.fakePlatform.Clone(ctx, id, host, opts)
+	if err != nil {
+		return nil, err
+	}
+	c.Endpoint, c.Network = "", "inside a test's network"
+	c.Dial = func(context.Context) (net.Conn, error) { return nil, errors.New("not dialled in this test") }
+	return c, nil
+}
+
+// dialFeed records how its clones are attached.
+type dialFeed struct {
+	fakeFeed
+	target  *url.URL
+	dialled bool
+	where   string
+}
+
+func (f *dialFeed) AddCloneDial(_ context.Context, _ string, target *url.URL, dial func(context.Context) (net.Conn, error), where string) error {
+	f.target, f.dialled, f.where = target, dial != nil, where
+	return nil
+}
+
+// listenReplay records the listeners handed to it and closes them when
+// the clone is stopped.
+type listenReplay struct {
+	phaseReplay
+	served, stopped []string
+	lns             []net.Listener
+}
+
+func (r *listenReplay) ServeClone(context.Context, string) (string, error) {
+	return "", errors.New("ServeClone called for a clone inside its own network")
+}
+
+func (r *listenReplay) ServeCloneOn(name string, ln net.Listener) error {
+	r.served, r.lns = append(r.served, name), append(r.lns, ln)
+	return nil
+}
+
+func (r *listenReplay) StopClone(name string) error {
+	r.stopped = append(r.stopped, name)
+	for _, ln := range r.lns {
+		ln.Close()
+	}
+	return nil
+}
+
+// TestOpenInNetwork: on a platform that reaches into its clones'
+// networks, the runner asks for a clone inside its own, has the out-proxy
+// serve the listener the platform opens there, attaches the clone through
+// its Dial under its own address, and stops the out-proxy's serving when
+// it closes — also when the clone fails after the listener was handed over.
+func TestOpenInNetwork(t *testing.T) {
+	target := justrunit.Instance{ID: "app0", Host: "h0", State: "running", Addr: "0.0.0.0:8181", Alloc: justrunit.Allocation{CPU: 50}}
+	p := &reachingPlatform{fakePlatform: fakePlatform{hosts: []justrunit.Host{sandbox()}, insts: []justrunit.Instance{target}}}
+	feed, replay := &dialFeed{fakeFeed: fakeFeed{rec: measure.NewRecorder()}}, &listenReplay{}
+	cfg := Config{Platform: p, Target: target, Sandbox: sandbox(), Space: space(t, "cpu=50,100"),
+		Feed: feed, Replay: replay, NextTier: "127.0.0.1:8082", Window: measure.WindowConfig{Max: time.Second}, Logger: quiet}
+	r, err := Open(context.Background(), cfg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.opts.InNetwork || p.opts.Redirect != nil || p.opts.Answer["127.0.0.1:8082"] == nil || len(replay.served) != 1 {
+		t.Errorf("clone options %+v, listeners served %v; want InNetwork with an Answer for the next tier, served once", p.opts, replay.served)
+	}
+	if !feed.dialled || feed.target.Host != "127.0.0.1:8181" || feed.where != "inside a test's network" {
+		t.Errorf("attached at %v (dialled %v, where %q), want 127.0.0.1:8181 through the clone's Dial", feed.target, feed.dialled, feed.where)
+	}
+	if err := r.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(replay.stopped) != 1 {
+		t.Errorf("out-proxy stopped for %v, want the clone's", replay.stopped)
+	}
+
+	p.fail = errors.New("the clone would not start")
+	replay = &listenReplay{}
+	cfg.Replay = replay
+	if _, err := Open(context.Background(), cfg, 1); !errors.Is(err, p.fail) {
+		t.Fatalf("Open() = %v, want the clone's failure", err)
+	}
+	if len(replay.served) != 1 || len(replay.stopped) != 1 {
+		t.Errorf("served %v, stopped %v after the clone failed; want the handed-over listener stopped", replay.served, replay.stopped)
 	}
 }

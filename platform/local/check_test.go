@@ -42,7 +42,7 @@ func TestCheck(t *testing.T) {
 			t.Errorf("check %s failed without saying what to do", c.Name)
 		}
 	}
-	for _, want := range []string{"root", "cgroups", "hosts", "overlayfs", "clone network", "clone mode", "energy"} {
+	for _, want := range []string{"root", "cgroups", "hosts", "overlayfs", "clone network", "clone NAT", "clone mode", "energy"} {
 		if !slices.Contains(names, want) {
 			t.Errorf("checks %v lack %q", names, want)
 		}

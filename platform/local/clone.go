@@ -86,9 +86,12 @@ func (p *Platform) Info(id string) (CloneInfo, error) {
 // state), else, or when criu cannot dump the tree, a cold start of the same
 // command and environment (CloneInfo.ColdBecause says why):
 //
-//  1. the clone's network identity is set up: namespace, veth pair, /30
-//     link, DNAT from its endpoint to the internal address, next-tier
-//     addresses steered to the out-proxies, everything else refused;
+//  1. the clone's network identity is set up: a namespace where the
+//     internal address is. InNetwork: only a loopback there, and the
+//     next-tier addresses served by listeners opened in it (Answer);
+//     else a veth pair, a /30 link, DNAT from its endpoint to the internal
+//     address, next-tier addresses steered to the out-proxies, everything
+//     else refused;
 //  2. the original's state directory is copied while it runs; then its
 //     cgroup is frozen, the copy brought up to date with what changed
 //     since (reflink where the filesystem can, else copied), its tree
@@ -98,7 +101,8 @@ func (p *Platform) Info(id string) (CloneInfo, error) {
 //     namespace where the state directory's path shows an overlay
 //     (snapshot below, the clone's writes above), criu restores the tree
 //     in a PID namespace of its own (live), or the command starts (cold);
-//  4. Clone returns once the clone accepts connections on its endpoint.
+//  4. Clone returns once the clone accepts connections on its endpoint, or
+//     through its Dial.
 func (p *Platform) Clone(ctx context.Context, id, host string, opts justrunit.CloneOptions) (*justrunit.Clone, error) {
 	c, err := p.clone(ctx, id, host, opts)
 	if err != nil {

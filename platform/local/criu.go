@@ -26,7 +26,7 @@ import (
 //     network namespace, mounts the state directory's overlay and a
 //     /proc of its own, and runs `criu restore`, which recreates the tree
 //     there with the same PIDs (free in the new namespace), the same
-//     listening sockets (in the clone's namespace, behind its NAT) and
+//     listening sockets (in the clone's namespace) and
 //     the open files (on the overlay); established TCP connections are
 //     restored closed (--tcp-close), so the clone's callers reconnect to
 //     it through the proxies;

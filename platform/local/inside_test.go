@@ -7,11 +7,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"regexp"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/justrunit/justrunit"
 )
@@ -141,5 +145,62 @@ func checkNoLeftovers(t *testing.T, p *Platform, re *regexp.Regexp) {
 				t.Errorf("%s is left", o)
 			}
 		}
+	}
+}
+
+// TestInsideDial: dialling into a clone's network connects, reports a
+// refused connection, and gives up with its context while the clone's
+// accept queue is full (its SYNs dropped), without holding a thread.
+func TestInsideDial(t *testing.T) {
+	p := newPlatform(t)
+	cn, err := p.setupInsideNet("dialcheck", netip.MustParseAddrPort("127.0.0.1:8080"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.teardownNet(cn) })
+	ctx := context.Background()
+	if _, err := cn.dial(ctx); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("dial with nothing listening = %v, want connection refused", err)
+	}
+	// A listener that never accepts, with the shortest queue.
+	var lfd int
+	if err := cn.enter(func() error {
+		var err error
+		if lfd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return err
+		}
+		if err := unix.Bind(lfd, &unix.SockaddrInet4{Port: 8080, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			return err
+		}
+		return unix.Listen(lfd, 0)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(lfd)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; ; i++ {
+		dctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		start := time.Now()
+		c, err := cn.dial(dctx)
+		cancel()
+		if err == nil {
+			conns = append(conns, c)
+			if i > 8 {
+				t.Fatal("the accept queue never filled")
+			}
+			continue
+		}
+		if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
+			t.Fatalf("dial to a full queue = %v after %v, want the context's deadline after 300ms", err, time.Since(start))
+		}
+		break
+	}
+	if len(conns) == 0 {
+		t.Error("no dial connected before the queue filled")
 	}
 }

@@ -4,7 +4,8 @@
 // original's process tree restored by criu with its memory state (live, where
 // `criu check` passes; see criu.go) or a cold start of the same command, in
 // its own network namespace with the same internal address and port as the
-// original, behind a veth pair and NAT, on a copy-on-write snapshot of the
+// original, reached inside it (CloneOptions.InNetwork) or behind a veth pair
+// and NAT, on a copy-on-write snapshot of the
 // original's state directory taken while the original is frozen for a moment.
 //
 // Everything the platform creates carries a name that says it is JustRunIt's

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"net"
 	"net/netip"
@@ -15,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -97,13 +99,19 @@ func (p *Platform) setupInsideNet(id string, internal netip.AddrPort, answers ma
 		if err != nil {
 			return nil, justrunit.Invalid("answer", k, "next-tier address must be IPv4 host:port")
 		}
-		if a == internal {
+		switch {
+		case a == internal:
 			return nil, justrunit.Invalid("answer", k, "is the clone's own address")
+		case slices.Contains(cn.Answers, a):
+			return nil, justrunit.Invalid("answer", k, "is %s, another next-tier address already", a)
 		}
 		cn.Answers = append(cn.Answers, a)
 	}
 	ns, err := newNamedNetns(cn.Netns)
 	if err != nil {
+		if !errors.Is(err, fs.ErrExist) { // else not ours
+			_ = p.teardownNet(cn) // NewNamed may leave the name's file behind
+		}
 		return nil, fmt.Errorf("create network namespace %s: %w", cn.Netns, err)
 	}
 	defer ns.Close()
@@ -153,15 +161,73 @@ func (cn *cloneNet) enter(fn func() error) error {
 }
 
 // dial connects to the clone's internal address from inside its network.
+// Only the socket is made, and its connection started, on a thread inside
+// the namespace; the wait for the connection (a second or more when the
+// clone's accept queue is full and its SYN is dropped) parks a goroutine in
+// the runtime's poller rather than holding that thread.
 func (cn *cloneNet) dial(ctx context.Context) (net.Conn, error) {
-	var c net.Conn
+	fd, cerr := -1, error(nil)
 	err := cn.enter(func() error {
-		var d net.Dialer
 		var err error
-		c, err = d.DialContext(ctx, "tcp", cn.Internal.String())
-		return err
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return os.NewSyscallError("socket", err)
+		}
+		cerr = unix.Connect(fd, &unix.SockaddrInet4{Port: int(cn.Internal.Port()), Addr: cn.Internal.Addr().As4()})
+		return nil
 	})
-	return c, err
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", cn.where(), err)
+	}
+	f := os.NewFile(uintptr(fd), cn.where()) // non-blocking: in the poller
+	defer f.Close()                          // FileConn holds a copy
+	switch {
+	case errors.Is(cerr, unix.EINPROGRESS):
+		cerr = waitConnected(ctx, f)
+	case cerr != nil:
+		cerr = os.NewSyscallError("connect", cerr)
+	}
+	if cerr != nil {
+		return nil, fmt.Errorf("dial %s: %w", cn.where(), cerr)
+	}
+	return net.FileConn(f)
+}
+
+// waitConnected waits for the connection f's socket started to be made or
+// to fail, or for ctx to end.
+func waitConnected(ctx context.Context, f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = f.SetWriteDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = f.SetWriteDeadline(time.Now()) })
+	defer stop()
+	var cerr error
+	werr := rc.Write(func(fd uintptr) bool {
+		switch e, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); {
+		case err != nil:
+			cerr = os.NewSyscallError("getsockopt", err)
+		case e != 0:
+			cerr = os.NewSyscallError("connect", unix.Errno(e))
+		default:
+			if _, err := unix.Getpeername(int(fd)); errors.Is(err, unix.ENOTCONN) {
+				return false // still connecting: wait until writable
+			}
+		}
+		return true
+	})
+	switch {
+	case werr == nil:
+		return cerr
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case errors.Is(werr, os.ErrDeadlineExceeded): // ctx's deadline, its timer not yet run
+		return context.DeadlineExceeded
+	}
+	return werr
 }
 
 // serveAnswers listens on each next-tier address of cn inside its network

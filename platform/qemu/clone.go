@@ -65,6 +65,9 @@ func (p *Platform) Clone(ctx context.Context, id, host string, opts justrunit.Cl
 	if err := p.checkAlloc("alloc", opts.Alloc); err != nil {
 		return nil, err
 	}
+	if opts.InNetwork {
+		return nil, fmt.Errorf("clone %s in its own network only: %w: a guest is reached through its forwarded ports (Redirect)", id, justrunit.ErrUnsupported)
+	}
 	if err := checkRedirect(opts.Redirect); err != nil {
 		return nil, err
 	}

@@ -29,7 +29,7 @@ func (p *InProxy) ControlHandler() http.Handler {
 		}
 		items := []item{}
 		for _, c := range *p.clones.Load() {
-			items = append(items, item{c.name, c.target.String()})
+			items = append(items, item{c.name, c.shown})
 		}
 		writeJSON(w, http.StatusOK, items)
 	})

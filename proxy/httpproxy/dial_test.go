@@ -24,8 +24,11 @@ func TestInProxyCloneDial(t *testing.T) {
 		return d.DialContext(ctx, "tcp", clone.Listener.Addr().String())
 	}
 	// Port 1 on a documentation address: reached, it would not answer.
-	if err := p.AddCloneDial(context.Background(), "c", &url.URL{Scheme: "http", Host: "192.0.2.1:1"}, dial); err != nil {
+	if err := p.AddCloneDial(context.Background(), "c", &url.URL{Scheme: "http", Host: "192.0.2.1:1"}, dial, "a test's dial"); err != nil {
 		t.Fatal(err)
+	}
+	if got := p.Stats().Clones[0].Target; got != "http://192.0.2.1:1 (dialled: a test's dial)" {
+		t.Errorf("clone listed as %q, want its address and how it is dialled", got)
 	}
 	for range 3 {
 		do(t, testClient(), "GET", base+"/x", "")
@@ -34,7 +37,7 @@ func TestInProxyCloneDial(t *testing.T) {
 	if dials.Load() == 0 {
 		t.Error("the clone's dial was not used")
 	}
-	if err := p.AddCloneDial(context.Background(), "d", &url.URL{Scheme: "https", Host: "127.0.0.1:1"}, dial); err == nil {
+	if err := p.AddCloneDial(context.Background(), "d", &url.URL{Scheme: "https", Host: "127.0.0.1:1"}, dial, ""); err == nil {
 		t.Error("AddCloneDial(https) = nil, want an error: a dialled clone speaks http")
 	}
 }

@@ -436,9 +436,9 @@ type fwdReader struct {
 // in-proxy ends a clone's response when it has read it, and the
 // out-proxy replays a recorded latency before its own write of the answer
 // (counting the on-line write in the latency put it in a clone's calls
-// twice: 0.2–0.4 ms each in the auction example on a 2-CPU machine). A
-// read that also took bytes of a next, pipelined response makes it late
-// by their wait.
+// twice: 0.2–0.4 ms each in the auction example on a 2-CPU machine). It
+// is late by the time the last bytes waited in the socket while this
+// side was busy, forwarding the bytes before them among other things.
 func (f *fwdReader) lastRead() time.Time { return f.readAt }
 
 // errHeadTooLarge is what the parser reads once a head it is parsing

@@ -211,14 +211,17 @@ func (p *InProxy) Close() error {
 // wrapping justrunit.ErrExists); target must be an http URL whose host
 // resolves.
 func (p *InProxy) AddClone(ctx context.Context, name string, target *url.URL) error {
-	return p.AddCloneDial(ctx, name, target, nil)
+	return p.AddCloneDial(ctx, name, target, nil, "")
 }
 
 // AddCloneDial is AddClone for a clone reached through dial rather than at
 // target's address (a clone inside a network of its own, see
-// justrunit.Clone.Dial); target still names the clone's address in the
-// copies' URLs. A nil dial dials target.
-func (p *InProxy) AddCloneDial(ctx context.Context, name string, target *url.URL, dial func(context.Context) (net.Conn, error)) error {
+// justrunit.Clone.Dial): target is the address the clone listens on there
+// — often the on-line instance's own — and where says where that is; the
+// clone's statistics and listing show both, never target alone, which
+// outside the clone's network may reach the on-line instance. A nil dial
+// dials target.
+func (p *InProxy) AddCloneDial(ctx context.Context, name string, target *url.URL, dial func(context.Context) (net.Conn, error), where string) error {
 	if name == "" {
 		return justrunit.Invalid("clone.name", name, "must not be empty")
 	}
@@ -247,9 +250,13 @@ func (p *InProxy) AddCloneDial(ctx context.Context, name string, target *url.URL
 		}
 	}
 	c := newClone(name, target, dial, p.cfg, p.log)
+	c.shown = target.String()
+	if dial != nil {
+		c.shown += " (dialled: " + where + ")"
+	}
 	next := append(slices.Clip(cur), c)
 	p.clones.Store(&next)
-	p.log.Info("clone attached", logKeyClone, name, "url", target.String())
+	p.log.Info("clone attached", logKeyClone, name, "url", c.shown)
 	return nil
 }
 
@@ -719,6 +726,7 @@ func dispatch(cr *copyReq, clones []*clone) {
 type clone struct {
 	name    string
 	target  *url.URL
+	shown   string // target, and where it is dialled when not at its address
 	cfg     InConfig
 	log     *slog.Logger
 	pool    *connPool
@@ -1227,7 +1235,7 @@ func (c *clone) drop() {
 func (c *clone) stats(reset bool) CloneStats {
 	s := CloneStats{
 		Name:          c.name,
-		Target:        c.target.String(),
+		Target:        c.shown,
 		InFlight:      c.inFl.Load(),
 		InFlightBytes: c.inFlB.Load(),
 	}

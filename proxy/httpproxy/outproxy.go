@@ -434,7 +434,11 @@ func (p *OutProxy) serveCloneLocked(name, field, addr string, ln net.Listener) (
 		}
 	}
 	ep.srv = s
-	p.log.Info("serving clone", logKeyClone, name, logKeyAddr, s.ln.Addr().String())
+	if ln != nil { // opened for the proxy, in the clone's own network
+		p.log.Info("serving clone on a listener handed over", logKeyClone, name, logKeyAddr, s.ln.Addr().String())
+	} else {
+		p.log.Info("serving clone", logKeyClone, name, logKeyAddr, s.ln.Addr().String())
+	}
 	return s.ln.Addr(), nil
 }
 
