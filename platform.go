@@ -162,8 +162,10 @@ type CloneOptions struct {
 	InNetwork bool
 	// Answer maps next-tier addresses the instance calls (host:port) to
 	// what serves the clone's calls to them (the out-proxy), with
-	// InNetwork. The function owns the listener once it returns nil; on
-	// error the platform closes it and the clone fails.
+	// InNetwork. The platform calls each function during Clone, before the
+	// clone runs; the function owns the listener once it returns nil (also
+	// when Clone fails after), and on error the platform closes it and
+	// the clone fails.
 	Answer map[string]func(net.Listener) error
 }
 

@@ -12,6 +12,7 @@ package cgroup
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -129,7 +130,9 @@ func New(v Version, path string, l Limits) (*Group, error) {
 	case V1:
 		c, err := cgroup1.New(cgroup1.StaticPath(path), &specs.LinuxResources{}, cgroup1.WithHierarchy(v1Hierarchy))
 		if err != nil {
-			return nil, fmt.Errorf("create cgroup %s: %w", path, err)
+			// It made the group in the hierarchies before the one that
+			// failed; an existing group loses its empty directories only.
+			return nil, errors.Join(fmt.Errorf("create cgroup %s: %w", path, err), removeEmpty(V1, path))
 		}
 		g.c1 = c
 	case V2:
@@ -206,7 +209,16 @@ func (g *Group) Path() string { return g.path }
 // Version is the group's cgroup version.
 func (g *Group) Version() Version { return g.v }
 
-// Set applies l.
+// The kernel's bounds on CFS bandwidth.
+const (
+	minQuotaUS  = 1000
+	minPeriodUS = 1000
+	maxPeriodUS = 1000000
+)
+
+// Set applies l. Lowering the memory limit below what the group uses
+// fails if the kernel cannot reclaim enough, on v2 as on v1 (v1 refuses
+// with EBUSY; v2 would take the limit and kill the group's processes).
 func (g *Group) Set(l Limits) error {
 	quota := l.QuotaUS
 	if quota <= 0 {
@@ -220,6 +232,12 @@ func (g *Group) Set(l Limits) error {
 	if mem <= 0 {
 		mem = -1
 	}
+	switch {
+	case period < minPeriodUS || period > maxPeriodUS:
+		return fmt.Errorf("set cgroup %s: CFS period %d µs: the kernel takes %d to %d", g.path, period, minPeriodUS, maxPeriodUS)
+	case quota > 0 && quota < minQuotaUS:
+		return fmt.Errorf("set cgroup %s: CFS quota %d µs: the kernel takes at least %d", g.path, quota, minQuotaUS)
+	}
 	switch g.v {
 	case V1:
 		r := &specs.LinuxResources{
@@ -227,7 +245,7 @@ func (g *Group) Set(l Limits) error {
 			Memory: &specs.LinuxMemory{Limit: &mem},
 		}
 		if err := g.c1.Update(r); err != nil {
-			return fmt.Errorf("set cgroup %s: %w", g.path, err)
+			return fmt.Errorf("set cgroup %s (cpus %q, quota %d µs per %d µs, memory %d bytes): %w", g.path, l.Cpus, quota, period, mem, err)
 		}
 	case V2:
 		max := cgroup2.NewCPUMax(&quota, &period)
@@ -236,15 +254,18 @@ func (g *Group) Set(l Limits) error {
 		}
 		var weight *uint64
 		if l.Shares > 0 {
-			w := cgroup2.ConvertCPUSharesToCgroupV2Value(l.Shares)
+			w := weightOf(l.Shares)
 			weight = &w
 		}
 		r := &cgroup2.Resources{CPU: &cgroup2.CPU{Max: max, Cpus: l.Cpus, Weight: weight}}
 		if mem > 0 {
+			if err := g.reclaimV2(mem); err != nil {
+				return err
+			}
 			r.Memory = &cgroup2.Memory{Max: &mem}
 		}
 		if err := g.c2.Update(r); err != nil {
-			return fmt.Errorf("set cgroup %s: %w", g.path, err)
+			return fmt.Errorf("set cgroup %s (cpus %q, cpu.max %q, memory %d bytes): %w", g.path, l.Cpus, max, mem, err)
 		}
 		// cgroup2 writes a Max of -1 as "-1", which memory.max refuses:
 		// unlimited is "max".
@@ -255,6 +276,52 @@ func (g *Group) Set(l Limits) error {
 		}
 	}
 	return nil
+}
+
+// reclaimTimeout bounds reclaimV2's wait for the group's usage to fall.
+const reclaimTimeout = time.Second
+
+// reclaimV2 readies a v2 group for a memory.max of limit: when it uses
+// more, memory.high is set to limit first, which makes the kernel reclaim
+// (and throttle) rather than kill, and the usage is given reclaimTimeout
+// to fall under limit; if it does not, memory.high is lifted again and
+// the limit refused, as v1 refuses it.
+func (g *Group) reclaimV2(limit int64) error {
+	dir := filepath.Join(Root, g.path)
+	current := func() (int64, error) {
+		b, err := os.ReadFile(filepath.Join(dir, "memory.current"))
+		if err != nil {
+			return 0, err
+		}
+		return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	}
+	used, err := current()
+	if err != nil || used <= limit {
+		return nil // a group without the file takes no limit either: Update says so
+	}
+	high := filepath.Join(dir, "memory.high")
+	if err := os.WriteFile(high, []byte(strconv.FormatInt(limit, 10)), 0); err != nil {
+		return fmt.Errorf("set cgroup %s: memory.high: %w", g.path, err)
+	}
+	defer os.WriteFile(high, []byte("max"), 0)
+	for deadline := time.Now().Add(reclaimTimeout); ; {
+		if used, err = current(); err != nil || used <= limit {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("set cgroup %s: memory limit %d bytes: the group still uses %d after reclaim: %w", g.path, limit, used, syscall.EBUSY)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// weightOf converts a CPU weight in v1 shares (1024 = a default process)
+// to v2's cpu.weight (100 = a default process) in proportion, so that the
+// ratio of two groups' weights is the same on both versions. (The
+// conversion runc and containerd use is not proportional: it gives 8192
+// shares 532, not 800.)
+func weightOf(shares uint64) uint64 {
+	return min(max(uint64(math.Round(float64(shares)*100/1024)), 1), 10000)
 }
 
 func nonZero(v uint64) *uint64 {
@@ -268,7 +335,7 @@ func nonZero(v uint64) *uint64 {
 func SetShares(v Version, path string, shares uint64) error {
 	f, val := filepath.Join(Root, "cpu", path, "cpu.shares"), strconv.FormatUint(shares, 10)
 	if v == V2 {
-		f, val = filepath.Join(Root, path, "cpu.weight"), strconv.FormatUint(cgroup2.ConvertCPUSharesToCgroupV2Value(shares), 10)
+		f, val = filepath.Join(Root, path, "cpu.weight"), strconv.FormatUint(weightOf(shares), 10)
 	}
 	if err := os.WriteFile(f, []byte(val), 0); err != nil {
 		return fmt.Errorf("set cpu weight of %s: %w", path, err)
@@ -389,7 +456,7 @@ func (g *Group) ids(threads bool) ([]int, error) {
 		}
 		ps, err := list(cgroup1.Freezer, true)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("list cgroup %s: %w", g.path, err)
 		}
 		for _, p := range ps {
 			out = append(out, p.Pid)
@@ -402,7 +469,7 @@ func (g *Group) ids(threads bool) ([]int, error) {
 	}
 	ps, err := list(true)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("list cgroup %s: %w", g.path, err)
 	}
 	for _, p := range ps {
 		out = append(out, int(p))
@@ -428,8 +495,11 @@ func (g *Group) Kill(deadline time.Time) error {
 	}
 	for {
 		ps, err := g.Procs()
-		if err != nil || len(ps) == 0 {
+		switch {
+		case errors.Is(err, os.ErrNotExist) || err == nil && len(ps) == 0:
 			return nil
+		case err != nil: // its processes cannot be told dead
+			return fmt.Errorf("kill cgroup %s: %w", g.path, err)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("kill cgroup %s: %d processes still alive", g.path, len(ps))
@@ -473,6 +543,18 @@ func RemoveTree(v Version, path string) error {
 			if err := rmdirRetry(dirs[i]); err != nil {
 				errs = append(errs, err)
 			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeEmpty removes the group's directory in each hierarchy where it is
+// empty (no processes, no children); it leaves the others.
+func removeEmpty(v Version, path string) error {
+	var errs []error
+	for _, dir := range Dirs(v, path) {
+		if err := syscall.Rmdir(dir); err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.ENOTEMPTY) {
+			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -1,11 +1,16 @@
 package cgroup
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -95,5 +100,101 @@ func TestGroup(t *testing.T) {
 	}
 	if _, err := Load(v, path); err == nil {
 		t.Errorf("Load(deleted group) succeeded")
+	}
+}
+
+// TestHelperHold is not a test: run by TestLowerMemoryBelowUse in a child
+// process, it holds CGTEST_HOLD_MIB MiB of touched memory until killed.
+func TestHelperHold(t *testing.T) {
+	mib, _ := strconv.Atoi(os.Getenv("CGTEST_HOLD_MIB"))
+	if mib == 0 {
+		t.Skip("a helper process of TestLowerMemoryBelowUse")
+	}
+	b := make([]byte, mib<<20)
+	for i := range b {
+		if i%4096 == 0 {
+			b[i] = 1
+		}
+	}
+	fmt.Println("holding")
+	time.Sleep(time.Minute)
+	runtime.KeepAlive(b)
+}
+
+// TestLowerMemoryBelowUse: a memory limit below what the group uses and
+// cannot give back (anonymous memory, no swap) is refused, and the group's
+// process lives on — on v2 as on v1.
+func TestLowerMemoryBelowUse(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root; CI runs as root, so this is a setup error")
+		}
+		t.Skip("needs root; run as root")
+	}
+	if b, err := os.ReadFile("/proc/swaps"); err == nil && strings.Count(string(b), "\n") > 1 {
+		t.Skip("swap is on: the kernel could reclaim the memory this test holds")
+	}
+	v, err := Detect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := fmt.Sprintf("/justrunit/cgtest%d/mem", os.Getpid())
+	g, err := New(v, path, Limits{MemoryBytes: 256 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = g.Kill(time.Now().Add(5 * time.Second))
+		_ = g.Delete()
+		_ = RemoveTree(v, filepath.Dir(path))
+	})
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperHold$")
+	cmd.Env = append(os.Environ(), "CGTEST_HOLD_MIB=48")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	if err := g.AddProc(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	line := make([]byte, 8)
+	if _, err := io.ReadFull(out, line); err != nil || string(line) != "holding\n" {
+		t.Fatalf("helper said %q, %v", line, err)
+	}
+	if err := g.Set(Limits{MemoryBytes: 16 << 20}); !errors.Is(err, syscall.EBUSY) {
+		t.Errorf("Set(16 MiB) with 48 MiB held = %v, want EBUSY", err)
+	}
+	if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("the group's process died: %v", err)
+	}
+	if ps, _ := g.Procs(); len(ps) != 1 {
+		t.Errorf("group holds %v, want the helper", ps)
+	}
+	if err := g.Set(Limits{MemoryBytes: 128 << 20}); err != nil {
+		t.Errorf("Set(128 MiB) with 48 MiB held = %v", err)
+	}
+}
+
+// TestBandwidthBounds: a CFS period or quota the kernel would refuse is
+// refused naming it, before anything is written.
+func TestBandwidthBounds(t *testing.T) {
+	g := &Group{v: V2, path: "/nowhere"}
+	for _, l := range []Limits{{PeriodUS: 2000000}, {PeriodUS: 500}, {QuotaUS: 999, PeriodUS: 100000}} {
+		if err := g.Set(l); err == nil || !strings.Contains(err.Error(), "CFS") {
+			t.Errorf("Set(%+v) = %v, want the bound named", l, err)
+		}
+	}
+}
+
+// TestWeightOf: v1 shares convert to v2 weights in proportion.
+func TestWeightOf(t *testing.T) {
+	for shares, want := range map[uint64]uint64{2: 1, 1024: 100, 8192: 800, 512: 50, 262144: 10000, 1 << 30: 10000} {
+		if got := weightOf(shares); got != want {
+			t.Errorf("weightOf(%d) = %d, want %d", shares, got, want)
+		}
 	}
 }

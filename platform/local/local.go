@@ -436,6 +436,13 @@ func (p *Platform) checkAlloc(a justrunit.Allocation, h *HostConfig) error {
 	if a.Freq < 0 || a.Freq > ref+1e-9 {
 		return justrunit.Invalid("freq", a.Freq, "must be in (0, %g] GHz, the reference frequency of class %q (emulated by CPU bandwidth; 0 = the host's own)", ref, h.Class)
 	}
+	if share := effectiveShare(a, h, ref); share > 0 && share < MinCPUShare {
+		field, v := "cpu", a.CPU
+		if a.Freq > 0 {
+			field, v = "freq", a.Freq
+		}
+		return justrunit.Invalid(field, v, "gives %.3g%% of a CPU; CFS bandwidth needs at least %g%% (a quota of 1 ms per period of at most 1 s)", share, MinCPUShare)
+	}
 	if a.MemoryMiB < 0 {
 		return justrunit.Invalid("mem", a.MemoryMiB, "must be ≥ 0 (0 = unlimited)")
 	}
@@ -498,17 +505,30 @@ const groupShares = 8192
 // not its weight, is what its experiment measures.
 const cloneShares = 1024
 
-// limits turns an allocation into cgroup limits on host h, for a clone
-// when clone is set.
-func (p *Platform) limits(a justrunit.Allocation, h *HostConfig, clone bool) cgroup.Limits {
-	period := p.cfg.Period.Microseconds()
+// MinCPUShare is the least CPU share (percent of one CPU, after freq's
+// scaling) other than unlimited: the kernel's CFS bandwidth takes a quota
+// of at least 1 ms in a period of at most 1 s.
+const MinCPUShare = 0.1
+
+// effectiveShare is the CPU share a gets on host h, freq emulated by
+// scaling the share relative to the class's reference frequency ref; 0 is
+// unlimited.
+func effectiveShare(a justrunit.Allocation, h *HostConfig, ref float64) float64 {
 	share := a.CPU
 	if a.Freq > 0 {
 		if share == 0 {
 			share = h.Cores * 100
 		}
-		share *= a.Freq / p.refFreqOf(h.Class)
+		share *= a.Freq / ref
 	}
+	return share
+}
+
+// limits turns an allocation into cgroup limits on host h, for a clone
+// when clone is set.
+func (p *Platform) limits(a justrunit.Allocation, h *HostConfig, clone bool) cgroup.Limits {
+	period := p.cfg.Period.Microseconds()
+	share := effectiveShare(a, h, p.refFreqOf(h.Class))
 	base := float64(groupShares)
 	if clone {
 		base = cloneShares

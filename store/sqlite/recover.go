@@ -19,21 +19,37 @@ import (
 const startSlack = time.Second
 
 // OwnerID returns what a study records in Owner while this process runs
-// it: "pid@hostname;start=TICKS;boot=BOOTID", where TICKS is when this
-// process started, in clock ticks since boot (/proc/self/stat, field 22),
-// and BOOTID this boot's id (/proc/sys/kernel/random/boot_id). The pid and
+// it: "pid@hostname;start=TICKS;boot=BOOTID;pidns=NS", where TICKS is when
+// this process started, in clock ticks since boot (/proc/self/stat, field
+// 22), BOOTID this boot's id (/proc/sys/kernel/random/boot_id) and NS the
+// inode of this process's PID namespace (/proc/self/ns/pid). The pid and
 // start ticks name this process exactly, however the wall clock is set or
-// stepped while it runs, and the boot id tells a pid of an earlier boot
-// from one of this boot. Where they cannot be read (not Linux, no /proc)
-// it is "pid@hostname", the form older versions wrote.
+// stepped while it runs, the boot id tells a pid of an earlier boot from
+// one of this boot, and the namespace tells whose pid it is: a container
+// sharing the host's name (host networking) numbers its processes apart.
+// Without a namespace to read, ";pidns=NS" is left out; without start ticks
+// or boot id (not Linux, no /proc) it is "pid@hostname", the form older
+// versions wrote.
 func OwnerID() string {
 	o := procOwner{pid: os.Getpid(), host: hostname()}
 	if ticks, ok := procStartTicks(o.pid); ok {
 		if boot, ok := bootID(); ok {
 			o.ticks, o.boot = ticks, boot
+			o.pidns, _ = pidNamespace()
 		}
 	}
 	return o.String()
+}
+
+// pidNamespace returns the inode number of this process's PID namespace.
+func pidNamespace() (string, bool) {
+	l, err := os.Readlink("/proc/self/ns/pid")
+	ns, ok := strings.CutPrefix(l, "pid:[")
+	ns, ok2 := strings.CutSuffix(ns, "]")
+	if err != nil || !ok || !ok2 || ns == "" {
+		return "", false
+	}
+	return ns, true
 }
 
 // procOwner is a parsed Owner.
@@ -41,9 +57,11 @@ type procOwner struct {
 	pid  int
 	host string
 	// ticks and boot identify the process within its host (see OwnerID);
-	// boot is empty in the old form "pid@hostname".
+	// boot is empty in the old form "pid@hostname". pidns is its PID
+	// namespace, empty where it was not recorded.
 	ticks int64
 	boot  string
+	pidns string
 }
 
 // ownerTail separates "pid@hostname" from the fields that identify the
@@ -54,11 +72,15 @@ func (o procOwner) String() string {
 	s := strconv.Itoa(o.pid) + "@" + o.host
 	if o.boot != "" {
 		s += ownerTail + strconv.FormatInt(o.ticks, 10) + ";boot=" + o.boot
+		if o.pidns != "" {
+			s += ";pidns=" + o.pidns
+		}
 	}
 	return s
 }
 
-// parseOwner parses "pid@hostname" or "pid@hostname;start=TICKS;boot=BOOTID".
+// parseOwner parses "pid@hostname" or
+// "pid@hostname;start=TICKS;boot=BOOTID[;pidns=NS]".
 func parseOwner(s string) (procOwner, bool) {
 	head, tail, long := strings.Cut(s, ownerTail)
 	p, h, ok := strings.Cut(head, "@")
@@ -68,12 +90,14 @@ func parseOwner(s string) (procOwner, bool) {
 	}
 	o := procOwner{pid: pid, host: h}
 	if long {
-		t, boot, ok := strings.Cut(tail, ";boot=")
+		t, rest, ok := strings.Cut(tail, ";boot=")
 		ticks, err := strconv.ParseInt(t, 10, 64)
-		if !ok || err != nil || ticks < 0 || boot == "" || strings.ContainsAny(boot, ";@") {
+		boot, ns, hasNS := strings.Cut(rest, ";pidns=")
+		if !ok || err != nil || ticks < 0 || boot == "" || strings.ContainsAny(boot, ";@") ||
+			hasNS && (ns == "" || strings.ContainsAny(ns, ";@")) {
 			return procOwner{}, false
 		}
-		o.ticks, o.boot = ticks, boot
+		o.ticks, o.boot, o.pidns = ticks, boot, ns
 	}
 	return o, true
 }
@@ -207,6 +231,11 @@ func ownerGone(owner, host string, since time.Time) (why string, gone bool) {
 		}
 		if boot != o.boot {
 			return "owner process " + owner + " ran before this host restarted (boot " + boot + " now)", true
+		}
+		// Its pid is another PID namespace's: what it names here is
+		// another process, or none.
+		if ns, ok := pidNamespace(); o.pidns != "" && (!ok || ns != o.pidns) {
+			return "", false
 		}
 	}
 	st := processStatus(o.pid)

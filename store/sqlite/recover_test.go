@@ -61,7 +61,11 @@ func TestOwnerID(t *testing.T) {
 	if o.pid != os.Getpid() || o.host != hostname() || o.ticks != ticks || o.boot != boot {
 		t.Errorf("OwnerID() = %q, parsed %+v; want pid %d, host %s, start ticks %d, boot %s", got, o, os.Getpid(), hostname(), ticks, boot)
 	}
-	if want := fmt.Sprintf("%d@%s;start=%d;boot=%s", os.Getpid(), hostname(), ticks, boot); got != want {
+	want = fmt.Sprintf("%d@%s;start=%d;boot=%s", os.Getpid(), hostname(), ticks, boot)
+	if ns, ok := pidNamespace(); ok {
+		want += ";pidns=" + ns
+	}
+	if got != want {
 		t.Errorf("OwnerID() = %q, want %q", got, want)
 	}
 }
@@ -86,6 +90,9 @@ func TestParseOwner(t *testing.T) {
 		{"12@box;start=5", procOwner{}, false},
 		{"12@box;start=5;boot=", procOwner{}, false},
 		{"12@box;start=5;boot=a;b", procOwner{}, false},
+		{"12@box;start=5;boot=b;pidns=4026531836", procOwner{pid: 12, host: "box", ticks: 5, boot: "b", pidns: "4026531836"}, true},
+		{"12@box;start=5;boot=b;pidns=", procOwner{}, false},
+		{"12@box;start=5;boot=b;pidns=1;x", procOwner{}, false},
 	} {
 		got, ok := parseOwner(tt.in)
 		if got != tt.want || ok != tt.ok {
@@ -151,6 +158,12 @@ func TestOwnerGone(t *testing.T) {
 		{"earlier boot, dead pid", with(func(o *procOwner) { o.boot, o.pid = "other", dead }), now, true, "restarted"},
 		{"dead pid", with(func(o *procOwner) { o.pid = dead }), now, true, "no longer exists"},
 		{"other host", with(func(o *procOwner) { o.host = "not-" + host; o.ticks++ }), now, false, ""},
+		// Another PID namespace on this host (a container with the host's
+		// name): its pids say nothing here, alive or not.
+		{"other pid namespace, dead pid", with(func(o *procOwner) { o.pidns, o.pid = "1", dead }), now, false, ""},
+		{"other pid namespace, pid reused", with(func(o *procOwner) { o.pidns = "1"; o.ticks++ }), now, false, ""},
+		{"other pid namespace, earlier boot", with(func(o *procOwner) { o.pidns, o.boot = "1", "other" }), now, true, "restarted"},
+		{"no pid namespace recorded, dead pid", with(func(o *procOwner) { o.pidns, o.pid = "", dead }), now, true, "no longer exists"},
 		{"malformed", self.String() + ";more", now, false, ""},
 		{"no owner", "", now, true, "no owner"},
 		// The old form: wall clock against the study's start.
