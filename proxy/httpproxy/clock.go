@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // sleeper waits until deadlines more exactly than a plain runtime timer.
@@ -14,12 +16,17 @@ import (
 // about 1 ms and a 2.7 ms one after about 3 ms. Replaying a next-tier
 // latency of a millisecond or two with such a timer adds that lateness to
 // every call a clone makes, which shows as a clone slower than the on-line
-// instance it predicts. A sleeper aims early by the lateness it has seen
-// (a moving average), so that the waits it ends are right on average;
-// one whose aim is already past returns at once. It never spins: a spin
-// would take CPU from the on-line instances the proxy serves.
+// instance it predicts. So a sleeper waits out the last preciseSpan before
+// a deadline in the kernel's high-resolution timer (a nanosleep, which
+// holds its thread; at most maxPrecise at once, the others take the
+// runtime's timer), and aims early by the lateness it has seen (a moving
+// average: the kernel's timer slack, the thread's wake-up), so that the
+// waits it ends are right on average; one whose aim is already past
+// returns at once. It never spins: a spin would take CPU from the on-line
+// instances the proxy serves.
 type sleeper struct {
-	late atomic.Int64 // moving average of the timer's lateness, ns
+	late    atomic.Int64 // moving average of the lateness, ns
+	precise atomic.Int32 // nanosleeps under way
 }
 
 // sleeperGain is the weight of the newest lateness in the average (1/16).
@@ -30,9 +37,27 @@ const sleeperGain = 16
 // above the waits themselves.
 const maxLateness = 2 * time.Millisecond
 
-// until waits until deadline (early by the timer's mean lateness) or until
-// ctx ends, and reports whether it was ctx.
+// preciseSpan is the end of a wait spent in a nanosleep: more than a
+// runtime timer's lateness, so that the runtime timer before it ends
+// before the deadline.
+const preciseSpan = 2 * time.Millisecond
+
+// maxPrecise bounds the threads nanosleeps hold at once.
+const maxPrecise = 32
+
+// until waits until deadline (early by the mean lateness) or until ctx
+// ends, and reports whether it was ctx. A ctx ending in the last
+// preciseSpan is noticed at the deadline.
 func (s *sleeper) until(ctx context.Context, deadline time.Time) error {
+	if wait := time.Until(deadline) - preciseSpan; wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
 	aim := deadline.Add(-time.Duration(s.late.Load()))
 	wait := time.Until(aim)
 	if wait <= 0 {
@@ -42,17 +67,25 @@ func (s *sleeper) until(ctx context.Context, deadline time.Time) error {
 			// be. Let it decay, so that it cannot stick above the waits.
 			s.update(0)
 		}
-		return nil
-	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
 		return ctx.Err()
 	}
+	if s.precise.Add(1) <= maxPrecise {
+		ts := unix.NsecToTimespec(int64(wait))
+		for unix.Nanosleep(&ts, &ts) == unix.EINTR {
+		}
+		s.precise.Add(-1)
+	} else {
+		s.precise.Add(-1)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
 	s.update(min(time.Since(aim), maxLateness))
-	return nil
+	return ctx.Err()
 }
 
 // update moves the average lateness towards late.
