@@ -50,12 +50,8 @@ const maxPrecise = 32
 // preciseSpan is noticed at the deadline.
 func (s *sleeper) until(ctx context.Context, deadline time.Time) error {
 	if wait := time.Until(deadline) - preciseSpan; wait > 0 {
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
+		if err := timerWait(ctx, wait); err != nil {
+			return err
 		}
 	}
 	aim := deadline.Add(-time.Duration(s.late.Load()))
@@ -76,16 +72,24 @@ func (s *sleeper) until(ctx context.Context, deadline time.Time) error {
 		s.precise.Add(-1)
 	} else {
 		s.precise.Add(-1)
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
+		if err := timerWait(ctx, wait); err != nil {
+			return err
 		}
 	}
 	s.update(min(time.Since(aim), maxLateness))
 	return ctx.Err()
+}
+
+// timerWait waits d on a runtime timer, or until ctx ends.
+func timerWait(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // update moves the average lateness towards late.
