@@ -125,11 +125,6 @@ func (p *Platform) checkNet() error {
 func (p *Platform) checkInsideNet() error {
 	internal := netip.MustParseAddrPort("127.0.0.1:8080")
 	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
 	keep := func(ln net.Listener) error { lns = append(lns, ln); return nil }
 	answers := map[string]func(net.Listener) error{"127.0.0.1:8081": keep}
 	cn, err := p.setupInsideNet("check", internal, answers)
@@ -157,7 +152,6 @@ func (p *Platform) checkInsideNet() error {
 	for _, ln := range lns {
 		ln.Close()
 	}
-	lns = nil
 	return errors.Join(err, p.teardownNet(cn))
 }
 

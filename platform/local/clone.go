@@ -312,14 +312,7 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 			return nil, fmt.Errorf("clone %s: %w", cid, err)
 		}
 	}
-	dial := func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", cn.Endpoint.String())
-	}
-	if cn.Inside {
-		dial = cn.dial
-	}
-	if err := waitListening(ctx, cn.where(), dial, p.cfg.ReadyTimeout, in.done); err != nil {
+	if err := waitListening(ctx, cn.where(), cn.dial, p.cfg.ReadyTimeout, in.done); err != nil {
 		if tail := logTail(filepath.Join(p.cfg.StateDir, "logs", cid+".log"), 512); tail != "" {
 			return nil, fmt.Errorf("%w; its output ends: %s", err, tail)
 		}

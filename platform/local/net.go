@@ -160,12 +160,21 @@ func (cn *cloneNet) enter(fn func() error) error {
 	return inNetns(ns, fn)
 }
 
-// dial connects to the clone's internal address from inside its network.
-// Only the socket is made, and its connection started, on a thread inside
+// dial connects to the clone: at its endpoint, or inside its network.
+func (cn *cloneNet) dial(ctx context.Context) (net.Conn, error) {
+	if !cn.Inside {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", cn.Endpoint.String())
+	}
+	return cn.dialInside(ctx)
+}
+
+// dialInside connects to the clone's internal address from inside its
+// network. Only the socket is made, and its connection started, on a thread inside
 // the namespace; the wait for the connection (a second or more when the
 // clone's accept queue is full and its SYN is dropped) parks a goroutine in
 // the runtime's poller rather than holding that thread.
-func (cn *cloneNet) dial(ctx context.Context) (net.Conn, error) {
+func (cn *cloneNet) dialInside(ctx context.Context) (net.Conn, error) {
 	fd, cerr := -1, error(nil)
 	err := cn.enter(func() error {
 		var err error

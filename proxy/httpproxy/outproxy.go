@@ -357,7 +357,7 @@ func (p *OutProxy) Start(ctx context.Context, onlineAddr, cloneAddr string) (onl
 		return nil, nil, err
 	}
 	if cloneAddr != "" {
-		a, err := p.serveCloneLocked(DefaultCloneName, "clone_listen", cloneAddr, nil)
+		a, err := p.listenCloneLocked(DefaultCloneName, cloneAddr)
 		if err != nil {
 			_ = ln.Close()
 			return nil, nil, err
@@ -386,11 +386,24 @@ func (p *OutProxy) ServeCloneAt(ctx context.Context, name, addr string) (string,
 	if p.closed {
 		return "", fmt.Errorf("serve clone %s: out-proxy closed", name)
 	}
-	a, err := p.serveCloneLocked(name, "clone_listen", addr, nil)
+	a, err := p.listenCloneLocked(name, addr)
 	if err != nil {
 		return "", err
 	}
 	return a.String(), nil
+}
+
+// listenCloneLocked serves the clone called name on a new listener on addr.
+func (p *OutProxy) listenCloneLocked(name, addr string) (net.Addr, error) {
+	ln, err := listenTCP("clone_listen", addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.serveCloneLocked(name, ln); err != nil {
+		_ = ln.Close()
+		return nil, err
+	}
+	return ln.Addr(), nil
 }
 
 // ServeCloneOn starts answering the calls of the clone called name on ln,
@@ -407,39 +420,21 @@ func (p *OutProxy) ServeCloneOn(name string, ln net.Listener) error {
 	if p.closed {
 		return fmt.Errorf("serve clone %s: out-proxy closed", name)
 	}
-	_, err := p.serveCloneLocked(name, "", "", ln)
-	return err
+	return p.serveCloneLocked(name, ln)
 }
 
-// serveCloneLocked serves the clone called name on ln, or with ln nil on
-// a new listener on addr (field names it in an error).
-func (p *OutProxy) serveCloneLocked(name, field, addr string, ln net.Listener) (net.Addr, error) {
+// serveCloneLocked serves the clone called name on ln.
+func (p *OutProxy) serveCloneLocked(name string, ln net.Listener) error {
 	ep, existed := p.clones[name]
 	if existed && ep.srv != nil {
-		return nil, fmt.Errorf("serve clone %s: %w: already on %s", name, justrunit.ErrExists, ep.srv.ln.Addr())
+		return fmt.Errorf("serve clone %s: %w: already on %s", name, justrunit.ErrExists, ep.srv.ln.Addr())
 	}
 	if !existed {
 		ep = p.endpointLocked(name)
 	}
-	var s *server
-	if ln != nil {
-		s = serveOn(ln, p.cloneHandler(ep), p.log)
-	} else {
-		var err error
-		if s, err = listen(field, addr, p.cloneHandler(ep), p.log); err != nil {
-			if !existed { // one CloneHandler made keeps its counters
-				delete(p.clones, name)
-			}
-			return nil, err
-		}
-	}
-	ep.srv = s
-	if ln != nil { // opened for the proxy, in the clone's own network
-		p.log.Info("serving clone on a listener handed over", logKeyClone, name, logKeyAddr, s.ln.Addr().String())
-	} else {
-		p.log.Info("serving clone", logKeyClone, name, logKeyAddr, s.ln.Addr().String())
-	}
-	return s.ln.Addr(), nil
+	ep.srv = serveOn(ln, p.cloneHandler(ep), p.log)
+	p.log.Info("serving clone", logKeyClone, name, logKeyAddr, ln.Addr().String())
+	return nil
 }
 
 // StopClone stops answering the calls of the clone called name, closes its
