@@ -178,9 +178,11 @@ func New(cfg Config) (_ *Manager, err error) {
 		rec, stop := p.Watch()
 		m.unwatch = append(m.unwatch, stop)
 		mon.Services = append(mon.Services, monitor.Service{Name: svc.Name, SLA: sla, Window: rec})
+		// A violation the manager could not study would be found only
+		// when it happens: refuse the site now.
 		target, err := m.bottleneck(svc.Name)
 		if err != nil {
-			continue // reported when a violation asks for a study
+			return nil, err
 		}
 		if err := cfg.Site.CheckWarmUp(target, cfg.WarmUp); err != nil {
 			return nil, fmt.Errorf("services.%s: the manager's studies of %s: %w", svc.Name, target, err)

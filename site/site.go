@@ -117,18 +117,20 @@ type Service struct {
 	SLA string `yaml:"sla"`
 	// Bottleneck names the tier the manager studies when the SLA is
 	// violated (the paper's application tier); empty: the first tier
-	// whose instance has an in-proxy, after the front tier.
+	// whose instance has an in-proxy, after the front tier, or the front
+	// tier itself in a service of one tier.
 	Bottleneck string `yaml:"bottleneck"`
 	Tiers      []Tier `yaml:"tiers"`
 }
 
 // BottleneckInstance returns the instance the manager studies when the
 // service misses its SLA: the first instance with an in-proxy in the
-// Bottleneck tier, or without one named, in the tiers after the front one.
+// Bottleneck tier, or without one named, in the tiers after the front one
+// (in the front tier when it is the only one).
 func (svc *Service) BottleneckInstance() (*Instance, error) {
 	for i := range svc.Tiers {
 		t := &svc.Tiers[i]
-		if (svc.Bottleneck != "" && t.Name != svc.Bottleneck) || (svc.Bottleneck == "" && i == 0) {
+		if (svc.Bottleneck != "" && t.Name != svc.Bottleneck) || (svc.Bottleneck == "" && i == 0 && len(svc.Tiers) > 1) {
 			continue
 		}
 		for j := range t.Instances {
@@ -137,7 +139,12 @@ func (svc *Service) BottleneckInstance() (*Instance, error) {
 			}
 		}
 	}
-	return nil, justrunit.Invalid("services."+svc.Name+".bottleneck", svc.Bottleneck, "no instance of the bottleneck tier has an in_proxy to study it through")
+	if svc.Bottleneck != "" {
+		return nil, justrunit.Invalid("services."+svc.Name+".bottleneck", svc.Bottleneck,
+			"no instance of tier %s has an in_proxy to study it through: give one an in_proxy", svc.Bottleneck)
+	}
+	return nil, justrunit.Invalid("services."+svc.Name+".bottleneck", nil,
+		"no tier after the front one has an instance with an in_proxy to study it through: give the tier to study an in_proxy, or name it here")
 }
 
 // Tier is one tier of a service.

@@ -155,6 +155,52 @@ func TestInstanceLag(t *testing.T) {
 	}
 }
 
+// TestBottleneckInstance: the manager studies the named tier, else the
+// first tier after the front one with an in-proxy, else a one-tier
+// service's own tier; a service with nothing to study is an error naming
+// the field and the fix.
+func TestBottleneckInstance(t *testing.T) {
+	in := func(id string, proxied bool) Instance {
+		x := Instance{ID: id}
+		if proxied {
+			x.InProxy = &InProxy{Listen: "127.0.0.1:0"}
+		}
+		return x
+	}
+	three := func(web, app, data bool) []Tier {
+		return []Tier{{Name: "web", Instances: []Instance{in("web0", web)}},
+			{Name: "app", Instances: []Instance{in("app0", false), in("app1", app)}},
+			{Name: "data", Instances: []Instance{in("data0", data)}}}
+	}
+	for _, tt := range []struct {
+		name    string
+		svc     Service
+		want    string
+		wantErr string
+	}{
+		{"after the front", Service{Tiers: three(true, true, true)}, "app1", ""},
+		{"skips a tier without", Service{Tiers: three(true, false, true)}, "data0", ""},
+		{"named", Service{Bottleneck: "web", Tiers: three(true, true, true)}, "web0", ""},
+		{"one tier", Service{Tiers: []Tier{{Name: "app", Instances: []Instance{in("a0", true)}}}}, "a0", ""},
+		{"only the front", Service{Tiers: three(true, false, false)}, "", "services.s.bottleneck: no tier after the front one"},
+		{"named without", Service{Bottleneck: "app", Tiers: three(true, false, true)}, "", "services.s.bottleneck: no instance of tier app has an in_proxy"},
+		{"one tier without", Service{Tiers: []Tier{{Name: "app", Instances: []Instance{in("a0", false)}}}}, "", "services.s.bottleneck"},
+	} {
+		tt.svc.Name = "s"
+		got, err := tt.svc.BottleneckInstance()
+		switch {
+		case tt.wantErr != "":
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("%s: got %v, %v; want an error with %q", tt.name, got, err, tt.wantErr)
+			}
+		case err != nil:
+			t.Errorf("%s: %v", tt.name, err)
+		case got.ID != tt.want:
+			t.Errorf("%s: studies %s, want %s", tt.name, got.ID, tt.want)
+		}
+	}
+}
+
 // TestExampleSite loads the site file the README's quick start uses.
 func TestExampleSite(t *testing.T) {
 	s, err := Load("../examples/auction/site.yaml")

@@ -237,6 +237,11 @@ func TestCheckManagerWarmUp(t *testing.T) {
 	f.Services[1].Bottleneck = "web"
 	err = checkManagerWarmUp(f, 0)
 	wantFlagError(t, []string{"--warm-up", "0s"}, err, "--warm-up", "web0")
+	// A service whose SLA the manager could not act on is refused too.
+	f.Services[1].Bottleneck = ""
+	f.Services[1].Tiers[1].Instances[0].InProxy = nil
+	err = checkManagerWarmUp(f, time.Second)
+	wantFlagError(t, nil, err, "services.auction0.bottleneck", "in_proxy")
 }
 
 // TestGCCommand: the command that cleans up after a run names the data

@@ -152,8 +152,8 @@ func validateManagerRun(interval, warmUp, window time.Duration, experiments int,
 // checkManagerWarmUp checks --warm-up against the in-proxy clone lag of
 // each instance the manager would study (the bottleneck tier's first
 // instance with an in-proxy, of each service with an SLA, as the manager
-// picks it), before the site comes up; manager.New checks the same on the
-// running site.
+// picks it), before the site comes up, and refuses a service with an SLA
+// and no tier to study; manager.New checks the same on the running site.
 func checkManagerWarmUp(sf *site.Site, warmUp time.Duration) error {
 	for i := range sf.Services {
 		svc := &sf.Services[i]
@@ -162,7 +162,7 @@ func checkManagerWarmUp(sf *site.Site, warmUp time.Duration) error {
 		}
 		in, err := svc.BottleneckInstance()
 		if err != nil {
-			continue // the manager refuses the site, naming the field
+			return err
 		}
 		if lag := in.Lag(); warmUp < lag {
 			return justrunit.Invalid("--warm-up", warmUp, "must be at least the clone lag (%v) of the in-proxy of %s, which the manager studies for service %s: the first copies reach a clone that long after it is attached",
