@@ -160,6 +160,10 @@ var ErrNothingMeasured = errors.New("nothing measured")
 // checks the clone after it.
 const cutMargin = time.Second
 
+// boundSlack is what the engine adds to the time left when it plans (see
+// PlanState.TimeLeft): 2% of an experiment of length l, at most a second.
+func boundSlack(l time.Duration) time.Duration { return min(l/50, time.Second) }
+
 func (e *Engine) check(st *justrunit.Study) error {
 	switch {
 	case e.Runner == nil:
@@ -194,7 +198,7 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 			ps := justrunit.PlanState{
 				Matrix:           m,
 				Running:          running,
-				TimeLeft:         time.Until(deadline),
+				TimeLeft:         time.Until(deadline) + boundSlack(st.ExperimentLength()),
 				ExperimentLength: st.ExperimentLength(),
 				Slots:            st.Slots,
 				Free:             st.Slots - len(running),

@@ -298,8 +298,7 @@ func TestCutByTimeBound(t *testing.T) {
 		bound, hold time.Duration
 		cut         string
 	}{
-		"NoneFits": {bound: window, hold: time.Millisecond, cut: "0 cut short"},
-		"OnlyCut":  {bound: window + 20*time.Millisecond, hold: time.Hour, cut: "1 cut short"},
+		"OnlyCut": {bound: window + 20*time.Millisecond, hold: time.Hour, cut: "1 cut short"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			st := newStudy(t, "grid", window, c.bound, 1)
@@ -311,6 +310,40 @@ func TestCutByTimeBound(t *testing.T) {
 				t.Errorf("state %s, want failed", st.State)
 			}
 		})
+	}
+}
+
+// TestBoundFitsItsExperiments: a time bound of N experiment lengths runs N
+// experiments, although each takes a little longer than its length; the
+// last one's window is cut by the bound by no more than that.
+func TestBoundFitsItsExperiments(t *testing.T) {
+	const n = 3
+	window := 500 * time.Millisecond
+	st := newStudy(t, "grid", window, n*window, 1)
+	var cut atomic.Int64
+	r := funcRunner(func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+		// Like measure.MeasureWindow: a window its deadline cuts is
+		// still a measurement.
+		start := time.Now()
+		select {
+		case <-time.After(window):
+		case <-ctx.Done():
+			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return justrunit.Observation{}, ctx.Err()
+			}
+			cut.Store(int64(window - time.Since(start)))
+		}
+		return justrunit.Observation{Point: p, Window: justrunit.Duration(time.Since(start)), Samples: 1000, Throughput: 100,
+			RT: justrunit.ResponseTime{Mean: 7, P50: 6, P95: 10, P99: 13}}, nil
+	})
+	if _, err := newEngine(t, st, r, nil).Run(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Experiments != n {
+		t.Errorf("%d experiments in a bound of %d experiment lengths, want %d", st.Experiments, n, n)
+	}
+	if c := time.Duration(cut.Load()); c > boundSlack(window) {
+		t.Errorf("the last window was cut by %v, more than %v", c, boundSlack(window))
 	}
 }
 
