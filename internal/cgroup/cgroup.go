@@ -7,6 +7,16 @@
 //
 // Paths are absolute within the hierarchy ("/justrunit/<scope>/<id>"); the
 // package never touches a group outside the prefix it is given.
+//
+// Every limit is written on the group itself, where its processes are,
+// never on an ancestor: no limit here depends on an ancestor's being
+// enforced on its children. That is why cgroup v1's memory.use_hierarchy
+// needs no check. Kernels before 5.11 could have it 0 on an ancestor, which
+// stops that ancestor's memory limit and usage from covering its children;
+// since 5.11 it is always 1 and writing 0 fails with EINVAL. It would only
+// matter for groups a workload made below its own group: on such a kernel
+// they escape its memory limit and are missing from Usage().Memory, while
+// Procs and Kill include them.
 package cgroup
 
 import (
@@ -18,6 +28,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -104,16 +115,32 @@ type Group struct {
 	path string
 	c1   cgroup1.Cgroup
 	c2   *cgroup2.Manager
+
+	// freezeMu serialises Freeze and Thaw, so that one caller's thaw (or
+	// a timed-out freeze thawing again) cannot undo the freeze another
+	// caller was told had succeeded. It is never held between calls.
+	freezeMu sync.Mutex
+	// holds counts the Freeze calls not yet matched by a Thaw, under
+	// freezeMu; the group is thawed when the last one is.
+	holds int
 }
 
-// Limits are the resources New applies.
+// Limits are the resources New and Set apply.
 type Limits struct {
-	// Cpus is the cpuset ("0-1"); empty inherits the parent's.
+	// Cpus is the cpuset ("0-1"). Empty gives the group its parent's
+	// CPUs, also on a Set after one that named some: on v2 cpuset.cpus is
+	// emptied, so that the group follows its parent's cpuset.cpus.effective
+	// from then on; on v1, which has no such inheritance, the parent's
+	// cpuset.cpus as it is at the time of the Set is copied. (A kernel
+	// that refuses to empty the cpuset of a v2 group with processes, with
+	// ENOSPC as kernels long did, gets a copy of the parent's
+	// cpuset.cpus.effective instead, as on v1.)
 	Cpus string
 	// QuotaUS and PeriodUS are the CFS bandwidth; QuotaUS ≤ 0 is unlimited.
 	QuotaUS  int64
 	PeriodUS uint64
-	// MemoryBytes is the memory limit; ≤ 0 is unlimited.
+	// MemoryBytes is the memory limit, set on the group itself (see the
+	// package comment on memory.use_hierarchy); ≤ 0 is unlimited.
 	MemoryBytes int64
 	// Shares is the CPU weight in cgroup v1 units (1024 = a default
 	// process); v2 converts it to cpu.weight. 0 leaves it alone.
@@ -240,12 +267,21 @@ func (g *Group) Set(l Limits) error {
 	}
 	switch g.v {
 	case V1:
+		cpus := l.Cpus
+		if cpus == "" {
+			// containerd leaves cpuset.cpus alone when Cpus is empty,
+			// which would keep the cpuset of an earlier Set.
+			var err error
+			if cpus, err = g.parentCpusV1(); err != nil {
+				return err
+			}
+		}
 		r := &specs.LinuxResources{
-			CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period, Cpus: l.Cpus, Shares: nonZero(l.Shares)},
+			CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period, Cpus: cpus, Shares: nonZero(l.Shares)},
 			Memory: &specs.LinuxMemory{Limit: &mem},
 		}
 		if err := g.c1.Update(r); err != nil {
-			return fmt.Errorf("set cgroup %s (cpus %q, quota %d µs per %d µs, memory %d bytes): %w", g.path, l.Cpus, quota, period, mem, err)
+			return fmt.Errorf("set cgroup %s (cpus %q, quota %d µs per %d µs, memory %d bytes): %w", g.path, cpus, quota, period, mem, err)
 		}
 	case V2:
 		max := cgroup2.NewCPUMax(&quota, &period)
@@ -274,6 +310,50 @@ func (g *Group) Set(l Limits) error {
 				return fmt.Errorf("set cgroup %s: memory.max: %w", g.path, err)
 			}
 		}
+		// cgroup2, too, skips an empty Cpus.
+		if l.Cpus == "" {
+			if err := g.inheritCpusV2(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// parentCpusV1 reads the cpuset.cpus of g's parent in v1's cpuset
+// hierarchy.
+func (g *Group) parentCpusV1() (string, error) {
+	f := filepath.Join(Root, "cpuset", filepath.Dir(g.path), "cpuset.cpus")
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return "", fmt.Errorf("set cgroup %s: empty cpus means the parent's: %w", g.path, err)
+	}
+	cpus := strings.TrimSpace(string(b))
+	if cpus == "" {
+		return "", fmt.Errorf("set cgroup %s: empty cpus means the parent's, and %s is empty: name the CPUs in Limits.Cpus", g.path, f)
+	}
+	return cpus, nil
+}
+
+// inheritCpusV2 empties g's cpuset.cpus, which makes it follow its
+// parent's CPUs. Kernels that refuse that for a group with processes
+// (ENOSPC) get a copy of the parent's cpuset.cpus.effective instead.
+func (g *Group) inheritCpusV2() error {
+	f := filepath.Join(Root, g.path, "cpuset.cpus")
+	err := os.WriteFile(f, []byte("\n"), 0)
+	if !errors.Is(err, syscall.ENOSPC) {
+		if err != nil {
+			return fmt.Errorf("set cgroup %s: empty %s: %w", g.path, f, err)
+		}
+		return nil
+	}
+	pf := filepath.Join(Root, filepath.Dir(g.path), "cpuset.cpus.effective")
+	b, err := os.ReadFile(pf)
+	if err != nil {
+		return fmt.Errorf("set cgroup %s: empty cpus means the parent's: %w", g.path, err)
+	}
+	if err := os.WriteFile(f, b, 0); err != nil {
+		return fmt.Errorf("set cgroup %s: copy %s (%q) to %s: %w", g.path, pf, strings.TrimSpace(string(b)), f, err)
 	}
 	return nil
 }
@@ -358,34 +438,65 @@ func (g *Group) AddProc(pid int) error {
 }
 
 // Freeze stops every process of g until Thaw. It waits at most timeout for
-// the kernel to report the group frozen; past that it thaws the group again
-// and fails, so that an on-line instance is never left half-frozen.
+// the kernel to report the group frozen (a concurrent Freeze or Thaw of g
+// finishing first counts against it); past that it fails, and thaws the
+// group again unless another caller holds it frozen, so that an on-line
+// instance is never left half-frozen.
+//
+// Freezes nest: each Freeze that succeeds is a hold on the group, which a
+// Thaw releases, and the group thaws only when the last hold is released.
+// A clone's snapshot and a Kill of the same instance can so overlap
+// without one thawing the group under the other. Holds are counted per
+// Group: two Groups loaded for the same path, or FreezeTree, do not see
+// each other's.
 func (g *Group) Freeze(timeout time.Duration) error {
-	file, want, thawed := filepath.Join(Root, "freezer", g.path, "freezer.state"), "FROZEN", "THAWED"
-	if g.v == V2 {
-		file, want, thawed = filepath.Join(Root, g.path, "cgroup.freeze"), "1", "0"
-	}
 	deadline := time.Now().Add(timeout)
+	g.freezeMu.Lock()
+	defer g.freezeMu.Unlock()
+	// Even under a hold the state is written and checked: something
+	// outside this Group (FreezeTree, another process) may have thawed it.
+	file, want, thawed := freezerFile(g.v, g.path)
 	for {
 		if err := os.WriteFile(file, []byte(want), 0); err != nil {
+			g.thawIfUnheld(file, thawed)
 			return fmt.Errorf("freeze cgroup %s: %w", g.path, err)
 		}
 		frozen, err := g.frozen()
 		if err != nil {
-			_ = os.WriteFile(file, []byte(thawed), 0)
+			g.thawIfUnheld(file, thawed)
 			return fmt.Errorf("freeze cgroup %s: %w", g.path, err)
 		}
 		if frozen {
+			g.holds++
 			return nil
 		}
 		if time.Now().After(deadline) {
-			_ = os.WriteFile(file, []byte(thawed), 0)
+			g.thawIfUnheld(file, thawed)
 			return fmt.Errorf("freeze cgroup %s: not frozen after %v", g.path, timeout)
 		}
 		time.Sleep(200 * time.Microsecond)
 	}
 }
 
+// thawIfUnheld undoes a failed Freeze's write unless another caller holds
+// the group frozen. The caller holds freezeMu.
+func (g *Group) thawIfUnheld(file, thawed string) {
+	if g.holds == 0 {
+		_ = os.WriteFile(file, []byte(thawed), 0)
+	}
+}
+
+// freezerFile returns the file that freezes the group at path and the
+// values that freeze and thaw it.
+func freezerFile(v Version, path string) (file, frozen, thawed string) {
+	if v == V2 {
+		return filepath.Join(Root, path, "cgroup.freeze"), "1", "0"
+	}
+	return filepath.Join(Root, "freezer", path, "freezer.state"), "FROZEN", "THAWED"
+}
+
+// frozen reports whether the kernel has g frozen: all its processes
+// stopped, by its own freeze or an ancestor's.
 func (g *Group) frozen() (bool, error) {
 	if g.v == V1 {
 		b, err := os.ReadFile(filepath.Join(Root, "freezer", g.path, "freezer.state"))
@@ -395,12 +506,74 @@ func (g *Group) frozen() (bool, error) {
 	return strings.Contains(string(b), "frozen 1"), err
 }
 
-// Thaw resumes the processes Freeze stopped.
+// thawTimeout bounds Thaw's wait for the kernel to report the group
+// thawed; a thaw takes effect at once, unless an ancestor is frozen,
+// which Thaw checks first as no wait would cure it.
+const thawTimeout = time.Second
+
+// Thaw releases a hold Freeze took; the last one resumes the processes.
+// A Thaw with no hold (the group frozen by FreezeTree or a crashed run)
+// thaws the group. It fails, naming the ancestor to thaw, when the group
+// stays frozen because an ancestor is.
 func (g *Group) Thaw() error {
-	if g.v == V1 {
-		return g.c1.Thaw()
+	g.freezeMu.Lock()
+	defer g.freezeMu.Unlock()
+	if g.holds > 1 {
+		g.holds--
+		return nil
 	}
-	return g.c2.Thaw()
+	g.holds = 0
+	file, _, thawed := freezerFile(g.v, g.path)
+	deadline := time.Now().Add(thawTimeout)
+	for {
+		if err := os.WriteFile(file, []byte(thawed), 0); err != nil {
+			return fmt.Errorf("thaw cgroup %s: %w", g.path, err)
+		}
+		if f, v := g.frozenAncestor(); f != "" {
+			return fmt.Errorf("thaw cgroup %s: an ancestor is frozen: write %s to %s", g.path, v, f)
+		}
+		ok, err := g.thawed()
+		if err != nil {
+			return fmt.Errorf("thaw cgroup %s: %w", g.path, err)
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("thaw cgroup %s: still frozen after %v", g.path, thawTimeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// thawed reports whether the kernel has g running: not frozen, nor on its
+// way to it (v1's FREEZING).
+func (g *Group) thawed() (bool, error) {
+	if g.v == V1 {
+		b, err := os.ReadFile(filepath.Join(Root, "freezer", g.path, "freezer.state"))
+		return strings.TrimSpace(string(b)) == "THAWED", err
+	}
+	b, err := os.ReadFile(filepath.Join(Root, g.path, "cgroup.events"))
+	return strings.Contains(string(b), "frozen 0"), err
+}
+
+// frozenAncestor returns the freezer file of the nearest ancestor of g
+// frozen in its own right, and the value that thaws it; "" if none is.
+// (The root group cannot be frozen.)
+func (g *Group) frozenAncestor() (file, thawed string) {
+	for p := filepath.Dir(g.path); p != "/"; p = filepath.Dir(p) {
+		f, _, t := freezerFile(g.v, p)
+		// v2's cgroup.freeze is the group's own request; v1's
+		// freezer.state also says FROZEN when only an ancestor is.
+		self := f
+		if g.v == V1 {
+			self = filepath.Join(filepath.Dir(f), "freezer.self_freezing")
+		}
+		if b, err := os.ReadFile(self); err == nil && strings.TrimSpace(string(b)) == "1" {
+			return f, t
+		}
+	}
+	return "", ""
 }
 
 // Usage is the CPU time and memory the group's processes used.
@@ -478,20 +651,27 @@ func (g *Group) ids(threads bool) ([]int, error) {
 }
 
 // Kill sends SIGKILL to every process in g until none is left or the
-// deadline passes. It freezes the group first so that no process forks
-// behind the kill.
+// deadline passes. On v1 it freezes the group first so that no process
+// forks behind the kill; killed processes die only once thawed, so while
+// another caller holds the group frozen (see Freeze) they die when it
+// thaws it, and Kill waits for that until the deadline.
 func (g *Group) Kill(deadline time.Time) error {
+	var thawErr error
 	if g.v == V2 {
 		if err := g.c2.Kill(); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("kill cgroup %s: %w", g.path, err)
 		}
 	} else {
-		_ = g.Freeze(time.Second)
+		// A failed Freeze took no hold, and a Thaw then would release
+		// someone else's.
+		froze := g.Freeze(time.Second) == nil
 		ps, _ := g.Procs()
 		for _, p := range ps {
 			_ = syscall.Kill(p, syscall.SIGKILL)
 		}
-		_ = g.Thaw() // killed tasks die only once thawed
+		if froze {
+			thawErr = g.Thaw()
+		}
 	}
 	for {
 		ps, err := g.Procs()
@@ -502,6 +682,9 @@ func (g *Group) Kill(deadline time.Time) error {
 			return fmt.Errorf("kill cgroup %s: %w", g.path, err)
 		}
 		if time.Now().After(deadline) {
+			if thawErr != nil {
+				return fmt.Errorf("kill cgroup %s: %d processes still alive: %w", g.path, len(ps), thawErr)
+			}
 			return fmt.Errorf("kill cgroup %s: %d processes still alive", g.path, len(ps))
 		}
 		for _, p := range ps {
@@ -628,19 +811,12 @@ func TreeProcs(v Version, path string) []int {
 // freezer hierarchy or v2's cgroup.freeze; used by cleanup to stop a crashed
 // run's processes from forking while they are killed.
 func FreezeTree(v Version, path string, freeze bool) {
-	if v == V2 {
-		val := "0"
-		if freeze {
-			val = "1"
-		}
-		_ = os.WriteFile(filepath.Join(Root, path, "cgroup.freeze"), []byte(val), 0)
-		return
-	}
-	val := "THAWED"
+	file, frozen, thawed := freezerFile(v, path)
+	val := thawed
 	if freeze {
-		val = "FROZEN"
+		val = frozen
 	}
-	_ = os.WriteFile(filepath.Join(Root, "freezer", path, "freezer.state"), []byte(val), 0)
+	_ = os.WriteFile(file, []byte(val), 0)
 }
 
 // Controllers lists the resource controllers version v offers here: the

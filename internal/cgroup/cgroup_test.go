@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,12 +19,7 @@ import (
 // TestGroup exercises a group on whichever cgroup version this machine
 // has: v1 on this project's machines, v2 on most users'.
 func TestGroup(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root; CI runs as root, so this is a setup error")
-		}
-		t.Skip("needs root; run as root")
-	}
+	needRoot(t)
 	v, err := Detect()
 	if err != nil {
 		t.Fatal(err)
@@ -125,12 +121,7 @@ func TestHelperHold(t *testing.T) {
 // cannot give back (anonymous memory, no swap) is refused, and the group's
 // process lives on — on v2 as on v1.
 func TestLowerMemoryBelowUse(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root; CI runs as root, so this is a setup error")
-		}
-		t.Skip("needs root; run as root")
-	}
+	needRoot(t)
 	if b, err := os.ReadFile("/proc/swaps"); err == nil && strings.Count(string(b), "\n") > 1 {
 		t.Skip("swap is on: the kernel could reclaim the memory this test holds")
 	}
@@ -195,6 +186,223 @@ func TestWeightOf(t *testing.T) {
 	for shares, want := range map[uint64]uint64{2: 1, 1024: 100, 8192: 800, 512: 50, 262144: 10000, 1 << 30: 10000} {
 		if got := weightOf(shares); got != want {
 			t.Errorf("weightOf(%d) = %d, want %d", shares, got, want)
+		}
+	}
+}
+
+// needRoot skips t unless it runs as root, and fails it under CI=true,
+// where the tests run as root.
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root; CI runs as root, so this is a setup error")
+		}
+		t.Skip("needs root; run as root")
+	}
+}
+
+// newBusyGroup creates the group /justrunit/cgtest<pid>/<name> with limits
+// l and a shell spinning in it; the test's cleanup removes both.
+func newBusyGroup(t *testing.T, name string, l Limits) (*Group, *exec.Cmd) {
+	t.Helper()
+	needRoot(t)
+	v, err := Detect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := fmt.Sprintf("/justrunit/cgtest%d", os.Getpid())
+	path := root + "/" + name
+	g, err := New(v, path, l)
+	if err != nil {
+		t.Fatalf("New(%s, %s, %+v) error: %v", v, path, l, err)
+	}
+	t.Cleanup(func() {
+		FreezeTree(v, filepath.Dir(path), false)
+		_ = g.Kill(time.Now().Add(5 * time.Second))
+		_ = g.Delete()
+		_ = RemoveTree(v, root)
+	})
+	cmd := exec.Command("/bin/sh", "-c", "while :; do :; done")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	if err := g.AddProc(cmd.Process.Pid); err != nil {
+		t.Fatalf("AddProc error: %v", err)
+	}
+	return g, cmd
+}
+
+// TestFreezeNests: a Thaw releases one Freeze's hold; the group stays
+// frozen until the last one is released. (Before holds were counted, the
+// first Thaw thawed the group under the second Freeze.)
+func TestFreezeNests(t *testing.T) {
+	g, _ := newBusyGroup(t, "nest", Limits{})
+	for i := range 2 {
+		if err := g.Freeze(time.Second); err != nil {
+			t.Fatalf("Freeze() #%d error: %v", i+1, err)
+		}
+	}
+	if err := g.Thaw(); err != nil {
+		t.Fatalf("Thaw() #1 error: %v", err)
+	}
+	if frozen, err := g.frozen(); err != nil || !frozen {
+		t.Errorf("after 2 Freezes and 1 Thaw, frozen() = %v, %v; want true", frozen, err)
+	}
+	if err := g.Thaw(); err != nil {
+		t.Fatalf("Thaw() #2 error: %v", err)
+	}
+	if frozen, err := g.frozen(); err != nil || frozen {
+		t.Errorf("after 2 Freezes and 2 Thaws, frozen() = %v, %v; want false", frozen, err)
+	}
+}
+
+// TestFreezeConcurrent: callers freezing and thawing one group at once
+// (a clone's snapshot and another clone's, or a Kill) each find it frozen
+// for as long as they hold it, and it ends thawed.
+func TestFreezeConcurrent(t *testing.T) {
+	g, _ := newBusyGroup(t, "race", Limits{})
+	const callers, rounds = 6, 30
+	errs := make(chan error, callers*rounds)
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Go(func() {
+			for r := range rounds {
+				if err := g.Freeze(time.Second); err != nil {
+					errs <- fmt.Errorf("caller %d round %d: Freeze() error: %v", c, r, err)
+					return
+				}
+				time.Sleep(50 * time.Microsecond)
+				if frozen, err := g.frozen(); err != nil || !frozen {
+					errs <- fmt.Errorf("caller %d round %d: thawed under its hold (frozen() = %v, %v)", c, r, frozen, err)
+				}
+				if err := g.Thaw(); err != nil {
+					errs <- fmt.Errorf("caller %d round %d: Thaw() error: %v", c, r, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	n := 0
+	for err := range errs {
+		if n++; n <= 5 {
+			t.Error(err)
+		}
+	}
+	if n > 5 {
+		t.Errorf("... %d failures in all", n)
+	}
+	if frozen, err := g.frozen(); err != nil || frozen {
+		t.Errorf("after every hold was released, frozen() = %v, %v; want false", frozen, err)
+	}
+}
+
+// TestKillWhileHeld: a Kill while another caller holds the group frozen
+// leaves it frozen (v1's Kill freezes and thaws it too), and finishes once
+// that caller thaws it.
+func TestKillWhileHeld(t *testing.T) {
+	g, _ := newBusyGroup(t, "killheld", Limits{})
+	if err := g.Freeze(time.Second); err != nil {
+		t.Fatalf("Freeze() error: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- g.Kill(time.Now().Add(5 * time.Second)) }()
+	time.Sleep(100 * time.Millisecond)
+	if frozen, err := g.frozen(); err != nil || !frozen {
+		t.Errorf("while Kill ran under a hold, frozen() = %v, %v; want true", frozen, err)
+	}
+	if err := g.Thaw(); err != nil {
+		t.Fatalf("Thaw() error: %v", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Kill() error: %v", err)
+		}
+	case <-time.After(6 * time.Second):
+		t.Fatal("Kill() did not return after the hold was released")
+	}
+	if ps, err := g.Procs(); err != nil || len(ps) > 0 {
+		t.Errorf("after Kill, Procs() = %v, %v; want none", ps, err)
+	}
+}
+
+// TestThawUnderFrozenAncestor: a group whose ancestor is frozen cannot be
+// thawed; Thaw says so and names the ancestor's file, rather than spinning
+// for ever (v1: containerd's Thaw waits for a THAWED that never comes) or
+// succeeding with the group still frozen (v2).
+func TestThawUnderFrozenAncestor(t *testing.T) {
+	g, _ := newBusyGroup(t, "anc/g", Limits{})
+	parent := filepath.Dir(g.Path())
+	FreezeTree(g.Version(), parent, true)
+	done := make(chan error, 1)
+	go func() { done <- g.Thaw() }()
+	select {
+	case err := <-done:
+		want := filepath.Dir(FreezerDir(g.Version(), g.Path()))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Thaw() under a frozen %s = %v, want an error naming %s", parent, err, want)
+		}
+	case <-time.After(5 * time.Second):
+		FreezeTree(g.Version(), parent, false) // lets a spinning Thaw return
+		t.Fatal("Thaw() under a frozen ancestor did not return in 5s")
+	}
+	FreezeTree(g.Version(), parent, false)
+	if err := g.Thaw(); err != nil {
+		t.Errorf("Thaw() after the ancestor was thawed = %v", err)
+	}
+	if frozen, err := g.frozen(); err != nil || frozen {
+		t.Errorf("after Thaw, frozen() = %v, %v; want false", frozen, err)
+	}
+}
+
+// TestSetEmptyCpusInherits: Set with Cpus empty after one that named a CPU
+// gives the group, and its running process, the parent's CPUs again.
+func TestSetEmptyCpusInherits(t *testing.T) {
+	needRoot(t)
+	v, err := Detect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	effective := func(path string) string {
+		f := filepath.Join(Root, "cpuset", path, "cpuset.effective_cpus")
+		if v == V2 {
+			f = filepath.Join(Root, path, "cpuset.cpus.effective")
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	g, cmd := newBusyGroup(t, "cpus", Limits{})
+	parent := effective(filepath.Dir(g.Path()))
+	one := strings.FieldsFunc(parent, func(r rune) bool { return r == ',' || r == '-' })[0]
+	if one == parent {
+		t.Skipf("needs 2 CPUs in the parent's cpuset, which has %s", parent)
+	}
+	if err := g.Set(Limits{Cpus: one}); err != nil {
+		t.Fatalf("Set(Cpus %s) error: %v", one, err)
+	}
+	if got := effective(g.Path()); got != one {
+		t.Fatalf("after Set(Cpus %s), effective cpus = %s", one, got)
+	}
+	if err := g.Set(Limits{}); err != nil {
+		t.Fatalf("Set(Cpus empty) error: %v", err)
+	}
+	if got := effective(g.Path()); got != parent {
+		t.Errorf("after Set(Cpus empty), effective cpus = %s, want the parent's %s", got, parent)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, val, _ := strings.Cut(line, ":"); k == "Cpus_allowed_list" && strings.TrimSpace(val) != parent {
+			t.Errorf("after Set(Cpus empty), the group's process may run on %s, want the parent's %s", strings.TrimSpace(val), parent)
 		}
 	}
 }
