@@ -53,19 +53,34 @@ type InConfig struct {
 	// MaxInFlight bounds the copies in flight to one clone; a copy that
 	// would exceed it is dropped and counted.
 	MaxInFlight int
-	// MaxCloneBytes bounds the memory held by the copies in flight to one
-	// clone (bodies plus a fixed charge per copy) and by the clone's
-	// response bodies kept for comparison (Compare); beyond it copies are
-	// dropped, and responses not compared, and counted.
+	// MaxCloneBytes bounds the memory held for one clone: its copies in
+	// flight or waiting for their time (bodies plus a fixed charge per
+	// copy) and, with Compare, the response bodies kept to compare its
+	// responses — the clone's own, and the on-line ones they are to be
+	// compared with (see Compare). Beyond it copies are dropped (Dropped)
+	// and responses not compared (CompareDropped); nothing waits.
 	MaxCloneBytes int64
 	// CopyTimeout bounds one copy, from its dispatch to the end of the
 	// clone's response; a copy that times out counts as an error.
 	CopyTimeout time.Duration
 	// Compare turns on the comparison of each clone response with the
 	// on-line response (status and body, with Masks applied to both).
+	// The on-line body kept for it is charged, once the on-line response
+	// has ended, to the bytes (MaxCloneBytes) of every clone whose copy
+	// of the request may still be compared with it — sent or waiting for
+	// its time, or answered and waiting for the on-line response — each
+	// clone charged its full size, until that clone's comparison is done
+	// or given up (the copy failed or timed out, the clone was detached);
+	// it is let go once no clone is charged for it. A clone that has no
+	// room for it does not compare that response (CompareDropped). Before
+	// that, while the on-line response is read and until its request's
+	// copies have gone out, the kept body is charged to no clone: there
+	// is at most one such per on-line connection (its responses are read
+	// one at a time, in the order of its requests), of at most
+	// MaxCompareBody.
 	Compare bool
-	// MaxCompareBody is the largest body compared; larger responses are
-	// not compared.
+	// MaxCompareBody is the largest body compared, on-line or a clone's;
+	// larger responses are not compared.
 	MaxCompareBody int64
 	// Masks hide values that legitimately differ when comparing.
 	Masks Masks
@@ -337,13 +352,16 @@ type CloneStats struct {
 	// SkippedLarge counts requests not copied because their body exceeded
 	// the copy limit.
 	SkippedLarge int64 `json:"skipped_large"`
-	// InFlight and InFlightBytes are the copies (and their charged bytes,
-	// with the clone's response bodies kept for comparison) in flight
-	// now; they are not windowed.
+	// InFlight is the copies in flight now; InFlightBytes the bytes
+	// charged now to the clone's bound (InConfig.MaxCloneBytes): the
+	// copies in flight or queued and, with Compare, the response bodies
+	// kept for its comparisons, its own and the on-line ones it is
+	// charged for. They are not windowed.
 	InFlight      int64 `json:"in_flight"`
 	InFlightBytes int64 `json:"in_flight_bytes"`
 	// Queued counts the copies waiting for their time (CloneLag) now, not
-	// windowed; their bytes are in InFlightBytes.
+	// windowed; their bytes, and those of the on-line bodies they hold
+	// for comparison, are in InFlightBytes.
 	Queued int64 `json:"queued,omitempty"`
 	// Compared counts copies whose response was compared with the on-line
 	// one; Mismatched those that differed (status, or masked body).
@@ -353,7 +371,8 @@ type CloneStats struct {
 	MismatchRate float64 `json:"mismatch_rate"`
 	// CompareDropped counts copies whose response was not compared
 	// because the clone was at its bound of bytes (MaxCloneBytes) when
-	// its body was to be kept for the comparison.
+	// its body, or the on-line body it was to be compared with, was to be
+	// charged for the comparison.
 	CompareDropped int64 `json:"compare_dropped"`
 	// Response is the clone's response times (from the on-line arrival,
 	// or with a clone lag from the time the copy goes out, to the end of
@@ -464,20 +483,145 @@ type copyReq struct {
 	online  *onlineResult // nil unless comparing
 }
 
-// onlineResult is the on-line response, for comparison.
+// onlineResult is the on-line response, for comparison, and the holds the
+// clones comparing with it took on it. Its kept body is charged to every
+// clone that may still read it (see onlineHold) and let go once none may:
+// it is held uncharged only while the response is read and until its
+// request's copies have gone out, by the on-line connection's own
+// goroutines.
 type onlineResult struct {
-	once   sync.Once
-	done   chan struct{}
+	done chan struct{} // closed once the result is set
+
+	mu sync.Mutex
+	// ok, status and body are set once, before done is closed; body is
+	// nil when ok is false, and set to nil again (under mu) once no hold
+	// is charged for it and none can come.
+	ended  bool
 	ok     bool
 	status int
 	body   []byte
+	copied bool          // the copies went out (or were given up): no more holds
+	holds  []*onlineHold // taken before the result was set
+	paid   int           // holds charged for body and not released
 }
 
+// onlineHold is one copy's claim on the on-line result its clone's
+// response is to be compared with: from the moment the result is set (or
+// the copy is accepted, if later) its kept body is charged to the clone's
+// bytes, until release; a clone that has no room for it then does not
+// compare that response. The fields are under o.mu.
+type onlineHold struct {
+	o        *onlineResult
+	c        *clone
+	charged  int64 // the bytes charged to c
+	paid     bool  // counted in o.paid
+	full     bool  // no room in c's bytes: not compared
+	released bool
+}
+
+// finish sets the result, once: ok false when there is nothing to compare
+// with (no response, or one not kept). It charges the body to the clones
+// holding the result; it never waits.
 func (o *onlineResult) finish(ok bool, status int, body []byte) {
-	o.once.Do(func() {
-		o.ok, o.status, o.body = ok, status, body
-		close(o.done)
-	})
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.ended {
+		return
+	}
+	o.ended, o.ok, o.status = true, ok, status
+	if ok {
+		o.body = body
+	}
+	for _, h := range o.holds {
+		if !h.released {
+			o.charge(h)
+		}
+	}
+	o.holds = nil
+	o.trim()
+	close(o.done)
+}
+
+// hold is taken by clone c for a copy it accepted, which will be compared
+// with the result; o may be nil (not comparing), and so is the hold then.
+// It is called before markCopied, by whoever dispatches the copies.
+func (o *onlineResult) hold(c *clone) *onlineHold {
+	if o == nil {
+		return nil
+	}
+	h := &onlineHold{o: o, c: c}
+	o.mu.Lock()
+	if o.ended {
+		o.charge(h)
+	} else {
+		o.holds = append(o.holds, h)
+	}
+	o.mu.Unlock()
+	return h
+}
+
+// markCopied tells o that its request's copies went out, or will not: no
+// hold is taken after it.
+func (o *onlineResult) markCopied() {
+	o.mu.Lock()
+	o.copied = true
+	o.trim()
+	o.mu.Unlock()
+}
+
+// charge charges the result's body to h's clone, or marks h full when the
+// clone has no room for it. o.mu is held and the result is set.
+func (o *onlineResult) charge(h *onlineHold) {
+	if !o.ok {
+		return // nothing kept, nothing to compare
+	}
+	n := int64(cap(o.body))
+	if n > 0 && !h.c.reserve(n) {
+		h.full = true
+		return
+	}
+	h.charged, h.paid = n, true
+	o.paid++
+}
+
+// trim lets the body go once nobody may read it: the result is set, no
+// more holds can come and none is charged for it. o.mu is held.
+func (o *onlineResult) trim() {
+	if o.ended && o.copied && o.paid == 0 {
+		o.body = nil
+	}
+}
+
+// dropped reports whether h's clone had no room for the result's body:
+// its response is not compared. It is meaningful once o.done is closed.
+func (h *onlineHold) dropped() bool {
+	h.o.mu.Lock()
+	defer h.o.mu.Unlock()
+	return h.full
+}
+
+// release ends h: the clone will not read the result, and its charge is
+// given back. h may be nil; a second release does nothing.
+func (h *onlineHold) release() {
+	if h == nil {
+		return
+	}
+	o := h.o
+	o.mu.Lock()
+	if h.released {
+		o.mu.Unlock()
+		return
+	}
+	h.released = true
+	n := h.charged
+	h.charged = 0
+	if h.paid {
+		h.paid = false
+		o.paid--
+		o.trim()
+	}
+	o.mu.Unlock()
+	h.c.inFlB.Add(-n)
 }
 
 // copyable reports whether r can be copied: it opens no tunnel (see
@@ -556,6 +700,9 @@ func (p *InProxy) fwdBodyRead(ex *exchange, err error) {
 		for _, c := range ex.skip {
 			c.skippedLarge.Add(1)
 		}
+	}
+	if ex.online != nil {
+		ex.online.markCopied() // the clones that compare hold it now
 	}
 	ex.copy, ex.skip, ex.clones = nil, nil, nil // done with; the exchange lives on until its response
 }
@@ -783,8 +930,9 @@ func (c *clone) stop() {
 	c.pool.close()
 }
 
-// send starts sending cr to the clone now, or drops it when the clone is
-// at its bounds. It never blocks.
+// send starts sending cr to the clone now (or queues it for its time), or
+// drops it when the clone is at its bounds. A copy sent or queued takes a
+// hold on the on-line result when comparing. It never blocks.
 func (c *clone) send(cr *copyReq) {
 	if c.ctx.Err() != nil {
 		return // detached between the snapshot and now
@@ -799,7 +947,10 @@ func (c *clone) send(cr *copyReq) {
 			c.drop()
 			return
 		}
-		c.queue.push(lagged{cr: cr, charge: charge, due: cr.arrival.Add(c.cfg.CloneLag)})
+		l := lagged{cr: cr, charge: charge, hold: cr.online.hold(c), due: cr.arrival.Add(c.cfg.CloneLag)}
+		if !c.queue.push(l) {
+			c.letGo(l) // detached since the check above
+		}
 		return
 	}
 	if c.inFl.Add(1) > int64(c.cfg.MaxInFlight) {
@@ -812,7 +963,7 @@ func (c *clone) send(cr *copyReq) {
 		c.drop()
 		return
 	}
-	c.start(cr, charge, cr.arrival)
+	c.start(cr, charge, cr.online.hold(c), cr.arrival)
 }
 
 // reserve charges n more bytes to the clone's bound (MaxCloneBytes), or
@@ -826,15 +977,16 @@ func (c *clone) reserve(n int64) bool {
 }
 
 // start counts cr as sent and sends it, timing the clone's response from
-// due. With an idle connection at hand, the request is written at once by
-// the caller (the goroutine that parsed the on-line request, or the lag
-// queue's): one write, no goroutine to start and wake.
-func (c *clone) start(cr *copyReq, charge int64, due time.Time) {
+// due; charge and hold are the copy's share of the clone's bounds, which
+// its finish gives back. With an idle connection at hand, the request is
+// written at once by the caller (the goroutine that parsed the on-line
+// request, or the lag queue's): one write, no goroutine to start and wake.
+func (c *clone) start(cr *copyReq, charge int64, hold *onlineHold, due time.Time) {
 	c.sent.Add(1)
 	if f := c.cfg.ObserveCopy; f != nil {
 		f(true)
 	}
-	f, err := c.newFlight(cr, charge, due)
+	f, err := c.newFlight(cr, charge, hold, due)
 	if err != nil {
 		c.finish(f, nil, nil, err, time.Time{})
 		return
@@ -862,6 +1014,7 @@ type flight struct {
 	req      *http.Request
 	wire     []byte // req as written
 	charge   int64
+	hold     *onlineHold // nil unless comparing
 	due      time.Time
 	deadline time.Time
 	retried  bool
@@ -872,10 +1025,10 @@ type flight struct {
 // f's own fields stay as they are: the goroutine that wrote f may still
 // read its deadline, or record a failed write on it.
 func (f *flight) retry(deadline time.Time) *flight {
-	return &flight{cr: f.cr, req: f.req, wire: f.wire, charge: f.charge, due: f.due, deadline: deadline, retried: true}
+	return &flight{cr: f.cr, req: f.req, wire: f.wire, charge: f.charge, hold: f.hold, due: f.due, deadline: deadline, retried: true}
 }
 
-func (c *clone) newFlight(cr *copyReq, charge int64, due time.Time) (*flight, error) {
+func (c *clone) newFlight(cr *copyReq, charge int64, hold *onlineHold, due time.Time) (*flight, error) {
 	req := &http.Request{
 		Method:     cr.method,
 		URL:        joinURL(c.target, cr.path, cr.rawPath, cr.query),
@@ -892,7 +1045,7 @@ func (c *clone) newFlight(cr *copyReq, charge int64, due time.Time) (*flight, er
 	var wire bytes.Buffer
 	wire.Grow(len(cr.body) + 512)
 	err := req.Write(&wire)
-	return &flight{cr: cr, req: req, wire: wire.Bytes(), charge: charge, due: due, deadline: time.Now().Add(c.cfg.CopyTimeout)}, err
+	return &flight{cr: cr, req: req, wire: wire.Bytes(), charge: charge, hold: hold, due: due, deadline: time.Now().Add(c.cfg.CopyTimeout)}, err
 }
 
 // finishWrite writes the rest of a request the socket had no room for
@@ -1068,11 +1221,13 @@ func (k *keptBody) release() {
 
 // finish ends f: it records the clone's response time (from f's due time
 // to end) or its failure, compares the response (its body kept in body,
-// nil when not comparing) with the on-line one, and releases f's and
-// body's share of the clone's bounds.
+// nil when not comparing) with the on-line one, and releases f's, its
+// hold's and body's share of the clone's bounds, once the comparison is
+// done or given up.
 func (c *clone) finish(f *flight, resp *http.Response, body *keptBody, err error, end time.Time) {
 	release := func() {
 		body.release()
+		f.hold.release()
 		c.inFlB.Add(-f.charge)
 		c.inFl.Add(-1)
 	}
@@ -1106,7 +1261,8 @@ func (c *clone) finish(f *flight, resp *http.Response, body *keptBody, err error
 }
 
 // compare waits (until f's deadline) for the on-line response to f's
-// request and counts whether the clone's matches it.
+// request and counts whether the clone's matches it, or that it was not
+// compared because the clone had no room for the on-line body.
 func (c *clone) compare(f *flight, status int, body []byte) {
 	t := time.NewTimer(time.Until(f.deadline))
 	defer t.Stop()
@@ -1120,6 +1276,11 @@ func (c *clone) compare(f *flight, status int, body []byte) {
 	if !f.cr.online.ok {
 		return
 	}
+	if f.hold.dropped() {
+		c.compareDropped.Add(1)
+		return
+	}
+	// f.hold is charged for the on-line body: it is kept until released.
 	c.compared.Add(1)
 	if status != f.cr.online.status || !bytes.Equal(c.cfg.Masks.Body(body), c.cfg.Masks.Body(f.cr.online.body)) {
 		c.mismatched.Add(1)
@@ -1130,19 +1291,33 @@ func (c *clone) compare(f *flight, status int, body []byte) {
 type lagged struct {
 	cr     *copyReq
 	charge int64
+	hold   *onlineHold // nil unless comparing
 	due    time.Time
+}
+
+// letGo gives back the share of the clone's bounds of a lagged copy that
+// will not be sent.
+func (c *clone) letGo(l lagged) {
+	l.hold.release()
+	c.inFlB.Add(-l.charge)
 }
 
 // lagQueue holds the copies of a clone with a lag, in arrival order (which
 // is also their due order, the lag being the same for all).
 type lagQueue struct {
-	mu   sync.Mutex
-	q    []lagged
-	wake chan struct{} // signalled when the queue goes from empty to not
+	mu     sync.Mutex
+	q      []lagged
+	closed bool          // the clone was detached: nothing more is queued
+	wake   chan struct{} // signalled when the queue goes from empty to not
 }
 
-func (q *lagQueue) push(l lagged) {
+// push queues l, or reports false when the queue is closed.
+func (q *lagQueue) push(l lagged) bool {
 	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return false
+	}
 	q.q = append(q.q, l)
 	first := len(q.q) == 1
 	q.mu.Unlock()
@@ -1152,6 +1327,17 @@ func (q *lagQueue) push(l lagged) {
 		default:
 		}
 	}
+	return true
+}
+
+// close closes the queue and returns the copies still in it.
+func (q *lagQueue) close() []lagged {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closed = true
+	rest := q.q
+	q.q = nil
+	return rest
 }
 
 // head returns the oldest copy without removing it.
@@ -1181,10 +1367,15 @@ func (q *lagQueue) len() int {
 }
 
 // pace sends the lagged copies at their due times until the clone is
-// detached; copies still queued then are let go.
+// detached; copies still queued then are let go, their charges given back.
 func (c *clone) pace() {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	defer func() {
+		for _, l := range c.queue.close() {
+			c.letGo(l)
+		}
+	}()
 	for {
 		l, ok := c.queue.head()
 		if !ok {
@@ -1205,22 +1396,23 @@ func (c *clone) pace() {
 		}
 		c.queue.pop()
 		if c.ctx.Err() != nil {
+			c.letGo(l)
 			return // detached while the copy came due
 		}
 		if until := c.pausedUntil.Load(); until != 0 && time.Now().UnixNano() < until {
-			c.inFlB.Add(-l.charge)
+			c.letGo(l)
 			c.drop() // the clone refuses connections: do not dial in vain
 			continue
 		}
 		if c.inFl.Add(1) > int64(c.cfg.MaxInFlight) {
 			c.inFl.Add(-1)
-			c.inFlB.Add(-l.charge)
+			c.letGo(l)
 			c.drop()
 			continue
 		}
 		// The clone's response time counts from now, when the copy goes
 		// out: the timer's lateness is the proxy's, not the clone's.
-		c.start(l.cr, l.charge, time.Now())
+		c.start(l.cr, l.charge, l.hold, time.Now())
 	}
 }
 

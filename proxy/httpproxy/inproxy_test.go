@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -635,4 +636,199 @@ func TestInProxyCompareChargesCloneBytes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestInProxyCompareChargesOnlineBody checks that the on-line body kept to
+// compare a clone's response with counts in the clone's bytes
+// (MaxCloneBytes) for as long as the clone's comparison may read it — its
+// copy in flight, waiting for its time, or answered and waiting — and is
+// given back when the comparison is done or given up, the clone detached
+// included; that a clone with no room for it does not compare and counts
+// CompareDropped, whichever response ends first; and that the on-line
+// responses are unchanged throughout.
+func TestInProxyCompareChargesOnlineBody(t *testing.T) {
+	const size = 32 << 10
+	body := strings.Repeat("y", size)
+	answer := func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, body) }
+	getBody := func(t *testing.T, c *http.Client, u string) {
+		t.Helper()
+		if code, got := get(t, c, u); code != http.StatusOK || got != body {
+			t.Fatalf("GET %s = %d with %d bytes, want 200 with the on-line %d bytes unchanged", u, code, len(got), size)
+		}
+	}
+	// heldClone is a clone that answers only once released (at the
+	// latest when the test ends, before the server closes).
+	heldClone := func(t *testing.T) (*backend, func()) {
+		release := make(chan struct{})
+		var once sync.Once
+		open := func() { once.Do(func() { close(release) }) }
+		b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			<-release
+			answer(w, r)
+		})
+		t.Cleanup(open)
+		return b, open
+	}
+	charged := func(t *testing.T, p *InProxy, queued int64) {
+		t.Helper()
+		waitFor(t, 5*time.Second, "the on-line body charged to the clone", func() bool {
+			cs, _ := p.CloneStats("c", false)
+			return cs.InFlightBytes >= copyOverhead+size && cs.Queued == queued
+		})
+	}
+
+	t.Run("charged while the copy is in flight", func(t *testing.T) {
+		online := newBackend(t, answer)
+		clone, release := heldClone(t)
+		p, base := startIn(t, InConfig{Online: online.URL, Compare: true})
+		if err := p.AddClone(context.Background(), "c", clone.URL); err != nil {
+			t.Fatal(err)
+		}
+		getBody(t, testClient(), base+"/a")
+		charged(t, p, 0)
+		release()
+		waitFor(t, 5*time.Second, "the comparison, its bytes given back", func() bool {
+			cs, _ := p.CloneStats("c", false)
+			return cs.Compared == 1 && cs.InFlight == 0 && cs.InFlightBytes == 0
+		})
+		if cs, _ := p.CloneStats("c", false); cs.Mismatched != 0 || cs.CompareDropped != 0 {
+			t.Errorf("clone stats %+v, want 1 compared, matching, none dropped", cs)
+		}
+	})
+
+	t.Run("charged while the copy waits for its time", func(t *testing.T) {
+		online := newBackend(t, answer)
+		clone := newBackend(t, answer)
+		p, base := startIn(t, InConfig{Online: online.URL, Compare: true, CloneLag: time.Second})
+		if err := p.AddClone(context.Background(), "c", clone.URL); err != nil {
+			t.Fatal(err)
+		}
+		getBody(t, testClient(), base+"/a")
+		charged(t, p, 1)
+		waitFor(t, 5*time.Second, "the lagged copy's comparison, its bytes given back", func() bool {
+			cs, _ := p.CloneStats("c", false)
+			return cs.Compared == 1 && cs.Queued == 0 && cs.InFlight == 0 && cs.InFlightBytes == 0
+		})
+	})
+
+	for _, lag := range []time.Duration{0, 20 * time.Second} {
+		t.Run(fmt.Sprintf("given back when detached, lag %v", lag), func(t *testing.T) {
+			online := newBackend(t, answer)
+			clone, _ := heldClone(t)
+			p, base := startIn(t, InConfig{Online: online.URL, Compare: true, CloneLag: lag})
+			if err := p.AddClone(context.Background(), "c", clone.URL); err != nil {
+				t.Fatal(err)
+			}
+			c := (*p.clones.Load())[0]
+			getBody(t, testClient(), base+"/a")
+			queued := int64(0)
+			if lag > 0 {
+				queued = 1
+			}
+			charged(t, p, queued)
+			if _, err := p.RemoveClone("c"); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 5*time.Second, "the detached clone's bytes given back", func() bool {
+				return c.inFlB.Load() == 0
+			})
+		})
+	}
+
+	// With room for a copy and one body, not two, the comparison is
+	// dropped: with the on-line response first, the clone's body has no
+	// room; with the clone's first, the on-line body has none.
+	for _, first := range []string{"on-line", "clone"} {
+		t.Run("no room, "+first+" answers first", func(t *testing.T) {
+			var px atomic.Pointer[InProxy]
+			var onlineSeen, onlineDone atomic.Int64
+			// waitUntil waits, at most a few seconds, for cond; a
+			// handler cannot fail the test, the counts below do.
+			waitUntil := func(cond func() bool) {
+				for deadline := time.Now().Add(5 * time.Second); !cond() && time.Now().Before(deadline); {
+					time.Sleep(2 * time.Millisecond)
+				}
+			}
+			online := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+				i := onlineSeen.Add(1)
+				if first == "clone" { // once the proxy has read the clone's answer
+					waitUntil(func() bool {
+						cs, _ := px.Load().CloneStats("c", false)
+						return cs.Response.Count >= i
+					})
+				}
+				answer(w, r)
+			})
+			var cloneSeen atomic.Int64
+			clone := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+				i := cloneSeen.Add(1)
+				if first == "on-line" {
+					waitUntil(func() bool { return onlineDone.Load() >= i })
+				}
+				answer(w, r)
+			})
+			p, base := startIn(t, InConfig{Online: online.URL, Compare: true, MaxCloneBytes: copyOverhead + size + size/2})
+			px.Store(p)
+			if err := p.AddClone(context.Background(), "c", clone.URL); err != nil {
+				t.Fatal(err)
+			}
+			c := testClient()
+			const n = 3
+			for i := range n {
+				getBody(t, c, fmt.Sprintf("%s/%d", base, i))
+				onlineDone.Add(1)
+				waitFor(t, 5*time.Second, "the copy's end", func() bool {
+					cs, _ := p.CloneStats("c", false)
+					return cs.CompareDropped+cs.Compared == int64(i+1) && cs.InFlight == 0
+				})
+			}
+			cs, _ := p.CloneStats("c", false)
+			if cs.Sent != n || cs.Dropped != 0 || cs.Response.Count != n || cs.Compared != 0 || cs.CompareDropped != n || cs.InFlightBytes != 0 {
+				t.Errorf("clone stats %+v; want %d sent and answered, none compared, %d compare_dropped, no bytes left charged", cs, n, n)
+			}
+		})
+	}
+
+	t.Run("many in flight, every charge given back", func(t *testing.T) {
+		online := newBackend(t, answer)
+		clone := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(10 * time.Millisecond)
+			answer(w, r)
+		})
+		p, base := startIn(t, InConfig{Online: online.URL, Compare: true, MaxCloneBytes: 4 * (copyOverhead + size)})
+		if err := p.AddClone(context.Background(), "c", clone.URL); err != nil {
+			t.Fatal(err)
+		}
+		const clients, each = 4, 10
+		c := testClient()
+		var wg sync.WaitGroup
+		for k := range clients {
+			wg.Go(func() { // t.Errorf, not t.Fatalf, off the test's goroutine
+				for i := range each {
+					u := fmt.Sprintf("%s/%d/%d", base, k, i)
+					resp, err := c.Get(u)
+					if err != nil {
+						t.Errorf("GET %s: %v", u, err)
+						return
+					}
+					got, err := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if err != nil || resp.StatusCode != http.StatusOK || string(got) != body {
+						t.Errorf("GET %s = %d with %d bytes (%v), want 200 with the on-line %d bytes unchanged", u, resp.StatusCode, len(got), err, size)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		waitFor(t, 10*time.Second, "every copy's end, its bytes given back", func() bool {
+			cs, _ := p.CloneStats("c", false)
+			return cs.Sent+cs.Dropped == clients*each && cs.InFlight == 0 && cs.InFlightBytes == 0 &&
+				cs.Compared+cs.CompareDropped == cs.Response.Count
+		})
+		cs, _ := p.CloneStats("c", false)
+		if cs.Response.Errors != 0 || cs.Mismatched != 0 || cs.Response.Count != cs.Sent {
+			t.Errorf("clone stats %+v; want every copy sent answered without error, none mismatched", cs)
+		}
+	})
 }
