@@ -267,7 +267,7 @@ transport errors count as errors.`,
 	f.StringVar(&control, "control", "", "loopback address for the control API (empty: none)")
 	f.StringVar(&maxCopyBody, "max-copy-body", "1MiB", "largest request body copied; larger ones are counted as skipped_large")
 	f.IntVar(&maxInFlight, "max-in-flight", httpproxy.DefaultMaxInFlight, "copies in flight per clone; beyond, copies are dropped")
-	f.StringVar(&maxCloneBytes, "max-clone-bytes", "64MiB", "bytes in flight per clone; beyond, copies are dropped")
+	f.StringVar(&maxCloneBytes, "max-clone-bytes", "64MiB", "bytes held per clone (copies in flight or lagged, and with --compare the response bodies kept to compare its answers, its own and the on-line ones); beyond, copies are dropped and answers not compared")
 	f.DurationVar(&copyTimeout, "copy-timeout", httpproxy.DefaultCopyTimeout, "limit on one copy; a copy that takes longer is an error")
 	f.DurationVar(&cloneLag, "clone-lag", 0, "delay every copy by this much after the on-line arrival (inter-arrival times kept): behind an out-proxy, lets the on-line calls be recorded before a clone makes them")
 	f.BoolVar(&compare, "compare", false, "compare each clone answer with the on-line one (status and masked body)")
