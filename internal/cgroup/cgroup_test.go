@@ -14,12 +14,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/justrunit/justrunit/internal/testutil"
 )
 
 // TestGroup exercises a group on whichever cgroup version this machine
 // has: v1 on this project's machines, v2 on most users'.
 func TestGroup(t *testing.T) {
-	needRoot(t)
+	testutil.NeedRoot(t)
 	v, err := Detect()
 	if err != nil {
 		t.Fatal(err)
@@ -121,7 +123,7 @@ func TestHelperHold(t *testing.T) {
 // cannot give back (anonymous memory, no swap) is refused, and the group's
 // process lives on — on v2 as on v1.
 func TestLowerMemoryBelowUse(t *testing.T) {
-	needRoot(t)
+	testutil.NeedRoot(t)
 	if b, err := os.ReadFile("/proc/swaps"); err == nil && strings.Count(string(b), "\n") > 1 {
 		t.Skip("swap is on: the kernel could reclaim the memory this test holds")
 	}
@@ -190,23 +192,11 @@ func TestWeightOf(t *testing.T) {
 	}
 }
 
-// needRoot skips t unless it runs as root, and fails it under CI=true,
-// where the tests run as root.
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root; CI runs as root, so this is a setup error")
-		}
-		t.Skip("needs root; run as root")
-	}
-}
-
 // newBusyGroup creates the group /justrunit/cgtest<pid>/<name> with limits
 // l and a shell spinning in it; the test's cleanup removes both.
 func newBusyGroup(t *testing.T, name string, l Limits) (*Group, *exec.Cmd) {
 	t.Helper()
-	needRoot(t)
+	testutil.NeedRoot(t)
 	v, err := Detect()
 	if err != nil {
 		t.Fatal(err)
@@ -362,7 +352,7 @@ func TestThawUnderFrozenAncestor(t *testing.T) {
 // TestSetEmptyCpusInherits: Set with Cpus empty after one that named a CPU
 // gives the group, and its running process, the parent's CPUs again.
 func TestSetEmptyCpusInherits(t *testing.T) {
-	needRoot(t)
+	testutil.NeedRoot(t)
 	v, err := Detect()
 	if err != nil {
 		t.Fatal(err)
