@@ -27,7 +27,15 @@ func TestLiveCloneStudy(t *testing.T) {
 	testutil.NeedLiveClones(t, local.LiveClones())
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	s, webAddr, _ := upAuction(t, ctx, siterun.Options{}, func(f *site.Site) { f.Clones = site.ClonesLive })
+	// A clone lag keeps the clone behind the on-line instance, so that the
+	// out-proxy holds the on-line calls before the clone makes them even
+	// when the machine (a TCG guest, under load) slows the on-line tier
+	// more than the clone.
+	lag := justrunit.Duration(2 * time.Second)
+	s, webAddr, _ := upAuction(t, ctx, siterun.Options{}, func(f *site.Site) {
+		f.Clones = site.ClonesLive
+		f.Services[0].Tiers[1].Instances[0].InProxy.CloneLag = &lag
+	})
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	go loadgen.Run(loadCtx, loadgen.Config{Target: "http://" + webAddr, Rate: 8, Mix: loadgen.Browsing, Seed: 3, Timeout: 10 * time.Second})
