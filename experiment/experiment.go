@@ -1,5 +1,6 @@
 // Package experiment is JustRunIt's experimenter: it clones the target
-// instance onto a sandbox host (one clone per parallel slot), attaches each
+// instance onto a sandbox host (one clone per parallel slot; with a
+// hostclass parameter, onto a sandbox host of each class), attaches each
 // clone to the in-proxy that copies the live traffic to it and to the
 // out-proxy that answers its next-tier calls, and for every point the study
 // asks for sets the clone's allocation, waits out the warm-up, measures a
@@ -14,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"slices"
@@ -61,10 +63,17 @@ type Config struct {
 	Platform justrunit.Platform
 	// Target is the on-line instance to clone.
 	Target justrunit.Instance
-	// Sandbox is the sandbox host the clones run on.
+	// Sandbox is the sandbox host the clones run on, unless Space has a
+	// hostclass parameter.
 	Sandbox justrunit.Host
+	// Classes are the sandbox hosts of a Space with a hostclass
+	// parameter, one for each of its labels: n clones (slots) run on each,
+	// and every experiment on a clone of its point's class. Required with
+	// a hostclass parameter, ignored without.
+	Classes map[string]ClassHost
 	// Space is the study's space; points map to allocations through the
-	// parameters named cpu, freq and mem.
+	// parameters named cpu, freq and mem, and to sandbox hosts through
+	// one named hostclass (see Classes).
 	Space justrunit.Space
 	// Feed is the target's in-proxy; required.
 	Feed Feed
@@ -80,12 +89,22 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// ClassHost is the sandbox host of one host class.
+type ClassHost struct {
+	Host justrunit.Host
+	// FreqGHz is the class's CPU frequency (0: unknown, the host's own),
+	// set on its clones where the space has no freq parameter, emulated
+	// where the platform says so (as "justrunit manager upgrade" does).
+	FreqGHz float64
+}
+
 // Runner runs experiments on clones of one instance. Open it, use it from
 // the study engine, Close it.
 type Runner struct {
 	cfg   Config
 	log   *slog.Logger
-	free  chan *slot
+	class int                   // the index of Space's hostclass parameter; −1 without
+	free  map[string]chan *slot // the idle clones of each class ("" without hostclass)
 	mu    sync.Mutex
 	slots []*slot
 }
@@ -93,6 +112,8 @@ type Runner struct {
 // slot is one clone and its attachments.
 type slot struct {
 	name  string
+	class string
+	host  ClassHost
 	clone *justrunit.Clone
 	fed   bool // attached to the Feed
 	reply bool // served by the Replay
@@ -100,8 +121,9 @@ type slot struct {
 
 var _ justrunit.Runner = (*Runner)(nil)
 
-// Open clones the target n times onto the sandbox host and attaches the
-// clones to the proxies. On error everything made so far is torn down.
+// Open clones the target n times onto the sandbox host (n times onto the
+// host of each class, with a hostclass parameter) and attaches the clones
+// to the proxies. On error everything made so far is torn down.
 func Open(ctx context.Context, cfg Config, n int) (*Runner, error) {
 	switch {
 	case cfg.Platform == nil:
@@ -110,8 +132,6 @@ func Open(ctx context.Context, cfg Config, n int) (*Runner, error) {
 		return nil, justrunit.Invalid("in_proxy", nil, "the target %s has no in-proxy: it cannot be fed live traffic", cfg.Target.ID)
 	case (cfg.Replay == nil) != (cfg.NextTier == ""):
 		return nil, justrunit.Invalid("out_proxy", cfg.NextTier, "give both the out-proxy and the next-tier address, or neither")
-	case !cfg.Sandbox.Sandbox:
-		return nil, justrunit.Invalid("sandbox", cfg.Sandbox.Name, "not a sandbox host: clones run on sandbox hosts only")
 	case n < 1:
 		return nil, justrunit.Invalid("slots", n, "must be ≥ 1")
 	}
@@ -121,24 +141,74 @@ func Open(ctx context.Context, cfg Config, n int) (*Runner, error) {
 	if err := checkParams(cfg); err != nil {
 		return nil, err
 	}
-	if err := checkRoom(ctx, cfg, n); err != nil {
+	class, classes, err := hostsOf(cfg)
+	if err != nil {
 		return nil, err
 	}
-	r := &Runner{cfg: cfg, log: cfg.Logger, free: make(chan *slot, n)}
+	for _, label := range slices.Sorted(maps.Keys(classes)) {
+		if err := checkRoom(ctx, cfg, classes[label].Host, n); err != nil {
+			return nil, err
+		}
+	}
+	r := &Runner{cfg: cfg, log: cfg.Logger, class: class, free: map[string]chan *slot{}}
 	if r.log == nil {
 		r.log = slog.Default()
 	}
-	for i := range n {
-		s, err := r.open(ctx, i)
-		if s != nil {
-			r.slots = append(r.slots, s)
+	i := 0
+	for _, label := range slices.Sorted(maps.Keys(classes)) {
+		r.free[label] = make(chan *slot, n)
+		for range n {
+			s, err := r.open(ctx, i, label, classes[label])
+			if s != nil {
+				r.slots = append(r.slots, s)
+			}
+			if err != nil {
+				return nil, errors.Join(err, r.Close(context.WithoutCancel(ctx)))
+			}
+			r.free[label] <- s
+			i++
 		}
-		if err != nil {
-			return nil, errors.Join(err, r.Close(context.WithoutCancel(ctx)))
-		}
-		r.free <- s
 	}
 	return r, nil
+}
+
+// hostsOf returns the index of cfg's hostclass parameter (−1 without) and
+// the sandbox hosts the clones run on, by class label ("" without).
+func hostsOf(cfg Config) (int, map[string]ClassHost, error) {
+	k := slices.IndexFunc(cfg.Space.Params, func(p justrunit.Parameter) bool { return p.Name == "hostclass" })
+	if k < 0 {
+		if !cfg.Sandbox.Sandbox {
+			return -1, nil, justrunit.Invalid("sandbox", cfg.Sandbox.Name, "not a sandbox host: clones run on sandbox hosts only")
+		}
+		return -1, map[string]ClassHost{"": {Host: cfg.Sandbox}}, nil
+	}
+	field := fmt.Sprintf("parameters[%d]", k)
+	p := cfg.Space.Params[k]
+	if !p.Categorical() {
+		return 0, nil, justrunit.Invalid(field, p.Name, "a host class is a label (hostclass=std,fast), not a number")
+	}
+	freq := slices.ContainsFunc(cfg.Space.Params, func(p justrunit.Parameter) bool { return p.Name == "freq" })
+	out := map[string]ClassHost{}
+	for _, label := range p.Labels {
+		ch, ok := cfg.Classes[label]
+		switch {
+		case !ok:
+			return 0, nil, justrunit.Invalid(field, label, "no sandbox host of class %s to run its experiments on", label)
+		case !ch.Host.Sandbox:
+			return 0, nil, justrunit.Invalid(field, label, "host %s is not a sandbox host: clones run on sandbox hosts only", ch.Host.Name)
+		case ch.Host.Class != label:
+			return 0, nil, justrunit.Invalid(field, label, "host %s is of class %s, not %s", ch.Host.Name, ch.Host.Class, label)
+		case ch.FreqGHz > 0 && !freq && !can(cfg.Platform, "freq"):
+			return 0, nil, justrunit.Invalid(field, label, "class %s runs at %g GHz, and the %s platform cannot set a clone's frequency", label, ch.FreqGHz, cfg.Platform.Name())
+		}
+		out[label] = ch
+	}
+	return k, out, nil
+}
+
+// can reports whether platform p can set parameter name.
+func can(p justrunit.Platform, name string) bool {
+	return slices.ContainsFunc(p.Capabilities(), func(c justrunit.Capability) bool { return c.Param == name })
 }
 
 // checkParams refuses a space with a parameter the runner cannot set on a
@@ -146,32 +216,26 @@ func Open(ctx context.Context, cfg Config, n int) (*Runner, error) {
 // platform can. Any other parameter would be measured at the clone's one
 // setting under every one of its values.
 func checkParams(cfg Config) error {
-	can := map[string]bool{}
-	for _, c := range cfg.Platform.Capabilities() {
-		can[c.Param] = true
-	}
 	for i, p := range cfg.Space.Params {
 		field := fmt.Sprintf("parameters[%d]", i)
 		switch {
-		case p.Name == "hostclass":
-			return justrunit.Invalid(field, p.Name, "not yet: the experimenter runs a study's clones on one sandbox host; "+
-				"to compare host classes, study each on a sandbox host of that class (\"justrunit manager upgrade\" runs the target on every sandbox host)")
+		case p.Name == "hostclass": // a sandbox host of each class (hostsOf)
 		case p.Name != "cpu" && p.Name != "freq" && p.Name != "mem":
-			return justrunit.Invalid(field, p.Name, "unknown parameter; the experimenter sets cpu, freq and mem")
-		case !can[p.Name]:
+			return justrunit.Invalid(field, p.Name, "unknown parameter; the experimenter sets cpu, freq and mem, and runs each hostclass on a sandbox host of that class")
+		case !can(cfg.Platform, p.Name):
 			return justrunit.Invalid(field, p.Name, "the %s platform cannot set it", cfg.Platform.Name())
 		}
 	}
 	return nil
 }
 
-// checkRoom checks, before anything is cloned, that the sandbox host can
+// checkRoom checks, before anything is cloned, that sandbox host h can
 // take n clones at the most CPU and memory the study may give each: the
 // target's allocation (what a clone starts with) or the top of the space's
 // cpu and mem ranges, whichever is more, besides what the host's other
 // instances hold. Unlimited allocations (0) count as nothing, as the
 // platforms count them.
-func checkRoom(ctx context.Context, cfg Config, n int) error {
+func checkRoom(ctx context.Context, cfg Config, h justrunit.Host, n int) error {
 	cpu, mem := cfg.Target.Alloc.CPU, float64(cfg.Target.Alloc.MemoryMiB)
 	for _, p := range cfg.Space.Params {
 		if p.Categorical() || len(p.Values) == 0 {
@@ -184,7 +248,6 @@ func checkRoom(ctx context.Context, cfg Config, n int) error {
 			mem = max(mem, slices.Max(p.Values))
 		}
 	}
-	h := cfg.Sandbox
 	if (cpu <= 0 || h.Cores <= 0) && (mem <= 0 || h.MemoryMiB <= 0) {
 		return nil
 	}
@@ -210,14 +273,15 @@ func checkRoom(ctx context.Context, cfg Config, n int) error {
 	return nil
 }
 
-func (r *Runner) open(ctx context.Context, i int) (*slot, error) {
+// open makes clone number i, of class label on host h.
+func (r *Runner) open(ctx context.Context, i int, label string, h ClassHost) (*slot, error) {
 	name := fmt.Sprintf("%s-clone%d", r.cfg.Target.ID, i)
 	// Where the platform can, the proxies reach the clone inside its own
 	// network, as they reach the target: its traffic then costs it what
 	// the target's costs the target (see justrunit.CloneOptions.InNetwork).
 	nr, ok := r.cfg.Platform.(justrunit.NetworkReacher)
 	opts := justrunit.CloneOptions{Alloc: r.cfg.Target.Alloc, InNetwork: ok && nr.ReachesIntoClones()}
-	s := &slot{name: name}
+	s := &slot{name: name, class: label, host: h}
 	switch {
 	case r.cfg.Replay == nil:
 	case opts.InNetwork:
@@ -237,7 +301,7 @@ func (r *Runner) open(ctx context.Context, i int) (*slot, error) {
 		opts.Redirect = map[string]string{r.cfg.NextTier: addr}
 	}
 	start := time.Now()
-	c, err := r.cfg.Platform.Clone(ctx, r.cfg.Target.ID, r.cfg.Sandbox.Name, opts)
+	c, err := r.cfg.Platform.Clone(ctx, r.cfg.Target.ID, h.Host.Name, opts)
 	if err != nil {
 		return s, fmt.Errorf("clone %s: %w", r.cfg.Target.ID, err)
 	}
@@ -247,7 +311,7 @@ func (r *Runner) open(ctx context.Context, i int) (*slot, error) {
 	if c.Dial != nil {
 		where, u.Host = c.Network, internalHost(r.cfg.Target.Addr)
 	}
-	r.log.Info("clone made", "clone", c.ID, "mode", c.Mode, "pause", c.Pause, "took", time.Since(start).Round(time.Millisecond), "endpoint", where)
+	r.log.Info("clone made", "clone", c.ID, "host", h.Host.Name, "mode", c.Mode, "pause", c.Pause, "took", time.Since(start).Round(time.Millisecond), "endpoint", where)
 	if err := r.cfg.Feed.AddCloneDial(ctx, name, u, c.Dial, c.Network); err != nil {
 		return s, fmt.Errorf("attach %s to the in-proxy: %w", name, err)
 	}
@@ -269,29 +333,40 @@ func internalHost(addr string) string {
 	return net.JoinHostPort(host, port)
 }
 
-// Run sets a free clone to point p, measures it under the copied live
-// traffic and returns the observation.
+// Run sets a free clone (of p's host class) to point p, measures it under
+// the copied live traffic and returns the observation.
 func (r *Runner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
-	var s *slot
-	select {
-	case s = <-r.free:
-	case <-ctx.Done():
-		return justrunit.Observation{}, ctx.Err()
-	}
-	defer func() { r.free <- s }()
 	alloc, err := r.cfg.Target.Alloc.WithPoint(r.cfg.Space, p)
 	if err != nil {
 		return justrunit.Observation{}, err
+	}
+	label := ""
+	if r.class >= 0 {
+		label = r.cfg.Space.Params[r.class].Format(p[r.class])
+	}
+	free, ok := r.free[label]
+	if !ok {
+		return justrunit.Observation{}, justrunit.Invalid("point", r.cfg.Space.Format(p), "no clone of host class %q", label)
+	}
+	var s *slot
+	select {
+	case s = <-free:
+	case <-ctx.Done():
+		return justrunit.Observation{}, ctx.Err()
+	}
+	defer func() { free <- s }()
+	if s.host.FreqGHz > 0 && !slices.ContainsFunc(r.cfg.Space.Params, func(p justrunit.Parameter) bool { return p.Name == "freq" }) {
+		alloc.Freq = s.host.FreqGHz
 	}
 	if err := r.cfg.Platform.SetAllocation(ctx, s.clone.ID, alloc); err != nil {
 		return justrunit.Observation{}, fmt.Errorf("set allocation %s on %s: %w", alloc, s.clone.ID, err)
 	}
 	win := &cloneWindow{feed: r.cfg.Feed, replay: r.cfg.Replay, name: s.name}
 	meter := &measure.ModelMeter{
-		Model:     r.cfg.Sandbox.Power,
-		HostCores: r.cfg.Sandbox.Cores,
+		Model:     s.host.Host.Power,
+		HostCores: s.host.Host.Cores,
 		CPUSource: "cgroup CPU time of the clone",
-		Name:      "host class " + r.cfg.Sandbox.Class,
+		Name:      "host class " + s.host.Host.Class,
 		CPUTime: func() (time.Duration, error) {
 			u, err := r.cfg.Platform.Usage(ctx, s.clone.ID)
 			return u.CPUTime, err

@@ -24,10 +24,15 @@ type fakePlatform struct {
 	hosts  []justrunit.Host
 	insts  []justrunit.Instance
 	clones int
+	noFreq bool                            // the platform cannot set freq
+	set    map[string]justrunit.Allocation // the last SetAllocation of each instance
 }
 
 func (p *fakePlatform) Name() string { return "fake" }
 func (p *fakePlatform) Capabilities() []justrunit.Capability {
+	if p.noFreq {
+		return []justrunit.Capability{{Param: "cpu"}, {Param: "mem"}}
+	}
 	return []justrunit.Capability{{Param: "cpu"}, {Param: "freq"}, {Param: "mem"}}
 }
 func (p *fakePlatform) Hosts(context.Context) ([]justrunit.Host, error) {
@@ -49,7 +54,15 @@ func (p *fakePlatform) Clone(_ context.Context, id, host string, opts justrunit.
 	return &justrunit.Clone{Instance: in, Mode: "cold", Endpoint: "127.0.0.1:1"}, nil
 }
 
-func (p *fakePlatform) SetAllocation(context.Context, string, justrunit.Allocation) error { return nil }
+func (p *fakePlatform) SetAllocation(_ context.Context, id string, a justrunit.Allocation) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.set == nil {
+		p.set = map[string]justrunit.Allocation{}
+	}
+	p.set[id] = a
+	return nil
+}
 func (p *fakePlatform) Usage(context.Context, string) (justrunit.Usage, error) {
 	return justrunit.Usage{}, nil
 }
@@ -194,19 +207,29 @@ func TestOpenChecksRoom(t *testing.T) {
 }
 
 // TestOpenChecksParameters checks that a space with a parameter the runner
-// cannot set on a clone is refused naming it, before anything is cloned:
-// every value of it would be measured at the clone's one setting.
+// cannot set on a clone (every value of it would be measured at the
+// clone's one setting), or a host class it has no sandbox host for, is
+// refused naming it, before anything is cloned.
 func TestOpenChecksParameters(t *testing.T) {
 	target := justrunit.Instance{ID: "app0", Host: "h0", State: "running", Alloc: justrunit.Allocation{CPU: 60}}
 	for _, c := range []struct {
-		space []string
-		want  string
+		space   []string
+		want    string
+		classes map[string]ClassHost
+		noFreq  bool
 	}{
-		{[]string{"cpu=20..100 step 40", "hostclass=std,fast"}, "parameters[1]: not yet"},
-		{[]string{"threads=1,8"}, "parameters[0]: unknown parameter"},
+		{space: []string{"threads=1,8"}, want: "parameters[0]: unknown parameter"},
+		{space: []string{"cpu=20..100 step 40", "hostclass=std,fast"}, want: "parameters[1]: no sandbox host of class fast",
+			classes: map[string]ClassHost{"std": {Host: sandbox()}}},
+		{space: []string{"hostclass=std"}, want: "parameters[0]: host h0 is not a sandbox host",
+			classes: map[string]ClassHost{"std": {Host: justrunit.Host{Name: "h0", Class: "std", On: true}}}},
+		{space: []string{"hostclass=fast"}, want: "parameters[0]: host sb is of class std, not fast",
+			classes: map[string]ClassHost{"fast": {Host: sandbox()}}},
+		{space: []string{"cpu=20..100 step 40", "hostclass=std"}, want: "class std runs at 1.2 GHz, and the fake platform cannot set",
+			classes: map[string]ClassHost{"std": {Host: sandbox(), FreqGHz: 1.2}}, noFreq: true},
 	} {
-		p := &fakePlatform{hosts: []justrunit.Host{sandbox()}, insts: []justrunit.Instance{target}}
-		cfg := Config{Platform: p, Target: target, Sandbox: sandbox(), Space: space(t, c.space...),
+		p := &fakePlatform{hosts: []justrunit.Host{sandbox()}, insts: []justrunit.Instance{target}, noFreq: c.noFreq}
+		cfg := Config{Platform: p, Target: target, Sandbox: sandbox(), Classes: c.classes, Space: space(t, c.space...),
 			Feed: &fakeFeed{rec: measure.NewRecorder()}, Window: measure.WindowConfig{Max: time.Second}, Logger: quiet}
 		_, err := Open(context.Background(), cfg, 1)
 		if !errors.Is(err, justrunit.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
@@ -214,6 +237,79 @@ func TestOpenChecksParameters(t *testing.T) {
 		}
 		if p.clones != 0 {
 			t.Errorf("Open(%v): %d clones made before the refusal", c.space, p.clones)
+		}
+	}
+}
+
+// TestHostClasses: with a hostclass parameter, the runner clones the
+// target onto the sandbox host of each class, runs every experiment on a
+// clone of its point's class with the class's frequency, and meters it
+// with that host's power model.
+func TestHostClasses(t *testing.T) {
+	rec := measure.NewRecorder()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // the clones answer every half millisecond
+		tick := time.NewTicker(500 * time.Microsecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				rec.Record(time.Millisecond)
+			}
+		}
+	}()
+	std := sandbox()
+	slow := justrunit.Host{Name: "sb-slow", Class: "slow", Cores: 2, On: true, Sandbox: true, Power: justrunit.PowerModel{IdleWatts: 20, MaxWatts: 40}}
+	target := justrunit.Instance{ID: "app0", Host: "h0", State: "running", Alloc: justrunit.Allocation{CPU: 50}}
+	p := &fakePlatform{hosts: []justrunit.Host{std, slow}, insts: []justrunit.Instance{target}}
+	cfg := Config{Platform: p, Target: target, Space: space(t, "cpu=50,100", "hostclass=std,slow"),
+		Classes: map[string]ClassHost{"std": {Host: std}, "slow": {Host: slow, FreqGHz: 1.2}},
+		Feed:    &fakeFeed{rec: rec}, Window: measure.WindowConfig{Max: 100 * time.Millisecond, MinSamples: 10}, Logger: quiet}
+	r, err := Open(context.Background(), cfg, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(context.Background())
+	on := map[string]int{}
+	hostOf := map[string]string{}
+	for _, in := range p.insts[1:] {
+		on[in.Host]++
+		hostOf[in.ID] = in.Host
+	}
+	if on["sb"] != 2 || on["sb-slow"] != 2 || len(on) != 2 {
+		t.Fatalf("clones by host %v, want 2 on each class's sandbox host", on)
+	}
+	for _, c := range []struct {
+		p          justrunit.Point
+		host, meta string
+		freq       float64
+	}{
+		{justrunit.Point{100, 1}, "sb-slow", "host class slow", 1.2},
+		{justrunit.Point{50, 0}, "sb", "host class std", 0},
+	} {
+		p.mu.Lock()
+		p.set = nil
+		p.mu.Unlock()
+		obs, err := r.Run(context.Background(), c.p)
+		if err != nil {
+			t.Fatalf("Run(%v): %v", c.p, err)
+		}
+		p.mu.Lock()
+		set := p.set
+		p.mu.Unlock()
+		if len(set) != 1 {
+			t.Fatalf("Run(%v) set %v, want one clone's allocation", c.p, set)
+		}
+		for id, a := range set {
+			if hostOf[id] != c.host || a.CPU != c.p[0] || a.Freq != c.freq {
+				t.Errorf("Run(%v) set %s on %s (%s), want cpu=%g freq=%g on a clone on %s", c.p, a, id, hostOf[id], c.p[0], c.freq, c.host)
+			}
+		}
+		if !strings.Contains(obs.Energy.Model, c.meta) {
+			t.Errorf("Run(%v) energy model %q, want %q's", c.p, obs.Energy.Model, c.meta)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/experiment"
 	"github.com/justrunit/justrunit/manager/planner"
 )
 
@@ -94,4 +95,43 @@ func TestApplyPlanRefusesStale(t *testing.T) {
 	if _, err := s.ApplyPlan(context.Background(), plan, planner.State(p.hosts, p.insts)); err != nil || p.sets != 1 {
 		t.Fatalf("ApplyPlan of a current plan = %v after %d changes, want it applied", err, p.sets)
 	}
+}
+
+// TestClaimSandboxes checks that a study over host classes claims the
+// sandbox host of every class, and on a failed claim gives back those it
+// got.
+func TestClaimSandboxes(t *testing.T) {
+	s := &Site{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	ctx := context.Background()
+	cfg := experiment.Config{Classes: map[string]experiment.ClassHost{
+		"new": {Host: justrunit.Host{Name: "sb1"}}, "old": {Host: justrunit.Host{Name: "sb0"}}}}
+	release, err := s.claimSandboxes(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"sb0", "sb1"} {
+		short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		if _, err := s.claimSandbox(short, n); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("claim of %s while a study over both classes holds it = %v, want it to wait", n, err)
+		}
+		cancel()
+	}
+	release()
+
+	// sb1 busy: the claim of both fails and leaves sb0 free.
+	busy, err := s.claimSandbox(ctx, "sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := s.claimSandboxes(short, cfg); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("claim of both while sb1 is busy = %v, want it to wait until its deadline", err)
+	}
+	r, err := s.claimSandbox(ctx, "sb0")
+	if err != nil {
+		t.Fatalf("sb0 after the failed claim of both: %v", err)
+	}
+	r()
+	busy()
 }

@@ -107,11 +107,41 @@ func firstDifference(a, b string) string {
 	return "no difference"
 }
 
+// claimSandboxes claims the sandbox hosts of cfg (claimSandbox), in the
+// order of their names so that two studies claiming the same hosts cannot
+// each wait for the other. release gives them all back.
+func (s *Site) claimSandboxes(ctx context.Context, cfg experiment.Config) (release func(), err error) {
+	names := []string{cfg.Sandbox.Name}
+	if cfg.Classes != nil {
+		names = nil
+		for _, ch := range cfg.Classes {
+			names = append(names, ch.Host.Name)
+		}
+		slices.Sort(names)
+		names = slices.Compact(names)
+	}
+	var releases []func()
+	release = func() {
+		for _, r := range slices.Backward(releases) {
+			r()
+		}
+	}
+	for _, n := range names {
+		r, err := s.claimSandbox(ctx, n)
+		if err != nil {
+			release()
+			return nil, err
+		}
+		releases = append(releases, r)
+	}
+	return release, nil
+}
+
 // claimSandbox waits until no other study or paired check of this site
 // uses sandbox host name, and claims it: clones sharing a sandbox's CPUs
 // would measure each other's load. The daemon's studies, the manager's and
-// paired checks all come through here. release gives it back; calling it
-// again does nothing.
+// paired checks all come through here (claimSandboxes). release gives it
+// back; calling it again does nothing.
 func (s *Site) claimSandbox(ctx context.Context, name string) (release func(), err error) {
 	s.mu.Lock()
 	if s.sandboxes == nil {
@@ -352,7 +382,9 @@ func (s *Site) OutProxy(id string) (*httpproxy.OutProxy, bool) {
 // ExperimentConfig returns the experimenter's configuration for studying
 // instance id over space: the instance as the platform runs it, the
 // sandbox host (the named one, or the first powered-on one when sandbox is
-// empty), and the instance's proxies. Window is left for the caller.
+// empty; with a hostclass parameter, the first powered-on sandbox host of
+// each of its classes, with the class's frequency, and no sandbox may be
+// named), and the instance's proxies. Window is left for the caller.
 func (s *Site) ExperimentConfig(ctx context.Context, id string, space justrunit.Space, sandbox string) (experiment.Config, error) {
 	in, _, _, err := s.File.Instance(id)
 	if err != nil {
@@ -370,14 +402,29 @@ func (s *Site) ExperimentConfig(ctx context.Context, id string, space justrunit.
 	if err != nil {
 		return experiment.Config{}, err
 	}
-	h := slices.IndexFunc(hosts, func(h justrunit.Host) bool { return h.Sandbox && h.On && (sandbox == "" || h.Name == sandbox) })
-	if h < 0 {
+	cfg := experiment.Config{Platform: s.Platform, Target: insts[i], Space: space, Logger: s.log}
+	if k := slices.IndexFunc(space.Params, func(p justrunit.Parameter) bool { return p.Name == "hostclass" }); k >= 0 {
 		if sandbox != "" {
-			return experiment.Config{}, justrunit.Invalid("sandbox", sandbox, "not a powered-on sandbox host of the site")
+			return experiment.Config{}, justrunit.Invalid("sandbox", sandbox, "a study over hostclass runs on a sandbox host of each class; name none")
 		}
-		return experiment.Config{}, justrunit.Invalid("hosts", nil, "no powered-on sandbox host")
+		cfg.Classes = map[string]experiment.ClassHost{}
+		for _, label := range space.Params[k].Labels {
+			h := slices.IndexFunc(hosts, func(h justrunit.Host) bool { return h.Sandbox && h.On && h.Class == label })
+			if h < 0 {
+				return experiment.Config{}, justrunit.Invalid(fmt.Sprintf("parameters[%d]", k), label, "no powered-on sandbox host of class %s in the site", label)
+			}
+			cfg.Classes[label] = experiment.ClassHost{Host: hosts[h], FreqGHz: s.File.Classes[label].FreqGHz}
+		}
+	} else {
+		h := slices.IndexFunc(hosts, func(h justrunit.Host) bool { return h.Sandbox && h.On && (sandbox == "" || h.Name == sandbox) })
+		if h < 0 {
+			if sandbox != "" {
+				return experiment.Config{}, justrunit.Invalid("sandbox", sandbox, "not a powered-on sandbox host of the site")
+			}
+			return experiment.Config{}, justrunit.Invalid("hosts", nil, "no powered-on sandbox host")
+		}
+		cfg.Sandbox = hosts[h]
 	}
-	cfg := experiment.Config{Platform: s.Platform, Target: insts[i], Sandbox: hosts[h], Space: space, Logger: s.log}
 	feed, ok := s.InProxy(id)
 	if !ok {
 		return experiment.Config{}, justrunit.Invalid("target", id, "has no in_proxy in the site file: nothing can copy its live traffic")

@@ -101,7 +101,7 @@ func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts Study
 	cfg.Window = StudyWindow(st, time.Duration(st.WarmUp), time.Duration(st.Window))
 	cfg.Window.RelCI = orFloat(opts.RelCI, DefaultRelCI)
 	cfg.Window.MinSamples = orInt(opts.MinSamples, cfg.Window.MinSamples)
-	release, err := s.claimSandbox(ctx, cfg.Sandbox.Name)
+	release, err := s.claimSandboxes(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -86,11 +86,16 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 	if h < 0 {
 		return v, fmt.Errorf("host %s of %s: %w", insts[i].Host, st.Target, justrunit.ErrNotFound)
 	}
+	class := hostClassOf(st.Space, p)
+	if class != "" && class != hosts[h].Class {
+		return v, justrunit.Invalid("point", st.Space.Format(p), "the on-line %s runs on host %s, of class %s: a check sets its allocation, not its hardware; check a point of class %s, or migrate it to a host of class %s first",
+			st.Target, hosts[h].Name, hosts[h].Class, hosts[h].Class, class)
+	}
 	win := opts.Window
 	var pair *pairedClone
 	if opts.Paired {
 		win.Min = win.Max
-		if pair, err = s.openPair(ctx, st, opts.Sandbox, win); err != nil {
+		if pair, err = s.openPair(ctx, st, class, opts.Sandbox, win); err != nil {
 			return v, fmt.Errorf("paired check: %w", err)
 		}
 		defer func() {
@@ -163,20 +168,31 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 	return v, nil
 }
 
+// hostClassOf returns the host class of point p of space, "" when the
+// space has no hostclass parameter.
+func hostClassOf(space justrunit.Space, p justrunit.Point) string {
+	k := slices.IndexFunc(space.Params, func(q justrunit.Parameter) bool { return q.Name == "hostclass" })
+	if k < 0 {
+		return ""
+	}
+	return space.Params[k].Format(p[k])
+}
+
 // pairedClone is a paired check's clone: made and attached before the
 // on-line instance is touched, measured alongside it.
 type pairedClone struct {
 	runner  *experiment.Runner
 	release func() // gives the sandbox host back
 	lag     time.Duration
+	classAt int // the index of the hostclass parameter, whose one value is 0; −1 without
 	done    chan struct{}
 	obs     justrunit.Observation
 	err     error
 }
 
-// openPair clones st's target into the sandbox for a paired check whose
-// windows are win.
-func (s *Site) openPair(ctx context.Context, st *justrunit.Study, sandbox string, win measure.WindowConfig) (*pairedClone, error) {
+// openPair clones st's target into the sandbox (a sandbox host of class
+// when st varies the host class) for a paired check whose windows are win.
+func (s *Site) openPair(ctx context.Context, st *justrunit.Study, class, sandbox string, win measure.WindowConfig) (*pairedClone, error) {
 	in, _, _, err := s.File.Instance(st.Target)
 	if err != nil {
 		return nil, justrunit.Invalid("target", st.Target, "no such instance in the site")
@@ -189,7 +205,16 @@ func (s *Site) openPair(ctx context.Context, st *justrunit.Study, sandbox string
 		return nil, err
 	}
 	cfg.Window = win
-	release, err := s.claimSandbox(ctx, cfg.Sandbox.Name)
+	classAt := -1
+	if cfg.Classes != nil {
+		// Only the point's class: one clone, on one host; the clone's
+		// space has that class alone (start maps the point to it).
+		cfg.Classes = map[string]experiment.ClassHost{class: cfg.Classes[class]}
+		classAt = slices.IndexFunc(cfg.Space.Params, func(p justrunit.Parameter) bool { return p.Name == "hostclass" })
+		cfg.Space.Params = slices.Clone(cfg.Space.Params)
+		cfg.Space.Params[classAt].Values, cfg.Space.Params[classAt].Labels = []float64{0}, []string{class}
+	}
+	release, err := s.claimSandboxes(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -198,13 +223,18 @@ func (s *Site) openPair(ctx context.Context, st *justrunit.Study, sandbox string
 		release()
 		return nil, fmt.Errorf("clone %s: %w", st.Target, err)
 	}
-	return &pairedClone{runner: r, release: release, lag: in.Lag(), done: make(chan struct{})}, nil
+	return &pairedClone{runner: r, release: release, lag: in.Lag(), classAt: classAt, done: make(chan struct{})}, nil
 }
 
 // start measures the clone at p, the clone lag from now, so that its
 // window covers the copies of the requests in the on-line window starting
 // now.
-func (c *pairedClone) start(ctx context.Context, p justrunit.Point) {
+func (c *pairedClone) start(ctx context.Context, at justrunit.Point) {
+	p := at
+	if c.classAt >= 0 {
+		p = slices.Clone(at)
+		p[c.classAt] = 0
+	}
 	go func() {
 		defer close(c.done)
 		select {
@@ -214,6 +244,7 @@ func (c *pairedClone) start(ctx context.Context, p justrunit.Point) {
 			return
 		}
 		c.obs, c.err = c.runner.Run(ctx, p)
+		c.obs.Point = at
 	}()
 }
 
