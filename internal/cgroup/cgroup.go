@@ -445,8 +445,8 @@ func (g *Group) AddProc(pid int) error {
 //
 // Freezes nest: each Freeze that succeeds is a hold on the group, which a
 // Thaw releases, and the group thaws only when the last hold is released.
-// A clone's snapshot and a Kill of the same instance can so overlap
-// without one thawing the group under the other. Holds are counted per
+// Two clones' snapshots of the same instance can so overlap without one
+// thawing the group under the other; only Kill thaws it under a hold. Holds are counted per
 // Group: two Groups loaded for the same path, or FreezeTree, do not see
 // each other's.
 func (g *Group) Freeze(timeout time.Duration) error {
@@ -522,6 +522,12 @@ func (g *Group) Thaw() error {
 		g.holds--
 		return nil
 	}
+	return g.thawLocked()
+}
+
+// thawLocked thaws the group whatever holds it, and drops them all; the
+// caller holds freezeMu.
+func (g *Group) thawLocked() error {
 	g.holds = 0
 	file, _, thawed := freezerFile(g.v, g.path)
 	deadline := time.Now().Add(thawTimeout)
@@ -561,7 +567,7 @@ func (g *Group) thawed() (bool, error) {
 // frozen in its own right, and the value that thaws it; "" if none is.
 // (The root group cannot be frozen.)
 func (g *Group) frozenAncestor() (file, thawed string) {
-	for p := filepath.Dir(g.path); p != "/"; p = filepath.Dir(p) {
+	for p := filepath.Dir(g.path); p != "/" && p != "."; p = filepath.Dir(p) {
 		f, _, t := freezerFile(g.v, p)
 		// v2's cgroup.freeze is the group's own request; v1's
 		// freezer.state also says FROZEN when only an ancestor is.
@@ -652,9 +658,9 @@ func (g *Group) ids(threads bool) ([]int, error) {
 
 // Kill sends SIGKILL to every process in g until none is left or the
 // deadline passes. On v1 it freezes the group first so that no process
-// forks behind the kill; killed processes die only once thawed, so while
-// another caller holds the group frozen (see Freeze) they die when it
-// thaws it, and Kill waits for that until the deadline.
+// forks behind the kill, then thaws it so that they die, dropping every
+// hold (see Freeze): a caller holding the group frozen, a clone's
+// snapshot, finds its processes gone, and its Thaw does no harm.
 func (g *Group) Kill(deadline time.Time) error {
 	var thawErr error
 	if g.v == V2 {
@@ -662,16 +668,17 @@ func (g *Group) Kill(deadline time.Time) error {
 			return fmt.Errorf("kill cgroup %s: %w", g.path, err)
 		}
 	} else {
-		// A failed Freeze took no hold, and a Thaw then would release
-		// someone else's.
-		froze := g.Freeze(time.Second) == nil
+		_ = g.Freeze(time.Second)
 		ps, _ := g.Procs()
 		for _, p := range ps {
 			_ = syscall.Kill(p, syscall.SIGKILL)
 		}
-		if froze {
-			thawErr = g.Thaw()
-		}
+		// Killed tasks die only once thawed: thaw the group even while
+		// another caller holds it frozen (a clone's snapshot of processes
+		// being killed is lost anyway), rather than wait for it.
+		g.freezeMu.Lock()
+		thawErr = g.thawLocked()
+		g.freezeMu.Unlock()
 	}
 	for {
 		ps, err := g.Procs()
