@@ -35,6 +35,16 @@ func (p Parameter) Format(v float64) string {
 	return strconv.FormatFloat(v, 'g', -1, 64)
 }
 
+// Label returns the label of value v of a categorical parameter (v within
+// Index's tolerance of a label's index), "" when v is none of them or p is
+// numeric.
+func (p Parameter) Label(v float64) string {
+	if i := p.Index(v); p.Categorical() && i >= 0 && i < len(p.Labels) {
+		return p.Labels[i]
+	}
+	return ""
+}
+
 // DefaultUnits are the units of the parameters JustRunIt knows by name.
 var DefaultUnits = map[string]string{
 	"cpu":  "%",   // percent of one core, as CFS bandwidth

@@ -35,6 +35,11 @@ type Verifier interface {
 type VerifySpec struct {
 	// Points are the points to set the on-line target to, in order.
 	Points []justrunit.Point
+	// Defaulted says Points were chosen for the user (DefaultVerifyPoints):
+	// a verifier may then move them to what the on-line instance can be
+	// set to (its host's class, in a study over hostclass) rather than
+	// refuse them.
+	Defaulted bool
 	// WarmUp and Window make each measurement, as a study's experiment:
 	// WarmUp is discarded, Window measured (it may end early once the p95
 	// has converged).
@@ -78,7 +83,7 @@ func (q *VerifyRequest) Spec(st *justrunit.Study, m *justrunit.Matrix) (VerifySp
 		spec.Points = append(spec.Points, p)
 	}
 	if len(q.Points) == 0 {
-		spec.Points = DefaultVerifyPoints(st, m)
+		spec.Points, spec.Defaulted = DefaultVerifyPoints(st, m), true
 	}
 	for _, d := range []struct {
 		field, v string

@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/justrunit/justrunit"
@@ -154,11 +155,10 @@ func Open(ctx context.Context, cfg Config, n int) (*Runner, error) {
 	if r.log == nil {
 		r.log = slog.Default()
 	}
-	i := 0
 	for _, label := range slices.Sorted(maps.Keys(classes)) {
 		r.free[label] = make(chan *slot, n)
 		for range n {
-			s, err := r.open(ctx, i, label, classes[label])
+			s, err := r.open(ctx, label, classes[label])
 			if s != nil {
 				r.slots = append(r.slots, s)
 			}
@@ -166,7 +166,6 @@ func Open(ctx context.Context, cfg Config, n int) (*Runner, error) {
 				return nil, errors.Join(err, r.Close(context.WithoutCancel(ctx)))
 			}
 			r.free[label] <- s
-			i++
 		}
 	}
 	return r, nil
@@ -273,9 +272,14 @@ func checkRoom(ctx context.Context, cfg Config, h justrunit.Host, n int) error {
 	return nil
 }
 
-// open makes clone number i, of class label on host h.
-func (r *Runner) open(ctx context.Context, i int, label string, h ClassHost) (*slot, error) {
-	name := fmt.Sprintf("%s-clone%d", r.cfg.Target.ID, i)
+// cloneSeq numbers the clones of this process's runners, so that two
+// runners of one target (a study and a paired check, on different sandbox
+// hosts) never give the proxies the same clone name.
+var cloneSeq atomic.Int64
+
+// open makes a clone of class label on host h.
+func (r *Runner) open(ctx context.Context, label string, h ClassHost) (*slot, error) {
+	name := fmt.Sprintf("%s-clone%d", r.cfg.Target.ID, cloneSeq.Add(1)-1)
 	// Where the platform can, the proxies reach the clone inside its own
 	// network, as they reach the target: its traffic then costs it what
 	// the target's costs the target (see justrunit.CloneOptions.InNetwork).
@@ -342,7 +346,7 @@ func (r *Runner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observat
 	}
 	label := ""
 	if r.class >= 0 {
-		label = r.cfg.Space.Params[r.class].Format(p[r.class])
+		label = r.cfg.Space.Params[r.class].Label(p[r.class])
 	}
 	free, ok := r.free[label]
 	if !ok {

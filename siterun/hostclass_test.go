@@ -33,9 +33,9 @@ func TestHostClassStudy(t *testing.T) {
 classes:
   std: {idle_watts: 100, max_watts: 200}
   old: {idle_watts: 90, max_watts: 160, freq_ghz: 1.2}
-  new: {idle_watts: 100, max_watts: 200, freq_ghz: 2.4}
+  new: {idle_watts: 100, max_watts: 200, freq_ghz: 2}
 hosts:
-  - {name: pm1, class: std, cores: 1, cpus: "0"}
+  - {name: pm1, class: old, cores: 1, cpus: "0"}
   - {name: sb-old, class: old, cores: 1, cpus: "1", sandbox: true}
   - {name: sb-new, class: new, cores: 1, cpus: "1", sandbox: true}
 services:
@@ -99,9 +99,45 @@ services:
 		}
 	}
 
-	_, err = s.Site.Verify(ctx, st, m, justrunit.Point{60, 1}, siterun.VerifyOptions{Paired: true,
-		Window: measure.WindowConfig{WarmUp: time.Second, Max: 2 * time.Second}})
-	if !errors.Is(err, justrunit.ErrInvalid) || !strings.Contains(err.Error(), "of class std") {
-		t.Errorf("Verify at hostclass=new of an instance on a std host = %v, want a refusal naming its class", err)
+	win := siterun.VerifyOptions{Paired: true, Window: measure.WindowConfig{WarmUp: time.Second, Max: 3 * time.Second, MinSamples: 20}}
+	_, err = s.Site.Verify(ctx, st, m, justrunit.Point{60, 1}, win)
+	if !errors.Is(err, justrunit.ErrInvalid) || !strings.Contains(err.Error(), "of class old") {
+		t.Errorf("Verify at hostclass=new of an instance on an old host = %v, want a refusal naming its class", err)
+	}
+	v, err := s.Site.Verify(ctx, st, m, justrunit.Point{60, 0}, win)
+	if err != nil {
+		t.Fatalf("Verify at hostclass=old, paired: %v", err)
+	}
+	if v.Sandbox == nil || v.Sandbox.Point[1] != 0 || !strings.Contains(v.Sandbox.Energy.Model, "host class old") || v.Sandbox.Samples < 20 {
+		t.Errorf("paired clone at hostclass=old: %+v", v.Sandbox)
+	}
+}
+
+// TestOnClass: the points of a fidelity check of a study over hostclass
+// are those of the on-line host's class: chosen ones of another class are
+// refused, defaulted ones moved to it.
+func TestOnClass(t *testing.T) {
+	var space justrunit.Space
+	for _, p := range []string{"cpu=20..100 step 10", "hostclass=old,new"} {
+		par, err := justrunit.ParseParameter(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		space.Params = append(space.Params, par)
+	}
+	pts := []justrunit.Point{{40, 0}, {60, 1}, {80, 1}, {40, 1}}
+	got, err := siterun.OnClass(space, pts, "new", true)
+	if err != nil || len(got) != 3 || got[0][1] != 1 || got[0][0] != 40 || got[1][0] != 60 || got[2][0] != 80 {
+		t.Errorf("defaulted points on class new = %v, %v; want cpu 40, 60, 80 at new", got, err)
+	}
+	if _, err := siterun.OnClass(space, pts, "new", false); err == nil || !strings.Contains(err.Error(), "points[0]") {
+		t.Errorf("named points with one of another class = %v, want points[0] refused", err)
+	}
+	if _, err := siterun.OnClass(space, pts, "std", true); err == nil || !strings.Contains(err.Error(), "class std") {
+		t.Errorf("an on-line class the study did not vary = %v, want a refusal naming it", err)
+	}
+	cpu := justrunit.Space{Params: space.Params[:1]}
+	if got, err := siterun.OnClass(cpu, []justrunit.Point{{40}}, "std", false); err != nil || len(got) != 1 {
+		t.Errorf("a space without hostclass = %v, %v; want the points as they are", got, err)
 	}
 }

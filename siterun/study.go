@@ -30,7 +30,8 @@ type StudyOptions struct {
 	RelCI      float64
 	MinSamples int64
 	// Sandbox names the sandbox host the clones run on; empty: the first
-	// powered-on one.
+	// powered-on one. A study over hostclass names none (it runs on a
+	// sandbox host of each class).
 	Sandbox string
 }
 
@@ -47,7 +48,7 @@ type Study struct {
 	// prepared clones.
 	Engine  *study.Engine
 	runner  *experiment.Runner
-	release func() // gives the sandbox host back
+	release func() // gives the sandbox hosts back
 }
 
 // Close detaches and destroys the study's clones, and gives the sandbox
@@ -69,7 +70,7 @@ func (s *Site) CheckWarmUp(id string, warmUp time.Duration) error {
 }
 
 // PrepareStudy clones the target of st into the sandbox (one clone per
-// slot), attaches the clones to the target's proxies, and returns an engine
+// slot; with a hostclass parameter, per slot and class), attaches the clones to the target's proxies, and returns an engine
 // with the study's strategy and interpolator over them.
 func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts StudyOptions) (*Study, error) {
 	st.FillMetrics()

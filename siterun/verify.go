@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/justrunit/justrunit"
@@ -91,6 +92,9 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 		return v, justrunit.Invalid("point", st.Space.Format(p), "the on-line %s runs on host %s, of class %s: a check sets its allocation, not its hardware; check a point of class %s, or migrate it to a host of class %s first",
 			st.Target, hosts[h].Name, hosts[h].Class, hosts[h].Class, class)
 	}
+	if f := s.File.Classes[class].FreqGHz; class != "" && f > 0 && !slices.ContainsFunc(st.Space.Params, func(q justrunit.Parameter) bool { return q.Name == "freq" }) {
+		alloc.Freq = f // as the study's clones of that class ran (experiment.ClassHost)
+	}
 	win := opts.Window
 	var pair *pairedClone
 	if opts.Paired {
@@ -169,13 +173,67 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 }
 
 // hostClassOf returns the host class of point p of space, "" when the
-// space has no hostclass parameter.
+// space has no hostclass parameter (or p's value there is no label).
 func hostClassOf(space justrunit.Space, p justrunit.Point) string {
 	k := slices.IndexFunc(space.Params, func(q justrunit.Parameter) bool { return q.Name == "hostclass" })
-	if k < 0 {
+	if k < 0 || k >= len(p) {
 		return ""
 	}
-	return space.Params[k].Format(p[k])
+	return space.Params[k].Label(p[k])
+}
+
+// HostClass returns the class of the host instance id runs on.
+func (s *Site) HostClass(ctx context.Context, id string) (string, error) {
+	insts, err := s.Platform.Instances(ctx)
+	if err != nil {
+		return "", err
+	}
+	i := slices.IndexFunc(insts, func(x justrunit.Instance) bool { return x.ID == id })
+	if i < 0 {
+		return "", fmt.Errorf("instance %s: %w on the platform", id, justrunit.ErrNotFound)
+	}
+	hosts, err := s.Platform.Hosts(ctx)
+	if err != nil {
+		return "", err
+	}
+	h := slices.IndexFunc(hosts, func(x justrunit.Host) bool { return x.Name == insts[i].Host })
+	if h < 0 {
+		return "", fmt.Errorf("host %s of %s: %w", insts[i].Host, id, justrunit.ErrNotFound)
+	}
+	return hosts[h].Class, nil
+}
+
+// OnClass fits the points of a fidelity check of a study over space to
+// an on-line instance on a host of class: a check sets the instance's
+// allocation, not its hardware. Without a hostclass parameter it returns
+// pts. Otherwise chosen points (named by the user) of another class are
+// refused, before any is measured; points chosen for the user
+// (defaulted) are moved to class, without repeats.
+func OnClass(space justrunit.Space, pts []justrunit.Point, class string, defaulted bool) ([]justrunit.Point, error) {
+	k := slices.IndexFunc(space.Params, func(q justrunit.Parameter) bool { return q.Name == "hostclass" })
+	if k < 0 {
+		return pts, nil
+	}
+	at := slices.Index(space.Params[k].Labels, class)
+	if at < 0 {
+		return nil, justrunit.Invalid("points", nil, "the on-line instance runs on a host of class %s, which the study did not vary (%s): a check sets its allocation, not its hardware",
+			class, strings.Join(space.Params[k].Labels, ","))
+	}
+	var out []justrunit.Point
+	for i, p := range pts {
+		if c := hostClassOf(space, p); c != class {
+			if !defaulted {
+				return nil, justrunit.Invalid(fmt.Sprintf("points[%d]", i), space.Format(p), "of class %s; the on-line instance runs on a host of class %s: a check sets its allocation, not its hardware",
+					c, class)
+			}
+			p = slices.Clone(p)
+			p[k] = space.Params[k].Values[at]
+		}
+		if !slices.ContainsFunc(out, func(q justrunit.Point) bool { return slices.Equal(q, p) }) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // pairedClone is a paired check's clone: made and attached before the
@@ -200,20 +258,20 @@ func (s *Site) openPair(ctx context.Context, st *justrunit.Study, class, sandbox
 	if err := s.CheckWarmUp(st.Target, win.WarmUp); err != nil {
 		return nil, err
 	}
-	cfg, err := s.ExperimentConfig(ctx, st.Target, st.Space, sandbox)
+	// With a hostclass parameter, only the point's class: one clone, on
+	// one host; the clone's space has that class alone (start maps the
+	// point to it).
+	space := st.Space
+	classAt := slices.IndexFunc(space.Params, func(p justrunit.Parameter) bool { return p.Name == "hostclass" })
+	if classAt >= 0 {
+		space.Params = slices.Clone(space.Params)
+		space.Params[classAt].Values, space.Params[classAt].Labels = []float64{0}, []string{class}
+	}
+	cfg, err := s.ExperimentConfig(ctx, st.Target, space, sandbox)
 	if err != nil {
 		return nil, err
 	}
 	cfg.Window = win
-	classAt := -1
-	if cfg.Classes != nil {
-		// Only the point's class: one clone, on one host; the clone's
-		// space has that class alone (start maps the point to it).
-		cfg.Classes = map[string]experiment.ClassHost{class: cfg.Classes[class]}
-		classAt = slices.IndexFunc(cfg.Space.Params, func(p justrunit.Parameter) bool { return p.Name == "hostclass" })
-		cfg.Space.Params = slices.Clone(cfg.Space.Params)
-		cfg.Space.Params[classAt].Values, cfg.Space.Params[classAt].Labels = []float64{0}, []string{class}
-	}
 	release, err := s.claimSandboxes(ctx, cfg)
 	if err != nil {
 		return nil, err

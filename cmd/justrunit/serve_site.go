@@ -258,8 +258,11 @@ type siteVerifier struct {
 	// error wrapping ErrNotFound (not on the site) or ErrUnsupported (no
 	// in-proxy).
 	target func(id string) error
-	log    *slog.Logger
-	now    func() time.Time
+	// hostClass returns the class of instance id's host (for a study over
+	// hostclass: siterun.OnClass); nil: the points are measured as given.
+	hostClass func(ctx context.Context, id string) (string, error)
+	log       *slog.Logger
+	now       func() time.Time
 	// managed is set when the daemon runs the manager: verifications are
 	// refused (set before the daemon serves, read-only after).
 	managed bool
@@ -273,7 +276,7 @@ type siteVerifier struct {
 var _ api.Verifier = (*siteVerifier)(nil)
 
 func newSiteVerifier(s *siterun.Site, store justrunit.Store, log *slog.Logger) *siteVerifier {
-	return &siteVerifier{store: store, measure: s.Verify, log: orDefaultLogger(log), now: time.Now, studies: map[string]bool{},
+	return &siteVerifier{store: store, measure: s.Verify, hostClass: s.HostClass, log: orDefaultLogger(log), now: time.Now, studies: map[string]bool{},
 		target: func(id string) error {
 			if _, _, _, err := s.File.Instance(id); err != nil {
 				return fmt.Errorf("study target: %w", err)
@@ -306,6 +309,15 @@ func (v *siteVerifier) Verify(ctx context.Context, st *justrunit.Study, m *justr
 	defer v.end()
 	if err := v.checkIdle(ctx, st); err != nil {
 		return nil, err
+	}
+	if v.hostClass != nil && slices.ContainsFunc(st.Space.Params, func(p justrunit.Parameter) bool { return p.Name == "hostclass" }) {
+		class, err := v.hostClass(ctx, st.Target)
+		if err != nil {
+			return nil, err
+		}
+		if spec.Points, err = siterun.OnClass(st.Space, spec.Points, class, spec.Defaulted); err != nil {
+			return nil, err
+		}
 	}
 	win := siterun.StudyWindow(st, spec.WarmUp, spec.Window)
 	var out []api.Verification
