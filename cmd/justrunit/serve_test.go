@@ -347,7 +347,16 @@ func TestServeShutdownWaitsForSite(t *testing.T) {
 			select {
 			case <-stub.started:
 			case err := <-called:
-				t.Fatalf("the call ended before it acted on the site: %v", err)
+				// CreateStudy returns once the study is created; it
+				// starts acting on the site after that.
+				if !tt.study || err != nil {
+					t.Fatalf("the call ended before it acted on the site: %v", err)
+				}
+				select {
+				case <-stub.started:
+				case <-time.After(10 * time.Second):
+					t.Fatal("the study created acted on nothing")
+				}
 			case <-time.After(10 * time.Second):
 				t.Fatal("nothing acted on the site")
 			}
