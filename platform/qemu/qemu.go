@@ -201,6 +201,9 @@ type Platform struct {
 
 	lock *os.File
 
+	stopTrim chan struct{} // ends trimConsoles; closed by Close
+	trimDone chan struct{}
+
 	mu     sync.Mutex
 	closed bool
 	hosts  []*HostConfig
@@ -311,6 +314,11 @@ func New(o Options) (*Platform, error) {
 	p := &Platform{o: o, log: o.Logger, accel: accel, lock: lock, stopCopy: stopCopy, cg: v, refFreq: machineFreqGHz(), busybox: bb,
 		hosts: hosts, vms: map[string]*vm{}, usedHP: map[int]bool{},
 		scope: fmt.Sprintf("%s/%x", cgroupRoot, sha256.Sum256([]byte(o.StateDir)))[:len(cgroupRoot)+1+12]}
+	p.stopTrim, p.trimDone = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(p.trimDone)
+		p.trimConsoles(p.stopTrim)
+	}()
 	p.log.Info("qemu platform ready", "accel", accel, "clone_method", p.CloneMethod(), "cgroup", v.String(), "state_dir", o.StateDir)
 	return p, nil
 }
@@ -482,6 +490,10 @@ func (p *Platform) Close() error {
 		return nil
 	}
 	p.closed = true
+	if p.stopTrim != nil {
+		close(p.stopTrim)
+		defer func() { <-p.trimDone }()
+	}
 	var clones, origins []string
 	for id, v := range p.vms {
 		if v.inst.Origin != "" {

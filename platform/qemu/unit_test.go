@@ -3,12 +3,14 @@ package qemu
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -222,5 +224,53 @@ func TestFailureReleasesPort(t *testing.T) {
 	}
 	if len(p.usedHP) != 0 || len(p.vms) != 1 {
 		t.Errorf("after a failed Clone: ports %v, VMs %v still reserved", p.usedHP, p.vms)
+	}
+}
+
+// TestTrimConsole: a console log over its limit keeps its last half in
+// LOG.1 and is emptied, and a writer appending to it (as QEMU does) goes on
+// at its new start; tail reads across both files; a log under the limit,
+// or gone, is left alone.
+func TestTrimConsole(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "qemu-1.console.log")
+	w, err := os.OpenFile(log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	line := func(i int) string { return fmt.Sprintf("line %04d\n", i) } // 10 bytes
+	for i := range 100 {
+		if _, err := w.WriteString(line(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := trimConsole(log, 2000); err != nil { // 1000 bytes: under the limit
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(log); st.Size() != 1000 {
+		t.Fatalf("a log under its limit was changed: %d bytes", st.Size())
+	}
+	if err := trimConsole(log, 400); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(log); st.Size() != 0 {
+		t.Errorf("after a trim the log has %d bytes, want 0", st.Size())
+	}
+	kept, _ := os.ReadFile(log + ".1")
+	if want := strings.Join([]string{line(80), line(81)}, ""); !strings.HasPrefix(string(kept), want) || len(kept) != 200 {
+		t.Errorf("%s.1 = %q, want the last 200 bytes (lines 80-99)", log, kept)
+	}
+	if _, err := w.WriteString(line(100)); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(log); string(b) != line(100) {
+		t.Errorf("the writer's next line went to %q, want the start of the emptied log", b)
+	}
+	if got, want := tail(log, 30), strings.TrimSpace(line(98)+line(99)+line(100)); got != want {
+		t.Errorf("tail across the trim = %q, want %q", got, want)
+	}
+	if err := trimConsole(filepath.Join(dir, "gone.console.log"), 400); err != nil {
+		t.Errorf("trim of a log that is gone: %v", err)
 	}
 }

@@ -332,7 +332,9 @@ func (p *Platform) qemuArgs(v *vm, name, sock string, so startOpts) []string {
 		"-m", strconv.Itoa(p.o.MemoryMiB), "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", v.img.Kernel(), "-initrd", v.img.Initrd(), "-append", v.appendArg,
-		"-serial", "file:"+filepath.Join(v.dir, name+".console.log"),
+		// Appending, so that trimConsole can cut the file under QEMU.
+		"-chardev", "file,id=console0,append=on,path="+commaEscape(filepath.Join(v.dir, name+".console.log")),
+		"-serial", "chardev:console0",
 		"-qmp", "unix:"+sock+",server=on,wait=off",
 		"-pidfile", filepath.Join(v.dir, name+".pid"),
 		"-drive", "file="+commaEscape(v.disk)+",if=none,id=disk0,format=qcow2,cache=writeback,discard=unmap",
@@ -794,17 +796,88 @@ func commaEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 // tail returns the last n bytes of a file, for error messages.
 func tail(path string, n int64) string {
-	f, err := os.Open(path)
+	b, err := tailBytes(path, n)
 	if err != nil {
 		return "(" + err.Error() + ")"
+	}
+	if int64(len(b)) < n { // the rest may be in the trimmed part
+		if old, err := tailBytes(path+".1", n-int64(len(b))); err == nil {
+			b = append(old, b...)
+		}
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// tailBytes returns the last n bytes of the file at path.
+func tailBytes(path string, n int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
 	}
 	defer f.Close()
 	st, _ := f.Stat()
 	if st != nil && st.Size() > n {
 		_, _ = f.Seek(st.Size()-n, io.SeekStart)
 	}
-	b, _ := io.ReadAll(f)
-	return strings.TrimSpace(string(b))
+	return io.ReadAll(io.LimitReader(f, n))
+}
+
+// A guest's console (its kernel's messages and its service's output) goes
+// to a file per QEMU process, which QEMU opens for appending: a chatty
+// service would otherwise fill the state directory over a long run. While
+// the platform is open it trims the files every consoleTrimEvery: one
+// over maxConsole bytes has its last maxConsole/2 bytes kept in "LOG.1"
+// (replacing the one before) and is emptied, and QEMU's next write lands
+// at its new start. What the guest writes between the copy and the cut
+// is lost. tail reads both files.
+const (
+	maxConsole       = 4 << 20
+	consoleTrimEvery = 30 * time.Second
+)
+
+// trimConsole trims the console log at path when it is over limit bytes
+// (see maxConsole).
+func trimConsole(path string, limit int64) error {
+	st, err := os.Stat(path)
+	if err != nil || st.Size() <= limit {
+		if errors.Is(err, os.ErrNotExist) {
+			err = nil // the VM went meanwhile
+		}
+		return err
+	}
+	b, err := tailBytes(path, limit/2)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".1.tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path+".1"); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return os.Truncate(path, 0)
+}
+
+// trimConsoles trims every console log of the platform's VMs every
+// consoleTrimEvery until stop is closed.
+func (p *Platform) trimConsoles(stop <-chan struct{}) {
+	t := time.NewTicker(consoleTrimEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		logs, _ := filepath.Glob(filepath.Join(p.o.StateDir, "*", "*.console.log"))
+		for _, l := range logs {
+			if err := trimConsole(l, maxConsole); err != nil {
+				p.log.Warn("trim a guest console log", "file", l, "err", err)
+			}
+		}
+	}
 }
 
 // MigrationStats is what QEMU reported for a VM's last clone or migration.
