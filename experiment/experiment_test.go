@@ -145,6 +145,29 @@ func earlier(a, b time.Time) time.Time {
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
+// answering returns a recorder that a response of 1 ms reaches every half
+// millisecond until t ends, as the in-proxy's window of a busy clone.
+func answering(t *testing.T) *measure.Recorder {
+	rec := measure.NewRecorder()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	t.Cleanup(func() { close(stop); <-done })
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(500 * time.Microsecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				rec.Record(time.Millisecond)
+			}
+		}
+	}()
+	return rec
+}
+
 func sandbox() justrunit.Host {
 	return justrunit.Host{Name: "sb", Class: "std", Cores: 2, MemoryMiB: 1024, On: true, Sandbox: true,
 		Power: justrunit.PowerModel{IdleWatts: 50, MaxWatts: 100}}
@@ -246,21 +269,7 @@ func TestOpenChecksParameters(t *testing.T) {
 // clone of its point's class with the class's frequency, and meters it
 // with that host's power model.
 func TestHostClasses(t *testing.T) {
-	rec := measure.NewRecorder()
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() { // the clones answer every half millisecond
-		tick := time.NewTicker(500 * time.Microsecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-				rec.Record(time.Millisecond)
-			}
-		}
-	}()
+	rec := answering(t) // the clones answer every half millisecond
 	std := sandbox()
 	slow := justrunit.Host{Name: "sb-slow", Class: "slow", Cores: 2, On: true, Sandbox: true, Power: justrunit.PowerModel{IdleWatts: 20, MaxWatts: 40}}
 	target := justrunit.Instance{ID: "app0", Host: "h0", State: "running", Alloc: justrunit.Allocation{CPU: 50}}
@@ -317,21 +326,7 @@ func TestHostClasses(t *testing.T) {
 // TestReplayStatsCoverWindow checks that an observation's match rate is the
 // out-proxy's over the measured window, not over the warm-up too.
 func TestReplayStatsCoverWindow(t *testing.T) {
-	rec := measure.NewRecorder()
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() { // the clone answers every half millisecond
-		tick := time.NewTicker(500 * time.Microsecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-				rec.Record(time.Millisecond)
-			}
-		}
-	}()
+	rec := answering(t) // the clone answers every half millisecond
 	target := justrunit.Instance{ID: "app0", Host: "h0", State: "running", Alloc: justrunit.Allocation{CPU: 50}}
 	p := &fakePlatform{hosts: []justrunit.Host{sandbox()}, insts: []justrunit.Instance{target}}
 	warmUp := 300 * time.Millisecond
