@@ -119,9 +119,11 @@ func hostname() string {
 // this host that ran before the host last booted, no longer exists, is a
 // zombie, or is not the process its pid now names (the pid was reused —
 // e.g. a restarted daemon that is again pid 1 in its container; see
-// ownerGone). A study whose owner is alive, on another host, or written in
-// a form other than OwnerID's or "pid@hostname" is left alone: this process
-// cannot tell that its owner is gone.
+// ownerGone; a host renamed since counts as this host when the owner's
+// boot id and PID namespace are this process's). A study whose owner is
+// alive, on another host, or written in a form other than OwnerID's or
+// "pid@hostname" is left alone: this process cannot tell that its owner is
+// gone.
 //
 // A daemon calls RecoverInterrupted when it starts, before it runs studies
 // of its own. Calling it at any other time is safe (live owners are left
@@ -204,7 +206,9 @@ func (s *Store) RecoverInterrupted(ctx context.Context) (int, error) {
 }
 
 // ownerGone reports whether the process that owns a running study since
-// since is gone, and why, from this host's point of view.
+// since is gone, and why, from this host's point of view. An owner on
+// another host is left alone, unless its boot id and PID namespace are
+// this process's: then this host was renamed, and it is judged as here.
 //
 // An owner recorded with its start ticks and boot id (see OwnerID) is gone
 // when it ran in an earlier boot of this host, or its pid no longer
@@ -219,8 +223,17 @@ func ownerGone(owner, host string, since time.Time) (why string, gone bool) {
 		return "no owner process was recorded", true
 	}
 	o, ok := parseOwner(owner)
-	if !ok || o.host != host {
+	if !ok {
 		return "", false
+	}
+	if o.host != host {
+		// Another host, or this one renamed since: only the same boot id
+		// and PID namespace say it is this kernel's process table.
+		boot, ok := bootID()
+		ns, nsOK := pidNamespace()
+		if o.boot == "" || !ok || boot != o.boot || o.pidns == "" || !nsOK || ns != o.pidns {
+			return "", false
+		}
 	}
 	if o.boot != "" {
 		// Only a boot id of this host tells that the owner's boot is over;

@@ -157,7 +157,15 @@ func TestOwnerGone(t *testing.T) {
 		{"earlier boot", with(func(o *procOwner) { o.boot = "00000000-0000-0000-0000-000000000000" }), now, true, "restarted"},
 		{"earlier boot, dead pid", with(func(o *procOwner) { o.boot, o.pid = "other", dead }), now, true, "restarted"},
 		{"dead pid", with(func(o *procOwner) { o.pid = dead }), now, true, "no longer exists"},
-		{"other host", with(func(o *procOwner) { o.host = "not-" + host; o.ticks++ }), now, false, ""},
+		{"other host", with(func(o *procOwner) { o.host, o.boot = "not-"+host, "other"; o.ticks++ }), now, false, ""},
+		{"other host, dead pid", with(func(o *procOwner) { o.host, o.boot, o.pid = "not-"+host, "other", dead }), now, false, ""},
+		// This host renamed since (same boot, same PID namespace).
+		{"renamed host, alive", with(func(o *procOwner) { o.host = "old-" + host }), now, false, ""},
+		{"renamed host, dead pid", with(func(o *procOwner) { o.host, o.pid = "old-"+host, dead }), now, true, "no longer exists"},
+		{"renamed host, pid reused", with(func(o *procOwner) { o.host = "old-" + host; o.ticks++ }), now, true, "now belongs"},
+		// Same kernel, another name and no PID namespace recorded: a
+		// container with a name of its own may have its own pids.
+		{"other name, no pid namespace recorded", with(func(o *procOwner) { o.host, o.pidns, o.pid = "not-"+host, "", dead }), now, false, ""},
 		// Another PID namespace on this host (a container with the host's
 		// name): its pids say nothing here, alive or not.
 		{"other pid namespace, dead pid", with(func(o *procOwner) { o.pidns, o.pid = "1", dead }), now, false, ""},
