@@ -92,6 +92,8 @@ func (p *Platform) Clone(ctx context.Context, id, host string, opts justrunit.Cl
 		p.mu.Unlock()
 		return nil, err
 	}
+	ctx, done := p.beginLocked(ctx)
+	defer done()
 	p.seq++
 	cloneID := fmt.Sprintf("%s-clone%d", id, p.seq)
 	for p.vms[cloneID] != nil {
@@ -274,6 +276,9 @@ func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 	p.mu.Lock()
 	h := p.hostLocked(host)
 	switch {
+	case p.closed:
+		p.mu.Unlock()
+		return fmt.Errorf("migrate %s: platform closed", id)
 	case h == nil:
 		p.mu.Unlock()
 		return fmt.Errorf("migrate %s: host %q: %w", id, host, justrunit.ErrNotFound)
@@ -283,6 +288,8 @@ func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 	}
 	cpus := h.CPUs
 	sandbox := h.Sandbox
+	ctx, done := p.beginLocked(ctx)
+	defer done()
 	p.mu.Unlock()
 
 	v.op.Lock()

@@ -204,6 +204,13 @@ type Platform struct {
 	stopTrim chan struct{} // ends trimConsoles; closed by Close
 	trimDone chan struct{}
 
+	// ops counts the Launches, Clones and Migrates under way (see
+	// beginLocked); Close cancels them through opsCtx and waits for them
+	// before it destroys the VMs, so that none adds a VM behind it.
+	ops       sync.WaitGroup
+	opsCtx    context.Context
+	cancelOps context.CancelFunc
+
 	mu     sync.Mutex
 	closed bool
 	hosts  []*HostConfig
@@ -314,6 +321,7 @@ func New(o Options) (*Platform, error) {
 	p := &Platform{o: o, log: o.Logger, accel: accel, lock: lock, stopCopy: stopCopy, cg: v, refFreq: machineFreqGHz(), busybox: bb,
 		hosts: hosts, vms: map[string]*vm{}, usedHP: map[int]bool{},
 		scope: fmt.Sprintf("%s/%x", cgroupRoot, sha256.Sum256([]byte(o.StateDir)))[:len(cgroupRoot)+1+12]}
+	p.opsCtx, p.cancelOps = context.WithCancel(context.Background())
 	p.stopTrim, p.trimDone = make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(p.trimDone)
@@ -478,6 +486,33 @@ func machineFreqGHz() float64 {
 // errExited reports an operation on a VM whose QEMU has exited.
 var errExited = errors.New("qemu process has exited")
 
+// beginLocked registers an operation that may add or move a VM; the caller
+// holds p.mu and has checked that the platform is not closed. It returns
+// ctx, also cancelled when Close starts, and the function that ends the
+// operation.
+func (p *Platform) beginLocked(ctx context.Context) (context.Context, func()) {
+	p.ops.Add(1)
+	ctx, cancel := context.WithCancel(ctx)
+	stop := func() bool { return false }
+	if p.opsCtx != nil {
+		stop = context.AfterFunc(p.opsCtx, cancel)
+	}
+	return ctx, func() {
+		stop()
+		cancel()
+		p.ops.Done()
+	}
+}
+
+// endOps cancels the operations under way and waits for them to end; the
+// platform is closed, so no new one begins.
+func (p *Platform) endOps() {
+	if p.cancelOps != nil {
+		p.cancelOps()
+	}
+	p.ops.Wait()
+}
+
 // CgroupVersion is the cgroup version in use ("v1" or "v2").
 func (p *Platform) CgroupVersion() string { return p.cg.String() }
 
@@ -494,6 +529,9 @@ func (p *Platform) Close() error {
 		close(p.stopTrim)
 		defer func() { <-p.trimDone }()
 	}
+	p.mu.Unlock()
+	p.endOps()
+	p.mu.Lock()
 	var clones, origins []string
 	for id, v := range p.vms {
 		if v.inst.Origin != "" {

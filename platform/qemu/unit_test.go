@@ -274,3 +274,41 @@ func TestTrimConsole(t *testing.T) {
 		t.Errorf("trim of a log that is gone: %v", err)
 	}
 }
+
+// TestCloseEndsOperations: closing cancels a Launch, Clone or Migrate under
+// way and waits for it to end before the VMs are destroyed, so that none
+// adds a VM behind Close; afterwards none begins.
+func TestCloseEndsOperations(t *testing.T) {
+	p, img := unitPlatform(t)
+	p.opsCtx, p.cancelOps = context.WithCancel(context.Background())
+	p.mu.Lock()
+	ctx, done := p.beginLocked(context.Background())
+	p.closed = true
+	p.mu.Unlock()
+	ended := make(chan struct{})
+	go func() { p.endOps(); close(ended) }()
+	select {
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("closing did not cancel the operation under way")
+	}
+	select {
+	case <-ended:
+		t.Fatal("closing went on while an operation was under way")
+	case <-time.After(50 * time.Millisecond):
+	}
+	done()
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("closing did not go on once the operation ended")
+	}
+	_, err := p.Launch(context.Background(), justrunit.InstanceSpec{ID: "a", Host: "pm1", Addr: "10.0.2.15:80", Dir: img, Command: []string{"/bin/true"}})
+	if err == nil || !strings.Contains(err.Error(), "platform closed") {
+		t.Errorf("Launch on a closed platform = %v, want refused", err)
+	}
+	p.vms["a"] = &vm{inst: justrunit.Instance{ID: "a", Host: "pm1"}, proc: &qproc{done: make(chan struct{})}}
+	if err := p.Migrate(context.Background(), "a", "sandbox"); err == nil || !strings.Contains(err.Error(), "platform closed") {
+		t.Errorf("Migrate on a closed platform = %v, want refused", err)
+	}
+}

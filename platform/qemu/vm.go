@@ -165,6 +165,8 @@ func (p *Platform) Launch(ctx context.Context, spec justrunit.InstanceSpec) (*ju
 		mac: macFor(spec.ID),
 	}
 	p.vms[spec.ID] = v // reserve the ID
+	ctx, done := p.beginLocked(ctx)
+	defer done()
 	p.mu.Unlock()
 
 	reserved := 0 // the port freePort reserved for this VM
