@@ -261,11 +261,13 @@ type PlanState struct {
 	// Running are points whose experiments are under way.
 	Running []Point
 	// TimeLeft is what remains of the time bound; ExperimentLength is how
-	// long one experiment takes at most. The study engine adds a little to
-	// what remains (2% of an experiment, at most a second): an experiment
-	// takes a little longer than its warm-up and window (its allocation is
-	// set, its clone checked), and without it a bound of N experiment
-	// lengths would fit N−1. The last window may so be cut by that much.
+	// long one experiment takes at most. The study engine adds a slack to
+	// what remains: 2% of an experiment (at most a second) for every
+	// experiment started so far and the next, at most a tenth of one. An
+	// experiment takes a little longer than its warm-up and window (its
+	// allocation is set, its clone checked, its observation stored), and
+	// without the slack a bound of N experiment lengths would fit N−1. The
+	// last window may so be cut by what the experiments before it overran.
 	TimeLeft         time.Duration
 	ExperimentLength time.Duration
 	// Slots is the number of experiments that may run at once; Free of them

@@ -160,9 +160,13 @@ var ErrNothingMeasured = errors.New("nothing measured")
 // checks the clone after it.
 const cutMargin = time.Second
 
-// boundSlack is what the engine adds to the time left when it plans (see
-// PlanState.TimeLeft): 2% of an experiment of length l, at most a second.
-func boundSlack(l time.Duration) time.Duration { return min(l/50, time.Second) }
+// boundSlack is what the engine adds to the time left when it plans after
+// starting n experiments (see PlanState.TimeLeft): 2% of an experiment of
+// length l, at most a second, for each of them and the next, at most a
+// tenth of l.
+func boundSlack(l time.Duration, n int) time.Duration {
+	return min(time.Duration(n+1)*min(l/50, time.Second), l/10)
+}
 
 func (e *Engine) check(st *justrunit.Study) error {
 	switch {
@@ -193,12 +197,13 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 	var last *justrunit.Observation
 	var firstErr error
 	planned := 0
+	started := 0 // experiments started, for the planning slack
 	for {
 		if firstErr == nil && ctx.Err() == nil {
 			ps := justrunit.PlanState{
 				Matrix:           m,
 				Running:          running,
-				TimeLeft:         time.Until(deadline) + boundSlack(st.ExperimentLength()),
+				TimeLeft:         time.Until(deadline) + boundSlack(st.ExperimentLength(), started),
 				ExperimentLength: st.ExperimentLength(),
 				Slots:            st.Slots,
 				Free:             st.Slots - len(running),
@@ -226,6 +231,7 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 			for _, p := range next {
 				p := append(justrunit.Point(nil), p...)
 				running = append(running, p)
+				started++
 				wg.Add(1)
 				go func() {
 					defer wg.Done()

@@ -318,7 +318,7 @@ func TestCutByTimeBound(t *testing.T) {
 // last one's window is cut by the bound by no more than that.
 func TestBoundFitsItsExperiments(t *testing.T) {
 	const n = 3
-	window := 500 * time.Millisecond
+	window := time.Second
 	st := newStudy(t, "grid", window, n*window, 1)
 	var cut atomic.Int64
 	r := funcRunner(func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
@@ -342,8 +342,8 @@ func TestBoundFitsItsExperiments(t *testing.T) {
 	if st.Experiments != n {
 		t.Errorf("%d experiments in a bound of %d experiment lengths, want %d", st.Experiments, n, n)
 	}
-	if c := time.Duration(cut.Load()); c > boundSlack(window) {
-		t.Errorf("the last window was cut by %v, more than %v", c, boundSlack(window))
+	if c := time.Duration(cut.Load()); c > boundSlack(window, n-1) {
+		t.Errorf("the last window was cut by %v, more than %v", c, boundSlack(window, n-1))
 	}
 }
 
