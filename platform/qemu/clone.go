@@ -148,6 +148,7 @@ func (p *Platform) Clone(ctx context.Context, id, host string, opts justrunit.Cl
 		p.mu.Unlock()
 		return nil, fmt.Errorf("clone %s: %w", id, err)
 	}
+	_ = os.RemoveAll(c.dir) // a crashed run's, under the same name
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		return fail(err)
 	}
@@ -177,28 +178,23 @@ func (p *Platform) Clone(ctx context.Context, id, host string, opts justrunit.Cl
 	if err := sp.qmp.MigrateSetParameters(ctx, p.migrationParams()); err != nil {
 		return fail(err)
 	}
+	// From here on a failure must leave the source — the on-line
+	// instance — running, and its disk record true: the commands that
+	// change them are sent whatever becomes of ctx (a reply lost to a
+	// cancellation would leave the source paused, or its disk moved
+	// without the record knowing), and a failure resumes the source.
+	recoverSource := func() { resumeSource(sp) }
 	var stopped time.Time // when the source was paused
 	if p.stopCopy {
-		if err := sp.qmp.Stop(ctx); err != nil {
+		if err := sourceCmd(ctx, sp.qmp.Stop); err != nil {
+			recoverSource()
 			return fail(err)
 		}
 		stopped = time.Now()
 	}
-	if err := sp.qmp.Migrate(ctx, "unix:"+sock); err != nil {
-		if p.stopCopy {
-			_ = sp.qmp.Cont(context.WithoutCancel(ctx))
-		}
+	if err := sourceCmd(ctx, func(ctx context.Context) error { return sp.qmp.Migrate(ctx, "unix:"+sock) }); err != nil {
+		recoverSource()
 		return fail(err)
-	}
-	// From here on a failure must leave the source running.
-	recoverSource := func() {
-		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = sp.qmp.MigrateCancel(rctx)
-		_, _ = sp.qmp.WaitMigration(rctx, 5*time.Millisecond, "cancelled", "completed", "none")
-		if st, err := sp.qmp.QueryStatus(rctx); err == nil && !st.Running {
-			_ = sp.qmp.Cont(rctx)
-		}
 	}
 	if _, err := sp.qmp.WaitMigration(ctx, 2*time.Millisecond, "pre-switchover"); err != nil {
 		recoverSource()
@@ -208,14 +204,14 @@ func (p *Platform) Clone(ctx context.Context, id, host string, opts justrunit.Cl
 		stopped = time.Now() // pre-copy: the source is paused now
 	}
 	newTop := filepath.Join(srcDir, fmt.Sprintf("disk-%d.qcow2", srcDiskN+1))
-	if err := sp.qmp.BlockdevSnapshotSync(ctx, "disk0", newTop); err != nil {
+	if err := sourceCmd(ctx, func(ctx context.Context) error { return sp.qmp.BlockdevSnapshotSync(ctx, "disk0", newTop) }); err != nil {
 		recoverSource()
 		return fail(fmt.Errorf("snapshot the source's disk: %w", err))
 	}
 	src.mu.Lock()
 	src.disk, src.diskN = newTop, srcDiskN+1
 	src.mu.Unlock()
-	if err := sp.qmp.MigrateContinue(ctx, "pre-switchover"); err != nil {
+	if err := sourceCmd(ctx, func(ctx context.Context) error { return sp.qmp.MigrateContinue(ctx, "pre-switchover") }); err != nil {
 		recoverSource()
 		return fail(err)
 	}
@@ -255,6 +251,47 @@ func (p *Platform) Clone(ctx context.Context, id, host string, opts justrunit.Cl
 		"clone_time", cloneTime.Round(time.Millisecond), "pause", pause.Round(time.Millisecond),
 		"qemu_downtime_ms", info.Downtime, "redirect", len(redirect))
 	return &justrunit.Clone{Instance: in, Endpoint: c.endpoint, Mode: justrunit.CloneLive, Pause: pause}, nil
+}
+
+// sourceCmdTimeout bounds a command to a source QEMU that is sent whatever
+// becomes of the caller's context (see sourceCmd).
+const sourceCmdTimeout = 10 * time.Second
+
+// sourceCmd sends a command that changes a running instance's state (stop,
+// migrate, snapshot its disk) and waits for its reply even when ctx ends
+// meanwhile, for at most sourceCmdTimeout: QEMU carries out a command it
+// has read whatever the client does, and a reply lost to a cancellation
+// would leave the caller not knowing what it did. It returns ctx's error
+// when ctx ended, after the command.
+func sourceCmd(ctx context.Context, cmd func(context.Context) error) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sourceCmdTimeout)
+	defer cancel()
+	if err := cmd(cctx); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// resumeSource leaves a source QEMU running after a failed clone or
+// migration: it cancels the migration, if any, waits for it to end, and
+// resumes the source if it is paused. Each step has a time bound of its
+// own. QEMU 7.2 leaves a VM's migration status empty until it first
+// migrates: that is "none".
+func resumeSource(q *qproc) {
+	step := func(f func(context.Context)) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		f(ctx)
+	}
+	step(func(ctx context.Context) { _ = q.qmp.MigrateCancel(ctx) })
+	step(func(ctx context.Context) {
+		_, _ = q.qmp.WaitMigration(ctx, 5*time.Millisecond, "cancelled", "completed", "none", "failed", "")
+	})
+	step(func(ctx context.Context) {
+		if st, err := q.qmp.QueryStatus(ctx); err == nil && !st.Running {
+			_ = q.qmp.Cont(ctx)
+		}
+	})
 }
 
 func (p *Platform) migrationParams() qmp.MigrationParameters {
@@ -331,13 +368,7 @@ func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 		return fmt.Errorf("migrate %s: %w", id, err)
 	}
 	abort := func(err error) error {
-		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = old.qmp.MigrateCancel(rctx)
-		_, _ = old.qmp.WaitMigration(rctx, 5*time.Millisecond, "cancelled", "completed", "none", "failed")
-		if st, err := old.qmp.QueryStatus(rctx); err == nil && !st.Running {
-			_ = old.qmp.Cont(rctx)
-		}
+		resumeSource(old)
 		p.killProc(dst)
 		undo()
 		return fmt.Errorf("migrate %s: %w", id, err)
@@ -354,15 +385,21 @@ func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 	}
 	var stopped time.Time
 	if p.stopCopy {
-		if err := old.qmp.Stop(ctx); err != nil {
+		if err := sourceCmd(ctx, old.qmp.Stop); err != nil {
 			return abort(err)
 		}
 		stopped = time.Now()
 	}
-	if err := old.qmp.Migrate(ctx, "unix:"+sock); err != nil {
+	if err := sourceCmd(ctx, func(ctx context.Context) error { return old.qmp.Migrate(ctx, "unix:"+sock) }); err != nil {
 		return abort(err)
 	}
-	info, err := old.qmp.WaitMigration(ctx, time.Millisecond, "completed")
+	// Once started, the migration is seen to its end (within
+	// migrateTimeout) whatever becomes of ctx: cancelled as it completes,
+	// it could not be undone (the destination holds the disk and may be
+	// running), and undoing it at other moments gains little.
+	wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), migrateTimeout)
+	info, err := old.qmp.WaitMigration(wctx, time.Millisecond, "completed")
+	wcancel()
 	if err != nil {
 		return abort(err)
 	}
@@ -402,6 +439,9 @@ func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 	p.log.Info("migrated", "id", id, "host", host, "total_ms", info.TotalTime, "qemu_downtime_ms", info.Downtime)
 	return nil
 }
+
+// migrateTimeout bounds a migration between hosts once it has started.
+const migrateTimeout = 2 * time.Minute
 
 // settle re-reads a completed migration's statistics for a few
 // milliseconds when they are still zero: QEMU can report "completed"

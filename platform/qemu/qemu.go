@@ -525,11 +525,12 @@ func (p *Platform) Close() error {
 		return nil
 	}
 	p.closed = true
-	if p.stopTrim != nil {
-		close(p.stopTrim)
-		defer func() { <-p.trimDone }()
-	}
 	p.mu.Unlock()
+	if p.stopTrim != nil {
+		// Before any VM directory goes: a trim in progress writes in them.
+		close(p.stopTrim)
+		<-p.trimDone
+	}
 	p.endOps()
 	p.mu.Lock()
 	var clones, origins []string

@@ -312,3 +312,26 @@ func TestCloseEndsOperations(t *testing.T) {
 		t.Errorf("Migrate on a closed platform = %v, want refused", err)
 	}
 }
+
+// TestSourceCmd: a command that changes a source's state is sent and its
+// reply awaited even when the caller's context has ended, and the caller
+// then learns that it ended.
+func TestSourceCmd(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ran := false
+	err := sourceCmd(ctx, func(c context.Context) error {
+		if c.Err() != nil {
+			return c.Err()
+		}
+		ran = true
+		return nil
+	})
+	if !ran || !errors.Is(err, context.Canceled) {
+		t.Errorf("sourceCmd under a cancelled context: ran %v, err %v; want it run and context.Canceled", ran, err)
+	}
+	fail := errors.New("refused")
+	if err := sourceCmd(context.Background(), func(context.Context) error { return fail }); !errors.Is(err, fail) {
+		t.Errorf("sourceCmd = %v, want the command's error", err)
+	}
+}
