@@ -113,8 +113,7 @@ type Runner struct {
 // slot is one clone and its attachments.
 type slot struct {
 	name  string
-	class string
-	host  ClassHost
+	host  ClassHost // where it runs
 	clone *justrunit.Clone
 	fed   bool // attached to the Feed
 	reply bool // served by the Replay
@@ -158,7 +157,7 @@ func Open(ctx context.Context, cfg Config, n int) (*Runner, error) {
 	for _, label := range slices.Sorted(maps.Keys(classes)) {
 		r.free[label] = make(chan *slot, n)
 		for range n {
-			s, err := r.open(ctx, label, classes[label])
+			s, err := r.open(ctx, classes[label])
 			if s != nil {
 				r.slots = append(r.slots, s)
 			}
@@ -277,15 +276,15 @@ func checkRoom(ctx context.Context, cfg Config, h justrunit.Host, n int) error {
 // hosts) never give the proxies the same clone name.
 var cloneSeq atomic.Int64
 
-// open makes a clone of class label on host h.
-func (r *Runner) open(ctx context.Context, label string, h ClassHost) (*slot, error) {
+// open makes a clone on the host of h.
+func (r *Runner) open(ctx context.Context, h ClassHost) (*slot, error) {
 	name := fmt.Sprintf("%s-clone%d", r.cfg.Target.ID, cloneSeq.Add(1)-1)
 	// Where the platform can, the proxies reach the clone inside its own
 	// network, as they reach the target: its traffic then costs it what
 	// the target's costs the target (see justrunit.CloneOptions.InNetwork).
 	nr, ok := r.cfg.Platform.(justrunit.NetworkReacher)
 	opts := justrunit.CloneOptions{Alloc: r.cfg.Target.Alloc, InNetwork: ok && nr.ReachesIntoClones()}
-	s := &slot{name: name, class: label, host: h}
+	s := &slot{name: name, host: h}
 	switch {
 	case r.cfg.Replay == nil:
 	case opts.InNetwork:
