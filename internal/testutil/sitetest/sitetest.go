@@ -132,3 +132,31 @@ func writeFile(t testing.TB, file string, data any) string {
 	}
 	return path
 }
+
+// ClassesFile is a site of two auction tiers (app0 with an in-proxy and an
+// out-proxy in front of data0) on host pm1 (CPU 0), of class old, and two
+// sandbox hosts on CPU 1 of two emulated hardware classes, old (1.2 GHz)
+// and new (2 GHz): for tests that compare host classes. Its Addrs are
+// appIn, app, dataOut and data.
+const ClassesFile = `platform: local
+classes:
+  std: {idle_watts: 100, max_watts: 200}
+  old: {idle_watts: 90, max_watts: 160, freq_ghz: 1.2}
+  new: {idle_watts: 100, max_watts: 200, freq_ghz: 2}
+hosts:
+  - {name: pm1, class: old, cores: 1, cpus: "0"}
+  - {name: sb-old, class: old, cores: 1, cpus: "1", sandbox: true}
+  - {name: sb-new, class: new, cores: 1, cpus: "1", sandbox: true}
+services:
+  - name: s
+    tiers:
+      - name: app
+        instances:
+          - {id: app0, host: pm1, addr: "{{.Addr.app}}", allocation: {cpu: 60}, in_proxy: {listen: "{{.Addr.appIn}}"},
+             out_proxy: {listen: "{{.Addr.dataOut}}", next: "{{.Addr.data}}", pass_through: [GET]},
+             command: [{{.Bin}}, app, --listen, "{{.Addr.app}}", --data, "http://{{.Addr.dataOut}}", --work, "2"]}
+      - name: data
+        instances:
+          - {id: data0, host: pm1, addr: "{{.Addr.data}}", allocation: {cpu: 20}, state_dir: "{{.Data}}",
+             command: [{{.Bin}}, data, --listen, "{{.Addr.data}}", --state-dir, "{{.Data}}"]}
+`
