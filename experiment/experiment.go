@@ -173,7 +173,7 @@ func Open(ctx context.Context, cfg Config, n int) (*Runner, error) {
 // hostsOf returns the index of cfg's hostclass parameter (−1 without) and
 // the sandbox hosts the clones run on, by class label ("" without).
 func hostsOf(cfg Config) (int, map[string]ClassHost, error) {
-	k := slices.IndexFunc(cfg.Space.Params, func(p justrunit.Parameter) bool { return p.Name == "hostclass" })
+	k := cfg.Space.Param("hostclass")
 	if k < 0 {
 		if !cfg.Sandbox.Sandbox {
 			return -1, nil, justrunit.Invalid("sandbox", cfg.Sandbox.Name, "not a sandbox host: clones run on sandbox hosts only")
@@ -185,7 +185,7 @@ func hostsOf(cfg Config) (int, map[string]ClassHost, error) {
 	if !p.Categorical() {
 		return 0, nil, justrunit.Invalid(field, p.Name, "a host class is a label (hostclass=std,fast), not a number")
 	}
-	freq := slices.ContainsFunc(cfg.Space.Params, func(p justrunit.Parameter) bool { return p.Name == "freq" })
+	freq := cfg.Space.Param("freq") >= 0
 	out := map[string]ClassHost{}
 	for _, label := range p.Labels {
 		ch, ok := cfg.Classes[label]
@@ -358,7 +358,7 @@ func (r *Runner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observat
 		return justrunit.Observation{}, ctx.Err()
 	}
 	defer func() { free <- s }()
-	if s.host.FreqGHz > 0 && !slices.ContainsFunc(r.cfg.Space.Params, func(p justrunit.Parameter) bool { return p.Name == "freq" }) {
+	if s.host.FreqGHz > 0 && r.cfg.Space.Param("freq") < 0 {
 		alloc.Freq = s.host.FreqGHz
 	}
 	if err := r.cfg.Platform.SetAllocation(ctx, s.clone.ID, alloc); err != nil {

@@ -403,7 +403,7 @@ func (s *Site) ExperimentConfig(ctx context.Context, id string, space justrunit.
 		return experiment.Config{}, err
 	}
 	cfg := experiment.Config{Platform: s.Platform, Target: insts[i], Space: space, Logger: s.log}
-	if k := slices.IndexFunc(space.Params, func(p justrunit.Parameter) bool { return p.Name == "hostclass" }); k >= 0 {
+	if k := space.Param("hostclass"); k >= 0 {
 		if sandbox != "" {
 			return experiment.Config{}, justrunit.Invalid("sandbox", sandbox, "a study over hostclass runs on a sandbox host of each class; name none")
 		}

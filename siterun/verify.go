@@ -92,7 +92,7 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 		return v, justrunit.Invalid("point", st.Space.Format(p), "the on-line %s runs on host %s, of class %s: a check sets its allocation, not its hardware; check a point of class %s, or migrate it to a host of class %s first",
 			st.Target, hosts[h].Name, hosts[h].Class, hosts[h].Class, class)
 	}
-	if f := s.File.Classes[class].FreqGHz; class != "" && f > 0 && !slices.ContainsFunc(st.Space.Params, func(q justrunit.Parameter) bool { return q.Name == "freq" }) {
+	if f := s.File.Classes[class].FreqGHz; class != "" && f > 0 && st.Space.Param("freq") < 0 {
 		alloc.Freq = f // as the study's clones of that class ran (experiment.ClassHost)
 	}
 	win := opts.Window
@@ -175,7 +175,7 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 // hostClassOf returns the host class of point p of space, "" when the
 // space has no hostclass parameter (or p's value there is no label).
 func hostClassOf(space justrunit.Space, p justrunit.Point) string {
-	k := slices.IndexFunc(space.Params, func(q justrunit.Parameter) bool { return q.Name == "hostclass" })
+	k := space.Param("hostclass")
 	if k < 0 || k >= len(p) {
 		return ""
 	}
@@ -210,7 +210,7 @@ func (s *Site) HostClass(ctx context.Context, id string) (string, error) {
 // refused, before any is measured; points chosen for the user
 // (defaulted) are moved to class, without repeats.
 func OnClass(space justrunit.Space, pts []justrunit.Point, class string, defaulted bool) ([]justrunit.Point, error) {
-	k := slices.IndexFunc(space.Params, func(q justrunit.Parameter) bool { return q.Name == "hostclass" })
+	k := space.Param("hostclass")
 	if k < 0 {
 		return pts, nil
 	}
@@ -262,7 +262,7 @@ func (s *Site) openPair(ctx context.Context, st *justrunit.Study, class, sandbox
 	// one host; the clone's space has that class alone (start maps the
 	// point to it).
 	space := st.Space
-	classAt := slices.IndexFunc(space.Params, func(p justrunit.Parameter) bool { return p.Name == "hostclass" })
+	classAt := space.Param("hostclass")
 	if classAt >= 0 {
 		space.Params = slices.Clone(space.Params)
 		space.Params[classAt].Values, space.Params[classAt].Labels = []float64{0}, []string{class}

@@ -310,7 +310,7 @@ func (v *siteVerifier) Verify(ctx context.Context, st *justrunit.Study, m *justr
 	if err := v.checkIdle(ctx, st); err != nil {
 		return nil, err
 	}
-	if v.hostClass != nil && slices.ContainsFunc(st.Space.Params, func(p justrunit.Parameter) bool { return p.Name == "hostclass" }) {
+	if v.hostClass != nil && st.Space.Param("hostclass") >= 0 {
 		class, err := v.hostClass(ctx, st.Target)
 		if err != nil {
 			return nil, err

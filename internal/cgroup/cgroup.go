@@ -446,9 +446,9 @@ func (g *Group) AddProc(pid int) error {
 // Freezes nest: each Freeze that succeeds is a hold on the group, which a
 // Thaw releases, and the group thaws only when the last hold is released.
 // Two clones' snapshots of the same instance can so overlap without one
-// thawing the group under the other; only Kill thaws it under a hold. Holds are counted per
-// Group: two Groups loaded for the same path, or FreezeTree, do not see
-// each other's.
+// thawing the group under the other; only Kill thaws it under a hold.
+// Holds are counted per Group: two Groups loaded for the same path, or
+// FreezeTree, do not see each other's.
 func (g *Group) Freeze(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	g.freezeMu.Lock()
