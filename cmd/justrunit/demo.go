@@ -408,11 +408,15 @@ hosts:
 services:
 `)
 	fronts := map[string]string{}
+	// Every service's ports are picked at once: picked service by service,
+	// a port one service was given could be given again to the next.
+	const perService = 6
+	all, err := freeAddrs(perService * spec.services)
+	if err != nil {
+		return nil, nil, err
+	}
 	for i := range spec.services {
-		ports, err := freeAddrs(7)
-		if err != nil {
-			return nil, nil, err
-		}
+		ports := all[i*perService : (i+1)*perService]
 		webIn, web, appIn, app, dataOut, data := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]
 		svc := fmt.Sprintf("auction%d", i)
 		state := filepath.Join(dir, "state", svc)
