@@ -278,20 +278,26 @@ func sourceCmd(ctx context.Context, cmd func(context.Context) error) error {
 // own. QEMU 7.2 leaves a VM's migration status empty until it first
 // migrates: that is "none".
 func resumeSource(q *qproc) {
-	step := func(f func(context.Context)) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		f(ctx)
+	cutMigration(q.qmp)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if st, err := q.qmp.QueryStatus(ctx); err == nil && !st.Running {
+		_ = q.qmp.Cont(ctx)
 	}
-	step(func(ctx context.Context) { _ = q.qmp.MigrateCancel(ctx) })
-	step(func(ctx context.Context) {
-		_, _ = q.qmp.WaitMigration(ctx, 5*time.Millisecond, "cancelled", "completed", "none", "failed", "")
-	})
-	step(func(ctx context.Context) {
-		if st, err := q.qmp.QueryStatus(ctx); err == nil && !st.Running {
-			_ = q.qmp.Cont(ctx)
-		}
-	})
+}
+
+// cutMigration cancels a source's migration and waits for it to end, each
+// step within its own bound. It returns the final statistics, and whether
+// the migration completed all the same (a cancel that comes as it
+// completes is ignored).
+func cutMigration(c *qmp.Client) (qmp.MigrationInfo, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = c.MigrateCancel(ctx)
+	cancel()
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	m, err := c.WaitMigration(ctx, 5*time.Millisecond, "cancelled", "completed", "none", "failed", "")
+	return m, err == nil && m.Status == "completed"
 }
 
 func (p *Platform) migrationParams() qmp.MigrationParameters {
@@ -401,7 +407,14 @@ func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 	info, err := old.qmp.WaitMigration(wctx, time.Millisecond, "completed")
 	wcancel()
 	if err != nil {
-		return abort(err)
+		// One that completed all the same as it was cut has switched
+		// over: the destination runs on the disk, and resuming the
+		// source would put two VMs' writes on it. It is carried through.
+		fin, completed := cutMigration(old.qmp)
+		if !completed {
+			return abort(err)
+		}
+		info = fin
 	}
 	if stopped.IsZero() {
 		stopped = time.Now().Add(-time.Duration(info.Downtime) * time.Millisecond)

@@ -1,7 +1,9 @@
 package qemu
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/internal/qmp"
 )
 
 // These tests boot no VM: they run anywhere, also under -short.
@@ -333,5 +336,76 @@ func TestSourceCmd(t *testing.T) {
 	fail := errors.New("refused")
 	if err := sourceCmd(context.Background(), func(context.Context) error { return fail }); !errors.Is(err, fail) {
 		t.Errorf("sourceCmd = %v, want the command's error", err)
+	}
+}
+
+// fakeMigrationSource serves QMP on a unix socket, answering every command
+// with an empty return and query-migrate with statuses, one per query (the
+// last repeats).
+func fakeMigrationSource(t *testing.T, statuses ...string) *qmp.Client {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "qmp.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		fmt.Fprintln(c, `{"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}}`)
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			var req struct {
+				Execute string `json:"execute"`
+				ID      string `json:"id"`
+			}
+			if json.Unmarshal(sc.Bytes(), &req) != nil {
+				continue
+			}
+			var ret any = map[string]any{}
+			if req.Execute == "query-migrate" {
+				ret = map[string]any{"status": statuses[0], "total-time": 48}
+				if len(statuses) > 1 {
+					statuses = statuses[1:]
+				}
+			}
+			b, _ := json.Marshal(map[string]any{"return": ret, "id": req.ID})
+			fmt.Fprintln(c, string(b))
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	q, err := qmp.Dial(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	return q
+}
+
+// TestCutMigration checks how a migration cut by its bound is judged: one
+// that completed all the same has switched over and is carried through;
+// one cancelled, failed or never started is undone.
+func TestCutMigration(t *testing.T) {
+	for _, tc := range []struct {
+		statuses  []string
+		completed bool
+	}{
+		{[]string{"completed"}, true},
+		{[]string{"active", "completed"}, true},
+		{[]string{"active", "cancelling", "cancelled"}, false},
+		{[]string{"failed"}, false},
+		{[]string{""}, false}, // QEMU 7.2: never migrated
+	} {
+		bounded(t, "cutMigration", func() {
+			m, completed := cutMigration(fakeMigrationSource(t, tc.statuses...))
+			if completed != tc.completed || m.Status != tc.statuses[len(tc.statuses)-1] {
+				t.Errorf("statuses %q: cutMigration = %q, %v; want %q, %v", tc.statuses, m.Status, completed, tc.statuses[len(tc.statuses)-1], tc.completed)
+			}
+		})
 	}
 }

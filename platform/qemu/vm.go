@@ -467,6 +467,17 @@ func (p *Platform) SetAllocation(ctx context.Context, id string, a justrunit.All
 	if err := p.checkAlloc("allocation", a); err != nil {
 		return err
 	}
+	// Close cancels the balloon request and waits for it, which has a
+	// bound of its own: a QEMU that stops answering without closing its
+	// socket would otherwise hold the VM (and Close) for good.
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return fmt.Errorf("set allocation %s: platform closed", id)
+	}
+	ctx, done := p.beginLocked(ctx)
+	defer done()
+	p.mu.Unlock()
 	v.op.Lock()
 	defer v.op.Unlock()
 	v.mu.Lock()
@@ -486,7 +497,9 @@ func (p *Platform) SetAllocation(ctx context.Context, id string, a justrunit.All
 	if mem == 0 {
 		mem = int64(p.o.MemoryMiB)
 	}
-	if err := proc.qmp.Balloon(ctx, mem<<20); err != nil {
+	bctx, cancel := context.WithTimeout(ctx, sourceCmdTimeout)
+	defer cancel()
+	if err := proc.qmp.Balloon(bctx, mem<<20); err != nil {
 		return fmt.Errorf("set allocation %s: memory: %w", id, err)
 	}
 	v.mu.Lock()
