@@ -62,8 +62,9 @@ type EngineRunnerConfig struct {
 }
 
 // errShutdown is the cancellation cause of studies stopped because the
-// daemon shuts down; they end interrupted, not cancelled.
-var errShutdown = errors.New("the daemon shut down while the study ran")
+// daemon shuts down; they end interrupted, not cancelled (the engine, or
+// finish, records them so).
+var errShutdown = fmt.Errorf("%w: the daemon shut down while the study ran", study.ErrInterrupted)
 
 // EngineRunner is the in-process StudyRunner: each study runs in its own
 // goroutine through a study.Engine with the strategy and interpolator it
@@ -229,30 +230,27 @@ func (r *EngineRunner) run(ctx context.Context, st *justrunit.Study, strat justr
 		Logger:       log,
 		Owner:        r.cfg.Owner,
 	}
+	// The engine stores the study's end, interrupted when the shutdown
+	// stopped it, before the teardown: what the store says must not wait
+	// for the clones to go, which may outlast the shutdown's bound.
 	_, runErr := eng.Run(ctx, st)
 	if closer != nil {
 		if err := closer.Close(); err != nil {
 			log.Error("tear down the experimenter", keyErr, err)
 		}
 	}
-	if errors.Is(context.Cause(ctx), errShutdown) && st.State == justrunit.StudyCancelled {
-		// Cancelled by the shutdown, not by a user: say so, as a restart
-		// after a crash would.
-		r.finish(st, justrunit.StudyInterrupted, errShutdown, log)
-		return
-	}
-	if runErr != nil && st.State != justrunit.StudyCancelled {
+	if runErr != nil && st.State == justrunit.StudyFailed {
 		log.Warn("study ended with an error", keyErr, runErr)
 	}
 	r.observe(st)
 }
 
-// finish stores a study's end when the engine did not (it never ran, or
-// the shutdown interrupted it) and records an event for it.
+// finish stores a study's end when the engine did not (it never ran) and
+// records an event for it.
 func (r *EngineRunner) finish(st *justrunit.Study, state justrunit.StudyState, cause error, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if errors.Is(cause, errShutdown) {
+	if errors.Is(cause, study.ErrInterrupted) {
 		state = justrunit.StudyInterrupted
 	}
 	st.State, st.Finished = state, time.Now()

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,6 +71,61 @@ func TestEngineRunnerCheckAndCancelWhileStarting(t *testing.T) {
 	})
 	if got, _ := store.Study(ctx, st.ID); got.State != justrunit.StudyCancelled {
 		t.Errorf("study cancelled while starting ended %s (%s), want cancelled", got.State, got.Error)
+	}
+}
+
+// blockingCloser is an experimenter whose teardown lasts until release is
+// closed, as a qemu clone's may outlast the shutdown's bound.
+type blockingCloser struct{ release chan struct{} }
+
+func (c blockingCloser) Close() error { <-c.release; return nil }
+
+// TestEngineRunnerShutdownInterrupts checks that a study the shutdown stops
+// is stored interrupted before its experimenter is torn down, so that a
+// teardown outlasting the shutdown's bound does not leave it stored
+// otherwise, and that it is never shown as finished (cancelled) first.
+func TestEngineRunnerShutdownInterrupts(t *testing.T) {
+	ctx := context.Background()
+	store, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "justrunit.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	teardown := blockingCloser{release: make(chan struct{})}
+	r, err := NewEngineRunner(EngineRunnerConfig{Store: store, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Owner: sqlite.OwnerID(),
+		NewRunner: func(ctx context.Context, st *justrunit.Study) (justrunit.Runner, io.Closer, error) {
+			return &curveRunner{hold: time.Hour}, teardown, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpu, _ := justrunit.ParseParameter("cpu=20..100 step 20")
+	st := &justrunit.Study{Target: "app0", Space: justrunit.Space{Params: []justrunit.Parameter{cpu}}, Strategy: "grid",
+		Window: justrunit.Duration(time.Hour), TimeBound: justrunit.Duration(10 * time.Hour), Slots: 1, CheckThreshold: 0.1}
+	if err := r.Start(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the study to run", func() bool {
+		got, err := store.Study(ctx, st.ID)
+		return err == nil && got.State == justrunit.StudyRunning
+	})
+	sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if err := r.Close(sctx); err == nil {
+		t.Errorf("Close returned before the teardown ended, want its bound's error")
+	}
+	if got, _ := store.Study(ctx, st.ID); got.State != justrunit.StudyInterrupted || !strings.Contains(got.Error, "shut down") {
+		t.Errorf("study stopped by the shutdown is stored %s (%q) while torn down, want interrupted saying the daemon shut down", got.State, got.Error)
+	}
+	close(teardown.release)
+	waitFor(t, 10*time.Second, "the job to end", func() bool { return len(r.Running()) == 0 })
+	if got, _ := store.Study(ctx, st.ID); got.State != justrunit.StudyInterrupted {
+		t.Errorf("study stopped by the shutdown is stored %s after its teardown, want interrupted", got.State)
+	}
+	for kind, want := range map[string]int{justrunit.EventStudyInterrupted: 1, justrunit.EventStudyFinished: 0} {
+		if evs, _ := store.Events(ctx, justrunit.EventFilter{StudyID: st.ID, Kind: kind}); len(evs) != want {
+			t.Errorf("%s events = %d, want %d", kind, len(evs), want)
+		}
 	}
 }
 

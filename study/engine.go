@@ -68,7 +68,8 @@ type result struct {
 // failed experiment or ctx's end, and returns the matrix (interpolated where
 // anything was measured). The study's State, Error, Experiments and times
 // are updated in st and in the Store. A failed experiment fails the study:
-// the matrix keeps what was measured before it.
+// the matrix keeps what was measured before it. ctx's end cancels the
+// study, or interrupts it when its cause is ErrInterrupted.
 func (e *Engine) Run(ctx context.Context, st *justrunit.Study) (*justrunit.Matrix, error) {
 	if err := e.check(st); err != nil {
 		return nil, err
@@ -121,9 +122,14 @@ func (e *Engine) Run(ctx context.Context, st *justrunit.Study) (*justrunit.Matri
 		}
 	}
 	st.Finished = time.Now()
+	kind, level := justrunit.EventStudyFinished, levelOf(runErr)
 	switch {
 	case runErr == nil:
 		st.State = justrunit.StudyDone
+	case ctx.Err() != nil && errors.Is(runErr, ctx.Err()) && errors.Is(context.Cause(ctx), ErrInterrupted):
+		// Its process is stopping: no one cancelled it, and it did not end.
+		st.State, st.Error = justrunit.StudyInterrupted, context.Cause(ctx).Error()
+		kind, level = justrunit.EventStudyInterrupted, "warn"
 	case ctx.Err() != nil && errors.Is(runErr, ctx.Err()):
 		st.State, st.Error = justrunit.StudyCancelled, runErr.Error()
 	default:
@@ -142,13 +148,20 @@ func (e *Engine) Run(ctx context.Context, st *justrunit.Study) (*justrunit.Matri
 		}
 	}
 	counts := m.Counts()
-	e.event(saveCtx, st, justrunit.EventStudyFinished, levelOf(runErr),
+	e.event(saveCtx, st, kind, level,
 		fmt.Sprintf("study %s: %d experiments, %d cells measured, %d interpolated", st.State, st.Experiments,
 			counts[justrunit.Measured], counts[justrunit.Interpolated]), map[string]any{"state": string(st.State)})
 	e.report(st, nil, nil, 0, deadline)
 	log.Info("study finished", "state", st.State, "experiments", st.Experiments, "took", st.Finished.Sub(st.Started).Round(time.Millisecond))
 	return m, runErr
 }
+
+// ErrInterrupted, as the cause a study's context is cancelled with
+// (context.WithCancelCause), says that the process running the study is
+// stopping, not that anyone cancelled the study: Run then records it
+// interrupted (with a study.interrupted event, not study.finished), as the
+// store's recovery records a study whose process died. Wrap it to say why.
+var ErrInterrupted = errors.New("interrupted")
 
 // ErrNothingMeasured means a study ended within its time bound without a
 // single measured experiment.

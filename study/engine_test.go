@@ -218,26 +218,52 @@ func TestFailedExperiment(t *testing.T) {
 }
 
 // TestCancel checks that cancelling a study stops its experiments promptly
-// and records it as cancelled.
+// and records it as cancelled; or as interrupted, when the cause is that its
+// process stops (ErrInterrupted), with a study.interrupted event and no
+// study.finished one.
 func TestCancel(t *testing.T) {
-	store := openStore(t)
-	st := newStudy(t, "grid", time.Hour, 10*time.Hour, 2)
-	r := &curveRunner{rt: knee, hold: time.Hour}
-	ctx, cancel := context.WithCancel(context.Background())
-	time.AfterFunc(50*time.Millisecond, cancel)
-	done := make(chan error, 1)
-	go func() { _, err := newEngine(t, st, r, store).Run(ctx, st); done <- err }()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("Run error = %v, want context.Canceled", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return after cancel")
-	}
-	got, _ := store.Study(context.Background(), st.ID)
-	if got == nil || got.State != justrunit.StudyCancelled {
-		t.Errorf("stored study = %+v, want cancelled", got)
+	stopping := fmt.Errorf("%w: the test's process stops", ErrInterrupted)
+	for _, tt := range []struct {
+		name      string
+		cause     error
+		state     justrunit.StudyState
+		wantError string
+		event     string
+	}{
+		{"cancelled", nil, justrunit.StudyCancelled, "context canceled", justrunit.EventStudyFinished},
+		{"interrupted", stopping, justrunit.StudyInterrupted, stopping.Error(), justrunit.EventStudyInterrupted},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			store := openStore(t)
+			st := newStudy(t, "grid", time.Hour, 10*time.Hour, 2)
+			r := &curveRunner{rt: knee, hold: time.Hour}
+			ctx, cancel := context.WithCancelCause(context.Background())
+			time.AfterFunc(50*time.Millisecond, func() { cancel(tt.cause) })
+			done := make(chan error, 1)
+			go func() { _, err := newEngine(t, st, r, store).Run(ctx, st); done <- err }()
+			select {
+			case err := <-done:
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("Run error = %v, want context.Canceled", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Run did not return after cancel")
+			}
+			got, _ := store.Study(context.Background(), st.ID)
+			if got == nil || got.State != tt.state || got.Error != tt.wantError {
+				t.Errorf("stored study = %+v, want %s (%q)", got, tt.state, tt.wantError)
+			}
+			for _, kind := range []string{justrunit.EventStudyFinished, justrunit.EventStudyInterrupted} {
+				evs, err := store.Events(context.Background(), justrunit.EventFilter{StudyID: st.ID, Kind: kind})
+				want := 0
+				if kind == tt.event {
+					want = 1
+				}
+				if err != nil || len(evs) != want {
+					t.Errorf("%s events = %d (%v), want %d", kind, len(evs), err, want)
+				}
+			}
+		})
 	}
 }
 
