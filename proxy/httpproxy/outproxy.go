@@ -136,6 +136,10 @@ type OutProxy struct {
 	sleep sleeper // replays' waits
 
 	recorded, notRecorded atomic.Int64
+	// calls counts every clone's calls over the proxy's window (OutStats),
+	// apart from the clones' own windows: those end at each experiment's
+	// edges, and a stopped clone's go with it.
+	calls callCounts
 
 	mu         sync.Mutex
 	windowFrom time.Time
@@ -152,14 +156,14 @@ type cloneEndpoint struct {
 	// consumer is the endpoint's name in the record, its own: a clone
 	// served again under the same name starts afresh, whatever calls to
 	// the one before are still under way.
-	consumer                   string
-	srv                        *server // nil when the caller serves CloneHandler
-	matched, unmatched, passed atomic.Int64
-	reused                     atomic.Int64      // matched reads answered with an earlier exchange
-	stoodIn                    atomic.Int64      // unmatched reads answered with another call of their route
-	waited, waitNs             atomic.Int64      // calls that waited for their on-line match, and how long
-	replayed                   *measure.Recorder // the next-tier latencies the answers were replayed with
-	from                       atomic.Int64      // window start, unix ns
+	consumer       string
+	srv            *server           // nil when the caller serves CloneHandler
+	calls          callCounts        // over the clone's window (ReplayStats)
+	proxyCalls     *callCounts       // over the proxy's (OutStats)
+	reused         atomic.Int64      // matched reads answered with an earlier exchange
+	waited, waitNs atomic.Int64      // calls that waited for their on-line match, and how long
+	replayed       *measure.Recorder // the next-tier latencies the answers were replayed with
+	from           atomic.Int64      // window start, unix ns
 
 	// takeMu is held (read) while the endpoint takes from the record, so
 	// that once stop has set stopped, no call takes, and the consumer
@@ -168,6 +172,28 @@ type cloneEndpoint struct {
 	stopped  bool
 	stopping chan struct{} // closed by stop: calls waiting for a match give up
 	stopOnce sync.Once
+}
+
+// callKind is what became of a clone's call: matched in the record, or
+// unmatched; an unmatched call may also have been stood in for (answered
+// with another call of its route) or passed through to the next tier.
+type callKind int
+
+const (
+	callMatched callKind = iota
+	callUnmatched
+	callStoodIn
+	callPassed
+	callKinds
+)
+
+// callCounts counts calls by kind.
+type callCounts [callKinds]atomic.Int64
+
+// count counts a call of kind k in the clone's window and the proxy's.
+func (ep *cloneEndpoint) count(k callKind) {
+	ep.calls[k].Add(1)
+	ep.proxyCalls[k].Add(1)
 }
 
 // take takes the next exchange with key for the endpoint from rec, and
@@ -325,10 +351,11 @@ func (p *OutProxy) endpointLocked(name string) *cloneEndpoint {
 	if ep == nil {
 		p.endpoints++
 		ep = &cloneEndpoint{
-			name:     name,
-			consumer: name + "#" + strconv.FormatUint(p.endpoints, 10),
-			replayed: measure.NewRecorder(),
-			stopping: make(chan struct{}),
+			name:       name,
+			consumer:   name + "#" + strconv.FormatUint(p.endpoints, 10),
+			replayed:   measure.NewRecorder(),
+			stopping:   make(chan struct{}),
+			proxyCalls: &p.calls,
 		}
 		ep.from.Store(time.Now().UnixNano())
 		p.clones[name] = ep
@@ -542,20 +569,16 @@ func (s ReplayStats) Apply(o *justrunit.Observation) {
 
 func (ep *cloneEndpoint) stats(reset bool) ReplayStats {
 	now := time.Now()
-	load := func(a *atomic.Int64) int64 {
-		if reset {
-			return a.Swap(0)
-		}
-		return a.Load()
-	}
+	load := func(a *atomic.Int64) int64 { return loadCount(a, reset) }
 	s := ReplayStats{Name: ep.name, End: now}
 	if reset {
 		s.Start = time.Unix(0, ep.from.Swap(now.UnixNano()))
 	} else {
 		s.Start = time.Unix(0, ep.from.Load())
 	}
-	s.Matched, s.Unmatched, s.PassedThrough = load(&ep.matched), load(&ep.unmatched), load(&ep.passed)
-	s.Reused, s.StoodIn = load(&ep.reused), load(&ep.stoodIn)
+	s.Matched, s.Unmatched = load(&ep.calls[callMatched]), load(&ep.calls[callUnmatched])
+	s.StoodIn, s.PassedThrough = load(&ep.calls[callStoodIn]), load(&ep.calls[callPassed])
+	s.Reused = load(&ep.reused)
 	if reset {
 		s.NextTier = ep.replayed.Reset().RT
 	} else {
@@ -568,6 +591,14 @@ func (ep *cloneEndpoint) stats(reset bool) ReplayStats {
 	}
 	s.MatchRate = matchRate(s.Matched, s.Unmatched)
 	return s
+}
+
+// loadCount reads a counter, and zeroes it when reset.
+func loadCount(a *atomic.Int64, reset bool) int64 {
+	if reset {
+		return a.Swap(0)
+	}
+	return a.Load()
 }
 
 func matchRate(matched, unmatched int64) float64 {
@@ -587,15 +618,17 @@ type OutStats struct {
 	// no longer parsed, or too many being recorded at once).
 	Recorded    int64 `json:"recorded"`
 	NotRecorded int64 `json:"not_recorded"`
-	// Matched, Unmatched, StoodIn and PassedThrough add up the clones'
-	// counts (see ReplayStats); MatchRate is Matched / (Matched +
-	// Unmatched), 1 when the clones made no call.
+	// Matched, Unmatched, StoodIn and PassedThrough count the calls of
+	// every clone, stopped ones too, over the window (see ReplayStats for
+	// what each means); MatchRate is Matched / (Matched + Unmatched), 1
+	// when the clones made no call.
 	Matched       int64   `json:"matched"`
 	Unmatched     int64   `json:"unmatched"`
 	StoodIn       int64   `json:"stood_in"`
 	PassedThrough int64   `json:"passed_through"`
 	MatchRate     float64 `json:"match_rate"`
-	// Clones has each clone's counts, by name.
+	// Clones has the counts of each clone served now, by name, over its
+	// own window (which ending the proxy's window does not end).
 	Clones []ReplayStats `json:"clones"`
 	// Record is the record's memory now (not windowed).
 	Record RecordStats `json:"record"`
@@ -615,19 +648,15 @@ func (p *OutProxy) stats(reset bool) OutStats {
 	defer p.mu.Unlock()
 	now := time.Now()
 	s := OutStats{Start: p.windowFrom, End: now, Record: p.rec.Stats(), Clones: []ReplayStats{}}
+	load := func(a *atomic.Int64) int64 { return loadCount(a, reset) }
+	s.Recorded, s.NotRecorded = load(&p.recorded), load(&p.notRecorded)
+	s.Matched, s.Unmatched = load(&p.calls[callMatched]), load(&p.calls[callUnmatched])
+	s.StoodIn, s.PassedThrough = load(&p.calls[callStoodIn]), load(&p.calls[callPassed])
 	if reset {
-		s.Recorded, s.NotRecorded = p.recorded.Swap(0), p.notRecorded.Swap(0)
 		p.windowFrom = now
-	} else {
-		s.Recorded, s.NotRecorded = p.recorded.Load(), p.notRecorded.Load()
 	}
 	for _, ep := range p.clones {
-		rs := ep.stats(reset)
-		s.Matched += rs.Matched
-		s.Unmatched += rs.Unmatched
-		s.StoodIn += rs.StoodIn
-		s.PassedThrough += rs.PassedThrough
-		s.Clones = append(s.Clones, rs)
+		s.Clones = append(s.Clones, ep.stats(false))
 	}
 	slices.SortFunc(s.Clones, func(a, b ReplayStats) int { return strings.Compare(a.Name, b.Name) })
 	s.MatchRate = matchRate(s.Matched, s.Unmatched)
@@ -825,7 +854,7 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 		key := p.cfg.Masks.Key(r.Method, r.URL.Path, r.URL.RawQuery, body)
 		ex, ok, _, live := ep.take(p.rec, key)
 		if !live { // stopped: no answer from the record any more
-			ep.unmatched.Add(1)
+			ep.count(callUnmatched)
 			p.fallback(w, r, ep)
 			return
 		}
@@ -842,8 +871,8 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 			// stands in, rather than holding the clone to the on-line
 			// instance's pace or loading the on-line next tier.
 			if sub, found := p.rec.LatestRoute(p.cfg.Masks.Route(r.Method, r.URL.Path, r.URL.RawQuery)); found {
-				ep.unmatched.Add(1)
-				ep.stoodIn.Add(1)
+				ep.count(callUnmatched)
+				ep.count(callStoodIn)
 				ep.replayed.Record(sub.Latency)
 				p.replay(w, r, sub, arrival)
 				return
@@ -860,17 +889,17 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 			}
 		}
 		if ok {
-			ep.matched.Add(1)
+			ep.count(callMatched)
 			ep.replayed.Record(ex.Latency)
 			p.replay(w, r, ex, arrival)
 			return
 		}
 	}
-	ep.unmatched.Add(1)
+	ep.count(callUnmatched)
 	// Never an upgrade: ReverseProxy would tunnel a 101 both ways, and
 	// the clone could then write to the real next tier.
 	if p.safe[r.Method] && int64(len(body)) <= p.cfg.MaxBody && !asksUpgrade(r.Header) && !ep.isStopped() {
-		ep.passed.Add(1)
+		ep.count(callPassed)
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 		p.pass.ServeHTTP(w, r)

@@ -793,3 +793,37 @@ func TestCloneEndpointWait(t *testing.T) {
 		t.Fatalf("wait after stop = %v, want nothing taken", e)
 	}
 }
+
+// TestOutProxyWindows checks that the proxy's window counts every clone's
+// calls whatever becomes of the clones' own windows (ended at each
+// experiment's edges, gone with a stopped clone), and that ending the
+// proxy's window leaves the clones' own alone.
+func TestOutProxyWindows(t *testing.T) {
+	nt := newNextTier(t, 0)
+	p, _, _ := startOut(t, OutConfig{Upstream: nt.URL, PassThrough: []string{"GET"}, MatchWait: -1})
+	c := testClient()
+	a := httptest.NewServer(p.CloneHandler("a"))
+	defer a.Close()
+	b := httptest.NewServer(p.CloneHandler("b"))
+	defer b.Close()
+	do(t, c, "GET", a.URL+"/counter", "") // unmatched: passed through
+	if rs, err := p.ReplayStats("a", true); err != nil || rs.PassedThrough != 1 {
+		t.Fatalf("clone a's window = %+v, %v; want 1 passed through", rs, err)
+	}
+	if err := p.StopClone("a"); err != nil {
+		t.Fatal(err)
+	}
+	do(t, c, "GET", b.URL+"/counter", "")
+	if st := p.Stats(); st.PassedThrough != 2 || st.Unmatched != 2 || nt.count() != 2 {
+		t.Errorf("proxy window after a clone's window ended and it stopped: %+v, next tier calls %d; want 2 unmatched, 2 passed through", st, nt.count())
+	}
+	if st := p.Reset(); st.PassedThrough != 2 {
+		t.Errorf("Reset = %+v, want 2 passed through", st)
+	}
+	if st := p.Stats(); st.PassedThrough != 0 || st.Unmatched != 0 {
+		t.Errorf("proxy window after Reset: %+v, want it empty", st)
+	}
+	if rs, err := p.ReplayStats("b", false); err != nil || rs.PassedThrough != 1 || rs.Unmatched != 1 {
+		t.Errorf("clone b's window after the proxy's Reset = %+v, %v; want its call still counted", rs, err)
+	}
+}
