@@ -183,6 +183,9 @@ func (r *Record) takeLocked(consumer, key string, now time.Time) (*Exchange, boo
 	for len(q.hint) <= c {
 		q.hint = append(q.hint, 0)
 	}
+	// The entries before base are gone: a hint below it would never move
+	// again, and every take would scan the whole queue.
+	q.hint[c] = max(q.hint[c], q.base)
 	bit := uint64(1) << c
 	oldest := now.Add(-r.window)
 	for i := max(q.hint[c]-q.base, 0); i < int64(len(q.entries)); i++ {

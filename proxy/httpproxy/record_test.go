@@ -120,3 +120,29 @@ func TestRecordLatestRoute(t *testing.T) {
 		t.Errorf("LatestRoute after the window = %s, want none", got.Body)
 	}
 }
+
+// TestRecordHintPastEvicted checks that a consumer's place in a key's queue
+// moves on past entries evicted before its first take: left below them,
+// every take would scan the whole queue under the record's lock.
+func TestRecordHintPastEvicted(t *testing.T) {
+	r := NewRecord(time.Minute, 1<<30)
+	now := time.Now()
+	r.Add(ex("k", now.Add(-time.Minute+time.Second), "stale"))
+	const n = 100
+	for i := range n {
+		r.Add(ex("k", now.Add(time.Duration(i)), fmt.Sprint(i)))
+	}
+	later := now.Add(2 * time.Second) // the first entry has left the window
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := range n {
+		e, ok, _ := r.takeLocked("c", "k", later)
+		if !ok || string(e.Body) != fmt.Sprint(i) {
+			t.Fatalf("take #%d = %v, %v; want body %d", i, e, ok, i)
+		}
+	}
+	q := r.byKey["k"]
+	if h := q.hint[r.consumers["c"]]; h != q.base+n {
+		t.Errorf("hint = %d after %d takes past base %d, want %d", h, n, q.base, q.base+n)
+	}
+}
