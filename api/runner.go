@@ -198,13 +198,17 @@ func (r *EngineRunner) Close(ctx context.Context) error {
 }
 
 // run waits for a free slot, makes the experimenter, runs the engine and
-// tears the experimenter down.
+// tears the experimenter down. Whichever way it returns, the study's end
+// is stored: by the engine, else by finish.
 func (r *EngineRunner) run(ctx context.Context, st *justrunit.Study, strat justrunit.Strategy, in justrunit.Interpolator) {
 	log := r.log.With(keyStudy, st.ID)
+	defer r.observe(st)
 	select {
 	case r.sem <- struct{}{}:
 		defer func() { <-r.sem }()
 	case <-ctx.Done():
+	}
+	if ctx.Err() != nil { // cancelled while it waited (select may take a free slot all the same)
 		r.finish(st, justrunit.StudyCancelled, context.Cause(ctx), log)
 		return
 	}
@@ -233,7 +237,17 @@ func (r *EngineRunner) run(ctx context.Context, st *justrunit.Study, strat justr
 	// The engine stores the study's end, interrupted when the shutdown
 	// stopped it, before the teardown: what the store says must not wait
 	// for the clones to go, which may outlast the shutdown's bound.
-	_, runErr := eng.Run(ctx, st)
+	var runErr error
+	if ctx.Err() == nil { // a factory may return its experimenter after a cancel
+		_, runErr = eng.Run(ctx, st)
+	}
+	switch {
+	case ended(st.State): // the engine stored it
+	case ctx.Err() != nil:
+		r.finish(st, justrunit.StudyCancelled, context.Cause(ctx), log)
+	default: // the engine refused the study
+		r.finish(st, justrunit.StudyFailed, runErr, log)
+	}
 	if closer != nil {
 		if err := closer.Close(); err != nil {
 			log.Error("tear down the experimenter", keyErr, err)
@@ -242,7 +256,11 @@ func (r *EngineRunner) run(ctx context.Context, st *justrunit.Study, strat justr
 	if runErr != nil && st.State == justrunit.StudyFailed {
 		log.Warn("study ended with an error", keyErr, runErr)
 	}
-	r.observe(st)
+}
+
+// ended reports whether a study in state s has ended.
+func ended(s justrunit.StudyState) bool {
+	return s != justrunit.StudyPending && s != justrunit.StudyRunning
 }
 
 // finish stores a study's end when the engine did not (it never ran) and
@@ -273,7 +291,6 @@ func (r *EngineRunner) finish(st *justrunit.Study, state justrunit.StudyState, c
 		log.Warn("store event", keyErr, err)
 	}
 	log.Info("study ended", "state", state, "reason", st.Error)
-	r.observe(st)
 }
 
 func (r *EngineRunner) observe(st *justrunit.Study) {

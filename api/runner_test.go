@@ -74,6 +74,49 @@ func TestEngineRunnerCheckAndCancelWhileStarting(t *testing.T) {
 	}
 }
 
+// TestEngineRunnerCancelWhileMakingExperimenter checks that a study
+// cancelled while its experimenter is made, by a factory that finishes all
+// the same (its last step did not look at the context), is stored
+// cancelled, not left pending, and its experimenter torn down.
+func TestEngineRunnerCancelWhileMakingExperimenter(t *testing.T) {
+	ctx := context.Background()
+	store, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "justrunit.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	making, made := make(chan struct{}), make(chan struct{})
+	closers := &closeCounter{}
+	r, err := NewEngineRunner(EngineRunnerConfig{Store: store, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Owner: sqlite.OwnerID(),
+		NewRunner: func(ctx context.Context, st *justrunit.Study) (justrunit.Runner, io.Closer, error) {
+			close(making)
+			<-made
+			return &curveRunner{hold: 10 * time.Millisecond}, closers, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(ctx)
+	cpu, _ := justrunit.ParseParameter("cpu=20..100 step 20")
+	st := &justrunit.Study{Target: "app0", Space: justrunit.Space{Params: []justrunit.Parameter{cpu}}, Strategy: "grid",
+		Window: justrunit.Duration(time.Hour), TimeBound: justrunit.Duration(10 * time.Hour), Slots: 1, CheckThreshold: 0.1}
+	if err := r.Start(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	<-making
+	if err := r.Cancel(ctx, st.ID); err != nil {
+		t.Fatal(err)
+	}
+	close(made)
+	waitFor(t, 10*time.Second, "the job to end", func() bool { return len(r.Running()) == 0 })
+	if got, _ := store.Study(ctx, st.ID); got.State != justrunit.StudyCancelled || got.Finished.IsZero() {
+		t.Errorf("study cancelled while its experimenter was made is stored %s (finished %v), want cancelled", got.State, got.Finished)
+	}
+	if n := closers.n.Load(); n != 1 {
+		t.Errorf("experimenters torn down = %d, want 1", n)
+	}
+}
+
 // blockingCloser is an experimenter whose teardown lasts until release is
 // closed, as a qemu clone's may outlast the shutdown's bound.
 type blockingCloser struct{ release chan struct{} }

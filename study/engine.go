@@ -69,7 +69,10 @@ type result struct {
 // anything was measured). The study's State, Error, Experiments and times
 // are updated in st and in the Store. A failed experiment fails the study:
 // the matrix keeps what was measured before it. ctx's end cancels the
-// study, or interrupts it when its cause is ErrInterrupted.
+// study, or interrupts it when its cause is ErrInterrupted. A stored study
+// (st.ID set) that Run accepts is left in an end state in the Store, even
+// when ctx ended before Run's first write; one it refuses as invalid is
+// not touched.
 func (e *Engine) Run(ctx context.Context, st *justrunit.Study) (*justrunit.Matrix, error) {
 	if err := e.check(st); err != nil {
 		return nil, err
@@ -90,6 +93,7 @@ func (e *Engine) Run(ctx context.Context, st *justrunit.Study) (*justrunit.Matri
 	if st.Created.IsZero() {
 		st.Created = st.Started
 	}
+	deadline := st.Started.Add(time.Duration(st.TimeBound))
 	if e.Store != nil {
 		if st.ID == "" {
 			if err := e.Store.CreateStudy(ctx, st); err != nil {
@@ -97,10 +101,12 @@ func (e *Engine) Run(ctx context.Context, st *justrunit.Study) (*justrunit.Matri
 			}
 			log = e.logger().With(keyStudy, st.ID)
 		} else if err := e.Store.UpdateStudy(ctx, st); err != nil {
-			return nil, fmt.Errorf("start study: %w", err)
+			// Stored already (pending), it must not stay so: record its
+			// end all the same. A cancel that came before this first
+			// write is the usual reason.
+			return m, e.end(ctx, st, m, fmt.Errorf("start study: %w", err), deadline, log)
 		}
 	}
-	deadline := st.Started.Add(time.Duration(st.TimeBound))
 	e.event(ctx, st, justrunit.EventStudyStarted, "info", fmt.Sprintf("study of %s over %d points, %s strategy, time bound %v",
 		st.Target, st.Space.Size(), st.Strategy, st.TimeBound), nil)
 	log.Info("study started", "target", st.Target, "points", st.Space.Size(), "strategy", st.Strategy, "time_bound", st.TimeBound)
@@ -115,7 +121,15 @@ func (e *Engine) Run(ctx context.Context, st *justrunit.Study) (*justrunit.Matri
 				ErrNothingMeasured, st.TimeBound, st.ExperimentLength(), cut)
 		}
 	}
+	return m, e.end(ctx, st, m, runErr, deadline, log)
+}
 
+// end interpolates what was measured, records the study's end state (done
+// when runErr is nil, else cancelled, interrupted or failed) with its matrix
+// and event, and returns runErr with what failed to be recorded. It stores
+// even when ctx is cancelled, with a bound of its own: the study must not
+// be left running, or pending, in the store.
+func (e *Engine) end(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, runErr error, deadline time.Time, log *slog.Logger) error {
 	if len(m.Measured()) > 0 {
 		if err := e.Interpolator.Interpolate(m); err != nil {
 			runErr = errors.Join(runErr, fmt.Errorf("interpolate: %w", err))
@@ -135,8 +149,6 @@ func (e *Engine) Run(ctx context.Context, st *justrunit.Study) (*justrunit.Matri
 	default:
 		st.State, st.Error = justrunit.StudyFailed, runErr.Error()
 	}
-	// Record the outcome even when ctx is cancelled: the study must not be
-	// left "running" in the store.
 	saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if e.Store != nil {
@@ -153,7 +165,7 @@ func (e *Engine) Run(ctx context.Context, st *justrunit.Study) (*justrunit.Matri
 			counts[justrunit.Measured], counts[justrunit.Interpolated]), map[string]any{"state": string(st.State)})
 	e.report(st, nil, nil, 0, deadline)
 	log.Info("study finished", "state", st.State, "experiments", st.Experiments, "took", st.Finished.Sub(st.Started).Round(time.Millisecond))
-	return m, runErr
+	return runErr
 }
 
 // ErrInterrupted, as the cause a study's context is cancelled with

@@ -220,25 +220,37 @@ func TestFailedExperiment(t *testing.T) {
 // TestCancel checks that cancelling a study stops its experiments promptly
 // and records it as cancelled; or as interrupted, when the cause is that its
 // process stops (ErrInterrupted), with a study.interrupted event and no
-// study.finished one.
+// study.finished one. A stored study whose context ended before Run's first
+// write is recorded so too, not left pending.
 func TestCancel(t *testing.T) {
 	stopping := fmt.Errorf("%w: the test's process stops", ErrInterrupted)
 	for _, tt := range []struct {
 		name      string
 		cause     error
+		before    bool // the study is stored pending and cancelled before Run
 		state     justrunit.StudyState
 		wantError string
 		event     string
 	}{
-		{"cancelled", nil, justrunit.StudyCancelled, "context canceled", justrunit.EventStudyFinished},
-		{"interrupted", stopping, justrunit.StudyInterrupted, stopping.Error(), justrunit.EventStudyInterrupted},
+		{"cancelled", nil, false, justrunit.StudyCancelled, "context canceled", justrunit.EventStudyFinished},
+		{"interrupted", stopping, false, justrunit.StudyInterrupted, stopping.Error(), justrunit.EventStudyInterrupted},
+		{"cancelled before start", nil, true, justrunit.StudyCancelled, "context canceled", justrunit.EventStudyFinished},
+		{"interrupted before start", stopping, true, justrunit.StudyInterrupted, stopping.Error(), justrunit.EventStudyInterrupted},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			store := openStore(t)
 			st := newStudy(t, "grid", time.Hour, 10*time.Hour, 2)
 			r := &curveRunner{rt: knee, hold: time.Hour}
 			ctx, cancel := context.WithCancelCause(context.Background())
-			time.AfterFunc(50*time.Millisecond, func() { cancel(tt.cause) })
+			if tt.before {
+				st.State = justrunit.StudyPending
+				if err := store.CreateStudy(context.Background(), st); err != nil {
+					t.Fatal(err)
+				}
+				cancel(tt.cause)
+			} else {
+				time.AfterFunc(50*time.Millisecond, func() { cancel(tt.cause) })
+			}
 			done := make(chan error, 1)
 			go func() { _, err := newEngine(t, st, r, store).Run(ctx, st); done <- err }()
 			select {
@@ -250,8 +262,8 @@ func TestCancel(t *testing.T) {
 				t.Fatal("Run did not return after cancel")
 			}
 			got, _ := store.Study(context.Background(), st.ID)
-			if got == nil || got.State != tt.state || got.Error != tt.wantError {
-				t.Errorf("stored study = %+v, want %s (%q)", got, tt.state, tt.wantError)
+			if got == nil || got.State != tt.state || !strings.Contains(got.Error, tt.wantError) || got.Finished.IsZero() {
+				t.Errorf("stored study = %+v, want %s (%q) with its finish time", got, tt.state, tt.wantError)
 			}
 			for _, kind := range []string{justrunit.EventStudyFinished, justrunit.EventStudyInterrupted} {
 				evs, err := store.Events(context.Background(), justrunit.EventFilter{StudyID: st.ID, Kind: kind})
