@@ -166,6 +166,7 @@ func TestProxyFlags(t *testing.T) {
 		{out, []string{"--fallback-status", "0"}, "--fallback-status", ""},
 		{out, []string{"--fallback-status", "600"}, "--fallback-status", ""},
 		{out, []string{"--stats-interval", "-1s"}, "--stats-interval", "negative"},
+		{out, []string{"--clone-listen", ""}, "--clone-listen", "host:port"},
 	} {
 		args := append(append([]string{"--log-level", "error"}, tt.base...), tt.extra...)
 		_, err := run(t, args...)

@@ -349,6 +349,9 @@ GET /stats, POST /stats/reset.`,
 			if fallbackStatus < 200 || fallbackStatus > 599 {
 				return justrunit.Invalid("--fallback-status", fallbackStatus, "want an HTTP status 200..599")
 			}
+			if cloneListen == "" {
+				return justrunit.Invalid("--clone-listen", cloneListen, "want the address the clones' calls come to (host:port)")
+			}
 			if err := checkDuration("--stats-interval", statsInterval, true); err != nil {
 				return err
 			}
