@@ -701,7 +701,7 @@ func (p *Platform) startInstance(in *inst, sc *shimConfig) (err error) {
 		}
 	}
 	in.group = g
-	cfg := shimConfig{Path: in.path, Argv: in.spec.Command, Env: in.env}
+	cfg := shimConfig{Path: in.path, Argv: in.spec.Command, Env: in.env, Dir: in.spec.Dir}
 	var cloneflags uintptr
 	if sc != nil {
 		cfg.Netns, cfg.Target, cfg.Lower, cfg.Upper, cfg.Work, cfg.Bind = sc.Netns, sc.Target, sc.Lower, sc.Upper, sc.Work, sc.Bind
@@ -720,7 +720,7 @@ func (p *Platform) startInstance(in *inst, sc *shimConfig) (err error) {
 		return err
 	}
 	defer logf.Close()
-	cmd, err := startShim(cfg, in.spec.Dir, logf, cloneflags, g)
+	cmd, err := startShim(cfg, logf, cloneflags, g)
 	if err != nil {
 		return err
 	}

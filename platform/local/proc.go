@@ -15,7 +15,7 @@ import (
 // startShim starts the shim (this binary, re-executed) for cfg, puts it in
 // g before it runs anything else, and returns once the shim has exec'd the
 // command, or with the shim's error when it could not.
-func startShim(cfg shimConfig, dir string, log *os.File, cloneflags uintptr, g *cgroup.Group) (*exec.Cmd, error) {
+func startShim(cfg shimConfig, log *os.File, cloneflags uintptr, g *cgroup.Group) (*exec.Cmd, error) {
 	b, err := json.Marshal(cfg)
 	if err != nil {
 		return nil, err
@@ -34,7 +34,6 @@ func startShim(cfg shimConfig, dir string, log *os.File, cloneflags uintptr, g *
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Args = []string{"justrunit-shim"}
 	cmd.Env = []string{shimEnv + "=" + string(b)}
-	cmd.Dir = dir
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.ExtraFiles = []*os.File{gateR, errW}

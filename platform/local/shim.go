@@ -18,7 +18,8 @@ import (
 // that embeds this package re-executed with shimEnv set. The shim waits until
 // the platform has put it in the instance's cgroup (so the whole process tree
 // is accounted from its first instruction), sets up a clone's private mount
-// namespace and joins its network namespace, then execs the real command.
+// namespace and joins its network namespace, enters the command's working
+// directory, then execs the real command.
 // Errors before the exec reach the platform through a close-on-exec pipe.
 //
 // This runs from init, before main or any test, in every binary that imports
@@ -44,6 +45,12 @@ type shimConfig struct {
 	// Restore: the command (Path, Argv) is criu restore, in new PID and mount
 	// namespaces; the shim mounts a /proc of the new PID namespace.
 	Restore bool `json:"restore,omitempty"`
+	// Dir is the command's working directory; empty keeps the platform's.
+	// The shim enters it after its mounts: a working directory taken before
+	// them would stay on the directory the overlay covers, so a clone whose
+	// Dir is at or below Target would open the original's files by their
+	// relative paths.
+	Dir string `json:"dir,omitempty"`
 }
 
 func init() {
@@ -105,6 +112,11 @@ func runShim(v string) {
 			if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 				fail("mount /proc of the clone's PID namespace: %v", err)
 			}
+		}
+	}
+	if c.Dir != "" {
+		if err := unix.Chdir(c.Dir); err != nil {
+			fail("enter working directory %s: %v", c.Dir, err)
 		}
 	}
 	if nsfd >= 0 {
