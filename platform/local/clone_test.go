@@ -576,3 +576,50 @@ func TestCloneWorkingDirInStateDir(t *testing.T) {
 		}
 	}
 }
+
+// TestCloneSymlinkedStateDir: a state directory named by a symlink is
+// snapshotted as the directory it leads to, on either storage: the clone's
+// writes never reach the original's files.
+func TestCloneSymlinkedStateDir(t *testing.T) {
+	for _, overlay := range []bool{false, true} {
+		t.Run(fmt.Sprintf("overlay=%v", overlay), func(t *testing.T) {
+			p := newPlatform(t)
+			if overlay && !p.overlayOK {
+				t.Skip("overlayfs cannot be mounted here")
+			}
+			p.overlayOK = overlay
+			target := t.TempDir()
+			if err := os.WriteFile(filepath.Join(target, "counter"), []byte("41"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			link := filepath.Join(t.TempDir(), "state")
+			if err := os.Symlink(target, link); err != nil {
+				t.Fatal(err)
+			}
+			launchServer(t, p, serverOpts{id: "db", stateDir: link})
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cl, err := p.Clone(ctx, "db", "sandbox", justrunit.CloneOptions{})
+			if err != nil {
+				t.Fatalf("Clone() error: %v", err)
+			}
+			lower := filepath.Join(p.cfg.StateDir, "clones", cl.ID, "lower")
+			if fi, err := os.Lstat(lower); err != nil {
+				t.Error(err)
+			} else if !fi.IsDir() {
+				t.Errorf("snapshot %s is of type %v, want a directory", lower, fi.Mode().Type())
+			}
+			cbase := "http://" + cl.Endpoint
+			if m := getJSON(t, cbase+"/work?n=1"); m["counter"] != float64(42) {
+				t.Errorf("clone counter after one request = %v, want 42", m["counter"])
+			}
+			put(t, cbase+"/file/x", "clone")
+			if b, _ := os.ReadFile(filepath.Join(target, "counter")); string(b) != "41" {
+				t.Errorf("original's counter file = %q after the clone worked, want 41", b)
+			}
+			if _, err := os.Stat(filepath.Join(target, "x")); err == nil {
+				t.Errorf("the clone's file appeared in the original's state directory")
+			}
+		})
+	}
+}

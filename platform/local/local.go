@@ -596,11 +596,18 @@ func (p *Platform) prepareLaunch(spec justrunit.InstanceSpec) (*inst, error) {
 		if err != nil || !fi.IsDir() {
 			return nil, justrunit.Invalid("state_dir", spec.StateDir, "is not an existing directory")
 		}
-		abs, err := filepath.Abs(spec.StateDir)
+		// Resolved: a clone's snapshot is of the directory itself (a
+		// symlink copied as such would point the clone at the live
+		// original), and its overlay covers the directory the original's
+		// paths lead to.
+		resolved, err := filepath.EvalSymlinks(spec.StateDir)
+		if err == nil {
+			resolved, err = filepath.Abs(resolved)
+		}
 		if err != nil {
 			return nil, justrunit.Invalid("state_dir", spec.StateDir, "%v", err)
 		}
-		spec.StateDir = abs
+		spec.StateDir = resolved
 	}
 	if spec.Addr != "" {
 		if _, err := parseInternal(spec.Addr); err != nil {
