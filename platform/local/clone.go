@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/internal/cgroup"
 	"github.com/justrunit/justrunit/internal/prio"
 )
 
@@ -148,11 +149,7 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		p.mu.Unlock()
 		return nil, err
 	}
-	p.seq++
-	cid := fmt.Sprintf("c%d-%s", p.seq, orig.ID)
-	if len(cid) > 48 {
-		cid = cid[:48]
-	}
+	cid := p.cloneID(orig.ID)
 	in := &inst{
 		Instance: justrunit.Instance{ID: cid, Service: orig.Service, Tier: orig.Tier, Host: h.Name, Addr: orig.Addr, Alloc: opts.Alloc, Origin: orig.ID, State: "starting"},
 		spec:     orig.spec,
@@ -330,6 +327,23 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		c.Endpoint = cn.Endpoint.String()
 	}
 	return c, nil
+}
+
+// cloneID picks the ID of a new clone of instance id: c<seq>-<id>, with the
+// next sequence number that names no instance (an on-line instance may be
+// called c1-web too) and no cgroup a crashed run left (the sequence starts
+// again with each process). The caller holds p.mu.
+func (p *Platform) cloneID(id string) string {
+	for {
+		p.seq++
+		cid := fmt.Sprintf("c%d-%s", p.seq, id)
+		if len(cid) > 48 {
+			cid = cid[:48]
+		}
+		if _, taken := p.insts[cid]; !taken && !dirExists(cgroup.Dirs(p.cg, p.cgPath(cid))) {
+			return cid
+		}
+	}
 }
 
 // logTail returns the last n bytes of file, trimmed.

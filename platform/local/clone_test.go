@@ -2,6 +2,7 @@ package local
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -621,5 +622,43 @@ func TestCloneSymlinkedStateDir(t *testing.T) {
 				t.Errorf("the clone's file appeared in the original's state directory")
 			}
 		})
+	}
+}
+
+// TestCloneIDTaken: a clone's ID is never an existing instance's, even one
+// launched under the name the clone would get (c1-web).
+func TestCloneIDTaken(t *testing.T) {
+	p := newPlatform(t, coldClones)
+	launchServer(t, p, serverOpts{id: "web", host: "pm1"})
+	taken := launchServer(t, p, serverOpts{id: "c1-web", host: "pm2"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl, err := p.Clone(ctx, "web", "sandbox", justrunit.CloneOptions{})
+	if err != nil {
+		t.Fatalf("Clone() error: %v", err)
+	}
+	if cl.ID == "c1-web" {
+		t.Errorf("clone ID = %s, the ID of an on-line instance", cl.ID)
+	}
+	is, err := p.Instances(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, in := range is {
+		if in.ID == "c1-web" {
+			found = true
+			if in.Origin != "" || in.Host != "pm2" {
+				t.Errorf("instance c1-web = %+v, want the on-line one on pm2", in)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("Instances() = %v, want the on-line c1-web among them", is)
+	}
+	getJSON(t, "http://"+taken.Addr+"/counter") // the on-line c1-web is unharmed
+	_, err = p.Launch(ctx, justrunit.InstanceSpec{ID: cl.ID, Host: "pm1", Command: []string{testServer(t)}})
+	if !errors.Is(err, justrunit.ErrExists) {
+		t.Errorf("Launch(%s), the clone's ID = %v, want ErrExists", cl.ID, err)
 	}
 }
