@@ -48,8 +48,6 @@ func TestOutProxyServeCloneOn(t *testing.T) {
 	nt := newNextTier(t, 0)
 	p, online, _ := startOut(t, OutConfig{Upstream: nt.URL, MatchWait: -1})
 	c := testClient()
-	on := do(t, c, "GET", online+"/item/1", "")
-	waitFor(t, 5*time.Second, "recorded", func() bool { return p.Stats().Recorded == 1 })
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -60,6 +58,8 @@ func TestOutProxyServeCloneOn(t *testing.T) {
 	if err := p.ServeCloneOn("c", ln); err == nil || !strings.Contains(err.Error(), "already") {
 		t.Errorf("ServeCloneOn twice = %v, want already served", err)
 	}
+	on := do(t, c, "GET", online+"/item/1", "")
+	waitFor(t, 5*time.Second, "recorded", func() bool { return p.Stats().Recorded == 1 })
 	if a := do(t, c, "GET", "http://"+ln.Addr().String()+"/item/1", ""); a.status != 200 || a.body != on.body {
 		t.Errorf("clone call = %d %q, want the recorded %q", a.status, a.body, on.body)
 	}

@@ -156,7 +156,10 @@ type cloneEndpoint struct {
 	// consumer is the endpoint's name in the record, its own: a clone
 	// served again under the same name starts afresh, whatever calls to
 	// the one before are still under way.
-	consumer       string
+	consumer string
+	// since is when the endpoint was made: on-line calls that started
+	// before it are not its clone's (see Record.take).
+	since          time.Time
 	srv            *server           // nil when the caller serves CloneHandler
 	calls          callCounts        // over the clone's window (ReplayStats)
 	proxyCalls     *callCounts       // over the proxy's (OutStats)
@@ -205,7 +208,7 @@ func (ep *cloneEndpoint) take(rec *Record, key string) (ex *Exchange, ok bool, c
 	if ep.stopped {
 		return nil, false, nil, false
 	}
-	ex, ok, changed = rec.take(ep.consumer, key)
+	ex, ok, changed = rec.take(ep.consumer, key, ep.since)
 	return ex, ok, changed, true
 }
 
@@ -334,7 +337,10 @@ func (p *OutProxy) Record() *Record { return p.rec }
 // CloneHandler returns the handler for the calls of the clone called name,
 // for a caller that serves it on a listener of its own. Each name consumes
 // the record on its own and has its own counters (ReplayStats), so one
-// out-proxy can serve several clones (at most MaxConsumers).
+// out-proxy can serve several clones (at most MaxConsumers). A clone is
+// answered from the on-line calls that started after its name was first
+// served (here or by ServeClone or ServeCloneOn): serve it before the
+// in-proxy copies requests to it; the calls before are not its clone's.
 func (p *OutProxy) CloneHandler(name string) http.Handler {
 	p.mu.Lock()
 	ep := p.endpointLocked(name)
@@ -353,6 +359,7 @@ func (p *OutProxy) endpointLocked(name string) *cloneEndpoint {
 		ep = &cloneEndpoint{
 			name:       name,
 			consumer:   name + "#" + strconv.FormatUint(p.endpoints, 10),
+			since:      time.Now(),
 			replayed:   measure.NewRecorder(),
 			stopping:   make(chan struct{}),
 			proxyCalls: &p.calls,

@@ -323,14 +323,19 @@ func TestOutProxyClonesApart(t *testing.T) {
 	if _, err := p.ReplayStats("a", false); !errors.Is(err, justrunit.ErrNotFound) {
 		t.Errorf("ReplayStats(a) after stop = %v, want ErrNotFound", err)
 	}
-	// A clone served again under the same name starts from the oldest
-	// exchange in the window.
+	// A clone served again under the same name starts afresh: the on-line
+	// calls made before it was served are not its clone's.
 	a2, err := p.ServeClone(ctx, "a")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := do(t, c, "GET", "http://"+a2+"/counter", ""); got.body != on.body {
-		t.Errorf("re-served clone got %q, want %q", got.body, on.body)
+	if got := do(t, c, "GET", "http://"+a2+"/counter", ""); got.status != DefaultFallbackStatus {
+		t.Errorf("re-served clone got %d %q for a call made on-line before it was served, want the fallback", got.status, got.body)
+	}
+	on2 := do(t, c, "GET", online+"/counter", "")
+	waitFor(t, 5*time.Second, "recorded", func() bool { return p.Stats().Recorded == 2 })
+	if got := do(t, c, "GET", "http://"+a2+"/counter", ""); got.body != on2.body {
+		t.Errorf("re-served clone got %q, want %q", got.body, on2.body)
 	}
 }
 
@@ -543,8 +548,10 @@ func TestOutProxyStopCloneWithCallWaiting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := do(t, c, "GET", "http://"+a2+"/counter", ""); got.status != 200 || got.body != on.body {
-		t.Errorf("the clone served again got %d %q, want the on-line answer %q", got.status, got.body, on.body)
+	on2 := do(t, c, "GET", online+"/counter", "")
+	waitFor(t, 5*time.Second, "the second on-line call recorded", func() bool { return p.Stats().Recorded == 2 })
+	if got := do(t, c, "GET", "http://"+a2+"/counter", ""); got.status != 200 || got.body != on2.body || on2.body == on.body {
+		t.Errorf("the clone served again got %d %q, want the on-line answer made after it was served %q (the first was %q)", got.status, got.body, on2.body, on.body)
 	}
 }
 

@@ -155,19 +155,22 @@ func (r *Record) Add(e *Exchange) bool {
 func (r *Record) Take(consumer, key string) (*Exchange, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	ex, ok, _ := r.takeLocked(consumer, key, time.Now())
+	ex, ok, _ := r.takeLocked(consumer, key, time.Now(), time.Time{})
 	return ex, ok
 }
 
 // take is Take that also returns a channel closed at the next Add, for a
-// caller that waits on terms of its own.
-func (r *Record) take(consumer, key string) (*Exchange, bool, <-chan struct{}) {
+// caller that waits on terms of its own, and that passes over exchanges
+// that started before since: a clone's calls answer requests copied to it
+// after it was attached, and the on-line calls made before it was are not
+// theirs (taking them, it would be answered a window late for good).
+func (r *Record) take(consumer, key string, since time.Time) (*Exchange, bool, <-chan struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.takeLocked(consumer, key, time.Now())
+	return r.takeLocked(consumer, key, time.Now(), since)
 }
 
-func (r *Record) takeLocked(consumer, key string, now time.Time) (*Exchange, bool, chan struct{}) {
+func (r *Record) takeLocked(consumer, key string, now, since time.Time) (*Exchange, bool, chan struct{}) {
 	r.evictLocked(now)
 	c, ok := r.consumers[consumer]
 	if !ok {
@@ -190,7 +193,7 @@ func (r *Record) takeLocked(consumer, key string, now time.Time) (*Exchange, boo
 	oldest := now.Add(-r.window)
 	for i := max(q.hint[c]-q.base, 0); i < int64(len(q.entries)); i++ {
 		en := q.entries[i]
-		if en.taken&bit != 0 {
+		if en.taken&bit != 0 || en.ex.Start.Before(since) { // never this consumer's
 			if q.base+i == q.hint[c] {
 				q.hint[c]++
 			}

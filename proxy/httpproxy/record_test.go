@@ -136,7 +136,7 @@ func TestRecordHintPastEvicted(t *testing.T) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := range n {
-		e, ok, _ := r.takeLocked("c", "k", later)
+		e, ok, _ := r.takeLocked("c", "k", later, time.Time{})
 		if !ok || string(e.Body) != fmt.Sprint(i) {
 			t.Fatalf("take #%d = %v, %v; want body %d", i, e, ok, i)
 		}
@@ -144,5 +144,26 @@ func TestRecordHintPastEvicted(t *testing.T) {
 	q := r.byKey["k"]
 	if h := q.hint[r.consumers["c"]]; h != q.base+n {
 		t.Errorf("hint = %d after %d takes past base %d, want %d", h, n, q.base, q.base+n)
+	}
+}
+
+// TestRecordSince checks that a take passes over the exchanges that
+// started before its since, for good: they are not the consumer's.
+func TestRecordSince(t *testing.T) {
+	r := NewRecord(time.Minute, 1<<20)
+	now := time.Now()
+	r.Add(ex("k", now.Add(-30*time.Second), "before"))
+	r.Add(ex("k", now.Add(time.Millisecond), "after"))
+	if e, ok, _ := r.take("c", "k", now); !ok || string(e.Body) != "after" {
+		t.Fatalf("take since now = %v, %v; want the exchange after", e, ok)
+	}
+	if e, ok, _ := r.take("c", "k", now); ok {
+		t.Fatalf("second take = %s, want none: the one before is not the consumer's", e.Body)
+	}
+	if q := r.byKey["k"]; q.hint[r.consumers["c"]] != q.base+2 {
+		t.Errorf("hint = %d, want past both entries (%d)", q.hint[r.consumers["c"]], q.base+2)
+	}
+	if e, ok := r.Take("d", "k"); !ok || string(e.Body) != "before" {
+		t.Errorf("Take with no since = %v, %v; want the oldest in the window", e, ok)
 	}
 }
