@@ -230,7 +230,7 @@ func (p *Platform) removeLeftovers(id string) (int, error) {
 		n++
 	}
 	if c, err := nftables.New(); err == nil {
-		if ts, _ := listTables(c, cn.Table); len(ts) > 0 {
+		if ok, _ := hasTable(c, cn.Table); ok {
 			n++
 		}
 	}

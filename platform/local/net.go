@@ -547,7 +547,7 @@ func (p *Platform) teardownNet(cn *cloneNet) error {
 	var errs []error
 	if cn.Table != "" {
 		if c, err := nftables.New(); err == nil {
-			if _, err := deleteTables(c, cn.Table); err != nil {
+			if _, err := deleteTable(c, cn.Table); err != nil {
 				errs = append(errs, err)
 			}
 		}

@@ -1,10 +1,16 @@
 package local
 
 import (
+	"context"
+	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
+
+	"github.com/justrunit/justrunit"
 )
 
 // TestTeardownNetOnlyItsVeth: teardownNet deletes the host-side veth only
@@ -62,5 +68,28 @@ func TestTeardownNetOnlyItsVeth(t *testing.T) {
 	}
 	if cn.HostVeth != "" {
 		t.Errorf("HostVeth = %q after teardown, want it cleared", cn.HostVeth)
+	}
+}
+
+// TestDestroyPrefixLeavesTables: Destroy of an ID that is only a prefix of a
+// clone's (c for c1-web) finds nothing and leaves that clone's table.
+func TestDestroyPrefixLeavesTables(t *testing.T) {
+	p := newPlatform(t)
+	cn, err := p.setupNet("c1-web", netip.MustParseAddrPort("127.0.0.1:8080"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.teardownNet(cn) })
+	for _, id := range []string{"c", "c1", "c1-we"} {
+		if err := p.Destroy(context.Background(), id); !errors.Is(err, justrunit.ErrNotFound) {
+			t.Errorf("Destroy(%s) = %v, want ErrNotFound", id, err)
+		}
+	}
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := listTables(c, cn.Table); !slices.Contains(ts, cn.Table) {
+		t.Errorf("tables %s… after the Destroys: %v (%v), want clone c1-web's %s kept", cn.Table, ts, err, cn.Table)
 	}
 }

@@ -80,27 +80,38 @@ func hostRules(c *nftables.Conn, table, veth string, hostAddr netip.Addr, reds [
 	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: concat(matchIif(veth), []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}})})
 }
 
-// deleteTables deletes the IPv4 tables whose names start with prefix and
-// returns how many it deleted.
-func deleteTables(c *nftables.Conn, prefix string) (int, error) {
+// deleteTable deletes the IPv4 table called name, if there is one, and says
+// whether there was. Only that name: a clone's table name is a prefix of
+// other clones' (justrunit-<scope>-c1-web, -c12-web).
+func deleteTable(c *nftables.Conn, name string) (bool, error) {
 	ts, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
 	if err != nil {
-		return 0, fmt.Errorf("list nftables tables: %w", err)
+		return false, fmt.Errorf("list nftables tables: %w", err)
 	}
-	n := 0
 	for _, t := range ts {
-		if strings.HasPrefix(t.Name, prefix) {
+		if t.Name == name {
 			c.DelTable(t)
-			n++
+			if err := c.Flush(); err != nil {
+				return false, fmt.Errorf("delete nftables table %s: %w", name, err)
+			}
+			return true, nil
 		}
 	}
-	if n == 0 {
-		return 0, nil
+	return false, nil
+}
+
+// hasTable reports whether there is an IPv4 table called name.
+func hasTable(c *nftables.Conn, name string) (bool, error) {
+	ts, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return false, fmt.Errorf("list nftables tables: %w", err)
 	}
-	if err := c.Flush(); err != nil {
-		return 0, fmt.Errorf("delete nftables tables %s*: %w", prefix, err)
+	for _, t := range ts {
+		if t.Name == name {
+			return true, nil
+		}
 	}
-	return n, nil
+	return false, nil
 }
 
 // listTables returns the names of the IPv4 tables starting with prefix.
