@@ -301,23 +301,27 @@ func (c *Client) ApplyPlan(ctx context.Context, id string) (*PlanRecord, error) 
 }
 
 // clientFor returns an http.Client trusting the PEM certificate in caFile
-// (the daemon's own, self-signed or not), or the default one.
-func clientFor(caFile string) (*http.Client, error) {
-	if caFile == "" {
+// (the daemon's own, self-signed or not) and verifying the daemon's by
+// serverName rather than the URL's host when serverName is set; or the
+// default client when neither is.
+func clientFor(caFile, serverName string) (*http.Client, error) {
+	if caFile == "" && serverName == "" {
 		return nil, nil
-	}
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("daemon certificate: %w", err)
 	}
 	pool, err := x509.SystemCertPool()
 	if err != nil || pool == nil {
 		pool = x509.NewCertPool()
 	}
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, justrunit.Invalid("ca_file", caFile, "holds no PEM certificate")
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("daemon certificate: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, justrunit.Invalid("ca_file", caFile, "holds no PEM certificate")
+		}
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS12}
 	return &http.Client{Timeout: 30 * time.Second, Transport: tr}, nil
 }

@@ -2,10 +2,13 @@ package api
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,11 +30,56 @@ const (
 
 // DaemonState is the content of StateFile.
 type DaemonState struct {
-	URL       string    `json:"url"`
-	PID       int       `json:"pid"`
-	TokenFile string    `json:"token_file,omitempty"`
-	CAFile    string    `json:"ca_file,omitempty"`
-	Started   time.Time `json:"started"`
+	// URL is where a client on this machine reaches the daemon (LocalURL).
+	URL       string `json:"url"`
+	PID       int    `json:"pid"`
+	TokenFile string `json:"token_file,omitempty"`
+	// CAFile is the daemon's certificate, which its clients trust; and
+	// ServerName, when set, the name they verify it by, one it carries
+	// where it does not name URL's host (see ServerName).
+	CAFile     string    `json:"ca_file,omitempty"`
+	ServerName string    `json:"server_name,omitempty"`
+	Started    time.Time `json:"started"`
+}
+
+// LocalURL returns the URL a client on this machine dials to reach a daemon
+// listening on addr with scheme ("http" or "https"): addr's, with a
+// loopback address in place of an unspecified host (0.0.0.0, ::). Such a
+// host may be dialled on Linux, but no certificate names it, so a client
+// could not verify the daemon's.
+func LocalURL(scheme string, addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return scheme + "://" + addr.String()
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		// Go listens on both families when the host is unspecified, so
+		// the IPv4 loopback answers for :: too; certificates name it
+		// more often than ::1.
+		host = "127.0.0.1"
+	}
+	return scheme + "://" + net.JoinHostPort(host, port)
+}
+
+// ServerName returns the name a client reaching the daemon at daemonURL
+// should verify cert by: "" when cert names the URL's host (or is nil),
+// else the first DNS name (not a wildcard) or IP address cert carries; ""
+// when it carries none. A certificate for the daemon's public name then
+// still serves the CLI that reaches it over loopback.
+func ServerName(cert *x509.Certificate, daemonURL string) string {
+	u, err := url.Parse(daemonURL)
+	if cert == nil || err != nil || cert.VerifyHostname(u.Hostname()) == nil {
+		return ""
+	}
+	for _, n := range cert.DNSNames {
+		if !strings.HasPrefix(n, "*.") {
+			return n
+		}
+	}
+	if len(cert.IPAddresses) > 0 {
+		return cert.IPAddresses[0].String()
+	}
+	return ""
 }
 
 // WriteState writes st to dataDir/StateFile (mode 0600) and returns a
@@ -101,6 +149,7 @@ func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 	server := firstOf(o.Server, os.Getenv(EnvServer))
 	tokenFile := firstOf(o.TokenFile, os.Getenv(EnvTokenFile))
 	caFile := firstOf(o.CAFile, os.Getenv(EnvCAFile))
+	serverName := ""
 	if server == "" {
 		named = false
 		if o.DataDir == "" {
@@ -116,6 +165,7 @@ func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 		server = st.URL
 		tokenFile = firstOf(tokenFile, st.TokenFile)
 		caFile = firstOf(caFile, st.CAFile)
+		serverName = st.ServerName
 	}
 	if !strings.Contains(server, "://") {
 		server = "http://" + server
@@ -128,7 +178,7 @@ func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 		}
 		token = strings.TrimSpace(string(b))
 	}
-	hc, err := clientFor(caFile)
+	hc, err := clientFor(caFile, serverName)
 	if err != nil {
 		return nil, err
 	}

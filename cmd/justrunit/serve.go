@@ -279,10 +279,11 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	url := scheme + "://" + ln.Addr().String()
+	url := api.LocalURL(scheme, ln.Addr())
 	state := api.DaemonState{URL: url, PID: os.Getpid(), TokenFile: tokenFile, Started: time.Now()}
 	if tlsCfg != nil {
 		state.CAFile, _ = filepath.Abs(o.tlsCert)
+		state.ServerName = api.ServerName(tlsCfg.Certificates[0].Leaf, url)
 	}
 	removeState, err := api.WriteState(g.dataDir, state)
 	if err != nil {
@@ -304,7 +305,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 	case tokenFile != "":
 		fmt.Fprintf(out, "Token in %s.\n", tokenFile)
 	}
-	log.Info("serving", "url", url, "tls", tlsCfg != nil, "site", o.site != "")
+	log.Info("serving", "url", url, "addr", ln.Addr().String(), "tls", tlsCfg != nil, "site", o.site != "")
 
 	var err2 error
 	select {

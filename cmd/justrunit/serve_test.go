@@ -189,35 +189,53 @@ func TestServeFlags(t *testing.T) {
 	}
 }
 
+// TestServeTLS checks that the CLI on the daemon's machine finds a TLS
+// daemon and trusts its certificate: on loopback, on an unspecified address
+// (the state file names loopback, not 0.0.0.0, which no certificate names),
+// and with a certificate for the daemon's public name only.
 func TestServeTLS(t *testing.T) {
-	dir := t.TempDir()
-	cert, key := selfSigned(t, dir)
-	st, stop := startServe(t, dir, "--tls-cert", cert, "--tls-key", key)
-	if !strings.HasPrefix(st.URL, "https://127.0.0.1:") {
-		t.Fatalf("daemon URL %s, want https", st.URL)
-	}
-	// Discover trusts the daemon's certificate named in its state file.
-	c, err := api.Discover(context.Background(), api.DiscoverOptions{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Studies(context.Background()); err != nil {
-		t.Errorf("Studies over TLS: %v", err)
-	}
-	// Plain http to the TLS port gets nothing useful.
-	if resp, err := http.Get(strings.Replace(st.URL, "https", "http", 1) + "/healthz"); err == nil {
-		resp.Body.Close()
-		if resp.StatusCode == http.StatusOK {
-			t.Errorf("plain http to the TLS listener answered 200")
-		}
-	}
-	if err := stop(); err != nil {
-		t.Fatal(err)
+	loopback := []net.IP{net.IPv4(127, 0, 0, 1)}
+	for _, tt := range []struct {
+		name string
+		addr string
+		dns  []string
+		ips  []net.IP
+	}{
+		{"loopback", "127.0.0.1:0", nil, loopback},
+		{"all addresses", "0.0.0.0:0", nil, loopback},
+		{"certificate for a public name", "0.0.0.0:0", []string{"justrunit.example.test"}, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cert, key := selfSigned(t, dir, tt.dns, tt.ips)
+			st, stop := startServe(t, dir, "--addr", tt.addr, "--tls-cert", cert, "--tls-key", key)
+			if !strings.HasPrefix(st.URL, "https://127.0.0.1:") {
+				t.Fatalf("daemon URL %s, want https on 127.0.0.1", st.URL)
+			}
+			// Discover trusts the daemon's certificate named in its state file.
+			c, err := api.Discover(context.Background(), api.DiscoverOptions{DataDir: dir})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Studies(context.Background()); err != nil {
+				t.Errorf("Studies over TLS: %v", err)
+			}
+			// Plain http to the TLS port gets nothing useful.
+			if resp, err := http.Get(strings.Replace(st.URL, "https", "http", 1) + "/healthz"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					t.Errorf("plain http to the TLS listener answered 200")
+				}
+			}
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 
-// selfSigned writes a certificate for 127.0.0.1 and its key under dir.
-func selfSigned(t *testing.T, dir string) (certFile, keyFile string) {
+// selfSigned writes a certificate for dns and ips and its key under dir.
+func selfSigned(t *testing.T, dir string, dns []string, ips []net.IP) (certFile, keyFile string) {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -225,7 +243,7 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string) {
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "justrunit test"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		DNSNames: dns, IPAddresses: ips, KeyUsage: x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
 	if err != nil {
