@@ -128,6 +128,8 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 	switch {
 	case orig.Origin != "":
 		err = justrunit.Invalid("id", id, "is a clone; clone its on-line instance %s", orig.Origin)
+	case !orig.isReady():
+		err = justrunit.Invalid("id", id, "is still starting; clone it once its Launch has returned")
 	case orig.exited():
 		err = justrunit.Invalid("id", id, "has exited")
 	case orig.Addr == "":
@@ -156,16 +158,22 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		path:     orig.path,
 		env:      orig.env,
 		done:     make(chan struct{}),
+		ready:    make(chan struct{}),
 		clone:    &cloneState{Dir: filepath.Join(p.cfg.StateDir, "clones", cid)},
 	}
+	ctx, in.stopStart = context.WithCancel(ctx)
+	defer in.stopStart()
 	p.insts[cid] = in
 	origGroup := orig.group
-	p.cloning.Add(1) // Close waits for it
+	p.starting.Add(1) // Close waits for it
 	p.mu.Unlock()
-	defer p.cloning.Done() // after the clone is forgotten, on error
+	defer p.starting.Done() // after the clone is forgotten, on error
 	defer func() {
 		if err != nil {
-			p.forget(cid)
+			if p.stillWanted(in) != nil {
+				err = errDestroyedStarting // rather than what it cut short
+			}
+			p.forget(in)
 		}
 	}()
 
@@ -194,6 +202,9 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		if err := cn.serveAnswers(opts.Answer); err != nil {
 			return nil, err
 		}
+	}
+	if err := p.stillWanted(in); err != nil { // before the original is frozen for it
+		return nil, err
 	}
 
 	sc := &shimConfig{Netns: filepath.Join(netnsDir, cn.Netns)}
@@ -251,6 +262,9 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		if terr != nil {
 			return nil, fmt.Errorf("thaw %s: %w", id, terr)
 		}
+	}
+	if err := p.stillWanted(in); err != nil {
+		return nil, err
 	}
 	if p.cfg.LiveClones && mode != justrunit.CloneLive {
 		return nil, fmt.Errorf("clone %s: live clones asked for, and this one would be cold: %s", id, coldBecause)
@@ -313,6 +327,9 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		if tail := logTail(filepath.Join(p.cfg.StateDir, "logs", cid+".log"), 512); tail != "" {
 			return nil, fmt.Errorf("%w; its output ends: %s", err, tail)
 		}
+		return nil, err
+	}
+	if err := p.started(in); err != nil {
 		return nil, err
 	}
 	p.log.Info("cloned", "id", id, "clone", cid, "endpoint", cn.where(), "mode", mode,

@@ -662,3 +662,99 @@ func TestCloneIDTaken(t *testing.T) {
 		t.Errorf("Launch(%s), the clone's ID = %v, want ErrExists", cl.ID, err)
 	}
 }
+
+// TestCloneWhileLaunching: an instance whose Launch is under way is not
+// cloned yet (it has no cgroup to freeze), and reading it meanwhile is safe
+// (go test -race).
+func TestCloneWhileLaunching(t *testing.T) {
+	p := newPlatform(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var cloneErr error
+	stop := make(chan struct{})
+	var readers sync.WaitGroup
+	testHookStarting = func(in *inst) {
+		if in.ID != "young" {
+			return
+		}
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(50 * time.Microsecond):
+				}
+				_, _ = p.Usage(ctx, "young")
+				_, _ = p.Instances(ctx)
+			}
+		}()
+		_, cloneErr = p.Clone(ctx, "young", "sandbox", justrunit.CloneOptions{})
+	}
+	t.Cleanup(func() { testHookStarting = nil })
+	launchServer(t, p, serverOpts{id: "young", stateDir: t.TempDir()})
+	testHookStarting = nil
+	close(stop)
+	readers.Wait()
+	if cloneErr == nil || !strings.Contains(cloneErr.Error(), "still starting") {
+		t.Errorf("Clone() while its original launches = %v, want an error saying it is still starting", cloneErr)
+	}
+}
+
+// TestDestroyWhileCloning: Destroy of a clone whose Clone is under way
+// returns once the Clone has failed and removed everything it had made.
+func TestDestroyWhileCloning(t *testing.T) {
+	p := newPlatform(t, coldClones)
+	launchServer(t, p, serverOpts{id: "orig", stateDir: t.TempDir()})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	destroyed := make(chan error, 1)
+	var cid string
+	var early bool
+	testHookStarting = func(in *inst) {
+		if in.Origin == "" {
+			return
+		}
+		cid = in.ID // its network and snapshot are made; its process is next
+		go func() { destroyed <- p.Destroy(ctx, in.ID) }()
+		select {
+		case err := <-destroyed:
+			early = true
+			destroyed <- err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	t.Cleanup(func() { testHookStarting = nil })
+	cl, err := p.Clone(ctx, "orig", "sandbox", justrunit.CloneOptions{})
+	testHookStarting = nil
+	if early {
+		t.Errorf("Destroy(%s) returned while its Clone was under way", cid)
+	}
+	if err == nil {
+		t.Errorf("Clone() = %s, want an error: it was destroyed while starting", cl.ID)
+	} else if !strings.Contains(err.Error(), "destroyed while starting") {
+		t.Errorf("Clone() error: %v, want destroyed while starting", err)
+	}
+	if err := <-destroyed; err != nil {
+		t.Errorf("Destroy(%s) error: %v", cid, err)
+	}
+	if err := p.Destroy(ctx, cid); err != nil {
+		t.Errorf("second Destroy(%s) = %v, want nil", cid, err)
+	}
+	r, err := Leftovers(p.Scope(), p.cfg.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Netns)+len(r.Links)+len(r.Tables)+len(r.Dirs)+len(r.Mounts) != 0 {
+		t.Errorf("a clone destroyed while starting left %+v", r)
+	}
+	for _, g := range r.Cgroups {
+		if strings.Contains(g, cid) {
+			t.Errorf("a clone destroyed while starting left cgroup %s", g)
+		}
+	}
+	if is, _ := p.Instances(ctx); len(is) != 1 {
+		t.Errorf("Instances() = %v, want only the original", is)
+	}
+}

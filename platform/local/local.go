@@ -141,9 +141,9 @@ type Platform struct {
 	destroyed map[string]bool
 	seq       int
 	closed    bool
-	// cloning counts the clones being made; Close waits for them. Added
-	// to under mu while not closed.
-	cloning sync.WaitGroup
+	// starting counts the Launches and Clones under way; Close waits for
+	// them. Added to under mu while not closed.
+	starting sync.WaitGroup
 }
 
 var (
@@ -164,7 +164,16 @@ type inst struct {
 	group *cgroup.Group
 	cmd   *exec.Cmd
 	done  chan struct{} // closed when the process has been reaped
-	clone *cloneState
+	// ready is closed, under p.mu, when its Launch or Clone has made it
+	// whole, or has failed and forgotten it. Until then what it owns is
+	// its starter's to make and to remove: Clone refuses it as an
+	// original, and Destroy sets destroying (under p.mu) and waits.
+	ready      chan struct{}
+	destroying bool
+	// stopStart cancels the context its Clone waits on (for the clone to
+	// listen), so that a Destroy while it starts need not wait that long.
+	stopStart context.CancelFunc
+	clone     *cloneState
 	// undumpable says why criu cannot dump this instance's tree for as
 	// long as it runs (an MPTCP listener); its clones are then cold.
 	undumpable string
@@ -183,6 +192,46 @@ type inst struct {
 type booking struct {
 	host string
 	cpu  float64
+}
+
+// isReady reports whether in's Launch or Clone has made it whole.
+func (in *inst) isReady() bool {
+	select {
+	case <-in.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// errDestroyedStarting is a Launch's or Clone's error when its instance was
+// destroyed before it was whole.
+var errDestroyedStarting = errors.New("destroyed while starting")
+
+// stillWanted returns errDestroyedStarting once in has been destroyed while
+// it starts. Its starter checks after each step that makes something, so
+// that a Destroy waits for one step at most before the starter removes what
+// it made.
+func (p *Platform) stillWanted(in *inst) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if in.destroying {
+		return errDestroyedStarting
+	}
+	return nil
+}
+
+// started makes in whole, unless it has been destroyed meanwhile: in one
+// step under p.mu, so that a Destroy either finds it whole and destroys it
+// itself, or is seen here and left to the starter.
+func (p *Platform) started(in *inst) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if in.destroying {
+		return errDestroyedStarting
+	}
+	close(in.ready)
+	return nil
 }
 
 func (in *inst) exited() bool {
@@ -297,7 +346,8 @@ func (p *Platform) Scope() string { return p.scope }
 func (p *Platform) CgroupVersion() string { return p.cg.String() }
 
 // Close destroys every instance and clone the platform started and releases
-// its lock, once the clones being made are made; Clone fails from then on.
+// its lock, once the instances and clones being started are started; Launch
+// and Clone fail from then on.
 // It is idempotent.
 func (p *Platform) Close() error {
 	p.mu.Lock()
@@ -307,9 +357,10 @@ func (p *Platform) Close() error {
 	}
 	p.closed = true
 	p.mu.Unlock()
-	// A clone being made is in p.insts before it is whole: once it is
-	// made (or has failed and been forgotten), it is destroyed below.
-	p.cloning.Wait()
+	// An instance or clone being started is in p.insts before it is
+	// whole: once it is (or has failed and been forgotten), it is
+	// destroyed below.
+	p.starting.Wait()
 	p.mu.Lock()
 	ids := make([]string, 0, len(p.insts))
 	for id := range p.insts {
@@ -553,11 +604,18 @@ func (p *Platform) Launch(ctx context.Context, spec justrunit.InstanceSpec) (*ju
 	if err != nil {
 		return nil, fmt.Errorf("launch instance: %w", err)
 	}
-	if err := p.startInstance(in, nil); err != nil {
-		p.forget(in.ID)
+	defer p.starting.Done() // after the instance is forgotten, on error
+	err = p.startInstance(in, nil)
+	if err == nil {
+		err = p.started(in)
+	}
+	if err != nil {
+		p.forget(in)
 		return nil, fmt.Errorf("launch instance %s: %w", in.ID, err)
 	}
+	p.mu.Lock()
 	i := in.Instance
+	p.mu.Unlock()
 	return &i, nil
 }
 
@@ -646,9 +704,11 @@ func (p *Platform) prepareLaunch(spec justrunit.InstanceSpec) (*inst, error) {
 		path:     path,
 		env:      env,
 		done:     make(chan struct{}),
+		ready:    make(chan struct{}),
 	}
 	p.insts[spec.ID] = in
 	delete(p.destroyed, spec.ID)
+	p.starting.Add(1) // Close waits for it
 	return in, nil
 }
 
@@ -678,25 +738,33 @@ func (p *Platform) hostNames() string {
 	return strings.Join(ns, ", ")
 }
 
-// forget removes a half-started instance: its processes, cgroup and entry.
-func (p *Platform) forget(id string) {
+// forget removes an instance whose Launch or Clone failed: its processes,
+// cgroup and clone objects, then its entry (which, until then, keeps its ID
+// and so its cgroup's path from being taken again); then the Destroys
+// waiting for it return.
+func (p *Platform) forget(in *inst) {
+	_ = p.killAndRemove(in)
 	p.mu.Lock()
-	in := p.insts[id]
-	delete(p.insts, id)
-	p.mu.Unlock()
-	if in != nil {
-		_ = p.killAndRemove(in)
+	defer p.mu.Unlock()
+	if p.insts[in.ID] == in {
+		delete(p.insts, in.ID)
 	}
-	p.mu.Lock()
 	if len(p.insts) == 0 {
 		p.removeScopeIfEmpty()
 	}
-	p.mu.Unlock()
+	close(in.ready)
 }
+
+// testHookStarting, when set by a test, runs as an instance's or clone's
+// process is about to be started.
+var testHookStarting func(*inst)
 
 // startInstance creates the instance's cgroup and starts its process
 // through the shim; for a clone, c carries its namespace and storage.
 func (p *Platform) startInstance(in *inst, sc *shimConfig) (err error) {
+	if testHookStarting != nil {
+		testHookStarting(in)
+	}
 	h := p.hostOf(in)
 	g, err := cgroup.New(p.cg, p.cgPath(in.ID), p.limits(in.Alloc, h, in.Origin != ""))
 	if err != nil {
@@ -707,7 +775,12 @@ func (p *Platform) startInstance(in *inst, sc *shimConfig) (err error) {
 			p.log.Warn("cannot raise the CPU weight of the platform's cgroups", "err", err)
 		}
 	}
+	p.mu.Lock()
 	in.group = g
+	p.mu.Unlock()
+	if err := p.stillWanted(in); err != nil {
+		return err
+	}
 	cfg := shimConfig{Path: in.path, Argv: in.spec.Command, Env: in.env, Dir: in.spec.Dir}
 	var cloneflags uintptr
 	if sc != nil {
@@ -942,7 +1015,9 @@ func (p *Platform) SetPower(ctx context.Context, host string, on bool) error {
 // Destroy stops an instance or clone and removes its processes, cgroup and,
 // for a clone, its namespace, veth pair, NAT tables and storage. Destroying
 // an ID that was destroyed before, or whose leftovers a crashed run left in
-// this scope, returns nil; an ID never seen gives ErrNotFound.
+// this scope, returns nil; an ID never seen gives ErrNotFound. An instance
+// or clone whose Launch or Clone is under way makes that call fail, and
+// Destroy returns once the call has removed what it had made (or ctx ends).
 func (p *Platform) Destroy(ctx context.Context, id string) error {
 	if err := p.destroy(ctx, id); err != nil {
 		return fmt.Errorf("destroy %s: %w", id, err)
@@ -954,6 +1029,13 @@ func (p *Platform) destroy(ctx context.Context, id string) error {
 	p.mu.Lock()
 	in, ok := p.insts[id]
 	gone := p.destroyed[id]
+	starting := ok && !in.isReady()
+	if starting {
+		in.destroying = true
+		if in.stopStart != nil {
+			in.stopStart()
+		}
+	}
 	p.mu.Unlock()
 	if !ok {
 		if gone {
@@ -965,6 +1047,21 @@ func (p *Platform) destroy(ctx context.Context, id string) error {
 			}
 		}
 		return fmt.Errorf("instance %q: %w", id, justrunit.ErrNotFound)
+	}
+	if starting {
+		// Its Launch or Clone sees destroying once the step under way is
+		// done, removes what it has made and forgets it.
+		select {
+		case <-in.ready:
+		case <-ctx.Done():
+			return fmt.Errorf("instance %q is still starting: %w", id, ctx.Err())
+		}
+		p.mu.Lock()
+		if p.insts[id] == nil {
+			p.destroyed[id] = true
+		}
+		p.mu.Unlock()
+		return nil
 	}
 	err := p.killAndRemove(in)
 	p.mu.Lock()

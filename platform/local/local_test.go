@@ -489,3 +489,48 @@ func TestKillChild(t *testing.T) {
 	_, err = p.Clone(context.Background(), "victim", "sandbox", justrunit.CloneOptions{Redirect: map[string]string{"127.0.0.1:5432": "127.0.0.1:15432"}})
 	t.Fatalf("Clone returned (%v); the parent should have killed us", err)
 }
+
+// TestCloseWhileLaunching: Close, called while an instance is launched,
+// waits for the Launch and then destroys the instance.
+func TestCloseWhileLaunching(t *testing.T) {
+	p := newPlatform(t)
+	closed := make(chan error, 1)
+	var early bool
+	testHookStarting = func(in *inst) {
+		go func() { closed <- p.Close() }()
+		select {
+		case err := <-closed:
+			early = true
+			closed <- err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	t.Cleanup(func() { testHookStarting = nil })
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	_, err := p.Launch(context.Background(), justrunit.InstanceSpec{ID: "late", Host: "pm1", Command: []string{testServer(t), "-addr", addr}, Addr: addr})
+	testHookStarting = nil
+	if early {
+		t.Errorf("Close returned while a Launch was under way")
+	}
+	if err != nil {
+		t.Fatalf("Launch() error: %v", err)
+	}
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatalf("Close() error: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not return after the Launch")
+	}
+	if _, err := p.get("late"); err == nil {
+		t.Errorf("instance late outlived Close")
+	}
+	r, err := Leftovers(p.Scope(), p.cfg.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Total() != 0 {
+		t.Errorf("after Close, left behind: %s", r)
+	}
+}
