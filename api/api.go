@@ -18,6 +18,7 @@ package api
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -171,6 +172,7 @@ type Server struct {
 	log     *slog.Logger
 	handler http.Handler
 	started time.Time
+	id      string
 	// done ends event streams and on-line verifications when the server
 	// closes, so http.Server's Shutdown does not wait for them.
 	done   context.Context
@@ -202,7 +204,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Version == "" {
 		cfg.Version = moduleVersion()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), ops: map[int]string{}, opsChanged: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), id: rand.Text(), ops: map[int]string{}, opsChanged: make(chan struct{})}
 	s.done, s.cancel = context.WithCancel(context.Background())
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
@@ -344,15 +346,37 @@ func (s *Server) routes() []route {
 }
 
 // Health is what GET /healthz answers, without authentication: enough to
-// tell a JustRunIt daemon is listening, nothing more.
+// tell a JustRunIt daemon is listening and, asked with a challenge, to
+// prove that it holds the token before a client sends it.
 type Health struct {
 	Status  string `json:"status"`
 	Service string `json:"service"`
+	// Daemon identifies this run of the daemon (Server.ID); its state
+	// file names it too.
+	Daemon string `json:"daemon"`
+	// Proof answers the request's challenge parameter:
+	// HealthProof(token, Daemon, challenge). It is absent without a
+	// challenge and when the daemon runs without a token.
+	Proof string `json:"proof,omitempty"`
 }
 
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, Health{Status: "ok", Service: "justrunit"})
+	h := Health{Status: "ok", Service: "justrunit", Daemon: s.id}
+	challenge := r.URL.Query().Get("challenge")
+	if len(challenge) > maxChallenge {
+		s.writeError(w, r, justrunit.Invalid("challenge", len(challenge), "at most %d characters", maxChallenge))
+		return
+	}
+	if challenge != "" && s.cfg.Token != "" {
+		h.Proof = HealthProof(s.cfg.Token, s.id, challenge)
+	}
+	writeJSON(w, http.StatusOK, h)
 }
+
+// ID returns the random identifier of this Server (Health.Daemon), which
+// the daemon's state file records so that a client can tell it from
+// another daemon holding the same token.
+func (s *Server) ID() string { return s.id }
 
 // Info is what GET /api/v1/info answers: the daemon's version and which of
 // its parts are present.

@@ -1,10 +1,12 @@
 package api
 
 import (
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -40,6 +42,21 @@ func (s *Server) authenticate(h http.HandlerFunc) http.HandlerFunc {
 		h(w, r)
 	}
 }
+
+// HealthProof is the proof that GET /healthz answers a challenge with
+// (Health.Proof): the HMAC-SHA256, keyed by the token, of the daemon's ID
+// and the challenge, in hex. Only a holder of the token can make it, and
+// it tells nothing of the token; so a client sends its token to a server
+// only once the server has proved it holds it already (Discover): a stale
+// state file may name an address someone else now listens on.
+func HealthProof(token, daemon, challenge string) string {
+	m := hmac.New(sha256.New, []byte(token))
+	io.WriteString(m, "justrunit healthz\x00"+daemon+"\x00"+challenge)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// maxChallenge is the longest challenge /healthz answers.
+const maxChallenge = 256
 
 func bearer(r *http.Request) (string, bool) {
 	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")

@@ -137,16 +137,24 @@ func (c *Client) doWith(ctx context.Context, hc *http.Client, method, path strin
 	return nil
 }
 
-// Health calls GET /healthz, which needs no token.
-func (c *Client) Health(ctx context.Context) error {
+// Health calls GET /healthz with challenge (none when empty) and returns
+// what a JustRunIt daemon answers. It never sends the token: the call
+// needs none, and the server has not proved it holds it (HealthProof).
+func (c *Client) Health(ctx context.Context, challenge string) (*Health, error) {
+	path := "/healthz"
+	if challenge != "" {
+		path += "?challenge=" + url.QueryEscape(challenge)
+	}
+	anon := *c
+	anon.Token = ""
 	var h Health
-	if err := c.do(ctx, http.MethodGet, "/healthz", nil, &h); err != nil {
-		return err
+	if err := anon.do(ctx, http.MethodGet, path, nil, &h); err != nil {
+		return nil, err
 	}
 	if h.Service != "justrunit" {
-		return fmt.Errorf("%s is not a JustRunIt daemon", c.BaseURL)
+		return nil, fmt.Errorf("%s is not a JustRunIt daemon", c.BaseURL)
 	}
-	return nil
+	return &h, nil
 }
 
 // Info returns what the daemon can do.

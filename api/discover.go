@@ -2,6 +2,8 @@ package api
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -37,9 +39,12 @@ type DaemonState struct {
 	// CAFile is the daemon's certificate, which its clients trust; and
 	// ServerName, when set, the name they verify it by, one it carries
 	// where it does not name URL's host (see ServerName).
-	CAFile     string    `json:"ca_file,omitempty"`
-	ServerName string    `json:"server_name,omitempty"`
-	Started    time.Time `json:"started"`
+	CAFile     string `json:"ca_file,omitempty"`
+	ServerName string `json:"server_name,omitempty"`
+	// Daemon is the daemon's ID (Server.ID), which it proves with the
+	// token before a client sends the token (see HealthProof).
+	Daemon  string    `json:"daemon,omitempty"`
+	Started time.Time `json:"started"`
 }
 
 // LocalURL returns the URL a client on this machine dials to reach a daemon
@@ -143,13 +148,18 @@ type DiscoverOptions struct {
 // name, or else the one whose StateFile is in DataDir, after checking it
 // answers. It returns ErrNoDaemon when none is named and none answers (a
 // state file left by a daemon that died is ignored); a named daemon that
-// does not answer is an error, not a reason to fall back.
+// does not answer is an error, not a reason to fall back. The client gets
+// the token only once the server has proved that it holds it
+// (HealthProof) and, found through the state file, that it is the daemon
+// that wrote it: a server that cannot, which may be anyone now listening
+// where a dead daemon did, is not the daemon. A daemon that runs without a
+// token is not given one.
 func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 	named := true
 	server := firstOf(o.Server, os.Getenv(EnvServer))
 	tokenFile := firstOf(o.TokenFile, os.Getenv(EnvTokenFile))
 	caFile := firstOf(o.CAFile, os.Getenv(EnvCAFile))
-	serverName := ""
+	serverName, daemon := "", ""
 	if server == "" {
 		named = false
 		if o.DataDir == "" {
@@ -165,7 +175,7 @@ func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 		server = st.URL
 		tokenFile = firstOf(tokenFile, st.TokenFile)
 		caFile = firstOf(caFile, st.CAFile)
-		serverName = st.ServerName
+		serverName, daemon = st.ServerName, st.Daemon
 	}
 	if !strings.Contains(server, "://") {
 		server = "http://" + server
@@ -182,7 +192,8 @@ func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := NewClient(server, token)
+	// No token until the server has proved it holds it.
+	c := NewClient(server, "")
 	c.HTTP = hc
 	timeout := o.Timeout
 	if timeout <= 0 {
@@ -190,16 +201,39 @@ func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 	}
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := c.Health(pctx); err != nil {
+	challenge := rand.Text()
+	h, err := c.Health(pctx, challenge)
+	if err == nil {
+		err = checkProof(h, token, daemon, challenge)
+	}
+	if err != nil {
 		if named {
 			return nil, fmt.Errorf("daemon at %s: %w", server, err)
 		}
-		return nil, fmt.Errorf("%w (the state file %s names %s, which does not answer: %v)",
+		return nil, fmt.Errorf("%w (the state file %s names %s: %v)",
 			ErrNoDaemon, filepath.Join(o.DataDir, StateFile), server, err)
+	}
+	if h.Proof != "" {
+		c.Token = token
 	}
 	// Without a token the calls answer 401 saying so, unless the daemon
 	// runs without authentication.
 	return c, nil
+}
+
+// checkProof checks that h, the answer to a health probe with challenge,
+// comes from the daemon with ID daemon (any when empty) and proves it holds
+// token; a daemon that runs without a token (no proof) is not given it.
+func checkProof(h *Health, token, daemon, challenge string) error {
+	switch {
+	case daemon != "" && h.Daemon != daemon:
+		return fmt.Errorf("another daemon (%q) answers than the one that wrote the state file (%q)", h.Daemon, daemon)
+	case token == "" || h.Proof == "":
+		return nil
+	case !hmac.Equal([]byte(h.Proof), []byte(HealthProof(token, h.Daemon, challenge))):
+		return errors.New("the server does not prove it holds the token (the token is not this daemon's, or the server is not the daemon); the token was not sent")
+	}
+	return nil
 }
 
 func firstOf(vs ...string) string {

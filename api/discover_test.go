@@ -8,14 +8,19 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"io"
 	"log"
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -114,4 +119,118 @@ func testCert(t *testing.T, dir string, dns []string, ips []net.IP) (tls.Certifi
 		t.Fatal(err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k, Leaf: leaf}, file
+}
+
+// TestHealthProof checks GET /healthz's answer to a challenge: the proof
+// that the daemon holds its token, none from a daemon without a token, and
+// a challenge too long refused.
+func TestHealthProof(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		noAuth    bool
+		challenge string
+		status    int
+		proof     bool
+	}{
+		{"no challenge", false, "", 200, false},
+		{"challenge", false, "c0ffee", 200, true},
+		{"no token", true, "c0ffee", 200, false},
+		{"challenge too long", false, strings.Repeat("c", maxChallenge+1), 400, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := newDaemon(t, daemonOpts{noRunner: true, noAuth: tt.noAuth})
+			path := "/healthz"
+			if tt.challenge != "" {
+				path += "?challenge=" + tt.challenge
+			}
+			code, body := d.call("GET", path, "", nil)
+			if code != tt.status {
+				t.Fatalf("GET %s = %d %s, want %d", path, code, body, tt.status)
+			}
+			if code != 200 {
+				return
+			}
+			var h Health
+			if err := json.Unmarshal(body, &h); err != nil {
+				t.Fatal(err)
+			}
+			want := ""
+			if tt.proof {
+				want = HealthProof(testToken, d.srv.ID(), tt.challenge)
+			}
+			if h.Daemon != d.srv.ID() || h.Proof != want {
+				t.Errorf("GET %s = %+v, want daemon %q, proof %q", path, h, d.srv.ID(), want)
+			}
+		})
+	}
+}
+
+// TestDiscoverSendsTokenOnlyToTheDaemon checks that the CLI sends its token
+// to no server that has not proved it holds it and, found through the
+// state file, that it is the daemon that wrote it: whatever now listens
+// where a dead daemon did never sees the token.
+func TestDiscoverSendsTokenOnlyToTheDaemon(t *testing.T) {
+	t.Setenv(EnvServer, "")
+	t.Setenv(EnvToken, "")
+	t.Setenv(EnvTokenFile, "")
+	t.Setenv(EnvCAFile, "")
+	// sawToken records whether a request to a server carried a token.
+	type sawToken struct{ any atomic.Bool }
+	watch := func(s *sawToken, h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("Authorization") != "" {
+				s.any.Store(true)
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+	// A squatter mimics /healthz, with a proof it cannot make, or none.
+	squatter := func(proof string) (string, *sawToken) {
+		s := &sawToken{}
+		hs := httptest.NewServer(watch(s, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusOK, Health{Status: "ok", Service: "justrunit", Daemon: "d1", Proof: proof})
+		})))
+		t.Cleanup(hs.Close)
+		return hs.URL, s
+	}
+	daemon := func() (url, id string, s *sawToken) {
+		s = &sawToken{}
+		d := newDaemon(t, daemonOpts{noRunner: true, wrap: func(h http.Handler) http.Handler { return watch(s, h) }})
+		return d.hs.URL, d.srv.ID(), s
+	}
+	forging, forgingSaw := squatter("0123abcd")
+	silent, silentSaw := squatter("")
+	ours, oursID, oursSaw := daemon()
+	other, _, otherSaw := daemon() // another daemon with the same token
+	for _, tt := range []struct {
+		name      string
+		url, id   string
+		saw       *sawToken
+		found     bool
+		wantToken bool
+	}{
+		{"squatter with a forged proof", forging, "d1", forgingSaw, false, false},
+		{"squatter that says it needs no token", silent, "d1", silentSaw, true, false},
+		{"another daemon with the same token", other, oursID, otherSaw, false, false},
+		{"the daemon", ours, oursID, oursSaw, true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			tokFile := filepath.Join(dir, "token")
+			os.WriteFile(tokFile, []byte(testToken+"\n"), 0o600)
+			if _, err := WriteState(dir, DaemonState{URL: tt.url, PID: os.Getpid(), TokenFile: tokFile, Daemon: tt.id}); err != nil {
+				t.Fatal(err)
+			}
+			c, err := Discover(context.Background(), DiscoverOptions{DataDir: dir})
+			if tt.found != (err == nil) || (err != nil && !errors.Is(err, ErrNoDaemon)) {
+				t.Fatalf("Discover = %v, want found %v (else ErrNoDaemon)", err, tt.found)
+			}
+			if c != nil {
+				c.Studies(context.Background())
+			}
+			if got := tt.saw.any.Load(); got != tt.wantToken {
+				t.Errorf("the server saw a token: %v, want %v", got, tt.wantToken)
+			}
+		})
+	}
 }

@@ -280,7 +280,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	url := api.LocalURL(scheme, ln.Addr())
-	state := api.DaemonState{URL: url, PID: os.Getpid(), TokenFile: tokenFile, Started: time.Now()}
+	state := api.DaemonState{URL: url, PID: os.Getpid(), TokenFile: tokenFile, Daemon: srv.ID(), Started: time.Now()}
 	if tlsCfg != nil {
 		state.CAFile, _ = filepath.Abs(o.tlsCert)
 		state.ServerName = api.ServerName(tlsCfg.Certificates[0].Leaf, url)
