@@ -31,17 +31,43 @@ type Exchange struct {
 	Body   []byte
 }
 
-// size is an estimate of the memory an exchange holds.
+// size is an estimate of the memory an exchange holds in a Record: its
+// strings, its body's capacity, its header map and values, the structs
+// that hold it and its slots in the record's slices (what
+// TestRecordMemory measures, within a quarter). The key's own queue and
+// map slot are keyOverhead, counted once per key.
 func (e *Exchange) size() int64 {
-	n := int64(len(e.Key)+len(e.Route)+len(e.Method)+len(e.URI)+len(e.Body)) + 160
-	for k, vs := range e.Header {
-		n += int64(len(k)) + 16
-		for _, v := range vs {
-			n += int64(len(v)) + 16
+	const perExchange = 240 // Exchange, entry, and slots in order and the key's queue
+	n := int64(perExchange + len(e.Key) + len(e.Route) + len(e.Method) + len(e.URI) + cap(e.Body))
+	if e.Header != nil {
+		n += headerMapSize(len(e.Header))
+		for k, vs := range e.Header {
+			n += int64(len(k))
+			for _, v := range vs {
+				n += int64(len(v)) + 16 // the value and its slot in the values' slice
+			}
 		}
 	}
 	return n
 }
+
+// headerMapSize estimates the memory of a map of n header fields: a
+// header, and groups of 8 slots of a key and a value slice each, at most
+// 7/8 full (Go's maps since 1.24).
+func headerMapSize(n int) int64 {
+	if n == 0 {
+		return 48 // no group until the first field
+	}
+	slots := 8
+	for slots*7/8 < n {
+		slots *= 2
+	}
+	return 48 + int64(slots)*41
+}
+
+// keyOverhead estimates the memory of a key's queue in a Record and its
+// slot in the map of keys.
+const keyOverhead = 128
 
 // RecordStats describes a Record's memory.
 type RecordStats struct {
@@ -131,6 +157,7 @@ func (r *Record) Add(e *Exchange) bool {
 	if q == nil {
 		q = &keyQueue{}
 		r.byKey[e.Key] = q
+		r.bytes += keyOverhead
 	}
 	// Keep each key's exchanges in start order: exchanges are added when
 	// they end, and a short call may end before an earlier, longer one.
@@ -316,6 +343,7 @@ func (r *Record) dropOldestLocked() {
 	}
 	if len(q.entries) == 0 {
 		delete(r.byKey, k)
+		r.bytes -= keyOverhead
 	}
 }
 

@@ -2,6 +2,8 @@ package httpproxy
 
 import (
 	"fmt"
+	"net/http"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -165,5 +167,54 @@ func TestRecordSince(t *testing.T) {
 	}
 	if e, ok := r.Take("d", "k"); !ok || string(e.Body) != "before" {
 		t.Errorf("Take with no since = %v, %v; want the oldest in the window", e, ok)
+	}
+}
+
+// TestRecordMemory checks the record's estimate of its memory against the
+// heap it holds, for small exchanges (where the structs and maps around a
+// body weigh most) and larger ones, past its bound.
+func TestRecordMemory(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		keys, body, hdrs int
+	}{
+		{"small, unique keys", 0, 40, 2},
+		{"small, 100 keys", 100, 40, 2},
+		{"no header", 0, 10, 0},
+		{"1 KiB bodies", 0, 1000, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const maxBytes = 8 << 20
+			var ms runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&ms)
+			before := ms.HeapAlloc
+			r := NewRecord(time.Hour, maxBytes)
+			now := time.Now()
+			for i := range 4 * maxBytes / 500 {
+				k := i
+				if tc.keys > 0 {
+					k = i % tc.keys
+				}
+				h := http.Header{}
+				for j := range tc.hdrs {
+					h[fmt.Sprint("X-H", j)] = []string{fmt.Sprint("value-", j, "-", i)}
+				}
+				r.Add(&Exchange{Key: fmt.Sprint("GET /items/", k, "?x=1"), Route: fmt.Sprint("GET /items/", i%10), Method: string([]byte("GET")),
+					URI: fmt.Sprint("/items/", i, "?x=1"), Start: now, Status: 200, Header: h, Body: append(make([]byte, 0, 16), make([]byte, tc.body)...)})
+			}
+			runtime.GC()
+			runtime.ReadMemStats(&ms)
+			st := r.Stats()
+			heap := float64(int64(ms.HeapAlloc) - int64(before))
+			t.Logf("%d entries: estimate %d bytes, heap %.0f (%.2fx)", st.Entries, st.Bytes, heap, heap/float64(st.Bytes))
+			if st.Evicted == 0 || st.Bytes > st.MaxBytes {
+				t.Fatalf("stats %+v: want the bound reached and kept", st)
+			}
+			if heap > 1.25*float64(st.Bytes) || heap < 0.75*float64(st.Bytes) {
+				t.Errorf("the record holds %.0f bytes of heap, its estimate is %d: want within a quarter", heap, st.Bytes)
+			}
+			runtime.KeepAlive(r)
+		})
 	}
 }
