@@ -35,6 +35,10 @@ const freezeTimeout = 500 * time.Millisecond
 // started and before Clone waits for it to listen.
 var testHookCloneStarted func(*inst)
 
+// testHookFreezing, when set by a test, runs as Clone is about to freeze
+// the original, id.
+var testHookFreezing func(id string)
+
 // cloneState is what a clone owns beyond an instance's process and cgroup.
 type cloneState struct {
 	Dir  string
@@ -225,9 +229,17 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		var since time.Time
 		if sd != "" {
 			var err error
-			if since, reflinked, err = preCopyTree(sd, lower); err != nil {
+			if since, reflinked, err = preCopyTree(ctx, sd, lower); err != nil {
 				return nil, fmt.Errorf("snapshot %s: %w", sd, err)
 			}
+		}
+		// A Clone given up on (or destroyed) by now does not pause the
+		// on-line instance for a snapshot no one will use.
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("freeze %s: %w", id, err)
+		}
+		if testHookFreezing != nil {
+			testHookFreezing(id)
 		}
 		t0 := time.Now()
 		if err := origGroup.Freeze(freezeTimeout); err != nil {
@@ -236,10 +248,11 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		var cerr error
 		if sd != "" {
 			var ok bool
-			_, ok, cerr = syncTree(sd, lower, since)
+			_, ok, cerr = syncTree(ctx, sd, lower, since)
 			reflinked = reflinked && ok
 		}
-		if cerr == nil && dump {
+		// Nor held frozen for a dump once ctx has ended.
+		if cerr == nil && dump && ctx.Err() == nil {
 			if derr := p.dumpOriginal(orig, origGroup, images); derr != nil {
 				if !p.cfg.LiveClones {
 					p.log.Warn("cloning cold: the original cannot be dumped", "id", id, "err", derr)
@@ -261,6 +274,9 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		}
 		if terr != nil {
 			return nil, fmt.Errorf("thaw %s: %w", id, terr)
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", id, err)
 		}
 	}
 	if err := p.stillWanted(in); err != nil {

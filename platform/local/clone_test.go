@@ -758,3 +758,29 @@ func TestDestroyWhileCloning(t *testing.T) {
 		t.Errorf("Instances() = %v, want only the original", is)
 	}
 }
+
+// TestCloneCancelledLeavesOriginal: a Clone whose context has ended never
+// freezes the on-line instance (nor copies its state directory on), and
+// fails with the context's error.
+func TestCloneCancelledLeavesOriginal(t *testing.T) {
+	p := newPlatform(t)
+	launchServer(t, p, serverOpts{id: "busy", stateDir: t.TempDir()})
+	var froze atomic.Bool
+	testHookFreezing = func(string) { froze.Store(true) }
+	t.Cleanup(func() { testHookFreezing = nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	cl, err := p.Clone(ctx, "busy", "sandbox", justrunit.CloneOptions{})
+	if err == nil {
+		t.Fatalf("Clone() with a cancelled context = %s, want an error", cl.ID)
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("Clone() with a cancelled context: %v, want context.Canceled", err)
+	}
+	if froze.Load() {
+		t.Error("Clone() with a cancelled context froze the on-line instance")
+	}
+	if is, _ := p.Instances(context.Background()); len(is) != 1 {
+		t.Errorf("Instances() = %v, want only the original", is)
+	}
+}

@@ -1,6 +1,7 @@
 package local
 
 import (
+	"context"
 	"errors"
 	"io"
 	"io/fs"
@@ -27,6 +28,8 @@ const mtimeSlack = 2 * time.Second
 // up to date (since set to the pre-copy's start), so the time frozen is
 // that of what changed, not of the whole directory.
 type treeSync struct {
+	// ctx ends the walk early: the snapshot is not wanted any more.
+	ctx      context.Context
 	src, dst string
 	// since, when set, makes files modified at or after since-mtimeSlack
 	// copied even when their size, mtime and mode match.
@@ -42,19 +45,21 @@ type treeSync struct {
 }
 
 // preCopyTree copies directory src to dst (which must not exist) while
-// src may change, and returns when it started, for syncTree.
-func preCopyTree(src, dst string) (started time.Time, reflinked bool, err error) {
+// src may change, and returns when it started, for syncTree. It stops with
+// ctx's error once ctx ends.
+func preCopyTree(ctx context.Context, src, dst string) (started time.Time, reflinked bool, err error) {
 	started = time.Now()
-	ts := &treeSync{src: src, dst: dst, live: true}
+	ts := &treeSync{ctx: ctx, src: src, dst: dst, live: true}
 	err = ts.run()
 	return started, ts.reflinked, err
 }
 
 // syncTree brings dst, a pre-copy of src started at since, up to date with
 // src, which must not change meanwhile. It returns how many files it
-// copied and whether those all were reflinked.
-func syncTree(src, dst string, since time.Time) (copied int, reflinked bool, err error) {
-	ts := &treeSync{src: src, dst: dst, since: since}
+// copied and whether those all were reflinked, or ctx's error once ctx
+// ends.
+func syncTree(ctx context.Context, src, dst string, since time.Time) (copied int, reflinked bool, err error) {
+	ts := &treeSync{ctx: ctx, src: src, dst: dst, since: since}
 	err = ts.run()
 	return ts.copied, ts.reflinked, err
 }
@@ -103,6 +108,9 @@ func (ts *treeSync) prune() error {
 }
 
 func (ts *treeSync) visit(path string, d fs.DirEntry, err error) error {
+	if cerr := ts.ctx.Err(); cerr != nil {
+		return cerr
+	}
 	if err != nil {
 		if ts.vanished(err) {
 			return nil

@@ -109,7 +109,7 @@ func TestSnapshotTwoPass(t *testing.T) {
 	recent := time.Now().Add(-time.Second)
 	writeAt(t, filepath.Join(src, "recent"), "before", 0o644, recent)
 
-	since, _, err := preCopyTree(src, dst)
+	since, _, err := preCopyTree(t.Context(), src, dst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestSnapshotTwoPass(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	copied, _, err := syncTree(src, dst, since)
+	copied, _, err := syncTree(t.Context(), src, dst, since)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestSnapshotTwoPass(t *testing.T) {
 		t.Errorf("frozen pass copied %d files, want 6", copied)
 	}
 	// Nothing changed since: nothing but the recent files is copied.
-	copied, _, err = syncTree(src, dst, since)
+	copied, _, err = syncTree(t.Context(), src, dst, since)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,13 +213,13 @@ func TestSnapshotLive(t *testing.T) {
 			}
 		}
 	}()
-	since, _, err := preCopyTree(src, dst)
+	since, _, err := preCopyTree(t.Context(), src, dst)
 	close(stop)
 	wg.Wait()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := syncTree(src, dst, since); err != nil {
+	if _, _, err := syncTree(t.Context(), src, dst, since); err != nil {
 		t.Fatal(err)
 	}
 	sameTree(t, src, dst)
