@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/justrunit/justrunit/internal/qmp/qmptest"
 )
 
 // fakeQEMU serves QMP on a unix socket: it answers from replies (command →
@@ -19,62 +21,35 @@ import (
 // and reports migration statuses from statuses one query at a time.
 func fakeQEMU(t *testing.T, statuses []string) string {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "qmp.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			return
+	const event = `{"event": "STOP", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}}`
+	return qmptest.Serve(t, event, func(execute string, args json.RawMessage) (any, string) {
+		switch execute {
+		case "fail":
+			return nil, "no such thing"
+		case "query-status":
+			return map[string]any{"running": true, "status": "running"}, ""
+		case "query-migrate":
+			st := statuses[0]
+			if len(statuses) > 1 {
+				statuses = statuses[1:]
+			}
+			return map[string]any{"status": st, "downtime": 16, "total-time": 48, "ram": map[string]any{"transferred": 1 << 20}}, ""
+		case "echo":
+			var a map[string]any
+			_ = json.Unmarshal(args, &a)
+			return a, ""
+		case "human-monitor-command":
+			var a struct {
+				Line string `json:"command-line"`
+			}
+			_ = json.Unmarshal(args, &a)
+			if strings.Contains(a.Line, "bad") {
+				return "Could not set up host forwarding rule 'bad'\r\n", ""
+			}
+			return "", ""
 		}
-		defer c.Close()
-		fmt.Fprintln(c, `{"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}}`)
-		sc := bufio.NewScanner(c)
-		for sc.Scan() {
-			var req struct {
-				Execute   string          `json:"execute"`
-				ID        string          `json:"id"`
-				Arguments json.RawMessage `json:"arguments"`
-			}
-			if json.Unmarshal(sc.Bytes(), &req) != nil {
-				continue
-			}
-			fmt.Fprintln(c, `{"event": "STOP", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}}`)
-			var ret any = map[string]any{}
-			switch req.Execute {
-			case "fail":
-				fmt.Fprintf(c, `{"error": {"class": "GenericError", "desc": "no such thing"}, "id": %q}`+"\n", req.ID)
-				continue
-			case "query-status":
-				ret = map[string]any{"running": true, "status": "running"}
-			case "query-migrate":
-				st := statuses[0]
-				if len(statuses) > 1 {
-					statuses = statuses[1:]
-				}
-				ret = map[string]any{"status": st, "downtime": 16, "total-time": 48, "ram": map[string]any{"transferred": 1 << 20}}
-			case "echo":
-				var a map[string]any
-				_ = json.Unmarshal(req.Arguments, &a)
-				ret = a
-			case "human-monitor-command":
-				var a struct {
-					Line string `json:"command-line"`
-				}
-				_ = json.Unmarshal(req.Arguments, &a)
-				ret = ""
-				if strings.Contains(a.Line, "bad") {
-					ret = "Could not set up host forwarding rule 'bad'\r\n"
-				}
-			}
-			b, _ := json.Marshal(map[string]any{"return": ret, "id": req.ID})
-			fmt.Fprintln(c, string(b))
-		}
-	}()
-	return sock
+		return map[string]any{}, ""
+	})
 }
 
 func TestClient(t *testing.T) {

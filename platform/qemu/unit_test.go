@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/internal/qmp"
+	"github.com/justrunit/justrunit/internal/qmp/qmptest"
 )
 
 // These tests boot no VM: they run anywhere, also under -short.
@@ -344,39 +344,16 @@ func TestSourceCmd(t *testing.T) {
 // last repeats).
 func fakeMigrationSource(t *testing.T, statuses ...string) *qmp.Client {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "qmp.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			return
+	sock := qmptest.Serve(t, "", func(execute string, _ json.RawMessage) (any, string) {
+		if execute != "query-migrate" {
+			return map[string]any{}, ""
 		}
-		defer c.Close()
-		fmt.Fprintln(c, `{"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}}`)
-		sc := bufio.NewScanner(c)
-		for sc.Scan() {
-			var req struct {
-				Execute string `json:"execute"`
-				ID      string `json:"id"`
-			}
-			if json.Unmarshal(sc.Bytes(), &req) != nil {
-				continue
-			}
-			var ret any = map[string]any{}
-			if req.Execute == "query-migrate" {
-				ret = map[string]any{"status": statuses[0], "total-time": 48}
-				if len(statuses) > 1 {
-					statuses = statuses[1:]
-				}
-			}
-			b, _ := json.Marshal(map[string]any{"return": ret, "id": req.ID})
-			fmt.Fprintln(c, string(b))
+		st := statuses[0]
+		if len(statuses) > 1 {
+			statuses = statuses[1:]
 		}
-	}()
+		return map[string]any{"status": st, "total-time": 48}, ""
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	q, err := qmp.Dial(ctx, sock)
