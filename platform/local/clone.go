@@ -94,9 +94,9 @@ func (p *Platform) Info(id string) (CloneInfo, error) {
 //  1. the clone's network identity is set up: a namespace where the
 //     internal address is. InNetwork: only a loopback there, and the
 //     next-tier addresses served by listeners opened in it (Answer);
-//     else a veth pair, a /30 link, DNAT from its endpoint to the internal
-//     address, next-tier addresses steered to the out-proxies, everything
-//     else refused;
+//     else a veth pair with IPv6 off, a /30 link, DNAT from its endpoint
+//     to the internal address, next-tier addresses steered to the
+//     out-proxies, everything else refused;
 //  2. the original's state directory is copied while it runs; then its
 //     cgroup is frozen, the copy brought up to date with what changed
 //     since (reflink where the filesystem can, else copied), its tree

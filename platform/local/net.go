@@ -484,6 +484,9 @@ func (p *Platform) configureLink(cn *cloneNet, ns netns.NsHandle) error {
 	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+cn.HostVeth+"/route_localnet", []byte("1"), 0); err != nil {
 		return fmt.Errorf("route_localnet on %s: %w", cn.HostVeth, err)
 	}
+	if err := disableIPv6(cn.HostVeth); err != nil {
+		return err
+	}
 	if err := netlink.LinkSetUp(h); err != nil {
 		return fmt.Errorf("set veth %s up: %w", cn.HostVeth, err)
 	}
@@ -502,6 +505,12 @@ func (p *Platform) configureLink(cn *cloneNet, ns netns.NsHandle) error {
 	}
 	if err := nh.AddrAdd(c, &netlink.Addr{IPNet: prefixNet(cn.CloneAddr, 30)}); err != nil {
 		return fmt.Errorf("address veth %s in %s: %w", cloneVeth(cn.Index), cn.Netns, err)
+	}
+	if err := inNetns(ns, func() error {
+		// "default": the links made there later (none is, today).
+		return errors.Join(disableIPv6(cloneVeth(cn.Index)), disableIPv6("default"))
+	}); err != nil {
+		return fmt.Errorf("in %s: %w", cn.Netns, err)
 	}
 	if err := nh.LinkSetUp(c); err != nil {
 		return fmt.Errorf("set veth %s up in %s: %w", cloneVeth(cn.Index), cn.Netns, err)
@@ -533,6 +542,23 @@ func (p *Platform) configureLink(cn *cloneNet, ns netns.NsHandle) error {
 	hostRules(hc, cn.Table, cn.HostVeth, cn.HostAddr, cn.Redirects)
 	if err := hc.Flush(); err != nil {
 		return fmt.Errorf("nftables table %s: %w", cn.Table, err)
+	}
+	return nil
+}
+
+// disableIPv6 turns IPv6 off on link dev of the calling thread's network
+// namespace before it is up, so that it never has an address. A clone's
+// nftables rules, its own and the host's, are IPv4 ones: over the
+// link-local addresses IPv6 gives both ends of its veth, it would reach
+// every host service listening on [::] (Go's ":port" listeners, sshd)
+// past them. The loopback keeps ::1, which leads nowhere but the clone.
+// A kernel without IPv6 has nothing to turn off.
+func disableIPv6(dev string) error {
+	if _, err := os.Stat("/proc/sys/net/ipv6/conf"); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+dev+"/disable_ipv6", []byte("1"), 0); err != nil {
+		return fmt.Errorf("disable IPv6 on %s: %w", dev, err)
 	}
 	return nil
 }
