@@ -309,9 +309,20 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		if p.overlayOK {
 			sc.Lower, sc.Upper, sc.Work = lower, filepath.Join(cs.Dir, "upper"), filepath.Join(cs.Dir, "work")
 			for _, d := range []string{sc.Upper, sc.Work} {
-				if err := os.Mkdir(d, 0o755); err != nil {
+				if err := os.Mkdir(d, 0o700); err != nil {
 					return nil, err
 				}
+			}
+			// The overlay's root is the upper layer's: the state
+			// directory's owner and mode, for a service that drops
+			// privileges to write there. The work directory is the
+			// kernel's, used with the mounter's (root's) credentials.
+			li, err := os.Lstat(lower)
+			if err != nil {
+				return nil, err
+			}
+			if err := copyMeta(lower, sc.Upper, li); err != nil {
+				return nil, fmt.Errorf("overlay %s: %w", sc.Upper, err)
 			}
 		} else {
 			sc.Bind = lower

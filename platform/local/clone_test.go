@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -782,5 +783,77 @@ func TestCloneCancelledLeavesOriginal(t *testing.T) {
 	}
 	if is, _ := p.Instances(context.Background()); len(is) != 1 {
 		t.Errorf("Instances() = %v, want only the original", is)
+	}
+}
+
+// TestCloneKeepsOwners: the clone of a service that runs as another user
+// than root (here nobody, by setpriv) can read and write its state
+// directory as its original does: the snapshot keeps owners and modes, and
+// the overlay's root is the state directory's.
+func TestCloneKeepsOwners(t *testing.T) {
+	for _, overlay := range []bool{true, false} {
+		t.Run(fmt.Sprintf("overlay=%v", overlay), func(t *testing.T) {
+			p := newPlatform(t, coldClones)
+			if !overlay {
+				p.overlayOK = false
+			} else if !p.overlayOK {
+				t.Skip("no overlayfs here")
+			}
+			setpriv, err := exec.LookPath("setpriv")
+			if err != nil {
+				t.Skip("needs setpriv (util-linux) to run the test server as nobody")
+			}
+			bin := testServer(t)
+			state := t.TempDir()
+			// nobody reaches the server and its state directory.
+			for _, d := range []string{filepath.Dir(bin), filepath.Dir(state)} {
+				if err := os.Chmod(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.WriteFile(filepath.Join(state, "counter"), []byte("41"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range []string{state, filepath.Join(state, "counter")} {
+				chown(t, f, 65534, 65534)
+			}
+			if err := os.Chmod(state, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_, err = p.Launch(ctx, justrunit.InstanceSpec{ID: "nobody", Host: "pm1", StateDir: state, Addr: addr,
+				Command: []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", bin, "-addr", addr, "-state", state}})
+			if err != nil {
+				t.Fatalf("Launch() error: %v", err)
+			}
+			t.Cleanup(func() { _ = p.Destroy(context.Background(), "nobody") })
+			waitHTTP(t, "http://"+addr+"/health", 10*time.Second)
+			if m := getJSON(t, "http://"+addr+"/work?n=1"); m["counter"] != float64(42) {
+				t.Fatalf("original's counter = %v, want 42", m["counter"])
+			}
+			cl, err := p.Clone(ctx, "nobody", "sandbox", justrunit.CloneOptions{})
+			if err != nil {
+				t.Fatalf("Clone() error: %v", err)
+			}
+			cbase := "http://" + cl.Endpoint
+			code, body := getBody(t, cbase+"/work?n=1")
+			if code != 200 || !strings.Contains(body, `"counter":43`) {
+				t.Errorf("clone's /work = %d %s, want its counter at 43", code, body)
+			}
+			req, _ := http.NewRequest(http.MethodPut, cbase+"/file/note", strings.NewReader("the clone's"))
+			if resp, err := client.Do(req); err != nil {
+				t.Errorf("PUT clone's /file/note: %v", err)
+			} else {
+				resp.Body.Close()
+				if resp.StatusCode != 200 && resp.StatusCode != 204 && resp.StatusCode != 201 {
+					t.Errorf("PUT clone's /file/note: %s, want it stored", resp.Status)
+				}
+			}
+			if b, _ := os.ReadFile(filepath.Join(state, "counter")); string(b) != "42" {
+				t.Errorf("original's counter file = %q after the clone worked, want 42", b)
+			}
+		})
 	}
 }

@@ -7,6 +7,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -19,8 +22,9 @@ const mtimeSlack = 2 * time.Second
 
 // treeSync copies directory src into dst the way rsync does: what is
 // missing or differs in dst is copied, what is gone from src is removed.
-// Regular files keep their mode and mtime, so a later pass can tell them
-// apart by size, mtime and mode. Sockets, fifos and devices are not state
+// Every entry keeps its owner, mode and extended attributes (see
+// xattrKept), and regular files their mtime, so that a later pass can tell
+// them apart by size and mtime. Sockets, fifos and devices are not state
 // and are skipped.
 //
 // A state directory is snapshotted in two passes: a pre-copy while its
@@ -138,18 +142,15 @@ func (ts *treeSync) visit(path string, d fs.DirEntry, err error) error {
 		}
 		have = false
 	}
-	perm := info.Mode().Perm()
 	switch {
 	case d.IsDir():
 		if !have {
-			if err := os.Mkdir(to, perm); err != nil {
+			if err := os.Mkdir(to, 0o700); err != nil {
 				return err
 			}
-			return os.Chmod(to, perm) // not the umask's
+			return ts.meta(path, to, info, nil)
 		}
-		if di.Mode().Perm() != perm {
-			return os.Chmod(to, perm)
-		}
+		return ts.meta(path, to, info, di)
 	case info.Mode()&fs.ModeSymlink != 0:
 		l, err := os.Readlink(path)
 		if err != nil {
@@ -160,26 +161,29 @@ func (ts *treeSync) visit(path string, d fs.DirEntry, err error) error {
 		}
 		if have {
 			if cur, err := os.Readlink(to); err == nil && cur == l {
-				return nil
+				return ts.meta(path, to, info, di)
 			}
 			if err := os.Remove(to); err != nil {
 				return err
 			}
 		}
-		return os.Symlink(l, to)
+		if err := os.Symlink(l, to); err != nil {
+			return err
+		}
+		return ts.meta(path, to, info, nil)
 	case info.Mode().IsRegular():
 		if have && !ts.stale(info, di) {
-			if di.Mode().Perm() != perm {
-				return os.Chmod(to, perm)
-			}
-			return nil
+			return ts.meta(path, to, info, di)
 		}
 		if have {
 			if err := os.Remove(to); err != nil {
 				return err
 			}
 		}
-		ok, err := copyFile(path, to, perm)
+		ok, err := copyFile(path, to)
+		if err == nil {
+			err = ts.meta(path, to, info, nil) // after the data: a write drops security.capability
+		}
 		if err != nil {
 			if ts.vanished(err) {
 				_ = os.Remove(to)
@@ -198,6 +202,143 @@ func (ts *treeSync) visit(path string, d fs.DirEntry, err error) error {
 	return nil
 }
 
+// meta gives dst, the copy of src (whose Lstat is info), src's owner, mode
+// and xattrs; to a copy made before (whose Lstat is have), only where they
+// may differ: its owner or mode does, or src's ctime is recent (since),
+// which an xattr's change moves. A service that drops privileges
+// (PostgreSQL, or a command run by runuser) can then use its snapshot as
+// its original does: the overlay's copy-up checks the lower file's owner
+// and mode.
+func (ts *treeSync) meta(src, dst string, info, have fs.FileInfo) error {
+	if have != nil && !ts.metaStale(info, have) {
+		return nil
+	}
+	if err := copyMeta(src, dst, info); err != nil && !ts.vanished(err) {
+		return err // (one that vanished is pruned by the next pass)
+	}
+	return nil
+}
+
+func (ts *treeSync) metaStale(src, dst fs.FileInfo) bool {
+	ss, ds := src.Sys().(*syscall.Stat_t), dst.Sys().(*syscall.Stat_t)
+	switch {
+	case ss.Uid != ds.Uid, ss.Gid != ds.Gid:
+		return true
+	case src.Mode()&fs.ModeSymlink == 0 && modeBits(src) != modeBits(dst):
+		return true
+	case !ts.since.IsZero() && !time.Unix(ss.Ctim.Unix()).Before(ts.since.Add(-mtimeSlack)):
+		return true
+	}
+	return false
+}
+
+// modeBits are the mode bits a copy keeps: permissions, setuid, setgid
+// and sticky.
+func modeBits(info fs.FileInfo) fs.FileMode {
+	return info.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+}
+
+// copyMeta gives dst the owner, mode (not the umask's) and xattrs of src,
+// whose Lstat is info, in that order: a chown drops setuid, setgid and
+// security.capability.
+func copyMeta(src, dst string, info fs.FileInfo) error {
+	st := info.Sys().(*syscall.Stat_t)
+	if err := os.Lchown(dst, int(st.Uid), int(st.Gid)); err != nil {
+		return err
+	}
+	if info.Mode()&fs.ModeSymlink == 0 {
+		if err := os.Chmod(dst, modeBits(info)); err != nil {
+			return err
+		}
+	}
+	return copyXattrs(src, dst)
+}
+
+// xattrKept reports whether a snapshot keeps extended attribute name: the
+// applications' own (user.*), file capabilities and security labels
+// (security.*) and POSIX ACLs. trusted.* is not kept: where the state
+// directory is itself on an overlay, its trusted.overlay.* are that
+// overlay's, and in the clone's lower layer they would change how the
+// clone's overlay reads it.
+func xattrKept(name string) bool {
+	return strings.HasPrefix(name, "user.") || strings.HasPrefix(name, "security.") ||
+		name == "system.posix_acl_access" || name == "system.posix_acl_default"
+}
+
+// copyXattrs makes dst's kept extended attributes those of src. A source
+// filesystem without xattrs has none to copy.
+func copyXattrs(src, dst string) error {
+	names, err := listXattrs(src)
+	if errors.Is(err, unix.ENOTSUP) {
+		return nil
+	}
+	if err != nil {
+		return &fs.PathError{Op: "listxattr", Path: src, Err: err}
+	}
+	for _, n := range names {
+		v, err := getXattr(src, n)
+		if errors.Is(err, unix.ENODATA) {
+			continue // removed since listed
+		}
+		if err != nil {
+			return &fs.PathError{Op: "getxattr " + n, Path: src, Err: err}
+		}
+		if err := unix.Lsetxattr(dst, n, v, 0); err != nil {
+			return &fs.PathError{Op: "setxattr " + n, Path: dst, Err: err}
+		}
+	}
+	old, err := listXattrs(dst)
+	if err != nil && !errors.Is(err, unix.ENOTSUP) {
+		return &fs.PathError{Op: "listxattr", Path: dst, Err: err}
+	}
+	for _, n := range old {
+		if !slices.Contains(names, n) {
+			if err := unix.Lremovexattr(dst, n); err != nil && !errors.Is(err, unix.ENODATA) {
+				return &fs.PathError{Op: "removexattr " + n, Path: dst, Err: err}
+			}
+		}
+	}
+	return nil
+}
+
+// listXattrs lists the kept extended attributes of path (not followed).
+func listXattrs(path string) ([]string, error) {
+	buf := make([]byte, 256)
+	for {
+		n, err := unix.Llistxattr(path, buf)
+		if errors.Is(err, unix.ERANGE) {
+			buf = make([]byte, 2*len(buf))
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		var out []string
+		for _, name := range strings.Split(string(buf[:n]), "\x00") {
+			if xattrKept(name) {
+				out = append(out, name)
+			}
+		}
+		return out, nil
+	}
+}
+
+// getXattr reads extended attribute name of path (not followed).
+func getXattr(path, name string) ([]byte, error) {
+	buf := make([]byte, 256)
+	for {
+		n, err := unix.Lgetxattr(path, name, buf)
+		if errors.Is(err, unix.ERANGE) {
+			buf = make([]byte, 2*len(buf))
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return buf[:n], nil
+	}
+}
+
 // stale reports whether regular file dst, a copy of src, must be copied
 // again.
 func (ts *treeSync) stale(src, dst fs.FileInfo) bool {
@@ -210,15 +351,16 @@ func (ts *treeSync) stale(src, dst fs.FileInfo) bool {
 	return false
 }
 
-// copyFile copies regular file src to dst (which must not exist) with
-// permissions perm, sharing blocks (FICLONE) where the filesystem can.
-func copyFile(src, dst string, perm fs.FileMode) (reflinked bool, err error) {
+// copyFile copies regular file src to dst (which must not exist), sharing
+// blocks (FICLONE) where the filesystem can. dst is left 0600: copyMeta
+// gives it src's owner and mode.
+func copyFile(src, dst string) (reflinked bool, err error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return false, err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, perm)
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return false, err
 	}
@@ -227,9 +369,6 @@ func copyFile(src, dst string, perm fs.FileMode) (reflinked bool, err error) {
 			err = cerr
 		}
 	}()
-	if err := out.Chmod(perm); err != nil { // not the umask's
-		return false, err
-	}
 	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil {
 		return true, nil
 	}

@@ -2,14 +2,18 @@ package local
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // treeState describes a directory tree: per path, its type, permissions
@@ -26,21 +30,34 @@ func treeState(t *testing.T, root string) map[string]string {
 		if err != nil {
 			return err
 		}
+		st := info.Sys().(*syscall.Stat_t)
+		names, err := listXattrs(path)
+		if err != nil {
+			return err
+		}
+		meta := fmt.Sprintf("%d:%d", st.Uid, st.Gid)
+		for _, n := range names {
+			v, err := getXattr(path, n)
+			if err != nil {
+				return err
+			}
+			meta += fmt.Sprintf(" %s=%x", n, v)
+		}
 		switch {
 		case d.IsDir():
-			m[rel] = fmt.Sprintf("dir %v", info.Mode().Perm())
+			m[rel] = fmt.Sprintf("dir %v %s", modeBits(info), meta)
 		case d.Type() == fs.ModeSymlink:
 			l, err := os.Readlink(path)
 			if err != nil {
 				return err
 			}
-			m[rel] = "link " + l
+			m[rel] = fmt.Sprintf("link %s %s", l, meta)
 		default:
 			b, err := os.ReadFile(path)
 			if err != nil {
 				return err
 			}
-			m[rel] = fmt.Sprintf("file %v %q", info.Mode().Perm(), b)
+			m[rel] = fmt.Sprintf("file %v %s %q", modeBits(info), meta, b)
 		}
 		return nil
 	})
@@ -78,6 +95,50 @@ func writeAt(t *testing.T, path, content string, perm fs.FileMode, mtime time.Ti
 	}
 }
 
+// netBindCap is a security.capability value (VFS_CAP_REVISION_2, effective)
+// granting CAP_NET_BIND_SERVICE.
+var netBindCap = []byte{1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+
+func chown(t *testing.T, path string, uid, gid int) {
+	t.Helper()
+	needRoot(t)
+	if err := os.Chown(path, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// setXattr sets xattr name of path; it returns false where the filesystem
+// has no xattrs.
+func setXattr(t *testing.T, path, name string, v []byte) bool {
+	t.Helper()
+	err := unix.Lsetxattr(path, name, v, 0)
+	if errors.Is(err, unix.ENOTSUP) {
+		t.Logf("no xattrs on %s's filesystem: %v", path, err)
+		return false
+	}
+	if err != nil {
+		t.Fatalf("setxattr %s %s: %v", name, path, err)
+	}
+	return true
+}
+
+// checkMeta checks path's owner, and that it has xattr name when want.
+func checkMeta(t *testing.T, path string, uid, gid uint32, name string, want bool) {
+	t.Helper()
+	info, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := info.Sys().(*syscall.Stat_t); st.Uid != uid || st.Gid != gid {
+		t.Errorf("%s: owner %d:%d, want %d:%d", path, st.Uid, st.Gid, uid, gid)
+	}
+	if want {
+		if _, err := getXattr(path, name); err != nil {
+			t.Errorf("%s: xattr %s: %v, want it kept", path, name, err)
+		}
+	}
+}
+
 // TestSnapshotTwoPass: what changes between the pre-copy and the frozen
 // pass is in the snapshot, and the frozen pass copies only that.
 func TestSnapshotTwoPass(t *testing.T) {
@@ -104,6 +165,21 @@ func TestSnapshotTwoPass(t *testing.T) {
 	}
 	writeAt(t, filepath.Join(src, "gone", "x"), "x", 0o644, old)
 	writeAt(t, filepath.Join(src, "becomes-dir"), "file", 0o644, old)
+	// Owners, setgid, sticky and xattrs, which a service that drops
+	// privileges, or a binary with file capabilities, needs kept.
+	owned := filepath.Join(src, "d0", "f5")
+	chown(t, owned, 65534, 65533)
+	chown(t, filepath.Join(src, "d1"), 65534, 65534)
+	if err := os.Chmod(filepath.Join(src, "d1"), 0o770|fs.ModeSetgid|fs.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(filepath.Join(src, "link"), 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	xattrs := setXattr(t, owned, "user.justrunit", []byte("kept"))
+	capable := filepath.Join(src, "d0", "f6")
+	chown(t, capable, 65534, 65534)
+	xattrs = xattrs && setXattr(t, capable, "security.capability", netBindCap)
 	// Written in the same clock tick as the pre-copy reads it: same size,
 	// same mtime, other content.
 	recent := time.Now().Add(-time.Second)
@@ -114,6 +190,9 @@ func TestSnapshotTwoPass(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameTree(t, src, dst)
+	checkMeta(t, filepath.Join(dst, "d0", "f5"), 65534, 65533, "user.justrunit", xattrs)
+	checkMeta(t, filepath.Join(dst, "d0", "f6"), 65534, 65534, "security.capability", xattrs)
+	checkMeta(t, dst, uint32(os.Getuid()), uint32(os.Getgid()), "", false)
 
 	// What the original does before it is frozen.
 	writeAt(t, filepath.Join(src, "d0", "f1"), "CONTENT 0/1", 0o644, time.Now()) // same size
@@ -146,12 +225,22 @@ func TestSnapshotTwoPass(t *testing.T) {
 	if err := os.Chmod(filepath.Join(src, "d4"), 0o700); err != nil {
 		t.Fatal(err)
 	}
+	chown(t, filepath.Join(src, "d4", "f5"), 65534, 65534) // owner only
+	chown(t, filepath.Join(src, "d2"), 65533, 65533)
+	if xattrs { // xattrs only
+		setXattr(t, owned, "user.justrunit", []byte("KEPT"))
+		setXattr(t, filepath.Join(src, "d3", "f7"), "user.added", []byte("x"))
+		if err := unix.Lremovexattr(capable, "security.capability"); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	copied, _, err := syncTree(t.Context(), src, dst, since)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sameTree(t, src, dst)
+	checkMeta(t, filepath.Join(dst, "d4", "f5"), 65534, 65534, "", false)
 	// d0/f1, d1/f2, d2/new, recent, gone, becomes-dir/y; not the 199
 	// files that did not change.
 	if copied != 6 {
