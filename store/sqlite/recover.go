@@ -118,12 +118,16 @@ func hostname() string {
 // A running study's owner is gone when Owner is empty, or names a process on
 // this host that ran before the host last booted, no longer exists, is a
 // zombie, or is not the process its pid now names (the pid was reused —
-// e.g. a restarted daemon that is again pid 1 in its container; see
-// ownerGone; a host renamed since counts as this host when the owner's
-// boot id and PID namespace are this process's). A study whose owner is
-// alive, on another host, or written in a form other than OwnerID's or
-// "pid@hostname" is left alone: this process cannot tell that its owner is
-// gone.
+// e.g. a restarted daemon that is again pid 1 in its container, when the
+// container's PID namespace is the same again; see ownerGone; a host
+// renamed since counts as this host when the owner's boot id and PID
+// namespace are this process's). An owner in another PID namespace of this
+// host and boot (a container restarted with the same name, in a new PID
+// namespace) is gone when it no longer holds its owner lock (see
+// Store.claim); without a lock file to tell, it is left alone. A study
+// whose owner is alive, on another host, or written in a form other than
+// OwnerID's or "pid@hostname" is left alone: this process cannot tell that
+// its owner is gone.
 //
 // A daemon calls RecoverInterrupted when it starts, before it runs studies
 // of its own. Calling it at any other time is safe (live owners are left
@@ -148,7 +152,7 @@ func (s *Store) RecoverInterrupted(ctx context.Context) (int, error) {
 		if c.state == string(justrunit.StudyPending) && c.owner == "" {
 			continue // nobody said they would run it: it may still be picked up
 		}
-		if why, ok := ownerGone(c.owner, host, fromNanos(since)); ok {
+		if why, ok := ownerGone(c.owner, host, s.locks, fromNanos(since)); ok {
 			c.why = why
 			if c.state == string(justrunit.StudyPending) {
 				c.why = "before it ran, " + why
@@ -162,6 +166,7 @@ func (s *Store) RecoverInterrupted(ctx context.Context) (int, error) {
 	}
 	rows.Close()
 	if len(gone) == 0 {
+		sweepOwnerLocks(s.locks)
 		return 0, nil
 	}
 
@@ -202,6 +207,9 @@ func (s *Store) RecoverInterrupted(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("recover interrupted studies: %w", err)
 	}
+	// Only once the studies of the owners found gone by their locks are
+	// marked may their lock files go.
+	sweepOwnerLocks(s.locks)
 	return n, nil
 }
 
@@ -214,11 +222,14 @@ func (s *Store) RecoverInterrupted(ctx context.Context) (int, error) {
 // when it ran in an earlier boot of this host, or its pid no longer
 // exists, is a zombie or belongs to a process that started at another
 // tick: exact comparisons that no step of the wall clock can upset. An
+// owner in another PID namespace of this boot, whose pid says nothing
+// here, is gone when its lock file in the directory locks can be locked
+// (ownerLockFree): a live owner holds it (Store.claim). An
 // owner in the old form "pid@hostname" is compared by wall clock instead:
 // it is gone when its pid started more than startSlack after since; a
 // clock stepped meanwhile can make that misfire, which is why OwnerID
 // records more.
-func ownerGone(owner, host string, since time.Time) (why string, gone bool) {
+func ownerGone(owner, host, locks string, since time.Time) (why string, gone bool) {
 	if owner == "" {
 		return "no owner process was recorded", true
 	}
@@ -246,8 +257,13 @@ func ownerGone(owner, host string, since time.Time) (why string, gone bool) {
 			return "owner process " + owner + " ran before this host restarted (boot " + boot + " now)", true
 		}
 		// Its pid is another PID namespace's: what it names here is
-		// another process, or none.
+		// another process, or none. Only its lock can tell (a daemon
+		// whose container restarted with the same name, in a new PID
+		// namespace).
 		if ns, ok := pidNamespace(); o.pidns != "" && (!ok || ns != o.pidns) {
+			if free, known := ownerLockFree(locks, owner); known && free {
+				return "owner process " + owner + " no longer holds its lock (in " + locks + "): it has exited", true
+			}
 			return "", false
 		}
 	}

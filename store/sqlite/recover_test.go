@@ -181,7 +181,7 @@ func TestOwnerGone(t *testing.T) {
 		{"old form other host", fmt.Sprintf("%d@not-%s", dead, host), now, false, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			why, gone := ownerGone(tt.owner, host, tt.since)
+			why, gone := ownerGone(tt.owner, host, "", tt.since)
 			if gone != tt.gone || !strings.Contains(why, tt.why) {
 				t.Errorf("ownerGone(%q, since %v) = %q, %v; want gone %v saying %q", tt.owner, tt.since, why, gone, tt.gone, tt.why)
 			}

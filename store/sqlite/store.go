@@ -30,7 +30,10 @@
 // A study in state running records its Owner (see OwnerID).
 // When that process dies without finishing the study, the row stays running;
 // a daemon calls RecoverInterrupted when it starts to mark such studies
-// interrupted, so they are not silently lost.
+// interrupted, so they are not silently lost. A process that stores a study
+// it owns also holds a lock in the directory FILE-owners next to the file
+// until it exits, which tells a process in another PID namespace on the
+// same host whether it is alive.
 package sqlite
 
 import (
@@ -68,6 +71,9 @@ type Store struct {
 	path string
 	w    *sql.DB // one connection: every write
 	r    *sql.DB // read-only connections: every read
+	// owner is this process's OwnerID, and locks the directory of owner
+	// locks (see holdOwnerLock): path + "-owners".
+	owner, locks string
 }
 
 var _ justrunit.Store = (*Store)(nil)
@@ -97,7 +103,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 
-	s := &Store{path: abs}
+	s := &Store{path: abs, owner: OwnerID(), locks: abs + "-owners"}
 	s.w, err = sql.Open("sqlite", dsn(abs, false))
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", abs, err)

@@ -94,6 +94,7 @@ func (s *Store) CreateStudy(ctx context.Context, st *justrunit.Study) error {
 		*st = orig
 		return fmt.Errorf("create study: %w", err)
 	}
+	s.claim(st)
 	const q = `INSERT INTO studies (` + studyColumns + `)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	for attempt := 0; ; attempt++ {
@@ -116,6 +117,16 @@ func (s *Store) CreateStudy(ctx context.Context, st *justrunit.Study) error {
 	}
 }
 
+// claim takes this process's owner lock (holdOwnerLock) before it stores
+// a study it owns that has not ended, so that recovery in another PID
+// namespace can tell this process is alive. Without the lock nothing is
+// lost: that recovery cannot tell, and leaves the study alone.
+func (s *Store) claim(st *justrunit.Study) {
+	if st.Owner != "" && st.Owner == s.owner && (st.State == justrunit.StudyPending || st.State == justrunit.StudyRunning) {
+		_ = holdOwnerLock(s.locks, s.owner)
+	}
+}
+
 // UpdateStudy replaces every stored field of the study st.ID with st's; a
 // zero st.Created keeps the stored one. An unknown ID gives an error
 // wrapping justrunit.ErrNotFound.
@@ -127,6 +138,7 @@ func (s *Store) UpdateStudy(ctx context.Context, st *justrunit.Study) error {
 	if err != nil {
 		return fmt.Errorf("update study %s: %w", st.ID, err)
 	}
+	s.claim(st)
 	const q = `UPDATE studies SET name = ?, target = ?, space = ?, metrics = ?, sla = ?,
 		time_bound_ns = ?, warm_up_ns = ?, window_ns = ?, slots = ?, strategy = ?,
 		interpolator = ?, check_threshold = ?, state = ?, owner = ?,
