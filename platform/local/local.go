@@ -39,6 +39,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -130,6 +131,11 @@ type Platform struct {
 	lock      *os.File
 	refFreq   float64
 	overlayOK bool
+	// noMemory and noCPUAcct say that cgroup v1's memory or cpuacct
+	// hierarchy is not mounted (a kernel booted with cgroup_disable=memory,
+	// as Raspberry Pi OS's long was): a memory limit would limit nothing,
+	// and Usage would read 0.
+	noMemory, noCPUAcct bool
 	// criu is the criu binary when live clones work here; criuErr says
 	// why not otherwise.
 	criu    string
@@ -300,6 +306,13 @@ func New(cfg Config) (*Platform, error) {
 		insts:     map[string]*inst{},
 		destroyed: map[string]bool{},
 	}
+	if v == cgroup.V1 {
+		have, err := cgroupControllers(v)
+		if err != nil {
+			return nil, fmt.Errorf("local platform: cgroup controllers: %w", err)
+		}
+		p.noMemory, p.noCPUAcct = !slices.Contains(have, "memory"), !slices.Contains(have, "cpuacct")
+	}
 	hosts, err := layoutHosts(cfg.Hosts, hostlayout.OnlineCPUs())
 	if err != nil {
 		return nil, err
@@ -392,19 +405,37 @@ func (p *Platform) ReachesIntoClones() bool { return true }
 
 // Capabilities lists what the platform varies: CPU share by CFS bandwidth,
 // frequency emulated by scaling that bandwidth, memory by the memory
-// controller, host class by migrating to a partition of that class.
+// controller (where it is mounted), host class by migrating to a
+// partition of that class.
 func (p *Platform) Capabilities() []justrunit.Capability {
 	bw := "CFS bandwidth (cpu.cfs_quota_us/cpu.cfs_period_us)"
 	mem := "memory.limit_in_bytes"
 	if p.cg == cgroup.V2 {
 		bw, mem = "CFS bandwidth (cpu.max)", "memory.max"
 	}
-	return []justrunit.Capability{
+	caps := []justrunit.Capability{
 		{Param: "cpu", How: bw},
 		{Param: "freq", How: "CPU bandwidth scaled by freq / the host class's reference frequency", Emulated: true},
 		{Param: "mem", How: mem},
 		{Param: "hostclass", How: "cpuset partition of this machine (migration between partitions)", Emulated: true},
 	}
+	if p.noMemory {
+		caps = slices.DeleteFunc(caps, func(c justrunit.Capability) bool { return c.Param == "mem" })
+	}
+	return caps
+}
+
+// cgroupControllers lists the cgroup controllers mounted here; a test
+// replaces it to play a machine without some.
+var cgroupControllers = cgroup.Controllers
+
+// notMounted says that cgroup v1's hierarchy of controller is not mounted
+// here, and how to mount it.
+func notMounted(controller string) string {
+	dir := filepath.Join(cgroup.Root, controller)
+	return fmt.Sprintf("cgroup v1's %s controller is not mounted at %s: enable it on the kernel command line "+
+		"(no cgroup_disable=%s; cgroup_enable=%s where the kernel leaves it off, as Raspberry Pi OS's does memory), reboot, "+
+		"and mount it (mount -t cgroup -o %s cgroup %s)", controller, dir, controller, controller, controller, dir)
 }
 
 // Hosts lists the partitions.
@@ -496,6 +527,9 @@ func (p *Platform) checkAlloc(a justrunit.Allocation, h *HostConfig) error {
 	}
 	if a.MemoryMiB < 0 {
 		return justrunit.Invalid("mem", a.MemoryMiB, "must be ≥ 0 (0 = unlimited)")
+	}
+	if a.MemoryMiB > 0 && p.noMemory {
+		return justrunit.Invalid("mem", a.MemoryMiB, "no memory limit can be set here: %s", notMounted("memory"))
 	}
 	if h.MemoryMiB > 0 && a.MemoryMiB > h.MemoryMiB {
 		return justrunit.Invalid("mem", a.MemoryMiB, "above host %s's capacity of %d MiB", h.Name, h.MemoryMiB)
@@ -900,7 +934,9 @@ func (p *Platform) restoreLimits(g *cgroup.Group, l cgroup.Limits, id string) {
 	}
 }
 
-// Usage reads the CPU time and memory of an instance's cgroup.
+// Usage reads the CPU time and memory of an instance's cgroup. It fails,
+// naming the fix, where cgroup v1's cpuacct or memory controller is not
+// mounted.
 func (p *Platform) Usage(ctx context.Context, id string) (justrunit.Usage, error) {
 	in, err := p.get(id)
 	if err != nil {
@@ -911,6 +947,14 @@ func (p *Platform) Usage(ctx context.Context, id string) (justrunit.Usage, error
 	p.mu.Unlock()
 	if g == nil {
 		return justrunit.Usage{}, fmt.Errorf("usage: instance %q is not running", id)
+	}
+	// Rather than 0 for what cannot be read: an energy model would take
+	// it for an idle instance.
+	switch {
+	case p.noCPUAcct:
+		return justrunit.Usage{}, fmt.Errorf("usage of %s: %w: its CPU time cannot be read: %s", id, justrunit.ErrUnsupported, notMounted("cpuacct"))
+	case p.noMemory:
+		return justrunit.Usage{}, fmt.Errorf("usage of %s: %w: its memory cannot be read: %s", id, justrunit.ErrUnsupported, notMounted("memory"))
 	}
 	u, err := g.Usage()
 	if err != nil {

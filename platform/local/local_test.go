@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -532,5 +533,44 @@ func TestCloseWhileLaunching(t *testing.T) {
 	}
 	if r.Total() != 0 {
 		t.Errorf("after Close, left behind: %s", r)
+	}
+}
+
+// TestV1WithoutMemoryController: where cgroup v1's memory and cpuacct
+// hierarchies are not mounted, mem is not offered, a memory limit is
+// refused naming the fix, and Usage fails naming the controller rather
+// than reading 0.
+func TestV1WithoutMemoryController(t *testing.T) {
+	needRoot(t)
+	if v, _ := cgroup.Detect(); v != cgroup.V1 {
+		t.Skip("cgroup v1 only: on v2 no group is made without the memory controller")
+	}
+	cgroupControllers = func(v cgroup.Version) ([]string, error) {
+		have, err := cgroup.Controllers(v)
+		return slices.DeleteFunc(have, func(c string) bool { return c == "memory" || c == "cpuacct" }), err
+	}
+	t.Cleanup(func() { cgroupControllers = cgroup.Controllers })
+	p := newPlatform(t)
+	ctx := context.Background()
+	for _, c := range p.Capabilities() {
+		if c.Param == "mem" {
+			t.Errorf("Capabilities() offers mem (%s) with no memory controller", c.How)
+		}
+	}
+	launchServer(t, p, serverOpts{id: "nomem"})
+	err := p.SetAllocation(ctx, "nomem", justrunit.Allocation{MemoryMiB: 64})
+	if !isField(err, "mem") || !strings.Contains(err.Error(), "mount -t cgroup -o memory") {
+		t.Errorf("SetAllocation(mem=64) = %v, want mem refused, saying how to mount the controller", err)
+	}
+	if err := p.SetAllocation(ctx, "nomem", justrunit.Allocation{CPU: 50}); err != nil {
+		t.Errorf("SetAllocation(cpu=50) = %v, want nil", err)
+	}
+	_, err = p.Launch(ctx, justrunit.InstanceSpec{ID: "x", Host: "pm1", Command: []string{testServer(t)}, Alloc: justrunit.Allocation{MemoryMiB: 64}})
+	if !isField(err, "mem") {
+		t.Errorf("Launch(mem=64) = %v, want mem refused", err)
+	}
+	u, err := p.Usage(ctx, "nomem")
+	if err == nil || !strings.Contains(err.Error(), "cpuacct") {
+		t.Errorf("Usage() = %+v, %v; want an error naming cpuacct", u, err)
 	}
 }
