@@ -57,6 +57,10 @@ type daemonSite struct {
 	View  api.SiteView
 	// Planner is set when the daemon runs the manager (--manage).
 	Planner api.Planner
+	// Stop, when set, stops what acts on the site on its own (the
+	// manager), and returns once it has or with an error when ctx ends
+	// first. Shutdown calls it with the daemon's studies (stopServing).
+	Stop func(ctx context.Context) error
 	// Close stops the site runtime (proxies, instances it launched).
 	Close func() error
 }
@@ -225,6 +229,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 	cfg := api.Config{Store: store, Token: token, NoAuth: o.noAuth, MetricsPublic: o.metricsPublic,
 		Logger: log, Metrics: reg}
 	var runner *api.EngineRunner
+	var stopSite func(context.Context) error // the manager's stop, with --manage
 	// leaveSite is set when the shutdown's bound ends with something still
 	// acting on the site: it is then left up rather than torn down under it.
 	leaveSite := false
@@ -250,6 +255,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 		}()
 		cfg.Site = site.View
 		cfg.Planner = site.Planner
+		stopSite = site.Stop
 		if site.NewRunner != nil {
 			runner, err = api.NewEngineRunner(api.EngineRunnerConfig{Store: store, NewRunner: site.NewRunner, Check: site.Check,
 				Logger: log, Owner: sqlite.OwnerID(), Metrics: set})
@@ -314,7 +320,7 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 	case <-ctx.Done():
 		log.Info("shutting down")
 	}
-	if err := stopServing(o.shutdownTimeout, log, srv, hs, runner); err != nil {
+	if err := stopServing(o.shutdownTimeout, log, srv, hs, runner, stopSite); err != nil {
 		if o.site != "" {
 			leaveSite = true
 			log.Error("shutdown: studies or verifications still act on the site after --shutdown-timeout; "+
@@ -333,15 +339,16 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 // streams and cancels the on-line verifications (srv.Close), stops taking
 // calls and waits for those open (hs.Shutdown), stops the studies, which are
 // stored as interrupted and remove their clones (runner.Close, at the same
-// time), and waits for the calls that act on the site (srv.Wait). It
+// time), as does the manager with its own (stopSite, when set), and waits
+// for the calls that act on the site (srv.Wait). It
 // returns nil when nothing acts on the site any more, so the site may be
 // stopped; else an error naming what still runs, and the site must be left
 // alone. Calls still open when the time is up are cut off.
-func stopServing(timeout time.Duration, log *slog.Logger, srv *api.Server, hs *http.Server, runner *api.EngineRunner) error {
+func stopServing(timeout time.Duration, log *slog.Logger, srv *api.Server, hs *http.Server, runner *api.EngineRunner, stopSite func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	srv.Close()
-	studies := make(chan error, 1)
+	studies, manager := make(chan error, 1), make(chan error, 1)
 	go func() {
 		if runner == nil {
 			studies <- nil
@@ -349,11 +356,18 @@ func stopServing(timeout time.Duration, log *slog.Logger, srv *api.Server, hs *h
 		}
 		studies <- runner.Close(ctx)
 	}()
+	go func() {
+		if stopSite == nil {
+			manager <- nil
+			return
+		}
+		manager <- stopSite(ctx)
+	}()
 	if err := hs.Shutdown(ctx); err != nil {
 		log.Warn("calls still open at shutdown", "err", err)
 		hs.Close()
 	}
-	return errors.Join(<-studies, srv.Wait(ctx))
+	return errors.Join(<-studies, <-manager, srv.Wait(ctx))
 }
 
 // siteGCCommand returns the command that removes what a run of the site

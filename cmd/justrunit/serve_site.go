@@ -23,6 +23,7 @@ import (
 	"github.com/justrunit/justrunit/site"
 	"github.com/justrunit/justrunit/siterun"
 	"github.com/justrunit/justrunit/store/sqlite"
+	"github.com/justrunit/justrunit/study"
 )
 
 func init() { startSite = startSiteRuntime }
@@ -83,7 +84,9 @@ func startSiteRuntime(ctx context.Context, g *globals, path string, store justru
 		s.Close(context.Background())
 		return nil, err
 	}
-	mctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	// Shutdown stops it with the daemon's studies, within the bound, and
+	// its studies are stored interrupted, as the daemon's are.
+	mctx, stop := context.WithCancelCause(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -97,13 +100,26 @@ func startSiteRuntime(ctx context.Context, g *globals, path string, store justru
 	}
 	ds.View = &managedView{Platform: s.Platform, siteVerifier: ver, tl: tl, interval: manage, slas: slas}
 	ds.Planner = &sitePlanner{site: s}
+	ds.Stop = func(ctx context.Context) error {
+		stop(errManagerShutdown)
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("the manager is still stopping: %w", ctx.Err())
+		}
+	}
 	ds.Close = func() error {
-		stop()
+		stop(errManagerShutdown)
 		<-done
 		return s.Close(context.Background())
 	}
 	return ds, nil
 }
+
+// errManagerShutdown is the cause the manager's context is cancelled with
+// when the daemon stops: its study then is stored interrupted.
+var errManagerShutdown = fmt.Errorf("%w: the daemon shut down while the manager ran", study.ErrInterrupted)
 
 // checkTarget refuses, before anything is stored or cloned, a study whose
 // target the site cannot study: not one of its instances, or one without an

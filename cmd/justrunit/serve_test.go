@@ -324,25 +324,43 @@ func TestServeShutdownWaitsForSite(t *testing.T) {
 	for _, tt := range []struct {
 		name    string
 		study   bool // else a verification
+		manager bool // neither: the site's manager acts on it from the start
 		restore time.Duration
 		timeout string
 		leftUp  bool
 	}{
-		{"verification stops in time", false, 300 * time.Millisecond, "10s", false},
-		{"verification outlasts the timeout", false, 3 * time.Second, "500ms", true},
-		{"study stops in time", true, 300 * time.Millisecond, "10s", false},
-		{"study outlasts the timeout", true, 3 * time.Second, "500ms", true},
+		{"verification stops in time", false, false, 300 * time.Millisecond, "10s", false},
+		{"verification outlasts the timeout", false, false, 3 * time.Second, "500ms", true},
+		{"study stops in time", true, false, 300 * time.Millisecond, "10s", false},
+		{"study outlasts the timeout", true, false, 3 * time.Second, "500ms", true},
+		{"manager stops in time", false, true, 300 * time.Millisecond, "10s", false},
+		{"manager outlasts the timeout", false, true, 3 * time.Second, "500ms", true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			stub := &stubSite{restore: tt.restore, started: make(chan struct{})}
 			old := startSite
 			t.Cleanup(func() { startSite = old })
 			startSite = func(context.Context, *globals, string, justrunit.Store, *metrics.Set, time.Duration) (*daemonSite, error) {
-				return &daemonSite{View: stub, Close: stub.close,
+				ds := &daemonSite{View: stub, Close: stub.close,
 					NewRunner: func(ctx context.Context, st *justrunit.Study) (justrunit.Runner, io.Closer, error) {
 						stub.enter()
 						return stub, closerFunc(func() error { stub.leave(); return nil }), nil
-					}}, nil
+					}}
+				if tt.manager {
+					stub.enter()
+					stopped := make(chan struct{})
+					var once sync.Once
+					ds.Stop = func(ctx context.Context) error {
+						once.Do(func() { go func() { stub.leave(); close(stopped) }() })
+						select {
+						case <-stopped:
+							return nil
+						case <-ctx.Done():
+							return fmt.Errorf("the manager is still stopping: %w", ctx.Err())
+						}
+					}
+				}
+				return ds, nil
 			}
 			dir := t.TempDir()
 			id := storedStudy(t, dir)
@@ -353,6 +371,9 @@ func TestServeShutdownWaitsForSite(t *testing.T) {
 			}
 			called := make(chan error, 1)
 			go func() {
+				if tt.manager {
+					return
+				}
 				if tt.study {
 					_, err := c.CreateStudy(context.Background(), api.StudyRequest{Target: "auction0/app", Parameters: []string{"cpu=60..100 step 20"},
 						TimeBound: "10h", WarmUp: "0s", Window: "1h", Strategy: "grid"})
@@ -381,7 +402,7 @@ func TestServeShutdownWaitsForSite(t *testing.T) {
 			err = stop()
 			busy, closed, under := stub.state()
 			if under {
-				t.Fatalf("the site was stopped while a %s still acted on it", map[bool]string{true: "study", false: "verification"}[tt.study])
+				t.Fatalf("the site was stopped while something still acted on it (%s)", tt.name)
 			}
 			if tt.leftUp {
 				if closed || busy == 0 {
@@ -402,7 +423,7 @@ func TestServeShutdownWaitsForSite(t *testing.T) {
 			if !closed || busy != 0 {
 				t.Errorf("site closed %v with %d operations running; want closed after they stopped", closed, busy)
 			}
-			if !tt.study {
+			if !tt.study && !tt.manager {
 				if err := <-called; !errors.Is(err, api.ErrUnavailable) || !strings.Contains(err.Error(), "shutting down") {
 					t.Errorf("the verification's answer = %v, want 503 saying the daemon is shutting down", err)
 				}
