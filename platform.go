@@ -195,7 +195,8 @@ const (
 )
 
 // Usage is an instance's resource consumption since it started, read from
-// its cgroup.
+// its cgroup. MemoryBytes is 0 where the platform cannot read it (the
+// local platform on cgroup v1 without the memory controller).
 type Usage struct {
 	CPUTime     time.Duration `json:"cpu_time"`
 	MemoryBytes int64         `json:"memory_bytes"`

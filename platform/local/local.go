@@ -935,8 +935,9 @@ func (p *Platform) restoreLimits(g *cgroup.Group, l cgroup.Limits, id string) {
 }
 
 // Usage reads the CPU time and memory of an instance's cgroup. It fails,
-// naming the fix, where cgroup v1's cpuacct or memory controller is not
-// mounted.
+// naming the fix, where cgroup v1's cpuacct controller is not mounted;
+// where only the memory controller is not, the memory reads 0 (the CPU
+// time is what measurements need).
 func (p *Platform) Usage(ctx context.Context, id string) (justrunit.Usage, error) {
 	in, err := p.get(id)
 	if err != nil {
@@ -948,13 +949,10 @@ func (p *Platform) Usage(ctx context.Context, id string) (justrunit.Usage, error
 	if g == nil {
 		return justrunit.Usage{}, fmt.Errorf("usage: instance %q is not running", id)
 	}
-	// Rather than 0 for what cannot be read: an energy model would take
-	// it for an idle instance.
-	switch {
-	case p.noCPUAcct:
+	// Rather than 0 CPU time: an energy model would take it for an idle
+	// instance.
+	if p.noCPUAcct {
 		return justrunit.Usage{}, fmt.Errorf("usage of %s: %w: its CPU time cannot be read: %s", id, justrunit.ErrUnsupported, notMounted("cpuacct"))
-	case p.noMemory:
-		return justrunit.Usage{}, fmt.Errorf("usage of %s: %w: its memory cannot be read: %s", id, justrunit.ErrUnsupported, notMounted("memory"))
 	}
 	u, err := g.Usage()
 	if err != nil {
