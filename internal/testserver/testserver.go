@@ -47,8 +47,8 @@ type Config struct {
 	MPTCP bool
 }
 
-// Main parses args (flags -addr, -state, -next, -work, -mptcp) and serves until
-// SIGTERM or SIGINT. It returns the process exit code.
+// Main parses args (flags -addr, -state, -next, -work, -mptcp, -uid) and
+// serves until SIGTERM or SIGINT. It returns the process exit code.
 func Main(args []string) int {
 	fs := flag.NewFlagSet("testserver", flag.ContinueOnError)
 	var c Config
@@ -57,8 +57,16 @@ func Main(args []string) int {
 	fs.StringVar(&c.Next, "next", "", "base URL of the next tier")
 	fs.IntVar(&c.Work, "work", 20000, "SHA-256 rounds per /work request")
 	fs.BoolVar(&c.MPTCP, "mptcp", false, "listen with MPTCP where the kernel has it (criu cannot dump it)")
+	uid := fs.Int("uid", 0, "drop root for this user and group id before serving, as services such as PostgreSQL do (0: keep)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *uid > 0 {
+		// Go sets the ids of every thread (since 1.16).
+		if err := errors.Join(syscall.Setgroups(nil), syscall.Setgid(*uid), syscall.Setuid(*uid)); err != nil {
+			fmt.Fprintln(os.Stderr, "testserver: drop root:", err)
+			return 1
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
