@@ -114,8 +114,16 @@ type Manager struct {
 	unwatch []func()
 	idle    map[string]int // responses in a row that applied nothing, per service
 	applied atomic.Int64   // responses that applied a plan
-	wake    chan struct{}
+	// applying counts the plans being applied now (see Applying).
+	applying atomic.Int32
+	wake     chan struct{}
 }
+
+// Applying reports whether the manager is applying a plan now. A plan's
+// steps act on the on-line instances and, once started, it runs to its
+// end whatever stops the manager: one stopping the process should wait
+// for it.
+func (m *Manager) Applying() bool { return m.applying.Load() > 0 }
 
 // New checks cfg and prepares the monitor from the site: every service
 // with an SLA is watched at the in-proxy of its front-most instance that
@@ -495,6 +503,8 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 	}
 	// A plan cut between its steps leaves the site as no plan meant it:
 	// once started, it runs to its end even when the manager is stopped.
+	m.applying.Add(1)
+	defer m.applying.Add(-1)
 	if done, err := m.cfg.Site.ApplyPlan(context.WithoutCancel(ctx), plan, planner.State(hosts, insts)); err != nil {
 		return fmt.Errorf("apply the plan (%d of %d steps done): %w", len(done), len(plan.Steps), err)
 	}

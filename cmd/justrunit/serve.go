@@ -125,7 +125,7 @@ daemon starts again.`,
 	f.BoolVar(&o.metricsPublic, "metrics-public", false, "serve /metrics without a token (the API still needs it)")
 	f.StringVar(&o.site, "site", "", "site file to run (instances and proxies) so the daemon can run studies on it")
 	f.DurationVar(&o.manage, "manage", 0, "with --site, run the manager with this monitoring interval (e.g. 1m): SLA monitor, studies, plans applied")
-	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout, "how long to wait for calls, studies and verifications to stop on shutdown; the site is stopped only once they have (else it is left up)")
+	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout, "how long to wait for calls, studies, verifications and the manager to stop on shutdown; the site is stopped only once they have (else it is left up; a plan the manager applies to on-line instances is waited for to its end)")
 	return cmd
 }
 

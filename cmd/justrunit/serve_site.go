@@ -102,12 +102,7 @@ func startSiteRuntime(ctx context.Context, g *globals, path string, store justru
 	ds.Planner = &sitePlanner{site: s}
 	ds.Stop = func(ctx context.Context) error {
 		stop(errManagerShutdown)
-		select {
-		case <-done:
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("the manager is still stopping: %w", ctx.Err())
-		}
+		return waitManager(ctx, done, mgr.Applying, g.logger)
 	}
 	ds.Close = func() error {
 		stop(errManagerShutdown)
@@ -120,6 +115,25 @@ func startSiteRuntime(ctx context.Context, g *globals, path string, store justru
 // errManagerShutdown is the cause the manager's context is cancelled with
 // when the daemon stops: its study then is stored interrupted.
 var errManagerShutdown = fmt.Errorf("%w: the daemon shut down while the manager ran", study.ErrInterrupted)
+
+// waitManager waits for a stopped manager to end (done closed) until ctx
+// ends, and past that while it applies a plan (applying): a plan's steps
+// act on the on-line instances, and one cut in the middle (the process
+// exiting during a migration between hosts) would leave an on-line
+// instance paused or its address reaching nothing.
+func waitManager(ctx context.Context, done <-chan struct{}, applying func() bool, log *slog.Logger) error {
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	if !applying() {
+		return fmt.Errorf("the manager is still stopping: %w", ctx.Err())
+	}
+	log.Warn("shutdown: the manager is applying a plan to the on-line instances; waiting for it to end past the shutdown timeout")
+	<-done
+	return nil
+}
 
 // checkTarget refuses, before anything is stored or cloned, a study whose
 // target the site cannot study: not one of its instances, or one without an

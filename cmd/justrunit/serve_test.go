@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -477,5 +478,32 @@ func TestServeRefusesUnknownTarget(t *testing.T) {
 	}
 	if _, err := c.CreateStudy(ctx, api.StudyRequest{Target: "app0", Parameters: []string{"cpu=20..100 step 20"}, TimeBound: "1m"}); err != nil {
 		t.Errorf("POST /studies with target app0 = %v, want it taken", err)
+	}
+}
+
+// TestWaitManager: a stopped manager is waited for until the shutdown's
+// bound, and past it while it applies a plan to the on-line instances.
+func TestWaitManager(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	ended := make(chan struct{})
+	close(ended)
+	if err := waitManager(context.Background(), ended, func() bool { return false }, log); err != nil {
+		t.Errorf("manager ended: waitManager = %v, want nil", err)
+	}
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	running := make(chan struct{})
+	if err := waitManager(expired, running, func() bool { return false }, log); err == nil || !strings.Contains(err.Error(), "still stopping") {
+		t.Errorf("manager idle past the bound: waitManager = %v, want an error saying it is still stopping", err)
+	}
+	applying := make(chan struct{})
+	go func() { time.Sleep(100 * time.Millisecond); close(applying) }()
+	if err := waitManager(expired, applying, func() bool { return true }, log); err != nil {
+		t.Errorf("manager applying a plan past the bound: waitManager = %v, want nil once the plan ended", err)
+	}
+	select {
+	case <-applying:
+	default:
+		t.Error("waitManager returned while the plan was still applied")
 	}
 }
