@@ -101,12 +101,15 @@ func ownerLockFree(dir, owner string) (free, known bool) {
 // while making it) must be for sweepOwnerLocks to remove it.
 const staleTemp = time.Hour
 
-// sweepOwnerLocks removes the lock files in dir of owners that have exited:
-// files it can lock, of owners of this boot or of this host. Another
-// host's are left (its locks may not be this kernel's to judge), as are
-// files it cannot read. Removing a file tells nothing wrong: an owner
-// without one is left alone.
-func sweepOwnerLocks(dir string) {
+// sweepOwnerLocks removes the lock files in dir of owners that have exited
+// and left nothing open: files it can lock, of owners of this boot or of
+// this host, for which settled, asked while the file is locked, reports
+// that the store holds no pending or running study of theirs any more.
+// The file of an owner that died after a recovery judged it alive is kept
+// (its studies are still running, and only the file can tell a recovery
+// in another PID namespace that the owner is gone), as are another host's
+// (its locks may not be this kernel's to judge) and files it cannot read.
+func sweepOwnerLocks(dir string, settled func(owner string) bool) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return
@@ -119,7 +122,7 @@ func sweepOwnerLocks(dir string) {
 		p := filepath.Join(dir, e.Name())
 		if strings.HasPrefix(e.Name(), ".tmp-") {
 			if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleTemp {
-				removeIfFree(p)
+				removeIfFree(p, func() bool { return true })
 			}
 			continue
 		}
@@ -127,35 +130,38 @@ func sweepOwnerLocks(dir string) {
 			continue
 		}
 		// This boot's owners, and this host's of earlier boots.
-		if o, ok := lockOwner(p); ok && (o.boot == boot || o.host == hostname()) {
-			removeIfFree(p)
+		if owner, o, ok := lockOwner(p); ok && (o.boot == boot || o.host == hostname()) {
+			removeIfFree(p, func() bool { return settled(owner) })
 		}
 	}
 }
 
-// lockOwner reads the owner a lock file names.
-func lockOwner(path string) (procOwner, bool) {
+// lockOwner reads the owner a lock file names, as written and parsed.
+func lockOwner(path string) (string, procOwner, bool) {
 	f, err := os.Open(path)
 	if err != nil {
-		return procOwner{}, false
+		return "", procOwner{}, false
 	}
 	defer f.Close()
 	line, err := bufio.NewReader(f).ReadString('\n')
 	if err != nil {
-		return procOwner{}, false
+		return "", procOwner{}, false
 	}
-	return parseOwner(strings.TrimSuffix(line, "\n"))
+	owner := strings.TrimSuffix(line, "\n")
+	o, ok := parseOwner(owner)
+	return owner, o, ok
 }
 
-// removeIfFree removes the file at path when it can lock it: no process
-// holds it.
-func removeIfFree(path string) {
+// removeIfFree removes the file at path when it can lock it (no process
+// holds it) and then ok reports true: the owner is gone, so what ok finds
+// cannot change any more.
+func removeIfFree(path string, ok func() bool) {
 	f, err := os.Open(path)
 	if err != nil {
 		return
 	}
 	defer f.Close()
-	if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+	if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil && ok() {
 		_ = os.Remove(path)
 	}
 }

@@ -5,6 +5,7 @@ package sqlite
 import (
 	"bufio"
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"os/exec"
@@ -134,5 +135,67 @@ func TestRecoverInterruptedOtherPIDNamespace(t *testing.T) {
 	}
 	if _, err := os.Stat(ownerLockPath(s.locks, alive)); err != nil {
 		t.Errorf("the lock file of a live owner: %v", err)
+	}
+}
+
+// TestRecoverInterruptedOwnerDiesDuringRecovery checks that a recovery
+// keeps the lock file of an owner it found alive, and that died while the
+// recovery waited to write: its study is still running, and only the file
+// can tell the next recovery that the owner is gone.
+func TestRecoverInterruptedOwnerDiesDuringRecovery(t *testing.T) {
+	self := selfOwner(t)
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "j.db")
+	s := openTest(t, path)
+	o := self
+	o.pid, o.pidns, o.ticks = deadPID(t), "1", self.ticks+1 // a namespace other than this process's
+	owner := o.String()
+	kill := holdInChild(t, s.locks, owner)
+	for _, st := range []struct{ id, owner string }{
+		{"of-the-owner", owner},
+		{"ownerless", ""}, // so that the recovery has something to write
+	} {
+		sst := storetest.Study(t)
+		sst.ID, sst.State, sst.Owner, sst.Started = st.id, justrunit.StudyRunning, st.owner, time.Now()
+		if err := s.CreateStudy(ctx, sst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another process holds the write lock, so the recovery waits to
+	// write after its scan found the owner alive.
+	other, err := sql.Open("sqlite", dsn(path, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	conn, err := other.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := s.RecoverInterrupted(ctx); done <- err }()
+	time.Sleep(300 * time.Millisecond)
+	kill() // the owner dies while the recovery waits
+	if _, err := conn.ExecContext(ctx, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("RecoverInterrupted: %v", err)
+	}
+	if _, err := os.Stat(ownerLockPath(s.locks, owner)); err != nil {
+		t.Fatalf("the lock file of an owner that died during the recovery, its study still running: %v", err)
+	}
+	if n, err := s.RecoverInterrupted(ctx); err != nil || n != 1 {
+		t.Errorf("the next RecoverInterrupted() = %d, %v; want 1, nil", n, err)
+	}
+	if got, err := s.Study(ctx, "of-the-owner"); err != nil || got.State != justrunit.StudyInterrupted {
+		t.Errorf("study of the owner after the next recovery: %+v, %v; want interrupted", got, err)
+	}
+	if _, err := os.Stat(ownerLockPath(s.locks, owner)); !os.IsNotExist(err) {
+		t.Errorf("the lock file of the owner once its study is marked: %v; want removed", err)
 	}
 }

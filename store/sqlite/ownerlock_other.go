@@ -9,4 +9,4 @@ func holdOwnerLock(dir, owner string) error { return nil }
 
 func ownerLockFree(dir, owner string) (free, known bool) { return false, false }
 
-func sweepOwnerLocks(dir string) {}
+func sweepOwnerLocks(dir string, settled func(owner string) bool) {}

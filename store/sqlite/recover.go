@@ -166,7 +166,7 @@ func (s *Store) RecoverInterrupted(ctx context.Context) (int, error) {
 	}
 	rows.Close()
 	if len(gone) == 0 {
-		sweepOwnerLocks(s.locks)
+		sweepOwnerLocks(s.locks, s.settled(ctx))
 		return 0, nil
 	}
 
@@ -208,9 +208,22 @@ func (s *Store) RecoverInterrupted(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("recover interrupted studies: %w", err)
 	}
 	// Only once the studies of the owners found gone by their locks are
-	// marked may their lock files go.
-	sweepOwnerLocks(s.locks)
+	// marked may their lock files go; an owner that died after the scan
+	// keeps its file, its studies still running.
+	sweepOwnerLocks(s.locks, s.settled(ctx))
 	return n, nil
+}
+
+// settled returns a function that reports whether the store holds no
+// pending or running study of owner (false when it cannot tell): once
+// owner has exited, its lock file then tells nothing more.
+func (s *Store) settled(ctx context.Context) func(owner string) bool {
+	return func(owner string) bool {
+		var n int
+		err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM studies WHERE owner = ? AND state IN (?, ?)`,
+			owner, string(justrunit.StudyRunning), string(justrunit.StudyPending)).Scan(&n)
+		return err == nil && n == 0
+	}
 }
 
 // ownerGone reports whether the process that owns a running study since
