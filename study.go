@@ -138,12 +138,17 @@ type StudyState string
 
 // Study states.
 const (
-	StudyPending     StudyState = "pending"
-	StudyRunning     StudyState = "running"
-	StudyDone        StudyState = "done"
-	StudyFailed      StudyState = "failed"
-	StudyCancelled   StudyState = "cancelled"
-	StudyInterrupted StudyState = "interrupted" // its process died while running
+	StudyPending   StudyState = "pending"
+	StudyRunning   StudyState = "running"
+	StudyDone      StudyState = "done"
+	StudyFailed    StudyState = "failed"
+	StudyCancelled StudyState = "cancelled"
+
+	// StudyInterrupted means the process running the study (or that was
+	// to run it, for one still pending) stopped before the study ended: it
+	// shut down, or it died and a store's recovery found it gone. The
+	// study did not fail, and no one cancelled it.
+	StudyInterrupted StudyState = "interrupted"
 )
 
 // Study is one JustRunIt run: a target, a space, a time bound, metrics and
@@ -359,8 +364,11 @@ const (
 	EventExperimentUnmeasurable = "experiment.unmeasurable"
 	EventCheckPassed            = "check.passed"
 	EventCheckFailed            = "check.failed"
-	// EventStudyInterrupted is added when a running study is found whose
-	// process died (see the store's recovery on start).
+	// EventStudyInterrupted is added, level "warn", when a study ends
+	// StudyInterrupted, in place of EventStudyFinished: by its process as
+	// it shuts down (data {"state": "interrupted"}), or by a store's
+	// recovery for a study whose process died (data {"owner": OWNER}, the
+	// process's Study.Owner; see the store's recovery on start).
 	EventStudyInterrupted = "study.interrupted"
 	// EventVerifyDone is added for each point the fidelity check ("study
 	// verify") measured on the on-line target: level "warn" when a metric
