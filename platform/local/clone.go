@@ -134,6 +134,8 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		err = justrunit.Invalid("id", id, "is a clone; clone its on-line instance %s", orig.Origin)
 	case !orig.isReady():
 		err = justrunit.Invalid("id", id, "is still starting; clone it once its Launch has returned")
+	case orig.teardownErr != nil:
+		err = justrunit.Invalid("id", id, "failed to start and is not all removed; destroy it")
 	case orig.exited():
 		err = justrunit.Invalid("id", id, "has exited")
 	case orig.Addr == "":
@@ -177,7 +179,7 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 			if p.stillWanted(in) != nil {
 				err = errDestroyedStarting // rather than what it cut short
 			}
-			p.forget(in)
+			err = p.forgetAfter(in, err)
 		}
 	}()
 

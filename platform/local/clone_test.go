@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/internal/testutil"
@@ -848,5 +850,93 @@ func TestCloneKeepsOwners(t *testing.T) {
 				t.Errorf("original's counter file = %q after the clone worked, want 42", b)
 			}
 		})
+	}
+}
+
+// TestDestroyWhileCloningLeavesSome: when a Clone destroyed while it starts
+// cannot remove all it made, the Destroy says so, the clone stays listed
+// (failed), and a later Destroy removes it.
+func TestDestroyWhileCloningLeavesSome(t *testing.T) {
+	p := newPlatform(t, coldClones)
+	launchServer(t, p, serverOpts{id: "orig", stateDir: t.TempDir()})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var cid, busy string
+	destroyed := make(chan error, 1)
+	testHookStarting = func(in *inst) {
+		if in.Origin == "" {
+			return
+		}
+		// A mount in the clone's directory keeps it from being removed.
+		cid, busy = in.ID, filepath.Join(in.clone.Dir, "busy")
+		if err := os.Mkdir(busy, 0o755); err != nil {
+			t.Error(err)
+		}
+		if err := unix.Mount("tmpfs", busy, "tmpfs", 0, ""); err != nil {
+			t.Errorf("mount tmpfs on %s: %v", busy, err)
+		}
+		go func() { destroyed <- p.Destroy(ctx, in.ID) }()
+		time.Sleep(200 * time.Millisecond)
+	}
+	unmount := func() {
+		if busy != "" {
+			_ = unix.Unmount(busy, unix.MNT_DETACH)
+		}
+	}
+	t.Cleanup(func() { testHookStarting = nil; unmount() })
+	_, err := p.Clone(ctx, "orig", "sandbox", justrunit.CloneOptions{})
+	testHookStarting = nil
+	if err == nil || !strings.Contains(err.Error(), "not all removed") {
+		t.Errorf("Clone() error: %v, want destroyed while starting, and not all removed", err)
+	}
+	if err := <-destroyed; err == nil {
+		t.Errorf("Destroy(%s) = nil while its clone directory could not be removed", cid)
+	}
+	is, _ := p.Instances(ctx)
+	if len(is) != 2 || is[0].ID != cid || is[0].State != "failed" {
+		t.Errorf("Instances() = %v, want %s failed and the original", is, cid)
+	}
+	if err := p.Destroy(ctx, cid); err == nil {
+		t.Errorf("second Destroy(%s) = nil, its directory still mounted on", cid)
+	}
+	unmount()
+	if err := p.Destroy(ctx, cid); err != nil {
+		t.Errorf("Destroy(%s) once it can be removed: %v", cid, err)
+	}
+	if _, err := os.Stat(filepath.Join(p.cfg.StateDir, "clones", cid)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("clone directory of %s after its Destroy: %v, want it gone", cid, err)
+	}
+	if err := p.Destroy(ctx, cid); err != nil {
+		t.Errorf("Destroy(%s) once destroyed = %v, want nil", cid, err)
+	}
+}
+
+// TestDestroyGivenUpWhileCloning: a Destroy whose ctx ends while the clone
+// starts leaves it destroyed once its Clone has removed it: trying again
+// returns nil, not ErrNotFound.
+func TestDestroyGivenUpWhileCloning(t *testing.T) {
+	p := newPlatform(t, coldClones)
+	launchServer(t, p, serverOpts{id: "orig"})
+	var cid string
+	var derr error
+	testHookStarting = func(in *inst) {
+		if in.Origin == "" {
+			return
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		cid, derr = in.ID, p.Destroy(ctx, in.ID)
+	}
+	t.Cleanup(func() { testHookStarting = nil })
+	_, err := p.Clone(context.Background(), "orig", "sandbox", justrunit.CloneOptions{})
+	testHookStarting = nil
+	if !errors.Is(derr, context.Canceled) {
+		t.Errorf("Destroy(%s) with a done ctx while it starts = %v, want context.Canceled", cid, derr)
+	}
+	if err == nil || !strings.Contains(err.Error(), "destroyed while starting") {
+		t.Errorf("Clone() error: %v, want destroyed while starting", err)
+	}
+	if err := p.Destroy(context.Background(), cid); err != nil {
+		t.Errorf("Destroy(%s) again = %v, want nil", cid, err)
 	}
 }

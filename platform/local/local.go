@@ -179,7 +179,12 @@ type inst struct {
 	// stopStart cancels the context its Clone waits on (for the clone to
 	// listen), so that a Destroy while it starts need not wait that long.
 	stopStart context.CancelFunc
-	clone     *cloneState
+	// teardownErr, set with ready, is why its starter could not remove
+	// what it had made: the entry stays, in the state "failed", keeping its
+	// ID and cgroup path from being taken again, until a Destroy or Close
+	// removes it.
+	teardownErr error
+	clone       *cloneState
 	// undumpable says why criu cannot dump this instance's tree for as
 	// long as it runs (an MPTCP listener); its clones are then cold.
 	undumpable string
@@ -644,8 +649,7 @@ func (p *Platform) Launch(ctx context.Context, spec justrunit.InstanceSpec) (*ju
 		err = p.started(in)
 	}
 	if err != nil {
-		p.forget(in)
-		return nil, fmt.Errorf("launch instance %s: %w", in.ID, err)
+		return nil, fmt.Errorf("launch instance %s: %w", in.ID, p.forgetAfter(in, err))
 	}
 	p.mu.Lock()
 	i := in.Instance
@@ -775,18 +779,37 @@ func (p *Platform) hostNames() string {
 // forget removes an instance whose Launch or Clone failed: its processes,
 // cgroup and clone objects, then its entry (which, until then, keeps its ID
 // and so its cgroup's path from being taken again); then the Destroys
-// waiting for it return.
-func (p *Platform) forget(in *inst) {
-	_ = p.killAndRemove(in)
+// waiting for it return. What it cannot remove it returns, and the entry
+// stays (see inst.teardownErr) for a later Destroy or Close to try again.
+func (p *Platform) forget(in *inst) error {
+	err := p.killAndRemove(in)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.insts[in.ID] == in {
+	switch {
+	case err != nil:
+		in.teardownErr, in.State = err, "failed"
+	case p.insts[in.ID] == in:
 		delete(p.insts, in.ID)
+		if in.destroying {
+			// Also for a Destroy that stopped waiting: its retry finds it
+			// destroyed rather than unknown.
+			p.destroyed[in.ID] = true
+		}
 	}
 	if len(p.insts) == 0 {
 		p.removeScopeIfEmpty()
 	}
 	close(in.ready)
+	return err
+}
+
+// forgetAfter forgets in, whose start failed with err, and returns err with
+// what could not be removed.
+func (p *Platform) forgetAfter(in *inst, err error) error {
+	if ferr := p.forget(in); ferr != nil {
+		return fmt.Errorf("%w; and what it made is not all removed (destroy %s to try again): %v", err, in.ID, ferr)
+	}
+	return err
 }
 
 // testHookStarting, when set by a test, runs as an instance's or clone's
@@ -1059,7 +1082,8 @@ func (p *Platform) SetPower(ctx context.Context, host string, on bool) error {
 // an ID that was destroyed before, or whose leftovers a crashed run left in
 // this scope, returns nil; an ID never seen gives ErrNotFound. An instance
 // or clone whose Launch or Clone is under way makes that call fail, and
-// Destroy returns once the call has removed what it had made (or ctx ends).
+// Destroy returns once the call has removed what it had made (or ctx ends),
+// or with what it could not remove, which a later Destroy tries again.
 func (p *Platform) Destroy(ctx context.Context, id string) error {
 	if err := p.destroy(ctx, id); err != nil {
 		return fmt.Errorf("destroy %s: %w", id, err)
@@ -1099,10 +1123,13 @@ func (p *Platform) destroy(ctx context.Context, id string) error {
 			return fmt.Errorf("instance %q is still starting: %w", id, ctx.Err())
 		}
 		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.insts[id] == in {
+			return in.teardownErr // kept: this Destroy's retry removes it
+		}
 		if p.insts[id] == nil {
 			p.destroyed[id] = true
 		}
-		p.mu.Unlock()
 		return nil
 	}
 	err := p.killAndRemove(in)
@@ -1142,6 +1169,12 @@ func (p *Platform) killAndRemove(in *inst) error {
 	if g != nil {
 		if err := g.Delete(); err != nil {
 			errs = append(errs, err)
+		} else {
+			// Deleted: a retry, after what else failed here, finds no group
+			// (a deleted one errs for every use).
+			p.mu.Lock()
+			in.group = nil
+			p.mu.Unlock()
 		}
 	} else if err := cgroup.RemoveTree(p.cg, p.cgPath(in.ID)); err != nil {
 		errs = append(errs, err)
