@@ -222,6 +222,7 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 	coldBecause := orig.undumpable // set only where criu works
 	p.mu.Unlock()
 	dump := p.criu != "" && coldBecause == ""
+	lost := &xattrsLost{}
 	if sd := orig.spec.StateDir; sd != "" || dump {
 		// The state directory's snapshot and the memory dump are taken at
 		// the same instant: with the original frozen. The directory is
@@ -231,7 +232,7 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		var since time.Time
 		if sd != "" {
 			var err error
-			if since, reflinked, err = preCopyTree(ctx, sd, lower); err != nil {
+			if since, reflinked, err = preCopyTree(ctx, sd, lower, lost); err != nil {
 				return nil, fmt.Errorf("snapshot %s: %w", sd, err)
 			}
 		}
@@ -250,7 +251,7 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		var cerr error
 		if sd != "" {
 			var ok bool
-			_, ok, cerr = syncTree(ctx, sd, lower, since)
+			_, ok, cerr = syncTree(ctx, sd, lower, since, lost)
 			reflinked = reflinked && ok
 		}
 		// Nor held frozen for a dump once ctx has ended.
@@ -323,12 +324,16 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 			if err != nil {
 				return nil, err
 			}
-			if err := copyMeta(lower, sc.Upper, li); err != nil {
+			if err := copyMeta(lower, sc.Upper, li, lost); err != nil {
 				return nil, fmt.Errorf("overlay %s: %w", sc.Upper, err)
 			}
 		} else {
 			sc.Bind = lower
 		}
+	}
+	if names, first := lost.summary(); names != "" {
+		p.log.Warn("the clone's snapshot lacks extended attributes of its original's state directory, which the platform's state directory refused",
+			"id", id, "clone", cid, "xattrs", names, "err", first)
 	}
 	if err := p.startInstance(in, sc); err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package local
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -42,6 +43,9 @@ type treeSync struct {
 	// (the next pass catches up).
 	live bool
 
+	// lost collects the extended attributes dst could not take.
+	lost *xattrsLost
+
 	// copied counts the regular files copied.
 	copied int
 	// reflinked is whether every file copied shares blocks with its source.
@@ -50,10 +54,11 @@ type treeSync struct {
 
 // preCopyTree copies directory src to dst (which must not exist) while
 // src may change, and returns when it started, for syncTree. It stops with
-// ctx's error once ctx ends.
-func preCopyTree(ctx context.Context, src, dst string) (started time.Time, reflinked bool, err error) {
+// ctx's error once ctx ends. The extended attributes dst cannot take are
+// added to lost (which may be nil).
+func preCopyTree(ctx context.Context, src, dst string, lost *xattrsLost) (started time.Time, reflinked bool, err error) {
 	started = time.Now()
-	ts := &treeSync{ctx: ctx, src: src, dst: dst, live: true}
+	ts := &treeSync{ctx: ctx, src: src, dst: dst, live: true, lost: lost}
 	err = ts.run()
 	return started, ts.reflinked, err
 }
@@ -61,9 +66,9 @@ func preCopyTree(ctx context.Context, src, dst string) (started time.Time, refli
 // syncTree brings dst, a pre-copy of src started at since, up to date with
 // src, which must not change meanwhile. It returns how many files it
 // copied and whether those all were reflinked, or ctx's error once ctx
-// ends.
-func syncTree(ctx context.Context, src, dst string, since time.Time) (copied int, reflinked bool, err error) {
-	ts := &treeSync{ctx: ctx, src: src, dst: dst, since: since}
+// ends. The extended attributes dst cannot take are added to lost.
+func syncTree(ctx context.Context, src, dst string, since time.Time, lost *xattrsLost) (copied int, reflinked bool, err error) {
+	ts := &treeSync{ctx: ctx, src: src, dst: dst, since: since, lost: lost}
 	err = ts.run()
 	return ts.copied, ts.reflinked, err
 }
@@ -213,7 +218,7 @@ func (ts *treeSync) meta(src, dst string, info, have fs.FileInfo) error {
 	if have != nil && !ts.metaStale(info, have) {
 		return nil
 	}
-	if err := copyMeta(src, dst, info); err != nil && !ts.vanished(err) {
+	if err := copyMeta(src, dst, info, ts.lost); err != nil && !ts.vanished(err) {
 		return err // (one that vanished is pruned by the next pass)
 	}
 	return nil
@@ -240,8 +245,8 @@ func modeBits(info fs.FileInfo) fs.FileMode {
 
 // copyMeta gives dst the owner, mode (not the umask's) and xattrs of src,
 // whose Lstat is info, in that order: a chown drops setuid, setgid and
-// security.capability.
-func copyMeta(src, dst string, info fs.FileInfo) error {
+// security.capability. The xattrs dst cannot take are added to lost.
+func copyMeta(src, dst string, info fs.FileInfo, lost *xattrsLost) error {
 	st := info.Sys().(*syscall.Stat_t)
 	if err := os.Lchown(dst, int(st.Uid), int(st.Gid)); err != nil {
 		return err
@@ -251,23 +256,63 @@ func copyMeta(src, dst string, info fs.FileInfo) error {
 			return err
 		}
 	}
-	return copyXattrs(src, dst)
+	return copyXattrs(src, dst, lost)
 }
 
 // xattrKept reports whether a snapshot keeps extended attribute name: the
-// applications' own (user.*), file capabilities and security labels
-// (security.*) and POSIX ACLs. trusted.* is not kept: where the state
+// applications' own (user.*), file capabilities, SELinux labels and POSIX
+// ACLs. Of security.*, only those: security.evm and security.ima are the
+// kernel's integrity measurements, which it refuses to take from user
+// space or checks against policy. trusted.* is not kept: where the state
 // directory is itself on an overlay, its trusted.overlay.* are that
 // overlay's, and in the clone's lower layer they would change how the
 // clone's overlay reads it.
 func xattrKept(name string) bool {
-	return strings.HasPrefix(name, "user.") || strings.HasPrefix(name, "security.") ||
-		name == "system.posix_acl_access" || name == "system.posix_acl_default"
+	switch name {
+	case "security.capability", "security.selinux", "system.posix_acl_access", "system.posix_acl_default":
+		return true
+	}
+	return strings.HasPrefix(name, "user.")
 }
 
-// copyXattrs makes dst's kept extended attributes those of src. A source
-// filesystem without xattrs has none to copy.
-func copyXattrs(src, dst string) error {
+// xattrsLost collects the extended attributes a snapshot could not give
+// its copies, so that a clone logs them once rather than once per file:
+// the platform's state directory may be on a filesystem that takes none
+// or no user.* (ramfs, tmpfs before Linux 6.6, NFSv3, vfat), or an LSM
+// may refuse one. The copy is made without them: a clone of an
+// application that needs them may fail, which the log then explains.
+type xattrsLost struct {
+	files map[string]int // by attribute name, how many copies lack it
+	first error
+}
+
+// add records that dst could not take (or drop) an attribute, err saying why.
+func (l *xattrsLost) add(name string, err error) {
+	if l == nil {
+		return
+	}
+	if l.files == nil {
+		l.files, l.first = map[string]int{}, err
+	}
+	l.files[name]++
+}
+
+// summary lists the attributes lost, each with how many copies lack it,
+// and the first refusal; "" when none was.
+func (l *xattrsLost) summary() (names string, first error) {
+	var ns []string
+	for n, c := range l.files {
+		ns = append(ns, fmt.Sprintf("%s (%d)", n, c))
+	}
+	slices.Sort(ns)
+	return strings.Join(ns, ", "), l.first
+}
+
+// copyXattrs makes dst's kept extended attributes those of src, as far as
+// dst takes them: what it refuses to set or to remove is added to lost.
+// security.selinux is never removed (SELinux refuses to), only replaced.
+// A source filesystem without xattrs has none to copy.
+func copyXattrs(src, dst string, lost *xattrsLost) error {
 	names, err := listXattrs(src)
 	if errors.Is(err, unix.ENOTSUP) {
 		return nil
@@ -284,7 +329,7 @@ func copyXattrs(src, dst string) error {
 			return &fs.PathError{Op: "getxattr " + n, Path: src, Err: err}
 		}
 		if err := unix.Lsetxattr(dst, n, v, 0); err != nil {
-			return &fs.PathError{Op: "setxattr " + n, Path: dst, Err: err}
+			lost.add(n, &fs.PathError{Op: "setxattr " + n, Path: dst, Err: err})
 		}
 	}
 	old, err := listXattrs(dst)
@@ -292,10 +337,11 @@ func copyXattrs(src, dst string) error {
 		return &fs.PathError{Op: "listxattr", Path: dst, Err: err}
 	}
 	for _, n := range old {
-		if !slices.Contains(names, n) {
-			if err := unix.Lremovexattr(dst, n); err != nil && !errors.Is(err, unix.ENODATA) {
-				return &fs.PathError{Op: "removexattr " + n, Path: dst, Err: err}
-			}
+		if slices.Contains(names, n) || n == "security.selinux" {
+			continue
+		}
+		if err := unix.Lremovexattr(dst, n); err != nil && !errors.Is(err, unix.ENODATA) {
+			lost.add(n, &fs.PathError{Op: "removexattr " + n, Path: dst, Err: err})
 		}
 	}
 	return nil

@@ -185,7 +185,7 @@ func TestSnapshotTwoPass(t *testing.T) {
 	recent := time.Now().Add(-time.Second)
 	writeAt(t, filepath.Join(src, "recent"), "before", 0o644, recent)
 
-	since, _, err := preCopyTree(t.Context(), src, dst)
+	since, _, err := preCopyTree(t.Context(), src, dst, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestSnapshotTwoPass(t *testing.T) {
 		}
 	}
 
-	copied, _, err := syncTree(t.Context(), src, dst, since)
+	copied, _, err := syncTree(t.Context(), src, dst, since, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +247,7 @@ func TestSnapshotTwoPass(t *testing.T) {
 		t.Errorf("frozen pass copied %d files, want 6", copied)
 	}
 	// Nothing changed since: nothing but the recent files is copied.
-	copied, _, err = syncTree(t.Context(), src, dst, since)
+	copied, _, err = syncTree(t.Context(), src, dst, since, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,14 +302,97 @@ func TestSnapshotLive(t *testing.T) {
 			}
 		}
 	}()
-	since, _, err := preCopyTree(t.Context(), src, dst)
+	since, _, err := preCopyTree(t.Context(), src, dst, nil)
 	close(stop)
 	wg.Wait()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := syncTree(t.Context(), src, dst, since); err != nil {
+	if _, _, err := syncTree(t.Context(), src, dst, since, nil); err != nil {
 		t.Fatal(err)
 	}
 	sameTree(t, src, dst)
+}
+
+func TestXattrKept(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		want bool
+	}{
+		{"user.app", true},
+		{"security.capability", true},
+		{"security.selinux", true},
+		{"system.posix_acl_access", true},
+		{"system.posix_acl_default", true},
+		{"security.evm", false}, // refused from user space where EVM is on
+		{"security.ima", false},
+		{"trusted.overlay.opaque", false},
+	} {
+		if got := xattrKept(c.name); got != c.want {
+			t.Errorf("xattrKept(%q) = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// TestSnapshotXattrsRefused: a snapshot into a filesystem that takes no
+// user.* xattrs (ramfs here; tmpfs before Linux 6.6, NFSv3, vfat) is made
+// without them, and says which it lost.
+func TestSnapshotXattrsRefused(t *testing.T) {
+	needRoot(t)
+	src := t.TempDir()
+	for _, n := range []string{"a", "b"} {
+		f := filepath.Join(src, n)
+		writeAt(t, f, "data "+n, 0o644, time.Now())
+		if !setXattr(t, f, "user.app", []byte("v")) {
+			t.Skip("needs user xattrs on the test's temporary directory")
+		}
+	}
+	mnt := t.TempDir()
+	if err := unix.Mount("ramfs", mnt, "ramfs", 0, ""); err != nil {
+		t.Skipf("needs ramfs: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
+	if err := unix.Lsetxattr(mnt, "user.probe", []byte("1"), 0); err == nil {
+		t.Skip("this kernel's ramfs takes user xattrs")
+	}
+	dst := filepath.Join(mnt, "lower")
+	lost := &xattrsLost{}
+	since, _, err := preCopyTree(t.Context(), src, dst, lost)
+	if err != nil {
+		t.Fatalf("preCopyTree into ramfs: %v, want the snapshot made without user.app", err)
+	}
+	if _, _, err := syncTree(t.Context(), src, dst, since, lost); err != nil {
+		t.Fatalf("syncTree into ramfs: %v, want the snapshot made without user.app", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dst, "b")); err != nil || string(b) != "data b" {
+		t.Errorf("snapshot of b = %q, %v; want %q", b, err, "data b")
+	}
+	if names, first := lost.summary(); !strings.HasPrefix(names, "user.app (") || first == nil {
+		t.Errorf("lost.summary() = %q, %v; want user.app and the error", names, first)
+	}
+}
+
+// TestSnapshotKeepsSELinuxLabel: a copy's security.selinux, which the
+// copy's filesystem gave it and SELinux refuses to remove, stays when the
+// source has none.
+func TestSnapshotKeepsSELinuxLabel(t *testing.T) {
+	needRoot(t)
+	src, dst := t.TempDir(), filepath.Join(t.TempDir(), "lower")
+	// Not copied again by the second pass, only its metadata brought up
+	// to date.
+	writeAt(t, filepath.Join(src, "f"), "f", 0o644, time.Now().Add(-time.Hour))
+	since, _, err := preCopyTree(t.Context(), src, dst, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	label := []byte("system_u:object_r:var_lib_t:s0")
+	if err := unix.Lsetxattr(filepath.Join(dst, "f"), "security.selinux", label, 0); err != nil {
+		t.Skipf("cannot set security.selinux here: %v", err)
+	}
+	if _, _, err := syncTree(t.Context(), src, dst, since, nil); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := getXattr(filepath.Join(dst, "f"), "security.selinux"); err != nil || !bytes.Equal(v, label) {
+		t.Errorf("security.selinux of the copy = %q, %v; want %q kept", v, err, label)
+	}
 }
