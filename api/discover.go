@@ -148,18 +148,22 @@ type DiscoverOptions struct {
 // name, or else the one whose StateFile is in DataDir, after checking it
 // answers. It returns ErrNoDaemon when none is named and none answers (a
 // state file left by a daemon that died is ignored); a named daemon that
-// does not answer is an error, not a reason to fall back. The client gets
-// the token only once the server has proved that it holds it
-// (HealthProof) and, found through the state file, that it is the daemon
-// that wrote it: a server that cannot, which may be anyone now listening
-// where a dead daemon did, is not the daemon. A daemon that runs without a
-// token is not given one.
+// does not answer is an error, not a reason to fall back.
+//
+// A token read from the daemon's token file, which the state file names,
+// is sent only once the server has proved that it holds it (HealthProof)
+// and that it is the daemon that wrote the state file: a server that is
+// not, which may be anyone now listening where a dead daemon did, is not
+// the daemon. A token given explicitly (Token, TokenFile or the
+// environment) is sent to a server that proves nothing, one older than
+// proofs: the user vouches for it. A daemon found through its state file
+// that runs without a token is given none.
 func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 	named := true
 	server := firstOf(o.Server, os.Getenv(EnvServer))
 	tokenFile := firstOf(o.TokenFile, os.Getenv(EnvTokenFile))
 	caFile := firstOf(o.CAFile, os.Getenv(EnvCAFile))
-	serverName, daemon := "", ""
+	serverName, daemon, stateTokenFile := "", "", ""
 	if server == "" {
 		named = false
 		if o.DataDir == "" {
@@ -173,20 +177,16 @@ func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 			return nil, err
 		}
 		server = st.URL
-		tokenFile = firstOf(tokenFile, st.TokenFile)
+		stateTokenFile = st.TokenFile
 		caFile = firstOf(caFile, st.CAFile)
 		serverName, daemon = st.ServerName, st.Daemon
 	}
 	if !strings.Contains(server, "://") {
 		server = "http://" + server
 	}
-	token := firstOf(o.Token, os.Getenv(EnvToken))
-	if token == "" && tokenFile != "" {
-		b, err := os.ReadFile(tokenFile)
-		if err != nil && named {
-			return nil, fmt.Errorf("daemon token: %w", err)
-		}
-		token = strings.TrimSpace(string(b))
+	token, from, explicit, err := tokenFor(o, tokenFile, stateTokenFile)
+	if err != nil {
+		return nil, err
 	}
 	hc, err := clientFor(caFile, serverName)
 	if err != nil {
@@ -203,8 +203,11 @@ func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 	defer cancel()
 	challenge := rand.Text()
 	h, err := c.Health(pctx, challenge)
-	if err == nil {
-		err = checkProof(h, token, daemon, challenge)
+	if err == nil && daemon != "" && h.Daemon != daemon {
+		err = fmt.Errorf("another daemon (%q) answers than the one that wrote the state file (%q)", h.Daemon, daemon)
+	}
+	if err == nil && token != "" && h.Proof != "" && !hmac.Equal([]byte(h.Proof), []byte(HealthProof(token, h.Daemon, challenge))) {
+		err = errors.New("the server does not prove it holds the token (the token is not this daemon's, or the server is not the daemon); the token was not sent")
 	}
 	if err != nil {
 		if named {
@@ -213,27 +216,54 @@ func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 		return nil, fmt.Errorf("%w (the state file %s names %s: %v)",
 			ErrNoDaemon, filepath.Join(o.DataDir, StateFile), server, err)
 	}
-	if h.Proof != "" {
+	switch {
+	case token == "":
+		// The calls answer 401 saying so, unless the daemon runs
+		// without authentication.
+	case h.Proof != "":
 		c.Token = token
+	case explicit && daemon == "":
+		// A daemon older than proofs, or one without a token, given
+		// the token by the user.
+		c.Token = token
+	case daemon == "":
+		// The state file of a daemon older than proofs.
+		return nil, fmt.Errorf("daemon at %s: it proves nothing, so %s was not sent: a daemon started before token proofs; restart it, or give the token in $%s to send it anyway",
+			server, from, EnvToken)
+	default:
+		// The daemon that wrote the state file runs without a token:
+		// it proves nothing, and is given nothing.
 	}
-	// Without a token the calls answer 401 saying so, unless the daemon
-	// runs without authentication.
 	return c, nil
 }
 
-// checkProof checks that h, the answer to a health probe with challenge,
-// comes from the daemon with ID daemon (any when empty) and proves it holds
-// token; a daemon that runs without a token (no proof) is not given it.
-func checkProof(h *Health, token, daemon, challenge string) error {
+// tokenFor returns the token Discover sends; from, which says where it
+// came from, for messages ("the token from $JUSTRUNIT_TOKEN"); and whether
+// the user gave it (o.Token, tokenFile, which o or the environment names,
+// or the environment) rather than it being read from stateTokenFile, the
+// daemon's token file its state file names. A token file named explicitly
+// must be read; the daemon's may not be readable by this user, who then
+// sends no token.
+func tokenFor(o DiscoverOptions, tokenFile, stateTokenFile string) (token, from string, explicit bool, err error) {
 	switch {
-	case daemon != "" && h.Daemon != daemon:
-		return fmt.Errorf("another daemon (%q) answers than the one that wrote the state file (%q)", h.Daemon, daemon)
-	case token == "" || h.Proof == "":
-		return nil
-	case !hmac.Equal([]byte(h.Proof), []byte(HealthProof(token, h.Daemon, challenge))):
-		return errors.New("the server does not prove it holds the token (the token is not this daemon's, or the server is not the daemon); the token was not sent")
+	case o.Token != "":
+		return o.Token, "the token given", true, nil
+	case os.Getenv(EnvToken) != "":
+		return os.Getenv(EnvToken), "the token from $" + EnvToken, true, nil
+	case tokenFile != "":
+		b, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return "", "", false, fmt.Errorf("daemon token: %w", err)
+		}
+		return strings.TrimSpace(string(b)), "the token from " + tokenFile, true, nil
+	case stateTokenFile != "":
+		b, err := os.ReadFile(stateTokenFile)
+		if err != nil {
+			return "", fmt.Sprintf("no token: the daemon's token file cannot be read (%v); give the token in $%s", err, EnvToken), false, nil
+		}
+		return strings.TrimSpace(string(b)), "the token from the daemon's token file " + stateTokenFile, false, nil
 	}
-	return nil
+	return "", "", false, nil
 }
 
 func firstOf(vs ...string) string {

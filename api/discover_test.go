@@ -206,13 +206,13 @@ func TestDiscoverSendsTokenOnlyToTheDaemon(t *testing.T) {
 		name      string
 		url, id   string
 		saw       *sawToken
-		found     bool
+		wantErr   error // nil: found
 		wantToken bool
 	}{
-		{"squatter with a forged proof", forging, "d1", forgingSaw, false, false},
-		{"squatter that says it needs no token", silent, "d1", silentSaw, true, false},
-		{"another daemon with the same token", other, oursID, otherSaw, false, false},
-		{"the daemon", ours, oursID, oursSaw, true, true},
+		{"squatter with a forged proof", forging, "d1", forgingSaw, ErrNoDaemon, false},
+		{"squatter that says it needs no token", silent, "d1", silentSaw, nil, false},
+		{"another daemon with the same token", other, oursID, otherSaw, ErrNoDaemon, false},
+		{"the daemon", ours, oursID, oursSaw, nil, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -222,14 +222,101 @@ func TestDiscoverSendsTokenOnlyToTheDaemon(t *testing.T) {
 				t.Fatal(err)
 			}
 			c, err := Discover(context.Background(), DiscoverOptions{DataDir: dir})
-			if tt.found != (err == nil) || (err != nil && !errors.Is(err, ErrNoDaemon)) {
-				t.Fatalf("Discover = %v, want found %v (else ErrNoDaemon)", err, tt.found)
+			if (tt.wantErr == nil) != (err == nil) || !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Discover = %v, want %v", err, tt.wantErr)
 			}
 			if c != nil {
 				c.Studies(context.Background())
 			}
 			if got := tt.saw.any.Load(); got != tt.wantToken {
 				t.Errorf("the server saw a token: %v, want %v", got, tt.wantToken)
+			}
+		})
+	}
+}
+
+// olderDaemon makes h answer GET /healthz as a daemon from before token
+// proofs did: without its ID or a proof, whatever the challenge.
+func olderDaemon(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "service": "justrunit"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// TestDiscoverOlderDaemon checks a daemon started before token proofs (the
+// CLI upgraded first): it is sent a token the user gives, who vouches for
+// it, and calls through it work; the token from its token file, found
+// through its state file, is not sent, and Discover says why rather than
+// every call answering 401.
+func TestDiscoverOlderDaemon(t *testing.T) {
+	var sawToken atomic.Bool
+	d := newDaemon(t, daemonOpts{noRunner: true, wrap: func(h http.Handler) http.Handler {
+		return olderDaemon(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("Authorization") != "" {
+				sawToken.Store(true)
+			}
+			h.ServeHTTP(w, r)
+		}))
+	}})
+	seedStudy(t, d.store)
+	for _, tt := range []struct {
+		name      string
+		named     bool   // $JUSTRUNIT_SERVER, else the state file
+		env       string // $JUSTRUNIT_TOKEN
+		envFile   bool   // $JUSTRUNIT_TOKEN_FILE names the token file
+		opt       string // DiscoverOptions.Token
+		wantErr   string // in Discover's error
+		callErr   string // in the error of a call through the client
+		wantToken bool
+	}{
+		{name: "named, token given", named: true, opt: testToken, wantToken: true},
+		{name: "named, $JUSTRUNIT_TOKEN", named: true, env: testToken, wantToken: true},
+		{name: "named, $JUSTRUNIT_TOKEN_FILE", named: true, envFile: true, wantToken: true},
+		{name: "state file, $JUSTRUNIT_TOKEN", env: testToken, wantToken: true},
+		{name: "state file, its token file", wantErr: "restart it"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sawToken.Store(false)
+			dir := t.TempDir()
+			tokFile := filepath.Join(dir, "token")
+			os.WriteFile(tokFile, []byte(testToken+"\n"), 0o600)
+			// A state file as such a daemon wrote it: no daemon ID.
+			if _, err := WriteState(dir, DaemonState{URL: d.hs.URL, PID: os.Getpid(), TokenFile: tokFile}); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv(EnvServer, "")
+			if tt.named {
+				t.Setenv(EnvServer, d.hs.URL)
+			}
+			t.Setenv(EnvToken, tt.env)
+			t.Setenv(EnvTokenFile, "")
+			if tt.envFile {
+				t.Setenv(EnvTokenFile, tokFile)
+			}
+			t.Setenv(EnvCAFile, "")
+			c, err := Discover(context.Background(), DiscoverOptions{DataDir: dir, Token: tt.opt})
+			if tt.wantErr != "" {
+				if err == nil || errors.Is(err, ErrNoDaemon) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Errorf("Discover = %v, want an error saying %q (not ErrNoDaemon)", err, tt.wantErr)
+				}
+			} else if err != nil {
+				t.Fatalf("Discover: %v", err)
+			}
+			if c != nil {
+				_, err := c.Studies(context.Background())
+				switch {
+				case tt.callErr == "" && err != nil:
+					t.Errorf("Studies through the older daemon: %v", err)
+				case tt.callErr != "" && (err == nil || !strings.Contains(err.Error(), tt.callErr)):
+					t.Errorf("Studies through the older daemon: %v, want an error saying %q", err, tt.callErr)
+				}
+			}
+			if got := sawToken.Load(); got != tt.wantToken {
+				t.Errorf("the older daemon saw a token: %v, want %v", got, tt.wantToken)
 			}
 		})
 	}
