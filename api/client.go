@@ -70,6 +70,10 @@ type Client struct {
 	Token string
 	// HTTP is the client used; a client with a 30 s timeout when nil.
 	HTTP *http.Client
+
+	// tokenFrom says where Token came from (Discover), so that an
+	// answer 401 names it.
+	tokenFrom string
 }
 
 // NewClient returns a client for the daemon at baseURL.
@@ -126,6 +130,9 @@ func (c *Client) doWith(ctx context.Context, hc *http.Client, method, path strin
 				Message: fmt.Sprintf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))}
 		}
 		eb.Error.Status = resp.StatusCode
+		if eb.Error.Code == CodeUnauthorized && c.tokenFrom != "" {
+			eb.Error.Message += " (" + c.tokenFrom + ")"
+		}
 		return eb.Error
 	}
 	if out == nil {

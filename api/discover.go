@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -157,7 +158,10 @@ type DiscoverOptions struct {
 // the daemon. A token given explicitly (Token, TokenFile or the
 // environment) is sent to a server that proves nothing, one older than
 // proofs: the user vouches for it. A daemon found through its state file
-// that runs without a token is given none.
+// that runs without a token is given none. A server that proves it holds
+// another token is refused with ErrUnauthorized, naming where the token
+// came from (a wrong token, or one changed since), before the token is
+// sent.
 func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 	named := true
 	server := firstOf(o.Server, os.Getenv(EnvServer))
@@ -206,9 +210,6 @@ func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 	if err == nil && daemon != "" && h.Daemon != daemon {
 		err = fmt.Errorf("another daemon (%q) answers than the one that wrote the state file (%q)", h.Daemon, daemon)
 	}
-	if err == nil && token != "" && h.Proof != "" && !hmac.Equal([]byte(h.Proof), []byte(HealthProof(token, h.Daemon, challenge))) {
-		err = errors.New("the server does not prove it holds the token (the token is not this daemon's, or the server is not the daemon); the token was not sent")
-	}
 	if err != nil {
 		if named {
 			return nil, fmt.Errorf("daemon at %s: %w", server, err)
@@ -221,6 +222,10 @@ func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 		// The calls answer 401 saying so, unless the daemon runs
 		// without authentication.
 	case h.Proof != "":
+		if !hmac.Equal([]byte(h.Proof), []byte(HealthProof(token, h.Daemon, challenge))) {
+			return nil, fmt.Errorf("daemon at %s: %w", server, &Error{Status: http.StatusUnauthorized, Code: CodeUnauthorized,
+				Message: "the daemon does not hold " + from + " (a wrong token, or one changed since the daemon started), or the server is not the daemon; the token was not sent"})
+		}
 		c.Token = token
 	case explicit && daemon == "":
 		// A daemon older than proofs, or one without a token, given
@@ -234,6 +239,7 @@ func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 		// The daemon that wrote the state file runs without a token:
 		// it proves nothing, and is given nothing.
 	}
+	c.tokenFrom = from
 	return c, nil
 }
 

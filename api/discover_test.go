@@ -209,7 +209,9 @@ func TestDiscoverSendsTokenOnlyToTheDaemon(t *testing.T) {
 		wantErr   error // nil: found
 		wantToken bool
 	}{
-		{"squatter with a forged proof", forging, "d1", forgingSaw, ErrNoDaemon, false},
+		// A proof for another token may be the daemon's, its token
+		// changed: it is said, not taken for no daemon.
+		{"squatter with a forged proof", forging, "d1", forgingSaw, ErrUnauthorized, false},
 		{"squatter that says it needs no token", silent, "d1", silentSaw, nil, false},
 		{"another daemon with the same token", other, oursID, otherSaw, ErrNoDaemon, false},
 		{"the daemon", ours, oursID, oursSaw, nil, true},
@@ -277,6 +279,7 @@ func TestDiscoverOlderDaemon(t *testing.T) {
 		{name: "named, $JUSTRUNIT_TOKEN", named: true, env: testToken, wantToken: true},
 		{name: "named, $JUSTRUNIT_TOKEN_FILE", named: true, envFile: true, wantToken: true},
 		{name: "state file, $JUSTRUNIT_TOKEN", env: testToken, wantToken: true},
+		{name: "named, wrong $JUSTRUNIT_TOKEN", named: true, env: "not-the-token", callErr: "$JUSTRUNIT_TOKEN", wantToken: true},
 		{name: "state file, its token file", wantErr: "restart it"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -317,6 +320,56 @@ func TestDiscoverOlderDaemon(t *testing.T) {
 			}
 			if got := sawToken.Load(); got != tt.wantToken {
 				t.Errorf("the older daemon saw a token: %v, want %v", got, tt.wantToken)
+			}
+		})
+	}
+}
+
+// TestDiscoverWrongToken checks that a daemon that proves it holds another
+// token than the CLI's (a wrong one, or the daemon's token changed since)
+// is an error that says where the token came from, not "no daemon", which
+// would make "study list" read the store file under the running daemon;
+// and that the token is not sent.
+func TestDiscoverWrongToken(t *testing.T) {
+	var sawToken atomic.Bool
+	d := newDaemon(t, daemonOpts{noRunner: true, wrap: func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("Authorization") != "" {
+				sawToken.Store(true)
+			}
+			h.ServeHTTP(w, r)
+		})
+	}})
+	for _, tt := range []struct {
+		name  string
+		named bool // $JUSTRUNIT_SERVER and $JUSTRUNIT_TOKEN, else the state file and its token file
+		want  string
+	}{
+		{"state file, its token file", false, "token file"},
+		{"named, $JUSTRUNIT_TOKEN", true, "$JUSTRUNIT_TOKEN"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sawToken.Store(false)
+			dir := t.TempDir()
+			tokFile := filepath.Join(dir, "token")
+			os.WriteFile(tokFile, []byte("rotated-token\n"), 0o600)
+			if _, err := WriteState(dir, DaemonState{URL: d.hs.URL, PID: os.Getpid(), TokenFile: tokFile, Daemon: d.srv.ID()}); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv(EnvServer, "")
+			t.Setenv(EnvToken, "")
+			if tt.named {
+				t.Setenv(EnvServer, d.hs.URL)
+				t.Setenv(EnvToken, "wrong-token")
+			}
+			t.Setenv(EnvTokenFile, "")
+			t.Setenv(EnvCAFile, "")
+			_, err := Discover(context.Background(), DiscoverOptions{DataDir: dir})
+			if !errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrNoDaemon) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Discover with a wrong token = %v, want ErrUnauthorized naming %q", err, tt.want)
+			}
+			if sawToken.Load() {
+				t.Error("the daemon was sent a token it does not hold")
 			}
 		})
 	}
