@@ -540,43 +540,65 @@ func TestCloseWaitsForClone(t *testing.T) {
 
 // TestCloneWorkingDirInStateDir: a cold clone of an instance that runs in
 // its state directory and opens its files by relative paths works on its
-// snapshot, not on the original's files.
+// snapshot, not on the original's files: whether the instance's Dir names
+// the state directory, or is relative (".") or empty while the platform's
+// working directory is the state directory.
 func TestCloneWorkingDirInStateDir(t *testing.T) {
-	p := newPlatform(t, coldClones)
-	state := t.TempDir()
-	if err := os.WriteFile(filepath.Join(state, "counter"), []byte("41"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	_, err := p.Launch(ctx, justrunit.InstanceSpec{ID: "rel", Host: "pm1", Command: []string{testServer(t), "-addr", addr, "-state", "."},
-		Dir: state, StateDir: state, Addr: addr})
-	if err != nil {
-		t.Fatalf("Launch() error: %v", err)
-	}
-	t.Cleanup(func() { _ = p.Destroy(context.Background(), "rel") })
-	waitHTTP(t, "http://"+addr+"/health", 10*time.Second)
-	cl, err := p.Clone(ctx, "rel", "sandbox", justrunit.CloneOptions{})
-	if err != nil {
-		t.Fatalf("Clone() error: %v", err)
-	}
-	cbase := "http://" + cl.Endpoint
-	if m := getJSON(t, cbase+"/work?n=1"); m["counter"] != float64(42) {
-		t.Errorf("clone counter after one request = %v, want 42", m["counter"])
-	}
-	put(t, cbase+"/file/note", "written by the clone")
-	if b, _ := os.ReadFile(filepath.Join(state, "counter")); string(b) != "41" {
-		t.Errorf("original's counter file = %q after the clone worked, want 41", b)
-	}
-	if _, err := os.Stat(filepath.Join(state, "note")); err == nil {
-		t.Errorf("the clone's file appeared in the original's state directory")
-	}
-	if info, _ := p.Info(cl.ID); info.Storage == StorageOverlay {
-		upper := filepath.Join(p.cfg.StateDir, "clones", cl.ID, "upper", "note")
-		if b, err := os.ReadFile(upper); err != nil || string(b) != "written by the clone" {
-			t.Errorf("clone's upper layer has note = %q, %v; want the clone's write", b, err)
-		}
+	for _, c := range []struct {
+		name  string
+		dir   string // "STATE" is the state directory
+		chdir bool   // into the state directory
+	}{
+		{"absolute", "STATE", false},
+		{"relative", ".", true},
+		{"empty", "", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := newPlatform(t, coldClones)
+			bin := testServer(t) // built from the module's directory
+			state := t.TempDir()
+			if err := os.WriteFile(filepath.Join(state, "counter"), []byte("41"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			dir := c.dir
+			if dir == "STATE" {
+				dir = state
+			}
+			if c.chdir {
+				t.Chdir(state)
+			}
+			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_, err := p.Launch(ctx, justrunit.InstanceSpec{ID: "rel", Host: "pm1", Command: []string{bin, "-addr", addr, "-state", "."},
+				Dir: dir, StateDir: state, Addr: addr})
+			if err != nil {
+				t.Fatalf("Launch() error: %v", err)
+			}
+			t.Cleanup(func() { _ = p.Destroy(context.Background(), "rel") })
+			waitHTTP(t, "http://"+addr+"/health", 10*time.Second)
+			cl, err := p.Clone(ctx, "rel", "sandbox", justrunit.CloneOptions{})
+			if err != nil {
+				t.Fatalf("Clone() error: %v", err)
+			}
+			cbase := "http://" + cl.Endpoint
+			if m := getJSON(t, cbase+"/work?n=1"); m["counter"] != float64(42) {
+				t.Errorf("clone counter after one request = %v, want 42", m["counter"])
+			}
+			put(t, cbase+"/file/note", "written by the clone")
+			if b, _ := os.ReadFile(filepath.Join(state, "counter")); string(b) != "41" {
+				t.Errorf("original's counter file = %q after the clone worked, want 41", b)
+			}
+			if _, err := os.Stat(filepath.Join(state, "note")); err == nil {
+				t.Errorf("the clone's file appeared in the original's state directory")
+			}
+			if info, _ := p.Info(cl.ID); info.Storage == StorageOverlay {
+				upper := filepath.Join(p.cfg.StateDir, "clones", cl.ID, "upper", "note")
+				if b, err := os.ReadFile(upper); err != nil || string(b) != "written by the clone" {
+					t.Errorf("clone's upper layer has note = %q, %v; want the clone's write", b, err)
+				}
+			}
+		})
 	}
 }
 

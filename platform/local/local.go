@@ -664,6 +664,18 @@ func (p *Platform) prepareLaunch(spec justrunit.InstanceSpec) (*inst, error) {
 	if len(spec.Command) == 0 || spec.Command[0] == "" {
 		return nil, justrunit.Invalid("command", nil, "required")
 	}
+	// Absolute, the platform's own when empty: the shim enters it after a
+	// clone's mounts, and a working directory inherited or resolved before
+	// them would stay on the directory the overlay covers (a clone run in
+	// its state directory would write the original's files). A working
+	// directory that is gone has no state directory below it.
+	if spec.Dir == "" {
+		if wd, err := os.Getwd(); err == nil {
+			spec.Dir = wd
+		}
+	} else if abs, err := filepath.Abs(spec.Dir); err == nil {
+		spec.Dir = abs
+	}
 	path := spec.Command[0]
 	if !strings.Contains(path, "/") {
 		lp, err := exec.LookPath(path)

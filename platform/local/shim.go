@@ -45,10 +45,11 @@ type shimConfig struct {
 	// Restore: the command (Path, Argv) is criu restore, in new PID and mount
 	// namespaces; the shim mounts a /proc of the new PID namespace.
 	Restore bool `json:"restore,omitempty"`
-	// Dir is the command's working directory; empty keeps the platform's.
-	// The shim enters it after its mounts: a working directory taken before
-	// them would stay on the directory the overlay covers, so a clone whose
-	// Dir is at or below Target would open the original's files by their
+	// Dir is the command's working directory, absolute (Launch makes an
+	// empty one the platform's); empty keeps the platform's. The shim
+	// enters it after its mounts: a working directory taken before them
+	// would stay on the directory the overlay covers, so a clone whose Dir
+	// is at or below Target would open the original's files by their
 	// relative paths.
 	Dir string `json:"dir,omitempty"`
 }
