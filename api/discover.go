@@ -69,9 +69,11 @@ func LocalURL(scheme string, addr net.Addr) string {
 
 // ServerName returns the name a client reaching the daemon at daemonURL
 // should verify cert by: "" when cert names the URL's host (or is nil),
-// else the first DNS name (not a wildcard) or IP address cert carries; ""
-// when it carries none. A certificate for the daemon's public name then
-// still serves the CLI that reaches it over loopback.
+// else the first DNS name (not a wildcard) or IP address cert carries, or
+// else a name under its first wildcard ("justrunit.corp.example" for
+// "*.corp.example", which the wildcard covers); "" when it carries none. A
+// certificate for the daemon's public name, or an internal CA's for a
+// whole domain, then still serves the CLI that reaches it over loopback.
 func ServerName(cert *x509.Certificate, daemonURL string) string {
 	u, err := url.Parse(daemonURL)
 	if cert == nil || err != nil || cert.VerifyHostname(u.Hostname()) == nil {
@@ -84,6 +86,11 @@ func ServerName(cert *x509.Certificate, daemonURL string) string {
 	}
 	if len(cert.IPAddresses) > 0 {
 		return cert.IPAddresses[0].String()
+	}
+	for _, n := range cert.DNSNames {
+		if name := "justrunit" + strings.TrimPrefix(n, "*"); cert.VerifyHostname(name) == nil {
+			return name
+		}
 	}
 	return ""
 }

@@ -46,7 +46,8 @@ func TestLocalURL(t *testing.T) {
 // TestDiscoverTLS checks that the CLI on the daemon's machine finds a TLS
 // daemon through its state file, written as serve writes it: listening on
 // an unspecified address (which no certificate names), or with a
-// certificate that names neither the URL's host nor loopback.
+// certificate that names neither the URL's host nor loopback, only a
+// wildcard among them.
 func TestDiscoverTLS(t *testing.T) {
 	t.Setenv(EnvServer, "")
 	t.Setenv(EnvToken, "")
@@ -63,6 +64,8 @@ func TestDiscoverTLS(t *testing.T) {
 		{"on 0.0.0.0", "0.0.0.0:0", nil, []net.IP{net.IPv4(127, 0, 0, 1)}},
 		{"on ::", "[::]:0", nil, []net.IP{net.IPv4(127, 0, 0, 1)}},
 		{"certificate for a DNS name only", "0.0.0.0:0", []string{"*.example.test", "justrunit.example.test"}, nil},
+		{"certificate for a wildcard name only", "0.0.0.0:0", []string{"*.example.test"}, nil},
+		{"certificate for a wildcard name, on a specific address", "127.0.0.1:0", []string{"*.example.test"}, nil},
 		{"certificate for another address", "127.0.0.1:0", nil, []net.IP{net.IPv4(10, 0, 0, 5)}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
