@@ -191,6 +191,11 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 	if err := os.MkdirAll(cs.Dir, 0o700); err != nil {
 		return nil, err
 	}
+	// A Clone given up on makes nothing: no namespace, veth, tables or
+	// answer listeners, for a clone no one will use.
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	var cn *cloneNet
 	if opts.InNetwork {
 		cn, err = p.setupInsideNet(cid, internal, opts.Answer)
@@ -334,6 +339,11 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 	if names, first := lost.summary(); names != "" {
 		p.log.Warn("the clone's snapshot lacks extended attributes of its original's state directory, which the platform's state directory refused",
 			"id", id, "clone", cid, "xattrs", names, "err", first)
+	}
+	// Nor starts its process (the snapshot, checked above, is skipped for
+	// a cold clone without a state directory).
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	if err := p.startInstance(in, sc); err != nil {
 		return nil, err

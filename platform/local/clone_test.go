@@ -962,3 +962,52 @@ func TestDestroyGivenUpWhileCloning(t *testing.T) {
 		t.Errorf("Destroy(%s) again = %v, want nil", cid, err)
 	}
 }
+
+// TestCloneContextDone: a Clone whose ctx has ended makes nothing (no
+// network, no answer listeners) and, when it ends while the clone's
+// network is made, starts no process, even for an original without a
+// state directory to snapshot.
+func TestCloneContextDone(t *testing.T) {
+	p := newPlatform(t, coldClones)
+	launchServer(t, p, serverOpts{id: "nostate"})
+	for _, c := range []struct {
+		name     string
+		inside   bool
+		answered bool // ctx ends as its answer listener is served
+	}{
+		{"nat", false, false},
+		{"inside", true, false},
+		{"ended while its network is made", true, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if !c.answered {
+				cancel()
+			}
+			var started, answered bool
+			testHookStarting = func(in *inst) { started = started || in.Origin != "" }
+			t.Cleanup(func() { testHookStarting = nil })
+			opts := justrunit.CloneOptions{InNetwork: c.inside}
+			if c.inside {
+				opts.Answer = map[string]func(net.Listener) error{"10.9.9.9:5432": func(ln net.Listener) error {
+					answered = true
+					ln.Close()
+					cancel()
+					return nil
+				}}
+			}
+			_, err := p.Clone(ctx, "nostate", "sandbox", opts)
+			testHookStarting = nil
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("Clone() with its ctx ended = %v, want context.Canceled", err)
+			}
+			if answered != c.answered {
+				t.Errorf("its answer listener served: %v, want %v", answered, c.answered)
+			}
+			if started {
+				t.Errorf("Clone() with its ctx ended started the clone's process")
+			}
+		})
+	}
+}
