@@ -162,13 +162,14 @@ type DiscoverOptions struct {
 // is sent only once the server has proved that it holds it (HealthProof)
 // and that it is the daemon that wrote the state file: a server that is
 // not, which may be anyone now listening where a dead daemon did, is not
-// the daemon. A token given explicitly (Token, TokenFile or the
-// environment) is sent to a server that proves nothing, one older than
-// proofs: the user vouches for it. A daemon found through its state file
-// that runs without a token is given none. A server that proves it holds
-// another token is refused with ErrUnauthorized, naming where the token
-// came from (a wrong token, or one changed since), before the token is
-// sent.
+// the daemon. Over plain HTTP, each connection the client opens later
+// proves it again before the token goes over it (see provingClient). A
+// token given explicitly (Token, TokenFile or the environment) is sent to
+// a server that proves nothing, one older than proofs: the user vouches
+// for it. A daemon found through its state file that runs without a token
+// is given none. A server that proves it holds another token is refused
+// with ErrUnauthorized, naming where the token came from (a wrong token,
+// or one changed since), before the token is sent.
 func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 	named := true
 	server := firstOf(o.Server, os.Getenv(EnvServer))
@@ -232,6 +233,10 @@ func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 		if !hmac.Equal([]byte(h.Proof), []byte(HealthProof(token, h.Daemon, challenge))) {
 			return nil, fmt.Errorf("daemon at %s: %w", server, &Error{Status: http.StatusUnauthorized, Code: CodeUnauthorized,
 				Message: "the daemon does not hold " + from + " (a wrong token, or one changed since the daemon started), or the server is not the daemon; the token was not sent"})
+		}
+		// And each connection the token goes over proves it again.
+		if u, err := url.Parse(server); err == nil {
+			c.HTTP = provingClient(hc, u, token)
 		}
 		c.Token = token
 	case explicit && daemon == "":

@@ -377,3 +377,64 @@ func TestDiscoverWrongToken(t *testing.T) {
 		})
 	}
 }
+
+// TestDiscoverTokenOnlyOverProvedConnections checks that a client Discover
+// returns, kept through a daemon's death ("study run" polls its study
+// through a restart), does not send its token to whatever listens at the
+// daemon's address next, and that its calls go on once a daemon holding
+// the token listens there again.
+func TestDiscoverTokenOnlyOverProvedConnections(t *testing.T) {
+	t.Setenv(EnvServer, "")
+	t.Setenv(EnvToken, "")
+	t.Setenv(EnvTokenFile, "")
+	t.Setenv(EnvCAFile, "")
+	d := newDaemon(t, daemonOpts{noRunner: true})
+	seedStudy(t, d.store)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	serve := func(ln net.Listener, h http.Handler) *http.Server {
+		hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
+		go hs.Serve(ln)
+		t.Cleanup(func() { hs.Close() })
+		return hs
+	}
+	relisten := func() net.Listener {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Skipf("cannot listen again on %s: %v", addr, err)
+		}
+		return ln
+	}
+	daemon := serve(ln, d.srv)
+	c, err := Discover(context.Background(), DiscoverOptions{Server: "http://" + addr, Token: testToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Studies(context.Background()); err != nil {
+		t.Fatalf("Studies through the daemon: %v", err)
+	}
+
+	daemon.Close() // the daemon dies, and another server takes its address
+	var sawToken atomic.Bool
+	squatter := serve(relisten(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			sawToken.Store(true)
+		}
+		writeJSON(w, http.StatusOK, Health{Status: "ok", Service: "justrunit", Daemon: "d1"})
+	}))
+	if _, err := c.Study(context.Background(), "s1"); err == nil {
+		t.Error("Study through the server that took the dead daemon's address succeeded")
+	}
+	if sawToken.Load() {
+		t.Error("the server that took the dead daemon's address got the token")
+	}
+
+	squatter.Close() // a daemon with the token listens there again
+	serve(relisten(), d.srv)
+	if _, err := c.Studies(context.Background()); err != nil {
+		t.Errorf("Studies through the restarted daemon: %v", err)
+	}
+}
