@@ -2,18 +2,11 @@ package api
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -23,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/justrunit/justrunit/internal/testutil"
 )
 
 func TestLocalURL(t *testing.T) {
@@ -70,7 +65,7 @@ func TestDiscoverTLS(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			cert, caFile := testCert(t, dir, tt.dns, tt.ips)
+			cert, caFile, _ := testutil.SelfSigned(t, dir, tt.dns, tt.ips)
 			ln, err := net.Listen("tcp", tt.listen)
 			if err != nil {
 				t.Skipf("cannot listen on %s here: %v", tt.listen, err)
@@ -95,33 +90,6 @@ func TestDiscoverTLS(t *testing.T) {
 			}
 		})
 	}
-}
-
-// testCert returns a self-signed certificate for dns and ips and the file
-// holding it (PEM).
-func testCert(t *testing.T, dir string, dns []string, ips []net.IP) (tls.Certificate, string) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "justrunit test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		DNSNames: dns, IPAddresses: ips, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(dir, "cert.pem")
-	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k, Leaf: leaf}, file
 }
 
 // TestHealthProof checks GET /healthz's answer to a challenge: the proof

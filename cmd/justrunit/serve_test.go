@@ -2,19 +2,12 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -29,6 +22,7 @@ import (
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/api"
 	"github.com/justrunit/justrunit/internal/metrics"
+	"github.com/justrunit/justrunit/internal/testutil"
 	"github.com/justrunit/justrunit/site"
 	"github.com/justrunit/justrunit/store/sqlite"
 )
@@ -208,7 +202,7 @@ func TestServeTLS(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			cert, key := selfSigned(t, dir, tt.dns, tt.ips)
+			_, cert, key := testutil.SelfSigned(t, dir, tt.dns, tt.ips)
 			st, stop := startServe(t, dir, "--addr", tt.addr, "--tls-cert", cert, "--tls-key", key)
 			if !strings.HasPrefix(st.URL, "https://127.0.0.1:") {
 				t.Fatalf("daemon URL %s, want https on 127.0.0.1", st.URL)
@@ -233,28 +227,6 @@ func TestServeTLS(t *testing.T) {
 			}
 		})
 	}
-}
-
-// selfSigned writes a certificate for dns and ips and its key under dir.
-func selfSigned(t *testing.T, dir string, dns []string, ips []net.IP) (certFile, keyFile string) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "justrunit test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		DNSNames: dns, IPAddresses: ips, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, _ := x509.MarshalECPrivateKey(k)
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
-	return certFile, keyFile
 }
 
 // stubSite stands in for the site runtime (the real one needs root and the
