@@ -364,8 +364,9 @@ func (p *Platform) Scope() string { return p.scope }
 func (p *Platform) CgroupVersion() string { return p.cg.String() }
 
 // Close destroys every instance and clone the platform started and releases
-// its lock, once the instances and clones being started are started; Launch
-// and Clone fail from then on.
+// its lock. A Launch or Clone under way is destroyed as Destroy does it: it
+// fails at its next step, once it has removed what it had made, and Close
+// waits for that. Launch and Clone fail from then on.
 // It is idempotent.
 func (p *Platform) Close() error {
 	p.mu.Lock()
@@ -374,10 +375,20 @@ func (p *Platform) Close() error {
 		return nil
 	}
 	p.closed = true
+	// Rather than wait for a clone to be whole only to destroy it (a
+	// whole pre-copy, a dump with its original frozen, the wait for it
+	// to listen).
+	for _, in := range p.insts {
+		if !in.isReady() {
+			in.destroying = true
+			if in.stopStart != nil {
+				in.stopStart()
+			}
+		}
+	}
 	p.mu.Unlock()
-	// An instance or clone being started is in p.insts before it is
-	// whole: once it is (or has failed and been forgotten), it is
-	// destroyed below.
+	// An instance or clone being started is in p.insts until its starter
+	// has forgotten it; what it could not remove is destroyed below.
 	p.starting.Wait()
 	p.mu.Lock()
 	ids := make([]string, 0, len(p.insts))
