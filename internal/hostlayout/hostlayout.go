@@ -4,9 +4,11 @@
 package hostlayout
 
 import (
+	"bufio"
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -134,4 +136,31 @@ func ParseCPUList(s string) ([]int, error) {
 		return nil, fmt.Errorf("empty CPU list")
 	}
 	return out, nil
+}
+
+// MachineFreqGHz returns the reference clock of this machine's first CPU:
+// its highest (cpufreq's cpuinfo_max_freq), which does not move with the
+// governor, else the clock /proc/cpuinfo reports (where nothing scales
+// it, as in most virtual machines), else def. root is "/" but in tests.
+func MachineFreqGHz(root string, def float64) float64 {
+	if b, err := os.ReadFile(filepath.Join(root, "sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")); err == nil {
+		if khz, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64); err == nil && khz > 0 {
+			return math.Round(khz/1e4) / 100
+		}
+	}
+	f, err := os.Open(filepath.Join(root, "proc/cpuinfo"))
+	if err != nil {
+		return def
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == "cpu MHz" {
+			if mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil && mhz > 0 {
+				return math.Round(mhz/10) / 100
+			}
+		}
+	}
+	return def
 }

@@ -1,12 +1,8 @@
 package local
 
 import (
-	"bufio"
 	"fmt"
 	"math"
-	"os"
-	"strconv"
-	"strings"
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/internal/hostlayout"
@@ -44,23 +40,4 @@ func layoutHosts(cfg []HostConfig, cpus []int) ([]*HostConfig, error) {
 		return nil, fmt.Errorf("local platform: %w", err)
 	}
 	return hs, nil
-}
-
-// machineFreqGHz reads the clock of this machine's first CPU.
-func machineFreqGHz() float64 {
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return DefaultRefFreqGHz
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if ok && strings.TrimSpace(k) == "cpu MHz" {
-			if mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil && mhz > 0 {
-				return math.Round(mhz/10) / 100
-			}
-		}
-	}
-	return DefaultRefFreqGHz
 }

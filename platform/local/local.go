@@ -75,7 +75,7 @@ const (
 	// DefaultKillTimeout bounds how long Destroy waits for processes to die.
 	DefaultKillTimeout = 5 * time.Second
 	// DefaultRefFreqGHz is the reference frequency of a host class when
-	// /proc/cpuinfo does not tell.
+	// neither cpufreq nor /proc/cpuinfo tells.
 	DefaultRefFreqGHz = 2.0
 )
 
@@ -307,7 +307,7 @@ func New(cfg Config) (*Platform, error) {
 		log:       cfg.Logger,
 		cg:        v,
 		scope:     Scope(sd),
-		refFreq:   machineFreqGHz(),
+		refFreq:   hostlayout.MachineFreqGHz("/", DefaultRefFreqGHz),
 		insts:     map[string]*inst{},
 		destroyed: map[string]bool{},
 	}

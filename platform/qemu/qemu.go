@@ -51,8 +51,6 @@ import (
 	"regexp"
 	"runtime"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -111,7 +109,7 @@ const (
 	// default.
 	DefaultMaxBandwidth = 8 << 30
 	// DefaultRefFreqGHz is the frequency freq is emulated relative to when
-	// /proc/cpuinfo does not tell.
+	// neither cpufreq nor /proc/cpuinfo tells (hostlayout.MachineFreqGHz).
 	DefaultRefFreqGHz = 2.0
 )
 
@@ -318,7 +316,7 @@ func New(o Options) (*Platform, error) {
 		lock.Close()
 		return nil, fmt.Errorf("qemu platform: state directory %s is in use by another process: %w", o.StateDir, justrunit.ErrExists)
 	}
-	p := &Platform{o: o, log: o.Logger, accel: accel, lock: lock, stopCopy: stopCopy, cg: v, refFreq: machineFreqGHz(), busybox: bb,
+	p := &Platform{o: o, log: o.Logger, accel: accel, lock: lock, stopCopy: stopCopy, cg: v, refFreq: hostlayout.MachineFreqGHz("/", DefaultRefFreqGHz), busybox: bb,
 		hosts: hosts, vms: map[string]*vm{}, usedHP: map[int]bool{},
 		scope: fmt.Sprintf("%s/%x", cgroupRoot, sha256.Sum256([]byte(o.StateDir)))[:len(cgroupRoot)+1+12]}
 	p.opsCtx, p.cancelOps = context.WithCancel(context.Background())
@@ -467,21 +465,6 @@ func layoutHosts(cfg []HostConfig, cpus []int) ([]*HostConfig, error) {
 }
 
 func onlineCPUs() []int { return hostlayout.OnlineCPUs() }
-
-func machineFreqGHz() float64 {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return DefaultRefFreqGHz
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "cpu MHz" {
-			if mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil && mhz > 0 {
-				return mhz / 1000
-			}
-		}
-	}
-	return DefaultRefFreqGHz
-}
 
 // errExited reports an operation on a VM whose QEMU has exited.
 var errExited = errors.New("qemu process has exited")
