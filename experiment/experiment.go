@@ -52,6 +52,9 @@ type Replay interface {
 	// the clone's network by the platform (see
 	// justrunit.CloneOptions.Answer); it owns ln once it returns nil.
 	ServeCloneOn(name string, ln net.Listener) error
+	// Attach says the clone gets copies of the live traffic from now on:
+	// it is answered from the on-line calls made from now.
+	Attach(name string) error
 	// StopClone stops answering the clone's calls.
 	StopClone(name string) error
 	// ReplayStats returns the clone's match statistics so far, and ends
@@ -315,6 +318,13 @@ func (r *Runner) open(ctx context.Context, h ClassHost) (*slot, error) {
 		where, u.Host = c.Network, internalHost(r.cfg.Target.Addr)
 	}
 	r.log.Info("clone made", "clone", c.ID, "host", h.Host.Name, "mode", c.Mode, "pause", c.Pause, "took", time.Since(start).Round(time.Millisecond), "endpoint", where)
+	// The out-proxy answers the clone from the on-line calls made from
+	// the moment it gets copies: not those made while it was cloned.
+	if s.reply {
+		if err := r.cfg.Replay.Attach(name); err != nil {
+			return s, fmt.Errorf("out-proxy for %s: %w", name, err)
+		}
+	}
 	if err := r.cfg.Feed.AddCloneDial(ctx, name, u, c.Dial, c.Network); err != nil {
 		return s, fmt.Errorf("attach %s to the in-proxy: %w", name, err)
 	}

@@ -107,6 +107,7 @@ type phaseReplay struct {
 
 func (r *phaseReplay) ServeClone(context.Context, string) (string, error) { return "127.0.0.1:2", nil }
 func (r *phaseReplay) StopClone(string) error                             { return nil }
+func (r *phaseReplay) Attach(string) error                                { return nil }
 func (r *phaseReplay) ServeCloneOn(_ string, ln net.Listener) error       { return ln.Close() }
 
 func (r *phaseReplay) ReplayStats(name string, reset bool) (httpproxy.ReplayStats, error) {

@@ -157,9 +157,10 @@ type cloneEndpoint struct {
 	// served again under the same name starts afresh, whatever calls to
 	// the one before are still under way.
 	consumer string
-	// since is when the endpoint was made: on-line calls that started
-	// before it are not its clone's (see Record.take).
-	since          time.Time
+	// since, unix ns, is when the endpoint was made or, later, its clone
+	// attached (Attach): on-line calls that started before it are not its
+	// clone's (see Record.take).
+	since          atomic.Int64
 	srv            *server           // nil when the caller serves CloneHandler
 	calls          callCounts        // over the clone's window (ReplayStats)
 	proxyCalls     *callCounts       // over the proxy's (OutStats)
@@ -208,7 +209,7 @@ func (ep *cloneEndpoint) take(rec *Record, key string) (ex *Exchange, ok bool, c
 	if ep.stopped {
 		return nil, false, nil, false
 	}
-	ex, ok, changed = rec.take(ep.consumer, key, ep.since)
+	ex, ok, changed = rec.take(ep.consumer, key, time.Unix(0, ep.since.Load()))
 	return ex, ok, changed, true
 }
 
@@ -339,8 +340,8 @@ func (p *OutProxy) Record() *Record { return p.rec }
 // the record on its own and has its own counters (ReplayStats), so one
 // out-proxy can serve several clones (at most MaxConsumers). A clone is
 // answered from the on-line calls that started after its name was first
-// served (here or by ServeClone or ServeCloneOn): serve it before the
-// in-proxy copies requests to it; the calls before are not its clone's.
+// served (here or by ServeClone or ServeCloneOn) or, once Attach is
+// called, after that: the calls before are not its clone's.
 func (p *OutProxy) CloneHandler(name string) http.Handler {
 	p.mu.Lock()
 	ep := p.endpointLocked(name)
@@ -359,12 +360,12 @@ func (p *OutProxy) endpointLocked(name string) *cloneEndpoint {
 		ep = &cloneEndpoint{
 			name:       name,
 			consumer:   name + "#" + strconv.FormatUint(p.endpoints, 10),
-			since:      time.Now(),
 			replayed:   measure.NewRecorder(),
 			stopping:   make(chan struct{}),
 			proxyCalls: &p.calls,
 		}
 		ep.from.Store(time.Now().UnixNano())
+		ep.since.Store(time.Now().UnixNano())
 		p.clones[name] = ep
 	}
 	return ep
@@ -468,6 +469,23 @@ func (p *OutProxy) serveCloneLocked(name string, ln net.Listener) error {
 	}
 	ep.srv = serveOn(ln, p.cloneHandler(ep), p.log)
 	p.log.Info("serving clone", logKeyClone, name, logKeyAddr, ln.Addr().String())
+	return nil
+}
+
+// Attach tells the proxy that the clone called name gets copies of the
+// live traffic from now on (its in-proxy attaches it): it is answered from
+// the on-line calls that start from now, not from those made while it was
+// being made, which are not its own (taking them, it would run behind the
+// on-line instance by as many, for good). It returns an error wrapping
+// justrunit.ErrNotFound for a name not served.
+func (p *OutProxy) Attach(name string) error {
+	p.mu.Lock()
+	ep := p.clones[name]
+	p.mu.Unlock()
+	if ep == nil {
+		return fmt.Errorf("attach clone %s: %w", name, justrunit.ErrNotFound)
+	}
+	ep.since.Store(time.Now().UnixNano())
 	return nil
 }
 

@@ -834,3 +834,29 @@ func TestOutProxyWindows(t *testing.T) {
 		t.Errorf("clone b's window after the proxy's Reset = %+v, %v; want its call still counted", rs, err)
 	}
 }
+
+// TestOutProxyAttach checks that a clone attached after it was served is
+// answered from the on-line calls made since it was attached, not from
+// those made while it was being made.
+func TestOutProxyAttach(t *testing.T) {
+	nt := newNextTier(t, 0)
+	p, online, _ := startOut(t, OutConfig{Upstream: nt.URL, MatchWait: -1})
+	c := testClient()
+	a, err := p.ServeClone(context.Background(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := do(t, c, "GET", online+"/counter", "") // while the clone is made
+	waitFor(t, 5*time.Second, "recorded", func() bool { return p.Stats().Recorded == 1 })
+	if err := p.Attach("a"); err != nil {
+		t.Fatal(err)
+	}
+	after := do(t, c, "GET", online+"/counter", "")
+	waitFor(t, 5*time.Second, "recorded", func() bool { return p.Stats().Recorded == 2 })
+	if got := do(t, c, "GET", "http://"+a+"/counter", ""); got.body != after.body || got.body == before.body {
+		t.Errorf("attached clone got %q, want the call made since it was attached %q (not %q)", got.body, after.body, before.body)
+	}
+	if err := p.Attach("nobody"); !errors.Is(err, justrunit.ErrNotFound) {
+		t.Errorf("Attach(unknown) = %v, want ErrNotFound", err)
+	}
+}
