@@ -135,17 +135,25 @@ func NewRecord(window time.Duration, maxBytes int64) *Record {
 	}
 }
 
-// Add records e. An exchange larger than the whole record is not kept and
-// Add reports false.
+// Add records e. An exchange larger than the whole record (with its key's
+// queue) is not kept and Add reports false.
 func (r *Record) Add(e *Exchange) bool {
 	sz := e.size()
-	if sz > r.maxBytes {
+	if sz+keyOverhead > r.maxBytes {
 		return false
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.evictLocked(time.Now())
-	for r.bytes+sz > r.maxBytes && r.head < len(r.order) {
+	// e's size, and its key's queue's where it has none yet (evicting may
+	// remove the one it has).
+	need := func() int64 {
+		if r.byKey[e.Key] == nil {
+			return sz + keyOverhead
+		}
+		return sz
+	}
+	for r.bytes+need() > r.maxBytes && r.head < len(r.order) {
 		r.dropOldestLocked()
 	}
 	en := &entry{ex: e, size: sz}

@@ -218,3 +218,17 @@ func TestRecordMemory(t *testing.T) {
 		})
 	}
 }
+
+// TestRecordNeverAboveBound: the record's estimate never passes its bound,
+// counting a new key's queue with the exchange that makes it.
+func TestRecordNeverAboveBound(t *testing.T) {
+	for _, body := range []int{1, 500, 700, 941, 1000} {
+		r := NewRecord(time.Minute, 1000)
+		for i := range 5 {
+			r.Add(ex(fmt.Sprint("k", i), time.Now(), string(make([]byte, body))))
+			if st := r.Stats(); st.Bytes > st.MaxBytes {
+				t.Fatalf("%d-byte bodies, after %d: %d bytes held, above the bound of %d", body, i+1, st.Bytes, st.MaxBytes)
+			}
+		}
+	}
+}
