@@ -503,8 +503,13 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 	}
 	// A plan cut between its steps leaves the site as no plan meant it:
 	// once started, it runs to its end even when the manager is stopped.
+	// Counted as applying before the last look at ctx: a stop that comes
+	// after that look finds the plan counted, and waits for it (Applying).
 	m.applying.Add(1)
 	defer m.applying.Add(-1)
+	if err := ctx.Err(); err != nil {
+		return err // stopped: no plan starts
+	}
 	if done, err := m.cfg.Site.ApplyPlan(context.WithoutCancel(ctx), plan, planner.State(hosts, insts)); err != nil {
 		return fmt.Errorf("apply the plan (%d of %d steps done): %w", len(done), len(plan.Steps), err)
 	}

@@ -59,7 +59,9 @@ type daemonSite struct {
 	Planner api.Planner
 	// Stop, when set, stops what acts on the site on its own (the
 	// manager), and returns once it has or with an error when ctx ends
-	// first. Shutdown calls it with the daemon's studies (stopServing).
+	// first, unless it is applying a plan to the on-line instances, which
+	// it waits for to its end. Shutdown calls it with the daemon's studies
+	// (stopServing).
 	Stop func(ctx context.Context) error
 	// Close stops the site runtime (proxies, instances it launched).
 	Close func() error

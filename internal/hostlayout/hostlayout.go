@@ -139,11 +139,17 @@ func ParseCPUList(s string) ([]int, error) {
 }
 
 // MachineFreqGHz returns the reference clock of this machine's first CPU:
-// its highest (cpufreq's cpuinfo_max_freq), which does not move with the
-// governor, else the clock /proc/cpuinfo reports (where nothing scales
+// its nominal clock (cpufreq's base_frequency) or else its highest
+// (cpuinfo_max_freq), which do not move with the governor, else the clock /proc/cpuinfo reports (where nothing scales
 // it, as in most virtual machines), else def. root is "/" but in tests.
 func MachineFreqGHz(root string, def float64) float64 {
-	if b, err := os.ReadFile(filepath.Join(root, "sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")); err == nil {
+	// base_frequency (intel_pstate) is the nominal clock; on CPUs that
+	// boost, cpuinfo_max_freq is the one-core turbo clock, above it.
+	for _, f := range []string{"base_frequency", "cpuinfo_max_freq"} {
+		b, err := os.ReadFile(filepath.Join(root, "sys/devices/system/cpu/cpu0/cpufreq", f))
+		if err != nil {
+			continue
+		}
 		if khz, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64); err == nil && khz > 0 {
 			return math.Round(khz/1e4) / 100
 		}

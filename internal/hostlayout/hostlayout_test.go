@@ -23,6 +23,10 @@ func TestMachineFreqGHz(t *testing.T) {
 	scaled := t.TempDir()
 	write(scaled, "proc/cpuinfo", cpuinfo)
 	write(scaled, "sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq", "3000000\n")
+	boosting := t.TempDir()
+	write(boosting, "proc/cpuinfo", cpuinfo)
+	write(boosting, "sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq", "4700000\n")
+	write(boosting, "sys/devices/system/cpu/cpu0/cpufreq/base_frequency", "2600000\n")
 	unscaled := t.TempDir()
 	write(unscaled, "proc/cpuinfo", cpuinfo)
 	for _, tt := range []struct {
@@ -30,6 +34,7 @@ func TestMachineFreqGHz(t *testing.T) {
 		want       float64
 	}{
 		{"cpufreq", scaled, 3.0},
+		{"cpufreq, nominal below turbo", boosting, 2.6},
 		{"cpuinfo alone", unscaled, 0.8},
 		{"neither", t.TempDir(), 2},
 	} {
