@@ -396,16 +396,17 @@ func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 		}
 		stopped = time.Now()
 	}
-	if err := sourceCmd(ctx, func(ctx context.Context) error { return old.qmp.Migrate(ctx, "unix:"+sock) }); err != nil {
-		return abort(err)
-	}
 	// Once started, the migration is seen to its end (within
 	// migrateTimeout) whatever becomes of ctx: cancelled as it completes,
 	// it could not be undone (the destination holds the disk and may be
 	// running), and undoing it at other moments gains little.
-	wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), migrateTimeout)
-	info, err := old.qmp.WaitMigration(wctx, time.Millisecond, "completed")
-	wcancel()
+	var info qmp.MigrationInfo
+	err = sourceCmd(ctx, func(ctx context.Context) error { return old.qmp.Migrate(ctx, "unix:"+sock) })
+	if err == nil {
+		wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), migrateTimeout)
+		info, err = old.qmp.WaitMigration(wctx, time.Millisecond, "completed")
+		wcancel()
+	}
 	if err != nil {
 		// One that completed all the same as it was cut has switched
 		// over: the destination runs on the disk, and resuming the
