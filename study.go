@@ -151,6 +151,9 @@ const (
 	StudyInterrupted StudyState = "interrupted"
 )
 
+// StudyStates lists every study state, in the order of a study's life.
+var StudyStates = []StudyState{StudyPending, StudyRunning, StudyDone, StudyFailed, StudyCancelled, StudyInterrupted}
+
 // Study is one JustRunIt run: a target, a space, a time bound, metrics and
 // optionally an SLA. It produces a matrix.
 type Study struct {

@@ -272,6 +272,29 @@ func TestEvents(t *testing.T) {
 	if code != 200 || json.Unmarshal(body, &newest) != nil || len(newest) != 3 || newest[0].ID != all[1].ID || newest[2].ID != all[3].ID {
 		t.Errorf("newest 3 = %d %s, want events %d..%d", code, body, all[1].ID, all[3].ID)
 	}
+	// The client asks for the newest too.
+	if got, err := c.Events(ctx, justrunit.EventFilter{Limit: 2, Newest: true}); err != nil || len(got) != 2 || got[0].ID != all[2].ID || got[1].ID != all[3].ID {
+		t.Errorf("client's newest 2 = %+v, %v; want events %d and %d", got, err, all[2].ID, all[3].ID)
+	}
+	if got, err := c.Events(ctx, justrunit.EventFilter{Newest: true}); err != nil || len(got) != 4 {
+		t.Errorf("client's newest of all = %d, %v; want all 4", len(got), err)
+	}
+}
+
+// TestListStudiesByState: GET /studies?state= keeps the studies in that
+// state, and refuses a state that is none, naming the field.
+func TestListStudiesByState(t *testing.T) {
+	d := newDaemon(t, daemonOpts{noRunner: true})
+	st, _ := seedStudy(t, d.store)
+	var got []justrunit.Study
+	code, body := d.call("GET", Prefix+"/studies?state="+string(st.State), testToken, nil)
+	if code != 200 || json.Unmarshal(body, &got) != nil || len(got) != 1 {
+		t.Errorf("studies in state %s = %d %s, want the one", st.State, code, body)
+	}
+	code, body = d.call("GET", Prefix+"/studies?state=runing", testToken, nil)
+	if e := decodeError(t, body); code != 400 || e.Field != "state" || !strings.Contains(e.Message, "running") {
+		t.Errorf("studies?state=runing = %d %s, want 400 naming state and the states there are", code, body)
+	}
 }
 
 // TestEventStreamResumes checks that a reconnecting EventSource, which

@@ -261,6 +261,9 @@ func (c *Client) Events(ctx context.Context, f justrunit.EventFilter) ([]justrun
 		if f.AfterID > 0 {
 			q.Set("after", strconv.FormatInt(f.AfterID, 10))
 		}
+		if f.Newest && !all { // all of them are the newest too
+			q.Set("newest", "true")
+		}
 		q.Set("limit", strconv.Itoa(f.Limit))
 		var page []justrunit.Event
 		if err := c.do(ctx, http.MethodGet, Prefix+"/events?"+q.Encode(), nil, &page); err != nil {

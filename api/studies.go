@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -120,6 +121,10 @@ type StudyExport struct {
 }
 
 func (s *Server) handleListStudies(w http.ResponseWriter, r *http.Request) {
+	if st := r.URL.Query().Get("state"); st != "" && !slices.Contains(justrunit.StudyStates, justrunit.StudyState(st)) {
+		s.writeError(w, r, justrunit.Invalid("state", st, "want one of %v", justrunit.StudyStates))
+		return
+	}
 	studies, err := s.cfg.Store.Studies(r.Context())
 	if err != nil {
 		s.writeError(w, r, err)
