@@ -674,3 +674,27 @@ func TestApplyOutlivesCaller(t *testing.T) {
 		t.Fatal("the apply never finished")
 	}
 }
+
+// TestCancelNotOurs: a running study this daemon's runner does not run is
+// refused with 409, saying whose it is: another process's, or, with this
+// daemon's owner, the manager's.
+func TestCancelNotOurs(t *testing.T) {
+	d := newDaemon(t, daemonOpts{})
+	ctx := context.Background()
+	for _, tt := range []struct {
+		owner, want string
+	}{
+		{"other-host/123", "another process"},
+		{d.runner.Owner(), "the manager's"},
+	} {
+		st, _ := seedStudy(t, d.store)
+		st.State, st.Owner = justrunit.StudyRunning, tt.owner
+		if err := d.store.UpdateStudy(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+		code, body := d.call("POST", Prefix+"/studies/"+st.ID+"/cancel", testToken, nil)
+		if code != 409 || !strings.Contains(string(body), tt.want) {
+			t.Errorf("cancel a running study owned by %s = %d %s, want 409 saying %q", tt.owner, code, body, tt.want)
+		}
+	}
+}

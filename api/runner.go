@@ -259,6 +259,10 @@ func (r *EngineRunner) run(ctx context.Context, st *justrunit.Study, strat justr
 }
 
 // ended reports whether a study in state s has ended.
+// Owner is the owner the runner stores its studies under (see
+// EngineRunnerConfig.Owner).
+func (r *EngineRunner) Owner() string { return r.cfg.Owner }
+
 func ended(s justrunit.StudyState) bool {
 	return s != justrunit.StudyPending && s != justrunit.StudyRunning
 }

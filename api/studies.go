@@ -267,6 +267,11 @@ func (s *Server) handleCancelStudy(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, justrunit.ErrNotFound) {
 			err = &Error{Status: http.StatusConflict, Code: CodeConflict,
 				Message: fmt.Sprintf("study %s is %s in another process (%s), not in this daemon; stop that process to cancel it", st.ID, st.State, st.Owner)}
+			if o, ok := s.cfg.Runner.(interface{ Owner() string }); ok && st.Owner != "" && st.Owner == o.Owner() {
+				// This process's, but not posted to it: the manager's.
+				err = &Error{Status: http.StatusConflict, Code: CodeConflict,
+					Message: fmt.Sprintf("study %s is the manager's (this daemon runs it as part of its response to an SLA violation), not one posted to the daemon: it ends with that response, or when the daemon stops", st.ID)}
+			}
 			if now, gerr := s.cfg.Store.Study(r.Context(), st.ID); gerr == nil && now.State != justrunit.StudyPending && now.State != justrunit.StudyRunning {
 				// It ended between the read above and the cancel.
 				err = &Error{Status: http.StatusConflict, Code: CodeConflict,
