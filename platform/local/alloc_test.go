@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -303,5 +304,68 @@ func TestCloneAndGrowDoNotOvercommit(t *testing.T) {
 		if err := p.Destroy(ctx, id); err != nil {
 			t.Errorf("Destroy(%s) error: %v", id, err)
 		}
+	}
+}
+
+// TestChangeWhileStarting: SetAllocation and Migrate refuse an instance
+// whose Launch, or a clone whose Clone, is under way, naming it and saying
+// it is still starting, as Clone refuses such an original; the allocation
+// the clone was asked with is the one it gets, and once whole it changes.
+func TestChangeWhileStarting(t *testing.T) {
+	p := newPlatform(t, coldClones)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	changes := func(id, host string) []error {
+		return []error{
+			p.SetAllocation(ctx, id, justrunit.Allocation{CPU: 30}),
+			p.Migrate(ctx, id, host),
+		}
+	}
+	check := func(id string, errs []error) {
+		t.Helper()
+		for i, err := range errs {
+			op := []string{"SetAllocation", "Migrate"}[i]
+			if err == nil || !strings.Contains(err.Error(), id) || !strings.Contains(err.Error(), "still starting") {
+				t.Errorf("%s(%s) while it starts = %v, want an error naming it, saying it is still starting", op, id, err)
+			}
+		}
+	}
+
+	var launchErrs []error
+	testHookStarting = func(in *inst) {
+		if in.ID == "young" {
+			launchErrs = changes(in.ID, "pm2")
+		}
+	}
+	t.Cleanup(func() { testHookStarting = nil })
+	launchServer(t, p, serverOpts{id: "young", host: "pm1"})
+	testHookStarting = nil
+	check("young", launchErrs)
+
+	// A clone's cgroup and process exist while it is waited for.
+	var cid string
+	var cloneErrs []error
+	testHookCloneStarted = func(in *inst) {
+		cid, cloneErrs = in.ID, changes(in.ID, "sandbox")
+	}
+	t.Cleanup(func() { testHookCloneStarted = nil })
+	asked := justrunit.Allocation{CPU: 20}
+	cl, err := p.Clone(ctx, "young", "sandbox", justrunit.CloneOptions{Alloc: asked})
+	testHookCloneStarted = nil
+	if err != nil {
+		t.Fatalf("Clone() error: %v", err)
+	}
+	check(cid, cloneErrs)
+	if cl.Alloc != asked {
+		t.Errorf("clone's allocation = %v, want %v, the one it was asked with", cl.Alloc, asked)
+	}
+	if got := quotaShare(t, p, cl.ID); math.Abs(got-asked.CPU) > 0.5 {
+		t.Errorf("clone's CPU quota = %g%%, want %g%%", got, asked.CPU)
+	}
+	if err := p.SetAllocation(ctx, cl.ID, justrunit.Allocation{CPU: 30}); err != nil {
+		t.Errorf("SetAllocation(%s) once whole = %v, want nil", cl.ID, err)
+	}
+	if err := p.Migrate(ctx, "young", "pm2"); err != nil {
+		t.Errorf("Migrate(young, pm2) once whole = %v, want nil", err)
 	}
 }

@@ -907,8 +907,9 @@ func (p *Platform) hostOf(in *inst) *HostConfig {
 var testHookApplying func(id string)
 
 // lockChange returns instance id with its change lock (inst.changing) held;
-// the caller unlocks it. Under p.mu, the caller then checks that the
-// instance is still p.insts[id]: it may have been destroyed meanwhile.
+// the caller unlocks it. Under p.mu, the caller then checks with
+// changeable that the instance is still p.insts[id] (it may have been
+// destroyed meanwhile) and whole.
 func (p *Platform) lockChange(id string) (*inst, error) {
 	p.mu.Lock()
 	in, ok := p.insts[id]
@@ -920,11 +921,37 @@ func (p *Platform) lockChange(id string) (*inst, error) {
 	return in, nil
 }
 
+// changeable says why SetAllocation or Migrate cannot change in, the
+// instance they looked up as id, or nil. An instance still starting is
+// refused, as Clone refuses it as an original: until its Launch or Clone
+// has returned, its cgroup and its Alloc and Host are its starter's to
+// make (or to remove, when it fails), and a change would reach a cgroup
+// about to be made or deleted, or give the clone another allocation than
+// the one it was asked with. The caller holds p.mu.
+func (p *Platform) changeable(in *inst, id string) error {
+	switch {
+	case p.insts[id] != in:
+		return fmt.Errorf("instance %q: %w", id, justrunit.ErrNotFound)
+	case !in.isReady():
+		return justrunit.Invalid("id", id, "is still starting; change it once its %s has returned", starter(in))
+	}
+	return nil
+}
+
+// starter names the call that starts in: Launch, or Clone for a clone.
+func starter(in *inst) string {
+	if in.Origin != "" {
+		return "Clone"
+	}
+	return "Launch"
+}
+
 // SetAllocation changes the CPU share, emulated frequency and memory limit
 // of an instance or clone. A share above the room left on the host is an
 // error naming the field "cpu"; the room is checked and the new share
 // booked in one step, so concurrent changes, launches and clones cannot
-// together overcommit the host.
+// together overcommit the host. An instance or clone still starting is
+// refused (ErrInvalid) until its Launch or Clone has returned.
 func (p *Platform) SetAllocation(ctx context.Context, id string, a justrunit.Allocation) error {
 	in, err := p.lockChange(id)
 	if err != nil {
@@ -932,9 +959,9 @@ func (p *Platform) SetAllocation(ctx context.Context, id string, a justrunit.All
 	}
 	defer in.changing.Unlock()
 	p.mu.Lock()
-	if p.insts[id] != in {
+	if err := p.changeable(in, id); err != nil {
 		p.mu.Unlock()
-		return fmt.Errorf("set allocation: instance %q: %w", id, justrunit.ErrNotFound)
+		return fmt.Errorf("set allocation: %w", err)
 	}
 	h := *p.host(in.Host)
 	if err := p.checkAlloc(a, &h); err != nil {
@@ -1012,7 +1039,8 @@ func (p *Platform) Usage(ctx context.Context, id string) (justrunit.Usage, error
 // bandwidth. The target must be on, of the same kind (sandbox or not) and
 // have room for the instance's CPU share; the share is booked on the
 // target when the room is checked and stays booked on the source until
-// the move lands.
+// the move lands. An instance or clone still starting is refused
+// (ErrInvalid) until its Launch or Clone has returned.
 func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 	in, err := p.lockChange(id)
 	if err != nil {
@@ -1020,9 +1048,9 @@ func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 	}
 	defer in.changing.Unlock()
 	p.mu.Lock()
-	if p.insts[id] != in {
+	if err := p.changeable(in, id); err != nil {
 		p.mu.Unlock()
-		return fmt.Errorf("migrate: instance %q: %w", id, justrunit.ErrNotFound)
+		return fmt.Errorf("migrate: %w", err)
 	}
 	h := p.host(host)
 	switch {
