@@ -63,7 +63,9 @@ func CheckPassThrough(field string, methods []string) error {
 
 // OutConfig configures an OutProxy. Zero fields take the Default* values.
 type OutConfig struct {
-	// Upstream is the real next tier.
+	// Upstream is the real next tier: scheme, host and port, no path (the
+	// on-line instance's calls are forwarded unchanged, path included, and
+	// a clone's passed-through calls go where they would).
 	Upstream *url.URL
 	// Masks hide values that differ between the on-line instance's calls
 	// and a clone's (timestamps, generated ids, session tokens) when
@@ -281,6 +283,11 @@ func NewOutProxy(cfg OutConfig) (*OutProxy, error) {
 	}
 	if _, err := ParseUpstream("upstream", cfg.Upstream.String()); err != nil {
 		return nil, err
+	}
+	if path := cfg.Upstream.EscapedPath(); path != "" && path != "/" {
+		// A path would apply to the clones' passed-through calls only, so
+		// they would reach another resource than the on-line calls.
+		return nil, justrunit.Invalid("upstream", cfg.Upstream.String(), "must not have a path: the out-proxy forwards the on-line instance's calls unchanged, path included")
 	}
 	for _, l := range []struct {
 		field string

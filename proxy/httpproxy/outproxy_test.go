@@ -244,10 +244,27 @@ func TestOutProxyBadConfig(t *testing.T) {
 		{"bad upstream", OutConfig{Upstream: mustURL(t, "unix:///x")}},
 		{"fallback", OutConfig{Upstream: nt.URL, FallbackStatus: 42}},
 		{"pass-through write", OutConfig{Upstream: nt.URL, PassThrough: []string{"GET", "DELETE"}}},
+		{"upstream with a path", OutConfig{Upstream: nt.URL.JoinPath("api")}},
+		{"upstream with an escaped path", OutConfig{Upstream: mustURL(t, nt.URL.String()+"/%2F")}},
 	} {
 		if _, err := NewOutProxy(tt.cfg); !errors.Is(err, justrunit.ErrInvalid) {
 			t.Errorf("%s: NewOutProxy = %v, want ErrInvalid", tt.name, err)
 		}
+	}
+	// The on-line calls are forwarded byte for byte, their paths
+	// unchanged: a path in the next tier's URL would apply to the clones'
+	// passed-through calls only. It is refused, naming the field and why.
+	_, err := NewOutProxy(OutConfig{Upstream: nt.URL.JoinPath("api")})
+	if fe, ok := errors.AsType[*justrunit.FieldError](err); !ok || fe.Field != "upstream" || !strings.Contains(fe.Msg, "path") {
+		t.Errorf("NewOutProxy(upstream with a path) = %v, want a FieldError naming upstream and its path", err)
+	}
+	for _, u := range []string{nt.URL.String(), nt.URL.String() + "/"} {
+		p, err := NewOutProxy(OutConfig{Upstream: mustURL(t, u)})
+		if err != nil {
+			t.Errorf("NewOutProxy(upstream %s) = %v, want it accepted", u, err)
+			continue
+		}
+		p.Close()
 	}
 	t.Run("clone port in use", func(t *testing.T) {
 		p, err := NewOutProxy(OutConfig{Upstream: nt.URL})
