@@ -246,31 +246,43 @@ func (r *Record) takeLocked(consumer, key string, now, since time.Time) (*Exchan
 	return nil, false, r.changed
 }
 
-// Latest returns the most recent exchange with key that started within the
-// window, taken or not. The out-proxy answers a clone's read with it when
-// the clone asks before the on-line instance has made the same call (the
-// clone is faster than an overloaded on-line instance): a read's answer
-// does not depend on who consumed it.
+// Latest returns the most recent exchange with key, taken or not, if it
+// started within the window. The out-proxy answers a clone's read with it
+// when the clone asks before the on-line instance has made the same call
+// (the clone is faster than an overloaded on-line instance): a read's
+// answer does not depend on who consumed it.
 func (r *Record) Latest(key string) (*Exchange, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.evictLocked(time.Now())
+	now := time.Now()
+	r.evictLocked(now)
 	q := r.byKey[key]
 	if q == nil || len(q.entries) == 0 {
 		return nil, false
 	}
-	return q.entries[len(q.entries)-1].ex, true
+	// Eviction goes in the order exchanges were added, as they ended: one
+	// that started before the window can still be held behind a newer
+	// one. The queue is in start order, so when its last is out of the
+	// window, all are.
+	en := q.entries[len(q.entries)-1]
+	if en.ex.Start.Before(now.Add(-r.window)) {
+		return nil, false
+	}
+	return en.ex, true
 }
 
-// LatestRoute returns the exchange of route recorded last within the
-// window, taken or not, whatever its key. The out-proxy lets it stand in
-// for a clone's read that nothing recorded matches (StandIn).
+// LatestRoute returns the exchange of route recorded last, taken or not,
+// whatever its key, if it started within the window (else none, even if
+// one recorded before it, which ended sooner, started later). The
+// out-proxy lets it stand in for a clone's read that nothing recorded
+// matches (StandIn).
 func (r *Record) LatestRoute(route string) (*Exchange, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.evictLocked(time.Now())
+	now := time.Now()
+	r.evictLocked(now)
 	en := r.byRoute[route]
-	if en == nil {
+	if en == nil || en.ex.Start.Before(now.Add(-r.window)) { // held behind a newer one (see Latest)
 		return nil, false
 	}
 	return en.ex, true

@@ -232,3 +232,31 @@ func TestRecordNeverAboveBound(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordLatestWindow checks that Latest and LatestRoute answer only
+// with an exchange that started within the window, like Take, even when
+// it is still held: the record evicts in the order exchanges were added
+// (they are added as they end), so a long call added after a newer short
+// one outlives its window until the short one leaves.
+func TestRecordLatestWindow(t *testing.T) {
+	r := NewRecord(time.Second, 1<<20)
+	now := time.Now()
+	short := ex("GET /items/1", now, "short")
+	short.Route = "GET /items/*"
+	r.Add(short)
+	long := ex("GET /slow/1", now.Add(-2*time.Second), "long") // started before the window, ended now
+	long.Route = "GET /slow/*"
+	r.Add(long)
+	if e, ok := r.Latest("GET /slow/1"); ok {
+		t.Errorf("Latest of an exchange that started before the window = %s, want none", e.Body)
+	}
+	if e, ok := r.LatestRoute("GET /slow/*"); ok {
+		t.Errorf("LatestRoute of an exchange that started before the window = %s, want none", e.Body)
+	}
+	if e, ok := r.Latest("GET /items/1"); !ok || string(e.Body) != "short" {
+		t.Errorf("Latest(GET /items/1) = %v, %v; want the exchange in the window", e, ok)
+	}
+	if e, ok := r.LatestRoute("GET /items/*"); !ok || string(e.Body) != "short" {
+		t.Errorf("LatestRoute(GET /items/*) = %v, %v; want the exchange in the window", e, ok)
+	}
+}
