@@ -20,10 +20,12 @@ import (
 // Check tries on this machine what the local platform needs, the way the
 // platform does it: a platform with a state directory made under dir (so
 // that overlayfs is tried on the file system studies will use), a cgroup
-// with a CPU quota, a cpuset and a memory limit, frozen and thawed, and a
-// clone's network identity (namespace, veth pair, addresses, routes and
-// the nftables NAT rules). Everything it makes is removed before it
-// returns. Without root only the first checks run.
+// with a CPU quota, a cpuset and a memory limit, frozen and thawed, the
+// controllers that read an instance's CPU time and limit its memory (on
+// cgroup v1, the cpuacct and memory hierarchies), and a clone's network
+// identity (namespace, veth pair, addresses, routes and the nftables NAT
+// rules). Everything it makes is removed before it returns. Without root
+// only the first checks run.
 func Check(ctx context.Context, dir string) []justrunit.Check {
 	var out []justrunit.Check
 	add := func(c justrunit.Check) { out = append(out, c) }
@@ -64,6 +66,9 @@ func Check(ctx context.Context, dir string) []justrunit.Check {
 	cpus := hostlayout.OnlineCPUs()
 	found, err := cgroup.Probe(p.cgPath("check"), fmt.Sprint(cpus[0]))
 	add(justrunit.NewCheck("cgroups", found, err, cgroup.ProbeFix))
+	for _, c := range p.accountingChecks() {
+		add(c)
+	}
 
 	hosts, _ := p.Hosts(ctx)
 	var hs []string
@@ -106,6 +111,33 @@ func Check(ctx context.Context, dir string) []justrunit.Check {
 		Detail: choose(err == nil, "RAPL counters at "+measure.DefaultPowercapRoot, fmt.Sprint(err)),
 		Fix:    fixIf(err != nil, "energy comes from each host class's power model (idle_watts, max_watts in the site file) and says so")})
 	return out
+}
+
+// accountingChecks say whether the platform reads an instance's CPU time
+// (Usage, which every experiment's energy is computed from) and sets
+// memory limits. cgroup v2 does both with the controllers the cgroups
+// check requires; on v1 they need the cpuacct and memory hierarchies,
+// which that check does not (a group is made without them), so that
+// without cpuacct the platform would start, and only the first Usage
+// fail.
+func (p *Platform) accountingChecks() []justrunit.Check {
+	if p.cg == cgroup.V2 {
+		return []justrunit.Check{
+			{Name: "cpu time", OK: true, Detail: "cgroup v2 cpu.stat"},
+			{Name: "memory limits", OK: true, Optional: true, Detail: "cgroup v2 memory.max"},
+		}
+	}
+	cpu := justrunit.Check{Name: "cpu time", OK: !p.noCPUAcct, Detail: "cgroup v1 cpuacct"}
+	if p.noCPUAcct {
+		cpu.Detail = notMountedAt("cpuacct") + ": an instance's CPU time cannot be read, and every experiment's energy is computed from it"
+		cpu.Fix = mountFix("cpuacct")
+	}
+	mem := justrunit.Check{Name: "memory limits", OK: !p.noMemory, Optional: true, Detail: "cgroup v1 memory"}
+	if p.noMemory {
+		mem.Detail = notMountedAt("memory") + ": no memory limit can be set (the platform offers no mem parameter), and memory use reads 0"
+		mem.Fix = mountFix("memory")
+	}
+	return []justrunit.Check{cpu, mem}
 }
 
 // checkNet makes and removes a clone's network identity, with one

@@ -4,8 +4,10 @@ import (
 	"context"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/internal/cgroup"
 )
 
@@ -42,7 +44,7 @@ func TestCheck(t *testing.T) {
 			t.Errorf("check %s failed without saying what to do", c.Name)
 		}
 	}
-	for _, want := range []string{"root", "cgroups", "hosts", "overlayfs", "clone network", "clone NAT", "clone mode", "energy"} {
+	for _, want := range []string{"root", "cgroups", "cpu time", "memory limits", "hosts", "overlayfs", "clone network", "clone NAT", "clone mode", "energy"} {
 		if !slices.Contains(names, want) {
 			t.Errorf("checks %v lack %q", names, want)
 		}
@@ -59,5 +61,43 @@ func TestCheck(t *testing.T) {
 		if !slices.Contains(nsBefore, n) {
 			t.Errorf("the check left network namespace %s", n)
 		}
+	}
+}
+
+// TestCheckWithoutCPUAcct: where cgroup v1's cpuacct hierarchy is not
+// mounted, the check fails up front (every experiment's energy needs an
+// instance's CPU time, which Usage cannot read then), naming what to
+// mount; a missing memory hierarchy is reported as optional.
+func TestCheckWithoutCPUAcct(t *testing.T) {
+	needRoot(t)
+	if v, _ := cgroup.Detect(); v != cgroup.V1 {
+		t.Skip("cgroup v1 only: v2 reads CPU time from cpu.stat, which every group has")
+	}
+	cgroupControllers = func(v cgroup.Version) ([]string, error) {
+		have, err := cgroup.Controllers(v)
+		return slices.DeleteFunc(have, func(c string) bool { return c == "memory" || c == "cpuacct" }), err
+	}
+	t.Cleanup(func() { cgroupControllers = cgroup.Controllers })
+	checks := Check(context.Background(), t.TempDir())
+	var cpu, mem *justrunit.Check
+	for i, c := range checks {
+		t.Logf("%-14s ok=%-5v optional=%-5v %s (fix: %s)", c.Name, c.OK, c.Optional, c.Detail, c.Fix)
+		if strings.Contains(c.Fix, "-o cpuacct") {
+			cpu = &checks[i]
+		}
+		if strings.Contains(c.Fix, "-o memory") {
+			mem = &checks[i]
+		}
+	}
+	switch {
+	case cpu == nil:
+		t.Errorf("no check names cpuacct, want one failed")
+	case cpu.OK || cpu.Optional:
+		t.Errorf("check %s: ok=%v optional=%v, want failed and required", cpu.Name, cpu.OK, cpu.Optional)
+	case !strings.Contains(cpu.Fix, "mount -t cgroup -o cpuacct cgroup /sys/fs/cgroup/cpuacct"):
+		t.Errorf("check %s's fix %q does not say what to mount", cpu.Name, cpu.Fix)
+	}
+	if mem == nil || mem.OK || !mem.Optional {
+		t.Errorf("check of the memory controller = %+v, want failed, optional, saying what to mount", mem)
 	}
 }
