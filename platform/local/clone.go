@@ -135,7 +135,7 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 	case !orig.isReady():
 		err = justrunit.Invalid("id", id, "is still starting; clone it once its Launch has returned")
 	case orig.teardownErr != nil:
-		err = justrunit.Invalid("id", id, "failed to start and is not all removed; destroy it")
+		err = justrunit.Invalid("id", id, "%s; destroy it", notRemoved(orig))
 	case orig.exited():
 		err = justrunit.Invalid("id", id, "has exited")
 	case orig.Addr == "":

@@ -1010,3 +1010,106 @@ func TestCloneContextDone(t *testing.T) {
 		})
 	}
 }
+
+// TestTeardownFailedShowsFailed: a clone whose teardown failed (a mount in
+// its directory keeps it) is listed failed, not exited, though its process
+// was killed and reaped: after its Clone was destroyed while it waited for
+// the clone to listen, and after a Destroy of the whole clone. What could
+// not be removed is what SetAllocation, Migrate and Clone say when they
+// refuse it, and a Destroy once the mount is gone removes it.
+func TestTeardownFailedShowsFailed(t *testing.T) {
+	for _, whole := range []bool{false, true} {
+		t.Run(fmt.Sprintf("whole=%v", whole), func(t *testing.T) {
+			p := newPlatform(t, coldClones)
+			launchServer(t, p, serverOpts{id: "orig", stateDir: t.TempDir()})
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var busy string
+			unmount := func() {
+				if busy != "" {
+					_ = unix.Unmount(busy, unix.MNT_DETACH)
+				}
+			}
+			t.Cleanup(unmount)
+			keep := func(in *inst) {
+				busy = filepath.Join(in.clone.Dir, "busy")
+				if err := os.Mkdir(busy, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := unix.Mount("tmpfs", busy, "tmpfs", 0, ""); err != nil {
+					t.Fatalf("mount tmpfs on %s: %v", busy, err)
+				}
+			}
+			var cid string
+			var derr error
+			if whole {
+				cl, err := p.Clone(ctx, "orig", "sandbox", justrunit.CloneOptions{})
+				if err != nil {
+					t.Fatalf("Clone() error: %v", err)
+				}
+				cid = cl.ID
+				in, err := p.get(cid)
+				if err != nil {
+					t.Fatal(err)
+				}
+				keep(in)
+				derr = p.Destroy(ctx, cid)
+			} else {
+				destroyed := make(chan error, 1)
+				testHookCloneStarted = func(in *inst) {
+					cid = in.ID
+					keep(in)
+					go func() { destroyed <- p.Destroy(ctx, in.ID) }()
+					// Until the Destroy is seen, so that the Clone stops
+					// waiting for the clone to listen and removes it.
+					deadline := time.Now().Add(10 * time.Second)
+					for {
+						p.mu.Lock()
+						d := in.destroying
+						p.mu.Unlock()
+						if d || time.Now().After(deadline) {
+							return
+						}
+						time.Sleep(time.Millisecond)
+					}
+				}
+				t.Cleanup(func() { testHookCloneStarted = nil })
+				_, err := p.Clone(ctx, "orig", "sandbox", justrunit.CloneOptions{})
+				testHookCloneStarted = nil
+				if err == nil || !strings.Contains(err.Error(), "not all removed") {
+					t.Errorf("Clone() error: %v, want destroyed while starting, and not all removed", err)
+				}
+				derr = waitFor(t, destroyed, "Destroy("+cid+")")
+			}
+			if derr == nil {
+				t.Fatalf("Destroy(%s) = nil while its clone directory could not be removed", cid)
+			}
+			in, err := p.get(cid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !in.exited() {
+				t.Fatalf("the process of %s is not reaped after its teardown", cid)
+			}
+			is, _ := p.Instances(ctx)
+			if len(is) != 2 || is[0].ID != cid || is[0].State != "failed" {
+				t.Errorf("Instances() = %v, want %s failed and the original", is, cid)
+			}
+			for op, err := range map[string]error{
+				"SetAllocation": p.SetAllocation(ctx, cid, justrunit.Allocation{CPU: 10}),
+				"Migrate":       p.Migrate(ctx, cid, "sandbox"),
+			} {
+				if !errors.Is(err, justrunit.ErrInvalid) || !strings.Contains(err.Error(), "resource busy") {
+					t.Errorf("%s(%s) after its teardown failed = %v, want ErrInvalid with what could not be removed", op, cid, err)
+				}
+			}
+			unmount()
+			if err := p.Destroy(ctx, cid); err != nil {
+				t.Errorf("Destroy(%s) once it can be removed: %v", cid, err)
+			}
+			if is, _ := p.Instances(ctx); len(is) != 1 {
+				t.Errorf("Instances() = %v, want only the original", is)
+			}
+		})
+	}
+}

@@ -179,10 +179,11 @@ type inst struct {
 	// stopStart cancels the context its Clone waits on (for the clone to
 	// listen), so that a Destroy while it starts need not wait that long.
 	stopStart context.CancelFunc
-	// teardownErr, set with ready, is why its starter could not remove
-	// what it had made: the entry stays, in the state "failed", keeping its
-	// ID and cgroup path from being taken again, until a Destroy or Close
-	// removes it.
+	// teardownErr is why its starter (set with ready), or a Destroy of it
+	// whole, could not remove what it had made: the entry stays, in the
+	// state "failed" (also once its process is reaped), keeping its ID and
+	// cgroup path from being taken again, until a Destroy or Close
+	// removes it. Set under p.mu.
 	teardownErr error
 	clone       *cloneState
 	// undumpable says why criu cannot dump this instance's tree for as
@@ -494,7 +495,7 @@ func (p *Platform) Instances(ctx context.Context) ([]justrunit.Instance, error) 
 	out := make([]justrunit.Instance, 0, len(p.insts))
 	for _, in := range p.insts {
 		i := in.Instance
-		if in.exited() {
+		if in.exited() && in.teardownErr == nil {
 			i.State = "exited"
 		}
 		out = append(out, i)
@@ -945,8 +946,16 @@ func (p *Platform) changeable(in *inst, id string) error {
 		return fmt.Errorf("instance %q: %w", id, justrunit.ErrNotFound)
 	case !in.isReady():
 		return justrunit.Invalid("id", id, "is still starting; change it once its %s has returned", starter(in))
+	case in.teardownErr != nil:
+		return justrunit.Invalid("id", id, "%s; destroy it", notRemoved(in))
 	}
 	return nil
+}
+
+// notRemoved says that in, failed, is not all removed, and why. The caller
+// holds p.mu.
+func notRemoved(in *inst) string {
+	return fmt.Sprintf("failed: what it made is not all removed (%v)", in.teardownErr)
 }
 
 // starter names the call that starts in: Launch, or Clone for a clone.
@@ -1144,8 +1153,9 @@ func (p *Platform) SetPower(ctx context.Context, host string, on bool) error {
 // an ID that was destroyed before, or whose leftovers a crashed run left in
 // this scope, returns nil; an ID never seen gives ErrNotFound. An instance
 // or clone whose Launch or Clone is under way makes that call fail, and
-// Destroy returns once the call has removed what it had made (or ctx ends),
-// or with what it could not remove, which a later Destroy tries again.
+// Destroy returns once the call has removed what it had made (or ctx ends).
+// What cannot be removed is returned, and the instance stays, listed as
+// failed, until a later Destroy (or Close), which tries again, removes it.
 func (p *Platform) Destroy(ctx context.Context, id string) error {
 	if err := p.destroy(ctx, id); err != nil {
 		return fmt.Errorf("destroy %s: %w", id, err)
@@ -1199,6 +1209,8 @@ func (p *Platform) destroy(ctx context.Context, id string) error {
 	if err == nil {
 		delete(p.insts, id)
 		p.destroyed[id] = true
+	} else {
+		in.teardownErr, in.State = err, "failed"
 	}
 	if len(p.insts) == 0 {
 		p.removeScopeIfEmpty()
