@@ -282,27 +282,34 @@ func xattrKept(name string) bool {
 // may refuse one. The copy is made without them: a clone of an
 // application that needs them may fail, which the log then explains.
 type xattrsLost struct {
-	files map[string]int // by attribute name, how many copies lack it
+	// files holds, by attribute name, the copies that lack it, each
+	// once: a snapshot's passes refuse a file the same attribute again
+	// each time they copy it or bring its metadata up to date.
+	files map[string]map[string]bool
 	first error
 }
 
-// add records that dst could not take (or drop) an attribute, err saying why.
-func (l *xattrsLost) add(name string, err error) {
+// add records that copy dst could not take (or drop) attribute name, err
+// saying why.
+func (l *xattrsLost) add(name, dst string, err error) {
 	if l == nil {
 		return
 	}
 	if l.files == nil {
-		l.files, l.first = map[string]int{}, err
+		l.files, l.first = map[string]map[string]bool{}, err
 	}
-	l.files[name]++
+	if l.files[name] == nil {
+		l.files[name] = map[string]bool{}
+	}
+	l.files[name][dst] = true
 }
 
 // summary lists the attributes lost, each with how many copies lack it,
 // and the first refusal; "" when none was.
 func (l *xattrsLost) summary() (names string, first error) {
 	var ns []string
-	for n, c := range l.files {
-		ns = append(ns, fmt.Sprintf("%s (%d)", n, c))
+	for n, files := range l.files {
+		ns = append(ns, fmt.Sprintf("%s (%d)", n, len(files)))
 	}
 	slices.Sort(ns)
 	return strings.Join(ns, ", "), l.first
@@ -329,7 +336,7 @@ func copyXattrs(src, dst string, lost *xattrsLost) error {
 			return &fs.PathError{Op: "getxattr " + n, Path: src, Err: err}
 		}
 		if err := unix.Lsetxattr(dst, n, v, 0); err != nil {
-			lost.add(n, &fs.PathError{Op: "setxattr " + n, Path: dst, Err: err})
+			lost.add(n, dst, &fs.PathError{Op: "setxattr " + n, Path: dst, Err: err})
 		}
 	}
 	old, err := listXattrs(dst)
@@ -341,7 +348,7 @@ func copyXattrs(src, dst string, lost *xattrsLost) error {
 			continue
 		}
 		if err := unix.Lremovexattr(dst, n); err != nil && !errors.Is(err, unix.ENODATA) {
-			lost.add(n, &fs.PathError{Op: "removexattr " + n, Path: dst, Err: err})
+			lost.add(n, dst, &fs.PathError{Op: "removexattr " + n, Path: dst, Err: err})
 		}
 	}
 	return nil
