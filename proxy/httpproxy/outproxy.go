@@ -202,44 +202,55 @@ func (ep *cloneEndpoint) count(k callKind) {
 	ep.proxyCalls[k].Add(1)
 }
 
-// take takes the next exchange with key for the endpoint from rec, and
-// returns a channel closed when rec next changes; live is false, and
+// take takes the next exchange with key for the endpoint from rec (none
+// while earlier calls of the endpoint wait for key); live is false, and
 // nothing taken, once the endpoint is stopped.
-func (ep *cloneEndpoint) take(rec *Record, key string) (ex *Exchange, ok bool, changed <-chan struct{}, live bool) {
+func (ep *cloneEndpoint) take(rec *Record, key string) (ex *Exchange, ok, live bool) {
 	ep.takeMu.RLock()
 	defer ep.takeMu.RUnlock()
 	if ep.stopped {
-		return nil, false, nil, false
+		return nil, false, false
 	}
-	ex, ok, changed = rec.take(ep.consumer, key, time.Unix(0, ep.since.Load()))
-	return ex, ok, changed, true
+	ex, ok = rec.take(ep.consumer, key, time.Unix(0, ep.since.Load()))
+	return ex, ok, true
 }
 
 // wait is take that, when nothing matches yet, waits up to d for a match
 // to be recorded, or until ctx ends or the endpoint stops: a clone may
-// call the next tier before the on-line instance's call has ended. Every
-// take goes through the endpoint's, so none comes after stop.
+// call the next tier before the on-line instance's call has ended. The
+// endpoint's calls waiting for the same key are served first come first
+// served: the record hands each the next exchange as it is recorded. No
+// call waits or takes after stop, and an exchange handed to a call that
+// ended or was stopped meanwhile is put back.
 func (ep *cloneEndpoint) wait(ctx context.Context, rec *Record, key string, d time.Duration) (*Exchange, bool) {
-	var timer *time.Timer
-	for {
-		ex, ok, changed, live := ep.take(rec, key)
-		if ok || !live || d <= 0 {
-			return ex, ok
-		}
-		if timer == nil {
-			timer = time.NewTimer(d)
-			defer timer.Stop()
-		}
-		select {
-		case <-changed:
-		case <-timer.C:
-			return nil, false
-		case <-ctx.Done():
-			return nil, false
-		case <-ep.stopping:
-			return nil, false
-		}
+	if d <= 0 {
+		ex, ok, _ := ep.take(rec, key)
+		return ex, ok
 	}
+	ep.takeMu.RLock()
+	if ep.stopped {
+		ep.takeMu.RUnlock()
+		return nil, false
+	}
+	ex, ok, w := rec.takeOrWait(ep.consumer, key, time.Unix(0, ep.since.Load()))
+	ep.takeMu.RUnlock()
+	if w == nil {
+		return ex, ok
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-w.ready:
+	case <-timer.C:
+	case <-ctx.Done():
+	case <-ep.stopping:
+	}
+	ex, ok = rec.endWait(w)
+	if ok && (ctx.Err() != nil || ep.isStopped()) {
+		rec.untake(ep.consumer, ex) // no answer from it: the next call's
+		return nil, false
+	}
+	return ex, ok
 }
 
 // stop ends the endpoint's calls' takes from the record: it returns once
@@ -884,7 +895,7 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 	}
 	if int64(len(body)) <= p.cfg.MaxBody {
 		key := p.cfg.Masks.Key(r.Method, r.URL.Path, r.URL.RawQuery, body)
-		ex, ok, _, live := ep.take(p.rec, key)
+		ex, ok, live := ep.take(p.rec, key)
 		if !live { // stopped: no answer from the record any more
 			ep.count(callUnmatched)
 			p.fallback(w, r, ep)

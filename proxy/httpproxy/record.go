@@ -89,8 +89,10 @@ const MaxConsumers = 64
 // Record holds recent exchanges, bounded by a time window and a size, and
 // lets consumers (clones) take them in order by key. Each consumer takes
 // each exchange at most once, the oldest first; several consumers can replay
-// the same record. An exchange stays until it leaves the window or the size
-// bound evicts it, whoever took it. A Record is safe for concurrent use.
+// the same record. A consumer's calls that wait for an exchange of a key
+// not recorded yet are served first come first served. An exchange stays
+// until it leaves the window or the size bound evicts it, whoever took it.
+// A Record is safe for concurrent use.
 type Record struct {
 	window   time.Duration
 	maxBytes int64
@@ -103,7 +105,19 @@ type Record struct {
 	bytes     int64
 	evicted   int64
 	consumers map[string]int // consumer name -> bit
-	changed   chan struct{}  // closed on every Add
+	// waiting holds, per key, the calls waiting for an exchange to take,
+	// in the order they came (see takeOrWait).
+	waiting map[string][]*waiter
+}
+
+// waiter is a consumer's call waiting for an exchange with key that
+// started at since or after. The record hands it one (ex) as one is added
+// or put back, and then closes ready; Forget closes ready with none.
+type waiter struct {
+	consumer, key string
+	since         time.Time
+	ready         chan struct{}
+	ex            *Exchange // set under the record's lock
 }
 
 type entry struct {
@@ -131,7 +145,6 @@ func NewRecord(window time.Duration, maxBytes int64) *Record {
 		byKey:     make(map[string]*keyQueue),
 		byRoute:   make(map[string]*entry),
 		consumers: make(map[string]int),
-		changed:   make(chan struct{}),
 	}
 }
 
@@ -178,45 +191,151 @@ func (r *Record) Add(e *Exchange) bool {
 		q.hint[c] = min(h, q.base+int64(pos))
 	}
 	r.bytes += sz
-	close(r.changed)
-	r.changed = make(chan struct{})
+	if len(r.waiting[e.Key]) > 0 {
+		r.serveWaitersLocked(e.Key, time.Now())
+	}
 	return true
 }
 
 // Take returns, for consumer, the oldest exchange with key that started
 // within the window and that consumer has not taken yet, and marks it
-// taken. It fails when no exchange matches, or when the record already has
-// MaxConsumers other consumers.
+// taken. It fails when no exchange matches, when calls of consumer wait
+// for one (they come first), or when the record already has MaxConsumers
+// other consumers.
 func (r *Record) Take(consumer, key string) (*Exchange, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	ex, ok, _ := r.takeLocked(consumer, key, time.Now(), time.Time{})
-	return ex, ok
+	return r.take(consumer, key, time.Time{})
 }
 
-// take is Take that also returns a channel closed at the next Add, for a
-// caller that waits on terms of its own, and that passes over exchanges
-// that started before since: a clone's calls answer requests copied to it
-// after it was attached, and the on-line calls made before it was are not
-// theirs (taking them, it would be answered a window late for good).
-func (r *Record) take(consumer, key string, since time.Time) (*Exchange, bool, <-chan struct{}) {
+// take is Take that passes over exchanges that started before since: a
+// clone's calls answer requests copied to it after it was attached, and
+// the on-line calls made before it was are not theirs (taking them, it
+// would be answered a window late for good).
+func (r *Record) take(consumer, key string, since time.Time) (*Exchange, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.waitsLocked(consumer, key) {
+		return nil, false
+	}
 	return r.takeLocked(consumer, key, time.Now(), since)
 }
 
-func (r *Record) takeLocked(consumer, key string, now, since time.Time) (*Exchange, bool, chan struct{}) {
+// takeOrWait is take that, when nothing matches, queues a waiter for the
+// call behind the consumer's earlier calls waiting for key, and returns
+// it. The record hands each waiter the next exchange it can take, first
+// come first served, as one is added or put back (untake). The caller
+// ends the wait with endWait, whatever became of it.
+func (r *Record) takeOrWait(consumer, key string, since time.Time) (*Exchange, bool, *waiter) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.waitsLocked(consumer, key) {
+		if ex, ok := r.takeLocked(consumer, key, time.Now(), since); ok {
+			return ex, true, nil
+		}
+	}
+	w := &waiter{consumer: consumer, key: key, since: since, ready: make(chan struct{})}
+	if r.waiting == nil {
+		r.waiting = make(map[string][]*waiter)
+	}
+	r.waiting[key] = append(r.waiting[key], w)
+	return nil, false, w
+}
+
+// endWait ends w's wait and returns the exchange it was handed, if any:
+// the caller has taken it, and puts it back (untake) if it does not
+// answer with it.
+func (r *Record) endWait(w *waiter) (*Exchange, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if w.ex != nil {
+		return w.ex, true // handed over: out of the queue already
+	}
+	ws := r.waiting[w.key]
+	if i := slices.Index(ws, w); i >= 0 {
+		r.setWaitingLocked(w.key, slices.Delete(ws, i, i+1))
+	}
+	return nil, false
+}
+
+// untake puts ex, which consumer took, back where it was in its key's
+// queue, as if it had not been taken, if the record still holds it: a
+// call that took it ended before it answered with it, and the call's
+// retry, or the consumer's first call waiting for the key, gets it.
+func (r *Record) untake(consumer string, ex *Exchange) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c, ok := r.consumers[consumer]
+	q := r.byKey[ex.Key]
+	if !ok || q == nil { // forgotten, or ex evicted with its key
+		return
+	}
+	i := slices.IndexFunc(q.entries, func(en *entry) bool { return en.ex == ex })
+	bit := uint64(1) << c
+	if i < 0 || q.entries[i].taken&bit == 0 {
+		return
+	}
+	q.entries[i].taken &^= bit
+	if c < len(q.hint) {
+		q.hint[c] = min(q.hint[c], q.base+int64(i))
+	}
+	if len(r.waiting[ex.Key]) > 0 {
+		r.serveWaitersLocked(ex.Key, time.Now())
+	}
+}
+
+// waitsLocked reports whether calls of consumer wait for key.
+func (r *Record) waitsLocked(consumer, key string) bool {
+	for _, w := range r.waiting[key] {
+		if w.consumer == consumer {
+			return true
+		}
+	}
+	return false
+}
+
+// serveWaitersLocked hands the calls waiting for key the exchanges they
+// can take, each consumer's in the order they came.
+func (r *Record) serveWaitersLocked(key string, now time.Time) {
+	ws := r.waiting[key]
+	var dry []string // consumers left with nothing to take
+	kept := ws[:0]
+	for _, w := range ws {
+		if !slices.Contains(dry, w.consumer) {
+			// A later call of the consumer does not take what an earlier
+			// one could not: its since is the same or later.
+			if ex, ok := r.takeLocked(w.consumer, key, now, w.since); ok {
+				w.ex = ex
+				close(w.ready)
+				continue
+			}
+			dry = append(dry, w.consumer)
+		}
+		kept = append(kept, w)
+	}
+	clear(ws[len(kept):])
+	r.setWaitingLocked(key, kept)
+}
+
+// setWaitingLocked sets the calls waiting for key.
+func (r *Record) setWaitingLocked(key string, ws []*waiter) {
+	if len(ws) == 0 {
+		delete(r.waiting, key)
+		return
+	}
+	r.waiting[key] = ws
+}
+
+func (r *Record) takeLocked(consumer, key string, now, since time.Time) (*Exchange, bool) {
 	r.evictLocked(now)
 	c, ok := r.consumers[consumer]
 	if !ok {
 		if c, ok = r.freeBitLocked(); !ok {
-			return nil, false, r.changed
+			return nil, false
 		}
 		r.consumers[consumer] = c
 	}
 	q := r.byKey[key]
 	if q == nil {
-		return nil, false, r.changed
+		return nil, false
 	}
 	for len(q.hint) <= c {
 		q.hint = append(q.hint, 0)
@@ -241,9 +360,9 @@ func (r *Record) takeLocked(consumer, key string, now, since time.Time) (*Exchan
 		if q.base+i == q.hint[c] {
 			q.hint[c]++
 		}
-		return en.ex, true, r.changed
+		return en.ex, true
 	}
-	return nil, false, r.changed
+	return nil, false
 }
 
 // Latest returns the most recent exchange with key, taken or not, if it
@@ -302,12 +421,25 @@ func (r *Record) freeBitLocked() (int, bool) {
 	return 0, false
 }
 
-// Forget removes consumer: its marks are cleared and its place can be
-// taken by a new consumer. A consumer of the same name that comes later
-// starts from the oldest exchange in the window.
+// Forget removes consumer: its calls waiting for an exchange stop waiting
+// with none, its marks are cleared and its place can be taken by a new
+// consumer. A consumer of the same name that comes later starts from the
+// oldest exchange in the window.
 func (r *Record) Forget(consumer string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for key, ws := range r.waiting {
+		kept := ws[:0]
+		for _, w := range ws {
+			if w.consumer == consumer {
+				close(w.ready)
+				continue
+			}
+			kept = append(kept, w)
+		}
+		clear(ws[len(kept):])
+		r.setWaitingLocked(key, kept)
+	}
 	c, ok := r.consumers[consumer]
 	if !ok {
 		return

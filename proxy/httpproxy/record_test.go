@@ -138,7 +138,7 @@ func TestRecordHintPastEvicted(t *testing.T) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := range n {
-		e, ok, _ := r.takeLocked("c", "k", later, time.Time{})
+		e, ok := r.takeLocked("c", "k", later, time.Time{})
 		if !ok || string(e.Body) != fmt.Sprint(i) {
 			t.Fatalf("take #%d = %v, %v; want body %d", i, e, ok, i)
 		}
@@ -156,10 +156,10 @@ func TestRecordSince(t *testing.T) {
 	now := time.Now()
 	r.Add(ex("k", now.Add(-30*time.Second), "before"))
 	r.Add(ex("k", now.Add(time.Millisecond), "after"))
-	if e, ok, _ := r.take("c", "k", now); !ok || string(e.Body) != "after" {
+	if e, ok := r.take("c", "k", now); !ok || string(e.Body) != "after" {
 		t.Fatalf("take since now = %v, %v; want the exchange after", e, ok)
 	}
-	if e, ok, _ := r.take("c", "k", now); ok {
+	if e, ok := r.take("c", "k", now); ok {
 		t.Fatalf("second take = %s, want none: the one before is not the consumer's", e.Body)
 	}
 	if q := r.byKey["k"]; q.hint[r.consumers["c"]] != q.base+2 {
