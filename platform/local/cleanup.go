@@ -253,6 +253,37 @@ func (p *Platform) removeLeftovers(id string) (int, error) {
 	return n, errors.Join(errs...)
 }
 
+// leftOver reports whether an object of instance id is on this machine:
+// its cgroup, network namespace, nftables table, host-side veth or clone
+// directory. For an ID no instance of this platform has, that is what a
+// crashed run left.
+func (p *Platform) leftOver(id string) bool {
+	if dirExists(cgroup.Dirs(p.cg, p.cgPath(id))) {
+		return true
+	}
+	if _, err := os.Lstat(filepath.Join(netnsDir, netnsName(p.scope, id))); err == nil {
+		return true
+	}
+	if p.cfg.StateDir != "" {
+		if _, err := os.Lstat(filepath.Join(p.cfg.StateDir, "clones", id)); err == nil {
+			return true
+		}
+	}
+	if c, err := nftables.New(); err == nil {
+		if ok, _ := hasTable(c, cloneTable(p.scope, id)); ok {
+			return true
+		}
+	}
+	if links, err := netlink.LinkList(); err == nil {
+		for _, l := range links {
+			if a := l.Attrs(); a.Alias == linkAlias(p.scope, id) && strings.HasPrefix(a.Name, linkPrefix) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func dirExists(ds []string) bool {
 	for _, d := range ds {
 		if _, err := os.Stat(d); err == nil {

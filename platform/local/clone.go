@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/justrunit/justrunit"
-	"github.com/justrunit/justrunit/internal/cgroup"
 	"github.com/justrunit/justrunit/internal/prio"
 )
 
@@ -392,8 +391,10 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 
 // cloneID picks the ID of a new clone of instance id: c<seq>-<id>, with the
 // next sequence number that names no instance (an on-line instance may be
-// called c1-web too) and no cgroup a crashed run left (the sequence starts
-// again with each process). The caller holds p.mu.
+// called c1-web too) and no object a crashed run left in this scope (the
+// sequence starts again with each process): a clone given the ID of a
+// leftover would fail to make its namespace or directory, or add its NAT
+// rules to the leftover's table. The caller holds p.mu.
 func (p *Platform) cloneID(id string) string {
 	for {
 		p.seq++
@@ -401,7 +402,7 @@ func (p *Platform) cloneID(id string) string {
 		if len(cid) > 48 {
 			cid = cid[:48]
 		}
-		if _, taken := p.insts[cid]; !taken && !dirExists(cgroup.Dirs(p.cg, p.cgPath(cid))) {
+		if _, taken := p.insts[cid]; !taken && !p.leftOver(cid) {
 			return cid
 		}
 	}

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -1111,5 +1113,80 @@ func TestTeardownFailedShowsFailed(t *testing.T) {
 				t.Errorf("Instances() = %v, want only the original", is)
 			}
 		})
+	}
+}
+
+// TestCloneIDSkipsLeftovers: a clone's ID is none that a crashed run's
+// leftovers of this scope carry, whichever they are (network namespace,
+// nftables table, clone directory, veth), and the clone leaves them alone
+// for gc to remove.
+func TestCloneIDSkipsLeftovers(t *testing.T) {
+	p := newPlatform(t, coldClones)
+	launchServer(t, p, serverOpts{id: "web"})
+	ns, err := newNamedNetns(netnsName(p.scope, "c1-web"))
+	if err != nil {
+		t.Fatalf("leftover namespace: %v", err)
+	}
+	ns.Close()
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: cloneTable(p.scope, "c2-web")})
+	if err := c.Flush(); err != nil {
+		t.Fatalf("leftover table: %v", err)
+	}
+	dir := filepath.Join(p.cfg.StateDir, "clones", "c3-web")
+	if err := os.MkdirAll(filepath.Join(dir, "upper"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: linkPrefix + "test0h"}, PeerName: linkPrefix + "test0c"}
+	if err := netlink.LinkAdd(veth); err != nil {
+		t.Fatalf("leftover veth: %v", err)
+	}
+	t.Cleanup(func() {
+		if l, err := netlink.LinkByName(veth.Name); err == nil {
+			_ = netlink.LinkDel(l)
+		}
+	})
+	if err := netlink.LinkSetAlias(veth, linkAlias(p.scope, "c4-web")); err != nil {
+		t.Fatalf("alias of the leftover veth: %v", err)
+	}
+	before, err := Leftovers(p.Scope(), p.cfg.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(before.Netns) != 1 || len(before.Tables) != 1 || len(before.Dirs) != 1 || len(before.Links) != 1 {
+		t.Fatalf("leftovers made = %+v, want one of each", before)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl, err := p.Clone(ctx, "web", "sandbox", justrunit.CloneOptions{})
+	if err != nil {
+		t.Fatalf("Clone() beside leftovers of c1-web to c4-web: %v", err)
+	}
+	if cl.ID != "c5-web" {
+		t.Errorf("clone ID = %s, want c5-web, the first that no leftover carries", cl.ID)
+	}
+	getJSON(t, "http://"+cl.Endpoint+"/counter")
+	if err := p.Destroy(ctx, cl.ID); err != nil {
+		t.Fatalf("Destroy(%s) error: %v", cl.ID, err)
+	}
+	// Their cgroups are the scope's own, which the original's group is in.
+	objects := func(r Report) string { return fmt.Sprint(r.Netns, r.Tables, r.Dirs, r.Links) }
+	after, err := Leftovers(p.Scope(), p.cfg.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if objects(after) != objects(before) {
+		t.Errorf("leftovers after the clone = %s, want them untouched: %s", objects(after), objects(before))
+	}
+	removed, err := p.Collect(ctx)
+	if err != nil {
+		t.Errorf("Collect() error: %v", err)
+	}
+	if objects(removed) != objects(before) {
+		t.Errorf("Collect() removed %s, want the leftovers: %s", objects(removed), objects(before))
 	}
 }
