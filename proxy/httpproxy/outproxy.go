@@ -575,7 +575,9 @@ type ReplayStats struct {
 	// Unmatched the others, of which StoodIn were answered with the
 	// latest exchange of their route (StandIn), PassedThrough forwarded
 	// to the real next tier (safe methods only) and the rest answered
-	// with the fallback status.
+	// with the fallback status. A call that ended (its client went away)
+	// while its answer's latency was replayed counts in none, and the
+	// exchange it took is left for its retry.
 	Matched       int64 `json:"matched"`
 	Unmatched     int64 `json:"unmatched"`
 	StoodIn       int64 `json:"stood_in"`
@@ -901,23 +903,25 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 			p.fallback(w, r, ep)
 			return
 		}
+		reused := false
 		if !ok && p.cfg.ReuseReads && p.readOnly(r.Method) {
 			// A read the on-line instance has not made (again) yet: an
 			// earlier answer to the same read stands in, rather than
 			// holding the clone to the on-line instance's pace.
-			if ex, ok = p.rec.Latest(key); ok {
-				ep.reused.Add(1)
-			}
+			ex, ok = p.rec.Latest(key)
+			reused = ok
 		}
 		if !ok && p.cfg.StandIn && p.readOnly(r.Method) {
 			// Nothing recorded of this call: another call of its route
 			// stands in, rather than holding the clone to the on-line
 			// instance's pace or loading the on-line next tier.
 			if sub, found := p.rec.LatestRoute(p.cfg.Masks.Route(r.Method, r.URL.Path, r.URL.RawQuery)); found {
-				ep.count(callUnmatched)
-				ep.count(callStoodIn)
-				ep.replayed.Record(sub.Latency)
-				p.replay(w, r, sub, arrival)
+				if p.awaitLatency(r, sub, arrival) {
+					ep.count(callUnmatched)
+					ep.count(callStoodIn)
+					ep.replayed.Record(sub.Latency)
+					p.answer(w, r, sub)
+				}
 				return
 			}
 		}
@@ -932,9 +936,20 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 			}
 		}
 		if ok {
+			if !p.awaitLatency(r, ex, arrival) {
+				// The call ended before its answer: the exchange is its
+				// retry's, where it was, and nothing was answered.
+				if !reused {
+					p.rec.untake(ep.consumer, ex)
+				}
+				return
+			}
+			if reused {
+				ep.reused.Add(1)
+			}
 			ep.count(callMatched)
 			ep.replayed.Record(ex.Latency)
-			p.replay(w, r, ex, arrival)
+			p.answer(w, r, ex)
 			return
 		}
 	}
@@ -958,13 +973,15 @@ func (p *OutProxy) fallback(w http.ResponseWriter, r *http.Request, ep *cloneEnd
 	w.WriteHeader(p.cfg.FallbackStatus)
 }
 
-// replay answers with ex after ex's latency, counted from the call's
+// awaitLatency waits until ex's latency has passed since the call's
 // arrival (by a sleeper: a plain timer would add its lateness to every
-// replayed call).
-func (p *OutProxy) replay(w http.ResponseWriter, r *http.Request, ex *Exchange, arrival time.Time) {
-	if p.sleep.until(r.Context(), arrival.Add(ex.Latency)) != nil {
-		return
-	}
+// replayed call), and reports whether the call is still there to answer.
+func (p *OutProxy) awaitLatency(r *http.Request, ex *Exchange, arrival time.Time) bool {
+	return p.sleep.until(r.Context(), arrival.Add(ex.Latency)) == nil
+}
+
+// answer answers the call with ex.
+func (p *OutProxy) answer(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 	h := w.Header()
 	for k, vs := range ex.Header {
 		h[k] = vs

@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"testing"
 	"time"
 )
@@ -88,5 +89,66 @@ func TestCloneEndpointWaitFIFO(t *testing.T) {
 		if e := <-second; e == nil || string(e.Body) != "second" {
 			t.Fatalf("round %d: the second call got %v, want the next exchange", round, e)
 		}
+	}
+}
+
+// TestOutProxyPutBackOnCancel checks that a clone's call that ends (its
+// client went away) while its answer's latency is replayed leaves the
+// exchange it took where it was, so that the call's retry gets it, and
+// counts nothing for it.
+func TestOutProxyPutBackOnCancel(t *testing.T) {
+	nt := newNextTier(t, 300*time.Millisecond)
+	p, online, clone := startOut(t, OutConfig{Upstream: nt.URL, MatchWait: -1})
+	c := testClient()
+	first := do(t, c, "GET", online+"/counter", "")
+	do(t, c, "GET", online+"/counter", "")
+	waitFor(t, 5*time.Second, "2 exchanges recorded", func() bool { return p.Stats().Recorded == 2 })
+	key := p.cfg.Masks.Key("GET", "/counter", "", nil)
+	taken := func() int {
+		p.rec.mu.Lock()
+		defer p.rec.mu.Unlock()
+		n := 0
+		if q := p.rec.byKey[key]; q != nil {
+			for _, en := range q.entries {
+				if en.taken != 0 {
+					n++
+				}
+			}
+		}
+		return n
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", clone+"/counter", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan error, 1)
+	go func() {
+		resp, err := c.Do(req)
+		if err == nil {
+			mustRead(resp.Body)
+		}
+		ended <- err
+	}()
+	waitFor(t, 5*time.Second, "the clone's call taking its exchange", func() bool { return taken() == 1 })
+	cancel() // during the replayed 300 ms
+	if err := <-ended; err == nil {
+		t.Fatal("the cancelled call got an answer, want none")
+	}
+	waitFor(t, 5*time.Second, "the exchange put back", func() bool { return taken() == 0 })
+	if a := do(t, c, "GET", clone+"/counter", ""); a.status != 200 || a.body != first.body {
+		t.Errorf("the retry = %d %q, want the exchange the cancelled call took %q", a.status, a.body, first.body)
+	}
+	rs, err := p.ReplayStats(DefaultCloneName, false)
+	if err != nil || rs.Matched != 1 || rs.Unmatched != 0 {
+		t.Errorf("ReplayStats = %+v, %v; want the retry only, matched", rs, err)
+	}
+	p.mu.Lock()
+	ep := p.clones[DefaultCloneName]
+	p.mu.Unlock()
+	if n := ep.replayed.Snapshot().Count; n != 1 {
+		t.Errorf("%d next-tier latencies replayed, want the retry's only", n)
 	}
 }
