@@ -164,7 +164,11 @@ type Study struct {
 	// Metrics are the matrix's columns; DefaultMetrics when empty.
 	Metrics []Metric `json:"metrics"`
 	SLA     *SLA     `json:"sla,omitempty"`
-	// TimeBound is the longest the study may run experiments for.
+	// TimeBound is how long the study may run experiments for, charged
+	// each experiment's WarmUp + Window: a bound of N of them runs N
+	// experiments on each slot (more when windows end early), although
+	// each takes a little longer; that overhead may run the study past its
+	// bound by up to a tenth of it (see study.Grace).
 	TimeBound Duration `json:"time_bound"`
 	// WarmUp and Window make one experiment: WarmUp is discarded, Window
 	// measured (it may end early when the p95 estimate has converged).
@@ -269,13 +273,12 @@ type PlanState struct {
 	// Running are points whose experiments are under way.
 	Running []Point
 	// TimeLeft is what remains of the time bound; ExperimentLength is how
-	// long one experiment takes at most. The study engine adds a slack to
-	// what remains: 2% of an experiment (at most a second) for every
-	// experiment started so far and the next, at most a tenth of one. An
-	// experiment takes a little longer than its warm-up and window (its
-	// allocation is set, its clone checked, its observation stored), and
-	// without the slack a bound of N experiment lengths would fit N−1. The
-	// last window may so be cut by what the experiments before it overran.
+	// long one experiment takes at most (warm-up + window). The study
+	// engine charges the bound each experiment's ExperimentLength, not
+	// what it takes beyond it (its allocation is set, its clone checked,
+	// its observation stored), up to a grace of a tenth of the bound (see
+	// study.Grace): a bound of N experiment lengths leaves a slot time for
+	// N experiments, each whole.
 	TimeLeft         time.Duration
 	ExperimentLength time.Duration
 	// Slots is the number of experiments that may run at once; Free of them

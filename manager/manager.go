@@ -443,9 +443,10 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 		Name: "sla violation of " + service, Target: target, Space: justrunit.Space{Params: []justrunit.Parameter{cpu}},
 		Metrics: []justrunit.Metric{sla.Metric, justrunit.Throughput}, SLA: &sla,
 		WarmUp: justrunit.Duration(m.cfg.WarmUp), Window: justrunit.Duration(m.cfg.Window),
-		// Room for the experiments, plus half of one for making the clone
-		// and the bookkeeping between them.
-		TimeBound: justrunit.Duration(time.Duration(m.cfg.Experiments)*(m.cfg.WarmUp+m.cfg.Window) + (m.cfg.WarmUp+m.cfg.Window)/2),
+		// Room for the experiments: the clone is made before the bound
+		// starts, and the engine does not charge it the bookkeeping
+		// between experiments (study.Grace).
+		TimeBound: justrunit.Duration(time.Duration(m.cfg.Experiments) * (m.cfg.WarmUp + m.cfg.Window)),
 		Slots:     1, Strategy: "adaptive", Interpolator: "linear", CheckThreshold: m.cfg.CheckThreshold,
 	}
 	if !slices.Contains(st.Metrics, justrunit.RTMean) {

@@ -9,10 +9,12 @@
 package study
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -62,10 +64,12 @@ type result struct {
 	point justrunit.Point
 	obs   justrunit.Observation
 	err   error
+	slot  int       // the engine's slot it ran on
+	begun time.Time // when the planning that started it began
 }
 
-// Run validates st, runs it to the end of its strategy, its time bound, a
-// failed experiment or ctx's end, and returns the matrix (interpolated where
+// Run validates st, runs it to the end of its strategy, its time bound (see
+// Grace), a failed experiment or ctx's end, and returns the matrix (interpolated where
 // anything was measured). The study's State, Error, Experiments and times
 // are updated in st and in the Store. A failed experiment fails the study:
 // the matrix keeps what was measured before it. ctx's end cancels the
@@ -185,13 +189,15 @@ var ErrNothingMeasured = errors.New("nothing measured")
 // checks the clone after it.
 const cutMargin = time.Second
 
-// boundSlack is what the engine adds to the time left when it plans after
-// starting n experiments (see PlanState.TimeLeft): 2% of an experiment of
-// length l, at most a second, for each of them and the next, at most a
-// tenth of l.
-func boundSlack(l time.Duration, n int) time.Duration {
-	return min(time.Duration(n+1)*min(l/50, time.Second), l/10)
-}
+// Grace is how far past its time bound a study may run: a tenth of the
+// bound. The bound is charged each experiment's nominal length (warm-up +
+// window), not what it takes beyond that (its allocation is set, its clone
+// checked, its observation stored, the next experiment planned), so that a
+// bound of N experiment lengths runs N experiments on each slot, each whole;
+// that overhead runs the study past its bound instead, up to the grace.
+// Experiments are stopped at the bound plus the grace. Once the overhead
+// exceeds the grace it is charged to the bound, and costs experiments.
+func Grace(st *justrunit.Study) time.Duration { return time.Duration(st.TimeBound) / 10 }
 
 func (e *Engine) check(st *justrunit.Study) error {
 	switch {
@@ -209,9 +215,20 @@ func (e *Engine) check(st *justrunit.Study) error {
 // and records results until the strategy is done or something fails. It
 // returns how many experiments the time bound cut short: those measured
 // nothing, and do not fail the study.
+//
+// It keeps the overhead of each slot, which is not charged to the bound (see
+// Grace): the setup before the first planning, then what each experiment on
+// the slot took beyond its nominal length, from the planning that started
+// it to the end of the bookkeeping of its result. A free slot's time left is
+// the bound's plus its overhead, at most the grace: with one slot, exactly
+// the bound less the nominal length of each experiment run (or less the
+// time it took, when a window ended early). The strategy is offered the
+// free slots whose time left holds an experiment, with the most time left
+// of them, and its points go to those slots, most time left first.
 func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, deadline time.Time, log *slog.Logger) (cut int, _ error) {
-	// Experiments may not run past the time bound.
-	runCtx, cancel := context.WithDeadline(ctx, deadline)
+	// Experiments may not run past the time bound and its grace.
+	l, grace := st.ExperimentLength(), Grace(st)
+	runCtx, cancel := context.WithDeadline(ctx, deadline.Add(grace))
 	defer cancel()
 	results := make(chan result)
 	var wg sync.WaitGroup
@@ -222,22 +239,48 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 	var last *justrunit.Observation
 	var firstErr error
 	planned := 0
-	started := 0 // experiments started, for the planning slack
-	for {
+	overhead := make([]time.Duration, st.Slots) // by slot
+	busy := make([]bool, st.Slots)
+	var handled *result // the result whose bookkeeping just ended
+	for first := true; ; first = false {
+		// One reading of the clock for the overhead and the time left, so
+		// that they add up to the bound exactly.
+		now := time.Now()
+		switch {
+		case first:
+			for i := range overhead {
+				overhead[i] = now.Sub(st.Started)
+			}
+		case handled != nil:
+			overhead[handled.slot] += max(now.Sub(handled.begun)-l, 0)
+			busy[handled.slot] = false
+			handled = nil
+		}
 		if firstErr == nil && ctx.Err() == nil {
+			// The free slots that hold another experiment, most time left
+			// first.
+			var free []int
+			for i := range busy {
+				if !busy[i] && deadline.Sub(now)+min(overhead[i], grace) >= l {
+					free = append(free, i)
+				}
+			}
+			slices.SortStableFunc(free, func(a, b int) int { return cmp.Compare(overhead[b], overhead[a]) })
 			ps := justrunit.PlanState{
 				Matrix:           m,
 				Running:          running,
-				TimeLeft:         time.Until(deadline) + boundSlack(st.ExperimentLength(), started),
-				ExperimentLength: st.ExperimentLength(),
+				ExperimentLength: l,
 				Slots:            st.Slots,
-				Free:             st.Slots - len(running),
+				Free:             len(free),
 				SLA:              st.SLA,
+			}
+			if len(free) > 0 {
+				ps.TimeLeft = deadline.Sub(now) + min(overhead[free[0]], grace)
 			}
 			var next []justrunit.Point
 			if ps.Free > 0 {
 				var err error
-				// Planning stops at the time bound too.
+				// Planning stops with the experiments, at the bound and its grace.
 				next, err = e.Strategy.Next(runCtx, ps)
 				switch {
 				case err != nil && ctx.Err() == nil && runCtx.Err() != nil:
@@ -253,15 +296,16 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 					cancel() // the study has failed: stop the running experiments
 				}
 			}
-			for _, p := range next {
+			for i, p := range next {
 				p := append(justrunit.Point(nil), p...)
 				running = append(running, p)
-				started++
+				slot := free[i]
+				busy[slot] = true
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
 					obs, err := e.Runner.Run(runCtx, p)
-					results <- result{point: p, obs: obs, err: err}
+					results <- result{point: p, obs: obs, err: err, slot: slot, begun: now}
 				}()
 				log.Info("experiment started", keyPoint, st.Space.Format(p))
 			}
@@ -281,6 +325,7 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 			r = <-results
 		}
 		running = removePoint(running, r.point)
+		handled = &r
 		switch {
 		case r.err == nil:
 		case ctx.Err() != nil && r.err != nil:
@@ -308,7 +353,7 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 				fmt.Sprintf("experiment at %s measured nothing (saturated, or no traffic): %v", where, r.err), map[string]any{keyPoint: where})
 			e.report(st, running, last, planned, deadline)
 			continue
-		case ctx.Err() == nil && errors.Is(r.err, context.DeadlineExceeded) && time.Until(deadline) < cutMargin:
+		case ctx.Err() == nil && errors.Is(r.err, context.DeadlineExceeded) && time.Until(deadline.Add(grace)) < cutMargin:
 			cut++
 			where := st.Space.Format(r.point)
 			log.Warn("experiment cut by the time bound", keyPoint, where, keyErr, r.err)

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/justrunit/justrunit"
@@ -351,38 +352,67 @@ func TestCutByTimeBound(t *testing.T) {
 	}
 }
 
-// TestBoundFitsItsExperiments: a time bound of N experiment lengths runs N
-// experiments, although each takes a little longer than its length; the
-// last one's window is cut by the bound by no more than that.
-func TestBoundFitsItsExperiments(t *testing.T) {
-	const n = 3
-	window := time.Second
-	st := newStudy(t, "grid", window, n*window, 1)
-	var cut atomic.Int64
-	r := funcRunner(func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
-		// Like measure.MeasureWindow: a window its deadline cuts is
-		// still a measurement.
-		start := time.Now()
+// overRunner is an experimenter whose every experiment takes its nominal
+// length l and over more, as a real one does (its allocation is set, its
+// clone checked), and is cut by its context's end.
+func overRunner(l, over time.Duration) funcRunner {
+	return func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
 		select {
-		case <-time.After(window):
+		case <-time.After(l + over):
 		case <-ctx.Done():
-			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return justrunit.Observation{}, ctx.Err()
-			}
-			cut.Store(int64(window - time.Since(start)))
+			return justrunit.Observation{}, ctx.Err()
 		}
-		return justrunit.Observation{Point: p, Window: justrunit.Duration(time.Since(start)), Samples: 1000, Throughput: 100,
+		return justrunit.Observation{Point: p, Window: justrunit.Duration(l), Samples: 1000, Throughput: 100,
 			RT: justrunit.ResponseTime{Mean: 7, P50: 6, P95: 10, P99: 13}}, nil
-	})
-	if _, err := newEngine(t, st, r, nil).Run(context.Background(), st); err != nil {
-		t.Fatal(err)
 	}
-	if st.Experiments != n {
-		t.Errorf("%d experiments in a bound of %d experiment lengths, want %d", st.Experiments, n, n)
+}
+
+// TestBoundRunsItsNominalExperiments: a time bound of N experiment lengths
+// (warm-up + window) runs N experiments on each slot, whole, although each
+// takes a little longer than its length; what they take beyond it runs the
+// study past its bound, never by more than Grace. Overheads beyond the
+// grace cost experiments rather than run the study longer. The clock is
+// synctest's: the minutes pass at once.
+func TestBoundRunsItsNominalExperiments(t *testing.T) {
+	type run struct {
+		n, slots             int
+		warmUp, window, over time.Duration
+		want                 int // experiments per slot
 	}
-	if c := time.Duration(cut.Load()); c > boundSlack(window, n-1) {
-		t.Errorf("the last window was cut by %v, more than %v", c, boundSlack(window, n-1))
+	check := func(t *testing.T, c run) {
+		l := c.warmUp + c.window
+		st := newStudy(t, "grid", c.window, time.Duration(c.n)*l, c.slots)
+		st.WarmUp = justrunit.Duration(c.warmUp)
+		cpu, err := justrunit.ParseParameter("cpu=1..100 step 1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Space = justrunit.Space{Params: []justrunit.Parameter{cpu}}
+		start := time.Now()
+		if _, err := newEngine(t, st, overRunner(l, c.over), nil).Run(context.Background(), st); err != nil {
+			t.Fatal(err)
+		}
+		took := time.Since(start)
+		if want := c.want * c.slots; st.Experiments != want {
+			t.Errorf("%d experiments of %v (taking %v more each) in a bound of %v on %d slot(s), want %d",
+				st.Experiments, l, c.over, st.TimeBound, c.slots, want)
+		}
+		if limit := time.Duration(st.TimeBound) + Grace(st); took > limit {
+			t.Errorf("the study took %v, more than its bound %v and grace %v", took, st.TimeBound, Grace(st))
+		}
 	}
+	for name, c := range map[string]run{
+		"5m of 1m experiments":      {5, 1, 10 * time.Second, 50 * time.Second, 2 * time.Second, 5},
+		"one experiment":            {1, 1, 10 * time.Second, 50 * time.Second, 5 * time.Second, 1},
+		"20 short experiments":      {20, 1, 0, 10 * time.Second, 300 * time.Millisecond, 20},
+		"two slots":                 {4, 2, 10 * time.Second, 50 * time.Second, 2 * time.Second, 4},
+		"exact length":              {5, 1, 10 * time.Second, 50 * time.Second, 0, 5},
+		"overhead beyond the grace": {5, 1, 10 * time.Second, 50 * time.Second, 10 * time.Second, 4},
+	} {
+		t.Run(name, func(t *testing.T) { synctest.Test(t, func(t *testing.T) { check(t, c) }) })
+	}
+	// On the real clock, where the engine's own bookkeeping takes time too.
+	t.Run("real clock", func(t *testing.T) { check(t, run{4, 1, 0, 100 * time.Millisecond, 5 * time.Millisecond, 4}) })
 }
 
 // TestFailureCancelsOthers checks that when one of several parallel

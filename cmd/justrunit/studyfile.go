@@ -27,7 +27,13 @@ type studyFile struct {
 	// SLA is "METRIC<=MAX" or, for throughput, "METRIC>=MIN", e.g.
 	// "rt_p95<=50"; optional.
 	SLA string `yaml:"sla"`
-	// TimeBound is the longest the study may run experiments, e.g. "10m".
+	// TimeBound is how long the study may run experiments, e.g. "10m". It
+	// is charged each experiment's warm_up + window: "5m" with experiments
+	// of 10s + 50s runs 5 experiments on each slot (more when windows end
+	// early). What each takes beyond that (setting its allocation, checking
+	// the clone, storing what it measured) is not charged, and may run the
+	// study past its bound by up to a tenth of it (30s here); beyond that it
+	// costs experiments.
 	TimeBound string `yaml:"time_bound"`
 	// WarmUp and Window make one experiment, e.g. "10s" and "30s".
 	WarmUp string `yaml:"warm_up"`
