@@ -359,7 +359,9 @@ func (p *OutProxy) Record() *Record { return p.rec }
 // out-proxy can serve several clones (at most MaxConsumers). A clone is
 // answered from the on-line calls that started after its name was first
 // served (here or by ServeClone or ServeCloneOn) or, once Attach is
-// called, after that: the calls before are not its clone's.
+// called, after that: the calls before are not its clone's. Once the
+// clone is stopped (StopClone, Close), the handler answers every call
+// with the fallback.
 func (p *OutProxy) CloneHandler(name string) http.Handler {
 	p.mu.Lock()
 	ep := p.endpointLocked(name)
@@ -384,6 +386,9 @@ func (p *OutProxy) endpointLocked(name string) *cloneEndpoint {
 		}
 		ep.from.Store(time.Now().UnixNano())
 		ep.since.Store(time.Now().UnixNano())
+		if p.closed {
+			ep.stop() // a handler for after Close answers with the fallback
+		}
 		p.clones[name] = ep
 	}
 	return ep
@@ -543,25 +548,37 @@ func (p *OutProxy) ReplayStats(name string, reset bool) (ReplayStats, error) {
 	return ep.stats(reset), nil
 }
 
-// Close stops serving (letting calls in progress finish for
-// DefaultShutdownGrace). It is safe to call more than once.
+// Close stops serving: the on-line listener (letting the calls in
+// progress finish for DefaultShutdownGrace) and every clone endpoint, as
+// StopClone does, however it is served (the clones' calls waiting for a
+// match get the fallback at once, and so does any call made later through
+// a CloneHandler). The clones' counts stay readable. It is safe to call
+// more than once.
 func (p *OutProxy) Close() error {
 	p.mu.Lock()
 	p.closed = true
 	online := p.online
 	p.online = nil
 	var srvs []*server
+	eps := make([]*cloneEndpoint, 0, len(p.clones))
 	for _, ep := range p.clones {
 		srvs = append(srvs, ep.srv)
 		ep.srv = nil
+		eps = append(eps, ep)
 	}
 	p.mu.Unlock()
+	for _, ep := range eps {
+		ep.stop() // calls waiting for a match give up; none takes from now on
+	}
 	var wg sync.WaitGroup
 	var onErr error
 	wg.Add(1)
 	go func() { defer wg.Done(); onErr = online.close(DefaultShutdownGrace) }()
 	err := closeAll(DefaultShutdownGrace, srvs...)
 	wg.Wait()
+	for _, ep := range eps {
+		p.rec.Forget(ep.consumer)
+	}
 	p.trCl.CloseIdleConnections()
 	return errors.Join(onErr, err)
 }

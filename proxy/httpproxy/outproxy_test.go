@@ -877,3 +877,77 @@ func TestOutProxyAttach(t *testing.T) {
 		t.Errorf("Attach(unknown) = %v, want ErrNotFound", err)
 	}
 }
+
+// TestOutProxyCloseStopsClones checks that Close stops every clone
+// endpoint, however it is served: a call waiting for its match gets the
+// fallback at once (Close does not wait out the grace for it), nothing is
+// left listening, the record keeps no clone's place, and a call through a
+// CloneHandler after Close gets the fallback, never the real next tier.
+func TestOutProxyCloseStopsClones(t *testing.T) {
+	nt := newNextTier(t, 0)
+	p, err := NewOutProxy(OutConfig{Upstream: nt.URL, MatchWait: time.Minute, PassThrough: []string{"GET"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	ctx := context.Background()
+	on, cl, err := p.Start(ctx, "127.0.0.1:0", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := p.ServeClone(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.ServeCloneOn("b", ln); err != nil {
+		t.Fatal(err)
+	}
+	h := httptest.NewServer(p.CloneHandler("c"))
+	defer h.Close()
+	c := testClient()
+	waiting := make(chan int, 1)
+	go func() {
+		resp, err := c.Get("http://" + a + "/counter")
+		if err != nil {
+			waiting <- 0
+			return
+		}
+		mustRead(resp.Body)
+		waiting <- resp.StatusCode
+	}()
+	waitFor(t, 5*time.Second, "the clone's call waiting for its match", func() bool { return waitingCalls(p.rec) == 1 })
+
+	start := time.Now()
+	if err := p.Close(); err != nil {
+		t.Errorf("Close = %v", err)
+	}
+	if took := time.Since(start); took > DefaultShutdownGrace/2 {
+		t.Errorf("Close took %v with a clone's call waiting, want it stopped at once (grace %v)", took, DefaultShutdownGrace)
+	}
+	if code := <-waiting; code != DefaultFallbackStatus {
+		t.Errorf("the call waiting at Close got %d, want the fallback %d", code, DefaultFallbackStatus)
+	}
+	for _, addr := range []string{on.String(), cl.String(), a, ln.Addr().String()} {
+		assertFree(t, addr)
+	}
+	p.rec.mu.Lock()
+	places := len(p.rec.consumers)
+	p.rec.mu.Unlock()
+	if places != 0 {
+		t.Errorf("%d clones keep a place in the record after Close, want none", places)
+	}
+	late := httptest.NewServer(p.CloneHandler("d")) // a clone first served after Close
+	defer late.Close()
+	for name, u := range map[string]string{"c": h.URL, "d": late.URL} {
+		if a := do(t, c, "GET", u+"/counter", ""); a.status != DefaultFallbackStatus || a.header.Get(UnmatchedHeader) != "1" {
+			t.Errorf("call through CloneHandler(%s) after Close = %d, want the fallback %d", name, a.status, DefaultFallbackStatus)
+		}
+	}
+	if n := nt.count(); n != 0 {
+		t.Errorf("the next tier got %d calls after Close, want none", n)
+	}
+}
