@@ -146,6 +146,8 @@ type OutProxy struct {
 	mu         sync.Mutex
 	windowFrom time.Time
 	online     *fwdServer
+	sweeping   chan struct{} // closed by Close to stop the record's sweeps
+	swept      sync.WaitGroup
 	clones     map[string]*cloneEndpoint
 	endpoints  uint64 // endpoints made, for their consumer names
 	closed     bool
@@ -397,7 +399,8 @@ func (p *OutProxy) endpointLocked(name string) *cloneEndpoint {
 // Start checks that the next tier's host resolves, then serves the on-line
 // handler on onlineAddr and, unless cloneAddr is empty, the clone called
 // DefaultCloneName on cloneAddr. It returns the addresses (clone nil when
-// not served). On error nothing is left listening.
+// not served). On error nothing is left listening. Until Close, the record
+// drops the exchanges that leave the window, traffic or not.
 func (p *OutProxy) Start(ctx context.Context, onlineAddr, cloneAddr string) (online, clone net.Addr, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -423,7 +426,32 @@ func (p *OutProxy) Start(ctx context.Context, onlineAddr, cloneAddr string) (onl
 		clone = a
 	}
 	p.online = forward(ln, p.cfg.Upstream, p, p.log, nil)
+	p.sweeping = make(chan struct{})
+	p.swept.Add(1)
+	go p.sweep(p.sweeping)
 	return ln.Addr(), clone, nil
+}
+
+// sweepEvery is how often the record drops what left a window of w
+// without traffic: a fraction of the window, within 10ms..1s.
+func sweepEvery(w time.Duration) time.Duration {
+	return min(max(w/8, 10*time.Millisecond), time.Second)
+}
+
+// sweep drops the exchanges that leave the window, even with no traffic
+// (see Record.sweep), until stop is closed.
+func (p *OutProxy) sweep(stop <-chan struct{}) {
+	defer p.swept.Done()
+	t := time.NewTicker(sweepEvery(p.cfg.Window))
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			p.rec.sweep(now)
+		}
+	}
 }
 
 // ServeClone starts answering the calls of the clone called name on a new
@@ -559,6 +587,10 @@ func (p *OutProxy) Close() error {
 	p.closed = true
 	online := p.online
 	p.online = nil
+	if p.sweeping != nil {
+		close(p.sweeping)
+		p.sweeping = nil
+	}
 	var srvs []*server
 	eps := make([]*cloneEndpoint, 0, len(p.clones))
 	for _, ep := range p.clones {
@@ -576,6 +608,7 @@ func (p *OutProxy) Close() error {
 	go func() { defer wg.Done(); onErr = online.close(DefaultShutdownGrace) }()
 	err := closeAll(DefaultShutdownGrace, srvs...)
 	wg.Wait()
+	p.swept.Wait()
 	for _, ep := range eps {
 		p.rec.Forget(ep.consumer)
 	}

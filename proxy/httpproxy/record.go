@@ -97,14 +97,18 @@ type Record struct {
 	window   time.Duration
 	maxBytes int64
 
-	mu        sync.Mutex
-	order     []*entry // in insertion order; order[head:] are live
-	head      int
-	byKey     map[string]*keyQueue
-	byRoute   map[string]*entry // each route's latest exchange
-	bytes     int64
-	evicted   int64
-	consumers map[string]int // consumer name -> bit
+	mu      sync.Mutex
+	order   []*entry // in insertion order; order[head:] are live
+	head    int
+	byKey   map[string]*keyQueue
+	byRoute map[string]*entry // each route's latest exchange
+	bytes   int64
+	evicted int64
+	// keysPeak and routesPeak are the most keys and routes byKey and
+	// byRoute have held since they were made: a Go map keeps the memory
+	// of its peak, so they are made again once well below it.
+	keysPeak, routesPeak int
+	consumers            map[string]int // consumer name -> bit
 	// waiting holds, per key, the calls waiting for an exchange to take,
 	// in the order they came (see takeOrWait).
 	waiting map[string][]*waiter
@@ -173,11 +177,13 @@ func (r *Record) Add(e *Exchange) bool {
 	r.order = append(r.order, en)
 	if e.Route != "" {
 		r.byRoute[e.Route] = en
+		r.routesPeak = max(r.routesPeak, len(r.byRoute))
 	}
 	q := r.byKey[e.Key]
 	if q == nil {
 		q = &keyQueue{}
 		r.byKey[e.Key] = q
+		r.keysPeak = max(r.keysPeak, len(r.byKey))
 		r.bytes += keyOverhead
 	}
 	// Keep each key's exchanges in start order: exchanges are added when
@@ -458,9 +464,70 @@ func (r *Record) Forget(consumer string) {
 
 // evictLocked drops exchanges that started before the window.
 func (r *Record) evictLocked(now time.Time) {
+	r.evictSomeLocked(now, -1)
+}
+
+// evictSomeLocked drops up to n (negative: all) exchanges that started
+// before the window, oldest first, and reports whether it dropped them
+// all. It makes the maps again once they are well below their peak.
+func (r *Record) evictSomeLocked(now time.Time, n int) bool {
 	oldest := now.Add(-r.window)
 	for r.head < len(r.order) && r.order[r.head].ex.Start.Before(oldest) {
+		if n == 0 {
+			return false
+		}
+		n--
 		r.dropOldestLocked()
+	}
+	r.shrinkLocked()
+	return true
+}
+
+// shrinkMin is the fewest keys (or routes) a map must have held before it
+// is made again smaller: a small map's memory is not worth a copy.
+const shrinkMin = 1024
+
+// shrinkLocked makes byKey and byRoute again once they hold under a
+// quarter of their peak: a Go map keeps the memory of the most keys it
+// held, so a burst of unique keys would hold it for good. The copy costs
+// as many steps as the map holds, at most once per three quarters of its
+// keys deleted.
+func (r *Record) shrinkLocked() {
+	if r.keysPeak >= shrinkMin && len(r.byKey) < r.keysPeak/4 {
+		r.byKey = remake(r.byKey)
+		r.keysPeak = len(r.byKey)
+	}
+	if r.routesPeak >= shrinkMin && len(r.byRoute) < r.routesPeak/4 {
+		r.byRoute = remake(r.byRoute)
+		r.routesPeak = len(r.byRoute)
+	}
+}
+
+// remake returns a copy of m sized for what it holds (maps.Clone keeps
+// m's size).
+func remake[V any](m map[string]V) map[string]V {
+	c := make(map[string]V, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+// sweepBatch bounds the exchanges a sweep drops under one hold of the
+// record's lock, so that adds and takes wait little for it.
+const sweepBatch = 1024
+
+// sweep drops the exchanges that left the window, sweepBatch at a time,
+// with no traffic needed: otherwise they are dropped only when the
+// record is used, and an idle record would hold its memory.
+func (r *Record) sweep(now time.Time) {
+	for {
+		r.mu.Lock()
+		done := r.evictSomeLocked(now, sweepBatch)
+		r.mu.Unlock()
+		if done {
+			return
+		}
 	}
 }
 
