@@ -199,6 +199,15 @@ const cutMargin = time.Second
 // exceeds the grace it is charged to the bound, and costs experiments.
 func Grace(st *justrunit.Study) time.Duration { return time.Duration(st.TimeBound) / 10 }
 
+// Budget is how many experiments study st's time bound holds on all its
+// slots, floor(TimeBound / (WarmUp + Window)) on each: the PlanState's
+// Budget of the engine's first planning. The engine runs that many, each
+// whole, when what they take beyond their warm-up and window stays within
+// Grace(st); more where windows end early (their estimates converged).
+func Budget(st *justrunit.Study) int {
+	return justrunit.PlanState{TimeLeft: time.Duration(st.TimeBound), ExperimentLength: st.ExperimentLength(), Slots: st.Slots}.Budget()
+}
+
 func (e *Engine) check(st *justrunit.Study) error {
 	switch {
 	case e.Runner == nil:

@@ -70,8 +70,11 @@ func newStudyValidateCmd(g *globals) *cobra.Command {
 			}
 			fmt.Fprintf(w, "points:      %d\n", st.Space.Size())
 			fmt.Fprintf(w, "experiment:  %v warm-up + %v window of at least %d responses\n", st.WarmUp, st.Window, siterun.MinSamples(st))
-			budget := justrunit.PlanState{TimeLeft: time.Duration(st.TimeBound), ExperimentLength: st.ExperimentLength(), Slots: st.Slots}.Budget()
-			fmt.Fprintf(w, "time bound:  %v, %d slot(s): room for at most %d experiments\n", st.TimeBound, st.Slots, budget)
+			// The engine's own figures: what the bound holds, and how far
+			// past it the experiments' overhead may run the study.
+			fmt.Fprintf(w, "time bound:  %v, %d slot(s): room for %d experiments of %v (more where windows end early)\n",
+				st.TimeBound, st.Slots, study.Budget(st), st.ExperimentLength())
+			fmt.Fprintf(w, "             what they take beyond warm-up + window may run the study up to %v past its bound\n", study.Grace(st))
 			if st.SLA != nil {
 				fmt.Fprintf(w, "sla:         %s\n", st.SLA)
 			}

@@ -1,14 +1,22 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/driver"
+	"github.com/justrunit/justrunit/interp"
+	"github.com/justrunit/justrunit/study"
 )
 
 func TestStudyFile(t *testing.T) {
@@ -76,4 +84,83 @@ func TestStudyFileErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStudyValidateTimeBound: "study validate" says how many experiments
+// the time bound holds and how far past its bound the study may run, and
+// the study engine does so: with an experimenter whose experiments take a
+// little over their warm-up and window (on synctest's clock), it runs that
+// many within that time.
+func TestStudyValidateTimeBound(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		bound, warmUp, window string
+		slots, n              int
+		over                  time.Duration
+		want                  []string
+	}{
+		{"5m", "10s", "50s", 1, 5, 2 * time.Second, []string{
+			"time bound:  5m0s, 1 slot(s): room for 5 experiments of 1m0s (more where windows end early)",
+			"up to 30s past its bound"}},
+		{"4m59s", "10s", "50s", 1, 4, time.Second, []string{"room for 4 experiments of 1m0s", "up to 29.9s past its bound"}},
+		{"100s", "0s", "10s", 2, 20, 300 * time.Millisecond, []string{
+			"time bound:  1m40s, 2 slot(s): room for 20 experiments of 10s", "up to 10s past its bound"}},
+	} {
+		t.Run(tt.bound, func(t *testing.T) {
+			file := filepath.Join(dir, "study.yaml")
+			os.WriteFile(file, []byte(fmt.Sprintf("target: app0\nparameters: [\"cpu=1..100 step 1\"]\nstrategy: grid\n"+
+				"time_bound: %s\nwarm_up: %s\nwindow: %s\nslots: %d\n", tt.bound, tt.warmUp, tt.window, tt.slots)), 0o600)
+			out, err := run(t, "study", "validate", file)
+			if err != nil {
+				t.Fatalf("study validate: %v\n%s", err, out)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("study validate said\n%s\nwant %q", out, w)
+				}
+			}
+			f, yf, err := loadStudyFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := f.study(yf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			synctest.Test(t, func(t *testing.T) {
+				in, _ := interp.New("linear")
+				strat, err := driver.New("grid", driver.Options{Interpolator: in})
+				if err != nil {
+					t.Fatal(err)
+				}
+				l := st.ExperimentLength()
+				runner := runnerFunc(func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+					select {
+					case <-time.After(l + tt.over):
+					case <-ctx.Done():
+						return justrunit.Observation{}, ctx.Err()
+					}
+					return justrunit.Observation{Point: p, Samples: 1000, Throughput: 100, RT: justrunit.ResponseTime{Mean: 7, P50: 6, P95: 10, P99: 13}}, nil
+				})
+				e := &study.Engine{Runner: runner, Strategy: strat, Interpolator: in, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+				start := time.Now()
+				if _, err := e.Run(context.Background(), st); err != nil {
+					t.Fatal(err)
+				}
+				if st.Experiments != tt.n {
+					t.Errorf("the engine ran %d experiments, want %d", st.Experiments, tt.n)
+				}
+				if past := time.Since(start) - time.Duration(st.TimeBound); past > study.Grace(st) {
+					t.Errorf("the engine ran %v past the bound, more than the %v validate said", past, study.Grace(st))
+				}
+			})
+		})
+	}
+}
+
+// runnerFunc is a justrunit.Runner made of a function.
+type runnerFunc func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error)
+
+func (f runnerFunc) Run(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+	return f(ctx, p)
 }
