@@ -113,7 +113,9 @@ type Host struct {
 type Service struct {
 	Name string `yaml:"name"`
 	// SLA is the service's objective on its front tier's response time,
-	// "METRIC<=VALUE" (e.g. "rt_mean<=50").
+	// "METRIC<=VALUE" (e.g. "rt_mean<=50"). A service with one needs an
+	// instance with an in_proxy in its bottleneck tier (see Bottleneck):
+	// the manager studies that tier through it when the SLA is missed.
 	SLA string `yaml:"sla"`
 	// Bottleneck names the tier the manager studies when the SLA is
 	// violated (the paper's application tier); empty: the first tier
@@ -445,11 +447,36 @@ func (s *Site) Validate() error {
 				}
 			}
 		}
+		if err := checkBottleneck(f, &svc); err != nil {
+			return err
+		}
 	}
 	if !sandbox && len(ids) > 0 {
 		return justrunit.Invalid("hosts", nil, "no sandbox host: mark one host 'sandbox: true' for clones")
 	}
 	return nil
+}
+
+// checkBottleneck refuses a service (field f) with an SLA whose bottleneck
+// tier has no instance with an in-proxy: the manager, which studies that
+// tier when the SLA is missed, could not, and would refuse the site only
+// when it starts.
+func checkBottleneck(f string, svc *Service) error {
+	if svc.SLA == "" {
+		return nil
+	}
+	if _, err := svc.BottleneckInstance(); err == nil {
+		return nil
+	}
+	const why = "the manager studies a service that misses its SLA through the in_proxy of an instance of its bottleneck tier"
+	switch {
+	case svc.Bottleneck != "":
+		return justrunit.Invalid(f+".bottleneck", svc.Bottleneck, "no instance of tier %s has an in_proxy, and %s: give one an in_proxy", svc.Bottleneck, why)
+	case len(svc.Tiers) == 1:
+		return justrunit.Invalid(f+".sla", svc.SLA, "%s, and its one tier has no instance with an in_proxy: give one an in_proxy", why)
+	default:
+		return justrunit.Invalid(f+".sla", svc.SLA, "%s, and no tier after the front one has an instance with an in_proxy: give the tier to study an in_proxy, or name it in bottleneck", why)
+	}
 }
 
 // MaxCores bounds a host's cores: a site file's typo must not make the

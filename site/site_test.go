@@ -83,6 +83,13 @@ func TestLoadErrors(t *testing.T) {
 		{"cold clones on qemu", "platform: local", "platform: qemu\nclones: cold", []string{"clones", "always live"}},
 		{"unknown clone class", "platform: local", "platform: local\nclone_class: low", []string{":2:", "clone_class", "want normal or idle"}},
 		{"idle clones on qemu", "platform: local", "platform: qemu\nclone_class: idle", []string{"clone_class", "local platform's"}},
+		{"SLA and no tier to study", "            in_proxy: {listen: 127.0.0.1:18081}\n", "",
+			[]string{":10:", "services[0].sla", "no tier after the front one", "in_proxy"}},
+		{"SLA and a bottleneck without in-proxy", "sla: rt_mean<=50\n", "sla: rt_mean<=50\n    bottleneck: data\n",
+			[]string{":11:", "services[0].bottleneck", "no instance of tier data has an in_proxy"}},
+		{"SLA and one tier without in-proxy", "            addr: 127.0.0.1:18383", "            addr: 127.0.0.1:18383\n  - name: solo\n    sla: rt_p95<=80\n" +
+			"    tiers:\n      - name: one\n        instances: [{id: one0, host: pm0, command: [one], addr: 127.0.0.1:19000}]",
+			[]string{":35:", "services[1].sla", "its one tier has no instance with an in_proxy"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
