@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -48,7 +49,10 @@ type Cell struct {
 	// Uncertainty is the interpolator's estimate of the absolute error of an
 	// I or T cell, in the metric's unit; 0 for measured cells.
 	Uncertainty float64 `json:"uncertainty,omitempty"`
-	// Predicted is, for a V cell, the interpolated value the checker tested.
+	// Predicted is, for a V cell, the interpolated value the checker tested;
+	// for an empty cell of a point the checker found unmeasurable (see
+	// VerifyUnmeasurable), the value a decision used and the checker could
+	// not confirm.
 	Predicted float64 `json:"predicted,omitempty"`
 }
 
@@ -177,7 +181,8 @@ func (m *Matrix) Record(o Observation) error {
 
 // MarkUnmeasurable records that an experiment at p measured nothing, and
 // why (see Row.Unmeasurable): the point's cells become empty. A measured
-// point cannot be marked, nor one whose cell a decision used (T).
+// point cannot be marked, nor one whose cell a decision used (T): the
+// checker's finding there is VerifyUnmeasurable.
 func (m *Matrix) MarkUnmeasurable(p Point, why string) error {
 	i, err := m.Space.IndexOf(p)
 	if err != nil {
@@ -192,11 +197,44 @@ func (m *Matrix) MarkUnmeasurable(p Point, why string) error {
 	}
 	for j, c := range row.Cells {
 		if c.Prov == Used {
-			return Invalid("point", m.Space.Format(p), "its %s cell is used by a decision (T)", m.Metrics[j])
+			return Invalid("point", m.Space.Format(p), "its %s cell is used by a decision (T); the checker marks it with VerifyUnmeasurable", m.Metrics[j])
 		}
 	}
 	for j := range row.Cells {
 		row.Cells[j] = Cell{Prov: Empty}
+	}
+	row.Unmeasurable = why
+	return nil
+}
+
+// VerifyUnmeasurable stores the checker's finding that the experiment at
+// p, a point with a cell a decision used (T), measured nothing, and why:
+// the point is marked unmeasurable (see Row.Unmeasurable) and its cells
+// become empty, the T cells keeping the value the decision used in
+// Cell.Predicted. A decision can use the point no more, and no
+// interpolator fills it. A point without a T cell is an error wrapping
+// ErrInvalid (MarkUnmeasurable marks those), as is an empty reason; on
+// error nothing changes.
+func (m *Matrix) VerifyUnmeasurable(p Point, why string) error {
+	i, err := m.Space.IndexOf(p)
+	if err != nil {
+		return err
+	}
+	row := &m.Rows[i]
+	switch {
+	case strings.TrimSpace(why) == "":
+		return Invalid("unmeasurable", why, "say why the point measured nothing")
+	case row.Observation != nil:
+		return Invalid("point", m.Space.Format(p), "was measured; a measurement is not undone")
+	case !slices.ContainsFunc(row.Cells, func(c Cell) bool { return c.Prov == Used }):
+		return Invalid("point", m.Space.Format(p), "no cell of it is used by a decision (T): nothing to verify")
+	}
+	for j, c := range row.Cells {
+		predicted := 0.0
+		if c.Prov == Used {
+			predicted = c.Value
+		}
+		row.Cells[j] = Cell{Prov: Empty, Predicted: predicted}
 	}
 	row.Unmeasurable = why
 	return nil
@@ -377,6 +415,9 @@ func (m *Matrix) Render(w io.Writer) error {
 
 func formatCell(c Cell) string {
 	if c.Prov == Empty {
+		if c.Predicted != 0 { // a used point the checker could not measure
+			return ". (was " + formatValue(c.Predicted) + ")"
+		}
 		return "."
 	}
 	s := formatValue(c.Value) + " " + c.Prov.String()

@@ -210,3 +210,56 @@ func TestSaturated(t *testing.T) {
 		t.Errorf("Render = %q, %v; want the saturated point", buf.String(), err)
 	}
 }
+
+// TestVerifyUnmeasurable checks that the checker's finding that a used
+// point cannot be measured marks it unmeasurable, its cells empty with the
+// predictions kept, shown in the rendering, and that only a point with a T
+// cell can be marked so.
+func TestVerifyUnmeasurable(t *testing.T) {
+	m := testMatrix(t)
+	m.Rows[1].Cells[0] = Cell{Value: 40, Prov: Interpolated, Uncertainty: 2}
+	m.Rows[1].Cells[1] = Cell{Value: 90, Prov: Interpolated}
+	if _, err := m.Use(Point{70}, RTP95); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.VerifyUnmeasurable(Point{70}, "0 successful responses in the full window"); err != nil {
+		t.Fatal(err)
+	}
+	row := m.Rows[1]
+	if row.Unmeasurable == "" || row.Cells[0] != (Cell{Prov: Empty, Predicted: 40}) || row.Cells[1] != (Cell{Prov: Empty}) {
+		t.Errorf("row after VerifyUnmeasurable = %+v, want unmeasurable, the T cell empty with its prediction, the I cell empty", row)
+	}
+	var buf bytes.Buffer
+	if err := m.Render(&buf); err != nil || !strings.Contains(buf.String(), ". (was 40.00)") || !strings.Contains(buf.String(), "unmeasurable at cpu=70") {
+		t.Errorf("Render = %q, %v; want the prediction and the unmeasurable point", buf.String(), err)
+	}
+	b, _ := json.Marshal(m.Clone())
+	var back Matrix
+	if err := json.Unmarshal(b, &back); err != nil || back.Rows[1].Cells[0].Predicted != 40 {
+		t.Errorf("after Clone and JSON: %+v, %v; want the prediction kept", back.Rows[1], err)
+	}
+	if err := m.Record(Observation{Point: Point{60}, Samples: 100, Throughput: 90, RT: ResponseTime{P95: 70}}); err != nil {
+		t.Fatal(err)
+	}
+	m.Rows[2].Cells[0] = Cell{Value: 40, Prov: Interpolated}
+	for _, c := range []struct {
+		name string
+		p    Point
+		why  string
+	}{
+		{"measured", Point{60}, "too few"},
+		{"no cell used", Point{80}, "too few"},
+		{"already unmeasurable", Point{70}, "too few"},
+		{"not in the space", Point{65}, "too few"},
+	} {
+		if err := m.VerifyUnmeasurable(c.p, c.why); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: VerifyUnmeasurable = %v, want invalid", c.name, err)
+		}
+	}
+	if _, err := m.Use(Point{80}, RTP95); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.VerifyUnmeasurable(Point{80}, " "); !errors.Is(err, ErrInvalid) || m.Rows[2].Cells[0].Prov != Used {
+		t.Errorf("VerifyUnmeasurable without a reason = %v (cell %+v), want invalid and nothing changed", err, m.Rows[2].Cells[0])
+	}
+}

@@ -339,6 +339,11 @@ type CheckResult struct {
 	Threshold float64   `json:"threshold"`
 	Passed    bool      `json:"passed"`
 	Time      time.Time `json:"time"`
+	// Reason says why a check failed other than by its relative error,
+	// e.g. "unmeasurable: ..." when the checking experiment ran its window
+	// and measured too few responses (the clone saturated at the point, or
+	// got no traffic): Measured is then 0 and RelError 1. Empty otherwise.
+	Reason string `json:"reason,omitempty"`
 }
 
 // Event is something a study, the checker or the manager wants recorded and

@@ -31,6 +31,7 @@ const (
 	keyMeasured  = "measured"
 	keyRelError  = "rel_error"
 	keyThreshold = "threshold"
+	keyReason    = "reason"
 	keyErr       = "err"
 )
 
@@ -120,6 +121,13 @@ func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 // Passed is RelError ≤ Threshold (see Passes for a measured 0). The one experiment verifies every T cell of the point (see
 // CheckPoint); failures of any of them are logged and notified.
 //
+// An experiment that ran its window and measured too few responses (an
+// error wrapping justrunit.ErrTooFewSamples, not cut by a deadline: the
+// clone saturated at p, or got no traffic) is the worst an interpolation
+// can do: every T cell of p fails its check, with a Reason saying why (see
+// justrunit.CheckResult), and p is marked unmeasurable with
+// Matrix.VerifyUnmeasurable, so that no decision uses it again.
+//
 // A cell that is not T (not interpolated, or interpolated but not used by a
 // decision, or already verified) is an error wrapping justrunit.ErrInvalid,
 // and nothing runs. A failed experiment leaves the matrix unchanged.
@@ -164,7 +172,8 @@ func (c *Checker) CheckPoint(ctx context.Context, m *justrunit.Matrix, p justrun
 // CheckAll checks every point of m that holds a T cell, one experiment per
 // point in the matrix's order, and returns the verdicts. A failed experiment
 // does not stop the others: its error is joined into the returned error and
-// its cells stay T. When ctx ends, CheckAll returns at once with the
+// its cells stay T (one that measured too few responses is no error but
+// failed checks, as Check says). When ctx ends, CheckAll returns at once with the
 // verdicts so far and ctx's error.
 func (c *Checker) CheckAll(ctx context.Context, m *justrunit.Matrix) ([]justrunit.CheckResult, error) {
 	if err := c.Validate(); err != nil {
@@ -209,6 +218,9 @@ func (c *Checker) checkRow(ctx context.Context, m *justrunit.Matrix, i int) ([]j
 		return nil, fmt.Errorf("check %s: %w", where, err)
 	}
 	obs, err := c.Runner.Run(ctx, p)
+	if err != nil && unmeasurable(ctx, err) {
+		return c.unmeasurable(m, i, used, err)
+	}
 	if err != nil {
 		c.logger().Warn("check experiment failed", keyStudy, c.StudyID, keyPoint, where, keyErr, err)
 		return nil, fmt.Errorf("check %s: run experiment: %w", where, err)
@@ -245,6 +257,42 @@ func (c *Checker) checkRow(ctx context.Context, m *justrunit.Matrix, i int) ([]j
 	return results, nil
 }
 
+// unmeasurable reports whether err, from a checking experiment, says that
+// it ran its whole window and measured too few responses: a fact about the
+// point, as the study engine takes it, rather than a failure to measure.
+func unmeasurable(ctx context.Context, err error) bool {
+	return errors.Is(err, justrunit.ErrTooFewSamples) && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil
+}
+
+// unmeasurable fails the check of the T cells used of row i, whose
+// experiment measured too few responses (runErr), and marks the point
+// unmeasurable.
+func (c *Checker) unmeasurable(m *justrunit.Matrix, i int, used []int, runErr error) ([]justrunit.CheckResult, error) {
+	row := &m.Rows[i]
+	p := append(justrunit.Point(nil), row.Point...)
+	where := m.Space.Format(p)
+	if err := m.VerifyUnmeasurable(p, runErr.Error()); err != nil {
+		return nil, fmt.Errorf("check %s: %w", where, err)
+	}
+	now := c.now()
+	results := make([]justrunit.CheckResult, 0, len(used))
+	for _, j := range used {
+		r := justrunit.CheckResult{
+			StudyID:   c.StudyID,
+			Point:     append(justrunit.Point(nil), p...),
+			Metric:    m.Metrics[j],
+			Predicted: row.Cells[j].Predicted,
+			RelError:  1, // nothing measured: as far off as a prediction of a measured 0
+			Threshold: c.Threshold,
+			Time:      now,
+			Reason:    "unmeasurable: " + runErr.Error(),
+		}
+		c.report(r, where)
+		results = append(results, r)
+	}
+	return results, nil
+}
+
 // report logs a verdict and notifies a failure.
 func (c *Checker) report(r justrunit.CheckResult, where string) {
 	attrs := []any{keyStudy, c.StudyID, keyPoint, where, keyMetric, string(r.Metric),
@@ -253,7 +301,12 @@ func (c *Checker) report(r justrunit.CheckResult, where string) {
 		c.logger().Debug("check passed", append([]any{keyEvent, justrunit.EventCheckPassed}, attrs...)...)
 		return
 	}
-	c.logger().Warn("check failed: interpolation off by more than the threshold", append([]any{keyEvent, justrunit.EventCheckFailed}, attrs...)...)
+	msg := "check failed: interpolation off by more than the threshold"
+	if r.Reason != "" {
+		msg = "check failed: the checking experiment cannot confirm the interpolation"
+		attrs = append(attrs, keyReason, r.Reason)
+	}
+	c.logger().Warn(msg, append([]any{keyEvent, justrunit.EventCheckFailed}, attrs...)...)
 	if c.Notify != nil {
 		c.Notify(r)
 	}

@@ -3,6 +3,7 @@ package checker
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -476,5 +477,77 @@ func TestSharedCheckerManyMatrices(t *testing.T) {
 	}
 	if len(*notified) != workers*4 {
 		t.Errorf("notified %d failures, want %d (linear interpolation of 1/x is off at every inner point)", len(*notified), workers*4)
+	}
+}
+
+// TestCheckUnmeasurablePoint: a checking experiment that ran its window and
+// measured too few responses (the clone saturated, or got no traffic) fails
+// the check of every T cell of its point, the worst case for an
+// interpolation, says why, and marks the point unmeasurable keeping the
+// predictions; a window cut by a deadline stays an error.
+func TestCheckUnmeasurablePoint(t *testing.T) {
+	m := study(t, linear)
+	use(t, m, 50, justrunit.RTP95)
+	use(t, m, 50, justrunit.Throughput)
+	use(t, m, 70, justrunit.RTP95)
+	predicted, _ := m.Cell(justrunit.Point{50}, justrunit.RTP95)
+	tooFew := fmt.Errorf("measure window: 0 successful responses in the full window: %w", justrunit.ErrTooFewSamples)
+	r := &curveRunner{f: linear, fail: map[float64]error{50: tooFew}}
+	c, logs, notified := newChecker(t, r, 0.1)
+	results, err := c.CheckAll(context.Background(), m)
+	if err != nil {
+		t.Fatalf("CheckAll = %v, want the unmeasurable point as failed checks", err)
+	}
+	if len(results) != 3 {
+		t.Fatalf("CheckAll = %d results, want 3: %+v", len(results), results)
+	}
+	for _, res := range results[:2] {
+		if res.Passed || !res.Point.Equal(justrunit.Point{50}) || !strings.Contains(res.Reason, "0 successful responses") ||
+			math.IsNaN(res.Measured) || math.IsInf(res.Measured, 0) || res.RelError != 1 {
+			t.Errorf("check of the unmeasurable point = %+v, want failed saying why, measured finite, error 1", res)
+		}
+	}
+	if results[0].Predicted != predicted.Value {
+		t.Errorf("predicted = %v, want the T cell's %v", results[0].Predicted, predicted.Value)
+	}
+	if !results[2].Passed || results[2].Reason != "" {
+		t.Errorf("check at cpu=70 = %+v, want passed without a reason", results[2])
+	}
+	if len(*notified) != 2 {
+		t.Errorf("notified %d, want the 2 cells of the unmeasurable point", len(*notified))
+	}
+	if !strings.Contains(logs.String(), justrunit.EventCheckFailed) || !strings.Contains(logs.String(), "0 successful responses") {
+		t.Errorf("the failed checks were not logged with their reason: %s", logs)
+	}
+	if _, err := json.Marshal(results); err != nil {
+		t.Errorf("results do not encode to JSON: %v", err)
+	}
+	row := m.Rows[4]
+	if row.Unmeasurable == "" || row.Cells[0].Prov != justrunit.Empty || row.Cells[0].Predicted != predicted.Value {
+		t.Errorf("row cpu=50 after the check = %+v, want unmeasurable with empty cells keeping the prediction", row)
+	}
+	if _, err := m.Use(justrunit.Point{50}, justrunit.RTP95); err == nil {
+		t.Error("Use of the unmeasurable point: no error")
+	}
+
+	// Check of one cell says the same, not an error.
+	m = study(t, linear)
+	use(t, m, 50, justrunit.RTP95)
+	c, _, _ = newChecker(t, r, 0.1)
+	if res, err := c.Check(context.Background(), m, justrunit.Point{50}, justrunit.RTP95); err != nil || res.Passed || res.Reason == "" {
+		t.Errorf("Check of an unmeasurable point = %+v, %v; want a failed check with its reason", res, err)
+	}
+
+	// A window the deadline cut measured too few as well, but says nothing
+	// of the point: an error, the cell stays T.
+	m = study(t, linear)
+	use(t, m, 50, justrunit.RTP95)
+	cut := fmt.Errorf("measure window: 3 successful responses: %w (%w)", justrunit.ErrTooFewSamples, context.DeadlineExceeded)
+	c, _, notified = newChecker(t, &curveRunner{f: linear, fail: map[float64]error{50: cut}}, 0.1)
+	if _, err := c.CheckAll(context.Background(), m); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("CheckAll with a window cut by its deadline = %v, want the error", err)
+	}
+	if cell, _ := m.Cell(justrunit.Point{50}, justrunit.RTP95); cell.Prov != justrunit.Used || len(*notified) != 0 || len(m.Unmeasurable()) != 0 {
+		t.Errorf("after a cut window: cell %+v, %d notified, unmeasurable %v; want T, none, none", cell, len(*notified), m.Unmeasurable())
 	}
 }

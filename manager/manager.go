@@ -619,7 +619,8 @@ func (m *Manager) goal(service, target string, sla justrunit.SLA) (justrunit.SLA
 // decide picks an allocation from the study's matrix (see choose); when
 // the cell it goes by was interpolated, the decision uses it (T) and the
 // checker re-measures it; if the measurement misses the threshold the
-// decision is made again with the measured value.
+// decision is made again with the measured value, and if the point cannot
+// be measured at all (the checker marks it unmeasurable) without it.
 func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.Study, mat *justrunit.Matrix, service string, goal justrunit.SLA) (float64, error) {
 	online := m.tierNow(service)
 	for range len(mat.Rows) {
@@ -651,14 +652,18 @@ func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.St
 		if failed {
 			msg = "the checker found the interpolated value off by more than the threshold: deciding again with the measured value"
 		}
+		if k := slices.IndexFunc(res, func(r justrunit.CheckResult) bool { return r.Reason != "" }); k >= 0 {
+			msg = fmt.Sprintf("the checker could not confirm the interpolated value (%s): deciding again without it", res[k].Reason)
+		}
 		m.emit(Event{Kind: EventCheck, Service: service, Message: msg, Data: map[string]any{"results": res}})
 		if !failed {
 			if j, _ := choose(mat, st.SLA.Metric, goal, m.cfg.Headroom, online, m.cfg.CheckThreshold); j == i {
 				return p[0], nil
 			}
 		}
-		// Decide again: the V cell carries the measured value now, and
-		// Check filled the interpolation around it again from it.
+		// Decide again: the V cell carries the measured value now (or the
+		// point is unmeasurable, its cells empty), and Check filled the
+		// interpolation around it again from it.
 	}
 	return 0, errors.New("decision did not settle")
 }

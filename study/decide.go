@@ -41,9 +41,11 @@ func (e *Engine) Use(ctx context.Context, st *justrunit.Study, m *justrunit.Matr
 // the other interpolated cells are filled again with the new measurements,
 // and each result is stored with a check.passed or check.failed event.
 // notify, when not nil, is called for every failed check (the hook that
-// alerts the management entity). The matrix is saved afterwards, also when
-// some checking experiments failed (their cells stay T; the errors are
-// returned joined).
+// alerts the management entity). A point whose checking experiment
+// measured too few responses fails the checks of its T cells and is marked
+// unmeasurable (see checker.Checker.Check). The matrix is saved afterwards,
+// also when some checking experiments failed (their cells stay T; the
+// errors are returned joined).
 func (e *Engine) Check(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, notify func(justrunit.CheckResult)) ([]justrunit.CheckResult, error) {
 	c, err := checker.New(e.Runner, st.CheckThreshold)
 	if err != nil {
@@ -72,9 +74,14 @@ func (e *Engine) Check(ctx context.Context, st *justrunit.Study, m *justrunit.Ma
 		if !r.Passed {
 			kind, level, verdict = justrunit.EventCheckFailed, "warn", "EXCEEDS"
 		}
-		e.event(sctx, st, kind, level, fmt.Sprintf("check %s %s: interpolated %.4g, measured %.4g: error %.1f%% %s threshold %.1f%%",
-			st.Space.Format(r.Point), r.Metric, r.Predicted, r.Measured, 100*r.RelError, verdict, 100*r.Threshold),
-			map[string]any{"metric": string(r.Metric), "rel_error": r.RelError})
+		msg := fmt.Sprintf("check %s %s: interpolated %.4g, measured %.4g: error %.1f%% %s threshold %.1f%%",
+			st.Space.Format(r.Point), r.Metric, r.Predicted, r.Measured, 100*r.RelError, verdict, 100*r.Threshold)
+		data := map[string]any{"metric": string(r.Metric), "rel_error": r.RelError}
+		if r.Reason != "" {
+			msg = fmt.Sprintf("check %s %s: interpolated %.4g, FAILED: %s", st.Space.Format(r.Point), r.Metric, r.Predicted, r.Reason)
+			data["reason"] = r.Reason
+		}
+		e.event(sctx, st, kind, level, msg, data)
 	}
 	if err := e.Store.SaveMatrix(sctx, st.ID, m); err != nil {
 		storeErr = errors.Join(storeErr, fmt.Errorf("save matrix: %w", err))

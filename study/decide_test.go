@@ -2,6 +2,8 @@ package study
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/justrunit/justrunit"
@@ -126,5 +128,64 @@ func TestCheckCountsExperiments(t *testing.T) {
 		if st.Experiments != 1 {
 			t.Errorf("store %v: %d experiments counted after one check, want 1", withStore, st.Experiments)
 		}
+	}
+}
+
+// TestCheckUnmeasurable: a checking experiment that measures too few
+// responses is a failed check stored with its reason and a check.failed
+// event saying it, not an error; the point is marked unmeasurable in the
+// stored matrix and the experiment counts in the study.
+func TestCheckUnmeasurable(t *testing.T) {
+	ctx := context.Background()
+	store := openStore(t)
+	st := newStudy(t, "grid", 1, 1, 1)
+	st.Window, st.TimeBound = 1e9, 10e9
+	if err := store.CreateStudy(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	r := &curveRunner{rt: knee}
+	e := newEngine(t, st, funcRunner(func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+		if p[0] == 60 {
+			return justrunit.Observation{}, fmt.Errorf("measure window: 0 successful responses in the full window: %w", justrunit.ErrTooFewSamples)
+		}
+		return r.Run(ctx, p)
+	}), store)
+	m, err := justrunit.NewMatrix(st.Space, st.Metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cpu := range []float64{20, 100} {
+		o, _ := r.Run(ctx, justrunit.Point{cpu})
+		if err := m.Record(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.Interpolator.Interpolate(m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Use(ctx, st, m, justrunit.Point{60}, justrunit.RTP95); err != nil {
+		t.Fatal(err)
+	}
+	var alerts []justrunit.CheckResult
+	results, err := e.Check(ctx, st, m, func(c justrunit.CheckResult) { alerts = append(alerts, c) })
+	if err != nil {
+		t.Fatalf("Check = %v, want the unmeasurable point as a failed check", err)
+	}
+	if len(results) != 1 || results[0].Passed || !strings.Contains(results[0].Reason, "0 successful responses") || len(alerts) != 1 {
+		t.Errorf("Check = %+v (alerts %+v), want one failed check saying why", results, alerts)
+	}
+	if st.Experiments != 1 {
+		t.Errorf("%d experiments counted, want the checking one", st.Experiments)
+	}
+	evs, _ := store.Events(ctx, justrunit.EventFilter{StudyID: st.ID, Kind: justrunit.EventCheckFailed})
+	if len(evs) != 1 || !strings.Contains(evs[0].Message, "0 successful responses") || strings.Contains(evs[0].Message, "measured 0") {
+		t.Errorf("check.failed events = %+v, want one saying the point could not be measured", evs)
+	}
+	stored, err := store.Checks(ctx, st.ID)
+	if err != nil || len(stored) != 1 || stored[0].Reason != results[0].Reason {
+		t.Errorf("stored checks = %+v, %v; want the failed check with its reason", stored, err)
+	}
+	if sm, err := store.Matrix(ctx, st.ID); err != nil || len(sm.Unmeasurable()) != 1 {
+		t.Errorf("stored matrix: unmeasurable %v, %v; want cpu=60", sm.Unmeasurable(), err)
 	}
 }

@@ -536,6 +536,10 @@ func (e *studyExport) render(w io.Writer) error {
 			if !c.Passed {
 				verdict = "FAILED"
 			}
+			if c.Reason != "" {
+				fmt.Fprintf(w, "  %s %s: predicted %.3g, %s: %s\n", e.Study.Space.Format(c.Point), c.Metric, c.Predicted, verdict, c.Reason)
+				continue
+			}
 			fmt.Fprintf(w, "  %s %s: predicted %.3g, measured %.3g, error %.1f%% (threshold %.1f%%) %s\n",
 				e.Study.Space.Format(c.Point), c.Metric, c.Predicted, c.Measured, 100*c.RelError, 100*c.Threshold, verdict)
 		}

@@ -133,8 +133,8 @@ async function studyPage(id) {
       h('thead', {}, h('tr', {}, ['Point', 'Metric', 'Interpolated', 'Measured', 'Error', 'Verdict'].map(x => h('th', {}, x)))),
       h('tbody', {}, e.checks.map(c => h('tr', {},
         h('td', {}, pointLabel(s.space, c.point)), h('td', {}, c.metric), h('td', { class: 'num' }, fmt(c.predicted)),
-        h('td', { class: 'num' }, fmt(c.measured)), h('td', { class: 'num' }, fmt(100 * c.rel_error) + '%'),
-        h('td', { class: c.passed ? '' : 'level-error' }, c.passed ? 'within threshold' : 'EXCEEDS ' + fmt(100 * c.threshold) + '%'))))));
+        h('td', { class: 'num' }, c.reason ? '' : fmt(c.measured)), h('td', { class: 'num' }, c.reason ? '' : fmt(100 * c.rel_error) + '%'),
+        h('td', { class: c.passed ? '' : 'level-error' }, c.passed ? 'within threshold' : c.reason ? 'FAILED: ' + c.reason : 'EXCEEDS ' + fmt(100 * c.threshold) + '%'))))));
   }
   out.push(h('h2', {}, 'Events'), eventsTable(e.events.slice(-200).reverse()));
   return out;

@@ -113,6 +113,7 @@ export function heatmap(m) {
         tip += `; saturated: ${fmt(r.observation.throughput)} of ${fmt(r.observation.offered)} req/s answered, so the clients would see more`;
       }
       if (r.unmeasurable) tip = `${pointLabel(m.space, r.point)}: measured nothing: ${r.unmeasurable}`;
+      if (r.unmeasurable && c.predicted) tip += `; a decision used the interpolated ${fmt(c.predicted)} ${unit(metrics[j])} here`;
       g.append(el('title', {}, tip));
       svg.append(g);
     });
