@@ -342,7 +342,10 @@ type CheckResult struct {
 	// Reason says why a check failed other than by its relative error,
 	// e.g. "unmeasurable: ..." when the checking experiment ran its window
 	// and measured too few responses (the clone saturated at the point, or
-	// got no traffic): Measured is then 0 and RelError 1. Empty otherwise.
+	// got no traffic): Measured is then 0 and RelError 1; or
+	// "saturated: ..." when the clone answered clearly fewer requests than
+	// it was sent, so that the response time it measured (Measured)
+	// understates what clients would see. Empty otherwise.
 	Reason string `json:"reason,omitempty"`
 }
 

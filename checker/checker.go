@@ -121,6 +121,11 @@ func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 // Passed is RelError ≤ Threshold (see Passes for a measured 0). The one experiment verifies every T cell of the point (see
 // CheckPoint); failures of any of them are logged and notified.
 //
+// An experiment whose clone was saturated (Observation.Saturated) fails the
+// checks of the metrics its figures understate (Observation.Understates:
+// the response times), whatever their error, with a Reason saying so; the
+// cells become V with what it measured.
+//
 // An experiment that ran its window and measured too few responses (an
 // error wrapping justrunit.ErrTooFewSamples, not cut by a deadline: the
 // clone saturated at p, or got no traffic) is the worst an interpolation
@@ -251,6 +256,12 @@ func (c *Checker) checkRow(ctx context.Context, m *justrunit.Matrix, i int) ([]j
 			Time:      now,
 		}
 		r.Passed = Passes(r.Measured, r.Predicted, c.Threshold)
+		if obs.Understates(r.Metric) {
+			// Not what the clients would see: the requests still queued at
+			// the window's end are missing from it, as the sla strategy
+			// and the manager take such a figure.
+			r.Passed, r.Reason = false, saturated(&obs, r)
+		}
 		c.report(r, where)
 		results = append(results, r)
 	}
@@ -291,6 +302,16 @@ func (c *Checker) unmeasurable(m *justrunit.Matrix, i int, used []int, runErr er
 		results = append(results, r)
 	}
 	return results, nil
+}
+
+// saturated is the Reason of check r failed by a saturated clone's
+// observation o.
+func saturated(o *justrunit.Observation, r justrunit.CheckResult) string {
+	answered := fmt.Sprintf("%.1f req/s, clearly fewer than it was sent", o.Throughput)
+	if o.Offered > 0 {
+		answered = fmt.Sprintf("%.1f of %.1f req/s offered", o.Throughput, o.Offered)
+	}
+	return fmt.Sprintf("saturated: the clone answered %s, so the measured %.4g %s understates what clients would see", answered, r.Measured, r.Metric.Unit())
 }
 
 // report logs a verdict and notifies a failure.

@@ -551,3 +551,44 @@ func TestCheckUnmeasurablePoint(t *testing.T) {
 		t.Errorf("after a cut window: cell %+v, %d notified, unmeasurable %v; want T, none, none", cell, len(*notified), m.Unmeasurable())
 	}
 }
+
+// saturatedRunner measures as curveRunner, but its clone is saturated:
+// it answered half the load offered, and its response times understate.
+type saturatedRunner struct{ curveRunner }
+
+func (r *saturatedRunner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+	o, err := r.curveRunner.Run(ctx, p)
+	o.Saturated, o.Offered = true, 2*o.Throughput
+	return o, err
+}
+
+// TestCheckSaturated: a checking experiment whose clone was saturated
+// fails the check of a response time however close its figure is, since
+// that figure understates what clients would see, and says so; the
+// throughput it measured is its capacity and is compared as usual.
+func TestCheckSaturated(t *testing.T) {
+	m := study(t, linear)
+	use(t, m, 50, justrunit.RTP95)
+	use(t, m, 50, justrunit.Throughput)
+	c, logs, notified := newChecker(t, &saturatedRunner{curveRunner{f: linear}}, 0.1)
+	results, err := c.CheckPoint(context.Background(), m, justrunit.Point{50})
+	if err != nil || len(results) != 2 {
+		t.Fatalf("CheckPoint = %+v, %v; want 2 results", results, err)
+	}
+	rt, tp := results[0], results[1]
+	if rt.Passed || rt.RelError != 0 || !strings.Contains(rt.Reason, "saturated") || rt.Measured != linear(50) {
+		t.Errorf("check of rt_p95 = %+v, want failed with the measured figure and the reason", rt)
+	}
+	if !tp.Passed || tp.Reason != "" {
+		t.Errorf("check of throughput = %+v, want passed (5·cpu is linear)", tp)
+	}
+	if len(*notified) != 1 || (*notified)[0].Metric != justrunit.RTP95 {
+		t.Errorf("notified %+v, want the rt_p95 check", *notified)
+	}
+	if !strings.Contains(logs.String(), justrunit.EventCheckFailed) || !strings.Contains(logs.String(), "saturated") {
+		t.Errorf("the failed check was not logged with its reason: %s", logs)
+	}
+	if cell, _ := m.Cell(justrunit.Point{50}, justrunit.RTP95); cell.Prov != justrunit.Verified || !m.Rows[4].Observation.Saturated {
+		t.Errorf("cell after the check = %+v, want V with the saturated observation", cell)
+	}
+}
