@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/checker"
@@ -39,7 +40,8 @@ func (e *Engine) Use(ctx context.Context, st *justrunit.Study, m *justrunit.Matr
 // Check runs the checker on every T cell of m: one experiment per point
 // through the engine's Runner, the cells become V with the measured value,
 // the other interpolated cells are filled again with the new measurements,
-// and each result is stored with a check.passed or check.failed event.
+// each experiment's observation is stored with the study's (as Run stores
+// its own), and each result with a check.passed or check.failed event.
 // notify, when not nil, is called for every failed check (the hook that
 // alerts the management entity). A point whose checking experiment
 // measured too few responses fails the checks of its T cells and is marked
@@ -53,7 +55,9 @@ func (e *Engine) Check(ctx context.Context, st *justrunit.Study, m *justrunit.Ma
 	}
 	c.Logger, c.StudyID, c.Notify = e.logger(), st.ID, notify
 	results, checkErr := c.CheckAll(ctx, m)
-	st.Experiments += countPoints(results)
+	// An experiment that failed is not counted, as in Run; one that
+	// measured too few responses is.
+	st.Experiments += len(points(results))
 	if len(results) > 0 && e.Interpolator != nil {
 		// The checks measured new points: the cells filled from the old
 		// measurements are filled again with them.
@@ -66,6 +70,18 @@ func (e *Engine) Check(ctx context.Context, st *justrunit.Study, m *justrunit.Ma
 	}
 	sctx := context.WithoutCancel(ctx)
 	var storeErr error
+	for _, p := range points(results) {
+		// The point's observation is the checking experiment's: a T cell
+		// is on a row without one, and Verify gave it one. A point that
+		// measured nothing has none.
+		i, err := m.Space.IndexOf(p)
+		if err != nil || m.Rows[i].Observation == nil {
+			continue
+		}
+		if err := e.Store.AddObservation(sctx, st.ID, *m.Rows[i].Observation); err != nil {
+			storeErr = errors.Join(storeErr, fmt.Errorf("store observation: %w", err))
+		}
+	}
 	for _, r := range results {
 		if err := e.Store.AddCheck(sctx, r); err != nil {
 			storeErr = errors.Join(storeErr, fmt.Errorf("store check: %w", err))
@@ -92,17 +108,14 @@ func (e *Engine) Check(ctx context.Context, st *justrunit.Study, m *justrunit.Ma
 	return results, errors.Join(checkErr, storeErr)
 }
 
-// countPoints counts the distinct points of results: one experiment each.
-func countPoints(results []justrunit.CheckResult) int {
+// points returns the distinct points of results, in order: one experiment
+// each.
+func points(results []justrunit.CheckResult) []justrunit.Point {
 	var seen []justrunit.Point
 	for _, r := range results {
-		dup := false
-		for _, p := range seen {
-			dup = dup || p.Equal(r.Point)
-		}
-		if !dup {
+		if !slices.ContainsFunc(seen, r.Point.Equal) {
 			seen = append(seen, r.Point)
 		}
 	}
-	return len(seen)
+	return seen
 }

@@ -2,6 +2,7 @@ package study
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -187,5 +188,61 @@ func TestCheckUnmeasurable(t *testing.T) {
 	}
 	if sm, err := store.Matrix(ctx, st.ID); err != nil || len(sm.Unmeasurable()) != 1 {
 		t.Errorf("stored matrix: unmeasurable %v, %v; want cpu=60", sm.Unmeasurable(), err)
+	}
+}
+
+// TestCheckStoresObservations: the observation of every checking
+// experiment that measured is stored with the study's, as Run stores its
+// own; one that measured nothing stores none, and one that failed stores
+// none and, as in Run, does not count.
+func TestCheckStoresObservations(t *testing.T) {
+	ctx := context.Background()
+	store := openStore(t)
+	st := newStudy(t, "grid", 1, 1, 1)
+	st.Window, st.TimeBound = 1e9, 10e9
+	if err := store.CreateStudy(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	r := &curveRunner{rt: knee}
+	e := newEngine(t, st, funcRunner(func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+		switch p[0] {
+		case 60:
+			return justrunit.Observation{}, fmt.Errorf("measure window: 0 successful responses in the full window: %w", justrunit.ErrTooFewSamples)
+		case 80:
+			return justrunit.Observation{}, errors.New("clone crashed")
+		}
+		return r.Run(ctx, p)
+	}), store)
+	m, err := justrunit.NewMatrix(st.Space, st.Metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cpu := range []float64{20, 100} {
+		o, _ := r.Run(ctx, justrunit.Point{cpu})
+		if err := m.Record(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.Interpolator.Interpolate(m); err != nil {
+		t.Fatal(err)
+	}
+	for _, cpu := range []float64{40, 60, 80} {
+		if _, err := e.Use(ctx, st, m, justrunit.Point{cpu}, justrunit.RTP95); err != nil {
+			t.Fatal(err)
+		}
+	}
+	results, err := e.Check(ctx, st, m, nil)
+	if err == nil || !strings.Contains(err.Error(), "clone crashed") || len(results) != 2 {
+		t.Fatalf("Check = %+v, %v; want the checks at cpu=40 and 60 and the failure at 80", results, err)
+	}
+	obs, err := store.Observations(ctx, st.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(obs) != 1 || !obs[0].Point.Equal(justrunit.Point{40}) || obs[0].RT.P95 != knee(40) {
+		t.Errorf("stored observations = %+v, want the checking experiment's at cpu=40", obs)
+	}
+	if st.Experiments != 2 {
+		t.Errorf("%d experiments counted, want 2: the one measured and the one that measured nothing", st.Experiments)
 	}
 }
