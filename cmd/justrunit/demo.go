@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/examples/auction/auction"
 	"github.com/justrunit/justrunit/examples/auction/loadgen"
 	"github.com/justrunit/justrunit/manager"
 	"github.com/justrunit/justrunit/manager/monitor"
@@ -36,6 +37,7 @@ type demoOptions struct {
 	rate      float64
 	rise      float64
 	work      float64
+	calibrate bool
 	out       string
 	json      bool
 	dryRun    bool
@@ -71,7 +73,13 @@ auction example). The timeline is written as SVG and JSON under --out.`,
 	// some runs, one that still fitted on pm1 (30% with pm1 at 95%), and
 	// no host was powered on; at 2.5 times it is well beyond pm1's room.
 	f.Float64Var(&o.rise, "rise", 2.5, "factor auction0's load rises by")
-	f.Float64Var(&o.work, "work", 2, "CPU work per request in the app tier (the auction example's --work)")
+	f.Float64Var(&o.work, "work", 2, "CPU work per request in the app tier (the auction example's --work; see --calibrate)")
+	// The scenario (SLA met at first, violated once the load rises, met
+	// again with a larger share) rests on what a request costs in CPU
+	// time; the example's work is a fixed number of operations, which
+	// took 1.25 times as long on one day's machine as on another's, and
+	// the SLA was then violated from the first interval.
+	f.BoolVar(&o.calibrate, "calibrate", true, "scale --work to this machine's speed, so that a request costs the CPU time it costs on the machine the example was measured on")
 	f.StringVar(&o.out, "out", "justrunit-demo", "directory for the timeline (SVG, JSON) and the demo's files")
 	f.BoolVar(&o.json, "json", false, "print the summary as JSON")
 	f.BoolVar(&o.dryRun, "dry-run", false, "show the manager's plan without applying it")
@@ -82,7 +90,10 @@ auction example). The timeline is written as SVG and JSON under --out.`,
 type demoSummary struct {
 	// Violations are the SLA violations the monitor detected.
 	Violations []demoViolation `json:"violations"`
-	// Study is the last study the manager ran, and what it chose.
+	// Study is the last study the manager decided from (the last one it
+	// ran, when none led to a decision), and what it chose: a later study
+	// that ends without a decision (nothing better than what the tier has)
+	// does not hide the one whose decision was applied.
 	Study *demoStudy `json:"study"`
 	// Actions are the plan steps applied: power-on, migrate,
 	// set-allocation, power-off.
@@ -128,6 +139,7 @@ func (sum *demoSummary) summarise(tl *manager.Timeline) {
 	for _, s := range tl.Samples {
 		sum.Intervals[s.Service] = append(sum.Intervals[s.Service], s.MeanMs)
 	}
+	var pending *demoStudy // the last study, until a decision comes from it
 	for _, e := range tl.Events {
 		switch e.Kind {
 		case monitor.EventViolated:
@@ -147,16 +159,20 @@ func (sum *demoSummary) summarise(tl *manager.Timeline) {
 					st.Interpolated = append(st.Interpolated, r.Point[0])
 				}
 			}
-			sum.Study = st
+			pending = st
 		case manager.EventDecision:
-			if sum.Study != nil {
-				sum.Study.Target, _ = e.Data["target"].(string)
-				sum.Study.Chosen, _ = e.Data["cpu"].(float64)
+			if pending != nil {
+				pending.Target, _ = e.Data["target"].(string)
+				pending.Chosen, _ = e.Data["cpu"].(float64)
+				sum.Study, pending = pending, nil
 			}
 		case manager.EventApplied:
 			steps, _ := e.Data["steps"].([]planner.Step)
 			sum.Actions = append(sum.Actions, steps...)
 		}
+	}
+	if sum.Study == nil {
+		sum.Study = pending
 	}
 	sum.FinalSLAMet = len(sum.SLAMet) > 0
 	for _, ok := range sum.SLAMet {
@@ -214,7 +230,14 @@ func runDemo(cmd *cobra.Command, g *globals, o demoOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	sf, fronts, err := demoSite(out, bin, o.work)
+	work := o.work
+	if o.calibrate && work > 0 {
+		unit := auction.MeasureUnit()
+		work = calibratedWork(o.work, unit)
+		fmt.Fprintf(w, "Calibrating the app tier's work: a unit takes %v here (%v where the example was measured): --work %g runs as --work %g\n",
+			unit.Round(time.Microsecond), auction.NominalUnit, o.work, work)
+	}
+	sf, fronts, err := demoSite(out, bin, work)
 	if err != nil {
 		return err
 	}
@@ -343,6 +366,19 @@ func runDemo(cmd *cobra.Command, g *globals, o demoOptions) (err error) {
 			sum.FinalSLAMet, sum.SLAMet, sum.Leftovers, svg.Name(), filepath.Join(out, "timeline.json"))
 	}
 	return err
+}
+
+// calibratedWork is the work factor that makes a request cost what work
+// costs where a unit of work takes auction.NominalUnit, on a machine where
+// it takes unit; rounded to two significant digits, for a readable
+// command line.
+func calibratedWork(work float64, unit time.Duration) float64 {
+	if unit <= 0 {
+		return work
+	}
+	w := work * float64(auction.NominalUnit) / float64(unit)
+	scale := math.Pow(10, math.Floor(math.Log10(w))-1)
+	return math.Round(w/scale) * scale
 }
 
 // buildAuction builds the auction example's static binary into dir.

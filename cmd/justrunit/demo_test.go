@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
 	"os"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/examples/auction/auction"
 	"github.com/justrunit/justrunit/internal/testutil"
 	"github.com/justrunit/justrunit/manager"
 )
@@ -196,5 +199,64 @@ func TestDemoStudy(t *testing.T) {
 	}
 	if rep.OnlineP95Ratio <= 0 {
 		t.Errorf("online_p95_ratio = %v", rep.OnlineP95Ratio)
+	}
+}
+
+// TestCalibratedWork scales a work factor by how much slower or faster a
+// unit of work is here than where the example was measured.
+func TestCalibratedWork(t *testing.T) {
+	for _, c := range []struct {
+		work float64
+		unit time.Duration
+		want float64
+	}{
+		{2, auction.NominalUnit, 2},
+		{2, 125 * time.Microsecond, 1.6},
+		{2, 50 * time.Microsecond, 4},
+		{1, 300 * time.Microsecond, 0.33},
+		{2, 0, 2},
+	} {
+		if got := calibratedWork(c.work, c.unit); math.Abs(got-c.want) > 1e-9 {
+			t.Errorf("calibratedWork(%g, %v) = %g, want %g", c.work, c.unit, got, c.want)
+		}
+	}
+}
+
+// TestSummariseKeepsTheDecidedStudy: a later study that leads to no
+// decision does not replace, in the summary, the one whose decision was
+// applied.
+func TestSummariseKeepsTheDecidedStudy(t *testing.T) {
+	matrix := func(measured ...float64) *justrunit.Matrix {
+		cpu, err := justrunit.ParseParameter("cpu=30..100 step 10")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := justrunit.NewMatrix(justrunit.Space{Params: []justrunit.Parameter{cpu}}, []justrunit.Metric{justrunit.RTMean})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range measured {
+			if err := m.Record(justrunit.Observation{Point: justrunit.Point{v}, Samples: 200, RT: justrunit.ResponseTime{Mean: 10}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return m
+	}
+	tl := &manager.Timeline{Events: []manager.Event{
+		{Kind: manager.EventStudyDone, Data: map[string]any{"matrix": matrix(30, 80, 100)}},
+		{Kind: manager.EventDecision, Data: map[string]any{"target": "auction0-app", "cpu": 80.0}},
+		{Kind: manager.EventStudyDone, Data: map[string]any{"matrix": matrix(90, 100)}},
+	}}
+	var sum demoSummary
+	sum.summarise(tl)
+	if st := sum.Study; st == nil || st.Chosen != 80 || st.Target != "auction0-app" || !slices.Equal(st.Measured, []float64{30, 80, 100}) {
+		t.Fatalf("study = %+v, want the one decided from (30, 80, 100 measured; 80 chosen)", st)
+	}
+
+	tl.Events = tl.Events[2:] // no decision at all: the last study
+	sum = demoSummary{}
+	sum.summarise(tl)
+	if st := sum.Study; st == nil || st.Chosen != 0 || !slices.Equal(st.Measured, []float64{90, 100}) {
+		t.Fatalf("study = %+v, want the last one, nothing chosen", st)
 	}
 }

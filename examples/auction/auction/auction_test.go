@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -457,5 +458,23 @@ func TestDollars(t *testing.T) {
 		if got := dollars(tt.cents); got != tt.want {
 			t.Errorf("dollars(%d) = %q, want %q", tt.cents, got, tt.want)
 		}
+	}
+}
+
+// TestMeasureUnit checks that MeasureUnit gives the time a unit of work
+// takes: work of 50 units takes at least about 50 of them.
+func TestMeasureUnit(t *testing.T) {
+	unit := MeasureUnit()
+	if unit <= 0 {
+		t.Fatalf("MeasureUnit = %v, want > 0", unit)
+	}
+	best := time.Duration(math.MaxInt64)
+	for i := range 5 {
+		start := time.Now()
+		measureSink ^= spin(uint64(i), 50*unitRounds)
+		best = min(best, time.Since(start))
+	}
+	if got := float64(best) / float64(50*unit); got < 0.7 {
+		t.Errorf("50 units took %v, %.2f times 50 × MeasureUnit (%v): MeasureUnit overstates a unit", best, got, unit)
 	}
 }

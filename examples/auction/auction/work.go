@@ -2,7 +2,9 @@ package auction
 
 import (
 	"hash/fnv"
+	"math"
 	"strconv"
+	"time"
 )
 
 // Work calibration. The app tier's synthetic CPU work is counted in units;
@@ -29,6 +31,29 @@ const (
 	bidFraudUnits        = 30   // the fraud-score loop of POST /bid
 	sellUnits            = 25   // listing checks of POST /sell
 )
+
+// NominalUnit is the time a unit of work took on the development machine,
+// where the CPU time per request type in README.md was measured. A run
+// that needs requests to cost that CPU time on another machine scales its
+// work factor by NominalUnit / MeasureUnit().
+const NominalUnit = 100 * time.Microsecond
+
+// MeasureUnit returns the time a unit of work takes on this machine: the
+// shortest of several runs of a few milliseconds each, so that a run the
+// scheduler interrupted does not count. It takes about 20 ms.
+func MeasureUnit() time.Duration {
+	const units, runs = 20, 7
+	best := time.Duration(math.MaxInt64)
+	for i := range runs {
+		start := time.Now()
+		measureSink ^= spin(uint64(i), units*unitRounds)
+		best = min(best, time.Since(start))
+	}
+	return best / units
+}
+
+// measureSink keeps MeasureUnit's work from being optimised away.
+var measureSink uint64
 
 // meter does a request's CPU work and folds every result into a signature,
 // so the work cannot be optimised away and shows in the response.
