@@ -75,3 +75,55 @@ func TestChoose(t *testing.T) {
 		})
 	}
 }
+
+// TestUpgradeMeetsSLA: a class whose clone was saturated meets no SLA on
+// a response time, however low its figures.
+func TestUpgradeMeetsSLA(t *testing.T) {
+	p95, err := justrunit.ParseSLA("rt_p95<=50")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tput, err := justrunit.ParseSLA("throughput>=40")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := justrunit.Observation{Samples: 500, Throughput: 50, RT: justrunit.ResponseTime{P95: 20}}
+	saturated := ok
+	saturated.Saturated = true
+	for _, c := range []struct {
+		name string
+		sla  *justrunit.SLA
+		o    justrunit.Observation
+		want bool
+	}{
+		{"no SLA", nil, saturated, true},
+		{"met", &p95, ok, true},
+		{"missed", &p95, justrunit.Observation{Samples: 500, RT: justrunit.ResponseTime{P95: 60}}, false},
+		{"saturated, response time", &p95, saturated, false},
+		{"saturated, throughput", &tput, saturated, true},
+	} {
+		if got := meetsSLA(c.sla, &c.o); got != c.want {
+			t.Errorf("%s: meetsSLA = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// TestSLAFigure: a violation names response times in ms and the error
+// rate as the fraction it is.
+func TestSLAFigure(t *testing.T) {
+	for _, c := range []struct {
+		metric justrunit.Metric
+		v      float64
+		format string
+		want   string
+	}{
+		{justrunit.RTMean, 62.44, "%.1f", "62.4 ms"},
+		{justrunit.RTP95, 50, "%g", "50 ms"},
+		{justrunit.ErrorRate, 0.1, "%.1f", "0.1"},
+		{justrunit.ErrorRate, 0.0125, "%g", "0.0125"},
+	} {
+		if got := slaFigure(c.metric, c.v, c.format); got != c.want {
+			t.Errorf("slaFigure(%s, %g, %q) = %q, want %q", c.metric, c.v, c.format, got, c.want)
+		}
+	}
+}

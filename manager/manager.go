@@ -108,9 +108,10 @@ type Manager struct {
 	mon *monitor.Monitor
 
 	mu      sync.Mutex
-	pending []string             // services in violation awaiting a response
-	recent  map[string][]tick    // each service's latest intervals
-	tier    map[string]tierWatch // each watched service's bottleneck tier (set by New)
+	pending []string                    // services in violation awaiting a response
+	recent  map[string][]tick           // each service's latest intervals
+	tier    map[string]tierWatch        // each watched service's bottleneck tier (set by New)
+	metric  map[string]justrunit.Metric // each watched service's SLA metric (set by New)
 	unwatch []func()
 	idle    map[string]int // responses in a row that applied nothing, per service
 	applied atomic.Int64   // responses that applied a plan
@@ -158,7 +159,7 @@ func New(cfg Config) (_ *Manager, err error) {
 	case cfg.Reconsider < 0:
 		cfg.Reconsider = 0
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1), tier: map[string]tierWatch{}, recent: map[string][]tick{}, idle: map[string]int{}}
+	m := &Manager{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1), tier: map[string]tierWatch{}, metric: map[string]justrunit.Metric{}, recent: map[string][]tick{}, idle: map[string]int{}}
 	if m.log == nil {
 		m.log = slog.Default()
 	}
@@ -186,6 +187,7 @@ func New(cfg Config) (_ *Manager, err error) {
 		rec, stop := p.Watch()
 		m.unwatch = append(m.unwatch, stop)
 		mon.Services = append(mon.Services, monitor.Service{Name: svc.Name, SLA: sla, Window: rec})
+		m.metric[svc.Name] = sla.Metric
 		// A violation the manager could not study would be found only
 		// when it happens: refuse the site now.
 		target, err := m.bottleneck(svc.Name)
@@ -310,9 +312,18 @@ func (m *Manager) othersTime(service string) (others float64, n int, ok bool) {
 	return 0, 0, false
 }
 
+// slaFigure writes a value of an SLA's metric with format and its unit:
+// milliseconds for a response time, none for the error rate (a fraction).
+func slaFigure(metric justrunit.Metric, v float64, format string) string {
+	if metric == justrunit.ErrorRate {
+		return fmt.Sprintf("%.3g", v)
+	}
+	return fmt.Sprintf(format+" ms", v)
+}
+
 func (m *Manager) onChange(c monitor.Change) {
 	last := c.Samples[len(c.Samples)-1]
-	m.emit(Event{Kind: c.Kind, Service: c.Service, Message: fmt.Sprintf("%s: %.1f ms against an SLA of %g ms", c.Kind, last.Value, last.SLA),
+	m.emit(Event{Kind: c.Kind, Service: c.Service, Message: fmt.Sprintf("%s: %s against an SLA of %s", c.Kind, slaFigure(m.metric[c.Service], last.Value, "%.1f"), slaFigure(m.metric[c.Service], last.SLA, "%g")),
 		Data: map[string]any{"value": last.Value, "sla": last.SLA, "interval": last.Interval}})
 	if c.Kind == monitor.EventCleared {
 		m.mu.Lock()

@@ -22,8 +22,25 @@ type UpgradeOption struct {
 	// (on the local platform: by scaling CPU bandwidth).
 	Emulated    bool                  `json:"emulated"`
 	Observation justrunit.Observation `json:"observation"`
-	// MeetsSLA is whether the observation meets the SLA, when one is given.
+	// MeetsSLA is whether the observation meets the SLA, when one is given:
+	// never when the clone was saturated and the SLA is on a response time,
+	// which its figures then understate (Saturated in the observation).
 	MeetsSLA bool `json:"meets_sla"`
+}
+
+// meetsSLA reports whether o meets sla (nil: there is none to meet). A
+// saturated clone's response times are those of the requests that got
+// through: they meet no SLA on a response time, as the sla strategy and
+// the manager's choice read them.
+func meetsSLA(sla *justrunit.SLA, o *justrunit.Observation) bool {
+	if sla == nil {
+		return true
+	}
+	if o.Understates(sla.Metric) {
+		return false
+	}
+	v, err := o.Value(sla.Metric)
+	return err == nil && sla.Met(v)
 }
 
 // UpgradeReport compares the hardware classes of the sandbox for one
@@ -93,11 +110,7 @@ func EvaluateUpgrade(ctx context.Context, s *siterun.Site, target string, sla *j
 		if o == nil {
 			return nil, fmt.Errorf("experiment on %s (class %s) measured nothing within its time bound", h.Name, h.Class)
 		}
-		opt := UpgradeOption{Host: h.Name, Class: h.Class, FreqGHz: freq, Emulated: emulated && freq > 0, Observation: *o, MeetsSLA: true}
-		if sla != nil {
-			v, _ := o.Value(sla.Metric)
-			opt.MeetsSLA = sla.Met(v)
-		}
+		opt := UpgradeOption{Host: h.Name, Class: h.Class, FreqGHz: freq, Emulated: emulated && freq > 0, Observation: *o, MeetsSLA: meetsSLA(sla, o)}
 		rep.Options = append(rep.Options, opt)
 	}
 	if len(rep.Options) == 0 {
@@ -140,6 +153,9 @@ func (r *UpgradeReport) Render(w io.Writer) error {
 		meets := "-"
 		if r.SLA != nil {
 			meets = map[bool]string{true: "met", false: "MISSED"}[o.MeetsSLA]
+			if o.Observation.Understates(r.SLA.Metric) {
+				meets += " (saturated: its response times understate)"
+			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f req/s\t%.1f ms\t%.1f ms\t%.3g J\t%s\t%s\n", o.Class, o.Host, freq,
 			o.Observation.Throughput, o.Observation.RT.Mean, o.Observation.RT.P95, o.Observation.Energy.PerRequest,
