@@ -72,8 +72,12 @@ func newStudyValidateCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(w, "experiment:  %v warm-up + %v window of at least %d responses\n", st.WarmUp, st.Window, siterun.MinSamples(st))
 			// The engine's own figures: what the bound holds, and how far
 			// past it the experiments' overhead may run the study.
-			fmt.Fprintf(w, "time bound:  %v, %d slot(s): room for %d experiments of %v (more where windows end early)\n",
-				st.TimeBound, st.Slots, study.Budget(st), st.ExperimentLength())
+			room := "more where windows end early"
+			if n := study.Budget(st); n >= st.Space.Size() {
+				room = fmt.Sprintf("as many as the space's %d points: the bound does not limit the study", st.Space.Size())
+			}
+			fmt.Fprintf(w, "time bound:  %v, %d slot(s): room for %d experiments of %v (%s)\n",
+				st.TimeBound, st.Slots, study.Budget(st), st.ExperimentLength(), room)
 			fmt.Fprintf(w, "             what they take beyond warm-up + window may run the study up to %v past its bound\n", study.Grace(st))
 			if st.SLA != nil {
 				fmt.Fprintf(w, "sla:         %s\n", st.SLA)

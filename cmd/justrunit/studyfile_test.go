@@ -164,3 +164,19 @@ type runnerFunc func(ctx context.Context, p justrunit.Point) (justrunit.Observat
 func (f runnerFunc) Run(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
 	return f(ctx, p)
 }
+
+// TestStudyValidateBoundBeyondSpace: a bound with room for more
+// experiments than the space has points says it does not limit the study.
+func TestStudyValidateBoundBeyondSpace(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "study.yaml")
+	if err := os.WriteFile(file, []byte("target: app0\nparameters: [\"cpu=10..30 step 10\"]\nstrategy: grid\ntime_bound: 5m\nwarm_up: 10s\nwindow: 50s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, "study", "validate", file)
+	if err != nil {
+		t.Fatalf("study validate: %v\n%s", err, out)
+	}
+	if want := "room for 5 experiments of 1m0s (as many as the space's 3 points: the bound does not limit the study)"; !strings.Contains(out, want) {
+		t.Errorf("study validate said\n%s\nwant %q", out, want)
+	}
+}
