@@ -40,7 +40,10 @@ type StudyRequest struct {
 	// SLA is "METRIC<=MAX" or, for throughput, "METRIC>=MIN", e.g.
 	// "rt_p95<=50" or "throughput>=900".
 	SLA string `json:"sla,omitempty"`
-	// TimeBound, WarmUp and Window are durations such as "5m", "10s".
+	// TimeBound, WarmUp and Window are durations such as "5m", "10s". A
+	// bound of N × (warm-up + window) runs N experiments on each slot;
+	// their overhead beyond that may run the study up to a tenth past the
+	// bound (study.Grace).
 	TimeBound string `json:"time_bound"`
 	WarmUp    string `json:"warm_up,omitempty"`
 	Window    string `json:"window,omitempty"`
