@@ -984,6 +984,12 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 				ep.waited.Add(1)
 				ep.waitNs.Add(int64(time.Since(t)))
 			}
+			if r.Context().Err() != nil {
+				// The call ended while it waited (its match, if any,
+				// was put back): nobody to answer, nothing to count,
+				// and no read to pass through.
+				return
+			}
 		}
 		if ok {
 			if !p.awaitLatency(r, ex, arrival) {

@@ -152,3 +152,41 @@ func TestOutProxyPutBackOnCancel(t *testing.T) {
 		t.Errorf("%d next-tier latencies replayed, want the retry's only", n)
 	}
 }
+
+// TestOutProxyAbandonedWhileWaiting: a clone's call that ends while it
+// waits for its match is neither counted unmatched nor passed through.
+func TestOutProxyAbandonedWhileWaiting(t *testing.T) {
+	nt := newNextTier(t, 0)
+	p, _, clone := startOut(t, OutConfig{Upstream: nt.URL, MatchWait: 10 * time.Second, PassThrough: []string{"GET"}})
+	c := testClient()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ended := make(chan struct{})
+	for i, method := range []string{"GET", "POST"} {
+		req, err := http.NewRequestWithContext(ctx, method, clone+"/counter", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			if resp, err := c.Do(req); err == nil {
+				mustRead(resp.Body)
+			}
+			ended <- struct{}{}
+		}()
+		waitFor(t, 5*time.Second, fmt.Sprintf("clone call %d waiting", i), func() bool { return waitingCalls(p.rec) == i+1 })
+	}
+	cancel()
+	<-ended
+	<-ended
+	waitFor(t, 5*time.Second, "the waits ended", func() bool { return waitingCalls(p.rec) == 0 })
+	// The handlers may still be finishing: give them the time a
+	// count would take to show, by a call that goes all the way.
+	time.Sleep(50 * time.Millisecond)
+	rs, err := p.ReplayStats(DefaultCloneName, false)
+	if err != nil || rs.Unmatched != 0 || rs.PassedThrough != 0 || rs.Matched != 0 {
+		t.Errorf("ReplayStats = %+v, %v; want nothing counted for calls that ended while waiting", rs, err)
+	}
+	if n := nt.n.Load(); n != 0 {
+		t.Errorf("the next tier got %d calls, want none", n)
+	}
+}
