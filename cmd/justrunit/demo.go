@@ -139,7 +139,7 @@ func (sum *demoSummary) summarise(tl *manager.Timeline) {
 	for _, s := range tl.Samples {
 		sum.Intervals[s.Service] = append(sum.Intervals[s.Service], s.MeanMs)
 	}
-	var pending *demoStudy // the last study, until a decision comes from it
+	var cur *demoStudy // the last study; its last decision is the one applied
 	for _, e := range tl.Events {
 		switch e.Kind {
 		case monitor.EventViolated:
@@ -159,12 +159,14 @@ func (sum *demoSummary) summarise(tl *manager.Timeline) {
 					st.Interpolated = append(st.Interpolated, r.Point[0])
 				}
 			}
-			pending = st
+			cur = st
 		case manager.EventDecision:
-			if pending != nil {
-				pending.Target, _ = e.Data["target"].(string)
-				pending.Chosen, _ = e.Data["cpu"].(float64)
-				sum.Study, pending = pending, nil
+			// The last decision stands: after a failed check the
+			// manager decides again from the same study.
+			if cur != nil {
+				cur.Target, _ = e.Data["target"].(string)
+				cur.Chosen, _ = e.Data["cpu"].(float64)
+				sum.Study = cur
 			}
 		case manager.EventApplied:
 			steps, _ := e.Data["steps"].([]planner.Step)
@@ -172,7 +174,7 @@ func (sum *demoSummary) summarise(tl *manager.Timeline) {
 		}
 	}
 	if sum.Study == nil {
-		sum.Study = pending
+		sum.Study = cur
 	}
 	sum.FinalSLAMet = len(sum.SLAMet) > 0
 	for _, ok := range sum.SLAMet {

@@ -244,16 +244,18 @@ func TestSummariseKeepsTheDecidedStudy(t *testing.T) {
 	}
 	tl := &manager.Timeline{Events: []manager.Event{
 		{Kind: manager.EventStudyDone, Data: map[string]any{"matrix": matrix(30, 80, 100)}},
+		{Kind: manager.EventDecision, Data: map[string]any{"target": "auction0-app", "cpu": 60.0}},
+		{Kind: manager.EventCheck}, // the check failed: decided again
 		{Kind: manager.EventDecision, Data: map[string]any{"target": "auction0-app", "cpu": 80.0}},
 		{Kind: manager.EventStudyDone, Data: map[string]any{"matrix": matrix(90, 100)}},
 	}}
 	var sum demoSummary
 	sum.summarise(tl)
 	if st := sum.Study; st == nil || st.Chosen != 80 || st.Target != "auction0-app" || !slices.Equal(st.Measured, []float64{30, 80, 100}) {
-		t.Fatalf("study = %+v, want the one decided from (30, 80, 100 measured; 80 chosen)", st)
+		t.Fatalf("study = %+v, want the one decided from (30, 80, 100 measured; 80 chosen last)", st)
 	}
 
-	tl.Events = tl.Events[2:] // no decision at all: the last study
+	tl.Events = tl.Events[4:] // no decision at all: the last study
 	sum = demoSummary{}
 	sum.summarise(tl)
 	if st := sum.Study; st == nil || st.Chosen != 0 || !slices.Equal(st.Measured, []float64{90, 100}) {
