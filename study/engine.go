@@ -249,6 +249,8 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 	var firstErr error
 	planned := 0
 	overhead := make([]time.Duration, st.Slots) // by slot
+	extra := make([]time.Duration, st.Slots)    // what its experiments took beyond l, by slot
+	runs := make([]int, st.Slots)               // its experiments, by slot
 	busy := make([]bool, st.Slots)
 	var handled *result // the result whose bookkeeping just ended
 	for first := true; ; first = false {
@@ -261,16 +263,26 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 				overhead[i] = now.Sub(st.Started)
 			}
 		case handled != nil:
-			overhead[handled.slot] += max(now.Sub(handled.begun)-l, 0)
+			x := max(now.Sub(handled.begun)-l, 0)
+			overhead[handled.slot] += x
+			extra[handled.slot] += x
+			runs[handled.slot]++
 			busy[handled.slot] = false
 			handled = nil
 		}
 		if firstErr == nil && ctx.Err() == nil {
 			// The free slots that hold another experiment, most time left
-			// first.
+			// first: within the bound (less the slot's overhead up to
+			// the grace), and, with what the slot's experiments took
+			// beyond their length so far, before the experiments are
+			// stopped at the bound and its grace (the last would be cut).
 			var free []int
 			for i := range busy {
-				if !busy[i] && deadline.Sub(now)+min(overhead[i], grace) >= l {
+				var expect time.Duration
+				if runs[i] > 0 {
+					expect = extra[i] / time.Duration(runs[i])
+				}
+				if !busy[i] && deadline.Sub(now)+min(overhead[i], grace) >= l && deadline.Add(grace).Sub(now) >= l+expect {
 					free = append(free, i)
 				}
 			}

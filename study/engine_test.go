@@ -389,10 +389,19 @@ func TestBoundRunsItsNominalExperiments(t *testing.T) {
 		}
 		st.Space = justrunit.Space{Params: []justrunit.Parameter{cpu}}
 		start := time.Now()
-		if _, err := newEngine(t, st, overRunner(l, c.over), nil).Run(context.Background(), st); err != nil {
+		var started atomic.Int64
+		run := overRunner(l, c.over)
+		counted := funcRunner(func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
+			started.Add(1)
+			return run(ctx, p)
+		})
+		if _, err := newEngine(t, st, counted, nil).Run(context.Background(), st); err != nil {
 			t.Fatal(err)
 		}
 		took := time.Since(start)
+		if n := started.Load(); n != int64(st.Experiments) {
+			t.Errorf("%d experiments started, %d measured: the bound and its grace cut some", n, st.Experiments)
+		}
 		if want := c.want * c.slots; st.Experiments != want {
 			t.Errorf("%d experiments of %v (taking %v more each) in a bound of %v on %d slot(s), want %d",
 				st.Experiments, l, c.over, st.TimeBound, c.slots, want)
@@ -408,6 +417,7 @@ func TestBoundRunsItsNominalExperiments(t *testing.T) {
 		"two slots":                 {4, 2, 10 * time.Second, 50 * time.Second, 2 * time.Second, 4},
 		"exact length":              {5, 1, 10 * time.Second, 50 * time.Second, 0, 5},
 		"overhead beyond the grace": {5, 1, 10 * time.Second, 50 * time.Second, 10 * time.Second, 4},
+		"overhead near the grace":   {5, 1, 10 * time.Second, 50 * time.Second, 7 * time.Second, 4},
 	} {
 		t.Run(name, func(t *testing.T) { synctest.Test(t, func(t *testing.T) { check(t, c) }) })
 	}
