@@ -66,7 +66,7 @@ func Check(ctx context.Context, dir string) []justrunit.Check {
 	cpus := hostlayout.OnlineCPUs()
 	found, err := cgroup.Probe(p.cgPath("check"), fmt.Sprint(cpus[0]))
 	add(justrunit.NewCheck("cgroups", found, err, cgroup.ProbeFix))
-	for _, c := range p.accountingChecks() {
+	for _, c := range p.accountingChecks(err == nil) {
 		add(c)
 	}
 
@@ -120,12 +120,20 @@ func Check(ctx context.Context, dir string) []justrunit.Check {
 // which that check does not (a group is made without them), so that
 // without cpuacct the platform would start, and only the first Usage
 // fail.
-func (p *Platform) accountingChecks() []justrunit.Check {
+// cgroupsOK is the cgroups check's verdict, which on v2 is theirs.
+func (p *Platform) accountingChecks(cgroupsOK bool) []justrunit.Check {
 	if p.cg == cgroup.V2 {
-		return []justrunit.Check{
-			{Name: "cpu time", OK: true, Detail: "cgroup v2 cpu.stat"},
-			{Name: "memory limits", OK: true, Optional: true, Detail: "cgroup v2 memory.max"},
+		cs := []justrunit.Check{
+			{Name: "cpu time", OK: cgroupsOK, Detail: "cgroup v2 cpu.stat"},
+			{Name: "memory limits", OK: cgroupsOK, Optional: true, Detail: "cgroup v2 memory.max"},
 		}
+		if !cgroupsOK {
+			for i := range cs {
+				cs[i].Detail += ": not tried, the cgroups check failed"
+				cs[i].Fix = "see the cgroups check"
+			}
+		}
+		return cs
 	}
 	cpu := justrunit.Check{Name: "cpu time", OK: !p.noCPUAcct, Detail: "cgroup v1 cpuacct"}
 	if p.noCPUAcct {
