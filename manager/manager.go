@@ -663,8 +663,15 @@ func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.St
 		if failed {
 			msg = "the checker found the interpolated value off by more than the threshold: deciding again with the measured value"
 		}
-		if k := slices.IndexFunc(res, func(r justrunit.CheckResult) bool { return r.Reason != "" }); k >= 0 {
-			msg = fmt.Sprintf("the checker could not confirm the interpolated value (%s): deciding again without it", res[k].Reason)
+		if k := slices.IndexFunc(res, func(r justrunit.CheckResult) bool { return r.Reason != "" && r.Point.Equal(p) }); k >= 0 {
+			// Unmeasurable: the point's cells are empty now; saturated:
+			// its measured value stands, and meets no SLA on a response
+			// time (see choose).
+			then := "deciding again without it"
+			if !strings.HasPrefix(res[k].Reason, "unmeasurable") {
+				then = "deciding again with the measured value, which meets no SLA on a response time"
+			}
+			msg = fmt.Sprintf("the checker could not confirm the interpolated value (%s): %s", res[k].Reason, then)
 		}
 		m.emit(Event{Kind: EventCheck, Service: service, Message: msg, Data: map[string]any{"results": res}})
 		if !failed {
