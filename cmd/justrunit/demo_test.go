@@ -215,6 +215,8 @@ func TestCalibratedWork(t *testing.T) {
 		{2, 50 * time.Microsecond, 4},
 		{1, 300 * time.Microsecond, 0.33},
 		{2, 0, 2},
+		{1.5, 125 * time.Microsecond, 1.2},
+		{1.5, 121 * time.Microsecond, 1.2},
 	} {
 		if got := calibratedWork(c.work, c.unit); math.Abs(got-c.want) > 1e-9 {
 			t.Errorf("calibratedWork(%g, %v) = %g, want %g", c.work, c.unit, got, c.want)
