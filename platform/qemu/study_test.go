@@ -70,6 +70,7 @@ hosts:
 services:
   - name: auction0
     sla: rt_mean<=200
+    bottleneck: app
     tiers:
       - name: app
         instances:
