@@ -184,16 +184,9 @@ func (m *Matrix) Record(o Observation) error {
 // point cannot be marked, nor one whose cell a decision used (T): the
 // checker's finding there is VerifyUnmeasurable.
 func (m *Matrix) MarkUnmeasurable(p Point, why string) error {
-	i, err := m.Space.IndexOf(p)
+	row, err := m.unmeasurableRow(p, why)
 	if err != nil {
 		return err
-	}
-	row := &m.Rows[i]
-	switch {
-	case strings.TrimSpace(why) == "":
-		return Invalid("unmeasurable", why, "say why the point measured nothing")
-	case row.Observation != nil:
-		return Invalid("point", m.Space.Format(p), "was measured; a measurement is not undone")
 	}
 	for j, c := range row.Cells {
 		if c.Prov == Used {
@@ -216,17 +209,11 @@ func (m *Matrix) MarkUnmeasurable(p Point, why string) error {
 // ErrInvalid (MarkUnmeasurable marks those), as is an empty reason; on
 // error nothing changes.
 func (m *Matrix) VerifyUnmeasurable(p Point, why string) error {
-	i, err := m.Space.IndexOf(p)
+	row, err := m.unmeasurableRow(p, why)
 	if err != nil {
 		return err
 	}
-	row := &m.Rows[i]
-	switch {
-	case strings.TrimSpace(why) == "":
-		return Invalid("unmeasurable", why, "say why the point measured nothing")
-	case row.Observation != nil:
-		return Invalid("point", m.Space.Format(p), "was measured; a measurement is not undone")
-	case !slices.ContainsFunc(row.Cells, func(c Cell) bool { return c.Prov == Used }):
+	if !slices.ContainsFunc(row.Cells, func(c Cell) bool { return c.Prov == Used }) {
 		return Invalid("point", m.Space.Format(p), "no cell of it is used by a decision (T): nothing to verify")
 	}
 	for j, c := range row.Cells {
@@ -238,6 +225,23 @@ func (m *Matrix) VerifyUnmeasurable(p Point, why string) error {
 	}
 	row.Unmeasurable = why
 	return nil
+}
+
+// unmeasurableRow returns p's row, to be marked unmeasurable for why: an
+// error when why is empty or the point was measured.
+func (m *Matrix) unmeasurableRow(p Point, why string) (*Row, error) {
+	i, err := m.Space.IndexOf(p)
+	if err != nil {
+		return nil, err
+	}
+	row := &m.Rows[i]
+	switch {
+	case strings.TrimSpace(why) == "":
+		return nil, Invalid("unmeasurable", why, "say why the point measured nothing")
+	case row.Observation != nil:
+		return nil, Invalid("point", m.Space.Format(p), "was measured; a measurement is not undone")
+	}
+	return row, nil
 }
 
 // Unmeasurable returns the flat indexes of the points marked unmeasurable.
