@@ -106,9 +106,12 @@ type demoSummary struct {
 	FinalSLAMet bool            `json:"final_sla_met"`
 	SLAMet      map[string]bool `json:"sla_met_at_end"`
 	// Intervals are each service's mean response time per interval (ms).
-	Intervals map[string][]float64   `json:"intervals"`
-	Leftovers int                    `json:"leftovers"`
-	Interval  justrunit.Duration     `json:"interval"`
+	Intervals map[string][]float64 `json:"intervals"`
+	Leftovers int                  `json:"leftovers"`
+	Interval  justrunit.Duration   `json:"interval"`
+	// Work is the app tiers' --work as run: --work scaled to this
+	// machine's speed, unless --calibrate=false.
+	Work      float64                `json:"work"`
 	Hosts     []justrunit.Host       `json:"hosts_at_end"`
 	Instances []justrunit.Instance   `json:"instances_at_end"`
 	Load      map[string]loadSummary `json:"load"`
@@ -330,7 +333,7 @@ func runDemo(cmd *cobra.Command, g *globals, o demoOptions) (err error) {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	sum := demoSummary{Interval: justrunit.Duration(o.interval), Timeline: tl, SLAMet: map[string]bool{}, Load: loads}
+	sum := demoSummary{Interval: justrunit.Duration(o.interval), Work: work, Timeline: tl, SLAMet: map[string]bool{}, Load: loads}
 	sum.Hosts, _ = s.Platform.Hosts(ctx)
 	sum.Instances, _ = s.Platform.Instances(ctx)
 	for svc := range fronts {

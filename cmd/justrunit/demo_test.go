@@ -66,6 +66,9 @@ func TestDemo(t *testing.T) {
 	if sum.Leftovers != 0 {
 		t.Errorf("%d objects left behind", sum.Leftovers)
 	}
+	if !(sum.Work > 0) {
+		t.Errorf("work = %g, want the calibrated --work (> 0)", sum.Work)
+	}
 	powered := 0
 	for _, h := range sum.Hosts {
 		if h.On && !h.Sandbox {
