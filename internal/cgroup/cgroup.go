@@ -36,6 +36,8 @@ import (
 	"github.com/containerd/cgroups/v3/cgroup1"
 	"github.com/containerd/cgroups/v3/cgroup2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/justrunit/justrunit"
 )
 
 // Root is where cgroup hierarchies are mounted.
@@ -597,9 +599,12 @@ func (g *Group) Usage() (Usage, error) {
 		if err != nil {
 			return u, fmt.Errorf("usage of cgroup %s: %w", g.path, err)
 		}
-		if m.CPU != nil && m.CPU.Usage != nil {
-			u.CPU = time.Duration(m.CPU.Usage.Total)
+		// Rather than 0 CPU time, which an energy model would take for
+		// an idle group.
+		if m.CPU == nil || m.CPU.Usage == nil {
+			return u, fmt.Errorf("usage of cgroup %s: its CPU time cannot be read: %s: %s", g.path, NotMountedV1("cpuacct"), MountFixV1("cpuacct"))
 		}
+		u.CPU = time.Duration(m.CPU.Usage.Total)
 		if m.Memory != nil && m.Memory.Usage != nil {
 			u.Memory = int64(m.Memory.Usage.Usage)
 		}
@@ -843,6 +848,43 @@ func Controllers(v Version) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// NotMountedV1 says that cgroup v1's hierarchy of controller is not
+// mounted here.
+func NotMountedV1(controller string) string {
+	return fmt.Sprintf("cgroup v1's %s controller is not mounted at %s", controller, filepath.Join(Root, controller))
+}
+
+// MountFixV1 says how to mount cgroup v1's hierarchy of controller.
+func MountFixV1(controller string) string {
+	dir := filepath.Join(Root, controller)
+	return fmt.Sprintf("enable it on the kernel command line "+
+		"(no cgroup_disable=%s; cgroup_enable=%s where the kernel leaves it off, as Raspberry Pi OS's does memory), reboot, "+
+		"and mount it (mount -t cgroup -o %s cgroup %s)", controller, controller, controller, dir)
+}
+
+// CPUTimeCheck says whether a platform on version v reads an instance's
+// CPU time (its Usage, which every experiment's energy is computed from):
+// on v2 from cpu.stat, which Probe covers (probed is its verdict); on v1
+// it needs the cpuacct hierarchy, which Probe does not (a group is made
+// without it; noCPUAcct says it is not mounted). subject names the
+// platform's instance ("an instance", "a VM").
+func CPUTimeCheck(v Version, probed, noCPUAcct bool, subject string) justrunit.Check {
+	if v == V2 {
+		c := justrunit.Check{Name: "cpu time", OK: probed, Detail: "cgroup v2 cpu.stat"}
+		if !probed {
+			c.Detail += ": not tried, the cgroups check failed"
+			c.Fix = "see the cgroups check"
+		}
+		return c
+	}
+	c := justrunit.Check{Name: "cpu time", OK: !noCPUAcct, Detail: "cgroup v1 cpuacct"}
+	if noCPUAcct {
+		c.Detail = NotMountedV1("cpuacct") + ": " + subject + "'s CPU time cannot be read, and every experiment's energy is computed from it"
+		c.Fix = MountFixV1("cpuacct")
+	}
+	return c
 }
 
 // required are the controllers a group cannot do without, per version

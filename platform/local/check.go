@@ -122,28 +122,19 @@ func Check(ctx context.Context, dir string) []justrunit.Check {
 // fail.
 // cgroupsOK is the cgroups check's verdict, which on v2 is theirs.
 func (p *Platform) accountingChecks(cgroupsOK bool) []justrunit.Check {
+	cpu := cgroup.CPUTimeCheck(p.cg, cgroupsOK, p.noCPUAcct, "an instance")
 	if p.cg == cgroup.V2 {
-		cs := []justrunit.Check{
-			{Name: "cpu time", OK: cgroupsOK, Detail: "cgroup v2 cpu.stat"},
-			{Name: "memory limits", OK: cgroupsOK, Optional: true, Detail: "cgroup v2 memory.max"},
-		}
+		mem := justrunit.Check{Name: "memory limits", OK: cgroupsOK, Optional: true, Detail: "cgroup v2 memory.max"}
 		if !cgroupsOK {
-			for i := range cs {
-				cs[i].Detail += ": not tried, the cgroups check failed"
-				cs[i].Fix = "see the cgroups check"
-			}
+			mem.Detail += ": not tried, the cgroups check failed"
+			mem.Fix = "see the cgroups check"
 		}
-		return cs
-	}
-	cpu := justrunit.Check{Name: "cpu time", OK: !p.noCPUAcct, Detail: "cgroup v1 cpuacct"}
-	if p.noCPUAcct {
-		cpu.Detail = notMountedAt("cpuacct") + ": an instance's CPU time cannot be read, and every experiment's energy is computed from it"
-		cpu.Fix = mountFix("cpuacct")
+		return []justrunit.Check{cpu, mem}
 	}
 	mem := justrunit.Check{Name: "memory limits", OK: !p.noMemory, Optional: true, Detail: "cgroup v1 memory"}
 	if p.noMemory {
-		mem.Detail = notMountedAt("memory") + ": no memory limit can be set (the platform offers no mem parameter), and memory use reads 0"
-		mem.Fix = mountFix("memory")
+		mem.Detail = cgroup.NotMountedV1("memory") + ": no memory limit can be set (the platform offers no mem parameter), and memory use reads 0"
+		mem.Fix = cgroup.MountFixV1("memory")
 	}
 	return []justrunit.Check{cpu, mem}
 }

@@ -449,21 +449,7 @@ var cgroupControllers = cgroup.Controllers
 // notMounted says that cgroup v1's hierarchy of controller is not mounted
 // here, and how to mount it.
 func notMounted(controller string) string {
-	return notMountedAt(controller) + ": " + mountFix(controller)
-}
-
-// notMountedAt says that cgroup v1's hierarchy of controller is not
-// mounted here.
-func notMountedAt(controller string) string {
-	return fmt.Sprintf("cgroup v1's %s controller is not mounted at %s", controller, filepath.Join(cgroup.Root, controller))
-}
-
-// mountFix says how to mount cgroup v1's hierarchy of controller.
-func mountFix(controller string) string {
-	dir := filepath.Join(cgroup.Root, controller)
-	return fmt.Sprintf("enable it on the kernel command line "+
-		"(no cgroup_disable=%s; cgroup_enable=%s where the kernel leaves it off, as Raspberry Pi OS's does memory), reboot, "+
-		"and mount it (mount -t cgroup -o %s cgroup %s)", controller, controller, controller, dir)
+	return cgroup.NotMountedV1(controller) + ": " + cgroup.MountFixV1(controller)
 }
 
 // Hosts lists the partitions.

@@ -62,6 +62,7 @@ func Check(ctx context.Context, dir, image string) (out []justrunit.Check) {
 
 	found, err := cgroup.Probe(p.scope+"/check", fmt.Sprint(onlineCPUs()[0]))
 	add(justrunit.NewCheck("cgroups", found, err, cgroup.ProbeFix))
+	add(cgroup.CPUTimeCheck(p.cg, err == nil, p.noCPUAcct, "a VM"))
 
 	img, err := guest.Load(image)
 	detail := image

@@ -50,6 +50,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"syscall"
@@ -181,15 +182,22 @@ func DefaultHosts(ncpu int) []HostConfig {
 	return hs
 }
 
+// cgroupControllers lists the cgroup controllers mounted here; a test
+// replaces it to play a machine without some.
+var cgroupControllers = cgroup.Controllers
+
 // Platform is the qemu platform. Its methods are safe for concurrent use.
 type Platform struct {
-	o       Options
-	log     *slog.Logger
-	accel   string
-	cg      cgroup.Version
-	refFreq float64
-	busybox string
-	scope   string // cgroupRoot/<hash of the state directory>
+	o     Options
+	log   *slog.Logger
+	accel string
+	cg    cgroup.Version
+	// noCPUAcct says that cgroup v1's cpuacct hierarchy is not mounted:
+	// a VM's CPU time cannot be read (Usage fails rather than read 0).
+	noCPUAcct bool
+	refFreq   float64
+	busybox   string
+	scope     string // cgroupRoot/<hash of the state directory>
 	// stopCopy pauses sources for the whole memory copy (see CloneMethod).
 	stopCopy bool
 
@@ -297,6 +305,14 @@ func New(o Options) (*Platform, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qemu platform: %w", err)
 	}
+	noCPUAcct := false
+	if v == cgroup.V1 {
+		have, err := cgroupControllers(v)
+		if err != nil {
+			return nil, fmt.Errorf("qemu platform: cgroup controllers: %w", err)
+		}
+		noCPUAcct = !slices.Contains(have, "cpuacct")
+	}
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
 		return nil, fmt.Errorf("qemu platform: %w: busybox (busybox-static) relays clones' redirected calls", justrunit.ErrUnsupported)
@@ -316,7 +332,7 @@ func New(o Options) (*Platform, error) {
 		lock.Close()
 		return nil, fmt.Errorf("qemu platform: state directory %s is in use by another process: %w", o.StateDir, justrunit.ErrExists)
 	}
-	p := &Platform{o: o, log: o.Logger, accel: accel, lock: lock, stopCopy: stopCopy, cg: v, refFreq: hostlayout.MachineFreqGHz("/", DefaultRefFreqGHz), busybox: bb,
+	p := &Platform{o: o, log: o.Logger, accel: accel, lock: lock, stopCopy: stopCopy, cg: v, noCPUAcct: noCPUAcct, refFreq: hostlayout.MachineFreqGHz("/", DefaultRefFreqGHz), busybox: bb,
 		hosts: hosts, vms: map[string]*vm{}, usedHP: map[int]bool{},
 		scope: fmt.Sprintf("%s/%x", cgroupRoot, sha256.Sum256([]byte(o.StateDir)))[:len(cgroupRoot)+1+12]}
 	p.opsCtx, p.cancelOps = context.WithCancel(context.Background())

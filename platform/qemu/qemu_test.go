@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/internal/cgroup"
 	"github.com/justrunit/justrunit/platform/platformtest"
 	"github.com/justrunit/justrunit/platform/qemu/guest"
 )
@@ -449,5 +451,36 @@ func TestLaunchErrors(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(p.o.StateDir); len(ents) != 1 {
 		t.Errorf("state left after a failed launch: %v", ents)
+	}
+}
+
+// TestCheckWithoutCPUAcct: where cgroup v1's cpuacct hierarchy is not
+// mounted, the check's "cpu time" fails, required, naming what to mount
+// (Usage would fail for every VM: energy is computed from its CPU time).
+func TestCheckWithoutCPUAcct(t *testing.T) {
+	needQEMU(t)
+	if v, _ := cgroup.Detect(); v != cgroup.V1 {
+		t.Skip("cgroup v1 only: v2 reads CPU time from cpu.stat, which every group has")
+	}
+	cgroupControllers = func(v cgroup.Version) ([]string, error) {
+		have, err := cgroup.Controllers(v)
+		return slices.DeleteFunc(have, func(c string) bool { return c == "cpuacct" }), err
+	}
+	t.Cleanup(func() { cgroupControllers = cgroup.Controllers })
+	var cpu *justrunit.Check
+	checks := Check(context.Background(), t.TempDir(), filepath.Join(t.TempDir(), "no-image"))
+	for i, c := range checks {
+		t.Logf("%-14s ok=%-5v optional=%-5v %s (fix: %s)", c.Name, c.OK, c.Optional, c.Detail, c.Fix)
+		if c.Name == "cpu time" {
+			cpu = &checks[i]
+		}
+	}
+	switch {
+	case cpu == nil:
+		t.Errorf("no cpu time check, want one failed")
+	case cpu.OK || cpu.Optional:
+		t.Errorf("cpu time: ok=%v optional=%v, want failed and required", cpu.OK, cpu.Optional)
+	case !strings.Contains(cpu.Fix, "mount -t cgroup -o cpuacct cgroup /sys/fs/cgroup/cpuacct"):
+		t.Errorf("cpu time's fix %q does not say what to mount", cpu.Fix)
 	}
 }

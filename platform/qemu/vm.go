@@ -522,6 +522,11 @@ func (p *Platform) Usage(ctx context.Context, id string) (justrunit.Usage, error
 	if proc == nil {
 		return justrunit.Usage{}, fmt.Errorf("usage %s: %w", id, justrunit.ErrNotFound)
 	}
+	// Rather than 0 CPU time: an energy model would take it for an idle
+	// VM.
+	if p.noCPUAcct {
+		return justrunit.Usage{}, fmt.Errorf("usage %s: %w: its CPU time cannot be read: %s: %s", id, justrunit.ErrUnsupported, cgroup.NotMountedV1("cpuacct"), cgroup.MountFixV1("cpuacct"))
+	}
 	u, err := proc.cg.Usage()
 	if err != nil {
 		return justrunit.Usage{}, fmt.Errorf("usage %s: %w", id, err)
