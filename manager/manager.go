@@ -130,6 +130,22 @@ func (m *Manager) Applying() bool { return m.applying.Load() > 0 }
 // with an SLA is watched at the in-proxy of its front-most instance that
 // has one.
 func New(cfg Config) (_ *Manager, err error) {
+	// Each bad figure is refused here rather than at the first response
+	// to a violation, which is when the manager would first use it.
+	switch {
+	case cfg.Interval <= 0:
+		return nil, justrunit.Invalid("interval", cfg.Interval, "must be > 0")
+	case cfg.WarmUp < 0:
+		return nil, justrunit.Invalid("warm_up", cfg.WarmUp, "must be ≥ 0")
+	case cfg.Experiments < 0:
+		return nil, justrunit.Invalid("experiments", cfg.Experiments, "must be ≥ 1 (0 takes 3)")
+	case !(cfg.Step >= 0 && cfg.Step <= 100):
+		return nil, justrunit.Invalid("step", cfg.Step, "must be a CPU step in percent, in (0, 100] (0 takes 10)")
+	case !(cfg.CheckThreshold >= 0) || math.IsInf(cfg.CheckThreshold, 0):
+		return nil, justrunit.Invalid("check_threshold", cfg.CheckThreshold, "must be > 0, a relative error (0 takes 0.1)")
+	case math.IsNaN(cfg.Headroom):
+		return nil, justrunit.Invalid("headroom", cfg.Headroom, "must be a fraction of the SLA below 1")
+	}
 	if cfg.Site == nil {
 		return nil, justrunit.Invalid("site", nil, "required")
 	}

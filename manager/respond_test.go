@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -140,5 +141,37 @@ func TestClearedNeedsNoResponse(t *testing.T) {
 	m.pending = append(m.pending, "other", "s")
 	if svc, ok := m.next(); !ok || svc != "s" {
 		t.Errorf("next = %q, %v; want s, in violation", svc, ok)
+	}
+}
+
+// TestNewRefusesBadConfig: a figure the manager would first use at a
+// response to a violation is refused by New, naming the field.
+func TestNewRefusesBadConfig(t *testing.T) {
+	ok := Config{Interval: time.Second, WarmUp: time.Second, Window: time.Second}
+	for field, change := range map[string]func(*Config){
+		"interval":        func(c *Config) { c.Interval = 0 },
+		"warm_up":         func(c *Config) { c.WarmUp = -time.Second },
+		"experiments":     func(c *Config) { c.Experiments = -1 },
+		"step":            func(c *Config) { c.Step = -10 },
+		"check_threshold": func(c *Config) { c.CheckThreshold = math.NaN() },
+		"headroom":        func(c *Config) { c.Headroom = math.NaN() },
+	} {
+		cfg := ok
+		change(&cfg)
+		_, err := New(cfg)
+		var inv *justrunit.FieldError
+		if !errors.As(err, &inv) || inv.Field != field {
+			t.Errorf("New with a bad %s = %v, want it refused naming %s", field, err, field)
+		}
+	}
+	for _, step := range []float64{101, math.Inf(1)} {
+		cfg := ok
+		cfg.Step = step
+		if _, err := New(cfg); !errors.Is(err, justrunit.ErrInvalid) || !strings.Contains(err.Error(), "step") {
+			t.Errorf("New with step %g = %v, want it refused", step, err)
+		}
+	}
+	if _, err := New(Config{Interval: time.Second, Window: time.Second, CheckThreshold: -0.1}); !errors.Is(err, justrunit.ErrInvalid) {
+		t.Errorf("New with a negative check threshold = %v, want it refused", err)
 	}
 }
