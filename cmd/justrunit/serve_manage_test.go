@@ -159,7 +159,8 @@ func TestServeSitePairedVerify(t *testing.T) {
 	if err != nil || len(studies) != 1 {
 		t.Fatalf("studies = %v, %v", studies, err)
 	}
-	out, err := run(t, "--data-dir", data, "study", "verify", studies[0].ID, "--at", "cpu=30", "--warm-up", "2s", "--window", "4s", "--paired", "--json")
+	// Below the 25% the app tier has: the demo's site fills pm1.
+	out, err := run(t, "--data-dir", data, "study", "verify", studies[0].ID, "--at", "cpu=20", "--warm-up", "2s", "--window", "4s", "--paired", "--json")
 	if err != nil {
 		t.Fatalf("study verify --paired: %v\n%s", err, out)
 	}
@@ -168,11 +169,11 @@ func TestServeSitePairedVerify(t *testing.T) {
 		t.Fatalf("study verify --paired --json printed:\n%s", out)
 	}
 	if len(vs) != 2 {
-		t.Fatalf("verifications = %+v, want rt_mean and rt_p95 at cpu=30", vs)
+		t.Fatalf("verifications = %+v, want rt_mean and rt_p95 at cpu=20", vs)
 	}
 	for _, v := range vs {
 		t.Logf("%s %s: predicted %.2f, on-line %.2f, clone %v (%d samples)", v.Label, v.Metric, v.Predicted, v.Measured, deref(v.Sandbox), v.Samples)
-		if v.Label != "cpu=30" || v.Measured <= 0 || v.Samples == 0 || v.Sandbox == nil || *v.Sandbox <= 0 || v.SandboxRelError == nil {
+		if v.Label != "cpu=20" || v.Measured <= 0 || v.Samples == 0 || v.Sandbox == nil || *v.Sandbox <= 0 || v.SandboxRelError == nil {
 			t.Errorf("verification %+v: want the on-line and the clone's figures", v)
 		}
 	}
