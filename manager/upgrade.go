@@ -116,26 +116,47 @@ func EvaluateUpgrade(ctx context.Context, s *siterun.Site, target string, sla *j
 	if len(rep.Options) == 0 {
 		return nil, justrunit.Invalid("hosts", nil, "no powered-on sandbox host to run the comparison on")
 	}
-	best := -1
-	for i, o := range rep.Options {
+	rep.recommend()
+	return rep, nil
+}
+
+// recommend picks the class with the least energy per request among those
+// that meet the SLA (all, without one), and says why.
+func (r *UpgradeReport) recommend() {
+	// A class whose clone was saturated could not keep up with today's
+	// load: it is no upgrade, whatever the SLA (or none) says of its
+	// understated figures, and its energy per request is that of a
+	// machine running flat out.
+	best, saturated := -1, 0
+	for i, o := range r.Options {
+		if o.Observation.Saturated {
+			saturated++
+			continue
+		}
 		if !o.MeetsSLA {
 			continue
 		}
-		if best < 0 || o.Observation.Energy.PerRequest < rep.Options[best].Observation.Energy.PerRequest {
+		if best < 0 || o.Observation.Energy.PerRequest < r.Options[best].Observation.Energy.PerRequest {
 			best = i
 		}
 	}
-	if best < 0 {
-		rep.Why = fmt.Sprintf("no class meets %s at %s", sla, cur.Alloc)
-		return rep, nil
+	switch {
+	case best < 0 && saturated == len(r.Options):
+		r.Why = fmt.Sprintf("no class keeps up with the load at %s (every clone was saturated)", r.Allocation)
+		return
+	case best < 0:
+		r.Why = fmt.Sprintf("no class meets %s at %s", r.SLA, r.Allocation)
+		if saturated > 0 {
+			r.Why += fmt.Sprintf(" (%d saturated)", saturated)
+		}
+		return
 	}
-	b := rep.Options[best]
-	rep.Recommended = b.Class
-	rep.Why = fmt.Sprintf("least energy per request (%.3g J) with p95 %.1f ms", b.Observation.Energy.PerRequest, b.Observation.RT.P95)
-	if sla != nil {
-		rep.Why += " meeting " + sla.String()
+	b := r.Options[best]
+	r.Recommended = b.Class
+	r.Why = fmt.Sprintf("least energy per request (%.3g J) with p95 %.1f ms", b.Observation.Energy.PerRequest, b.Observation.RT.P95)
+	if r.SLA != nil {
+		r.Why += " meeting " + r.SLA.String()
 	}
-	return rep, nil
 }
 
 // Render writes the comparison side by side.
@@ -153,9 +174,9 @@ func (r *UpgradeReport) Render(w io.Writer) error {
 		meets := "-"
 		if r.SLA != nil {
 			meets = map[bool]string{true: "met", false: "MISSED"}[o.MeetsSLA]
-			if o.Observation.Understates(r.SLA.Metric) {
-				meets += " (saturated: its response times understate)"
-			}
+		}
+		if o.Observation.Saturated {
+			meets = strings.TrimPrefix(meets+" (saturated: it did not keep up, and its response times understate)", "- ")
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f req/s\t%.1f ms\t%.1f ms\t%.3g J\t%s\t%s\n", o.Class, o.Host, freq,
 			o.Observation.Throughput, o.Observation.RT.Mean, o.Observation.RT.P95, o.Observation.Energy.PerRequest,
