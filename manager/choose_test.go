@@ -127,3 +127,16 @@ func TestSLAFigure(t *testing.T) {
 		}
 	}
 }
+
+// TestFigureErrorRate: the manager's messages write an error rate (a
+// fraction) with its significant digits, a time with one decimal.
+func TestFigureErrorRate(t *testing.T) {
+	m := &Manager{cfg: Config{Headroom: 0.1}}
+	_, msg := m.goal("svc", "svc-app", justrunit.SLA{Metric: justrunit.ErrorRate, Max: 0.01})
+	if !strings.Contains(msg, "error_rate<=0.009") {
+		t.Errorf("budget message %q, want the goal error_rate<=0.009", msg)
+	}
+	if got := figure(justrunit.RTMean, 31.86); got != "31.9" {
+		t.Errorf("figure(rt_mean, 31.86) = %q, want 31.9", got)
+	}
+}

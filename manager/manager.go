@@ -637,10 +637,10 @@ func (m *Manager) goal(service, target string, sla justrunit.SLA) (justrunit.SLA
 	others, n, ok := m.othersTime(service)
 	how := "the other tiers' time is not known (no in-proxy figures of both): the whole SLA"
 	if ok {
-		how = fmt.Sprintf("the other tiers take %.1f of %s (front less %s, over %d interval(s))", others, sla.Metric, target, n)
+		how = fmt.Sprintf("the other tiers take %s of %s (front less %s, over %d interval(s))", figure(sla.Metric, others), sla.Metric, target, n)
 	}
 	goal.Max = (sla.Max - others) * (1 - m.cfg.Headroom)
-	return goal, fmt.Sprintf("budget of %s: %s; %s less that and %.0f%% headroom is %s<=%.1f", target, how, sla, 100*m.cfg.Headroom, goal.Metric, goal.Max)
+	return goal, fmt.Sprintf("budget of %s: %s; %s less that and %.0f%% headroom is %s<=%s", target, how, sla, 100*m.cfg.Headroom, goal.Metric, figure(goal.Metric, goal.Max))
 }
 
 // decide picks an allocation from the study's matrix (see choose); when
@@ -653,17 +653,18 @@ func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.St
 	for range len(mat.Rows) {
 		i, why := choose(mat, st.SLA.Metric, goal, m.cfg.Headroom, online, m.cfg.CheckThreshold)
 		if i < 0 {
-			return 0, fmt.Errorf("no allocation of %s meets %s<=%.1f (the SLA %s less the other tiers' time and %.0f%% headroom), nor is any predicted more than %.0f%% better than its %s on-line now (%s)",
-				st.Target, goal.Metric, goal.Max, st.SLA, 100*m.cfg.Headroom, 100*m.cfg.CheckThreshold, st.SLA.Metric, formatOnline(online))
+			return 0, fmt.Errorf("no allocation of %s meets %s<=%s (the SLA %s less the other tiers' time and %.0f%% headroom), nor is any predicted more than %.0f%% better than its %s on-line now (%s)",
+				st.Target, goal.Metric, figure(goal.Metric, goal.Max), st.SLA, 100*m.cfg.Headroom, 100*m.cfg.CheckThreshold, st.SLA.Metric, formatOnline(st.SLA.Metric, online))
 		}
 		p := mat.Rows[i].Point
 		cells, err := x.Engine.Use(ctx, st, mat, p, st.SLA.Metric)
 		if err != nil {
 			return 0, err
 		}
-		msg := fmt.Sprintf("%s needs %s: %s %.1f (%s)", st.Target, st.Space.Format(p), st.SLA.Metric, cells[0].Value, cells[0].Prov)
+		v := figure(st.SLA.Metric, cells[0].Value)
+		msg := fmt.Sprintf("%s needs %s: %s %s (%s)", st.Target, st.Space.Format(p), st.SLA.Metric, v, cells[0].Prov)
 		if why != "" {
-			msg = fmt.Sprintf("%s takes %s: %s %.1f (%s); %s", st.Target, st.Space.Format(p), st.SLA.Metric, cells[0].Value, cells[0].Prov, why)
+			msg = fmt.Sprintf("%s takes %s: %s %s (%s); %s", st.Target, st.Space.Format(p), st.SLA.Metric, v, cells[0].Prov, why)
 		}
 		m.emit(Event{Kind: EventDecision, Service: service, Message: msg,
 			Data: map[string]any{"target": st.Target, "cpu": p[0], "prov": cells[0].Prov.String(), "fallback": why}})
@@ -736,7 +737,7 @@ func choose(mat *justrunit.Matrix, metric justrunit.Metric, goal justrunit.SLA, 
 	if headroom > 0 && headroom < 1 {
 		bare = goal.Max / (1 - headroom)
 		if i := least(bare); i >= 0 {
-			return i, fmt.Sprintf("none meets %s<=%.1f with the %.0f%% headroom; this is the least that meets it without", goal.Metric, goal.Max, 100*headroom)
+			return i, fmt.Sprintf("none meets %s<=%s with the %.0f%% headroom; this is the least that meets it without", goal.Metric, figure(goal.Metric, goal.Max), 100*headroom)
 		}
 	}
 	best := -1
@@ -748,7 +749,7 @@ func choose(mat *justrunit.Matrix, metric justrunit.Metric, goal justrunit.SLA, 
 	if best < 0 || !(mat.Rows[best].Cells[col].Value < online*(1-threshold)) {
 		return -1, ""
 	}
-	return best, fmt.Sprintf("best effort: none is predicted to meet %s<=%.1f, and this is predicted best (the tier has %.1f on-line now)", goal.Metric, bare, online)
+	return best, fmt.Sprintf("best effort: none is predicted to meet %s<=%s, and this is predicted best (the tier has %s on-line now)", goal.Metric, figure(goal.Metric, bare), figure(goal.Metric, online))
 }
 
 // tierNow is the on-line value of the SLA metric at the service's
@@ -765,9 +766,18 @@ func (m *Manager) tierNow(service string) float64 {
 	return math.NaN()
 }
 
-func formatOnline(v float64) string {
+func formatOnline(metric justrunit.Metric, v float64) string {
 	if math.IsNaN(v) {
 		return "not known"
+	}
+	return figure(metric, v)
+}
+
+// figure writes a value of metric in a message: an error rate (a fraction)
+// with three significant digits, a time or a rate with one decimal.
+func figure(metric justrunit.Metric, v float64) string {
+	if metric == justrunit.ErrorRate {
+		return fmt.Sprintf("%.3g", v)
 	}
 	return fmt.Sprintf("%.1f", v)
 }
