@@ -349,6 +349,16 @@ type CheckResult struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// The prefixes of a CheckResult's Reason, which say how the check failed.
+const (
+	CheckUnmeasurable = "unmeasurable"
+	CheckSaturated    = "saturated"
+)
+
+// Unmeasurable reports whether the checking experiment measured too few
+// responses for a value (see Reason).
+func (r CheckResult) Unmeasurable() bool { return strings.HasPrefix(r.Reason, CheckUnmeasurable) }
+
 // Event is something a study, the checker or the manager wants recorded and
 // shown: a study starting, an experiment ending, a check failing.
 type Event struct {

@@ -296,7 +296,7 @@ func (c *Checker) unmeasurable(m *justrunit.Matrix, i int, used []int, runErr er
 			RelError:  1, // nothing measured: as far off as a prediction of a measured 0
 			Threshold: c.Threshold,
 			Time:      now,
-			Reason:    "unmeasurable: " + runErr.Error(),
+			Reason:    justrunit.CheckUnmeasurable + ": " + runErr.Error(),
 		}
 		c.report(r, where)
 		results = append(results, r)
@@ -311,7 +311,7 @@ func saturated(o *justrunit.Observation, r justrunit.CheckResult) string {
 	if o.Offered > 0 {
 		answered = fmt.Sprintf("%.1f of %.1f req/s offered", o.Throughput, o.Offered)
 	}
-	return fmt.Sprintf("saturated: the clone answered %s, so the measured %.4g %s understates what clients would see", answered, r.Measured, r.Metric.Unit())
+	return fmt.Sprintf("%s: the clone answered %s, so the measured %.4g %s understates what clients would see", justrunit.CheckSaturated, answered, r.Measured, r.Metric.Unit())
 }
 
 // report logs a verdict and notifies a failure.

@@ -685,7 +685,7 @@ func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.St
 			// its measured value stands, and meets no SLA on a response
 			// time (see choose).
 			then := "deciding again without it"
-			if !strings.HasPrefix(res[k].Reason, "unmeasurable") {
+			if !res[k].Unmeasurable() {
 				then = "deciding again with the measured value, which meets no SLA on a response time"
 			}
 			msg = fmt.Sprintf("the checker could not confirm the interpolated value (%s): %s", res[k].Reason, then)
