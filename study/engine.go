@@ -36,8 +36,10 @@ type Progress struct {
 	Done, Planned int
 	// Running lists the points being measured now.
 	Running []justrunit.Point
-	// TimeLeft is what remains of the time bound.
-	TimeLeft time.Duration
+	// TimeLeft is what remains of the time bound. Past it, GraceLeft is
+	// what remains of its grace (see Grace), within which the experiments
+	// still running end; 0 before.
+	TimeLeft, GraceLeft time.Duration
 	// Last is the most recent observation, if any.
 	Last *justrunit.Observation
 }
@@ -465,13 +467,19 @@ func (e *Engine) report(st *justrunit.Study, running []justrunit.Point, last *ju
 	if e.Progress == nil {
 		return
 	}
+	left := time.Until(deadline)
+	var grace time.Duration
+	if left <= 0 {
+		grace = max(left+Grace(st), 0)
+	}
 	e.Progress(Progress{
-		Study:    st,
-		Done:     st.Experiments,
-		Planned:  max(planned, st.Experiments+len(running)),
-		Running:  append([]justrunit.Point(nil), running...),
-		TimeLeft: max(time.Until(deadline), 0),
-		Last:     last,
+		Study:     st,
+		Done:      st.Experiments,
+		Planned:   max(planned, st.Experiments+len(running)),
+		Running:   append([]justrunit.Point(nil), running...),
+		TimeLeft:  max(left, 0),
+		GraceLeft: grace,
+		Last:      last,
 	})
 }
 

@@ -395,10 +395,17 @@ func TestBoundRunsItsNominalExperiments(t *testing.T) {
 			started.Add(1)
 			return run(ctx, p)
 		})
-		if _, err := newEngine(t, st, counted, nil).Run(context.Background(), st); err != nil {
+		e := newEngine(t, st, counted, nil)
+		var last Progress
+		e.Progress = func(p Progress) { last = p }
+		if _, err := e.Run(context.Background(), st); err != nil {
 			t.Fatal(err)
 		}
 		took := time.Since(start)
+		// Past the bound, the progress says what is left of the grace.
+		if over := took - time.Duration(st.TimeBound); over > 0 && (last.TimeLeft != 0 || last.GraceLeft <= 0 || last.GraceLeft > Grace(st)-over+time.Millisecond) {
+			t.Errorf("last progress after %v past the bound: %v of the bound and %v of the grace (%v) left", over, last.TimeLeft, last.GraceLeft, Grace(st))
+		}
 		if n := started.Load(); n != int64(st.Experiments) {
 			t.Errorf("%d experiments started, %d measured: the bound and its grace cut some", n, st.Experiments)
 		}

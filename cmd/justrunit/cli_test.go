@@ -180,6 +180,13 @@ func TestPrintProgress(t *testing.T) {
 	if b.String() != want {
 		t.Errorf("progress line\n%q, want\n%q", b.String(), want)
 	}
+	// Past the bound, within its grace: how long the last experiments may
+	// still run, not "0s left".
+	b.Reset()
+	printProgress(&b, study.Progress{Study: st, Done: 4, Planned: 5, Running: []justrunit.Point{{60}}, GraceLeft: 7 * time.Second})
+	if want := "[4/5 done] measuring cpu=60; past the 2m0s bound: the last experiments end within 7s\n"; b.String() != want {
+		t.Errorf("progress line in the grace\n%q, want\n%q", b.String(), want)
+	}
 }
 
 // TestStudyValidateStrategy: "study validate" names the strategy the study

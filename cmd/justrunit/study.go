@@ -362,7 +362,11 @@ func printProgress(w io.Writer, p study.Progress) {
 	for _, pt := range p.Running {
 		fmt.Fprintf(&b, " measuring %s;", p.Study.Space.Format(pt))
 	}
-	fmt.Fprintf(&b, " %v of %v left", p.TimeLeft.Round(time.Second), p.Study.TimeBound)
+	if p.TimeLeft > 0 || p.GraceLeft <= 0 {
+		fmt.Fprintf(&b, " %v of %v left", p.TimeLeft.Round(time.Second), p.Study.TimeBound)
+	} else {
+		fmt.Fprintf(&b, " past the %v bound: the last experiments end within %v", p.Study.TimeBound, p.GraceLeft.Round(time.Second))
+	}
 	if o := p.Last; o != nil {
 		offered := ""
 		if o.Offered > 0 {
