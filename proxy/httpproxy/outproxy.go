@@ -136,6 +136,9 @@ type OutProxy struct {
 	trCl  *http.Transport
 	commi atomic.Int64
 	sleep sleeper // replays' waits
+	// afterTake, for tests, runs after a clone's call first tried to take
+	// its match, before it looks further or waits.
+	afterTake func(*http.Request)
 
 	recorded, notRecorded atomic.Int64
 	// calls counts every clone's calls over the proxy's window (OutStats),
@@ -163,7 +166,8 @@ type cloneEndpoint struct {
 	consumer string
 	// since, unix ns, is when the endpoint was made or, later, its clone
 	// attached (Attach): on-line calls that started before it are not its
-	// clone's (see Record.take).
+	// clone's (see Record.take). It only moves forward (see
+	// Record.takeOrWait).
 	since          atomic.Int64
 	srv            *server           // nil when the caller serves CloneHandler
 	calls          callCounts        // over the clone's window (ReplayStats)
@@ -213,31 +217,49 @@ func (ep *cloneEndpoint) take(rec *Record, key string) (ex *Exchange, ok, live b
 	if ep.stopped {
 		return nil, false, false
 	}
-	ex, ok = rec.take(ep.consumer, key, time.Unix(0, ep.since.Load()))
+	ex, ok = rec.take(ep.consumer, key, ep.sinceTime())
 	return ex, ok, true
+}
+
+// sinceTime returns since as a time.
+func (ep *cloneEndpoint) sinceTime() time.Time { return time.Unix(0, ep.since.Load()) }
+
+// attach moves since to t, unless it is later already.
+func (ep *cloneEndpoint) attach(t time.Time) {
+	ns := t.UnixNano()
+	for {
+		old := ep.since.Load()
+		if old >= ns || ep.since.CompareAndSwap(old, ns) {
+			return
+		}
+	}
 }
 
 // wait is take that, when nothing matches yet, waits up to d for a match
 // to be recorded, or until ctx ends or the endpoint stops: a clone may
 // call the next tier before the on-line instance's call has ended. The
 // endpoint's calls waiting for the same key are served first come first
-// served: the record hands each the next exchange as it is recorded. No
-// call waits or takes after stop, and an exchange handed to a call that
-// ended or was stopped meanwhile is put back.
-func (ep *cloneEndpoint) wait(ctx context.Context, rec *Record, key string, d time.Duration) (*Exchange, bool) {
+// served: the record hands each the next exchange as it is recorded, one
+// that started after the endpoint's since as it is then (an Attach while
+// the call waits counts). No call waits or takes after stop, and an
+// exchange handed to a call that ended or was stopped meanwhile is put
+// back. queued reports whether the call waited: it did not when it took
+// at once, and not after stop. An exchange taken at once is the caller's
+// to put back, whatever ctx says.
+func (ep *cloneEndpoint) wait(ctx context.Context, rec *Record, key string, d time.Duration) (ex *Exchange, ok, queued bool) {
 	if d <= 0 {
-		ex, ok, _ := ep.take(rec, key)
-		return ex, ok
+		ex, ok, _ = ep.take(rec, key)
+		return ex, ok, false
 	}
 	ep.takeMu.RLock()
 	if ep.stopped {
 		ep.takeMu.RUnlock()
-		return nil, false
+		return nil, false, false
 	}
-	ex, ok, w := rec.takeOrWait(ep.consumer, key, time.Unix(0, ep.since.Load()))
+	ex, ok, w := rec.takeOrWait(ep.consumer, key, ep.sinceTime)
 	ep.takeMu.RUnlock()
 	if w == nil {
-		return ex, ok
+		return ex, ok, false
 	}
 	timer := time.NewTimer(d)
 	defer timer.Stop()
@@ -250,9 +272,9 @@ func (ep *cloneEndpoint) wait(ctx context.Context, rec *Record, key string, d ti
 	ex, ok = rec.endWait(w)
 	if ok && (ctx.Err() != nil || ep.isStopped()) {
 		rec.untake(ep.consumer, ex) // no answer from it: the next call's
-		return nil, false
+		return nil, false, true
 	}
-	return ex, ok
+	return ex, ok, true
 }
 
 // stop ends the endpoint's calls' takes from the record: it returns once
@@ -536,7 +558,7 @@ func (p *OutProxy) Attach(name string) error {
 	if ep == nil {
 		return fmt.Errorf("attach clone %s: %w", name, justrunit.ErrNotFound)
 	}
-	ep.since.Store(time.Now().UnixNano())
+	ep.attach(time.Now())
 	return nil
 }
 
@@ -642,7 +664,8 @@ type ReplayStats struct {
 	// Waited counts the calls that found no match at once and waited (up
 	// to MatchWait) for the on-line instance to make the same call;
 	// WaitMs is their mean wait. A clone faster than the on-line instance
-	// is held to its pace by these waits.
+	// is held to its pace by these waits. A call that ended while it
+	// waited counts in neither.
 	Waited int64   `json:"waited"`
 	WaitMs float64 `json:"wait_mean_ms"`
 	// NextTier is the distribution of the next-tier latencies the clone's
@@ -953,6 +976,16 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 			p.fallback(w, r, ep)
 			return
 		}
+		if p.afterTake != nil {
+			p.afterTake(r)
+		}
+		if !ok && ep.isStopped() {
+			// Stopped since it took: no reused answer or stand-in from
+			// the record either, as for any call after stop.
+			ep.count(callUnmatched)
+			p.fallback(w, r, ep)
+			return
+		}
 		reused := false
 		if !ok && p.cfg.ReuseReads && p.readOnly(r.Method) {
 			// A read the on-line instance has not made (again) yet: an
@@ -979,15 +1012,18 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 			// With ReuseReads, a read that may pass through does not wait
 			// for the on-line instance either.
 			t := time.Now()
-			ex, ok = ep.wait(r.Context(), p.rec, key, p.cfg.MatchWait)
-			if p.cfg.MatchWait > 0 {
+			var queued bool
+			ex, ok, queued = ep.wait(r.Context(), p.rec, key, p.cfg.MatchWait)
+			gone := r.Context().Err() != nil
+			if queued && !gone {
 				ep.waited.Add(1)
 				ep.waitNs.Add(int64(time.Since(t)))
 			}
-			if r.Context().Err() != nil {
-				// The call ended while it waited (its match, if any,
+			if !ok && gone {
+				// The call ended while it waited (a match handed to it
 				// was put back): nobody to answer, nothing to count,
-				// and no read to pass through.
+				// and no read to pass through. One it took at once goes
+				// on: awaitLatency fails at once, and puts it back.
 				return
 			}
 		}
@@ -1008,6 +1044,12 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 			p.answer(w, r, ex)
 			return
 		}
+	}
+	if r.Context().Err() != nil {
+		// The call ended before it was answered (it never waited, or its
+		// body was over MaxBody): nothing to count, no read to pass
+		// through.
+		return
 	}
 	ep.count(callUnmatched)
 	// Never an upgrade: ReverseProxy would tunnel a 101 both ways, and

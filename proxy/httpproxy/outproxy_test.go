@@ -778,7 +778,7 @@ func TestCloneEndpointWait(t *testing.T) {
 
 	got := make(chan *Exchange, 1)
 	go func() {
-		e, _ := ep.wait(ctx, r, "k", 10*time.Second)
+		e, _, _ := ep.wait(ctx, r, "k", 10*time.Second)
 		got <- e
 	}()
 	waitFor(t, 5*time.Second, "the call taking", func() bool { return consumers() == 1 })
@@ -789,18 +789,18 @@ func TestCloneEndpointWait(t *testing.T) {
 	}
 
 	start := time.Now()
-	if e, ok := ep.wait(ctx, r, "none", 30*time.Millisecond); ok || time.Since(start) > 5*time.Second {
+	if e, ok, _ := ep.wait(ctx, r, "none", 30*time.Millisecond); ok || time.Since(start) > 5*time.Second {
 		t.Fatalf("wait(none) = %v, %v after %v; want nothing after about 30ms", e, ok, time.Since(start))
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if e, ok := ep.wait(cctx, r, "none", 10*time.Second); ok {
+	if e, ok, _ := ep.wait(cctx, r, "none", 10*time.Second); ok {
 		t.Fatalf("wait with its context ended = %v, want nothing", e)
 	}
 
 	done := make(chan bool, 1)
 	go func() {
-		_, ok := ep.wait(ctx, r, "late", 10*time.Second)
+		_, ok, _ := ep.wait(ctx, r, "late", 10*time.Second)
 		done <- ok
 	}()
 	ep.stop()
@@ -813,7 +813,7 @@ func TestCloneEndpointWait(t *testing.T) {
 		t.Fatal("wait did not give up when the endpoint stopped")
 	}
 	r.Add(ex("late", time.Now(), "late"))
-	if e, ok := ep.wait(ctx, r, "late", 10*time.Second); ok {
+	if e, ok, _ := ep.wait(ctx, r, "late", 10*time.Second); ok {
 		t.Fatalf("wait after stop = %v, want nothing taken", e)
 	}
 }
@@ -949,5 +949,40 @@ func TestOutProxyCloseStopsClones(t *testing.T) {
 	}
 	if n := nt.count(); n != 0 {
 		t.Errorf("the next tier got %d calls after Close, want none", n)
+	}
+}
+
+// TestOutProxyStoppedCloneNoReuseOrStandIn: a clone's call that found no
+// match while its clone was live, and finds it stopped after, gets the
+// fallback, like any call after stop: not the latest exchange of its key
+// (ReuseReads) or of its route (StandIn).
+func TestOutProxyStoppedCloneNoReuseOrStandIn(t *testing.T) {
+	nt := newNextTier(t, 0)
+	for _, tc := range []struct{ name, path string }{
+		{"reuse", "/items/7"},    // recorded, and taken already
+		{"stand in", "/items/9"}, // not recorded; its route is
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, h, ep := newCloneOut(t, OutConfig{Upstream: nt.URL, MatchWait: -1, ReuseReads: true, StandIn: true, PassThrough: []string{"GET"}})
+			e := ex(p.cfg.Masks.Key("GET", "/items/7", "", nil), time.Now(), "item 7")
+			e.Route = p.route("GET", "/items/7", "")
+			p.rec.Add(e)
+			if _, ok, _ := ep.take(p.rec, e.Key); !ok {
+				t.Fatal("the clone took nothing of what was recorded")
+			}
+			p.afterTake = func(*http.Request) { ep.stop() } // StopClone, after the call's take
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", tc.path, nil))
+			if rec.Code != DefaultFallbackStatus || rec.Header().Get(UnmatchedHeader) != "1" {
+				t.Errorf("GET %s on a clone stopped after its take = %d %q, want the fallback %d", tc.path, rec.Code, rec.Body.String(), DefaultFallbackStatus)
+			}
+			rs, err := p.ReplayStats("a", false)
+			if err != nil || rs.Matched != 0 || rs.Reused != 0 || rs.StoodIn != 0 || rs.PassedThrough != 0 || rs.Unmatched != 1 {
+				t.Errorf("ReplayStats = %+v, %v; want 1 unmatched, answered with the fallback", rs, err)
+			}
+			if n := nt.count(); n != 0 {
+				t.Errorf("the next tier got %d calls, want none", n)
+			}
+		})
 	}
 }

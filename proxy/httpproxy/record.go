@@ -110,16 +110,23 @@ type Record struct {
 	keysPeak, routesPeak int
 	consumers            map[string]int // consumer name -> bit
 	// waiting holds, per key, the calls waiting for an exchange to take,
-	// in the order they came (see takeOrWait).
-	waiting map[string][]*waiter
+	// in the order they came (see takeOrWait); nil when none waits.
+	// waitingPeak is the most keys it has held since it was made (see
+	// keysPeak).
+	waiting     map[string][]*waiter
+	waitingPeak int
 }
 
 // waiter is a consumer's call waiting for an exchange with key that
-// started at since or after. The record hands it one (ex) as one is added
-// or put back, and then closes ready; Forget closes ready with none.
+// started at since() or after. The record hands it one (ex) as one is
+// added or put back, or a consumer's place is freed, and then closes
+// ready; Forget closes ready with none. since is read when the waiter is
+// served, not when it was queued: the consumer's since can move (a clone
+// attached while its call waits), and an exchange from before it is not
+// the call's (see take).
 type waiter struct {
 	consumer, key string
-	since         time.Time
+	since         func() time.Time
 	ready         chan struct{}
 	ex            *Exchange // set under the record's lock
 }
@@ -133,11 +140,14 @@ type entry struct {
 // keyQueue holds one key's exchanges in start order. Entries are numbered
 // absolutely: entries[i] is number base+i, so numbers survive removals at
 // the front. hint[c] is a number below which consumer c has taken
-// everything.
+// everything. spent counts the slots before entries in its array, left
+// by exchanges dropped from the front: the array is cap(entries)+spent
+// long.
 type keyQueue struct {
 	base    int64
 	entries []*entry
 	hint    []int64
+	spent   int
 }
 
 // NewRecord returns an empty record that keeps exchanges that started within
@@ -189,6 +199,9 @@ func (r *Record) Add(e *Exchange) bool {
 	// Keep each key's exchanges in start order: exchanges are added when
 	// they end, and a short call may end before an earlier, longer one.
 	pos := len(q.entries)
+	if pos == cap(q.entries) { // Insert makes a new array: the old one's spent slots go with it
+		q.spent = 0
+	}
 	for pos > 0 && e.Start.Before(q.entries[pos-1].ex.Start) {
 		pos--
 	}
@@ -199,6 +212,7 @@ func (r *Record) Add(e *Exchange) bool {
 	r.bytes += sz
 	if len(r.waiting[e.Key]) > 0 {
 		r.serveWaitersLocked(e.Key, time.Now())
+		r.shrinkWaitingLocked()
 	}
 	return true
 }
@@ -228,13 +242,19 @@ func (r *Record) take(consumer, key string, since time.Time) (*Exchange, bool) {
 // takeOrWait is take that, when nothing matches, queues a waiter for the
 // call behind the consumer's earlier calls waiting for key, and returns
 // it. The record hands each waiter the next exchange it can take, first
-// come first served, as one is added or put back (untake). The caller
-// ends the wait with endWait, whatever became of it.
-func (r *Record) takeOrWait(consumer, key string, since time.Time) (*Exchange, bool, *waiter) {
+// come first served, as one is added or put back (untake) or, for a
+// consumer that had no place, as Forget frees one. The caller ends the
+// wait with endWait, whatever became of it.
+//
+// since is read each time the waiter is served, and must only move
+// forward: the consumer's later calls must not be able to take what an
+// earlier one could not (they are served in order), and a take passes
+// over what started before since for good.
+func (r *Record) takeOrWait(consumer, key string, since func() time.Time) (*Exchange, bool, *waiter) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.waitsLocked(consumer, key) {
-		if ex, ok := r.takeLocked(consumer, key, time.Now(), since); ok {
+		if ex, ok := r.takeLocked(consumer, key, time.Now(), since()); ok {
 			return ex, true, nil
 		}
 	}
@@ -243,6 +263,7 @@ func (r *Record) takeOrWait(consumer, key string, since time.Time) (*Exchange, b
 		r.waiting = make(map[string][]*waiter)
 	}
 	r.waiting[key] = append(r.waiting[key], w)
+	r.waitingPeak = max(r.waitingPeak, len(r.waiting))
 	return nil, false, w
 }
 
@@ -258,6 +279,7 @@ func (r *Record) endWait(w *waiter) (*Exchange, bool) {
 	ws := r.waiting[w.key]
 	if i := slices.Index(ws, w); i >= 0 {
 		r.setWaitingLocked(w.key, slices.Delete(ws, i, i+1))
+		r.shrinkWaitingLocked()
 	}
 	return nil, false
 }
@@ -285,6 +307,7 @@ func (r *Record) untake(consumer string, ex *Exchange) {
 	}
 	if len(r.waiting[ex.Key]) > 0 {
 		r.serveWaitersLocked(ex.Key, time.Now())
+		r.shrinkWaitingLocked()
 	}
 }
 
@@ -307,8 +330,8 @@ func (r *Record) serveWaitersLocked(key string, now time.Time) {
 	for _, w := range ws {
 		if !slices.Contains(dry, w.consumer) {
 			// A later call of the consumer does not take what an earlier
-			// one could not: its since is the same or later.
-			if ex, ok := r.takeLocked(w.consumer, key, now, w.since); ok {
+			// one could not: the since it reads is the same or later.
+			if ex, ok := r.takeLocked(w.consumer, key, now, w.since()); ok {
 				w.ex = ex
 				close(w.ready)
 				continue
@@ -328,6 +351,20 @@ func (r *Record) setWaitingLocked(key string, ws []*waiter) {
 		return
 	}
 	r.waiting[key] = ws
+}
+
+// shrinkWaitingLocked lets go of the memory of the map of waiting calls:
+// a Go map keeps the memory of the most keys it held (see shrinkLocked),
+// so it is dropped once empty and made again once under a quarter of its
+// peak. Not called while the map is ranged over.
+func (r *Record) shrinkWaitingLocked() {
+	switch {
+	case len(r.waiting) == 0:
+		r.waiting, r.waitingPeak = nil, 0
+	case r.waitingPeak >= shrinkMin && len(r.waiting) < r.waitingPeak/4:
+		r.waiting = remake(r.waiting)
+		r.waitingPeak = len(r.waiting)
+	}
 }
 
 func (r *Record) takeLocked(consumer, key string, now, since time.Time) (*Exchange, bool) {
@@ -429,11 +466,13 @@ func (r *Record) freeBitLocked() (int, bool) {
 
 // Forget removes consumer: its calls waiting for an exchange stop waiting
 // with none, its marks are cleared and its place can be taken by a new
-// consumer. A consumer of the same name that comes later starts from the
-// oldest exchange in the window.
+// consumer, first by the calls waiting for want of one. A consumer of the
+// same name that comes later starts from the oldest exchange in the
+// window.
 func (r *Record) Forget(consumer string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.shrinkWaitingLocked() // once the map is no longer ranged over
 	for key, ws := range r.waiting {
 		kept := ws[:0]
 		for _, w := range ws {
@@ -459,6 +498,14 @@ func (r *Record) Forget(consumer string) {
 		if c < len(q.hint) {
 			q.hint[c] = 0
 		}
+	}
+	// A call queued because every place was taken (MaxConsumers) can take
+	// now: serve it, or what is already recorded would be handed to it
+	// only once another exchange of its key came, and the consumer's
+	// later calls would queue behind it.
+	now := time.Now()
+	for key := range r.waiting {
+		r.serveWaitersLocked(key, now)
 	}
 }
 
@@ -551,6 +598,7 @@ func (r *Record) dropOldestLocked() {
 	case i == 0:
 		q.entries[0] = nil
 		q.entries = q.entries[1:]
+		q.spent++
 		q.base++
 	case i > 0:
 		q.entries = slices.Delete(q.entries, i, i+1)
@@ -563,8 +611,20 @@ func (r *Record) dropOldestLocked() {
 	if len(q.entries) == 0 {
 		delete(r.byKey, k)
 		r.bytes -= keyOverhead
+		return
+	}
+	// A burst on a key leaves its queue's array behind while the key has
+	// entries: copy them to a new one once they fill under a quarter of
+	// it (at most once per three quarters of it dropped).
+	if n := cap(q.entries) + q.spent; n > queueShrinkMin && len(q.entries) < n/4 {
+		q.entries = slices.Clone(q.entries)
+		q.spent = 0
 	}
 }
+
+// queueShrinkMin is the longest array of a key's queue that is not made
+// again smaller: a small array is not worth a copy.
+const queueShrinkMin = 64
 
 // Stats returns the record's size and bounds.
 func (r *Record) Stats() RecordStats {

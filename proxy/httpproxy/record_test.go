@@ -1,8 +1,10 @@
 package httpproxy
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"reflect"
 	"runtime"
 	"testing"
 	"time"
@@ -258,5 +260,97 @@ func TestRecordLatestWindow(t *testing.T) {
 	}
 	if e, ok := r.LatestRoute("GET /items/*"); !ok || string(e.Body) != "short" {
 		t.Errorf("LatestRoute(GET /items/*) = %v, %v; want the exchange in the window", e, ok)
+	}
+}
+
+// TestRecordForgetServesWaiting: a consumer's call that waits because
+// every place in the record was taken (MaxConsumers) is handed what is
+// recorded for it as soon as Forget frees a place, not when the next
+// exchange of its key comes.
+func TestRecordForgetServesWaiting(t *testing.T) {
+	r := NewRecord(time.Minute, 1<<20)
+	for i := range MaxConsumers {
+		r.Take(fmt.Sprint("c", i), "other")
+	}
+	r.Add(ex("k", time.Now(), "k"))
+	ep := &cloneEndpoint{name: "late", consumer: "late#1", stopping: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan *Exchange, 1)
+	go func() {
+		e, _, _ := ep.wait(ctx, r, "k", 10*time.Second)
+		got <- e
+	}()
+	waitFor(t, 5*time.Second, "the call waiting for a place", func() bool { return waitingCalls(r) == 1 })
+	r.Forget("c0")
+	select {
+	case e := <-got:
+		if e == nil || string(e.Body) != "k" {
+			t.Errorf("the waiting call got %v, want the exchange recorded for it", e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiting call got nothing after Forget freed a place")
+	}
+}
+
+// TestRecordSweepShrinksKeyQueue: a burst on a key that leaves the
+// record does not leave the key's queue holding the burst's array while
+// the key keeps a few exchanges.
+func TestRecordSweepShrinksKeyQueue(t *testing.T) {
+	r := NewRecord(time.Minute, 1<<30)
+	start := time.Now()
+	const burst, kept = 10_000, 10
+	for range burst {
+		r.Add(ex("k", start, ""))
+	}
+	for range kept {
+		r.Add(ex("k", start.Add(time.Hour), "")) // still in the window after the sweep
+	}
+	lastSlot := func() **entry { // the queue's array's last slot: where the array is
+		s := r.byKey["k"].entries
+		s = s[:cap(s)]
+		return &s[len(s)-1]
+	}
+	before := lastSlot()
+	r.sweep(start.Add(2 * time.Minute))
+	q := r.byKey["k"]
+	if q == nil || len(q.entries) != kept {
+		t.Fatalf("the key's queue = %v after the sweep, want the %d exchanges after the burst", q, kept)
+	}
+	if lastSlot() == before || cap(q.entries) > 4*queueShrinkMin {
+		t.Errorf("the key's queue holds %d entries in an array of %d or more, the burst's: want it made again", len(q.entries), cap(q.entries))
+	}
+	if e, ok := r.take("a", "k", time.Time{}); !ok || !e.Start.Equal(start.Add(time.Hour)) {
+		t.Errorf("take after the queue was made again = %v, %v; want the first exchange after the burst", e, ok)
+	}
+}
+
+// TestRecordWaitingMapShrinks: the map of waiting calls gives back the
+// memory of a burst of calls waiting for many keys: it is made again once
+// under a quarter of its peak, and dropped once no call waits.
+func TestRecordWaitingMapShrinks(t *testing.T) {
+	r := NewRecord(time.Minute, 1<<20)
+	never := func() time.Time { return time.Time{} }
+	const n = 4 * shrinkMin
+	ws := make([]*waiter, n)
+	for i := range ws {
+		var ok bool
+		if _, ok, ws[i] = r.takeOrWait("c", fmt.Sprint("k", i), never); ok || ws[i] == nil {
+			t.Fatalf("takeOrWait(k%d) took an exchange, want the call queued", i)
+		}
+	}
+	mapOf := func() uintptr { return reflect.ValueOf(r.waiting).Pointer() }
+	peak := mapOf()
+	for _, w := range ws[:n-n/8] {
+		r.endWait(w)
+	}
+	if mapOf() == peak {
+		t.Errorf("the map of waiting calls is the one of the peak with %d of %d keys left, want it made again", waitingCalls(r), n)
+	}
+	for _, w := range ws[n-n/8:] {
+		r.endWait(w)
+	}
+	if r.waiting != nil {
+		t.Errorf("the map of waiting calls is kept with no call waiting, want it dropped")
 	}
 }
