@@ -437,29 +437,48 @@ func (r *Runner) alive(ctx context.Context, id string) error {
 	return fmt.Errorf("clone %s: %w (gone from the platform)", id, ErrCloneDied)
 }
 
-// Close detaches every clone from the proxies and destroys it. It is safe
-// to call more than once.
+// Close detaches every clone from the proxies and destroys it. What it
+// cannot remove (a clone whose Destroy failed, an attachment a proxy would
+// not drop) it keeps, and says so in its error: a later Close tries again
+// with what is left only. It is safe to call more than once.
 func (r *Runner) Close(ctx context.Context) error {
 	r.mu.Lock()
-	slots := r.slots
-	r.slots = nil
-	r.mu.Unlock()
+	defer r.mu.Unlock()
 	var errs []error
-	for _, s := range slots {
-		if s.fed {
-			if _, err := r.cfg.Feed.RemoveClone(s.name); err != nil && !errors.Is(err, justrunit.ErrNotFound) {
-				errs = append(errs, err)
-			}
+	var left []*slot
+	for _, s := range r.slots {
+		if err := r.remove(ctx, s); err != nil {
+			errs = append(errs, err)
+			left = append(left, s)
 		}
-		if s.reply {
-			if err := r.cfg.Replay.StopClone(s.name); err != nil && !errors.Is(err, justrunit.ErrNotFound) {
-				errs = append(errs, err)
-			}
+	}
+	r.slots = left
+	return errors.Join(errs...)
+}
+
+// remove detaches s from the proxies and destroys its clone; the steps
+// that succeeded are not done again on a retry.
+func (r *Runner) remove(ctx context.Context, s *slot) error {
+	var errs []error
+	if s.fed {
+		if _, err := r.cfg.Feed.RemoveClone(s.name); err != nil && !errors.Is(err, justrunit.ErrNotFound) {
+			errs = append(errs, fmt.Errorf("detach %s from the in-proxy: %w", s.name, err))
+		} else {
+			s.fed = false
 		}
-		if s.clone != nil {
-			if err := r.cfg.Platform.Destroy(ctx, s.clone.ID); err != nil {
-				errs = append(errs, fmt.Errorf("destroy %s: %w", s.clone.ID, err))
-			}
+	}
+	if s.reply {
+		if err := r.cfg.Replay.StopClone(s.name); err != nil && !errors.Is(err, justrunit.ErrNotFound) {
+			errs = append(errs, fmt.Errorf("stop the out-proxy for %s: %w", s.name, err))
+		} else {
+			s.reply = false
+		}
+	}
+	if s.clone != nil {
+		if err := r.cfg.Platform.Destroy(ctx, s.clone.ID); err != nil {
+			errs = append(errs, fmt.Errorf("destroy %s on sandbox host %s: %w", s.clone.ID, s.host.Host.Name, err))
+		} else {
+			s.clone = nil
 		}
 	}
 	return errors.Join(errs...)

@@ -26,6 +26,10 @@ type fakePlatform struct {
 	clones int
 	noFreq bool                            // the platform cannot set freq
 	set    map[string]justrunit.Allocation // the last SetAllocation of each instance
+	// failDestroy fails the Destroy of these ids; destroys counts the
+	// calls by id.
+	failDestroy map[string]error
+	destroys    map[string]int
 }
 
 func (p *fakePlatform) Name() string { return "fake" }
@@ -70,6 +74,13 @@ func (p *fakePlatform) Usage(context.Context, string) (justrunit.Usage, error) {
 func (p *fakePlatform) Destroy(_ context.Context, id string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.destroys == nil {
+		p.destroys = map[string]int{}
+	}
+	p.destroys[id]++
+	if err := p.failDestroy[id]; err != nil {
+		return err
+	}
 	for i, in := range p.insts {
 		if in.ID == id {
 			p.insts = append(p.insts[:i], p.insts[i+1:]...)
@@ -464,5 +475,44 @@ func TestOpenInNetwork(t *testing.T) {
 	}
 	if len(replay.served) != 1 || len(replay.stopped) != 1 {
 		t.Errorf("served %v, stopped %v after the clone failed; want the handed-over listener stopped", replay.served, replay.stopped)
+	}
+}
+
+// TestCloseKeepsWhatItCannotRemove checks that a clone whose Destroy fails
+// is kept, and named in Close's error, so that a later Close destroys it
+// (and only it); once all is removed, Close does nothing.
+func TestCloseKeepsWhatItCannotRemove(t *testing.T) {
+	target := justrunit.Instance{ID: "app0", Host: "h0", State: "running", Alloc: justrunit.Allocation{CPU: 50}}
+	p := &fakePlatform{hosts: []justrunit.Host{sandbox()}, insts: []justrunit.Instance{target}}
+	cfg := Config{Platform: p, Target: target, Sandbox: sandbox(), Space: space(t, "cpu=50,100"),
+		Feed: &fakeFeed{rec: measure.NewRecorder()}, Window: measure.WindowConfig{Max: time.Second}, Logger: quiet}
+	r, err := Open(context.Background(), cfg, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stuck, other := p.insts[1].ID, p.insts[2].ID
+	busy := errors.New("device or resource busy")
+	p.mu.Lock()
+	p.failDestroy = map[string]error{stuck: busy}
+	p.mu.Unlock()
+	if err := r.Close(context.Background()); !errors.Is(err, busy) || !strings.Contains(err.Error(), stuck) || !strings.Contains(err.Error(), "sb") {
+		t.Fatalf("Close with %s stuck = %v, want its Destroy's error naming it and its sandbox host", stuck, err)
+	}
+	p.mu.Lock()
+	p.failDestroy = nil
+	p.mu.Unlock()
+	if err := r.Close(context.Background()); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if err := r.Close(context.Background()); err != nil {
+		t.Fatalf("third Close: %v", err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.destroys[stuck] != 2 || p.destroys[other] != 1 {
+		t.Errorf("Destroy calls %v, want 2 of %s (failed, then retried) and 1 of %s", p.destroys, stuck, other)
+	}
+	if len(p.insts) != 1 {
+		t.Errorf("instances left %v, want the target only", p.insts)
 	}
 }
