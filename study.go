@@ -226,6 +226,9 @@ func (s *Study) Validate() error {
 	if err := s.Space.Validate(); err != nil {
 		return err
 	}
+	if err := checkLimits(s.Space); err != nil {
+		return err
+	}
 	for i, m := range s.Metrics {
 		if _, err := ParseMetric(string(m)); err != nil {
 			return Invalid(fmt.Sprintf("metrics[%d]", i), string(m), "unknown; known: %v", AllMetrics)
@@ -253,6 +256,33 @@ func (s *Study) Validate() error {
 	if s.SLA != nil {
 		if err := s.SLA.Validate(); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// checkLimits refuses a cpu, freq or mem value a platform could not set
+// as a limit: at or below 0 (the platforms read an allocation's 0 as no
+// limit, so a row labelled 0 would be measured unlimited), or a memory
+// size that is not a whole number of MiB (an allocation holds whole MiB).
+func checkLimits(sp Space) error {
+	for i, par := range sp.Params {
+		if par.Categorical() {
+			continue
+		}
+		field := fmt.Sprintf("parameters[%d]", i)
+		switch par.Name {
+		case "cpu", "freq", "mem":
+			if v := par.Values[0]; v <= 0 {
+				return Invalid(field, fmt.Sprintf("%s=%g", par.Name, v), "%s values must be > 0: an allocation's 0 means no limit, so the point would be measured unlimited", par.Name)
+			}
+		}
+		if par.Name == "mem" {
+			for _, v := range par.Values {
+				if v != math.Trunc(v) {
+					return Invalid(field, fmt.Sprintf("mem=%g", v), "memory is set in whole MiB")
+				}
+			}
 		}
 	}
 	return nil

@@ -191,3 +191,44 @@ func TestFillMetrics(t *testing.T) {
 		t.Errorf("FillMetrics changed DefaultMetrics: %v", DefaultMetrics)
 	}
 }
+
+// TestStudyValidateLimits: a cpu, freq or mem value of 0 or below is
+// refused (an allocation's 0 means no limit: the point would be measured
+// unlimited), and so is a fraction of a MiB; other parameters may hold 0.
+func TestStudyValidateLimits(t *testing.T) {
+	for _, tt := range []struct {
+		params []string
+		field  string // "" for valid
+	}{
+		{[]string{"cpu=10..100 step 10"}, ""},
+		{[]string{"cpu=0..100 step 10"}, "parameters[0]"},
+		{[]string{"cpu=50", "freq=0,1.2"}, "parameters[1]"},
+		{[]string{"cpu=-10,50"}, "parameters[0]"},
+		{[]string{"mem=0..512 step 256"}, "parameters[0]"},
+		{[]string{"mem=256,512.5"}, "parameters[0]"},
+		{[]string{"mem=256,512"}, ""},
+		{[]string{"cpu=50", "threads=0..4 step 2"}, ""},
+	} {
+		var ps []Parameter
+		for _, s := range tt.params {
+			p, err := ParseParameter(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ps = append(ps, p)
+		}
+		space, err := NewSpace(ps...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := &Study{Target: "app", Space: space, Window: Duration(10 * time.Second), TimeBound: Duration(time.Minute), Slots: 1, CheckThreshold: 0.1}
+		err = st.Validate()
+		var fe *FieldError
+		switch {
+		case tt.field == "" && err != nil:
+			t.Errorf("Validate(%v) = %v, want nil", tt.params, err)
+		case tt.field != "" && (!errors.As(err, &fe) || fe.Field != tt.field):
+			t.Errorf("Validate(%v) = %v, want an error on %s", tt.params, err, tt.field)
+		}
+	}
+}
