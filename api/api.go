@@ -22,7 +22,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/http"
 	"runtime/debug"
 	"slices"
@@ -181,7 +180,7 @@ type Server struct {
 	// ops are the calls under way that act on the site (see beginOp);
 	// opsChanged is closed and replaced whenever one ends.
 	opsMu      sync.Mutex
-	ops        map[int]string
+	ops        map[int]op
 	opsSeq     int
 	opsChanged chan struct{}
 	closed     bool
@@ -204,7 +203,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Version == "" {
 		cfg.Version = moduleVersion()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), id: rand.Text(), ops: map[int]string{}, opsChanged: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), id: rand.Text(), ops: map[int]op{}, opsChanged: make(chan struct{})}
 	s.done, s.cancel = context.WithCancel(context.Background())
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
@@ -242,23 +241,48 @@ func (s *Server) Close() {
 	s.cancel()
 }
 
+// op is a call under way that acts on the site: an on-line verification
+// (cancellable: Close cancels it) or a plan being applied (not: it runs to
+// its end).
+type op struct {
+	what        string
+	cancellable bool
+}
+
 // Wait waits for the calls that act on the site to return: on-line
 // verifications (which Close cancels) and plans being applied (which run
-// to their end). When ctx ends first it returns an error naming them; the
-// site must then not be stopped under them.
+// to their end). When ctx ends first, it waits on for the plans being
+// applied, whose half-applied steps would be worse than a late shutdown
+// (as the manager's own are waited for), then returns an error naming
+// the calls still running, if any; the site must then not be stopped
+// under them.
 func (s *Server) Wait(ctx context.Context) error {
+	warned := false
 	for {
 		s.opsMu.Lock()
-		if len(s.ops) == 0 {
-			s.opsMu.Unlock()
+		applying := false
+		for _, o := range s.ops {
+			applying = applying || !o.cancellable
+		}
+		n, changed := len(s.ops), s.opsChanged
+		s.opsMu.Unlock()
+		if n == 0 {
 			return nil
 		}
-		changed := s.opsChanged
-		s.opsMu.Unlock()
+		if ctx.Err() != nil && !applying {
+			return fmt.Errorf("calls acting on the site still running: %s: %w", strings.Join(s.runningOps(), ", "), ctx.Err())
+		}
+		done := ctx.Done()
+		if ctx.Err() != nil {
+			if !warned {
+				warned = true
+				s.log.Warn("shutdown: a plan is being applied to the on-line instances; waiting for it to end past the shutdown timeout", "calls", strings.Join(s.runningOps(), ", "))
+			}
+			done = nil // only the plans are waited for now
+		}
 		select {
 		case <-changed:
-		case <-ctx.Done():
-			return fmt.Errorf("calls acting on the site still running: %s: %w", strings.Join(s.runningOps(), ", "), ctx.Err())
+		case <-done:
 		}
 	}
 }
@@ -266,7 +290,10 @@ func (s *Server) Wait(ctx context.Context) error {
 func (s *Server) runningOps() []string {
 	s.opsMu.Lock()
 	defer s.opsMu.Unlock()
-	out := slices.Collect(maps.Values(s.ops))
+	var out []string
+	for _, o := range s.ops {
+		out = append(out, o.what)
+	}
 	slices.Sort(out)
 	return out
 }
@@ -288,7 +315,7 @@ func (s *Server) beginOp(r *http.Request, what string, cancelOnClose bool) (ctx 
 	}
 	s.opsSeq++
 	id := s.opsSeq
-	s.ops[id] = what
+	s.ops[id] = op{what: what, cancellable: cancelOnClose}
 	base := r.Context()
 	stop := func() bool { return true }
 	if !cancelOnClose {

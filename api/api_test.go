@@ -675,6 +675,40 @@ func TestApplyOutlivesCaller(t *testing.T) {
 	}
 }
 
+// TestWaitOutlastsBoundForApply: a plan being applied when the daemon
+// stops is waited for past the shutdown's bound (a half-applied plan is
+// worse than a late shutdown), and Wait then returns nil.
+func TestWaitOutlastsBoundForApply(t *testing.T) {
+	p := &blockingPlanner{started: make(chan struct{}), release: make(chan struct{}), ctxErr: make(chan error, 1)}
+	d := newDaemon(t, daemonOpts{noRunner: true, planner: p})
+	go d.client().ApplyPlan(context.Background(), "p1")
+	select {
+	case <-p.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the plan was not applied")
+	}
+	d.srv.Close()
+	waited := make(chan error, 1)
+	go func() { waited <- d.srv.Wait(ctxTimeout(t, 50*time.Millisecond)) }()
+	select {
+	case err := <-waited:
+		t.Fatalf("Wait returned %v while the plan was still being applied", err)
+	case <-time.After(300 * time.Millisecond): // six times the bound
+	}
+	close(p.release)
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Errorf("Wait after the plan was applied = %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait did not return once the plan was applied")
+	}
+	if err := <-p.ctxErr; err != nil {
+		t.Errorf("the apply's context ended at shutdown: %v", err)
+	}
+}
+
 // TestCancelNotOurs: a running study this daemon's runner does not run is
 // refused with 409, saying whose it is: another process's, or, with this
 // daemon's owner, the manager's.

@@ -127,7 +127,7 @@ daemon starts again.`,
 	f.BoolVar(&o.metricsPublic, "metrics-public", false, "serve /metrics without a token (the API still needs it)")
 	f.StringVar(&o.site, "site", "", "site file to run (instances and proxies) so the daemon can run studies on it")
 	f.DurationVar(&o.manage, "manage", 0, "with --site, run the manager with this monitoring interval (e.g. 1m): SLA monitor, studies, plans applied")
-	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout, "how long to wait for calls, studies, verifications and the manager to stop on shutdown; the site is stopped only once they have (else it is left up; a plan the manager applies to on-line instances is waited for to its end)")
+	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout, "how long to wait for calls, studies, verifications and the manager to stop on shutdown; the site is stopped only once they have (else it is left up; a plan being applied to on-line instances, by the manager or through the API, is waited for to its end)")
 	return cmd
 }
 
@@ -345,7 +345,8 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 // for the calls that act on the site (srv.Wait). It
 // returns nil when nothing acts on the site any more, so the site may be
 // stopped; else an error naming what still runs, and the site must be left
-// alone. Calls still open when the time is up are cut off.
+// alone. Calls still open when the time is up are cut off, except a plan
+// being applied, which srv.Wait waits for to its end.
 func stopServing(timeout time.Duration, log *slog.Logger, srv *api.Server, hs *http.Server, runner *api.EngineRunner, stopSite func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
