@@ -344,19 +344,24 @@ func (s *Site) launch(ctx context.Context, l justrunit.Launcher, service, tier s
 	return nil
 }
 
-// waitListening polls addr until it accepts a TCP connection.
+// waitListening polls addr until it accepts a TCP connection, for at most
+// timeout. When ctx ends first, the error wraps its cause (a Ctrl-C is not
+// a readiness timeout).
 func waitListening(ctx context.Context, addr string, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var d net.Dialer
 	for {
-		c, err := d.DialContext(ctx, "tcp", addr)
+		c, err := d.DialContext(tctx, "tcp", addr)
 		if err == nil {
 			c.Close()
 			return nil
 		}
 		select {
-		case <-ctx.Done():
+		case <-tctx.Done():
+			if ctx.Err() != nil {
+				return fmt.Errorf("wait for %s to listen: %w", addr, context.Cause(ctx))
+			}
 			return fmt.Errorf("not listening on %s after %v: %w", addr, timeout, err)
 		case <-time.After(20 * time.Millisecond):
 		}
