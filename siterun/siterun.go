@@ -54,6 +54,8 @@ type Site struct {
 	plans     sync.Mutex // see ApplyPlan
 	mu        sync.Mutex
 	sandboxes map[string]chan struct{} // see claimSandbox; under mu
+	leftovers map[string]closer        // by sandbox host, see closeRunner; under mu
+	rates     map[string]int           // studies exporting each target's match rate, see PrepareStudy; under mu
 	launched  []string
 	in        map[string]*httpproxy.InProxy
 	out       map[string]*httpproxy.OutProxy
@@ -107,19 +109,48 @@ func firstDifference(a, b string) string {
 	return "no difference"
 }
 
+// sandboxNames returns the names of cfg's sandbox hosts, sorted.
+func sandboxNames(cfg experiment.Config) []string {
+	if cfg.Classes == nil {
+		return []string{cfg.Sandbox.Name}
+	}
+	var names []string
+	for _, ch := range cfg.Classes {
+		names = append(names, ch.Host.Name)
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+// claimExperiment returns ExperimentConfig(ctx, id, space, sandbox) once
+// it holds its sandbox hosts (claimSandboxes): read after any wait for
+// another study, the target's allocation and host are those the clones
+// start from. release gives the hosts back.
+func (s *Site) claimExperiment(ctx context.Context, id string, space justrunit.Space, sandbox string) (cfg experiment.Config, release func(), err error) {
+	first, err := s.ExperimentConfig(ctx, id, space, sandbox)
+	if err != nil {
+		return cfg, nil, err
+	}
+	if release, err = s.claimSandboxes(ctx, first); err != nil {
+		return cfg, nil, err
+	}
+	cfg, err = s.ExperimentConfig(ctx, id, space, sandbox)
+	if then, now := sandboxNames(first), sandboxNames(cfg); err == nil && !slices.Equal(then, now) {
+		err = fmt.Errorf("%w: the sandbox hosts to use changed while waiting for them (then %s, now %s); try again",
+			ErrSiteChanged, strings.Join(then, ","), strings.Join(now, ","))
+	}
+	if err != nil {
+		release()
+		return experiment.Config{}, nil, err
+	}
+	return cfg, release, nil
+}
+
 // claimSandboxes claims the sandbox hosts of cfg (claimSandbox), in the
 // order of their names so that two studies claiming the same hosts cannot
 // each wait for the other. release gives them all back.
 func (s *Site) claimSandboxes(ctx context.Context, cfg experiment.Config) (release func(), err error) {
-	names := []string{cfg.Sandbox.Name}
-	if cfg.Classes != nil {
-		names = nil
-		for _, ch := range cfg.Classes {
-			names = append(names, ch.Host.Name)
-		}
-		slices.Sort(names)
-		names = slices.Compact(names)
-	}
+	names := sandboxNames(cfg)
 	var releases []func()
 	release = func() {
 		for _, r := range slices.Backward(releases) {
@@ -139,9 +170,11 @@ func (s *Site) claimSandboxes(ctx context.Context, cfg experiment.Config) (relea
 
 // claimSandbox waits until no other study or paired check of this site
 // uses sandbox host name, and claims it: clones sharing a sandbox's CPUs
-// would measure each other's load. The daemon's studies, the manager's and
-// paired checks all come through here (claimSandboxes). release gives it
-// back; calling it again does nothing.
+// would measure each other's load. What an earlier study could not remove
+// from the host (closeRunner) is removed first; if it still cannot be, the
+// claim fails. The daemon's studies, the manager's and paired checks all
+// come through here (claimSandboxes). release gives it back; calling it
+// again does nothing.
 func (s *Site) claimSandbox(ctx context.Context, name string) (release func(), err error) {
 	s.mu.Lock()
 	if s.sandboxes == nil {
@@ -164,7 +197,63 @@ func (s *Site) claimSandbox(ctx context.Context, name string) (release func(), e
 		}
 	}
 	var once sync.Once
-	return func() { once.Do(func() { <-c }) }, nil
+	release = func() { once.Do(func() { <-c }) }
+	if err := s.removeLeftovers(ctx, name); err != nil {
+		release()
+		return nil, err
+	}
+	return release, nil
+}
+
+// closer is what closeRunner closes: an *experiment.Runner.
+type closer interface {
+	Close(ctx context.Context) error
+}
+
+// closeRunner closes r, whose clones run on sandbox hosts names, and gives
+// the hosts back (release). When r cannot remove everything (it keeps what
+// is left, and a later Close retries it), the hosts are marked as holding
+// r's leftovers: the next claim of one of them removes them first
+// (claimSandbox), so that no study measures next to them.
+func (s *Site) closeRunner(ctx context.Context, r closer, names []string, release func()) error {
+	defer release()
+	err := r.Close(ctx)
+	if err == nil {
+		return nil
+	}
+	s.mu.Lock()
+	if s.leftovers == nil {
+		s.leftovers = map[string]closer{}
+	}
+	for _, n := range names {
+		s.leftovers[n] = r
+	}
+	s.mu.Unlock()
+	return fmt.Errorf("%w; what is left stays on sandbox host %s until the next study or check there removes it, or the site is stopped and \"justrunit platform gc\" run",
+		err, strings.Join(names, ", "))
+}
+
+// removeLeftovers removes what an earlier study left on sandbox host name
+// (closeRunner), if anything.
+func (s *Site) removeLeftovers(ctx context.Context, name string) error {
+	s.mu.Lock()
+	r := s.leftovers[name]
+	s.mu.Unlock()
+	if r == nil {
+		return nil
+	}
+	s.log.Info("removing the clones an earlier study or check left on the sandbox host", "sandbox", name)
+	if err := r.Close(ctx); err != nil {
+		return fmt.Errorf("sandbox host %s still holds what an earlier study or check could not remove: %w; stop the site and run \"justrunit platform gc\"", name, err)
+	}
+	s.mu.Lock()
+	for n, x := range s.leftovers {
+		if x == r { // r removed all it had, on every host
+			delete(s.leftovers, n)
+		}
+	}
+	s.mu.Unlock()
+	return nil
 }
 
 // Up launches the site: per service, the last tier first (so that each

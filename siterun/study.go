@@ -46,16 +46,24 @@ const (
 type Study struct {
 	// Engine runs the study (Run) and the checker (Use, Check) on the
 	// prepared clones.
-	Engine  *study.Engine
-	runner  *experiment.Runner
-	release func() // gives the sandbox hosts back
+	Engine    *study.Engine
+	site      *Site
+	runner    *experiment.Runner
+	sandboxes []string // the sandbox hosts it holds
+	release   func()   // gives them back
+	forget    func()   // ends its export of the match rate; nil without
 }
 
 // Close detaches and destroys the study's clones, and gives the sandbox
-// host back to the site's other studies.
+// host back to the site's other studies. What it cannot remove stays on
+// the sandbox host, and the error says so: the next study there removes it
+// first (see closeRunner).
 func (x *Study) Close(ctx context.Context) error {
-	defer x.release()
-	return x.runner.Close(ctx)
+	if x.forget != nil {
+		x.forget()
+		x.forget = nil
+	}
+	return x.site.closeRunner(ctx, x.runner, x.sandboxes, x.release)
 }
 
 // CheckWarmUp fails when a study of instance id with warm-up warmUp would
@@ -95,44 +103,67 @@ func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts Study
 	if err := s.CheckWarmUp(st.Target, time.Duration(st.WarmUp)); err != nil {
 		return nil, err
 	}
-	cfg, err := s.ExperimentConfig(ctx, st.Target, st.Space, opts.Sandbox)
+	cfg, release, err := s.claimExperiment(ctx, st.Target, st.Space, opts.Sandbox)
 	if err != nil {
 		return nil, err
 	}
 	cfg.Window = StudyWindow(st, time.Duration(st.WarmUp), time.Duration(st.Window))
 	cfg.Window.RelCI = orFloat(opts.RelCI, DefaultRelCI)
 	cfg.Window.MinSamples = orInt(opts.MinSamples, cfg.Window.MinSamples)
-	release, err := s.claimSandboxes(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
 	runner, err := experiment.Open(ctx, cfg, st.Slots)
 	if err != nil {
 		release()
 		return nil, fmt.Errorf("prepare the experiments: %w", err)
 	}
+	x := &Study{site: s, runner: runner, sandboxes: sandboxNames(cfg), release: release}
 	var r justrunit.Runner = runner
-	if s.metrics != nil {
-		_, svc, _, _ := s.File.Instance(st.Target)
-		r = &matchRateRunner{Runner: runner, rate: s.metrics.OutProxyMatchRate.WithLabelValues(svc.Name, st.Target)}
+	if _, ok := s.OutProxy(st.Target); ok && s.metrics != nil {
+		var rate prometheus.Gauge
+		rate, x.forget = s.matchRate(st.Target)
+		r = &matchRateRunner{Runner: runner, rate: rate}
 	}
-	e := &study.Engine{Runner: r, Strategy: strat, Interpolator: in, Store: opts.Store, Logger: s.log,
+	x.Engine = &study.Engine{Runner: r, Strategy: strat, Interpolator: in, Store: opts.Store, Logger: s.log,
 		Progress: opts.Progress, Owner: opts.Owner}
-	return &Study{Engine: e, runner: runner, release: release}, nil
+	return x, nil
+}
+
+// matchRate returns the gauge of the out-proxy match rate of studies of
+// instance id, and forget, which a study calls once when it ends: the
+// gauge's series goes when the last study of id ends, so that it does not
+// read a finished study's last value.
+func (s *Site) matchRate(id string) (g prometheus.Gauge, forget func()) {
+	_, svc, _, _ := s.File.Instance(id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rates == nil {
+		s.rates = map[string]int{}
+	}
+	s.rates[id]++
+	return s.metrics.OutProxyMatchRate.WithLabelValues(svc.Name, id), func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.rates[id]--; s.rates[id] == 0 {
+			delete(s.rates, id)
+			s.metrics.OutProxyMatchRate.DeleteLabelValues(svc.Name, id)
+		}
+	}
 }
 
 // RunStudy prepares st, runs it and removes its clones, also on error or
 // cancellation; it returns the matrix.
-func (s *Site) RunStudy(ctx context.Context, st *justrunit.Study, opts StudyOptions) (*justrunit.Matrix, error) {
+func (s *Site) RunStudy(ctx context.Context, st *justrunit.Study, opts StudyOptions) (m *justrunit.Matrix, err error) {
 	x, err := s.PrepareStudy(ctx, st, opts)
 	if err != nil {
 		return nil, err
 	}
-	m, err := x.Engine.Run(ctx, st)
-	if cerr := x.Close(context.WithoutCancel(ctx)); cerr != nil {
-		err = errors.Join(err, fmt.Errorf("remove the clones: %w", cerr))
-	}
-	return m, err
+	// Deferred: a panic in the engine must not leave the clones running
+	// and the sandbox host claimed.
+	defer func() {
+		if cerr := x.Close(context.WithoutCancel(ctx)); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove the clones: %w", cerr))
+		}
+	}()
+	return x.Engine.Run(ctx, st)
 }
 
 // Window is the measurement window of a study's experiments with warm-up

@@ -103,8 +103,7 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 			return v, fmt.Errorf("paired check: %w", err)
 		}
 		defer func() {
-			defer pair.release()
-			if cerr := pair.runner.Close(context.WithoutCancel(ctx)); cerr != nil {
+			if cerr := s.closeRunner(context.WithoutCancel(ctx), pair.runner, pair.sandboxes, pair.release); cerr != nil {
 				err = errors.Join(err, fmt.Errorf("remove the paired check's clone: %w", cerr))
 			}
 		}()
@@ -239,13 +238,14 @@ func OnClass(space justrunit.Space, pts []justrunit.Point, class string, default
 // pairedClone is a paired check's clone: made and attached before the
 // on-line instance is touched, measured alongside it.
 type pairedClone struct {
-	runner  *experiment.Runner
-	release func() // gives the sandbox host back
-	lag     time.Duration
-	classAt int // the index of the hostclass parameter, whose one value is 0; −1 without
-	done    chan struct{}
-	obs     justrunit.Observation
-	err     error
+	runner    *experiment.Runner
+	sandboxes []string // the sandbox host it runs on
+	release   func()   // gives it back
+	lag       time.Duration
+	classAt   int // the index of the hostclass parameter, whose one value is 0; −1 without
+	done      chan struct{}
+	obs       justrunit.Observation
+	err       error
 }
 
 // openPair clones st's target into the sandbox (a sandbox host of class
@@ -267,21 +267,17 @@ func (s *Site) openPair(ctx context.Context, st *justrunit.Study, class, sandbox
 		space.Params = slices.Clone(space.Params)
 		space.Params[classAt].Values, space.Params[classAt].Labels = []float64{0}, []string{class}
 	}
-	cfg, err := s.ExperimentConfig(ctx, st.Target, space, sandbox)
+	cfg, release, err := s.claimExperiment(ctx, st.Target, space, sandbox)
 	if err != nil {
 		return nil, err
 	}
 	cfg.Window = win
-	release, err := s.claimSandboxes(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
 	r, err := experiment.Open(ctx, cfg, 1)
 	if err != nil {
 		release()
 		return nil, fmt.Errorf("clone %s: %w", st.Target, err)
 	}
-	return &pairedClone{runner: r, release: release, lag: in.Lag(), classAt: classAt, done: make(chan struct{})}, nil
+	return &pairedClone{runner: r, sandboxes: sandboxNames(cfg), release: release, lag: in.Lag(), classAt: classAt, done: make(chan struct{})}, nil
 }
 
 // start measures the clone at p, the clone lag from now, so that its
