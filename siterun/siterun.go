@@ -51,8 +51,8 @@ type Site struct {
 	log      *slog.Logger
 
 	metrics   *metrics.Set
-	plans     sync.Mutex // see ApplyPlan
 	mu        sync.Mutex
+	online    chan struct{}            // see lockOnline; made under mu
 	sandboxes map[string]chan struct{} // see claimSandbox; under mu
 	leftovers map[string]closer        // by sandbox host, see closeRunner; under mu
 	rates     map[string]int           // studies exporting each target's match rate, see PrepareStudy; under mu
@@ -67,15 +67,19 @@ type Site struct {
 var ErrSiteChanged = errors.New("the site changed since the plan was made")
 
 // ApplyPlan applies plan (see planner.Apply) to the site's platform, one
-// plan at a time: a plan's steps are ordered so that no host runs over
-// capacity between them, from the placements it was made from, and steps
-// of another plan in between would upset that order. from is the site's
-// planner.State when the plan was made: if the site is no longer in it,
-// nothing is applied and the error wraps ErrSiteChanged. The daemon's
-// plans and the manager's go through here.
+// plan at a time and never during a fidelity check (lockOnline): a plan's
+// steps are ordered so that no host runs over capacity between them, from
+// the placements it was made from, and steps of another plan in between
+// would upset that order; a check restores the allocation it found. from
+// is the site's planner.State when the plan was made: if the site is no
+// longer in it, nothing is applied and the error wraps ErrSiteChanged.
+// The daemon's plans and the manager's go through here.
 func (s *Site) ApplyPlan(ctx context.Context, plan planner.Plan, from string) ([]planner.Step, error) {
-	s.plans.Lock()
-	defer s.plans.Unlock()
+	unlock, err := s.lockOnline(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	hosts, err := s.Platform.Hosts(ctx)
 	if err != nil {
 		return nil, err
@@ -107,6 +111,34 @@ func firstDifference(a, b string) string {
 		}
 	}
 	return "no difference"
+}
+
+// lockOnline waits until no fidelity check (Verify) or plan (ApplyPlan)
+// changes the site's on-line instances, and holds them until unlock: a
+// check reads an instance's allocation, changes it and restores what it
+// read, which a change in between would undo, or have the check restore a
+// stale allocation for good. Whoever holds a sandbox host claims it first
+// (a paired check, the manager applying a plan with its study open): no
+// holder of this lock waits for a sandbox host.
+func (s *Site) lockOnline(ctx context.Context) (unlock func(), err error) {
+	s.mu.Lock()
+	if s.online == nil {
+		s.online = make(chan struct{}, 1)
+	}
+	c := s.online
+	s.mu.Unlock()
+	select {
+	case c <- struct{}{}:
+	default:
+		s.log.Info("on-line instances being changed by a fidelity check or a plan; waiting")
+		select {
+		case c <- struct{}{}:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for the fidelity check or plan changing the on-line instances: %w", context.Cause(ctx))
+		}
+	}
+	var once sync.Once
+	return func() { once.Do(func() { <-c }) }, nil
 }
 
 // sandboxNames returns the names of cfg's sandbox hosts, sorted.

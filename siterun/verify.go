@@ -51,13 +51,22 @@ type VerifyOptions struct {
 	Sandbox string
 }
 
+// restoreTimeout bounds the restore of the on-line instance's allocation
+// after a check, which runs even when the check's context has ended.
+const restoreTimeout = time.Minute
+
 // Verify sets the on-line target of the study to point p, measures it
 // through its in-proxy for one window (warm-up included), compares with
 // the matrix, and restores the target's allocation — also on error. It
 // changes the on-line system on purpose: it is the fidelity check that
-// tells how far the sandbox's answers are from the real thing. A paired
+// tells how far the sandbox's answers are from the real thing. Checks and
+// plans (ApplyPlan) of the site change the on-line instances one at a
+// time. A point where the matrix predicts nothing (an unmeasurable point,
+// or one not interpolated) is refused before anything is touched. A paired
 // check (opts.Paired) makes its clone before it touches the on-line
-// instance and removes it before it returns.
+// instance and removes it before it returns; when the clone fails, the
+// on-line window is cut short, or if it was over, Verify returns its
+// measurement with the clone's error.
 func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, p justrunit.Point, opts VerifyOptions) (v Verification, err error) {
 	if _, err := st.Space.IndexOf(p); err != nil {
 		return v, err
@@ -66,40 +75,20 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 	if !ok {
 		return v, justrunit.Invalid("target", st.Target, "has no in_proxy: its on-line response time cannot be measured")
 	}
-	insts, err := s.Platform.Instances(ctx)
+	// What makes the comparison fail is found before the on-line instance
+	// spends a window at the point.
+	cells, err := predictions(st, m, p)
 	if err != nil {
 		return v, err
 	}
-	i := slices.IndexFunc(insts, func(x justrunit.Instance) bool { return x.ID == st.Target })
-	if i < 0 {
-		return v, fmt.Errorf("instance %s: %w on the platform", st.Target, justrunit.ErrNotFound)
-	}
-	orig := insts[i].Alloc
-	alloc, err := orig.WithPoint(st.Space, p)
-	if err != nil {
+	if _, err := s.onlineAt(ctx, st, p); err != nil {
 		return v, err
-	}
-	hosts, err := s.Platform.Hosts(ctx)
-	if err != nil {
-		return v, err
-	}
-	h := slices.IndexFunc(hosts, func(x justrunit.Host) bool { return x.Name == insts[i].Host })
-	if h < 0 {
-		return v, fmt.Errorf("host %s of %s: %w", insts[i].Host, st.Target, justrunit.ErrNotFound)
-	}
-	class := hostClassOf(st.Space, p)
-	if class != "" && class != hosts[h].Class {
-		return v, justrunit.Invalid("point", st.Space.Format(p), "the on-line %s runs on host %s, of class %s: a check sets its allocation, not its hardware; check a point of class %s, or migrate it to a host of class %s first",
-			st.Target, hosts[h].Name, hosts[h].Class, hosts[h].Class, class)
-	}
-	if f := s.File.Classes[class].FreqGHz; class != "" && f > 0 && st.Space.Param("freq") < 0 {
-		alloc.Freq = f // as the study's clones of that class ran (experiment.ClassHost)
 	}
 	win := opts.Window
 	var pair *pairedClone
 	if opts.Paired {
 		win.Min = win.Max
-		if pair, err = s.openPair(ctx, st, class, opts.Sandbox, win); err != nil {
+		if pair, err = s.openPair(ctx, st, hostClassOf(st.Space, p), opts.Sandbox, win); err != nil {
 			return v, fmt.Errorf("paired check: %w", err)
 		}
 		defer func() {
@@ -108,16 +97,39 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 			}
 		}()
 	}
+	// After the pair's sandbox host is claimed: see lockOnline.
+	unlock, err := s.lockOnline(ctx)
+	if err != nil {
+		return v, err
+	}
+	defer unlock()
+	at, err := s.onlineAt(ctx, st, p) // again, now that no plan can move it
+	if err != nil {
+		return v, err
+	}
+	alloc := at.alloc
+	// Set up before the change: a platform may apply part of it before
+	// failing (qemu sets the CPU, then balloons the memory), and restoring
+	// an unchanged allocation is harmless. Called again, it does nothing.
+	restored := false
+	restore := func() error {
+		if restored {
+			return nil
+		}
+		restored = true
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), restoreTimeout)
+		defer cancel()
+		if err := s.Platform.SetAllocation(rctx, st.Target, at.orig); err != nil {
+			return fmt.Errorf("restore %s on %s: %w", at.orig, st.Target, err)
+		}
+		return nil
+	}
+	defer func() { err = errors.Join(err, restore()) }()
 	if err := s.Platform.SetAllocation(ctx, st.Target, alloc); err != nil {
 		return v, fmt.Errorf("set %s on the on-line %s: %w", alloc, st.Target, err)
 	}
-	defer func() {
-		if rerr := s.Platform.SetAllocation(context.WithoutCancel(ctx), st.Target, orig); rerr != nil {
-			err = errors.Join(err, fmt.Errorf("restore %s on %s: %w", orig, st.Target, rerr))
-		}
-	}()
 	meter := &measure.ModelMeter{
-		Model: hosts[h].Power, HostCores: hosts[h].Cores, Name: "host class " + hosts[h].Class,
+		Model: at.host.Power, HostCores: at.host.Cores, Name: "host class " + at.host.Class,
 		CPUSource: "cgroup CPU time of the on-line instance",
 		CPUTime: func() (time.Duration, error) {
 			u, err := s.Platform.Usage(ctx, st.Target)
@@ -128,47 +140,138 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 	// response times (the manager's monitor, say) keeps its windows.
 	rec, unwatch := feed.Watch()
 	defer unwatch()
-	var sandbox *justrunit.Observation
+	octx := ctx
 	if pair != nil {
+		// The clone's failure ends the on-line window: its figure would
+		// be discarded.
+		var cancelOnline context.CancelCauseFunc
+		octx, cancelOnline = context.WithCancelCause(ctx)
+		defer cancelOnline(nil)
 		pctx, cancel := context.WithCancel(ctx)
-		pair.start(pctx, p)
+		pair.start(pctx, p, cancelOnline)
 		// Before the clone is removed; cancels it when the on-line
 		// window failed.
 		defer func() { cancel(); pair.wait() }()
 	}
-	res, err := measure.MeasureWindow(ctx, win, rec, meter, nil)
+	res, err := measure.MeasureWindow(octx, win, rec, meter, nil)
+	// The on-line instance goes back as soon as its window is over, not
+	// after the clone's, which ends the clone lag later.
+	rerr := restore()
 	if err != nil {
-		return v, fmt.Errorf("measure the on-line %s at %s: %w", st.Target, alloc, err)
+		if pair != nil && ctx.Err() == nil && errors.Is(err, context.Canceled) { // the clone failed: cancelOnline
+			_, perr := pair.wait()
+			return v, errors.Join(fmt.Errorf("measure the paired clone at %s: %w", alloc, perr), rerr)
+		}
+		return v, errors.Join(fmt.Errorf("measure the on-line %s at %s: %w", st.Target, alloc, err), rerr)
+	}
+	v = Verification{Point: p, Measured: res.Observation(p), Metrics: m.Metrics, Predicted: cells}
+	v.Measured.Source = "on-line " + st.Target
+	for i, mt := range m.Metrics {
+		got, _ := v.Measured.Value(mt) // predictions checked mt
+		v.RelError = append(v.RelError, checker.RelError(got, cells[i].Value))
+	}
+	if rerr != nil {
+		return v, rerr
 	}
 	if pair != nil {
 		obs, perr := pair.wait()
 		if perr != nil {
 			return v, fmt.Errorf("measure the paired clone at %s: %w", alloc, perr)
 		}
-		sandbox = &obs
-	}
-	v = Verification{Point: p, Measured: res.Observation(p), Metrics: m.Metrics, Sandbox: sandbox}
-	v.Measured.Source = "on-line " + st.Target
-	for _, mt := range m.Metrics {
-		c, err := m.Cell(p, mt)
-		if err != nil {
-			return v, err
-		}
-		got, err := v.Measured.Value(mt)
-		if err != nil {
-			return v, err
-		}
-		v.Predicted = append(v.Predicted, c)
-		v.RelError = append(v.RelError, checker.RelError(got, c.Value))
-		if v.Sandbox != nil {
-			sb, err := v.Sandbox.Value(mt)
-			if err != nil {
-				return v, err
-			}
+		v.Sandbox = &obs
+		for _, mt := range m.Metrics {
+			got, _ := v.Measured.Value(mt)
+			sb, _ := obs.Value(mt)
 			v.SandboxRelError = append(v.SandboxRelError, checker.RelError(got, sb))
 		}
 	}
 	return v, nil
+}
+
+// predictions returns m's cell at p for each of its metrics. It refuses a
+// matrix over another space than st's, and a point where a cell is empty
+// (unmeasurable, or neither measured nor interpolated): there is nothing to
+// compare with, and at a point where the clone measured nothing, the
+// on-line instance would likely be as starved.
+func predictions(st *justrunit.Study, m *justrunit.Matrix, p justrunit.Point) ([]justrunit.Cell, error) {
+	if !sameSpace(st.Space, m.Space) {
+		return nil, justrunit.Invalid("matrix", nil, "over another space than the study's")
+	}
+	var cells []justrunit.Cell
+	var empty []string
+	for _, mt := range m.Metrics {
+		if _, err := (&justrunit.Observation{}).Value(mt); err != nil {
+			return nil, err
+		}
+		c, err := m.Cell(p, mt)
+		if err != nil {
+			return nil, err
+		}
+		if c.Prov == justrunit.Empty {
+			empty = append(empty, string(mt))
+		}
+		cells = append(cells, c)
+	}
+	if len(empty) > 0 {
+		why := "neither measured nor interpolated"
+		if i, _ := m.Space.IndexOf(p); m.Rows[i].Unmeasurable != "" {
+			why = "the study found it unmeasurable: " + m.Rows[i].Unmeasurable
+		}
+		return nil, justrunit.Invalid("point", m.Space.Format(p), "the study predicts no %s there (%s): nothing to compare the on-line instance with; check a point the study measured or interpolated",
+			strings.Join(empty, ", "), why)
+	}
+	return cells, nil
+}
+
+// sameSpace reports whether spaces a and b have the same parameters and
+// values.
+func sameSpace(a, b justrunit.Space) bool {
+	return slices.EqualFunc(a.Params, b.Params, func(x, y justrunit.Parameter) bool {
+		return x.Name == y.Name && slices.Equal(x.Values, y.Values) && slices.Equal(x.Labels, y.Labels)
+	})
+}
+
+// onlineTarget is the on-line instance a check sets, as the platform runs
+// it.
+type onlineTarget struct {
+	orig  justrunit.Allocation // what it has
+	alloc justrunit.Allocation // what the check gives it
+	host  justrunit.Host
+}
+
+// onlineAt reads st's target from the platform and the allocation a check
+// at p gives it; it refuses a point of another host class than its host's.
+func (s *Site) onlineAt(ctx context.Context, st *justrunit.Study, p justrunit.Point) (onlineTarget, error) {
+	insts, err := s.Platform.Instances(ctx)
+	if err != nil {
+		return onlineTarget{}, err
+	}
+	i := slices.IndexFunc(insts, func(x justrunit.Instance) bool { return x.ID == st.Target })
+	if i < 0 {
+		return onlineTarget{}, fmt.Errorf("instance %s: %w on the platform", st.Target, justrunit.ErrNotFound)
+	}
+	t := onlineTarget{orig: insts[i].Alloc}
+	if t.alloc, err = t.orig.WithPoint(st.Space, p); err != nil {
+		return onlineTarget{}, err
+	}
+	hosts, err := s.Platform.Hosts(ctx)
+	if err != nil {
+		return onlineTarget{}, err
+	}
+	h := slices.IndexFunc(hosts, func(x justrunit.Host) bool { return x.Name == insts[i].Host })
+	if h < 0 {
+		return onlineTarget{}, fmt.Errorf("host %s of %s: %w", insts[i].Host, st.Target, justrunit.ErrNotFound)
+	}
+	t.host = hosts[h]
+	class := hostClassOf(st.Space, p)
+	if class != "" && class != t.host.Class {
+		return onlineTarget{}, justrunit.Invalid("point", st.Space.Format(p), "the on-line %s runs on host %s, of class %s: a check sets its allocation, not its hardware; check a point of class %s, or migrate it to a host of class %s first",
+			st.Target, t.host.Name, t.host.Class, t.host.Class, class)
+	}
+	if f := s.File.Classes[class].FreqGHz; class != "" && f > 0 && st.Space.Param("freq") < 0 {
+		t.alloc.Freq = f // as the study's clones of that class ran (experiment.ClassHost)
+	}
+	return t, nil
 }
 
 // hostClassOf returns the host class of point p of space, "" when the
@@ -282,8 +385,8 @@ func (s *Site) openPair(ctx context.Context, st *justrunit.Study, class, sandbox
 
 // start measures the clone at p, the clone lag from now, so that its
 // window covers the copies of the requests in the on-line window starting
-// now.
-func (c *pairedClone) start(ctx context.Context, at justrunit.Point) {
+// now. failed gets the clone's error, if it fails.
+func (c *pairedClone) start(ctx context.Context, at justrunit.Point, failed func(error)) {
 	p := at
 	if c.classAt >= 0 {
 		p = slices.Clone(at)
@@ -299,6 +402,9 @@ func (c *pairedClone) start(ctx context.Context, at justrunit.Point) {
 		}
 		c.obs, c.err = c.runner.Run(ctx, p)
 		c.obs.Point = at
+		if c.err != nil {
+			failed(c.err)
+		}
 	}()
 }
 
