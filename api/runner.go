@@ -133,7 +133,7 @@ func (r *EngineRunner) Start(ctx context.Context, st *justrunit.Study) error {
 	if r.closed {
 		return fmt.Errorf("start study: %w: the daemon is shutting down", ErrUnavailable)
 	}
-	st.State, st.Owner, st.Created = justrunit.StudyPending, r.cfg.Owner, time.Now()
+	st.State, st.Owner, st.Created = justrunit.StudyPending, r.cfg.Owner, time.Now().UTC()
 	if err := r.cfg.Store.CreateStudy(ctx, st); err != nil {
 		return fmt.Errorf("create study: %w", err)
 	}

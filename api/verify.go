@@ -101,17 +101,42 @@ func (q *VerifyRequest) Spec(st *justrunit.Study, m *justrunit.Matrix) (VerifySp
 	return spec, spec.Validate()
 }
 
-// Validate checks the durations and that there is a point; errors name the
-// request's fields.
+// MaxVerifyPoints and MaxVerifyPhase bound a fidelity check, which holds
+// the on-line instance at each of its points for a warm-up and a window
+// (and the site, which no study may start on meanwhile): a check that
+// would hold it for hours is a typo, not a check.
+const (
+	MaxVerifyPoints = 32
+	MaxVerifyPhase  = 10 * time.Minute
+)
+
+// Validate checks the durations and the points (at least one, each once,
+// at most MaxVerifyPoints); errors name the request's fields.
 func (spec *VerifySpec) Validate() error {
-	if len(spec.Points) == 0 {
+	switch n := len(spec.Points); {
+	case n == 0:
 		return justrunit.Invalid("points", nil, `name at least one point, e.g. ["cpu=40"]`)
+	case n > MaxVerifyPoints:
+		return justrunit.Invalid("points", n, "at most %d points per check: each holds the on-line instance at it for a warm-up and a window", MaxVerifyPoints)
 	}
-	if spec.Window <= 0 {
-		return justrunit.Invalid("window", spec.Window.String(), "must be > 0, e.g. 8s")
+	for i, p := range spec.Points {
+		if slices.ContainsFunc(spec.Points[:i], p.Equal) {
+			return justrunit.Invalid(fmt.Sprintf("points[%d]", i), p, "given twice")
+		}
 	}
-	if spec.WarmUp < 0 {
-		return justrunit.Invalid("warm_up", spec.WarmUp.String(), "must be ≥ 0")
+	for _, d := range []struct {
+		field string
+		v     time.Duration
+		min   time.Duration
+	}{{"window", spec.Window, 1}, {"warm_up", spec.WarmUp, 0}} {
+		switch {
+		case d.v < d.min && d.min > 0:
+			return justrunit.Invalid(d.field, d.v.String(), "must be > 0, e.g. 8s")
+		case d.v < d.min:
+			return justrunit.Invalid(d.field, d.v.String(), "must be ≥ 0")
+		case d.v > MaxVerifyPhase:
+			return justrunit.Invalid(d.field, d.v.String(), "at most %v: the on-line instance is held at each point for the warm-up and the window", MaxVerifyPhase)
+		}
 	}
 	return nil
 }
