@@ -126,7 +126,9 @@ var _ justrunit.Runner = (*Runner)(nil)
 
 // Open clones the target n times onto the sandbox host (n times onto the
 // host of each class, with a hostclass parameter) and attaches the clones
-// to the proxies. On error everything made so far is torn down.
+// to the proxies. On error everything made so far is torn down; what
+// cannot be is kept by the Runner returned with the error (nil when
+// nothing is left), whose Close tries again.
 func Open(ctx context.Context, cfg Config, n int) (*Runner, error) {
 	switch {
 	case cfg.Platform == nil:
@@ -165,7 +167,10 @@ func Open(ctx context.Context, cfg Config, n int) (*Runner, error) {
 				r.slots = append(r.slots, s)
 			}
 			if err != nil {
-				return nil, errors.Join(err, r.Close(context.WithoutCancel(ctx)))
+				if cerr := r.Close(context.WithoutCancel(ctx)); cerr != nil {
+					return r, errors.Join(err, cerr)
+				}
+				return nil, err
 			}
 			r.free[label] <- s
 		}

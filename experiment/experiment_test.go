@@ -26,6 +26,8 @@ type fakePlatform struct {
 	clones int
 	noFreq bool                            // the platform cannot set freq
 	set    map[string]justrunit.Allocation // the last SetAllocation of each instance
+	// maxClones, when not 0, fails the clones after so many.
+	maxClones int
 	// failDestroy fails the Destroy of these ids; destroys counts the
 	// calls by id.
 	failDestroy map[string]error
@@ -52,6 +54,9 @@ func (p *fakePlatform) Instances(context.Context) ([]justrunit.Instance, error) 
 func (p *fakePlatform) Clone(_ context.Context, id, host string, opts justrunit.CloneOptions) (*justrunit.Clone, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.maxClones > 0 && p.clones == p.maxClones {
+		return nil, errNoRoom
+	}
 	p.clones++
 	in := justrunit.Instance{ID: fmt.Sprintf("%s-c%d", id, p.clones), Host: host, State: "running", Alloc: opts.Alloc}
 	p.insts = append(p.insts, in)
@@ -89,6 +94,8 @@ func (p *fakePlatform) Destroy(_ context.Context, id string) error {
 	}
 	return justrunit.ErrNotFound
 }
+
+var errNoRoom = errors.New("no room for another clone")
 
 // fakeFeed answers every window with the responses its recorder got.
 type fakeFeed struct{ rec *measure.Recorder }
@@ -514,5 +521,35 @@ func TestCloseKeepsWhatItCannotRemove(t *testing.T) {
 	}
 	if len(p.insts) != 1 {
 		t.Errorf("instances left %v, want the target only", p.insts)
+	}
+}
+
+// TestOpenKeepsWhatItCannotRemove checks that an Open that fails, and
+// cannot destroy a clone it made, returns a Runner holding that clone
+// with its error, whose Close destroys it later.
+func TestOpenKeepsWhatItCannotRemove(t *testing.T) {
+	target := justrunit.Instance{ID: "app0", Host: "h0", State: "running", Alloc: justrunit.Allocation{CPU: 50}}
+	busy := errors.New("device or resource busy")
+	p := &fakePlatform{hosts: []justrunit.Host{sandbox()}, insts: []justrunit.Instance{target}, maxClones: 1,
+		failDestroy: map[string]error{"app0-c1": busy}}
+	cfg := Config{Platform: p, Target: target, Sandbox: sandbox(), Space: space(t, "cpu=50,100"),
+		Feed: &fakeFeed{rec: measure.NewRecorder()}, Window: measure.WindowConfig{Max: time.Second}, Logger: quiet}
+	r, err := Open(context.Background(), cfg, 2)
+	if !errors.Is(err, errNoRoom) || !errors.Is(err, busy) || r == nil {
+		t.Fatalf("Open = %v, %v; want the clone's failure, the destroy's, and a Runner holding what is left", r, err)
+	}
+	p.mu.Lock()
+	p.failDestroy = nil
+	p.mu.Unlock()
+	if err := r.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.insts) != 1 {
+		t.Errorf("instances left %v, want the target only", p.insts)
+	}
+
+	p.maxClones, p.clones = 1, 0 // a failure whose clones are all destroyed
+	if r, err := Open(context.Background(), cfg, 2); !errors.Is(err, errNoRoom) || r != nil {
+		t.Errorf("Open = %v, %v; want the clone's failure and no Runner", r, err)
 	}
 }

@@ -39,7 +39,11 @@ type memPlatform struct {
 	// cloneSetErr fails every SetAllocation of a clone; failDestroy every
 	// Destroy of one.
 	cloneSetErr, failDestroy error
+	// maxClones, when not 0, fails the Clone calls after so many.
+	maxClones int
 }
+
+var errNoRoom = fmt.Errorf("no room for another clone")
 
 // allocChange is one SetAllocation of an on-line instance.
 type allocChange struct {
@@ -69,6 +73,9 @@ func (p *memPlatform) Instances(context.Context) ([]justrunit.Instance, error) {
 func (p *memPlatform) Clone(_ context.Context, id, host string, opts justrunit.CloneOptions) (*justrunit.Clone, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.maxClones > 0 && p.clones >= p.maxClones {
+		return nil, errNoRoom
+	}
 	p.clones++
 	in := justrunit.Instance{ID: fmt.Sprintf("%s-c%d", id, p.clones), Origin: id, Host: host, State: "running", Alloc: opts.Alloc}
 	p.insts = append(p.insts, in)
@@ -213,7 +220,7 @@ func memSite(t *testing.T, lag time.Duration) (*Site, *memPlatform) {
 	power := justrunit.PowerModel{IdleWatts: 50, MaxWatts: 100}
 	p := &memPlatform{
 		hosts: []justrunit.Host{{Name: "pm0", Class: "std", Cores: 1, On: true, Power: power},
-			{Name: "sb", Class: "std", Cores: 1, On: true, Sandbox: true, Power: power}},
+			{Name: "sb", Class: "std", Cores: 2, On: true, Sandbox: true, Power: power}},
 		insts:    []justrunit.Instance{{ID: "app0", Host: "pm0", State: "running", Addr: u.Host, Alloc: justrunit.Allocation{CPU: 80}}},
 		endpoint: strings.TrimPrefix(clone.URL, "http://"),
 	}

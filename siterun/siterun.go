@@ -203,7 +203,7 @@ func (s *Site) claimSandboxes(ctx context.Context, cfg experiment.Config) (relea
 // claimSandbox waits until no other study or paired check of this site
 // uses sandbox host name, and claims it: clones sharing a sandbox's CPUs
 // would measure each other's load. What an earlier study could not remove
-// from the host (closeRunner) is removed first; if it still cannot be, the
+// from the host (leave) is removed first; if it still cannot be, the
 // claim fails. The daemon's studies, the manager's and paired checks all
 // come through here (claimSandboxes). release gives it back; calling it
 // again does nothing.
@@ -243,16 +243,35 @@ type closer interface {
 }
 
 // closeRunner closes r, whose clones run on sandbox hosts names, and gives
-// the hosts back (release). When r cannot remove everything (it keeps what
-// is left, and a later Close retries it), the hosts are marked as holding
-// r's leftovers: the next claim of one of them removes them first
-// (claimSandbox), so that no study measures next to them.
+// the hosts back (release); what r cannot remove it leaves on them.
 func (s *Site) closeRunner(ctx context.Context, r closer, names []string, release func()) error {
 	defer release()
-	err := r.Close(ctx)
-	if err == nil {
-		return nil
+	if err := r.Close(ctx); err != nil {
+		return s.leave(r, names, err)
 	}
+	return nil
+}
+
+// openRunner opens an experiment.Runner of n slots on cfg, whose sandbox
+// hosts the caller claimed; on error it gives them back (release), and
+// leaves on them what the failed Open could not remove.
+func (s *Site) openRunner(ctx context.Context, cfg experiment.Config, n int, release func()) (*experiment.Runner, error) {
+	r, err := experiment.Open(ctx, cfg, n)
+	if err == nil {
+		return r, nil
+	}
+	if r != nil {
+		err = s.leave(r, sandboxNames(cfg), err)
+	}
+	release()
+	return nil, err
+}
+
+// leave marks sandbox hosts names as holding what r could not remove (r
+// keeps it, and its Close tries again; err says what it is): the next claim
+// of one of them removes it first (claimSandbox), so that no study
+// measures next to it. It returns err, saying so.
+func (s *Site) leave(r closer, names []string, err error) error {
 	s.mu.Lock()
 	if s.leftovers == nil {
 		s.leftovers = map[string]closer{}
@@ -266,7 +285,7 @@ func (s *Site) closeRunner(ctx context.Context, r closer, names []string, releas
 }
 
 // removeLeftovers removes what an earlier study left on sandbox host name
-// (closeRunner), if anything.
+// (leave), if anything.
 func (s *Site) removeLeftovers(ctx context.Context, name string) error {
 	s.mu.Lock()
 	r := s.leftovers[name]
@@ -562,16 +581,27 @@ func (s *Site) ExperimentConfig(ctx context.Context, id string, space justrunit.
 	return cfg, nil
 }
 
-// Close stops the proxies, destroys every launched instance and closes the
-// platform. It is safe to call more than once.
+// Close removes what studies left on the sandbox hosts (leave), stops the
+// proxies, destroys every launched instance and closes the platform. It is
+// safe to call more than once.
 func (s *Site) Close(ctx context.Context) error {
 	s.mu.Lock()
 	in, out, launched := s.in, s.out, s.launched
 	s.in, s.out, s.launched = map[string]*httpproxy.InProxy{}, map[string]*httpproxy.OutProxy{}, nil
 	closePlat := s.closePlat
 	s.closePlat = nil
+	var left []closer
+	for _, r := range s.leftovers {
+		if !slices.Contains(left, r) {
+			left = append(left, r)
+		}
+	}
+	s.leftovers = nil
 	s.mu.Unlock()
 	var errs []error
+	for _, r := range left {
+		errs = append(errs, r.Close(ctx))
+	}
 	for _, p := range in {
 		errs = append(errs, p.Close())
 	}

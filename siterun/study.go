@@ -57,7 +57,7 @@ type Study struct {
 // Close detaches and destroys the study's clones, and gives the sandbox
 // host back to the site's other studies. What it cannot remove stays on
 // the sandbox host, and the error says so: the next study there removes it
-// first (see closeRunner).
+// first (see leave).
 func (x *Study) Close(ctx context.Context) error {
 	if x.forget != nil {
 		x.forget()
@@ -110,9 +110,8 @@ func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts Study
 	cfg.Window = StudyWindow(st, time.Duration(st.WarmUp), time.Duration(st.Window))
 	cfg.Window.RelCI = orFloat(opts.RelCI, DefaultRelCI)
 	cfg.Window.MinSamples = orInt(opts.MinSamples, cfg.Window.MinSamples)
-	runner, err := experiment.Open(ctx, cfg, st.Slots)
+	runner, err := s.openRunner(ctx, cfg, st.Slots, release)
 	if err != nil {
-		release()
 		return nil, fmt.Errorf("prepare the experiments: %w", err)
 	}
 	x := &Study{site: s, runner: runner, sandboxes: sandboxNames(cfg), release: release}

@@ -87,6 +87,23 @@ func TestStudyCloseLeavesSandboxClean(t *testing.T) {
 		t.Errorf("clones left after the next claim: %v", left)
 	}
 	claimWithin(t, s, "sb") // nothing left to remove
+
+	// A study whose second clone fails, and whose first cannot be
+	// destroyed: the same.
+	p.mu.Lock()
+	p.failDestroy, p.maxClones = busy, p.clones+1
+	p.mu.Unlock()
+	st.Slots = 2
+	if _, err := s.PrepareStudy(ctx, st, StudyOptions{MinSamples: 10}); !errors.Is(err, errNoRoom) || !errors.Is(err, busy) || !strings.Contains(err.Error(), "platform gc") {
+		t.Fatalf("PrepareStudy with a clone that fails and one that cannot be destroyed = %v, want both errors and platform gc", err)
+	}
+	p.mu.Lock()
+	p.failDestroy = nil
+	p.mu.Unlock()
+	claimWithin(t, s, "sb")
+	if left := p.clonesLeft(); len(left) != 0 {
+		t.Errorf("clones left after the next claim: %v", left)
+	}
 }
 
 // waitLog is a slog handler that closes waiting at the first record whose

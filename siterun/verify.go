@@ -375,9 +375,8 @@ func (s *Site) openPair(ctx context.Context, st *justrunit.Study, class, sandbox
 		return nil, err
 	}
 	cfg.Window = win
-	r, err := experiment.Open(ctx, cfg, 1)
+	r, err := s.openRunner(ctx, cfg, 1, release)
 	if err != nil {
-		release()
 		return nil, fmt.Errorf("clone %s: %w", st.Target, err)
 	}
 	return &pairedClone{runner: r, sandboxes: sandboxNames(cfg), release: release, lag: in.Lag(), classAt: classAt, done: make(chan struct{})}, nil
