@@ -155,8 +155,10 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 	}
 	res, err := measure.MeasureWindow(octx, win, rec, meter, nil)
 	// The on-line instance goes back as soon as its window is over, not
-	// after the clone's, which ends the clone lag later.
+	// after the clone's, which ends the clone lag later; then other
+	// checks and plans may change it.
 	rerr := restore()
+	unlock()
 	if err != nil {
 		if pair != nil && ctx.Err() == nil && errors.Is(err, context.Canceled) { // the clone failed: cancelOnline
 			_, perr := pair.wait()
