@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -523,6 +524,38 @@ func TestTokenFile(t *testing.T) {
 	os.Chmod(path, 0o644)
 	if _, _, err := LoadOrCreateToken(path); !errors.Is(err, justrunit.ErrInvalid) {
 		t.Errorf("world-readable token file = %v, want ErrInvalid", err)
+	}
+}
+
+// TestTokenFileRace: daemons making the token file of a new data directory
+// at once all end up with the one in the file; an empty file is replaced.
+func TestTokenFileRace(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "token")
+	const n = 8
+	toks := make(chan string, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			tok, _, err := LoadOrCreateToken(path)
+			if err != nil {
+				t.Error(err)
+			}
+			toks <- tok
+		})
+	}
+	wg.Wait()
+	close(toks)
+	b, _ := os.ReadFile(path)
+	for tok := range toks {
+		if tok+"\n" != string(b) {
+			t.Errorf("a daemon took token %q, the file holds %q", tok, b)
+		}
+	}
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if tok, created, err := LoadOrCreateToken(path); err != nil || !created || tok == "" {
+		t.Errorf("LoadOrCreateToken of an empty file = %q, %v, %v; want a new token", tok, created, err)
 	}
 }
 

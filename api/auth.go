@@ -93,6 +93,7 @@ func LoadOrCreateToken(path string) (token string, created bool, err error) {
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
 		return "", false, err
 	}
+	empty := err == nil // an empty file is replaced; a missing one made
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return "", false, fmt.Errorf("token file: %w", err)
 	}
@@ -109,8 +110,21 @@ func LoadOrCreateToken(path string) (token string, created bool, err error) {
 		if cerr := tmp.Close(); err == nil {
 			err = cerr
 		}
-		if err == nil {
+		switch {
+		case err == nil && empty:
 			err = os.Rename(tmp.Name(), path)
+		case err == nil:
+			// Not Rename, which replaces: of two daemons starting at
+			// once on a new data directory, the second would overwrite
+			// the token the first already serves with. The second
+			// takes the first's.
+			err = os.Link(tmp.Name(), path)
+			if errors.Is(err, fs.ErrExist) {
+				if tok, err := readToken(path); err != nil || tok != "" {
+					return tok, false, err
+				}
+				return "", false, fmt.Errorf("token file %s: made empty by another process while this one made it", path)
+			}
 		}
 		if err != nil {
 			return "", false, fmt.Errorf("token file: %w", err)

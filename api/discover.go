@@ -106,7 +106,9 @@ func WriteState(dataDir string, st DaemonState) (remove func() error, err error)
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("daemon state: %w", err)
 	}
-	if err := os.WriteFile(p, append(b, '\n'), 0o600); err != nil {
+	// A new file renamed into place: a CLI reading it meanwhile finds
+	// the old one or this one, never half of it.
+	if err := writeReplace(p, append(b, '\n'), 0o600); err != nil {
 		return nil, fmt.Errorf("daemon state: %w", err)
 	}
 	return func() error {
@@ -291,4 +293,25 @@ func firstOf(vs ...string) string {
 		}
 	}
 	return ""
+}
+
+// writeReplace writes data to a new file in path's directory with mode and
+// renames it to path.
+func writeReplace(path string, data []byte, mode fs.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // after the rename, nothing
+	err = tmp.Chmod(mode)
+	if err == nil {
+		_, err = tmp.Write(data)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
 }
