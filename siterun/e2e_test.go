@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/justrunit/justrunit/site"
 	"github.com/justrunit/justrunit/siterun"
 	"github.com/justrunit/justrunit/store/sqlite"
+	"github.com/justrunit/justrunit/study"
 )
 
 // auctionFile is the site file for the auction example (a sitetest
@@ -142,7 +144,17 @@ func TestAuctionStudy(t *testing.T) {
 	defer store.Close()
 	inProxy.Reset()
 	start := time.Now()
-	m, err := s.RunStudy(ctx, st, siterun.StudyOptions{Store: store, RelCI: 0.1, MinSamples: 50})
+	// The out-proxy's match rate as exported after each experiment.
+	var rateMu sync.Mutex
+	var rates []float64
+	progress := func(p study.Progress) {
+		if p.Last != nil {
+			rateMu.Lock()
+			rates = append(rates, metricValue(t, set.OutProxyMatchRate.WithLabelValues("auction0", "app0")))
+			rateMu.Unlock()
+		}
+	}
+	m, err := s.RunStudy(ctx, st, siterun.StudyOptions{Store: store, RelCI: 0.1, MinSamples: 50, Progress: progress})
 	took := time.Since(start)
 	during := inProxy.Reset().Online
 	if err != nil {
@@ -178,8 +190,15 @@ func TestAuctionStudy(t *testing.T) {
 	if sent := metricValue(t, set.ProxyCopiesSent.WithLabelValues("auction0", "app0")); sent < float64(during.Count)/2 {
 		t.Errorf("proxy_copies_sent_total = %v for %d on-line requests during the study", sent, during.Count)
 	}
-	if rate := metricValue(t, set.OutProxyMatchRate.WithLabelValues("auction0", "app0")); rate <= 0 {
-		t.Errorf("outproxy_match_rate = %v after the study", rate)
+	rateMu.Lock()
+	if len(rates) == 0 || slices.Min(rates) <= 0 {
+		t.Errorf("outproxy_match_rate after each experiment: %v, want each > 0", rates)
+	}
+	rateMu.Unlock()
+	series := make(chan prometheus.Metric, 8)
+	set.OutProxyMatchRate.Collect(series)
+	if n := len(series); n != 0 {
+		t.Errorf("%d outproxy_match_rate series after the study, want none: the study is over", n)
 	}
 	if n := metricValue(t, set.ServiceResponseTime.WithLabelValues("auction0", "app").(prometheus.Metric)); n < float64(before.Count) {
 		t.Errorf("service_response_time_seconds{auction0,app} counted %v responses, fewer than the %d before the study", n, before.Count)
