@@ -70,6 +70,20 @@ type Row struct {
 	Unmeasurable string `json:"unmeasurable,omitempty"`
 }
 
+// Predicted reports whether every cell of r has a value (measured or
+// interpolated): a fidelity check has something to compare with there.
+func (r Row) Predicted() bool {
+	if r.Unmeasurable != "" {
+		return false
+	}
+	for _, c := range r.Cells {
+		if c.Prov == Empty || math.IsNaN(c.Value) {
+			return false
+		}
+	}
+	return true
+}
+
 // Matrix holds a value per point and metric. Rows are in the space's flat
 // order. A Matrix is not safe for concurrent mutation; the study engine owns it.
 type Matrix struct {

@@ -263,3 +263,23 @@ func TestVerifyUnmeasurable(t *testing.T) {
 		t.Errorf("VerifyUnmeasurable without a reason = %v (cell %+v), want invalid and nothing changed", err, m.Rows[2].Cells[0])
 	}
 }
+
+// TestRowPredicted: a row has a prediction when every cell has a value,
+// and none when it is unmeasurable or a cell is empty.
+func TestRowPredicted(t *testing.T) {
+	full := Row{Cells: []Cell{{Value: 1, Prov: Measured}, {Value: 2, Prov: Interpolated}}}
+	for _, tt := range []struct {
+		name string
+		row  Row
+		want bool
+	}{
+		{"measured and interpolated", full, true},
+		{"a cell empty", Row{Cells: []Cell{{Value: 1, Prov: Measured}, {Prov: Empty}}}, false},
+		{"a cell NaN", Row{Cells: []Cell{{Value: math.NaN(), Prov: Measured}}}, false},
+		{"unmeasurable", Row{Cells: full.Cells, Unmeasurable: "too few responses"}, false},
+	} {
+		if got := tt.row.Predicted(); got != tt.want {
+			t.Errorf("%s: Predicted() = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

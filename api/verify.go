@@ -219,6 +219,25 @@ func DefaultVerifyPoints(st *justrunit.Study, m *justrunit.Matrix) []justrunit.P
 			}
 		}
 	}
+	if m != nil && len(m.Rows) == st.Space.Size() {
+		// A point without a prediction (unmeasurable, or not filled)
+		// has nothing to check: the nearest one with one instead.
+		for k, i := range idx {
+			if m.Rows[i].Predicted() {
+				continue
+			}
+			for d := 1; d < len(m.Rows); d++ {
+				if j := i - d; j >= 0 && m.Rows[j].Predicted() && !slices.Contains(idx, j) {
+					idx[k] = j
+					break
+				}
+				if j := i + d; j < len(m.Rows) && m.Rows[j].Predicted() && !slices.Contains(idx, j) {
+					idx[k] = j
+					break
+				}
+			}
+		}
+	}
 	slices.Sort(idx)
 	idx = slices.Compact(idx)
 	pts := make([]justrunit.Point, len(idx))

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/interp"
 )
 
 // fakeVerifier is a site whose on-line instance "measures" 5% above what the
@@ -200,16 +201,30 @@ func TestDefaultVerifyPoints(t *testing.T) {
 		}
 		return s
 	}
-	// measured records rt_p95 at the given cpu shares.
+	// measured records rt_p95 at the given cpu shares (a negative one:
+	// unmeasurable there) and interpolates the rest, as a study does.
 	measured := func(s justrunit.Space, rt map[float64]float64) *justrunit.Matrix {
 		m, err := justrunit.NewMatrix(s, []justrunit.Metric{justrunit.RTP95})
 		if err != nil {
 			t.Fatal(err)
 		}
 		for cpu, v := range rt {
-			if err := m.Record(justrunit.Observation{Point: justrunit.Point{cpu}, Samples: 1000, RT: justrunit.ResponseTime{P95: v}}); err != nil {
+			var err error
+			if v < 0 {
+				err = m.MarkUnmeasurable(justrunit.Point{cpu}, "too few responses")
+			} else {
+				err = m.Record(justrunit.Observation{Point: justrunit.Point{cpu}, Samples: 1000, RT: justrunit.ResponseTime{P95: v}})
+			}
+			if err != nil {
 				t.Fatal(err)
 			}
+		}
+		in, err := interp.New("linear")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := in.Interpolate(m); err != nil {
+			t.Fatal(err)
 		}
 		return m
 	}
@@ -224,7 +239,10 @@ func TestDefaultVerifyPoints(t *testing.T) {
 		{"1-D: quarter, half, three quarters", &justrunit.Study{Space: cpu}, nil, "cpu=40|cpu=60|cpu=80"},
 		{"least passing already among them", &justrunit.Study{Space: cpu, SLA: sla}, measured(cpu, map[float64]float64{40: 90, 60: 45, 100: 30}), "cpu=40|cpu=60|cpu=80"},
 		{"least passing replaces the nearest", &justrunit.Study{Space: cpu, SLA: sla}, measured(cpu, map[float64]float64{60: 90, 90: 60, 100: 48}), "cpu=40|cpu=60|cpu=100"},
-		{"nothing passes", &justrunit.Study{Space: cpu, SLA: sla}, measured(cpu, map[float64]float64{100: 60}), "cpu=40|cpu=60|cpu=80"},
+		{"nothing passes", &justrunit.Study{Space: cpu, SLA: sla}, measured(cpu, map[float64]float64{60: 90, 100: 60}), "cpu=40|cpu=60|cpu=80"},
+		// Unmeasurable at 40 and 30, and 20 below them shadowed: the
+		// nearest point with a prediction instead.
+		{"no prediction at a default", &justrunit.Study{Space: cpu}, measured(cpu, map[float64]float64{30: -1, 40: -1, 50: 200, 100: 30}), "cpu=50|cpu=60|cpu=80"},
 		{"two values", &justrunit.Study{Space: space("cpu=50,100")}, nil, "cpu=50|cpu=100"},
 		{"2-D: along every parameter", &justrunit.Study{Space: space("cpu=20..100 step 20", "freq=1.2,1.8,2.4")}, nil,
 			"cpu=40 freq=1.8|cpu=60 freq=1.8|cpu=80 freq=2.4"},

@@ -368,7 +368,7 @@ func fidelityPoints(m *justrunit.Matrix, max float64) []float64 {
 		}
 	}
 	for _, r := range m.Rows {
-		if cpu := r.Point[0]; cpu <= max && !seen[cpu] {
+		if cpu := r.Point[0]; cpu <= max && !seen[cpu] && r.Predicted() {
 			others = append(others, cpu)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/examples/auction/auction"
 	"github.com/justrunit/justrunit/internal/testutil"
+	"github.com/justrunit/justrunit/interp"
 	"github.com/justrunit/justrunit/manager"
 )
 
@@ -112,14 +113,28 @@ func TestFidelityPoints(t *testing.T) {
 	}{
 		{[]float64{20, 30, 40, 60, 90}, []float64{30, 40, 60}},
 		{[]float64{40, 100}, []float64{40, 60, 70}},
-		{nil, []float64{50, 60, 70}},
+		// Unmeasurable at 70 (-70): no prediction to check there.
+		{[]float64{40, -70, 100}, []float64{40, 50, 60}},
+		{nil, nil},
 	} {
 		m, err := justrunit.NewMatrix(space, []justrunit.Metric{justrunit.RTP95})
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, c := range tt.measured {
-			if err := m.Record(justrunit.Observation{Point: justrunit.Point{c}, RT: justrunit.ResponseTime{P95: 10}}); err != nil {
+			var err error
+			if c < 0 {
+				err = m.MarkUnmeasurable(justrunit.Point{-c}, "too few responses")
+			} else {
+				err = m.Record(justrunit.Observation{Point: justrunit.Point{c}, RT: justrunit.ResponseTime{P95: 10}})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(tt.measured) > 0 { // as the study fills the rest
+			in, _ := interp.New("linear")
+			if err := in.Interpolate(m); err != nil {
 				t.Fatal(err)
 			}
 		}
