@@ -196,7 +196,9 @@ func CheckVerifiable(st *justrunit.Study, m *justrunit.Matrix) error {
 // parameter of st's space (on a 1-D space cpu=20..100 step 10: 40, 60, 80).
 // With an SLA and a matrix, the least measured allocation meeting the SLA
 // (driver.LeastPassing) replaces the nearest of them, since a decision rests
-// on it. Points are in the space's order, without repeats.
+// on it. One without a prediction (unmeasurable, or not filled) moves to
+// the nearest point with one. Points are in the space's order, without
+// repeats.
 func DefaultVerifyPoints(st *justrunit.Study, m *justrunit.Matrix) []justrunit.Point {
 	var idx []int
 	for _, f := range []float64{0.25, 0.5, 0.75} {
