@@ -48,7 +48,7 @@ type EngineRunnerConfig struct {
 	NewRunner RunnerFactory
 	// Check, when set, vets a study against the site before it is
 	// stored: a study it refuses is a bad request, not a failed study.
-	Check func(*justrunit.Study) error
+	Check func(context.Context, *justrunit.Study) error
 	// Logger is optional; slog.Default() when nil.
 	Logger *slog.Logger
 	// Owner identifies this process in the store (see
@@ -115,7 +115,7 @@ func (r *EngineRunner) Start(ctx context.Context, st *justrunit.Study) error {
 		return err
 	}
 	if r.cfg.Check != nil {
-		if err := r.cfg.Check(st); err != nil {
+		if err := r.cfg.Check(ctx, st); err != nil {
 			return err
 		}
 	}

@@ -27,7 +27,7 @@ func TestEngineRunnerCheckAndCancelWhileStarting(t *testing.T) {
 	refuse := justrunit.Invalid("warm_up", "1s", "must be at least the clone lag")
 	starting := make(chan struct{}, 1)
 	r, err := NewEngineRunner(EngineRunnerConfig{Store: store, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Check: func(st *justrunit.Study) error {
+		Check: func(_ context.Context, st *justrunit.Study) error {
 			if st.Name == "refused" {
 				return refuse
 			}

@@ -236,24 +236,10 @@ func checkParams(cfg Config) error {
 }
 
 // checkRoom checks, before anything is cloned, that sandbox host h can
-// take n clones at the most CPU and memory the study may give each: the
-// target's allocation (what a clone starts with) or the top of the space's
-// cpu and mem ranges, whichever is more, besides what the host's other
-// instances hold. Unlimited allocations (0) count as nothing, as the
-// platforms count them.
+// take n clones at the most CPU and memory the study may give each (see
+// need), besides what the host's other instances hold.
 func checkRoom(ctx context.Context, cfg Config, h justrunit.Host, n int) error {
-	cpu, mem := cfg.Target.Alloc.CPU, float64(cfg.Target.Alloc.MemoryMiB)
-	for _, p := range cfg.Space.Params {
-		if p.Categorical() || len(p.Values) == 0 {
-			continue
-		}
-		switch p.Name {
-		case "cpu":
-			cpu = max(cpu, slices.Max(p.Values))
-		case "mem":
-			mem = max(mem, slices.Max(p.Values))
-		}
-	}
+	cpu, mem := need(cfg)
 	if (cpu <= 0 || h.Cores <= 0) && (mem <= 0 || h.MemoryMiB <= 0) {
 		return nil
 	}
@@ -268,6 +254,32 @@ func checkRoom(ctx context.Context, cfg Config, h justrunit.Host, n int) error {
 			usedMem += float64(in.Alloc.MemoryMiB)
 		}
 	}
+	return fits(h, n, cpu, mem, usedCPU, usedMem)
+}
+
+// need is the most CPU and memory a study may give each clone: the
+// target's allocation (what a clone starts with) or the top of the space's
+// cpu and mem ranges, whichever is more. Unlimited allocations (0) count
+// as nothing, as the platforms count them.
+func need(cfg Config) (cpu, mem float64) {
+	cpu, mem = cfg.Target.Alloc.CPU, float64(cfg.Target.Alloc.MemoryMiB)
+	for _, p := range cfg.Space.Params {
+		if p.Categorical() || len(p.Values) == 0 {
+			continue
+		}
+		switch p.Name {
+		case "cpu":
+			cpu = max(cpu, slices.Max(p.Values))
+		case "mem":
+			mem = max(mem, slices.Max(p.Values))
+		}
+	}
+	return cpu, mem
+}
+
+// fits refuses n clones of cpu and mem each on host h, where usedCPU and
+// usedMem are held already.
+func fits(h justrunit.Host, n int, cpu, mem, usedCPU, usedMem float64) error {
 	if capCPU := h.Cores * 100; cpu > 0 && capCPU > 0 && float64(n)*cpu+usedCPU > capCPU+1e-9 {
 		return justrunit.Invalid("slots", n, "%d clones at up to %g%% CPU each need %g%%, and sandbox host %s has %g%% of %g%% free; lower slots or the top of the cpu range",
 			n, cpu, float64(n)*cpu, h.Name, max(capCPU-usedCPU, 0), capCPU)
@@ -275,6 +287,31 @@ func checkRoom(ctx context.Context, cfg Config, h justrunit.Host, n int) error {
 	if capMem := float64(h.MemoryMiB); mem > 0 && capMem > 0 && float64(n)*mem+usedMem > capMem {
 		return justrunit.Invalid("slots", n, "%d clones at up to %g MiB each need %g MiB, and sandbox host %s has %g of %g MiB free; lower slots or the top of the mem range",
 			n, mem, float64(n)*mem, h.Name, max(capMem-usedMem, 0), capMem)
+	}
+	return nil
+}
+
+// Check refuses, without making or reading anything on the platform, a
+// study of cfg's target over cfg's space on n slots that the runner could
+// never run: a parameter it cannot set, a host class without a sandbox
+// host, or more clones than an empty sandbox host holds. Open checks the
+// same, and the room against what the hosts hold at the time.
+func Check(cfg Config, n int) error {
+	if n < 1 {
+		return justrunit.Invalid("slots", n, "must be ≥ 1")
+	}
+	if err := checkParams(cfg); err != nil {
+		return err
+	}
+	_, classes, err := hostsOf(cfg)
+	if err != nil {
+		return err
+	}
+	cpu, mem := need(cfg)
+	for _, label := range slices.Sorted(maps.Keys(classes)) {
+		if err := fits(classes[label].Host, n, cpu, mem, 0, 0); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -228,6 +228,16 @@ func TestOpenChecksRoom(t *testing.T) {
 			p := &fakePlatform{hosts: []justrunit.Host{sandbox()}, insts: append([]justrunit.Instance{target}, c.others...)}
 			cfg := Config{Platform: p, Target: target, Sandbox: sandbox(), Space: space(t, c.space...),
 				Feed: &fakeFeed{rec: measure.NewRecorder()}, Window: measure.WindowConfig{Max: time.Second}, Logger: quiet}
+			// Check counts the host as empty: what others hold now does
+			// not make a study impossible.
+			switch err := Check(cfg, c.slots); {
+			case c.want == "" || c.others != nil:
+				if err != nil {
+					t.Errorf("Check: %v, want nil", err)
+				}
+			case !errors.Is(err, justrunit.ErrInvalid) || !strings.Contains(err.Error(), c.want):
+				t.Errorf("Check = %v, want an invalid slots saying %q", err, c.want)
+			}
 			r, err := Open(context.Background(), cfg, c.slots)
 			if c.want == "" {
 				if err != nil {
@@ -273,6 +283,9 @@ func TestOpenChecksParameters(t *testing.T) {
 		p := &fakePlatform{hosts: []justrunit.Host{sandbox()}, insts: []justrunit.Instance{target}, noFreq: c.noFreq}
 		cfg := Config{Platform: p, Target: target, Sandbox: sandbox(), Classes: c.classes, Space: space(t, c.space...),
 			Feed: &fakeFeed{rec: measure.NewRecorder()}, Window: measure.WindowConfig{Max: time.Second}, Logger: quiet}
+		if err := Check(cfg, 1); !errors.Is(err, justrunit.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Check(%v) = %v, want %q", c.space, err, c.want)
+		}
 		_, err := Open(context.Background(), cfg, 1)
 		if !errors.Is(err, justrunit.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Open(%v) = %v, want %q", c.space, err, c.want)

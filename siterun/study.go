@@ -81,15 +81,7 @@ func (s *Site) CheckWarmUp(id string, warmUp time.Duration) error {
 // slot; with a hostclass parameter, per slot and class), attaches the clones to the target's proxies, and returns an engine
 // with the study's strategy and interpolator over them.
 func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts StudyOptions) (*Study, error) {
-	st.FillMetrics()
-	if err := st.Validate(); err != nil {
-		return nil, err
-	}
-	if st.Interpolator == "" {
-		st.Interpolator = "linear"
-	}
-	st.Strategy = driver.NameFor(st)
-	if err := driver.CheckStudy(st); err != nil {
+	if err := s.checkStudy(st); err != nil {
 		return nil, err
 	}
 	in, err := interp.New(st.Interpolator)
@@ -98,9 +90,6 @@ func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts Study
 	}
 	strat, err := driver.New(st.Strategy, driver.Options{Interpolator: in})
 	if err != nil {
-		return nil, err
-	}
-	if err := s.CheckWarmUp(st.Target, time.Duration(st.WarmUp)); err != nil {
 		return nil, err
 	}
 	cfg, release, err := s.claimExperiment(ctx, st.Target, st.Space, opts.Sandbox)
@@ -124,6 +113,43 @@ func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts Study
 	x.Engine = &study.Engine{Runner: r, Strategy: strat, Interpolator: in, Store: opts.Store, Logger: s.log,
 		Progress: opts.Progress, Owner: opts.Owner}
 	return x, nil
+}
+
+// checkStudy fills st's defaults (metrics, interpolator, strategy) and
+// checks what needs no platform: the study itself, its strategy, and the
+// target's warm-up on this site.
+func (s *Site) checkStudy(st *justrunit.Study) error {
+	st.FillMetrics()
+	if err := st.Validate(); err != nil {
+		return err
+	}
+	if st.Interpolator == "" {
+		st.Interpolator = "linear"
+	}
+	st.Strategy = driver.NameFor(st)
+	if err := driver.CheckStudy(st); err != nil {
+		return err
+	}
+	return s.CheckWarmUp(st.Target, time.Duration(st.WarmUp))
+}
+
+// CheckStudy refuses, before anything is stored or cloned, a study this
+// site could never run: what PrepareStudy refuses before it claims a
+// sandbox host (the study, its strategy, the target's warm-up; a target
+// that is not an instance of the site or has no in_proxy), a parameter the
+// experimenter cannot set on this platform, a host class without a
+// powered-on sandbox host, or more slots than an empty sandbox host holds
+// (experiment.Check). It fills st's defaults as PrepareStudy does, and
+// only reads the platform.
+func (s *Site) CheckStudy(ctx context.Context, st *justrunit.Study) error {
+	if err := s.checkStudy(st); err != nil {
+		return err
+	}
+	cfg, err := s.ExperimentConfig(ctx, st.Target, st.Space, "")
+	if err != nil {
+		return err
+	}
+	return experiment.Check(cfg, st.Slots)
 }
 
 // matchRate returns the gauge of the out-proxy match rate of studies of

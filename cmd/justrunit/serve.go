@@ -53,7 +53,7 @@ type serveOptions struct {
 type daemonSite struct {
 	NewRunner api.RunnerFactory
 	// Check vets a study against the site before the daemon stores it.
-	Check func(*justrunit.Study) error
+	Check func(context.Context, *justrunit.Study) error
 	View  api.SiteView
 	// Planner is set when the daemon runs the manager (--manage).
 	Planner api.Planner

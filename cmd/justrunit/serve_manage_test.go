@@ -59,8 +59,19 @@ func TestServeManage(t *testing.T) {
 	if !errors.As(err, &ae) || ae.Status != 400 || ae.Field != "target" || !strings.Contains(ae.Message, "auction9-app") {
 		t.Errorf("POST /studies with an unknown target = %v, want 400 naming it", err)
 	}
+	// So are studies the site could never run: a parameter the
+	// experimenter cannot set, more clones than the sandbox holds.
+	for _, q := range []api.StudyRequest{
+		{Target: "auction0-app", Parameters: []string{"disk=1,2"}, TimeBound: "40s", WarmUp: "2s", Window: "4s"},
+		{Target: "auction0-app", Parameters: []string{"cpu=30..40 step 10"}, TimeBound: "40s", WarmUp: "2s", Window: "4s", Slots: 3},
+	} {
+		_, err = c.CreateStudy(ctx, q)
+		if !errors.As(err, &ae) || ae.Status != 400 || (ae.Field != "parameters[0]" && ae.Field != "slots") {
+			t.Errorf("POST /studies of %v on %d slot(s) = %v, want 400 naming the parameter or the slots", q.Parameters, q.Slots, err)
+		}
+	}
 	if studies, err := c.Studies(ctx); err != nil || len(studies) != 0 {
-		t.Errorf("studies after a refused one = %d, %v; want none", len(studies), err)
+		t.Errorf("studies after refused ones = %d, %v; want none", len(studies), err)
 	}
 	// The site is feasible as it runs: the plan changes nothing.
 	rec, err := c.CreatePlan(ctx)

@@ -60,11 +60,11 @@ func startSiteRuntime(ctx context.Context, g *globals, path string, store justru
 				return x.Close(context.Background())
 			}), nil
 		},
-		Check: func(st *justrunit.Study) error {
+		Check: func(ctx context.Context, st *justrunit.Study) error {
 			if err := checkTarget(f, st.Target); err != nil {
 				return err
 			}
-			return s.CheckWarmUp(st.Target, time.Duration(st.WarmUp))
+			return s.CheckStudy(ctx, st)
 		},
 		Close: func() error { return s.Close(context.Background()) },
 	}

@@ -421,7 +421,7 @@ func TestServeRefusesUnknownTarget(t *testing.T) {
 	defer store.Close()
 	var started atomic.Int32
 	runner, err := api.NewEngineRunner(api.EngineRunnerConfig{Store: store,
-		Check: func(st *justrunit.Study) error { return checkTarget(f, st.Target) },
+		Check: func(_ context.Context, st *justrunit.Study) error { return checkTarget(f, st.Target) },
 		NewRunner: func(ctx context.Context, st *justrunit.Study) (justrunit.Runner, io.Closer, error) {
 			started.Add(1)
 			return nil, nil, errors.New("not in this test")
