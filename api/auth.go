@@ -119,6 +119,11 @@ func LoadOrCreateToken(path string) (token string, created bool, err error) {
 			// the token the first already serves with. The second
 			// takes the first's.
 			err = os.Link(tmp.Name(), path)
+			if err != nil && !errors.Is(err, fs.ErrExist) {
+				// A file system without hard links: Rename, and the
+				// race it leaves.
+				err = os.Rename(tmp.Name(), path)
+			}
 			if errors.Is(err, fs.ErrExist) {
 				if tok, err := readToken(path); err != nil || tok != "" {
 					return tok, false, err
