@@ -105,12 +105,13 @@ type ClassHost struct {
 // Runner runs experiments on clones of one instance. Open it, use it from
 // the study engine, Close it.
 type Runner struct {
-	cfg   Config
-	log   *slog.Logger
-	class int                   // the index of Space's hostclass parameter; −1 without
-	free  map[string]chan *slot // the idle clones of each class ("" without hostclass)
-	mu    sync.Mutex
-	slots []*slot
+	cfg    Config
+	log    *slog.Logger
+	class  int                   // the index of Space's hostclass parameter; −1 without
+	free   map[string]chan *slot // the idle clones of each class ("" without hostclass)
+	mu     sync.Mutex
+	slots  []*slot
+	closed bool // Close was called: Run refuses
 }
 
 // slot is one clone and its attachments.
@@ -410,6 +411,12 @@ func (r *Runner) Run(ctx context.Context, p justrunit.Point) (justrunit.Observat
 		return justrunit.Observation{}, ctx.Err()
 	}
 	defer func() { free <- s }()
+	r.mu.Lock()
+	closed := r.closed
+	r.mu.Unlock()
+	if closed {
+		return justrunit.Observation{}, errors.New("the runner is closed: its clones are removed")
+	}
 	if s.host.FreqGHz > 0 && r.cfg.Space.Param("freq") < 0 {
 		alloc.Freq = s.host.FreqGHz
 	}
@@ -486,6 +493,7 @@ func (r *Runner) alive(ctx context.Context, id string) error {
 func (r *Runner) Close(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.closed = true
 	var errs []error
 	var left []*slot
 	for _, s := range r.slots {

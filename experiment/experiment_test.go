@@ -486,6 +486,10 @@ func TestOpenInNetwork(t *testing.T) {
 	if len(replay.stopped) != 1 {
 		t.Errorf("out-proxy stopped for %v, want the clone's", replay.stopped)
 	}
+	// A closed runner refuses to run: its clones are gone.
+	if _, err := r.Run(context.Background(), justrunit.Point{50}); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("Run after Close = %v, want it refused", err)
+	}
 
 	p.fail = errors.New("the clone would not start")
 	replay = &listenReplay{}
