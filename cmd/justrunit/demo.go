@@ -239,13 +239,7 @@ func runDemo(cmd *cobra.Command, g *globals, o demoOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	work := o.work
-	if o.calibrate && work > 0 {
-		unit := auction.MeasureUnit()
-		work = calibratedWork(o.work, unit)
-		fmt.Fprintf(w, "Calibrating the app tier's work: a unit takes %v here (%v where the example was measured): --work %g runs as --work %g\n",
-			unit.Round(time.Microsecond), auction.NominalUnit, o.work, work)
-	}
+	work := demoWork(w, o.work, o.calibrate)
 	sf, fronts, err := demoSite(out, bin, work)
 	if err != nil {
 		return err
@@ -375,6 +369,20 @@ func runDemo(cmd *cobra.Command, g *globals, o demoOptions) (err error) {
 			sum.FinalSLAMet, sum.SLAMet, sum.Leftovers, svg.Name(), filepath.Join(out, "timeline.json"))
 	}
 	return err
+}
+
+// demoWork is the app tiers' --work for a demo asking for work: scaled to
+// this machine's speed (calibratedWork, saying so on w) when calibrate is
+// set.
+func demoWork(w io.Writer, work float64, calibrate bool) float64 {
+	if !calibrate || work <= 0 {
+		return work
+	}
+	unit := auction.MeasureUnit()
+	scaled := calibratedWork(work, unit)
+	fmt.Fprintf(w, "Calibrating the app tier's work: a unit takes %v here (%v where the example was measured): --work %g runs as --work %g\n",
+		unit.Round(time.Microsecond), auction.NominalUnit, work, scaled)
+	return scaled
 }
 
 // calibratedWork is the work factor that makes a request cost what work

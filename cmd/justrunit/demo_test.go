@@ -218,6 +218,9 @@ func TestDemoStudy(t *testing.T) {
 	if rep.OnlineP95Ratio <= 0 {
 		t.Errorf("online_p95_ratio = %v", rep.OnlineP95Ratio)
 	}
+	if rep.Arrival != "uniform" || rep.Work <= 0 {
+		t.Errorf("arrival %q, work %g: want the default uniform arrivals and the calibrated work (> 0)", rep.Arrival, rep.Work)
+	}
 }
 
 // TestCalibratedWork scales a work factor by how much slower or faster a

@@ -57,6 +57,7 @@ func TestDemoFlags(t *testing.T) {
 		{[]string{"demo", "study", "--rate", "+Inf"}, "--rate"},
 		{[]string{"demo", "study", "--window", "1s"}, "--window"},
 		{[]string{"demo", "study", "--online-window", "1s"}, "--online-window"},
+		{[]string{"demo", "study", "--arrival", "bursty"}, "--arrival"},
 	} {
 		args := append(append([]string{}, tt.args...), "--out", out)
 		_, err := run(t, args...)
