@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -190,6 +191,8 @@ func bootSuites(t *testing.T, ctx context.Context, img *guest.Image, names []str
 		cmd := exec.CommandContext(bctx, "qemu-system-x86_64", args...)
 		cmd.Stdout, cmd.Stderr = &out, &out
 		cmd.WaitDelay = 5 * time.Second
+		// QEMU dies with the test binary, should go test kill it.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		start := time.Now()
 		t.Logf("booting a cgroup %s guest (tcg=%v) to run %s (tests: %s)", hierarchy, tcg, strings.Join(names, ", "), orAll(run))
 		err := cmd.Run()
