@@ -345,16 +345,17 @@ func superviseLoad(ctx context.Context, run func(context.Context) error, fail co
 // web tier demoWebCPU, which leaves the on-line app tier at most 70%.
 //
 // The on-line app tier runs at 40%, below its knee: at 40 requests per
-// second, evenly spaced, its p95 then stays within about 20% from one 20 s
-// window to the next (16.8–26.8 ms over eighteen windows on the 2-core
-// development machine), where at 25%, near the knee, it moved between 38
+// second, evenly spaced, its p95 then stays within about 25% from one 20 s
+// window to the next (14.8–25.9 ms over eighteen windows on the 2-core
+// development machine, the work calibrated), where at 25%, near the knee, it moved between 38
 // and 72 ms with no study running. The on-line impact of the study is
 // measured there, not in that noise. The study still covers the whole
 // axis, knee included.
 //
 // The load's arrivals are evenly spaced unless --arrival poisson: with
-// Poisson arrivals at the same rate the on-line p95 at 40% moved between
-// 40.8 and 65.7 ms over eighteen 20 s windows (at 60%, 32.4–64.5 ms), the
+// Poisson arrivals at the same rate (and uncalibrated work, 1.2 times the
+// calibrated) the on-line p95 at 40% moved between 40.8 and 65.7 ms over
+// eighteen 20 s windows (16.8–26.8 ms evenly spaced; at 60%, 32.4–64.5 ms), the
 // windows with more arrivals being the slow ones, and a study's window
 // minutes before a fidelity check is one draw from that spread.
 //
