@@ -381,22 +381,37 @@ func observationAt(m *justrunit.Matrix, p justrunit.Point) *justrunit.Observatio
 }
 
 // fidelityPoints returns the CPU shares the demo checks on the on-line
-// instance: the three highest the study measured that fit the on-line host
-// (max), topped up with the highest other shares that fit when fewer were
-// measured. Measured points check the sandbox's measurements themselves;
-// interpolated ones would add the interpolation's error.
+// instance, in the order it checks them: the three highest the study
+// measured that fit the on-line host (max), topped up with the highest
+// other shares that fit when fewer were measured. Measured points check the
+// sandbox's measurements themselves; interpolated ones would add the
+// interpolation's error.
+//
+// Measured points come in the order the study measured them, the others
+// after them in ascending order: each check then comes about as long after
+// the window it checks as the others do. This machine's response times
+// drift (upward, by some 20% over the demo's six minutes in the probes the
+// README describes), and checks in ascending order, after a study that
+// measured its highest share first, put the oldest prediction against the
+// last check.
 func fidelityPoints(m *justrunit.Matrix, max float64) []float64 {
 	var measured, others []float64
-	seen := map[float64]bool{}
+	when := map[float64]time.Time{}
 	for _, i := range m.Measured() {
-		if cpu := m.Rows[i].Point[0]; cpu <= max && !seen[cpu] {
-			seen[cpu] = true
-			measured = append(measured, cpu)
+		if cpu := m.Rows[i].Point[0]; cpu <= max {
+			if _, seen := when[cpu]; !seen {
+				if o := m.Rows[i].Observation; o != nil {
+					when[cpu] = o.Start
+				} else {
+					when[cpu] = time.Time{}
+				}
+				measured = append(measured, cpu)
+			}
 		}
 	}
 	for _, r := range m.Rows {
-		if cpu := r.Point[0]; cpu <= max && !seen[cpu] && r.Predicted() {
-			others = append(others, cpu)
+		if _, seen := when[r.Point[0]]; r.Point[0] <= max && !seen && r.Predicted() {
+			others = append(others, r.Point[0])
 		}
 	}
 	slices.Sort(measured)
@@ -404,10 +419,12 @@ func fidelityPoints(m *justrunit.Matrix, max float64) []float64 {
 	if len(measured) > 3 {
 		measured = measured[len(measured)-3:]
 	}
-	for len(measured) < 3 && len(others) > 0 {
-		measured = append(measured, others[len(others)-1])
+	slices.SortStableFunc(measured, func(a, b float64) int { return when[a].Compare(when[b]) })
+	var extra []float64
+	for len(measured)+len(extra) < 3 && len(others) > 0 {
+		extra = append(extra, others[len(others)-1])
 		others = others[:len(others)-1]
 	}
-	slices.Sort(measured)
-	return measured
+	slices.Sort(extra)
+	return append(measured, extra...)
 }

@@ -112,6 +112,8 @@ func TestFidelityPoints(t *testing.T) {
 		want     []float64
 	}{
 		{[]float64{20, 30, 40, 60, 90}, []float64{30, 40, 60}},
+		// In the order measured, as the sla strategy measures them.
+		{[]float64{60, 40, 20, 30}, []float64{60, 40, 30}},
 		{[]float64{40, 100}, []float64{40, 60, 70}},
 		// Unmeasurable at 70 (-70): no prediction to check there.
 		{[]float64{40, -70, 100}, []float64{40, 50, 60}},
@@ -121,12 +123,13 @@ func TestFidelityPoints(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, c := range tt.measured {
+		start := time.Date(2026, 11, 27, 23, 0, 0, 0, time.UTC)
+		for k, c := range tt.measured {
 			var err error
 			if c < 0 {
 				err = m.MarkUnmeasurable(justrunit.Point{-c}, "too few responses")
 			} else {
-				err = m.Record(justrunit.Observation{Point: justrunit.Point{c}, RT: justrunit.ResponseTime{P95: 10}})
+				err = m.Record(justrunit.Observation{Point: justrunit.Point{c}, Start: start.Add(time.Duration(k) * time.Minute), RT: justrunit.ResponseTime{P95: 10}})
 			}
 			if err != nil {
 				t.Fatal(err)
