@@ -421,8 +421,15 @@ func (p *OutProxy) endpointLocked(name string) *cloneEndpoint {
 // Start checks that the next tier's host resolves, then serves the on-line
 // handler on onlineAddr and, unless cloneAddr is empty, the clone called
 // DefaultCloneName on cloneAddr. It returns the addresses (clone nil when
-// not served). On error nothing is left listening. Until Close, the record
-// drops the exchanges that leave the window, traffic or not.
+// not served). On error nothing is left listening. Until Close, or until
+// ctx ends, whichever comes first, the record drops the exchanges that
+// leave the window, traffic or not (a background sweep): a proxy dropped
+// without Close does not keep that goroutine once ctx ends. Only the
+// sweep ends with ctx; the listeners are served until Close, and after
+// ctx ends the record still drops what left the window as it is used
+// (a few exchanges per call), within MaxRecordBytes all along, but an
+// idle record keeps what it holds. Give Start a context that lives as
+// long as the proxy, not one bounding the start alone.
 func (p *OutProxy) Start(ctx context.Context, onlineAddr, cloneAddr string) (online, clone net.Addr, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -450,7 +457,7 @@ func (p *OutProxy) Start(ctx context.Context, onlineAddr, cloneAddr string) (onl
 	p.online = forward(ln, p.cfg.Upstream, p, p.log, nil)
 	p.sweeping = make(chan struct{})
 	p.swept.Add(1)
-	go p.sweep(p.sweeping)
+	go p.sweep(ctx, p.sweeping)
 	return ln.Addr(), clone, nil
 }
 
@@ -461,14 +468,16 @@ func sweepEvery(w time.Duration) time.Duration {
 }
 
 // sweep drops the exchanges that leave the window, even with no traffic
-// (see Record.sweep), until stop is closed.
-func (p *OutProxy) sweep(stop <-chan struct{}) {
+// (see Record.sweep), until stop is closed (Close) or ctx (Start's) ends.
+func (p *OutProxy) sweep(ctx context.Context, stop <-chan struct{}) {
 	defer p.swept.Done()
 	t := time.NewTicker(sweepEvery(p.cfg.Window))
 	defer t.Stop()
 	for {
 		select {
 		case <-stop:
+			return
+		case <-ctx.Done():
 			return
 		case now := <-t.C:
 			p.rec.sweep(now)
@@ -972,6 +981,9 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 		key := p.cfg.Masks.Key(r.Method, r.URL.Path, r.URL.RawQuery, body)
 		ex, ok, live := ep.take(p.rec, key)
 		if !live { // stopped: no answer from the record any more
+			if r.Context().Err() != nil {
+				return // the client went away: nobody to answer, nothing to count
+			}
 			ep.count(callUnmatched)
 			p.fallback(w, r, ep)
 			return
@@ -982,6 +994,9 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 		if !ok && ep.isStopped() {
 			// Stopped since it took: no reused answer or stand-in from
 			// the record either, as for any call after stop.
+			if r.Context().Err() != nil {
+				return // the client went away: nobody to answer, nothing to count
+			}
 			ep.count(callUnmatched)
 			p.fallback(w, r, ep)
 			return

@@ -139,10 +139,10 @@ type entry struct {
 
 // keyQueue holds one key's exchanges in start order. Entries are numbered
 // absolutely: entries[i] is number base+i, so numbers survive removals at
-// the front. hint[c] is a number below which consumer c has taken
-// everything. spent counts the slots before entries in its array, left
-// by exchanges dropped from the front: the array is cap(entries)+spent
-// long.
+// the front. hint[c] is a number below which consumer c has nothing left
+// to take: taken, started before its since, or out of the window. spent
+// counts the slots before entries in its array, left by exchanges dropped
+// from the front: the array is cap(entries)+spent long.
 type keyQueue struct {
 	base    int64
 	entries []*entry
@@ -171,9 +171,11 @@ func (r *Record) Add(e *Exchange) bool {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.evictLocked(time.Now())
+	r.evictHotLocked(time.Now())
 	// e's size, and its key's queue's where it has none yet (evicting may
-	// remove the one it has).
+	// remove the one it has). Unlike the window's, this eviction is not
+	// bounded: the record never holds more than maxBytes, however many
+	// exchanges e needs the place of.
 	need := func() int64 {
 		if r.byKey[e.Key] == nil {
 			return sz + keyOverhead
@@ -287,7 +289,8 @@ func (r *Record) endWait(w *waiter) (*Exchange, bool) {
 // untake puts ex, which consumer took, back where it was in its key's
 // queue, as if it had not been taken, if the record still holds it: a
 // call that took it ended before it answered with it, and the call's
-// retry, or the consumer's first call waiting for the key, gets it.
+// retry, or the consumer's first call waiting for the key, gets it. It
+// finds ex in O(log n) of its key's queue (see keyQueue.index).
 func (r *Record) untake(consumer string, ex *Exchange) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -296,7 +299,7 @@ func (r *Record) untake(consumer string, ex *Exchange) {
 	if !ok || q == nil { // forgotten, or ex evicted with its key
 		return
 	}
-	i := slices.IndexFunc(q.entries, func(en *entry) bool { return en.ex == ex })
+	i := q.index(ex)
 	bit := uint64(1) << c
 	if i < 0 || q.entries[i].taken&bit == 0 {
 		return
@@ -368,7 +371,7 @@ func (r *Record) shrinkWaitingLocked() {
 }
 
 func (r *Record) takeLocked(consumer, key string, now, since time.Time) (*Exchange, bool) {
-	r.evictLocked(now)
+	r.evictHotLocked(now)
 	c, ok := r.consumers[consumer]
 	if !ok {
 		if c, ok = r.freeBitLocked(); !ok {
@@ -397,6 +400,13 @@ func (r *Record) takeLocked(consumer, key string, now, since time.Time) (*Exchan
 			continue
 		}
 		if en.ex.Start.Before(oldest) {
+			// Out of the window for good (now only moves forward), but
+			// maybe not evicted yet (evictHotLocked leaves what it has no
+			// time for to the sweep): the hint passes it too, or every
+			// take would scan it again until the sweep comes.
+			if q.base+i == q.hint[c] {
+				q.hint[c]++
+			}
 			continue
 		}
 		en.taken |= bit
@@ -417,7 +427,7 @@ func (r *Record) Latest(key string) (*Exchange, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := time.Now()
-	r.evictLocked(now)
+	r.evictHotLocked(now)
 	q := r.byKey[key]
 	if q == nil || len(q.entries) == 0 {
 		return nil, false
@@ -442,7 +452,7 @@ func (r *Record) LatestRoute(route string) (*Exchange, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := time.Now()
-	r.evictLocked(now)
+	r.evictHotLocked(now)
 	en := r.byRoute[route]
 	if en == nil || en.ex.Start.Before(now.Add(-r.window)) { // held behind a newer one (see Latest)
 		return nil, false
@@ -509,14 +519,30 @@ func (r *Record) Forget(consumer string) {
 	}
 }
 
-// evictLocked drops exchanges that started before the window.
-func (r *Record) evictLocked(now time.Time) {
-	r.evictSomeLocked(now, -1)
+// hotEvictMax bounds the exchanges that left the window one call on the
+// hot path (Add, Take, Latest, LatestRoute: the on-line calls' recording
+// and the clones' calls) drops under the record's lock. Without a bound,
+// the first call after a burst left the window would drop all of it (a
+// drop costs up to about a microsecond with unique keys: thousands hold
+// the lock for milliseconds) while every other call waits for the lock.
+// What is left behind is out of the window and never served (each of
+// those checks the window itself); each Add drops up to hotEvictMax for
+// the one it adds, so a backlog shrinks with traffic, and the sweep
+// (Start runs it every sweepEvery) drops the rest in batches. The size
+// bound is not spread out: Add drops as many as the new exchange needs,
+// so Bytes never exceeds MaxBytes.
+const hotEvictMax = 16
+
+// evictHotLocked drops up to hotEvictMax exchanges that started before
+// the window, for a call on the hot path (see hotEvictMax).
+func (r *Record) evictHotLocked(now time.Time) {
+	r.evictSomeLocked(now, hotEvictMax)
 }
 
 // evictSomeLocked drops up to n (negative: all) exchanges that started
 // before the window, oldest first, and reports whether it dropped them
-// all. It makes the maps again once they are well below their peak.
+// all. Making the maps smaller (shrinkLocked) is left to the sweep: it
+// copies a map, too long for the hot path.
 func (r *Record) evictSomeLocked(now time.Time, n int) bool {
 	oldest := now.Add(-r.window)
 	for r.head < len(r.order) && r.order[r.head].ex.Start.Before(oldest) {
@@ -526,7 +552,6 @@ func (r *Record) evictSomeLocked(now time.Time, n int) bool {
 		n--
 		r.dropOldestLocked()
 	}
-	r.shrinkLocked()
 	return true
 }
 
@@ -561,16 +586,22 @@ func remake[V any](m map[string]V) map[string]V {
 }
 
 // sweepBatch bounds the exchanges a sweep drops under one hold of the
-// record's lock, so that adds and takes wait little for it.
-const sweepBatch = 1024
+// record's lock, so that adds and takes wait little for it (a few
+// hundred microseconds at most: see hotEvictMax).
+const sweepBatch = 256
 
 // sweep drops the exchanges that left the window, sweepBatch at a time,
-// with no traffic needed: otherwise they are dropped only when the
-// record is used, and an idle record would hold its memory.
+// with no traffic needed: otherwise they are dropped only as the record
+// is used, a few per call (hotEvictMax), and an idle record would hold
+// its memory. Once they are gone it makes the maps again if they are well
+// below their peak (shrinkLocked).
 func (r *Record) sweep(now time.Time) {
 	for {
 		r.mu.Lock()
 		done := r.evictSomeLocked(now, sweepBatch)
+		if done {
+			r.shrinkLocked()
+		}
 		r.mu.Unlock()
 		if done {
 			return
@@ -593,7 +624,10 @@ func (r *Record) dropOldestLocked() {
 	}
 	k := en.ex.Key
 	q := r.byKey[k]
-	i := slices.Index(q.entries, en)
+	i := 0 // nearly always: the oldest added is the oldest started
+	if len(q.entries) == 0 || q.entries[0] != en {
+		i = q.index(en.ex)
+	}
 	switch {
 	case i == 0:
 		q.entries[0] = nil
@@ -622,15 +656,32 @@ func (r *Record) dropOldestLocked() {
 	}
 }
 
+// index returns the index of ex in q, or -1 when q does not hold it.
+// q's entries are in start order (Add keeps them so), so a binary search
+// finds the first that started when ex did, and ex is among the few that
+// started at the same instant: O(log n), where a scan of the queue would
+// cost as many steps as the key has exchanges, under the record's lock.
+func (q *keyQueue) index(ex *Exchange) int {
+	i, _ := slices.BinarySearchFunc(q.entries, ex.Start, func(en *entry, t time.Time) int { return en.ex.Start.Compare(t) })
+	for ; i < len(q.entries) && q.entries[i].ex.Start.Compare(ex.Start) == 0; i++ {
+		if q.entries[i].ex == ex {
+			return i
+		}
+	}
+	return -1
+}
+
 // queueShrinkMin is the longest array of a key's queue that is not made
 // again smaller: a small array is not worth a copy.
 const queueShrinkMin = 64
 
 // Stats returns the record's size and bounds.
 func (r *Record) Stats() RecordStats {
+	// Dropped in batches, the lock let go between them, as the sweep
+	// does: not all in one hold of the lock the hot path waits for.
+	r.sweep(time.Now())
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.evictLocked(time.Now())
 	return RecordStats{
 		Entries:  len(r.order) - r.head,
 		Bytes:    r.bytes,

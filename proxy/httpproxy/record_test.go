@@ -354,3 +354,142 @@ func TestRecordWaitingMapShrinks(t *testing.T) {
 		t.Errorf("the map of waiting calls is kept with no call waiting, want it dropped")
 	}
 }
+
+// TestRecordHotPathEvictionBounded checks that a call on the hot path
+// (Add, Take, Latest, LatestRoute) drops at most hotEvictMax exchanges
+// that left the window under one hold of the record's lock, the sweep
+// the rest, and that those left behind for the sweep are never served.
+func TestRecordHotPathEvictionBounded(t *testing.T) {
+	const n = 5000
+	held := func(r *Record) (int, int64) { // without evicting, as Stats would
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return len(r.order) - r.head, r.evicted
+	}
+	for _, tc := range []struct {
+		name string
+		call func(r *Record)
+	}{
+		{"Add", func(r *Record) { r.Add(ex("fresh", time.Now(), "")) }},
+		{"Take", func(r *Record) { r.Take("a", "k1") }},
+		{"Latest", func(r *Record) { r.Latest("k1") }},
+		{"LatestRoute", func(r *Record) { r.LatestRoute("r1") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The burst, a minute ago, recorded in a window of an hour
+			// (however long the adds take, none is evicted)...
+			r := NewRecord(time.Hour, 1<<30)
+			burst := time.Now().Add(-time.Minute)
+			for i := range n {
+				e := ex(fmt.Sprint("k", i%10), burst.Add(time.Duration(i)), "")
+				e.Route = fmt.Sprint("r", i%10)
+				r.Add(e)
+			}
+			if got, _ := held(r); got != n {
+				t.Fatalf("the record holds %d exchanges, want the %d of the burst", got, n)
+			}
+			// ...and then the window is a second: the whole burst has
+			// left it, with no wait.
+			r.mu.Lock()
+			r.window = time.Second
+			r.mu.Unlock()
+			tc.call(r)
+			got, evicted := held(r)
+			if evicted == 0 || evicted > hotEvictMax {
+				t.Fatalf("%s after a burst of %d left the window evicted %d under one hold of the lock, want 1..%d (the sweep drops the rest)", tc.name, n, evicted, hotEvictMax)
+			}
+			// What is left for the sweep is out of the window: served to no one.
+			if e, ok := r.Take("b", "k1"); ok {
+				t.Errorf("Take(b, k1) = %v, want none: what is left is out of the window", e)
+			}
+			r.mu.Lock()
+			q, hint := r.byKey["k1"], int64(-1)
+			if c, ok := r.consumers["b"]; ok && q != nil && c < len(q.hint) {
+				hint = q.hint[c]
+			}
+			if q != nil && hint != q.base+int64(len(q.entries)) {
+				t.Errorf("b's hint on k1 = %d after a take found nothing in the window, want %d (past what is left for the sweep, not scanned again)", hint, q.base+int64(len(q.entries)))
+			}
+			r.mu.Unlock()
+			if e, ok := r.Latest("k1"); ok {
+				t.Errorf("Latest(k1) = %v, want none: what is left is out of the window", e)
+			}
+			if e, ok := r.LatestRoute("r1"); ok {
+				t.Errorf("LatestRoute(r1) = %v, want none: what is left is out of the window", e)
+			}
+			r.sweep(time.Now())
+			left, _ := held(r)
+			if want := got - (n - int(evicted)); left != want {
+				t.Errorf("after the sweep the record holds %d exchanges, want %d (the burst gone)", left, want)
+			}
+		})
+	}
+}
+
+// TestRecordHotPathSizeBound checks that the size bound is kept on the
+// hot path however many exchanges it must drop: only the window's
+// eviction is spread over calls and the sweep, never the size bound's.
+func TestRecordHotPathSizeBound(t *testing.T) {
+	const n = 500
+	body := string(make([]byte, 1000))
+	one := ex("k0", time.Now(), body).size()
+	r := NewRecord(time.Minute, int64(n)*one+keyOverhead*10)
+	start := time.Now()
+	for i := range n {
+		r.Add(ex(fmt.Sprint("k", i%10), start.Add(time.Duration(i)), body))
+	}
+	// An exchange that needs the place of many more than hotEvictMax.
+	big := ex("big", time.Now(), string(make([]byte, int(one)*(4*hotEvictMax))))
+	if !r.Add(big) {
+		t.Fatal("Add(big) = false, want it kept: it fits in the record")
+	}
+	r.mu.Lock()
+	bytes, maxBytes, evicted := r.bytes, r.maxBytes, r.evicted
+	r.mu.Unlock()
+	if bytes > maxBytes {
+		t.Errorf("the record holds %d bytes after Add(big), want at most its bound %d", bytes, maxBytes)
+	}
+	if evicted <= hotEvictMax {
+		t.Errorf("Add(big) evicted %d, want more than %d: the size bound is not spread over calls", evicted, hotEvictMax)
+	}
+	if e, ok := r.Take("a", "big"); !ok || e != big {
+		t.Errorf("Take(big) = %v, %v; want the exchange just added", e, ok)
+	}
+}
+
+// TestRecordUntakeCost checks that putting back a taken exchange does not
+// cost as many steps as its key's queue holds: untake finds it by its
+// start (the queue is in start order), not by a scan. It compares the
+// time of untake at the end of a long queue with that in a short one.
+func TestRecordUntakeCost(t *testing.T) {
+	cost := func(n int) time.Duration {
+		r := NewRecord(time.Hour, 1<<30)
+		start := time.Now()
+		for i := range n {
+			r.Add(ex("k", start.Add(time.Duration(i)), ""))
+		}
+		var last *Exchange
+		for range n {
+			e, ok := r.Take("a", "k")
+			if !ok {
+				t.Fatalf("Take(a, k) failed with %d recorded", n)
+			}
+			last = e
+		}
+		best := time.Duration(1 << 62)
+		for range 50 {
+			t0 := time.Now()
+			r.untake("a", last)
+			best = min(best, time.Since(t0))
+			if e, ok := r.Take("a", "k"); !ok || e != last {
+				t.Fatalf("Take(a, k) after untake = %v, %v; want the exchange put back", e, ok)
+			}
+		}
+		return best
+	}
+	short, long := cost(100), cost(100_000)
+	t.Logf("untake: %v with 100 exchanges of the key, %v with 100000", short, long)
+	if long > 20*max(short, time.Microsecond) {
+		t.Errorf("untake took %v in a queue of 100000, %v in one of 100: want it near independent of the queue's length", long, short)
+	}
+}

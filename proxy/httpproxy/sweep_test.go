@@ -1,6 +1,7 @@
 package httpproxy
 
 import (
+	"context"
 	"fmt"
 	"runtime"
 	"testing"
@@ -69,4 +70,32 @@ func TestRecordShrinksKeyMap(t *testing.T) {
 		t.Errorf("the record holds %d bytes of heap after %d keys left it (%d with them), want less than a twentieth", left, n, full)
 	}
 	runtime.KeepAlive(r)
+}
+
+// TestOutProxySweepEndsWithContext checks that the record's sweep ends
+// when the context given to Start ends, not only on Close: a proxy
+// dropped without Close does not keep its goroutine for good.
+func TestOutProxySweepEndsWithContext(t *testing.T) {
+	nt := newNextTier(t, 0)
+	p, err := NewOutProxy(OutConfig{Upstream: nt.URL, Window: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, _, err := p.Start(ctx, "127.0.0.1:0", ""); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	done := make(chan struct{})
+	go func() { p.swept.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the sweep still runs 5s after Start's context ended, want it ended with the context")
+	}
+	if err := p.Close(); err != nil {
+		t.Errorf("Close after Start's context ended = %v, want nil", err)
+	}
 }

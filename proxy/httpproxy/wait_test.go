@@ -338,3 +338,43 @@ func TestCloneEndpointWaitAttach(t *testing.T) {
 		t.Fatal("the waiting call got nothing")
 	}
 }
+
+// TestOutProxyEndedCallOnStoppedClone: a call on a stopped clone whose
+// client went away is neither counted nor passed through, whether the
+// clone was stopped before the call or after its first take.
+func TestOutProxyEndedCallOnStoppedClone(t *testing.T) {
+	nt := newNextTier(t, 0)
+	for _, tc := range []struct {
+		name string
+		// stop stops the clone called "a" before the call, or sets
+		// p.afterTake to stop it after; cancel ends the call's client.
+		stop func(p *OutProxy, ep *cloneEndpoint, cancel func())
+	}{
+		{"stopped before", func(p *OutProxy, ep *cloneEndpoint, cancel func()) {
+			if err := p.StopClone("a"); err != nil {
+				t.Fatal(err)
+			}
+			cancel()
+		}},
+		{"stopped after its take", func(p *OutProxy, ep *cloneEndpoint, cancel func()) {
+			p.afterTake = func(*http.Request) { ep.stop(); cancel() }
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, h, ep := newCloneOut(t, OutConfig{Upstream: nt.URL, PassThrough: []string{"GET"}})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			tc.stop(p, ep, cancel)
+			h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequestWithContext(ctx, "GET", "/counter", nil))
+			if st := p.Stats(); st.Matched+st.Unmatched+st.PassedThrough+st.StoodIn != 0 {
+				t.Errorf("Stats() = %+v, want nothing counted for the ended call", st)
+			}
+			if n := ep.calls[callUnmatched].Load(); n != 0 {
+				t.Errorf("the clone counted %d unmatched, want none for the ended call", n)
+			}
+			if n := nt.count(); n != 0 {
+				t.Errorf("the next tier got %d calls, want none", n)
+			}
+		})
+	}
+}
