@@ -463,8 +463,8 @@ type Store interface {
 	// An existing ID gives ErrExists.
 	CreateStudy(ctx context.Context, s *Study) error
 	// UpdateStudy replaces a study's stored fields; unknown ID gives ErrNotFound.
-	// SaveMatrix, AddObservation and AddCheck give ErrNotFound for an
-	// unknown study too.
+	// SaveMatrix, AddObservation, AddCheck and RecordResult give
+	// ErrNotFound for an unknown study too.
 	UpdateStudy(ctx context.Context, s *Study) error
 	// Study returns one study or ErrNotFound.
 	Study(ctx context.Context, id string) (*Study, error)
@@ -486,6 +486,52 @@ type Store interface {
 	AddEvent(ctx context.Context, e *Event) error
 	// Events returns events matching f in ID order.
 	Events(ctx context.Context, f EventFilter) ([]Event, error)
+	// RecordResult stores every part of r for the study in one
+	// transaction: all of them or, on error, none, so that a reader never
+	// sees an observation without the matrix it went into, and a crash
+	// leaves neither. Each part is checked as its single method checks it
+	// (an invalid one gives ErrInvalid); an unknown study gives
+	// ErrNotFound whatever r holds, events included.
+	RecordResult(ctx context.Context, studyID string, r Result) error
+	// Export returns the study with everything recorded about it, read
+	// as of one moment: a study, matrix, observations, checks and events
+	// that a concurrent RecordResult cannot make disagree. An unknown
+	// study gives ErrNotFound; one with no matrix yet a nil Matrix.
+	Export(ctx context.Context, studyID string) (*StudyExport, error)
 	// Close releases the store.
 	Close() error
+}
+
+// Result is what one step of a study records together: an experiment's
+// observation with the matrix it went into, the study's experiment count
+// and the event saying so; or a round of checks with their observations.
+// Every part is optional. Store.RecordResult writes it at once.
+type Result struct {
+	// Study, when set, replaces the study's stored fields as UpdateStudy
+	// does; its ID must be the study's the result is recorded for.
+	Study *Study
+	// Observations are appended in order, as AddObservation appends.
+	Observations []Observation
+	// Checks are appended in order, as AddCheck appends. An empty StudyID
+	// is the study's; another study's is invalid.
+	Checks []CheckResult
+	// Matrix, when set, replaces the study's matrix, as SaveMatrix does.
+	Matrix *Matrix
+	// Events are appended in order, as AddEvent appends: once the result
+	// is recorded (not before, nor when it fails) each has its ID set, its
+	// Time when zero, its Level when empty and its StudyID when empty.
+	// Another study's is invalid.
+	Events []*Event
+}
+
+// StudyExport is a study with everything recorded about it, as
+// Store.Export reads it: what GET /api/v1/studies/{id}/export answers and
+// "justrunit study export" writes.
+type StudyExport struct {
+	Study *Study `json:"study"`
+	// Matrix is nil when the study has none yet (no experiment ended).
+	Matrix       *Matrix       `json:"matrix,omitempty"`
+	Observations []Observation `json:"observations"`
+	Checks       []CheckResult `json:"checks"`
+	Events       []Event       `json:"events"`
 }

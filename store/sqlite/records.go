@@ -25,30 +25,47 @@ func notFoundIfNoStudy(op, studyID string, err error) error {
 // justrunit.Matrix.Validate) gives an error wrapping justrunit.ErrInvalid;
 // an unknown study one wrapping justrunit.ErrNotFound.
 func (s *Store) SaveMatrix(ctx context.Context, studyID string, m *justrunit.Matrix) error {
-	if m == nil {
-		return fmt.Errorf("save matrix: study %s: %w: nil matrix", studyID, justrunit.ErrInvalid)
-	}
-	if err := m.Validate(); err != nil {
+	data, err := encodeMatrix(m)
+	if err != nil {
 		return fmt.Errorf("save matrix: study %s: %w", studyID, err)
 	}
-	b, err := json.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("save matrix: study %s: encode: %w", studyID, err)
-	}
-	_, err = s.w.ExecContext(ctx, `INSERT INTO matrices (study_id, data, updated_ns) VALUES (?, ?, ?)
-		ON CONFLICT (study_id) DO UPDATE SET data = excluded.data, updated_ns = excluded.updated_ns`,
-		studyID, string(b), time.Now().UnixNano())
-	if err != nil {
+	if err := saveMatrix(ctx, s.w, studyID, data); err != nil {
 		return notFoundIfNoStudy("save matrix", studyID, err)
 	}
 	return nil
 }
 
+// encodeMatrix checks m as SaveMatrix does and returns its JSON.
+func encodeMatrix(m *justrunit.Matrix) (string, error) {
+	if m == nil {
+		return "", fmt.Errorf("%w: nil matrix", justrunit.ErrInvalid)
+	}
+	if err := m.Validate(); err != nil {
+		return "", err
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return "", fmt.Errorf("encode: %w", err)
+	}
+	return string(b), nil
+}
+
+func saveMatrix(ctx context.Context, x execer, studyID, data string) error {
+	_, err := x.ExecContext(ctx, `INSERT INTO matrices (study_id, data, updated_ns) VALUES (?, ?, ?)
+		ON CONFLICT (study_id) DO UPDATE SET data = excluded.data, updated_ns = excluded.updated_ns`,
+		studyID, data, time.Now().UnixNano())
+	return err
+}
+
 // Matrix returns the study's last saved matrix, or an error wrapping
 // justrunit.ErrNotFound when the study is unknown or has none yet.
 func (s *Store) Matrix(ctx context.Context, studyID string) (*justrunit.Matrix, error) {
+	return readMatrix(ctx, s.r, studyID)
+}
+
+func readMatrix(ctx context.Context, q querier, studyID string) (*justrunit.Matrix, error) {
 	var data string
-	err := s.r.QueryRowContext(ctx, `SELECT data FROM matrices WHERE study_id = ?`, studyID).Scan(&data)
+	err := q.QueryRowContext(ctx, `SELECT data FROM matrices WHERE study_id = ?`, studyID).Scan(&data)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("matrix of study %s: %w", studyID, justrunit.ErrNotFound)
 	}
@@ -69,21 +86,29 @@ func (s *Store) AddObservation(ctx context.Context, studyID string, o justrunit.
 	if err != nil {
 		return fmt.Errorf("add observation: study %s: encode: %w", studyID, err)
 	}
-	// One statement, so the next seq is computed under the write lock even
-	// when another process appends too.
-	_, err = s.w.ExecContext(ctx, `INSERT INTO observations (study_id, seq, data)
-		VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM observations WHERE study_id = ?1), ?2)`,
-		studyID, string(b))
-	if err != nil {
+	if err := insertObservation(ctx, s.w, studyID, string(b)); err != nil {
 		return notFoundIfNoStudy("add observation", studyID, err)
 	}
 	return nil
 }
 
+func insertObservation(ctx context.Context, x execer, studyID, data string) error {
+	// One statement, so the next seq is computed under the write lock even
+	// when another process appends too.
+	_, err := x.ExecContext(ctx, `INSERT INTO observations (study_id, seq, data)
+		VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM observations WHERE study_id = ?1), ?2)`,
+		studyID, data)
+	return err
+}
+
 // Observations returns the study's observations in the order added; none
 // (and no error) for an unknown study.
 func (s *Store) Observations(ctx context.Context, studyID string) ([]justrunit.Observation, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT data FROM observations WHERE study_id = ? ORDER BY seq`, studyID)
+	return readObservations(ctx, s.r, studyID)
+}
+
+func readObservations(ctx context.Context, q querier, studyID string) ([]justrunit.Observation, error) {
+	rows, err := q.QueryContext(ctx, `SELECT data FROM observations WHERE study_id = ? ORDER BY seq`, studyID)
 	if err != nil {
 		return nil, fmt.Errorf("read observations of study %s: %w", studyID, err)
 	}
@@ -116,18 +141,26 @@ func (s *Store) AddCheck(ctx context.Context, c justrunit.CheckResult) error {
 	if err != nil {
 		return fmt.Errorf("add check: study %s: encode: %w", c.StudyID, err)
 	}
-	_, err = s.w.ExecContext(ctx, `INSERT INTO checks (study_id, time_ns, metric, passed, data) VALUES (?, ?, ?, ?, ?)`,
-		c.StudyID, nanos(c.Time), string(c.Metric), c.Passed, string(b))
-	if err != nil {
+	if err := insertCheck(ctx, s.w, c, string(b)); err != nil {
 		return notFoundIfNoStudy("add check", c.StudyID, err)
 	}
 	return nil
 }
 
+func insertCheck(ctx context.Context, x execer, c justrunit.CheckResult, data string) error {
+	_, err := x.ExecContext(ctx, `INSERT INTO checks (study_id, time_ns, metric, passed, data) VALUES (?, ?, ?, ?, ?)`,
+		c.StudyID, nanos(c.Time), string(c.Metric), c.Passed, data)
+	return err
+}
+
 // Checks returns the study's check results in the order added; none (and no
 // error) for an unknown study.
 func (s *Store) Checks(ctx context.Context, studyID string) ([]justrunit.CheckResult, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT data FROM checks WHERE study_id = ? ORDER BY id`, studyID)
+	return readChecks(ctx, s.r, studyID)
+}
+
+func readChecks(ctx context.Context, q querier, studyID string) ([]justrunit.CheckResult, error) {
+	rows, err := q.QueryContext(ctx, `SELECT data FROM checks WHERE study_id = ? ORDER BY id`, studyID)
 	if err != nil {
 		return nil, fmt.Errorf("read checks of study %s: %w", studyID, err)
 	}
@@ -155,33 +188,50 @@ func (s *Store) Checks(ctx context.Context, studyID string) ([]justrunit.CheckRe
 // need not name a stored study. Event IDs increase and are never reused, so
 // a reader can poll with EventFilter.AfterID.
 func (s *Store) AddEvent(ctx context.Context, e *justrunit.Event) error {
-	if e == nil {
-		return fmt.Errorf("add event: %w: nil event", justrunit.ErrInvalid)
+	row, err := prepareEvent(e)
+	if err != nil {
+		return err
 	}
-	if e.Kind == "" {
-		return justrunit.Invalid("kind", nil, `name the event's kind, e.g. "study.started"`)
-	}
-	var data any
-	if len(e.Data) > 0 {
-		b, err := json.Marshal(e.Data)
-		if err != nil {
-			return fmt.Errorf("add event %s: encode data: %w", e.Kind, err)
-		}
-		data = string(b)
-	}
-	t, level := e.Time, e.Level
-	if t.IsZero() {
-		t = time.Now().UTC()
-	}
-	if level == "" {
-		level = "info"
-	}
-	id, err := insertEvent(ctx, s.w, t, e.StudyID, e.Kind, level, e.Message, data)
+	id, err := insertEvent(ctx, s.w, row.time, e.StudyID, e.Kind, row.level, e.Message, row.data)
 	if err != nil {
 		return fmt.Errorf("add event %s: %w", e.Kind, err)
 	}
-	e.ID, e.Time, e.Level = id, t, level
+	e.ID, e.Time, e.Level = id, row.time, row.level
 	return nil
+}
+
+// eventRow is what AddEvent stores of an event besides its fields as given:
+// its time and level with their defaults, and its data encoded.
+type eventRow struct {
+	time  time.Time
+	level string
+	data  any // JSON text, or nil (NULL) for none
+}
+
+// prepareEvent checks e as AddEvent does and returns its row; e is not
+// changed, so that a failed write leaves it as it was.
+func prepareEvent(e *justrunit.Event) (eventRow, error) {
+	if e == nil {
+		return eventRow{}, fmt.Errorf("add event: %w: nil event", justrunit.ErrInvalid)
+	}
+	if e.Kind == "" {
+		return eventRow{}, justrunit.Invalid("kind", nil, `name the event's kind, e.g. "study.started"`)
+	}
+	row := eventRow{time: e.Time, level: e.Level}
+	if len(e.Data) > 0 {
+		b, err := json.Marshal(e.Data)
+		if err != nil {
+			return eventRow{}, fmt.Errorf("add event %s: encode data: %w", e.Kind, err)
+		}
+		row.data = string(b)
+	}
+	if row.time.IsZero() {
+		row.time = time.Now().UTC()
+	}
+	if row.level == "" {
+		row.level = "info"
+	}
+	return row, nil
 }
 
 // execer is a *sql.DB or *sql.Tx.
@@ -211,6 +261,10 @@ func (s *Store) Events(ctx context.Context, f justrunit.EventFilter) ([]justruni
 	if f.Limit < 0 {
 		return nil, justrunit.Invalid("limit", f.Limit, "must be ≥ 0 (0 means no limit)")
 	}
+	return readEvents(ctx, s.r, f)
+}
+
+func readEvents(ctx context.Context, qr querier, f justrunit.EventFilter) ([]justrunit.Event, error) {
 	q := `SELECT id, time_ns, study_id, kind, level, message, data FROM events WHERE id > ?`
 	args := []any{f.AfterID}
 	if f.StudyID != "" {
@@ -234,7 +288,7 @@ func (s *Store) Events(ctx context.Context, f justrunit.EventFilter) ([]justruni
 		q += ` LIMIT ?`
 		args = append(args, f.Limit)
 	}
-	rows, err := s.r.QueryContext(ctx, q, args...)
+	rows, err := qr.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("read events: %w", err)
 	}

@@ -139,22 +139,31 @@ func (s *Store) UpdateStudy(ctx context.Context, st *justrunit.Study) error {
 		return fmt.Errorf("update study %s: %w", st.ID, err)
 	}
 	s.claim(st)
+	if err := updateStudy(ctx, s.w, st.ID, args); err != nil {
+		return fmt.Errorf("update study %s: %w", st.ID, err)
+	}
+	return nil
+}
+
+// updateStudy replaces the stored fields of the study id with args (see
+// studyArgs) through x; an unknown id gives justrunit.ErrNotFound.
+func updateStudy(ctx context.Context, x execer, id string, args []any) error {
 	const q = `UPDATE studies SET name = ?, target = ?, space = ?, metrics = ?, sla = ?,
 		time_bound_ns = ?, warm_up_ns = ?, window_ns = ?, slots = ?, strategy = ?,
 		interpolator = ?, check_threshold = ?, state = ?, owner = ?,
 		created_ns = COALESCE(?, created_ns), started_ns = ?, finished_ns = ?, error = ?,
 		experiments = ?, min_samples = ?
 		WHERE id = ?`
-	res, err := s.w.ExecContext(ctx, q, append(args, st.ID)...)
+	res, err := x.ExecContext(ctx, q, append(args[:len(args):len(args)], id)...)
 	if err != nil {
-		return fmt.Errorf("update study %s: %w", st.ID, err)
+		return err
 	}
 	n, err := res.RowsAffected()
 	if err != nil {
-		return fmt.Errorf("update study %s: %w", st.ID, err)
+		return err
 	}
 	if n == 0 {
-		return fmt.Errorf("update study %s: %w", st.ID, justrunit.ErrNotFound)
+		return justrunit.ErrNotFound
 	}
 	return nil
 }
@@ -162,7 +171,18 @@ func (s *Store) UpdateStudy(ctx context.Context, st *justrunit.Study) error {
 // Study returns the study called id, or an error wrapping
 // justrunit.ErrNotFound. Its times are in UTC.
 func (s *Store) Study(ctx context.Context, id string) (*justrunit.Study, error) {
-	row := s.r.QueryRowContext(ctx, `SELECT `+studyColumns+` FROM studies WHERE id = ?`, id)
+	return readStudy(ctx, s.r, id)
+}
+
+// querier is a *sql.DB or *sql.Tx: the readers below run on the read pool,
+// or in Export's transaction.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func readStudy(ctx context.Context, q querier, id string) (*justrunit.Study, error) {
+	row := q.QueryRowContext(ctx, `SELECT `+studyColumns+` FROM studies WHERE id = ?`, id)
 	st, err := scanStudy(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("study %s: %w", id, justrunit.ErrNotFound)

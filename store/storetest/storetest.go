@@ -168,6 +168,10 @@ func Run(t *testing.T, open func(t *testing.T) justrunit.Store) {
 		{"RecordsOrder", testRecordsOrder},
 		{"Events", testEvents},
 		{"Concurrent", testConcurrent},
+		{"RecordResult", testRecordResult},
+		{"RecordResultAllOrNothing", testRecordResultAllOrNothing},
+		{"Export", testExport},
+		{"ExportConsistent", testExportConsistent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open(t)) })
@@ -531,4 +535,279 @@ func testConcurrent(t *testing.T, s justrunit.Store) {
 	if n, err := PollEvents(ctx, s, writers*perWriter); err != nil || n != writers*perWriter {
 		t.Errorf("%d events stored (%v), want %d", n, err, writers*perWriter)
 	}
+}
+
+// Parts returns a result holding one of each part for the study st: st
+// itself with Experiments 1 (compare with SameStudy), an observation, a
+// check with its StudyID left empty, a matrix over st's space and an
+// event with only its kind and message set.
+func Parts(t testing.TB, st *justrunit.Study) justrunit.Result {
+	t.Helper()
+	m, obs := Matrix(t, st.Space, st.Metrics)
+	upd := *st
+	upd.State, upd.Experiments = justrunit.StudyRunning, 1
+	return justrunit.Result{
+		Study:        &upd,
+		Observations: obs[:1],
+		Checks: []justrunit.CheckResult{{Point: obs[0].Point, Metric: justrunit.RTP95, Predicted: 52, Measured: 55,
+			RelError: 0.05, Threshold: 0.1, Passed: true, Time: time.Date(2026, 11, 25, 13, 0, 0, 0, time.UTC)}},
+		Matrix: m,
+		Events: []*justrunit.Event{{Kind: justrunit.EventExperimentDone, Message: "measured"}},
+	}
+}
+
+func testRecordResult(t *testing.T, s justrunit.Store) {
+	ctx := context.Background()
+	st := Study(t)
+	if err := s.CreateStudy(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecordResult(ctx, st.ID, justrunit.Result{}); err != nil {
+		t.Errorf("RecordResult(empty) = %v", err)
+	}
+	r := Parts(t, st)
+	ev := r.Events[0]
+	if err := s.RecordResult(ctx, st.ID, r); err != nil {
+		t.Fatalf("RecordResult = %v", err)
+	}
+	if ev.ID == 0 || ev.Time.IsZero() || ev.Level != "info" || ev.StudyID != st.ID {
+		t.Errorf("RecordResult left the event %+v; want its ID, Time, Level (info) and StudyID set", *ev)
+	}
+	// A second result appends its observations, checks and events, and
+	// replaces the matrix and study.
+	r2 := Parts(t, st)
+	r2.Study.Experiments = 2
+	r2.Matrix.Rows[3].Cells[0].Value = -7
+	r2.Checks[0].StudyID = st.ID
+	r2.Events[0].Level = "warn"
+	if err := s.RecordResult(ctx, st.ID, r2); err != nil {
+		t.Fatalf("RecordResult (second) = %v", err)
+	}
+	if r2.Events[0].ID <= ev.ID || r2.Events[0].Level != "warn" {
+		t.Errorf("second event = %+v, want an ID above %d and level warn as given", *r2.Events[0], ev.ID)
+	}
+
+	got, err := s.Study(ctx, st.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	SameStudy(t, got, r2.Study)
+	m, err := s.Matrix(ctx, st.ID)
+	if err != nil || !reflect.DeepEqual(m, r2.Matrix) {
+		t.Errorf("Matrix after RecordResult = %+v, %v; want the second result's", m, err)
+	}
+	obs, err := s.Observations(ctx, st.ID)
+	if err != nil || len(obs) != 2 || !reflect.DeepEqual(obs[0], r.Observations[0]) {
+		t.Errorf("Observations after RecordResult = %d (%v), want 2, the first %+v", len(obs), err, r.Observations[0])
+	}
+	checks, err := s.Checks(ctx, st.ID)
+	want := r.Checks[0]
+	want.StudyID = st.ID // an empty StudyID is the study's
+	if err != nil || len(checks) != 2 || !reflect.DeepEqual(checks[0], want) {
+		t.Errorf("Checks after RecordResult = %+v (%v), want 2, the first %+v", checks, err, want)
+	}
+	evs, err := s.Events(ctx, justrunit.EventFilter{StudyID: st.ID})
+	if err != nil || len(evs) != 2 || evs[0].ID != ev.ID || evs[0].Kind != ev.Kind || evs[0].Message != ev.Message || !evs[0].Time.Equal(ev.Time) {
+		t.Errorf("Events after RecordResult = %+v (%v), want 2, the first %+v", evs, err, *ev)
+	}
+}
+
+// testRecordResultAllOrNothing records results one of whose parts fails,
+// the others valid, and checks that none of them was stored: each failing
+// part comes after the ones a store writing them one by one, in the
+// Result's order, would have written first.
+func testRecordResultAllOrNothing(t *testing.T, s justrunit.Store) {
+	ctx := context.Background()
+	st := Study(t)
+	if err := s.CreateStudy(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	other := Study(t)
+	if err := s.CreateStudy(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		id    string
+		spoil func(r *justrunit.Result)
+		want  error
+	}{
+		{"matrix of another shape", st.ID, func(r *justrunit.Result) {
+			r.Matrix = &justrunit.Matrix{Space: st.Space, Metrics: st.Metrics}
+		}, justrunit.ErrInvalid},
+		{"event without a kind", st.ID, func(r *justrunit.Result) {
+			r.Events = append(r.Events, &justrunit.Event{Message: "no kind"})
+		}, justrunit.ErrInvalid},
+		{"nil event", st.ID, func(r *justrunit.Result) { r.Events = append(r.Events, nil) }, justrunit.ErrInvalid},
+		{"event of another study", st.ID, func(r *justrunit.Result) {
+			r.Events = append(r.Events, &justrunit.Event{StudyID: other.ID, Kind: justrunit.EventExperimentDone})
+		}, justrunit.ErrInvalid},
+		{"check of another study", st.ID, func(r *justrunit.Result) {
+			c := r.Checks[0]
+			c.StudyID = other.ID
+			r.Checks = append(r.Checks, c)
+		}, justrunit.ErrInvalid},
+		{"study of another ID", st.ID, func(r *justrunit.Result) {
+			cp := *other
+			r.Study = &cp
+		}, justrunit.ErrInvalid},
+		{"unknown study", "nope", func(r *justrunit.Result) { r.Study.ID = "nope" }, justrunit.ErrNotFound},
+		{"unknown study, events only", "nope", func(r *justrunit.Result) {
+			*r = justrunit.Result{Events: r.Events}
+		}, justrunit.ErrNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := Parts(t, st)
+			r.Study.Experiments = 99
+			tt.spoil(&r)
+			err := s.RecordResult(ctx, tt.id, r)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("RecordResult = %v, want an error wrapping %v", err, tt.want)
+			}
+			for i, e := range r.Events {
+				if e != nil && e.ID != 0 {
+					t.Errorf("failed RecordResult set events[%d].ID to %d", i, e.ID)
+				}
+			}
+			for _, id := range []string{st.ID, other.ID, "nope"} {
+				obs, err1 := s.Observations(ctx, id)
+				checks, err2 := s.Checks(ctx, id)
+				evs, err3 := s.Events(ctx, justrunit.EventFilter{StudyID: id})
+				if err := errors.Join(err1, err2, err3); err != nil {
+					t.Fatal(err)
+				}
+				if len(obs)+len(checks)+len(evs) > 0 {
+					t.Errorf("failed RecordResult left study %s %d observations, %d checks, %d events", id, len(obs), len(checks), len(evs))
+				}
+				if _, err := s.Matrix(ctx, id); !errors.Is(err, justrunit.ErrNotFound) {
+					t.Errorf("failed RecordResult left study %s a matrix (Matrix = %v)", id, err)
+				}
+			}
+			for _, want := range []*justrunit.Study{st, other} {
+				got, err := s.Study(ctx, want.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				SameStudy(t, got, want)
+			}
+		})
+	}
+}
+
+func testExport(t *testing.T, s justrunit.Store) {
+	ctx := context.Background()
+	if _, err := s.Export(ctx, "nope"); !errors.Is(err, justrunit.ErrNotFound) {
+		t.Errorf("Export(unknown) = %v, want an error wrapping %v", err, justrunit.ErrNotFound)
+	}
+	st := Study(t)
+	if err := s.CreateStudy(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	e, err := s.Export(ctx, st.ID)
+	if err != nil {
+		t.Fatalf("Export(new study) = %v", err)
+	}
+	SameStudy(t, e.Study, st)
+	if e.Matrix != nil || len(e.Observations)+len(e.Checks)+len(e.Events) > 0 {
+		t.Errorf("Export(new study) = %+v, want no matrix, observations, checks or events", e)
+	}
+	r := Parts(t, st)
+	if err := s.RecordResult(ctx, st.ID, r); err != nil {
+		t.Fatal(err)
+	}
+	// Another study's records are not this one's.
+	other := Study(t)
+	if err := s.CreateStudy(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecordResult(ctx, other.ID, Parts(t, other)); err != nil {
+		t.Fatal(err)
+	}
+	e, err = s.Export(ctx, st.ID)
+	if err != nil {
+		t.Fatalf("Export = %v", err)
+	}
+	SameStudy(t, e.Study, r.Study)
+	if !reflect.DeepEqual(e.Matrix, r.Matrix) {
+		t.Errorf("Export matrix differs from the recorded one")
+	}
+	if !reflect.DeepEqual(e.Observations, r.Observations) {
+		t.Errorf("Export observations = %+v, want %+v", e.Observations, r.Observations)
+	}
+	if len(e.Checks) != 1 || e.Checks[0].StudyID != st.ID || e.Checks[0].Predicted != r.Checks[0].Predicted {
+		t.Errorf("Export checks = %+v, want the one recorded", e.Checks)
+	}
+	if len(e.Events) != 1 || e.Events[0].ID != r.Events[0].ID {
+		t.Errorf("Export events = %+v, want the one recorded (ID %d)", e.Events, r.Events[0].ID)
+	}
+}
+
+// testExportConsistent has a writer record experiments one result at a
+// time (study count, observation, matrix and event together) while a reader
+// exports the study: every export must hold as many observations as the
+// study counts experiments, as the matrix says and as events say. Run it
+// under -race.
+func testExportConsistent(t *testing.T, s justrunit.Store) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st := Study(t)
+	if err := s.CreateStudy(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	m, obs := Matrix(t, st.Space, st.Metrics)
+	const results = 40
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	wg.Go(func() {
+		defer close(done)
+		for i := 1; i <= results; i++ {
+			upd := *st
+			upd.Experiments = i
+			mi := m.Clone()
+			mi.Rows[3].Cells[0].Value = float64(i) // an I cell: the matrix's own count
+			o := obs[0]
+			o.Samples = int64(i)
+			err := s.RecordResult(ctx, st.ID, justrunit.Result{Study: &upd, Observations: []justrunit.Observation{o}, Matrix: mi,
+				Events: []*justrunit.Event{{Kind: justrunit.EventExperimentDone}}})
+			if err != nil {
+				t.Errorf("RecordResult %d = %v", i, err)
+				return
+			}
+		}
+	})
+	check := func() bool {
+		e, err := s.Export(ctx, st.ID)
+		if err != nil {
+			t.Errorf("Export = %v", err)
+			return false
+		}
+		n := len(e.Observations)
+		matrixN := 0
+		if e.Matrix != nil {
+			matrixN = int(e.Matrix.Rows[3].Cells[0].Value)
+		}
+		if e.Study.Experiments != n || matrixN != n || len(e.Events) != n || (n > 0 && e.Observations[n-1].Samples != int64(n)) {
+			t.Errorf("Export while recording: %d observations, study counts %d experiments, matrix %d, %d events; want all equal",
+				n, e.Study.Experiments, matrixN, len(e.Events))
+			return false
+		}
+		return true
+	}
+	exports := 0
+	for running := true; running; exports++ {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		if !check() {
+			break
+		}
+	}
+	wg.Wait()
+	if e, err := s.Export(ctx, st.ID); err != nil || len(e.Observations) != results {
+		t.Errorf("Export after the writer = %d observations (%v), want %d", len(e.Observations), err, results)
+	}
+	t.Logf("%d exports during %d results", exports, results)
 }
