@@ -45,9 +45,10 @@ func (e *Engine) Use(ctx context.Context, st *justrunit.Study, m *justrunit.Matr
 // notify, when not nil, is called for every failed check (the hook that
 // alerts the management entity). A point whose checking experiment
 // measured too few responses fails the checks of its T cells and is marked
-// unmeasurable (see checker.Checker.Check). The matrix is saved afterwards,
-// also when some checking experiments failed (their cells stay T; the
-// errors are returned joined).
+// unmeasurable (see checker.Checker.Check). The matrix is saved afterwards
+// with the observations, results, events and the study's experiment count,
+// in one transaction, also when some checking experiments failed (their
+// cells stay T; the errors are returned joined).
 func (e *Engine) Check(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, notify func(justrunit.CheckResult)) ([]justrunit.CheckResult, error) {
 	c, err := checker.New(e.Runner, st.CheckThreshold)
 	if err != nil {
@@ -68,8 +69,10 @@ func (e *Engine) Check(ctx context.Context, st *justrunit.Study, m *justrunit.Ma
 	if e.Store == nil {
 		return results, checkErr
 	}
-	sctx := context.WithoutCancel(ctx)
-	var storeErr error
+	// The observations, checks, events, matrix and study count go in
+	// one transaction: a reader never sees a check without the V cell and
+	// observation it rests on, nor does a crash leave one.
+	var rec justrunit.Result
 	for _, p := range points(results) {
 		// The point's observation is the checking experiment's: a T cell
 		// is on a row without one, and Verify gave it one. A point that
@@ -78,14 +81,10 @@ func (e *Engine) Check(ctx context.Context, st *justrunit.Study, m *justrunit.Ma
 		if err != nil || m.Rows[i].Observation == nil {
 			continue
 		}
-		if err := e.Store.AddObservation(sctx, st.ID, *m.Rows[i].Observation); err != nil {
-			storeErr = errors.Join(storeErr, fmt.Errorf("store observation: %w", err))
-		}
+		rec.Observations = append(rec.Observations, *m.Rows[i].Observation)
 	}
 	for _, r := range results {
-		if err := e.Store.AddCheck(sctx, r); err != nil {
-			storeErr = errors.Join(storeErr, fmt.Errorf("store check: %w", err))
-		}
+		rec.Checks = append(rec.Checks, r)
 		kind, level, verdict := justrunit.EventCheckPassed, "info", "within"
 		if !r.Passed {
 			kind, level, verdict = justrunit.EventCheckFailed, "warn", "EXCEEDS"
@@ -97,15 +96,13 @@ func (e *Engine) Check(ctx context.Context, st *justrunit.Study, m *justrunit.Ma
 			msg = fmt.Sprintf("check %s %s: interpolated %.4g, FAILED: %s", st.Space.Format(r.Point), r.Metric, r.Predicted, r.Reason)
 			data["reason"] = r.Reason
 		}
-		e.event(sctx, st, kind, level, msg, data)
+		rec.Events = append(rec.Events, newEvent(st, kind, level, msg, data))
 	}
-	if err := e.Store.SaveMatrix(sctx, st.ID, m); err != nil {
-		storeErr = errors.Join(storeErr, fmt.Errorf("save matrix: %w", err))
+	rec.Matrix, rec.Study = m, st
+	if err := e.Store.RecordResult(context.WithoutCancel(ctx), st.ID, rec); err != nil {
+		return results, errors.Join(checkErr, fmt.Errorf("store checks: %w", err))
 	}
-	if err := e.Store.UpdateStudy(sctx, st); err != nil {
-		storeErr = errors.Join(storeErr, fmt.Errorf("update study: %w", err))
-	}
-	return results, errors.Join(checkErr, storeErr)
+	return results, checkErr
 }
 
 // points returns the distinct points of results, in order: one experiment

@@ -158,17 +158,22 @@ func (e *Engine) end(ctx context.Context, st *justrunit.Study, m *justrunit.Matr
 	saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if e.Store != nil {
-		if err := e.Store.SaveMatrix(saveCtx, st.ID, m); err != nil {
-			runErr = errors.Join(runErr, fmt.Errorf("save matrix: %w", err))
-		}
-		if err := e.Store.UpdateStudy(saveCtx, st); err != nil {
+		counts := m.Counts()
+		ev := newEvent(st, kind, level,
+			fmt.Sprintf("study %s: %d experiments, %d cells measured, %d interpolated", st.State, st.Experiments,
+				counts[justrunit.Measured], counts[justrunit.Interpolated]), map[string]any{"state": string(st.State)})
+		// The end state, the final matrix and the event saying so are
+		// seen together, or not at all.
+		err := e.Store.RecordResult(saveCtx, st.ID, justrunit.Result{Study: st, Matrix: m, Events: []*justrunit.Event{ev}})
+		if err != nil {
 			runErr = errors.Join(runErr, fmt.Errorf("finish study: %w", err))
+			// The study must not stay running in the store: record its
+			// end without the matrix, in case the matrix was what failed.
+			if err := e.Store.RecordResult(saveCtx, st.ID, justrunit.Result{Study: st, Events: []*justrunit.Event{ev}}); err != nil {
+				runErr = errors.Join(runErr, fmt.Errorf("finish study without its matrix: %w", err))
+			}
 		}
 	}
-	counts := m.Counts()
-	e.event(saveCtx, st, kind, level,
-		fmt.Sprintf("study %s: %d experiments, %d cells measured, %d interpolated", st.State, st.Experiments,
-			counts[justrunit.Measured], counts[justrunit.Interpolated]), map[string]any{"state": string(st.State)})
 	e.report(st, nil, nil, 0, deadline)
 	log.Info("study finished", "state", st.State, "experiments", st.Experiments, "took", st.Finished.Sub(st.Started).Round(time.Millisecond))
 	return runErr
@@ -367,13 +372,13 @@ func (e *Engine) loop(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 				continue
 			}
 			st.Experiments++
-			if err := e.persist(context.WithoutCancel(ctx), st, m); err != nil && firstErr == nil {
+			log.Warn("experiment measured nothing", keyPoint, where, keyErr, r.err)
+			ev := newEvent(st, justrunit.EventExperimentUnmeasurable, "warn",
+				fmt.Sprintf("experiment at %s measured nothing (saturated, or no traffic): %v", where, r.err), map[string]any{keyPoint: where})
+			if err := e.persist(context.WithoutCancel(ctx), st, m, justrunit.Result{Events: []*justrunit.Event{ev}}); err != nil && firstErr == nil {
 				firstErr = err
 				cancel()
 			}
-			log.Warn("experiment measured nothing", keyPoint, where, keyErr, r.err)
-			e.event(ctx, st, justrunit.EventExperimentUnmeasurable, "warn",
-				fmt.Sprintf("experiment at %s measured nothing (saturated, or no traffic): %v", where, r.err), map[string]any{keyPoint: where})
 			e.report(st, running, last, planned, deadline)
 			continue
 		case ctx.Err() == nil && errors.Is(r.err, context.DeadlineExceeded) && time.Until(deadline.Add(grace)) < cutMargin:
@@ -415,26 +420,21 @@ func (e *Engine) record(ctx context.Context, st *justrunit.Study, m *justrunit.M
 	}
 	st.Experiments++
 	log.Info("experiment done", keyPoint, where, "samples", r.obs.Samples, "p95_ms", r.obs.RT.P95, "throughput", r.obs.Throughput, "offered", r.obs.Offered, "stop", r.obs.Stop)
-	if e.Store != nil {
-		if err := e.Store.AddObservation(ctx, st.ID, r.obs); err != nil {
-			return fmt.Errorf("store observation: %w", err)
-		}
-		if err := e.persist(ctx, st, m); err != nil {
-			return err
-		}
-	}
 	level, msg := "info", fmt.Sprintf("measured %s: p95 %.2f ms, %.1f req/s (%s)", where, r.obs.RT.P95, r.obs.Throughput, r.obs.Stop)
 	if r.obs.Saturated {
 		level, msg = "warn", msg+fmt.Sprintf("; saturated: %.1f req/s offered, so its response times understate", r.obs.Offered)
 	}
-	e.event(ctx, st, justrunit.EventExperimentDone, level, msg, map[string]any{keyPoint: where, "saturated": r.obs.Saturated})
-	return nil
+	ev := newEvent(st, justrunit.EventExperimentDone, level, msg, map[string]any{keyPoint: where, "saturated": r.obs.Saturated})
+	return e.persist(ctx, st, m, justrunit.Result{Observations: []justrunit.Observation{r.obs}, Events: []*justrunit.Event{ev}})
 }
 
 // persist keeps the stored matrix and study current so readers see
-// progress; the interpolation is redone on a copy so the strategy's view
+// progress, recording them with the observations and events of rest (an
+// experiment's) in one transaction: a reader never sees an observation
+// without its matrix cells or the study's count of it, nor does a crash
+// leave one. The interpolation is redone on a copy so the strategy's view
 // stays exactly what was measured. Without a Store it does nothing.
-func (e *Engine) persist(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix) error {
+func (e *Engine) persist(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, rest justrunit.Result) error {
 	if e.Store == nil {
 		return nil
 	}
@@ -444,23 +444,27 @@ func (e *Engine) persist(ctx context.Context, st *justrunit.Study, m *justrunit.
 			return fmt.Errorf("interpolate: %w", err)
 		}
 	}
-	if err := e.Store.SaveMatrix(ctx, st.ID, snap); err != nil {
-		return fmt.Errorf("save matrix: %w", err)
-	}
-	if err := e.Store.UpdateStudy(ctx, st); err != nil {
-		return fmt.Errorf("update study: %w", err)
+	rest.Study, rest.Matrix = st, snap
+	if err := e.Store.RecordResult(ctx, st.ID, rest); err != nil {
+		return fmt.Errorf("store experiment: %w", err)
 	}
 	return nil
 }
 
+// event stores an event on its own: one that records no result (a study
+// starting, an experiment failing or cut short). A failure to store it is
+// logged, not returned: the study goes on without it.
 func (e *Engine) event(ctx context.Context, st *justrunit.Study, kind, level, msg string, data map[string]any) {
 	if e.Store == nil {
 		return
 	}
-	ev := &justrunit.Event{StudyID: st.ID, Kind: kind, Level: level, Message: msg, Data: data}
-	if err := e.Store.AddEvent(ctx, ev); err != nil {
+	if err := e.Store.AddEvent(ctx, newEvent(st, kind, level, msg, data)); err != nil {
 		e.logger().Warn("store event", keyStudy, st.ID, keyErr, err)
 	}
+}
+
+func newEvent(st *justrunit.Study, kind, level, msg string, data map[string]any) *justrunit.Event {
+	return &justrunit.Event{StudyID: st.ID, Kind: kind, Level: level, Message: msg, Data: data}
 }
 
 func (e *Engine) report(st *justrunit.Study, running []justrunit.Point, last *justrunit.Observation, planned int, deadline time.Time) {

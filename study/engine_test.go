@@ -593,3 +593,119 @@ func TestPlanningStopsAtTheBound(t *testing.T) {
 		t.Fatal("the planning outlived the time bound")
 	}
 }
+
+// wholeResults is a store on which the engine must record an experiment's
+// or a check round's parts together (RecordResult): their single writes
+// fail the test while it is armed.
+type wholeResults struct {
+	justrunit.Store
+	t     *testing.T
+	armed atomic.Bool
+}
+
+func (s *wholeResults) refuse(name string) {
+	if s.armed.Load() {
+		s.t.Errorf("engine called %s; an experiment's or check's parts go in one RecordResult", name)
+	}
+}
+
+func (s *wholeResults) SaveMatrix(ctx context.Context, id string, m *justrunit.Matrix) error {
+	s.refuse("SaveMatrix")
+	return s.Store.SaveMatrix(ctx, id, m)
+}
+
+func (s *wholeResults) AddObservation(ctx context.Context, id string, o justrunit.Observation) error {
+	s.refuse("AddObservation")
+	return s.Store.AddObservation(ctx, id, o)
+}
+
+func (s *wholeResults) AddCheck(ctx context.Context, c justrunit.CheckResult) error {
+	s.refuse("AddCheck")
+	return s.Store.AddCheck(ctx, c)
+}
+
+// TestResultsRecordedWhole: after every experiment of a study, and after a
+// round of checks, the stored study, matrix, observations, checks and
+// events agree, and the engine wrote them with RecordResult.
+func TestResultsRecordedWhole(t *testing.T) {
+	ctx := context.Background()
+	store := &wholeResults{Store: openStore(t), t: t}
+	store.armed.Store(true)
+	st := newStudy(t, "grid", time.Millisecond, time.Minute, 2)
+	e := newEngine(t, st, &curveRunner{rt: knee, hold: time.Millisecond}, store)
+	agree := func(when string, checks int) {
+		t.Helper()
+		x, err := store.Export(ctx, st.ID)
+		if err != nil {
+			t.Fatalf("%s: Export = %v", when, err)
+		}
+		done := 0
+		for _, ev := range x.Events {
+			if ev.Kind == justrunit.EventExperimentDone {
+				done++
+			}
+		}
+		measured := 0
+		if x.Matrix != nil {
+			measured = x.Matrix.Counts()[justrunit.Measured] + x.Matrix.Counts()[justrunit.Verified]
+		}
+		n := len(x.Observations)
+		if x.Study.Experiments != n || measured != n*len(st.Metrics) || len(x.Checks) != checks || done != n-checks {
+			t.Errorf("%s: stored %d observations, %d experiments, %d measured cells (%d metrics), %d checks (want %d), %d experiment.done events",
+				when, n, x.Study.Experiments, measured, len(st.Metrics), len(x.Checks), checks, done)
+		}
+	}
+	e.Progress = func(p Progress) {
+		if p.Study.ID != "" {
+			agree(fmt.Sprintf("after %d experiments", p.Done), 0)
+		}
+	}
+	m, err := e.Run(ctx, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Experiments != st.Space.Size() {
+		t.Fatalf("grid ran %d experiments, want %d", st.Experiments, st.Space.Size())
+	}
+	agree("after the study", 0)
+
+	// Checks: two interpolated cells become T, then V.
+	m2, err := justrunit.NewMatrix(st.Space, st.Metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, row := range m.Rows {
+		if row.Point[0] != 50 && row.Point[0] != 70 {
+			if err := m2.Record(*row.Observation); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := e.Interpolator.Interpolate(m2); err != nil {
+		t.Fatal(err)
+	}
+	store.armed.Store(false) // Use saves the matrix on its own
+	for _, cpu := range []float64{50, 70} {
+		if _, err := e.Use(ctx, st, m2, justrunit.Point{cpu}, justrunit.RTP95); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store.armed.Store(true)
+	results, err := e.Check(ctx, st, m2, nil)
+	if err != nil || len(results) != 2 {
+		t.Fatalf("Check = %+v, %v; want 2 results", results, err)
+	}
+	// The grid measured every point, so the export counts its observations
+	// and the checks' two: each checked point's cells are V, the others X.
+	x, err := store.Export(ctx, st.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(x.Observations) != st.Space.Size()+2 || x.Study.Experiments != st.Space.Size()+2 || len(x.Checks) != 2 {
+		t.Errorf("after Check: %d observations, %d experiments, %d checks; want %d, %d, 2",
+			len(x.Observations), x.Study.Experiments, len(x.Checks), st.Space.Size()+2, st.Space.Size()+2)
+	}
+	if c := x.Matrix.Counts(); c[justrunit.Verified] != 2 {
+		t.Errorf("stored matrix after Check: %v, want 2 V cells", c)
+	}
+}
