@@ -31,14 +31,36 @@ type Reader interface {
 	Events(ctx context.Context, f justrunit.EventFilter) ([]justrunit.Event, error)
 }
 
+// Exporter reads a study and everything recorded about it at once, so that
+// the parts agree with each other even while the study runs: a
+// justrunit.Store reads them in one transaction (Store.Export), a *Client
+// in one call of GET /studies/{id}/export, which the daemon answers from
+// its store's Export.
+type Exporter interface {
+	Export(ctx context.Context, id string) (*StudyExport, error)
+}
+
 var (
-	_ Reader = justrunit.Store(nil)
-	_ Reader = (*Client)(nil)
+	_ Reader   = justrunit.Store(nil)
+	_ Reader   = (*Client)(nil)
+	_ Exporter = justrunit.Store(nil)
+	_ Exporter = (*Client)(nil)
 )
 
 // LoadExport reads a study and everything recorded about it. A study with
-// no matrix yet has a nil Matrix; an unknown study gives ErrNotFound.
+// no matrix yet has a nil Matrix; an unknown study gives ErrNotFound. A
+// Reader that is an Exporter (a store, a Client) gives a consistent
+// snapshot; another is read part by part, and an export of a running
+// study may then hold, say, an observation its matrix does not.
 func LoadExport(ctx context.Context, r Reader, id string) (*StudyExport, error) {
+	if x, ok := r.(Exporter); ok {
+		e, err := x.Export(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		e.Observations, e.Checks, e.Events = orEmpty(e.Observations), orEmpty(e.Checks), orEmpty(e.Events)
+		return e, nil
+	}
 	st, err := r.Study(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("study %s: %w", id, err)
@@ -233,7 +255,8 @@ func (c *Client) Checks(ctx context.Context, studyID string) ([]justrunit.CheckR
 	return out, c.do(ctx, http.MethodGet, Prefix+"/studies/"+url.PathEscape(studyID)+"/checks", nil, &out)
 }
 
-// Export returns a study with everything recorded about it in one call.
+// Export returns a study with everything recorded about it in one call,
+// which the daemon reads from its store in one transaction.
 func (c *Client) Export(ctx context.Context, id string) (*StudyExport, error) {
 	var out StudyExport
 	if err := c.do(ctx, http.MethodGet, Prefix+"/studies/"+url.PathEscape(id)+"/export", nil, &out); err != nil {

@@ -115,13 +115,9 @@ func (q *StudyRequest) Study() (*justrunit.Study, error) {
 
 // StudyExport is a study with everything recorded about it: what GET
 // /api/v1/studies/{id}/export answers and "justrunit study export" writes.
-type StudyExport struct {
-	Study        *justrunit.Study        `json:"study"`
-	Matrix       *justrunit.Matrix       `json:"matrix,omitempty"`
-	Observations []justrunit.Observation `json:"observations"`
-	Checks       []justrunit.CheckResult `json:"checks"`
-	Events       []justrunit.Event       `json:"events"`
-}
+// It is the store's type, so that a store's Export and Client.Export are
+// the one Exporter LoadExport looks for.
+type StudyExport = justrunit.StudyExport
 
 func (s *Server) handleListStudies(w http.ResponseWriter, r *http.Request) {
 	if st := r.URL.Query().Get("state"); st != "" && !slices.Contains(justrunit.StudyStates, justrunit.StudyState(st)) {
