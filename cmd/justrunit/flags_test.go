@@ -356,6 +356,9 @@ func (d *pollingDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(map[string]any{"id": "s-1", "target": "app0", "state": d.state.Load()})
 	case r.Method == "GET" && (p == "/studies/s-1/observations" || p == "/studies/s-1/checks" || p == "/events"):
 		w.Write([]byte("[]"))
+	case r.Method == "GET" && p == "/studies/s-1/export":
+		json.NewEncoder(w).Encode(map[string]any{"study": map[string]any{"id": "s-1", "target": "app0", "state": d.state.Load()},
+			"observations": []any{}, "checks": []any{}, "events": []any{}})
 	default:
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusNotFound)

@@ -491,8 +491,12 @@ type studyExport struct {
 	Events       []justrunit.Event       `json:"events"`
 }
 
+// loadExport reads a study and everything recorded about it, in one read
+// of the store where the reader offers it (api.LoadExport): a study that
+// runs meanwhile is seen at one moment, its matrix agreeing with its
+// observations.
 func loadExport(ctx context.Context, s api.Reader, id string) (*studyExport, error) {
-	st, err := s.Study(ctx, id)
+	e, err := api.LoadExport(ctx, s, id)
 	if isNotFound(err) {
 		// In words of its own: the store's and the daemon's errors name
 		// the study too, and wrapping them would name it twice.
@@ -501,20 +505,7 @@ func loadExport(ctx context.Context, s api.Reader, id string) (*studyExport, err
 	if err != nil {
 		return nil, err
 	}
-	e := &studyExport{Study: st}
-	if e.Matrix, err = s.Matrix(ctx, id); err != nil && !isNotFound(err) {
-		return nil, err
-	}
-	if e.Observations, err = s.Observations(ctx, id); err != nil {
-		return nil, err
-	}
-	if e.Checks, err = s.Checks(ctx, id); err != nil {
-		return nil, err
-	}
-	if e.Events, err = s.Events(ctx, justrunit.EventFilter{StudyID: id}); err != nil {
-		return nil, err
-	}
-	return e, nil
+	return (*studyExport)(e), nil
 }
 
 func (e *studyExport) render(w io.Writer) error {
