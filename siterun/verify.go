@@ -55,6 +55,21 @@ type VerifyOptions struct {
 // after a check, which runs even when the check's context has ended.
 const restoreTimeout = time.Minute
 
+// A restore that fails is tried restoreAttempts times in all, waiting
+// restoreBackoff after the first failure and twice as long after each
+// next one (3 s in all), within restoreTimeout: a platform's SetAllocation
+// can fail for a moment (a busy cgroup file, a QMP command timing out),
+// and an on-line instance left at a check's point stays there for good.
+const (
+	restoreAttempts = 5
+	restoreBackoff  = 200 * time.Millisecond
+)
+
+// pairPoll is how often a paired check reads its clone's state from the
+// platform during the windows: a clone that stops running ends the on-line
+// window then, not at its end. The platforms answer Instances from memory.
+const pairPoll = time.Second
+
 // Verify sets the on-line target of the study to point p, measures it
 // through its in-proxy for one window (warm-up included), compares with
 // the matrix, and restores the target's allocation — also on error. It
@@ -64,9 +79,11 @@ const restoreTimeout = time.Minute
 // time. A point where the matrix predicts nothing (an unmeasurable point,
 // or one not interpolated) is refused before anything is touched. A paired
 // check (opts.Paired) makes its clone before it touches the on-line
-// instance and removes it before it returns; when the clone fails, the
-// on-line window is cut short, or if it was over, Verify returns its
-// measurement with the clone's error.
+// instance, from the allocation it has then, and removes it before it
+// returns; when the clone fails or stops running, the on-line window is
+// cut short, or if it was over, Verify returns its measurement with the
+// clone's error. When the allocation cannot be restored, the error names
+// the allocation the instance is left at and the one it should have.
 func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, p justrunit.Point, opts VerifyOptions) (v Verification, err error) {
 	if _, err := st.Space.IndexOf(p); err != nil {
 		return v, err
@@ -88,11 +105,13 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 	var pair *pairedClone
 	if opts.Paired {
 		win.Min = win.Max
-		if pair, err = s.openPair(ctx, st, hostClassOf(st.Space, p), opts.Sandbox, win); err != nil {
+		if pair, err = s.claimPair(ctx, st, hostClassOf(st.Space, p), opts.Sandbox, win); err != nil {
 			return v, fmt.Errorf("paired check: %w", err)
 		}
+		// Registered before unlock's, so it runs after it: removing the
+		// clone holds up no plan.
 		defer func() {
-			if cerr := s.closeRunner(context.WithoutCancel(ctx), pair.runner, pair.sandboxes, pair.release); cerr != nil {
+			if cerr := pair.close(context.WithoutCancel(ctx)); cerr != nil {
 				err = errors.Join(err, fmt.Errorf("remove the paired check's clone: %w", cerr))
 			}
 		}()
@@ -108,6 +127,16 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 		return v, err
 	}
 	alloc := at.alloc
+	if pair != nil {
+		// Under the lock: the clone starts from the allocation the on-line
+		// instance has now and goes back to (read before the wait, a plan
+		// could have changed it since), and no plan moves or changes the
+		// instance while it is being cloned. A plan waits the cloning out
+		// as it waits out the window.
+		if err := pair.open(ctx, at.inst); err != nil {
+			return v, fmt.Errorf("paired check: %w", err)
+		}
+	}
 	// Set up before the change: a platform may apply part of it before
 	// failing (qemu sets the CPU, then balloons the memory), and restoring
 	// an unchanged allocation is harmless. Called again, it does nothing.
@@ -117,12 +146,7 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 			return nil
 		}
 		restored = true
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), restoreTimeout)
-		defer cancel()
-		if err := s.Platform.SetAllocation(rctx, st.Target, at.orig); err != nil {
-			return fmt.Errorf("restore %s on %s: %w", at.orig, st.Target, err)
-		}
-		return nil
+		return s.restore(context.WithoutCancel(ctx), st.Target, at.orig, alloc)
 	}
 	defer func() { err = errors.Join(err, restore()) }()
 	if err := s.Platform.SetAllocation(ctx, st.Target, alloc); err != nil {
@@ -233,9 +257,58 @@ func sameSpace(a, b justrunit.Space) bool {
 	})
 }
 
+// restore sets the on-line instance id back to allocation orig after a
+// check that set it to alloc, trying again (restoreAttempts, restoreBackoff)
+// within restoreTimeout. A restore that cannot be done says where id is
+// left and what it should have, for an operator to set by hand: the
+// instance would otherwise stay at the check's point unnoticed.
+func (s *Site) restore(ctx context.Context, id string, orig, alloc justrunit.Allocation) error {
+	rctx, cancel := context.WithTimeout(ctx, restoreTimeout)
+	defer cancel()
+	var err error
+	tries, wait := 0, restoreBackoff
+	for tries < restoreAttempts {
+		tries++
+		if err = s.Platform.SetAllocation(rctx, id, orig); err == nil {
+			return nil
+		}
+		// Another try cannot help an instance that is gone or an
+		// allocation the platform refuses.
+		if errors.Is(err, justrunit.ErrNotFound) || errors.Is(err, justrunit.ErrInvalid) || errors.Is(err, justrunit.ErrUnsupported) || rctx.Err() != nil {
+			break
+		}
+		s.log.Warn("restore of the on-line allocation after a fidelity check failed; trying again", "instance", id, "allocation", orig, "attempt", tries, "err", err)
+		if tries == restoreAttempts {
+			break
+		}
+		select {
+		case <-time.After(wait):
+		case <-rctx.Done():
+		}
+		wait *= 2
+	}
+	// Read with a context of its own: the restore's may be spent.
+	lctx, lcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer lcancel()
+	left := fmt.Sprintf("%s (the check's) or part of the way back", alloc)
+	if insts, lerr := s.Platform.Instances(lctx); lerr != nil {
+		left += fmt.Sprintf(" (the platform could not be read: %v)", lerr)
+	} else if i := slices.IndexFunc(insts, func(x justrunit.Instance) bool { return x.ID == id }); i >= 0 {
+		left = insts[i].Alloc.String()
+	}
+	s.log.Error("on-line allocation not restored after a fidelity check: set it by hand", "instance", id, "left_at", left, "should_have", orig, "err", err)
+	attempts := "1 attempt"
+	if tries > 1 {
+		attempts = fmt.Sprintf("%d attempts", tries)
+	}
+	return fmt.Errorf("restore the on-line %s after the check (%s): %w; it is left at %s and should have %s: set it by hand",
+		id, attempts, err, left, orig)
+}
+
 // onlineTarget is the on-line instance a check sets, as the platform runs
 // it.
 type onlineTarget struct {
+	inst  justrunit.Instance   // as the platform reported it
 	orig  justrunit.Allocation // what it has
 	alloc justrunit.Allocation // what the check gives it
 	host  justrunit.Host
@@ -252,7 +325,7 @@ func (s *Site) onlineAt(ctx context.Context, st *justrunit.Study, p justrunit.Po
 	if i < 0 {
 		return onlineTarget{}, fmt.Errorf("instance %s: %w on the platform", st.Target, justrunit.ErrNotFound)
 	}
-	t := onlineTarget{orig: insts[i].Alloc}
+	t := onlineTarget{inst: insts[i], orig: insts[i].Alloc}
 	if t.alloc, err = t.orig.WithPoint(st.Space, p); err != nil {
 		return onlineTarget{}, err
 	}
@@ -340,22 +413,28 @@ func OnClass(space justrunit.Space, pts []justrunit.Point, class string, default
 	return out, nil
 }
 
-// pairedClone is a paired check's clone: made and attached before the
-// on-line instance is touched, measured alongside it.
+// pairedClone is a paired check's clone: its sandbox host claimed before
+// the on-line lock is taken, made under it (before the on-line instance is
+// touched), measured alongside it.
 type pairedClone struct {
+	s         *Site
+	cfg       experiment.Config // its Target is set by open
 	runner    *experiment.Runner
 	sandboxes []string // the sandbox host it runs on
 	release   func()   // gives it back
 	lag       time.Duration
-	classAt   int // the index of the hostclass parameter, whose one value is 0; −1 without
+	classAt   int      // the index of the hostclass parameter, whose one value is 0; −1 without
+	ids       []string // the clone's instance ids, watched while it is measured
 	done      chan struct{}
 	obs       justrunit.Observation
 	err       error
 }
 
-// openPair clones st's target into the sandbox (a sandbox host of class
-// when st varies the host class) for a paired check whose windows are win.
-func (s *Site) openPair(ctx context.Context, st *justrunit.Study, class, sandbox string, win measure.WindowConfig) (*pairedClone, error) {
+// claimPair claims the sandbox host (one of class when st varies the host
+// class) for a paired check of st's target whose windows are win. A
+// sandbox host is claimed before the on-line lock (see lockOnline); the
+// clone is made by open, under it.
+func (s *Site) claimPair(ctx context.Context, st *justrunit.Study, class, sandbox string, win measure.WindowConfig) (*pairedClone, error) {
 	in, _, _, err := s.File.Instance(st.Target)
 	if err != nil {
 		return nil, justrunit.Invalid("target", st.Target, "no such instance in the site")
@@ -377,36 +456,117 @@ func (s *Site) openPair(ctx context.Context, st *justrunit.Study, class, sandbox
 		return nil, err
 	}
 	cfg.Window = win
-	r, err := s.openRunner(ctx, cfg, 1, release)
+	return &pairedClone{s: s, cfg: cfg, sandboxes: sandboxNames(cfg), release: release, lag: in.Lag(), classAt: classAt, done: make(chan struct{})}, nil
+}
+
+// open clones target, the on-line instance as read under the on-line
+// lock, onto the claimed sandbox host. On error the host is given back
+// (openRunner).
+func (c *pairedClone) open(ctx context.Context, target justrunit.Instance) error {
+	c.cfg.Target = target
+	r, err := c.s.openRunner(ctx, c.cfg, 1, c.release)
 	if err != nil {
-		return nil, fmt.Errorf("clone %s: %w", st.Target, err)
+		return fmt.Errorf("clone %s: %w", target.ID, err)
 	}
-	return &pairedClone{runner: r, sandboxes: sandboxNames(cfg), release: release, lag: in.Lag(), classAt: classAt, done: make(chan struct{})}, nil
+	c.runner = r
+	// The clone is the target's clone on the sandbox host: no one else
+	// makes clones on a claimed host, and the claim removed what others
+	// left there. Without the list, its death is found at the window's
+	// end only (experiment.Runner.Run).
+	insts, err := c.s.Platform.Instances(ctx)
+	if err != nil {
+		c.s.log.Warn("paired clone not watched: the platform's instances could not be read", "err", err)
+		return nil
+	}
+	for _, in := range insts {
+		if in.Origin == target.ID && slices.Contains(c.sandboxes, in.Host) {
+			c.ids = append(c.ids, in.ID)
+		}
+	}
+	return nil
+}
+
+// close removes the clone, if made, and gives the sandbox host back.
+func (c *pairedClone) close(ctx context.Context) error {
+	if c.runner == nil {
+		c.release()
+		return nil
+	}
+	return c.s.closeRunner(ctx, c.runner, c.sandboxes, c.release)
 }
 
 // start measures the clone at p, the clone lag from now, so that its
 // window covers the copies of the requests in the on-line window starting
-// now. failed gets the clone's error, if it fails.
+// now. failed gets the clone's error, if it fails, at once when the clone
+// stops running (watch).
 func (c *pairedClone) start(ctx context.Context, at justrunit.Point, failed func(error)) {
 	p := at
 	if c.classAt >= 0 {
 		p = slices.Clone(at)
 		p[c.classAt] = 0
 	}
+	rctx, stop := context.WithCancelCause(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		c.watch(rctx, func(err error) {
+			failed(err)
+			stop(err) // the clone's window too
+		})
+	}()
 	go func() {
 		defer close(c.done)
+		defer func() { stop(nil); <-watched }()
 		select {
 		case <-time.After(c.lag):
-		case <-ctx.Done():
-			c.err = context.Cause(ctx)
+		case <-rctx.Done():
+			c.err = context.Cause(rctx)
 			return
 		}
-		c.obs, c.err = c.runner.Run(ctx, p)
+		c.obs, c.err = c.runner.Run(rctx, p)
 		c.obs.Point = at
+		// The Runner reads the clone's state when its window ends; if it
+		// ran again by then, the death watch saw is still the failure.
+		if died := context.Cause(rctx); c.err != nil && errors.Is(died, experiment.ErrCloneDied) && !errors.Is(c.err, experiment.ErrCloneDied) {
+			c.err = died
+		}
 		if c.err != nil {
 			failed(c.err)
 		}
 	}()
+}
+
+// watch reads the clone's state every pairPoll until ctx ends, and calls
+// died once if it stopped running. A failed read is left to the Runner's
+// own check at the window's end.
+func (c *pairedClone) watch(ctx context.Context, died func(error)) {
+	if len(c.ids) == 0 {
+		return
+	}
+	tick := time.NewTicker(pairPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		insts, err := c.s.Platform.Instances(ctx)
+		if err != nil {
+			continue
+		}
+		for _, id := range c.ids {
+			i := slices.IndexFunc(insts, func(x justrunit.Instance) bool { return x.ID == id })
+			switch {
+			case i < 0:
+				died(fmt.Errorf("clone %s: %w (gone from the platform)", id, experiment.ErrCloneDied))
+				return
+			case insts[i].State != "running":
+				died(fmt.Errorf("clone %s: %w (state %s)", id, experiment.ErrCloneDied, insts[i].State))
+				return
+			}
+		}
+	}
 }
 
 // wait returns the clone's observation once it is measured.

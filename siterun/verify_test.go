@@ -3,6 +3,7 @@ package siterun
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/experiment"
 	"github.com/justrunit/justrunit/manager/planner"
 	"github.com/justrunit/justrunit/measure"
 )
@@ -215,5 +217,242 @@ func TestPairedVerifyRestoresFirst(t *testing.T) {
 	}
 	if a := p.alloc("app0"); a.CPU != 80 {
 		t.Errorf("app0 at %s after the check, want cpu=80", a)
+	}
+}
+
+// flakyPlatform is a memPlatform whose SetAllocation of app0 back to
+// cpu=80 (a check's restore) fails failRestores times with errFlaky, and
+// which records the allocations its clones are made with and set to.
+type flakyPlatform struct {
+	*memPlatform
+	fmu          sync.Mutex
+	failRestores int
+	restores     int // attempts to restore app0
+	cloneAllocs  []justrunit.Allocation
+}
+
+var errFlaky = errors.New("cgroup write: device or resource busy")
+
+func (p *flakyPlatform) Clone(ctx context.Context, id, host string, opts justrunit.CloneOptions) (*justrunit.Clone, error) {
+	p.fmu.Lock()
+	p.cloneAllocs = append(p.cloneAllocs, opts.Alloc)
+	p.fmu.Unlock()
+	return p.memPlatform.Clone(ctx, id, host, opts)
+}
+
+func (p *flakyPlatform) SetAllocation(ctx context.Context, id string, a justrunit.Allocation) error {
+	p.fmu.Lock()
+	if id == "app0" && a.CPU == 80 {
+		p.restores++
+		if p.failRestores > 0 {
+			p.failRestores--
+			p.fmu.Unlock()
+			return errFlaky
+		}
+	}
+	if strings.HasPrefix(id, "app0-c") {
+		p.cloneAllocs = append(p.cloneAllocs, a)
+	}
+	p.fmu.Unlock()
+	return p.memPlatform.SetAllocation(ctx, id, a)
+}
+
+// flakySite is memSite on a flakyPlatform.
+func flakySite(t *testing.T, lag time.Duration) (*Site, *flakyPlatform) {
+	s, p := memSite(t, lag)
+	fp := &flakyPlatform{memPlatform: p}
+	s.Platform = fp
+	return s, fp
+}
+
+// TestVerifyRetriesRestore checks that a restore of the on-line allocation
+// that fails a few times is tried again until it holds.
+func TestVerifyRetriesRestore(t *testing.T) {
+	s, p := flakySite(t, 0)
+	st, m := cpuStudy(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p.fmu.Lock()
+	p.failRestores = 2
+	p.fmu.Unlock()
+	if _, err := s.Verify(ctx, st, m, justrunit.Point{50}, VerifyOptions{Window: shortWindow}); err != nil {
+		t.Fatalf("Verify with a restore that fails twice = %v, want it retried", err)
+	}
+	if a := p.alloc("app0"); a.CPU != 80 {
+		t.Errorf("app0 at %s after the check, want cpu=80 restored", a)
+	}
+}
+
+// TestVerifyRestoreFails checks that a restore that keeps failing ends in
+// a bounded time with an error that names the instance, where it is left
+// and what it should have, joined with the measurement's error.
+func TestVerifyRestoreFails(t *testing.T) {
+	s, p := flakySite(t, 0)
+	st, m := cpuStudy(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p.fmu.Lock()
+	p.failRestores = 1 << 30
+	p.fmu.Unlock()
+
+	start := time.Now()
+	_, err := s.Verify(ctx, st, m, justrunit.Point{50}, VerifyOptions{Window: shortWindow})
+	if !errors.Is(err, errFlaky) {
+		t.Fatalf("Verify with a restore that always fails = %v, want the platform's error", err)
+	}
+	for _, want := range []string{"app0", "left at cpu=50%", "should have cpu=80%"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Verify = %q, want it to say %q", err, want)
+		}
+	}
+	p.fmu.Lock()
+	tries := p.restores
+	p.fmu.Unlock()
+	if tries < 2 {
+		t.Errorf("the restore was tried %d times, want it retried", tries)
+	}
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("Verify took %v with a failing restore", took)
+	}
+
+	// The measurement's error comes with the restore's.
+	if err := p.memPlatform.SetAllocation(ctx, "app0", justrunit.Allocation{CPU: 80}); err != nil { // by hand
+		t.Fatal(err)
+	}
+	p.fmu.Lock()
+	p.failRestores, p.restores = 1<<30, 0
+	p.fmu.Unlock()
+	p.mu.Lock()
+	p.partial = map[string]bool{"app0": true}
+	p.mu.Unlock()
+	_, err = s.Verify(ctx, st, m, justrunit.Point{50}, VerifyOptions{Window: shortWindow})
+	if !errors.Is(err, errPartial) || !errors.Is(err, errFlaky) || !strings.Contains(err.Error(), "should have cpu=80%") {
+		t.Errorf("Verify with a failed change and restore = %v, want both errors", err)
+	}
+}
+
+// signalHandler is a slog handler that closes waiting when a record's
+// message starts with prefix.
+type signalHandler struct {
+	prefix  string
+	once    sync.Once
+	waiting chan struct{}
+}
+
+func (h *signalHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *signalHandler) Handle(_ context.Context, r slog.Record) error {
+	if strings.HasPrefix(r.Message, h.prefix) {
+		h.once.Do(func() { close(h.waiting) })
+	}
+	return nil
+}
+func (h *signalHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *signalHandler) WithGroup(string) slog.Handler      { return h }
+
+// TestPairedVerifyClonesUnderLock checks that a paired check's clone
+// starts from the on-line allocation as it is once the check holds the
+// on-line instances, not as it was before it waited for them.
+func TestPairedVerifyClonesUnderLock(t *testing.T) {
+	lag := 50 * time.Millisecond
+	s, p := flakySite(t, lag)
+	st, m := cpuStudy(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	h := &signalHandler{prefix: "on-line instances being changed", waiting: make(chan struct{})}
+	s.log = slog.New(h)
+
+	unlock, err := s.lockOnline(ctx) // a plan, say
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		win := measure.WindowConfig{WarmUp: lag, Max: 300 * time.Millisecond, MinSamples: 10}
+		_, err := s.Verify(ctx, st, m, justrunit.Point{50}, VerifyOptions{Window: win, Paired: true})
+		done <- err
+	}()
+	select {
+	case <-h.waiting:
+	case err := <-done:
+		t.Fatalf("Verify = %v before the plan ended", err)
+	case <-ctx.Done():
+		t.Fatal("Verify did not wait for the plan")
+	}
+	// The plan gives app0 a memory limit.
+	if err := p.memPlatform.SetAllocation(ctx, "app0", justrunit.Allocation{CPU: 80, MemoryMiB: 256}); err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	p.fmu.Lock()
+	allocs := slices.Clone(p.cloneAllocs)
+	p.fmu.Unlock()
+	if len(allocs) == 0 {
+		t.Fatal("no clone made")
+	}
+	for _, a := range allocs {
+		if a.MemoryMiB != 256 {
+			t.Errorf("the paired clone was given %s (all: %v), want mem=256MiB as app0 has when the check starts", a, allocs)
+		}
+	}
+	if a := p.alloc("app0"); a != (justrunit.Allocation{CPU: 80, MemoryMiB: 256}) {
+		t.Errorf("app0 at %s after the check, want cpu=80%% mem=256MiB", a)
+	}
+}
+
+// TestPairedVerifyCloneDies checks that a paired clone that stops running
+// in the middle of the window ends the on-line window early, with an error
+// saying the clone died, and that the on-line instance is restored.
+func TestPairedVerifyCloneDies(t *testing.T) {
+	lag := 50 * time.Millisecond
+	s, p := flakySite(t, lag)
+	st, m := cpuStudy(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	win := measure.WindowConfig{WarmUp: lag, Max: 8 * time.Second, MinSamples: 10}
+
+	// The clone dies once the check sets it to the point.
+	go func() {
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			p.fmu.Lock()
+			set := len(p.cloneAllocs) > 1 // Clone's, then the point's
+			p.fmu.Unlock()
+			if !set {
+				continue
+			}
+			time.Sleep(200 * time.Millisecond)
+			p.mu.Lock()
+			for i := range p.insts {
+				if p.insts[i].Origin != "" {
+					p.insts[i].State = "exited"
+				}
+			}
+			p.mu.Unlock()
+			return
+		}
+	}()
+	start := time.Now()
+	_, err := s.Verify(ctx, st, m, justrunit.Point{50}, VerifyOptions{Window: win, Paired: true})
+	took := time.Since(start)
+	if !errors.Is(err, experiment.ErrCloneDied) || !strings.Contains(err.Error(), "paired clone") {
+		t.Errorf("paired Verify with a clone that died = %v, want the clone's death", err)
+	}
+	if took > win.Max/2 {
+		t.Errorf("paired Verify took %v with a clone that died after 200ms; the on-line window is %v", took, win.Max)
+	}
+	if a := p.alloc("app0"); a.CPU != 80 {
+		t.Errorf("app0 at %s after the check, want cpu=80 restored", a)
+	}
+	if left := p.clonesLeft(); len(left) != 0 {
+		t.Errorf("clones left: %v", left)
 	}
 }
