@@ -71,7 +71,7 @@ type AppOptions struct {
 //	GET  /item/{id}             an item, its seller and top bids
 //	GET  /item/{id}/bids        an item's bid history
 //	GET  /search?q=&page=       items matching q, ranked
-//	POST /bid                   BidForm -> 201, or 409 when too low
+//	POST /bid                   BidForm -> 201, or 409 when too low or the auction has closed
 //	POST /sell                  SellRequest -> 201
 //	GET  /healthz
 //
@@ -388,6 +388,11 @@ func (a *AppServer) handleBid(w http.ResponseWriter, r *http.Request) {
 	if amount == 0 {
 		amount = minBid
 	}
+	if it.ClosedAt != "" {
+		a.render(w, http.StatusConflict, "bid", "Auction closed", &meter{work: a.work}, map[string]any{
+			"item": it, "user_id": f.UserID, "amount": amount, "amount_text": dollars(amount), "accepted": false})
+		return
+	}
 	// The fraud score stands for the checks a real site runs on a bid
 	// (velocity, history, device); it is reported, never acted on.
 	m := &meter{work: a.work}
@@ -532,9 +537,10 @@ var appTemplates = template.Must(template.New("").Parse(`
 {{.seller.Nickname}} ({{.seller.Region}}, rating {{.seller.Rating}}).</p>
 {{template "bidtable" .bids}}
 <p><a href="/item/{{.item.ID}}/bids">bid history</a></p>
-<form method="post" action="/bid"><input type="hidden" name="item_id" value="{{.item.ID}}">
+{{if .item.ClosedAt}}<p>The auction closed at {{.item.ClosedAt}}.</p>
+{{else}}<form method="post" action="/bid"><input type="hidden" name="item_id" value="{{.item.ID}}">
 user id <input name="user_id" size="6"> amount in cents (at least {{.min_next_bid}}, {{.min_next_bid_text}})
-<input name="amount" size="10" value="{{.min_next_bid}}"> <button>Bid</button></form>{{end}}
+<input name="amount" size="10" value="{{.min_next_bid}}"> <button>Bid</button></form>{{end}}{{end}}
 
 {{define "bids"}}<h1>Bids on <a href="/item/{{.item.ID}}">{{.item.Name}}</a></h1>
 <p>Current price {{.price}}, {{.item.NumBids}} bids.</p>
@@ -542,9 +548,11 @@ user id <input name="user_id" size="6"> amount in cents (at least {{.min_next_bi
 
 {{define "bid"}}{{if .accepted}}<h1>Bid placed</h1>
 <p>Your bid of {{.amount_text}} on <a href="/item/{{.item.ID}}">{{.item.Name}}</a> is the highest.</p>
+{{else if .item.ClosedAt}}<h1>Auction closed</h1>
+<p>The auction of <a href="/item/{{.item.ID}}">{{.item.Name}}</a> closed at {{.item.ClosedAt}}.</p>
 {{else}}<h1>Bid too low</h1>
 <p>A bid of {{.amount_text}} on <a href="/item/{{.item.ID}}">{{.item.Name}}</a> must be at least {{.min_bid_text}}.</p>
-{{end}}<p class="fraud">fraud score {{.fraud_score}}</p>{{end}}
+{{end}}{{if not .item.ClosedAt}}<p class="fraud">fraud score {{.fraud_score}}</p>{{end}}{{end}}
 
 {{define "sell"}}<h1>Listed</h1>
 <p><a href="/item/{{.item.ID}}">{{.item.Name}}</a> in {{.category_name}}, starting at {{.price}}

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -476,5 +477,139 @@ func TestMeasureUnit(t *testing.T) {
 	}
 	if got := float64(best) / float64(50*unit); got < 0.7 {
 		t.Errorf("50 units took %v, %.2f times 50 × MeasureUnit (%v): MeasureUnit overstates a unit", best, got, unit)
+	}
+}
+
+// TestAuctionsClose: an item put up for sale leaves the catalogue after the
+// auction length (found by id still, taking no more bids), an id is never
+// given twice, and the seeded items stay.
+func TestAuctionsClose(t *testing.T) {
+	d, err := NewDataServer(t.TempDir(), DataOptions{SeedItems: 5, SeedUsers: 5, AuctionLength: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	var clock atomic.Int64
+	t0 := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) { clock.Store(t0.Add(d).UnixNano()) }
+	at(0)
+	d.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	data := httptest.NewServer(d)
+	t.Cleanup(data.Close)
+	a, err := NewAppServer(data.URL, AppOptions{Work: 0.05})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	app := httptest.NewServer(a)
+	t.Cleanup(app.Close)
+
+	sell := func(name string) Item {
+		t.Helper()
+		status, body := do(t, "POST", data.URL+"/items", js,
+			fmt.Sprintf(`{"seller_id":1,"name":%q,"description":"d","category":2,"start_price":500}`, name))
+		var it Item
+		if err := json.Unmarshal([]byte(body), &it); status != http.StatusCreated || err != nil {
+			t.Fatalf("sell %s = %d %q (%v)", name, status, body, err)
+		}
+		return it
+	}
+	get := func(id int64) Item {
+		t.Helper()
+		status, body := do(t, "GET", fmt.Sprintf("%s/items/%d", data.URL, id), "", "")
+		var it Item
+		if err := json.Unmarshal([]byte(body), &it); status != http.StatusOK || err != nil {
+			t.Fatalf("GET /items/%d = %d %q (%v)", id, status, body, err)
+		}
+		return it
+	}
+	listed := func() (ids []int64, total int) {
+		t.Helper()
+		_, body := do(t, "GET", data.URL+"/items?limit=100", "", "")
+		var list ItemList
+		if err := json.Unmarshal([]byte(body), &list); err != nil {
+			t.Fatalf("GET /items: %q: %v", body, err)
+		}
+		for _, it := range list.Items {
+			ids = append(ids, it.ID)
+		}
+		_, body = do(t, "GET", data.URL+"/categories", "", "")
+		var cats struct{ Categories []Category }
+		if err := json.Unmarshal([]byte(body), &cats); err != nil {
+			t.Fatalf("GET /categories: %q: %v", body, err)
+		}
+		for _, c := range cats.Categories {
+			total += c.Items
+		}
+		return ids, total
+	}
+
+	first := sell("first") // 6
+	at(5 * time.Second)
+	second := sell("second") // 7
+	at(12 * time.Second)
+	third := sell("third") // 8; first closes
+	if first.ID != 6 || second.ID != 7 || third.ID != 8 {
+		t.Fatalf("ids %d, %d, %d; want 6, 7, 8", first.ID, second.ID, third.ID)
+	}
+	if ids, total := listed(); !slices.Equal(ids, []int64{1, 2, 3, 4, 5, 7, 8}) || total != 7 {
+		t.Errorf("listed %v, categories count %d; want [1 2 3 4 5 7 8] and 7", ids, total)
+	}
+	if it := get(first.ID); it.ClosedAt != t0.Add(12*time.Second).Format(timeFormat) || it.Name != "first" {
+		t.Errorf("closed item = %+v, want it closed at 12 s", it)
+	}
+	if it := get(second.ID); it.ClosedAt != "" {
+		t.Errorf("open item = %+v, want no closed_at", it)
+	}
+	if status, body := do(t, "GET", data.URL+"/items/6/bids", "", ""); status != http.StatusOK {
+		t.Errorf("bids of a closed item = %d %q, want 200", status, body)
+	}
+	if status, body := do(t, "POST", data.URL+"/items/6/bids", js, `{"user_id":2,"amount":100000}`); status != http.StatusGone || !strings.Contains(body, "closed") {
+		t.Errorf("bid on a closed item = %d %q, want 410 saying it closed", status, body)
+	}
+	status, body := do(t, "POST", app.URL+"/bid", js, `{"item_id":6,"user_id":2}`)
+	if page := (Page{}); status != http.StatusConflict || json.Unmarshal([]byte(body), &page) != nil || page.Title != "Auction closed" {
+		t.Errorf("app bid on a closed item = %d %q, want 409 \"Auction closed\"", status, body)
+	}
+
+	// Every listed item closes; the next id is still past them all.
+	at(time.Minute)
+	fourth := sell("fourth")
+	if fourth.ID != 9 {
+		t.Errorf("after the listed items closed, a new item got id %d, want 9 (ids are never given twice)", fourth.ID)
+	}
+	if ids, _ := listed(); !slices.Equal(ids, []int64{1, 2, 3, 4, 5, 9}) {
+		t.Errorf("listed %v, want the seeded items and 9", ids)
+	}
+	// Seeded items never close.
+	if it := get(1); it.ClosedAt != "" {
+		t.Errorf("seeded item 1 = %+v, want it open", it)
+	}
+	if status, body := do(t, "POST", data.URL+"/items/1/bids", js, `{"user_id":2,"amount":100000000}`); status != http.StatusCreated {
+		t.Errorf("bid on seeded item 1 = %d %q, want 201", status, body)
+	}
+}
+
+// TestAuctionsNeverClose: a negative auction length keeps every item listed.
+func TestAuctionsNeverClose(t *testing.T) {
+	d, err := NewDataServer(t.TempDir(), DataOptions{SeedItems: 2, SeedUsers: 2, AuctionLength: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	var clock atomic.Int64
+	d.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	srv := httptest.NewServer(d)
+	t.Cleanup(srv.Close)
+	for i := range 3 {
+		clock.Store(int64(i) * int64(24*time.Hour))
+		if status, body := do(t, "POST", srv.URL+"/items", js, `{"seller_id":1,"name":"n","description":"d","category":1,"start_price":5}`); status != http.StatusCreated {
+			t.Fatalf("sell = %d %q", status, body)
+		}
+	}
+	_, body := do(t, "GET", srv.URL+"/items", "", "")
+	var list ItemList
+	if err := json.Unmarshal([]byte(body), &list); err != nil || list.Total != 5 {
+		t.Errorf("GET /items = %q (%v), want all 5 items listed", body, err)
 	}
 }

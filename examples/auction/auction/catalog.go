@@ -25,7 +25,8 @@ type Item struct {
 	StartPrice  int64  `json:"start_price"`
 	MaxBid      int64  `json:"max_bid"` // 0 when nobody has bid
 	NumBids     int    `json:"num_bids"`
-	CreatedAt   string `json:"created_at"` // RFC 3339, UTC
+	CreatedAt   string `json:"created_at"`          // RFC 3339, UTC
+	ClosedAt    string `json:"closed_at,omitempty"` // when its auction closed; "" while open
 }
 
 // Bid is a bid on an item. Amount is in cents.

@@ -29,6 +29,8 @@ const (
 	DBFile = "auction.db"
 	// MaxListLimit is the most items GET /items returns at once.
 	MaxListLimit = 500
+	// DefaultAuctionLength is how long an item put up for sale stays open.
+	DefaultAuctionLength = time.Minute
 )
 
 // DataOptions configures a [DataServer]. The zero value means the defaults.
@@ -42,6 +44,15 @@ type DataOptions struct {
 	// Seed seeds the generator of the seed data (DefaultSeed when 0); the
 	// same seed gives the same database.
 	Seed uint64
+	// AuctionLength is how long an item put up for sale (POST /items)
+	// stays open (DefaultAuctionLength when 0; negative: for ever). Then
+	// its auction closes: the item moves out of the catalogue that lists,
+	// searches and category counts read, and takes no more bids. The
+	// seeded items are the stock the load generator browses and bids on;
+	// their auctions never close. So under a steady load the catalogue
+	// stays the same size rather than grow with every sale, and so does
+	// the cost of a search.
+	AuctionLength time.Duration
 	// Logger receives errors; nil discards them.
 	Logger *slog.Logger
 }
@@ -55,11 +66,13 @@ type DataOptions struct {
 //	                                   {"items":[Item...],"total":N}, ordered by id;
 //	                                   q matches items whose name or description
 //	                                   contains any of its words
-//	GET  /items/{id}                   Item
+//	GET  /items/{id}                   Item (with closed_at once its auction has
+//	                                   closed; see DataOptions.AuctionLength)
 //	GET  /items/{id}/bids?limit=       {"item_id":id,"bids":[Bid...]}, highest first
 //	POST /items/{id}/bids              {"user_id":u,"amount":cents} -> 201 Bid,
 //	                                   409 {"error":..,"min_bid":cents} when it does not
-//	                                   beat the current price by the increment
+//	                                   beat the current price by the increment,
+//	                                   410 when its auction has closed
 //	POST /items                        {"seller_id","name","description","category",
 //	                                   "start_price"} -> 201 Item
 //	GET  /users/{id}                   User
@@ -71,6 +84,10 @@ type DataServer struct {
 	mux    *http.ServeMux
 	log    *slog.Logger
 	now    func() time.Time
+	// seeded is the highest seeded item id: items above it were put up
+	// for sale and close after length (never when length < 0).
+	seeded int64
+	length time.Duration
 }
 
 var _ http.Handler = (*DataServer)(nil)
@@ -96,6 +113,18 @@ CREATE TABLE IF NOT EXISTS items (
 	created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS items_category ON items(category, id);
+CREATE TABLE IF NOT EXISTS old_items (
+	id INTEGER PRIMARY KEY,
+	name TEXT NOT NULL,
+	description TEXT NOT NULL,
+	category INTEGER NOT NULL,
+	seller_id INTEGER NOT NULL REFERENCES users(id),
+	start_price INTEGER NOT NULL,
+	max_bid INTEGER NOT NULL DEFAULT 0,
+	nb_bids INTEGER NOT NULL DEFAULT 0,
+	created_at TEXT NOT NULL,
+	closed_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS bids (
 	id INTEGER PRIMARY KEY,
 	item_id INTEGER NOT NULL REFERENCES items(id),
@@ -121,6 +150,9 @@ func NewDataServer(dir string, opts DataOptions) (*DataServer, error) {
 	if opts.Seed == 0 {
 		opts.Seed = DefaultSeed
 	}
+	if opts.AuctionLength == 0 {
+		opts.AuctionLength = DefaultAuctionLength
+	}
 	if opts.SeedItems < 0 || opts.SeedUsers < 1 {
 		return nil, fmt.Errorf("open data tier: seed items %d, users %d: want items >= 0, users >= 1", opts.SeedItems, opts.SeedUsers)
 	}
@@ -138,7 +170,7 @@ func NewDataServer(dir string, opts DataOptions) (*DataServer, error) {
 		return nil, fmt.Errorf("open data tier: %w", err)
 	}
 	wr.SetMaxOpenConns(1)
-	d := &DataServer{wr: wr, log: opts.Logger, now: time.Now}
+	d := &DataServer{wr: wr, log: opts.Logger, now: time.Now, length: opts.AuctionLength}
 	if _, err := wr.Exec(schema); err != nil {
 		wr.Close()
 		return nil, fmt.Errorf("open data tier: create schema in %s: %w", path, err)
@@ -146,6 +178,10 @@ func NewDataServer(dir string, opts DataOptions) (*DataServer, error) {
 	if err := d.seed(opts); err != nil {
 		wr.Close()
 		return nil, fmt.Errorf("open data tier: seed %s: %w", path, err)
+	}
+	if d.seeded, err = seededItems(wr); err != nil {
+		wr.Close()
+		return nil, fmt.Errorf("open data tier: %s: %w", path, err)
 	}
 	rd, err := sql.Open("sqlite", dsn+"&_pragma=query_only(1)")
 	if err != nil {
@@ -232,7 +268,55 @@ func (d *DataServer) seed(opts DataOptions) error {
 	return tx.Commit()
 }
 
+// seededItems reads how many items the database was seeded with (the
+// seeded items are ids 1..n) from what seed wrote.
+func seededItems(db *sql.DB) (int64, error) {
+	var v string
+	if err := db.QueryRow(`SELECT value FROM meta WHERE key = 'seeded'`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("read the seeded item count: %w", err)
+	}
+	var n int64
+	if _, err := fmt.Sscanf(v, "items=%d", &n); err != nil {
+		return 0, fmt.Errorf("read the seeded item count from meta's %q: %w", v, err)
+	}
+	return n, nil
+}
+
 const itemColumns = `id, name, description, category, seller_id, start_price, max_bid, nb_bids, created_at`
+
+// getItem reads an item, open or closed (then with ClosedAt), from q.
+func getItem(ctx context.Context, q querier, id int64) (Item, error) {
+	it, err := scanItem(q.QueryRowContext(ctx, `SELECT `+itemColumns+` FROM items WHERE id = ?`, id))
+	if !errors.Is(err, sql.ErrNoRows) {
+		return it, err
+	}
+	row := q.QueryRowContext(ctx, `SELECT `+itemColumns+`, closed_at FROM old_items WHERE id = ?`, id)
+	err = row.Scan(&it.ID, &it.Name, &it.Description, &it.Category, &it.SellerID, &it.StartPrice, &it.MaxBid, &it.NumBids, &it.CreatedAt, &it.ClosedAt)
+	return it, err
+}
+
+// querier is what getItem reads with: the database or a transaction.
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// closeAuctions closes the auctions of items put up for sale before
+// d.length ago: it moves them to old_items, in tx.
+func (d *DataServer) closeAuctions(ctx context.Context, tx *sql.Tx, now time.Time) error {
+	if d.length < 0 {
+		return nil
+	}
+	before := now.Add(-d.length).UTC().Format(timeFormat)
+	if _, err := tx.ExecContext(ctx, `INSERT INTO old_items (`+itemColumns+`, closed_at)
+		SELECT `+itemColumns+`, ? FROM items WHERE id > ? AND created_at < ?`,
+		now.UTC().Format(timeFormat), d.seeded, before); err != nil {
+		return fmt.Errorf("close auctions: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM items WHERE id > ? AND created_at < ?`, d.seeded, before); err != nil {
+		return fmt.Errorf("close auctions: %w", err)
+	}
+	return nil
+}
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -363,7 +447,7 @@ func (d *DataServer) handleGetItem(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	it, err := scanItem(d.rd.QueryRowContext(r.Context(), `SELECT `+itemColumns+` FROM items WHERE id = ?`, id))
+	it, err := getItem(r.Context(), d.rd, id)
 	if errors.Is(err, sql.ErrNoRows) {
 		writeError(w, http.StatusNotFound, "no item %d", id)
 		return
@@ -386,7 +470,7 @@ func (d *DataServer) handleListBids(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var one int
-	err = d.rd.QueryRowContext(r.Context(), `SELECT 1 FROM items WHERE id = ?`, id).Scan(&one)
+	err = d.rd.QueryRowContext(r.Context(), `SELECT 1 FROM items WHERE id = ? UNION ALL SELECT 1 FROM old_items WHERE id = ?`, id, id).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
 		writeError(w, http.StatusNotFound, "no item %d", id)
 		return
@@ -453,6 +537,8 @@ func (d *DataServer) handlePostBid(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, err)
 	case status == http.StatusConflict:
 		writeJSON(w, status, BidRejection{Error: "bid too low", MinBid: bid.Amount})
+	case status == http.StatusGone:
+		writeError(w, status, "the auction of item %d closed at %s", id, bid.CreatedAt)
 	case status != http.StatusCreated:
 		writeError(w, status, "no such item %d or user %d", id, req.UserID)
 	default:
@@ -462,21 +548,23 @@ func (d *DataServer) handlePostBid(w http.ResponseWriter, r *http.Request) {
 
 // placeBid records a bid in one transaction if it beats the current price.
 // It returns the bid and 201, or the least acceptable amount (in Bid.Amount)
-// and 409, or 404.
+// and 409, or when the item's auction has closed (in Bid.CreatedAt) and
+// 410, or 404.
 func (d *DataServer) placeBid(ctx context.Context, itemID int64, req BidRequest) (Bid, int, error) {
 	tx, err := d.wr.BeginTx(ctx, nil)
 	if err != nil {
 		return Bid{}, 0, err
 	}
 	defer tx.Rollback()
-	var it Item
-	err = tx.QueryRowContext(ctx, `SELECT start_price, max_bid, nb_bids FROM items WHERE id = ?`, itemID).
-		Scan(&it.StartPrice, &it.MaxBid, &it.NumBids)
+	it, err := getItem(ctx, tx, itemID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Bid{}, http.StatusNotFound, nil
 	}
 	if err != nil {
 		return Bid{}, 0, err
+	}
+	if it.ClosedAt != "" {
+		return Bid{CreatedAt: it.ClosedAt}, http.StatusGone, nil
 	}
 	var one int
 	err = tx.QueryRowContext(ctx, `SELECT 1 FROM users WHERE id = ?`, req.UserID).Scan(&one)
@@ -543,8 +631,9 @@ func (d *DataServer) handlePostItem(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
+	now := d.now()
 	it := Item{Name: req.Name, Description: req.Description, Category: req.Category, SellerID: req.SellerID,
-		StartPrice: req.StartPrice, CreatedAt: d.now().UTC().Format(timeFormat)}
+		StartPrice: req.StartPrice, CreatedAt: now.UTC().Format(timeFormat)}
 	tx, err := d.wr.BeginTx(r.Context(), nil)
 	if err != nil {
 		d.fail(w, r, err)
@@ -561,8 +650,15 @@ func (d *DataServer) handlePostItem(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, err)
 		return
 	}
-	res, err := tx.ExecContext(r.Context(), `INSERT INTO items (name, description, category, seller_id, start_price, created_at)
-		VALUES (?, ?, ?, ?, ?, ?)`, it.Name, it.Description, it.Category, it.SellerID, it.StartPrice, it.CreatedAt)
+	if err := d.closeAuctions(r.Context(), tx, now); err != nil {
+		d.fail(w, r, err)
+		return
+	}
+	// A new item's id is past every item's, open or closed: an id is
+	// never given twice, though the newest items may have moved out.
+	res, err := tx.ExecContext(r.Context(), `INSERT INTO items (id, name, description, category, seller_id, start_price, created_at)
+		VALUES (1 + MAX(COALESCE((SELECT MAX(id) FROM items), 0), COALESCE((SELECT MAX(id) FROM old_items), 0)), ?, ?, ?, ?, ?, ?)`,
+		it.Name, it.Description, it.Category, it.SellerID, it.StartPrice, it.CreatedAt)
 	if err != nil {
 		d.fail(w, r, err)
 		return
