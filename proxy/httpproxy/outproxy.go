@@ -981,11 +981,7 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 		key := p.cfg.Masks.Key(r.Method, r.URL.Path, r.URL.RawQuery, body)
 		ex, ok, live := ep.take(p.rec, key)
 		if !live { // stopped: no answer from the record any more
-			if r.Context().Err() != nil {
-				return // the client went away: nobody to answer, nothing to count
-			}
-			ep.count(callUnmatched)
-			p.fallback(w, r, ep)
+			p.stoppedCall(ep, w, r)
 			return
 		}
 		if p.afterTake != nil {
@@ -994,11 +990,7 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 		if !ok && ep.isStopped() {
 			// Stopped since it took: no reused answer or stand-in from
 			// the record either, as for any call after stop.
-			if r.Context().Err() != nil {
-				return // the client went away: nobody to answer, nothing to count
-			}
-			ep.count(callUnmatched)
-			p.fallback(w, r, ep)
+			p.stoppedCall(ep, w, r)
 			return
 		}
 		reused := false
@@ -1076,6 +1068,17 @@ func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.
 		p.pass.ServeHTTP(w, r)
 		return
 	}
+	p.fallback(w, r, ep)
+}
+
+// stoppedCall answers a call of a stopped clone: with the fallback,
+// counted as unmatched, unless its client went away (nobody to answer,
+// nothing to count).
+func (p *OutProxy) stoppedCall(ep *cloneEndpoint, w http.ResponseWriter, r *http.Request) {
+	if r.Context().Err() != nil {
+		return
+	}
+	ep.count(callUnmatched)
 	p.fallback(w, r, ep)
 }
 
