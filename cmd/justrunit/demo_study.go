@@ -14,6 +14,7 @@ import (
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/driver"
+	"github.com/justrunit/justrunit/examples/auction/auction"
 	"github.com/justrunit/justrunit/examples/auction/loadgen"
 	"github.com/justrunit/justrunit/measure"
 	"github.com/justrunit/justrunit/platform/local"
@@ -136,6 +137,7 @@ and the Go toolchain.`,
 	cmd.Flags().BoolVar(&opts.calibrate, "calibrate", true, "scale the app tier's work to this machine's speed, as the demo does (see its --calibrate)")
 	cmd.Flags().DurationVar(&opts.wins.Experiment, "window", 30*time.Second, "measurement window of each experiment (after a 4 s warm-up)")
 	cmd.Flags().DurationVar(&opts.wins.Online, "online-window", 40*time.Second, "window of each on-line measurement: before and after the study, and per fidelity point")
+	cmd.Flags().DurationVar(&opts.wins.Settle, "settle", auction.DefaultAuctionLength, "how long the site runs under load before the first on-line measurement (by default one auction length: the catalogue grows with the sales until the first auctions close)")
 	return cmd
 }
 
@@ -151,6 +153,7 @@ type demoStudyOptions struct {
 type demoStudyWindows struct {
 	Experiment time.Duration // each experiment's, after the warm-up
 	Online     time.Duration // each on-line measurement's
+	Settle     time.Duration // under load, before the first measurement
 }
 
 // minDemoStudyWindow is the shortest window the demo study takes: a
@@ -171,6 +174,9 @@ func validateDemoStudy(o demoStudyOptions) error {
 	}
 	if wins.Online < minDemoStudyWindow {
 		return justrunit.Invalid("--online-window", wins.Online, "must be at least %v", minDemoStudyWindow)
+	}
+	if wins.Settle < 0 {
+		return justrunit.Invalid("--settle", wins.Settle, "must be >= 0")
 	}
 	return nil
 }
@@ -251,8 +257,11 @@ func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, o demoStudyOpti
 		}
 		return feed.ResetOnline()
 	}
-	fmt.Fprintln(w, "Site up under load; measuring the on-line app tier before the study...")
-	window(5 * time.Second)
+	// The site's catalogue grows with the sales until the first auctions
+	// close, one auction length in; from then on it keeps its size.
+	fmt.Fprintf(w, "Site up under load; letting it settle for %v (until the first items sold close)...\n", wins.Settle)
+	window(wins.Settle)
+	fmt.Fprintln(w, "Measuring the on-line app tier before the study...")
 	before := window(wins.Online)
 
 	cpu, _ := justrunit.ParseParameter("cpu=20..100 step 10")

@@ -163,7 +163,7 @@ func TestDemoStudy(t *testing.T) {
 	progress := &lockedBuffer{}
 	cmd.SetOut(&stdout)
 	cmd.SetErr(progress)
-	cmd.SetArgs([]string{"--data-dir", t.TempDir(), "demo", "study", "--json", "--out", t.TempDir(), "--window", "8s", "--online-window", "8s"})
+	cmd.SetArgs([]string{"--data-dir", t.TempDir(), "demo", "study", "--json", "--out", t.TempDir(), "--window", "8s", "--online-window", "8s", "--settle", "5s"})
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		t.Fatalf("demo study: %v\n%s", err, progress.String())
 	}

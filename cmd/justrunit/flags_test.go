@@ -58,6 +58,7 @@ func TestDemoFlags(t *testing.T) {
 		{[]string{"demo", "study", "--window", "1s"}, "--window"},
 		{[]string{"demo", "study", "--online-window", "1s"}, "--online-window"},
 		{[]string{"demo", "study", "--arrival", "bursty"}, "--arrival"},
+		{[]string{"demo", "study", "--settle", "-1s"}, "--settle"},
 	} {
 		args := append(append([]string{}, tt.args...), "--out", out)
 		_, err := run(t, args...)
