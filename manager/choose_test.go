@@ -64,13 +64,24 @@ func TestChoose(t *testing.T) {
 					m.Rows[i].Observation = &justrunit.Observation{Point: m.Rows[i].Point, Saturated: true}
 				}
 			}
-			i, why := choose(m, justrunit.RTMean, goal, tt.headroom, tt.online, 0.1)
+			i, bound, why := choose(m, justrunit.RTMean, goal, tt.headroom, tt.online, 0.1)
 			got := 0.0
 			if i >= 0 {
 				got = m.Rows[i].Point[0]
 			}
 			if got != tt.want || (tt.why == "") != (why == "") || !strings.Contains(why, tt.why) {
 				t.Errorf("choose = cpu %g (%q), want cpu %g (%q)", got, why, tt.want, tt.why)
+			}
+			// The bound the choice is within: none for a best effort.
+			want := math.NaN()
+			switch {
+			case tt.want > 0 && tt.why == "":
+				want = goal.Max
+			case tt.want > 0 && tt.why == "without":
+				want = goal.Max / (1 - tt.headroom)
+			}
+			if bound != want && !(math.IsNaN(bound) && math.IsNaN(want)) {
+				t.Errorf("choose = cpu %g within %g, want within %g", got, bound, want)
 			}
 		})
 	}

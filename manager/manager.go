@@ -643,68 +643,166 @@ func (m *Manager) goal(service, target string, sla justrunit.SLA) (justrunit.SLA
 	return goal, fmt.Sprintf("budget of %s: %s; %s less that and %.0f%% headroom is %s<=%s", target, how, sla, 100*m.cfg.Headroom, goal.Metric, figure(goal.Metric, goal.Max))
 }
 
-// decide picks an allocation from the study's matrix (see choose); when
-// the cell it goes by was interpolated, the decision uses it (T) and the
-// checker re-measures it; if the measurement misses the threshold the
-// decision is made again with the measured value, and if the point cannot
-// be measured at all (the checker marks it unmeasurable) without it.
+// decide picks an allocation from the study's matrix (see choose), and has
+// the checker re-measure, in one round, the interpolated cells the choice
+// rests on, which the decision uses (T):
+//   - the cell it goes by, when that was interpolated;
+//   - when the choice is the least allocation within a bound (the goal, or
+//     the goal without its headroom), the cell of the next smaller
+//     allocation on the study's grid, when that was interpolated: "the
+//     least" rests on it missing the bound, and an interpolation that
+//     overstated the response time just below the chosen point would have
+//     the manager add CPU on an unchecked guess.
+//
+// Only the row immediately below is checked, not every row below: a
+// tier's response time does not fall as its CPU share shrinks, so when the
+// row just below misses the bound, the rows under it miss it too; and each
+// check is an experiment of a warm-up and a window, tens of seconds more
+// of the service over its SLA. When the row below is found to meet the
+// bound, the decision made again takes it (or one below it), and checks
+// the row below that in its turn.
+//
+// A best-effort choice (the allocation predicted best, when none is within
+// a bound) checks no neighbour: it rests on no row below missing a bound,
+// and with response time not falling as the share shrinks, the row below
+// is no better than the chosen one. If the chosen value (measured, or
+// checked) misses the goal without its headroom, the row below misses it
+// too, and a check of it could not change the decision; if the check
+// finds the chosen value within, the decision made again is a least one,
+// which checks its row below.
+//
+// When the check finds the chosen value off by more than the threshold, or
+// the row below within the bound, the decision is made again with the
+// measured values, and if a point cannot be measured at all (the checker
+// marks it unmeasurable) without it. Each round measures at least one more
+// point, so the decision settles within the matrix's rows.
 func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.Study, mat *justrunit.Matrix, service string, goal justrunit.SLA) (float64, error) {
 	online := m.tierNow(service)
+	metric := st.SLA.Metric
 	for range len(mat.Rows) {
-		i, why := choose(mat, st.SLA.Metric, goal, m.cfg.Headroom, online, m.cfg.CheckThreshold)
+		i, bound, why := choose(mat, metric, goal, m.cfg.Headroom, online, m.cfg.CheckThreshold)
 		if i < 0 {
 			return 0, fmt.Errorf("no allocation of %s meets %s<=%s (the SLA %s less the other tiers' time and %.0f%% headroom), nor is any predicted more than %.0f%% better than its %s on-line now (%s)",
-				st.Target, goal.Metric, figure(goal.Metric, goal.Max), st.SLA, 100*m.cfg.Headroom, 100*m.cfg.CheckThreshold, st.SLA.Metric, formatOnline(st.SLA.Metric, online))
+				st.Target, goal.Metric, figure(goal.Metric, goal.Max), st.SLA, 100*m.cfg.Headroom, 100*m.cfg.CheckThreshold, metric, formatOnline(metric, online))
 		}
 		p := mat.Rows[i].Point
-		cells, err := x.Engine.Use(ctx, st, mat, p, st.SLA.Metric)
+		cells, err := x.Engine.Use(ctx, st, mat, p, metric)
 		if err != nil {
 			return 0, err
 		}
-		v := figure(st.SLA.Metric, cells[0].Value)
-		msg := fmt.Sprintf("%s needs %s: %s %s (%s)", st.Target, st.Space.Format(p), st.SLA.Metric, v, cells[0].Prov)
-		if why != "" {
-			msg = fmt.Sprintf("%s takes %s: %s %s (%s); %s", st.Target, st.Space.Format(p), st.SLA.Metric, v, cells[0].Prov, why)
+		within := fmt.Sprintf("%s<=%s", metric, figure(metric, bound))
+		var q justrunit.Point // the row below whose interpolated cell the choice rests on
+		var under justrunit.Cell
+		if b := below(mat, metric, i, bound); b >= 0 {
+			q = mat.Rows[b].Point
+			uc, err := x.Engine.Use(ctx, st, mat, q, metric)
+			if err != nil {
+				return 0, err
+			}
+			under = uc[0]
 		}
-		m.emit(Event{Kind: EventDecision, Service: service, Message: msg,
-			Data: map[string]any{"target": st.Target, "cpu": p[0], "prov": cells[0].Prov.String(), "fallback": why}})
-		if cells[0].Prov != justrunit.Used {
+		v := figure(metric, cells[0].Value)
+		msg := fmt.Sprintf("%s needs %s: %s %s (%s)", st.Target, st.Space.Format(p), metric, v, cells[0].Prov)
+		if why != "" {
+			msg = fmt.Sprintf("%s takes %s: %s %s (%s); %s", st.Target, st.Space.Format(p), metric, v, cells[0].Prov, why)
+		}
+		data := map[string]any{"target": st.Target, "cpu": p[0], "prov": cells[0].Prov.String(), "fallback": why}
+		if q != nil {
+			msg += fmt.Sprintf("; %s below it was interpolated as missing %s (%s %s, %s): the checker re-measures it",
+				st.Space.Format(q), within, metric, figure(metric, under.Value), under.Prov)
+			data["below"] = q[0]
+		}
+		m.emit(Event{Kind: EventDecision, Service: service, Message: msg, Data: data})
+		if cells[0].Prov != justrunit.Used && q == nil {
 			return p[0], nil
 		}
 		res, err := x.Engine.Check(ctx, st, mat, nil)
 		if err != nil {
 			return 0, fmt.Errorf("check: %w", err)
 		}
-		failed := slices.ContainsFunc(res, func(r justrunit.CheckResult) bool { return !r.Passed })
-		msg = "the checker confirmed the interpolated value"
-		if failed {
-			msg = "the checker found the interpolated value off by more than the threshold: deciding again with the measured value"
-		}
-		if k := slices.IndexFunc(res, func(r justrunit.CheckResult) bool { return r.Reason != "" && r.Point.Equal(p) }); k >= 0 {
-			// Unmeasurable: the point's cells are empty now; saturated:
-			// its measured value stands, and meets no SLA on a response
-			// time (see choose).
-			then := "deciding again without it"
-			if !res[k].Unmeasurable() {
-				then = "deciding again with the measured value, which meets no SLA on a response time"
+		j, _, _ := choose(mat, metric, goal, m.cfg.Headroom, online, m.cfg.CheckThreshold)
+		again, then := j != i, "deciding again"
+		var found []string
+		data = map[string]any{"results": res}
+		if k := slices.IndexFunc(res, func(r justrunit.CheckResult) bool { return r.Point.Equal(p) }); k >= 0 {
+			r := res[k]
+			at := st.Space.Format(p)
+			switch {
+			case r.Reason != "":
+				// Unmeasurable: the point's cells are empty now;
+				// saturated: its measured value stands, and meets no SLA
+				// on a response time (see choose).
+				found = append(found, fmt.Sprintf("could not confirm the interpolated value of %s (%s)", at, r.Reason))
+				again, then = true, "deciding again without it"
+				if !r.Unmeasurable() {
+					then = "deciding again with the measured value, which meets no SLA on a response time"
+				}
+			case !r.Passed:
+				found = append(found, fmt.Sprintf("found the interpolated value of %s off by more than the threshold (measured %s)", at, figure(metric, r.Measured)))
+				again, then = true, "deciding again with the measured value"
+			default:
+				found = append(found, fmt.Sprintf("confirmed the interpolated value of %s (measured %s)", at, figure(metric, r.Measured)))
 			}
-			msg = fmt.Sprintf("the checker could not confirm the interpolated value (%s): %s", res[k].Reason, then)
 		}
-		m.emit(Event{Kind: EventCheck, Service: service, Message: msg, Data: map[string]any{"results": res}})
-		if !failed {
-			if j, _ := choose(mat, st.SLA.Metric, goal, m.cfg.Headroom, online, m.cfg.CheckThreshold); j == i {
-				return p[0], nil
+		if k := slices.IndexFunc(res, func(r justrunit.CheckResult) bool { return q != nil && r.Point.Equal(q) }); k >= 0 {
+			r := res[k]
+			at := st.Space.Format(q)
+			meets := r.Reason == "" && r.Measured <= bound
+			switch {
+			case r.Reason != "":
+				// Unmeasurable or saturated there: no candidate.
+				found = append(found, fmt.Sprintf("found that %s misses %s (%s)", at, within, r.Reason))
+			case meets:
+				found = append(found, fmt.Sprintf("found %s meets %s (measured %s)", at, within, figure(metric, r.Measured)))
+			default:
+				found = append(found, fmt.Sprintf("confirmed that %s misses %s (measured %s)", at, within, figure(metric, r.Measured)))
 			}
+			data["below"], data["below_meets"] = q[0], meets
 		}
-		// Decide again: the V cell carries the measured value now (or the
+		msg = "the checker " + strings.Join(found, " and ")
+		if again {
+			msg += ": " + then
+		}
+		m.emit(Event{Kind: EventCheck, Service: service, Message: msg, Data: data})
+		if !again {
+			return p[0], nil
+		}
+		// Decide again: the V cells carry the measured values now (or a
 		// point is unmeasurable, its cells empty), and Check filled the
-		// interpolation around it again from it.
+		// interpolation around them again from them.
 	}
 	return 0, errors.New("decision did not settle")
 }
 
-// choose returns the row of mat a decision takes, and why when it is not
-// the plain case:
+// below returns the row under row i of mat whose interpolated value of
+// metric a choice of row i within bound rests on: the next smaller
+// allocation, when its cell is interpolated (I, or T) and usable. It
+// returns -1 when there is none: i is the first row, bound is NaN (a
+// best-effort choice rests on no bound), or the row below was measured
+// (its value stands) or has no value (unmeasurable, or not filled: no
+// candidate either way).
+func below(mat *justrunit.Matrix, metric justrunit.Metric, i int, bound float64) int {
+	if i <= 0 || math.IsNaN(bound) {
+		return -1
+	}
+	col := mat.MetricIndex(metric)
+	r := mat.Rows[i-1]
+	if p := r.Cells[col].Prov; (p != justrunit.Interpolated && p != justrunit.Used) || !usable(r, col, metric) {
+		return -1
+	}
+	return i - 1
+}
+
+// usable reports whether row r's value in column col (of metric) is a
+// candidate for a decision: it has one, and it is not the response time of
+// a saturated clone, which understates what the tier would see there.
+func usable(r justrunit.Row, col int, metric justrunit.Metric) bool {
+	return r.Cells[col].Prov != justrunit.Empty && !r.Observation.Understates(metric)
+}
+
+// choose returns the row of mat a decision takes, the bound its value of
+// metric is within (NaN for a best effort), and why when it is not the
+// plain case:
 //   - the least allocation whose value of metric meets goal (the SLA less
 //     the other tiers' time, less the headroom);
 //   - failing that, the least that meets the goal without its headroom
@@ -718,38 +816,33 @@ func (m *Manager) decide(ctx context.Context, x *siterun.Study, st *justrunit.St
 //     from there if it stays over.
 //
 // It returns -1 when none of these holds. Empty cells are never taken.
-func choose(mat *justrunit.Matrix, metric justrunit.Metric, goal justrunit.SLA, headroom, online, threshold float64) (int, string) {
+func choose(mat *justrunit.Matrix, metric justrunit.Metric, goal justrunit.SLA, headroom, online, threshold float64) (int, float64, string) {
 	col := mat.MetricIndex(metric)
-	// A saturated clone's response times understate what the tier would
-	// see there: such a point is no candidate.
-	usable := func(r justrunit.Row) bool {
-		return r.Cells[col].Prov != justrunit.Empty && !r.Observation.Understates(metric)
-	}
 	least := func(bound float64) int {
 		return slices.IndexFunc(mat.Rows, func(r justrunit.Row) bool {
-			return usable(r) && r.Cells[col].Value <= bound
+			return usable(r, col, metric) && r.Cells[col].Value <= bound
 		})
 	}
 	if i := least(goal.Max); i >= 0 {
-		return i, ""
+		return i, goal.Max, ""
 	}
 	bare := goal.Max
 	if headroom > 0 && headroom < 1 {
 		bare = goal.Max / (1 - headroom)
 		if i := least(bare); i >= 0 {
-			return i, fmt.Sprintf("none meets %s<=%s with the %.0f%% headroom; this is the least that meets it without", goal.Metric, figure(goal.Metric, goal.Max), 100*headroom)
+			return i, bare, fmt.Sprintf("none meets %s<=%s with the %.0f%% headroom; this is the least that meets it without", goal.Metric, figure(goal.Metric, goal.Max), 100*headroom)
 		}
 	}
 	best := -1
 	for i, r := range mat.Rows {
-		if c := r.Cells[col]; usable(r) && !math.IsNaN(c.Value) && (best < 0 || c.Value < mat.Rows[best].Cells[col].Value) {
+		if c := r.Cells[col]; usable(r, col, metric) && !math.IsNaN(c.Value) && (best < 0 || c.Value < mat.Rows[best].Cells[col].Value) {
 			best = i
 		}
 	}
 	if best < 0 || !(mat.Rows[best].Cells[col].Value < online*(1-threshold)) {
-		return -1, ""
+		return -1, math.NaN(), ""
 	}
-	return best, fmt.Sprintf("best effort: none is predicted to meet %s<=%s, and this is predicted best (the tier has %s on-line now)", goal.Metric, figure(goal.Metric, bare), figure(goal.Metric, online))
+	return best, math.NaN(), fmt.Sprintf("best effort: none is predicted to meet %s<=%s, and this is predicted best (the tier has %s on-line now)", goal.Metric, figure(goal.Metric, bare), figure(goal.Metric, online))
 }
 
 // tierNow is the on-line value of the SLA metric at the service's
