@@ -156,8 +156,9 @@ func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
 // server is an http.Server with its listener: a proxy's on-line or clone
 // endpoint, or its control API.
 type server struct {
-	srv *http.Server
-	ln  net.Listener
+	srv    *http.Server
+	ln     net.Listener
+	served chan struct{} // closed once Serve has returned
 }
 
 // listenTCP listens on addr (host:port; port 0 picks one); field names it
@@ -186,7 +187,8 @@ func listen(field, addr string, h http.Handler, log *slog.Logger) (*server, erro
 // serveOn serves h on ln until closed.
 func serveOn(ln net.Listener, h http.Handler, log *slog.Logger) *server {
 	s := &server{
-		ln: ln,
+		ln:     ln,
+		served: make(chan struct{}),
 		srv: &http.Server{
 			Handler:           h,
 			ReadHeaderTimeout: 30 * time.Second,
@@ -195,6 +197,7 @@ func serveOn(ln net.Listener, h http.Handler, log *slog.Logger) *server {
 		},
 	}
 	go func() {
+		defer close(s.served)
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("serve", logKeyAddr, ln.Addr().String(), logKeyErr, err)
 		}
@@ -215,8 +218,11 @@ func (s *server) close(grace time.Duration) error {
 		err = s.srv.Close()
 	}
 	// Serve runs in a goroutine that may not have started yet: close the
-	// listener here so that the port is free when close returns.
+	// listener here so that the port is free when close returns, and wait
+	// for that goroutine (Serve returns at once on a server shut down),
+	// so that none is left when close returns.
 	_ = s.ln.Close()
+	<-s.served
 	return err
 }
 

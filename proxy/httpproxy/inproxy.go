@@ -134,6 +134,8 @@ type InProxy struct {
 	// not measured (InStats.Unobserved).
 	unobserved atomic.Int64
 
+	closeOnce sync.Once // Close's work: once, and later calls wait for it
+
 	mu     sync.Mutex // serialises clone changes, Start and Close
 	clones atomic.Pointer[[]*clone]
 	srv    *fwdServer
@@ -183,6 +185,8 @@ func NewInProxy(cfg InConfig) (*InProxy, error) {
 // Start checks that the on-line instance's host resolves, then listens on
 // addr (host:port; port 0 picks a free one) and serves the proxy there. It
 // returns the address it listens on. On error nothing is left listening.
+// ctx bounds the start only (the name's resolution): the proxy serves
+// until Close, whatever becomes of ctx (see OutProxy.Start).
 func (p *InProxy) Start(ctx context.Context, addr string) (net.Addr, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -205,8 +209,18 @@ func (p *InProxy) Start(ctx context.Context, addr string) (net.Addr, error) {
 
 // Close stops serving (letting on-line requests in progress finish for
 // DefaultShutdownGrace), detaches every clone and cancels its copies in
-// flight. It is safe to call more than once.
+// flight. It ends the proxy's lifetime (see Start): it returns once the
+// goroutines Start launched, the on-line listener's, have ended. The
+// clones' copies (AddClone's) are cancelled, their connections closed,
+// and end on their own. It is safe to call more than once, and at the
+// same time: a later call waits for the first to end, and returns nil.
 func (p *InProxy) Close() error {
+	var err error
+	p.closeOnce.Do(func() { err = p.close() })
+	return err
+}
+
+func (p *InProxy) close() error {
 	p.mu.Lock()
 	p.closed = true
 	s := p.srv

@@ -135,7 +135,10 @@ type OutProxy struct {
 	pass  *httputil.ReverseProxy // clone pass-through
 	trCl  *http.Transport
 	commi atomic.Int64
-	sleep sleeper // replays' waits
+	// committing counts the commit goroutines under way, for Close to
+	// wait for.
+	committing sync.WaitGroup
+	sleep      sleeper // replays' waits
 	// afterTake, for tests, runs after a clone's call first tried to take
 	// its match, before it looks further or waits.
 	afterTake func(*http.Request)
@@ -146,14 +149,17 @@ type OutProxy struct {
 	// edges, and a stopped clone's go with it.
 	calls callCounts
 
+	closeOnce sync.Once // Close's work: once, and later calls wait for it
+
 	mu         sync.Mutex
 	windowFrom time.Time
 	online     *fwdServer
-	sweeping   chan struct{} // closed by Close to stop the record's sweeps
-	swept      sync.WaitGroup
 	clones     map[string]*cloneEndpoint
 	endpoints  uint64 // endpoints made, for their consumer names
 	closed     bool
+	// stopSweep is closed by Close to end the record's sweep, and
+	// sweepDone by the sweep as it ends; both nil until Start.
+	stopSweep, sweepDone chan struct{}
 }
 
 // cloneEndpoint is one clone's face of the out-proxy: its counters and,
@@ -421,15 +427,15 @@ func (p *OutProxy) endpointLocked(name string) *cloneEndpoint {
 // Start checks that the next tier's host resolves, then serves the on-line
 // handler on onlineAddr and, unless cloneAddr is empty, the clone called
 // DefaultCloneName on cloneAddr. It returns the addresses (clone nil when
-// not served). On error nothing is left listening. Until Close, or until
-// ctx ends, whichever comes first, the record drops the exchanges that
-// leave the window, traffic or not (a background sweep): a proxy dropped
-// without Close does not keep that goroutine once ctx ends. Only the
-// sweep ends with ctx; the listeners are served until Close, and after
-// ctx ends the record still drops what left the window as it is used
-// (a few exchanges per call), within MaxRecordBytes all along, but an
-// idle record keeps what it holds. Give Start a context that lives as
-// long as the proxy, not one bounding the start alone.
+// not served). On error nothing is left listening.
+//
+// ctx bounds the start only (the name's resolution), as for the
+// in-proxy: what Start launches, the listeners and the record's sweep
+// (which drops the exchanges that leave the window, traffic or not),
+// runs until Close, whatever becomes of ctx. A proxy has one lifetime,
+// its owner's to end: the daemon's context ends at the first signal,
+// and the site's proxies must carry the on-line path until the daemon
+// has stopped its studies and closes the site.
 func (p *OutProxy) Start(ctx context.Context, onlineAddr, cloneAddr string) (online, clone net.Addr, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -455,9 +461,8 @@ func (p *OutProxy) Start(ctx context.Context, onlineAddr, cloneAddr string) (onl
 		clone = a
 	}
 	p.online = forward(ln, p.cfg.Upstream, p, p.log, nil)
-	p.sweeping = make(chan struct{})
-	p.swept.Add(1)
-	go p.sweep(ctx, p.sweeping)
+	p.stopSweep, p.sweepDone = make(chan struct{}), make(chan struct{})
+	go p.sweep(p.stopSweep, p.sweepDone)
 	return ln.Addr(), clone, nil
 }
 
@@ -468,16 +473,15 @@ func sweepEvery(w time.Duration) time.Duration {
 }
 
 // sweep drops the exchanges that leave the window, even with no traffic
-// (see Record.sweep), until stop is closed (Close) or ctx (Start's) ends.
-func (p *OutProxy) sweep(ctx context.Context, stop <-chan struct{}) {
-	defer p.swept.Done()
+// (see Record.sweep), until stop is closed (Close); it closes done as it
+// returns.
+func (p *OutProxy) sweep(stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
 	t := time.NewTicker(sweepEvery(p.cfg.Window))
 	defer t.Stop()
 	for {
 		select {
 		case <-stop:
-			return
-		case <-ctx.Done():
 			return
 		case now := <-t.C:
 			p.rec.sweep(now)
@@ -611,17 +615,30 @@ func (p *OutProxy) ReplayStats(name string, reset bool) (ReplayStats, error) {
 // progress finish for DefaultShutdownGrace) and every clone endpoint, as
 // StopClone does, however it is served (the clones' calls waiting for a
 // match get the fallback at once, and so does any call made later through
-// a CloneHandler). The clones' counts stay readable. It is safe to call
-// more than once.
+// a CloneHandler). The clones' counts stay readable.
+//
+// Close ends the proxy's lifetime (see Start): it returns once the
+// goroutines Start launched have ended (the on-line listener's, the
+// clone listeners' accept loops and the record's sweep) and the on-line
+// exchanges being recorded are in the record. A clone's call still being
+// answered when the grace is over is cut off, and its handler returns on
+// its own. It is safe to call more than once, and at the same time: a
+// later call waits for the first to end, and returns nil.
 func (p *OutProxy) Close() error {
+	var err error
+	p.closeOnce.Do(func() { err = p.close() })
+	return err
+}
+
+func (p *OutProxy) close() error {
 	p.mu.Lock()
 	p.closed = true
 	online := p.online
 	p.online = nil
-	if p.sweeping != nil {
-		close(p.sweeping)
-		p.sweeping = nil
+	if p.stopSweep != nil {
+		close(p.stopSweep)
 	}
+	sweepDone := p.sweepDone
 	var srvs []*server
 	eps := make([]*cloneEndpoint, 0, len(p.clones))
 	for _, ep := range p.clones {
@@ -639,7 +656,12 @@ func (p *OutProxy) Close() error {
 	go func() { defer wg.Done(); onErr = online.close(DefaultShutdownGrace) }()
 	err := closeAll(DefaultShutdownGrace, srvs...)
 	wg.Wait()
-	p.swept.Wait()
+	// The on-line connections' goroutines have ended, so no commit starts
+	// from now on.
+	p.committing.Wait()
+	if sweepDone != nil {
+		<-sweepDone
+	}
 	for _, ep := range eps {
 		p.rec.Forget(ep.consumer)
 	}
@@ -938,7 +960,7 @@ func (p *OutProxy) commit(pe *pending, a *answered) {
 		p.notRecorded.Add(1)
 		return
 	}
-	go func() {
+	p.committing.Go(func() {
 		defer p.commi.Add(-1)
 		header := a.resp.Header
 		for _, k := range hopHeaders {
@@ -967,7 +989,7 @@ func (p *OutProxy) commit(pe *pending, a *answered) {
 		} else {
 			p.notRecorded.Add(1)
 		}
-	}()
+	})
 }
 
 func (p *OutProxy) serveClone(ep *cloneEndpoint, w http.ResponseWriter, r *http.Request) {

@@ -3,7 +3,10 @@ package httpproxy
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"runtime"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -72,30 +75,141 @@ func TestRecordShrinksKeyMap(t *testing.T) {
 	runtime.KeepAlive(r)
 }
 
-// TestOutProxySweepEndsWithContext checks that the record's sweep ends
-// when the context given to Start ends, not only on Close: a proxy
-// dropped without Close does not keep its goroutine for good.
-func TestOutProxySweepEndsWithContext(t *testing.T) {
+// TestOutProxyLivesUntilClose checks that the proxy has one lifetime,
+// Start to Close: once Start's context has ended, the on-line listener
+// still forwards and records, the clone listener still answers, and the
+// record's sweep still empties an idle record; Close then ends the sweep
+// before it returns.
+func TestOutProxyLivesUntilClose(t *testing.T) {
 	nt := newNextTier(t, 0)
-	p, err := NewOutProxy(OutConfig{Upstream: nt.URL, Window: time.Second})
+	const window = 200 * time.Millisecond
+	p, err := NewOutProxy(OutConfig{Upstream: nt.URL, Window: window})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if _, _, err := p.Start(ctx, "127.0.0.1:0", ""); err != nil {
+	on, cl, err := p.Start(ctx, "127.0.0.1:0", "127.0.0.1:0")
+	if err != nil {
 		t.Fatal(err)
 	}
 	cancel()
-	done := make(chan struct{})
-	go func() { p.swept.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the sweep still runs 5s after Start's context ended, want it ended with the context")
+	c := testClient()
+	for range 3 {
+		if a := do(t, c, "GET", "http://"+on.String()+"/counter", ""); a.status != http.StatusOK {
+			t.Fatalf("on-line GET after Start's context ended = %d, want 200", a.status)
+		}
 	}
+	waitFor(t, 5*time.Second, "3 exchanges recorded", func() bool { return p.Stats().Recorded == 3 })
+	if a := do(t, c, "GET", "http://"+cl.String()+"/counter", ""); a.status != http.StatusOK {
+		t.Fatalf("clone's GET after Start's context ended = %d %q, want 200 from the record", a.status, a.body)
+	}
+	held := func() (int, int64) { // without evicting, as Stats would
+		p.rec.mu.Lock()
+		defer p.rec.mu.Unlock()
+		return len(p.rec.order) - p.rec.head, p.rec.bytes
+	}
+	waitFor(t, 20*window, "the idle record emptied by the sweep after Start's context ended",
+		func() bool { n, b := held(); return n == 0 && b == 0 })
 	if err := p.Close(); err != nil {
-		t.Errorf("Close after Start's context ended = %v, want nil", err)
+		t.Errorf("Close() = %v, want nil", err)
 	}
+	select {
+	case <-p.sweepDone:
+	default:
+		t.Fatal("the sweep still runs after Close returned, want it ended")
+	}
+}
+
+// proxyFrames are the functions the goroutines that a proxy's Start
+// launches run: the forwarder's (on-line listeners), an http.Server's on a
+// clone listener, the out-proxy's sweep and its recording of exchanges.
+var proxyFrames = []string{
+	"httpproxy.(*fwdServer).", "httpproxy.(*fwdConn).", "httpproxy.serveOn.",
+	"httpproxy.(*OutProxy).sweep(", "httpproxy.(*OutProxy).commit.",
+}
+
+// proxyGoroutines returns the stacks of the goroutines running one of
+// proxyFrames.
+func proxyGoroutines() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var found []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		for _, f := range proxyFrames {
+			if strings.Contains(g, f) {
+				found = append(found, g)
+				break
+			}
+		}
+	}
+	return found
+}
+
+// TestProxiesCloseLeaveNoGoroutine checks that no goroutine a proxy's
+// Start launched is left once Close has returned, after traffic on every
+// face of the proxy and with Start's context still live, for either of two
+// Close calls made at once: the later one waits for the first.
+func TestProxiesCloseLeaveNoGoroutine(t *testing.T) {
+	// What earlier tests closed may take a moment to end: wait for none,
+	// so that what is left after Close is this test's.
+	deadline := time.Now().Add(10 * time.Second)
+	for gs := proxyGoroutines(); len(gs) > 0; gs = proxyGoroutines() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d proxy goroutines before the test started, want none:\n%s", len(gs), strings.Join(gs, "\n\n"))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	nt := newNextTier(t, 0)
+	c := testClient()
+	defer c.CloseIdleConnections()
+	check := func(what string, close func() error) {
+		t.Helper()
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() {
+				if err := close(); err != nil {
+					t.Errorf("%s: Close() = %v, want nil", what, err)
+				}
+				if gs := proxyGoroutines(); len(gs) > 0 {
+					t.Errorf("%s: %d goroutines left after a Close returned, want none:\n%s", what, len(gs), strings.Join(gs, "\n\n"))
+				}
+			})
+		}
+		wg.Wait()
+	}
+
+	out, err := NewOutProxy(OutConfig{Upstream: nt.URL, Window: time.Minute, MatchWait: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	on, cl, err := out.Start(context.Background(), "127.0.0.1:0", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		do(t, c, "GET", "http://"+on.String()+"/counter", "")
+	}
+	do(t, c, "GET", "http://"+cl.String()+"/counter", "")
+	check("out-proxy", out.Close)
+
+	in, err := NewInProxy(InConfig{Online: nt.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := in.Start(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		do(t, c, "GET", "http://"+addr.String()+"/counter", "")
+	}
+	check("in-proxy", in.Close)
 }
