@@ -478,7 +478,10 @@ func (r *Record) freeBitLocked() (int, bool) {
 // with none, its marks are cleared and its place can be taken by a new
 // consumer, first by the calls waiting for want of one. A consumer of the
 // same name that comes later starts from the oldest exchange in the
-// window.
+// window. It scans every exchange and key under the lock, which is fine
+// for a call made once per clone stopped (StopClone, Close): the on-line
+// path never waits for the record's lock, and per-consumer indexes would
+// cost every take.
 func (r *Record) Forget(consumer string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
