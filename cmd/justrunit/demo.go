@@ -54,7 +54,8 @@ time-compressed: two auction services (web, app, data tiers) share host pm1 unde
 a steady open-loop load; then the load of auction0 rises, its SLA is violated,
 the manager studies its app tier on a clone in the sandbox (some CPU shares
 measured, the rest interpolated), picks the least share that meets the SLA,
-has the checker verify any interpolated value it used, powers on host pm2 and
+has the checker verify the interpolated values it used (the chosen share's
+and the next smaller share's it rejected), powers on host pm2 and
 migrates instances to make room, and the SLA is met again.
 
 It needs root (cgroups, network namespaces) and the Go toolchain (it builds the
