@@ -28,6 +28,13 @@ var (
 	ErrExists = errors.New("already exists")
 	// ErrNotImplemented means the capability is planned but not built yet.
 	ErrNotImplemented = errors.New("not implemented yet")
+	// ErrNotRestored means an on-line instance that was set to another
+	// allocation on purpose (a fidelity check's point) could not be set back:
+	// it serves live traffic at that allocation until someone does. The
+	// error wrapping it names the instance, the allocation it is left at and
+	// the one it should have; unlike other failures, it is not over when the
+	// call returns.
+	ErrNotRestored = errors.New("on-line allocation not restored")
 	// ErrTooFewSamples means a measurement window ended with too few
 	// successful responses to measure anything (measure.MeasureWindow).
 	ErrTooFewSamples = errors.New("too few samples")

@@ -60,6 +60,10 @@ type Site struct {
 	in        map[string]*httpproxy.InProxy
 	out       map[string]*httpproxy.OutProxy
 	closePlat func() error
+
+	// unrestored holds, by on-line instance, the allocation a fidelity
+	// check could not restore (see setBack); under mu.
+	unrestored map[string]justrunit.Allocation
 }
 
 // ErrSiteChanged means a plan was made from a site that has changed since:
@@ -73,7 +77,8 @@ var ErrSiteChanged = errors.New("the site changed since the plan was made")
 // would upset that order; a check restores the allocation it found. from
 // is the site's planner.State when the plan was made: if the site is no
 // longer in it, nothing is applied and the error wraps ErrSiteChanged.
-// The daemon's plans and the manager's go through here.
+// The daemon's plans and the manager's go through here. An allocation the
+// plan sets replaces the one a failed check's restore left owed (setBack).
 func (s *Site) ApplyPlan(ctx context.Context, plan planner.Plan, from string) ([]planner.Step, error) {
 	unlock, err := s.lockOnline(ctx)
 	if err != nil {
@@ -91,7 +96,13 @@ func (s *Site) ApplyPlan(ctx context.Context, plan planner.Plan, from string) ([
 	if now := planner.State(hosts, insts); now != from {
 		return nil, fmt.Errorf("%w (%s)", ErrSiteChanged, firstDifference(from, now))
 	}
-	return planner.Apply(ctx, plan, s.Platform)
+	done, err := planner.Apply(ctx, plan, s.Platform)
+	for _, st := range done {
+		if st.Kind == planner.SetAllocation {
+			s.forgetUnrestored(st.Instance)
+		}
+	}
+	return done, err
 }
 
 // firstDifference names the first line of states a and b (see

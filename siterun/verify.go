@@ -82,8 +82,11 @@ const pairPoll = time.Second
 // instance, from the allocation it has then, and removes it before it
 // returns; when the clone fails or stops running, the on-line window is
 // cut short, or if it was over, Verify returns its measurement with the
-// clone's error. When the allocation cannot be restored, the error names
-// the allocation the instance is left at and the one it should have.
+// clone's error. When the allocation cannot be restored, the error wraps
+// justrunit.ErrNotRestored and names the allocation the instance is left
+// at and the one it should have; if the point was measured by then, v
+// holds the measurement. The next check of the instance sets it back
+// first, and refuses, changing nothing, when it cannot.
 func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, p justrunit.Point, opts VerifyOptions) (v Verification, err error) {
 	if _, err := st.Space.IndexOf(p); err != nil {
 		return v, err
@@ -122,6 +125,9 @@ func (s *Site) Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Mat
 		return v, err
 	}
 	defer unlock()
+	if err := s.setBack(ctx, st.Target); err != nil {
+		return v, err
+	}
 	at, err := s.onlineAt(ctx, st, p) // again, now that no plan can move it
 	if err != nil {
 		return v, err
@@ -259,9 +265,11 @@ func sameSpace(a, b justrunit.Space) bool {
 
 // restore sets the on-line instance id back to allocation orig after a
 // check that set it to alloc, trying again (restoreAttempts, restoreBackoff)
-// within restoreTimeout. A restore that cannot be done says where id is
-// left and what it should have, for an operator to set by hand: the
-// instance would otherwise stay at the check's point unnoticed.
+// within restoreTimeout. A restore that cannot be done wraps
+// justrunit.ErrNotRestored and says where id is left and what it should
+// have, and the site remembers it for the next check of id (setBack): the
+// instance would otherwise stay at the check's point unnoticed, and the
+// next check would take that for its own allocation.
 func (s *Site) restore(ctx context.Context, id string, orig, alloc justrunit.Allocation) error {
 	rctx, cancel := context.WithTimeout(ctx, restoreTimeout)
 	defer cancel()
@@ -270,6 +278,7 @@ func (s *Site) restore(ctx context.Context, id string, orig, alloc justrunit.All
 	for tries < restoreAttempts {
 		tries++
 		if err = s.Platform.SetAllocation(rctx, id, orig); err == nil {
+			s.forgetUnrestored(id)
 			return nil
 		}
 		// Another try cannot help an instance that is gone or an
@@ -296,13 +305,57 @@ func (s *Site) restore(ctx context.Context, id string, orig, alloc justrunit.All
 	} else if i := slices.IndexFunc(insts, func(x justrunit.Instance) bool { return x.ID == id }); i >= 0 {
 		left = insts[i].Alloc.String()
 	}
-	s.log.Error("on-line allocation not restored after a fidelity check: set it by hand", "instance", id, "left_at", left, "should_have", orig, "err", err)
+	s.mu.Lock()
+	if s.unrestored == nil {
+		s.unrestored = map[string]justrunit.Allocation{}
+	}
+	s.unrestored[id] = orig
+	s.mu.Unlock()
+	s.log.Error("on-line allocation not restored after a fidelity check: set it back", "instance", id, "left_at", left, "should_have", orig, "err", err)
 	attempts := "1 attempt"
 	if tries > 1 {
 		attempts = fmt.Sprintf("%d attempts", tries)
 	}
-	return fmt.Errorf("restore the on-line %s after the check (%s): %w; it is left at %s and should have %s: set it by hand",
-		id, attempts, err, left, orig)
+	return fmt.Errorf("restore the on-line %s after the check (%s): %w; %w: it is left at %s and should have %s: set it back by hand, or check %s again (a check sets it back first), or restart the site (it launches %s with the site file's allocation)",
+		id, attempts, err, justrunit.ErrNotRestored, left, orig, id, id)
+}
+
+// setBack sets the on-line instance id back to the allocation a check
+// could not restore (restore remembered it) before another check reads the
+// allocation it is to restore: that check would otherwise take the
+// allocation id was left at for its own and restore that for good. It does
+// nothing when no check left id so, or id has that allocation again (set
+// back by hand); when it cannot set it back, the check is refused before it
+// changes anything. It runs under the on-line lock.
+func (s *Site) setBack(ctx context.Context, id string) error {
+	s.mu.Lock()
+	want, ok := s.unrestored[id]
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	insts, err := s.Platform.Instances(ctx)
+	if err != nil {
+		return fmt.Errorf("read the on-line %s, which an earlier check left at another allocation: %w", id, err)
+	}
+	i := slices.IndexFunc(insts, func(x justrunit.Instance) bool { return x.ID == id })
+	if i < 0 || insts[i].Alloc == want { // gone (onlineAt says so), or set back by hand
+		s.forgetUnrestored(id)
+		return nil
+	}
+	s.log.Warn("setting the on-line allocation an earlier fidelity check left back before checking", "instance", id, "left_at", insts[i].Alloc, "should_have", want)
+	if err := s.restore(ctx, id, want, insts[i].Alloc); err != nil {
+		return fmt.Errorf("the on-line %s is still at the allocation an earlier check left it at, so this check did not start: %w", id, err)
+	}
+	return nil
+}
+
+// forgetUnrestored forgets the allocation instance id should have been
+// restored to (see setBack): it has it again, or a plan set another.
+func (s *Site) forgetUnrestored(id string) {
+	s.mu.Lock()
+	delete(s.unrestored, id)
+	s.mu.Unlock()
 }
 
 // onlineTarget is the on-line instance a check sets, as the platform runs

@@ -32,8 +32,8 @@ func TestVerifyRestoresAfterPartialChange(t *testing.T) {
 	p.mu.Lock()
 	p.partial = map[string]bool{"app0": true}
 	p.mu.Unlock()
-	if _, err := s.Verify(ctx, st, m, justrunit.Point{50}, VerifyOptions{Window: shortWindow}); !errors.Is(err, errPartial) {
-		t.Fatalf("Verify with a change that failed half-way = %v, want the platform's error", err)
+	if _, err := s.Verify(ctx, st, m, justrunit.Point{50}, VerifyOptions{Window: shortWindow}); !errors.Is(err, errPartial) || errors.Is(err, justrunit.ErrNotRestored) {
+		t.Fatalf("Verify with a change that failed half-way = %v, want the platform's error, restored", err)
 	}
 	if a := p.alloc("app0"); a != orig {
 		t.Errorf("after a change that failed half-way app0 is at %s, want %s restored", a, orig)
@@ -296,9 +296,12 @@ func TestVerifyRestoreFails(t *testing.T) {
 	p.fmu.Unlock()
 
 	start := time.Now()
-	_, err := s.Verify(ctx, st, m, justrunit.Point{50}, VerifyOptions{Window: shortWindow})
-	if !errors.Is(err, errFlaky) {
-		t.Fatalf("Verify with a restore that always fails = %v, want the platform's error", err)
+	v, err := s.Verify(ctx, st, m, justrunit.Point{50}, VerifyOptions{Window: shortWindow})
+	if !errors.Is(err, errFlaky) || !errors.Is(err, justrunit.ErrNotRestored) {
+		t.Fatalf("Verify with a restore that always fails = %v, want the platform's error and ErrNotRestored", err)
+	}
+	if !v.Point.Equal(justrunit.Point{50}) || len(v.RelError) != len(m.Metrics) {
+		t.Errorf("Verify with a restore that failed after the window = %+v, want the point's measurement with the error", v)
 	}
 	for _, want := range []string{"app0", "left at cpu=50%", "should have cpu=80%"} {
 		if !strings.Contains(err.Error(), want) {
@@ -326,8 +329,72 @@ func TestVerifyRestoreFails(t *testing.T) {
 	p.partial = map[string]bool{"app0": true}
 	p.mu.Unlock()
 	_, err = s.Verify(ctx, st, m, justrunit.Point{50}, VerifyOptions{Window: shortWindow})
-	if !errors.Is(err, errPartial) || !errors.Is(err, errFlaky) || !strings.Contains(err.Error(), "should have cpu=80%") {
-		t.Errorf("Verify with a failed change and restore = %v, want both errors", err)
+	if !errors.Is(err, errPartial) || !errors.Is(err, errFlaky) || !errors.Is(err, justrunit.ErrNotRestored) || !strings.Contains(err.Error(), "should have cpu=80%") {
+		t.Errorf("Verify with a failed change and restore = %v, want both errors and ErrNotRestored", err)
+	}
+}
+
+// TestVerifySetsBackFirst checks that a check of an instance an earlier
+// check could not restore sets it back to its allocation before it reads
+// what to restore (else it would restore the earlier check's point for
+// good), refuses when it cannot, and that a plan's allocation replaces
+// the one owed.
+func TestVerifySetsBackFirst(t *testing.T) {
+	s, p := flakySite(t, 0)
+	st, m := cpuStudy(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	failRestores := func(n int) {
+		p.fmu.Lock()
+		p.failRestores = n
+		p.fmu.Unlock()
+	}
+	check := func(cpu float64) error {
+		_, err := s.Verify(ctx, st, m, justrunit.Point{cpu}, VerifyOptions{Window: shortWindow})
+		return err
+	}
+
+	failRestores(1 << 30)
+	if err := check(50); !errors.Is(err, justrunit.ErrNotRestored) {
+		t.Fatalf("Verify with a restore that always fails = %v, want ErrNotRestored", err)
+	}
+	// It still cannot be set back: the next check changes nothing.
+	n := len(p.changes())
+	if err := check(100); !errors.Is(err, justrunit.ErrNotRestored) || !strings.Contains(err.Error(), "did not start") {
+		t.Fatalf("Verify of an instance still left at a check's allocation = %v, want ErrNotRestored saying the check did not start", err)
+	}
+	if got := p.changes()[n:]; len(got) != 0 {
+		t.Errorf("a refused check changed the on-line instance: %+v", got)
+	}
+	// Now it can: set back, checked, restored to what it should have.
+	failRestores(0)
+	n = len(p.changes())
+	if err := check(100); err != nil {
+		t.Fatalf("Verify once the platform can set the instance back = %v", err)
+	}
+	want := []allocChange{{"app0", justrunit.Allocation{CPU: 50}, justrunit.Allocation{CPU: 80}},
+		{"app0", justrunit.Allocation{CPU: 80}, justrunit.Allocation{CPU: 100}},
+		{"app0", justrunit.Allocation{CPU: 100}, justrunit.Allocation{CPU: 80}}}
+	if got := p.changes()[n:]; !slices.Equal(got, want) {
+		t.Errorf("changes = %+v, want app0 set back to cpu=80 before the check, and restored to it: %+v", got, want)
+	}
+
+	// A plan's allocation replaces the one owed.
+	failRestores(1 << 30)
+	if err := check(50); !errors.Is(err, justrunit.ErrNotRestored) {
+		t.Fatalf("Verify with a restore that always fails = %v, want ErrNotRestored", err)
+	}
+	hosts, _ := p.Hosts(ctx)
+	insts, _ := p.Instances(ctx)
+	plan := planner.Plan{Steps: []planner.Step{{Kind: planner.SetAllocation, Instance: "app0", Alloc: &justrunit.Allocation{CPU: 60}}}}
+	if _, err := s.ApplyPlan(ctx, plan, planner.State(hosts, insts)); err != nil {
+		t.Fatal(err)
+	}
+	if err := check(100); err != nil {
+		t.Fatalf("Verify after a plan set the instance = %v", err)
+	}
+	if a := p.alloc("app0"); a.CPU != 60 {
+		t.Errorf("app0 at %s after a plan to cpu=60 and a check, want the plan's", a)
 	}
 }
 
