@@ -115,11 +115,13 @@ func (c *Client) httpClient() *http.Client {
 // do calls method path with body (marshalled to JSON when not nil) and
 // decodes a successful answer into out (when not nil).
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	return c.doWith(ctx, c.httpClient(), method, path, body, out)
+	return c.doWith(ctx, c.httpClient(), method, path, body, out, nil)
 }
 
-// doWith is do through hc.
-func (c *Client) doWith(ctx context.Context, hc *http.Client, method, path string, body, out any) error {
+// doWith is do through hc; an answer other than success whose body is an
+// ErrorBody is also decoded into failed (when not nil), for what the
+// endpoint adds to it (VerifyErrorBody).
+func (c *Client) doWith(ctx context.Context, hc *http.Client, method, path string, body, out, failed any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -150,6 +152,9 @@ func (c *Client) doWith(ctx context.Context, hc *http.Client, method, path strin
 		if json.Unmarshal(b, &eb) != nil || eb.Error == nil {
 			return &Error{Status: resp.StatusCode, Code: CodeInternal,
 				Message: fmt.Sprintf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))}
+		}
+		if failed != nil {
+			_ = json.Unmarshal(b, failed) // what ErrorBody decoded, it decodes
 		}
 		eb.Error.Status = resp.StatusCode
 		if eb.Error.Code == CodeUnauthorized && c.tokenFrom != "" {
@@ -224,14 +229,21 @@ func (c *Client) CancelStudy(ctx context.Context, id string) error {
 
 // Verify asks the daemon to set the on-line target of study id to each of
 // q's points, measure it and compare with the study's matrix (the fidelity
-// check); it returns a Verification per point and metric. The call lasts as
-// long as the measurements — every point's warm-up and window — so no
-// client timeout applies: bound it with ctx.
+// check); it returns a Verification per point and metric. When the check
+// fails once started, it returns the verifications of the points done
+// before the failure (VerifyErrorBody) with the error; an error wrapping
+// justrunit.ErrNotRestored means the on-line target is left at a check's
+// allocation. The call lasts as long as the measurements — every point's
+// warm-up and window — so no client timeout applies: bound it with ctx.
 func (c *Client) Verify(ctx context.Context, id string, q VerifyRequest) ([]Verification, error) {
 	hc := *c.httpClient()
 	hc.Timeout = 0
 	var out []Verification
-	return out, c.doWith(ctx, &hc, http.MethodPost, Prefix+"/studies/"+url.PathEscape(id)+"/verify", q, &out)
+	var failed VerifyErrorBody
+	if err := c.doWith(ctx, &hc, http.MethodPost, Prefix+"/studies/"+url.PathEscape(id)+"/verify", q, &out, &failed); err != nil {
+		return failed.Verifications, err
+	}
+	return out, nil
 }
 
 // Matrix returns a study's matrix.

@@ -23,9 +23,16 @@ const (
 	CodeNotImplemented = "not_implemented" // 501, planned, not built yet
 	CodeUnavailable    = "unavailable"     // 503, e.g. the daemon runs no site
 	CodeInternal       = "internal"        // 500
+	// CodeNotRestored (500) is a fidelity check that could not set the
+	// on-line instance back to its allocation (justrunit.ErrNotRestored):
+	// it still runs at the check's, whatever the error's cause; the
+	// message says where it is left and what it should have.
+	CodeNotRestored = "not_restored"
 )
 
-// ErrorBody is the JSON every failed call answers: {"error": {...}}.
+// ErrorBody is the JSON every failed call answers: {"error": {...}}. A
+// fidelity check that fails once started adds what it measured before
+// (VerifyErrorBody).
 type ErrorBody struct {
 	Error *Error `json:"error"`
 }
@@ -49,7 +56,8 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("%s (HTTP %d)", e.Message, e.Status)
 }
 
-// Unwrap returns the justrunit error category of the code, or ErrUnavailable,
+// Unwrap returns the justrunit error category of the code (not_restored:
+// justrunit.ErrNotRestored), or ErrUnavailable,
 // ErrUnauthorized, ErrForbidden or ErrConflict. A body too large or not
 // sent as JSON is justrunit.ErrInvalid: the request is at fault.
 func (e *Error) Unwrap() error {
@@ -70,6 +78,8 @@ func (e *Error) Unwrap() error {
 		return ErrForbidden
 	case CodeUnavailable:
 		return ErrUnavailable
+	case CodeNotRestored:
+		return justrunit.ErrNotRestored
 	}
 	return nil
 }
@@ -90,7 +100,9 @@ var (
 	ErrForbidden = errors.New("forbidden")
 )
 
-// toError maps an error to its API form.
+// toError maps an error to its API form. An on-line instance left at a
+// check's allocation comes first: that is what the caller must act on,
+// whatever made the restore fail (an instance not found, say).
 func toError(err error) *Error {
 	var ae *Error
 	if errors.As(err, &ae) {
@@ -99,6 +111,8 @@ func toError(err error) *Error {
 	e := &Error{Message: err.Error()}
 	var fe *justrunit.FieldError
 	switch {
+	case errors.Is(err, justrunit.ErrNotRestored):
+		e.Status, e.Code = http.StatusInternalServerError, CodeNotRestored
 	case errors.As(err, &fe):
 		e.Status, e.Code, e.Field = http.StatusBadRequest, CodeInvalid, fe.Field
 	case errors.Is(err, justrunit.ErrInvalid):
@@ -135,12 +149,19 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	e := s.answerError(w, r, err)
+	writeJSON(w, e.Status, ErrorBody{Error: e})
+}
+
+// answerError maps err to its API form, logs it when the daemon is at
+// fault and sets the headers its status needs; the caller writes the body.
+func (s *Server) answerError(w http.ResponseWriter, r *http.Request, err error) *Error {
 	e := toError(err)
-	if e.Status >= 500 && e.Code == CodeInternal {
+	if e.Status >= 500 && (e.Code == CodeInternal || e.Code == CodeNotRestored) {
 		s.log.Error("api call failed", keyMethod, r.Method, keyPath, r.URL.Path, keyErr, err)
 	}
 	if e.Status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="justrunit"`)
 	}
-	writeJSON(w, e.Status, ErrorBody{Error: e})
+	return e
 }

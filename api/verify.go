@@ -24,10 +24,13 @@ type Verifier interface {
 	// event per point in the store (justrunit.EventVerifyDone, or
 	// EventVerifyFailed) and returns a Verification per point and metric
 	// of m, in that order. Points are in st's space (the caller checked).
-	// A site busy with a study or another verification gives an error
-	// wrapping ErrConflict; a target that cannot be measured on-line (no
-	// in-proxy) justrunit.ErrUnsupported; a target not on the site
-	// justrunit.ErrNotFound.
+	// When a point fails, it returns the verifications of the points done
+	// before it with the error. A site busy with a study or another
+	// verification gives an error wrapping ErrConflict; a target that
+	// cannot be measured on-line (no in-proxy) justrunit.ErrUnsupported; a
+	// target not on the site justrunit.ErrNotFound; a target whose
+	// allocation could not be restored after a point, whatever the cause,
+	// justrunit.ErrNotRestored.
 	Verify(ctx context.Context, st *justrunit.Study, m *justrunit.Matrix, spec VerifySpec) ([]Verification, error)
 }
 
@@ -177,6 +180,17 @@ type Verification struct {
 	SandboxRelError *float64 `json:"sandbox_rel_error,omitempty"`
 }
 
+// VerifyErrorBody is what POST /studies/{id}/verify answers when the check
+// fails once the verifier has it (the site is busy, a point fails, the
+// allocation is not restored): the error, as every failed call answers it,
+// and the verifications of the points done before the failure, in the
+// success answer's form ([] when none). A request refused before (an
+// unknown study, an invalid point) answers ErrorBody alone.
+type VerifyErrorBody struct {
+	Error         *Error         `json:"error"`
+	Verifications []Verification `json:"verifications"`
+}
+
 // CheckVerifiable returns an error wrapping ErrConflict when st cannot be
 // verified now: it is still pending or running (setting its target's
 // allocation would disturb its own measurements), or it has no matrix (m
@@ -256,6 +270,11 @@ func abs(x int) int {
 	return x
 }
 
+// handleVerify answers POST /studies/{id}/verify: 200 with a Verification
+// per point and metric, or, when the check fails once started,
+// VerifyErrorBody: the error with the points done before it. An on-line
+// instance left at a check's allocation answers 500 with code
+// not_restored, whatever the cause.
 func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
 	v, ok := s.cfg.Site.(Verifier)
 	if !ok {
@@ -299,11 +318,13 @@ func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
 	defer end()
 	vs, err := v.Verify(ctx, st, m, spec)
 	if err != nil {
-		if errors.Is(context.Cause(ctx), errClosing) {
+		// Not when a restore failed: the caller must see not_restored.
+		if errors.Is(context.Cause(ctx), errClosing) && !errors.Is(err, justrunit.ErrNotRestored) {
 			err = &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
 				Message: "verification stopped: " + errClosing.Error() + " (the on-line instance's allocation is restored): " + err.Error()}
 		}
-		s.writeError(w, r, err)
+		e := s.answerError(w, r, err)
+		writeJSON(w, e.Status, VerifyErrorBody{Error: e, Verifications: orEmpty(vs)})
 		return
 	}
 	writeJSON(w, http.StatusOK, orEmpty(vs))

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -16,10 +17,12 @@ import (
 
 // fakeVerifier is a site whose on-line instance "measures" 5% above what the
 // matrix predicts (the site runtime is outside the unit under test). With
-// err set it fails instead.
+// err set it fails instead: at once, or with failAt > 0 at the failAt-th
+// point, returning the points before it.
 type fakeVerifier struct {
 	staticSite
-	err error
+	err    error
+	failAt int
 
 	mu    sync.Mutex
 	specs []VerifySpec
@@ -29,11 +32,14 @@ func (f *fakeVerifier) Verify(ctx context.Context, st *justrunit.Study, m *justr
 	f.mu.Lock()
 	f.specs = append(f.specs, spec)
 	f.mu.Unlock()
-	if f.err != nil {
+	if f.err != nil && f.failAt == 0 {
 		return nil, f.err
 	}
 	var out []Verification
-	for _, p := range spec.Points {
+	for i, p := range spec.Points {
+		if i+1 == f.failAt {
+			return out, f.err
+		}
 		for _, mt := range m.Metrics {
 			c, err := m.Cell(p, mt)
 			if err != nil {
@@ -165,6 +171,66 @@ func TestVerifyErrors(t *testing.T) {
 	fake.err = fmt.Errorf("study target %s: %w: it has no in_proxy", st.Target, justrunit.ErrUnsupported)
 	if code, body := d.call("POST", path(st.ID), testToken, `{}`); code != http.StatusUnprocessableEntity {
 		t.Errorf("Verify of a target without an in-proxy = %d %s, want 422", code, body)
+	}
+}
+
+// TestVerifyFailsPartway checks that a check that fails at its third point
+// answers the verifications of the first two with the error, and that an
+// on-line instance left at a check's allocation is an error of its own
+// (not_restored, justrunit.ErrNotRestored through the client), whatever
+// its cause.
+func TestVerifyFailsPartway(t *testing.T) {
+	fake := &fakeVerifier{failAt: 3}
+	d := newDaemon(t, daemonOpts{noRunner: true, site: fake})
+	st, _ := seedStudy(t, d.store)
+	ctx := context.Background()
+	q := VerifyRequest{Points: []string{"cpu=40", "cpu=60", "cpu=70"}}
+	tests := []struct {
+		name        string
+		err         error
+		status      int
+		code        string
+		notRestored bool
+	}{
+		{"measurement fails", fmt.Errorf("verify cpu=70 on the on-line %s (2 of 3 points done): measure: %w", st.Target, justrunit.ErrTooFewSamples),
+			http.StatusInternalServerError, CodeInternal, false},
+		// The cause (the platform no longer finds the instance, say)
+		// does not hide that it is left at the check's allocation.
+		{"restore fails", fmt.Errorf("verify cpu=70 on the on-line %s (2 of 3 points done): restore the on-line %[1]s after the check (1 attempt): %w; %w: it is left at cpu=70%% and should have cpu=80%%",
+			st.Target, justrunit.ErrNotFound, justrunit.ErrNotRestored), http.StatusInternalServerError, CodeNotRestored, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fake.err = tt.err
+			vs, err := d.client().Verify(ctx, st.ID, q)
+			var ae *Error
+			if !errors.As(err, &ae) || ae.Status != tt.status || ae.Code != tt.code || !strings.Contains(ae.Message, "2 of 3 points done") {
+				t.Fatalf("Verify failing at the third point = %v, want %d %s with the verifier's message", err, tt.status, tt.code)
+			}
+			if got := errors.Is(err, justrunit.ErrNotRestored); got != tt.notRestored {
+				t.Errorf("errors.Is(%v, justrunit.ErrNotRestored) = %v, want %v", err, got, tt.notRestored)
+			}
+			if tt.notRestored && errors.Is(err, justrunit.ErrNotFound) {
+				t.Errorf("Verify = %v: a restore that failed reads as not found", err)
+			}
+			if len(vs) != 4 || vs[0].Label != "cpu=40" || vs[3].Label != "cpu=60" {
+				t.Fatalf("Verify failing at the third point = %d verifications %+v, want the first two points' 4", len(vs), vs)
+			}
+
+			// The answer itself: the error and the points done.
+			code, body := d.call("POST", Prefix+"/studies/"+st.ID+"/verify", testToken, q)
+			var eb VerifyErrorBody
+			if err := json.Unmarshal(body, &eb); err != nil || code != tt.status || eb.Error == nil || eb.Error.Code != tt.code || len(eb.Verifications) != 4 {
+				t.Errorf("POST verify failing at the third point = %d %s, want %d with code %s and 4 verifications", code, body, tt.status, tt.code)
+			}
+		})
+	}
+
+	// A check that fails before any point answers an empty list.
+	fake.failAt = 1
+	code, body := d.call("POST", Prefix+"/studies/"+st.ID+"/verify", testToken, q)
+	if !strings.Contains(string(body), `"verifications": []`) || code != http.StatusInternalServerError {
+		t.Errorf("POST verify failing at the first point = %d %s, want 500 with no verifications", code, body)
 	}
 }
 
