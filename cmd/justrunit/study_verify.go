@@ -163,6 +163,9 @@ func runVerify(cmd *cobra.Command, g *globals, id string, o *verifyOptions) erro
 	} else {
 		vs, err = verifyInProcess(cmd, g, store, st, m, spec, o)
 	}
+	if errors.Is(err, justrunit.ErrNotRestored) {
+		defer fmt.Fprint(w, notRestoredWarning(st, spec, o.sitePath))
+	}
 	out := cmd.OutOrStdout()
 	if o.asJSON {
 		enc := json.NewEncoder(out)
@@ -181,6 +184,32 @@ func runVerify(cmd *cobra.Command, g *globals, id string, o *verifyOptions) erro
 	return err
 }
 
+// notRestoredWarning is what "study verify" prints, after the points it
+// measured and before the error, when the on-line target could not be set
+// back to its allocation (justrunit.ErrNotRestored): the error says where
+// it is left and what it should have; this says that it matters and how to
+// set it back. With --site the site was this command's and is stopped.
+func notRestoredWarning(st *justrunit.Study, spec api.VerifySpec, sitePath string) string {
+	bar := strings.Repeat("!", 72)
+	if sitePath != "" {
+		return fmt.Sprintf("%s\nWARNING: the on-line %s was NOT set back to its allocation after a check: it ran at\nthe check's (see the error below) until this command stopped the site of %s.\n%s\n",
+			bar, st.Target, sitePath, bar)
+	}
+	point := "POINT"
+	if len(spec.Points) > 0 {
+		point = st.Space.Format(spec.Points[0])
+	}
+	return fmt.Sprintf(`%s
+WARNING: the on-line %s is NOT at its allocation: the check could not set it back, and it
+serves live traffic at the allocation the error below names until it is set back. Either
+  - check it again once the platform can set it: "justrunit study verify %s --at %s"
+    (the daemon sets it back before it checks, and refuses the check if it cannot), or
+  - restart the daemon ("justrunit serve --site SITE.yaml"): it launches %s again with
+    the site file's allocation.
+%s
+`, bar, st.Target, st.ID, point, st.Target, bar)
+}
+
 // verifyOnDaemon asks the daemon to verify one point per call, so that each
 // call is bounded by its own measurement and progress shows between them.
 func verifyOnDaemon(ctx context.Context, c *api.Client, st *justrunit.Study, spec api.VerifySpec) ([]api.Verification, error) {
@@ -190,10 +219,10 @@ func verifyOnDaemon(ctx context.Context, c *api.Client, st *justrunit.Study, spe
 		cctx, cancel := context.WithTimeout(ctx, spec.WarmUp+spec.Window+verifyCallMargin)
 		got, err := c.Verify(cctx, st.ID, api.VerifyRequest{Points: []string{st.Space.Format(p)}, WarmUp: spec.WarmUp.String(), Window: spec.Window.String(), Paired: spec.Paired})
 		cancel()
+		out = append(out, got...) // on an error, what the point measured, if anything
 		if err != nil {
 			return out, err
 		}
-		out = append(out, got...)
 	}
 	return out, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -320,6 +321,18 @@ func TestStudyVerifyCommand(t *testing.T) {
 	}
 	if _, _, err := runSplit(t, "--data-dir", dir, "study", "verify", "s-nope"); !errors.Is(err, justrunit.ErrNotFound) {
 		t.Errorf("study verify of an unknown study = %v, want ErrNotFound", err)
+	}
+	// An on-line instance the check could not set back: said loudly,
+	// with how to set it back.
+	o.fail = fmt.Errorf("restore the on-line auction0/app after the check (5 attempts): busy; %w: it is left at cpu=70%% and should have cpu=100%%", justrunit.ErrNotRestored)
+	_, stderr, err = runSplit(t, "--data-dir", dir, "study", "verify", id, "--at", "cpu=70", "--window", "1s")
+	if !errors.Is(err, justrunit.ErrNotRestored) || !strings.Contains(err.Error(), "should have cpu=100%") {
+		t.Errorf("study verify with a failed restore = %v, want ErrNotRestored naming the allocation", err)
+	}
+	for _, want := range []string{"WARNING: the on-line auction0/app is NOT at its allocation", "justrunit study verify " + id + " --at cpu=70", "restart the daemon"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("study verify with a failed restore printed %q, want it to say %q", stderr, want)
+		}
 	}
 }
 
