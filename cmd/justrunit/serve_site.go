@@ -357,6 +357,11 @@ func (v *siteVerifier) Verify(ctx context.Context, st *justrunit.Study, m *justr
 		}
 		res, err := v.measure(ctx, st, m, p, siterun.VerifyOptions{Window: win, Paired: spec.Paired})
 		if err != nil {
+			if len(res.Metrics) > 0 {
+				// Measured, then failed (a restore after the window):
+				// the measurement stands.
+				out = append(out, verifications(st, res, v.now())...)
+			}
 			err = fmt.Errorf("verify %s on the on-line %s (%d of %d points done): %w", st.Space.Format(p), st.Target, i, len(spec.Points), err)
 			v.record(ctx, &justrunit.Event{StudyID: st.ID, Kind: justrunit.EventVerifyFailed, Level: "error", Message: err.Error(),
 				Data: map[string]any{"point": st.Space.Format(p)}})

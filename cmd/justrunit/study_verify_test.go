@@ -33,6 +33,9 @@ type onlineDouble struct {
 	hold    chan struct{}
 	started chan justrunit.Point
 	fail    error
+	// after is returned with a point's measurement (as a failed restore
+	// after the window is).
+	after error
 
 	mu     sync.Mutex
 	wins   []measure.WindowConfig
@@ -91,7 +94,7 @@ func (o *onlineDouble) measure(ctx context.Context, st *justrunit.Study, m *just
 			v.SandboxRelError = append(v.SandboxRelError, checker.RelError(got, sb))
 		}
 	}
-	return v, nil
+	return v, o.after
 }
 
 // testVerifier is a siteVerifier over the store in dir, for the study's
@@ -185,6 +188,15 @@ func TestSiteVerifier(t *testing.T) {
 		t.Errorf("verify.failed events = %+v, want 1", evs)
 	}
 	o.fail = nil
+
+	// A point measured, then not restored: its measurement is kept with
+	// the error.
+	o.after = fmt.Errorf("restore: %w", justrunit.ErrNotRestored)
+	vs, err = v.Verify(ctx, st, m, spec)
+	if !errors.Is(err, justrunit.ErrNotRestored) || len(vs) != 2 || vs[0].Label != "cpu=70" || vs[0].Measured != 44*1.2 {
+		t.Errorf("Verify with a failed restore = %+v, %v; want cpu=70's 2 verifications and ErrNotRestored", vs, err)
+	}
+	o.after = nil
 
 	// A target not on the site is refused before anything is measured.
 	n := len(o.windows())
