@@ -409,11 +409,11 @@ func fidelityPoints(m *justrunit.Matrix, max float64) []float64 {
 	for _, i := range m.Measured() {
 		if cpu := m.Rows[i].Point[0]; cpu <= max {
 			if _, seen := when[cpu]; !seen {
+				var start time.Time // a row without an observation sorts first
 				if o := m.Rows[i].Observation; o != nil {
-					when[cpu] = o.Start
-				} else {
-					when[cpu] = time.Time{}
+					start = o.Start
 				}
+				when[cpu] = start
 				measured = append(measured, cpu)
 			}
 		}
