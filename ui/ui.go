@@ -1,6 +1,6 @@
 // Package ui is JustRunIt's web dashboard: static files (HTML, CSS and plain
-// ES modules drawing SVG, no build step) embedded in the binary with
-// go:embed and served by the daemon at /. The dashboard reads everything
+// ES modules drawing SVG, no build step) embedded in the binary (with
+// the go:embed directive) and served by the daemon at /. The dashboard reads everything
 // through the REST API with the bearer token the user pastes in (or passes
 // once in the address as #token=...), and follows the daemon's event stream
 // for live updates.

@@ -131,4 +131,6 @@ func work(n int) {
 }
 
 // sink keeps work's loop from being optimised away.
+//
+//lint:ignore U1000 written, never read, on purpose
 var sink int

@@ -74,16 +74,6 @@ func Heuristic(in Input) (Plan, error) {
 	return Plan{}, first
 }
 
-// heuristic returns the best candidate assignment, and false when none was
-// found.
-func (p *problem) heuristic() ([]int32, bool) {
-	c := p.candidates()
-	if len(c) == 0 {
-		return nil, false
-	}
-	return c[0], true
-}
-
 // candidates returns the heuristic's feasible placements, best first.
 func (p *problem) candidates() [][]int32 {
 	var cands [][]int32
