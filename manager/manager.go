@@ -30,7 +30,9 @@ import (
 
 // Action kinds the manager reports (besides the monitor's).
 const (
-	EventStudy     = "manager.study"
+	EventStudy = "manager.study"
+	// EventStudyDone: Data["matrix"] is a copy of the study's matrix as
+	// the study left it (the decision's checks change the study's own).
 	EventStudyDone = "manager.study_done"
 	EventDecision  = "manager.decision"
 	// EventBudget says what the studied tier's value must meet: the SLA
@@ -498,7 +500,7 @@ func (m *Manager) Respond(ctx context.Context, service string) error {
 	var table strings.Builder
 	mat.Render(&table)
 	m.emit(Event{Kind: EventStudyDone, Service: service, Message: fmt.Sprintf("study of %s: %d experiments\n%s", target, st.Experiments, strings.TrimRight(table.String(), "\n")),
-		Data: map[string]any{"matrix": mat}})
+		Data: map[string]any{"matrix": mat.Clone()}}) // as the study left it: decide changes mat
 	m.emit(Event{Kind: EventBudget, Service: service, Message: budget, Data: map[string]any{"goal": goal.Max, "sla": sla.Max, "headroom": m.cfg.Headroom}})
 	want, err := m.decide(ctx, x, st, mat, service, goal)
 	if err != nil {
