@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -103,8 +104,10 @@ func (p *Platform) Info(id string) (CloneInfo, error) {
 //     reported as Pause;
 //  3. in the clone's cgroup, network namespace and a private mount
 //     namespace where the state directory's path shows an overlay
-//     (snapshot below, the clone's writes above), criu restores the tree
-//     in a PID namespace of its own (live), or the command starts (cold);
+//     (snapshot below, the clone's writes above) and /tmp, /var/tmp and
+//     /dev/shm show overlays of the host's (see scratchDirs), criu
+//     restores the tree in a PID namespace of its own (live), or the
+//     command starts (cold);
 //  4. Clone returns once the clone accepts connections on its endpoint, or
 //     through its Dial.
 func (p *Platform) Clone(ctx context.Context, id, host string, opts justrunit.CloneOptions) (*justrunit.Clone, error) {
@@ -184,6 +187,10 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 
 	internal, err := parseInternal(orig.Addr)
 	if err != nil {
+		return nil, err
+	}
+	// Before anything is made for it, and the original frozen.
+	if err := checkScratch(); err != nil {
 		return nil, err
 	}
 	cs := in.clone
@@ -293,8 +300,8 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		return nil, fmt.Errorf("clone %s: live clones asked for, and this one would be cold: %s", id, coldBecause)
 	}
 	if mode == justrunit.CloneLive {
-		sc.Restore = true
-		args := criuRestoreArgs(p.criu, images)
+		sc.Restore, sc.Images = true, images
+		args := criuRestoreArgs(p.criu)
 		sc.Path, sc.Argv = args[0], args
 	}
 	p.mu.Lock()
@@ -334,6 +341,9 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		} else {
 			sc.Bind = lower
 		}
+	}
+	if sc.Scratch, err = scratchLayers(cs.Dir, lost); err != nil {
+		return nil, err
 	}
 	if names, first := lost.summary(); names != "" {
 		p.log.Warn("the clone's snapshot lacks extended attributes of its original's state directory, which the platform's state directory refused",
@@ -387,6 +397,77 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		c.Endpoint = cn.Endpoint.String()
 	}
 	return c, nil
+}
+
+// scratchDirs are the machine-wide directories where services keep
+// sockets, lock files, caches and POSIX shared memory (shm_open names a file
+// in /dev/shm). Shared with the host, a clone would read and write its
+// on-line instance's files there; so a clone sees each through an overlay
+// of its own, mounted in its mount namespace by the shim: the host's
+// directory below, the clone's writes above, in <clone dir>/scratch/<name>,
+// removed with the clone's directory. Below, not a copy: the clone finds
+// what its original had there when it was cloned (a live clone restores
+// the files its tree holds open there, at their paths), and files it has
+// not written show the host's later changes too, as overlayfs reads a
+// lower layer live. What the host mounts below them is not seen through
+// the overlay (a layer is one file system).
+//
+// /run is not among them: /etc/resolv.conf often links into it
+// (systemd-resolved's stub, resolvconf), and the host's mounts below it
+// (/run/user/*, /run/netns) would vanish from the clone's view.
+var scratchDirs = []string{"/tmp", "/var/tmp", "/dev/shm"}
+
+// checkScratch says why a clone cannot have its own scratch directories:
+// one of the host's is not a directory (an overlay needs one), or missing
+// (a clone could create it, as root, and write there).
+func checkScratch() error {
+	for _, d := range scratchDirs {
+		if err := checkScratchDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkScratchDir says why host directory d cannot be a clone's scratch
+// directory, or nil. The shim asks again when it cannot open d.
+func checkScratchDir(d string) error {
+	fi, err := os.Lstat(d)
+	switch {
+	case err != nil:
+		return fmt.Errorf("the clone's own %s: %w", d, err)
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("the clone's own %s: %w: it is a symlink, and an overlay needs a directory (the clone would write where it leads)", d, justrunit.ErrUnsupported)
+	case !fi.IsDir():
+		return fmt.Errorf("the clone's own %s: %w: it is not a directory, and an overlay needs one", d, justrunit.ErrUnsupported)
+	}
+	return nil
+}
+
+// scratchLayers makes, under the clone's directory dir, the upper and work
+// layers of its scratch directories. An upper layer's root is the overlay's
+// root: it takes the host directory's owner, mode (/tmp's 1777) and
+// extended attributes (those it cannot take are added to lost).
+func scratchLayers(dir string, lost *xattrsLost) ([]scratchOverlay, error) {
+	var out []scratchOverlay
+	for _, d := range scratchDirs {
+		fi, err := os.Lstat(d)
+		if err != nil {
+			return nil, fmt.Errorf("the clone's own %s: %w", d, err)
+		}
+		layers := filepath.Join(dir, "scratch", strings.ReplaceAll(strings.Trim(d, "/"), "/", "-"))
+		s := scratchOverlay{Path: d, Upper: filepath.Join(layers, "upper"), Work: filepath.Join(layers, "work")}
+		for _, l := range []string{s.Upper, s.Work} {
+			if err := os.MkdirAll(l, 0o700); err != nil {
+				return nil, fmt.Errorf("the clone's own %s: %w", d, err)
+			}
+		}
+		if err := copyMeta(d, s.Upper, fi, lost); err != nil {
+			return nil, fmt.Errorf("the clone's own %s: %w", d, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
 }
 
 // cloneID picks the ID of a new clone of instance id: c<seq>-<id>, with the

@@ -147,10 +147,14 @@ func criuDump(criu string, pid int, dir, freezer string) error {
 	return nil
 }
 
-// criuRestoreArgs is the command the shim execs to restore a dump.
-func criuRestoreArgs(criu, dir string) []string {
-	return []string{criu, "restore", "--images-dir", dir, "--tcp-close", "--shell-job", "--file-locks",
-		"--manage-cgroups=ignore", "--log-file", filepath.Join(dir, "restore.log"), "-v3"} // -v3: the log says when it finished
+// criuRestoreArgs is the command the shim runs to restore a dump. It names
+// the dump's directory "." and its log relative to it (criu writes its log
+// in its work directory, by default the images'): the shim runs it in the
+// directory it opened before mounting the clone's /tmp, which may cover the
+// dump's path (see mountClone), and the platform reads the log there.
+func criuRestoreArgs(criu string) []string {
+	return []string{criu, "restore", "--images-dir", ".", "--tcp-close", "--shell-job", "--file-locks",
+		"--manage-cgroups=ignore", "--log-file", "restore.log", "-v3"} // -v3: the log says when it finished
 }
 
 // lastLines returns the last n non-empty lines of s, joined by " / ".

@@ -6,7 +6,8 @@
 // its own network namespace with the same internal address and port as the
 // original, reached inside it (CloneOptions.InNetwork) or behind a veth pair
 // and NAT, on a copy-on-write snapshot of the
-// original's state directory taken while the original is frozen for a moment.
+// original's state directory taken while the original is frozen for a moment,
+// and with copy-on-write views of the machine's /tmp, /var/tmp and /dev/shm.
 //
 // Everything the platform creates carries a name that says it is JustRunIt's
 // and which platform state directory (its scope) owns it:
@@ -863,14 +864,15 @@ func (p *Platform) startInstance(in *inst, sc *shimConfig) (err error) {
 	var cloneflags uintptr
 	if sc != nil {
 		cfg.Netns, cfg.Target, cfg.Lower, cfg.Upper, cfg.Work, cfg.Bind = sc.Netns, sc.Target, sc.Lower, sc.Upper, sc.Work, sc.Bind
-		if cfg.Target != "" {
-			cloneflags = syscall.CLONE_NEWNS
-		}
+		// Every clone, with a state directory or without, has a mount
+		// namespace of its own: its scratch directories are its own.
+		cfg.Private, cfg.Scratch = true, sc.Scratch
+		cloneflags = syscall.CLONE_NEWNS
 		if sc.Restore {
 			// criu restore (sc.Path, sc.Argv): the tree's PIDs are free
 			// only in a PID namespace of its own, which needs its own /proc.
-			cfg.Path, cfg.Argv, cfg.Env, cfg.Restore = sc.Path, sc.Argv, []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, true
-			cloneflags |= syscall.CLONE_NEWNS | syscall.CLONE_NEWPID
+			cfg.Path, cfg.Argv, cfg.Env, cfg.Restore, cfg.Images = sc.Path, sc.Argv, []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, true, sc.Images
+			cloneflags |= syscall.CLONE_NEWPID
 		}
 	}
 	logf, err := os.OpenFile(filepath.Join(p.cfg.StateDir, "logs", in.ID+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -34,6 +35,13 @@ type shimConfig struct {
 	// Netns is the path of the network namespace to join; empty keeps the
 	// host's.
 	Netns string `json:"netns,omitempty"`
+	// Private: the shim runs in a mount namespace of its own (CLONE_NEWNS),
+	// as every clone does, and makes the mounts below there; never set
+	// for an on-line instance, which shares the host's.
+	Private bool `json:"private,omitempty"`
+	// Scratch are the machine-wide scratch directories (see scratchDirs)
+	// that the clone sees through overlays of its own.
+	Scratch []scratchOverlay `json:"scratch,omitempty"`
 	// Target is the directory the command knows as its state directory;
 	// for a clone it is covered, in the clone's own mount namespace, by an
 	// overlay of Lower/Upper/Work, or by a bind mount of Bind.
@@ -43,8 +51,11 @@ type shimConfig struct {
 	Work   string `json:"work,omitempty"`
 	Bind   string `json:"bind,omitempty"`
 	// Restore: the command (Path, Argv) is criu restore, in new PID and mount
-	// namespaces; the shim mounts a /proc of the new PID namespace.
-	Restore bool `json:"restore,omitempty"`
+	// namespaces; the shim mounts a /proc of the new PID namespace and runs
+	// criu in Images, the dump's directory (criuRestoreArgs names the
+	// images and the log relative to it).
+	Restore bool   `json:"restore,omitempty"`
+	Images  string `json:"images,omitempty"`
 	// Dir is the command's working directory, absolute (Launch makes an
 	// empty one the platform's); empty keeps the platform's. The shim
 	// enters it after its mounts: a working directory taken before them
@@ -52,6 +63,14 @@ type shimConfig struct {
 	// is at or below Target would open the original's files by their
 	// relative paths.
 	Dir string `json:"dir,omitempty"`
+}
+
+// scratchOverlay is one scratch directory of a clone: the host's directory
+// Path as the lower layer, covered at Path by the clone's Upper and Work.
+type scratchOverlay struct {
+	Path  string `json:"path"`
+	Upper string `json:"upper"`
+	Work  string `json:"work"`
 }
 
 func init() {
@@ -90,7 +109,7 @@ func runShim(v string) {
 		}
 		nsfd = fd
 	}
-	if c.Target != "" || c.Restore {
+	if c.Private {
 		// Our mount namespace is new (CLONE_NEWNS); keep every change in it.
 		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 			fail("make mounts private: %v", err)
@@ -98,24 +117,11 @@ func runShim(v string) {
 		// Drop our copies of the named network namespaces: they would keep
 		// other clones' namespaces (and veths) alive after those are destroyed.
 		dropNetnsMounts()
-		switch {
-		case c.Lower != "":
-			opts := "lowerdir=" + c.Lower + ",upperdir=" + c.Upper + ",workdir=" + c.Work
-			if err := unix.Mount("overlay", c.Target, "overlay", 0, opts); err != nil {
-				fail("mount overlay on %s: %v", c.Target, err)
-			}
-		case c.Bind != "":
-			if err := unix.Mount(c.Bind, c.Target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-				fail("bind %s on %s: %v", c.Bind, c.Target, err)
-			}
-		}
-		if c.Restore {
-			if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
-				fail("mount /proc of the clone's PID namespace: %v", err)
-			}
+		if err := mountClone(c); err != nil {
+			fail("%v", err)
 		}
 	}
-	if c.Dir != "" {
+	if c.Dir != "" && !c.Restore { // criu runs in Images (mountClone)
 		if err := unix.Chdir(c.Dir); err != nil {
 			fail("enter working directory %s: %v", c.Dir, err)
 		}
@@ -131,6 +137,112 @@ func runShim(v string) {
 	}
 	err := syscall.Exec(c.Path, c.Argv, c.Env)
 	fail("exec %s: %v", c.Path, err)
+}
+
+// mountClone makes a clone's mounts in its own mount namespace: an overlay
+// on each scratch directory, then the state directory's overlay (or bind
+// mount) at Target, as the clone sees that path (on its /tmp overlay, for
+// a state directory below /tmp), then, to restore, the PID namespace's
+// /proc; and it enters Images to restore.
+//
+// Every directory a mount takes is opened first, before anything is
+// mounted, and named through /proc/self/fd from then on: the platform's
+// state directory, which holds the layers and the dump, may be below /tmp
+// (a test's is), and there the overlay on /tmp would cover them — overlayfs
+// refuses an upper layer on an overlay, and criu would write its log to the
+// clone's /tmp rather than where the platform reads it. A scratch
+// directory is opened without following a symlink and mounted on through
+// its descriptor, so the overlay covers that directory and nothing a
+// symlink leads to.
+func mountClone(c shimConfig) error {
+	var fds []int
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	open := func(path string, flags int) (string, error) {
+		fd, err := unix.Open(path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC|flags, 0)
+		if err != nil {
+			return "", err
+		}
+		fds = append(fds, fd)
+		return "/proc/self/fd/" + strconv.Itoa(fd), nil
+	}
+	type overlay struct{ target, lower, upper, work string }
+	var scratch []overlay
+	for _, s := range c.Scratch {
+		lower, err := open(s.Path, unix.O_NOFOLLOW)
+		if err != nil {
+			if why := checkScratchDir(s.Path); why != nil {
+				return why
+			}
+			return fmt.Errorf("the clone's own %s: %v", s.Path, err)
+		}
+		o := overlay{target: lower, lower: lower}
+		if o.upper, err = open(s.Upper, 0); err == nil {
+			o.work, err = open(s.Work, 0)
+		}
+		if err != nil {
+			return fmt.Errorf("the clone's own %s: its layers: %v", s.Path, err)
+		}
+		scratch = append(scratch, o)
+	}
+	var state overlay
+	var err error
+	switch {
+	case c.Lower != "":
+		if state.lower, err = open(c.Lower, 0); err == nil {
+			if state.upper, err = open(c.Upper, 0); err == nil {
+				state.work, err = open(c.Work, 0)
+			}
+		}
+	case c.Bind != "":
+		state.lower, err = open(c.Bind, 0)
+	}
+	if err != nil {
+		return fmt.Errorf("the state directory's layers: %v", err)
+	}
+	images := -1
+	if c.Restore {
+		fd, err := unix.Open(c.Images, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("the dump %s: %v", c.Images, err)
+		}
+		fds = append(fds, fd)
+		images = fd
+	}
+
+	for i, o := range scratch {
+		if err := mountOverlay(o.target, o.lower, o.upper, o.work); err != nil {
+			return fmt.Errorf("mount the clone's own %s (an overlay on the host's, its writes in %s): %v", c.Scratch[i].Path, c.Scratch[i].Upper, err)
+		}
+	}
+	switch {
+	case c.Lower != "":
+		if err := mountOverlay(c.Target, state.lower, state.upper, state.work); err != nil {
+			return fmt.Errorf("mount overlay on %s: %v", c.Target, err)
+		}
+	case c.Bind != "":
+		if err := unix.Mount(state.lower, c.Target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind %s on %s: %v", c.Bind, c.Target, err)
+		}
+	}
+	if c.Restore {
+		if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("mount /proc of the clone's PID namespace: %v", err)
+		}
+		// By its descriptor: the path may be below the clone's /tmp.
+		if err := unix.Fchdir(images); err != nil {
+			return fmt.Errorf("enter %s: %v", c.Images, err)
+		}
+	}
+	return nil
+}
+
+// mountOverlay mounts an overlay of lower, upper and work on target.
+func mountOverlay(target, lower, upper, work string) error {
+	return unix.Mount("overlay", target, "overlay", 0, "lowerdir="+lower+",upperdir="+upper+",workdir="+work)
 }
 
 func dropNetnsMounts() {
