@@ -63,7 +63,8 @@ local: root; cgroups (v1 or v2: the controllers, then a group made with a CPU
 quota, a cpuset and a memory limit, frozen, thawed and removed); cpu time
 (cpuacct on v1); memory limits (optional: the memory controller on v1); hosts
 (CPUs); overlayfs under the data directory (optional: without it each clone
-gets a full copy of the state directory); a clone's network (namespace, veth pair, routes
+gets a full copy of the state directory, and keeps its writes to /tmp,
+/var/tmp and /dev/shm, overlays on the host's, in memory); a clone's network (namespace, veth pair, routes
 and nftables NAT, made and removed); the clone mode; energy (RAPL, or the host
 classes' power models).
 

@@ -83,12 +83,9 @@ func Check(ctx context.Context, dir string) []justrunit.Check {
 		Detail: fmt.Sprintf("%d CPUs; default hosts %s", len(cpus), strings.Join(hs, ", ")),
 		Fix:    fixIf(len(cpus) < 2, "with one CPU the sandbox shares it with the on-line instances, and what they do shows in each other's figures")})
 
-	// Not optional: without it a clone's state directory would be a full
-	// copy, but its /tmp, /var/tmp and /dev/shm cannot be its own, and
-	// every clone fails.
-	add(justrunit.Check{Name: "overlayfs", OK: p.overlayOK,
+	add(justrunit.Check{Name: "overlayfs", OK: p.overlayOK, Optional: true,
 		Detail: choose(p.overlayOK, "a clone's state directory is an overlay on the snapshot, its /tmp, /var/tmp and /dev/shm overlays on the host's",
-			"cannot mount an overlay under "+sd+": clones fail (their /tmp, /var/tmp and /dev/shm are overlays with their writes there)"),
+			"cannot mount an overlay under "+sd+": each clone gets a full copy of the state directory, and keeps its writes to /tmp, /var/tmp and /dev/shm in memory (a tmpfs of its own)"),
 		Fix: fixIf(!p.overlayOK, "modprobe overlay, and keep the data directory on a file system overlayfs accepts as upper layer (ext4, xfs, tmpfs)")})
 
 	err = p.checkInsideNet()

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -342,7 +343,7 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 			sc.Bind = lower
 		}
 	}
-	if sc.Scratch, err = scratchLayers(cs.Dir, lost); err != nil {
+	if sc.Scratch, sc.ScratchTmpfs, err = scratchLayers(cs.Dir, !p.overlayOK, lost); err != nil {
 		return nil, err
 	}
 	if names, first := lost.summary(); names != "" {
@@ -448,26 +449,46 @@ func checkScratchDir(d string) error {
 // layers of its scratch directories. An upper layer's root is the overlay's
 // root: it takes the host directory's owner, mode (/tmp's 1777) and
 // extended attributes (those it cannot take are added to lost).
-func scratchLayers(dir string, lost *xattrsLost) ([]scratchOverlay, error) {
-	var out []scratchOverlay
+//
+// With inMemory (the platform's data directory cannot hold an overlay's
+// upper layer: overlayfs refuses one on an overlay, as a container's root
+// file system often is, or on NFS) it makes only the directory that holds
+// them, and returns it as tmpfs: the shim covers it with a tmpfs in the
+// clone's mount namespace and makes the layers there (owner and mode
+// only), so the clone's scratch writes are kept in memory, seen by nobody
+// else, and go with the clone.
+func scratchLayers(dir string, inMemory bool, lost *xattrsLost) (out []scratchOverlay, tmpfs string, err error) {
+	root := filepath.Join(dir, "scratch")
+	if inMemory {
+		if err := os.MkdirAll(root, 0o700); err != nil {
+			return nil, "", fmt.Errorf("the clone's scratch layers: %w", err)
+		}
+		tmpfs = root
+	}
 	for _, d := range scratchDirs {
 		fi, err := os.Lstat(d)
 		if err != nil {
-			return nil, fmt.Errorf("the clone's own %s: %w", d, err)
+			return nil, "", fmt.Errorf("the clone's own %s: %w", d, err)
 		}
-		layers := filepath.Join(dir, "scratch", strings.ReplaceAll(strings.Trim(d, "/"), "/", "-"))
-		s := scratchOverlay{Path: d, Upper: filepath.Join(layers, "upper"), Work: filepath.Join(layers, "work")}
+		layers := filepath.Join(root, strings.ReplaceAll(strings.Trim(d, "/"), "/", "-"))
+		s := scratchOverlay{Path: d, Upper: filepath.Join(layers, "upper"), Work: filepath.Join(layers, "work"), Mode: fi.Mode()}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			s.UID, s.GID = int(st.Uid), int(st.Gid)
+		}
+		out = append(out, s)
+		if inMemory {
+			continue
+		}
 		for _, l := range []string{s.Upper, s.Work} {
 			if err := os.MkdirAll(l, 0o700); err != nil {
-				return nil, fmt.Errorf("the clone's own %s: %w", d, err)
+				return nil, "", fmt.Errorf("the clone's own %s: %w", d, err)
 			}
 		}
 		if err := copyMeta(d, s.Upper, fi, lost); err != nil {
-			return nil, fmt.Errorf("the clone's own %s: %w", d, err)
+			return nil, "", fmt.Errorf("the clone's own %s: %w", d, err)
 		}
-		out = append(out, s)
 	}
-	return out, nil
+	return out, tmpfs, nil
 }
 
 // cloneID picks the ID of a new clone of instance id: c<seq>-<id>, with the

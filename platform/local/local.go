@@ -866,7 +866,7 @@ func (p *Platform) startInstance(in *inst, sc *shimConfig) (err error) {
 		cfg.Netns, cfg.Target, cfg.Lower, cfg.Upper, cfg.Work, cfg.Bind = sc.Netns, sc.Target, sc.Lower, sc.Upper, sc.Work, sc.Bind
 		// Every clone, with a state directory or without, has a mount
 		// namespace of its own: its scratch directories are its own.
-		cfg.Private, cfg.Scratch = true, sc.Scratch
+		cfg.Private, cfg.Scratch, cfg.ScratchTmpfs = true, sc.Scratch, sc.ScratchTmpfs
 		cloneflags = syscall.CLONE_NEWNS
 		if sc.Restore {
 			// criu restore (sc.Path, sc.Argv): the tree's PIDs are free

@@ -30,10 +30,13 @@ func TestCloneOwnScratch(t *testing.T) {
 		name     string
 		live     bool
 		stateDir bool
+		inMemory bool // as where the data directory holds no overlay layer
 	}{
 		{name: "cold"},
 		{name: "cold with state dir", stateDir: true},
 		{name: "live with state dir", live: true, stateDir: true},
+		{name: "cold, layers in memory", stateDir: true, inMemory: true},
+		{name: "live, layers in memory", live: true, stateDir: true, inMemory: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var p *Platform
@@ -42,6 +45,9 @@ func TestCloneOwnScratch(t *testing.T) {
 				testutil.NeedLiveClones(t, p.criuErr)
 			} else {
 				p = newPlatform(t, coldClones)
+			}
+			if tc.inMemory {
+				p.overlayOK = false
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
@@ -122,10 +128,20 @@ func TestCloneOwnScratch(t *testing.T) {
 				t.Errorf("original reads shared: %d %q, want %q", code, body, "original")
 			}
 			cdir := filepath.Join(p.cfg.StateDir, "clones", cl.ID)
+			if tc.inMemory {
+				// The layers are in the tmpfs the clone's namespace has on
+				// this directory: the host sees it empty.
+				if ents, err := os.ReadDir(filepath.Join(cdir, "scratch")); err != nil || len(ents) != 0 {
+					t.Errorf("host's view of the clone's in-memory layers: %d entries, %v; want an empty directory", len(ents), err)
+				}
+			}
 			for _, file := range []string{
 				filepath.Join(cdir, "scratch", "tmp", "upper", strings.TrimPrefix(dir, "/tmp/"), "new"),
 				filepath.Join(cdir, "scratch", "dev-shm", "upper", filepath.Base(shm)+"-new"),
 			} {
+				if tc.inMemory {
+					continue
+				}
 				if b, err := os.ReadFile(file); err != nil || string(b) != "clone" {
 					t.Errorf("clone's layer %s = %q, %v; want %q", file, b, err, "clone")
 				}

@@ -42,6 +42,11 @@ type shimConfig struct {
 	// Scratch are the machine-wide scratch directories (see scratchDirs)
 	// that the clone sees through overlays of its own.
 	Scratch []scratchOverlay `json:"scratch,omitempty"`
+	// ScratchTmpfs, when set, is a directory (the one holding Scratch's
+	// layers) that the shim covers with a tmpfs, in the clone's mount
+	// namespace, and makes the layers in: the platform's data directory
+	// cannot hold an overlay's upper layer (see scratchLayers).
+	ScratchTmpfs string `json:"scratch_tmpfs,omitempty"`
 	// Target is the directory the command knows as its state directory;
 	// for a clone it is covered, in the clone's own mount namespace, by an
 	// overlay of Lower/Upper/Work, or by a bind mount of Bind.
@@ -67,10 +72,15 @@ type shimConfig struct {
 
 // scratchOverlay is one scratch directory of a clone: the host's directory
 // Path as the lower layer, covered at Path by the clone's Upper and Work.
+// Mode, UID and GID are Path's, which the overlay's root takes from Upper:
+// the shim gives them to an Upper it makes (ScratchTmpfs).
 type scratchOverlay struct {
-	Path  string `json:"path"`
-	Upper string `json:"upper"`
-	Work  string `json:"work"`
+	Path  string      `json:"path"`
+	Upper string      `json:"upper"`
+	Work  string      `json:"work"`
+	Mode  os.FileMode `json:"mode"`
+	UID   int         `json:"uid"`
+	GID   int         `json:"gid"`
 }
 
 func init() {
@@ -169,6 +179,11 @@ func mountClone(c shimConfig) error {
 		fds = append(fds, fd)
 		return "/proc/self/fd/" + strconv.Itoa(fd), nil
 	}
+	if c.ScratchTmpfs != "" {
+		if err := scratchTmpfs(c); err != nil {
+			return err
+		}
+	}
 	type overlay struct{ target, lower, upper, work string }
 	var scratch []overlay
 	for _, s := range c.Scratch {
@@ -235,6 +250,31 @@ func mountClone(c shimConfig) error {
 		// By its descriptor: the path may be below the clone's /tmp.
 		if err := unix.Fchdir(images); err != nil {
 			return fmt.Errorf("enter %s: %v", c.Images, err)
+		}
+	}
+	return nil
+}
+
+// scratchTmpfs covers c.ScratchTmpfs with a tmpfs, in the clone's mount
+// namespace, and makes the scratch overlays' layers there, each upper with
+// its host directory's owner and mode (/tmp's 1777). Nothing of it shows
+// outside the clone, and it goes with the clone's last process. It runs
+// before anything else is mounted: the directory may be below /tmp.
+func scratchTmpfs(c shimConfig) error {
+	if err := unix.Mount("tmpfs", c.ScratchTmpfs, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700"); err != nil {
+		return fmt.Errorf("mount a tmpfs on %s for the clone's scratch layers: %v", c.ScratchTmpfs, err)
+	}
+	for _, s := range c.Scratch {
+		for _, d := range []string{s.Upper, s.Work} {
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				return fmt.Errorf("the clone's own %s: its layers in memory: %v", s.Path, err)
+			}
+		}
+		if err := os.Lchown(s.Upper, s.UID, s.GID); err != nil {
+			return fmt.Errorf("the clone's own %s: its upper layer: %v", s.Path, err)
+		}
+		if err := os.Chmod(s.Upper, s.Mode); err != nil {
+			return fmt.Errorf("the clone's own %s: its upper layer: %v", s.Path, err)
 		}
 	}
 	return nil
