@@ -84,6 +84,14 @@ func (s *Site) PrepareStudy(ctx context.Context, st *justrunit.Study, opts Study
 	if err := s.checkStudy(st); err != nil {
 		return nil, err
 	}
+	// A clone starts from its original's allocation: not from one a
+	// check left it at.
+	if left, want, owed, err := s.owed(ctx, st.Target); err != nil {
+		return nil, err
+	} else if owed {
+		return nil, fmt.Errorf("study of %s: %w: a fidelity check left the on-line instance at %s, and it should have %s, so its clones would start from the wrong one: check it again (a check sets it back first), set it back by hand, or restart the site",
+			st.Target, justrunit.ErrNotRestored, left, want)
+	}
 	in, err := interp.New(st.Interpolator)
 	if err != nil {
 		return nil, err

@@ -328,26 +328,38 @@ func (s *Site) restore(ctx context.Context, id string, orig, alloc justrunit.All
 // back by hand); when it cannot set it back, the check is refused before it
 // changes anything. It runs under the on-line lock.
 func (s *Site) setBack(ctx context.Context, id string) error {
+	left, want, owed, err := s.owed(ctx, id)
+	if err != nil || !owed {
+		return err
+	}
+	s.log.Warn("setting the on-line allocation an earlier fidelity check left back before checking", "instance", id, "left_at", left, "should_have", want)
+	if err := s.restore(ctx, id, want, left); err != nil {
+		return fmt.Errorf("the on-line %s is still at the allocation an earlier check left it at, so this check did not start: %w", id, err)
+	}
+	return nil
+}
+
+// owed reports whether the on-line instance id is still at an allocation
+// (left) that a check could not restore, and the one it should have
+// (want); it forgets one that id has again (set back by hand) or that is
+// owed to an instance no longer there.
+func (s *Site) owed(ctx context.Context, id string) (left, want justrunit.Allocation, owed bool, err error) {
 	s.mu.Lock()
 	want, ok := s.unrestored[id]
 	s.mu.Unlock()
 	if !ok {
-		return nil
+		return left, want, false, nil
 	}
 	insts, err := s.Platform.Instances(ctx)
 	if err != nil {
-		return fmt.Errorf("read the on-line %s, which an earlier check left at another allocation: %w", id, err)
+		return left, want, false, fmt.Errorf("read the on-line %s, which an earlier check left at another allocation: %w", id, err)
 	}
 	i := slices.IndexFunc(insts, func(x justrunit.Instance) bool { return x.ID == id })
 	if i < 0 || insts[i].Alloc == want { // gone (onlineAt says so), or set back by hand
 		s.forgetUnrestored(id)
-		return nil
+		return left, want, false, nil
 	}
-	s.log.Warn("setting the on-line allocation an earlier fidelity check left back before checking", "instance", id, "left_at", insts[i].Alloc, "should_have", want)
-	if err := s.restore(ctx, id, want, insts[i].Alloc); err != nil {
-		return fmt.Errorf("the on-line %s is still at the allocation an earlier check left it at, so this check did not start: %w", id, err)
-	}
-	return nil
+	return insts[i].Alloc, want, true, nil
 }
 
 // forgetUnrestored forgets the allocation instance id should have been

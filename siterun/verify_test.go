@@ -366,6 +366,14 @@ func TestVerifySetsBackFirst(t *testing.T) {
 	if got := p.changes()[n:]; len(got) != 0 {
 		t.Errorf("a refused check changed the on-line instance: %+v", got)
 	}
+	// Nor does a study clone it from there.
+	study := *st
+	if x, err := s.PrepareStudy(ctx, &study, StudyOptions{}); !errors.Is(err, justrunit.ErrNotRestored) || !strings.Contains(err.Error(), "clones would start from the wrong one") {
+		if x != nil {
+			x.Close(ctx)
+		}
+		t.Fatalf("PrepareStudy of an instance left at a check's allocation = %v, want ErrNotRestored", err)
+	}
 	// Now it can: set back, checked, restored to what it should have.
 	failRestores(0)
 	n = len(p.changes())

@@ -347,7 +347,7 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		return nil, err
 	}
 	if names, first := lost.summary(); names != "" {
-		p.log.Warn("the clone's snapshot lacks extended attributes of its original's state directory, which the platform's state directory refused",
+		p.log.Warn("the clone's layers lack extended attributes of its original's state directory or of the host's /tmp, /var/tmp or /dev/shm, which the platform's state directory refused",
 			"id", id, "clone", cid, "xattrs", names, "err", first)
 	}
 	// Nor starts its process (the snapshot, checked above, is skipped for
@@ -435,6 +435,8 @@ func checkScratch() error {
 func checkScratchDir(d string) error {
 	fi, err := os.Lstat(d)
 	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("the clone's own %s: %w: the host has none, and a clone (as root) would make it and write there, where its original could meet its files; make it as the system does: mkdir -m 1777 %s", d, err, d)
 	case err != nil:
 		return fmt.Errorf("the clone's own %s: %w", d, err)
 	case fi.Mode()&fs.ModeSymlink != 0:

@@ -268,3 +268,25 @@ func checkMountPoints(t *testing.T, when string, before map[string]int, cdir str
 		}
 	}
 }
+
+// TestCloneScratchMissing: a scratch directory the host does not have
+// fails the clone before anything is made, saying how to make it.
+func TestCloneScratchMissing(t *testing.T) {
+	p := newPlatform(t, coldClones)
+	launchServer(t, p, serverOpts{id: "web"})
+	saved := scratchDirs
+	t.Cleanup(func() { scratchDirs = saved })
+	missing := filepath.Join(t.TempDir(), "none")
+	scratchDirs = append(slices.Clone(saved), missing)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl, err := p.Clone(ctx, "web", "sandbox", justrunit.CloneOptions{})
+	if err == nil {
+		_ = p.Destroy(ctx, cl.ID)
+		t.Fatalf("Clone() with no %s succeeded", missing)
+	}
+	if !strings.Contains(err.Error(), missing+": ") || !strings.Contains(err.Error(), "mkdir -m 1777 "+missing) {
+		t.Errorf("Clone() error = %v, want one naming %s and how to make it", err, missing)
+	}
+	checkNoLeftovers(t, p, regexp.MustCompile(`c\d+-web`))
+}
