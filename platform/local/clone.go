@@ -419,11 +419,13 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 var scratchDirs = []string{"/tmp", "/var/tmp", "/dev/shm"}
 
 // checkScratch says why a clone cannot have its own scratch directories:
-// one of the host's is not a directory (an overlay needs one), or missing
-// (a clone could create it, as root, and write there).
+// one of the host's is not a directory (an overlay needs one). One the
+// host does not have is skipped (a minimal system may have no /var/tmp):
+// its original has nothing there to protect (a clone that makes it, as
+// root, makes it on the host).
 func checkScratch() error {
 	for _, d := range scratchDirs {
-		if err := checkScratchDir(d); err != nil {
+		if err := checkScratchDir(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 	}
@@ -435,8 +437,6 @@ func checkScratch() error {
 func checkScratchDir(d string) error {
 	fi, err := os.Lstat(d)
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("the clone's own %s: %w: the host has none, and a clone (as root) would make it and write there, where its original could meet its files; make it as the system does: mkdir -m 1777 %s", d, err, d)
 	case err != nil:
 		return fmt.Errorf("the clone's own %s: %w", d, err)
 	case fi.Mode()&fs.ModeSymlink != 0:
@@ -469,6 +469,9 @@ func scratchLayers(dir string, inMemory bool, lost *xattrsLost) (out []scratchOv
 	}
 	for _, d := range scratchDirs {
 		fi, err := os.Lstat(d)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // see checkScratch
+		}
 		if err != nil {
 			return nil, "", fmt.Errorf("the clone's own %s: %w", d, err)
 		}

@@ -269,8 +269,9 @@ func checkMountPoints(t *testing.T, when string, before map[string]int, cdir str
 	}
 }
 
-// TestCloneScratchMissing: a scratch directory the host does not have
-// fails the clone before anything is made, saying how to make it.
+// TestCloneScratchMissing: a scratch directory the host does not have (a
+// minimal system's /var/tmp) is skipped: the clone starts, and nothing
+// makes the directory.
 func TestCloneScratchMissing(t *testing.T) {
 	p := newPlatform(t, coldClones)
 	launchServer(t, p, serverOpts{id: "web"})
@@ -281,12 +282,14 @@ func TestCloneScratchMissing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cl, err := p.Clone(ctx, "web", "sandbox", justrunit.CloneOptions{})
-	if err == nil {
-		_ = p.Destroy(ctx, cl.ID)
-		t.Fatalf("Clone() with no %s succeeded", missing)
+	if err != nil {
+		t.Fatalf("Clone() with no %s: %v, want it skipped", missing, err)
 	}
-	if !strings.Contains(err.Error(), missing+": ") || !strings.Contains(err.Error(), "mkdir -m 1777 "+missing) {
-		t.Errorf("Clone() error = %v, want one naming %s and how to make it", err, missing)
+	if err := p.Destroy(ctx, cl.ID); err != nil {
+		t.Fatalf("Destroy(%s) error: %v", cl.ID, err)
 	}
-	checkNoLeftovers(t, p, regexp.MustCompile(`c\d+-web`))
+	if _, err := os.Lstat(missing); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("%s after a clone: %v, want it still missing", missing, err)
+	}
+	checkNoLeftovers(t, p, regexp.MustCompile(regexp.QuoteMeta(cl.ID)))
 }
