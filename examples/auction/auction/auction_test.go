@@ -545,6 +545,11 @@ func TestAuctionsClose(t *testing.T) {
 	}
 
 	first := sell("first") // 6
+	// A sold item with bids closes too (with foreign keys enforced on
+	// bids.item_id it could not leave items, and every later sale failed).
+	if status, body := do(t, "POST", data.URL+"/items/6/bids", js, `{"user_id":2,"amount":100000}`); status != http.StatusCreated {
+		t.Fatalf("bid on a sold item = %d %q, want 201", status, body)
+	}
 	at(5 * time.Second)
 	second := sell("second") // 7
 	at(12 * time.Second)
@@ -561,8 +566,8 @@ func TestAuctionsClose(t *testing.T) {
 	if it := get(second.ID); it.ClosedAt != "" {
 		t.Errorf("open item = %+v, want no closed_at", it)
 	}
-	if status, body := do(t, "GET", data.URL+"/items/6/bids", "", ""); status != http.StatusOK {
-		t.Errorf("bids of a closed item = %d %q, want 200", status, body)
+	if status, body := do(t, "GET", data.URL+"/items/6/bids", "", ""); status != http.StatusOK || !strings.Contains(body, `"amount":100000`) {
+		t.Errorf("bids of a closed item = %d %q, want 200 with its bid", status, body)
 	}
 	if status, body := do(t, "POST", data.URL+"/items/6/bids", js, `{"user_id":2,"amount":100000}`); status != http.StatusGone || !strings.Contains(body, "closed") {
 		t.Errorf("bid on a closed item = %d %q, want 410 saying it closed", status, body)

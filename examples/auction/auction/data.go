@@ -92,6 +92,23 @@ type DataServer struct {
 
 var _ http.Handler = (*DataServer)(nil)
 
+// itemTable is the columns of items, and of old_items before its closed_at.
+const itemTable = `
+	id INTEGER PRIMARY KEY,
+	name TEXT NOT NULL,
+	description TEXT NOT NULL,
+	category INTEGER NOT NULL,
+	seller_id INTEGER NOT NULL REFERENCES users(id),
+	start_price INTEGER NOT NULL,
+	max_bid INTEGER NOT NULL DEFAULT 0,
+	nb_bids INTEGER NOT NULL DEFAULT 0,
+	created_at TEXT NOT NULL`
+
+// schema is the database's. A bid's item_id names an item in items or,
+// once its auction has closed, in old_items; the handlers check what a
+// write refers to in its transaction, and foreign keys are not enforced
+// (an enforced items(id) reference made an item with bids impossible to
+// close).
 const schema = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS users (
@@ -101,33 +118,15 @@ CREATE TABLE IF NOT EXISTS users (
 	rating INTEGER NOT NULL DEFAULT 0,
 	created_at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS items (
-	id INTEGER PRIMARY KEY,
-	name TEXT NOT NULL,
-	description TEXT NOT NULL,
-	category INTEGER NOT NULL,
-	seller_id INTEGER NOT NULL REFERENCES users(id),
-	start_price INTEGER NOT NULL,
-	max_bid INTEGER NOT NULL DEFAULT 0,
-	nb_bids INTEGER NOT NULL DEFAULT 0,
-	created_at TEXT NOT NULL
+CREATE TABLE IF NOT EXISTS items (` + itemTable + `
 );
 CREATE INDEX IF NOT EXISTS items_category ON items(category, id);
-CREATE TABLE IF NOT EXISTS old_items (
-	id INTEGER PRIMARY KEY,
-	name TEXT NOT NULL,
-	description TEXT NOT NULL,
-	category INTEGER NOT NULL,
-	seller_id INTEGER NOT NULL REFERENCES users(id),
-	start_price INTEGER NOT NULL,
-	max_bid INTEGER NOT NULL DEFAULT 0,
-	nb_bids INTEGER NOT NULL DEFAULT 0,
-	created_at TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS old_items (` + itemTable + `,
 	closed_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS bids (
 	id INTEGER PRIMARY KEY,
-	item_id INTEGER NOT NULL REFERENCES items(id),
+	item_id INTEGER NOT NULL,
 	user_id INTEGER NOT NULL REFERENCES users(id),
 	amount INTEGER NOT NULL,
 	created_at TEXT NOT NULL
@@ -164,7 +163,7 @@ func NewDataServer(dir string, opts DataOptions) (*DataServer, error) {
 	}
 	path := filepath.Join(dir, DBFile)
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() +
-		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)"
+		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)"
 	wr, err := sql.Open("sqlite", dsn+"&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("open data tier: %w", err)
