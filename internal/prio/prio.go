@@ -10,7 +10,9 @@ package prio
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -36,6 +38,45 @@ func SetIdle() error {
 // e.g. those of a cgroup) in the idle scheduling class, as SetIdle does.
 func SetIdleThreads(list func() ([]int, error)) error {
 	return eachThread(list, "set the idle scheduling class", setIdle)
+}
+
+// SetIdleThisThread puts the calling thread alone in the idle scheduling
+// class. The caller has locked its goroutine to the thread
+// (runtime.LockOSThread) and means to exec from it: the program it execs,
+// and every thread that program starts, is then in the class from its first
+// instruction. Setting a running process's threads cannot promise that: a
+// thread its creator is cloning while they are set copies the creator's old
+// class, and may show up in the task list only after the last listing.
+func SetIdleThisThread() error {
+	if err := setIdle(unix.Gettid()); err != nil {
+		return fmt.Errorf("set the idle scheduling class: %w", err)
+	}
+	return nil
+}
+
+// ExecIdle makes this whole process idle, with no thread left out: unless
+// the calling thread is in the idle scheduling class already, it execs this
+// program again (same arguments and environment) from a thread put in the
+// class, and so starts over with every thread in it; run again there, it
+// finds its thread idle and returns nil. Call it first thing, before the
+// program holds anything an exec would lose. It returns only with nil in
+// the re-executed program, or with the error that kept it from executing.
+func ExecIdle() error {
+	if idle, err := Idle(unix.Gettid()); err == nil && idle {
+		return SetIdle() // every thread has it from the exec; this finds none that has not
+	}
+	runtime.LockOSThread()
+	if err := SetIdleThisThread(); err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	exe, err := os.Executable()
+	if err == nil {
+		err = syscall.Exec("/proc/self/exe", os.Args, os.Environ())
+	}
+	// This thread stays locked, in the idle class: the goroutine's thread
+	// ends with it, rather than serve others idle.
+	return fmt.Errorf("run %s again in the idle scheduling class: %w", exe, err)
 }
 
 func setIdle(tid int) error {

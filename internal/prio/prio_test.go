@@ -1,11 +1,49 @@
 package prio
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 )
+
+// TestMain lets this test binary be the program TestExecIdle runs: with
+// PRIO_EXEC_IDLE set it calls ExecIdle, starts threads, and prints
+// whether each of its threads is idle.
+func TestMain(m *testing.M) {
+	if os.Getenv("PRIO_EXEC_IDLE") != "1" {
+		os.Exit(m.Run())
+	}
+	if err := ExecIdle(); err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	// Goroutines blocked in system calls make the runtime start threads.
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Millisecond)
+			_, _ = os.ReadFile("/proc/self/stat")
+		}()
+	}
+	wg.Wait()
+	tids, err := threadsOf("self")()
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	for _, tid := range tids {
+		idle, err := Idle(tid)
+		fmt.Printf("%d %v %v\n", tid, idle, err)
+	}
+	os.Exit(0)
+}
 
 // TestSetIdleThreads puts another process's threads in the idle class
 // (which needs no privilege: it lowers the priority) and leaves this
@@ -44,4 +82,28 @@ func TestSetIdleThreadsListError(t *testing.T) {
 		t.Fatal("SetIdleThreads with a failing listing: no error")
 	}
 	t.Log(err)
+}
+
+// TestExecIdle: a program that calls ExecIdle runs again with every thread
+// in the idle class, those the runtime starts later too; this process is
+// left as it was.
+func TestExecIdle(t *testing.T) {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "PRIO_EXEC_IDLE=1")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) < 2 {
+		t.Fatalf("the program printed %q, want a line per thread (more than one)", out)
+	}
+	for _, l := range lines {
+		if !strings.HasSuffix(l, " true <nil>") {
+			t.Errorf("thread not idle: %q", l)
+		}
+	}
+	if idle, err := Idle(os.Getpid()); err != nil || idle {
+		t.Errorf("this process: Idle = %v, %v; want false", idle, err)
+	}
 }

@@ -370,8 +370,10 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 		}
 		_ = os.RemoveAll(images) // the memory pages, in the restored tree now
 	}
-	// criu restores the original's scheduling class with its threads, so
-	// the clone's is set once it runs, live or cold.
+	// A cold clone's command started in the idle class (the shim execs
+	// it from an idle thread); criu restores the original's class with its
+	// threads, so a live clone's is set once it runs. (For a cold clone
+	// this finds every thread set already.)
 	if p.cfg.IdleClones {
 		if err := prio.SetIdleThreads(in.group.Threads); err != nil {
 			return nil, fmt.Errorf("clone %s: %w", cid, err)

@@ -874,6 +874,7 @@ func (p *Platform) startInstance(in *inst, sc *shimConfig) (err error) {
 			cfg.Path, cfg.Argv, cfg.Env, cfg.Restore, cfg.Images = sc.Path, sc.Argv, []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, true, sc.Images
 			cloneflags |= syscall.CLONE_NEWPID
 		}
+		cfg.Idle = p.cfg.IdleClones && !sc.Restore
 	}
 	logf, err := os.OpenFile(filepath.Join(p.cfg.StateDir, "logs", in.ID+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {

@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/justrunit/justrunit/internal/prio"
 )
 
 // The platform starts every instance and clone through a shim: the binary
@@ -61,6 +63,12 @@ type shimConfig struct {
 	// images and the log relative to it).
 	Restore bool   `json:"restore,omitempty"`
 	Images  string `json:"images,omitempty"`
+	// Idle: the shim execs the command from a thread in the idle
+	// scheduling class, so the command and every thread and process it
+	// starts are in it from their first instruction (a clone with
+	// clone_class: idle; not criu restore, which gives the restored
+	// threads their original's class).
+	Idle bool `json:"idle,omitempty"`
 	// Dir is the command's working directory, absolute (Launch makes an
 	// empty one the platform's); empty keeps the platform's. The shim
 	// enters it after its mounts: a working directory taken before them
@@ -144,6 +152,11 @@ func runShim(v string) {
 	}
 	if c.Restore {
 		runRestore(c, errPipe)
+	}
+	if c.Idle {
+		if err := prio.SetIdleThisThread(); err != nil {
+			fail("%v", err)
+		}
 	}
 	err := syscall.Exec(c.Path, c.Argv, c.Env)
 	fail("exec %s: %v", c.Path, err)

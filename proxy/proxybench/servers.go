@@ -59,8 +59,9 @@ func StartUpstream(delay time.Duration, bodySize int) (*Upstream, error) {
 // Close stops the upstream and closes its connections.
 func (u *Upstream) Close() error { return u.srv.Close() }
 
-// ServeUpstream is what an UpstreamCommand runs: it puts this process in
-// the idle scheduling class (idle) or sets its nice value (unless 0),
+// ServeUpstream is what an UpstreamCommand runs, first thing: it puts this
+// process in the idle scheduling class (idle: by executing it again, see
+// prio.ExecIdle) or sets its nice value (unless 0),
 // starts an upstream answering after delay with bodySize bytes, prints
 // {"listen": "host:port"} on w and serves until ctx ends.
 func ServeUpstream(ctx context.Context, delay time.Duration, bodySize int, idle bool, nice int, w io.Writer) error {
@@ -71,7 +72,9 @@ func ServeUpstream(ctx context.Context, delay time.Duration, bodySize int, idle 
 	case idle && nice != 0:
 		return errors.New("the idle scheduling class has no nice value")
 	case idle:
-		if err := prio.SetIdle(); err != nil {
+		// Executes this program again from a thread in the class, so that
+		// no thread the runtime is starting meanwhile keeps the old one.
+		if err := prio.ExecIdle(); err != nil {
 			return err
 		}
 	case nice != 0:
