@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -572,7 +573,9 @@ func (p *Platform) teardownClone(cs *cloneState) error {
 }
 
 // probeOverlay reports whether an overlayfs can be mounted with its layers
-// under dir.
+// under dir. The layers are named by descriptor (/proc/self/fd/N), as the
+// shim names a clone's: overlayfs splits its options on commas and its
+// lower layers on colons, which a data directory's path may hold.
 func probeOverlay(dir string) bool {
 	tmp, err := os.MkdirTemp(dir, ".probe-")
 	if err != nil {
@@ -585,7 +588,16 @@ func probeOverlay(dir string) bool {
 		if os.Mkdir(d, 0o755) != nil {
 			return false
 		}
-		ds = append(ds, d)
+		if n == "m" {
+			ds = append(ds, d)
+			break
+		}
+		fd, err := unix.Open(d, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return false
+		}
+		defer unix.Close(fd)
+		ds = append(ds, "/proc/self/fd/"+strconv.Itoa(fd))
 	}
 	opts := "lowerdir=" + ds[0] + ",upperdir=" + ds[1] + ",workdir=" + ds[2]
 	if err := unix.Mount("overlay", ds[3], "overlay", 0, opts); err != nil {

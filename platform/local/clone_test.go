@@ -313,6 +313,42 @@ func TestCloneCopyFallback(t *testing.T) {
 	}
 }
 
+// TestCloneOddPaths: a data directory and a state directory whose paths
+// hold a comma and a colon (which overlayfs takes as separators in its
+// options) still give overlays: the probe and the shim name every layer by
+// descriptor.
+func TestCloneOddPaths(t *testing.T) {
+	p := newPlatform(t, coldClones, func(c *Config) { c.StateDir = filepath.Join(c.StateDir, "data,dir:1") })
+	if !p.overlayOK {
+		t.Fatal("overlayfs found unusable under a data directory whose path has a comma and a colon")
+	}
+	state := filepath.Join(t.TempDir(), "state,dir:2")
+	if err := os.Mkdir(state, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(state, "counter"), []byte("41"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	orig := launchServer(t, p, serverOpts{id: "db", stateDir: state})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl, err := p.Clone(ctx, "db", "sandbox", justrunit.CloneOptions{})
+	if err != nil {
+		t.Fatalf("Clone() error: %v", err)
+	}
+	if info, _ := p.Info(cl.ID); info.Storage != StorageOverlay {
+		t.Errorf("storage = %q, want %q", info.Storage, StorageOverlay)
+	}
+	cbase := "http://" + cl.Endpoint
+	if m := getJSON(t, cbase+"/work?n=1"); m["counter"] != float64(42) {
+		t.Errorf("clone counter after one request = %v, want 42", m["counter"])
+	}
+	put(t, cbase+"/file/x", "clone")
+	if code, _ := getBody(t, "http://"+orig.Addr+"/file/x"); code != 404 {
+		t.Errorf("original sees the clone's write (status %d)", code)
+	}
+}
+
 // TestGCLeavesOtherScopes checks that gc of one state directory touches
 // nothing of another platform's running instances and clones.
 func TestGCLeavesOtherScopes(t *testing.T) {
