@@ -484,16 +484,16 @@ func TestMeasureUnit(t *testing.T) {
 // auction length (found by id still, taking no more bids), an id is never
 // given twice, and the seeded items stay.
 func TestAuctionsClose(t *testing.T) {
-	d, err := NewDataServer(t.TempDir(), DataOptions{SeedItems: 5, SeedUsers: 5, AuctionLength: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
 	var clock atomic.Int64
 	t0 := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 	at := func(d time.Duration) { clock.Store(t0.Add(d).UnixNano()) }
 	at(0)
-	d.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	d, err := NewDataServer(t.TempDir(), DataOptions{SeedItems: 5, SeedUsers: 5, AuctionLength: 10 * time.Second,
+		Clock: func() time.Time { return time.Unix(0, clock.Load()) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
 	data := httptest.NewServer(d)
 	t.Cleanup(data.Close)
 	a, err := NewAppServer(data.URL, AppOptions{Work: 0.05})
@@ -577,6 +577,24 @@ func TestAuctionsClose(t *testing.T) {
 		t.Errorf("app bid on a closed item = %d %q, want 409 \"Auction closed\"", status, body)
 	}
 
+	// A bid past an auction's end, with no sale since, finds it closed.
+	at(18 * time.Second)
+	if status, body := do(t, "POST", data.URL+"/items/7/bids", js, `{"user_id":2,"amount":100000}`); status != http.StatusGone {
+		t.Errorf("bid on item 7 after its end (no sale since) = %d %q, want 410", status, body)
+	}
+	// With no sale or bid, the closer takes an item out of the listing
+	// within a second or so of its end.
+	at(25 * time.Second)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		ids, total := listed()
+		if slices.Equal(ids, []int64{1, 2, 3, 4, 5}) && total == 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("listed %v (%d) 10 s after item 8's end with no sale or bid, want the seeded items alone", ids, total)
+		}
+	}
+
 	// Every listed item closes; the next id is still past them all.
 	at(time.Minute)
 	fourth := sell("fourth")
@@ -597,13 +615,13 @@ func TestAuctionsClose(t *testing.T) {
 
 // TestAuctionsNeverClose: a negative auction length keeps every item listed.
 func TestAuctionsNeverClose(t *testing.T) {
-	d, err := NewDataServer(t.TempDir(), DataOptions{SeedItems: 2, SeedUsers: 2, AuctionLength: -1})
+	var clock atomic.Int64
+	d, err := NewDataServer(t.TempDir(), DataOptions{SeedItems: 2, SeedUsers: 2, AuctionLength: -1,
+		Clock: func() time.Time { return time.Unix(0, clock.Load()) }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	var clock atomic.Int64
-	d.now = func() time.Time { return time.Unix(0, clock.Load()) }
 	srv := httptest.NewServer(d)
 	t.Cleanup(srv.Close)
 	for i := range 3 {

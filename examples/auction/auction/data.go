@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // pure-Go SQLite driver, so the tier builds with CGO_ENABLED=0
@@ -47,12 +48,16 @@ type DataOptions struct {
 	// AuctionLength is how long an item put up for sale (POST /items)
 	// stays open (DefaultAuctionLength when 0; negative: for ever). Then
 	// its auction closes: the item moves out of the catalogue that lists,
-	// searches and category counts read, and takes no more bids. The
+	// searches and category counts read, and takes no more bids. (A sale
+	// or bid closes the auctions due in its transaction; with neither, a
+	// closer does every second.) The
 	// seeded items are the stock the load generator browses and bids on;
 	// their auctions never close. So under a steady load the catalogue
 	// stays the same size rather than grow with every sale, and so does
 	// the cost of a search.
 	AuctionLength time.Duration
+	// Clock is the data tier's time (for tests); nil is time.Now.
+	Clock func() time.Time
 	// Logger receives errors; nil discards them.
 	Logger *slog.Logger
 }
@@ -88,6 +93,9 @@ type DataServer struct {
 	// for sale and close after length (never when length < 0).
 	seeded int64
 	length time.Duration
+	// stop ends the closer (see closer); closed when it has returned.
+	stop, closed chan struct{}
+	closeOnce    sync.Once
 }
 
 var _ http.Handler = (*DataServer)(nil)
@@ -169,7 +177,11 @@ func NewDataServer(dir string, opts DataOptions) (*DataServer, error) {
 		return nil, fmt.Errorf("open data tier: %w", err)
 	}
 	wr.SetMaxOpenConns(1)
-	d := &DataServer{wr: wr, log: opts.Logger, now: time.Now, length: opts.AuctionLength}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	d := &DataServer{wr: wr, log: opts.Logger, now: opts.Clock, length: opts.AuctionLength,
+		stop: make(chan struct{}), closed: make(chan struct{})}
 	if _, err := wr.Exec(schema); err != nil {
 		wr.Close()
 		return nil, fmt.Errorf("open data tier: create schema in %s: %w", path, err)
@@ -201,15 +213,62 @@ func NewDataServer(dir string, opts DataOptions) (*DataServer, error) {
 	mux.HandleFunc("POST /items", d.handlePostItem)
 	mux.HandleFunc("GET /users/{id}", d.handleGetUser)
 	d.mux = mux
+	go d.closer()
 	return d, nil
+}
+
+// closerEvery is how often the closer closes the auctions due.
+const closerEvery = time.Second
+
+// closer closes the auctions due every closerEvery until Close, so that a
+// site with no sales or bids (whose transactions close them too, to the
+// instant) stops listing its items within a second of their end.
+func (d *DataServer) closer() {
+	defer close(d.closed)
+	if d.length < 0 {
+		return
+	}
+	t := time.NewTicker(closerEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-t.C:
+		}
+		if err := d.closeDue(); err != nil {
+			d.log.Error("close auctions", "err", err)
+		}
+	}
+}
+
+// closeDue closes the auctions due, in a transaction of its own.
+func (d *DataServer) closeDue() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tx, err := d.wr.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if err := d.closeAuctions(ctx, tx, d.now()); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
 // ServeHTTP serves the data tier's API.
 func (d *DataServer) ServeHTTP(w http.ResponseWriter, r *http.Request) { d.mux.ServeHTTP(w, r) }
 
-// Close closes the database.
+// Close stops closing auctions and closes the database.
 func (d *DataServer) Close() error {
-	return errors.Join(d.rd.Close(), d.wr.Close())
+	var err error
+	d.closeOnce.Do(func() {
+		close(d.stop)
+		<-d.closed
+		err = errors.Join(d.rd.Close(), d.wr.Close())
+	})
+	return err
 }
 
 // seed fills an empty database with deterministic users, items and bids.
@@ -555,6 +614,11 @@ func (d *DataServer) placeBid(ctx context.Context, itemID int64, req BidRequest)
 		return Bid{}, 0, err
 	}
 	defer tx.Rollback()
+	// An auction past its end closes first: a bid never lands after it.
+	now := d.now()
+	if err := d.closeAuctions(ctx, tx, now); err != nil {
+		return Bid{}, 0, err
+	}
 	it, err := getItem(ctx, tx, itemID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Bid{}, http.StatusNotFound, nil
@@ -576,7 +640,7 @@ func (d *DataServer) placeBid(ctx context.Context, itemID int64, req BidRequest)
 	if minBid := MinNextBid(it); req.Amount < minBid {
 		return Bid{Amount: minBid}, http.StatusConflict, nil
 	}
-	b := Bid{ItemID: itemID, UserID: req.UserID, Amount: req.Amount, CreatedAt: d.now().UTC().Format(timeFormat)}
+	b := Bid{ItemID: itemID, UserID: req.UserID, Amount: req.Amount, CreatedAt: now.UTC().Format(timeFormat)}
 	res, err := tx.ExecContext(ctx, `INSERT INTO bids (item_id, user_id, amount, created_at) VALUES (?, ?, ?, ?)`,
 		b.ItemID, b.UserID, b.Amount, b.CreatedAt)
 	if err != nil {
