@@ -362,9 +362,9 @@ func TestBigMatrix(t *testing.T) {
 	if len(got.Rows) != 8000 || !reflect.DeepEqual(got.Rows[7999], m.Rows[7999]) {
 		t.Errorf("Matrix returned %d rows; last %+v, want %+v", len(got.Rows), got.Rows[len(got.Rows)-1], m.Rows[7999])
 	}
-	if !raceEnabled && saved > time.Second {
-		t.Errorf("SaveMatrix of 8000 rows took %v, want well under a second", saved)
-	}
+	// How fast it saves is BenchmarkSaveMatrix20x20x20's question, not a
+	// wall-clock assertion here (it failed once at 1.27 s on a loaded
+	// machine).
 }
 
 func bigMatrix(t testing.TB) (*justrunit.Study, *justrunit.Matrix) {
