@@ -281,71 +281,61 @@ func TestClone(t *testing.T) {
 	})
 }
 
-// TestCloneCopyFallback runs a clone on the storage used where overlayfs
-// cannot be mounted: the snapshot itself, bind-mounted over the state path.
-func TestCloneCopyFallback(t *testing.T) {
-	p := newPlatform(t)
-	p.overlayOK = false
-	state := t.TempDir()
-	if err := os.WriteFile(filepath.Join(state, "counter"), []byte("41"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	orig := launchServer(t, p, serverOpts{id: "db", stateDir: state})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cl, err := p.Clone(ctx, "db", "sandbox", justrunit.CloneOptions{})
-	if err != nil {
-		t.Fatalf("Clone() error: %v", err)
-	}
-	if info, _ := p.Info(cl.ID); info.Storage != StorageCopy {
-		t.Errorf("storage = %q, want %q", info.Storage, StorageCopy)
-	}
-	cbase := "http://" + cl.Endpoint
-	if m := getJSON(t, cbase+"/work?n=1"); m["counter"] != float64(42) {
-		t.Errorf("clone counter after one request = %v, want 42", m["counter"])
-	}
-	put(t, cbase+"/file/x", "clone")
-	if code, _ := getBody(t, "http://"+orig.Addr+"/file/x"); code != 404 {
-		t.Errorf("original sees the clone's write (status %d)", code)
-	}
-	if b, _ := os.ReadFile(filepath.Join(state, "counter")); string(b) != "41" {
-		t.Errorf("original's counter file = %q, want 41", b)
-	}
-}
-
-// TestCloneOddPaths: a data directory and a state directory whose paths
-// hold a comma and a colon (which overlayfs takes as separators in its
-// options) still give overlays: the probe and the shim name every layer by
-// descriptor.
-func TestCloneOddPaths(t *testing.T) {
-	p := newPlatform(t, coldClones, func(c *Config) { c.StateDir = filepath.Join(c.StateDir, "data,dir:1") })
-	if !p.overlayOK {
-		t.Fatal("overlayfs found unusable under a data directory whose path has a comma and a colon")
-	}
-	state := filepath.Join(t.TempDir(), "state,dir:2")
-	if err := os.Mkdir(state, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(state, "counter"), []byte("41"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	orig := launchServer(t, p, serverOpts{id: "db", stateDir: state})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cl, err := p.Clone(ctx, "db", "sandbox", justrunit.CloneOptions{})
-	if err != nil {
-		t.Fatalf("Clone() error: %v", err)
-	}
-	if info, _ := p.Info(cl.ID); info.Storage != StorageOverlay {
-		t.Errorf("storage = %q, want %q", info.Storage, StorageOverlay)
-	}
-	cbase := "http://" + cl.Endpoint
-	if m := getJSON(t, cbase+"/work?n=1"); m["counter"] != float64(42) {
-		t.Errorf("clone counter after one request = %v, want 42", m["counter"])
-	}
-	put(t, cbase+"/file/x", "clone")
-	if code, _ := getBody(t, "http://"+orig.Addr+"/file/x"); code != 404 {
-		t.Errorf("original sees the clone's write (status %d)", code)
+// TestCloneStorage runs a clone on each storage a state directory can have,
+// and checks that it starts from the original's files and writes its own:
+//   - copy fallback: where overlayfs cannot be mounted, the snapshot itself,
+//     bind-mounted over the state path;
+//   - odd paths: a data directory and a state directory whose paths hold a
+//     comma and a colon (which overlayfs takes as separators in its options)
+//     still give overlays: the probe and the shim name every layer by
+//     descriptor.
+func TestCloneStorage(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		overlay bool
+		dir     string // the data and state directories' last element ("" none)
+		want    string
+	}{
+		{name: "copy fallback", want: StorageCopy},
+		{name: "odd paths", overlay: true, dir: "dir,with:odd", want: StorageOverlay},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPlatform(t, func(c *Config) { c.StateDir = filepath.Join(c.StateDir, tc.dir) })
+			if tc.overlay && !p.overlayOK {
+				t.Fatalf("overlayfs found unusable under %s", p.cfg.StateDir)
+			}
+			if !tc.overlay {
+				p.overlayOK = false
+			}
+			state := filepath.Join(t.TempDir(), tc.dir)
+			if err := os.MkdirAll(state, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(state, "counter"), []byte("41"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			orig := launchServer(t, p, serverOpts{id: "db", stateDir: state})
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cl, err := p.Clone(ctx, "db", "sandbox", justrunit.CloneOptions{})
+			if err != nil {
+				t.Fatalf("Clone() error: %v", err)
+			}
+			if info, _ := p.Info(cl.ID); info.Storage != tc.want {
+				t.Errorf("storage = %q, want %q", info.Storage, tc.want)
+			}
+			cbase := "http://" + cl.Endpoint
+			if m := getJSON(t, cbase+"/work?n=1"); m["counter"] != float64(42) {
+				t.Errorf("clone counter after one request = %v, want 42", m["counter"])
+			}
+			put(t, cbase+"/file/x", "clone")
+			if code, _ := getBody(t, "http://"+orig.Addr+"/file/x"); code != 404 {
+				t.Errorf("original sees the clone's write (status %d)", code)
+			}
+			if b, _ := os.ReadFile(filepath.Join(state, "counter")); string(b) != "41" {
+				t.Errorf("original's counter file = %q, want 41", b)
+			}
+		})
 	}
 }
 
