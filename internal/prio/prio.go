@@ -29,13 +29,15 @@ func SetNice(nice int) error {
 // (SCHED_IDLE): it runs only on CPU time no ordinary task wants, and an
 // ordinary task that wakes up takes the CPU from it at once rather than
 // after its slice, which a low nice value alone does not give. Leaving the
-// class again needs root.
+// class again needs root. A thread the runtime is creating meanwhile can
+// be missed (see SetIdleThisThread); ExecIdle misses none.
 func SetIdle() error {
 	return eachThread(threadsOf("self"), "set the idle scheduling class", setIdle)
 }
 
 // SetIdleThreads puts the threads that list returns (another process's,
-// e.g. those of a cgroup) in the idle scheduling class, as SetIdle does.
+// e.g. those of a cgroup) in the idle scheduling class, as SetIdle does;
+// with the processes stopped (a frozen cgroup) none can be missed.
 func SetIdleThreads(list func() ([]int, error)) error {
 	return eachThread(list, "set the idle scheduling class", setIdle)
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/justrunit/justrunit"
+	"github.com/justrunit/justrunit/internal/cgroup"
 	"github.com/justrunit/justrunit/internal/prio"
 )
 
@@ -373,10 +374,9 @@ func (p *Platform) clone(ctx context.Context, id, host string, opts justrunit.Cl
 	}
 	// A cold clone's command started in the idle class (the shim execs
 	// it from an idle thread); criu restores the original's class with its
-	// threads, so a live clone's is set once it runs. (For a cold clone
-	// this finds every thread set already.)
-	if p.cfg.IdleClones {
-		if err := prio.SetIdleThreads(in.group.Threads); err != nil {
+	// threads, so a live clone's is set once it runs.
+	if p.cfg.IdleClones && mode == justrunit.CloneLive {
+		if err := idleFrozen(in.group); err != nil {
 			return nil, fmt.Errorf("clone %s: %w", cid, err)
 		}
 	}
@@ -570,6 +570,18 @@ func (p *Platform) teardownClone(cs *cloneState) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// idleFrozen puts every thread of group g in the idle scheduling class
+// while g is frozen. Frozen, no thread of it is starting another: a thread
+// being created while its creator is set would copy the creator's old
+// class, and could show up in the group only after the last listing.
+func idleFrozen(g *cgroup.Group) error {
+	if err := g.Freeze(freezeTimeout); err != nil {
+		return err
+	}
+	err := prio.SetIdleThreads(g.Threads)
+	return errors.Join(err, g.Thaw())
 }
 
 // probeOverlay reports whether an overlayfs can be mounted with its layers
