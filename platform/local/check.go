@@ -85,7 +85,7 @@ func Check(ctx context.Context, dir string) []justrunit.Check {
 
 	add(justrunit.Check{Name: "overlayfs", OK: p.overlayOK, Optional: true,
 		Detail: choose(p.overlayOK, "a clone's state directory is an overlay on the snapshot, its /tmp, /var/tmp and /dev/shm overlays on the host's",
-			"cannot mount an overlay under "+sd+": each clone gets a full copy of the state directory, and keeps its writes to /tmp, /var/tmp and /dev/shm in memory (a tmpfs of its own)"),
+			fmt.Sprintf("cannot mount an overlay under %s (%v): each clone gets a full copy of the state directory, and keeps its writes to /tmp, /var/tmp and /dev/shm in memory (a tmpfs of its own)", sd, p.overlayErr)),
 		Fix: fixIf(!p.overlayOK, "modprobe overlay, and keep the data directory on a file system overlayfs accepts as upper layer (ext4, xfs, tmpfs)")})
 
 	err = p.checkInsideNet()

@@ -584,21 +584,21 @@ func idleFrozen(g *cgroup.Group) error {
 	return errors.Join(err, g.Thaw())
 }
 
-// probeOverlay reports whether an overlayfs can be mounted with its layers
-// under dir. The layers are named by descriptor (/proc/self/fd/N), as the
-// shim names a clone's: overlayfs splits its options on commas and its
+// probeOverlay mounts an overlayfs with its layers under dir, and says why
+// it could not. The layers are named by descriptor (/proc/self/fd/N), as
+// the shim names a clone's: overlayfs splits its options on commas and its
 // lower layers on colons, which a data directory's path may hold.
-func probeOverlay(dir string) bool {
+func probeOverlay(dir string) error {
 	tmp, err := os.MkdirTemp(dir, ".probe-")
 	if err != nil {
-		return false
+		return err
 	}
 	defer os.RemoveAll(tmp)
 	var ds []string
 	for _, n := range []string{"l", "u", "w", "m"} {
 		d := filepath.Join(tmp, n)
-		if os.Mkdir(d, 0o755) != nil {
-			return false
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return err
 		}
 		if n == "m" {
 			ds = append(ds, d)
@@ -606,15 +606,15 @@ func probeOverlay(dir string) bool {
 		}
 		fd, err := unix.Open(d, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return false
+			return err
 		}
 		defer unix.Close(fd)
 		ds = append(ds, "/proc/self/fd/"+strconv.Itoa(fd))
 	}
 	opts := "lowerdir=" + ds[0] + ",upperdir=" + ds[1] + ",workdir=" + ds[2]
 	if err := unix.Mount("overlay", ds[3], "overlay", 0, opts); err != nil {
-		return false
+		return fmt.Errorf("mount an overlay with its layers in %s: %w", tmp, err)
 	}
 	_ = unix.Unmount(ds[3], unix.MNT_DETACH)
-	return true
+	return nil
 }

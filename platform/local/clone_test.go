@@ -1216,3 +1216,22 @@ func TestCloneIDSkipsLeftovers(t *testing.T) {
 		t.Errorf("Collect() removed %s, want the leftovers: %s", objects(removed), objects(before))
 	}
 }
+
+// TestProbeOverlay: the probe mounts an overlay where it can, and says why
+// where it cannot.
+func TestProbeOverlay(t *testing.T) {
+	needRoot(t)
+	if err := probeOverlay(filepath.Join(t.TempDir(), "a,b:c")); err == nil || !strings.Contains(err.Error(), "a,b:c") {
+		t.Errorf("probe under a missing directory: %v, want an error naming it", err)
+	}
+	dir := filepath.Join(t.TempDir(), "a,b:c")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := probeOverlay(dir); err != nil {
+		t.Errorf("probe under %s: %v", dir, err)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("the probe left %v behind", left)
+	}
+}

@@ -132,6 +132,9 @@ type Platform struct {
 	lock      *os.File
 	refFreq   float64
 	overlayOK bool
+	// overlayErr is why no overlay could be mounted under the data
+	// directory (overlayOK false).
+	overlayErr error
 	// noMemory and noCPUAcct say that cgroup v1's memory or cpuacct
 	// hierarchy is not mounted (a kernel booted with cgroup_disable=memory,
 	// as Raspberry Pi OS's long was): a memory limit would limit nothing,
@@ -342,7 +345,8 @@ func New(cfg Config) (*Platform, error) {
 	_, _ = lf.WriteString(strconv.Itoa(os.Getpid()) + "\n")
 	p.lock = lf
 	registerScope(p.scope, sd)
-	p.overlayOK = probeOverlay(filepath.Join(sd, "clones"))
+	p.overlayErr = probeOverlay(filepath.Join(sd, "clones"))
+	p.overlayOK = p.overlayErr == nil
 	p.criu, p.criuErr = criu, criuErr
 	p.log.Debug("local platform ready", "scope", p.scope, "cgroup", v.String(), "overlay", p.overlayOK, "ref_freq_ghz", p.refFreq,
 		"live_clones", p.criu != "", "cold_because", p.criuErr)
