@@ -50,9 +50,8 @@ type DataOptions struct {
 	// its auction closes: the item moves out of the catalogue that lists,
 	// searches and category counts read, and takes no more bids. (A sale
 	// or bid closes the auctions due in its transaction; with neither, a
-	// closer does every second.) The
-	// seeded items are the stock the load generator browses and bids on;
-	// their auctions never close. So under a steady load the catalogue
+	// closer does every second.) The seeded items are the stock the load
+	// generator browses and bids on; their auctions never close. So under a steady load the catalogue
 	// stays the same size rather than grow with every sale, and so does
 	// the cost of a search.
 	AuctionLength time.Duration
