@@ -388,7 +388,6 @@ func TestBoundRunsItsNominalExperiments(t *testing.T) {
 			t.Fatal(err)
 		}
 		st.Space = justrunit.Space{Params: []justrunit.Parameter{cpu}}
-		start := time.Now()
 		var started atomic.Int64
 		run := overRunner(l, c.over)
 		counted := funcRunner(func(ctx context.Context, p justrunit.Point) (justrunit.Observation, error) {
@@ -399,7 +398,7 @@ func TestBoundRunsItsNominalExperiments(t *testing.T) {
 		var last Progress
 		var lastAt time.Time
 		e.Progress = func(p Progress) { last, lastAt = p, time.Now() }
-		start = time.Now()
+		start := time.Now()
 		if _, err := e.Run(context.Background(), st); err != nil {
 			t.Fatal(err)
 		}

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -61,11 +60,9 @@ func testServer(t *testing.T) string {
 			return
 		}
 		serverBin = filepath.Join(dir, "jri-testserver")
-		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		if _, err := os.Stat(gobin); err != nil {
-			gobin = "go"
-		}
-		cmd := exec.Command(gobin, "build", "-o", serverBin, "github.com/justrunit/justrunit/internal/testserver/cmd/jri-testserver")
+		// The go command that runs the tests is on PATH (go test puts its
+		// GOROOT's bin first).
+		cmd := exec.Command("go", "build", "-o", serverBin, "github.com/justrunit/justrunit/internal/testserver/cmd/jri-testserver")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			buildError = fmt.Errorf("go build testserver: %v\n%s", err, out)
