@@ -67,6 +67,9 @@ collection otherwise adds about ±30% noise to every p99.
 				opts.InProxyCommand = []string{exe, "proxy", "in"}
 				opts.UpstreamCommand = []string{exe, "bench", "upstream"}
 			}
+			if opts.Settle == 0 {
+				opts.Settle = -1 // --settle 0: no wait (0 is the library's default)
+			}
 			rep, err := proxybench.Run(cmd.Context(), opts, progress)
 			if err != nil {
 				return fmt.Errorf("bench proxy: %w", err)
@@ -86,6 +89,7 @@ collection otherwise adds about ±30% noise to every p99.
 	f.DurationVar(&opts.Closed, "closed", opts.Closed, "length of each closed-loop (saturation) run")
 	f.IntVar(&opts.Rounds, "rounds", opts.Rounds, "rounds; the cases are interleaved and each figure is the median over the rounds")
 	f.DurationVar(&opts.Warmup, "warmup", opts.Warmup, "unmeasured warm-up before each case")
+	f.DurationVar(&opts.Settle, "settle", opts.Settle, "longest wait before each case for the machine's CPUs to be quiet (under 10% busy); a negative value does not wait")
 	f.IntVar(&opts.Connections, "connections", opts.Connections, "closed-loop clients (one keep-alive connection each)")
 	f.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "per-request timeout; a request that takes longer is lost")
 	f.BoolVar(&inProcess, "in-process", false, "run the in-proxy and the clones in the benchmark's process instead of each in its own")

@@ -69,6 +69,10 @@ type Options struct {
 	// CloneNice is the clones' nice value in ClassNormal (in
 	// DefaultOptions: DefaultCloneNice; 0 is the on-line server's).
 	CloneNice int
+	// Settle is the longest the benchmark waits, before each case, for
+	// the machine's CPUs to be quiet (see waitQuiet); negative: it does
+	// not wait.
+	Settle time.Duration
 }
 
 // The clones' scheduling classes (Options.CloneClass).
@@ -115,6 +119,7 @@ func DefaultOptions() Options {
 		SlowFactor:      10,
 		CloneClass:      ClassNormal,
 		CloneNice:       DefaultCloneNice,
+		Settle:          10 * time.Second,
 	}
 }
 
@@ -156,6 +161,9 @@ func (o *Options) fill() {
 	if o.CloneClass == "" {
 		o.CloneClass = d.CloneClass
 	}
+	if o.Settle == 0 {
+		o.Settle = d.Settle
+	}
 }
 
 // Case is one configuration's two runs.
@@ -172,6 +180,12 @@ type Case struct {
 	// of the quantiles and of the throughput, sums of the counts).
 	RoundsP99 []float64 `json:"rounds_p99_ms"`
 	RoundsRPS []float64 `json:"rounds_rps"`
+	// RoundsSettleS is how long each round waited for the machine to be
+	// quiet before the case; RoundsBusy how busy the machine's CPUs were
+	// then (a fraction of all of them, over the last quarter second; -1
+	// where that could not be read). Empty when the run did not wait.
+	RoundsSettleS []float64 `json:"rounds_settle_s,omitempty"`
+	RoundsBusy    []float64 `json:"rounds_busy,omitempty"`
 }
 
 // CloneFigures is what the in-proxy reported for the clone over both runs.
@@ -250,6 +264,9 @@ type Settings struct {
 	DelayMs     float64 `json:"server_delay_ms"`
 	BodyBytes   int     `json:"body_bytes"`
 	SlowDelayMs float64 `json:"slow_delay_ms"`
+	// SettleMaxS is the longest wait for a quiet machine before each
+	// case; 0: no wait.
+	SettleMaxS float64 `json:"settle_max_s"`
 	// CloneClass is the clones' scheduling class (ClassIdle or
 	// ClassNormal); empty when they run in the benchmark's process.
 	CloneClass string `json:"clone_class,omitempty"`
@@ -282,6 +299,7 @@ func Run(ctx context.Context, opts Options, progress io.Writer) (*Report, error)
 		Rate: opts.Rate, OpenS: opts.Open.Seconds(), ClosedS: opts.Closed.Seconds(), WarmupS: opts.Warmup.Seconds(),
 		Rounds: opts.Rounds, Connections: opts.Connections, TimeoutS: opts.Timeout.Seconds(), DelayMs: ms(opts.Delay),
 		BodyBytes: opts.BodySize, SlowDelayMs: ms(opts.Delay * time.Duration(opts.SlowFactor)), CPUs: runtime.NumCPU(),
+		SettleMaxS: max(opts.Settle, 0).Seconds(),
 	}}
 	if len(opts.UpstreamCommand) > 0 {
 		rep.Settings.CloneClass = opts.CloneClass
@@ -333,6 +351,8 @@ func Run(ctx context.Context, opts Options, progress io.Writer) (*Report, error)
 		proxy  inProxy
 		hung   bool // copies or mirrors to the hung clone
 		rounds []*Case
+		// settles are the waits for a quiet machine before each round.
+		settles []settle
 	}
 	var targets []*target
 	defer func() {
@@ -402,6 +422,15 @@ func Run(ctx context.Context, opts Options, progress io.Writer) (*Report, error)
 			}
 			t := targets[(i+r)%len(targets)] // rotate: no case always runs first
 			u := t.url + "/item"
+			settled := ""
+			if opts.Settle > 0 {
+				st := waitQuiet(ctx, procCPUTimes, opts.Settle)
+				t.settles = append(t.settles, st)
+				settled = fmt.Sprintf(" | after %.1f s, CPUs %.0f%% busy", st.Waited.Seconds(), 100*st.Busy)
+				if st.Busy < 0 {
+					settled = " | CPU use unknown (no /proc/stat)"
+				}
+			}
 			if opts.Warmup > 0 {
 				OpenLoop(ctx, u, opts.Rate, opts.Warmup, opts.Timeout, opts.OpenConnections)
 			}
@@ -415,12 +444,13 @@ func Run(ctx context.Context, opts Options, progress io.Writer) (*Report, error)
 				// subrequest 60 s) would weigh on the cases that follow.
 				hung.dropConns()
 			}
-			say("round %d/%d %-18s open loop p50 %7.2f ms p99 %7.2f ms lost %4d | closed loop %6.0f req/s lost %d",
-				r+1, opts.Rounds, t.c.Name, rc.Open.P50, rc.Open.P99, rc.Open.Lost, rc.Closed.RPS, rc.Closed.Lost)
+			say("round %d/%d %-18s open loop p50 %7.2f ms p99 %7.2f ms lost %4d | closed loop %6.0f req/s lost %d%s",
+				r+1, opts.Rounds, t.c.Name, rc.Open.P50, rc.Open.P99, rc.Open.Lost, rc.Closed.RPS, rc.Closed.Lost, settled)
 		}
 	}
 
 	cases := map[string]*Case{}
+	var unsettled []string
 	for _, t := range targets {
 		c := t.c
 		var opens, closeds []LoadResult
@@ -428,6 +458,13 @@ func Run(ctx context.Context, opts Options, progress io.Writer) (*Report, error)
 			opens, closeds = append(opens, rc.Open), append(closeds, rc.Closed)
 			c.RoundsP99 = append(c.RoundsP99, rc.Open.P99)
 			c.RoundsRPS = append(c.RoundsRPS, rc.Closed.RPS)
+		}
+		for r, st := range t.settles {
+			c.RoundsSettleS = append(c.RoundsSettleS, st.Waited.Seconds())
+			c.RoundsBusy = append(c.RoundsBusy, st.Busy)
+			if !st.Quiet && st.Busy >= 0 {
+				unsettled = append(unsettled, fmt.Sprintf("%s in round %d (%.0f%%)", c.Name, r+1, 100*st.Busy))
+			}
 		}
 		c.Open, c.Closed = combine(opens), combine(closeds)
 		if t.proxy != nil {
@@ -502,6 +539,14 @@ func Run(ctx context.Context, opts Options, progress io.Writer) (*Report, error)
 	where := "the in-proxy runs in its own process, like nginx; the load generator and the upstream servers share this one"
 	if len(opts.InProxyCommand) == 0 {
 		where = "the in-proxy runs in this process with the load generator and the upstream servers, nginx in its own"
+	}
+	if opts.Settle > 0 {
+		note := fmt.Sprintf("before each case the benchmark waited, %v at most, for the CPUs to be quiet (under %.0f%% busy over %d consecutive samples of %v), so that no case pays for what the one before left running",
+			opts.Settle, 100*quietBusy, quietSamples, quietSample)
+		if len(unsettled) > 0 {
+			note += "; these started on a busy machine: " + strings.Join(unsettled, ", ")
+		}
+		rep.Notes = append(rep.Notes, note)
 	}
 	rep.Notes = append(rep.Notes,
 		where+fmt.Sprintf(" (%d CPUs): ratios are of figures from this one run", runtime.NumCPU()),

@@ -17,6 +17,7 @@ func TestRunSmoke(t *testing.T) {
 	opts := Options{
 		Rate: 200, Open: 300 * time.Millisecond, Closed: 300 * time.Millisecond, Warmup: 50 * time.Millisecond,
 		Rounds: 1, Connections: 4, Timeout: time.Second,
+		Settle: 2 * time.Second, // bounded: other tests' leftovers may keep the machine busy
 	}
 	if FindNginx() == "" {
 		if os.Getenv("CI") == "true" {
@@ -59,6 +60,9 @@ func TestRunSmoke(t *testing.T) {
 	for _, c := range rep.Cases {
 		if c.Name != "nginx_mirror_hung" && c.Open.OK == 0 {
 			t.Errorf("case %s answered nothing: %+v", c.Name, c.Open)
+		}
+		if len(c.RoundsSettleS) != 1 || len(c.RoundsBusy) != 1 {
+			t.Errorf("case %s: settle figures %v, busy %v: want one a round", c.Name, c.RoundsSettleS, c.RoundsBusy)
 		}
 	}
 }
