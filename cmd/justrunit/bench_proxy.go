@@ -128,7 +128,7 @@ func printProxyReport(w io.Writer, r *proxybench.Report) error {
 	fmt.Fprintf(w, "in-proxy, hung clone:    p99 %s x healthy (target ≤ 1.05), throughput %s x healthy (target ≥ 0.95), lost %d\n",
 		f(r.Hung.P99Ratio), f(r.Hung.ThroughputRatio), r.Hung.Lost)
 	if r.Nginx.Version != "" {
-		fmt.Fprintf(w, "nginx %s\n", r.Nginx.Version)
+		fmt.Fprintf(w, "nginx %s: proxy_pass p99 %s x direct, with mirror to the healthy clone %s x direct\n", r.Nginx.Version, f(r.Nginx.Proxy.P99Ratio), f(r.Nginx.Mirror.P99Ratio))
 	}
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)

@@ -199,10 +199,13 @@ type CloneFigures struct {
 // Lost is the on-line requests the case lost, in both runs.
 func (c *Case) Lost() int64 { return c.Open.Lost + c.Closed.Lost }
 
-// NginxFigures are one nginx case's raw figures.
+// NginxFigures are one nginx case's raw figures, and its p99 against
+// direct's, taken as the in-proxy's are (Ratios): what the same hop costs
+// nginx on this machine.
 type NginxFigures struct {
-	P99 float64 `json:"p99_ms"`
-	RPS float64 `json:"rps"`
+	P99      float64  `json:"p99_ms"`
+	RPS      float64  `json:"rps"`
+	P99Ratio *float64 `json:"p99_ratio"`
 }
 
 // Ratios compares a case with a reference case. Each ratio is the median
@@ -480,11 +483,6 @@ func Run(ctx context.Context, opts Options, progress io.Writer) (*Report, error)
 		rep.Cases = append(rep.Cases, c)
 		cases[c.Name] = c
 	}
-	if ngx != nil {
-		rep.Nginx.Proxy = &NginxFigures{P99: cases["nginx_proxy"].Open.P99, RPS: cases["nginx_proxy"].Closed.RPS}
-		rep.Nginx.Mirror = &NginxFigures{P99: cases["nginx_mirror"].Open.P99, RPS: cases["nginx_mirror"].Closed.RPS}
-		rep.Nginx.MirrorHung = &NginxFigures{P99: cases["nginx_mirror_hung"].Open.P99, RPS: cases["nginx_mirror_hung"].Closed.RPS}
-	}
 
 	// Ratios are taken round by round, between cases measured minutes
 	// apart at most, and the median of the rounds' ratios is reported: a
@@ -521,7 +519,11 @@ func Run(ctx context.Context, opts Options, progress io.Writer) (*Report, error)
 		*k.dst = Ratios{P99Ratio: ratio(k.name, k.ref, p99), ThroughputRatio: ratio(k.name, k.ref, rps),
 			Lost: cases[k.name].Lost(), Reference: k.ref}
 	}
-	if rep.Nginx.Mirror != nil {
+	if ngx != nil {
+		figures := func(name string) *NginxFigures {
+			return &NginxFigures{P99: cases[name].Open.P99, RPS: cases[name].Closed.RPS, P99Ratio: ratio(name, "direct", p99)}
+		}
+		rep.Nginx.Proxy, rep.Nginx.Mirror, rep.Nginx.MirrorHung = figures("nginx_proxy"), figures("nginx_mirror"), figures("nginx_mirror_hung")
 		rep.Healthy.ThroughputVsNginxMirror = ratio("proxy_healthy", "nginx_mirror", rps)
 	}
 	le := func(p *float64, v float64) bool { return p != nil && *p <= v }

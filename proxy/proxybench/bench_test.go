@@ -57,6 +57,9 @@ func TestRunSmoke(t *testing.T) {
 	if rep.Nginx.Mirror != nil && (rep.Nginx.Mirror.RPS <= 0 || rep.Nginx.Proxy.RPS <= 0) {
 		t.Errorf("nginx figures %+v %+v, want throughput > 0", rep.Nginx.Proxy, rep.Nginx.Mirror)
 	}
+	if rep.Nginx.Mirror != nil && (rep.Nginx.Proxy.P99Ratio == nil || rep.Nginx.Mirror.P99Ratio == nil) {
+		t.Errorf("nginx figures %+v %+v, want their p99 against direct's", rep.Nginx.Proxy, rep.Nginx.Mirror)
+	}
 	for _, c := range rep.Cases {
 		if c.Name != "nginx_mirror_hung" && c.Open.OK == 0 {
 			t.Errorf("case %s answered nothing: %+v", c.Name, c.Open)
