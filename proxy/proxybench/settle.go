@@ -51,10 +51,10 @@ type settle struct {
 	Quiet  bool
 }
 
-// waitQuiet waits until the machine's CPUs are quiet, or max has passed,
+// waitQuiet waits until the machine's CPUs are quiet, or limit has passed,
 // or ctx ends. Where the CPU times cannot be read it returns at once, with
 // Quiet false and Busy -1.
-func waitQuiet(ctx context.Context, times cpuTimes, max time.Duration) settle {
+func waitQuiet(ctx context.Context, times cpuTimes, limit time.Duration) settle {
 	start := time.Now()
 	busy0, total0, err := times()
 	if err != nil {
@@ -88,7 +88,7 @@ func waitQuiet(ctx context.Context, times cpuTimes, max time.Duration) settle {
 			s.Quiet = true
 			return s
 		}
-		if s.Waited >= max {
+		if s.Waited >= limit {
 			return s
 		}
 	}
