@@ -159,7 +159,23 @@ type server struct {
 	srv    *http.Server
 	ln     net.Listener
 	served chan struct{} // closed once Serve has returned
+	log    *slog.Logger
+	// handlerWait bounds how long close waits for the handlers still
+	// running once every connection is closed (serverHandlerWait).
+	handlerWait time.Duration
+
+	mu       sync.Mutex
+	handlers int           // requests being handled
+	closing  bool          // close has closed the connections: no handler starts
+	idle     chan struct{} // closed when handlers falls to 0 while closing
 }
+
+// serverHandlerWait is how long a server's close waits for handlers cut
+// off at the grace's end. They end with their request's context, which
+// closing the connection cancels (a clone's call waiting for its match or
+// its recorded latency), so this is a bound on a stuck one, not a wait
+// anyone should see.
+const serverHandlerWait = 5 * time.Second
 
 // listenTCP listens on addr (host:port; port 0 picks one); field names it
 // in the error.
@@ -187,14 +203,16 @@ func listen(field, addr string, h http.Handler, log *slog.Logger) (*server, erro
 // serveOn serves h on ln until closed.
 func serveOn(ln net.Listener, h http.Handler, log *slog.Logger) *server {
 	s := &server{
-		ln:     ln,
-		served: make(chan struct{}),
-		srv: &http.Server{
-			Handler:           h,
-			ReadHeaderTimeout: 30 * time.Second,
-			IdleTimeout:       120 * time.Second,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		},
+		ln:          ln,
+		served:      make(chan struct{}),
+		log:         log,
+		handlerWait: serverHandlerWait,
+	}
+	s.srv = &http.Server{
+		Handler:           s.track(h),
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	go func() {
 		defer close(s.served)
@@ -205,8 +223,36 @@ func serveOn(ln net.Listener, h http.Handler, log *slog.Logger) *server {
 	return s
 }
 
+// track counts the requests h handles, so that close can wait for them; a
+// request whose handler would start once close has closed the
+// connections is not handled (its connection is closed already).
+func (s *server) track(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		s.handlers++
+		s.mu.Unlock()
+		defer func() {
+			s.mu.Lock()
+			s.handlers--
+			if s.handlers == 0 && s.idle != nil {
+				close(s.idle)
+				s.idle = nil
+			}
+			s.mu.Unlock()
+		}()
+		h.ServeHTTP(w, r)
+	})
+}
+
 // close stops s: it stops accepting at once, lets requests in progress end
-// for up to grace, then closes every connection.
+// for up to grace, then closes every connection and waits for the
+// handlers cut off to return (handlerWait at most), so that none of them
+// runs on once close has returned.
 func (s *server) close(grace time.Duration) error {
 	if s == nil {
 		return nil
@@ -223,6 +269,24 @@ func (s *server) close(grace time.Duration) error {
 	// so that none is left when close returns.
 	_ = s.ln.Close()
 	<-s.served
+	s.mu.Lock()
+	s.closing = true
+	var idle chan struct{}
+	if s.handlers > 0 {
+		idle = make(chan struct{})
+		s.idle = idle
+	}
+	n := s.handlers
+	s.mu.Unlock()
+	if idle != nil {
+		t := time.NewTimer(s.handlerWait)
+		defer t.Stop()
+		select {
+		case <-idle:
+		case <-t.C:
+			s.log.Warn("handlers still running after their connections were closed; not waiting for them", logKeyAddr, s.ln.Addr().String(), "handlers", n, "waited", s.handlerWait)
+		}
+	}
 	return err
 }
 
