@@ -22,9 +22,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -163,11 +165,22 @@ type Config struct {
 	PollInterval time.Duration
 	// Version is shown by /api/v1/info; the module version when empty.
 	Version string
+	// Listen is the address the daemon listens on (its listener's, port
+	// bound): GET /healthz proves the token (Health.Proof) only to a
+	// client whose Host is that address or one of Names, unless the call
+	// came over TLS (see hostNames). Nil proves it to any Host, for a
+	// program that serves the API behind a check of its own.
+	Listen net.Addr
+	// Names are the further names clients reach the daemon by, HOST or
+	// HOST:PORT (any port when none): a DNS name, the address of a port
+	// forwarded to it. Each must pass CheckName; they need Listen.
+	Names []string
 }
 
 // Server serves the API, /metrics and the dashboard. It is an http.Handler.
 type Server struct {
 	cfg     Config
+	names   *hostNames // nil: every Host is the daemon's
 	log     *slog.Logger
 	handler http.Handler
 	started time.Time
@@ -203,7 +216,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Version == "" {
 		cfg.Version = moduleVersion()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), id: rand.Text(), ops: map[int]op{}, opsChanged: make(chan struct{})}
+	names, err := newHostNames(cfg.Listen, cfg.Names)
+	if err != nil {
+		return nil, justrunit.Invalid("names", cfg.Names, "%v", err)
+	}
+	s := &Server{cfg: cfg, names: names, log: cfg.Logger, started: time.Now(), id: rand.Text(), ops: map[int]op{}, opsChanged: make(chan struct{})}
 	s.done, s.cancel = context.WithCancel(context.Background())
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
@@ -382,9 +399,14 @@ type Health struct {
 	// file names it too.
 	Daemon string `json:"daemon"`
 	// Proof answers the request's challenge parameter:
-	// HealthProof(token, Daemon, challenge). It is absent without a
-	// challenge and when the daemon runs without a token.
+	// HealthProof(token, Daemon, Host, challenge), Host the request's. It
+	// is absent without a challenge, when the daemon runs without a token
+	// and when the Host is not one of the daemon's (ProofRefused says so).
 	Proof string `json:"proof,omitempty"`
+	// ProofRefused says why a challenge got no proof from a daemon that
+	// holds a token: the client dialled a name the daemon does not know
+	// for its own (see Config.Names).
+	ProofRefused string `json:"proof_refused,omitempty"`
 }
 
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
@@ -394,8 +416,13 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, justrunit.Invalid("challenge", len(challenge), "at most %d characters", maxChallenge))
 		return
 	}
-	if challenge != "" && s.cfg.Token != "" {
-		h.Proof = HealthProof(s.cfg.Token, s.id, challenge)
+	switch {
+	case challenge == "" || s.cfg.Token == "":
+	case r.TLS == nil && s.names != nil && !s.names.owns(r.Host, "80"):
+		h.ProofRefused = "Host " + strconv.Quote(r.Host) + " is not a name of this daemon: it proves it holds its token only to a client " +
+			"that dialled its address or a name it was given (serve --name), so that no server elsewhere can pass its proof on"
+	default:
+		h.Proof = HealthProof(s.cfg.Token, s.id, r.Host, challenge)
 	}
 	writeJSON(w, http.StatusOK, h)
 }

@@ -44,14 +44,17 @@ func (s *Server) authenticate(h http.HandlerFunc) http.HandlerFunc {
 }
 
 // HealthProof is the proof that GET /healthz answers a challenge with
-// (Health.Proof): the HMAC-SHA256, keyed by the token, of the daemon's ID
-// and the challenge, in hex. Only a holder of the token can make it, and
-// it tells nothing of the token; so a client sends its token to a server
-// only once the server has proved it holds it already (Discover): a stale
-// state file may name an address someone else now listens on.
-func HealthProof(token, daemon, challenge string) string {
+// (Health.Proof): the HMAC-SHA256, keyed by the token, of the daemon's ID,
+// the Host the request carried (host: what the client dialled, as it sent
+// it) and the challenge, in hex. Only a holder of the token can make it,
+// and it tells nothing of the token; so a client sends its token to a
+// server only once the server has proved it holds it already (Discover): a
+// stale state file may name an address someone else now listens on. The
+// daemon proves it only to a client that dialled one of its own names (see
+// hostNames), so a server elsewhere cannot pass it on.
+func HealthProof(token, daemon, host, challenge string) string {
 	m := hmac.New(sha256.New, []byte(token))
-	io.WriteString(m, "justrunit healthz\x00"+daemon+"\x00"+challenge)
+	io.WriteString(m, "justrunit healthz 2\x00"+daemon+"\x00"+host+"\x00"+challenge)
 	return hex.EncodeToString(m.Sum(nil))
 }
 

@@ -161,14 +161,17 @@ type DiscoverOptions struct {
 // does not answer is an error, not a reason to fall back.
 //
 // A token read from the daemon's token file, which the state file names,
-// is sent only once the server has proved that it holds it (HealthProof)
-// and that it is the daemon that wrote the state file: a server that is
+// is sent only once the server has proved that it holds it (HealthProof,
+// bound to the Host the client sent, so that a server passing the client's
+// calls on to the daemon cannot pass the proof on) and that it is the
+// daemon that wrote the state file: a server that is
 // not, which may be anyone now listening where a dead daemon did, is not
 // the daemon. Over plain HTTP, each connection the client opens later
 // proves it again before the token goes over it (see provingClient). A
 // token given explicitly (Token, TokenFile or the environment) is sent to
-// a server that proves nothing, one older than proofs: the user vouches
-// for it. A daemon found through its state file that runs without a token
+// a server that proves nothing, one older than proofs or one reached by a
+// name the daemon was not given (Health.ProofRefused: a tunnel, or a
+// server passing calls on): the user vouches for it. A daemon found through its state file that runs without a token
 // is given none. A server that proves it holds another token is refused
 // with ErrUnauthorized, naming where the token came from (a wrong token,
 // or one changed since), before the token is sent.
@@ -198,6 +201,12 @@ func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 	if !strings.Contains(server, "://") {
 		server = "http://" + server
 	}
+	// The Host the calls carry, which a proof is bound to.
+	su, err := url.Parse(server)
+	if err != nil || su.Host == "" {
+		return nil, fmt.Errorf("daemon URL %q: want http(s)://HOST:PORT", server)
+	}
+	host := su.Host
 	token, from, explicit, err := tokenFor(o, tokenFile, stateTokenFile)
 	if err != nil {
 		return nil, err
@@ -232,19 +241,21 @@ func Discover(ctx context.Context, o DiscoverOptions) (*Client, error) {
 		// The calls answer 401 saying so, unless the daemon runs
 		// without authentication.
 	case h.Proof != "":
-		if !hmac.Equal([]byte(h.Proof), []byte(HealthProof(token, h.Daemon, challenge))) {
+		if !hmac.Equal([]byte(h.Proof), []byte(HealthProof(token, h.Daemon, host, challenge))) {
 			return nil, fmt.Errorf("daemon at %s: %w", server, &Error{Status: http.StatusUnauthorized, Code: CodeUnauthorized,
 				Message: "the daemon does not hold " + from + " (a wrong token, or one changed since the daemon started), or the server is not the daemon; the token was not sent"})
 		}
 		// And each connection the token goes over proves it again.
-		if u, err := url.Parse(server); err == nil {
-			c.HTTP = provingClient(hc, u, token)
-		}
+		c.HTTP = provingClient(hc, su, token)
 		c.Token = token
 	case explicit && daemon == "":
-		// A daemon older than proofs, or one without a token, given
-		// the token by the user.
+		// A daemon older than proofs, one without a token, or one
+		// reached by a name it does not know for its own (a tunnel),
+		// given the token by the user, who vouches for it.
 		c.Token = token
+	case h.ProofRefused != "":
+		return nil, fmt.Errorf("daemon at %s: %s; so %s was not sent: if that is how the daemon is reached, start it with --name %s, or give the token in $%s to send it anyway",
+			server, h.ProofRefused, from, host, EnvToken)
 	case daemon == "":
 		// The state file of a daemon older than proofs.
 		return nil, fmt.Errorf("daemon at %s: it proves nothing, so %s was not sent: a daemon started before token proofs; restart it, or give the token in $%s to send it anyway",

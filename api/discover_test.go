@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -93,28 +95,45 @@ func TestDiscoverTLS(t *testing.T) {
 }
 
 // TestHealthProof checks GET /healthz's answer to a challenge: the proof
-// that the daemon holds its token, none from a daemon without a token, and
-// a challenge too long refused.
+// that the daemon holds its token, bound to the Host the client sent and
+// given only for a Host of the daemon's own (its address, a name it was
+// given), none from a daemon without a token, and a challenge too long
+// refused.
 func TestHealthProof(t *testing.T) {
 	for _, tt := range []struct {
 		name      string
 		noAuth    bool
+		names     []string
+		host      string // the request's Host; "": the daemon's address
 		challenge string
 		status    int
 		proof     bool
 	}{
-		{"no challenge", false, "", 200, false},
-		{"challenge", false, "c0ffee", 200, true},
-		{"no token", true, "c0ffee", 200, false},
-		{"challenge too long", false, strings.Repeat("c", maxChallenge+1), 400, false},
+		{name: "no challenge", status: 200},
+		{name: "challenge", challenge: "c0ffee", status: 200, proof: true},
+		{name: "no token", noAuth: true, challenge: "c0ffee", status: 200},
+		{name: "challenge too long", challenge: strings.Repeat("c", maxChallenge+1), status: 400},
+		{name: "another server's Host", host: "relay.example.test:7070", challenge: "c0ffee", status: 200},
+		{name: "localhost, daemon on 127.0.0.1", host: "localhost:PORT", challenge: "c0ffee", status: 200},
+		{name: "its address, another port", host: "127.0.0.1:1", challenge: "c0ffee", status: 200},
+		{name: "a name it was given", names: []string{"JRI.example.test"}, host: "jri.example.test.:443", challenge: "c0ffee", status: 200, proof: true},
+		{name: "a name and port it was given", names: []string{"tunnel.test:9000"}, host: "tunnel.test:9000", challenge: "c0ffee", status: 200, proof: true},
+		{name: "a name on another port than given", names: []string{"tunnel.test:9000"}, host: "tunnel.test:9001", challenge: "c0ffee", status: 200},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			d := newDaemon(t, daemonOpts{noRunner: true, noAuth: tt.noAuth})
+			d := newDaemon(t, daemonOpts{noRunner: true, noAuth: tt.noAuth, names: tt.names})
 			path := "/healthz"
 			if tt.challenge != "" {
 				path += "?challenge=" + tt.challenge
 			}
-			code, body := d.call("GET", path, "", nil)
+			hd := http.Header{}
+			host := strings.TrimPrefix(d.hs.URL, "http://")
+			if tt.host != "" {
+				_, port, _ := net.SplitHostPort(host)
+				host = strings.Replace(tt.host, "PORT", port, 1)
+				hd.Set("Host", host)
+			}
+			code, body := d.callWith("GET", path, "", hd, nil)
 			if code != tt.status {
 				t.Fatalf("GET %s = %d %s, want %d", path, code, body, tt.status)
 			}
@@ -127,10 +146,170 @@ func TestHealthProof(t *testing.T) {
 			}
 			want := ""
 			if tt.proof {
-				want = HealthProof(testToken, d.srv.ID(), tt.challenge)
+				want = HealthProof(testToken, d.srv.ID(), host, tt.challenge)
 			}
-			if h.Daemon != d.srv.ID() || h.Proof != want {
-				t.Errorf("GET %s = %+v, want daemon %q, proof %q", path, h, d.srv.ID(), want)
+			refused := tt.challenge != "" && !tt.noAuth && !tt.proof
+			if h.Daemon != d.srv.ID() || h.Proof != want || (h.ProofRefused != "") != refused {
+				t.Errorf("GET %s (Host %s) = %+v, want daemon %q, proof %q, refused %v", path, host, h, d.srv.ID(), want, refused)
+			}
+		})
+	}
+}
+
+// TestHostNames checks which Host values a daemon takes for its own, by
+// the address it listens on.
+func TestHostNames(t *testing.T) {
+	local := func() ([]net.IP, error) {
+		return []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 0, 0, 5), net.ParseIP("fd00::5")}, nil
+	}
+	for _, tt := range []struct {
+		listen  string
+		names   []string
+		own     []string
+		foreign []string
+	}{
+		{listen: "127.0.0.1:7070",
+			own:     []string{"127.0.0.1:7070", "[::ffff:127.0.0.1]:7070"},
+			foreign: []string{"localhost:7070", "[::1]:7070", "127.0.0.1:7071", "127.0.0.1", "10.0.0.5:7070", "evil.test:7070"}},
+		{listen: "[::]:7070",
+			own:     []string{"127.0.0.1:7070", "[::1]:7070", "localhost:7070", "LOCALHOST.:7070", "10.0.0.5:7070", "[fd00::5]:7070"},
+			foreign: []string{"10.0.0.6:7070", "10.0.0.5:80", "10.0.0.5", "host.test:7070"}},
+		{listen: "0.0.0.0:7070",
+			own:     []string{"127.0.0.1:7070", "10.0.0.5:7070"},
+			foreign: []string{"[::1]:7070", "localhost:7070", "[fd00::5]:7070"}},
+		{listen: "10.0.0.5:80",
+			own:     []string{"10.0.0.5:80", "10.0.0.5"},
+			foreign: []string{"127.0.0.1:80"}},
+		{listen: "127.0.0.1:7070", names: []string{"jri.example.test", "Tunnel.test:9000", "[::1]:9001"},
+			own:     []string{"jri.example.test", "jri.example.test:8443", "tunnel.TEST:9000", "[::1]:9001"},
+			foreign: []string{"tunnel.test:7070", "tunnel.test", "[::1]:7070", "other.example.test:7070"}},
+	} {
+		ta, err := net.ResolveTCPAddr("tcp", tt.listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := newHostNames(ta, tt.names)
+		if err != nil {
+			t.Fatalf("newHostNames(%s, %q): %v", tt.listen, tt.names, err)
+		}
+		h.localIPs = local
+		for _, host := range tt.own {
+			if !h.owns(host, "80") {
+				t.Errorf("a daemon on %s (names %q) does not own Host %q", tt.listen, tt.names, host)
+			}
+		}
+		for _, host := range tt.foreign {
+			if h.owns(host, "80") {
+				t.Errorf("a daemon on %s (names %q) owns Host %q", tt.listen, tt.names, host)
+			}
+		}
+	}
+	for _, bad := range []string{"", "http://jri.example.test", "jri.example.test/api", "jri.example.test:", "jri.example.test:0",
+		"jri.example.test:http", "[::1]:65536", "user@host", ":7070"} {
+		if err := CheckName(bad); err == nil {
+			t.Errorf("CheckName(%q) = nil, want an error", bad)
+		}
+	}
+	for _, good := range []string{"jri.example.test", "jri.example.test:8443", "10.0.0.5", "[::1]:7070", "::1"} {
+		if err := CheckName(good); err != nil {
+			t.Errorf("CheckName(%q) = %v", good, err)
+		}
+	}
+	d := newDaemon(t, daemonOpts{noRunner: true})
+	if _, err := New(Config{Store: d.store, Token: testToken, Names: []string{"jri.example.test"}}); err == nil {
+		t.Error("New with Names but no Listen succeeded")
+	}
+}
+
+// TestDiscoverRefusesRelay checks that a server that passes the CLI's
+// calls on to the daemon (found where a state file says the daemon is)
+// never gets the token: passing the CLI's Host on, it gets no proof from
+// the daemon; sending the daemon's own, a proof for a Host the CLI did not
+// dial, which the CLI refuses. Given a name (serve --name), the daemon
+// proves itself through the same relay, now a tunnel its operator set up;
+// named by the user with the token, the relay is sent the token without a
+// proof: the user vouches for it.
+func TestDiscoverRefusesRelay(t *testing.T) {
+	t.Setenv(EnvServer, "")
+	t.Setenv(EnvToken, "")
+	t.Setenv(EnvTokenFile, "")
+	t.Setenv(EnvCAFile, "")
+	var sawToken atomic.Bool
+	watch := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("Authorization") != "" {
+				sawToken.Store(true)
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+	for _, tt := range []struct {
+		name        string
+		rewriteHost bool
+		asName      bool // the daemon was given the relay's address as a name
+		named       bool // $JUSTRUNIT_SERVER and $JUSTRUNIT_TOKEN name the relay and the token: the user vouches
+		wantErr     string
+	}{
+		{name: "relay passing the Host on", wantErr: "not a name of this daemon"},
+		{name: "relay sending the daemon's Host", rewriteHost: true, wantErr: "does not hold"},
+		{name: "a tunnel the daemon was told of", asName: true},
+		{name: "a tunnel named with the token given", named: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sawToken.Store(false)
+			// The relay's address first, so that the daemon can be given it.
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			relayAddr := ln.Addr().String()
+			var names []string
+			if tt.asName {
+				names = []string{relayAddr}
+			}
+			d := newDaemon(t, daemonOpts{noRunner: true, names: names, wrap: watch})
+			seedStudy(t, d.store)
+			relay := httptest.NewUnstartedServer(nil)
+			relay.Listener.Close()
+			relay.Listener = ln
+			u, _ := url.Parse(d.hs.URL)
+			rp := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
+				pr.SetURL(u)
+				if !tt.rewriteHost {
+					pr.Out.Host = pr.In.Host
+				}
+			}, ErrorLog: log.New(io.Discard, "", 0)}
+			relay.Config.Handler = rp
+			relay.Start()
+			t.Cleanup(relay.Close)
+
+			dir := t.TempDir()
+			tokFile := filepath.Join(dir, "token")
+			os.WriteFile(tokFile, []byte(testToken+"\n"), 0o600)
+			if _, err := WriteState(dir, DaemonState{URL: relay.URL, PID: os.Getpid(), TokenFile: tokFile, Daemon: d.srv.ID()}); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv(EnvServer, "")
+			t.Setenv(EnvToken, "")
+			if tt.named {
+				t.Setenv(EnvServer, relay.URL)
+				t.Setenv(EnvToken, testToken)
+			}
+			c, err := Discover(context.Background(), DiscoverOptions{DataDir: dir})
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Errorf("Discover through a relay = %v, want an error saying %q", err, tt.wantErr)
+				}
+				if sawToken.Load() {
+					t.Error("the token went through the relay")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Discover through a tunnel: %v", err)
+			}
+			if studies, err := c.Studies(context.Background()); err != nil || len(studies) != 1 {
+				t.Errorf("Studies through the tunnel = %d, %v", len(studies), err)
 			}
 		})
 	}
@@ -356,13 +535,14 @@ func TestDiscoverTokenOnlyOverProvedConnections(t *testing.T) {
 	t.Setenv(EnvToken, "")
 	t.Setenv(EnvTokenFile, "")
 	t.Setenv(EnvCAFile, "")
-	d := newDaemon(t, daemonOpts{noRunner: true})
-	seedStudy(t, d.store)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
+	// The daemon serves at addr too, which it is told of.
+	d := newDaemon(t, daemonOpts{noRunner: true, names: []string{addr}})
+	seedStudy(t, d.store)
 	serve := func(ln net.Listener, h http.Handler) *http.Server {
 		hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
 		go hs.Serve(ln)

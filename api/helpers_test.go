@@ -82,6 +82,8 @@ type daemonOpts struct {
 	planner  Planner
 	// wrap, when set, wraps the server's handler.
 	wrap func(http.Handler) http.Handler
+	// names are the daemon's further names (Config.Names).
+	names []string
 }
 
 func newDaemon(t *testing.T, o daemonOpts) *daemon {
@@ -108,14 +110,20 @@ func newDaemon(t *testing.T, o daemonOpts) *daemon {
 		}
 		cfg.Runner = d.runner
 	}
+	// The server's listener first, so that the daemon knows its address
+	// (Config.Listen) as serve's does.
+	var h http.Handler
+	d.hs = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
+	cfg.Listen, cfg.Names = d.hs.Listener.Addr(), o.names
 	if d.srv, err = New(cfg); err != nil {
+		d.hs.Close()
 		t.Fatal(err)
 	}
-	var h http.Handler = d.srv
+	h = d.srv
 	if o.wrap != nil {
 		h = o.wrap(h)
 	}
-	d.hs = httptest.NewServer(h)
+	d.hs.Start()
 	t.Cleanup(func() {
 		d.srv.Close()
 		d.hs.Close()

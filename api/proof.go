@@ -95,7 +95,9 @@ func proveConn(ctx context.Context, conn net.Conn, host, token string) error {
 		return fmt.Errorf("prove the daemon holds the token: %w", err)
 	case resp.StatusCode != http.StatusOK || json.Unmarshal(b, &h) != nil || h.Service != "justrunit":
 		return errors.New("the server is not a JustRunIt daemon (any more); the token was not sent")
-	case !hmac.Equal([]byte(h.Proof), []byte(HealthProof(token, h.Daemon, challenge))):
+	case h.Proof == "" && h.ProofRefused != "":
+		return fmt.Errorf("the daemon proves nothing to this client (%s); the token was not sent", h.ProofRefused)
+	case !hmac.Equal([]byte(h.Proof), []byte(HealthProof(token, h.Daemon, host, challenge))):
 		return errors.New("the server does not prove it holds the token (it is not the daemon, or not any more); the token was not sent")
 	case resp.Close || br.Buffered() > 0:
 		// The server closes the connection (it is stopping), or sent

@@ -40,6 +40,7 @@ type serveOptions struct {
 	token           string
 	tlsCert         string
 	tlsKey          string
+	names           []string
 	noAuth          bool
 	metricsPublic   bool
 	site            string
@@ -91,6 +92,13 @@ Open the dashboard and paste the token, or open http://ADDR/#token=TOKEN once.
 The daemon listens on loopback by default. A non-loopback address needs a token
 (--no-auth is refused there) and should use TLS (--tls-cert, --tls-key).
 
+Before the CLI sends its token it asks GET /healthz to prove the daemon holds it.
+Over plain http the daemon gives that proof, bound to the name the client dialled,
+only to clients that dialled its own address, so that no server passing calls on
+can pass a proof on. Clients that reach it by another name (a DNS name, an SSH
+tunnel's port) need that name given with --name to get proofs; without it, a CLI
+given the token ($JUSTRUNIT_TOKEN) sends it unchecked.
+
 A daemon without a token (--no-auth) answers only requests to localhost or a
 loopback address. Calls with a body send it as JSON (Content-Type: application/json);
 a POST a browser sends from another site's page is refused.
@@ -123,6 +131,7 @@ daemon starts again.`,
 	f.StringVar(&o.token, "token", "", "the API token (visible to other users in the process list; prefer $JUSTRUNIT_TOKEN or --token-file)")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate (PEM); serve https with --tls-key")
 	f.StringVar(&o.tlsKey, "tls-key", "", "TLS private key (PEM)")
+	f.StringArrayVar(&o.names, "name", nil, "a further name clients reach the daemon by, HOST or HOST:PORT (any port when none): a DNS name, a port forwarded to it (repeatable); over plain http the daemon proves it holds the token only to clients that dialled its address or one of these")
 	f.BoolVar(&o.noAuth, "no-auth", false, "serve without a token; loopback addresses only")
 	f.BoolVar(&o.metricsPublic, "metrics-public", false, "serve /metrics without a token (the API still needs it)")
 	f.StringVar(&o.site, "site", "", "site file to run (instances and proxies) so the daemon can run studies on it")
@@ -135,6 +144,11 @@ daemon starts again.`,
 func (o *serveOptions) validate() error {
 	if _, _, err := net.SplitHostPort(o.addr); err != nil {
 		return justrunit.Invalid("--addr", o.addr, "want HOST:PORT, e.g. 127.0.0.1:7070")
+	}
+	for _, n := range o.names {
+		if err := api.CheckName(n); err != nil {
+			return justrunit.Invalid("--name", n, "%v", err)
+		}
 	}
 	if (o.tlsCert == "") != (o.tlsKey == "") {
 		return justrunit.Invalid("--tls-key", o.tlsKey, "give both --tls-cert and --tls-key, or neither")
@@ -267,14 +281,15 @@ func runServe(ctx context.Context, g *globals, o *serveOptions, out io.Writer) e
 			cfg.Runner = runner
 		}
 	}
-	srv, err := api.New(cfg)
-	if err != nil {
-		return err
-	}
-
 	ln, err := net.Listen("tcp", o.addr)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
+	}
+	cfg.Listen, cfg.Names = ln.Addr(), o.names
+	srv, err := api.New(cfg)
+	if err != nil {
+		ln.Close()
+		return err
 	}
 	scheme := "http"
 	if tlsCfg != nil {

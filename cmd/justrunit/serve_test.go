@@ -113,6 +113,23 @@ func TestServe(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("GET /api/v1/studies without token = %d, want 401", resp.StatusCode)
 	}
+	// It proves it holds the token to a client that dialled its address,
+	// not to one that dialled another name (a server passing calls on).
+	for _, host := range []string{strings.TrimPrefix(st.URL, "http://"), "relay.example.test:7070"} {
+		req, _ := http.NewRequest("GET", st.URL+"/healthz?challenge=c0ffee", nil)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h api.Health
+		err = json.NewDecoder(resp.Body).Decode(&h)
+		resp.Body.Close()
+		own := host == strings.TrimPrefix(st.URL, "http://")
+		if err != nil || (h.Proof != "") != own || (h.ProofRefused != "") == own {
+			t.Errorf("GET /healthz with a challenge, Host %s = %+v, %v; want a proof: %v", host, h, err, own)
+		}
+	}
 
 	// The study commands' reader goes through the daemon while it runs.
 	g := &globals{dataDir: dir}
@@ -164,6 +181,8 @@ func TestServeFlags(t *testing.T) {
 		{[]string{"--addr", ":7070", "--no-auth"}, "--addr", justrunit.ErrInvalid},
 		{[]string{"--addr", "7070"}, "--addr", justrunit.ErrInvalid},
 		{[]string{"--tls-cert", "c.pem"}, "--tls-key", justrunit.ErrInvalid},
+		{[]string{"--name", "http://jri.example.test"}, "--name", justrunit.ErrInvalid},
+		{[]string{"--name", "jri.example.test:0"}, "--name", justrunit.ErrInvalid},
 		{[]string{"--no-auth", "--token-file", "x"}, "--no-auth", justrunit.ErrInvalid},
 		{[]string{"--addr", "127.0.0.1:0", "--site", "missing.yaml"}, "", fs.ErrNotExist},
 		{[]string{"--manage", "1m"}, "--manage", justrunit.ErrInvalid},
