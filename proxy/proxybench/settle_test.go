@@ -77,7 +77,8 @@ func TestWaitQuiet(t *testing.T) {
 	})
 }
 
-// TestProcCPUTimes reads this machine's CPU times twice: they count up.
+// TestProcCPUTimes reads this machine's CPU times before and after waitQuiet
+// samples them: they count up, and the busy share sampled is a fraction.
 func TestProcCPUTimes(t *testing.T) {
 	b0, t0, err := procCPUTimes()
 	if err != nil {
