@@ -15,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -46,10 +45,7 @@ func TestLocalURL(t *testing.T) {
 // certificate that names neither the URL's host nor loopback, only a
 // wildcard among them.
 func TestDiscoverTLS(t *testing.T) {
-	t.Setenv(EnvServer, "")
-	t.Setenv(EnvToken, "")
-	t.Setenv(EnvTokenFile, "")
-	t.Setenv(EnvCAFile, "")
+	clearClientEnv(t)
 	d := newDaemon(t, daemonOpts{noRunner: true})
 	seedStudy(t, d.store)
 	for _, tt := range []struct {
@@ -230,19 +226,8 @@ func TestHostNames(t *testing.T) {
 // named by the user with the token, the relay is sent the token without a
 // proof: the user vouches for it.
 func TestDiscoverRefusesRelay(t *testing.T) {
-	t.Setenv(EnvServer, "")
-	t.Setenv(EnvToken, "")
-	t.Setenv(EnvTokenFile, "")
-	t.Setenv(EnvCAFile, "")
-	var sawToken atomic.Bool
-	watch := func(h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Header.Get("Authorization") != "" {
-				sawToken.Store(true)
-			}
-			h.ServeHTTP(w, r)
-		})
-	}
+	clearClientEnv(t)
+	var sawToken tokenSeen
 	for _, tt := range []struct {
 		name        string
 		rewriteHost bool
@@ -267,7 +252,7 @@ func TestDiscoverRefusesRelay(t *testing.T) {
 			if tt.asName {
 				names = []string{relayAddr}
 			}
-			d := newDaemon(t, daemonOpts{noRunner: true, names: names, wrap: watch})
+			d := newDaemon(t, daemonOpts{noRunner: true, names: names, wrap: sawToken.watch})
 			seedStudy(t, d.store)
 			relay := httptest.NewUnstartedServer(nil)
 			relay.Listener.Close()
@@ -320,32 +305,19 @@ func TestDiscoverRefusesRelay(t *testing.T) {
 // state file, that it is the daemon that wrote it: whatever now listens
 // where a dead daemon did never sees the token.
 func TestDiscoverSendsTokenOnlyToTheDaemon(t *testing.T) {
-	t.Setenv(EnvServer, "")
-	t.Setenv(EnvToken, "")
-	t.Setenv(EnvTokenFile, "")
-	t.Setenv(EnvCAFile, "")
-	// sawToken records whether a request to a server carried a token.
-	type sawToken struct{ any atomic.Bool }
-	watch := func(s *sawToken, h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Header.Get("Authorization") != "" {
-				s.any.Store(true)
-			}
-			h.ServeHTTP(w, r)
-		})
-	}
+	clearClientEnv(t)
 	// A squatter mimics /healthz, with a proof it cannot make, or none.
-	squatter := func(proof string) (string, *sawToken) {
-		s := &sawToken{}
-		hs := httptest.NewServer(watch(s, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	squatter := func(proof string) (string, *tokenSeen) {
+		s := &tokenSeen{}
+		hs := httptest.NewServer(s.watch(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusOK, Health{Status: "ok", Service: "justrunit", Daemon: "d1", Proof: proof})
 		})))
 		t.Cleanup(hs.Close)
 		return hs.URL, s
 	}
-	daemon := func() (url, id string, s *sawToken) {
-		s = &sawToken{}
-		d := newDaemon(t, daemonOpts{noRunner: true, wrap: func(h http.Handler) http.Handler { return watch(s, h) }})
+	daemon := func() (url, id string, s *tokenSeen) {
+		s = &tokenSeen{}
+		d := newDaemon(t, daemonOpts{noRunner: true, wrap: s.watch})
 		return d.hs.URL, d.srv.ID(), s
 	}
 	forging, forgingSaw := squatter("0123abcd")
@@ -355,7 +327,7 @@ func TestDiscoverSendsTokenOnlyToTheDaemon(t *testing.T) {
 	for _, tt := range []struct {
 		name      string
 		url, id   string
-		saw       *sawToken
+		saw       *tokenSeen
 		wantErr   error // nil: found
 		wantToken bool
 	}{
@@ -380,7 +352,7 @@ func TestDiscoverSendsTokenOnlyToTheDaemon(t *testing.T) {
 			if c != nil {
 				c.Studies(context.Background())
 			}
-			if got := tt.saw.any.Load(); got != tt.wantToken {
+			if got := tt.saw.Load(); got != tt.wantToken {
 				t.Errorf("the server saw a token: %v, want %v", got, tt.wantToken)
 			}
 		})
@@ -405,15 +377,8 @@ func olderDaemon(h http.Handler) http.Handler {
 // through its state file, is not sent, and Discover says why rather than
 // every call answering 401.
 func TestDiscoverOlderDaemon(t *testing.T) {
-	var sawToken atomic.Bool
-	d := newDaemon(t, daemonOpts{noRunner: true, wrap: func(h http.Handler) http.Handler {
-		return olderDaemon(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Header.Get("Authorization") != "" {
-				sawToken.Store(true)
-			}
-			h.ServeHTTP(w, r)
-		}))
-	}})
+	var sawToken tokenSeen
+	d := newDaemon(t, daemonOpts{noRunner: true, wrap: func(h http.Handler) http.Handler { return olderDaemon(sawToken.watch(h)) }})
 	seedStudy(t, d.store)
 	for _, tt := range []struct {
 		name      string
@@ -481,15 +446,8 @@ func TestDiscoverOlderDaemon(t *testing.T) {
 // would make "study list" read the store file under the running daemon;
 // and that the token is not sent.
 func TestDiscoverWrongToken(t *testing.T) {
-	var sawToken atomic.Bool
-	d := newDaemon(t, daemonOpts{noRunner: true, wrap: func(h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Header.Get("Authorization") != "" {
-				sawToken.Store(true)
-			}
-			h.ServeHTTP(w, r)
-		})
-	}})
+	var sawToken tokenSeen
+	d := newDaemon(t, daemonOpts{noRunner: true, wrap: sawToken.watch})
 	for _, tt := range []struct {
 		name  string
 		named bool // $JUSTRUNIT_SERVER and $JUSTRUNIT_TOKEN, else the state file and its token file
@@ -531,10 +489,7 @@ func TestDiscoverWrongToken(t *testing.T) {
 // daemon's address next, and that its calls go on once a daemon holding
 // the token listens there again.
 func TestDiscoverTokenOnlyOverProvedConnections(t *testing.T) {
-	t.Setenv(EnvServer, "")
-	t.Setenv(EnvToken, "")
-	t.Setenv(EnvTokenFile, "")
-	t.Setenv(EnvCAFile, "")
+	clearClientEnv(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -566,13 +521,10 @@ func TestDiscoverTokenOnlyOverProvedConnections(t *testing.T) {
 	}
 
 	daemon.Close() // the daemon dies, and another server takes its address
-	var sawToken atomic.Bool
-	squatter := serve(relisten(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Authorization") != "" {
-			sawToken.Store(true)
-		}
+	var sawToken tokenSeen
+	squatter := serve(relisten(), sawToken.watch(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, Health{Status: "ok", Service: "justrunit", Daemon: "d1"})
-	}))
+	})))
 	if _, err := c.Study(context.Background(), "s1"); err == nil {
 		t.Error("Study through the server that took the dead daemon's address succeeded")
 	}

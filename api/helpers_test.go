@@ -265,3 +265,23 @@ func decodeError(t *testing.T, b []byte) *Error {
 	}
 	return eb.Error
 }
+
+// clearClientEnv unsets, for the test, the environment Discover reads.
+func clearClientEnv(t *testing.T) {
+	for _, k := range []string{EnvServer, EnvToken, EnvTokenFile, EnvCAFile} {
+		t.Setenv(k, "")
+	}
+}
+
+// tokenSeen records whether a request served through watch carried a
+// token.
+type tokenSeen struct{ atomic.Bool }
+
+func (s *tokenSeen) watch(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			s.Store(true)
+		}
+		h.ServeHTTP(w, r)
+	})
+}
