@@ -177,7 +177,10 @@ authentication):
 
 Statistics per clone: sent, dropped, skipped_large, in_flight, compared,
 mismatched, mismatch_rate and the response-time summary; 5xx answers and
-transport errors count as errors.`,
+transport errors count as errors. A clone that has answered no copy for a whole
+--copy-timeout while copies timed out is shown not_answering: it is sent one copy
+at a time (the others dropped) until it answers, so that a hung clone is not
+dialled --max-in-flight times over every copy timeout.`,
 		Example: `  justrunit proxy in --listen 127.0.0.1:8080 --online http://127.0.0.1:9000 \
       --clone c1=http://127.0.0.1:9100 --control 127.0.0.1:8079
 
@@ -282,7 +285,7 @@ func logInStats(l *slog.Logger, st httpproxy.InStats) {
 		"rps", fmt.Sprintf("%.1f", st.Online.Throughput), "p95_ms", st.Online.RT.P95, "p99_ms", st.Online.RT.P99)
 	for _, c := range st.Clones {
 		l.Info("clone", "clone", c.Name, "sent", c.Sent, "dropped", c.Dropped, "skipped_large", c.SkippedLarge,
-			"in_flight", c.InFlight, "errors", c.Response.Errors, "p95_ms", c.Response.RT.P95, "mismatch_rate", c.MismatchRate)
+			"in_flight", c.InFlight, "not_answering", c.NotAnswering, "errors", c.Response.Errors, "p95_ms", c.Response.RT.P95, "mismatch_rate", c.MismatchRate)
 	}
 }
 

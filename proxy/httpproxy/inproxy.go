@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -357,7 +358,8 @@ type CloneStats struct {
 	// Sent counts copies dispatched to the clone.
 	Sent int64 `json:"sent"`
 	// Dropped counts copies not sent because the clone was at its bound of
-	// copies or bytes in flight, because it refused connections a moment
+	// copies or bytes in flight (one copy while it answers nothing, see
+	// NotAnswering), because it refused connections a moment
 	// ago (a dead clone is retried every 250 ms, not dialled for every
 	// copy), or because the request did not reach the on-line instance in
 	// full (the previous tier did not send all of it, or forwarding it
@@ -393,6 +395,11 @@ type CloneStats struct {
 	// the clone's response body) and throughput. A
 	// transport error, a timeout or a 5xx status counts as an error.
 	Response measure.Summary `json:"response"`
+	// NotAnswering is true while the clone answers nothing: no copy for a
+	// whole copy timeout, while copies timed out without an answer (hung,
+	// or overloaded past answering). One copy at a time goes to it then,
+	// the others are dropped, until it answers one. Not windowed.
+	NotAnswering bool `json:"not_answering,omitempty"`
 }
 
 // Apply copies the clone's measurements into o: samples, errors,
@@ -907,11 +914,21 @@ type clone struct {
 	// ns), so a dead clone costs no dialling on the proxy's CPUs.
 	refused     atomic.Int64
 	pausedUntil atomic.Int64
+
+	// lastAnswer is when the clone last answered a copy (unix ns; when
+	// it was attached, at first); stalled is set while it answers nothing
+	// (see noAnswer), and bounds its copies in flight (see admit).
+	lastAnswer atomic.Int64
+	stalled    atomic.Bool
 }
 
 const (
 	refusedToPause = 5
 	refusedPause   = 250 * time.Millisecond
+
+	// stalledInFlight is how many copies a clone that answers nothing
+	// may have in flight (see admit).
+	stalledInFlight = 1
 )
 
 func newClone(name string, target *url.URL, dial dialFunc, cfg InConfig, log *slog.Logger) *clone {
@@ -932,6 +949,7 @@ func newClone(name string, target *url.URL, dial dialFunc, cfg InConfig, log *sl
 		cancel: cancel,
 		rec:    measure.NewRecorder(),
 	}
+	c.lastAnswer.Store(time.Now().UnixNano())
 	if cfg.CloneLag > 0 {
 		c.queue = &lagQueue{wake: make(chan struct{}, 1)}
 		go c.pace()
@@ -967,8 +985,7 @@ func (c *clone) send(cr *copyReq) {
 		}
 		return
 	}
-	if c.inFl.Add(1) > int64(c.cfg.MaxInFlight) {
-		c.inFl.Add(-1)
+	if !c.admit() {
 		c.drop()
 		return
 	}
@@ -978,6 +995,38 @@ func (c *clone) send(cr *copyReq) {
 		return
 	}
 	c.start(cr, charge, cr.online.hold(c), cr.arrival)
+}
+
+// admit takes a place in flight for a copy, or reports false when the
+// clone has as many copies in flight as it may: MaxInFlight, or one while
+// it answers nothing (stalled). Each copy in flight holds a connection of
+// its own until it is answered or times out; so a clone that never answers
+// is dialled once a copy timeout rather than MaxInFlight times at once
+// every copy timeout, which on a 2-CPU machine put the on-line p99 at 2,000
+// requests a second up from 2.9 ms to 4.4-9.4 ms in each second that it
+// happened.
+func (c *clone) admit() bool {
+	limit := int64(c.cfg.MaxInFlight)
+	if c.stalled.Load() {
+		limit = stalledInFlight
+	}
+	if c.inFl.Add(1) > limit {
+		c.inFl.Add(-1)
+		return false
+	}
+	return true
+}
+
+// noAnswer notes a copy that timed out with no byte of an answer. When
+// the clone has answered no copy for a whole copy timeout, it is taken for
+// stalled (hung, or overloaded past answering anything): copies go to it
+// one at a time (admit) until it answers one.
+func (c *clone) noAnswer(now time.Time) {
+	if now.Sub(time.Unix(0, c.lastAnswer.Load())) < c.cfg.CopyTimeout || c.stalled.Swap(true) {
+		return
+	}
+	c.log.Warn("the clone has answered no copy for a whole copy timeout: one copy at a time goes to it until it answers, the others are dropped",
+		"copy_timeout", c.cfg.CopyTimeout)
 }
 
 // reserve charges n more bytes to the clone's bound (MaxCloneBytes), or
@@ -1110,6 +1159,8 @@ func (c *clone) readLoop(pc *poolConn) {
 			c.pool.discard(pc)
 			if werr != nil {
 				err = werr
+			} else if errors.Is(err, os.ErrDeadlineExceeded) {
+				c.noAnswer(time.Now())
 			}
 			if pc.reused && !f.retried && idleClosed(err) && c.ctx.Err() == nil {
 				// A flight of its own: the goroutine that sent f may
@@ -1256,6 +1307,10 @@ func (c *clone) finish(f *flight, resp *http.Response, body *keptBody, err error
 		return
 	}
 	c.refused.Store(0)
+	c.lastAnswer.Store(end.UnixNano())
+	if c.stalled.Swap(false) {
+		c.log.Info("the clone answers again: copies go to it as they come again")
+	}
 	if resp.StatusCode >= 500 {
 		c.rec.RecordError()
 	} else {
@@ -1418,8 +1473,7 @@ func (c *clone) pace() {
 			c.drop() // the clone refuses connections: do not dial in vain
 			continue
 		}
-		if c.inFl.Add(1) > int64(c.cfg.MaxInFlight) {
-			c.inFl.Add(-1)
+		if !c.admit() {
 			c.letGo(l)
 			c.drop()
 			continue
@@ -1444,6 +1498,7 @@ func (c *clone) stats(reset bool) CloneStats {
 		Target:        c.shown,
 		InFlight:      c.inFl.Load(),
 		InFlightBytes: c.inFlB.Load(),
+		NotAnswering:  c.stalled.Load(),
 	}
 	if c.queue != nil {
 		s.Queued = int64(c.queue.len())

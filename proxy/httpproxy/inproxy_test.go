@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
@@ -831,4 +833,67 @@ func TestInProxyCompareChargesOnlineBody(t *testing.T) {
 			t.Errorf("clone stats %+v; want every copy sent answered without error, none mismatched", cs)
 		}
 	})
+}
+
+// TestInProxyStalledClone checks that a clone that answers nothing is sent
+// one copy at a time once a whole copy timeout passed without an answer,
+// rather than MaxInFlight new connections every copy timeout (each a burst
+// of dialling on the proxy's CPUs), that its stats say so, and that copies
+// go to it as they come again once it answers.
+func TestInProxyStalledClone(t *testing.T) {
+	online := newBackend(t, nil)
+	release := make(chan struct{})
+	var conns atomic.Int64
+	hung := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+			io.WriteString(w, "ok")
+		case <-r.Context().Done():
+		}
+	}))
+	hung.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	hung.Start()
+	t.Cleanup(hung.Close)
+	const maxInFlight, timeout = 16, 200 * time.Millisecond
+	p, base := startIn(t, InConfig{Online: online.URL, MaxInFlight: maxInFlight, CopyTimeout: timeout})
+	if err := p.AddClone(context.Background(), "c", mustURL(t, hung.URL)); err != nil {
+		t.Fatal(err)
+	}
+	c := testClient()
+	// drive sends on-line requests every 5 ms for d.
+	drive := func(d time.Duration) {
+		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+			if code, _ := get(t, c, base+"/x"); code != 200 {
+				t.Fatalf("on-line request answered %d", code)
+			}
+		}
+	}
+	// Six copy timeouts: without the bound, 16 new connections each.
+	drive(6 * timeout)
+	cs, _ := p.Stats().Clone("c")
+	if n := conns.Load(); n > maxInFlight+8 || !cs.NotAnswering || cs.InFlight > 1 {
+		t.Errorf("a clone answering nothing for %v (copy timeout %v): %d connections, not answering %v, %d in flight; want at most %d, true, at most 1",
+			6*timeout, timeout, n, cs.NotAnswering, cs.InFlight, maxInFlight+8)
+	}
+	close(release)
+	drive(0)
+	waitFor(t, 5*timeout, "the clone to be taken as answering again", func() bool {
+		drive(0)
+		cs, _ := p.Stats().Clone("c")
+		return !cs.NotAnswering
+	})
+	p.Reset()
+	drive(100 * time.Millisecond)
+	waitFor(t, 5*time.Second, "the copies answered", func() bool {
+		cs, _ := p.Stats().Clone("c")
+		return cs.InFlight == 0
+	})
+	cs, _ = p.Stats().Clone("c")
+	if cs.Sent == 0 || cs.Dropped != 0 || cs.Response.Count != cs.Sent {
+		t.Errorf("once the clone answers: sent %d, dropped %d, answered %d; want every copy sent and answered", cs.Sent, cs.Dropped, cs.Response.Count)
+	}
 }
