@@ -1,5 +1,5 @@
 // Package prio sets the CPU priority of the whole process: its nice value,
-// or the idle scheduling class.
+// or the idle scheduling class; and the CPUs it runs on.
 //
 // On Linux, setpriority(2) and sched_setattr(2) change one thread, and the
 // Go runtime has started several threads before main runs (and may start
@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -79,6 +80,41 @@ func ExecIdle() error {
 	// This thread stays locked, in the idle class: the goroutine's thread
 	// ends with it, rather than serve others idle.
 	return fmt.Errorf("run %s again in the idle scheduling class: %w", exe, err)
+}
+
+// Affinity returns the CPUs this thread may run on, in order.
+func Affinity() ([]int, error) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return nil, fmt.Errorf("read the CPU affinity: %w", err)
+	}
+	var cpus []int
+	for c := range len(set) * 8 * int(unsafe.Sizeof(set[0])) {
+		if set.IsSet(c) {
+			cpus = append(cpus, c)
+		}
+	}
+	return cpus, nil
+}
+
+// SetAffinity makes every thread of this process run on cpus only.
+func SetAffinity(cpus []int) error {
+	return SetAffinityThreads(threadsOf("self"), cpus)
+}
+
+// SetAffinityThreads makes the threads that list returns (another
+// process's, e.g. those of a cgroup) run on cpus only.
+func SetAffinityThreads(list func() ([]int, error), cpus []int) error {
+	if len(cpus) == 0 {
+		return fmt.Errorf("set the CPU affinity: no CPU given")
+	}
+	var set unix.CPUSet
+	for _, c := range cpus {
+		set.Set(c)
+	}
+	return eachThread(list, fmt.Sprintf("run on CPUs %v", cpus), func(tid int) error {
+		return unix.SchedSetaffinity(tid, &set)
+	})
 }
 
 func setIdle(tid int) error {

@@ -1,12 +1,15 @@
 package prio
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -106,4 +109,69 @@ func TestExecIdle(t *testing.T) {
 	if idle, err := Idle(os.Getpid()); err != nil || idle {
 		t.Errorf("this process: Idle = %v, %v; want false", idle, err)
 	}
+}
+
+// TestSetAffinity moves every thread of this process to its first CPU,
+// threads started after included, and back.
+func TestSetAffinity(t *testing.T) {
+	cur, err := Affinity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cur) < 2 {
+		t.Skipf("needs two CPUs to leave one; this process may run on %v", cur)
+	}
+	defer func() {
+		if err := SetAffinity(cur); err != nil {
+			t.Errorf("give the CPUs back: %v", err)
+		}
+	}()
+	if err := SetAffinity(cur[:1]); err != nil {
+		t.Fatal(err)
+	}
+	// Goroutines blocked in system calls make the runtime start threads.
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			time.Sleep(time.Millisecond)
+			_, _ = os.ReadFile("/proc/self/stat")
+		})
+	}
+	wg.Wait()
+	want := strconv.Itoa(cur[0])
+	tids, err := threadsOf("self")()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tid := range tids {
+		if got, ok := allowedList(t, tid); ok && got != want {
+			t.Errorf("thread %d may run on CPUs %s; want %s", tid, got, want)
+		}
+	}
+	if err := SetAffinity(cur); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Affinity(); err != nil || len(got) != len(cur) {
+		t.Errorf("after giving the CPUs back: %v, %v; want %v", got, err, cur)
+	}
+}
+
+// allowedList is thread tid's Cpus_allowed_list; false if the thread has
+// ended.
+func allowedList(t *testing.T, tid int) (string, bool) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/status", tid))
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
+		return "", false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
+			return strings.TrimSpace(v), true
+		}
+	}
+	t.Fatalf("thread %d: no Cpus_allowed_list", tid)
+	return "", false
 }

@@ -51,6 +51,7 @@ import (
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/internal/cgroup"
 	"github.com/justrunit/justrunit/internal/hostlayout"
+	"github.com/justrunit/justrunit/internal/prio"
 )
 
 func init() {
@@ -864,7 +865,11 @@ func (p *Platform) startInstance(in *inst, sc *shimConfig) (err error) {
 	if err := p.stillWanted(in); err != nil {
 		return err
 	}
-	cfg := shimConfig{Path: in.path, Argv: in.spec.Command, Env: in.env, Dir: in.spec.Dir}
+	cpus, err := hostlayout.ParseCPUList(h.CPUs)
+	if err != nil {
+		return fmt.Errorf("host %s: %w", h.Name, err)
+	}
+	cfg := shimConfig{Path: in.path, Argv: in.spec.Command, Env: in.env, Dir: in.spec.Dir, CPUs: cpus}
 	var cloneflags uintptr
 	if sc != nil {
 		cfg.Netns, cfg.Target, cfg.Lower, cfg.Upper, cfg.Work, cfg.Bind = sc.Netns, sc.Target, sc.Lower, sc.Upper, sc.Work, sc.Bind
@@ -1107,6 +1112,14 @@ func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 	p.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("migrate %s: %w", id, err)
+	}
+	// The instance's threads were started on the old host's CPUs (the
+	// shim's affinity), which the kernel keeps within the new cpuset where
+	// the two overlap: they are given the new host's CPUs.
+	if cpus, err := hostlayout.ParseCPUList(hc.CPUs); err == nil {
+		if err := prio.SetAffinityThreads(g.Threads, cpus); err != nil {
+			p.log.Warn("migrated, but the instance's threads keep their CPUs within the new host's", "id", id, "host", host, "err", err)
+		}
 	}
 	p.log.Info("migrated", "id", id, "host", host, "cpus", hc.CPUs)
 	return nil

@@ -17,6 +17,7 @@ import (
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/internal/cgroup"
+	"github.com/justrunit/justrunit/internal/hostlayout"
 	"github.com/justrunit/justrunit/platform/platformtest"
 )
 
@@ -581,5 +582,61 @@ func TestV1WithoutMemoryController(t *testing.T) {
 	u, err := p.Usage(ctx, "nomem")
 	if err == nil || !strings.Contains(err.Error(), "cpuacct") {
 		t.Errorf("Usage() = %+v, %v; want an error naming cpuacct", u, err)
+	}
+}
+
+// TestMigrateGivesTheNewHostsCPUs: an instance moved to a host whose CPUs
+// include its old host's runs on all of them (the kernel would keep it on
+// the CPUs it was started on, where the new cpuset allows).
+func TestMigrateGivesTheNewHostsCPUs(t *testing.T) {
+	if cpus := hostlayout.OnlineCPUs(); !slices.Contains(cpus, 0) || !slices.Contains(cpus, 1) {
+		t.Skipf("needs CPUs 0 and 1; online: %v", cpus)
+	}
+	p := newPlatform(t, func(c *Config) {
+		host := func(name, cpus string, sandbox bool) HostConfig {
+			return HostConfig{Host: justrunit.Host{Name: name, Cores: 1, On: true, Sandbox: sandbox}, CPUs: cpus}
+		}
+		c.Hosts = []HostConfig{host("narrow", "1", false), host("wide", "0-1", false), host("sandbox", "1", true)}
+	})
+	ctx := context.Background()
+	launchServer(t, p, serverOpts{id: "mover", host: "narrow", alloc: justrunit.Allocation{CPU: 50}})
+	in, err := p.get("mover")
+	if err != nil {
+		t.Fatal(err)
+	}
+	allowed := func() []string {
+		tids, err := in.group.Threads()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, tid := range tids {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+			if err != nil {
+				continue // ended
+			}
+			for line := range strings.Lines(string(b)) {
+				if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
+					out = append(out, strings.TrimSpace(v))
+				}
+			}
+		}
+		if len(out) == 0 {
+			t.Fatal("the instance has no threads")
+		}
+		return out
+	}
+	for _, got := range allowed() {
+		if got != "1" {
+			t.Fatalf("on host narrow (CPU 1) a thread may run on CPUs %s", got)
+		}
+	}
+	if err := p.Migrate(ctx, "mover", "wide"); err != nil {
+		t.Fatal(err)
+	}
+	for _, got := range allowed() {
+		if got != "0-1" {
+			t.Errorf("after migrating to host wide (CPUs 0-1) a thread may run on CPUs %s; want 0-1", got)
+		}
 	}
 }

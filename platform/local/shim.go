@@ -76,6 +76,10 @@ type shimConfig struct {
 	// is at or below Target would open the original's files by their
 	// relative paths.
 	Dir string `json:"dir,omitempty"`
+	// CPUs are the host's CPUs: the shim runs on them, and the command
+	// starts there, whatever the platform's own process may run on (a site
+	// keeps that off the sandbox's CPUs; siterun).
+	CPUs []int `json:"cpus,omitempty"`
 }
 
 // scratchOverlay is one scratch directory of a clone: the host's directory
@@ -118,6 +122,15 @@ func runShim(v string) {
 		os.Exit(125) // the platform gave up on us
 	}
 	gate.Close()
+	if len(c.CPUs) > 0 {
+		var set unix.CPUSet
+		for _, cpu := range c.CPUs {
+			set.Set(cpu)
+		}
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			fail("run on the host's CPUs %v: %v", c.CPUs, err)
+		}
+	}
 
 	nsfd := -1
 	if c.Netns != "" {
