@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/justrunit/justrunit/internal/hostlayout"
 	"github.com/justrunit/justrunit/internal/prio"
 	"github.com/justrunit/justrunit/internal/testutil"
 	"github.com/justrunit/justrunit/internal/testutil/sitetest"
@@ -23,7 +22,7 @@ import (
 // host of CPUs 0-1 runs on both.
 func TestInstancesOnTheirHostsCPUs(t *testing.T) {
 	testutil.NeedRoot(t)
-	before := allowedCPUs(t, "self")
+	before := allowedCPUs(t, 0)
 	if !slices.Contains(before, 0) || !slices.Contains(before, 1) {
 		t.Skipf("needs CPUs 0 and 1; this process may run on %v", before)
 	}
@@ -44,40 +43,31 @@ func TestInstancesOnTheirHostsCPUs(t *testing.T) {
 	})
 	pid := instancePID(t, up.Addr["app"])
 	if got := allowedCPUs(t, pid); !slices.Equal(got, []int{0, 1}) {
-		t.Errorf("the on-line app tier (pid %s, host CPUs 0-1) may run on %v; want [0 1]", pid, got)
+		t.Errorf("the on-line app tier (pid %d, host CPUs 0-1) may run on %v; want [0 1]", pid, got)
 	}
 }
 
-// allowedCPUs reads the CPUs process pid ("self") may run on.
-func allowedCPUs(t *testing.T, pid string) []int {
+// allowedCPUs reads the CPUs process (or thread) pid may run on.
+func allowedCPUs(t *testing.T, pid int) []int {
 	t.Helper()
-	b, err := os.ReadFile("/proc/" + pid + "/status")
+	cpus, err := prio.Affinity(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
-			cpus, err := hostlayout.ParseCPUList(strings.TrimSpace(v))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return cpus
-		}
-	}
-	t.Fatalf("/proc/%s/status has no Cpus_allowed_list", pid)
-	return nil
+	return cpus
 }
 
 // instancePID finds the process listening on addr by its command line
 // (--listen addr).
-func instancePID(t *testing.T, addr string) string {
+func instancePID(t *testing.T, addr string) int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
 			continue
 		}
 		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
@@ -86,9 +76,9 @@ func instancePID(t *testing.T, addr string) string {
 		}
 		args := strings.Split(string(b), "\x00")
 		if i := slices.Index(args, "--listen"); i >= 0 && i+1 < len(args) && args[i+1] == addr {
-			return e.Name()
+			return pid
 		}
 	}
 	t.Fatalf("no process listens on %s", addr)
-	return ""
+	return 0
 }

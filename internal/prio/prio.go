@@ -82,11 +82,12 @@ func ExecIdle() error {
 	return fmt.Errorf("run %s again in the idle scheduling class: %w", exe, err)
 }
 
-// Affinity returns the CPUs this thread may run on, in order.
-func Affinity() ([]int, error) {
+// Affinity returns the CPUs thread tid (0: the calling one) may run on, in
+// order.
+func Affinity(tid int) ([]int, error) {
 	var set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &set); err != nil {
-		return nil, fmt.Errorf("read the CPU affinity: %w", err)
+	if err := unix.SchedGetaffinity(tid, &set); err != nil {
+		return nil, fmt.Errorf("read the CPU affinity of thread %d: %w", tid, err)
 	}
 	var cpus []int
 	for c := range len(set) * 8 * int(unsafe.Sizeof(set[0])) {

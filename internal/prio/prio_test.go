@@ -3,15 +3,16 @@ package prio
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestMain lets this test binary be the program TestExecIdle runs: with
@@ -114,7 +115,7 @@ func TestExecIdle(t *testing.T) {
 // TestSetAffinity moves every thread of this process to its first CPU,
 // threads started after included, and back.
 func TestSetAffinity(t *testing.T) {
-	cur, err := Affinity()
+	cur, err := Affinity(0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,40 +139,23 @@ func TestSetAffinity(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	want := strconv.Itoa(cur[0])
 	tids, err := threadsOf("self")()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, tid := range tids {
-		if got, ok := allowedList(t, tid); ok && got != want {
-			t.Errorf("thread %d may run on CPUs %s; want %s", tid, got, want)
+		got, err := Affinity(tid)
+		if errors.Is(err, unix.ESRCH) {
+			continue // ended
+		}
+		if err != nil || !slices.Equal(got, cur[:1]) {
+			t.Errorf("thread %d may run on CPUs %v (%v); want %v", tid, got, err, cur[:1])
 		}
 	}
 	if err := SetAffinity(cur); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := Affinity(); err != nil || len(got) != len(cur) {
+	if got, err := Affinity(0); err != nil || !slices.Equal(got, cur) {
 		t.Errorf("after giving the CPUs back: %v, %v; want %v", got, err, cur)
 	}
-}
-
-// allowedList is thread tid's Cpus_allowed_list; false if the thread has
-// ended.
-func allowedList(t *testing.T, tid int) (string, bool) {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/status", tid))
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
-		return "", false
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
-			return strings.TrimSpace(v), true
-		}
-	}
-	t.Fatalf("thread %d: no Cpus_allowed_list", tid)
-	return "", false
 }

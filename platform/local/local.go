@@ -850,6 +850,10 @@ func (p *Platform) startInstance(in *inst, sc *shimConfig) (err error) {
 		testHookStarting(in)
 	}
 	h := p.hostOf(in)
+	cpus, err := hostlayout.ParseCPUList(h.CPUs)
+	if err != nil {
+		return fmt.Errorf("host %s: %w", h.Name, err)
+	}
 	g, err := cgroup.New(p.cg, p.cgPath(in.ID), p.limits(in.Alloc, h, in.Origin != ""))
 	if err != nil {
 		return err
@@ -864,10 +868,6 @@ func (p *Platform) startInstance(in *inst, sc *shimConfig) (err error) {
 	p.mu.Unlock()
 	if err := p.stillWanted(in); err != nil {
 		return err
-	}
-	cpus, err := hostlayout.ParseCPUList(h.CPUs)
-	if err != nil {
-		return fmt.Errorf("host %s: %w", h.Name, err)
 	}
 	cfg := shimConfig{Path: in.path, Argv: in.spec.Command, Env: in.env, Dir: in.spec.Dir, CPUs: cpus}
 	var cloneflags uintptr

@@ -18,6 +18,7 @@ import (
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/internal/cgroup"
 	"github.com/justrunit/justrunit/internal/hostlayout"
+	"github.com/justrunit/justrunit/internal/prio"
 	"github.com/justrunit/justrunit/platform/platformtest"
 )
 
@@ -604,39 +605,27 @@ func TestMigrateGivesTheNewHostsCPUs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	allowed := func() []string {
+	// check fails the test unless every thread of the instance may run on
+	// want.
+	check := func(where string, want []int) {
+		t.Helper()
 		tids, err := in.group.Threads()
-		if err != nil {
-			t.Fatal(err)
+		if err != nil || len(tids) == 0 {
+			t.Fatalf("the instance's threads: %v, %v", tids, err)
 		}
-		var out []string
 		for _, tid := range tids {
-			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
-			if err != nil {
+			got, err := prio.Affinity(tid)
+			if errors.Is(err, syscall.ESRCH) {
 				continue // ended
 			}
-			for line := range strings.Lines(string(b)) {
-				if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
-					out = append(out, strings.TrimSpace(v))
-				}
+			if err != nil || !slices.Equal(got, want) {
+				t.Fatalf("%s a thread may run on CPUs %v (%v); want %v", where, got, err, want)
 			}
 		}
-		if len(out) == 0 {
-			t.Fatal("the instance has no threads")
-		}
-		return out
 	}
-	for _, got := range allowed() {
-		if got != "1" {
-			t.Fatalf("on host narrow (CPU 1) a thread may run on CPUs %s", got)
-		}
-	}
+	check("on host narrow (CPU 1)", []int{1})
 	if err := p.Migrate(ctx, "mover", "wide"); err != nil {
 		t.Fatal(err)
 	}
-	for _, got := range allowed() {
-		if got != "0-1" {
-			t.Errorf("after migrating to host wide (CPUs 0-1) a thread may run on CPUs %s; want 0-1", got)
-		}
-	}
+	check("after migrating to host wide (CPUs 0-1)", []int{0, 1})
 }

@@ -77,8 +77,8 @@ type shimConfig struct {
 	// relative paths.
 	Dir string `json:"dir,omitempty"`
 	// CPUs are the host's CPUs: the shim runs on them, and the command
-	// starts there, whatever the platform's own process may run on (a site
-	// keeps that off the sandbox's CPUs; siterun).
+	// starts there, whatever CPUs the platform's own process may run on
+	// (which Linux would otherwise keep it within, where its cpuset allows).
 	CPUs []int `json:"cpus,omitempty"`
 }
 
