@@ -18,6 +18,7 @@ import (
 	"github.com/justrunit/justrunit/examples/auction/loadgen"
 	"github.com/justrunit/justrunit/measure"
 	"github.com/justrunit/justrunit/platform/local"
+	"github.com/justrunit/justrunit/proxy/httpproxy"
 	"github.com/justrunit/justrunit/siterun"
 )
 
@@ -198,65 +199,13 @@ func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, o demoStudyOpti
 		err = errors.Join(err, closeErr)
 	}()
 	w := cmd.ErrOrStderr()
-	level := "warn" // the demo's own progress lines say what happens
-	if f := cmd.Flag("log-level"); f != nil && f.Changed {
-		level = g.logLevel
-	}
-	log, err := newLogger(level, g.logFormat)
+	d, err := upStudySite(ctx, fail, cmd, g, outDir, o)
 	if err != nil {
 		return nil, err
 	}
-	out, err := filepath.Abs(outDir)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		return nil, err
-	}
-	fmt.Fprintln(w, "Building the auction example...")
-	bin, err := buildAuction(ctx, out)
-	if err != nil {
-		return nil, err
-	}
-	work := demoWork(w, 1, o.calibrate)
-	sf, fronts, err := demoSiteWith(out, bin, demoSiteSpec{services: 1, work: work, appCPU: demoStudyAppCPU, dataCPU: demoStudyDataCPU, lag: demoStudyLag})
-	if err != nil {
-		return nil, err
-	}
-	gen, err := loadgen.New(loadgen.Config{Target: "http://" + fronts["auction0"], Rate: o.rate, Arrival: loadgen.Arrival(o.arrival), Seed: 11, Timeout: 10 * time.Second})
-	if err != nil {
-		return nil, fmt.Errorf("demo study: the load generator: %w", err)
-	}
-	stateDir := filepath.Join(out, "platform")
-	setCleanupHint(gcCommand(g, "local", stateDir))
-	s, err := siterun.Up(ctx, sf, siterun.Options{StateDir: stateDir, Logger: log})
-	if err != nil {
-		return nil, err
-	}
-	closed := false
-	closeSite := func() {
-		if !closed {
-			closed = true
-			closeErr = s.Close(context.WithoutCancel(ctx))
-		}
-	}
-	defer closeSite()
-	loadCtx, stopLoad := context.WithCancel(ctx)
-	defer stopLoad()
-	loadDone := make(chan struct{})
-	go func() {
-		defer close(loadDone)
-		superviseLoad(loadCtx, func(ctx context.Context) error { _, err := gen.Run(ctx); return err }, fail)
-	}()
-	feed, _ := s.InProxy("auction0-app")
-	window := func(d time.Duration) measure.Summary {
-		feed.ResetOnline()
-		select {
-		case <-time.After(d):
-		case <-ctx.Done():
-		}
-		return feed.ResetOnline()
-	}
+	defer func() { closeErr = d.close(context.WithoutCancel(ctx)) }()
+	s, feed, work := d.Site, d.feed, d.work
+	window := func(dur time.Duration) measure.Summary { return d.window(ctx, dur) }
 	// The site's catalogue grows with the sales until the first auctions
 	// close, one auction length in; from then on it keeps its size.
 	fmt.Fprintf(w, "Site up under load; letting it settle for %v (until the first items sold close)...\n", wins.Settle)
@@ -324,15 +273,97 @@ func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, o demoStudyOpti
 	if op, ok := s.OutProxy("auction0-app"); ok {
 		rep.CloneRequestsReachingDataTier = op.Stats().PassedThrough
 	}
-	stopLoad()
-	<-loadDone
-	closeSite()
-	left, lerr := local.Leftovers(local.Scope(stateDir), stateDir)
+	if err := d.close(ctx); err != nil {
+		return nil, err
+	}
+	left, lerr := local.Leftovers(local.Scope(d.stateDir), d.stateDir)
 	if lerr != nil {
 		return nil, lerr
 	}
 	rep.Leftovers = left.Total()
 	return rep, err
+}
+
+// studySite is the demo study's auction site, up on the local platform
+// under the load generator's load.
+type studySite struct {
+	*siterun.Site
+	feed     *httpproxy.InProxy // the app tier's in-proxy
+	stateDir string
+	work     float64 // the app tier's --work, as run
+	stopLoad func()  // stops the load and waits until it has stopped
+	closed   bool
+}
+
+// upStudySite builds the auction example under outDir, brings the demo
+// study's site up on the local platform and starts the load (o.rate,
+// o.arrival). When the load stops on its own, it calls fail with why: every
+// window would be empty without it. The caller closes the site.
+func upStudySite(ctx context.Context, fail context.CancelCauseFunc, cmd *cobra.Command, g *globals, outDir string, o demoStudyOptions) (*studySite, error) {
+	w := cmd.ErrOrStderr()
+	level := "warn" // the demo's own progress lines say what happens
+	if f := cmd.Flag("log-level"); f != nil && f.Changed {
+		level = g.logLevel
+	}
+	log, err := newLogger(level, g.logFormat)
+	if err != nil {
+		return nil, err
+	}
+	out, err := filepath.Abs(outDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, err
+	}
+	fmt.Fprintln(w, "Building the auction example...")
+	bin, err := buildAuction(ctx, out)
+	if err != nil {
+		return nil, err
+	}
+	work := demoWork(w, 1, o.calibrate)
+	sf, fronts, err := demoSiteWith(out, bin, demoSiteSpec{services: 1, work: work, appCPU: demoStudyAppCPU, dataCPU: demoStudyDataCPU, lag: demoStudyLag})
+	if err != nil {
+		return nil, err
+	}
+	gen, err := loadgen.New(loadgen.Config{Target: "http://" + fronts["auction0"], Rate: o.rate, Arrival: loadgen.Arrival(o.arrival), Seed: 11, Timeout: 10 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("demo study: the load generator: %w", err)
+	}
+	stateDir := filepath.Join(out, "platform")
+	setCleanupHint(gcCommand(g, "local", stateDir))
+	s, err := siterun.Up(ctx, sf, siterun.Options{StateDir: stateDir, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	loadDone := make(chan struct{})
+	go func() {
+		defer close(loadDone)
+		superviseLoad(loadCtx, func(ctx context.Context) error { _, err := gen.Run(ctx); return err }, fail)
+	}()
+	feed, _ := s.InProxy("auction0-app")
+	return &studySite{Site: s, feed: feed, stateDir: stateDir, work: work, stopLoad: func() { stopLoad(); <-loadDone }}, nil
+}
+
+// window measures the on-line app tier over dur (less if ctx ends first).
+func (d *studySite) window(ctx context.Context, dur time.Duration) measure.Summary {
+	d.feed.ResetOnline()
+	select {
+	case <-time.After(dur):
+	case <-ctx.Done():
+	}
+	return d.feed.ResetOnline()
+}
+
+// close stops the load and closes the site; once closed it does nothing.
+func (d *studySite) close(ctx context.Context) error {
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	d.stopLoad()
+	return d.Site.Close(ctx)
 }
 
 // superviseLoad runs the load until ctx ends; when it stops before that,

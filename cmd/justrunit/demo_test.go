@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -286,5 +287,45 @@ func TestSummariseKeepsTheDecidedStudy(t *testing.T) {
 	sum.summarise(tl)
 	if st := sum.Study; st == nil || st.Chosen != 0 || !slices.Equal(st.Measured, []float64{90, 100}) {
 		t.Fatalf("study = %+v, want the last one, nothing chosen", st)
+	}
+}
+
+// TestBenchOnline runs "bench online --json" for one short cycle and checks
+// its report: a window without an experiment and one with, both with
+// responses, their ratios, and nothing left behind.
+func TestBenchOnline(t *testing.T) {
+	testutil.NeedRoot(t)
+	if testing.Short() {
+		t.Skip("runs the study demo's site for about half a minute")
+	}
+	cmd := newRootCmd()
+	var stdout bytes.Buffer
+	progress := &lockedBuffer{}
+	cmd.SetOut(&stdout)
+	cmd.SetErr(progress)
+	cmd.SetArgs([]string{"--data-dir", t.TempDir(), "bench", "online", "--json", "--out", t.TempDir(), "--cycles", "1", "--window", "4s", "--settle", "2s"})
+	if err := cmd.ExecuteContext(context.Background()); err != nil {
+		t.Fatalf("bench online: %v\n%s", err, progress.String())
+	}
+	var rep benchOnlineReport
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, stdout.String())
+	}
+	if len(rep.Cycles) != 1 {
+		t.Fatalf("%d cycles in the report, want 1: %s", len(rep.Cycles), stdout.String())
+	}
+	c := rep.Cycles[0]
+	t.Logf("on-line p95 %.2f ms with an experiment, %.2f without; mean %.2f, %.2f", c.FedP95Ms, c.NoneP95Ms, c.FedMeanMs, c.NoneMeanMs)
+	if c.Samples[0] == 0 || c.Samples[1] == 0 || c.NoneP95Ms <= 0 || c.FedP95Ms <= 0 {
+		t.Errorf("a window measured nothing: %+v", c)
+	}
+	if c.P95Ratio != c.FedP95Ms/c.NoneP95Ms || rep.P95RatioMedian != c.P95Ratio || rep.MeanRatioMedian != c.MeanRatio {
+		t.Errorf("ratios do not follow from the windows: %+v, medians %v %v", c, rep.P95RatioMedian, rep.MeanRatioMedian)
+	}
+	if rep.Leftovers != 0 {
+		t.Errorf("%d objects left behind", rep.Leftovers)
+	}
+	if !strings.Contains(progress.String(), "Cycle 1/1") {
+		t.Errorf("no progress line names the cycle:\n%s", progress.String())
 	}
 }

@@ -35,8 +35,9 @@ func wantFlagError(t *testing.T, args []string, err error, flag, want string) {
 	}
 }
 
-// TestDemoFlags: the demos check their flags, each error naming its flag,
-// before they need root or build anything (so this runs without root too).
+// TestDemoFlags: the demos (and bench online, which runs the study demo's
+// site) check their flags, each error naming its flag, before they need
+// root or build anything (so this runs without root too).
 func TestDemoFlags(t *testing.T) {
 	out := t.TempDir()
 	for _, tt := range []struct {
@@ -59,6 +60,14 @@ func TestDemoFlags(t *testing.T) {
 		{[]string{"demo", "study", "--online-window", "1s"}, "--online-window"},
 		{[]string{"demo", "study", "--arrival", "bursty"}, "--arrival"},
 		{[]string{"demo", "study", "--settle", "-1s"}, "--settle"},
+		{[]string{"bench", "online", "--cycles", "0"}, "--cycles"},
+		{[]string{"bench", "online", "--cpu", "0"}, "--cpu"},
+		{[]string{"bench", "online", "--cpu", "101"}, "--cpu"},
+		{[]string{"bench", "online", "--cpu", "NaN"}, "--cpu"},
+		{[]string{"bench", "online", "--window", "1s"}, "--window"},
+		{[]string{"bench", "online", "--rate", "0"}, "--rate"},
+		{[]string{"bench", "online", "--arrival", "bursty"}, "--arrival"},
+		{[]string{"bench", "online", "--settle", "-1s"}, "--settle"},
 	} {
 		args := append(append([]string{}, tt.args...), "--out", out)
 		_, err := run(t, args...)
