@@ -16,7 +16,6 @@ import (
 	"github.com/justrunit/justrunit/examples/auction/auction"
 	"github.com/justrunit/justrunit/examples/auction/loadgen"
 	"github.com/justrunit/justrunit/measure"
-	"github.com/justrunit/justrunit/platform/local"
 	"github.com/justrunit/justrunit/siterun"
 )
 
@@ -126,22 +125,15 @@ func validateBenchOnline(o benchOnlineOptions) error {
 }
 
 // runBenchOnline runs the benchmark; the caller checked its flags.
-func runBenchOnline(cmd *cobra.Command, g *globals, outDir string, o benchOnlineOptions) (rep *benchOnlineReport, err error) {
-	ctx, fail := context.WithCancelCause(cmd.Context())
-	defer fail(nil)
-	var closeErr error
-	defer func() {
-		if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
-			err, rep = cause, nil
-		}
-		err = errors.Join(err, closeErr)
-	}()
-	w := cmd.ErrOrStderr()
-	d, err := upStudySite(ctx, fail, cmd, g, outDir, o.site)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { closeErr = d.close(context.WithoutCancel(ctx)) }()
+func runBenchOnline(cmd *cobra.Command, g *globals, outDir string, o benchOnlineOptions) (*benchOnlineReport, error) {
+	return onStudySite(cmd, g, outDir, o.site, func(ctx context.Context, d *studySite) (*benchOnlineReport, error) {
+		return benchOnlineOn(ctx, cmd.ErrOrStderr(), d, o)
+	})
+}
+
+// benchOnlineOn runs the benchmark on d, the study demo's site, and
+// closes it.
+func benchOnlineOn(ctx context.Context, w io.Writer, d *studySite, o benchOnlineOptions) (*benchOnlineReport, error) {
 	fmt.Fprintf(w, "Site up under load; letting it settle for %v...\n", o.site.wins.Settle)
 	d.window(ctx, o.site.wins.Settle)
 
@@ -160,7 +152,7 @@ func runBenchOnline(cmd *cobra.Command, g *globals, outDir string, o benchOnline
 		_, err := d.RunStudy(ctx, &one, siterun.StudyOptions{})
 		return d.feed.ResetOnline(), time.Since(t0), err
 	}
-	rep = &benchOnlineReport{Rate: o.site.rate, Arrival: o.site.arrival, Work: d.work, CPU: o.cpu, WindowS: o.window.Seconds()}
+	rep := &benchOnlineReport{Rate: o.site.rate, Arrival: o.site.arrival, Work: d.work, CPU: o.cpu, WindowS: o.window.Seconds()}
 	start := time.Now()
 	for i := range o.cycles {
 		var c benchOnlineCycle
@@ -199,14 +191,10 @@ func runBenchOnline(cmd *cobra.Command, g *globals, outDir string, o benchOnline
 		p95s, means = append(p95s, c.P95Ratio), append(means, c.MeanRatio)
 	}
 	rep.P95RatioMedian, rep.MeanRatioMedian = median(p95s), median(means)
-	if err := d.close(ctx); err != nil {
+	var err error
+	if rep.Leftovers, err = d.closeCounting(ctx); err != nil {
 		return nil, err
 	}
-	left, err := local.Leftovers(local.Scope(d.stateDir), d.stateDir)
-	if err != nil {
-		return nil, err
-	}
-	rep.Leftovers = left.Total()
 	return rep, nil
 }
 

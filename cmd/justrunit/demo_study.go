@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -184,11 +185,18 @@ func validateDemoStudy(o demoStudyOptions) error {
 
 // runDemoStudy runs the demo study; the caller checked its flags
 // (validateDemoStudy).
-func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, o demoStudyOptions) (rep *demoStudyReport, err error) {
-	wins := o.wins
-	// The demo stops early, with the load generator's error, when the load
-	// generator stops on its own: without load every window would be
-	// empty, and the demo would run for minutes to measure nothing.
+func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, o demoStudyOptions) (*demoStudyReport, error) {
+	return onStudySite(cmd, g, outDir, o, func(ctx context.Context, d *studySite) (*demoStudyReport, error) {
+		return demoStudyOn(ctx, cmd.ErrOrStderr(), d, o)
+	})
+}
+
+// onStudySite brings the demo study's site up (upStudySite), runs run on
+// it and closes it, also on error. It stops early, with the load
+// generator's error, when the load generator stops on its own: without
+// load every window would be empty, and run would go on for minutes to
+// measure nothing.
+func onStudySite[R any](cmd *cobra.Command, g *globals, outDir string, o demoStudyOptions, run func(context.Context, *studySite) (*R, error)) (rep *R, err error) {
 	ctx, fail := context.WithCancelCause(cmd.Context())
 	defer fail(nil)
 	var closeErr error
@@ -198,12 +206,17 @@ func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, o demoStudyOpti
 		}
 		err = errors.Join(err, closeErr)
 	}()
-	w := cmd.ErrOrStderr()
 	d, err := upStudySite(ctx, fail, cmd, g, outDir, o)
 	if err != nil {
 		return nil, err
 	}
 	defer func() { closeErr = d.close(context.WithoutCancel(ctx)) }()
+	return run(ctx, d)
+}
+
+// demoStudyOn runs the demo study on d, its site, and closes it.
+func demoStudyOn(ctx context.Context, w io.Writer, d *studySite, o demoStudyOptions) (rep *demoStudyReport, err error) {
+	wins := o.wins
 	s, feed, work := d.Site, d.feed, d.work
 	window := func(dur time.Duration) measure.Summary { return d.window(ctx, dur) }
 	// The site's catalogue grows with the sales until the first auctions
@@ -273,15 +286,10 @@ func runDemoStudy(cmd *cobra.Command, g *globals, outDir string, o demoStudyOpti
 	if op, ok := s.OutProxy("auction0-app"); ok {
 		rep.CloneRequestsReachingDataTier = op.Stats().PassedThrough
 	}
-	if err := d.close(ctx); err != nil {
+	if rep.Leftovers, err = d.closeCounting(ctx); err != nil {
 		return nil, err
 	}
-	left, lerr := local.Leftovers(local.Scope(d.stateDir), d.stateDir)
-	if lerr != nil {
-		return nil, lerr
-	}
-	rep.Leftovers = left.Total()
-	return rep, err
+	return rep, nil
 }
 
 // studySite is the demo study's auction site, up on the local platform
@@ -354,6 +362,19 @@ func (d *studySite) window(ctx context.Context, dur time.Duration) measure.Summa
 	case <-ctx.Done():
 	}
 	return d.feed.ResetOnline()
+}
+
+// closeCounting closes the site and counts the objects its platform left
+// (the report's leftovers, which must be 0).
+func (d *studySite) closeCounting(ctx context.Context) (int, error) {
+	if err := d.close(ctx); err != nil {
+		return 0, err
+	}
+	left, err := local.Leftovers(local.Scope(d.stateDir), d.stateDir)
+	if err != nil {
+		return 0, err
+	}
+	return left.Total(), nil
 }
 
 // close stops the load and closes the site; once closed it does nothing.
