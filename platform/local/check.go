@@ -7,16 +7,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/internal/cgroup"
 	"github.com/justrunit/justrunit/internal/hostlayout"
-	"github.com/justrunit/justrunit/internal/prio"
 	"github.com/justrunit/justrunit/measure"
 )
 
@@ -72,7 +69,6 @@ func Check(ctx context.Context, dir string) []justrunit.Check {
 	for _, c := range p.accountingChecks(err == nil) {
 		add(c)
 	}
-	add(p.weightCheck())
 
 	hosts, _ := p.Hosts(ctx)
 	var hs []string
@@ -202,60 +198,4 @@ func choose(cond bool, yes, no string) string {
 		return yes
 	}
 	return no
-}
-
-// weightCheck says whether this process, whose proxies carry on-line
-// requests when it runs a site, weighs at least what the platform's
-// cgroups do where the kernel weighs them against each other: at the root
-// of each CPU's scheduler, where a nice value does not count. In its
-// session's autogroup (the root CPU cgroup, autogroups on) the site
-// runtime raises the autogroup while a site is up; in the root cgroup
-// without autogroups its threads' nice values count; in a cgroup of its
-// own (a service manager's), that cgroup's weight does.
-func (p *Platform) weightCheck() justrunit.Check {
-	in, nice, err := prio.Autogroup()
-	if err != nil {
-		return justrunit.Check{Name: "proxies' weight", Optional: true, Detail: err.Error(), Fix: "see the detail"}
-	}
-	g, err := prio.CPUCgroup()
-	if err != nil {
-		return justrunit.Check{Name: "proxies' weight", Optional: true, Detail: err.Error(), Fix: "see the detail"}
-	}
-	return weightCheckOf(p.cg, in, nice, g)
-}
-
-// weightCheckOf is weightCheck for a process in an autogroup of nice
-// value nice (in), or in CPU cgroup g.
-func weightCheckOf(v cgroup.Version, in bool, nice int, g string) justrunit.Check {
-	c := justrunit.Check{Name: "proxies' weight", OK: true, Optional: true}
-	switch {
-	case in:
-		c.Detail = fmt.Sprintf("scheduled in its session's autogroup (nice %d), which a site raises to nice -20 while it is up", nice)
-		return c
-	case g == "/":
-		c.Detail = "in the root CPU cgroup without autogroups: the proxies' nice -15 counts"
-		return c
-	}
-	f, want := filepath.Join(cgroup.Root, "cpu", g, "cpu.shares"), uint64(groupShares)
-	if v == cgroup.V2 {
-		f, want = filepath.Join(cgroup.Root, g, "cpu.weight"), uint64(groupShares*100/1024)
-	}
-	w, err := readUint(f)
-	if err != nil {
-		c.OK, c.Detail, c.Fix = false, fmt.Sprintf("in cgroup %s, whose CPU weight cannot be read: %v", g, err), "see the detail"
-		return c
-	}
-	c.OK = w >= want
-	c.Detail = fmt.Sprintf("in cgroup %s, CPU weight %d (the platform's cgroups: %d)", g, w, want)
-	c.Fix = fixIf(!c.OK, fmt.Sprintf("give the process's cgroup a CPU weight of at least %d (systemd: CPUWeight=800), or on-line requests wait for clones and tiers on a shared CPU now and then", want))
-	return c
-}
-
-// readUint reads the unsigned number file f holds.
-func readUint(f string) (uint64, error) {
-	b, err := os.ReadFile(f)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 }

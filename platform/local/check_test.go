@@ -2,7 +2,6 @@ package local
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -45,7 +44,7 @@ func TestCheck(t *testing.T) {
 			t.Errorf("check %s failed without saying what to do", c.Name)
 		}
 	}
-	for _, want := range []string{"root", "cgroups", "cpu time", "memory limits", "hosts", "overlayfs", "clone network", "clone NAT", "clone mode", "energy", "proxies' weight"} {
+	for _, want := range []string{"root", "cgroups", "cpu time", "memory limits", "hosts", "overlayfs", "clone network", "clone NAT", "clone mode", "energy"} {
 		if !slices.Contains(names, want) {
 			t.Errorf("checks %v lack %q", names, want)
 		}
@@ -100,43 +99,5 @@ func TestCheckWithoutCPUAcct(t *testing.T) {
 	}
 	if mem == nil || mem.OK || !mem.Optional {
 		t.Errorf("check of the memory controller = %+v, want failed, optional, saying what to mount", mem)
-	}
-}
-
-// TestWeightCheck: a process in a cgroup of its own passes the proxies'
-// weight check only with at least the platform's weight; in an autogroup,
-// or the root cgroup without autogroups, it passes.
-func TestWeightCheck(t *testing.T) {
-	needRoot(t)
-	v, err := cgroup.Detect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := fmt.Sprintf("/jri-weightcheck%d", os.Getpid())
-	g, err := cgroup.New(v, path, cgroup.Limits{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Delete()
-	for _, c := range []struct {
-		shares uint64
-		ok     bool
-	}{{1024, false}, {groupShares, true}} {
-		if err := cgroup.SetShares(v, path, c.shares); err != nil {
-			t.Fatal(err)
-		}
-		got := weightCheckOf(v, false, 0, path)
-		if got.OK != c.ok || (got.Fix == "") == !c.ok || !got.Optional {
-			t.Errorf("in a cgroup of %d shares: %+v; want ok %v, a fix when not ok, optional", c.shares, got, c.ok)
-		}
-	}
-	if got := weightCheckOf(v, true, 0, "/"); !got.OK || !strings.Contains(got.Detail, "autogroup") {
-		t.Errorf("in an autogroup: %+v", got)
-	}
-	if got := weightCheckOf(v, false, 0, "/"); !got.OK {
-		t.Errorf("in the root cgroup without autogroups: %+v", got)
-	}
-	if got := weightCheckOf(v, false, 0, path+"-gone"); got.OK || got.Fix == "" {
-		t.Errorf("in a cgroup that is not there: %+v", got)
 	}
 }
