@@ -47,12 +47,10 @@ var autogroup struct {
 // and the next scheduler tick: on this project's 2-CPU machine (4 ms ticks)
 // a thread that woke every half millisecond on a CPU where a task of a
 // cgroup of that weight ran waited up to 16 ms, 4.5 ms at p99.9, and under
-// 0.6 ms with its autogroup at nice −15 or lower. (The on-line p95 during
-// a study went from 1.06–1.12 times that before it to 1.03–1.09 in the
-// runs measured; the rest is the process's own work for the experiment:
-// docs/MEASUREMENTS.md.) Elsewhere (a service manager's cgroup, or no
-// autogroups) the process's cgroup weight is what counts, and the log says
-// so.
+// 0.6 ms with its autogroup at nice −15 or more; a study's cost to the on-line p95
+// was 1.06–1.12 times (see docs/MEASUREMENTS.md). Elsewhere (a service
+// manager's cgroup, or no autogroups) the process's cgroup weight is what
+// counts, and the log says so.
 func raiseGroup(log *slog.Logger) (undo func()) {
 	undo = func() {}
 	in, nice, err := prio.Autogroup()

@@ -1,6 +1,5 @@
 // Package prio sets the CPU priority of the whole process: its nice value,
-// or the idle scheduling class, and its autogroup's nice value; and the
-// CPUs it runs on.
+// or the idle scheduling class; and the CPUs it runs on.
 //
 // On Linux, setpriority(2) and sched_setattr(2) change one thread, and the
 // Go runtime has started several threads before main runs (and may start
