@@ -60,8 +60,6 @@ type Site struct {
 	in        map[string]*httpproxy.InProxy
 	out       map[string]*httpproxy.OutProxy
 	closePlat func() error
-	// lowerGroup undoes raiseGroup.
-	lowerGroup func()
 
 	// unrestored holds, by on-line instance, the allocation a fidelity
 	// check could not restore (see setBack); under mu.
@@ -341,10 +339,8 @@ func Up(ctx context.Context, f *site.Site, opts Options) (*Site, error) {
 	if err := prio.SetNice(ProxyNice); err != nil {
 		log.Warn("cannot raise the priority of the proxies' process; clones may slow the on-line path", "err", err)
 	}
-	lowerGroup := raiseGroup(log)
 	p, closePlat, err := newPlatform(f, opts, log)
 	if err != nil {
-		lowerGroup()
 		return nil, err
 	}
 	// What a crashed or killed run of this state directory left behind
@@ -352,11 +348,10 @@ func Up(ctx context.Context, f *site.Site, opts Options) (*Site, error) {
 	// NAT rules) goes first: "platform gc" at every start.
 	if c, ok := p.(justrunit.Cleaner); ok {
 		if err := c.Cleanup(ctx); err != nil {
-			lowerGroup()
 			return nil, errors.Join(fmt.Errorf("remove what an earlier run left behind: %w (see justrunit platform gc)", err), closePlat())
 		}
 	}
-	s := &Site{File: f, Platform: p, log: log, metrics: opts.Metrics, in: map[string]*httpproxy.InProxy{}, out: map[string]*httpproxy.OutProxy{}, closePlat: closePlat, lowerGroup: lowerGroup}
+	s := &Site{File: f, Platform: p, log: log, metrics: opts.Metrics, in: map[string]*httpproxy.InProxy{}, out: map[string]*httpproxy.OutProxy{}, closePlat: closePlat}
 	if err := s.up(ctx, opts); err != nil {
 		return nil, errors.Join(err, s.Close(context.WithoutCancel(ctx)))
 	}
@@ -604,8 +599,8 @@ func (s *Site) Close(ctx context.Context) error {
 	s.mu.Lock()
 	in, out, launched := s.in, s.out, s.launched
 	s.in, s.out, s.launched = map[string]*httpproxy.InProxy{}, map[string]*httpproxy.OutProxy{}, nil
-	closePlat, lowerGroup := s.closePlat, s.lowerGroup
-	s.closePlat, s.lowerGroup = nil, nil
+	closePlat := s.closePlat
+	s.closePlat = nil
 	var left []closer
 	for _, r := range s.leftovers {
 		if !slices.Contains(left, r) {
@@ -631,9 +626,6 @@ func (s *Site) Close(ctx context.Context) error {
 	}
 	if closePlat != nil {
 		errs = append(errs, closePlat())
-	}
-	if lowerGroup != nil {
-		lowerGroup()
 	}
 	return errors.Join(errs...)
 }

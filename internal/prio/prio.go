@@ -11,9 +11,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 	"unsafe"
 
@@ -178,83 +176,4 @@ func eachThread(list func() ([]int, error), what string, set func(tid int) error
 		}
 	}
 	return fmt.Errorf("%s: threads kept appearing", what)
-}
-
-// The kernel's autogroups (CONFIG_SCHED_AUTOGROUP, with
-// kernel.sched_autogroup_enabled = 1): a process in the root CPU cgroup is
-// scheduled in a group its whole session shares, and at the root of each
-// CPU's scheduler that group weighs what its own nice value gives it (0:
-// one ordinary task), against every cgroup there. Its threads' nice values
-// count only among the group's tasks. A process in any other CPU cgroup (a
-// service manager's unit, say) has that cgroup's weight instead.
-
-// Autogroup reports whether this process is scheduled in an autogroup
-// and, if so, the autogroup's nice value.
-func Autogroup() (in bool, nice int, err error) {
-	if b, err := os.ReadFile("/proc/sys/kernel/sched_autogroup_enabled"); err != nil || strings.TrimSpace(string(b)) != "1" {
-		return false, 0, nil // no autogroups in this kernel, or turned off
-	}
-	g, err := CPUCgroup()
-	if err != nil || g != "/" {
-		return false, 0, err
-	}
-	b, err := os.ReadFile("/proc/self/autogroup")
-	if err != nil {
-		return false, 0, fmt.Errorf("read this process's autogroup: %w", err)
-	}
-	// "/autogroup-2436 nice 0"
-	f := strings.Fields(string(b))
-	if len(f) != 3 || f[1] != "nice" {
-		return false, 0, fmt.Errorf("read this process's autogroup: unexpected %q", b)
-	}
-	nice, err = strconv.Atoi(f[2])
-	if err != nil {
-		return false, 0, fmt.Errorf("read this process's autogroup: unexpected %q", b)
-	}
-	return true, nice, nil
-}
-
-// SetAutogroupNice sets the nice value of this process's autogroup, which
-// every process of its session shares. A lower value than the current one
-// needs root (or CAP_SYS_NICE).
-func SetAutogroupNice(nice int) error {
-	if err := os.WriteFile("/proc/self/autogroup", []byte(strconv.Itoa(nice)), 0); err != nil {
-		return fmt.Errorf("set the nice value of this process's autogroup to %d: %w", nice, err)
-	}
-	return nil
-}
-
-// CPUCgroup returns the cgroup this process is in for the CPU controller:
-// its cgroup v1 cpu hierarchy's where that is mounted, else its cgroup v2
-// one ("/" is the root).
-func CPUCgroup() (string, error) {
-	b, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return "", fmt.Errorf("read this process's cgroups: %w", err)
-	}
-	return cpuCgroup(b)
-}
-
-// cpuCgroup finds the CPU controller's cgroup in b, a /proc/PID/cgroup.
-func cpuCgroup(b []byte) (string, error) {
-	v2 := ""
-	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		// "4:cpu,cpuacct:/a/b" (v1) or "0::/a/b" (v2)
-		id, rest, ok1 := strings.Cut(line, ":")
-		ctrls, path, ok2 := strings.Cut(rest, ":")
-		if !ok1 || !ok2 {
-			continue
-		}
-		if id == "0" && ctrls == "" {
-			v2 = path
-			continue
-		}
-		if slices.Contains(strings.Split(ctrls, ","), "cpu") {
-			return path, nil
-		}
-	}
-	if v2 == "" {
-		return "", fmt.Errorf("read this process's cgroups: no cpu controller in %q", b)
-	}
-	return v2, nil
 }

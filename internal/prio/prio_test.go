@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/justrunit/justrunit/internal/testutil"
 )
 
 // TestMain lets this test binary be the program TestExecIdle runs: with
@@ -159,50 +157,5 @@ func TestSetAffinity(t *testing.T) {
 	}
 	if got, err := Affinity(0); err != nil || !slices.Equal(got, cur) {
 		t.Errorf("after giving the CPUs back: %v, %v; want %v", got, err, cur)
-	}
-}
-
-func TestCPUCgroup(t *testing.T) {
-	for _, c := range []struct{ name, file, want string }{
-		{"v1", "9:name=systemd:/\n4:memory:/x\n1:cpu:/\n0::/\n", "/"},
-		{"v1 with cpuacct", "5:cpu,cpuacct:/user.slice\n3:cpuset:/\n", "/user.slice"},
-		{"hybrid", "4:cpu,cpuacct:/a\n0::/system.slice/b.service\n", "/a"},
-		{"v2", "0::/system.slice/justrunit.service\n", "/system.slice/justrunit.service"},
-	} {
-		got, err := cpuCgroup([]byte(c.file))
-		if err != nil || got != c.want {
-			t.Errorf("%s: cpuCgroup = %q, %v; want %q", c.name, got, err, c.want)
-		}
-	}
-	if _, err := cpuCgroup([]byte("4:memory:/x\n")); err == nil {
-		t.Error("cpuCgroup found a CPU controller in a file without one")
-	}
-}
-
-// TestAutogroupNice sets this process's autogroup's nice value and reads
-// it back (its session's; put back after).
-func TestAutogroupNice(t *testing.T) {
-	testutil.NeedRoot(t)
-	in, old, err := Autogroup()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !in {
-		t.Skip("this process is not scheduled in an autogroup (a CPU cgroup of its own, or autogroups off)")
-	}
-	defer func() {
-		if err := SetAutogroupNice(old); err != nil {
-			t.Error(err)
-		}
-	}()
-	want := -7
-	if old == want {
-		want = -6
-	}
-	if err := SetAutogroupNice(want); err != nil {
-		t.Fatal(err)
-	}
-	if _, got, err := Autogroup(); err != nil || got != want {
-		t.Errorf("autogroup nice = %d, %v; want %d", got, err, want)
 	}
 }
