@@ -41,14 +41,16 @@ type benchOnlineReport struct {
 // and with one (fed), in that order in even cycles and the other way
 // round in odd ones.
 type benchOnlineCycle struct {
-	NoneP95Ms  float64  `json:"none_p95_ms"`
-	FedP95Ms   float64  `json:"fed_p95_ms"`
-	NoneMeanMs float64  `json:"none_mean_ms"`
-	FedMeanMs  float64  `json:"fed_mean_ms"`
-	P95Ratio   float64  `json:"p95_ratio"`
-	MeanRatio  float64  `json:"mean_ratio"`
-	Samples    [2]int64 `json:"samples"` // responses in each window: none, fed
-	WindowS    float64  `json:"window_s"`
+	NoneP95Ms  float64 `json:"none_p95_ms"`
+	FedP95Ms   float64 `json:"fed_p95_ms"`
+	NoneMeanMs float64 `json:"none_mean_ms"`
+	FedMeanMs  float64 `json:"fed_mean_ms"`
+	P95Ratio   float64 `json:"p95_ratio"`
+	MeanRatio  float64 `json:"mean_ratio"`
+	// Samples are the responses in each window, and WindowsS how long
+	// each lasted: none, fed.
+	Samples  [2]int64   `json:"samples"`
+	WindowsS [2]float64 `json:"windows_s"`
 }
 
 // benchOnlineOptions are "bench online"'s flags.
@@ -72,7 +74,8 @@ none, none, fed...: with nothing else running (none), and with one experiment
 of the app tier at --cpu running, as a study runs it (fed: a clone made on the
 sandbox, fed copies of the live requests through the in-proxy, its next-tier
 calls answered by the out-proxy, measured for --window after a 4 s warm-up, and
-torn down). A none window lasts as long as the fed one before or after it. It
+torn down). A none window lasts as long as the last fed one before it (the
+first, as long as a warm-up and --window). It
 prints, per cycle, the on-line app tier's p95 and mean in each window as its
 in-proxy measured them, and the medians of their ratios (fed over none):
 p95_ratio_median and mean_ratio_median, the cost of an experiment on the
@@ -142,8 +145,9 @@ func benchOnlineOn(ctx context.Context, w io.Writer, d *studySite, o benchOnline
 		Metrics: []justrunit.Metric{justrunit.RTP95, justrunit.RTMean}, WarmUp: justrunit.Duration(4 * time.Second), Window: justrunit.Duration(o.window),
 		TimeBound: justrunit.Duration(2*(4*time.Second+o.window) + time.Minute), Slots: 1, Strategy: "grid", Interpolator: "linear", CheckThreshold: 0.15}
 	// A fed window is one experiment, from the clone's start to its
-	// teardown, as a study runs it; until one has run, a none window
-	// lasts as long as an experiment's warm-up and window.
+	// teardown, as a study runs it; a none window lasts as long as the
+	// last fed one, and until one has run as an experiment's warm-up and
+	// window.
 	length := 4*time.Second + o.window
 	fed := func() (measure.Summary, time.Duration, error) {
 		d.feed.ResetOnline()
@@ -167,13 +171,12 @@ func benchOnlineOn(ctx context.Context, w io.Writer, d *studySite, o benchOnline
 				}
 				length = took
 				c.FedP95Ms, c.FedMeanMs = sum.RT.P95, sum.RT.Mean
-				c.Samples[1] = sum.Count
-				c.WindowS = took.Seconds()
+				c.Samples[1], c.WindowsS[1] = sum.Count, took.Seconds()
 			} else {
 				fmt.Fprintf(w, "Cycle %d/%d: nothing else running, %v (about %v left)...\n", i+1, o.cycles, length.Round(time.Second), left.Round(time.Second))
 				sum := d.window(ctx, length)
 				c.NoneP95Ms, c.NoneMeanMs = sum.RT.P95, sum.RT.Mean
-				c.Samples[0] = sum.Count
+				c.Samples[0], c.WindowsS[0] = sum.Count, length.Seconds()
 			}
 			if err := ctx.Err(); err != nil {
 				return nil, err

@@ -316,7 +316,7 @@ func TestBenchOnline(t *testing.T) {
 	}
 	c := rep.Cycles[0]
 	t.Logf("on-line p95 %.2f ms with an experiment, %.2f without; mean %.2f, %.2f", c.FedP95Ms, c.NoneP95Ms, c.FedMeanMs, c.NoneMeanMs)
-	if c.Samples[0] == 0 || c.Samples[1] == 0 || c.NoneP95Ms <= 0 || c.FedP95Ms <= 0 {
+	if c.Samples[0] == 0 || c.Samples[1] == 0 || c.NoneP95Ms <= 0 || c.FedP95Ms <= 0 || c.WindowsS[0] != 8 || c.WindowsS[1] <= 4 {
 		t.Errorf("a window measured nothing: %+v", c)
 	}
 	if c.P95Ratio != c.FedP95Ms/c.NoneP95Ms || rep.P95RatioMedian != c.P95Ratio || rep.MeanRatioMedian != c.MeanRatio {
