@@ -15,6 +15,7 @@ import (
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/examples/auction/auction"
 	"github.com/justrunit/justrunit/examples/auction/loadgen"
+	"github.com/justrunit/justrunit/internal/prio"
 	"github.com/justrunit/justrunit/measure"
 	"github.com/justrunit/justrunit/siterun"
 )
@@ -34,7 +35,13 @@ type benchOnlineReport struct {
 	// over those of the window next to it without one.
 	P95RatioMedian  float64 `json:"p95_ratio_median"`
 	MeanRatioMedian float64 `json:"mean_ratio_median"`
-	Leftovers       int     `json:"leftovers"`
+	// ProcWaitUsMedian is the median over the cycles of ProcWaitUs (none,
+	// fed); ProcSched says whether the kernel kept the counts, and Note
+	// why not where it did not.
+	ProcWaitUsMedian [2]float64 `json:"proc_wait_us_per_response_median"`
+	ProcSched        bool       `json:"proc_sched"`
+	Note             string     `json:"note,omitempty"`
+	Leftovers        int        `json:"leftovers"`
 }
 
 // benchOnlineCycle is one pair of windows: without an experiment (none)
@@ -51,6 +58,14 @@ type benchOnlineCycle struct {
 	// each lasted: none, fed.
 	Samples  [2]int64   `json:"samples"`
 	WindowsS [2]float64 `json:"windows_s"`
+	// ProcCPUUs and ProcWaitUs are what JustRunIt's own process spent per
+	// on-line response in each window (none, fed), summed over its
+	// threads: CPU time, and time runnable but waiting for a CPU. The
+	// process carries the on-line requests through its proxies, so its
+	// waits are the on-line path's too (with its work for the clone's).
+	// Zero where the kernel keeps no scheduler statistics.
+	ProcCPUUs  [2]float64 `json:"proc_cpu_us_per_response"`
+	ProcWaitUs [2]float64 `json:"proc_wait_us_per_response"`
 }
 
 // benchOnlineOptions are "bench online"'s flags.
@@ -156,14 +171,34 @@ func benchOnlineOn(ctx context.Context, w io.Writer, d *studySite, o benchOnline
 		_, err := d.RunStudy(ctx, &one, siterun.StudyOptions{})
 		return d.feed.ResetOnline(), time.Since(t0), err
 	}
-	rep := &benchOnlineReport{Rate: o.site.rate, Arrival: o.site.arrival, Work: d.work, CPU: o.cpu, WindowS: o.window.Seconds()}
+	rep := &benchOnlineReport{Rate: o.site.rate, Arrival: o.site.arrival, Work: d.work, CPU: o.cpu, WindowS: o.window.Seconds(), ProcSched: true}
+	// sched reads the process's scheduler counts; after the first
+	// failure it reads none.
+	sched := func() prio.Sched {
+		if !rep.ProcSched {
+			return prio.Sched{}
+		}
+		s, err := prio.ReadSched("self")
+		if err != nil {
+			rep.ProcSched, rep.Note = false, fmt.Sprintf("no figures of JustRunIt's process: %v", err)
+		}
+		return s
+	}
+	perResponse := func(d time.Duration, n int64) float64 {
+		if n == 0 {
+			return 0
+		}
+		return float64(d.Microseconds()) / float64(n)
+	}
 	start := time.Now()
 	for i := range o.cycles {
 		var c benchOnlineCycle
 		for k := range 2 {
 			withExperiment := (k == 1) != (i%2 == 1)
 			left := time.Duration(2*(o.cycles-i)-k) * length
+			s0, j := sched(), 0
 			if withExperiment {
+				j = 1
 				fmt.Fprintf(w, "Cycle %d/%d: an experiment of the app tier at cpu=%g%% (about %v left)...\n", i+1, o.cycles, o.cpu, left.Round(time.Second))
 				sum, took, err := fed()
 				if err != nil {
@@ -178,6 +213,9 @@ func benchOnlineOn(ctx context.Context, w io.Writer, d *studySite, o benchOnline
 				c.NoneP95Ms, c.NoneMeanMs = sum.RT.P95, sum.RT.Mean
 				c.Samples[0], c.WindowsS[0] = sum.Count, length.Seconds()
 			}
+			if ds := sched().Sub(s0); rep.ProcSched {
+				c.ProcCPUUs[j], c.ProcWaitUs[j] = perResponse(ds.CPU, c.Samples[j]), perResponse(ds.Wait, c.Samples[j])
+			}
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
@@ -188,12 +226,20 @@ func benchOnlineOn(ctx context.Context, w io.Writer, d *studySite, o benchOnline
 		rep.Cycles = append(rep.Cycles, c)
 		fmt.Fprintf(w, "Cycle %d/%d: on-line p95 %.2f ms with the experiment, %.2f without (%.2fx); mean %.2f, %.2f ms (%.2fx); %v elapsed\n",
 			i+1, o.cycles, c.FedP95Ms, c.NoneP95Ms, c.P95Ratio, c.FedMeanMs, c.NoneMeanMs, c.MeanRatio, time.Since(start).Round(time.Second))
+		if rep.ProcSched {
+			fmt.Fprintf(w, "Cycle %d/%d: JustRunIt's process per on-line response: CPU %.0f µs with the experiment, %.0f without; waiting for a CPU %.0f µs, %.0f\n",
+				i+1, o.cycles, c.ProcCPUUs[1], c.ProcCPUUs[0], c.ProcWaitUs[1], c.ProcWaitUs[0])
+		}
 	}
-	var p95s, means []float64
+	var p95s, means, waitsNone, waitsFed []float64
 	for _, c := range rep.Cycles {
 		p95s, means = append(p95s, c.P95Ratio), append(means, c.MeanRatio)
+		waitsNone, waitsFed = append(waitsNone, c.ProcWaitUs[0]), append(waitsFed, c.ProcWaitUs[1])
 	}
 	rep.P95RatioMedian, rep.MeanRatioMedian = median(p95s), median(means)
+	if rep.ProcSched {
+		rep.ProcWaitUsMedian = [2]float64{median(waitsNone), median(waitsFed)}
+	}
 	var err error
 	if rep.Leftovers, err = d.closeCounting(ctx); err != nil {
 		return nil, err
@@ -217,9 +263,14 @@ func median(xs []float64) float64 {
 
 func printBenchOnline(w io.Writer, rep *benchOnlineReport) {
 	fmt.Fprintf(w, "on-line app tier, %g requests/s (%s), an experiment at cpu=%g%% with a %g s window:\n", rep.Rate, rep.Arrival, rep.CPU, rep.WindowS)
-	fmt.Fprintln(w, "CYCLE  P95 NONE  P95 FED  RATIO  MEAN NONE  MEAN FED  RATIO")
+	fmt.Fprintln(w, "CYCLE  P95 NONE  P95 FED  RATIO  MEAN NONE  MEAN FED  RATIO  WAIT NONE  WAIT FED")
 	for i, c := range rep.Cycles {
-		fmt.Fprintf(w, "%-5d  %8.2f  %7.2f  %5.2f  %9.2f  %8.2f  %5.2f\n", i+1, c.NoneP95Ms, c.FedP95Ms, c.P95Ratio, c.NoneMeanMs, c.FedMeanMs, c.MeanRatio)
+		fmt.Fprintf(w, "%-5d  %8.2f  %7.2f  %5.2f  %9.2f  %8.2f  %5.2f  %9.0f  %8.0f\n", i+1, c.NoneP95Ms, c.FedP95Ms, c.P95Ratio, c.NoneMeanMs, c.FedMeanMs, c.MeanRatio, c.ProcWaitUs[0], c.ProcWaitUs[1])
 	}
 	fmt.Fprintf(w, "median ratio: p95 %.2fx, mean %.2fx; leftovers %d\n", rep.P95RatioMedian, rep.MeanRatioMedian, rep.Leftovers)
+	if rep.ProcSched {
+		fmt.Fprintf(w, "WAIT: µs JustRunIt's process waited for a CPU per on-line response (median %.0f without an experiment, %.0f with)\n", rep.ProcWaitUsMedian[0], rep.ProcWaitUsMedian[1])
+	} else {
+		fmt.Fprintln(w, rep.Note)
+	}
 }

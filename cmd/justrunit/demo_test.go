@@ -322,6 +322,17 @@ func TestBenchOnline(t *testing.T) {
 	if c.P95Ratio != c.FedP95Ms/c.NoneP95Ms || rep.P95RatioMedian != c.P95Ratio || rep.MeanRatioMedian != c.MeanRatio {
 		t.Errorf("ratios do not follow from the windows: %+v, medians %v %v", c, rep.P95RatioMedian, rep.MeanRatioMedian)
 	}
+	switch {
+	case !rep.ProcSched && os.Getenv("CI") == "true":
+		t.Errorf("no figures of the process under CI: %s", rep.Note)
+	case !rep.ProcSched:
+		t.Logf("no figures of the process: %s", rep.Note)
+	case c.ProcCPUUs[0] <= 0 || c.ProcCPUUs[1] <= 0 || c.ProcWaitUs[0] < 0 || c.ProcWaitUs[1] < 0 ||
+		rep.ProcWaitUsMedian != c.ProcWaitUs:
+		t.Errorf("the process's figures do not add up: CPU %v µs, wait %v µs per response, median wait %v", c.ProcCPUUs, c.ProcWaitUs, rep.ProcWaitUsMedian)
+	default:
+		t.Logf("the process per on-line response: CPU %.0f µs with an experiment, %.0f without; waiting %.0f, %.0f", c.ProcCPUUs[1], c.ProcCPUUs[0], c.ProcWaitUs[1], c.ProcWaitUs[0])
+	}
 	if rep.Leftovers != 0 {
 		t.Errorf("%d objects left behind", rep.Leftovers)
 	}

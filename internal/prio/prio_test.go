@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -157,5 +158,47 @@ func TestSetAffinity(t *testing.T) {
 	}
 	if got, err := Affinity(0); err != nil || !slices.Equal(got, cur) {
 		t.Errorf("after giving the CPUs back: %v, %v; want %v", got, err, cur)
+	}
+}
+
+func TestParseSchedstat(t *testing.T) {
+	got, err := parseSchedstat("1500 250 7\n")
+	if err != nil || got != (Sched{CPU: 1500, Wait: 250, Slices: 7}) {
+		t.Errorf("parseSchedstat = %+v, %v", got, err)
+	}
+	for _, bad := range []string{"", "1 2", "1 2 x", "1 -2 3", "1 2 3 4"} {
+		if _, err := parseSchedstat(bad); err == nil {
+			t.Errorf("parseSchedstat(%q): no error", bad)
+		}
+	}
+}
+
+// TestReadSched reads this process's counts before and after some work:
+// its CPU time must have grown by at least the work's.
+func TestReadSched(t *testing.T) {
+	before, err := ReadSched("self")
+	if err != nil {
+		if strings.Contains(err.Error(), "CONFIG_SCHED_INFO") && os.Getenv("CI") != "true" {
+			t.Skip(err)
+		}
+		t.Fatal(err)
+	}
+	var ru0, ru1 unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_THREAD, &ru0)
+	runtime.LockOSThread()
+	x := 0
+	for start := time.Now(); time.Since(start) < 50*time.Millisecond; {
+		x++
+	}
+	_ = unix.Getrusage(unix.RUSAGE_THREAD, &ru1)
+	runtime.UnlockOSThread()
+	after, err := ReadSched("self")
+	if err != nil {
+		t.Fatal(err)
+	}
+	worked := time.Duration(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano()) * time.Nanosecond
+	d := after.Sub(before)
+	if d.CPU < worked/2 || d.Slices < 0 || d.Wait < 0 {
+		t.Errorf("over %v of CPU time worked (x=%d), the counts grew by %+v", worked, x, d)
 	}
 }
