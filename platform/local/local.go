@@ -1116,10 +1116,12 @@ func (p *Platform) Migrate(ctx context.Context, id, host string) error {
 	// The instance's threads were started on the old host's CPUs (the
 	// shim's affinity), which the kernel keeps within the new cpuset where
 	// the two overlap: they are given the new host's CPUs.
-	if cpus, err := hostlayout.ParseCPUList(hc.CPUs); err == nil {
-		if err := prio.SetAffinityThreads(g.Threads, cpus); err != nil {
-			p.log.Warn("migrated, but the instance's threads keep their CPUs within the new host's", "id", id, "host", host, "err", err)
-		}
+	cpus, err := hostlayout.ParseCPUList(hc.CPUs)
+	if err == nil {
+		err = prio.SetAffinityThreads(g.Threads, cpus)
+	}
+	if err != nil {
+		p.log.Warn("migrated, but the instance's threads keep their CPUs within the new host's", "id", id, "host", host, "err", err)
 	}
 	p.log.Info("migrated", "id", id, "host", host, "cpus", hc.CPUs)
 	return nil
