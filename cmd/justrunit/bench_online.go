@@ -58,14 +58,16 @@ type benchOnlineCycle struct {
 	// each lasted: none, fed.
 	Samples  [2]int64   `json:"samples"`
 	WindowsS [2]float64 `json:"windows_s"`
-	// ProcCPUUs and ProcWaitUs are what JustRunIt's own process spent per
-	// on-line response in each window (none, fed), summed over its
-	// threads: CPU time, and time runnable but waiting for a CPU. The
-	// process carries the on-line requests through its proxies, so its
-	// waits are the on-line path's too (with its work for the clone's).
-	// Zero where the kernel keeps no scheduler statistics.
+	// ProcCPUUs, ProcWaitUs and ProcRuns are what JustRunIt's own process
+	// spent per on-line response in each window (none, fed), summed over
+	// its threads: CPU time, time runnable but waiting for a CPU, and the
+	// times a thread was put on a CPU. The process carries the on-line
+	// requests through its proxies, so its waits are the on-line path's
+	// too (with its work for the clone's). Zero where the kernel keeps no
+	// scheduler statistics.
 	ProcCPUUs  [2]float64 `json:"proc_cpu_us_per_response"`
 	ProcWaitUs [2]float64 `json:"proc_wait_us_per_response"`
+	ProcRuns   [2]float64 `json:"proc_runs_per_response"`
 }
 
 // benchOnlineOptions are "bench online"'s flags.
@@ -215,6 +217,9 @@ func benchOnlineOn(ctx context.Context, w io.Writer, d *studySite, o benchOnline
 			}
 			if ds := sched().Sub(s0); rep.ProcSched {
 				c.ProcCPUUs[j], c.ProcWaitUs[j] = perResponse(ds.CPU, c.Samples[j]), perResponse(ds.Wait, c.Samples[j])
+				if c.Samples[j] > 0 {
+					c.ProcRuns[j] = float64(ds.Slices) / float64(c.Samples[j])
+				}
 			}
 			if err := ctx.Err(); err != nil {
 				return nil, err
@@ -227,8 +232,8 @@ func benchOnlineOn(ctx context.Context, w io.Writer, d *studySite, o benchOnline
 		fmt.Fprintf(w, "Cycle %d/%d: on-line p95 %.2f ms with the experiment, %.2f without (%.2fx); mean %.2f, %.2f ms (%.2fx); %v elapsed\n",
 			i+1, o.cycles, c.FedP95Ms, c.NoneP95Ms, c.P95Ratio, c.FedMeanMs, c.NoneMeanMs, c.MeanRatio, time.Since(start).Round(time.Second))
 		if rep.ProcSched {
-			fmt.Fprintf(w, "Cycle %d/%d: JustRunIt's process per on-line response: CPU %.0f µs with the experiment, %.0f without; waiting for a CPU %.0f µs, %.0f\n",
-				i+1, o.cycles, c.ProcCPUUs[1], c.ProcCPUUs[0], c.ProcWaitUs[1], c.ProcWaitUs[0])
+			fmt.Fprintf(w, "Cycle %d/%d: JustRunIt's process per on-line response: CPU %.0f µs with the experiment, %.0f without; waiting for a CPU %.0f µs, %.0f; on a CPU %.0f times, %.0f\n",
+				i+1, o.cycles, c.ProcCPUUs[1], c.ProcCPUUs[0], c.ProcWaitUs[1], c.ProcWaitUs[0], c.ProcRuns[1], c.ProcRuns[0])
 		}
 	}
 	var p95s, means, waitsNone, waitsFed []float64

@@ -327,9 +327,9 @@ func TestBenchOnline(t *testing.T) {
 		t.Errorf("no figures of the process under CI: %s", rep.Note)
 	case !rep.ProcSched:
 		t.Logf("no figures of the process: %s", rep.Note)
-	case c.ProcCPUUs[0] <= 0 || c.ProcCPUUs[1] <= 0 || c.ProcWaitUs[0] < 0 || c.ProcWaitUs[1] < 0 ||
+	case c.ProcCPUUs[0] <= 0 || c.ProcCPUUs[1] <= 0 || c.ProcWaitUs[0] < 0 || c.ProcWaitUs[1] < 0 || c.ProcRuns[0] <= 0 || c.ProcRuns[1] <= 0 ||
 		rep.ProcWaitUsMedian != c.ProcWaitUs:
-		t.Errorf("the process's figures do not add up: CPU %v µs, wait %v µs per response, median wait %v", c.ProcCPUUs, c.ProcWaitUs, rep.ProcWaitUsMedian)
+		t.Errorf("the process's figures do not add up: CPU %v µs, wait %v µs, %v runs per response, median wait %v", c.ProcCPUUs, c.ProcWaitUs, c.ProcRuns, rep.ProcWaitUsMedian)
 	default:
 		t.Logf("the process per on-line response: CPU %.0f µs with an experiment, %.0f without; waiting %.0f, %.0f", c.ProcCPUUs[1], c.ProcCPUUs[0], c.ProcWaitUs[1], c.ProcWaitUs[0])
 	}
