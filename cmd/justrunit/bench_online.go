@@ -15,7 +15,6 @@ import (
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/examples/auction/auction"
 	"github.com/justrunit/justrunit/examples/auction/loadgen"
-	"github.com/justrunit/justrunit/internal/prio"
 	"github.com/justrunit/justrunit/measure"
 	"github.com/justrunit/justrunit/siterun"
 )
@@ -173,32 +172,15 @@ func benchOnlineOn(ctx context.Context, w io.Writer, d *studySite, o benchOnline
 		_, err := d.RunStudy(ctx, &one, siterun.StudyOptions{})
 		return d.feed.ResetOnline(), time.Since(t0), err
 	}
-	rep := &benchOnlineReport{Rate: o.site.rate, Arrival: o.site.arrival, Work: d.work, CPU: o.cpu, WindowS: o.window.Seconds(), ProcSched: true}
-	// sched reads the process's scheduler counts; after the first
-	// failure it reads none.
-	sched := func() prio.Sched {
-		if !rep.ProcSched {
-			return prio.Sched{}
-		}
-		s, err := prio.ReadSched("self")
-		if err != nil {
-			rep.ProcSched, rep.Note = false, fmt.Sprintf("no figures of JustRunIt's process: %v", err)
-		}
-		return s
-	}
-	perResponse := func(d time.Duration, n int64) float64 {
-		if n == 0 {
-			return 0
-		}
-		return float64(d.Microseconds()) / float64(n)
-	}
+	rep := &benchOnlineReport{Rate: o.site.rate, Arrival: o.site.arrival, Work: d.work, CPU: o.cpu, WindowS: o.window.Seconds()}
+	var proc procCounts
 	start := time.Now()
 	for i := range o.cycles {
 		var c benchOnlineCycle
 		for k := range 2 {
 			withExperiment := (k == 1) != (i%2 == 1)
 			left := time.Duration(2*(o.cycles-i)-k) * length
-			s0, j := sched(), 0
+			s0, j := proc.read(), 0
 			if withExperiment {
 				j = 1
 				fmt.Fprintf(w, "Cycle %d/%d: an experiment of the app tier at cpu=%g%% (about %v left)...\n", i+1, o.cycles, o.cpu, left.Round(time.Second))
@@ -215,11 +197,9 @@ func benchOnlineOn(ctx context.Context, w io.Writer, d *studySite, o benchOnline
 				c.NoneP95Ms, c.NoneMeanMs = sum.RT.P95, sum.RT.Mean
 				c.Samples[0], c.WindowsS[0] = sum.Count, length.Seconds()
 			}
-			if ds := sched().Sub(s0); rep.ProcSched {
-				c.ProcCPUUs[j], c.ProcWaitUs[j] = perResponse(ds.CPU, c.Samples[j]), perResponse(ds.Wait, c.Samples[j])
-				if c.Samples[j] > 0 {
-					c.ProcRuns[j] = float64(ds.Slices) / float64(c.Samples[j])
-				}
+			if ds := proc.read().Sub(s0); proc.ok() {
+				pr := perResponse(ds, c.Samples[j])
+				c.ProcCPUUs[j], c.ProcWaitUs[j], c.ProcRuns[j] = pr.CPUUs, pr.WaitUs, pr.Runs
 			}
 			if err := ctx.Err(); err != nil {
 				return nil, err
@@ -231,7 +211,7 @@ func benchOnlineOn(ctx context.Context, w io.Writer, d *studySite, o benchOnline
 		rep.Cycles = append(rep.Cycles, c)
 		fmt.Fprintf(w, "Cycle %d/%d: on-line p95 %.2f ms with the experiment, %.2f without (%.2fx); mean %.2f, %.2f ms (%.2fx); %v elapsed\n",
 			i+1, o.cycles, c.FedP95Ms, c.NoneP95Ms, c.P95Ratio, c.FedMeanMs, c.NoneMeanMs, c.MeanRatio, time.Since(start).Round(time.Second))
-		if rep.ProcSched {
+		if proc.ok() {
 			fmt.Fprintf(w, "Cycle %d/%d: JustRunIt's process per on-line response: CPU %.0f µs with the experiment, %.0f without; waiting for a CPU %.0f µs, %.0f; on a CPU %.0f times, %.0f\n",
 				i+1, o.cycles, c.ProcCPUUs[1], c.ProcCPUUs[0], c.ProcWaitUs[1], c.ProcWaitUs[0], c.ProcRuns[1], c.ProcRuns[0])
 		}
@@ -242,6 +222,7 @@ func benchOnlineOn(ctx context.Context, w io.Writer, d *studySite, o benchOnline
 		waitsNone, waitsFed = append(waitsNone, c.ProcWaitUs[0]), append(waitsFed, c.ProcWaitUs[1])
 	}
 	rep.P95RatioMedian, rep.MeanRatioMedian = median(p95s), median(means)
+	rep.ProcSched, rep.Note = proc.ok(), proc.note
 	if rep.ProcSched {
 		rep.ProcWaitUsMedian = [2]float64{median(waitsNone), median(waitsFed)}
 	}

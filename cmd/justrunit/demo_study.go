@@ -46,12 +46,26 @@ type demoStudyReport struct {
 	// the p95 in the windows before and after it (an A-B-A comparison: the
 	// on-line response time moves during a run whether a study runs or
 	// not).
-	OnlineP95Ratio    float64           `json:"online_p95_ratio"`
-	OnlineP95BeforeMs float64           `json:"online_p95_before_ms"`
-	OnlineP95DuringMs float64           `json:"online_p95_during_ms"`
-	OnlineP95AfterMs  float64           `json:"online_p95_after_ms"`
-	Leftovers         int               `json:"leftovers"`
-	Matrix            *justrunit.Matrix `json:"matrix"`
+	OnlineP95Ratio    float64 `json:"online_p95_ratio"`
+	OnlineP95BeforeMs float64 `json:"online_p95_before_ms"`
+	OnlineP95DuringMs float64 `json:"online_p95_during_ms"`
+	OnlineP95AfterMs  float64 `json:"online_p95_after_ms"`
+	// OnlineProc is what JustRunIt's process, which carries the on-line
+	// requests through its proxies, spent per on-line response in the
+	// same three windows (as "bench online" counts it); null where the
+	// kernel keeps no scheduler statistics, and OnlineProcNote says so.
+	OnlineProc     *demoStudyProc    `json:"online_proc"`
+	OnlineProcNote string            `json:"online_proc_note,omitempty"`
+	Leftovers      int               `json:"leftovers"`
+	Matrix         *justrunit.Matrix `json:"matrix"`
+}
+
+// demoStudyProc is the process's figures per on-line response before,
+// during and after the study.
+type demoStudyProc struct {
+	Before procPerResponse `json:"before"`
+	During procPerResponse `json:"during"`
+	After  procPerResponse `json:"after"`
 }
 
 type fidelityPoint struct {
@@ -129,6 +143,12 @@ and the Go toolchain.`,
 			}
 			fmt.Fprintf(w, "match rate %.3f, clone calls reaching the data tier %d, on-line p95 during the study / before and after it %.2f (%.1f / %.1f and %.1f ms), leftovers %d\n",
 				rep.MatchRate, rep.CloneRequestsReachingDataTier, rep.OnlineP95Ratio, rep.OnlineP95DuringMs, rep.OnlineP95BeforeMs, rep.OnlineP95AfterMs, rep.Leftovers)
+			if p := rep.OnlineProc; p != nil {
+				fmt.Fprintf(w, "JustRunIt's process per on-line response before, during and after the study: CPU %.0f, %.0f, %.0f µs; waiting for a CPU %.0f, %.0f, %.0f µs\n",
+					p.Before.CPUUs, p.During.CPUUs, p.After.CPUUs, p.Before.WaitUs, p.During.WaitUs, p.After.WaitUs)
+			} else {
+				fmt.Fprintln(w, rep.OnlineProcNote)
+			}
 			return nil
 		},
 	}
@@ -224,7 +244,10 @@ func demoStudyOn(ctx context.Context, w io.Writer, d *studySite, o demoStudyOpti
 	fmt.Fprintf(w, "Site up under load; letting it settle for %v (until the first items sold close)...\n", wins.Settle)
 	window(wins.Settle)
 	fmt.Fprintln(w, "Measuring the on-line app tier before the study...")
+	var proc procCounts
+	p0 := proc.read()
 	before := window(wins.Online)
+	procBefore := perResponse(proc.read().Sub(p0), before.Count)
 
 	cpu, _ := justrunit.ParseParameter("cpu=20..100 step 10")
 	sla := justrunit.SLA{Metric: justrunit.RTP95, Max: 50}
@@ -236,19 +259,26 @@ func demoStudyOn(ctx context.Context, w io.Writer, d *studySite, o demoStudyOpti
 		TimeBound: justrunit.Duration(5*(4*time.Second+wins.Experiment) + 10*time.Second), Slots: 1, Strategy: "sla", Interpolator: "gp", CheckThreshold: 0.15}
 	fmt.Fprintf(w, "Studying %s over %d points (time bound %v)...\n", st.Target, st.Space.Size(), st.TimeBound)
 	feed.ResetOnline()
+	p0 = proc.read()
 	start := time.Now()
 	m, err := s.RunStudy(ctx, st, siterun.StudyOptions{})
 	elapsed := time.Since(start)
 	during := feed.ResetOnline()
+	procDuring := perResponse(proc.read().Sub(p0), during.Count)
 	if err != nil {
 		return nil, err
 	}
 	fmt.Fprintln(w, "Study done; measuring the on-line app tier after it...")
+	p0 = proc.read()
 	after := window(wins.Online)
+	procAfter := perResponse(proc.read().Sub(p0), after.Count)
 	rep = &demoStudyReport{Arrival: o.arrival, Work: work, TimeBoundS: time.Duration(st.TimeBound).Seconds(), ElapsedS: elapsed.Seconds(), SLA: sla.String(), Matrix: m,
 		OnlineP95BeforeMs: before.RT.P95, OnlineP95DuringMs: during.RT.P95, OnlineP95AfterMs: after.RT.P95}
 	if base := (before.RT.P95 + after.RT.P95) / 2; base > 0 {
 		rep.OnlineP95Ratio = during.RT.P95 / base
+	}
+	if rep.OnlineProcNote = proc.note; proc.ok() {
+		rep.OnlineProc = &demoStudyProc{Before: procBefore, During: procDuring, After: procAfter}
 	}
 	c := m.Counts()
 	rep.Measured, rep.Interpolated = c[justrunit.Measured]+c[justrunit.Verified], c[justrunit.Interpolated]+c[justrunit.Used]

@@ -222,6 +222,16 @@ func TestDemoStudy(t *testing.T) {
 	if rep.OnlineP95Ratio <= 0 {
 		t.Errorf("online_p95_ratio = %v", rep.OnlineP95Ratio)
 	}
+	switch p := rep.OnlineProc; {
+	case p == nil && os.Getenv("CI") == "true":
+		t.Errorf("no figures of the process under CI: %s", rep.OnlineProcNote)
+	case p == nil:
+		t.Logf("no figures of the process: %s", rep.OnlineProcNote)
+	case p.Before.CPUUs <= 0 || p.During.CPUUs <= 0 || p.After.CPUUs <= 0 || p.During.Runs <= 0:
+		t.Errorf("the process's figures are missing a window: %+v", *p)
+	default:
+		t.Logf("the process per on-line response before, during, after: waiting %.0f, %.0f, %.0f µs", p.Before.WaitUs, p.During.WaitUs, p.After.WaitUs)
+	}
 	if rep.Arrival != "uniform" || rep.Work <= 0 {
 		t.Errorf("arrival %q, work %g: want the default uniform arrivals and the calibrated work (> 0)", rep.Arrival, rep.Work)
 	}
