@@ -34,8 +34,8 @@ type benchOnlineReport struct {
 	// over those of the window next to it without one.
 	P95RatioMedian  float64 `json:"p95_ratio_median"`
 	MeanRatioMedian float64 `json:"mean_ratio_median"`
-	// ProcWaitUsMedian is the median over the cycles of ProcWaitUs (none,
-	// fed); ProcSched says whether the kernel kept the counts, and Note
+	// ProcWaitUsMedian is the median over the cycles of Proc's waits
+	// (none, fed); ProcSched says whether the kernel kept the counts, and Note
 	// why not where it did not.
 	ProcWaitUsMedian [2]float64 `json:"proc_wait_us_per_response_median"`
 	ProcSched        bool       `json:"proc_sched"`
@@ -57,16 +57,13 @@ type benchOnlineCycle struct {
 	// each lasted: none, fed.
 	Samples  [2]int64   `json:"samples"`
 	WindowsS [2]float64 `json:"windows_s"`
-	// ProcCPUUs, ProcWaitUs and ProcRuns are what JustRunIt's own process
-	// spent per on-line response in each window (none, fed), summed over
-	// its threads: CPU time, time runnable but waiting for a CPU, and the
-	// times a thread was put on a CPU. The process carries the on-line
-	// requests through its proxies, so its waits are the on-line path's
-	// too (with its work for the clone's). Zero where the kernel keeps no
-	// scheduler statistics.
-	ProcCPUUs  [2]float64 `json:"proc_cpu_us_per_response"`
-	ProcWaitUs [2]float64 `json:"proc_wait_us_per_response"`
-	ProcRuns   [2]float64 `json:"proc_runs_per_response"`
+	// Proc is what JustRunIt's own process spent per on-line response in
+	// each window (none, fed), summed over its threads: CPU time, time
+	// runnable but waiting for a CPU, and the times a thread was put on a
+	// CPU. The process carries the on-line requests through its proxies,
+	// so its waits are the on-line path's too (with its work for the
+	// clone's). Zero where the kernel keeps no scheduler statistics.
+	Proc [2]procPerResponse `json:"proc_per_response"`
 }
 
 // benchOnlineOptions are "bench online"'s flags.
@@ -198,8 +195,7 @@ func benchOnlineOn(ctx context.Context, w io.Writer, d *studySite, o benchOnline
 				c.Samples[0], c.WindowsS[0] = sum.Count, length.Seconds()
 			}
 			if ds := proc.read().Sub(s0); proc.ok() {
-				pr := perResponse(ds, c.Samples[j])
-				c.ProcCPUUs[j], c.ProcWaitUs[j], c.ProcRuns[j] = pr.CPUUs, pr.WaitUs, pr.Runs
+				c.Proc[j] = perResponse(ds, c.Samples[j])
 			}
 			if err := ctx.Err(); err != nil {
 				return nil, err
@@ -213,13 +209,13 @@ func benchOnlineOn(ctx context.Context, w io.Writer, d *studySite, o benchOnline
 			i+1, o.cycles, c.FedP95Ms, c.NoneP95Ms, c.P95Ratio, c.FedMeanMs, c.NoneMeanMs, c.MeanRatio, time.Since(start).Round(time.Second))
 		if proc.ok() {
 			fmt.Fprintf(w, "Cycle %d/%d: JustRunIt's process per on-line response: CPU %.0f µs with the experiment, %.0f without; waiting for a CPU %.0f µs, %.0f; on a CPU %.0f times, %.0f\n",
-				i+1, o.cycles, c.ProcCPUUs[1], c.ProcCPUUs[0], c.ProcWaitUs[1], c.ProcWaitUs[0], c.ProcRuns[1], c.ProcRuns[0])
+				i+1, o.cycles, c.Proc[1].CPUUs, c.Proc[0].CPUUs, c.Proc[1].WaitUs, c.Proc[0].WaitUs, c.Proc[1].Runs, c.Proc[0].Runs)
 		}
 	}
 	var p95s, means, waitsNone, waitsFed []float64
 	for _, c := range rep.Cycles {
 		p95s, means = append(p95s, c.P95Ratio), append(means, c.MeanRatio)
-		waitsNone, waitsFed = append(waitsNone, c.ProcWaitUs[0]), append(waitsFed, c.ProcWaitUs[1])
+		waitsNone, waitsFed = append(waitsNone, c.Proc[0].WaitUs), append(waitsFed, c.Proc[1].WaitUs)
 	}
 	rep.P95RatioMedian, rep.MeanRatioMedian = median(p95s), median(means)
 	rep.ProcSched, rep.Note = proc.ok(), proc.note
@@ -251,7 +247,7 @@ func printBenchOnline(w io.Writer, rep *benchOnlineReport) {
 	fmt.Fprintf(w, "on-line app tier, %g requests/s (%s), an experiment at cpu=%g%% with a %g s window:\n", rep.Rate, rep.Arrival, rep.CPU, rep.WindowS)
 	fmt.Fprintln(w, "CYCLE  P95 NONE  P95 FED  RATIO  MEAN NONE  MEAN FED  RATIO  WAIT NONE  WAIT FED")
 	for i, c := range rep.Cycles {
-		fmt.Fprintf(w, "%-5d  %8.2f  %7.2f  %5.2f  %9.2f  %8.2f  %5.2f  %9.0f  %8.0f\n", i+1, c.NoneP95Ms, c.FedP95Ms, c.P95Ratio, c.NoneMeanMs, c.FedMeanMs, c.MeanRatio, c.ProcWaitUs[0], c.ProcWaitUs[1])
+		fmt.Fprintf(w, "%-5d  %8.2f  %7.2f  %5.2f  %9.2f  %8.2f  %5.2f  %9.0f  %8.0f\n", i+1, c.NoneP95Ms, c.FedP95Ms, c.P95Ratio, c.NoneMeanMs, c.FedMeanMs, c.MeanRatio, c.Proc[0].WaitUs, c.Proc[1].WaitUs)
 	}
 	fmt.Fprintf(w, "median ratio: p95 %.2fx, mean %.2fx; leftovers %d\n", rep.P95RatioMedian, rep.MeanRatioMedian, rep.Leftovers)
 	if rep.ProcSched {

@@ -337,11 +337,11 @@ func TestBenchOnline(t *testing.T) {
 		t.Errorf("no figures of the process under CI: %s", rep.Note)
 	case !rep.ProcSched:
 		t.Logf("no figures of the process: %s", rep.Note)
-	case c.ProcCPUUs[0] <= 0 || c.ProcCPUUs[1] <= 0 || c.ProcWaitUs[0] < 0 || c.ProcWaitUs[1] < 0 || c.ProcRuns[0] <= 0 || c.ProcRuns[1] <= 0 ||
-		rep.ProcWaitUsMedian != c.ProcWaitUs:
-		t.Errorf("the process's figures do not add up: CPU %v µs, wait %v µs, %v runs per response, median wait %v", c.ProcCPUUs, c.ProcWaitUs, c.ProcRuns, rep.ProcWaitUsMedian)
+	case c.Proc[0].CPUUs <= 0 || c.Proc[1].CPUUs <= 0 || c.Proc[0].WaitUs < 0 || c.Proc[1].WaitUs < 0 || c.Proc[0].Runs <= 0 || c.Proc[1].Runs <= 0 ||
+		rep.ProcWaitUsMedian != [2]float64{c.Proc[0].WaitUs, c.Proc[1].WaitUs}:
+		t.Errorf("the process's figures do not add up: %+v per response, median wait %v", c.Proc, rep.ProcWaitUsMedian)
 	default:
-		t.Logf("the process per on-line response: CPU %.0f µs with an experiment, %.0f without; waiting %.0f, %.0f", c.ProcCPUUs[1], c.ProcCPUUs[0], c.ProcWaitUs[1], c.ProcWaitUs[0])
+		t.Logf("the process per on-line response: CPU %.0f µs with an experiment, %.0f without; waiting %.0f, %.0f", c.Proc[1].CPUUs, c.Proc[0].CPUUs, c.Proc[1].WaitUs, c.Proc[0].WaitUs)
 	}
 	if rep.Leftovers != 0 {
 		t.Errorf("%d objects left behind", rep.Leftovers)
