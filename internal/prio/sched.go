@@ -1,6 +1,7 @@
 package prio
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -24,6 +25,10 @@ func (s Sched) Sub(earlier Sched) Sched {
 	return Sched{CPU: s.CPU - earlier.CPU, Wait: s.Wait - earlier.Wait, Slices: s.Slices - earlier.Slices}
 }
 
+// ErrNoSchedstat means the kernel keeps no per-thread scheduler
+// statistics (built without CONFIG_SCHED_INFO).
+var ErrNoSchedstat = errors.New("this kernel keeps no scheduler statistics (CONFIG_SCHED_INFO)")
+
 // ReadSched reads the scheduler's counts of process pid ("self" for this
 // one). They need a kernel with scheduler statistics (CONFIG_SCHED_INFO,
 // which most distributions' have).
@@ -39,7 +44,7 @@ func ReadSched(pid string) (Sched, error) {
 			if _, serr := os.Stat(fmt.Sprintf("/proc/%s/task/%d", pid, tid)); os.IsNotExist(serr) {
 				continue // the thread has ended
 			}
-			return Sched{}, fmt.Errorf("read the scheduler's counts of process %s: this kernel keeps none (CONFIG_SCHED_INFO)", pid)
+			return Sched{}, fmt.Errorf("read the scheduler's counts of process %s: %w", pid, ErrNoSchedstat)
 		}
 		if err != nil {
 			return Sched{}, fmt.Errorf("read the scheduler's counts of process %s: %w", pid, err)
