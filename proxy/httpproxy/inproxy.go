@@ -137,10 +137,13 @@ type InProxy struct {
 
 	closeOnce sync.Once // Close's work: once, and later calls wait for it
 
-	mu     sync.Mutex // serialises clone changes, Start and Close
+	mu     sync.Mutex // serialises clone and tap changes, Start and Close
 	clones atomic.Pointer[[]*clone]
-	srv    *fwdServer
-	closed bool
+	// taps hand the copies over to clones in other processes (see Tap).
+	taps    atomic.Pointer[[]*Tap]
+	copyIDs atomic.Uint64 // names each copy handed over for its on-line result
+	srv     *fwdServer
+	closed  bool
 }
 
 // NewInProxy checks cfg and returns a proxy that is not yet listening.
@@ -524,6 +527,23 @@ type onlineResult struct {
 	copied bool          // the copies went out (or were given up): no more holds
 	holds  []*onlineHold // taken before the result was set
 	paid   int           // holds charged for body and not released
+	// taps got the copy, called id, and get the result once set.
+	taps []*Tap
+	id   uint64
+}
+
+// handOver sends the result to taps, which were handed its request's copy
+// called id: now if it is set, else once it is.
+func (o *onlineResult) handOver(taps []*Tap, id uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.ended {
+		o.taps, o.id = taps, id
+		return
+	}
+	for _, t := range taps {
+		t.sendResult(id, o.ok, o.status, o.body)
+	}
 }
 
 // onlineHold is one copy's claim on the on-line result its clone's
@@ -553,6 +573,10 @@ func (o *onlineResult) finish(ok bool, status int, body []byte) {
 	if ok {
 		o.body = body
 	}
+	for _, t := range o.taps {
+		t.sendResult(o.id, ok, status, body)
+	}
+	o.taps = nil
 	for _, h := range o.holds {
 		if !h.released {
 			o.charge(h)
@@ -672,10 +696,14 @@ func copyable(r *http.Request) bool {
 // full (nil when nothing is copied), or the clones that skip it because
 // its body is too large. With Compare, ex gets the on-line result to compare with.
 func (p *InProxy) prepareCopy(req *http.Request, ex *exchange, clones []*clone) (pc *pendingCopy, skip []*clone) {
-	if len(clones) == 0 || !copyable(req) {
+	taps := p.tapList()
+	if len(clones) == 0 && len(taps) == 0 || !copyable(req) {
 		return nil, nil
 	}
 	if req.ContentLength > p.cfg.MaxCopyBody {
+		for _, t := range taps {
+			t.sendSkip()
+		}
 		return nil, clones
 	}
 	cr := &copyReq{
@@ -691,7 +719,10 @@ func (p *InProxy) prepareCopy(req *http.Request, ex *exchange, clones []*clone) 
 		ex.online = &onlineResult{done: make(chan struct{})}
 		cr.online = ex.online
 	}
-	pc = &pendingCopy{cr: cr, clones: clones}
+	pc = &pendingCopy{cr: cr, clones: clones, taps: taps}
+	if len(taps) > 0 && p.cfg.Compare {
+		pc.id = p.copyIDs.Add(1)
+	}
 	if req.Body != nil && req.Body != http.NoBody && req.ContentLength != 0 {
 		pc.tee = &teeBody{rc: req.Body, bodyCopy: bodyCopy{limit: p.cfg.MaxCopyBody}}
 	}
@@ -716,6 +747,9 @@ func (p *InProxy) fwdBodyRead(ex *exchange, err error) {
 	case ex.copy != nil: // the previous tier did not send the whole body
 		for _, c := range ex.copy.clones {
 			c.drop()
+		}
+		for _, t := range ex.copy.taps {
+			t.dropped.Add(1)
 		}
 	case ex.skip != nil:
 		for _, c := range ex.skip {
@@ -806,15 +840,20 @@ func (p *InProxy) observeOnline(d time.Duration, ok bool) {
 type pendingCopy struct {
 	cr     *copyReq
 	clones []*clone
+	taps   []*Tap
+	id     uint64   // names the copy handed over to taps for its on-line result; 0: not compared
 	tee    *teeBody // nil: no body
 }
 
-// fire dispatches the copy; the request's body, if any, has been read to
-// its end through tee.
+// fire dispatches the copy, to the proxy's clones and to its taps; the
+// request's body, if any, has been read to its end through tee.
 func (pc *pendingCopy) fire() {
 	if pc.tee != nil && pc.tee.over {
 		for _, c := range pc.clones {
 			c.skippedLarge.Add(1)
+		}
+		for _, t := range pc.taps {
+			t.sendSkip()
 		}
 		return
 	}
@@ -822,6 +861,12 @@ func (pc *pendingCopy) fire() {
 		pc.cr.body = pc.tee.buf
 	}
 	dispatch(pc.cr, pc.clones)
+	for _, t := range pc.taps {
+		t.sendCopy(pc.cr, pc.id)
+	}
+	if pc.id != 0 {
+		pc.cr.online.handOver(pc.taps, pc.id)
+	}
 }
 
 // bodyCopy keeps a copy of the bytes read through it, up to a limit.

@@ -144,6 +144,9 @@ type OutProxy struct {
 	afterTake func(*http.Request)
 
 	recorded, notRecorded atomic.Int64
+	// taps hand the exchanges recorded over to clones' replicas in other
+	// processes (see Tap).
+	taps atomic.Pointer[[]*Tap]
 	// calls counts every clone's calls over the proxy's window (OutStats),
 	// apart from the clones' own windows: those end at each experiment's
 	// edges, and a stopped clone's go with it.
@@ -988,6 +991,9 @@ func (p *OutProxy) commit(pe *pending, a *answered) {
 			p.recorded.Add(1)
 		} else {
 			p.notRecorded.Add(1)
+		}
+		for _, t := range p.tapList() {
+			t.sendExchange(ex)
 		}
 	})
 }
