@@ -150,9 +150,9 @@ func (t *Tap) write(b []byte) error {
 	return serr
 }
 
-// sendCopy hands cr over; id names the copy for its on-line result (0:
-// not compared).
-func (t *Tap) sendCopy(cr *copyReq, id uint64) {
+// sendCopy hands cr over, and reports whether it went; id names the copy
+// for its on-line result (0: not compared).
+func (t *Tap) sendCopy(cr *copyReq, id uint64) bool {
 	b := encPool.Get().(*enc)
 	b.reset(msgCopy)
 	b.u64(uint64(t.dropped.Load()))
@@ -170,12 +170,14 @@ func (t *Tap) sendCopy(cr *copyReq, id uint64) {
 	switch {
 	case err == nil:
 		t.sent.Add(1)
+		return true
 	case errors.Is(err, unix.EMSGSIZE):
 		t.tooLarge.Add(1)
 		t.sendSkip()
 	default:
 		t.dropped.Add(1)
 	}
+	return false
 }
 
 // sendSkip tells the other side that a request was not copied, its body
@@ -225,6 +227,13 @@ func (t *Tap) sendExchange(ex *Exchange) {
 	}
 	encPool.Put(b)
 }
+
+// Config returns the proxy's configuration, defaults filled in: what a
+// clone side in another process is started with.
+func (p *InProxy) Config() InConfig { return p.cfg }
+
+// Config returns the proxy's configuration, defaults filled in.
+func (p *OutProxy) Config() OutConfig { return p.cfg }
 
 // AddTap hands a copy of every request that arrives from now on to t (see
 // Tap), with Compare the on-line response too, besides copying it to the

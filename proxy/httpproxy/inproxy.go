@@ -719,7 +719,7 @@ func (p *InProxy) prepareCopy(req *http.Request, ex *exchange, clones []*clone) 
 		ex.online = &onlineResult{done: make(chan struct{})}
 		cr.online = ex.online
 	}
-	pc = &pendingCopy{cr: cr, clones: clones, taps: taps}
+	pc = &pendingCopy{cr: cr, clones: clones, taps: taps, observe: p.cfg.ObserveCopy}
 	if len(taps) > 0 && p.cfg.Compare {
 		pc.id = p.copyIDs.Add(1)
 	}
@@ -841,8 +841,10 @@ type pendingCopy struct {
 	cr     *copyReq
 	clones []*clone
 	taps   []*Tap
-	id     uint64   // names the copy handed over to taps for its on-line result; 0: not compared
-	tee    *teeBody // nil: no body
+	id     uint64 // names the copy handed over to taps for its on-line result; 0: not compared
+	// observe is InConfig.ObserveCopy, told of each copy handed to a tap.
+	observe func(sent bool)
+	tee     *teeBody // nil: no body
 }
 
 // fire dispatches the copy, to the proxy's clones and to its taps; the
@@ -862,7 +864,10 @@ func (pc *pendingCopy) fire() {
 	}
 	dispatch(pc.cr, pc.clones)
 	for _, t := range pc.taps {
-		t.sendCopy(pc.cr, pc.id)
+		sent := t.sendCopy(pc.cr, pc.id)
+		if f := pc.observe; f != nil {
+			f(sent)
+		}
 	}
 	if pc.id != 0 {
 		pc.cr.online.handOver(pc.taps, pc.id)
