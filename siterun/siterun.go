@@ -355,6 +355,7 @@ func Up(ctx context.Context, f *site.Site, opts Options) (*Site, error) {
 	if err := s.up(ctx, opts); err != nil {
 		return nil, errors.Join(err, s.Close(context.WithoutCancel(ctx)))
 	}
+	s.pinProxies()
 	return s, nil
 }
 
@@ -609,6 +610,7 @@ func (s *Site) Close(ctx context.Context) error {
 	}
 	s.leftovers = nil
 	s.mu.Unlock()
+	s.unpinProxies()
 	var errs []error
 	for _, r := range left {
 		errs = append(errs, r.Close(ctx))

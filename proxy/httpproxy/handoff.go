@@ -5,13 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -41,10 +41,31 @@ import (
 // had forwarded them) and an OutProxy started as a replica (its record
 // gets the exchanges).
 //
+// Neither end is in the Go runtime's poller, and Receive polls its end
+// (every HandoffPoll) rather than wait on it: a datagram then wakes no
+// thread of the other process. Waking one costs the sender an
+// inter-processor interrupt per datagram, which on a virtual machine is a
+// trip through the hypervisor: on this project's 2-CPU development VM,
+// waking the clone side on each of a request's four or so datagrams cost
+// the on-line process about 60 µs of CPU per request (perf, "bench
+// online"). A copy is delivered up to a poll late, which the clone side's
+// lag (at least HandoffLag) absorbs.
+//
 // Why not a stream socket: a non-blocking write to one may take part of
 // a message, and the rest would then have to wait on the on-line path. A
 // datagram goes whole or not at all. A connected pair's datagrams are
 // bounded by the sender's buffer only, which NewTap raises.
+
+// HandoffPoll is how often Receive looks for datagrams, and HandoffLag
+// the least clone lag (InConfig.CloneLag) of the in-proxy it feeds: a
+// copy reaches Receive up to a poll (and a scheduling delay) after it was
+// handed over, and goes to its clone at its arrival plus the lag, so that
+// the copies keep their spacing and the clone's response times do not
+// count the hand-over.
+const (
+	HandoffPoll = 2 * time.Millisecond
+	HandoffLag  = 10 * time.Millisecond
+)
 
 // tapSndBuf is the send buffer NewTap asks for: room for a few copies of
 // the largest body copied (DefaultMaxCopyBody) and a burst of small ones.
@@ -64,15 +85,12 @@ const (
 // another process (see Receive). Make one with NewTap, add it to an
 // InProxy and an OutProxy (AddTap), close it when done.
 type Tap struct {
-	conn *net.UnixConn
-	rc   interface {
-		Write(func(fd uintptr) bool) error
-	}
+	f        *os.File
+	rc       syscall.RawConn
 	dropped  atomic.Int64 // copies (and skips) not handed over
 	sent     atomic.Int64
 	tooLarge atomic.Int64
 	other    atomic.Int64 // results and exchanges not handed over
-	ids      atomic.Uint64
 	closed   atomic.Bool
 }
 
@@ -87,40 +105,55 @@ type TapStats struct {
 	Lost int64
 }
 
-// NewTap makes c, one end of a SOCK_SEQPACKET pair, a Tap. It raises c's
-// send buffer so that a copy of the largest body fits in one datagram.
-func NewTap(c *net.UnixConn) (*Tap, error) {
-	rc, err := c.SyscallConn()
+// NewTap makes f, one end of a SOCK_SEQPACKET pair, a Tap. f must be in
+// blocking mode (as os.NewFile leaves a socket made without
+// SOCK_NONBLOCK), so that it is not in the runtime's poller: the tap
+// never waits on it, each write is non-blocking by itself. NewTap raises
+// its send buffer so that a copy of the largest body fits in one
+// datagram. The Tap owns f.
+func NewTap(f *os.File) (*Tap, error) {
+	rc, err := checkHandoff(f)
 	if err != nil {
 		return nil, fmt.Errorf("tap: %w", err)
+	}
+	_ = rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, tapSndBuf) != nil {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, tapSndBuf) // capped at wmem_max
+		}
+	})
+	return &Tap{f: f, rc: rc}, nil
+}
+
+// checkHandoff checks that f is a SOCK_SEQPACKET socket in blocking mode.
+func checkHandoff(f *os.File) (syscall.RawConn, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
 	}
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
 		typ, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
-		switch {
+		fl, nerr := unix.FcntlInt(fd, unix.F_GETFL, 0)
+		switch nb := fl&unix.O_NONBLOCK != 0; {
 		case err != nil:
 			serr = os.NewSyscallError("getsockopt", err)
-			return
 		case typ != unix.SOCK_SEQPACKET:
 			serr = errors.New("the socket is not SOCK_SEQPACKET: a copy must go whole or not at all")
-			return
-		}
-		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, tapSndBuf) != nil {
-			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, tapSndBuf) // capped at wmem_max
+		case nerr != nil:
+			serr = nerr
+		case nb:
+			serr = errors.New("the socket is non-blocking, so likely in the runtime's poller: hand over one made blocking (os.NewFile of a socketpair's descriptor)")
 		}
 	}); err != nil {
-		return nil, fmt.Errorf("tap: %w", err)
+		return nil, err
 	}
-	if serr != nil {
-		return nil, fmt.Errorf("tap: %w", serr)
-	}
-	return &Tap{conn: c, rc: rc}, nil
+	return rc, serr
 }
 
 // Close closes the tap's socket: the other end's Receive ends.
 func (t *Tap) Close() error {
 	t.closed.Store(true)
-	return t.conn.Close()
+	return t.f.Close()
 }
 
 // Stats returns what the tap counted since it was made.
@@ -308,17 +341,22 @@ func (p *OutProxy) StartReplica() error {
 	return nil
 }
 
-// Receive reads what a Tap hands over on c until the tap's side closes it
-// or ctx ends: copies go to in's clones (in was never started: its clones
-// are fed from here only), on-line results to the copies they answer, and
-// exchanges into out's record (out, started with StartReplica, may be
-// nil). It returns nil when the other side closed c, else the error that
-// ended it; c is closed either way.
-func Receive(ctx context.Context, c *net.UnixConn, in *InProxy, out *OutProxy) error {
-	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
-	defer stop()
-	defer c.Close()
+// Receive reads what a Tap hands over on f (the pair's other end, in
+// blocking mode as NewTap's) until the tap's side closes it or ctx ends:
+// copies go to in's clones (in was never started: its clones are fed from
+// here only), on-line results to the copies they answer, and exchanges
+// into out's record (out, started with StartReplica, may be nil). It
+// polls f every HandoffPoll (see Tap), so in's CloneLag should be at least
+// HandoffLag. It returns nil when the other side closed f, else the error
+// that ended it; f is closed either way.
+func Receive(ctx context.Context, f *os.File, in *InProxy, out *OutProxy) error {
+	defer f.Close()
+	rc, err := checkHandoff(f)
+	if err != nil {
+		return fmt.Errorf("receive copies: %w", err)
+	}
 	r := &receiver{in: in, out: out, pending: map[uint64]pendingResult{}}
+	defer r.end()
 	if in.cfg.Compare {
 		r.keep = in.cfg.CopyTimeout + in.cfg.CloneLag + time.Second
 	}
@@ -327,31 +365,45 @@ func Receive(ctx context.Context, c *net.UnixConn, in *InProxy, out *OutProxy) e
 		size = max(size, out.cfg.MaxBody)
 	}
 	buf := make([]byte, size+1<<20) // a body and its head
-	oob := make([]byte, 64)
+	poll := time.NewTicker(HandoffPoll)
+	defer poll.Stop()
 	lastSweep := time.Now()
 	for {
-		n, _, flags, _, err := c.ReadMsgUnix(buf, oob)
-		switch {
-
-		case n == 0 && err == nil, errors.Is(err, io.EOF):
-			r.end()
-			return nil // the tap's side closed its end
-		case err != nil && ctx.Err() != nil:
-			r.end()
+		// Read what is there, without waiting.
+		for {
+			var n, flags int
+			var rerr error
+			if err := rc.Read(func(fd uintptr) bool {
+				n, _, flags, _, rerr = unix.Recvmsg(int(fd), buf, nil, unix.MSG_DONTWAIT)
+				return true
+			}); err != nil {
+				return fmt.Errorf("receive copies: %w", err)
+			}
+			switch {
+			case rerr == unix.EAGAIN || rerr == unix.EINTR:
+			case rerr != nil:
+				return fmt.Errorf("receive copies: %w", os.NewSyscallError("recvmsg", rerr))
+			case n == 0:
+				return nil // the tap's side closed its end
+			case flags&unix.MSG_TRUNC != 0:
+				in.log.Warn("a handed-over datagram was larger than the receive buffer: skipped", "bytes", n)
+				continue
+			default:
+				if err := r.handle(buf[:n]); err != nil {
+					in.log.Warn("a handed-over datagram did not parse: skipped", logKeyErr, err)
+				}
+				continue
+			}
+			break
+		}
+		select {
+		case <-ctx.Done():
 			return ctx.Err()
-		case err != nil:
-			r.end()
-			return fmt.Errorf("receive copies: %w", err)
-		case flags&unix.MSG_TRUNC != 0:
-			in.log.Warn("a handed-over copy was larger than the receive buffer: skipped", "bytes", n)
-			continue
-		}
-		if err := r.handle(buf[:n]); err != nil {
-			in.log.Warn("a handed-over datagram did not parse: skipped", logKeyErr, err)
-		}
-		if now := time.Now(); r.keep > 0 && now.Sub(lastSweep) > time.Second {
-			r.sweep(now)
-			lastSweep = now
+		case now := <-poll.C:
+			if r.keep > 0 && now.Sub(lastSweep) > time.Second {
+				r.sweep(now)
+				lastSweep = now
+			}
 		}
 	}
 }

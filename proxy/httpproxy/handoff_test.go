@@ -3,7 +3,6 @@ package httpproxy
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -13,23 +12,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// seqpacketPair returns both ends of a SOCK_SEQPACKET Unix socket pair.
-func seqpacketPair(t *testing.T) (tapEnd, recvEnd *net.UnixConn) {
+// seqpacketPair returns both ends of a SOCK_SEQPACKET Unix socket pair,
+// in blocking mode as a Tap and Receive want them.
+func seqpacketPair(t *testing.T) (tapEnd, recvEnd *os.File) {
 	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn := func(fd int) *net.UnixConn {
-		f := os.NewFile(uintptr(fd), "seqpacket")
-		defer f.Close()
-		c, err := net.FileConn(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c.(*net.UnixConn)
-	}
-	a, b := conn(fds[0]), conn(fds[1])
+	a, b := os.NewFile(uintptr(fds[0]), "tap"), os.NewFile(uintptr(fds[1]), "receive")
 	t.Cleanup(func() { a.Close(); b.Close() })
 	return a, b
 }
@@ -39,11 +30,11 @@ func seqpacketPair(t *testing.T) (tapEnd, recvEnd *net.UnixConn) {
 type cloneSide struct {
 	in   *InProxy
 	out  *OutProxy
-	recv *net.UnixConn
+	recv *os.File
 	done chan error
 }
 
-func startCloneSide(t *testing.T, recv *net.UnixConn, in InConfig, out *OutConfig) *cloneSide {
+func startCloneSide(t *testing.T, recv *os.File, in InConfig, out *OutConfig) *cloneSide {
 	t.Helper()
 	cs := &cloneSide{done: make(chan error, 1)}
 	var err error
@@ -201,7 +192,7 @@ func TestHandoverDrops(t *testing.T) {
 		return n == 0
 	})
 	get(t, c, base+"/last") // its datagram carries the count of those dropped
-	waitFor(t, 5*time.Second, "the last copy answered", func() bool { return clone.count() > 0 })
+	waitFor(t, 5*time.Second, "the last copy answered", func() bool { return int64(clone.count()) == ts.Sent+1 })
 	st, _ := cs.in.CloneStats("clone", false)
 	if st.Dropped != ts.Dropped || st.Sent != ts.Sent+1 {
 		t.Errorf("clone stats %+v, want the tap's %d drops counted, and its %d queued copies and the last one sent", st, ts.Dropped, ts.Sent)
@@ -240,5 +231,38 @@ func TestDecodeGarbage(t *testing.T) {
 		if err := r.handle(g); err == nil {
 			t.Errorf("garbage %q parsed", g)
 		}
+	}
+}
+
+// TestTapRefusesPolledSocket checks that NewTap and Receive refuse a
+// socket in non-blocking mode (one the runtime's poller may watch, whose
+// datagrams would wake the process) and one that is not SOCK_SEQPACKET.
+func TestTapRefusesPolledSocket(t *testing.T) {
+	tapEnd, recvEnd := seqpacketPair(t)
+	for _, f := range []*os.File{tapEnd, recvEnd} {
+		if err := unix.SetNonblock(int(f.Fd()), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := NewTap(tapEnd); err == nil || !strings.Contains(err.Error(), "non-blocking") {
+		t.Errorf("NewTap on a non-blocking socket = %v, want an error saying so", err)
+	}
+	in, err := NewInProxy(InConfig{Online: mustURL(t, "http://127.0.0.1:1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	if err := Receive(context.Background(), recvEnd, in, nil); err == nil || !strings.Contains(err.Error(), "non-blocking") {
+		t.Errorf("Receive on a non-blocking socket = %v, want an error saying so", err)
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream := os.NewFile(uintptr(fds[0]), "stream")
+	defer stream.Close()
+	defer unix.Close(fds[1])
+	if _, err := NewTap(stream); err == nil || !strings.Contains(err.Error(), "SOCK_SEQPACKET") {
+		t.Errorf("NewTap on a stream socket = %v, want an error saying it is not SOCK_SEQPACKET", err)
 	}
 }
