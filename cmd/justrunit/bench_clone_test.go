@@ -10,12 +10,14 @@ import (
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/internal/testutil"
 	"github.com/justrunit/justrunit/platform/local"
+	"github.com/justrunit/justrunit/proxy/cloneside"
 )
 
 // TestMain lets this test binary be the justrunit command: with JRI_AS_CLI=1
 // it runs its arguments as the CLI does (bench clone launches "justrunit
 // bench testserver" from its own executable).
 func TestMain(m *testing.M) {
+	cloneside.RunIfHelper() // the clone side of the studies the tests run
 	if os.Getenv("JRI_AS_CLI") == "1" {
 		main()
 		os.Exit(0)

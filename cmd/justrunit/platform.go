@@ -15,6 +15,7 @@ import (
 	"github.com/justrunit/justrunit"
 	"github.com/justrunit/justrunit/platform/local"
 	"github.com/justrunit/justrunit/platform/qemu"
+	"github.com/justrunit/justrunit/proxy/cloneside"
 )
 
 func init() { addCommand(newPlatformCmd) }
@@ -139,7 +140,9 @@ func newPlatformGCCmd(g *globals) *cobra.Command {
 		Short: "Remove what a crashed run left behind (processes, cgroups, namespaces, veths, NAT rules, mounts, clone dirs)",
 		Long: `Remove the objects a crashed or killed run of the platform left on this machine:
 processes and their cgroups, network namespaces, veth pairs, nftables tables,
-mounts and clone directories of the platform's scope, and nothing else.
+mounts and clone directories of the platform's scope, and nothing else. Clone
+sides (the helper process a study feeds its clones from) whose site is gone are
+killed too, whatever the platform.
 
 Every run of a site (study run, serve --site, manager run, the demos) does the same
 for its state directory when it starts. gc refuses to run while another process
@@ -155,6 +158,14 @@ their processes, cgroups, namespaces, veths and nftables tables.`,
   justrunit platform gc --all     # every crashed run on this machine`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// A clone side outlives its site only if it hung (it ends with
+			// its site's control socket): whatever the platform, none of
+			// them is anybody's any more.
+			if pids, err := cloneside.ReapOrphans(); err != nil {
+				return fmt.Errorf("platform gc: %w", err)
+			} else if len(pids) > 0 {
+				g.logger.Warn("killed clone sides whose site is gone", "pids", pids)
+			}
 			if all {
 				if name != "local" {
 					return fmt.Errorf("platform gc --all: platform %s: %w", name, justrunit.ErrUnsupported)
