@@ -12,23 +12,27 @@ import (
 
 // The proxies' CPUs. The proxies in the site runtime's process carry the
 // on-line requests, and they run where the on-line tiers do: on the CPUs
-// of the hosts the site's instances start on, never on a sandbox host's.
-// An on-line request crosses the process at every proxy hop, each time a
-// thread woken by the kernel; let loose on every CPU, those threads woke
-// on the sandbox's while it was idle and, once a clone kept it busy, had
-// to wait for it or take an on-line host's CPU, and the process's own
-// work for the clone (copies, replays) ran beside the on-line tiers
-// wherever it fell. On this project's 2-CPU machine an experiment then
-// cost the on-line app tier 7–22% at p95 ("justrunit bench online"); run
-// on the on-line host's CPU, the proxies wait for the same CPU with or
-// without a clone, and the clone has the sandbox's to itself (see
-// docs/MEASUREMENTS.md, "Where the proxies run").
+// of the hosts the site's instances start on, never on a sandbox host's,
+// where a study's clones and its clone side (the process that feeds
+// them, see cloneside.go) run. An on-line request crosses the process at
+// every proxy hop, each time a thread woken by the kernel; let loose on
+// every CPU, those threads woke on the sandbox's while it was idle and,
+// once a clone kept it busy, had to wait for it or take an on-line host's
+// CPU. On this project's 2-CPU machine, with the clone side in its own
+// process, an experiment cost the on-line app tier 7.5% at the median
+// p95 with the process on every CPU (its waits for a CPU per on-line
+// response doubled), and nothing (0.985) with it on the on-line host's
+// CPU, where it waited the same with and without a clone ("justrunit
+// bench online"; docs/MEASUREMENTS.md, "The clone side in a process of
+// its own"). The price is that the proxies share the on-line hosts' CPUs
+// with the on-line tiers, as a real previous tier's would.
 //
 // Programs the process starts inherit its CPUs until the platform places
 // them: the local platform's instances and clones start on their host's
-// CPUs, a QEMU VM's are set by its cgroup's cpuset. The process is pinned
-// only where the on-line hosts and the sandboxes share no CPU, so that
-// neither a clone nor a VM of a sandbox can be held to a part of its own.
+// CPUs, a QEMU VM's are set by its cgroup's cpuset, a clone side is
+// started on the sandbox's. The process is pinned only where the on-line
+// hosts and the sandboxes share no CPU, so that neither a clone nor a VM
+// of a sandbox can be held to a part of its own.
 
 // pinned keeps, while sites are up, the CPUs the process had before the
 // first pinned it, and each site's on-line CPUs; the process runs on
@@ -108,15 +112,7 @@ func applyPinned() error {
 // such host and of every sandbox host, where it has no sandbox host, or
 // where a sandbox host shares a CPU with one of those.
 func (s *Site) onlineCPUs() ([]int, string) {
-	lists := map[string]string{}
-	for _, h := range s.File.Hosts {
-		lists[h.Name] = h.CPUs
-	}
-	if p, ok := s.Platform.(*local.Platform); ok { // it lays out hosts the site leaves unsaid
-		for _, h := range p.HostConfigs() {
-			lists[h.Name] = h.CPUs
-		}
-	}
+	lists := s.cpuLists()
 	parse := func(host string) map[int]bool {
 		l, err := hostlayout.ParseCPUList(lists[host])
 		if err != nil || len(l) == 0 {
@@ -163,4 +159,20 @@ func (s *Site) onlineCPUs() ([]int, string) {
 		return nil, "no instance"
 	}
 	return slices.Sorted(maps.Keys(online)), ""
+}
+
+// cpuLists returns the CPU list of each host of the site, by name: the
+// site file's, or the local platform's layout of the hosts it leaves
+// unsaid; "" where none is known.
+func (s *Site) cpuLists() map[string]string {
+	lists := map[string]string{}
+	for _, h := range s.File.Hosts {
+		lists[h.Name] = h.CPUs
+	}
+	if p, ok := s.Platform.(*local.Platform); ok { // it lays out hosts the site leaves unsaid
+		for _, h := range p.HostConfigs() {
+			lists[h.Name] = h.CPUs
+		}
+	}
+	return lists
 }

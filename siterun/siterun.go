@@ -168,7 +168,8 @@ func sandboxNames(cfg experiment.Config) []string {
 // claimExperiment returns ExperimentConfig(ctx, id, space, sandbox) once
 // it holds its sandbox hosts (claimSandboxes): read after any wait for
 // another study, the target's allocation and host are those the clones
-// start from. release gives the hosts back.
+// start from. The clones are fed and answered by a clone side of their own
+// (startCloneSide). release stops it and gives the hosts back.
 func (s *Site) claimExperiment(ctx context.Context, id string, space justrunit.Space, sandbox string) (cfg experiment.Config, release func(), err error) {
 	first, err := s.ExperimentConfig(ctx, id, space, sandbox)
 	if err != nil {
@@ -186,7 +187,13 @@ func (s *Site) claimExperiment(ctx context.Context, id string, space justrunit.S
 		release()
 		return experiment.Config{}, nil, err
 	}
-	return cfg, release, nil
+	stop, err := s.startCloneSide(ctx, id, &cfg)
+	if err != nil {
+		release()
+		return experiment.Config{}, nil, err
+	}
+	hosts := release
+	return cfg, func() { stop(); hosts() }, nil
 }
 
 // claimSandboxes claims the sandbox hosts of cfg (claimSandbox), in the
