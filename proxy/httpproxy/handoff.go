@@ -42,7 +42,7 @@ import (
 // gets the exchanges).
 //
 // Neither end is in the Go runtime's poller, and Receive polls its end
-// (every HandoffPoll) rather than wait on it: a datagram then wakes no
+// (every few milliseconds, see pollEvery) rather than wait on it: a datagram then wakes no
 // thread of the other process. Waking one costs the sender an
 // inter-processor interrupt per datagram, which on a virtual machine is a
 // trip through the hypervisor: on this project's 2-CPU development VM,
@@ -56,16 +56,25 @@ import (
 // datagram goes whole or not at all. A connected pair's datagrams are
 // bounded by the sender's buffer only, which NewTap raises.
 
-// HandoffPoll is how often Receive looks for datagrams, and HandoffLag
-// the least clone lag (InConfig.CloneLag) of the in-proxy it feeds: a
-// copy reaches Receive up to a poll (and a scheduling delay) after it was
-// handed over, and goes to its clone at its arrival plus the lag, so that
-// the copies keep their spacing and the clone's response times do not
-// count the hand-over.
+// HandoffPoll is how often Receive looks for datagrams at the least, and
+// HandoffLag the least clone lag (InConfig.CloneLag) of the in-proxy it
+// feeds: a copy reaches Receive up to a poll (and a scheduling delay)
+// after it was handed over, and goes to its clone at its arrival plus the
+// lag, so that the copies keep their spacing and the clone's response
+// times do not count the hand-over. With a longer lag Receive polls less
+// often (pollEvery), each poll being a wake-up on the sandbox's CPU that
+// takes it from the clone for a moment.
 const (
 	HandoffPoll = 2 * time.Millisecond
 	HandoffLag  = 10 * time.Millisecond
+	maxPoll     = 25 * time.Millisecond
 )
+
+// pollEvery is how often Receive looks for datagrams for an in-proxy with
+// clone lag lag: an eighth of it, within HandoffPoll and 25 ms.
+func pollEvery(lag time.Duration) time.Duration {
+	return min(max(lag/8, HandoffPoll), maxPoll)
+}
 
 // tapSndBuf is the send buffer NewTap asks for: room for a few copies of
 // the largest body copied (DefaultMaxCopyBody) and a burst of small ones.
@@ -346,8 +355,8 @@ func (p *OutProxy) StartReplica() error {
 // copies go to in's clones (in was never started: its clones are fed from
 // here only), on-line results to the copies they answer, and exchanges
 // into out's record (out, started with StartReplica, may be nil). It
-// polls f every HandoffPoll (see Tap), so in's CloneLag should be at least
-// HandoffLag. It returns nil when the other side closed f, else the error
+// polls f (see Tap) every eighth of in's CloneLag, every HandoffPoll at
+// the most often, so that lag should be at least HandoffLag. It returns nil when the other side closed f, else the error
 // that ended it; f is closed either way.
 func Receive(ctx context.Context, f *os.File, in *InProxy, out *OutProxy) error {
 	defer f.Close()
@@ -365,7 +374,7 @@ func Receive(ctx context.Context, f *os.File, in *InProxy, out *OutProxy) error 
 		size = max(size, out.cfg.MaxBody)
 	}
 	buf := make([]byte, size+1<<20) // a body and its head
-	poll := time.NewTicker(HandoffPoll)
+	poll := time.NewTicker(pollEvery(in.cfg.CloneLag))
 	defer poll.Stop()
 	lastSweep := time.Now()
 	for {

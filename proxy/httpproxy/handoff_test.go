@@ -266,3 +266,18 @@ func TestTapRefusesPolledSocket(t *testing.T) {
 		t.Errorf("NewTap on a stream socket = %v, want an error saying it is not SOCK_SEQPACKET", err)
 	}
 }
+
+// TestPollEvery checks the hand-over's poll period: an eighth of the
+// lag, within HandoffPoll and 25 ms.
+func TestPollEvery(t *testing.T) {
+	for _, tc := range []struct{ lag, want time.Duration }{
+		{0, HandoffPoll},
+		{HandoffLag, HandoffPoll},
+		{80 * time.Millisecond, 10 * time.Millisecond},
+		{time.Second, 25 * time.Millisecond},
+	} {
+		if got := pollEvery(tc.lag); got != tc.want {
+			t.Errorf("pollEvery(%v) = %v, want %v", tc.lag, got, tc.want)
+		}
+	}
+}
