@@ -280,56 +280,50 @@ func (p *OutProxy) Config() OutConfig { return p.cfg }
 // AddTap hands a copy of every request that arrives from now on to t (see
 // Tap), with Compare the on-line response too, besides copying it to the
 // proxy's own clones. Adding a tap twice does nothing.
-func (p *InProxy) AddTap(t *Tap) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	cur := p.tapList()
-	if !slices.Contains(cur, t) {
-		next := append(slices.Clip(cur), t)
-		p.taps.Store(&next)
-	}
-}
+func (p *InProxy) AddTap(t *Tap) { p.taps.add(t) }
 
 // RemoveTap stops handing copies to t.
-func (p *InProxy) RemoveTap(t *Tap) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	next := slices.DeleteFunc(slices.Clone(p.tapList()), func(x *Tap) bool { return x == t })
-	p.taps.Store(&next)
-}
+func (p *InProxy) RemoveTap(t *Tap) { p.taps.remove(t) }
 
-func (p *InProxy) tapList() []*Tap {
-	if ts := p.taps.Load(); ts != nil {
-		return *ts
-	}
-	return nil
-}
+func (p *InProxy) tapList() []*Tap { return p.taps.list() }
 
 // AddTap hands every exchange recorded from now on to t (see Tap).
 // Adding a tap twice does nothing.
-func (p *OutProxy) AddTap(t *Tap) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	cur := p.tapList()
-	if !slices.Contains(cur, t) {
-		next := append(slices.Clip(cur), t)
-		p.taps.Store(&next)
-	}
-}
+func (p *OutProxy) AddTap(t *Tap) { p.taps.add(t) }
 
 // RemoveTap stops handing exchanges to t.
-func (p *OutProxy) RemoveTap(t *Tap) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	next := slices.DeleteFunc(slices.Clone(p.tapList()), func(x *Tap) bool { return x == t })
-	p.taps.Store(&next)
+func (p *OutProxy) RemoveTap(t *Tap) { p.taps.remove(t) }
+
+func (p *OutProxy) tapList() []*Tap { return p.taps.list() }
+
+// tapSet is a proxy's taps: read on the on-line path without a lock,
+// changed under one.
+type tapSet struct {
+	mu   sync.Mutex
+	taps atomic.Pointer[[]*Tap]
 }
 
-func (p *OutProxy) tapList() []*Tap {
-	if ts := p.taps.Load(); ts != nil {
+func (s *tapSet) list() []*Tap {
+	if ts := s.taps.Load(); ts != nil {
 		return *ts
 	}
 	return nil
+}
+
+func (s *tapSet) add(t *Tap) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur := s.list(); !slices.Contains(cur, t) {
+		next := append(slices.Clip(cur), t)
+		s.taps.Store(&next)
+	}
+}
+
+func (s *tapSet) remove(t *Tap) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := slices.DeleteFunc(slices.Clone(s.list()), func(x *Tap) bool { return x == t })
+	s.taps.Store(&next)
 }
 
 // StartReplica starts an out-proxy with no on-line face: nothing it

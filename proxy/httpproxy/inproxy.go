@@ -137,10 +137,10 @@ type InProxy struct {
 
 	closeOnce sync.Once // Close's work: once, and later calls wait for it
 
-	mu     sync.Mutex // serialises clone and tap changes, Start and Close
+	mu     sync.Mutex // serialises clone changes, Start and Close
 	clones atomic.Pointer[[]*clone]
 	// taps hand the copies over to clones in other processes (see Tap).
-	taps    atomic.Pointer[[]*Tap]
+	taps    tapSet
 	copyIDs atomic.Uint64 // names each copy handed over for its on-line result
 	srv     *fwdServer
 	closed  bool

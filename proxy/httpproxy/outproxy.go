@@ -146,7 +146,7 @@ type OutProxy struct {
 	recorded, notRecorded atomic.Int64
 	// taps hand the exchanges recorded over to clones' replicas in other
 	// processes (see Tap).
-	taps atomic.Pointer[[]*Tap]
+	taps tapSet
 	// calls counts every clone's calls over the proxy's window (OutStats),
 	// apart from the clones' own windows: those end at each experiment's
 	// edges, and a stopped clone's go with it.
